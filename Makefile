@@ -1,0 +1,32 @@
+# `make demo` and `make test` are the whole set-up on a fresh clone: each creates .venv when it
+# is missing and installs the project into it first.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+IDC_SAMPLE := ../shared/data/idc_sample
+SYNTHETIC_IDC := results/synthetic_idc
+
+.PHONY: demo test clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing histo-harness and its dependencies into $(VENV) (first time: a few minutes)"
+	@# This machine's pip index lists local folders that do not exist for every package; drop that noise.
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]' 2>&1 | { grep -v "^WARNING: Location 'file://" || true; }
+	@touch $@
+
+demo: $(STAMP)
+	@if [ -d $(IDC_SAMPLE) ]; then root=$(IDC_SAMPLE); else \
+		root=$(SYNTHETIC_IDC); echo "$(IDC_SAMPLE) is absent: the demo uses a synthetic IDC tree in $$root"; \
+		$(BIN)/harness data synth $$root; fi; \
+	$(BIN)/harness sweep experiments/demo.yaml --root $$root
+	$(BIN)/harness leaderboard experiments/demo.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf results/mlflow.db results/mlartifacts results/_data results/demo results/synthetic_idc
