@@ -1,0 +1,78 @@
+"""Name -> builder registry for the model zoo, in the manner of timm and torchvision."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class BaselineInfo:
+    """What the harness knows about a registered baseline before building it."""
+
+    name: str
+    family: str
+    input_size: int
+    builder: Callable[..., nn.Module]
+
+    def model_kwargs(self) -> set[str]:
+        """Return the keyword arguments the builder accepts beyond the common ones."""
+        params = inspect.signature(self.builder).parameters
+        return {n for n in params if n not in {"num_classes", "pretrained"}}
+
+
+class UnknownBaselineError(KeyError):
+    """Raised for a name that is not registered; the message lists close names."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+_REGISTRY: dict[str, BaselineInfo] = {}
+
+
+def register(name: str, *, input_size: int) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Return a decorator that registers a model builder under `name`; duplicates are refused."""
+
+    def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"baseline {name!r} is already registered")
+        family = builder.__module__.rsplit(".", 1)[-1]
+        _REGISTRY[name] = BaselineInfo(name=name, family=family, input_size=input_size, builder=builder)
+        return builder
+
+    return decorator
+
+
+def info(name: str) -> BaselineInfo:
+    """Return the registry entry of `name`, or raise UnknownBaselineError naming close matches."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UnknownBaselineError(
+            f"unknown baseline {name!r}{hint} (registered: {', '.join(list_baselines())})"
+        ) from None
+
+
+def list_baselines() -> list[str]:
+    """Return the registered names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def create(name: str, num_classes: int, pretrained: str | None = None, **kwargs: Any) -> nn.Module:
+    """Build baseline `name`; keyword arguments that are None keep the model's default."""
+    entry = info(name)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    unknown = set(kwargs) - entry.model_kwargs()
+    if unknown:
+        raise TypeError(
+            f"baseline {name!r} takes no option {', '.join(sorted(unknown))} "
+            f"(it takes: {', '.join(sorted(entry.model_kwargs())) or 'none'})"
+        )
+    return entry.builder(num_classes=num_classes, pretrained=pretrained, **kwargs)
