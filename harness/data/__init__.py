@@ -1,0 +1,1 @@
+"""Datasets, manifests, splits and caches: manifest -> split -> dataset."""

@@ -1,0 +1,139 @@
+"""The Kaggle IDC patch layout (BASELINES.md §1.1): `<patient>/<0|1>/<patient>_idx5_x<X>_y<Y>_class<c>.png`.
+
+This module knows the layout and its published facts, and nothing about training.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+from PIL import Image
+from rich.progress import track
+
+from harness.errors import InputError
+
+DATASET = "idc"
+CLASS_NAMES = ("non_idc", "idc")
+PATCH_SIZE = 50
+NAME_PATTERN = re.compile(r"^(?P<pid>\d+)_idx5_x(?P<x>\d+)_y(?P<y>\d+)_class(?P<c>[01])\.png$")
+LAYOUT = "<patient>/<0|1>/<patient>_idx5_x<X>_y<Y>_class<0|1>.png"
+# Verified totals of the full release (BASELINES.md §1.1); a sample must say allow_subset.
+PUBLISHED_TOTALS = {"patches": 277_524, "class_0": 198_738, "class_1": 78_786, "patients": 279}
+
+
+@dataclass
+class IndexResult:
+    """A manifest plus what the indexer had to say about the files it walked."""
+
+    manifest: pd.DataFrame
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _inspect(path: Path) -> tuple[dict[str, object] | None, str | None]:
+    """Return (manifest row, None) for a good patch or (None, reason) for a bad one."""
+    match = NAME_PATTERN.match(path.name)
+    if match is None:
+        return None, f"name does not match {LAYOUT}"
+    pid, label = match["pid"], int(match["c"])
+    if path.parent.name != match["c"]:
+        return None, f"class{label} in the name disagrees with class folder {path.parent.name!r}"
+    if path.parent.parent.name != pid:
+        return None, f"patient {pid} in the name disagrees with patient folder {path.parent.parent.name!r}"
+    try:
+        with Image.open(path) as im:
+            im.load()
+            width, height, mode = im.width, im.height, im.mode
+    except Exception as exc:  # PIL raises many types for damaged files
+        return None, f"does not decode as an image ({exc})"
+    if width > PATCH_SIZE or height > PATCH_SIZE:
+        return None, f"is {width}x{height}, larger than the {PATCH_SIZE}x{PATCH_SIZE} patches of the release"
+    x, y = int(match["x"]), int(match["y"])
+    flags = []
+    if (width, height) != (PATCH_SIZE, PATCH_SIZE):
+        flags.append("edge_patch")
+    if mode != "RGB":
+        flags.append(f"mode_{mode}")
+    if x % PATCH_SIZE != 1 or y % PATCH_SIZE != 1:
+        # x, y = 1 (mod 50) holds on the shared sample only (unverified for the release): record, don't trust.
+        flags.append("off_grid")
+    return {
+        "path": str(path.resolve()),
+        "rel_path": f"{pid}/{label}/{path.name}",
+        "label": label,
+        "class_name": CLASS_NAMES[label],
+        "patient_id": pid,
+        "dataset": DATASET,
+        "x": x,
+        "y": y,
+        "width": width,
+        "height": height,
+        "flags": ";".join(flags),
+    }, None
+
+
+def _check_totals(manifest: pd.DataFrame, root: Path) -> None:
+    found = {
+        "patches": len(manifest),
+        "class_0": int((manifest.label == 0).sum()),
+        "class_1": int((manifest.label == 1).sum()),
+        "patients": manifest.patient_id.nunique(),
+    }
+    if found != PUBLISHED_TOTALS:
+        raise InputError(
+            f"{root}: found {found['patches']:,} patches ({found['class_0']:,}/{found['class_1']:,}) of "
+            f"{found['patients']} patients; the full IDC release has 277,524 (198,738/78,786) of 279 "
+            "(BASELINES.md §1.1). For a sample set dataset.allow_subset: true (CLI: --allow-subset)"
+        )
+
+
+def index_idc(
+    root: Path,
+    *,
+    allow_subset: bool = False,
+    skip_bad: bool = False,
+    edge_patches: Literal["pad", "drop"] = "pad",
+    show_progress: bool = False,
+) -> IndexResult:
+    """Walk an IDC tree (with or without `IDC_regular_ps50_idx5/`) and return its manifest.
+
+    Every file is decoded once. Bad files (wrong name, name/folder disagreement, undecodable)
+    raise InputError listing each path, unless `skip_bad`, which leaves them out and reports them.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root}: dataset root is not a directory (expected an IDC tree {LAYOUT})")
+    files = sorted(root.rglob("*.png"))
+    if not files:
+        raise InputError(f"{root}: no IDC patches found (expected PNG files laid out as {LAYOUT})")
+    result = IndexResult(manifest=pd.DataFrame())
+    rows: dict[str, dict[str, object]] = {}
+    duplicates = 0
+    for path in track(files, description=f"indexing {len(files):,} IDC patches", disable=not show_progress):
+        row, reason = _inspect(path)
+        if row is None:
+            result.problems.append(f"{path}: {reason}")
+        elif path.name in rows:
+            # The Kaggle archive can hold every patient twice (top level and IDC_regular_ps50_idx5/).
+            duplicates += 1
+        else:
+            rows[path.name] = row
+    if result.problems and not skip_bad:
+        raise InputError("\n".join(result.problems))
+    if duplicates:
+        result.warnings.append(f"dropped {duplicates:,} duplicate file names (the archive's second copy of the tree)")
+    manifest = pd.DataFrame(list(rows.values()))
+    if manifest.empty:
+        raise InputError(f"{root}: none of {len(files):,} PNG files is a valid IDC patch")
+    if edge_patches == "drop":
+        edge = manifest["flags"].str.contains("edge_patch")
+        result.warnings.append(f"dropped {int(edge.sum())} edge patches (edge_patches: drop)")
+        manifest = manifest[~edge]
+    result.manifest = manifest.sort_values("rel_path").reset_index(drop=True)
+    if not allow_subset:
+        _check_totals(result.manifest, root)
+    return result

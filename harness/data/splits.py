@@ -1,0 +1,107 @@
+"""Patient-grouped splits: a patient-disjoint test set, then stratified group k-fold (BASELINES.md §1.5)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from harness.errors import InputError
+
+TEST = "test"
+CV = "cv"
+
+
+@dataclass(frozen=True)
+class Split:
+    """Per-row assignment aligned with the manifest: `split` in {test, cv} and `fold` (-1 for test)."""
+
+    assignments: pd.DataFrame
+    folds: int
+    seed: int
+    test_fraction: float
+
+    @property
+    def hash(self) -> str:
+        """SHA-256 over the sorted (rel_path, split, fold) triples; equal hash = same split."""
+        return split_hash(self.assignments)
+
+    def rows(self, *, split: str, fold: int | None = None, exclude_fold: int | None = None) -> np.ndarray:
+        """Return manifest row indices of `split`, optionally restricted to or excluding one fold."""
+        a = self.assignments
+        mask = a.split == split
+        if fold is not None:
+            mask &= a.fold == fold
+        if exclude_fold is not None:
+            mask &= a.fold != exclude_fold
+        return np.flatnonzero(mask.to_numpy())
+
+
+def split_hash(assignments: pd.DataFrame) -> str:
+    """Return the SHA-256 of the sorted (rel_path, split, fold) triples."""
+    digest = hashlib.sha256()
+    for rel_path, split, fold in sorted(assignments[["rel_path", "split", "fold"]].itertuples(index=False)):
+        digest.update(f"{rel_path}\t{split}\t{int(fold)}\n".encode())
+    return digest.hexdigest()
+
+
+def patient_split(
+    manifest: pd.DataFrame,
+    *,
+    folds: int,
+    test_fraction: float,
+    seed: int,
+    stratify_on: str = "label",
+    group_on: str = "patient_id",
+) -> Split:
+    """Hold out a patient-disjoint test set, then split the rest into `folds` patient-grouped folds.
+
+    Both steps use StratifiedGroupKFold(shuffle=True, random_state=seed); the test set is fold 0
+    of round(1 / test_fraction) splits, so a patient never appears in two folds or in a fold and test.
+    """
+    groups = manifest[group_on].to_numpy()
+    labels = manifest[stratify_on].to_numpy()
+    n_test_splits = round(1 / test_fraction)
+    n_groups = len(np.unique(groups))
+    if n_groups < n_test_splits + folds - 1:
+        raise InputError(
+            f"protocol: {n_groups} patients cannot make a 1/{n_test_splits} test set plus {folds} folds "
+            f"(need at least {n_test_splits + folds - 1}); lower protocol.folds or protocol.test_fraction"
+        )
+    outer = StratifiedGroupKFold(n_splits=n_test_splits, shuffle=True, random_state=seed)
+    _, test_idx = next(outer.split(np.zeros(len(labels)), labels, groups))
+    split = np.full(len(manifest), CV, dtype=object)
+    split[test_idx] = TEST
+    fold = np.full(len(manifest), -1, dtype=np.int64)
+    cv_idx = np.flatnonzero(split == CV)
+    inner = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for k, (_, val_idx) in enumerate(inner.split(np.zeros(len(cv_idx)), labels[cv_idx], groups[cv_idx])):
+        fold[cv_idx[val_idx]] = k
+    assignments = pd.DataFrame({"rel_path": manifest.rel_path.to_numpy(), "split": split, "fold": fold})
+    return Split(assignments=assignments, folds=folds, seed=seed, test_fraction=test_fraction)
+
+
+def write_split(split: Split, directory: Path) -> Path:
+    """Write the assignments as `split-<hash>.parquet` in `directory` and return the path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"split-{split.hash[:16]}.parquet"
+    if not path.exists():
+        tmp = path.with_suffix(".tmp")
+        split.assignments.assign(folds=split.folds, seed=split.seed, test_fraction=split.test_fraction).to_parquet(tmp)
+        tmp.replace(path)
+    return path
+
+
+def read_split(path: Path) -> Split:
+    """Read a split written by write_split."""
+    frame = pd.read_parquet(path)
+    return Split(
+        assignments=frame[["rel_path", "split", "fold"]],
+        folds=int(frame.folds.iloc[0]),
+        seed=int(frame.seed.iloc[0]),
+        test_fraction=float(frame.test_fraction.iloc[0]),
+    )
