@@ -1,0 +1,347 @@
+"""Pydantic models of experiment and search-space files, validated once at the edge.
+
+Relative paths in an experiment file resolve against the working directory, like the CLI's own
+arguments. Every error names the file, the key and what was expected (see `load_experiment`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+import baselines
+from harness.errors import InputError
+
+SEARCH_SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
+Metric = Literal["val_accuracy", "val_balanced_accuracy", "val_auc", "val_f1", "val_loss"]
+
+
+class Strict(BaseModel):
+    """Base of every config model: unknown keys are errors, objects are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- search spaces -------------------------------------------------------------------------------
+
+
+class Distribution(Strict):
+    """One searched hyperparameter; bounds are inclusive, as in Optuna."""
+
+    type: Literal["loguniform", "uniform", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Distribution:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical distribution needs a non-empty `choices` list")
+        elif self.low is None or self.high is None or self.low > self.high:
+            raise ValueError(f"a {self.type} distribution needs `low` <= `high`")
+        elif self.type == "loguniform" and self.low <= 0:
+            raise ValueError("a loguniform distribution needs `low` > 0")
+        return self
+
+    def values(self) -> list[Any] | None:
+        """Return the finite set of values this distribution can take, or None if continuous."""
+        return list(self.choices) if self.type == "categorical" else None
+
+    def contains(self, value: Any) -> bool:
+        """Return True when `value` is a point this distribution can propose."""
+        if self.type == "categorical":
+            return value in self.choices
+        if not isinstance(value, (int, float)) or not self.low <= value <= self.high:
+            return False
+        step = self.step or (1 if self.type == "int" else None)
+        return step is None or abs((value - self.low) / step - round((value - self.low) / step)) < 1e-9
+
+
+class SearchSpace(Strict):
+    """search_spaces/<baseline>.yaml: the published recipe, fixed defaults and the searched ranges."""
+
+    baseline: str
+    recipe: dict[str, Any] = Field(default_factory=dict)
+    fixed: dict[str, Any] = Field(default_factory=dict)
+    search: dict[str, Distribution] = Field(default_factory=dict)
+
+    def keys(self) -> set[str]:
+        """Return every hyperparameter this space sets."""
+        return set(self.recipe) | set(self.fixed) | set(self.search)
+
+    def pinned(self, overrides: dict[str, Any]) -> SearchSpace:
+        """Return the space with `overrides` moved from `search` into `fixed`."""
+        return self.model_copy(
+            update={
+                "fixed": {**self.fixed, **overrides},
+                "search": {k: v for k, v in self.search.items() if k not in overrides},
+            }
+        )
+
+
+# --- training parameters -------------------------------------------------------------------------
+
+
+class TrainParams(Strict):
+    """The training knobs of one run; every other hyperparameter is a model keyword argument."""
+
+    optimizer: Literal["adam", "adamw", "sgd", "adagrad"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    batch_size: int = Field(64, ge=2)
+    epochs_max: int = Field(10, ge=1)
+    lr_decay: Literal["none", "keras_time_based", "step"] = "none"
+    class_weights: Literal["none", "inverse_max"] = "inverse_max"
+    augment: Literal["none", "flips", "flips_rot90", "pis"] = "none"
+    input_size: int = Field(50, ge=16)
+    normalisation: Literal["unit", "half", "imagenet"] = "unit"
+
+
+TRAIN_KEYS = frozenset(TrainParams.model_fields)
+
+
+def split_point(point: dict[str, Any]) -> tuple[TrainParams, dict[str, Any]]:
+    """Split a flat hyperparameter point into TrainParams and the model's keyword arguments."""
+    train = TrainParams(**{k: v for k, v in point.items() if k in TRAIN_KEYS})
+    return train, {k: v for k, v in point.items() if k not in TRAIN_KEYS}
+
+
+# --- experiment file -----------------------------------------------------------------------------
+
+
+class DatasetSpec(Strict):
+    """Which dataset, where it lies, and how strictly to check it against the published release."""
+
+    name: Literal["idc"]
+    root: Path
+    manifest: Path | None = None
+    allow_subset: bool = False
+    skip_bad: bool = False
+    edge_patches: Literal["pad", "drop"] = "pad"
+
+
+class ProtocolSpec(Strict):
+    """The patient-grouped protocol of BASELINES.md §1.5."""
+
+    name: Literal["patient"] = "patient"
+    folds: int = Field(5, ge=2, le=20)
+    test_fraction: float = Field(0.2, gt=0, le=0.5)
+    seed: int = 0
+    search_fold: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _fold_in_range(self) -> ProtocolSpec:
+        if self.search_fold >= self.folds:
+            raise ValueError(f"search_fold must be below folds ({self.folds})")
+        return self
+
+
+class BaselineSpec(Strict):
+    """A baseline to sweep: its registry name, an optional local weights file, pinned hyperparameters."""
+
+    name: str
+    pretrained: Path | None = None
+    fixed: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        try:
+            baselines.info(name)
+        except baselines.UnknownBaselineError as exc:
+            raise ValueError(str(exc)) from None
+        return name
+
+    @field_validator("pretrained")
+    @classmethod
+    def _exists(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"weights file {str(path)!r} does not exist (weights are never downloaded)")
+        return path.resolve() if path is not None else None
+
+
+class SearchSpec(Strict):
+    """The search budget: trials per baseline, the epoch cap ASHA prunes inside, the objective."""
+
+    trials: int = Field(8, ge=1)
+    max_epochs: int = Field(10, ge=1)
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, gt=1)
+    metric: Metric = "val_accuracy"
+    sampler: Literal["tpe", "random"] = "tpe"
+    seed: int = 0
+    max_concurrent: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _grace_within_budget(self) -> SearchSpec:
+        if self.grace_period > self.max_epochs:
+            raise ValueError(f"grace_period ({self.grace_period}) must not exceed max_epochs ({self.max_epochs})")
+        return self
+
+    @property
+    def mode(self) -> Literal["min", "max"]:
+        """Return the direction of the objective."""
+        return "min" if self.metric == "val_loss" else "max"
+
+
+class ResourcesSpec(Strict):
+    """What one trial asks Ray for; a fractional GPU lets several trials share one."""
+
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)
+
+
+class TrainingSpec(Strict):
+    """Run-level settings that are not hyperparameters."""
+
+    patience: int = Field(5, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    eval_batch_size: int = Field(512, ge=1)
+
+
+class ExperimentConfig(Strict):
+    """One experiment file: a dataset, a protocol, baselines and a search budget."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    dataset: DatasetSpec
+    protocol: ProtocolSpec = ProtocolSpec()
+    baselines: list[BaselineSpec] = Field(min_length=1)
+    search: SearchSpec = SearchSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    training: TrainingSpec = TrainingSpec()
+    tracking_uri: str | None = None
+    output_dir: Path = Path("results")
+
+    @field_validator("baselines", mode="before")
+    @classmethod
+    def _names_as_entries(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _unique_baselines(self) -> ExperimentConfig:
+        names = [b.name for b in self.baselines]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"baselines listed twice: {', '.join(duplicates)}")
+        return self
+
+    @property
+    def results_dir(self) -> Path:
+        """Return the absolute folder of this experiment's tables."""
+        return (self.output_dir / self.name).resolve()
+
+    def resolved_tracking_uri(self) -> str:
+        """Return the MLflow URI: the configured one, or an absolute SQLite file under output_dir."""
+        if self.tracking_uri:
+            return self.tracking_uri
+        return f"sqlite:///{(self.output_dir / 'mlflow.db').resolve()}"
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def _key(loc: tuple[Any, ...]) -> str:
+    parts = []
+    for item in loc:
+        parts.append(f"[{item}]" if isinstance(item, int) else f".{item}")
+    return "".join(parts).lstrip(".")
+
+
+def _describe(error: dict[str, Any], prefix: tuple[Any, ...] = ()) -> str:
+    """Return "key 'a.b[0]' = value: what was expected" for one pydantic error."""
+    loc = prefix + tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    key = _key(loc) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"key '{key}': unknown key"
+    if error["type"] == "missing":
+        return f"key '{key}': required key is missing"
+    message = error["msg"].removeprefix("Value error, ")
+    value = error.get("input")
+    shown = "" if isinstance(value, (dict, list)) else f" = {value!r}"
+    return f"key '{key}'{shown}: {message}"
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise InputError(f"{path}: not valid YAML{where}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    return data
+
+
+def _validate(model: type[Strict], data: dict[str, Any], path: Path) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise InputError(f"{path}: {_describe(errors[0])}{more}") from None
+
+
+def load_search_space(name: str, directory: Path = SEARCH_SPACES_DIR) -> SearchSpace:
+    """Return the validated search space of baseline `name`."""
+    path = directory / f"{name}.yaml"
+    space = _validate(SearchSpace, _read_yaml(path), path)
+    if space.baseline != name:
+        raise InputError(f"{path}: key 'baseline' = {space.baseline!r}: expected {name!r}, the file's own name")
+    entry = baselines.info(name)
+    unknown = space.keys() - TRAIN_KEYS - entry.model_kwargs()
+    if unknown:
+        raise InputError(
+            f"{path}: keys {', '.join(sorted(unknown))} are neither training parameters nor options of {name}"
+        )
+    return space
+
+
+def _check_baseline(spec: BaselineSpec, index: int, space: SearchSpace, path: Path) -> None:
+    where = f"{path}: key 'baselines[{index}].fixed"
+    unknown = set(spec.fixed) - space.keys()
+    if unknown:
+        raise InputError(
+            f"{where}.{sorted(unknown)[0]}': not a hyperparameter of {spec.name} "
+            f"(its keys: {', '.join(sorted(space.keys()))})"
+        )
+    pinned = space.pinned(spec.fixed)
+    try:
+        split_point({**pinned.recipe, **pinned.fixed})
+    except ValidationError as exc:
+        raise InputError(f"{path}: {_describe(exc.errors()[0], ('baselines', index, 'fixed'))}") from None
+    freeze_values = pinned.search["freeze"].values() if "freeze" in pinned.search else [pinned.fixed.get("freeze", "none")]
+    if spec.pretrained is None and any(v != "none" for v in freeze_values):
+        raise InputError(
+            f"{where}.freeze': {spec.name} has no pretrained weights file (baselines[{index}].pretrained), "
+            "so only freeze: none makes sense; pin it or give a weights file"
+        )
+
+
+def load_experiment(path: Path, **overrides: Any) -> ExperimentConfig:
+    """Load and validate an experiment file; `overrides` (e.g. dataset_root) come from the CLI.
+
+    Raises InputError with one line naming the file, the key, the value and what was expected.
+    """
+    data = _read_yaml(path)
+    if overrides.get("dataset_root") is not None:
+        data.setdefault("dataset", {})
+        if isinstance(data["dataset"], dict):
+            data["dataset"]["root"] = str(overrides["dataset_root"])
+    for key in ("tracking_uri", "output_dir"):
+        if overrides.get(key) is not None:
+            data[key] = str(overrides[key])
+    config = _validate(ExperimentConfig, data, path)
+    for i, spec in enumerate(config.baselines):
+        _check_baseline(spec, i, load_search_space(spec.name), path)
+    return config

@@ -1,0 +1,249 @@
+"""One run = one model x one fold: fit with early stopping, evaluate the best epoch on the test set.
+
+The same `fit` runs under `harness train` and inside a Ray trial; it reports through a callback
+and knows nothing of Tune or MLflow.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+from torch.utils.data import DataLoader
+
+import baselines
+from harness.config import TrainParams
+from harness.data.cache import open_patch_cache
+from harness.data.dataset import PatchDataset
+from harness.data.manifest import read_manifest
+from harness.data.splits import CV, TEST, read_split
+from harness.data.transforms import build_transform
+from harness.metrics import classification_metrics, confusion
+
+
+class RunSpec(BaseModel):
+    """Everything one run needs, with absolute paths so it means the same in any working directory."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    baseline: str
+    num_classes: int
+    pretrained: Path | None = None
+    params: TrainParams
+    model_kwargs: dict[str, Any] = {}
+    manifest_path: Path
+    cache_path: Path
+    split_path: Path
+    fold: int
+    max_epochs: int
+    patience: int = 5
+    seed: int = 0
+    device: str = "cpu"
+    threads: int = 1
+    eval_batch_size: int = 512
+    evaluate_test: bool = True
+
+    @property
+    def epochs(self) -> int:
+        """Return the epoch budget: the run's own epochs_max, capped by the search budget."""
+        return min(self.params.epochs_max, self.max_epochs)
+
+
+@dataclass
+class Evaluation:
+    """Metrics, confusion matrix and per-image probabilities of one model on one set of images."""
+
+    metrics: dict[str, float]
+    confusion: np.ndarray
+    predictions: pd.DataFrame
+
+
+@dataclass
+class EpochReport:
+    """What `fit` reports after each epoch; `test` is set on the last one only."""
+
+    epoch: int
+    train_loss: float
+    val: dict[str, float]
+    best_epoch: int
+    best_val: dict[str, float]
+    done: bool
+    param_counts: dict[str, int]
+    test: Evaluation | None = None
+
+
+@dataclass
+class FitResult:
+    """The outcome of a run: per-epoch history, the best epoch, and its test evaluation."""
+
+    history: list[EpochReport]
+    best_epoch: int
+    best_val: dict[str, float]
+    val: Evaluation
+    test: Evaluation | None
+    param_counts: dict[str, int]
+    seconds: float
+    state_dict: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch, and ask torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def resolve_device(device: str) -> str:
+    """Return 'cuda' or 'cpu' for a configured device ('auto' picks CUDA when present)."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """Return CancerNet's weights n_max / n_c, counted on the training labels (BASELINES.md §1.5)."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    return torch.tensor(counts.max() / np.maximum(counts, 1), dtype=torch.float32)
+
+
+def _optimizer(params: TrainParams, model: nn.Module) -> torch.optim.Optimizer:
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if params.optimizer == "sgd":
+        return torch.optim.SGD(trainable, lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay)
+    if params.optimizer == "adagrad":
+        return torch.optim.Adagrad(trainable, lr=params.lr, weight_decay=params.weight_decay)
+    optimizer = torch.optim.AdamW if params.optimizer == "adamw" else torch.optim.Adam
+    return optimizer(trainable, lr=params.lr, weight_decay=params.weight_decay)
+
+
+def _step_schedule(params: TrainParams, epochs: int) -> Callable[[int], float]:
+    """Return the lr multiplier as a function of the optimiser step."""
+    if params.lr_decay == "keras_time_based":
+        # Keras `decay = lr / epochs`, applied per batch update: lr_t = lr0 / (1 + decay * t).
+        decay = params.lr / epochs
+        return lambda step: 1.0 / (1.0 + decay * step)
+    return lambda step: 1.0
+
+
+def _loader(dataset: PatchDataset, batch_size: int, *, shuffle: bool, seed: int) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    # Dropping a last partial batch mirrors Keras' steps_per_epoch = n // batch and keeps
+    # BatchNorm away from a batch of one.
+    drop_last = shuffle and len(dataset) > batch_size
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, generator=generator)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader, device: str) -> tuple[np.ndarray, np.ndarray]:
+    """Return (softmax probabilities N x C, labels N) of `model` over `loader`."""
+    model.eval()
+    probs, labels = [], []
+    for images, targets in loader:
+        logits = model(images.to(device))["logits"]
+        probs.append(torch.softmax(logits.float(), 1).cpu().numpy())
+        labels.append(targets.numpy())
+    return np.concatenate(probs), np.concatenate(labels)
+
+
+def evaluate(model: nn.Module, loader: DataLoader, device: str, frame: pd.DataFrame) -> Evaluation:
+    """Return metrics (with unweighted cross-entropy `loss`) and predictions for the rows in `frame`."""
+    prob, labels = predict(model, loader, device)
+    loss = float(nn.functional.nll_loss(torch.log(torch.from_numpy(prob).clamp_min(1e-12)), torch.from_numpy(labels)))
+    metrics = {"loss": loss, **classification_metrics(labels, prob)}
+    predictions = frame[["rel_path", "patient_id", "label"]].reset_index(drop=True)
+    predictions = predictions.assign(**{f"prob_{c}": prob[:, c] for c in range(prob.shape[1])}, pred=prob.argmax(1))
+    return Evaluation(metrics=metrics, confusion=confusion(labels, prob.argmax(1), prob.shape[1]), predictions=predictions)
+
+
+def fit(spec: RunSpec, report: Callable[[EpochReport], None] | None = None) -> FitResult:
+    """Train `spec.baseline` on the fold's training patients, early-stop on validation loss,
+    and evaluate the best epoch on the test patients; returns the FitResult."""
+    started = time.perf_counter()
+    seed_everything(spec.seed)
+    torch.set_num_threads(max(1, spec.threads))
+    device = resolve_device(spec.device)
+    manifest, _ = read_manifest(spec.manifest_path)
+    split = read_split(spec.split_path)
+    if not np.array_equal(split.assignments.rel_path.to_numpy(), manifest.rel_path.to_numpy()):
+        raise ValueError(f"split {spec.split_path} was not made from manifest {spec.manifest_path}")
+    images = open_patch_cache(spec.cache_path)
+    labels = manifest.label.to_numpy()
+    patch_size = images.shape[1]
+    rows = {
+        "train": split.rows(split=CV, exclude_fold=spec.fold),
+        "val": split.rows(split=CV, fold=spec.fold),
+        "test": split.rows(split=TEST),
+    }
+    p = spec.params
+
+    def dataset(part: str) -> PatchDataset:
+        transform = build_transform(
+            augment=p.augment, input_size=p.input_size, patch_size=patch_size,
+            normalisation=p.normalisation, train=part == "train", seed=spec.seed,
+        )
+        return PatchDataset(images, rows[part], labels, transform)
+
+    train_loader = _loader(dataset("train"), p.batch_size, shuffle=True, seed=spec.seed)
+    val_loader = _loader(dataset("val"), spec.eval_batch_size, shuffle=False, seed=spec.seed)
+    model = baselines.create(
+        spec.baseline, num_classes=spec.num_classes,
+        pretrained=str(spec.pretrained) if spec.pretrained else None, **spec.model_kwargs,
+    ).to(device)
+    counts = baselines.param_counts(model)
+    weights = class_weights(labels[rows["train"]], spec.num_classes) if p.class_weights == "inverse_max" else None
+    criterion = nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None)
+    optimizer = _optimizer(p, model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _step_schedule(p, spec.epochs))
+    epoch_scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 10, 0.9) if p.lr_decay == "step" else None
+
+    history: list[EpochReport] = []
+    best: tuple[float, int, dict[str, float], dict[str, torch.Tensor], Evaluation] | None = None
+    for epoch in range(1, spec.epochs + 1):
+        model.train()
+        total, seen = 0.0, 0
+        for batch, targets in train_loader:
+            batch, targets = batch.to(device), targets.to(device)
+            loss = criterion(model(batch)["logits"], targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += float(loss.detach()) * len(targets)
+            seen += len(targets)
+        if epoch_scheduler is not None:
+            epoch_scheduler.step()
+        val = evaluate(model, val_loader, device, manifest.iloc[rows["val"]])
+        if best is None or val.metrics["loss"] < best[0]:
+            state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            best = (val.metrics["loss"], epoch, val.metrics, state, val)
+        done = epoch == spec.epochs or epoch - best[1] >= spec.patience
+        test = None
+        if done and spec.evaluate_test:
+            test_model = copy.deepcopy(model)
+            test_model.load_state_dict(best[3])
+            test_loader = _loader(dataset("test"), spec.eval_batch_size, shuffle=False, seed=spec.seed)
+            test = evaluate(test_model, test_loader, device, manifest.iloc[rows["test"]])
+        entry = EpochReport(
+            epoch=epoch, train_loss=total / max(seen, 1), val=val.metrics,
+            best_epoch=best[1], best_val=best[2], done=done, param_counts=counts, test=test,
+        )
+        history.append(entry)
+        if report is not None:
+            report(entry)
+        if done:
+            break
+    assert best is not None
+    return FitResult(
+        history=history, best_epoch=best[1], best_val=best[2], val=best[4], test=history[-1].test,
+        param_counts=counts, seconds=time.perf_counter() - started, state_dict=best[3],
+    )
