@@ -1,0 +1,193 @@
+"""The `harness` command: data index, train, sweep, leaderboard.
+
+Bad input (a missing file, an unknown key, a wrong type, an unknown baseline, a dataset root
+without images) prints one line naming the file, key or value and what was expected, and exits 2
+before anything is written to MLflow or results/.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from harness.errors import InputError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n")[0])
+data_app = typer.Typer(no_args_is_help=True, help="Index datasets and make synthetic ones.")
+app.add_typer(data_app, name="data")
+console = Console()
+errors = Console(stderr=True)
+
+
+def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn InputError into one line on stderr and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except InputError as exc:
+            errors.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+RootOption = typer.Option(None, "--root", help="Dataset root; overrides dataset.root of the experiment file.")
+UriOption = typer.Option(None, "--tracking-uri", help="Any MLflow tracking URI; default: SQLite under output_dir.")
+OutOption = typer.Option(None, "--output-dir", help="Where results/ go; overrides output_dir.")
+
+
+def _load(experiment: Path, root: Path | None, tracking_uri: str | None, output_dir: Path | None):
+    from harness.config import load_experiment
+
+    return load_experiment(experiment, dataset_root=root, tracking_uri=tracking_uri, output_dir=output_dir)
+
+
+@data_app.command("index")
+@user_errors
+def data_index(
+    root: Path = typer.Option(..., "--root", help="Dataset root in its published layout."),
+    dataset: str = typer.Option("idc", "--dataset", help="Dataset name (idc)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Manifest file; default results/_data/manifests/<dataset>-<hash>.parquet."),
+    allow_subset: bool = typer.Option(False, "--allow-subset", help="Accept a sample instead of the full release."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave bad files out (each is reported) instead of failing."),
+) -> None:
+    """Walk a dataset, check every file, and write its parquet manifest."""
+    from harness.config import DatasetSpec
+    from harness.data.manifest import manifest_hash, write_manifest
+    from harness.data.prepare import index_dataset
+
+    if dataset != "idc":
+        raise InputError(f"--dataset {dataset!r}: expected one of: idc")
+    manifest, notes = index_dataset(
+        DatasetSpec(name=dataset, root=root, allow_subset=allow_subset, skip_bad=skip_bad), show_progress=True
+    )
+    digest = manifest_hash(manifest)
+    path = out or Path("results/_data/manifests") / f"{dataset}-{digest[:16]}.parquet"
+    write_manifest(manifest, path, meta={"dataset": dataset, "root": str(root.resolve())})
+    for note in notes:
+        errors.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
+    counts = manifest.groupby("class_name").size().to_dict()
+    flags = manifest["flags"].str.split(";").explode().loc[lambda f: f != ""].value_counts().to_dict()
+    console.print(
+        f"{len(manifest):,} patches of {manifest.patient_id.nunique()} patients {counts}; flags {flags or 'none'}\n"
+        f"manifest {path} (hash {digest[:16]})"
+    )
+
+
+@data_app.command("synth")
+@user_errors
+def data_synth(
+    out: Path = typer.Argument(..., help="Folder to write the IDC-layout tree into."),
+    patients: int = typer.Option(20, "--patients", min=2),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Write a small synthetic IDC tree of real PNG files with a learnable signal."""
+    from harness.data.synthetic import write_synthetic_idc
+
+    write_synthetic_idc(out, patients=patients, seed=seed)
+    console.print(f"synthetic IDC tree with {patients} patients written to {out}")
+
+
+@app.command()
+@user_errors
+def train(
+    experiment: Path = typer.Argument(..., help="Experiment YAML file."),
+    baseline: str = typer.Option(..., "--baseline", help="Registered baseline to train with its published recipe."),
+    fold: int = typer.Option(0, "--fold", min=0, help="Validation fold; the others train."),
+    root: Optional[Path] = RootOption,
+    tracking_uri: Optional[str] = UriOption,
+    output_dir: Optional[Path] = OutOption,
+) -> None:
+    """Train one baseline on one fold with its recipe, tracked as one MLflow run."""
+    from harness.experiment import recipe_spec, set_up, train_tracked
+
+    config = _load(experiment, root, tracking_uri, output_dir)
+    if baseline not in {b.name for b in config.baselines}:
+        raise InputError(f"--baseline {baseline!r}: not among the experiment's baselines ({', '.join(b.name for b in config.baselines)})")
+    if fold >= config.protocol.folds:
+        raise InputError(f"--fold {fold}: expected a fold below protocol.folds ({config.protocol.folds})")
+    setup = set_up(config, show_progress=True)
+    spec = recipe_spec(config, setup.data, baseline, fold=fold)
+    run_id, result = train_tracked(
+        config, setup, spec,
+        on_epoch=lambda e: console.print(
+            f"epoch {e.epoch:>3}  train loss {e.train_loss:.4f}  val loss {e.val['loss']:.4f}  "
+            f"val acc {e.val['accuracy']:.4f}  val AUC {e.val['auc']:.4f}"
+        ),
+    )
+    test = result.test.metrics if result.test else {}
+    console.print(
+        f"best epoch {result.best_epoch}: val acc {result.best_val['accuracy']:.4f}; "
+        f"test acc {test.get('accuracy', float('nan')):.4f}, AUC {test.get('auc', float('nan')):.4f}\n"
+        f"MLflow run {run_id} in {setup.tracker.uri}"
+    )
+
+
+@app.command()
+@user_errors
+def sweep(
+    experiment: Path = typer.Argument(..., help="Experiment YAML file."),
+    root: Optional[Path] = RootOption,
+    address: Optional[str] = typer.Option(None, "--address", envvar="RAY_ADDRESS", help="Ray cluster to join; default an embedded local Ray."),
+    tracking_uri: Optional[str] = UriOption,
+    output_dir: Optional[Path] = OutOption,
+) -> None:
+    """Tune every baseline of an experiment with Ray Tune, Optuna and ASHA, tracked in MLflow."""
+    from harness.tune import run_sweep
+
+    config = _load(experiment, root, tracking_uri, output_dir)
+    summary = run_sweep(config, address=address, verbose=True)
+    table = Table(title=f"sweep {summary.experiment}: {summary.wall_seconds:.0f} s")
+    for column in ("baseline", "trials", "finished", "stopped early (ASHA)", "failed"):
+        table.add_column(column, justify="left" if column == "baseline" else "right")
+    for name, o in summary.baselines.items():
+        table.add_row(name, str(o.trials), str(o.finished), str(o.stopped_early), str(o.failed))
+    console.print(table)
+    for note in summary.notes:
+        console.print(f"note: {note}", highlight=False)
+    console.print(
+        f"split {summary.split_hash[:16]}; parent run {summary.parent_run_id}\n"
+        f"look at it: mlflow ui --backend-store-uri {summary.tracking_uri}"
+    )
+
+
+@app.command()
+@user_errors
+def leaderboard(
+    experiment: str = typer.Argument(..., help="Experiment YAML file, or the name of an MLflow experiment."),
+    tracking_uri: Optional[str] = UriOption,
+    output_dir: Optional[Path] = OutOption,
+    split_hash: Optional[str] = typer.Option(None, "--split-hash", help="Split to compare; default: the latest sweep's."),
+) -> None:
+    """Rebuild the comparison table from MLflow; print it and write results/<experiment>/leaderboard.{md,csv}."""
+    from harness.leaderboard import build_leaderboard, to_markdown, write_leaderboard
+
+    if experiment.endswith((".yaml", ".yml")):
+        config = _load(Path(experiment), None, tracking_uri, output_dir)
+        name, uri, results = config.name, config.resolved_tracking_uri(), config.results_dir
+    else:
+        out = (output_dir or Path("results")).resolve()
+        name, uri, results = experiment, tracking_uri or f"sqlite:///{out / 'mlflow.db'}", out / experiment
+        if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+            raise InputError(f"{uri}: no MLflow store there (run `harness sweep` first, or pass --tracking-uri)")
+    board = build_leaderboard(uri, name, split_hash=split_hash)
+    md, csv = write_leaderboard(board, results)
+    console.print(to_markdown(board), highlight=False, soft_wrap=True)
+    console.print(f"written: {md}, {csv}")
+
+
+def main() -> None:
+    """Entry point for `python -m harness`."""
+    app(prog_name="harness")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""Leaderboard: MLflow runs -> one row per baseline, as Markdown and CSV.
+
+It reads the tracking store only, never files a sweep wrote on the side, and compares only runs
+that saw the same split (equal `split_hash` tag); runs of another split are reported, not mixed in.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from mlflow import MlflowClient
+
+from harness import tracking
+from harness.errors import InputError
+
+COLUMNS = {
+    "baseline": "baseline",
+    "val_accuracy": "val acc",
+    "test_accuracy": "test acc",
+    "test_auc": "test AUC",
+    "test_f1": "test F1",
+    "test_precision": "test precision",
+    "test_recall": "test recall",
+    "params": "#params (torch)",
+    "trials": "trials",
+    "stopped_early": "stopped early",
+    "failed": "failed",
+    "wall_time_s": "trial wall time (s)",
+}
+
+
+@dataclass
+class Leaderboard:
+    """The table, the split it covers, and what was left out of it."""
+
+    experiment: str
+    split_hash: str
+    table: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+
+def _all_runs(client: MlflowClient, experiment_id: str, filter_string: str) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def trial_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
+    """Return one row per trial run of `experiment`: ids, status, tags, final metrics and duration."""
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise InputError(f"experiment {experiment!r} has no runs in {tracking_uri} (run `harness sweep` first)")
+    rows = []
+    for run in _all_runs(client, found.experiment_id, f"tags.{tracking.RUN_TYPE} = 'trial'"):
+        info, tags = run.info, run.data.tags
+        end = info.end_time or info.start_time
+        rows.append({
+            "run_id": info.run_id,
+            "status": info.status,
+            "start_time": info.start_time,
+            "baseline": tags.get(tracking.BASELINE),
+            "split_hash": tags.get(tracking.SPLIT_HASH),
+            "objective_metric": tags.get(tracking.OBJECTIVE, "val_accuracy"),
+            "stopped_by": tags.get(tracking.STOPPED_BY),
+            "wall_time_s": (end - info.start_time) / 1000,
+            **run.data.metrics,
+        })
+    return pd.DataFrame(rows)
+
+
+def latest_split_hash(tracking_uri: str, experiment: str) -> str:
+    """Return the split hash of the most recent sweep of `experiment`."""
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    sweeps = [] if found is None else client.search_runs(
+        [found.experiment_id], f"tags.{tracking.RUN_TYPE} = 'sweep'", order_by=["attributes.start_time DESC"], max_results=1
+    )
+    if not sweeps:
+        raise InputError(f"experiment {experiment!r} has no sweep in {tracking_uri} (run `harness sweep` first)")
+    return sweeps[0].data.tags[tracking.SPLIT_HASH]
+
+
+def _best_trial(runs: pd.DataFrame) -> pd.Series | None:
+    """Return the trial with the best objective among those that reached a test evaluation."""
+    tested = runs[runs.get("test_accuracy", pd.Series(index=runs.index, dtype=float)).notna()]
+    if tested.empty:
+        return None
+    minimise = tested.objective_metric.iloc[0] == "val_loss"
+    return tested.loc[tested.objective.idxmin() if minimise else tested.objective.idxmax()]
+
+
+def _row(baseline: str, runs: pd.DataFrame) -> dict[str, object]:
+    best = _best_trial(runs)
+
+    def metric(name: str) -> float:
+        return float(best[name]) if best is not None and name in best and not pd.isna(best[name]) else math.nan
+
+    return {
+        "baseline": baseline,
+        "val_accuracy": metric("best_val_accuracy"),
+        "test_accuracy": metric("test_accuracy"),
+        "test_auc": metric("test_auc"),
+        "test_f1": metric("test_f1"),
+        "test_precision": metric("test_precision"),
+        "test_recall": metric("test_sensitivity"),
+        "params": int(best["params_torch"]) if best is not None else None,
+        "trials": len(runs),
+        "stopped_early": int((runs.stopped_by == "asha").sum()),
+        "failed": int((runs.status == "FAILED").sum()),
+        "wall_time_s": round(float(runs.wall_time_s.sum()), 1),
+        "best_run_id": best["run_id"] if best is not None else None,
+    }
+
+
+def build_leaderboard(tracking_uri: str, experiment: str, *, split_hash: str | None = None) -> Leaderboard:
+    """Return the leaderboard of `experiment` for one split (default: that of its latest sweep)."""
+    split_hash = split_hash or latest_split_hash(tracking_uri, experiment)
+    runs = trial_runs(tracking_uri, experiment)
+    notes = []
+    if runs.empty:
+        raise InputError(f"experiment {experiment!r} has no trial runs in {tracking_uri}")
+    other = runs[runs.split_hash != split_hash]
+    if not other.empty:
+        hashes = ", ".join(sorted(h[:12] for h in other.split_hash.dropna().unique()))
+        notes.append(f"excluded {len(other)} runs made on another split ({hashes}); only split {split_hash[:12]} is compared")
+    runs = runs[runs.split_hash == split_hash]
+    if runs.empty:
+        raise InputError(f"experiment {experiment!r} has no trial runs on split {split_hash[:12]}")
+    rows = [_row(name, group) for name, group in runs.groupby("baseline", sort=True)]
+    table = pd.DataFrame(rows).sort_values("val_accuracy", ascending=False, na_position="last").reset_index(drop=True)
+    for row in rows:
+        if row["best_run_id"] is None:
+            notes.append(f"{row['baseline']}: no trial reached a test evaluation (all stopped early or failed)")
+    return Leaderboard(experiment=experiment, split_hash=split_hash, table=table, notes=notes)
+
+
+def _cell(value: object) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) <= 1 else f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def to_markdown(board: Leaderboard) -> str:
+    """Return the leaderboard as a Markdown table with its split and notes."""
+    header = "| " + " | ".join(COLUMNS.values()) + " |"
+    rule = "|" + "|".join("---" if k == "baseline" else "---:" for k in COLUMNS) + "|"
+    body = ["| " + " | ".join(_cell(row[k]) for k in COLUMNS) + " |" for row in board.table.to_dict("records")]
+    lines = [f"## {board.experiment}", "", f"Split `{board.split_hash[:16]}` (patient-grouped; val = search fold, test = held-out patients).", "", header, rule, *body]
+    lines += ["", "Best trial per baseline by its objective on the validation fold; test metrics are that trial's best epoch."]
+    lines += [f"- {note}" for note in board.notes]
+    return "\n".join(lines) + "\n"
+
+
+def write_leaderboard(board: Leaderboard, results_dir: Path) -> tuple[Path, Path]:
+    """Write leaderboard.md and leaderboard.csv into `results_dir`; returns both paths."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    md, csv = results_dir / "leaderboard.md", results_dir / "leaderboard.csv"
+    md.write_text(to_markdown(board))
+    board.table.assign(split_hash=board.split_hash).to_csv(csv, index=False)
+    return md, csv
