@@ -1,0 +1,50 @@
+"""Shared fixtures: the real IDC sample (skipped when absent), synthetic trees, experiment files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+IDC_SAMPLE = REPO.parent / "shared" / "data" / "idc_sample"
+
+
+@pytest.fixture(scope="session")
+def idc_sample() -> Path:
+    """The 24-patient IDC sample in ../shared/data, or a skip when this checkout has none."""
+    if not IDC_SAMPLE.is_dir():
+        pytest.skip(f"real IDC sample not found at {IDC_SAMPLE} (the shared/ folder beside the checkout)")
+    return IDC_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def synthetic_idc(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 20-patient synthetic IDC tree of real PNG files."""
+    from harness.data.synthetic import write_synthetic_idc
+
+    return write_synthetic_idc(tmp_path_factory.mktemp("synthetic_idc"), patients=20, seed=1)
+
+
+def experiment_dict(root: Path, output_dir: Path, **sections: Any) -> dict[str, Any]:
+    """Return a small valid experiment as a dict; keyword arguments replace whole sections."""
+    data: dict[str, Any] = {
+        "name": "t",
+        "dataset": {"name": "idc", "root": str(root), "allow_subset": True},
+        "protocol": {"folds": 3, "test_fraction": 0.25, "seed": 0},
+        "baselines": ["cancernet"],
+        "search": {"trials": 2, "max_epochs": 2, "grace_period": 1},
+        "resources": {"cpu": 1},
+        "training": {"patience": 2},
+        "output_dir": str(output_dir),
+    }
+    data.update(sections)
+    return data
+
+
+def write_experiment(path: Path, data: dict[str, Any]) -> Path:
+    """Write an experiment dict as YAML and return the path."""
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path

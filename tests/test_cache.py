@@ -1,0 +1,46 @@
+"""The memory-mapped patch cache returns exactly the pixels of the PNG files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from harness.data.cache import build_patch_cache, open_patch_cache, padded_rows
+from harness.data.idc import index_idc
+from harness.data.manifest import manifest_hash
+
+
+def test_cache_returns_the_decoded_png_pixels(tmp_path: Path, idc_sample: Path) -> None:
+    manifest = index_idc(idc_sample, allow_subset=True).manifest
+    cache = open_patch_cache(build_patch_cache(manifest, manifest_hash(manifest), tmp_path))
+    assert cache.shape == (1326, 50, 50, 3) and cache.dtype == np.uint8
+    for i, path in enumerate(manifest.path):
+        with Image.open(path) as im:
+            pixels = np.asarray(im.convert("RGB"))
+        h, w = pixels.shape[:2]
+        np.testing.assert_array_equal(cache[i, :h, :w], pixels, err_msg=path)
+
+
+def test_edge_patches_are_replicate_padded_and_recorded(tmp_path: Path, idc_sample: Path) -> None:
+    manifest = index_idc(idc_sample, allow_subset=True).manifest
+    path = build_patch_cache(manifest, manifest_hash(manifest), tmp_path)
+    cache = open_patch_cache(path)
+    edge = manifest.index[manifest["flags"].str.contains("edge_patch")].tolist()
+    assert padded_rows(path) == edge
+    for i in edge:
+        h = int(manifest.height[i])
+        # Every padded row repeats the last real row (bottom edge replication).
+        np.testing.assert_array_equal(cache[i, h:], np.repeat(cache[i, h - 1:h], 50 - h, axis=0))
+
+
+def test_cache_is_built_once_per_manifest_hash(tmp_path: Path, synthetic_idc: Path) -> None:
+    manifest = index_idc(synthetic_idc, allow_subset=True).manifest
+    digest = manifest_hash(manifest)
+    first = build_patch_cache(manifest, digest, tmp_path)
+    stamp = first.stat().st_mtime_ns
+    second = build_patch_cache(manifest, digest, tmp_path)
+    assert second == first and second.stat().st_mtime_ns == stamp
+    other = build_patch_cache(manifest.iloc[:10], manifest_hash(manifest.iloc[:10]), tmp_path)
+    assert other != first and open_patch_cache(other).shape[0] == 10

@@ -1,0 +1,108 @@
+"""Experiment and search-space files: shipped ones validate, bad ones fail with one clear line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import baselines
+from harness.cli import app
+from harness.config import SEARCH_SPACES_DIR, load_experiment, load_search_space, split_point
+from harness.search import recipe_start_point
+
+from .conftest import REPO, experiment_dict, write_experiment
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "experiments").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_experiment_validates(path: Path, synthetic_idc: Path) -> None:
+    config = load_experiment(path, dataset_root=synthetic_idc)
+    assert config.baselines
+
+
+@pytest.mark.parametrize("name", baselines.list())
+def test_every_baseline_has_a_search_space_with_a_valid_recipe(name: str) -> None:
+    space = load_search_space(name)
+    params, _ = split_point({**space.recipe, **space.fixed})
+    assert params.lr == space.recipe["lr"]
+    assert (SEARCH_SPACES_DIR / f"{name}.yaml").is_file()
+
+
+def test_cancernet_recipe_is_a_point_of_its_space() -> None:
+    start, reason = recipe_start_point(load_search_space("cancernet"))
+    assert start == {"lr": 0.01, "batch_size": 32, "dropout_conv": 0.25, "dropout_fc": 0.5, "epochs_max": 40}
+    assert reason == "the recipe is the first point"
+
+
+def test_resnet18_recipe_lies_outside_only_through_weight_decay() -> None:
+    # 004 used no weight decay; BASELINES.md §2.3 searches it on a log scale from 1e-6.
+    start, reason = recipe_start_point(load_search_space("resnet18"))
+    assert start is None and reason == "the recipe's weight_decay=0.0 lies outside the searched range"
+
+
+def _bad(tmp_path: Path, synthetic_idc: Path, **sections) -> Path:
+    return write_experiment(tmp_path / "exp.yaml", experiment_dict(synthetic_idc, tmp_path / "out", **sections))
+
+
+BAD_INPUTS = {
+    "unknown key": (
+        {"search": {"trials": 2, "trails": 3}},
+        "exp.yaml: key 'search.trails': unknown key",
+    ),
+    "wrong type": (
+        {"search": {"trials": "many"}},
+        "exp.yaml: key 'search.trials' = 'many': Input should be a valid integer",
+    ),
+    "unknown baseline": (
+        {"baselines": ["cancernet", "resnet19"]},
+        "exp.yaml: key 'baselines[1].name' = 'resnet19': unknown baseline 'resnet19'; did you mean resnet18?",
+    ),
+    "unknown pinned hyperparameter": (
+        {"baselines": [{"name": "cancernet", "fixed": {"lrr": 0.1}}]},
+        "exp.yaml: key 'baselines[0].fixed.lrr': not a hyperparameter of cancernet",
+    ),
+    "freeze without weights": (
+        {"baselines": ["resnet18"]},
+        "exp.yaml: key 'baselines[0].fixed.freeze': resnet18 has no pretrained weights file",
+    ),
+    "missing weights file": (
+        {"baselines": [{"name": "resnet18", "pretrained": "/nowhere/w.pth", "fixed": {"freeze": "none"}}]},
+        "exp.yaml: key 'baselines[0].pretrained' = '/nowhere/w.pth': weights file '/nowhere/w.pth' does not exist",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_experiment_exits_2_with_one_line_and_writes_nothing(case: str, tmp_path: Path, synthetic_idc: Path) -> None:
+    sections, message = BAD_INPUTS[case]
+    path = _bad(tmp_path, synthetic_idc, **sections)
+    result = CliRunner().invoke(app, ["sweep", str(path)])
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_experiment_file(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["sweep", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2
+    assert f"{tmp_path / 'nope.yaml'}: file not found" in result.stderr
+
+
+def test_dataset_root_without_images_exits_2_and_writes_nothing(tmp_path: Path, synthetic_idc: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    path = _bad(tmp_path, synthetic_idc)
+    result = CliRunner().invoke(app, ["sweep", str(path), "--root", str(empty)])
+    assert result.exit_code == 2
+    assert f"{empty}: no IDC patches found" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_protocol_the_data_cannot_meet_exits_2_and_writes_nothing(tmp_path: Path, synthetic_idc: Path) -> None:
+    path = _bad(tmp_path, synthetic_idc, protocol={"folds": 19, "test_fraction": 0.25})
+    result = CliRunner().invoke(app, ["sweep", str(path)])
+    assert result.exit_code == 2
+    assert "20 patients cannot make a 1/4 test set plus 19 folds" in result.stderr
+    assert not (tmp_path / "out").exists()

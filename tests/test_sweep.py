@@ -1,0 +1,166 @@
+"""End to end through the CLI with real Ray, real MLflow (SQLite) and real PNG files."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from harness import tracking
+from harness.cli import app
+
+from .conftest import experiment_dict, write_experiment
+
+MAX_EPOCHS = 3
+
+
+@dataclass
+class Swept:
+    """A finished sweep: its experiment file, MLflow store and CLI output."""
+
+    experiment: Path
+    uri: str
+    output: str
+    out_dir: Path
+
+    def client(self) -> MlflowClient:
+        return MlflowClient(self.uri)
+
+    def runs(self, run_type: str) -> list:
+        client = self.client()
+        experiment = client.get_experiment_by_name("sweep-test")
+        return client.search_runs([experiment.experiment_id], f"tags.{tracking.RUN_TYPE} = '{run_type}'")
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory: pytest.TempPathFactory, synthetic_idc: Path) -> Swept:
+    tmp = tmp_path_factory.mktemp("sweep")
+    data = experiment_dict(
+        synthetic_idc, tmp / "results",
+        name="sweep-test",
+        baselines=[
+            # Batch 4 gives CancerNet enough optimiser steps per epoch on this small tree.
+            {"name": "cancernet", "fixed": {"batch_size": 4, "epochs_max": MAX_EPOCHS}},
+            {"name": "resnet18", "fixed": {"freeze": "none", "input_size": 50, "batch_size": 16, "epochs_max": 2}},
+        ],
+        search={"trials": 4, "max_epochs": MAX_EPOCHS, "grace_period": 1, "reduction_factor": 2,
+                "max_concurrent": 1, "seed": 0},
+    )
+    data["baselines"][1]["fixed"]["optimizer"] = "adam"
+    path = write_experiment(tmp / "sweep.yaml", data)
+    result = CliRunner().invoke(app, ["sweep", str(path)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return Swept(path, f"sqlite:///{tmp / 'results' / 'mlflow.db'}", result.output, tmp / "results")
+
+
+def test_one_child_run_per_trial_under_one_parent(swept: Swept) -> None:
+    sweeps, trials = swept.runs("sweep"), swept.runs("trial")
+    assert len(sweeps) == 1 and sweeps[0].info.status == "FINISHED"
+    assert len(trials) == 8
+    assert {r.data.tags[tracking.PARENT] for r in trials} == {sweeps[0].info.run_id}
+    trial_ids = [r.data.tags[tracking.TRIAL_ID] for r in trials]
+    assert len(set(trial_ids)) == 8
+    counts = pd.Series([r.data.tags[tracking.BASELINE] for r in trials]).value_counts().to_dict()
+    assert counts == {"cancernet": 4, "resnet18": 4}
+    assert sweeps[0].data.metrics["sweep_trials"] == 8
+
+
+def test_early_stopped_trials_are_killed_and_tagged(swept: Swept) -> None:
+    trials = swept.runs("trial")
+    stopped = [r for r in trials if r.data.tags.get(tracking.STOPPED_BY) == "asha"]
+    finished = [r for r in trials if r.info.status == "FINISHED"]
+    assert stopped, "ASHA stopped no trial: the test sweep no longer exercises early stopping"
+    assert len(stopped) + len(finished) == 8
+    client = swept.client()
+    for run in stopped:
+        assert run.info.status == "KILLED"
+        epochs = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
+        assert epochs == list(range(1, len(epochs) + 1))
+        assert int(run.data.tags["stopped_at_epoch"]) == len(epochs)
+        assert "test_accuracy" not in run.data.metrics
+    for run in finished:
+        assert "test_accuracy" in run.data.metrics
+        assert {a.path for a in client.list_artifacts(run.info.run_id, "test")} == {
+            "test/confusion_matrix.json", "test/confusion_matrix.png", "test/predictions.csv"
+        }
+    assert f"{len(stopped)}" in swept.output and "stopped early" in swept.output
+
+
+def test_every_run_records_split_hash_commit_and_dataset(swept: Swept) -> None:
+    runs = swept.runs("trial") + swept.runs("sweep")
+    hashes = {r.data.tags[tracking.SPLIT_HASH] for r in runs}
+    assert len(hashes) == 1 and len(hashes.pop()) == 64
+    assert all(r.data.tags["git_commit"] for r in runs)
+    assert {r.data.tags[tracking.DATASET] for r in runs} == {"idc"}
+    client = swept.client()
+    sweep = swept.runs("sweep")[0]
+    split_files = [a.path for a in client.list_artifacts(sweep.info.run_id, "split")]
+    assert len(split_files) == 1 and split_files[0].startswith("split/split-")
+
+
+def test_confusion_matrix_artifact_counts_the_test_patients(swept: Swept) -> None:
+    client = swept.client()
+    run = next(r for r in swept.runs("trial") if r.info.status == "FINISHED")
+    local = Path(client.download_artifacts(run.info.run_id, "test/confusion_matrix.json"))
+    matrix = json.loads(local.read_text())
+    predictions = pd.read_csv(client.download_artifacts(run.info.run_id, "test/predictions.csv"))
+    assert matrix["classes"] == ["non_idc", "idc"]
+    assert sum(map(sum, matrix["rows_true_cols_pred"])) == len(predictions)
+    accuracy = (predictions.label == predictions.pred).mean()
+    assert accuracy == pytest.approx(run.data.metrics["test_accuracy"])
+
+
+def test_leaderboard_numbers_equal_the_metrics_in_mlflow(swept: Swept) -> None:
+    result = CliRunner().invoke(app, ["leaderboard", str(swept.experiment)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(swept.out_dir / "sweep-test" / "leaderboard.csv")
+    assert (swept.out_dir / "sweep-test" / "leaderboard.md").read_text().count("\n| ") == 3
+    trials = swept.runs("trial")
+    for row in table.itertuples():
+        mine = [r for r in trials if r.data.tags[tracking.BASELINE] == row.baseline]
+        tested = [r for r in mine if "test_accuracy" in r.data.metrics]
+        best = max(tested, key=lambda r: r.data.metrics["objective"])
+        assert row.best_run_id == best.info.run_id
+        assert row.val_accuracy == pytest.approx(best.data.metrics["best_val_accuracy"])
+        assert row.test_accuracy == pytest.approx(best.data.metrics["test_accuracy"])
+        assert row.test_auc == pytest.approx(best.data.metrics["test_auc"])
+        assert row.test_recall == pytest.approx(best.data.metrics["test_sensitivity"])
+        assert row.params == best.data.metrics["params_torch"]
+        assert row.trials == len(mine)
+        assert row.stopped_early == sum(r.data.tags.get(tracking.STOPPED_BY) == "asha" for r in mine)
+    assert set(table.baseline) == {"cancernet", "resnet18"}
+
+
+def test_leaderboard_leaves_out_runs_of_another_split(swept: Swept) -> None:
+    tracker = tracking.Tracker(swept.uri)
+    experiment_id = tracker.experiment_id("sweep-test")
+    stray = tracker.start_run(
+        experiment_id, name="other-split",
+        tags={tracking.RUN_TYPE: "trial", tracking.BASELINE: "cancernet", tracking.SPLIT_HASH: "f" * 64},
+        params={},
+    )
+    tracker.log_metrics(stray, {"objective": 1.0, "best_val_accuracy": 1.0, "test_accuracy": 1.0}, step=1)
+    tracker.finish(stray, tracking.FINISHED)
+    result = CliRunner().invoke(app, ["leaderboard", str(swept.experiment)], catch_exceptions=False)
+    assert result.exit_code == 0
+    assert "excluded 1 runs made on another split (ffffffffffff)" in result.output
+    table = pd.read_csv(swept.out_dir / "sweep-test" / "leaderboard.csv")
+    assert stray not in set(table.best_run_id)
+    assert table.loc[table.baseline == "cancernet", "trials"].item() == 4
+
+
+def test_train_command_tracks_one_run(swept: Swept, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["train", str(swept.experiment), "--baseline", "cancernet", "--fold", "1"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    runs = swept.runs("train")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.data.tags[tracking.FOLD] == "1"
+    assert run.data.params["batch_size"] == "4" and run.data.params["lr"] == "0.01"
+    assert "test_accuracy" in run.data.metrics
