@@ -1,0 +1,54 @@
+"""How much an epoch of IDC patches costs from the packed cache against decoding the PNG files.
+
+Run: .venv/bin/python bench/cache_vs_png.py [IDC_ROOT]   (default ../shared/data/idc_sample,
+else a synthetic tree). Both sides read the same patches in the same shuffled order, as uint8
+arrays ready for augmentation, several rounds interleaved; the ratio is the median time of one
+pass from PNG over the median from the cache.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from harness.data.cache import build_patch_cache, load_padded, open_patch_cache
+from harness.data.idc import PATCH_SIZE, index_idc
+from harness.data.manifest import manifest_hash
+from harness.data.synthetic import write_synthetic_idc
+
+ROUNDS = 5
+
+
+def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="bench-cache-"))
+    default = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "idc_sample"
+    root = Path(sys.argv[1]) if len(sys.argv) > 1 else default
+    if not root.is_dir():
+        root = write_synthetic_idc(work / "synthetic", patients=40)
+    manifest = index_idc(root, allow_subset=True).manifest
+    cache = open_patch_cache(build_patch_cache(manifest, manifest_hash(manifest), work / "cache"))
+    order = np.random.default_rng(0).permutation(len(manifest))
+    paths = manifest.path.to_numpy()
+    png, packed = [], []
+    for _ in range(ROUNDS):
+        start = time.perf_counter()
+        checksum_png = sum(int(load_padded(paths[i], PATCH_SIZE)[0][0, 0, 0]) for i in order)
+        png.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        checksum_cache = sum(int(np.asarray(cache[i])[0, 0, 0]) for i in order)
+        packed.append(time.perf_counter() - start)
+        assert checksum_png == checksum_cache
+    png_s, cache_s = statistics.median(png), statistics.median(packed)
+    print(f"{len(manifest):,} patches from {root}")
+    print(f"PNG decode  {png_s * 1e3:8.1f} ms/epoch   ({len(manifest) / png_s:,.0f} patches/s)")
+    print(f"uint8 cache {cache_s * 1e3:8.1f} ms/epoch   ({len(manifest) / cache_s:,.0f} patches/s)")
+    print(f"ratio PNG/cache = {png_s / cache_s:.1f}x (median of {ROUNDS} interleaved rounds)")
+
+
+if __name__ == "__main__":
+    main()
