@@ -146,11 +146,6 @@ class Tracker:
             self.set_tags(run_id, tags)
         _retry(lambda: self.client.set_terminated(run_id, status=status))
 
-    def is_active(self, run_id: str) -> bool:
-        """Return True while a run is RUNNING or SCHEDULED."""
-        status = _retry(lambda: self.client.get_run(run_id)).info.status
-        return status in (RunStatus.to_string(RunStatus.RUNNING), RunStatus.to_string(RunStatus.SCHEDULED))
-
     def find_trial_run(self, experiment_id: str, parent: str, trial_id: str) -> str | None:
         """Return the run id of Ray trial `trial_id` under sweep run `parent`, if one was created."""
         runs = _retry(

@@ -177,9 +177,7 @@ def run_sweep(config: ExperimentConfig, *, address: str | None = None, verbose: 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spaces = {b.name: load_search_space(b.name).pinned(b.fixed) for b in config.baselines}
     setup = set_up(config, show_progress=verbose)
-    data, tracker, experiment_id, tags, uri = (
-        setup.data, setup.tracker, setup.experiment_id, setup.tags, setup.tracker.uri
-    )
+    data, tracker, experiment_id, tags, uri = setup.data, setup.tracker, setup.experiment_id, setup.tags, setup.tracker.uri
     output_dir = config.output_dir.resolve()
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     parent = tracker.start_run(
