@@ -5,9 +5,22 @@ from __future__ import annotations
 import difflib
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from torch import nn
+
+Convention = Literal["torch", "keras", "weights_only"]
+LossName = Literal["ce", "ce_dice", "ce_guide"]
+
+
+@dataclass(frozen=True)
+class PublishedCount:
+    """A parameter count as printed in a source, and whether a harness layout reproduces it."""
+
+    count: int
+    convention: Convention
+    reproduced: bool
+    source: str
 
 
 @dataclass(frozen=True)
@@ -16,8 +29,18 @@ class BaselineInfo:
 
     name: str
     family: str
-    input_size: int
+    input_size: tuple[int, int]
     builder: Callable[..., nn.Module]
+    outputs: tuple[str, ...]
+    loss: LossName
+    input_kind: Literal["image", "bag"]
+    published: PublishedCount | None
+    published_classes: int
+
+    @property
+    def needs_roi(self) -> bool:
+        """Return True when training needs an RoI mask per image (its loss reads one)."""
+        return self.loss != "ce"
 
     def model_kwargs(self) -> set[str]:
         """Return the keyword arguments the builder accepts beyond the common ones."""
@@ -35,14 +58,31 @@ class UnknownBaselineError(KeyError):
 _REGISTRY: dict[str, BaselineInfo] = {}
 
 
-def register(name: str, *, input_size: int) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Return a decorator that registers a model builder under `name`; duplicates are refused."""
+def register(
+    name: str,
+    *,
+    input_size: int | tuple[int, int],
+    outputs: tuple[str, ...] = ("logits",),
+    loss: LossName = "ce",
+    input_kind: Literal["image", "bag"] = "image",
+    published: PublishedCount | None = None,
+    published_classes: int = 2,
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Return a decorator that registers a model builder under `name`; duplicates are refused.
+
+    `input_size` is the published input, (height, width) or one side of a square;
+    `published_classes` the number of classes its published row was trained with.
+    """
 
     def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"baseline {name!r} is already registered")
-        family = builder.__module__.rsplit(".", 1)[-1]
-        _REGISTRY[name] = BaselineInfo(name=name, family=family, input_size=input_size, builder=builder)
+        size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+        _REGISTRY[name] = BaselineInfo(
+            name=name, family=builder.__module__.rsplit(".", 1)[-1], input_size=size, builder=builder,
+            outputs=outputs, loss=loss, input_kind=input_kind, published=published,
+            published_classes=published_classes,
+        )
         return builder
 
     return decorator

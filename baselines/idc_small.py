@@ -2,12 +2,37 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
-from ._outputs import LogitsDict
-from ._registry import register
-from ._weights import local_weights_file
+from ._registry import PublishedCount, register
+from ._weights import load_state_dict_file, local_weights_file
+
+
+class SmallCNN(nn.Module):
+    """A feature stack and a classifier, returning {"logits": ...}; both parts are Grad-CAM's seams."""
+
+    def __init__(self, features: nn.Sequential, classifier: nn.Sequential) -> None:
+        super().__init__()
+        self.features, self.classifier = features, classifier
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(features)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self.forward_head(self.forward_features(x))}
+
+
+def _with_weights(model: nn.Module, pretrained: str | None, name: str) -> nn.Module:
+    weights = local_weights_file(pretrained)
+    if weights is not None:
+        load_state_dict_file(model, weights, what=name)
+    return model
 
 
 class SeparableConv2d(nn.Sequential):
@@ -20,41 +45,50 @@ class SeparableConv2d(nn.Sequential):
         )
 
 
-def _sep_relu_bn(in_ch: int, out_ch: int) -> list[nn.Module]:
-    # CancerNet orders every block conv -> ReLU -> BN, unlike the usual conv -> BN -> ReLU.
-    return [SeparableConv2d(in_ch, out_ch), nn.ReLU(inplace=True), nn.BatchNorm2d(out_ch)]
-
-
-class CancerNet(nn.Module):
-    """PyImageSearch CancerNet: three SepConv stages, FC 256, 2-way head (§2.1)."""
-
-    def __init__(self, num_classes: int = 2, dropout_conv: float = 0.25, dropout_fc: float = 0.5) -> None:
-        super().__init__()
-        stages = [(3, 32, 1), (32, 64, 2), (64, 128, 3)]
-        layers: list[nn.Module] = []
-        for in_ch, out_ch, depth in stages:
-            for i in range(depth):
-                layers += _sep_relu_bn(in_ch if i == 0 else out_ch, out_ch)
-            layers += [nn.MaxPool2d(2), nn.Dropout(dropout_conv)]
-        self.features = nn.Sequential(*layers)
-        self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(128 * 6 * 6, 256),
-            nn.ReLU(inplace=True),
-            nn.BatchNorm1d(256),
-            nn.Dropout(dropout_fc),
-            nn.Linear(256, num_classes),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
-
-
 @register("cancernet", input_size=48)
 def cancernet(num_classes: int, pretrained: str | None = None, dropout_conv: float = 0.25, dropout_fc: float = 0.5) -> nn.Module:
-    """Return CancerNet (48x48 or 50x50 input; both flatten to 128x6x6)."""
-    model = CancerNet(num_classes, dropout_conv=dropout_conv, dropout_fc=dropout_fc)
-    weights = local_weights_file(pretrained)
-    if weights is not None:
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    return LogitsDict(model)
+    """Return PyImageSearch CancerNet (§2.1): three SepConv stages, FC 256; 48 or 50 px input."""
+    layers: list[nn.Module] = []
+    for in_ch, out_ch, depth in [(3, 32, 1), (32, 64, 2), (64, 128, 3)]:
+        for i in range(depth):
+            # CancerNet orders every block conv -> ReLU -> BN, unlike the usual conv -> BN -> ReLU.
+            layers += [SeparableConv2d(in_ch if i == 0 else out_ch, out_ch), nn.ReLU(inplace=True), nn.BatchNorm2d(out_ch)]
+        layers += [nn.MaxPool2d(2), nn.Dropout(dropout_conv)]
+    classifier = nn.Sequential(
+        nn.Flatten(), nn.Linear(128 * 6 * 6, 256), nn.ReLU(inplace=True), nn.BatchNorm1d(256),
+        nn.Dropout(dropout_fc), nn.Linear(256, num_classes),
+    )
+    return _with_weights(SmallCNN(nn.Sequential(*layers), classifier), pretrained, "cancernet")
+
+
+class SigmoidAsTwoLogits(nn.Module):
+    """One sigmoid unit written as two logits [0, z]: softmax([0, z])[1] = sigmoid(z)."""
+
+    def __init__(self, in_features: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(in_features, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.fc(x)
+        return torch.cat([torch.zeros_like(z), z], 1)
+
+
+@register("idc_cnn", input_size=50,
+          published=PublishedCount(389_441, "keras", reproduced=True, source="S-004 notebook (head: sigmoid)"))
+def idc_cnn(num_classes: int, pretrained: str | None = None, head: Literal["softmax2", "sigmoid"] = "softmax2") -> nn.Module:
+    """Return 004's proposed CNN (§2.2): conv -> ReLU -> MaxPool -> BN x3, conv 128, FC 128.
+
+    `head: sigmoid` is the notebook's single sigmoid unit (binary only), whose Keras count is the
+    published 389,441; the default two-logit softmax is equivalent for training.
+    """
+    if head == "sigmoid" and num_classes != 2:
+        raise ValueError("head='sigmoid' is a binary head; use head='softmax2' for more classes")
+    layers: list[nn.Module] = []
+    for i, (in_ch, out_ch) in enumerate([(3, 32), (32, 64), (64, 128), (128, 128)]):
+        conv = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        nn.init.kaiming_uniform_(conv.weight, nonlinearity="relu")  # Keras he_uniform
+        nn.init.zeros_(conv.bias)
+        layers += [conv, nn.ReLU(inplace=True), nn.MaxPool2d(2)] + ([nn.BatchNorm2d(out_ch)] if i < 3 else [])
+    out = SigmoidAsTwoLogits(128) if head == "sigmoid" else nn.Linear(128, num_classes)
+    classifier = nn.Sequential(nn.Flatten(), nn.Linear(128 * 3 * 3, 128), nn.ReLU(inplace=True), out)
+    return _with_weights(SmallCNN(nn.Sequential(*layers), classifier), pretrained, "idc_cnn")

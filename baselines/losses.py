@@ -1,0 +1,55 @@
+"""Losses, defined once and read from a model's output dict (BASELINES.md §2.10, §2.13, §6 item 16)."""
+
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+import torch
+import torch.nn.functional as F
+
+RoITarget = Literal["hard", "soft"]
+Loss = Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+def roi_target(masks: torch.Tensor, size: tuple[int, int], mode: RoITarget = "hard") -> torch.Tensor:
+    """Return masks (B x 1 x H x W, in {0, 1}) reduced to an RoI map's size by area averaging;
+    `hard` binarises the fraction of RoI pixels per cell at 0.5."""
+    fraction = F.adaptive_avg_pool2d(masks.float(), size)
+    return (fraction >= 0.5).float() if mode == "hard" else fraction
+
+
+def dice_loss(roi: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """Return the batch mean of 1 - (2 sum(y p) + eps) / (sum(y) + sum(p) + eps), per image."""
+    dims = tuple(range(1, roi.dim()))
+    overlap = (roi * target).sum(dims)
+    return (1 - (2 * overlap + eps) / (roi.sum(dims) + target.sum(dims) + eps)).mean()
+
+
+def guidance_loss(roi: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Return RGA's reconstructed guidance: -mean log(1 - roi) over cells outside the RoI (§2.13)."""
+    outside = target < 0.5
+    if not outside.any():
+        return roi.sum() * 0
+    return -torch.log((1 - roi[outside]).clamp_min(1e-7)).mean()
+
+
+def build_loss(
+    kind: Literal["ce", "ce_dice", "ce_guide"], *, class_weights: torch.Tensor | None = None,
+    lambda_roi: float = 1.0, roi_mode: RoITarget = "hard",
+) -> Loss:
+    """Return loss(outputs, labels, masks): cross-entropy (class-weighted if given), plus
+    lambda_roi x Dice or guidance against the downsampled mask, plus any `penalty` the model adds."""
+
+    def loss(outputs: dict[str, torch.Tensor], labels: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
+        total = F.cross_entropy(outputs["logits"], labels, weight=class_weights)
+        if kind != "ce":
+            if masks is None:
+                raise ValueError(f"loss {kind!r} needs an RoI mask per image and the batch has none")
+            roi = outputs["roi"]
+            target = roi_target(masks, tuple(roi.shape[-2:]), roi_mode)
+            total = total + lambda_roi * (dice_loss(roi, target) if kind == "ce_dice" else guidance_loss(roi, target))
+        if "penalty" in outputs:
+            total = total + outputs["penalty"]
+        return total
+
+    return loss
