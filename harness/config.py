@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 import baselines
+from harness.data.catalog import DATASETS
 from harness.errors import InputError
 
 SEARCH_SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
@@ -90,17 +91,36 @@ class SearchSpace(Strict):
 class TrainParams(Strict):
     """The training knobs of one run; every other hyperparameter is a model keyword argument."""
 
-    optimizer: Literal["adam", "adamw", "sgd", "adagrad"] = "adam"
+    optimizer: Literal["adam", "adamw", "adamax", "sgd", "adagrad"] = "adam"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
-    batch_size: int = Field(64, ge=2)
+    batch_size: int = Field(64, ge=1)
     epochs_max: int = Field(10, ge=1)
     lr_decay: Literal["none", "keras_time_based", "step"] = "none"
+    lr_step_epochs: int = Field(10, ge=1)
+    lr_gamma: float = Field(0.9, gt=0, le=1)
     class_weights: Literal["none", "inverse_max"] = "inverse_max"
-    augment: Literal["none", "flips", "flips_rot90", "pis"] = "none"
-    input_size: int = Field(50, ge=16)
+    augment: Literal["none", "flips", "flips_rot90", "dihedral", "pis", "gusa", "essex2023"] = "none"
+    rotation: Literal["flip180", "small15", "free"] = "flip180"
+    noise_std: float = Field(0.0, ge=0)
+    intensity: float = Field(0.0, ge=0, lt=1)
+    input_size: int | tuple[int, int] = 50
     normalisation: Literal["unit", "half", "imagenet"] = "unit"
+    lambda_dice: float = Field(1.0, ge=0)
+    roi_target: Literal["hard", "soft"] = "hard"
+
+    @field_validator("input_size")
+    @classmethod
+    def _positive(cls, size: int | tuple[int, int]) -> int | tuple[int, int]:
+        if min((size, size) if isinstance(size, int) else size) < 16:
+            raise ValueError("input_size must be at least 16 pixels (one side, or [height, width])")
+        return size
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """Return the input size as (height, width)."""
+        return (self.input_size, self.input_size) if isinstance(self.input_size, int) else self.input_size
 
 
 TRAIN_KEYS = frozenset(TrainParams.model_fields)
@@ -328,6 +348,19 @@ def _check_baseline(spec: BaselineSpec, index: int, space: SearchSpace, path: Pa
         )
 
 
+def _check_dataset_fits(config: ExperimentConfig, path: Path) -> None:
+    traits = DATASETS[config.dataset.name]
+    for i, spec in enumerate(config.baselines):
+        entry = baselines.info(spec.name)
+        where = f"{path}: key 'baselines[{i}].name' = {spec.name!r}"
+        if entry.needs_roi and not traits.has_roi_masks:
+            raise InputError(f"{where}: {spec.name} trains with an RoI mask per image (loss {entry.loss}) "
+                             f"and dataset {config.dataset.name} has no RoI masks")
+        if entry.input_kind != traits.input_kind:
+            raise InputError(f"{where}: {spec.name} takes {entry.input_kind}s of patches and dataset "
+                             f"{config.dataset.name} gives {traits.input_kind}s")
+
+
 def load_experiment(path: Path, **overrides: Any) -> ExperimentConfig:
     """Load and validate an experiment file; `overrides` (e.g. dataset_root) come from the CLI.
 
@@ -342,6 +375,7 @@ def load_experiment(path: Path, **overrides: Any) -> ExperimentConfig:
         if overrides.get(key) is not None:
             data[key] = str(overrides[key])
     config = _validate(ExperimentConfig, data, path)
+    _check_dataset_fits(config, path)
     for i, spec in enumerate(config.baselines):
         _check_baseline(spec, i, load_search_space(spec.name), path)
     return config

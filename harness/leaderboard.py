@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 from mlflow import MlflowClient
 
+import baselines
 from harness import tracking
 from harness.errors import InputError
 
@@ -25,6 +26,7 @@ COLUMNS = {
     "test_precision": "test precision",
     "test_recall": "test recall",
     "params": "#params (torch)",
+    "params_published_convention": "#params (published convention)",
     "trials": "trials",
     "stopped_early": "stopped early",
     "failed": "failed",
@@ -103,6 +105,8 @@ def _row(baseline: str, runs: pd.DataFrame) -> dict[str, object]:
     def metric(name: str) -> float:
         return float(best[name]) if best is not None and name in best and not pd.isna(best[name]) else math.nan
 
+    published = baselines.info(baseline).published if baseline in baselines.list_baselines() else None
+    convention = published.convention if published else None
     return {
         "baseline": baseline,
         "val_accuracy": metric("best_val_accuracy"),
@@ -112,6 +116,9 @@ def _row(baseline: str, runs: pd.DataFrame) -> dict[str, object]:
         "test_precision": metric("test_precision"),
         "test_recall": metric("test_sensitivity"),
         "params": int(best["params_torch"]) if best is not None else None,
+        "params_published_convention": (
+            f"{int(best[f'params_{convention}']):,} ({convention})" if best is not None and convention else None
+        ),
         "trials": len(runs),
         "stopped_early": int((runs.stopped_by == "asha").sum()),
         "failed": int((runs.status == "FAILED").sum()),

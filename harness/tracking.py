@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import numpy as np
-import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 
 from harness.metrics import METRIC_NAMES
-from harness.train import EpochReport
+from harness.train import EpochReport, Evaluation, MapGallery
 
 T = TypeVar("T")
 
@@ -159,17 +158,19 @@ class Tracker:
         """Upload one local file as an artifact of the run."""
         _retry(lambda: self.client.log_artifact(run_id, str(path), artifact_path))
 
-    def log_evaluation(
-        self, run_id: str, prefix: str, matrix: np.ndarray, predictions: pd.DataFrame, class_names: tuple[str, ...]
-    ) -> None:
-        """Log a confusion matrix (JSON + PNG) and per-image predictions (CSV) under `prefix`/."""
+    def log_evaluation(self, run_id: str, prefix: str, evaluation: Evaluation, class_names: tuple[str, ...]) -> None:
+        """Log a confusion matrix (JSON + PNG), per-image predictions (CSV) and the map galleries
+        (PNG overlays of the best and worst predictions) under `prefix`/."""
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
+            matrix = evaluation.confusion
             (folder / "confusion_matrix.json").write_text(
                 json.dumps({"classes": list(class_names), "rows_true_cols_pred": matrix.tolist()})
             )
             _confusion_png(matrix, class_names, folder / "confusion_matrix.png", title=f"{prefix} confusion matrix")
-            predictions.to_csv(folder / "predictions.csv", index=False)
+            evaluation.predictions.to_csv(folder / "predictions.csv", index=False)
+            for name, gallery in evaluation.galleries.items():
+                _gallery_png(gallery, folder / f"maps_{name}.png", title=f"{prefix}: {name} predictions, {gallery.kind} maps")
             for file in sorted(folder.iterdir()):
                 self.log_file(run_id, file, prefix)
 
@@ -194,16 +195,38 @@ def log_epoch(
     tracker.log_metrics(run_id, metrics, step=report.epoch)
     if report.test is not None:
         tracker.log_metrics(run_id, {f"test_{k}": v for k, v in report.test.metrics.items()}, step=report.best_epoch)
-        tracker.log_evaluation(run_id, "test", report.test.confusion, report.test.predictions, class_names)
+        tracker.log_evaluation(run_id, "test", report.test, class_names)
     return metrics
 
 
-def _confusion_png(matrix: np.ndarray, class_names: tuple[str, ...], path: Path, *, title: str) -> None:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _gallery_png(gallery: MapGallery, path: Path, *, title: str) -> None:
+    plt = _pyplot()
+    count = len(gallery.images)
+    fig, axes = plt.subplots(1, count, figsize=(2.4 * count, 2.9), dpi=110, squeeze=False)
+    for ax, image, heat, caption in zip(axes[0], gallery.images, gallery.maps, gallery.captions):
+        height, width = image.shape[:2]
+        ax.imshow(image)
+        # The map covers the whole image whatever its resolution; bilinear display, as BASELINES §4.3 scores it.
+        ax.imshow(heat, cmap="jet", alpha=0.4, vmin=0, vmax=1, extent=(0, width, height, 0), interpolation="bilinear")
+        ax.set_title(caption, fontsize=6)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _confusion_png(matrix: np.ndarray, class_names: tuple[str, ...], path: Path, *, title: str) -> None:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(3.6, 3.2), dpi=120)
     ax.imshow(matrix, cmap="Blues")
     for (i, j), count in np.ndenumerate(matrix):

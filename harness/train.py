@@ -21,6 +21,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import baselines
+from baselines.losses import build_loss
+from baselines.maps import explanation_maps
 from harness.config import TrainParams
 from harness.data.cache import open_patch_cache
 from harness.data.dataset import PatchDataset
@@ -59,12 +61,24 @@ class RunSpec(BaseModel):
 
 
 @dataclass
+class MapGallery:
+    """Explanation maps of a few images: the images as stored, their maps in [0, 1], captions."""
+
+    kind: str
+    images: np.ndarray
+    maps: np.ndarray
+    captions: list[str]
+
+
+@dataclass
 class Evaluation:
-    """Metrics, confusion matrix and per-image probabilities of one model on one set of images."""
+    """Metrics, confusion matrix and per-image probabilities of one model on one set of images;
+    on the test set also map galleries of its best and worst predictions."""
 
     metrics: dict[str, float]
     confusion: np.ndarray
     predictions: pd.DataFrame
+    galleries: dict[str, MapGallery] = field(default_factory=dict)
 
 
 @dataclass
@@ -122,6 +136,8 @@ def _optimizer(params: TrainParams, model: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.SGD(trainable, lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay)
     if params.optimizer == "adagrad":
         return torch.optim.Adagrad(trainable, lr=params.lr, weight_decay=params.weight_decay)
+    if params.optimizer == "adamax":
+        return torch.optim.Adamax(trainable, lr=params.lr, weight_decay=params.weight_decay)
     optimizer = torch.optim.AdamW if params.optimizer == "adamw" else torch.optim.Adam
     return optimizer(trainable, lr=params.lr, weight_decay=params.weight_decay)
 
@@ -165,6 +181,28 @@ def evaluate(model: nn.Module, loader: DataLoader, device: str, frame: pd.DataFr
     return Evaluation(metrics=metrics, confusion=confusion(labels, prob.argmax(1), prob.shape[1]), predictions=predictions)
 
 
+def map_galleries(model: nn.Module, dataset: PatchDataset, evaluation: Evaluation, device: str, k: int = 4) -> dict[str, MapGallery]:
+    """Return explanation maps of the k best and k worst predictions (by probability of the true class)."""
+    frame = evaluation.predictions
+    prob_true = frame[[f"prob_{c}" for c in range(evaluation.confusion.shape[0])]].to_numpy()[
+        np.arange(len(frame)), frame.label.to_numpy()
+    ]
+    order = np.argsort(prob_true, kind="stable")
+    galleries = {}
+    for name, picked in (("best", order[::-1][:k]), ("worst", order[:k])):
+        images = torch.stack([dataset[int(i)][0] for i in picked]).to(device)
+        kind, maps = explanation_maps(model, images)
+        captions = [
+            f"{frame.rel_path[i].rsplit('/', 1)[-1]}\ntrue {frame.label[i]}, pred {frame.pred[i]}, p(true) {prob_true[i]:.2f}"
+            for i in picked
+        ]
+        galleries[name] = MapGallery(
+            kind=kind, images=np.stack([dataset.raw(int(i)) for i in picked]),
+            maps=maps[:, 0].float().cpu().numpy(), captions=captions,
+        )
+    return galleries
+
+
 def fit(spec: RunSpec, report: Callable[[EpochReport], None] | None = None) -> FitResult:
     """Train `spec.baseline` on the fold's training patients, early-stop on validation loss,
     and evaluate the best epoch on the test patients; returns the FitResult."""
@@ -187,10 +225,7 @@ def fit(spec: RunSpec, report: Callable[[EpochReport], None] | None = None) -> F
     p = spec.params
 
     def dataset(part: str) -> PatchDataset:
-        transform = build_transform(
-            augment=p.augment, input_size=p.input_size, patch_size=patch_size,
-            normalisation=p.normalisation, train=part == "train", seed=spec.seed,
-        )
+        transform = build_transform(p, patch_size=patch_size, train=part == "train", seed=spec.seed)
         return PatchDataset(images, rows[part], labels, transform)
 
     train_loader = _loader(dataset("train"), p.batch_size, shuffle=True, seed=spec.seed)
@@ -201,10 +236,15 @@ def fit(spec: RunSpec, report: Callable[[EpochReport], None] | None = None) -> F
     ).to(device)
     counts = baselines.param_counts(model)
     weights = class_weights(labels[rows["train"]], spec.num_classes) if p.class_weights == "inverse_max" else None
-    criterion = nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None)
+    criterion = build_loss(
+        baselines.info(spec.baseline).loss, class_weights=weights.to(device) if weights is not None else None,
+        lambda_roi=p.lambda_dice, roi_mode=p.roi_target,
+    )
     optimizer = _optimizer(p, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _step_schedule(p, spec.epochs))
-    epoch_scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 10, 0.9) if p.lr_decay == "step" else None
+    epoch_scheduler = (
+        torch.optim.lr_scheduler.StepLR(optimizer, p.lr_step_epochs, p.lr_gamma) if p.lr_decay == "step" else None
+    )
 
     history: list[EpochReport] = []
     best: tuple[float, int, dict[str, float], dict[str, torch.Tensor], Evaluation] | None = None
@@ -213,7 +253,8 @@ def fit(spec: RunSpec, report: Callable[[EpochReport], None] | None = None) -> F
         total, seen = 0.0, 0
         for batch, targets in train_loader:
             batch, targets = batch.to(device), targets.to(device)
-            loss = criterion(model(batch)["logits"], targets)
+            # The IDC patch datasets carry no RoI masks; models that need them are refused at the edge.
+            loss = criterion(model(batch), targets, None)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -231,8 +272,10 @@ def fit(spec: RunSpec, report: Callable[[EpochReport], None] | None = None) -> F
         if done and spec.evaluate_test:
             test_model = copy.deepcopy(model)
             test_model.load_state_dict(best[3])
-            test_loader = _loader(dataset("test"), spec.eval_batch_size, shuffle=False, seed=spec.seed)
+            test_set = dataset("test")
+            test_loader = _loader(test_set, spec.eval_batch_size, shuffle=False, seed=spec.seed)
             test = evaluate(test_model, test_loader, device, manifest.iloc[rows["test"]])
+            test.galleries = map_galleries(test_model, test_set, test, device)
         entry = EpochReport(
             epoch=epoch, train_loss=total / max(seen, 1), val=val.metrics,
             best_epoch=best[1], best_val=best[2], done=done, param_counts=counts, test=test,

@@ -20,6 +20,9 @@ class PatchDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def raw(self, i: int) -> np.ndarray:
+        """Return item i as stored (H x W x 3 uint8), before any transform."""
+        return np.asarray(self.images[self.rows[i]])
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        pixels = np.asarray(self.images[self.rows[i]])
-        return self.transform(image=pixels)["image"], int(self.labels[i])
+        return self.transform(image=self.raw(i))["image"], int(self.labels[i])

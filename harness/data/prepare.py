@@ -12,11 +12,9 @@ from harness.errors import InputError
 
 from . import idc
 from .cache import build_patch_cache
+from .catalog import DATASETS
 from .manifest import manifest_hash, read_manifest, write_manifest
 from .splits import Split, patient_split, write_split
-
-CLASS_NAMES = {"idc": idc.CLASS_NAMES}
-PATCH_SIZES = {"idc": idc.PATCH_SIZE}
 
 
 @dataclass(frozen=True)
@@ -68,10 +66,10 @@ def prepare(
     )
     split_path = write_split(split, work_dir / "splits")
     cache = build_patch_cache(
-        manifest, digest, work_dir / "cache", patch_size=PATCH_SIZES[dataset], show_progress=show_progress
+        manifest, digest, work_dir / "cache", patch_size=DATASETS[dataset].patch_size, show_progress=show_progress
     )
     return PreparedData(
         manifest_path=manifest_path.resolve(), manifest_hash=digest, split_path=split_path.resolve(),
-        split_hash=split.hash, cache_path=cache.resolve(), class_names=CLASS_NAMES[dataset],
+        split_hash=split.hash, cache_path=cache.resolve(), class_names=DATASETS[dataset].class_names,
         rows=len(manifest), patients=manifest.patient_id.nunique(),
     )

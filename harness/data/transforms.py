@@ -1,58 +1,72 @@
-"""Albumentations pipelines by name: augmentation, resize and normalisation of a uint8 patch."""
+"""Albumentations pipelines by name: augmentation, resize and normalisation of a uint8 image."""
 
 from __future__ import annotations
-
-from typing import Literal
 
 import albumentations as A
 import cv2
 from albumentations.pytorch import ToTensorV2
 
-Augment = Literal["none", "flips", "flips_rot90", "pis"]
-Normalisation = Literal["unit", "half", "imagenet"]
+from harness.config import TrainParams
 
 _NORMALISATION = {
     "unit": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),  # pixels / 255, as Keras `rescale=1/255`
-    "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # the 004 torchvision notebooks
+    "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # the 004 torchvision notebooks; timm's EfficientNetV2
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
 
 
-def _augmentations(augment: Augment) -> list[A.BasicTransform]:
-    flips = [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]
-    if augment == "none":
+def _flips() -> list[A.BasicTransform]:
+    return [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]
+
+
+def _rotation(mode: str) -> A.BasicTransform:
+    if mode == "flip180":
+        # 0 or 180 degrees keeps a 384x512 image's aspect; with the flips, the rectangle's symmetries.
+        return A.Rotate(limit=(180, 180), p=0.5, border_mode=cv2.BORDER_REFLECT_101)
+    return A.Rotate(limit=15 if mode == "small15" else 180, p=1.0, border_mode=cv2.BORDER_REFLECT_101)
+
+
+def _augmentations(p: TrainParams) -> list[A.BasicTransform]:
+    if p.augment == "none":
         return []
-    if augment == "flips":
-        return flips
-    if augment == "flips_rot90":
-        return [*flips, A.RandomRotate90(p=0.5)]
-    # Keras ImageDataGenerator of the CancerNet tutorial: rotation 20, zoom 0.05, shift 0.1,
+    if p.augment == "flips":
+        return _flips()
+    if p.augment in ("flips_rot90", "dihedral"):
+        return [*_flips(), A.RandomRotate90(p=0.5)]
+    if p.augment == "gusa":
+        # 001: mirroring, random rotations, additive noise, intensity change (magnitudes searched, §2.7).
+        return [
+            *_flips(), _rotation(p.rotation),
+            A.GaussNoise(std_range=(0.0, p.noise_std), p=1.0 if p.noise_std > 0 else 0.0),
+            A.RandomBrightnessContrast(brightness_limit=p.intensity, contrast_limit=0.0, p=1.0 if p.intensity > 0 else 0.0),
+        ]
+    if p.augment == "essex2023":
+        # 003 §3.3: rotation up to 180, flips, shift and zoom 10 %, shear 10 degrees, brightness 20 %.
+        return [
+            A.Affine(rotate=(-180, 180), translate_percent=(-0.1, 0.1), scale=(0.9, 1.1), shear=(-10, 10),
+                     border_mode=cv2.BORDER_REPLICATE, p=1.0),
+            *_flips(), A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.0, p=1.0),
+        ]
+    # pis: Keras ImageDataGenerator of the CancerNet tutorial: rotation 20, zoom 0.05, shift 0.1,
     # shear 0.05 degrees, fill_mode="nearest" (= replicate the border).
     return [
-        A.Affine(
-            rotate=(-20, 20),
-            scale=(0.95, 1.05),
-            translate_percent=(-0.1, 0.1),
-            shear=(-0.05, 0.05),
-            border_mode=cv2.BORDER_REPLICATE,
-            p=1.0,
-        ),
-        *flips,
+        A.Affine(rotate=(-20, 20), scale=(0.95, 1.05), translate_percent=(-0.1, 0.1), shear=(-0.05, 0.05),
+                 border_mode=cv2.BORDER_REPLICATE, p=1.0),
+        *_flips(),
     ]
 
 
-def build_transform(
-    *, augment: Augment, input_size: int, patch_size: int, normalisation: Normalisation, train: bool, seed: int = 0
-) -> A.Compose:
-    """Return the pipeline from a HxWx3 uint8 patch to a normalised 3xHxW float tensor.
+def build_transform(params: TrainParams, *, patch_size: int, train: bool, seed: int = 0) -> A.Compose:
+    """Return the pipeline from a HxWx3 uint8 image to a normalised 3xHxW float tensor.
 
     Shrinking uses nearest-neighbour, as Keras `flow_from_directory` did for CancerNet's 50->48;
     enlarging uses bilinear. Augmentation runs only when `train`.
     """
-    steps = _augmentations(augment) if train else []
-    if input_size != patch_size:
-        interpolation = cv2.INTER_NEAREST if input_size < patch_size else cv2.INTER_LINEAR
-        steps.append(A.Resize(input_size, input_size, interpolation=interpolation))
-    mean, std = _NORMALISATION[normalisation]
+    steps = _augmentations(params) if train else []
+    height, width = params.input_hw
+    if (height, width) != (patch_size, patch_size):
+        interpolation = cv2.INTER_NEAREST if max(height, width) < patch_size else cv2.INTER_LINEAR
+        steps.append(A.Resize(height, width, interpolation=interpolation))
+    mean, std = _NORMALISATION[params.normalisation]
     steps += [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
     return A.Compose(steps, seed=seed)
