@@ -8,30 +8,99 @@ import pytest
 import torch
 
 import baselines
+from baselines.maps import explanation_maps, grad_cam
+
+# Small inputs that keep every forward/backward pass on CPU short.
+SMALL_IMAGE = {"gusa": (64, 96), "attention_gate": (64, 96), "transfer": (64, 64), "idc_small": None}
+
+
+def _small_input(name: str, batch: int = 2) -> torch.Tensor:
+    entry = baselines.info(name)
+    if entry.input_kind == "bag":
+        return torch.rand(batch, 400, 3, 28, 28)
+    size = SMALL_IMAGE[entry.family] or entry.input_size
+    return torch.randn(batch, 3, *size)
 
 
 @pytest.mark.parametrize("name", baselines.list())
-def test_forward_backward_returns_logits(name: str) -> None:
+def test_forward_backward_returns_the_promised_outputs(name: str) -> None:
     torch.manual_seed(0)
     model = baselines.create(name, num_classes=3)
-    size = baselines.info(name).input_size
-    out = model(torch.randn(4, 3, size, size))
-    assert set(out) >= {"logits"}
-    assert out["logits"].shape == (4, 3)
-    out["logits"].sum().backward()
+    out = model(_small_input(name))
+    assert tuple(k for k in out if k != "penalty") == baselines.info(name).outputs
+    assert out["logits"].shape == (2, 3) and torch.isfinite(out["logits"]).all()
+    if "roi" in out:
+        assert out["roi"].shape[:2] == (2, 1) and 0 <= out["roi"].min() and out["roi"].max() <= 1
+    loss = out["logits"].sum() + (out["roi"].sum() if "roi" in out else 0)
+    loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
-def test_cancernet_parameter_counts_match_baselines_md() -> None:
-    # BASELINES.md §2.1 and §5: torch 1,233,533; keras 1,235,133; weights-only 1,231,933.
-    counts = baselines.param_counts(baselines.create("cancernet", num_classes=2))
-    assert counts == {"torch": 1_233_533, "keras": 1_235_133, "weights_only": 1_231_933}
+PUBLISHED_COUNTS = [
+    # name, classes, options, torch count, (convention, count) reproducing the published row (BASELINES.md §5)
+    ("cancernet", 2, {}, 1_233_533, ("keras", 1_235_133)),
+    ("idc_cnn", 2, {"head": "sigmoid"}, 388_993, ("keras", 389_441)),
+    ("vgg16", 2, {}, 134_268_738, None),
+    ("resnet18", 2, {}, 11_177_538, None),
+    ("densenet121", 2, {}, 6_955_906, None),
+    ("densenet161", 2, {}, 26_476_418, None),
+    ("efficientnetv2_s", 2, {}, 20_508_498, ("keras", 20_664_930)),
+    ("gusa_baseline", 4, {}, 12_491_140, ("weights_only", 12_332_740)),
+    ("gusa_fa", 4, {}, 6_802_052, ("keras", 6_878_788)),
+    ("gusa_guroi", 4, {}, 6_407_813, ("keras", 6_483_013)),
+    ("gusa", 4, {}, 6_407_813, ("keras", 6_483_013)),
+    ("gusa_fa_guroi", 4, {}, 6_802_565, ("keras", 6_879_301)),
+    ("gusa_fa_gusa", 4, {}, 6_802_565, ("keras", 6_879_301)),
+    ("rga", 4, {}, 6_802_565, ("keras", 6_879_301)),
+    ("attention_gate", 4, {}, 19_526_790, ("weights_only", 19_368_390)),
+    ("amil", 2, {}, 492_329, None),
+]
 
 
-def test_resnet18_torch_count_with_two_classes() -> None:
-    # BASELINES.md §2.4: torch 11,177,538 with a 2-class head.
-    assert baselines.param_counts(baselines.create("resnet18", num_classes=2))["torch"] == 11_177_538
+@pytest.mark.parametrize(("name", "classes", "options", "torch_count", "convention"), PUBLISHED_COUNTS, ids=[r[0] for r in PUBLISHED_COUNTS])
+def test_parameter_counts_match_baselines_md(name: str, classes: int, options: dict, torch_count: int, convention: tuple | None) -> None:
+    counts = baselines.param_counts(baselines.create(name, num_classes=classes, **options))
+    assert counts["torch"] == torch_count
+    if convention is not None:
+        assert counts[convention[0]] == convention[1]
+
+
+def test_counts_marked_reproduced_equal_the_published_ones() -> None:
+    reproduced = [s for s in baselines.summarise_all() if s.published is not None and baselines.info(s.name).published.reproduced]
+    assert {s.name for s in reproduced} == {"gusa_baseline", "gusa_guroi", "gusa", "attention_gate", "idc_cnn"}
+    assert all(s.count_in_published_convention == s.published for s in reproduced)
+
+
+def test_amil_with_one_output_has_the_s000_count() -> None:
+    assert baselines.param_counts(baselines.create("amil", num_classes=1))["torch"] == 491_828
+
+
+def test_gusa_roi_map_has_the_bifurcation_resolution() -> None:
+    # BASELINES.md §2.7 and §4.3: M x N = 24 x 32 for a 384 x 512 input.
+    model = baselines.create("gusa", num_classes=4).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 384, 512))
+    assert out["roi"].shape == (1, 1, 24, 32)
+
+
+def test_attention_gate_maps_sum_to_one_at_two_scales() -> None:
+    model = baselines.create("attention_gate", num_classes=4).eval()
+    with torch.no_grad():
+        a1, a2 = model(torch.randn(2, 3, 64, 96))["attention"]
+    assert a1.shape == (2, 1, 4, 6) and a2.shape == (2, 1, 2, 3)
+    for a in (a1, a2):
+        assert torch.allclose(a.sum((1, 2, 3)), torch.ones(2), atol=1e-5) and (a >= 0).all()
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_amil_attention_over_a_bag_sums_to_one(gated: bool) -> None:
+    model = baselines.create("amil", num_classes=2, gated=gated).eval()
+    with torch.no_grad():
+        out = model(torch.rand(3, 400, 3, 28, 28))
+    assert out["attention"].shape == (3, 400)
+    assert torch.allclose(out["attention"].sum(1), torch.ones(3), atol=1e-6)
+    assert out["attention_map"].shape == (3, 1, 16, 25) and out["attention_map"].amax((1, 2, 3)).allclose(torch.ones(3))
 
 
 def test_cancernet_accepts_48_and_50_pixel_input() -> None:
@@ -40,14 +109,22 @@ def test_cancernet_accepts_48_and_50_pixel_input() -> None:
         assert model(torch.zeros(1, 3, size, size))["logits"].shape == (1, 2)
 
 
+def test_idc_cnn_sigmoid_head_is_a_two_class_softmax() -> None:
+    model = baselines.create("idc_cnn", num_classes=2, head="sigmoid").eval()
+    logits = model(torch.randn(4, 3, 50, 50))["logits"]
+    assert torch.allclose(logits[:, 0], torch.zeros(4))
+    with pytest.raises(ValueError, match="binary head"):
+        baselines.create("idc_cnn", num_classes=4, head="sigmoid")
+
+
 def test_unknown_name_lists_close_names() -> None:
-    with pytest.raises(baselines.UnknownBaselineError, match=r"did you mean resnet18\?"):
+    with pytest.raises(baselines.UnknownBaselineError, match=r"did you mean resnet18, "):
         baselines.create("resnet19", num_classes=2)
 
 
 def test_none_options_keep_defaults_and_unknown_options_fail() -> None:
     model = baselines.create("cancernet", num_classes=2, dropout_fc=None)
-    assert model.net.classifier[4].p == 0.5
+    assert model.classifier[4].p == 0.5
     with pytest.raises(TypeError, match=r"takes no option depth"):
         baselines.create("cancernet", num_classes=2, depth=3)
 
@@ -62,15 +139,76 @@ def test_freezing_needs_weights() -> None:
         baselines.create("resnet18", num_classes=2, freeze="head_only")
 
 
-def test_local_weights_file_is_loaded_and_a_missing_one_is_named(tmp_path: Path) -> None:
+def test_frozen_backbone_gets_no_gradients(tmp_path: Path) -> None:
+    weights = tmp_path / "effnet.pth"
+    torch.save(baselines.create("efficientnetv2_s", num_classes=2).trunk.state_dict(), weights)
+    model = baselines.create("efficientnetv2_s", num_classes=2, pretrained=str(weights), freeze="head_only")
+    model(torch.randn(2, 3, 64, 64))["logits"].sum().backward()
+    assert all(p.grad is None for p in model.trunk.parameters())
+    assert all(p.grad is not None for p in model.head.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trainable == 331_010  # 003's head (BASELINES.md §2.6)
+
+
+def test_local_weights_file_changes_the_outputs(tmp_path: Path) -> None:
     torch.manual_seed(1)
-    source = baselines.create("resnet18", num_classes=2)
+    source = baselines.create("resnet18", num_classes=2).eval()
     weights = tmp_path / "resnet18.pth"
     torch.save(source.net.state_dict(), weights)
+    torch.manual_seed(2)
+    fresh = baselines.create("resnet18", num_classes=2).eval()
     loaded = baselines.create("resnet18", num_classes=2, pretrained=str(weights), freeze="head_only").eval()
     x = torch.randn(2, 3, 50, 50)
-    assert torch.allclose(loaded.net.forward_features(x), source.eval().net.forward_features(x))
-    trainable = [n for n, p in loaded.named_parameters() if p.requires_grad]
-    assert trainable == ["net.fc.weight", "net.fc.bias"]
+    assert not torch.allclose(fresh.forward_features(x), source.forward_features(x))
+    assert torch.allclose(loaded.forward_features(x), source.forward_features(x))
+    assert [n for n, p in loaded.named_parameters() if p.requires_grad] == ["net.fc.weight", "net.fc.bias"]
+
+
+def test_own_models_load_their_weights_file(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    source = baselines.create("cancernet", num_classes=2).eval()
+    weights = tmp_path / "cancernet.pth"
+    torch.save(source.state_dict(), weights)
+    loaded = baselines.create("cancernet", num_classes=2, pretrained=str(weights)).eval()
+    x = torch.randn(2, 3, 48, 48)
+    assert torch.equal(loaded(x)["logits"], source(x)["logits"])
+
+
+def test_wrong_weights_files_fail_with_one_clear_message(tmp_path: Path) -> None:
+    resnet = tmp_path / "resnet18.pth"
+    torch.save(baselines.create("resnet18", num_classes=2).net.state_dict(), resnet)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"resnet18.pth' does not fit cancernet: missing classifier\.1\.bias"):
+        baselines.create("cancernet", num_classes=2, pretrained=str(resnet))
+    with pytest.raises(ValueError, match=r"resnet18.pth' does not fit densenet121.tv_in1k"):
+        baselines.create("densenet121", num_classes=2, pretrained=str(resnet))
+    with pytest.raises(ValueError, match=r"garbage.pth' is not a torch state dict"):
+        baselines.create("amil", num_classes=2, pretrained=str(garbage))
     with pytest.raises(FileNotFoundError, match=r"'/nowhere/w.pth' does not exist"):
         baselines.create("resnet18", num_classes=2, pretrained="/nowhere/w.pth")
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [("cancernet", "gradcam"), ("gusa_fa", "gradcam"), ("gusa", "roi"), ("attention_gate", "attention"), ("amil", "attention")],
+)
+def test_every_model_has_an_explanation_map_in_unit_range(name: str, kind: str) -> None:
+    found, maps = explanation_maps(baselines.create(name, num_classes=2), _small_input(name))
+    assert found == kind
+    assert maps.shape[:2] == (2, 1) and maps.min() >= 0 and maps.max() <= 1
+
+
+def test_grad_cam_follows_the_class_evidence() -> None:
+    # A model whose class-1 logit is the mean of feature channel 0: Grad-CAM for class 1 is that channel.
+    class Probe(torch.nn.Module):
+        def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+        def forward_head(self, f: torch.Tensor) -> torch.Tensor:
+            return torch.stack([f[:, 1].mean((1, 2)), f[:, 0].mean((1, 2))], 1)
+
+    features = torch.zeros(1, 2, 4, 4)
+    features[0, 0, 1, 2] = 5.0
+    cam = grad_cam(Probe(), features, classes=torch.tensor([1]))
+    assert cam[0, 0, 1, 2] == 1.0 and cam.sum() == 1.0

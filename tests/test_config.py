@@ -56,7 +56,7 @@ BAD_INPUTS = {
     ),
     "unknown baseline": (
         {"baselines": ["cancernet", "resnet19"]},
-        "exp.yaml: key 'baselines[1].name' = 'resnet19': unknown baseline 'resnet19'; did you mean resnet18?",
+        "exp.yaml: key 'baselines[1].name' = 'resnet19': unknown baseline 'resnet19'; did you mean resnet18, ",
     ),
     "unknown pinned hyperparameter": (
         {"baselines": [{"name": "cancernet", "fixed": {"lrr": 0.1}}]},
@@ -65,6 +65,15 @@ BAD_INPUTS = {
     "freeze without weights": (
         {"baselines": ["resnet18"]},
         "exp.yaml: key 'baselines[0].fixed.freeze': resnet18 has no pretrained weights file",
+    ),
+    "RoI model on a dataset without masks": (
+        {"baselines": ["gusa"]},
+        "exp.yaml: key 'baselines[0].name' = 'gusa': gusa trains with an RoI mask per image (loss ce_dice) "
+        "and dataset idc has no RoI masks",
+    ),
+    "bag model on an image dataset": (
+        {"baselines": ["cancernet", "amil"]},
+        "exp.yaml: key 'baselines[1].name' = 'amil': amil takes bags of patches and dataset idc gives images",
     ),
     "missing weights file": (
         {"baselines": [{"name": "resnet18", "pretrained": "/nowhere/w.pth", "fixed": {"freeze": "none"}}]},
@@ -106,3 +115,12 @@ def test_protocol_the_data_cannot_meet_exits_2_and_writes_nothing(tmp_path: Path
     assert result.exit_code == 2
     assert "20 patients cannot make a 1/4 test set plus 19 folds" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_models_command_lists_every_baseline_with_its_counts() -> None:
+    result = CliRunner().invoke(app, ["models"], env={"COLUMNS": "220"})
+    assert result.exit_code == 0
+    for name in baselines.list():
+        assert f"│ {name} " in result.output
+    assert "19,368,390 (weights_only)" in result.output and "19,368,390 = published" in result.output
+    assert "6,879,301 differs" in result.output

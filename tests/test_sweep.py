@@ -86,7 +86,8 @@ def test_early_stopped_trials_are_killed_and_tagged(swept: Swept) -> None:
     for run in finished:
         assert "test_accuracy" in run.data.metrics
         assert {a.path for a in client.list_artifacts(run.info.run_id, "test")} == {
-            "test/confusion_matrix.json", "test/confusion_matrix.png", "test/predictions.csv"
+            "test/confusion_matrix.json", "test/confusion_matrix.png", "test/predictions.csv",
+            "test/maps_best.png", "test/maps_worst.png",
         }
     assert f"{len(stopped)}" in swept.output and "stopped early" in swept.output
 
@@ -131,6 +132,8 @@ def test_leaderboard_numbers_equal_the_metrics_in_mlflow(swept: Swept) -> None:
         assert row.test_auc == pytest.approx(best.data.metrics["test_auc"])
         assert row.test_recall == pytest.approx(best.data.metrics["test_sensitivity"])
         assert row.params == best.data.metrics["params_torch"]
+        # Neither baseline has a published count, so the published-convention column stays empty.
+        assert pd.isna(row.params_published_convention)
         assert row.trials == len(mine)
         assert row.stopped_early == sum(r.data.tags.get(tracking.STOPPED_BY) == "asha" for r in mine)
     assert set(table.baseline) == {"cancernet", "resnet18"}
