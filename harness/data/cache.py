@@ -1,16 +1,26 @@
-"""Small patches packed once into a uint8 memory-mapped array, so an epoch decodes no PNG."""
+"""Images packed once into uint8 memory-mapped arrays, so an epoch decodes no PNG or TIFF.
+
+Small patches (IDC) are padded to a fixed size; large images (BACH, BreakHis) are resized once
+to the working resolution, stain-normalised and packed with their RoI masks.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Callable, Literal
 
 import numpy as np
 import pandas as pd
 from numpy.lib.format import open_memmap
 from PIL import Image
 from rich.progress import track
+
+from .masks import read_mask, tissue_fallback_mask
+
+MaskSource = Literal["none", "files", "tissue"]
 
 
 def cache_path(cache_dir: Path, manifest_hash: str, patch_size: int) -> Path:
@@ -67,3 +77,59 @@ def open_patch_cache(path: Path) -> np.ndarray:
 def padded_rows(path: Path) -> list[int]:
     """Return the manifest rows that were replicate-padded when the cache was built."""
     return json.loads(path.with_suffix(".json").read_text())["padded_rows"]
+
+
+def image_cache_key(manifest_hash: str, size: tuple[int, int], stain: str, reference: Path | None, masks: str) -> str:
+    """Return the key of a resized cache: manifest, resolution, stain method and reference, mask source."""
+    reference_digest = hashlib.sha256(Path(reference).read_bytes()).hexdigest()[:12] if reference else "none"
+    text = f"{manifest_hash}|{size[0]}x{size[1]}|{stain}|{reference_digest}|{masks}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def build_image_cache(
+    manifest: pd.DataFrame, key: str, cache_dir: Path, *, size: tuple[int, int],
+    normalise: Callable[[np.ndarray], np.ndarray] | None = None, masks: MaskSource = "none", show_progress: bool = False,
+) -> tuple[Path, Path | None]:
+    """Decode, resize to `size` (height, width), stain-normalise and pack every image once;
+    returns the image .npy and, when `masks` is not none, the 0/1 mask .npy of the same size.
+
+    Masks come from the manifest's `roi_mask_path` (`files`) or the haematoxylin fallback
+    (`tissue`). An existing cache for the same key is reused by every trial and Ray worker.
+    """
+    path = cache_dir / f"images-{key}-{size[0]}x{size[1]}.npy"
+    mask_path = path.with_name(path.name.replace("images-", "masks-")) if masks != "none" else None
+    meta_path = path.with_suffix(".json")
+    if path.exists() and meta_path.exists():
+        return path, mask_path
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    suffix = f".{os.getpid()}.tmp"
+    array = open_memmap(path.with_name(path.name + suffix), mode="w+", dtype=np.uint8, shape=(len(manifest), *size, 3))
+    mask_array = None
+    if mask_path is not None:
+        mask_array = open_memmap(mask_path.with_name(mask_path.name + suffix), mode="w+", dtype=np.uint8, shape=(len(manifest), *size))
+    unnormalised = []
+    rows = manifest.reset_index(drop=True)
+    for i, row in enumerate(track(rows.itertuples(), total=len(rows), description="resizing images", disable=not show_progress)):
+        with Image.open(row.path) as im:
+            # PIL's bilinear filter widens with the scale factor, so a 4x reduction is anti-aliased.
+            pixels = np.asarray(im.convert("RGB").resize((size[1], size[0]), Image.BILINEAR))
+        if mask_array is not None:
+            mask_array[i] = read_mask(row.roi_mask_path, size) if masks == "files" else tissue_fallback_mask(pixels)
+        if normalise is not None:
+            try:
+                pixels = normalise(pixels)
+            except np.linalg.LinAlgError:
+                unnormalised.append(i)  # too little stain to estimate its vectors: kept as it is, and recorded
+        array[i] = pixels
+    for done in (array, mask_array):
+        if done is not None:
+            done.flush()
+    del array, mask_array
+    meta = {"key": key, "rows": len(rows), "size": list(size), "masks": masks, "stain_not_applied_rows": unnormalised}
+    meta_tmp = meta_path.with_name(meta_path.name + suffix)
+    meta_tmp.write_text(json.dumps(meta))
+    os.replace(path.with_name(path.name + suffix), path)
+    if mask_path is not None:
+        os.replace(mask_path.with_name(mask_path.name + suffix), mask_path)
+    os.replace(meta_tmp, meta_path)
+    return path, mask_path

@@ -6,7 +6,6 @@ This module knows the layout and its published facts, and nothing about training
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -16,6 +15,8 @@ from rich.progress import track
 
 from harness.errors import InputError
 
+from .records import IndexResult
+
 DATASET = "idc"
 CLASS_NAMES = ("non_idc", "idc")
 PATCH_SIZE = 50
@@ -23,15 +24,6 @@ NAME_PATTERN = re.compile(r"^(?P<pid>\d+)_idx5_x(?P<x>\d+)_y(?P<y>\d+)_class(?P<
 LAYOUT = "<patient>/<0|1>/<patient>_idx5_x<X>_y<Y>_class<0|1>.png"
 # Verified totals of the full release (BASELINES.md §1.1); a sample must say allow_subset.
 PUBLISHED_TOTALS = {"patches": 277_524, "class_0": 198_738, "class_1": 78_786, "patients": 279}
-
-
-@dataclass
-class IndexResult:
-    """A manifest plus what the indexer had to say about the files it walked."""
-
-    manifest: pd.DataFrame
-    problems: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
 
 
 def _inspect(path: Path) -> tuple[dict[str, object] | None, str | None]:

@@ -10,33 +10,39 @@ import pandas as pd
 from harness.config import DatasetSpec, ProtocolSpec
 from harness.errors import InputError
 
-from . import idc
-from .cache import build_patch_cache
-from .catalog import DATASETS
+from . import bach, breakhis, idc
+from .cache import build_image_cache, build_patch_cache, image_cache_key
+from .catalog import dataset_traits
 from .manifest import manifest_hash, read_manifest, write_manifest
 from .splits import Split, patient_split, write_split
+from .stain import stain_normaliser
 
 
 @dataclass(frozen=True)
 class PreparedData:
-    """Absolute paths of a manifest, its split and its cache, with their hashes."""
+    """Absolute paths of a manifest, its split and its caches, with their hashes."""
 
     manifest_path: Path
     manifest_hash: str
     split_path: Path
     split_hash: str
     cache_path: Path
+    mask_cache_path: Path | None
+    mask_source: str
     class_names: tuple[str, ...]
     rows: int
     patients: int
 
 
 def index_dataset(spec: DatasetSpec, *, show_progress: bool = False) -> tuple[pd.DataFrame, list[str]]:
-    """Return the manifest of `spec` and the warnings about what indexing skipped."""
-    result = idc.index_idc(
-        spec.root, allow_subset=spec.allow_subset, skip_bad=spec.skip_bad,
-        edge_patches=spec.edge_patches, show_progress=show_progress,
-    )
+    """Return the manifest of `spec` (filtered to its magnification) and what indexing reported."""
+    common = dict(allow_subset=spec.allow_subset, skip_bad=spec.skip_bad, show_progress=show_progress)
+    if spec.name == "idc":
+        result = idc.index_idc(spec.root, edge_patches=spec.edge_patches, **common)
+    elif spec.name == "bach":
+        result = bach.index_bach(spec.root, roi_dir=spec.roi_dir, **common)
+    else:
+        result = breakhis.index_breakhis(spec.root, label=spec.label, group_by=spec.group_by, roi_dir=spec.roi_dir, **common)
     return result.manifest, result.warnings + result.problems
 
 
@@ -50,26 +56,44 @@ def load_or_index(spec: DatasetSpec, *, show_progress: bool = False) -> tuple[pd
     return manifest, []
 
 
+def _select(manifest: pd.DataFrame, split: Split, spec: DatasetSpec) -> tuple[pd.DataFrame, Split]:
+    """Keep one magnification after splitting on all of them, so a patient's images at every
+    magnification fall on the same side (BASELINES.md §1.2)."""
+    if spec.magnification == "all":
+        return manifest, split
+    keep = (manifest.magnification == spec.magnification).to_numpy()
+    if not keep.any():
+        raise InputError(f"key 'dataset.magnification' = {spec.magnification}: no image at that magnification")
+    chosen = split.assignments[keep].reset_index(drop=True)
+    return manifest[keep].reset_index(drop=True), Split(chosen, split.folds, split.seed, split.test_fraction)
+
+
 def prepare(
-    manifest: pd.DataFrame, dataset: str, protocol: ProtocolSpec, work_dir: Path, *, show_progress: bool = False
+    manifest: pd.DataFrame, spec: DatasetSpec, protocol: ProtocolSpec, work_dir: Path, *, show_progress: bool = False
 ) -> PreparedData:
-    """Write the manifest, its patient split and its patch cache under `work_dir`; returns their paths.
+    """Write the manifest, its patient split and its caches under `work_dir`; returns their paths.
 
     The split is made before anything is written, so a protocol the data cannot satisfy leaves no file.
     """
-    split: Split = patient_split(
-        manifest, folds=protocol.folds, test_fraction=protocol.test_fraction, seed=protocol.seed
-    )
+    traits = dataset_traits(spec)
+    split = patient_split(manifest, folds=protocol.folds, test_fraction=protocol.test_fraction, seed=protocol.seed)
+    manifest, split = _select(manifest, split, spec)
+    normalise = stain_normaliser(spec.stain, spec.stain_reference)
     digest = manifest_hash(manifest)
     manifest_path = write_manifest(
-        manifest, work_dir / "manifests" / f"{dataset}-{digest[:16]}.parquet", meta={"dataset": dataset}
+        manifest, work_dir / "manifests" / f"{spec.name}-{digest[:16]}.parquet", meta={"dataset": spec.name}
     )
     split_path = write_split(split, work_dir / "splits")
-    cache = build_patch_cache(
-        manifest, digest, work_dir / "cache", patch_size=DATASETS[dataset].patch_size, show_progress=show_progress
-    )
+    if traits.storage == "patches":
+        cache, masks = build_patch_cache(manifest, digest, work_dir / "cache", patch_size=traits.size[0],
+                                         show_progress=show_progress), None
+    else:
+        key = image_cache_key(digest, traits.size, spec.stain, spec.stain_reference, traits.mask_source)
+        cache, masks = build_image_cache(manifest, key, work_dir / "cache", size=traits.size, normalise=normalise,
+                                         masks=traits.mask_source, show_progress=show_progress)
     return PreparedData(
         manifest_path=manifest_path.resolve(), manifest_hash=digest, split_path=split_path.resolve(),
-        split_hash=split.hash, cache_path=cache.resolve(), class_names=DATASETS[dataset].class_names,
-        rows=len(manifest), patients=manifest.patient_id.nunique(),
+        split_hash=split.hash, cache_path=cache.resolve(), mask_cache_path=masks.resolve() if masks else None,
+        mask_source=traits.mask_source, class_names=traits.class_names, rows=len(manifest),
+        patients=manifest.patient_id.nunique(),
     )

@@ -61,21 +61,25 @@ def patient_split(
     """Hold out a patient-disjoint test set, then split the rest into `folds` patient-grouped folds.
 
     Both steps use StratifiedGroupKFold(shuffle=True, random_state=seed); the test set is fold 0
-    of round(1 / test_fraction) splits, so a patient never appears in two folds or in a fold and test.
+    of round(1 / test_fraction) splits (none when test_fraction is 0, as in 001's BACH protocol),
+    so a patient never appears in two folds or in a fold and test.
     """
     groups = manifest[group_on].to_numpy()
     labels = manifest[stratify_on].to_numpy()
-    n_test_splits = round(1 / test_fraction)
     n_groups = len(np.unique(groups))
-    if n_groups < n_test_splits + folds - 1:
-        raise InputError(
-            f"protocol: {n_groups} patients cannot make a 1/{n_test_splits} test set plus {folds} folds "
-            f"(need at least {n_test_splits + folds - 1}); lower protocol.folds or protocol.test_fraction"
-        )
-    outer = StratifiedGroupKFold(n_splits=n_test_splits, shuffle=True, random_state=seed)
-    _, test_idx = next(outer.split(np.zeros(len(labels)), labels, groups))
     split = np.full(len(manifest), CV, dtype=object)
-    split[test_idx] = TEST
+    if test_fraction > 0:
+        n_test_splits = round(1 / test_fraction)
+        if n_groups < n_test_splits + folds - 1:
+            raise InputError(
+                f"protocol: {n_groups} patients cannot make a 1/{n_test_splits} test set plus {folds} folds "
+                f"(need at least {n_test_splits + folds - 1}); lower protocol.folds or protocol.test_fraction"
+            )
+        outer = StratifiedGroupKFold(n_splits=n_test_splits, shuffle=True, random_state=seed)
+        _, test_idx = next(outer.split(np.zeros(len(labels)), labels, groups))
+        split[test_idx] = TEST
+    elif n_groups < folds:
+        raise InputError(f"protocol: {n_groups} patients cannot make {folds} folds; lower protocol.folds")
     fold = np.full(len(manifest), -1, dtype=np.int64)
     cv_idx = np.flatnonzero(split == CV)
     inner = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)

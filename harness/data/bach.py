@@ -1,0 +1,120 @@
+"""BACH part A (ICIAR 2018) microscopy images (BASELINES.md §1.3).
+
+Layout: `[ICIAR2018_BACH_Challenge/]Photos/<Normal|Benign|InSitu|Invasive>/<n|b|is|iv><NNN>.tif`,
+2048x1536 RGB, with an optional `microscopy_ground_truth.csv` ("<file>,<Class>", no header).
+Part A publishes no patient ids, so each image is its own group: image-level folds may put
+images of one patient on both sides of a split, and the manifest says so in `flags`.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+from rich.progress import track
+
+from harness.errors import InputError
+
+from .masks import check_mask
+from .records import IndexResult
+
+DATASET = "bach"
+# 001's table order; torchvision's ImageFolder would sort alphabetically instead (§1.3 pitfall).
+CLASS_NAMES = ("Normal", "Benign", "InSitu", "Invasive")
+PREFIX = {"Normal": "n", "Benign": "b", "InSitu": "is", "Invasive": "iv"}
+NAME_PATTERN = re.compile(r"^(?P<prefix>n|b|is|iv)(?P<num>\d{3})\.tif$")
+SIZE = (2048, 1536)  # width x height of every published image
+PUBLISHED_PER_CLASS = 100
+LAYOUT = "[ICIAR2018_BACH_Challenge/]Photos/<Normal|Benign|InSitu|Invasive>/<n|b|is|iv>NNN.tif"
+
+
+def photos_dir(root: Path) -> Path:
+    """Return the `Photos` folder under `root`, with or without the challenge's enclosing folder."""
+    for candidate in (root / "Photos", root / "ICIAR2018_BACH_Challenge" / "Photos", root):
+        if any((candidate / name).is_dir() for name in CLASS_NAMES):
+            return candidate
+    raise InputError(f"{root}: no BACH class folders found (expected {LAYOUT})")
+
+
+def _ground_truth(photos: Path) -> dict[str, str]:
+    table = photos / "microscopy_ground_truth.csv"
+    if not table.is_file():
+        return {}
+    with table.open(newline="") as file:
+        return {row[0].strip(): row[1].strip() for row in csv.reader(file) if len(row) >= 2}
+
+
+def _inspect(path: Path, class_name: str, truth: dict[str, str]) -> tuple[dict[str, object] | None, str | None]:
+    match = NAME_PATTERN.match(path.name)
+    if match is None:
+        return None, f"name does not match {LAYOUT}"
+    if match["prefix"] != PREFIX[class_name]:
+        return None, f"prefix {match['prefix']!r} disagrees with class folder {class_name!r} (expected {PREFIX[class_name]!r})"
+    if truth and truth.get(path.name, class_name) != class_name:
+        return None, f"microscopy_ground_truth.csv says {truth[path.name]!r}, the folder says {class_name!r}"
+    try:
+        with Image.open(path) as im:
+            im.load()
+            width, height, mode = im.width, im.height, im.mode
+    except Exception as exc:  # PIL raises many types for damaged files
+        return None, f"does not decode as an image ({exc})"
+    flags = ["no_patient_id"]
+    if (width, height) != SIZE:
+        flags.append(f"size_{width}x{height}")
+    if mode != "RGB":
+        flags.append(f"mode_{mode}")
+    return {
+        "path": str(path.resolve()), "rel_path": f"Photos/{class_name}/{path.name}",
+        "label": CLASS_NAMES.index(class_name), "class_name": class_name, "patient_id": path.stem,
+        "dataset": DATASET, "width": width, "height": height, "flags": ";".join(flags),
+    }, None
+
+
+def index_bach(
+    root: Path, *, roi_dir: Path | None = None, allow_subset: bool = False, skip_bad: bool = False,
+    show_progress: bool = False,
+) -> IndexResult:
+    """Walk a BACH part A tree and return its manifest, with `roi_mask_path` when `roi_dir` is given.
+
+    Bad files and bad or missing masks raise InputError naming each path, unless `skip_bad`.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root}: dataset root is not a directory (expected {LAYOUT})")
+    photos = photos_dir(root)
+    truth = _ground_truth(photos)
+    files = [(p, c) for c in CLASS_NAMES for p in sorted((photos / c).glob("*.tif*"))]
+    if not files:
+        raise InputError(f"{root}: no BACH images found (expected {LAYOUT})")
+    result = IndexResult(manifest=pd.DataFrame())
+    rows = []
+    for path, class_name in track(files, description=f"indexing {len(files)} BACH images", disable=not show_progress):
+        row, reason = _inspect(path, class_name, truth)
+        if row is not None and roi_dir is not None:
+            mask = Path(roi_dir) / f"{path.stem}.png"
+            reason = check_mask(mask, (row["width"], row["height"]))
+            row["roi_mask_path"] = str(mask.resolve())
+            if reason is not None:
+                row, reason = None, f"RoI mask {mask}: {reason}"
+        if row is None:
+            result.problems.append(f"{path}: {reason}")
+        else:
+            rows.append(row)
+    if result.problems and not skip_bad:
+        raise InputError("\n".join(result.problems))
+    manifest = pd.DataFrame(rows)
+    if manifest.empty:
+        raise InputError(f"{root}: none of {len(files)} files is a valid BACH image")
+    if "roi_mask_path" not in manifest:
+        manifest["roi_mask_path"] = ""
+    counts = manifest.class_name.value_counts()
+    if not allow_subset and any(counts.get(c, 0) != PUBLISHED_PER_CLASS for c in CLASS_NAMES):
+        found = ", ".join(f"{c} {counts.get(c, 0)}" for c in CLASS_NAMES)
+        raise InputError(f"{root}: found {found}; BACH part A has 100 images per class (BASELINES.md §1.3). "
+                         "For a sample set dataset.allow_subset: true (CLI: --allow-subset)")
+    result.manifest = manifest.sort_values("rel_path").reset_index(drop=True)
+    result.warnings.append("BACH part A has no patient ids: each image is its own group, so folds may share patients")
+    return result

@@ -1,0 +1,136 @@
+"""BreakHis (Spanhol et al. 2016), BASELINES.md §1.2.
+
+Layout: `BreaKHis_v1/histology_slides/breast/<benign|malignant>/SOB/<subtype>/SOB_<B|M>_<T>_<YY>-<SLIDE>/
+<MAG>X/SOB_<B|M>_<T>-<YY>-<SLIDE>-<MAG>-<SEQ>.png`, 700x460 RGB. The file name encodes everything;
+each folder level must agree with it. Patients are grouped by the numeric core of the slide id
+by default (folders such as 14-22549AB / CD / G may be one person; 70 groups), or by folder.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+from PIL import Image
+from rich.progress import track
+
+from harness.errors import InputError
+
+from .masks import check_mask
+from .records import IndexResult
+
+DATASET = "breakhis"
+BINARY_CLASSES = ("benign", "malignant")
+SUBTYPES = {  # harness order of the 8-class label (§1.2)
+    "A": "adenosis", "F": "fibroadenoma", "PT": "phyllodes_tumor", "TA": "tubular_adenoma",
+    "DC": "ductal_carcinoma", "LC": "lobular_carcinoma", "MC": "mucinous_carcinoma", "PC": "papillary_carcinoma",
+}
+SUBTYPE_CLASSES = tuple(SUBTYPES.values())
+NAME_PATTERN = re.compile(
+    r"^SOB_(?P<cls>[BM])_(?P<t>A|F|PT|TA|DC|LC|MC|PC)-(?P<yy>\d{2})-(?P<slide>\d+[A-Z]*)-(?P<mag>40|100|200|400)-(?P<seq>\d{3})\.png$"
+)
+SIZE = (700, 460)
+# Verified totals (§1.2): (benign, malignant) per magnification.
+PUBLISHED = {40: (625, 1370), 100: (644, 1437), 200: (623, 1390), 400: (588, 1232)}
+LAYOUT = "<benign|malignant>/SOB/<subtype>/SOB_<B|M>_<T>_<YY>-<SLIDE>/<MAG>X/SOB_<B|M>_<T>-<YY>-<SLIDE>-<MAG>-<SEQ>.png"
+
+
+def class_names(label: Literal["binary", "subtype"]) -> tuple[str, ...]:
+    """Return the class names of the binary or the 8-class task."""
+    return BINARY_CLASSES if label == "binary" else SUBTYPE_CLASSES
+
+
+def numeric_core(patient: str) -> str:
+    """Return `YY-digits` of a slide id: 14-22549AB -> 14-22549."""
+    return re.match(r"^\d{2}-\d+", patient).group(0)
+
+
+def _inspect(path: Path, label: str, group_by: str) -> tuple[dict[str, object] | None, str | None]:
+    m = NAME_PATTERN.match(path.name)
+    if m is None:
+        return None, f"name does not match {LAYOUT}"
+    benign = m["cls"] == "B"
+    patient = f"{m['yy']}-{m['slide']}"
+    expected = {
+        "magnification folder": (path.parent.name, f"{m['mag']}X"),
+        "patient folder": (path.parent.parent.name, f"SOB_{m['cls']}_{m['t']}_{patient}"),
+        "subtype folder": (path.parents[2].name, SUBTYPES[m["t"]]),
+        "class folder": (path.parents[4].name, BINARY_CLASSES[0 if benign else 1]),
+    }
+    for what, (found, wanted) in expected.items():
+        if found != wanted:
+            return None, f"{what} {found!r} disagrees with the name (expected {wanted!r})"
+    try:
+        with Image.open(path) as im:
+            im.load()
+            width, height, mode = im.width, im.height, im.mode
+    except Exception as exc:  # PIL raises many types for damaged files
+        return None, f"does not decode as an image ({exc})"
+    flags = [] if (width, height) == SIZE else [f"size_{width}x{height}"]
+    if mode != "RGB":
+        flags.append(f"mode_{mode}")
+    subtype = SUBTYPES[m["t"]]
+    return {
+        "path": str(path.resolve()), "rel_path": "/".join(path.parts[-6:]),
+        "label": (0 if benign else 1) if label == "binary" else SUBTYPE_CLASSES.index(subtype),
+        "class_name": BINARY_CLASSES[0 if benign else 1] if label == "binary" else subtype,
+        "patient_id": numeric_core(patient) if group_by == "numeric_core" else patient,
+        "patient_folder": patient, "subtype": subtype, "magnification": int(m["mag"]),
+        "dataset": DATASET, "width": width, "height": height, "flags": ";".join(flags),
+    }, None
+
+
+def _check_totals(manifest: pd.DataFrame, root: Path) -> None:
+    differences = []
+    for mag, (benign, malignant) in PUBLISHED.items():
+        part = manifest[manifest.magnification == mag]
+        found = (int((part.subtype.isin(SUBTYPE_CLASSES[:4])).sum()), int((part.subtype.isin(SUBTYPE_CLASSES[4:])).sum()))
+        if found != (benign, malignant):
+            differences.append(f"{mag}X benign {found[0]}/{benign}, malignant {found[1]}/{malignant}")
+    if differences:
+        raise InputError(f"{root}: counts differ from the BreakHis release (found/published): {'; '.join(differences)}. "
+                         "For a sample set dataset.allow_subset: true (CLI: --allow-subset)")
+
+
+def index_breakhis(
+    root: Path, *, label: Literal["binary", "subtype"] = "binary",
+    group_by: Literal["numeric_core", "folder"] = "numeric_core", roi_dir: Path | None = None,
+    allow_subset: bool = False, skip_bad: bool = False, show_progress: bool = False,
+) -> IndexResult:
+    """Walk a BreakHis tree (any folder above `<benign|malignant>/`) and return its manifest.
+
+    Every file whose folders contradict its name, or that does not decode, is reported by path.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root}: dataset root is not a directory (expected {LAYOUT})")
+    files = sorted(root.rglob("SOB_*.png"))
+    if not files:
+        raise InputError(f"{root}: no BreakHis images found (expected {LAYOUT})")
+    result = IndexResult(manifest=pd.DataFrame())
+    rows = []
+    for path in track(files, description=f"indexing {len(files):,} BreakHis images", disable=not show_progress):
+        row, reason = _inspect(path, label, group_by)
+        if row is not None and roi_dir is not None:
+            mask = Path(roi_dir) / f"{path.stem}.png"
+            reason = check_mask(mask, (row["width"], row["height"]))
+            row["roi_mask_path"] = str(mask.resolve())
+            if reason is not None:
+                row, reason = None, f"RoI mask {mask}: {reason}"
+        if row is None:
+            result.problems.append(f"{path}: {reason}")
+        else:
+            rows.append(row)
+    if result.problems and not skip_bad:
+        raise InputError("\n".join(result.problems))
+    manifest = pd.DataFrame(rows)
+    if manifest.empty:
+        raise InputError(f"{root}: none of {len(files):,} files is a valid BreakHis image")
+    if "roi_mask_path" not in manifest:
+        manifest["roi_mask_path"] = ""
+    if not allow_subset:
+        _check_totals(manifest, root)
+    result.manifest = manifest.sort_values("rel_path").reset_index(drop=True)
+    return result
