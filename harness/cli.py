@@ -40,35 +40,41 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 RootOption = typer.Option(None, "--root", help="Dataset root; overrides dataset.root of the experiment file.")
+RoiOption = typer.Option(None, "--roi-dir", help="Folder of RoI masks named after the images; overrides dataset.roi_dir.")
 UriOption = typer.Option(None, "--tracking-uri", help="Any MLflow tracking URI; default: SQLite under output_dir.")
 OutOption = typer.Option(None, "--output-dir", help="Where results/ go; overrides output_dir.")
 
 
-def _load(experiment: Path, root: Path | None, tracking_uri: str | None, output_dir: Path | None):
+def _load(experiment: Path, root: Path | None, tracking_uri: str | None, output_dir: Path | None,
+          roi_dir: Path | None = None):
     from harness.config import load_experiment
 
-    return load_experiment(experiment, dataset_root=root, tracking_uri=tracking_uri, output_dir=output_dir)
+    return load_experiment(experiment, dataset_root=root, roi_dir=roi_dir, tracking_uri=tracking_uri,
+                           output_dir=output_dir)
 
 
 @data_app.command("index")
 @user_errors
 def data_index(
     root: Path = typer.Option(..., "--root", help="Dataset root in its published layout."),
-    dataset: str = typer.Option("idc", "--dataset", help="Dataset name (idc)."),
+    dataset: str = typer.Option("idc", "--dataset", help="Dataset name: idc, bach or breakhis."),
+    roi_dir: Optional[Path] = typer.Option(None, "--roi-dir", help="BACH/BreakHis: folder of RoI masks named after the images."),
     out: Optional[Path] = typer.Option(None, "--out", help="Manifest file; default results/_data/manifests/<dataset>-<hash>.parquet."),
     allow_subset: bool = typer.Option(False, "--allow-subset", help="Accept a sample instead of the full release."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave bad files out (each is reported) instead of failing."),
 ) -> None:
     """Walk a dataset, check every file, and write its parquet manifest."""
+    from pydantic import ValidationError
+
     from harness.config import DatasetSpec
     from harness.data.manifest import manifest_hash, write_manifest
     from harness.data.prepare import index_dataset
 
-    if dataset != "idc":
-        raise InputError(f"--dataset {dataset!r}: expected one of: idc")
-    manifest, notes = index_dataset(
-        DatasetSpec(name=dataset, root=root, allow_subset=allow_subset, skip_bad=skip_bad), show_progress=True
-    )
+    try:
+        spec = DatasetSpec(name=dataset, root=root, roi_dir=roi_dir, allow_subset=allow_subset, skip_bad=skip_bad)
+    except ValidationError as exc:
+        raise InputError(f"--dataset {dataset!r}: {exc.errors()[0]['msg']}") from None
+    manifest, notes = index_dataset(spec, show_progress=True)
     digest = manifest_hash(manifest)
     path = out or Path("results/_data/manifests") / f"{dataset}-{digest[:16]}.parquet"
     write_manifest(manifest, path, meta={"dataset": dataset, "root": str(root.resolve())})
@@ -77,7 +83,7 @@ def data_index(
     counts = manifest.groupby("class_name").size().to_dict()
     flags = manifest["flags"].str.split(";").explode().loc[lambda f: f != ""].value_counts().to_dict()
     console.print(
-        f"{len(manifest):,} patches of {manifest.patient_id.nunique()} patients {counts}; flags {flags or 'none'}\n"
+        f"{len(manifest):,} images of {manifest.patient_id.nunique()} patient groups {counts}; flags {flags or 'none'}\n"
         f"manifest {path} (hash {digest[:16]})"
     )
 
@@ -85,15 +91,25 @@ def data_index(
 @data_app.command("synth")
 @user_errors
 def data_synth(
-    out: Path = typer.Argument(..., help="Folder to write the IDC-layout tree into."),
-    patients: int = typer.Option(20, "--patients", min=2),
+    out: Path = typer.Argument(..., help="Folder to write the tree into."),
+    dataset: str = typer.Option("idc", "--dataset", help="Layout: idc, bach (with RoI masks) or breakhis."),
+    patients: int = typer.Option(20, "--patients", min=2, help="IDC: number of patients."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
-    """Write a small synthetic IDC tree of real PNG files with a learnable signal."""
-    from harness.data.synthetic import write_synthetic_idc
+    """Write a small synthetic dataset of real image files in a published layout, with a learnable signal."""
+    from harness.data import synthetic
 
-    write_synthetic_idc(out, patients=patients, seed=seed)
-    console.print(f"synthetic IDC tree with {patients} patients written to {out}")
+    if dataset == "idc":
+        synthetic.write_synthetic_idc(out, patients=patients, seed=seed)
+        console.print(f"synthetic IDC tree with {patients} patients written to {out}")
+    elif dataset == "bach":
+        _, masks = synthetic.write_synthetic_bach(out, seed=seed)
+        console.print(f"synthetic BACH tree written to {out}, RoI masks in {masks}")
+    elif dataset == "breakhis":
+        synthetic.write_synthetic_breakhis(out, seed=seed)
+        console.print(f"synthetic BreakHis tree written to {out}")
+    else:
+        raise InputError(f"--dataset {dataset!r}: expected one of: idc, bach, breakhis")
 
 
 @app.command()
@@ -123,13 +139,14 @@ def train(
     baseline: str = typer.Option(..., "--baseline", help="Registered baseline to train with its published recipe."),
     fold: int = typer.Option(0, "--fold", min=0, help="Validation fold; the others train."),
     root: Optional[Path] = RootOption,
+    roi_dir: Optional[Path] = RoiOption,
     tracking_uri: Optional[str] = UriOption,
     output_dir: Optional[Path] = OutOption,
 ) -> None:
     """Train one baseline on one fold with its recipe, tracked as one MLflow run."""
     from harness.experiment import recipe_spec, set_up, train_tracked
 
-    config = _load(experiment, root, tracking_uri, output_dir)
+    config = _load(experiment, root, tracking_uri, output_dir, roi_dir)
     if baseline not in {b.name for b in config.baselines}:
         raise InputError(f"--baseline {baseline!r}: not among the experiment's baselines ({', '.join(b.name for b in config.baselines)})")
     if fold >= config.protocol.folds:
@@ -156,6 +173,7 @@ def train(
 def sweep(
     experiment: Path = typer.Argument(..., help="Experiment YAML file."),
     root: Optional[Path] = RootOption,
+    roi_dir: Optional[Path] = RoiOption,
     address: Optional[str] = typer.Option(None, "--address", envvar="RAY_ADDRESS", help="Ray cluster to join; default an embedded local Ray."),
     tracking_uri: Optional[str] = UriOption,
     output_dir: Optional[Path] = OutOption,
@@ -163,7 +181,7 @@ def sweep(
     """Tune every baseline of an experiment with Ray Tune, Optuna and ASHA, tracked in MLflow."""
     from harness.tune import run_sweep
 
-    config = _load(experiment, root, tracking_uri, output_dir)
+    config = _load(experiment, root, tracking_uri, output_dir, roi_dir)
     summary = run_sweep(config, address=address, verbose=True)
     table = Table(title=f"sweep {summary.experiment}: {summary.wall_seconds:.0f} s")
     for column in ("baseline", "trials", "finished", "stopped early (ASHA)", "failed"):

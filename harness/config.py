@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 import baselines
-from harness.data.catalog import DATASETS
+from harness.data.catalog import dataset_traits
 from harness.errors import InputError
 
 SEARCH_SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
@@ -136,14 +136,45 @@ def split_point(point: dict[str, Any]) -> tuple[TrainParams, dict[str, Any]]:
 
 
 class DatasetSpec(Strict):
-    """Which dataset, where it lies, and how strictly to check it against the published release."""
+    """Which dataset, where it lies, how strictly to check it, and how its images are prepared."""
 
-    name: Literal["idc"]
+    name: Literal["idc", "bach", "breakhis"]
     root: Path
     manifest: Path | None = None
     allow_subset: bool = False
     skip_bad: bool = False
     edge_patches: Literal["pad", "drop"] = "pad"
+    roi_dir: Path | None = None
+    roi_fallback: Literal["none", "tissue"] = "none"
+    label: Literal["binary", "subtype"] = "binary"
+    group_by: Literal["numeric_core", "folder"] = "numeric_core"
+    magnification: Literal["all", 40, 100, 200, 400] = "all"
+    image_size: tuple[int, int] | None = None
+    stain: Literal["none", "reinhard", "macenko"] = "none"
+    stain_reference: Path | None = None
+
+    @model_validator(mode="after")
+    def _options_fit_the_dataset(self) -> DatasetSpec:
+        set_for = {  # option: (is it set away from its default, datasets it applies to)
+            "edge_patches": (self.edge_patches != "pad", {"idc"}),
+            "roi_dir": (self.roi_dir is not None, {"bach", "breakhis"}),
+            "roi_fallback": (self.roi_fallback != "none", {"bach", "breakhis"}),
+            "label": (self.label != "binary", {"breakhis"}),
+            "group_by": (self.group_by != "numeric_core", {"breakhis"}),
+            "magnification": (self.magnification != "all", {"breakhis"}),
+            "image_size": (self.image_size is not None, {"bach", "breakhis"}),
+            "stain": (self.stain != "none", {"bach", "breakhis"}),
+        }
+        for key, (is_set, datasets) in set_for.items():
+            if is_set and self.name not in datasets:
+                raise ValueError(f"{key} applies to {' and '.join(sorted(datasets))} only, not to {self.name}")
+        if self.roi_dir is not None and self.roi_fallback != "none":
+            raise ValueError("give roi_dir or roi_fallback, not both")
+        if self.stain != "none" and self.stain_reference is None:
+            raise ValueError(f"stain {self.stain} needs stain_reference, an image file to normalise to")
+        if self.stain_reference is not None and not self.stain_reference.is_file():
+            raise ValueError(f"stain_reference {str(self.stain_reference)!r} is not a file")
+        return self
 
 
 class ProtocolSpec(Strict):
@@ -151,7 +182,7 @@ class ProtocolSpec(Strict):
 
     name: Literal["patient"] = "patient"
     folds: int = Field(5, ge=2, le=20)
-    test_fraction: float = Field(0.2, gt=0, le=0.5)
+    test_fraction: float = Field(0.2, ge=0, le=0.5)
     seed: int = 0
     search_fold: int = Field(0, ge=0)
 
@@ -349,16 +380,17 @@ def _check_baseline(spec: BaselineSpec, index: int, space: SearchSpace, path: Pa
 
 
 def _check_dataset_fits(config: ExperimentConfig, path: Path) -> None:
-    traits = DATASETS[config.dataset.name]
+    traits = dataset_traits(config.dataset)
     for i, spec in enumerate(config.baselines):
         entry = baselines.info(spec.name)
         where = f"{path}: key 'baselines[{i}].name' = {spec.name!r}"
-        if entry.needs_roi and not traits.has_roi_masks:
+        if entry.needs_roi and traits.mask_source == "none":
+            hint = " (set dataset.roi_dir, or roi_fallback: tissue)" if config.dataset.name != "idc" else ""
             raise InputError(f"{where}: {spec.name} trains with an RoI mask per image (loss {entry.loss}) "
-                             f"and dataset {config.dataset.name} has no RoI masks")
-        if entry.input_kind != traits.input_kind:
+                             f"and dataset {config.dataset.name} has no RoI masks{hint}")
+        if entry.input_kind not in traits.input_kinds:
             raise InputError(f"{where}: {spec.name} takes {entry.input_kind}s of patches and dataset "
-                             f"{config.dataset.name} gives {traits.input_kind}s")
+                             f"{config.dataset.name} gives {' or '.join(sorted(traits.input_kinds))}s")
 
 
 def load_experiment(path: Path, **overrides: Any) -> ExperimentConfig:
@@ -367,10 +399,14 @@ def load_experiment(path: Path, **overrides: Any) -> ExperimentConfig:
     Raises InputError with one line naming the file, the key, the value and what was expected.
     """
     data = _read_yaml(path)
-    if overrides.get("dataset_root") is not None:
-        data.setdefault("dataset", {})
-        if isinstance(data["dataset"], dict):
-            data["dataset"]["root"] = str(overrides["dataset_root"])
+    dataset = data.get("dataset")
+    if isinstance(dataset, dict):
+        if overrides.get("dataset_root") is not None:
+            dataset["root"] = str(overrides["dataset_root"])
+        if overrides.get("roi_dir") is not None:
+            # Real masks replace any fallback the file chose.
+            dataset["roi_dir"] = str(overrides["roi_dir"])
+            dataset.pop("roi_fallback", None)
     for key in ("tracking_uri", "output_dir"):
         if overrides.get(key) is not None:
             data[key] = str(overrides[key])

@@ -29,7 +29,7 @@ def set_up(config: ExperimentConfig, *, show_progress: bool = False) -> Experime
     Everything that can reject the input runs before the first file is written.
     """
     manifest, notes = load_or_index(config.dataset, show_progress=show_progress)
-    data = prepare(manifest, config.dataset.name, config.protocol, config.output_dir.resolve() / "_data",
+    data = prepare(manifest, config.dataset, config.protocol, config.output_dir.resolve() / "_data",
                    show_progress=show_progress)
     uri = config.resolved_tracking_uri()
     if uri.startswith("sqlite:///"):
@@ -40,6 +40,8 @@ def set_up(config: ExperimentConfig, *, show_progress: bool = False) -> Experime
         tracking.SPLIT_HASH: data.split_hash,
         tracking.MANIFEST_HASH: data.manifest_hash,
         tracking.PROTOCOL: config.protocol.name,
+        # Fallback masks are a stand-in for expert outlines: runs using them never meet published mIoU.
+        tracking.ROI_SOURCE: data.mask_source,
         "git_commit": tracking.git_commit(),
         **tracking.environment_tags(),
     }
@@ -55,6 +57,7 @@ def recipe_spec(config: ExperimentConfig, data: PreparedData, baseline: str, *, 
     return RunSpec(
         baseline=baseline, num_classes=len(data.class_names), pretrained=entry.pretrained, params=params,
         model_kwargs=model_kwargs, manifest_path=data.manifest_path, cache_path=data.cache_path,
+        mask_cache_path=data.mask_cache_path,
         split_path=data.split_path, fold=fold, max_epochs=config.search.max_epochs,
         patience=config.training.patience, seed=config.protocol.seed, device=config.training.device,
         threads=max(1, int(config.resources.cpu)), eval_batch_size=config.training.eval_batch_size,

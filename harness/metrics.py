@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from sklearn.metrics import confusion_matrix, roc_auc_score
 
 # The metrics every run reports, prefixed with val_ or test_.
@@ -69,3 +70,22 @@ def classification_metrics(y_true: np.ndarray, prob: np.ndarray) -> dict[str, fl
         "sensitivity": _mean(recall[classes]),
         "specificity": _mean(spec[classes]),
     }
+
+
+def patient_accuracy(y_true: np.ndarray, y_pred: np.ndarray, patients: np.ndarray) -> float:
+    """Return the patient recognition rate: the mean over patients of each patient's image accuracy."""
+    frame = pd.DataFrame({"correct": np.asarray(y_true) == np.asarray(y_pred), "patient": np.asarray(patients)})
+    return float(frame.groupby("patient").correct.mean().mean())
+
+
+def grouped_accuracies(predictions: pd.DataFrame) -> dict[str, float]:
+    """Return patient-level accuracy where patients hold several images, and image- and
+    patient-level accuracy per magnification where there are several (BreakHis, §4.2)."""
+    metrics: dict[str, float] = {}
+    if predictions.patient_id.nunique() < len(predictions):
+        metrics["patient_accuracy"] = patient_accuracy(predictions.label, predictions.pred, predictions.patient_id)
+    if "magnification" in predictions and predictions.magnification.nunique() > 1:
+        for mag, part in predictions.groupby("magnification"):
+            metrics[f"accuracy_{mag}x"] = float((part.label == part.pred).mean())
+            metrics[f"patient_accuracy_{mag}x"] = patient_accuracy(part.label, part.pred, part.patient_id)
+    return metrics

@@ -39,6 +39,7 @@ PRETRAINED = "pretrained"
 PROTOCOL = "protocol"
 FOLD = "fold"
 OBJECTIVE = "objective_metric"
+ROI_SOURCE = "roi_source"  # none | files | tissue
 
 FINISHED = RunStatus.to_string(RunStatus.FINISHED)
 KILLED = RunStatus.to_string(RunStatus.KILLED)

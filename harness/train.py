@@ -24,12 +24,13 @@ import baselines
 from baselines.losses import build_loss
 from baselines.maps import explanation_maps
 from harness.config import TrainParams
+from harness.data.bags import bag_grid
 from harness.data.cache import open_patch_cache
-from harness.data.dataset import PatchDataset
+from harness.data.dataset import BagDataset, ImageDataset
 from harness.data.manifest import read_manifest
 from harness.data.splits import CV, TEST, read_split
-from harness.data.transforms import build_transform
-from harness.metrics import classification_metrics, confusion
+from harness.data.transforms import build_bag_transform, build_transform
+from harness.metrics import classification_metrics, confusion, grouped_accuracies
 
 
 class RunSpec(BaseModel):
@@ -44,6 +45,7 @@ class RunSpec(BaseModel):
     model_kwargs: dict[str, Any] = {}
     manifest_path: Path
     cache_path: Path
+    mask_cache_path: Path | None = None
     split_path: Path
     fold: int
     max_epochs: int
@@ -151,7 +153,7 @@ def _step_schedule(params: TrainParams, epochs: int) -> Callable[[int], float]:
     return lambda step: 1.0
 
 
-def _loader(dataset: PatchDataset, batch_size: int, *, shuffle: bool, seed: int) -> DataLoader:
+def _loader(dataset: ImageDataset | BagDataset, batch_size: int, *, shuffle: bool, seed: int) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
     # Dropping a last partial batch mirrors Keras' steps_per_epoch = n // batch and keeps
     # BatchNorm away from a batch of one.
@@ -164,10 +166,10 @@ def predict(model: nn.Module, loader: DataLoader, device: str) -> tuple[np.ndarr
     """Return (softmax probabilities N x C, labels N) of `model` over `loader`."""
     model.eval()
     probs, labels = [], []
-    for images, targets in loader:
-        logits = model(images.to(device))["logits"]
+    for batch in loader:
+        logits = model(batch["image"].to(device))["logits"]
         probs.append(torch.softmax(logits.float(), 1).cpu().numpy())
-        labels.append(targets.numpy())
+        labels.append(batch["label"].numpy())
     return np.concatenate(probs), np.concatenate(labels)
 
 
@@ -176,12 +178,14 @@ def evaluate(model: nn.Module, loader: DataLoader, device: str, frame: pd.DataFr
     prob, labels = predict(model, loader, device)
     loss = float(nn.functional.nll_loss(torch.log(torch.from_numpy(prob).clamp_min(1e-12)), torch.from_numpy(labels)))
     metrics = {"loss": loss, **classification_metrics(labels, prob)}
-    predictions = frame[["rel_path", "patient_id", "label"]].reset_index(drop=True)
+    columns = ["rel_path", "patient_id", "label"] + (["magnification"] if "magnification" in frame else [])
+    predictions = frame[columns].reset_index(drop=True)
     predictions = predictions.assign(**{f"prob_{c}": prob[:, c] for c in range(prob.shape[1])}, pred=prob.argmax(1))
+    metrics.update(grouped_accuracies(predictions))
     return Evaluation(metrics=metrics, confusion=confusion(labels, prob.argmax(1), prob.shape[1]), predictions=predictions)
 
 
-def map_galleries(model: nn.Module, dataset: PatchDataset, evaluation: Evaluation, device: str, k: int = 4) -> dict[str, MapGallery]:
+def map_galleries(model: nn.Module, dataset: ImageDataset | BagDataset, evaluation: Evaluation, device: str, k: int = 4) -> dict[str, MapGallery]:
     """Return explanation maps of the k best and k worst predictions (by probability of the true class)."""
     frame = evaluation.predictions
     prob_true = frame[[f"prob_{c}" for c in range(evaluation.confusion.shape[0])]].to_numpy()[
@@ -190,7 +194,7 @@ def map_galleries(model: nn.Module, dataset: PatchDataset, evaluation: Evaluatio
     order = np.argsort(prob_true, kind="stable")
     galleries = {}
     for name, picked in (("best", order[::-1][:k]), ("worst", order[:k])):
-        images = torch.stack([dataset[int(i)][0] for i in picked]).to(device)
+        images = torch.stack([dataset[int(i)]["image"] for i in picked]).to(device)
         kind, maps = explanation_maps(model, images)
         captions = [
             f"{frame.rel_path[i].rsplit('/', 1)[-1]}\ntrue {frame.label[i]}, pred {frame.pred[i]}, p(true) {prob_true[i]:.2f}"
@@ -215,8 +219,15 @@ def fit(spec: RunSpec, report: Callable[[EpochReport], None] | None = None) -> F
     if not np.array_equal(split.assignments.rel_path.to_numpy(), manifest.rel_path.to_numpy()):
         raise ValueError(f"split {spec.split_path} was not made from manifest {spec.manifest_path}")
     images = open_patch_cache(spec.cache_path)
+    masks = open_patch_cache(spec.mask_cache_path) if spec.mask_cache_path else None
     labels = manifest.label.to_numpy()
-    patch_size = images.shape[1]
+    stored_hw = tuple(images.shape[1:3])
+    entry = baselines.info(spec.baseline)
+    grid = bag_grid(*images.shape[1:3]) if entry.input_kind == "bag" else None
+    model_kwargs = dict(spec.model_kwargs)
+    if grid is not None:
+        # The attention map is drawn on the grid the data gives, whatever the model's default.
+        model_kwargs.update(grid_rows=grid.rows, grid_cols=grid.cols)
     rows = {
         "train": split.rows(split=CV, exclude_fold=spec.fold),
         "val": split.rows(split=CV, fold=spec.fold),
@@ -224,20 +235,23 @@ def fit(spec: RunSpec, report: Callable[[EpochReport], None] | None = None) -> F
     }
     p = spec.params
 
-    def dataset(part: str) -> PatchDataset:
-        transform = build_transform(p, patch_size=patch_size, train=part == "train", seed=spec.seed)
-        return PatchDataset(images, rows[part], labels, transform)
+    def dataset(part: str) -> ImageDataset | BagDataset:
+        train = part == "train"
+        if grid is not None:
+            return BagDataset(images, rows[part], labels, build_bag_transform(p, train=train, seed=spec.seed), grid)
+        transform = build_transform(p, stored_hw=stored_hw, train=train, seed=spec.seed)
+        return ImageDataset(images, rows[part], labels, transform, masks if train else None)
 
     train_loader = _loader(dataset("train"), p.batch_size, shuffle=True, seed=spec.seed)
     val_loader = _loader(dataset("val"), spec.eval_batch_size, shuffle=False, seed=spec.seed)
     model = baselines.create(
         spec.baseline, num_classes=spec.num_classes,
-        pretrained=str(spec.pretrained) if spec.pretrained else None, **spec.model_kwargs,
+        pretrained=str(spec.pretrained) if spec.pretrained else None, **model_kwargs,
     ).to(device)
     counts = baselines.param_counts(model)
     weights = class_weights(labels[rows["train"]], spec.num_classes) if p.class_weights == "inverse_max" else None
     criterion = build_loss(
-        baselines.info(spec.baseline).loss, class_weights=weights.to(device) if weights is not None else None,
+        entry.loss, class_weights=weights.to(device) if weights is not None else None,
         lambda_roi=p.lambda_dice, roi_mode=p.roi_target,
     )
     optimizer = _optimizer(p, model)
@@ -251,10 +265,9 @@ def fit(spec: RunSpec, report: Callable[[EpochReport], None] | None = None) -> F
     for epoch in range(1, spec.epochs + 1):
         model.train()
         total, seen = 0.0, 0
-        for batch, targets in train_loader:
-            batch, targets = batch.to(device), targets.to(device)
-            # The IDC patch datasets carry no RoI masks; models that need them are refused at the edge.
-            loss = criterion(model(batch), targets, None)
+        for batch in train_loader:
+            targets = batch["label"].to(device)
+            loss = criterion(model(batch["image"].to(device)), targets, batch["mask"].to(device) if "mask" in batch else None)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -269,7 +282,7 @@ def fit(spec: RunSpec, report: Callable[[EpochReport], None] | None = None) -> F
             best = (val.metrics["loss"], epoch, val.metrics, state, val)
         done = epoch == spec.epochs or epoch - best[1] >= spec.patience
         test = None
-        if done and spec.evaluate_test:
+        if done and spec.evaluate_test and len(rows["test"]):
             test_model = copy.deepcopy(model)
             test_model.load_state_dict(best[3])
             test_set = dataset("test")

@@ -34,6 +34,7 @@ class SweepContext:
     manifest_path: Path
     split_path: Path
     cache_path: Path
+    mask_cache_path: Path | None
     class_names: tuple[str, ...]
     fold: int
     max_epochs: int
@@ -53,7 +54,7 @@ def run_trial(config: dict[str, Any], *, ctx: SweepContext) -> None:
     spec = RunSpec(
         baseline=baseline, num_classes=len(ctx.class_names), pretrained=plan.pretrained, params=params,
         model_kwargs=model_kwargs, manifest_path=ctx.manifest_path, cache_path=ctx.cache_path,
-        split_path=ctx.split_path, fold=ctx.fold, max_epochs=ctx.max_epochs, patience=ctx.patience,
+        mask_cache_path=ctx.mask_cache_path, split_path=ctx.split_path, fold=ctx.fold, max_epochs=ctx.max_epochs, patience=ctx.patience,
         seed=ctx.seed, device=ctx.device, threads=ctx.threads, eval_batch_size=ctx.eval_batch_size,
     )
     trial_id = tune.get_context().get_trial_id()

@@ -117,6 +117,7 @@ def _context(config: ExperimentConfig, data: PreparedData, uri: str, experiment_
         tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent, objective=config.search.metric,
         tags=tags, plans={n: BaselinePlan(fixed=s.fixed, pretrained=pretrained[n]) for n, s in spaces.items()},
         manifest_path=data.manifest_path, split_path=data.split_path, cache_path=data.cache_path,
+        mask_cache_path=data.mask_cache_path,
         class_names=data.class_names, fold=config.protocol.search_fold, max_epochs=config.search.max_epochs,
         patience=config.training.patience, seed=config.protocol.seed, device=config.training.device,
         threads=max(1, int(config.resources.cpu)), eval_batch_size=config.training.eval_batch_size,

@@ -1,18 +1,28 @@
-"""Torch datasets over the packed patch cache."""
+"""Torch datasets over the packed caches: images (with their RoI masks when present) and MIL bags.
+
+Items are dicts: `image` (C x H x W, or N x C x p x p for a bag), `label`, and `mask`
+(1 x H x W, 0/1) when the cache has masks.
+"""
 
 from __future__ import annotations
+
+from typing import Callable
 
 import albumentations as A
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .bags import BagGrid, cut_bag
 
-class PatchDataset(Dataset):
-    """Rows of a patch cache with their labels, passed through an albumentations pipeline."""
 
-    def __init__(self, images: np.ndarray, rows: np.ndarray, labels: np.ndarray, transform: A.Compose) -> None:
-        self.images = images
+class ImageDataset(Dataset):
+    """Rows of an image cache with their labels (and masks), through an albumentations pipeline;
+    geometric transforms move the mask with the image."""
+
+    def __init__(self, images: np.ndarray, rows: np.ndarray, labels: np.ndarray, transform: A.Compose,
+                 masks: np.ndarray | None = None) -> None:
+        self.images, self.masks = images, masks
         self.rows = np.asarray(rows)
         self.labels = np.asarray(labels)[self.rows]
         self.transform = transform
@@ -24,5 +34,30 @@ class PatchDataset(Dataset):
         """Return item i as stored (H x W x 3 uint8), before any transform."""
         return np.asarray(self.images[self.rows[i]])
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(image=self.raw(i))["image"], int(self.labels[i])
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor | int]:
+        if self.masks is None:
+            return {"image": self.transform(image=self.raw(i))["image"], "label": int(self.labels[i])}
+        out = self.transform(image=self.raw(i), mask=np.array(self.masks[self.rows[i]]))
+        return {"image": out["image"], "label": int(self.labels[i]), "mask": out["mask"][None].float()}
+
+
+class BagDataset(Dataset):
+    """Each image as a bag of grid patches (N x C x p x p), the bag through `transform`."""
+
+    def __init__(self, images: np.ndarray, rows: np.ndarray, labels: np.ndarray,
+                 transform: Callable[[np.ndarray], torch.Tensor], grid: BagGrid) -> None:
+        self.images = images
+        self.rows = np.asarray(rows)
+        self.labels = np.asarray(labels)[self.rows]
+        self.transform, self.grid = transform, grid
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def raw(self, i: int) -> np.ndarray:
+        """Return the part of image i that the bag covers (H x W x 3 uint8)."""
+        return np.asarray(self.images[self.rows[i]])[self.grid.crop]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor | int]:
+        bag = self.transform(cut_bag(np.asarray(self.images[self.rows[i]]), self.grid))
+        return {"image": bag, "label": int(self.labels[i])}

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import albumentations as A
 import cv2
+import numpy as np
+import torch
 from albumentations.pytorch import ToTensorV2
 
 from harness.config import TrainParams
@@ -56,17 +60,38 @@ def _augmentations(p: TrainParams) -> list[A.BasicTransform]:
     ]
 
 
-def build_transform(params: TrainParams, *, patch_size: int, train: bool, seed: int = 0) -> A.Compose:
-    """Return the pipeline from a HxWx3 uint8 image to a normalised 3xHxW float tensor.
+def build_transform(params: TrainParams, *, stored_hw: tuple[int, int], train: bool, seed: int = 0) -> A.Compose:
+    """Return the pipeline from a HxWx3 uint8 image (and mask) to a normalised 3xHxW float tensor.
 
-    Shrinking uses nearest-neighbour, as Keras `flow_from_directory` did for CancerNet's 50->48;
-    enlarging uses bilinear. Augmentation runs only when `train`.
+    Images stored at `stored_hw` are resized to the run's input size: shrinking uses
+    nearest-neighbour, as Keras `flow_from_directory` did for CancerNet's 50->48; enlarging uses
+    bilinear. Augmentation runs only when `train`.
     """
     steps = _augmentations(params) if train else []
     height, width = params.input_hw
-    if (height, width) != (patch_size, patch_size):
-        interpolation = cv2.INTER_NEAREST if max(height, width) < patch_size else cv2.INTER_LINEAR
+    if (height, width) != tuple(stored_hw):
+        interpolation = cv2.INTER_NEAREST if height * width < stored_hw[0] * stored_hw[1] else cv2.INTER_LINEAR
         steps.append(A.Resize(height, width, interpolation=interpolation))
     mean, std = _NORMALISATION[params.normalisation]
     steps += [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
     return A.Compose(steps, seed=seed)
+
+
+def build_bag_transform(params: TrainParams, *, train: bool, seed: int = 0) -> Callable[[np.ndarray], torch.Tensor]:
+    """Return bag (N x p x p x 3 uint8) -> normalised N x 3 x p x p tensor, with each patch turned
+    and flipped at random when `train` and the augmentation is dihedral (BASELINES.md §2.14).
+
+    Whole bags are handled in numpy: an albumentations call per patch would cost more than the model.
+    """
+    mean, std = (np.array(v, dtype=np.float32) * 255 for v in _NORMALISATION[params.normalisation])
+    rng = np.random.default_rng(seed)
+    augment = train and params.augment in ("dihedral", "flips_rot90")
+
+    def transform(bag: np.ndarray) -> torch.Tensor:
+        patches = bag.astype(np.float32)
+        if augment:
+            turns, flips = rng.integers(0, 4, len(bag)), rng.random(len(bag)) < 0.5
+            patches = np.stack([np.rot90(p[:, ::-1] if f else p, k) for p, k, f in zip(patches, turns, flips)])
+        return torch.from_numpy(np.ascontiguousarray(((patches - mean) / std).transpose(0, 3, 1, 2)))
+
+    return transform
