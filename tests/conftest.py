@@ -48,3 +48,30 @@ def write_experiment(path: Path, data: dict[str, Any]) -> Path:
     """Write an experiment dict as YAML and return the path."""
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+BREAKHIS_SAMPLE = REPO.parent / "shared" / "data" / "breakhis_sample"
+
+
+@pytest.fixture(scope="session")
+def breakhis_sample() -> Path:
+    """The 70-image BreakHis sample in ../shared/data, or a skip when this checkout has none."""
+    if not BREAKHIS_SAMPLE.is_dir():
+        pytest.skip(f"real BreakHis sample not found at {BREAKHIS_SAMPLE} (the shared/ folder beside the checkout)")
+    return BREAKHIS_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def synthetic_bach(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A synthetic BACH part A tree (6 TIFF images per class, 192x256) and its RoI mask folder."""
+    from harness.data.synthetic import write_synthetic_bach
+
+    return write_synthetic_bach(tmp_path_factory.mktemp("synthetic_bach"), per_class=6, size=(192, 256), seed=2)
+
+
+@pytest.fixture(scope="session")
+def synthetic_breakhis(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic BreakHis tree: 9 patient folders (8 numeric cores), 4 magnifications, 230x350 PNGs."""
+    from harness.data.synthetic import write_synthetic_breakhis
+
+    return write_synthetic_breakhis(tmp_path_factory.mktemp("synthetic_breakhis"), size=(230, 350), seed=3)

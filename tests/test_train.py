@@ -15,8 +15,9 @@ from harness.train import EpochReport, RunSpec, class_weights, fit
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory, synthetic_idc: Path) -> PreparedData:
-    manifest, _ = index_dataset(DatasetSpec(name="idc", root=synthetic_idc, allow_subset=True))
-    return prepare(manifest, "idc", ProtocolSpec(folds=3, test_fraction=0.25), tmp_path_factory.mktemp("work"))
+    spec = DatasetSpec(name="idc", root=synthetic_idc, allow_subset=True)
+    manifest, _ = index_dataset(spec)
+    return prepare(manifest, spec, ProtocolSpec(folds=3, test_fraction=0.25), tmp_path_factory.mktemp("work"))
 
 
 def _spec(data: PreparedData, **params) -> RunSpec:

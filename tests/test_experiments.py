@@ -1,0 +1,95 @@
+"""Short real sweeps: the attention models on data with RoI masks, and every shipped experiment file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from harness import tracking
+from harness.cli import app
+
+from .conftest import REPO, write_experiment
+
+
+def _sweep(path: Path, *extra: str) -> str:
+    result = CliRunner().invoke(app, ["sweep", str(path), *extra], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _trial_runs(out: Path, experiment: str) -> list:
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    found = client.get_experiment_by_name(experiment)
+    return client.search_runs([found.experiment_id], f"tags.{tracking.RUN_TYPE} = 'trial'")
+
+
+def test_gusa_and_amil_sweep_with_roi_masks_and_log_their_maps(tmp_path: Path, synthetic_bach: tuple[Path, Path]) -> None:
+    root, masks = synthetic_bach
+    experiment = {
+        "name": "attention",
+        "dataset": {"name": "bach", "root": str(root), "roi_dir": str(masks), "allow_subset": True, "image_size": [96, 128]},
+        "protocol": {"folds": 3, "test_fraction": 0.25, "seed": 0},
+        "baselines": [
+            {"name": "gusa", "fixed": {"input_size": [96, 128], "batch_size": 4, "epochs_max": 2}},
+            {"name": "amil", "fixed": {"epochs_max": 2}},
+        ],
+        "search": {"trials": 1, "max_epochs": 2, "grace_period": 1},
+        "output_dir": str(tmp_path / "results"),
+    }
+    _sweep(write_experiment(tmp_path / "attention.yaml", experiment))
+    runs = {r.data.tags[tracking.BASELINE]: r for r in _trial_runs(tmp_path / "results", "attention")}
+    assert set(runs) == {"gusa", "amil"}
+    client = MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
+    for name, run in runs.items():
+        assert run.info.status == "FINISHED" and run.data.tags[tracking.ROI_SOURCE] == "files"
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "test")}
+        assert {"test/maps_best.png", "test/maps_worst.png"} <= artifacts, name
+        assert "test_accuracy" in run.data.metrics
+    # A-MIL's grid follows the data: a 96x128 image gives a 3 x 4 bag of 28-pixel patches.
+    assert runs["amil"].data.params["epochs"] == "2"
+
+
+def _shrink(config: dict[str, Any], root: Path) -> dict[str, Any]:
+    """Keep an experiment's baselines and protocol, but make the budget and images tiny."""
+    config = {**config, "output_dir": str(root / "results")}
+    config["search"] = {**config["search"], "trials": 1, "max_epochs": 1, "grace_period": 1}
+    config["resources"] = {"cpu": 1, "gpu": 0}
+    dataset = dict(config["dataset"], allow_subset=True)
+    if dataset["name"] != "idc":
+        dataset["image_size"] = [96, 128]
+    config["dataset"] = dataset
+    small = [96, 128] if dataset["name"] != "idc" else 50
+    shrunk = []
+    for entry in config["baselines"]:
+        entry = {"name": entry} if isinstance(entry, str) else dict(entry)
+        fixed = dict(entry.get("fixed", {}), epochs_max=1)
+        if entry["name"] not in {"amil", "cancernet"}:
+            fixed["input_size"] = small if entry["name"] != "efficientnetv2_s" else 64
+        if entry["name"].startswith(("gusa", "attention", "rga")):
+            fixed["batch_size"] = 4
+        shrunk.append({**entry, "fixed": fixed})
+    config["baselines"] = shrunk
+    if dataset["name"] == "bach":
+        config["protocol"] = {**config["protocol"], "folds": 3, "test_fraction": 0.25}
+    return config
+
+
+@pytest.mark.parametrize("name", ["idc_comparison", "bach_gusa", "breakhis_amil"])
+def test_shipped_experiment_runs_a_short_sweep(name: str, tmp_path: Path, synthetic_idc: Path,
+                                               synthetic_bach: tuple[Path, Path], synthetic_breakhis: Path) -> None:
+    config = yaml.safe_load((REPO / "experiments" / f"{name}.yaml").read_text())
+    root = {"idc": synthetic_idc, "bach": synthetic_bach[0], "breakhis": synthetic_breakhis}[config["dataset"]["name"]]
+    path = write_experiment(tmp_path / f"{name}.yaml", _shrink(config, tmp_path))
+    output = _sweep(path, "--root", str(root))
+    runs = _trial_runs(tmp_path / "results", config["name"])
+    assert len(runs) == len(config["baselines"])
+    assert all(r.info.status == "FINISHED" for r in runs), output
+    if name == "breakhis_amil":
+        assert all("test_patient_accuracy" in r.data.metrics for r in runs)
+    if name == "bach_gusa":
+        assert {r.data.tags[tracking.ROI_SOURCE] for r in runs} == {"tissue"}
