@@ -29,7 +29,7 @@ from harness.data.cache import open_patch_cache
 from harness.data.dataset import BagDataset, ImageDataset
 from harness.data.manifest import read_manifest
 from harness.data.splits import CV, TEST, read_split
-from harness.data.transforms import build_bag_transform, build_transform
+from harness.data.transforms import batch_normaliser, build_bag_transform, build_transform
 from harness.metrics import classification_metrics, confusion, grouped_accuracies
 
 
@@ -161,21 +161,24 @@ def _loader(dataset: ImageDataset | BagDataset, batch_size: int, *, shuffle: boo
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, generator=generator)
 
 
+Normaliser = Callable[[torch.Tensor], torch.Tensor]
+
+
 @torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader, device: str) -> tuple[np.ndarray, np.ndarray]:
+def predict(model: nn.Module, loader: DataLoader, normalise: Normaliser) -> tuple[np.ndarray, np.ndarray]:
     """Return (softmax probabilities N x C, labels N) of `model` over `loader`."""
     model.eval()
     probs, labels = [], []
     for batch in loader:
-        logits = model(batch["image"].to(device))["logits"]
+        logits = model(normalise(batch["image"]))["logits"]
         probs.append(torch.softmax(logits.float(), 1).cpu().numpy())
         labels.append(batch["label"].numpy())
     return np.concatenate(probs), np.concatenate(labels)
 
 
-def evaluate(model: nn.Module, loader: DataLoader, device: str, frame: pd.DataFrame) -> Evaluation:
+def evaluate(model: nn.Module, loader: DataLoader, normalise: Normaliser, frame: pd.DataFrame) -> Evaluation:
     """Return metrics (with unweighted cross-entropy `loss`) and predictions for the rows in `frame`."""
-    prob, labels = predict(model, loader, device)
+    prob, labels = predict(model, loader, normalise)
     loss = float(nn.functional.nll_loss(torch.log(torch.from_numpy(prob).clamp_min(1e-12)), torch.from_numpy(labels)))
     metrics = {"loss": loss, **classification_metrics(labels, prob)}
     columns = ["rel_path", "patient_id", "label"] + (["magnification"] if "magnification" in frame else [])
@@ -185,7 +188,9 @@ def evaluate(model: nn.Module, loader: DataLoader, device: str, frame: pd.DataFr
     return Evaluation(metrics=metrics, confusion=confusion(labels, prob.argmax(1), prob.shape[1]), predictions=predictions)
 
 
-def map_galleries(model: nn.Module, dataset: ImageDataset | BagDataset, evaluation: Evaluation, device: str, k: int = 4) -> dict[str, MapGallery]:
+def map_galleries(
+    model: nn.Module, dataset: ImageDataset | BagDataset, evaluation: Evaluation, normalise: Normaliser, k: int = 4
+) -> dict[str, MapGallery]:
     """Return explanation maps of the k best and k worst predictions (by probability of the true class)."""
     frame = evaluation.predictions
     prob_true = frame[[f"prob_{c}" for c in range(evaluation.confusion.shape[0])]].to_numpy()[
@@ -194,7 +199,7 @@ def map_galleries(model: nn.Module, dataset: ImageDataset | BagDataset, evaluati
     order = np.argsort(prob_true, kind="stable")
     galleries = {}
     for name, picked in (("best", order[::-1][:k]), ("worst", order[:k])):
-        images = torch.stack([dataset[int(i)]["image"] for i in picked]).to(device)
+        images = normalise(torch.stack([dataset[int(i)]["image"] for i in picked]))
         kind, maps = explanation_maps(model, images)
         captions = [
             f"{frame.rel_path[i].rsplit('/', 1)[-1]}\ntrue {frame.label[i]}, pred {frame.pred[i]}, p(true) {prob_true[i]:.2f}"
@@ -219,7 +224,7 @@ def fit(spec: RunSpec, report: Callable[[EpochReport], None] | None = None) -> F
     if not np.array_equal(split.assignments.rel_path.to_numpy(), manifest.rel_path.to_numpy()):
         raise ValueError(f"split {spec.split_path} was not made from manifest {spec.manifest_path}")
     images = open_patch_cache(spec.cache_path)
-    masks = open_patch_cache(spec.mask_cache_path) if spec.mask_cache_path else None
+    mask_cache = open_patch_cache(spec.mask_cache_path) if spec.mask_cache_path else None
     labels = manifest.label.to_numpy()
     stored_hw = tuple(images.shape[1:3])
     entry = baselines.info(spec.baseline)
@@ -240,7 +245,7 @@ def fit(spec: RunSpec, report: Callable[[EpochReport], None] | None = None) -> F
         if grid is not None:
             return BagDataset(images, rows[part], labels, build_bag_transform(p, train=train, seed=spec.seed), grid)
         transform = build_transform(p, stored_hw=stored_hw, train=train, seed=spec.seed)
-        return ImageDataset(images, rows[part], labels, transform, masks if train else None)
+        return ImageDataset(images, rows[part], labels, transform, mask_cache if train else None)
 
     train_loader = _loader(dataset("train"), p.batch_size, shuffle=True, seed=spec.seed)
     val_loader = _loader(dataset("val"), spec.eval_batch_size, shuffle=False, seed=spec.seed)
@@ -254,6 +259,7 @@ def fit(spec: RunSpec, report: Callable[[EpochReport], None] | None = None) -> F
         entry.loss, class_weights=weights.to(device) if weights is not None else None,
         lambda_roi=p.lambda_dice, roi_mode=p.roi_target,
     )
+    normalise = batch_normaliser(p.normalisation, device)
     optimizer = _optimizer(p, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _step_schedule(p, spec.epochs))
     epoch_scheduler = (
@@ -267,7 +273,8 @@ def fit(spec: RunSpec, report: Callable[[EpochReport], None] | None = None) -> F
         total, seen = 0.0, 0
         for batch in train_loader:
             targets = batch["label"].to(device)
-            loss = criterion(model(batch["image"].to(device)), targets, batch["mask"].to(device) if "mask" in batch else None)
+            masks = batch["mask"].to(device) if "mask" in batch else None
+            loss = criterion(model(normalise(batch["image"])), targets, masks)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -276,7 +283,7 @@ def fit(spec: RunSpec, report: Callable[[EpochReport], None] | None = None) -> F
             seen += len(targets)
         if epoch_scheduler is not None:
             epoch_scheduler.step()
-        val = evaluate(model, val_loader, device, manifest.iloc[rows["val"]])
+        val = evaluate(model, val_loader, normalise, manifest.iloc[rows["val"]])
         if best is None or val.metrics["loss"] < best[0]:
             state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             best = (val.metrics["loss"], epoch, val.metrics, state, val)
@@ -287,8 +294,8 @@ def fit(spec: RunSpec, report: Callable[[EpochReport], None] | None = None) -> F
             test_model.load_state_dict(best[3])
             test_set = dataset("test")
             test_loader = _loader(test_set, spec.eval_batch_size, shuffle=False, seed=spec.seed)
-            test = evaluate(test_model, test_loader, device, manifest.iloc[rows["test"]])
-            test.galleries = map_galleries(test_model, test_set, test, device)
+            test = evaluate(test_model, test_loader, normalise, manifest.iloc[rows["test"]])
+            test.galleries = map_galleries(test_model, test_set, test, normalise)
         entry = EpochReport(
             epoch=epoch, train_loss=total / max(seen, 1), val=val.metrics,
             best_epoch=best[1], best_val=best[2], done=done, param_counts=counts, test=test,

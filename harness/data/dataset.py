@@ -1,14 +1,13 @@
 """Torch datasets over the packed caches: images (with their RoI masks when present) and MIL bags.
 
-Items are dicts: `image` (C x H x W, or N x C x p x p for a bag), `label`, and `mask`
-(1 x H x W, 0/1) when the cache has masks.
+Items are dicts: `image` (uint8, C x H x W, or N x C x p x p for a bag; normalised per batch),
+`label`, and `mask` (1 x H x W, 0/1) when the cache has masks.
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
-import albumentations as A
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -20,8 +19,8 @@ class ImageDataset(Dataset):
     """Rows of an image cache with their labels (and masks), through an albumentations pipeline;
     geometric transforms move the mask with the image."""
 
-    def __init__(self, images: np.ndarray, rows: np.ndarray, labels: np.ndarray, transform: A.Compose,
-                 masks: np.ndarray | None = None) -> None:
+    def __init__(self, images: np.ndarray, rows: np.ndarray, labels: np.ndarray,
+                 transform: Callable[..., dict[str, torch.Tensor]], masks: np.ndarray | None = None) -> None:
         self.images, self.masks = images, masks
         self.rows = np.asarray(rows)
         self.labels = np.asarray(labels)[self.rows]

@@ -1,4 +1,9 @@
-"""Albumentations pipelines by name: augmentation, resize and normalisation of a uint8 image."""
+"""Albumentations pipelines by name: augmentation and resize of a uint8 image, into a uint8 tensor.
+
+Normalisation happens per batch, on the training device (`batch_normaliser`): per-image float
+work on a 50x50 patch costs more than reading it from the cache, and uint8 batches move a
+quarter of the bytes to a GPU.
+"""
 
 from __future__ import annotations
 
@@ -60,38 +65,57 @@ def _augmentations(p: TrainParams) -> list[A.BasicTransform]:
     ]
 
 
-def build_transform(params: TrainParams, *, stored_hw: tuple[int, int], train: bool, seed: int = 0) -> A.Compose:
-    """Return the pipeline from a HxWx3 uint8 image (and mask) to a normalised 3xHxW float tensor.
+class ToUint8Tensor:
+    """The albumentations call signature, for a pipeline that only lays HxWx3 out as 3xHxW."""
+
+    def __call__(self, *, image: np.ndarray, mask: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+        out = {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))}
+        if mask is not None:
+            out["mask"] = torch.from_numpy(np.ascontiguousarray(mask))
+        return out
+
+
+def build_transform(
+    params: TrainParams, *, stored_hw: tuple[int, int], train: bool, seed: int = 0
+) -> A.Compose | ToUint8Tensor:
+    """Return the pipeline from a HxWx3 uint8 image (and mask) to a 3xHxW uint8 tensor.
 
     Images stored at `stored_hw` are resized to the run's input size: shrinking uses
     nearest-neighbour, as Keras `flow_from_directory` did for CancerNet's 50->48; enlarging uses
-    bilinear. Augmentation runs only when `train`.
+    bilinear. Augmentation runs only when `train`; with neither, no albumentations call is made.
     """
     steps = _augmentations(params) if train else []
     height, width = params.input_hw
     if (height, width) != tuple(stored_hw):
         interpolation = cv2.INTER_NEAREST if height * width < stored_hw[0] * stored_hw[1] else cv2.INTER_LINEAR
         steps.append(A.Resize(height, width, interpolation=interpolation))
-    mean, std = _NORMALISATION[params.normalisation]
-    steps += [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
-    return A.Compose(steps, seed=seed)
+    if not steps:
+        return ToUint8Tensor()
+    return A.Compose([*steps, ToTensorV2()], seed=seed)
+
+
+def batch_normaliser(normalisation: str, device: str | torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Return uint8 batch (... x 3 x H x W) -> float batch normalised as `normalisation` says."""
+    mean, std = (torch.tensor(v, device=device).view(3, 1, 1) * 255 for v in _NORMALISATION[normalisation])
+    scale = 1 / std
+    # In place: on a batch of large images each temporary would cost as much as the work.
+    return lambda batch: batch.to(device, non_blocking=True).float().sub_(mean).mul_(scale)
 
 
 def build_bag_transform(params: TrainParams, *, train: bool, seed: int = 0) -> Callable[[np.ndarray], torch.Tensor]:
-    """Return bag (N x p x p x 3 uint8) -> normalised N x 3 x p x p tensor, with each patch turned
-    and flipped at random when `train` and the augmentation is dihedral (BASELINES.md §2.14).
+    """Return bag (N x p x p x 3 uint8) -> N x 3 x p x p uint8 tensor, each patch turned and
+    flipped at random when `train` and the augmentation is dihedral (BASELINES.md §2.14).
 
     Whole bags are handled in numpy: an albumentations call per patch would cost more than the model.
     """
-    mean, std = (np.array(v, dtype=np.float32) * 255 for v in _NORMALISATION[params.normalisation])
     rng = np.random.default_rng(seed)
     augment = train and params.augment in ("dihedral", "flips_rot90")
 
     def transform(bag: np.ndarray) -> torch.Tensor:
-        patches = bag.astype(np.float32)
+        patches = bag
         if augment:
             turns, flips = rng.integers(0, 4, len(bag)), rng.random(len(bag)) < 0.5
-            patches = np.stack([np.rot90(p[:, ::-1] if f else p, k) for p, k, f in zip(patches, turns, flips)])
-        return torch.from_numpy(np.ascontiguousarray(((patches - mean) / std).transpose(0, 3, 1, 2)))
+            patches = np.stack([np.rot90(p[:, ::-1] if f else p, k) for p, k, f in zip(bag, turns, flips)])
+        return torch.from_numpy(np.ascontiguousarray(patches.transpose(0, 3, 1, 2)))
 
     return transform
