@@ -29,4 +29,4 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf results/mlflow.db results/mlartifacts results/_data results/demo results/synthetic_idc
+	rm -rf results/mlflow.db results/mlartifacts results/_data results/demo results/synthetic_idc results/bench

@@ -92,7 +92,7 @@ def data_index(
 @user_errors
 def data_synth(
     out: Path = typer.Argument(..., help="Folder to write the tree into."),
-    dataset: str = typer.Option("idc", "--dataset", help="Layout: idc, bach (with RoI masks) or breakhis."),
+    dataset: str = typer.Option("idc", "--dataset", help="Layout: idc, bach or breakhis (both with RoI masks)."),
     patients: int = typer.Option(20, "--patients", min=2, help="IDC: number of patients."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
@@ -107,7 +107,7 @@ def data_synth(
         console.print(f"synthetic BACH tree written to {out}, RoI masks in {masks}")
     elif dataset == "breakhis":
         synthetic.write_synthetic_breakhis(out, seed=seed)
-        console.print(f"synthetic BreakHis tree written to {out}")
+        console.print(f"synthetic BreakHis tree written to {out}, RoI masks in {out / 'roi_masks'}")
     else:
         raise InputError(f"--dataset {dataset!r}: expected one of: idc, bach, breakhis")
 

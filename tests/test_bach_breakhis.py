@@ -44,6 +44,12 @@ def test_breakhis_subtype_labels_and_folder_grouping(synthetic_breakhis: Path) -
     assert manifest.patient_id.nunique() == 9 and manifest.patient_folder.nunique() == 9
 
 
+def test_breakhis_masks_are_found_by_image_name(synthetic_breakhis: Path) -> None:
+    manifest = index_breakhis(synthetic_breakhis, roi_dir=synthetic_breakhis / "roi_masks", allow_subset=True).manifest
+    assert len(manifest) == 72
+    assert all(Path(m).name == Path(p).name for m, p in zip(manifest.roi_mask_path, manifest.path))
+
+
 def test_breakhis_names_contradicting_their_folders_are_each_reported(tmp_path: Path, synthetic_breakhis: Path) -> None:
     root = tmp_path / "bkh"
     shutil.copytree(synthetic_breakhis, root)

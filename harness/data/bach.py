@@ -12,14 +12,9 @@ import csv
 import re
 from pathlib import Path
 
-import pandas as pd
-from PIL import Image
-from rich.progress import track
-
 from harness.errors import InputError
 
-from .masks import check_mask
-from .records import IndexResult
+from .records import IndexResult, UnreadableImage, collect, decode
 
 DATASET = "bach"
 # 001's table order; torchvision's ImageFolder would sort alphabetically instead (§1.3 pitfall).
@@ -56,11 +51,9 @@ def _inspect(path: Path, class_name: str, truth: dict[str, str]) -> tuple[dict[s
     if truth and truth.get(path.name, class_name) != class_name:
         return None, f"microscopy_ground_truth.csv says {truth[path.name]!r}, the folder says {class_name!r}"
     try:
-        with Image.open(path) as im:
-            im.load()
-            width, height, mode = im.width, im.height, im.mode
-    except Exception as exc:  # PIL raises many types for damaged files
-        return None, f"does not decode as an image ({exc})"
+        width, height, mode = decode(path)
+    except UnreadableImage as exc:
+        return None, str(exc)
     flags = ["no_patient_id"]
     if (width, height) != SIZE:
         flags.append(f"size_{width}x{height}")
@@ -89,32 +82,13 @@ def index_bach(
     files = [(p, c) for c in CLASS_NAMES for p in sorted((photos / c).glob("*.tif*"))]
     if not files:
         raise InputError(f"{root}: no BACH images found (expected {LAYOUT})")
-    result = IndexResult(manifest=pd.DataFrame())
-    rows = []
-    for path, class_name in track(files, description=f"indexing {len(files)} BACH images", disable=not show_progress):
-        row, reason = _inspect(path, class_name, truth)
-        if row is not None and roi_dir is not None:
-            mask = Path(roi_dir) / f"{path.stem}.png"
-            reason = check_mask(mask, (row["width"], row["height"]))
-            row["roi_mask_path"] = str(mask.resolve())
-            if reason is not None:
-                row, reason = None, f"RoI mask {mask}: {reason}"
-        if row is None:
-            result.problems.append(f"{path}: {reason}")
-        else:
-            rows.append(row)
-    if result.problems and not skip_bad:
-        raise InputError("\n".join(result.problems))
-    manifest = pd.DataFrame(rows)
-    if manifest.empty:
-        raise InputError(f"{root}: none of {len(files)} files is a valid BACH image")
-    if "roi_mask_path" not in manifest:
-        manifest["roi_mask_path"] = ""
+    result = collect(files, lambda item: _inspect(*item, truth), lambda item: item[0], what="BACH images",
+                     roi_dir=roi_dir, skip_bad=skip_bad, show_progress=show_progress)
+    manifest = result.manifest
     counts = manifest.class_name.value_counts()
     if not allow_subset and any(counts.get(c, 0) != PUBLISHED_PER_CLASS for c in CLASS_NAMES):
         found = ", ".join(f"{c} {counts.get(c, 0)}" for c in CLASS_NAMES)
         raise InputError(f"{root}: found {found}; BACH part A has 100 images per class (BASELINES.md §1.3). "
                          "For a sample set dataset.allow_subset: true (CLI: --allow-subset)")
-    result.manifest = manifest.sort_values("rel_path").reset_index(drop=True)
     result.warnings.append("BACH part A has no patient ids: each image is its own group, so folds may share patients")
     return result

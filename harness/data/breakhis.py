@@ -13,13 +13,10 @@ from pathlib import Path
 from typing import Literal
 
 import pandas as pd
-from PIL import Image
-from rich.progress import track
 
 from harness.errors import InputError
 
-from .masks import check_mask
-from .records import IndexResult
+from .records import IndexResult, UnreadableImage, collect, decode
 
 DATASET = "breakhis"
 BINARY_CLASSES = ("benign", "malignant")
@@ -63,11 +60,9 @@ def _inspect(path: Path, label: str, group_by: str) -> tuple[dict[str, object] |
         if found != wanted:
             return None, f"{what} {found!r} disagrees with the name (expected {wanted!r})"
     try:
-        with Image.open(path) as im:
-            im.load()
-            width, height, mode = im.width, im.height, im.mode
-    except Exception as exc:  # PIL raises many types for damaged files
-        return None, f"does not decode as an image ({exc})"
+        width, height, mode = decode(path)
+    except UnreadableImage as exc:
+        return None, str(exc)
     flags = [] if (width, height) == SIZE else [f"size_{width}x{height}"]
     if mode != "RGB":
         flags.append(f"mode_{mode}")
@@ -106,31 +101,12 @@ def index_breakhis(
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"{root}: dataset root is not a directory (expected {LAYOUT})")
-    files = sorted(root.rglob("SOB_*.png"))
+    # Only the published structure is walked, so a mask folder beside the images is not mistaken for them.
+    files = sorted(root.glob("**/SOB/*/*/*X/SOB_*.png"))
     if not files:
         raise InputError(f"{root}: no BreakHis images found (expected {LAYOUT})")
-    result = IndexResult(manifest=pd.DataFrame())
-    rows = []
-    for path in track(files, description=f"indexing {len(files):,} BreakHis images", disable=not show_progress):
-        row, reason = _inspect(path, label, group_by)
-        if row is not None and roi_dir is not None:
-            mask = Path(roi_dir) / f"{path.stem}.png"
-            reason = check_mask(mask, (row["width"], row["height"]))
-            row["roi_mask_path"] = str(mask.resolve())
-            if reason is not None:
-                row, reason = None, f"RoI mask {mask}: {reason}"
-        if row is None:
-            result.problems.append(f"{path}: {reason}")
-        else:
-            rows.append(row)
-    if result.problems and not skip_bad:
-        raise InputError("\n".join(result.problems))
-    manifest = pd.DataFrame(rows)
-    if manifest.empty:
-        raise InputError(f"{root}: none of {len(files):,} files is a valid BreakHis image")
-    if "roi_mask_path" not in manifest:
-        manifest["roi_mask_path"] = ""
+    result = collect(files, lambda path: _inspect(path, label, group_by), lambda path: path, what="BreakHis images",
+                     roi_dir=roi_dir, skip_bad=skip_bad, show_progress=show_progress)
     if not allow_subset:
-        _check_totals(manifest, root)
-    result.manifest = manifest.sort_values("rel_path").reset_index(drop=True)
+        _check_totals(result.manifest, root)
     return result

@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Literal
 
 import pandas as pd
-from PIL import Image
 from rich.progress import track
 
 from harness.errors import InputError
 
-from .records import IndexResult
+from .records import IndexResult, UnreadableImage, decode
 
 DATASET = "idc"
 CLASS_NAMES = ("non_idc", "idc")
@@ -37,11 +36,9 @@ def _inspect(path: Path) -> tuple[dict[str, object] | None, str | None]:
     if path.parent.parent.name != pid:
         return None, f"patient {pid} in the name disagrees with patient folder {path.parent.parent.name!r}"
     try:
-        with Image.open(path) as im:
-            im.load()
-            width, height, mode = im.width, im.height, im.mode
-    except Exception as exc:  # PIL raises many types for damaged files
-        return None, f"does not decode as an image ({exc})"
+        width, height, mode = decode(path)
+    except UnreadableImage as exc:
+        return None, str(exc)
     if width > PATCH_SIZE or height > PATCH_SIZE:
         return None, f"is {width}x{height}, larger than the {PATCH_SIZE}x{PATCH_SIZE} patches of the release"
     x, y = int(match["x"]), int(match["y"])

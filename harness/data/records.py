@@ -1,10 +1,21 @@
-"""What an indexer returns: a manifest and what it had to say about the files it walked."""
+"""What an indexer returns, and the machinery every dataset module shares to build it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence, TypeVar
 
 import pandas as pd
+from PIL import Image
+from rich.progress import track
+
+from harness.errors import InputError
+
+from .masks import check_mask
+
+T = TypeVar("T")
+Row = dict[str, object]
 
 
 @dataclass
@@ -14,3 +25,52 @@ class IndexResult:
     manifest: pd.DataFrame
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+
+
+class UnreadableImage(ValueError):
+    """A file that does not decode; the message says why."""
+
+
+def decode(path: Path) -> tuple[int, int, str]:
+    """Return (width, height, mode) after decoding every pixel, or raise UnreadableImage."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.width, im.height, im.mode
+    except Exception as exc:  # PIL raises many types for damaged files
+        raise UnreadableImage(f"does not decode as an image ({exc})") from None
+
+
+def collect(
+    items: Sequence[T], inspect: Callable[[T], tuple[Row | None, str | None]], path_of: Callable[[T], Path], *,
+    what: str, roi_dir: Path | None = None, skip_bad: bool = False, show_progress: bool = False,
+) -> IndexResult:
+    """Inspect every item (attaching its RoI mask from `roi_dir`) and return the sorted manifest.
+
+    Bad files, and bad or missing masks, raise InputError naming each path, unless `skip_bad`,
+    which leaves them out and lists them in `problems`.
+    """
+    result = IndexResult(manifest=pd.DataFrame())
+    rows = []
+    for item in track(items, description=f"indexing {len(items):,} {what}", disable=not show_progress):
+        path = path_of(item)
+        row, reason = inspect(item)
+        if row is not None and roi_dir is not None:
+            mask = Path(roi_dir) / f"{path.stem}.png"
+            problem = check_mask(mask, (row["width"], row["height"]))
+            row["roi_mask_path"] = str(mask.resolve())
+            if problem is not None:
+                row, reason = None, f"RoI mask {mask}: {problem}"
+        if row is None:
+            result.problems.append(f"{path}: {reason}")
+        else:
+            rows.append(row)
+    if result.problems and not skip_bad:
+        raise InputError("\n".join(result.problems))
+    if not rows:
+        raise InputError(f"none of {len(items):,} files is a valid {what[:-1]}")
+    manifest = pd.DataFrame(rows)
+    if roi_dir is None:
+        manifest["roi_mask_path"] = ""
+    result.manifest = manifest.sort_values("rel_path").reset_index(drop=True)
+    return result

@@ -116,12 +116,13 @@ def write_synthetic_bach(
 
 def write_synthetic_breakhis(
     root: Path, *, patients_per_subtype: int = 1, images_per_magnification: int = 2, size: tuple[int, int] = (460, 700),
-    seed: int = 0,
+    masks: bool = True, seed: int = 0,
 ) -> Path:
     """Write a BreakHis tree of real PNG files, every subtype and magnification; returns its root.
 
     Slide ids follow the release's pattern, and the first benign subtype gets a second folder
-    with the same numeric core (like 14-22549AB / CD), so grouping by core is exercised.
+    with the same numeric core (like 14-22549AB / CD), so grouping by core is exercised. With
+    `masks`, each image's RoI mask is written to `root/roi_masks/<image stem>.png`.
     """
     from .breakhis import SUBTYPES
 
@@ -138,6 +139,10 @@ def write_synthetic_breakhis(
             for mag in (40, 100, 200, 400):
                 (folder / f"{mag}X").mkdir(parents=True, exist_ok=True)
                 for seq in range(1, images_per_magnification + 1):
-                    image, _ = _blob_image(rng, size[0], size[1], int(malignant), 2)
-                    Image.fromarray(image).save(folder / f"{mag}X" / f"SOB_{cls}_{code}-14-{slide}-{mag}-{seq:03d}.png")
+                    image, mask = _blob_image(rng, size[0], size[1], int(malignant), 2)
+                    name = f"SOB_{cls}_{code}-14-{slide}-{mag}-{seq:03d}"
+                    Image.fromarray(image).save(folder / f"{mag}X" / f"{name}.png")
+                    if masks:
+                        (root / "roi_masks").mkdir(parents=True, exist_ok=True)
+                        Image.fromarray(mask * 255).save(root / "roi_masks" / f"{name}.png")
     return root
