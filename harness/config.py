@@ -63,17 +63,42 @@ class Distribution(Strict):
         return step is None or abs((value - self.low) / step - round((value - self.low) / step)) < 1e-9
 
 
+class ResourcesSpec(Strict):
+    """What one trial asks Ray for; a fractional GPU lets several trials share one.
+
+    Only the keys a file sets override a default (see `ExperimentConfig.trial_resources`).
+    """
+
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)
+
+    def updated(self, override: ResourcesSpec) -> ResourcesSpec:
+        """Return these resources with the keys `override` was given explicitly."""
+        return self.model_copy(update=override.model_dump(include=override.model_fields_set))
+
+
 class SearchSpace(Strict):
-    """search_spaces/<baseline>.yaml: the published recipe, fixed defaults and the searched ranges."""
+    """search_spaces/<baseline>.yaml: the published recipe, fixed defaults, the searched ranges, and
+    the resources one trial of this baseline needs on a GPU node."""
 
     baseline: str
     recipe: dict[str, Any] = Field(default_factory=dict)
     fixed: dict[str, Any] = Field(default_factory=dict)
     search: dict[str, Distribution] = Field(default_factory=dict)
+    resources: ResourcesSpec = ResourcesSpec()
 
     def keys(self) -> set[str]:
         """Return every hyperparameter this space sets."""
         return set(self.recipe) | set(self.fixed) | set(self.search)
+
+    def narrowed(self, ranges: dict[str, Distribution]) -> SearchSpace:
+        """Return the space with `ranges` replacing (or adding) searched distributions."""
+        return self.model_copy(
+            update={
+                "search": {**self.search, **ranges},
+                "fixed": {k: v for k, v in self.fixed.items() if k not in ranges},
+            }
+        )
 
     def pinned(self, overrides: dict[str, Any]) -> SearchSpace:
         """Return the space with `overrides` moved from `search` into `fixed`."""
@@ -194,11 +219,14 @@ class ProtocolSpec(Strict):
 
 
 class BaselineSpec(Strict):
-    """A baseline to sweep: its registry name, an optional local weights file, pinned hyperparameters."""
+    """A baseline to sweep: its registry name, an optional local weights file, pinned hyperparameters,
+    ranges that replace those of its search space, and resources that replace its defaults."""
 
     name: str
     pretrained: Path | None = None
     fixed: dict[str, Any] = Field(default_factory=dict)
+    search: dict[str, Distribution] = Field(default_factory=dict)
+    resources: ResourcesSpec = ResourcesSpec()
 
     @field_validator("name")
     @classmethod
@@ -217,17 +245,29 @@ class BaselineSpec(Strict):
         return path.resolve() if path is not None else None
 
 
+class WarmStartSpec(Strict):
+    """Start from the best points of a previous sweep of the same experiment (its Optuna studies)."""
+
+    sweep: str = "latest"
+    top: int = Field(3, ge=1)
+
+
 class SearchSpec(Strict):
-    """The search budget: trials per baseline, the epoch cap ASHA prunes inside, the objective."""
+    """The search: trials per baseline, the epoch cap ASHA prunes inside, the objective, the Optuna
+    sampler and where its study is kept, retries, and the fold retrain after the search."""
 
     trials: int = Field(8, ge=1)
     max_epochs: int = Field(10, ge=1)
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(2.0, gt=1)
     metric: Metric = "val_accuracy"
-    sampler: Literal["tpe", "random"] = "tpe"
+    sampler: Literal["tpe", "random", "gp", "qmc", "bruteforce"] = "tpe"
     seed: int = 0
     max_concurrent: int | None = Field(None, ge=1)
+    max_failures: int = Field(2, ge=0)
+    optuna_storage: str | None = None
+    warm_start: WarmStartSpec | None = None
+    retrain: Literal["all_folds", "none"] = "all_folds"
 
     @model_validator(mode="after")
     def _grace_within_budget(self) -> SearchSpec:
@@ -239,13 +279,6 @@ class SearchSpec(Strict):
     def mode(self) -> Literal["min", "max"]:
         """Return the direction of the objective."""
         return "min" if self.metric == "val_loss" else "max"
-
-
-class ResourcesSpec(Strict):
-    """What one trial asks Ray for; a fractional GPU lets several trials share one."""
-
-    cpu: float = Field(1.0, gt=0)
-    gpu: float = Field(0.0, ge=0)
 
 
 class TrainingSpec(Strict):
@@ -268,6 +301,7 @@ class ExperimentConfig(Strict):
     training: TrainingSpec = TrainingSpec()
     tracking_uri: str | None = None
     output_dir: Path = Path("results")
+    storage_path: Path | None = None
 
     @field_validator("baselines", mode="before")
     @classmethod
@@ -288,6 +322,20 @@ class ExperimentConfig(Strict):
     def results_dir(self) -> Path:
         """Return the absolute folder of this experiment's tables."""
         return (self.output_dir / self.name).resolve()
+
+    def resolved_storage_path(self) -> Path:
+        """Return the absolute folder where Ray Tune keeps this experiment's sweeps and checkpoints."""
+        return (self.storage_path or self.output_dir / self.name / "ray").resolve()
+
+    def resolved_optuna_storage(self) -> str:
+        """Return the Optuna RDB URL: the configured one, or a SQLite file beside the MLflow store."""
+        return self.search.optuna_storage or f"sqlite:///{(self.output_dir / 'optuna.db').resolve()}"
+
+    def trial_resources(self, baseline: str, default: ResourcesSpec) -> ResourcesSpec:
+        """Return what one trial of `baseline` asks for: its search space's default, then the
+        experiment's `resources`, then the baseline entry's own `resources`."""
+        entry = next(b for b in self.baselines if b.name == baseline)
+        return default.updated(self.resources).updated(entry.resources)
 
     def resolved_tracking_uri(self) -> str:
         """Return the MLflow URI: the configured one, or an absolute SQLite file under output_dir."""
@@ -358,15 +406,30 @@ def load_search_space(name: str, directory: Path = SEARCH_SPACES_DIR) -> SearchS
     return space
 
 
-def _check_baseline(spec: BaselineSpec, index: int, space: SearchSpace, path: Path) -> None:
+def baseline_space(spec: BaselineSpec) -> SearchSpace:
+    """Return the search space a sweep uses for `spec`: its file's, with the experiment's ranges and pins."""
+    return load_search_space(spec.name).narrowed(spec.search).pinned(spec.fixed)
+
+
+def _check_baseline(spec: BaselineSpec, index: int, space: SearchSpace, path: Path, sampler: str) -> None:
+    for section in ("fixed", "search"):
+        unknown = set(getattr(spec, section)) - space.keys()
+        if unknown:
+            raise InputError(
+                f"{path}: key 'baselines[{index}].{section}.{sorted(unknown)[0]}': not a hyperparameter of "
+                f"{spec.name} (its keys: {', '.join(sorted(space.keys()))})"
+            )
     where = f"{path}: key 'baselines[{index}].fixed"
-    unknown = set(spec.fixed) - space.keys()
-    if unknown:
-        raise InputError(
-            f"{where}.{sorted(unknown)[0]}': not a hyperparameter of {spec.name} "
-            f"(its keys: {', '.join(sorted(space.keys()))})"
-        )
-    pinned = space.pinned(spec.fixed)
+    pinned = space.narrowed(spec.search).pinned(spec.fixed)
+    if sampler == "bruteforce":
+        continuous = sorted(k for k, d in pinned.search.items()
+                            if d.type == "loguniform" or (d.type == "uniform" and d.step is None))
+        if continuous:
+            raise InputError(
+                f"{path}: key 'search.sampler' = 'bruteforce': {spec.name} searches {continuous[0]} over a "
+                "continuous range; brute force needs categorical, int or stepped ranges "
+                f"(set baselines[{index}].search.{continuous[0]})"
+            )
     try:
         split_point({**pinned.recipe, **pinned.fixed})
     except ValidationError as exc:
@@ -407,11 +470,11 @@ def load_experiment(path: Path, **overrides: Any) -> ExperimentConfig:
             # Real masks replace any fallback the file chose.
             dataset["roi_dir"] = str(overrides["roi_dir"])
             dataset.pop("roi_fallback", None)
-    for key in ("tracking_uri", "output_dir"):
+    for key in ("tracking_uri", "output_dir", "storage_path"):
         if overrides.get(key) is not None:
             data[key] = str(overrides[key])
     config = _validate(ExperimentConfig, data, path)
     _check_dataset_fits(config, path)
     for i, spec in enumerate(config.baselines):
-        _check_baseline(spec, i, load_search_space(spec.name), path)
+        _check_baseline(spec, i, load_search_space(spec.name), path, config.search.sampler)
     return config
