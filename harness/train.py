@@ -7,6 +7,8 @@ and knows nothing of Tune or MLflow.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -83,9 +85,31 @@ class Evaluation:
     galleries: dict[str, MapGallery] = field(default_factory=dict)
 
 
+class DivergedError(RuntimeError):
+    """The training loss stopped being a finite number."""
+
+
+@dataclass
+class TrainState:
+    """Everything needed to continue a run after its last finished epoch (saved in a checkpoint)."""
+
+    epoch: int
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    schedulers: list[dict[str, Any]]
+    best_loss: float
+    best_epoch: int
+    best_val: dict[str, float]
+    best_state: dict[str, torch.Tensor]
+    best_evaluation: Evaluation
+    history: list[EpochReport]
+    rng: dict[str, Any]
+
+
 @dataclass
 class EpochReport:
-    """What `fit` reports after each epoch; `test` is set on the last one only."""
+    """What `fit` reports after each epoch; `test` is set on the last one only. `snapshot` returns
+    the TrainState to continue from this epoch (built only when called: it copies the model)."""
 
     epoch: int
     train_loss: float
@@ -95,6 +119,7 @@ class EpochReport:
     done: bool
     param_counts: dict[str, int]
     test: Evaluation | None = None
+    snapshot: Callable[[], TrainState] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -212,9 +237,25 @@ def map_galleries(
     return galleries
 
 
-def fit(spec: RunSpec, report: Callable[[EpochReport], None] | None = None) -> FitResult:
+def _rng_state(loader: DataLoader) -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "loader": loader.generator.get_state()}
+
+
+def _restore_rng(state: dict[str, Any], loader: DataLoader) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    loader.generator.set_state(state["loader"])
+
+
+def fit(spec: RunSpec, report: Callable[[EpochReport], None] | None = None,
+        resume: TrainState | None = None) -> FitResult:
     """Train `spec.baseline` on the fold's training patients, early-stop on validation loss,
-    and evaluate the best epoch on the test patients; returns the FitResult."""
+    and evaluate the best epoch on the test patients; returns the FitResult.
+
+    With `resume`, training continues after the epoch that state was saved at. A non-finite
+    training loss raises DivergedError."""
     started = time.perf_counter()
     seed_everything(spec.seed)
     torch.set_num_threads(max(1, spec.threads))
@@ -266,12 +307,36 @@ def fit(spec: RunSpec, report: Callable[[EpochReport], None] | None = None) -> F
         torch.optim.lr_scheduler.StepLR(optimizer, p.lr_step_epochs, p.lr_gamma) if p.lr_decay == "step" else None
     )
 
+    schedulers = [s for s in (scheduler, epoch_scheduler) if s is not None]
+
     history: list[EpochReport] = []
     best: tuple[float, int, dict[str, float], dict[str, torch.Tensor], Evaluation] | None = None
-    for epoch in range(1, spec.epochs + 1):
+    first_epoch = 1
+    if resume is not None:
+        model.load_state_dict(resume.model)
+        optimizer.load_state_dict(resume.optimizer)
+        for sched, state in zip(schedulers, resume.schedulers):
+            sched.load_state_dict(state)
+        best = (resume.best_loss, resume.best_epoch, resume.best_val, resume.best_state, resume.best_evaluation)
+        history = list(resume.history)
+        _restore_rng(resume.rng, train_loader)
+        first_epoch = resume.epoch + 1
+
+    def snapshot(epoch: int) -> Callable[[], TrainState]:
+        def take() -> TrainState:
+            assert best is not None
+            return TrainState(
+                epoch=epoch, model={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                optimizer=copy.deepcopy(optimizer.state_dict()), schedulers=[s.state_dict() for s in schedulers],
+                best_loss=best[0], best_epoch=best[1], best_val=best[2], best_state=best[3], best_evaluation=best[4],
+                history=[dataclasses.replace(h, test=None, snapshot=None) for h in history], rng=_rng_state(train_loader),
+            )
+        return take
+
+    for epoch in range(first_epoch, spec.epochs + 1):
         model.train()
         total, seen = 0.0, 0
-        for batch in train_loader:
+        for step, batch in enumerate(train_loader, 1):
             targets = batch["label"].to(device)
             masks = batch["mask"].to(device) if "mask" in batch else None
             loss = criterion(model(normalise(batch["image"])), targets, masks)
@@ -279,7 +344,13 @@ def fit(spec: RunSpec, report: Callable[[EpochReport], None] | None = None) -> F
             loss.backward()
             optimizer.step()
             scheduler.step()
-            total += float(loss.detach()) * len(targets)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise DivergedError(
+                    f"training loss became {value} at epoch {epoch}, step {step} ({spec.baseline}, "
+                    f"{p.optimizer} lr {p.lr:g}, batch {p.batch_size})"
+                )
+            total += value * len(targets)
             seen += len(targets)
         if epoch_scheduler is not None:
             epoch_scheduler.step()
@@ -299,6 +370,7 @@ def fit(spec: RunSpec, report: Callable[[EpochReport], None] | None = None) -> F
         entry = EpochReport(
             epoch=epoch, train_loss=total / max(seen, 1), val=val.metrics,
             best_epoch=best[1], best_val=best[2], done=done, param_counts=counts, test=test,
+            snapshot=snapshot(epoch),
         )
         history.append(entry)
         if report is not None:
