@@ -46,11 +46,11 @@ OutOption = typer.Option(None, "--output-dir", help="Where results/ go; override
 
 
 def _load(experiment: Path, root: Path | None, tracking_uri: str | None, output_dir: Path | None,
-          roi_dir: Path | None = None):
+          roi_dir: Path | None = None, storage: Path | None = None):
     from harness.config import load_experiment
 
     return load_experiment(experiment, dataset_root=root, roi_dir=roi_dir, tracking_uri=tracking_uri,
-                           output_dir=output_dir)
+                           output_dir=output_dir, storage_path=storage)
 
 
 @data_app.command("index")
@@ -174,27 +174,70 @@ def sweep(
     experiment: Path = typer.Argument(..., help="Experiment YAML file."),
     root: Optional[Path] = RootOption,
     roi_dir: Optional[Path] = RoiOption,
-    address: Optional[str] = typer.Option(None, "--address", envvar="RAY_ADDRESS", help="Ray cluster to join; default an embedded local Ray."),
+    address: Optional[str] = typer.Option(
+        None, "--address", envvar="RAY_ADDRESS",
+        help="Ray cluster to join: auto, HOST:6379 or ray://HOST:10001; default an embedded local Ray."),
     tracking_uri: Optional[str] = UriOption,
     output_dir: Optional[Path] = OutOption,
+    storage: Optional[Path] = typer.Option(
+        None, "--storage", help="Where Tune keeps sweeps and trial checkpoints (shared by all nodes); overrides storage_path."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the newest interrupted sweep of this experiment."),
 ) -> None:
-    """Tune every baseline of an experiment with Ray Tune, Optuna and ASHA, tracked in MLflow."""
+    """Tune every baseline of an experiment with Ray Tune, Optuna and ASHA, tracked in MLflow; then
+    retrain each winner on every fold and ensemble the folds on the test set."""
     from harness.tune import run_sweep
 
-    config = _load(experiment, root, tracking_uri, output_dir, roi_dir)
-    summary = run_sweep(config, address=address, verbose=True)
-    table = Table(title=f"sweep {summary.experiment}: {summary.wall_seconds:.0f} s")
+    config = _load(experiment, root, tracking_uri, output_dir, roi_dir, storage)
+    summary = run_sweep(config, address=address, resume=resume, verbose=True)
+    table = Table(title=f"sweep {summary.experiment}{' (resumed)' if summary.resumed else ''}: {summary.wall_seconds:.0f} s")
     for column in ("baseline", "trials", "finished", "stopped early (ASHA)", "failed"):
         table.add_column(column, justify="left" if column == "baseline" else "right")
     for name, o in summary.baselines.items():
         table.add_row(name, str(o.trials), str(o.finished), str(o.stopped_early), str(o.failed))
     console.print(table)
+    for e in summary.ensembles:
+        folds = ", ".join(f"{acc:.3f}" for _, acc in sorted(e.fold_accuracy.items()))
+        console.print(f"{e.baseline}: test accuracy of the {len(e.fold_accuracy)} fold models {folds}; "
+                      f"their softmax ensemble {e.ensemble_accuracy:.3f}", highlight=False)
     for note in summary.notes:
         console.print(f"note: {note}", highlight=False)
     console.print(
-        f"split {summary.split_hash[:16]}; parent run {summary.parent_run_id}\n"
+        f"split {summary.split_hash[:16]}; parent run {summary.parent_run_id}; Tune storage {summary.storage}\n"
         f"look at it: mlflow ui --backend-store-uri {summary.tracking_uri}"
     )
+
+
+@app.command()
+@user_errors
+def server(
+    backend_store_uri: Optional[str] = typer.Option(
+        None, "--backend-store-uri", help="sqlite:///ABS/PATH.db or postgresql://...; default results/mlflow-server.db."),
+    artifacts_destination: Path = typer.Option(Path("results/mlartifacts-server"), "--artifacts-destination",
+                                               help="Folder (or shared mount) the server keeps artifacts in."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; 0.0.0.0 to serve a cluster."),
+    port: int = typer.Option(5000, "--port"),
+    workers: int = typer.Option(2, "--workers", min=1),
+    allowed_hosts: Optional[str] = typer.Option(
+        None, "--allowed-hosts", help="Host headers the server accepts, replacing MLflow's default of localhost and private IPs "
+             "(e.g. mlflow,mlflow:5000,10.0.0.5:5000)."),
+) -> None:
+    """Start an MLflow tracking server that every node's trials log to; runs until Ctrl-C or SIGTERM."""
+    import signal
+
+    from harness.server import start_server
+
+    backend = backend_store_uri or f"sqlite:///{Path('results/mlflow-server.db').resolve()}"
+    console.print(f"starting mlflow server (backend {backend}, artifacts {artifacts_destination}) ...")
+    process = start_server(backend, artifacts_destination.resolve(), host=host, port=port, workers=workers,
+                           allowed_hosts=allowed_hosts)
+    shown = "HOST" if host == "0.0.0.0" else host
+    console.print(f"MLflow tracking server up; pass --tracking-uri http://{shown}:{port} (log: {process.log})")
+    # SIGTERM (a scheduler ending the job) stops the server as Ctrl-C does, instead of orphaning it.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        process.process.wait()
+    except KeyboardInterrupt:
+        process.stop()
 
 
 @app.command()

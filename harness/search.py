@@ -8,6 +8,7 @@ interleaved so every CPU stays busy.
 from __future__ import annotations
 
 import pickle
+import warnings
 from typing import Any
 
 import optuna
@@ -46,10 +47,40 @@ def recipe_start_point(space: SearchSpace) -> tuple[dict[str, Any] | None, str]:
     return {k: space.recipe[k] for k in space.search}, "the recipe is the first point"
 
 
-def _sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed)
+SAMPLERS = {
+    "tpe": optuna.samplers.TPESampler,
+    "random": optuna.samplers.RandomSampler,
+    "gp": optuna.samplers.GPSampler,
+    "qmc": optuna.samplers.QMCSampler,
+    "bruteforce": optuna.samplers.BruteForceSampler,
+}
+
+
+def build_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    """Return Optuna's sampler called `name`, seeded (OptunaSearch ignores its own seed once given one)."""
+    with warnings.catch_warnings():
+        # gp, qmc and bruteforce are marked experimental at construction; the experiment file chose them.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return SAMPLERS[name](seed=seed)
+
+
+def study_name(prefix: str, baseline: str) -> str:
+    """Return the name of one baseline's Optuna study in a sweep whose studies share `prefix`
+    ('<experiment>/<sweep>')."""
+    return f"{prefix}/{baseline}"
+
+
+def start_points(space: SearchSpace, warm: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return the points a study evaluates first: the recipe where it fits, then `warm` ones not equal to it."""
+    recipe, _ = recipe_start_point(space)
+    first = [recipe] if recipe else []
+    return first + [p for p in warm if p not in first]
+
+
+def optuna_storage(url: str) -> optuna.storages.RDBStorage:
+    """Return the RDB storage at `url`, waiting on a SQLite lock instead of failing at once."""
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine)
 
 
 class PruningAwareOptunaSearch(OptunaSearch):
@@ -63,16 +94,24 @@ class PruningAwareOptunaSearch(OptunaSearch):
         if error or not result or result.get(DONE_KEY) or trial_id in self._completed_trials:
             super().on_trial_complete(trial_id, result, error)
             return
-        # Optuna keeps the intermediate values reported per epoch for a pruned trial.
-        self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+        try:
+            self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+        except RuntimeError:
+            # Already told before the driver died and the sweep was resumed.
+            pass
         self._completed_trials.add(trial_id)
 
 
 class PerBaselineSearcher(Searcher):
-    """Hands out `trials` suggestions per baseline, round-robin, each from that baseline's own study."""
+    """Hands out `trials` suggestions per baseline, round-robin, each from that baseline's own study.
+
+    `starts` are points each study evaluates first (the recipe, a previous sweep's best); the
+    studies live in `storage` (an RDB URL) under `study_name(study_prefix..., baseline)`.
+    """
 
     def __init__(
-        self, spaces: dict[str, SearchSpace], *, metric: str, mode: str, trials: int, sampler: str, seed: int
+        self, spaces: dict[str, SearchSpace], *, metric: str, mode: str, trials: int, sampler: str, seed: int,
+        starts: dict[str, list[dict[str, Any]]] | None = None, storage: str | None = None, study_prefix: str = "sweep",
     ) -> None:
         # Tune forwards metric/mode to a searcher only when the Tuner has a param_space, which ours
         # has not (each study owns its space), so they come here from the same config as TuneConfig.
@@ -84,14 +123,14 @@ class PerBaselineSearcher(Searcher):
         self._next = 0
         self._children: dict[str, PruningAwareOptunaSearch] = {}
         for index, (name, space) in enumerate(spaces.items()):
-            start, _ = recipe_start_point(space)
             self._children[name] = PruningAwareOptunaSearch(
                 space={k: optuna_distribution(d) for k, d in space.search.items()},
                 metric=metric,
                 mode=mode,
-                sampler=_sampler(sampler, seed + index),
-                points_to_evaluate=[start] if start else None,
-                study_name=name,
+                sampler=build_sampler(sampler, seed + index),
+                points_to_evaluate=(starts or {}).get(name) or None,
+                study_name=study_name(study_prefix, name),
+                storage=optuna_storage(storage) if storage else None,
             )
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:

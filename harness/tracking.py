@@ -40,6 +40,12 @@ PROTOCOL = "protocol"
 FOLD = "fold"
 OBJECTIVE = "objective_metric"
 ROI_SOURCE = "roi_source"  # none | files | tissue
+NODE_ID = "ray_node_id"  # the node of the latest attempt
+NODE_IP = "ray_node_ip"
+NODE_IDS = "ray_node_ids"  # every attempt's node, in order
+ATTEMPTS = "attempts"
+RETRIES = "retries"
+WINNER = "winner_trial_id"
 
 FINISHED = RunStatus.to_string(RunStatus.FINISHED)
 KILLED = RunStatus.to_string(RunStatus.KILLED)
@@ -145,6 +151,25 @@ class Tracker:
         if tags:
             self.set_tags(run_id, tags)
         _retry(lambda: self.client.set_terminated(run_id, status=status))
+
+    def reopen(self, run_id: str) -> None:
+        """Set a run back to RUNNING (a resumed sweep continues in its old parent run)."""
+        _retry(lambda: self.client.update_run(run_id, status="RUNNING"))
+
+    def record_attempt(self, run_id: str, node_id: str, node_ip: str) -> None:
+        """Count one more attempt of a run on node `node_id` and mark it RUNNING."""
+        tags = _retry(lambda: self.client.get_run(run_id)).data.tags
+        nodes = [n for n in tags.get(NODE_IDS, "").split(",") if n] + [node_id]
+        self.set_tags(run_id, {ATTEMPTS: str(len(nodes)), NODE_ID: node_id, NODE_IP: node_ip, NODE_IDS: ",".join(nodes)})
+        self.reopen(run_id)
+
+    def child_runs(self, experiment_id: str, parent: str, run_type: str) -> list:
+        """Return the runs of `run_type` nested directly under `parent`."""
+        return _retry(
+            lambda: self.client.search_runs(
+                [experiment_id], filter_string=f"tags.`{PARENT}` = '{parent}' and tags.{RUN_TYPE} = '{run_type}'"
+            )
+        )
 
     def find_trial_run(self, experiment_id: str, parent: str, trial_id: str) -> str | None:
         """Return the run id of Ray trial `trial_id` under sweep run `parent`, if one was created."""

@@ -2,28 +2,37 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import torch
 from ray import tune
 
 from harness import tracking
 from harness.config import split_point
+from harness.nodes import NodeIdentity, check_manifest, current_node, localise, trial_device
 from harness.search import DONE_KEY
-from harness.train import EpochReport, RunSpec, fit
+from harness.train import EpochReport, FitResult, RunSpec, TrainState, fit
+
+CHECKPOINT_FILE = "trial.pt"
+
 
 @dataclass(frozen=True)
 class BaselinePlan:
-    """A baseline's part of a sweep: its pinned hyperparameters and optional local weights."""
+    """A baseline's part of a sweep: pinned hyperparameters, optional local weights, and the
+    resources one of its trials was granted."""
 
     fixed: dict[str, Any]
     pretrained: Path | None
+    cpu: float
+    gpu: float
 
 
 @dataclass(frozen=True)
 class SweepContext:
-    """Everything a trial needs from the driver; every path in it is absolute."""
+    """Everything a trial needs from the driver; every path in it is absolute, on the driver."""
 
     tracking_uri: str
     experiment_id: str
@@ -31,6 +40,8 @@ class SweepContext:
     objective: str
     tags: dict[str, str]
     plans: dict[str, BaselinePlan]
+    data_dir: Path
+    manifest_hash: str
     manifest_path: Path
     split_path: Path
     cache_path: Path
@@ -41,46 +52,100 @@ class SweepContext:
     patience: int
     seed: int
     device: str
-    threads: int
     eval_batch_size: int
 
 
-def run_trial(config: dict[str, Any], *, ctx: SweepContext) -> None:
-    """Train one sampled configuration, logging to its own MLflow child run and reporting to Tune."""
-    baseline = config["baseline"]
+@dataclass
+class TrialCheckpoint:
+    """What a trial saves each epoch: its MLflow run, its training state, and what it reported."""
+
+    run_id: str
+    state: TrainState
+    metrics: dict[str, float]
+
+
+def node_spec(ctx: SweepContext, baseline: str, point: dict[str, Any], fold: int, node: NodeIdentity) -> RunSpec:
+    """Return the RunSpec of `point` on `fold` with paths as this node sees them, after checking
+    that the node's manifest is the driver's."""
     plan = ctx.plans[baseline]
-    point = {**plan.fixed, **{k: v for k, v in config.items() if k != "baseline"}}
-    params, model_kwargs = split_point(point)
-    spec = RunSpec(
+    here = {name: localise(getattr(ctx, name), ctx.data_dir) if getattr(ctx, name) else None
+            for name in ("manifest_path", "split_path", "cache_path", "mask_cache_path")}
+    check_manifest(here["manifest_path"], ctx.manifest_hash, node)
+    params, model_kwargs = split_point({**plan.fixed, **point})
+    return RunSpec(
         baseline=baseline, num_classes=len(ctx.class_names), pretrained=plan.pretrained, params=params,
-        model_kwargs=model_kwargs, manifest_path=ctx.manifest_path, cache_path=ctx.cache_path,
-        mask_cache_path=ctx.mask_cache_path, split_path=ctx.split_path, fold=ctx.fold, max_epochs=ctx.max_epochs, patience=ctx.patience,
-        seed=ctx.seed, device=ctx.device, threads=ctx.threads, eval_batch_size=ctx.eval_batch_size,
+        model_kwargs=model_kwargs, **here, fold=fold, max_epochs=ctx.max_epochs, patience=ctx.patience,
+        seed=ctx.seed, device=trial_device(ctx.device), threads=max(1, int(plan.cpu)),
+        eval_batch_size=ctx.eval_batch_size,
     )
+
+
+def fit_on_node(spec: RunSpec, gpu: float, report: Callable[[EpochReport], None],
+                resume: TrainState | None = None) -> FitResult:
+    """Run `fit`, turning CUDA running out of memory into an error that names the batch and GPU share."""
+    try:
+        return fit(spec, report, resume)
+    except torch.cuda.OutOfMemoryError as exc:
+        raise RuntimeError(
+            f"CUDA out of memory training {spec.baseline} at batch_size {spec.params.batch_size} with a "
+            f"{gpu:g} GPU share (memory is shared between the trials on a GPU): lower the batch size "
+            "or raise the baseline's resources.gpu"
+        ) from exc
+
+
+def _saved() -> TrialCheckpoint | None:
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=False)
+
+
+def run_trial(config: dict[str, Any], *, ctx: SweepContext) -> None:
+    """Train one sampled configuration, logging to its own MLflow child run and reporting to Tune.
+
+    A trial restored after a failure or a resumed sweep continues from its last epoch checkpoint
+    in the MLflow run it opened first, so no trial ever has two runs.
+    """
+    baseline = config["baseline"]
+    point = {k: v for k, v in config.items() if k != "baseline"}
+    node = current_node()
     trial_id = tune.get_context().get_trial_id()
     tracker = tracking.Tracker(ctx.tracking_uri)
-    run_id = tracker.start_run(
-        ctx.experiment_id,
-        name=f"{baseline}-{trial_id}",
-        parent=ctx.parent_run_id,
-        tags={
-            **ctx.tags,
-            tracking.RUN_TYPE: "trial",
-            tracking.BASELINE: baseline,
-            tracking.TRIAL_ID: trial_id,
-            tracking.FOLD: str(ctx.fold),
-            tracking.PRETRAINED: str(plan.pretrained) if plan.pretrained else "none",
-            tracking.OBJECTIVE: ctx.objective,
-        },
-        params={**point, "epochs": spec.epochs},
-    )
+    saved = _saved()
+    run_id = saved.run_id if saved else tracker.find_trial_run(ctx.experiment_id, ctx.parent_run_id, trial_id)
+    if saved and saved.metrics.get(DONE_KEY):
+        # The trial had finished when the driver died; Tune only has to hear its last result again.
+        tune.report(saved.metrics)
+        return
+    spec = node_spec(ctx, baseline, point, ctx.fold, node)
+    if run_id is None:
+        run_id = tracker.start_run(
+            ctx.experiment_id,
+            name=f"{baseline}-{trial_id}",
+            parent=ctx.parent_run_id,
+            tags={
+                **ctx.tags,
+                tracking.RUN_TYPE: "trial",
+                tracking.BASELINE: baseline,
+                tracking.TRIAL_ID: trial_id,
+                tracking.FOLD: str(ctx.fold),
+                tracking.PRETRAINED: str(spec.pretrained or "none"),
+                tracking.OBJECTIVE: ctx.objective,
+            },
+            params={**ctx.plans[baseline].fixed, **point, "epochs": spec.epochs},
+        )
+    tracker.record_attempt(run_id, node.node_id, node.ip)
 
     def report(entry: EpochReport) -> None:
         metrics = tracking.log_epoch(tracker, run_id, entry, objective=ctx.objective, class_names=ctx.class_names)
+        result = {**metrics, DONE_KEY: float(entry.done)}
         # Everything is logged before this report: once ASHA answers STOP, nothing after it runs.
-        tune.report({**metrics, DONE_KEY: float(entry.done)})
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(TrialCheckpoint(run_id, entry.snapshot(), result), Path(folder) / CHECKPOINT_FILE)
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
 
-    fit(spec, report)
+    fit_on_node(spec, ctx.plans[baseline].gpu, report, saved.state if saved else None)
 
 
 class CloseTrialRuns(tune.Callback):
@@ -118,5 +183,15 @@ class CloseTrialRuns(tune.Callback):
                       tracking.TRIAL_ID: trial.trial_id},
                 params={},
             )
-        error = trial.get_error() or "unknown error"
-        tracker.finish(run_id, tracking.FAILED, {tracking.ERROR: str(error)[-4000:]})
+        tracker.finish(run_id, tracking.FAILED, {tracking.ERROR: _error_text(trial)})
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self._tracker().find_trial_run(self._experiment_id, self._parent, trial.trial_id)
+        if run_id is not None:
+            retries = trial.run_metadata.num_failures
+            self._tracker().set_tags(run_id, {tracking.RETRIES: str(retries), f"retry_{retries}_error": _error_text(trial)})
+
+
+def _error_text(trial: Any) -> str:
+    """Return the last lines of a trial's error: the exception, not Ray's wrapping of it."""
+    return str(trial.get_error() or "unknown error")[-4000:]

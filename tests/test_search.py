@@ -12,7 +12,7 @@ from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
 from harness.config import load_search_space
-from harness.search import DONE_KEY, PerBaselineASHA, PerBaselineSearcher, PruningAwareOptunaSearch, optuna_distribution
+from harness.search import DONE_KEY, PerBaselineASHA, PerBaselineSearcher, PruningAwareOptunaSearch, optuna_distribution, start_points
 
 from .conftest import REPO
 
@@ -44,7 +44,8 @@ def test_trial_end_reaches_optuna_with_the_right_state(last: dict | None, error:
 def test_per_baseline_searcher_hands_out_each_budget_round_robin() -> None:
     spaces = {name: load_search_space(name).pinned({"freeze": "none"} if name == "resnet18" else {})
               for name in ("cancernet", "resnet18")}
-    searcher = PerBaselineSearcher(spaces, metric="objective", mode="max", trials=2, sampler="tpe", seed=0)
+    starts = {name: start_points(space, []) for name, space in spaces.items()}
+    searcher = PerBaselineSearcher(spaces, metric="objective", mode="max", trials=2, sampler="tpe", seed=0, starts=starts)
     configs = [searcher.suggest(f"t{i}") for i in range(5)]
     assert [c["baseline"] for c in configs[:4]] == ["cancernet", "resnet18", "cancernet", "resnet18"]
     assert configs[4] == Searcher.FINISHED

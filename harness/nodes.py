@@ -1,0 +1,74 @@
+"""What a trial needs to know about the Ray node it landed on: who it is, where the prepared data
+lies there, whether that data is the driver's, and which device to train on."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+
+from harness.data.manifest import manifest_hash, read_manifest
+from harness.errors import InputError
+
+# A node that mounts the driver's prepared-data folder (<output_dir>/_data) at another path sets this.
+DATA_DIR_ENV = "HARNESS_DATA_DIR"
+
+
+class DataMismatchError(RuntimeError):
+    """The node's copy of the prepared data is missing or is not the data the driver indexed."""
+
+
+@dataclass(frozen=True)
+class NodeIdentity:
+    """A Ray node's id and address, as recorded on every run trained there."""
+
+    node_id: str
+    ip: str
+
+    @property
+    def label(self) -> str:
+        """Return 'ip (first 12 hex of the node id)'."""
+        return f"{self.ip} ({self.node_id[:12]})"
+
+
+def current_node() -> NodeIdentity:
+    """Return the identity of the node this process runs on (hostname outside Ray)."""
+    if not ray.is_initialized():
+        return NodeIdentity(node_id="local", ip=socket.gethostname())
+    return NodeIdentity(node_id=ray.get_runtime_context().get_node_id(), ip=ray.util.get_node_ip_address())
+
+
+def localise(path: Path, driver_data_dir: Path) -> Path:
+    """Return where `path`, written by the driver under `driver_data_dir`, lies on this node."""
+    local = os.environ.get(DATA_DIR_ENV)
+    if not local:
+        return path
+    return Path(local) / path.relative_to(driver_data_dir)
+
+
+def check_manifest(path: Path, expected_hash: str, node: NodeIdentity) -> None:
+    """Raise DataMismatchError unless the manifest at `path` (on this node) has `expected_hash`."""
+    hint = f"put the output_dir on a filesystem every node mounts, or set {DATA_DIR_ENV} on this node"
+    try:
+        manifest, _ = read_manifest(path)
+    except InputError as exc:
+        raise DataMismatchError(f"node {node.label}: {exc}; {hint}") from None
+    found = manifest_hash(manifest)
+    if found != expected_hash:
+        raise DataMismatchError(
+            f"node {node.label} reads manifest hash {found[:16]} at {path}, but the driver indexed "
+            f"{expected_hash[:16]}: this node sees other data; {hint}"
+        )
+
+
+def trial_device(configured: str) -> str:
+    """Return 'cuda' when Ray gave this trial a GPU (and the experiment allows one), else 'cpu'.
+
+    Under Ray a trial uses only the GPUs it was granted, even when the node has more.
+    """
+    if configured == "cpu" or not ray.is_initialized():
+        return "cpu" if configured == "cpu" else configured
+    return "cuda" if ray.get_gpu_ids() else "cpu"

@@ -1,0 +1,87 @@
+"""The Optuna studies a sweep keeps: warm-start points from an earlier sweep, and the plots of each
+study (optimisation history, parameter importances) for the sweep's parent run."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from harness.config import SearchSpace
+from harness.errors import InputError
+from harness.search import optuna_storage, study_name
+
+
+def _previous_prefix(storage: str, experiment: str, current: str, wanted: str) -> str | None:
+    """Return the study prefix of the sweep `wanted` ('latest' = the newest before `current`)."""
+    prefixes = sorted({name.rsplit("/", 1)[0] for name in optuna.get_all_study_names(optuna_storage(storage))
+                       if name.startswith(f"{experiment}/")} - {current})
+    if wanted == "latest":
+        return prefixes[-1] if prefixes else None
+    prefix = f"{experiment}/{wanted}"
+    return prefix if prefix in prefixes else None
+
+
+def warm_start_points(
+    storage: str, experiment: str, current: str, wanted: str, spaces: dict[str, SearchSpace], *, top: int, mode: str
+) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
+    """Return, per baseline, the `top` best completed points of an earlier sweep that lie inside
+    this sweep's space, and notes saying where they came from."""
+    prefix = _previous_prefix(storage, experiment, current, wanted)
+    if prefix is None:
+        raise InputError(f"key 'search.warm_start.sweep' = {wanted!r}: no earlier sweep of {experiment!r} in {storage}")
+    points, notes = {}, []
+    names = set(optuna.get_all_study_names(optuna_storage(storage)))
+    for baseline, space in spaces.items():
+        name = study_name(prefix, baseline)
+        if name not in names:
+            notes.append(f"{baseline}: {prefix} did not search it; no warm start")
+            continue
+        study = optuna.load_study(study_name=name, storage=optuna_storage(storage))
+        done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+        done.sort(key=lambda t: t.value, reverse=mode == "max")
+        fits = [t.params for t in done
+                if set(t.params) == set(space.search) and all(space.search[k].contains(v) for k, v in t.params.items())]
+        points[baseline] = fits[:top]
+        notes.append(f"{baseline}: warm start from {len(points[baseline])} best point(s) of {prefix}")
+    return points, notes
+
+
+def plot_study(storage: str, name: str, folder: Path) -> tuple[list[Path], list[str]]:
+    """Write the optimisation history and parameter-importance plots of one study as PNGs;
+    returns the files and why a plot was left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as optuna_plots
+
+    study = optuna.load_study(study_name=name, storage=optuna_storage(storage))
+    stem = name.rsplit("/", 1)[-1]
+    files, skipped = [], []
+    complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    plots = {"history": optuna_plots.plot_optimization_history, "importance": optuna_plots.plot_param_importances}
+    for kind, plot in plots.items():
+        if complete < (1 if kind == "history" else 2):
+            skipped.append(f"{stem}: {kind} plot needs more completed trials (has {complete})")
+            continue
+        with warnings.catch_warnings():
+            # Optuna marks its matplotlib plots experimental at every call.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            try:
+                axes = plot(study)
+            except (ValueError, RuntimeError) as exc:
+                skipped.append(f"{stem}: no {kind} plot ({exc})")
+                continue
+        figure = axes.figure
+        figure.set_size_inches(7, 4)
+        axes.set_title(f"{stem}: {axes.get_title()}")
+        path = folder / f"{stem}_{kind}.png"
+        figure.tight_layout()
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        files.append(path)
+    return files, skipped

@@ -1,0 +1,184 @@
+"""A sweep on a two-node Ray cluster logging to an `mlflow server` process on 127.0.0.1: trial
+placement, failures, the fold retrain and ensemble, and a worker node lost mid-sweep."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from ray.cluster_utils import Cluster
+from typer.testing import CliRunner
+
+from harness import tracking
+from harness.cli import app
+from harness.leaderboard import build_leaderboard
+from harness.server import ServerProcess, start_server
+
+from .conftest import experiment_dict, write_experiment
+
+FOLDS = 3
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> ServerProcess:
+    tmp = tmp_path_factory.mktemp("mlflow_server")
+    process = start_server(f"sqlite:///{tmp / 'mlflow.db'}", tmp / "artifacts", port=free_port(), workers=1)
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Cluster:
+    # One CPU per node: two concurrent trials can only run on two different nodes.
+    two_nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    two_nodes.worker = two_nodes.add_node(num_cpus=1)
+    two_nodes.wait_for_nodes()
+    yield two_nodes
+    two_nodes.shutdown()
+
+
+def _runs(uri: str, experiment: str, run_type: str) -> list:
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    return client.search_runs([found.experiment_id], f"tags.{tracking.RUN_TYPE} = '{run_type}'")
+
+
+def _sweep(cluster: Cluster, server: ServerProcess, path: Path) -> str:
+    result = CliRunner().invoke(
+        app, ["sweep", str(path), "--address", cluster.address, "--tracking-uri", server.uri], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def failing_sweep(tmp_path_factory: pytest.TempPathFactory, synthetic_idc: Path, cluster: Cluster,
+                  server: ServerProcess) -> str:
+    """Six brute-forced CancerNet points: batch 1 raises in BatchNorm (3 trials), lr 1e30 diverges
+    (1 trial), two finish; the winner is retrained on every fold."""
+    tmp = tmp_path_factory.mktemp("cluster_sweep")
+    data = experiment_dict(
+        synthetic_idc, tmp / "results", name="cluster-failures",
+        protocol={"folds": FOLDS, "test_fraction": 0.25, "seed": 0},
+        baselines=[{
+            "name": "cancernet",
+            "fixed": {"epochs_max": 2, "dropout_conv": 0.1, "dropout_fc": 0.3},
+            "search": {"batch_size": {"type": "categorical", "choices": [1, 8]},
+                       "lr": {"type": "categorical", "choices": [0.01, 0.02, 1.0e30]}},
+        }],
+        search={"trials": 6, "max_epochs": 2, "grace_period": 2, "sampler": "bruteforce", "seed": 0,
+                "max_failures": 1, "max_concurrent": 2},
+    )
+    return _sweep(cluster, server, write_experiment(tmp / "failures.yaml", data))
+
+
+def test_trials_run_on_both_nodes_and_log_to_the_server(failing_sweep: str, cluster: Cluster,
+                                                        server: ServerProcess) -> None:
+    trials = _runs(server.uri, "cluster-failures", "trial")
+    assert len(trials) == 6
+    assert len({r.data.tags[tracking.TRIAL_ID] for r in trials}) == 6
+    nodes = {n for r in trials for n in r.data.tags[tracking.NODE_IDS].split(",")}
+    assert nodes == {cluster.head_node.node_id, cluster.worker.node_id}
+    sweep = _runs(server.uri, "cluster-failures", "sweep")[0]
+    assert {r.data.tags[tracking.PARENT] for r in trials} == {sweep.info.run_id}
+    artifacts = {a.path for a in MlflowClient(server.uri).list_artifacts(sweep.info.run_id, "optuna")}
+    assert "optuna/cancernet_history.png" in artifacts
+
+
+def test_raising_and_diverging_trials_fail_with_their_errors(failing_sweep: str, server: ServerProcess) -> None:
+    trials = _runs(server.uri, "cluster-failures", "trial")
+    by_params = {(r.data.params["batch_size"], float(r.data.params["lr"])): r for r in trials}
+    for (batch, lr), run in by_params.items():
+        if batch == "1":
+            assert run.info.status == "FAILED"
+            assert "Expected more than 1 value per channel" in run.data.tags[tracking.ERROR]
+        elif lr > 1:
+            assert run.info.status == "FAILED"
+            assert "training loss became nan" in run.data.tags[tracking.ERROR]
+        else:
+            assert run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics
+        if run.info.status == "FAILED":
+            # max_failures 1: Tune retried each failed trial once, in the same MLflow run.
+            assert run.data.tags[tracking.ATTEMPTS] == "2" and run.data.tags[tracking.RETRIES] == "1"
+    assert "FAILED" in failing_sweep
+    board = build_leaderboard(server.uri, "cluster-failures")
+    assert board.table.loc[0, "failed"] == 4 and board.table.loc[0, "trials"] == 6
+
+
+def test_fold_retrain_and_softmax_ensemble(failing_sweep: str, server: ServerProcess) -> None:
+    client = MlflowClient(server.uri)
+    trials = _runs(server.uri, "cluster-failures", "trial")
+    finished = [r for r in trials if r.info.status == "FINISHED"]
+    winner = max(finished, key=lambda r: r.data.metrics["objective"])
+    folds = [r for r in _runs(server.uri, "cluster-failures", "fold") if r.data.tags[tracking.PARENT] == winner.info.run_id]
+    assert sorted(int(r.data.tags[tracking.FOLD]) for r in folds) == list(range(FOLDS))
+    assert all(r.info.status == "FINISHED" and "test_accuracy" in r.data.metrics for r in folds)
+    predictions = [pd.read_csv(client.download_artifacts(r.info.run_id, "test/predictions.csv")) for r in folds]
+    mean = np.mean([p[["prob_0", "prob_1"]].to_numpy() for p in predictions], axis=0)
+    expected = float((mean.argmax(1) == predictions[0].label.to_numpy()).mean())
+    (ensemble,) = _runs(server.uri, "cluster-failures", "ensemble")
+    assert ensemble.data.tags[tracking.PARENT] == winner.info.run_id
+    assert ensemble.data.metrics["test_accuracy"] == pytest.approx(expected)
+    assert client.get_run(winner.info.run_id).data.metrics["ensemble_test_accuracy"] == pytest.approx(expected)
+    for run, frame in zip(folds, predictions):
+        assert run.data.metrics["test_accuracy"] == pytest.approx((frame.pred == frame.label).mean())
+
+
+def test_unreachable_tracking_server_fails_fast(tmp_path: Path, synthetic_idc: Path) -> None:
+    uri = f"http://127.0.0.1:{free_port()}"
+    path = write_experiment(tmp_path / "e.yaml", experiment_dict(synthetic_idc, tmp_path / "results"))
+    started = time.perf_counter()
+    result = CliRunner().invoke(app, ["sweep", str(path), "--tracking-uri", uri])
+    assert result.exit_code == 2
+    assert uri in result.output and "cannot be reached" in result.output
+    assert time.perf_counter() - started < 30
+    assert not (tmp_path / "results").exists()
+
+
+def test_losing_a_worker_node_retries_its_trial_on_the_head(
+    failing_sweep: str, tmp_path: Path, synthetic_idc: Path, cluster: Cluster, server: ServerProcess
+) -> None:
+    data = experiment_dict(
+        synthetic_idc, tmp_path / "results", name="cluster-node-loss",
+        baselines=[{"name": "cancernet", "fixed": {"epochs_max": 4, "batch_size": 8}}],
+        search={"trials": 2, "max_epochs": 4, "grace_period": 4, "sampler": "random", "max_failures": 2,
+                "retrain": "none"},
+    )
+    path = write_experiment(tmp_path / "node-loss.yaml", data)
+    worker_id = cluster.worker.node_id
+    removed = threading.Event()
+
+    def remove_worker_once_it_trains() -> None:
+        client = MlflowClient(server.uri)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            found = client.get_experiment_by_name("cluster-node-loss")
+            runs = client.search_runs([found.experiment_id], f"tags.{tracking.NODE_ID} = '{worker_id}'") if found else []
+            if any(client.get_metric_history(r.info.run_id, "val_loss") for r in runs):
+                cluster.remove_node(cluster.worker)
+                removed.set()
+                return
+            time.sleep(0.5)
+
+    remover = threading.Thread(target=remove_worker_once_it_trains, daemon=True)
+    remover.start()
+    _sweep(cluster, server, path)
+    remover.join(timeout=10)
+    assert removed.is_set(), "no trial trained on the worker node, so none could lose it"
+    trials = _runs(server.uri, "cluster-node-loss", "trial")
+    assert len(trials) == 2 and all(r.info.status == "FINISHED" for r in trials)
+    moved = [r for r in trials if r.data.tags[tracking.NODE_IDS].startswith(worker_id)]
+    assert moved and all(r.data.tags[tracking.ATTEMPTS] == "2" and r.data.tags[tracking.RETRIES] == "1" for r in moved)
+    assert all(r.data.tags[tracking.NODE_ID] == cluster.head_node.node_id for r in moved)
