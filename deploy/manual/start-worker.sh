@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Join this machine to the Ray head started by start-head.sh (docs/cluster.md, "By hand").
+set -euo pipefail
+
+usage() {
+  cat <<'USAGE'
+usage: HEAD_ADDRESS=HOST:6379 deploy/manual/start-worker.sh
+   or: deploy/manual/start-worker.sh HOST:6379
+
+Starts a Ray worker node (run it with the project's venv active). Environment:
+  RAY_AUTH_TOKEN_PATH  the head's token file (default ~/.ray/auth_token); or RAY_AUTH_TOKEN
+  NUM_CPUS, NUM_GPUS   what this node offers to trials (default: what Ray detects)
+  NODE_IP              address to advertise (default: Ray's choice)
+  HARNESS_DATA_DIR     only where the shared filesystem is mounted elsewhere than on the driver:
+                       this node's path to the driver's <output_dir>/_data
+USAGE
+}
+
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then usage; exit 0; fi
+if [[ $# -gt 1 ]]; then usage >&2; exit 2; fi
+HEAD_ADDRESS=${1:-${HEAD_ADDRESS:-}}
+if [[ -z $HEAD_ADDRESS ]]; then usage >&2; exit 2; fi
+command -v ray >/dev/null || { echo "error: 'ray' not on PATH; activate the project's venv first" >&2; exit 2; }
+
+# A node joining by address never switches auth on by itself, even with a token at hand.
+export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
+if [[ $RAY_AUTH_MODE == token && -z ${RAY_AUTH_TOKEN:-} ]]; then
+  export RAY_AUTH_TOKEN_PATH=${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}
+  if [[ ! -s $RAY_AUTH_TOKEN_PATH ]]; then
+    echo "error: no Ray token at $RAY_AUTH_TOKEN_PATH; use the head's (set RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN)" >&2
+    exit 2
+  fi
+fi
+
+args=(--address "$HEAD_ADDRESS")
+if [[ -n ${NUM_CPUS:-} ]]; then args+=(--num-cpus "$NUM_CPUS"); fi
+if [[ -n ${NUM_GPUS:-} ]]; then args+=(--num-gpus "$NUM_GPUS"); fi
+if [[ -n ${NODE_IP:-} ]]; then args+=(--node-ip-address "$NODE_IP"); fi
+
+# Trials are processes of this node's raylet and inherit its environment, HARNESS_DATA_DIR included.
+ray start "${args[@]}"
