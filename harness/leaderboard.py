@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 import baselines
 from harness import tracking
 from harness.errors import InputError
+from harness.metrics import ranking_key
 
 COLUMNS = {
     "baseline": "baseline",
@@ -25,6 +26,8 @@ COLUMNS = {
     "test_f1": "test F1",
     "test_precision": "test precision",
     "test_recall": "test recall",
+    "folds_mean_test_accuracy": "fold models test acc (mean)",
+    "ensemble_test_accuracy": "fold ensemble test acc",
     "params": "#params (torch)",
     "params_published_convention": "#params (published convention)",
     "trials": "trials",
@@ -72,6 +75,7 @@ def trial_runs(tracking_uri: str, experiment: str) -> pd.DataFrame:
             "split_hash": tags.get(tracking.SPLIT_HASH),
             "objective_metric": tags.get(tracking.OBJECTIVE, "val_accuracy"),
             "stopped_by": tags.get(tracking.STOPPED_BY),
+            "trial_id": tags.get(tracking.TRIAL_ID, info.run_id),
             "wall_time_s": (end - info.start_time) / 1000,
             **run.data.metrics,
         })
@@ -96,7 +100,9 @@ def _best_trial(runs: pd.DataFrame) -> pd.Series | None:
     if tested.empty:
         return None
     minimise = tested.objective_metric.iloc[0] == "val_loss"
-    return tested.loc[tested.objective.idxmin() if minimise else tested.objective.idxmax()]
+    best = min(tested.index, key=lambda i: ranking_key(
+        tested.objective[i], tested.best_val_loss[i], tested.trial_id[i], minimise=minimise))
+    return tested.loc[best]
 
 
 def _row(baseline: str, runs: pd.DataFrame) -> dict[str, object]:
@@ -115,6 +121,8 @@ def _row(baseline: str, runs: pd.DataFrame) -> dict[str, object]:
         "test_f1": metric("test_f1"),
         "test_precision": metric("test_precision"),
         "test_recall": metric("test_sensitivity"),
+        "folds_mean_test_accuracy": metric("folds_mean_test_accuracy"),
+        "ensemble_test_accuracy": metric("ensemble_test_accuracy"),
         "params": int(best["params_torch"]) if best is not None else None,
         "params_published_convention": (
             f"{int(best[f'params_{convention}']):,} ({convention})" if best is not None and convention else None
@@ -165,7 +173,8 @@ def to_markdown(board: Leaderboard) -> str:
     rule = "|" + "|".join("---" if k == "baseline" else "---:" for k in COLUMNS) + "|"
     body = ["| " + " | ".join(_cell(row[k]) for k in COLUMNS) + " |" for row in board.table.to_dict("records")]
     lines = [f"## {board.experiment}", "", f"Split `{board.split_hash[:16]}` (patient-grouped; val = search fold, test = held-out patients).", "", header, rule, *body]
-    lines += ["", "Best trial per baseline by its objective on the validation fold; test metrics are that trial's best epoch."]
+    lines += ["", "Best trial per baseline by its objective on the validation fold; test metrics are that trial's best epoch. "
+              "Fold columns: that configuration retrained on every fold, and the mean softmax of those fold models."]
     lines += [f"- {note}" for note in board.notes]
     return "\n".join(lines) + "\n"
 

@@ -89,3 +89,10 @@ def grouped_accuracies(predictions: pd.DataFrame) -> dict[str, float]:
             metrics[f"accuracy_{mag}x"] = float((part.label == part.pred).mean())
             metrics[f"patient_accuracy_{mag}x"] = patient_accuracy(part.label, part.pred, part.patient_id)
     return metrics
+
+
+def ranking_key(objective: float, best_val_loss: float, trial_id: str, *, minimise: bool) -> tuple[float, float, str]:
+    """Return the sort key that orders trials best first: objective, then validation loss, then
+    trial id, so the sweep's fold retrain and the leaderboard pick the same winner on a tie."""
+    return (objective if minimise else -objective, best_val_loss, trial_id)
+

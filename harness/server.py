@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -73,8 +74,11 @@ def start_server(backend_store_uri: str, artifacts_destination: Path, *, host: s
     artifacts_destination.mkdir(parents=True, exist_ok=True)
     log = log or artifacts_destination.parent / f"mlflow-server-{port}.log"
     handle = log.open("w")
+    # MLflow 3 also starts ~8 job-runner processes (GenAI scorers, 250 MB each) that tracking never
+    # uses; they stay off unless the environment asks for them.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")}
     process = subprocess.Popen(server_command(backend_store_uri, artifacts_destination, host, port, workers, allowed_hosts),
-                               stdout=handle, stderr=subprocess.STDOUT)
+                               stdout=handle, stderr=subprocess.STDOUT, env=env)
     server = ServerProcess(process=process, uri=f"http://{host}:{port}", log=log)
     deadline = time.monotonic() + wait_seconds
     while time.monotonic() < deadline:

@@ -288,7 +288,8 @@ def fit(spec: RunSpec, report: Callable[[EpochReport], None] | None = None,
         transform = build_transform(p, stored_hw=stored_hw, train=train, seed=spec.seed)
         return ImageDataset(images, rows[part], labels, transform, mask_cache if train else None)
 
-    train_loader = _loader(dataset("train"), p.batch_size, shuffle=True, seed=spec.seed)
+    train_set = dataset("train")
+    train_loader = _loader(train_set, p.batch_size, shuffle=True, seed=spec.seed)
     val_loader = _loader(dataset("val"), spec.eval_batch_size, shuffle=False, seed=spec.seed)
     model = baselines.create(
         spec.baseline, num_classes=spec.num_classes,
@@ -334,6 +335,9 @@ def fit(spec: RunSpec, report: Callable[[EpochReport], None] | None = None,
         return take
 
     for epoch in range(first_epoch, spec.epochs + 1):
+        # A seed per epoch makes the augmentations of epoch k the same whether or not the run
+        # was resumed before it.
+        train_set.transform.set_random_seed(spec.seed * 10_000 + epoch)
         model.train()
         total, seen = 0.0, 0
         for step, batch in enumerate(train_loader, 1):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +108,8 @@ def run_trial(config: dict[str, Any], *, ctx: SweepContext) -> None:
     A trial restored after a failure or a resumed sweep continues from its last epoch checkpoint
     in the MLflow run it opened first, so no trial ever has two runs.
     """
+    # Ray logs a line per saved checkpoint, i.e. per epoch of every trial.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     baseline = config["baseline"]
     point = {k: v for k, v in config.items() if k != "baseline"}
     node = current_node()

@@ -27,6 +27,7 @@ from harness import tracking
 from harness.config import ExperimentConfig, ResourcesSpec, SearchSpace, baseline_space
 from harness.data.prepare import PreparedData
 from harness.errors import InputError
+from harness.metrics import ranking_key
 from harness.experiment import set_up
 from harness.retrain import EnsembleOutcome, Winner, retrain_winners
 from harness.search import DONE_KEY, PerBaselineASHA, PerBaselineSearcher, recipe_start_point, start_points, study_name
@@ -283,15 +284,13 @@ def _interrupted_sweep(config: ExperimentConfig, storage: Path) -> tuple[Path, d
 def _winners(grid: tune.ResultGrid, tracker: tracking.Tracker, experiment_id: str, parent: str,
              mode: str) -> list[Winner]:
     """Return each baseline's best trial among those that ended by themselves (not stopped, not failed)."""
-    best: dict[str, tune.Result] = {}
+    finished: dict[str, list[tune.Result]] = {}
     for result in grid:
-        metrics = result.metrics or {}
-        if result.error is not None or not metrics.get(DONE_KEY):
-            continue
-        name = result.config["baseline"]
-        better = (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
-        if name not in best or better(metrics["objective"], best[name].metrics["objective"]):
-            best[name] = result
+        if result.error is None and (result.metrics or {}).get(DONE_KEY):
+            finished.setdefault(result.config["baseline"], []).append(result)
+    best = {name: min(results, key=lambda r: ranking_key(r.metrics["objective"], r.metrics["best_val_loss"],
+                                                          r.metrics["trial_id"], minimise=mode == "min"))
+            for name, results in finished.items()}
     winners = []
     for name, result in best.items():
         trial_id = result.metrics["trial_id"]
@@ -333,6 +332,8 @@ def run_sweep(config: ExperimentConfig, *, address: str | None = None, resume: b
     # Tune saves the experiment's state every few seconds; a driver killed in between reruns
     # only what finished in those seconds (and a finished trial just reports again).
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(STATE_SYNC_SECONDS))
+    # That frequency is deliberate; Tune would otherwise warn about it at every trial checkpoint.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     started_ray = _start_ray(address)
     try:
         granted, resource_notes = _granted(config, spaces)

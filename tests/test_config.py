@@ -75,6 +75,18 @@ BAD_INPUTS = {
         {"baselines": ["cancernet", "amil"]},
         "exp.yaml: key 'baselines[1].name' = 'amil': amil takes bags of patches and dataset idc gives images",
     ),
+    "unknown searched hyperparameter": (
+        {"baselines": [{"name": "cancernet", "search": {"momentumm": {"type": "uniform", "low": 0, "high": 1}}}]},
+        "exp.yaml: key 'baselines[0].search.momentumm': not a hyperparameter of cancernet",
+    ),
+    "brute force over a continuous range": (
+        {"search": {"sampler": "bruteforce"}},
+        "exp.yaml: key 'search.sampler' = 'bruteforce': cancernet searches dropout_conv over a continuous range",
+    ),
+    "unknown sampler": (
+        {"search": {"sampler": "cmaes"}},
+        "exp.yaml: key 'search.sampler' = 'cmaes': Input should be 'tpe', 'random', 'gp', 'qmc' or 'bruteforce'",
+    ),
     "missing weights file": (
         {"baselines": [{"name": "resnet18", "pretrained": "/nowhere/w.pth", "fixed": {"freeze": "none"}}]},
         "exp.yaml: key 'baselines[0].pretrained' = '/nowhere/w.pth': weights file '/nowhere/w.pth' does not exist",
@@ -124,3 +136,24 @@ def test_models_command_lists_every_baseline_with_its_counts() -> None:
         assert f"│ {name} " in result.output
     assert "19,368,390 (weights_only)" in result.output and "19,368,390 = published" in result.output
     assert "6,879,301 differs" in result.output
+
+
+def test_trial_resources_come_from_the_space_then_the_experiment_then_the_baseline(tmp_path: Path, synthetic_idc: Path) -> None:
+    data = experiment_dict(synthetic_idc, tmp_path / "out", resources={"cpu": 2},
+                           baselines=["cancernet", {"name": "idc_cnn", "resources": {"gpu": 1}}])
+    config = load_experiment(write_experiment(tmp_path / "e.yaml", data))
+    cancernet, idc_cnn = (config.trial_resources(n, load_search_space(n).resources) for n in ("cancernet", "idc_cnn"))
+    assert (cancernet.cpu, cancernet.gpu) == (2, 0.25)
+    assert (idc_cnn.cpu, idc_cnn.gpu) == (2, 1)
+
+
+def test_an_experiment_narrows_a_searched_range(tmp_path: Path, synthetic_idc: Path) -> None:
+    from harness.config import baseline_space
+
+    narrowed = {"type": "categorical", "choices": [32, 64]}
+    data = experiment_dict(synthetic_idc, tmp_path / "out",
+                           baselines=[{"name": "cancernet", "search": {"batch_size": narrowed}, "fixed": {"lr": 0.01}}])
+    config = load_experiment(write_experiment(tmp_path / "e.yaml", data))
+    space = baseline_space(config.baselines[0])
+    assert space.search["batch_size"].choices == [32, 64]
+    assert "lr" not in space.search and space.fixed["lr"] == 0.01

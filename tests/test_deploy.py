@@ -18,11 +18,19 @@ ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 CLUSTER_DOC = ROOT / "docs" / "cluster.md"
 
+def _cli_options(*commands: str) -> frozenset[str]:
+    """Return the long options the real `harness` commands accept."""
+    import typer
+
+    from harness.cli import app
+
+    group = typer.main.get_command(app)
+    return frozenset(opt for name in commands for param in group.commands[name].params
+                     for opt in param.opts if opt.startswith("--"))
+
+
 # Every option of `harness sweep` and `harness server` that the deploy files and the docs may pass.
-ALLOWED_OPTIONS = frozenset({
-    "--address", "--tracking-uri", "--storage", "--resume", "--root", "--output-dir", "--roi-dir",
-    "--backend-store-uri", "--artifacts-destination", "--host", "--port", "--workers",
-})
+ALLOWED_OPTIONS = _cli_options("sweep", "server")
 
 EXPECTED_FILES = [
     "README.md",

@@ -38,7 +38,7 @@ def test_gusa_and_amil_sweep_with_roi_masks_and_log_their_maps(tmp_path: Path, s
             {"name": "gusa", "fixed": {"input_size": [96, 128], "batch_size": 4, "epochs_max": 2}},
             {"name": "amil", "fixed": {"epochs_max": 2}},
         ],
-        "search": {"trials": 1, "max_epochs": 2, "grace_period": 1},
+        "search": {"trials": 1, "max_epochs": 2, "grace_period": 1, "retrain": "none"},
         "output_dir": str(tmp_path / "results"),
     }
     _sweep(write_experiment(tmp_path / "attention.yaml", experiment))
@@ -57,7 +57,8 @@ def test_gusa_and_amil_sweep_with_roi_masks_and_log_their_maps(tmp_path: Path, s
 def _shrink(config: dict[str, Any], root: Path) -> dict[str, Any]:
     """Keep an experiment's baselines and protocol, but make the budget and images tiny."""
     config = {**config, "output_dir": str(root / "results")}
-    config["search"] = {**config["search"], "trials": 1, "max_epochs": 1, "grace_period": 1}
+    # The fold retrain is tested on its own (test_cluster); here it would multiply the time by the folds.
+    config["search"] = {**config["search"], "trials": 1, "max_epochs": 1, "grace_period": 1, "retrain": "none"}
     config["resources"] = {"cpu": 1, "gpu": 0}
     dataset = dict(config["dataset"], allow_subset=True)
     if dataset["name"] != "idc":

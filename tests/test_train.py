@@ -10,7 +10,7 @@ import pytest
 from harness.config import DatasetSpec, ProtocolSpec, TrainParams
 from harness.data.prepare import PreparedData, index_dataset, prepare
 from harness.data.splits import TEST, read_split
-from harness.train import EpochReport, RunSpec, class_weights, fit
+from harness.train import DivergedError, EpochReport, RunSpec, class_weights, fit
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +64,27 @@ def test_patience_stops_when_validation_loss_stops_improving(prepared: PreparedD
 def test_class_weights_are_n_max_over_n_c() -> None:
     weights = class_weights(np.array([0] * 143 + [1] * 57), 2)
     assert weights.tolist() == pytest.approx([1.0, 143 / 57])
+
+
+def test_a_run_resumed_from_its_epoch_snapshot_matches_one_never_interrupted(prepared: PreparedData) -> None:
+    # Augmentation, shuffling and dropout all draw random numbers: resuming must restore every stream.
+    spec = _spec(prepared, epochs_max=3, augment="pis", lr=1e-3).model_copy(update={"patience": 5})
+    straight = fit(spec)
+    reports: list[EpochReport] = []
+
+    def stop_after_two(entry: EpochReport) -> None:
+        reports.append(entry)
+        if entry.epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(spec, stop_after_two)
+    resumed = fit(spec, resume=reports[-1].snapshot())
+    assert [h.epoch for h in resumed.history] == [1, 2, 3]
+    np.testing.assert_equal([h.val for h in resumed.history], [h.val for h in straight.history])
+    np.testing.assert_equal(resumed.test.metrics, straight.test.metrics)
+
+
+def test_a_diverging_run_raises_with_where_it_diverged(prepared: PreparedData) -> None:
+    with pytest.raises(DivergedError, match=r"training loss became nan at epoch 1, step \d+ \(cancernet, adam lr 1e\+30"):
+        fit(_spec(prepared, lr=1e30, optimizer="adam"))

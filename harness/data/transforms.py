@@ -74,6 +74,9 @@ class ToUint8Tensor:
             out["mask"] = torch.from_numpy(np.ascontiguousarray(mask))
         return out
 
+    def set_random_seed(self, seed: int) -> None:
+        """Nothing to reseed: this pipeline draws no random numbers."""
+
 
 def build_transform(
     params: TrainParams, *, stored_hw: tuple[int, int], train: bool, seed: int = 0
@@ -102,20 +105,30 @@ def batch_normaliser(normalisation: str, device: str | torch.device) -> Callable
     return lambda batch: batch.to(device, non_blocking=True).float().sub_(mean).mul_(scale)
 
 
-def build_bag_transform(params: TrainParams, *, train: bool, seed: int = 0) -> Callable[[np.ndarray], torch.Tensor]:
-    """Return bag (N x p x p x 3 uint8) -> N x 3 x p x p uint8 tensor, each patch turned and
-    flipped at random when `train` and the augmentation is dihedral (BASELINES.md §2.14).
+class BagTransform:
+    """Bag (N x p x p x 3 uint8) -> N x 3 x p x p uint8 tensor, each patch turned and flipped at
+    random when augmenting; reseedable like an albumentations Compose."""
 
-    Whole bags are handled in numpy: an albumentations call per patch would cost more than the model.
-    """
-    rng = np.random.default_rng(seed)
-    augment = train and params.augment in ("dihedral", "flips_rot90")
+    def __init__(self, augment: bool, seed: int) -> None:
+        self.augment = augment
+        self.set_random_seed(seed)
 
-    def transform(bag: np.ndarray) -> torch.Tensor:
+    def set_random_seed(self, seed: int) -> None:
+        """Restart the random stream of the augmentation from `seed`."""
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, bag: np.ndarray) -> torch.Tensor:
         patches = bag
-        if augment:
-            turns, flips = rng.integers(0, 4, len(bag)), rng.random(len(bag)) < 0.5
+        if self.augment:
+            turns, flips = self.rng.integers(0, 4, len(bag)), self.rng.random(len(bag)) < 0.5
             patches = np.stack([np.rot90(p[:, ::-1] if f else p, k) for p, k, f in zip(bag, turns, flips)])
         return torch.from_numpy(np.ascontiguousarray(patches.transpose(0, 3, 1, 2)))
 
-    return transform
+
+def build_bag_transform(params: TrainParams, *, train: bool, seed: int = 0) -> BagTransform:
+    """Return the bag transform: patches turned and flipped at random when `train` and the
+    augmentation is dihedral (BASELINES.md §2.14).
+
+    Whole bags are handled in numpy: an albumentations call per patch would cost more than the model.
+    """
+    return BagTransform(train and params.augment in ("dihedral", "flips_rot90"), seed)

@@ -1,0 +1,132 @@
+"""What the harness's sweep costs over a bare Ray Tune Tuner running the same training.
+
+Run: .venv/bin/python bench/sweep_overhead.py [--trials N] [--epochs E] [--rounds R]
+
+Both sides train the same small CancerNet configurations (batch 8, E epochs) on a synthetic IDC
+tree, with the same concurrency, and each starts its own embedded Ray and prepares the data:
+- harness: `run_sweep` with Optuna (random sampler), ASHA (never stopping: grace = max_epochs),
+  MLflow tracking to SQLite (a run per trial, one log_batch per epoch, test artifacts and plots),
+  an epoch checkpoint per trial and the Optuna study in SQLite; no fold retrain;
+- bare: a Tuner over the very configurations the harness sweep ran, whose trainable calls the
+  same `fit` and reports validation loss to Tune; no tracking, no checkpoints.
+Rounds alternate the two; it prints each wall time and the ratio harness/bare of the medians,
+which should stay at or below 1.3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+TRIALS, EPOCHS = 6, 2
+
+
+def _experiment(root: Path, out: Path, trials: int, epochs: int) -> Path:
+    path = out / "overhead.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "overhead",
+        "dataset": {"name": "idc", "root": str(root), "allow_subset": True},
+        "protocol": {"folds": 3, "test_fraction": 0.25, "seed": 0},
+        "baselines": [{"name": "cancernet", "fixed": {"batch_size": 8, "epochs_max": epochs}}],
+        "search": {"trials": trials, "max_epochs": epochs, "grace_period": epochs, "sampler": "random",
+                   "max_concurrent": 2, "retrain": "none"},
+        "resources": {"cpu": 1},
+        "training": {"patience": epochs},
+        "output_dir": str(out / "results"),
+    }))
+    return path
+
+
+def harness_sweep(path: Path) -> tuple[float, list[dict]]:
+    """Run the experiment through `run_sweep`; returns wall seconds and the points it trained."""
+    from mlflow import MlflowClient
+
+    from harness import tracking
+    from harness.config import load_experiment
+    from harness.tune import run_sweep
+
+    config = load_experiment(path)
+    started = time.perf_counter()
+    summary = run_sweep(config)
+    seconds = time.perf_counter() - started
+    client = MlflowClient(summary.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name(config.name).experiment_id],
+                              f"tags.`{tracking.PARENT}` = '{summary.parent_run_id}'")
+    keys = ("lr", "dropout_conv", "dropout_fc")
+    return seconds, [{k: float(r.data.params[k]) for k in keys} for r in runs]
+
+
+def _bare_trial(config: dict, *, paths: dict, epochs: int) -> None:
+    from ray import tune
+
+    from harness.config import split_point
+    from harness.search import DONE_KEY
+    from harness.train import RunSpec, fit
+
+    params, kwargs = split_point({"input_size": 48, "optimizer": "adagrad", "lr_decay": "keras_time_based",
+                                  "augment": "pis", "batch_size": 8, "epochs_max": epochs, **config["point"]})
+    spec = RunSpec(baseline="cancernet", num_classes=2, params=params, model_kwargs=kwargs, fold=0,
+                   max_epochs=epochs, patience=epochs, **paths)
+    fit(spec, lambda e: tune.report({"val_loss": e.val["loss"], DONE_KEY: float(e.done)}))
+
+
+def bare_tuner(path: Path, points: list[dict], epochs: int) -> float:
+    """Prepare the same data and run `points` through a plain Tuner; returns wall seconds."""
+    import ray
+    from ray import tune
+
+    from harness.config import load_experiment
+    from harness.data.prepare import load_or_index, prepare
+
+    config = load_experiment(path)
+    started = time.perf_counter()
+    manifest, _ = load_or_index(config.dataset)
+    data = prepare(manifest, config.dataset, config.protocol, Path(tempfile.mkdtemp()) / "_data")
+    paths = {"manifest_path": data.manifest_path, "cache_path": data.cache_path, "split_path": data.split_path}
+    ray.init(address="local", include_dashboard=False, configure_logging=False)
+    try:
+        tuner = tune.Tuner(
+            tune.with_resources(tune.with_parameters(_bare_trial, paths=paths, epochs=epochs), {"cpu": 1}),
+            param_space={"point": tune.grid_search(points)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=2, reuse_actors=True),
+            run_config=tune.RunConfig(storage_path=tempfile.mkdtemp(), verbose=0),
+        )
+        tuner.fit()
+    finally:
+        ray.shutdown()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--trials", type=int, default=TRIALS)
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+
+    from harness.data.synthetic import write_synthetic_idc
+
+    times: dict[str, list[float]] = {"harness": [], "bare": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = write_synthetic_idc(Path(tmp) / "idc", patients=20, seed=1)
+        for round_ in range(args.rounds):
+            out = Path(tmp) / f"round{round_}"
+            out.mkdir()
+            path = _experiment(root, out, args.trials, args.epochs)
+            seconds, points = harness_sweep(path)
+            times["harness"].append(seconds)
+            times["bare"].append(bare_tuner(path, points, args.epochs))
+            print(f"round {round_ + 1}: harness sweep {times['harness'][-1]:.1f} s, bare Tuner {times['bare'][-1]:.1f} s "
+                  f"({len(points)} trials x {args.epochs} epochs each)", flush=True)
+    harness, bare = statistics.median(times["harness"]), statistics.median(times["bare"])
+    print(f"median wall time: harness {harness:.1f} s, bare Tune {bare:.1f} s; ratio harness/bare {harness / bare:.2f} "
+          f"(target <= 1.3)")
+
+
+if __name__ == "__main__":
+    main()

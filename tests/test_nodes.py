@@ -1,0 +1,49 @@
+"""A trial checks, on its node, that it reads the data the driver indexed."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from harness.config import DatasetSpec, ProtocolSpec
+from harness.data.manifest import read_manifest, write_manifest
+from harness.data.prepare import index_dataset, prepare
+from harness.nodes import DATA_DIR_ENV, DataMismatchError, NodeIdentity, check_manifest, localise
+
+NODE = NodeIdentity(node_id="ab" * 28, ip="10.0.0.7")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory, synthetic_idc: Path) -> tuple[Path, str, Path]:
+    spec = DatasetSpec(name="idc", root=synthetic_idc, allow_subset=True)
+    work = tmp_path_factory.mktemp("driver") / "_data"
+    data = prepare(index_dataset(spec)[0], spec, ProtocolSpec(folds=3), work)
+    return work, data.manifest_hash, data.manifest_path
+
+
+def test_paths_stay_put_unless_the_node_names_its_own_data_dir(data_dir, tmp_path: Path, monkeypatch) -> None:
+    work, _, manifest = data_dir
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    assert localise(manifest, work) == manifest
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "mnt"))
+    assert localise(manifest, work) == tmp_path / "mnt" / manifest.relative_to(work)
+
+
+def test_a_node_with_the_same_manifest_passes_and_one_with_other_data_fails(data_dir, tmp_path: Path) -> None:
+    work, digest, manifest = data_dir
+    check_manifest(manifest, digest, NODE)
+    copy = tmp_path / manifest.name
+    frame, meta = read_manifest(manifest)
+    write_manifest(frame.iloc[:-1], copy, meta=meta)
+    with pytest.raises(DataMismatchError, match=rf"node 10.0.0.7 \(abababababab\) reads manifest hash [0-9a-f]{{16}} "
+                                                rf"at {copy}, but the driver indexed {digest[:16]}"):
+        check_manifest(copy, digest, NODE)
+
+
+def test_a_node_without_the_data_says_where_it_looked(data_dir, tmp_path: Path) -> None:
+    _, digest, manifest = data_dir
+    missing = tmp_path / "elsewhere" / manifest.name
+    with pytest.raises(DataMismatchError, match=rf"node 10.0.0.7 .*{missing}: manifest file not found.*{DATA_DIR_ENV}"):
+        check_manifest(missing, digest, NODE)
