@@ -9,8 +9,10 @@ tree, with the same concurrency, and each starts its own embedded Ray and prepar
   an epoch checkpoint per trial and the Optuna study in SQLite; no fold retrain;
 - bare: a Tuner over the very configurations the harness sweep ran, whose trainable calls the
   same `fit` and reports validation loss to Tune; no tracking, no checkpoints.
-Rounds alternate the two; it prints each wall time and the ratio harness/bare of the medians,
-which should stay at or below 1.3.
+Rounds alternate the two in the same folders, as a researcher's repeated sweeps would: the first
+harness round also creates the MLflow and Optuna SQLite stores, the first of each also packs the
+data cache. It prints each wall time and the ratio harness/bare of the medians, which should stay
+at or below 1.3.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ def _bare_trial(config: dict, *, paths: dict, epochs: int) -> None:
     fit(spec, lambda e: tune.report({"val_loss": e.val["loss"], DONE_KEY: float(e.done)}))
 
 
-def bare_tuner(path: Path, points: list[dict], epochs: int) -> float:
+def bare_tuner(path: Path, points: list[dict], epochs: int, work: Path) -> float:
     """Prepare the same data and run `points` through a plain Tuner; returns wall seconds."""
     import ray
     from ray import tune
@@ -86,7 +88,7 @@ def bare_tuner(path: Path, points: list[dict], epochs: int) -> float:
     config = load_experiment(path)
     started = time.perf_counter()
     manifest, _ = load_or_index(config.dataset)
-    data = prepare(manifest, config.dataset, config.protocol, Path(tempfile.mkdtemp()) / "_data")
+    data = prepare(manifest, config.dataset, config.protocol, work / "_data")
     paths = {"manifest_path": data.manifest_path, "cache_path": data.cache_path, "split_path": data.split_path}
     ray.init(address="local", include_dashboard=False, configure_logging=False)
     try:
@@ -106,7 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=TRIALS)
     parser.add_argument("--epochs", type=int, default=EPOCHS)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
     from harness.data.synthetic import write_synthetic_idc
@@ -114,13 +116,13 @@ def main() -> None:
     times: dict[str, list[float]] = {"harness": [], "bare": []}
     with tempfile.TemporaryDirectory() as tmp:
         root = write_synthetic_idc(Path(tmp) / "idc", patients=20, seed=1)
+        out, bare_work = Path(tmp) / "harness", Path(tmp) / "bare"
+        out.mkdir()
+        path = _experiment(root, out, args.trials, args.epochs)
         for round_ in range(args.rounds):
-            out = Path(tmp) / f"round{round_}"
-            out.mkdir()
-            path = _experiment(root, out, args.trials, args.epochs)
             seconds, points = harness_sweep(path)
             times["harness"].append(seconds)
-            times["bare"].append(bare_tuner(path, points, args.epochs))
+            times["bare"].append(bare_tuner(path, points, args.epochs, bare_work))
             print(f"round {round_ + 1}: harness sweep {times['harness'][-1]:.1f} s, bare Tuner {times['bare'][-1]:.1f} s "
                   f"({len(points)} trials x {args.epochs} epochs each)", flush=True)
     harness, bare = statistics.median(times["harness"]), statistics.median(times["bare"])
