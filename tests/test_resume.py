@@ -98,3 +98,5 @@ def test_a_killed_sweep_resumes_without_rerunning_or_duplicating(tmp_path: Path,
     assert len(sweeps) == 1 and sweeps[0].info.status == "FINISHED" and "resumed_at" in sweeps[0].data.tags
     epochs = [m.step for m in client.get_metric_history(interrupted, "train_loss")]
     assert sorted(set(epochs)) == list(range(1, max(epochs) + 1))
+    print(f"\nresume: killed with {len(finished_before)} trial(s) finished and 1 training; after --resume "
+          f"{len(runs)} trial runs for {len(set(trial_ids))} Tune trials, all FINISHED, one sweep run")
