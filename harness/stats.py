@@ -1,0 +1,290 @@
+"""Intervals and paired tests for the leaderboard (BASELINES.md §4.4, issue 7).
+
+Published tables give point estimates on a few patients; these functions say how far those
+estimates can be trusted and whether two models differ on the same test set. Images of one patient
+are correlated, so every bootstrap here resamples whole patients when patient ids are given.
+
+Labels are class indices 0..K-1 and probabilities are rows over those classes, as everywhere in the
+harness (BASELINES.md §4.2); in binary tasks class 1 is the positive class.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+from sklearn.exceptions import UndefinedMetricWarning
+
+Metric = Callable[[np.ndarray, np.ndarray], float]
+
+# The usual rule for McNemar's test: with fewer discordant pairs the chi-square approximation is poor.
+EXACT_MCNEMAR_BELOW = 25
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with a confidence interval; `method` is written for a table footnote."""
+
+    estimate: float
+    low: float
+    high: float
+    method: str
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """A test of model A against model B on the same test images.
+
+    `estimate_a` and `estimate_b` are what the test compares (accuracies for McNemar, AUCs
+    otherwise); `se` is the standard error of their difference where the test has one; `b` and `c`
+    are McNemar's discordant counts: images A got right and B wrong, and the reverse.
+    """
+
+    statistic: float
+    p_value: float
+    method: str
+    estimate_a: float
+    estimate_b: float
+    se: float | None = None
+    b: int | None = None
+    c: int | None = None
+
+
+def _resampler(n: int, groups: np.ndarray | None) -> tuple[str, Callable[[np.random.Generator], np.ndarray]]:
+    """Return a description of the resampled units and a function drawing one resample's indices.
+
+    Patients are drawn as `rng.integers(0, P, P)` over the P sorted distinct ids and contribute all
+    their images, in their original order; without groups, images are drawn the same way.
+    """
+    if groups is None:
+        return f"{n} images", lambda rng: rng.integers(0, n, n)
+    groups = np.asarray(groups)
+    if groups.shape != (n,):
+        raise ValueError(f"groups has shape {groups.shape}, expected one patient id per image ({n},)")
+    _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    members = np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])
+    patients = len(members)
+    return f"{patients} patients", lambda rng: np.concatenate([members[p] for p in rng.integers(0, patients, patients)])
+
+
+def _replicates(
+    statistic: Callable[[np.ndarray], float],
+    draw: Callable[[np.random.Generator], np.ndarray],
+    n_boot: int,
+    seed: int,
+) -> tuple[np.ndarray, int]:
+    """Return the statistic over the resamples where it is defined, and how many were skipped."""
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be at least 1, got {n_boot}")
+    rng = np.random.default_rng(seed)
+    values = []
+    with warnings.catch_warnings():
+        # A resample without one class makes AUC undefined; those are counted, not warned about.
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        for _ in range(n_boot):
+            value = float(statistic(draw(rng)))
+            if math.isfinite(value):
+                values.append(value)
+    return np.asarray(values), n_boot - len(values)
+
+
+def _resamples_note(n_boot: int, seed: int, skipped: int) -> str:
+    note = f"{n_boot} resamples, seed {seed}"
+    return note + (f"; {skipped} skipped where the metric is undefined" if skipped else "")
+
+
+def _same_length(**arrays: np.ndarray) -> int:
+    lengths = {name: len(a) for name, a in arrays.items()}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"inputs differ in length: {lengths}")
+    return next(iter(lengths.values()))
+
+
+def bootstrap_ci(
+    metric: Metric,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    groups: np.ndarray | None = None,
+    *,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> Interval:
+    """Return `metric(labels, probs)` with a percentile bootstrap confidence interval.
+
+    With `groups` (a patient id per image) whole patients are resampled with replacement (cluster
+    bootstrap), else single images. A resample where the metric is NaN (scikit-learn's AUC with one
+    class) is skipped and the number skipped is stated in `method`; when every resample is skipped
+    the bounds are NaN.
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie strictly between 0 and 1, got {level}")
+    labels, probs = np.asarray(labels), np.asarray(probs)
+    n = _same_length(labels=labels, probs=probs)
+    estimate = float(metric(labels, probs))
+    unit, draw = _resampler(n, groups)
+    values, skipped = _replicates(lambda idx: metric(labels[idx], probs[idx]), draw, n_boot, seed)
+    tail = 50 * (1 - level)
+    low, high = np.percentile(values, [tail, 100 - tail]) if values.size else (math.nan, math.nan)
+    method = f"{100 * level:g}% percentile bootstrap over {unit} ({_resamples_note(n_boot, seed, skipped)})"
+    return Interval(estimate, float(low), float(high), method)
+
+
+def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> PairedTest:
+    """Return McNemar's test of two models' accuracies from per-image correctness (True = right).
+
+    Exact two-sided binomial test on the discordant pairs when there are fewer than 25 of them
+    (`statistic` is then min(b, c), as statsmodels reports it), else the chi-square statistic with
+    continuity correction, (|b - c| - 1)² / (b + c), on one degree of freedom. With no discordant
+    pair p = 1.
+    """
+    a, b_ = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    if a.ndim != 1 or a.shape != b_.shape:
+        raise ValueError(f"correct_a and correct_b must be 1-D of equal length, got {a.shape} and {b_.shape}")
+    b, c = int(np.sum(a & ~b_)), int(np.sum(~a & b_))
+    discordant = b + c
+    if discordant == 0:
+        statistic, p, method = 0.0, 1.0, "exact McNemar test (no discordant pairs)"
+    elif discordant < EXACT_MCNEMAR_BELOW:
+        statistic = float(min(b, c))
+        p = stats.binomtest(b, discordant, 0.5).pvalue
+        method = f"exact McNemar test (two-sided binomial, {discordant} discordant pairs)"
+    else:
+        statistic = (abs(b - c) - 1) ** 2 / discordant
+        p = stats.chi2.sf(statistic, 1)
+        method = f"McNemar chi-square test with continuity correction ({discordant} discordant pairs)"
+    return PairedTest(float(statistic), float(p), method, float(a.mean()), float(b_.mean()), b=b, c=c)
+
+
+def _z_test(difference: float, se: float) -> tuple[float, float]:
+    """Return z and its two-sided normal p-value; NaN when the SE could not be estimated."""
+    if math.isnan(se):
+        return math.nan, math.nan
+    if se > 0:
+        z = difference / se
+    elif difference == 0:
+        z = 0.0  # the same ranking twice: nothing to test
+    else:
+        z = math.copysign(math.inf, difference)  # a difference with no variance left at all
+    return z, float(2 * stats.norm.sf(abs(z)))
+
+
+def _positive_scores(scores: np.ndarray, name: str) -> np.ndarray:
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim == 2 and scores.shape[1] == 2:
+        return scores[:, 1]
+    if scores.ndim != 1:
+        raise ValueError(
+            f"{name} has shape {scores.shape}: DeLong's test takes one score per image or a two-column "
+            "probability matrix; use paired_bootstrap_auc for more classes"
+        )
+    return scores
+
+
+def delong(labels: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray) -> PairedTest:
+    """Return DeLong's test of two correlated ROC AUCs on the same binary test set.
+
+    `labels` are 0/1 (1 positive); scores are one per image, or (n, 2) probability matrices whose
+    class-1 column is used. `statistic` is z = (AUC_A − AUC_B) / SE and the p-value is two-sided.
+    Uses the midrank algorithm of Sun & Xu (IEEE SPL 21(11), 2014), O(n log n).
+    """
+    labels = np.asarray(labels)
+    a, b = _positive_scores(scores_a, "scores_a"), _positive_scores(scores_b, "scores_b")
+    _same_length(labels=labels, scores_a=a, scores_b=b)
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError(f"DeLong's test needs 0/1 labels, got values {np.unique(labels).tolist()}")
+    positive = labels == 1
+    m, n = int(positive.sum()), int((~positive).sum())
+    if m < 2 or n < 2:
+        raise ValueError(f"DeLong's test needs at least 2 images of each class, got {m} positive and {n} negative")
+    scores = np.stack([a, b])
+    x, y = scores[:, positive], scores[:, ~positive]
+    tx, ty = stats.rankdata(x, axis=1), stats.rankdata(y, axis=1)
+    tz = stats.rankdata(np.concatenate([x, y], axis=1), axis=1)
+    auc = (tz[:, :m].sum(axis=1) - m * (m + 1) / 2) / (m * n)
+    v10 = (tz[:, :m] - tx) / n  # per positive image: the share of negatives it outranks
+    v01 = 1 - (tz[:, m:] - ty) / m  # per negative image: the share of positives that outrank it
+    # The variance of the difference taken directly, so that identical inputs give exactly 0.
+    se = math.sqrt(np.var(v10[0] - v10[1], ddof=1) / m + np.var(v01[0] - v01[1], ddof=1) / n)
+    z, p = _z_test(float(auc[0] - auc[1]), se)
+    return PairedTest(z, p, "DeLong test of paired AUCs", float(auc[0]), float(auc[1]), se=se)
+
+
+def _binary_auc(positive: np.ndarray, score: np.ndarray) -> float:
+    """Mann-Whitney AUC from midranks (equal to scikit-learn's ROC AUC); NaN with one class."""
+    m = int(positive.sum())
+    n = positive.size - m
+    if m == 0 or n == 0:
+        return math.nan
+    return float((stats.rankdata(score)[positive].sum() - m * (m + 1) / 2) / (m * n))
+
+
+def _auc(labels: np.ndarray, probs: np.ndarray, average: str) -> float:
+    """ROC AUC as in BASELINES.md §4.2: class 1 in binary tasks, one-vs-rest over K > 2 classes."""
+    if probs.ndim == 1:
+        return _binary_auc(labels == 1, probs)
+    if probs.shape[1] == 2:
+        return _binary_auc(labels == 1, probs[:, 1])
+    per_class = np.array([_binary_auc(labels == k, probs[:, k]) for k in range(probs.shape[1])])
+    weights = np.bincount(labels, minlength=probs.shape[1]) if average == "weighted" else None
+    return float(np.average(per_class, weights=weights))
+
+
+def paired_bootstrap_auc(
+    labels: np.ndarray,
+    probs_a: np.ndarray,
+    probs_b: np.ndarray,
+    groups: np.ndarray | None = None,
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+    average: str = "macro",
+) -> PairedTest:
+    """Return a paired bootstrap test of two models' AUCs on the same test images.
+
+    Both models are scored on every resample (whole patients when `groups` is given), and
+    z = (AUC_A − AUC_B) / SD of the resampled differences is referred to the normal distribution,
+    as pROC's bootstrap test does. AUC is that of class 1 for 1-D scores or two columns, else the
+    one-vs-rest AUC over the K columns averaged with `average` ("macro", or "weighted" by class
+    prevalence). Resamples missing a class are skipped and counted in `method`.
+    """
+    if average not in ("macro", "weighted"):
+        raise ValueError(f"average must be 'macro' or 'weighted', got {average!r}")
+    labels = np.asarray(labels)
+    a, b = np.asarray(probs_a, dtype=np.float64), np.asarray(probs_b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim not in (1, 2):
+        raise ValueError(f"probs_a and probs_b must have the same 1-D or 2-D shape, got {a.shape} and {b.shape}")
+    n = _same_length(labels=labels, probs_a=a, probs_b=b)
+    classes = 2 if a.ndim == 1 else a.shape[1]
+    if not np.isin(labels, np.arange(classes)).all():
+        raise ValueError(f"labels must be class indices 0..{classes - 1}, got values {np.unique(labels).tolist()}")
+    labels = labels.astype(np.int64)
+    auc_a, auc_b = _auc(labels, a, average), _auc(labels, b, average)
+    unit, draw = _resampler(n, groups)
+    differences, skipped = _replicates(
+        lambda idx: _auc(labels[idx], a[idx], average) - _auc(labels[idx], b[idx], average), draw, n_boot, seed
+    )
+    se = float(np.std(differences, ddof=1)) if differences.size > 1 else math.nan
+    z, p = _z_test(auc_a - auc_b, se)
+    what = "AUCs" if classes == 2 else f"{average} one-vs-rest AUCs"
+    method = f"paired bootstrap test of {what} over {unit} ({_resamples_note(n_boot, seed, skipped)})"
+    return PairedTest(z, p, method, auc_a, auc_b, se=se)
+
+
+def mean_sd_se(values: np.ndarray) -> tuple[float, float, float]:
+    """Return the mean, the sample SD (ddof=1) and the standard error SD/√n of per-fold values.
+
+    Tables show SD and SE side by side because 001's "±" behaves like an SE (BASELINES.md §3.1).
+    With one value SD and SE are NaN: one fold says nothing about spread.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1 or v.size == 0:
+        raise ValueError(f"mean_sd_se needs a non-empty 1-D sequence, got shape {v.shape}")
+    if v.size == 1:
+        return float(v[0]), math.nan, math.nan
+    sd = float(v.std(ddof=1))
+    return float(v.mean()), sd, sd / math.sqrt(v.size)
