@@ -248,7 +248,7 @@ def leaderboard(
     output_dir: Optional[Path] = OutOption,
     split_hash: Optional[str] = typer.Option(None, "--split-hash", help="Split to compare; default: the latest sweep's."),
 ) -> None:
-    """Rebuild the comparison table from MLflow; print it and write results/<experiment>/leaderboard.{md,csv}."""
+    """Rebuild the comparison table from MLflow; print it and write results/<experiment>/leaderboard.{md,csv,tex}."""
     from harness.leaderboard import build_leaderboard, to_markdown, write_leaderboard
 
     if experiment.endswith((".yaml", ".yml")):
@@ -260,9 +260,9 @@ def leaderboard(
         if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
             raise InputError(f"{uri}: no MLflow store there (run `harness sweep` first, or pass --tracking-uri)")
     board = build_leaderboard(uri, name, split_hash=split_hash)
-    md, csv = write_leaderboard(board, results)
+    md, csv, tex = write_leaderboard(board, results)
     console.print(to_markdown(board), highlight=False, soft_wrap=True)
-    console.print(f"written: {md}, {csv}")
+    console.print(f"written: {md}, {csv}, {tex}")
 
 
 def main() -> None:

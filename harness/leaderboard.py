@@ -179,10 +179,45 @@ def to_markdown(board: Leaderboard) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_leaderboard(board: Leaderboard, results_dir: Path) -> tuple[Path, Path]:
-    """Write leaderboard.md and leaderboard.csv into `results_dir`; returns both paths."""
+# Columns where higher is better, bolded in LaTeX; counts and costs are not contests.
+BEST_IS_HIGH = ("val_accuracy", "test_accuracy", "test_auc", "test_f1", "test_precision", "test_recall",
+                "folds_mean_test_accuracy", "ensemble_test_accuracy")
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def _latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
+
+
+def to_latex(board: Leaderboard) -> str:
+    """Return the leaderboard as a booktabs LaTeX table, the best value of each metric in bold."""
+    rows = board.table.to_dict("records")
+    best = {k: max((r[k] for r in rows if isinstance(r[k], float) and not math.isnan(r[k])), default=None)
+            for k in BEST_IS_HIGH}
+
+    def cell(key: str, value: object) -> str:
+        text = _latex_escape(_cell(value))
+        return f"\\textbf{{{text}}}" if key in best and best[key] is not None and value == best[key] else text
+
+    align = "l" + "r" * (len(COLUMNS) - 1)
+    lines = [
+        "\\begin{table}[t]", "\\centering",
+        f"\\caption{{{_latex_escape(board.experiment)}: split \\texttt{{{board.split_hash[:12]}}}, best trial per "
+        "baseline by its validation objective; best value per column in bold.}",
+        f"\\begin{{tabular}}{{{align}}}", "\\toprule",
+        " & ".join(_latex_escape(c) for c in COLUMNS.values()) + " \\\\", "\\midrule",
+        *(" & ".join(cell(k, r[k]) for k in COLUMNS) + " \\\\" for r in rows),
+        "\\bottomrule", "\\end{tabular}", "\\end{table}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_leaderboard(board: Leaderboard, results_dir: Path) -> tuple[Path, Path, Path]:
+    """Write leaderboard.md, leaderboard.csv and leaderboard.tex into `results_dir`; returns the paths."""
     results_dir.mkdir(parents=True, exist_ok=True)
-    md, csv = results_dir / "leaderboard.md", results_dir / "leaderboard.csv"
+    md, csv, tex = results_dir / "leaderboard.md", results_dir / "leaderboard.csv", results_dir / "leaderboard.tex"
     md.write_text(to_markdown(board))
     board.table.assign(split_hash=board.split_hash).to_csv(csv, index=False)
-    return md, csv
+    tex.write_text(to_latex(board))
+    return md, csv, tex

@@ -23,6 +23,8 @@ from harness.server import ServerProcess, start_server
 
 from .conftest import experiment_dict, write_experiment
 
+pytestmark = pytest.mark.cluster
+
 FOLDS = 3
 
 
@@ -42,8 +44,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> ServerProcess:
 
 @pytest.fixture(scope="module")
 def cluster() -> Cluster:
-    # One CPU per node: two concurrent trials can only run on two different nodes.
-    two_nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    # One CPU per node: two concurrent trials can only run on two different nodes. The head also
+    # serves Ray Client (ray://) on a free port.
+    client_port = free_port()
+    two_nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "ray_client_server_port": client_port})
+    two_nodes.client_port = client_port
     two_nodes.worker = two_nodes.add_node(num_cpus=1)
     two_nodes.wait_for_nodes()
     yield two_nodes
@@ -150,6 +155,27 @@ def test_fold_retrain_and_softmax_ensemble(failing_sweep: str, server: ServerPro
     row = build_leaderboard(server.uri, "cluster-failures").table.iloc[0]
     assert row.best_run_id == winner.info.run_id and row.ensemble_test_accuracy == pytest.approx(expected)
     assert row.folds_mean_test_accuracy == pytest.approx(np.mean([(p.pred == p.label).mean() for p in predictions]))
+
+
+def test_a_sweep_through_ray_client(failing_sweep: str, tmp_path: Path, synthetic_idc: Path, cluster: Cluster,
+                                    server: ServerProcess) -> None:
+    # With ray:// the Tune loop runs on the head; trials and the fold retrain still log to the server.
+    data = experiment_dict(
+        synthetic_idc, tmp_path / "results", name="cluster-client",
+        baselines=[{"name": "cancernet", "fixed": {"epochs_max": 1, "batch_size": 8}}],
+        search={"trials": 2, "max_epochs": 1, "sampler": "random"},
+    )
+    path = write_experiment(tmp_path / "client.yaml", data)
+    head = cluster.address.split(":")[0]
+    port = cluster.client_port
+    _wait_until_every_cpu_is_free(cluster)
+    result = CliRunner().invoke(app, ["sweep", str(path), "--address", f"ray://{head}:{port}", "--tracking-uri", server.uri],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    trials = _runs(server.uri, "cluster-client", "trial")
+    assert len(trials) == 2 and all(r.info.status == "FINISHED" for r in trials)
+    assert len(_runs(server.uri, "cluster-client", "fold")) == FOLDS
+    assert len(_runs(server.uri, "cluster-client", "ensemble")) == 1
 
 
 def test_unreachable_tracking_server_fails_fast(tmp_path: Path, synthetic_idc: Path) -> None:

@@ -17,6 +17,8 @@ from harness import tracking
 
 from .conftest import REPO, experiment_dict, write_experiment
 
+pytestmark = pytest.mark.cluster
+
 TRIALS = 4
 
 

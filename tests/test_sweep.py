@@ -170,3 +170,19 @@ def test_train_command_tracks_one_run(swept: Swept, tmp_path: Path) -> None:
     assert run.info.status == "FINISHED" and run.data.tags[tracking.FOLD] == "1"
     assert run.data.params["batch_size"] == "4" and run.data.params["lr"] == "0.01"
     assert "test_accuracy" in run.data.metrics
+
+
+def test_leaderboard_latex_is_one_booktabs_row_per_baseline_with_the_best_in_bold(swept: Swept) -> None:
+    result = CliRunner().invoke(app, ["leaderboard", str(swept.experiment)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    tex = (swept.out_dir / "sweep-test" / "leaderboard.tex").read_text()
+    table = pd.read_csv(swept.out_dir / "sweep-test" / "leaderboard.csv")
+    assert tex.count("{") == tex.count("}")
+    assert [tex.index(k) for k in ("\\toprule", "\\midrule", "\\bottomrule")] == sorted(
+        tex.index(k) for k in ("\\toprule", "\\midrule", "\\bottomrule"))
+    body = tex.split("\\midrule\n")[1].split("\\bottomrule")[0].strip().splitlines()
+    assert [line.split(" & ")[0] for line in body] == list(table.baseline)
+    assert all(line.count(" & ") == body[0].count(" & ") and line.endswith("\\\\") for line in body)
+    best = table.test_accuracy.max()
+    bolded = [line for line in body if f"\\textbf{{{best:.4f}}}" in line.split(" & ")[2]]
+    assert [line.split(" & ")[0] for line in bolded] == list(table.baseline[table.test_accuracy == best])
