@@ -346,12 +346,12 @@ def run_sweep(config: ExperimentConfig, *, address: str | None = None, resume: b
                 raise InputError(f"--resume: the data now gives split {data.split_hash[:12]}, the sweep ran on {record['split_hash'][:12]}")
             tracker.reopen(parent)
             tracker.set_tags(parent, {"resumed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-            warm_notes = _set_aside_lost_trials(tracker, experiment_id, parent, folder)
+            start_notes = _set_aside_lost_trials(tracker, experiment_id, parent, folder)
         else:
             sweep = f"sweep-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
-            warm, warm_notes = {}, []
+            warm, start_notes = {}, []
             if config.search.warm_start is not None:
-                warm, warm_notes = warm_start_points(
+                warm, start_notes = warm_start_points(
                     config.resolved_optuna_storage(), config.name, f"{config.name}/{sweep}",
                     config.search.warm_start.sweep, spaces, top=config.search.warm_start.top, mode=config.search.mode)
             parent = tracker.start_run(
@@ -367,7 +367,7 @@ def run_sweep(config: ExperimentConfig, *, address: str | None = None, resume: b
         summary = SweepSummary(
             experiment=config.name, tracking_uri=uri, parent_run_id=parent, split_hash=data.split_hash,
             wall_seconds=0.0, storage=storage / sweep, resumed=previous is not None,
-            notes=setup.notes + resource_notes + warm_notes + search_notes(config, spaces),
+            notes=setup.notes + resource_notes + start_notes + search_notes(config, spaces),
         )
         ctx = _context(config, data, uri, experiment_id, parent, tags, spaces, granted)
         try:
