@@ -94,6 +94,7 @@ def data_synth(
     out: Path = typer.Argument(..., help="Folder to write the tree into."),
     dataset: str = typer.Option("idc", "--dataset", help="Layout: idc, bach or breakhis (both with RoI masks)."),
     patients: int = typer.Option(20, "--patients", min=2, help="IDC: number of patients."),
+    per_class: int = typer.Option(6, "--per-class", min=2, help="BACH: images per class."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Write a small synthetic dataset of real image files in a published layout, with a learnable signal."""
@@ -103,7 +104,7 @@ def data_synth(
         synthetic.write_synthetic_idc(out, patients=patients, seed=seed)
         console.print(f"synthetic IDC tree with {patients} patients written to {out}")
     elif dataset == "bach":
-        _, masks = synthetic.write_synthetic_bach(out, seed=seed)
+        _, masks = synthetic.write_synthetic_bach(out, per_class=per_class, seed=seed)
         console.print(f"synthetic BACH tree written to {out}, RoI masks in {masks}")
     elif dataset == "breakhis":
         synthetic.write_synthetic_breakhis(out, seed=seed)

@@ -289,6 +289,40 @@ class TrainingSpec(Strict):
     eval_batch_size: int = Field(512, ge=1)
 
 
+# The layouts of `harness leaderboard --table`: 001's Tables I-IV, the IDC and BreakHis comparisons,
+# and a summary for any experiment.
+TABLE_LAYOUTS = ("summary", "gusa-table1", "gusa-table2", "gusa-table3", "gusa-table4", "idc", "breakhis")
+# The reproduced numbers `harness leaderboard --check` holds against published ones.
+CHECKED_METRICS = (
+    "val_accuracy", "val_auc", "class_auc", "confusion", "miou", "test_accuracy", "test_accuracy_single",
+    "test_accuracy_ensemble", "test_auc", "test_f1", "test_precision", "test_recall", "patient_accuracy",
+)
+
+
+class LeaderboardSpec(Strict):
+    """The tables `harness leaderboard` writes for this experiment, and `--check`'s tolerances:
+    the largest absolute difference from a published number, on the 0-1 scale (0.05 = 5 points),
+    under `default` or a metric's own name."""
+
+    tables: list[Literal[TABLE_LAYOUTS]] = Field(default_factory=lambda: ["summary"], min_length=1)
+    tolerance: dict[str, float] = Field(default_factory=lambda: {"default": 0.05})
+
+    @field_validator("tolerance")
+    @classmethod
+    def _known_metrics(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - {"default", *CHECKED_METRICS})
+        if unknown:
+            raise ValueError(f"unknown metric {unknown[0]!r}; expected default or one of: {', '.join(CHECKED_METRICS)}")
+        negative = sorted(k for k, v in value.items() if v < 0)
+        if negative:
+            raise ValueError(f"tolerance of {negative[0]!r} must be at least 0")
+        return {"default": 0.05, **value}
+
+    def tolerance_of(self, metric: str) -> float:
+        """Return the tolerance of `metric` (its own, else the default)."""
+        return self.tolerance.get(metric, self.tolerance["default"])
+
+
 class ExperimentConfig(Strict):
     """One experiment file: a dataset, a protocol, baselines and a search budget."""
 
@@ -299,6 +333,7 @@ class ExperimentConfig(Strict):
     search: SearchSpec = SearchSpec()
     resources: ResourcesSpec = ResourcesSpec()
     training: TrainingSpec = TrainingSpec()
+    leaderboard: LeaderboardSpec = LeaderboardSpec()
     tracking_uri: str | None = None
     output_dir: Path = Path("results")
     storage_path: Path | None = None

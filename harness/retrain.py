@@ -56,7 +56,7 @@ def _train_fold(ctx: SweepContext, winner: Winner, fold: int) -> tuple[str, pd.D
         tags={**ctx.tags, tracking.RUN_TYPE: "fold", tracking.BASELINE: winner.baseline, tracking.FOLD: str(fold),
               tracking.WINNER: winner.trial_id, tracking.OBJECTIVE: ctx.objective,
               tracking.PRETRAINED: str(spec.pretrained or "none"), tracking.NODE_ID: node.node_id,
-              tracking.NODE_IP: node.ip},
+              tracking.NODE_IP: node.ip, **ctx.plans[winner.baseline].resource_tags()},
         params={**ctx.plans[winner.baseline].fixed, **winner.point, "epochs": spec.epochs},
     )
 

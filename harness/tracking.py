@@ -46,6 +46,8 @@ NODE_IDS = "ray_node_ids"  # every attempt's node, in order
 ATTEMPTS = "attempts"
 RETRIES = "retries"
 WINNER = "winner_trial_id"
+CPU_SHARE = "resources_cpu"  # what Ray granted one trial or fold task: GPU-hours = wall time x share
+GPU_SHARE = "resources_gpu"
 
 FINISHED = RunStatus.to_string(RunStatus.FINISHED)
 KILLED = RunStatus.to_string(RunStatus.KILLED)
@@ -214,11 +216,14 @@ def epoch_metrics(report: EpochReport, objective: str) -> dict[str, float]:
 def log_epoch(
     tracker: Tracker, run_id: str, report: EpochReport, *, objective: str, class_names: tuple[str, ...]
 ) -> dict[str, float]:
-    """Log one epoch (and, on the last, the test evaluation) to a run; returns the epoch's metrics."""
+    """Log one epoch to a run, and on the last the best epoch's validation predictions and the
+    test evaluation; returns the epoch's metrics."""
     metrics = epoch_metrics(report, objective)
     if report.epoch == 1:
         tracker.log_metrics(run_id, {f"params_{k}": v for k, v in report.param_counts.items()}, step=0)
     tracker.log_metrics(run_id, metrics, step=report.epoch)
+    if report.best_val_evaluation is not None:
+        tracker.log_evaluation(run_id, "val", report.best_val_evaluation, class_names)
     if report.test is not None:
         tracker.log_metrics(run_id, {f"test_{k}": v for k, v in report.test.metrics.items()}, step=report.best_epoch)
         tracker.log_evaluation(run_id, "test", report.test, class_names)

@@ -108,8 +108,9 @@ class TrainState:
 
 @dataclass
 class EpochReport:
-    """What `fit` reports after each epoch; `test` is set on the last one only. `snapshot` returns
-    the TrainState to continue from this epoch (built only when called: it copies the model)."""
+    """What `fit` reports after each epoch; `test` and `best_val_evaluation` (the validation
+    predictions of the best epoch) are set on the last one only. `snapshot` returns the TrainState
+    to continue from this epoch (built only when called: it copies the model)."""
 
     epoch: int
     train_loss: float
@@ -119,6 +120,7 @@ class EpochReport:
     done: bool
     param_counts: dict[str, int]
     test: Evaluation | None = None
+    best_val_evaluation: Evaluation | None = None
     snapshot: Callable[[], TrainState] | None = field(default=None, repr=False, compare=False)
 
 
@@ -330,7 +332,8 @@ def fit(spec: RunSpec, report: Callable[[EpochReport], None] | None = None,
                 epoch=epoch, model={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
                 optimizer=copy.deepcopy(optimizer.state_dict()), schedulers=[s.state_dict() for s in schedulers],
                 best_loss=best[0], best_epoch=best[1], best_val=best[2], best_state=best[3], best_evaluation=best[4],
-                history=[dataclasses.replace(h, test=None, snapshot=None) for h in history], rng=_rng_state(train_loader),
+                history=[dataclasses.replace(h, test=None, best_val_evaluation=None, snapshot=None) for h in history],
+                rng=_rng_state(train_loader),
             )
         return take
 
@@ -374,7 +377,7 @@ def fit(spec: RunSpec, report: Callable[[EpochReport], None] | None = None,
         entry = EpochReport(
             epoch=epoch, train_loss=total / max(seen, 1), val=val.metrics,
             best_epoch=best[1], best_val=best[2], done=done, param_counts=counts, test=test,
-            snapshot=snapshot(epoch),
+            best_val_evaluation=best[4] if done else None, snapshot=snapshot(epoch),
         )
         history.append(entry)
         if report is not None:

@@ -30,6 +30,10 @@ class BaselinePlan:
     cpu: float
     gpu: float
 
+    def resource_tags(self) -> dict[str, str]:
+        """Return the run tags recording this plan's CPU and GPU share (the leaderboard's cost)."""
+        return {tracking.CPU_SHARE: f"{self.cpu:g}", tracking.GPU_SHARE: f"{self.gpu:g}"}
+
 
 @dataclass(frozen=True)
 class SweepContext:
@@ -135,6 +139,7 @@ def run_trial(config: dict[str, Any], *, ctx: SweepContext) -> None:
                 tracking.FOLD: str(ctx.fold),
                 tracking.PRETRAINED: str(spec.pretrained or "none"),
                 tracking.OBJECTIVE: ctx.objective,
+                **ctx.plans[baseline].resource_tags(),
             },
             params={**ctx.plans[baseline].fixed, **point, "epochs": spec.epochs},
         )
