@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from harness.config import TABLE_LAYOUTS
 from harness.errors import InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n")[0])
@@ -244,26 +245,55 @@ def server(
 @app.command()
 @user_errors
 def leaderboard(
-    experiment: str = typer.Argument(..., help="Experiment YAML file, or the name of an MLflow experiment."),
+    experiment: Optional[str] = typer.Argument(None, help="Experiment YAML file, or the name of an MLflow experiment."),
+    experiments: list[str] = typer.Option([], "--experiment", "-e", help="An MLflow experiment to include (repeatable)."),
+    tables: list[str] = typer.Option([], "--table", "-t", help="Layout (repeatable): " + ", ".join(TABLE_LAYOUTS)
+                                     + "; default: the experiment file's leaderboard.tables, else summary."),
     tracking_uri: Optional[str] = UriOption,
     output_dir: Optional[Path] = OutOption,
     split_hash: Optional[str] = typer.Option(None, "--split-hash", help="Split to compare; default: the latest sweep's."),
+    check: bool = typer.Option(False, "--check", help="Exit 1 when a reproduced number lies outside the experiment "
+                               "file's leaderboard.tolerance of its published one."),
+    bootstrap: int = typer.Option(2000, "--bootstrap", min=100, help="Bootstrap resamples for the 95% intervals."),
+    html: bool = typer.Option(True, "--html/--no-html", help="Also write leaderboard.html with the plots."),
 ) -> None:
-    """Rebuild the comparison table from MLflow; print it and write results/<experiment>/leaderboard.{md,csv,tex}."""
-    from harness.leaderboard import build_leaderboard, to_markdown, write_leaderboard
+    """Rebuild the comparison tables from MLflow beside the published numbers; print them and write
+    results/<experiment>/{<table>.md,.tex,.csv, leaderboard.md, leaderboard.tex, leaderboard.html}."""
+    from harness.config import LeaderboardSpec
+    from harness.leaderboard import LayoutOptions, build_leaderboard, out_of_tolerance, write_leaderboard
+    from harness.leaderboard.render import to_markdown
 
-    if experiment.endswith((".yaml", ".yml")):
+    spec = LeaderboardSpec()
+    names = list(experiments)
+    if experiment is not None and experiment.endswith((".yaml", ".yml")):
         config = _load(Path(experiment), None, tracking_uri, output_dir)
-        name, uri, results = config.name, config.resolved_tracking_uri(), config.results_dir
+        names.insert(0, config.name)
+        uri, results, spec = config.resolved_tracking_uri(), config.results_dir, config.leaderboard
     else:
+        if experiment is not None:
+            names.insert(0, experiment)
+        if not names:
+            raise InputError("name an experiment: an experiment file, an MLflow experiment, or --experiment NAME")
         out = (output_dir or Path("results")).resolve()
-        name, uri, results = experiment, tracking_uri or f"sqlite:///{out / 'mlflow.db'}", out / experiment
+        uri, results = tracking_uri or f"sqlite:///{out / 'mlflow.db'}", out / "+".join(names)
         if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
             raise InputError(f"{uri}: no MLflow store there (run `harness sweep` first, or pass --tracking-uri)")
-    board = build_leaderboard(uri, name, split_hash=split_hash)
-    md, csv, tex = write_leaderboard(board, results)
-    console.print(to_markdown(board), highlight=False, soft_wrap=True)
-    console.print(f"written: {md}, {csv}, {tex}")
+    unknown = [t for t in tables if t not in TABLE_LAYOUTS]
+    if unknown:
+        raise InputError(f"--table {unknown[0]!r}: expected one of: {', '.join(TABLE_LAYOUTS)}")
+    board = build_leaderboard(uri, names, tables=tables or spec.tables, split_hash=split_hash,
+                              options=LayoutOptions(n_boot=bootstrap))
+    written = write_leaderboard(board, results, html=html)
+    for table in board.tables:
+        console.print(to_markdown(table), highlight=False, soft_wrap=True, markup=False)
+    console.print(f"written to {results}: " + ", ".join(p.name for p in written if p.parent == results))
+    if check:
+        checked, failures = out_of_tolerance(board.tables, spec.tolerance_of)
+        for line in failures:
+            errors.print(f"out of tolerance: {line}", highlight=False, soft_wrap=True, markup=False)
+        console.print(f"check: {checked - len(failures)} of {checked} reproduced numbers within tolerance")
+        if failures:
+            raise typer.Exit(1)
 
 
 def main() -> None:

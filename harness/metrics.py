@@ -24,7 +24,8 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.nd
     return confusion_matrix(y_true, y_pred, labels=list(range(num_classes)))
 
 
-def _auc(y_true: np.ndarray, prob: np.ndarray) -> float:
+def roc_auc(y_true: np.ndarray, prob: np.ndarray) -> float:
+    """Return the ROC AUC of class 1 (binary) or the macro one-vs-rest AUC; NaN with one class."""
     if len(np.unique(y_true)) < 2:
         return float("nan")  # AUC is undefined when one class is absent
     if prob.shape[1] == 2:
@@ -64,7 +65,7 @@ def classification_metrics(y_true: np.ndarray, prob: np.ndarray) -> dict[str, fl
     return {
         "accuracy": _ratio(tp.sum(), cm.sum()),
         "balanced_accuracy": _mean(recall),
-        "auc": _auc(y_true, prob),
+        "auc": roc_auc(y_true, prob),
         "f1": _mean(f1[classes]),
         "precision": _mean(precision[classes]),
         "sensitivity": _mean(recall[classes]),

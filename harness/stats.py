@@ -223,8 +223,10 @@ def _binary_auc(positive: np.ndarray, score: np.ndarray) -> float:
     return float((stats.rankdata(score)[positive].sum() - m * (m + 1) / 2) / (m * n))
 
 
-def _auc(labels: np.ndarray, probs: np.ndarray, average: str) -> float:
-    """ROC AUC as in BASELINES.md §4.2: class 1 in binary tasks, one-vs-rest over K > 2 classes."""
+def auc(labels: np.ndarray, probs: np.ndarray, average: str = "macro") -> float:
+    """Return the ROC AUC as in BASELINES.md §4.2 (class 1 in binary tasks, one-vs-rest over K > 2
+    classes, averaged unweighted or `weighted` by prevalence), from midranks: equal to scikit-learn's
+    and several times faster, which matters inside a bootstrap."""
     if probs.ndim == 1:
         return _binary_auc(labels == 1, probs)
     if probs.shape[1] == 2:
@@ -263,10 +265,10 @@ def paired_bootstrap_auc(
     if not np.isin(labels, np.arange(classes)).all():
         raise ValueError(f"labels must be class indices 0..{classes - 1}, got values {np.unique(labels).tolist()}")
     labels = labels.astype(np.int64)
-    auc_a, auc_b = _auc(labels, a, average), _auc(labels, b, average)
+    auc_a, auc_b = auc(labels, a, average), auc(labels, b, average)
     unit, draw = _resampler(n, groups)
     differences, skipped = _replicates(
-        lambda idx: _auc(labels[idx], a[idx], average) - _auc(labels[idx], b[idx], average), draw, n_boot, seed
+        lambda idx: auc(labels[idx], a[idx], average) - auc(labels[idx], b[idx], average), draw, n_boot, seed
     )
     se = float(np.std(differences, ddof=1)) if differences.size > 1 else math.nan
     z, p = _z_test(auc_a - auc_b, se)

@@ -223,6 +223,9 @@ def log_epoch(
         tracker.log_metrics(run_id, {f"params_{k}": v for k, v in report.param_counts.items()}, step=0)
     tracker.log_metrics(run_id, metrics, step=report.epoch)
     if report.best_val_evaluation is not None:
+        localisation = {f"best_val_{k}": v for k, v in report.best_val_evaluation.metrics.items() if k.startswith("miou")}
+        if localisation:
+            tracker.log_metrics(run_id, localisation, step=report.best_epoch)
         tracker.log_evaluation(run_id, "val", report.best_val_evaluation, class_names)
     if report.test is not None:
         tracker.log_metrics(run_id, {f"test_{k}": v for k, v in report.test.metrics.items()}, step=report.best_epoch)

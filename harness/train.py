@@ -32,6 +32,7 @@ from harness.data.dataset import BagDataset, ImageDataset
 from harness.data.manifest import read_manifest
 from harness.data.splits import CV, TEST, read_split
 from harness.data.transforms import batch_normaliser, build_bag_transform, build_transform
+from harness.localisation import localisation_scores
 from harness.metrics import classification_metrics, confusion, grouped_accuracies
 
 
@@ -189,6 +190,8 @@ def _loader(dataset: ImageDataset | BagDataset, batch_size: int, *, shuffle: boo
 
 
 Normaliser = Callable[[torch.Tensor], torch.Tensor]
+# Models whose own maps are scored against RoI masks (Grad-CAM of the others is not: §4.3's Table II).
+MAP_OUTPUTS = {"roi", "attention"}
 
 
 @torch.no_grad()
@@ -272,6 +275,7 @@ def fit(spec: RunSpec, report: Callable[[EpochReport], None] | None = None,
     stored_hw = tuple(images.shape[1:3])
     entry = baselines.info(spec.baseline)
     grid = bag_grid(*images.shape[1:3]) if entry.input_kind == "bag" else None
+    scores_maps = mask_cache is not None and grid is None and bool(MAP_OUTPUTS & set(entry.outputs))
     model_kwargs = dict(spec.model_kwargs)
     if grid is not None:
         # The attention map is drawn on the grid the data gives, whatever the model's default.
@@ -367,9 +371,16 @@ def fit(spec: RunSpec, report: Callable[[EpochReport], None] | None = None,
             best = (val.metrics["loss"], epoch, val.metrics, state, val)
         done = epoch == spec.epochs or epoch - best[1] >= spec.patience
         test = None
+        if done:
+            best_model = copy.deepcopy(model)
+            best_model.load_state_dict(best[3])
+        if done and scores_maps:
+            # Scored on the validation fold, as 001's Table II; the masks follow the eval transform.
+            masked = ImageDataset(images, rows["val"], labels, dataset("val").transform, mask_cache)
+            best[4].metrics.update(localisation_scores(
+                best_model, _loader(masked, spec.eval_batch_size, shuffle=False, seed=spec.seed), normalise))
         if done and spec.evaluate_test and len(rows["test"]):
-            test_model = copy.deepcopy(model)
-            test_model.load_state_dict(best[3])
+            test_model = best_model
             test_set = dataset("test")
             test_loader = _loader(test_set, spec.eval_batch_size, shuffle=False, seed=spec.seed)
             test = evaluate(test_model, test_loader, normalise, manifest.iloc[rows["test"]])

@@ -1,0 +1,230 @@
+"""Read sweeps back from MLflow: trial runs, the winners' fold and ensemble runs, their predictions.
+
+Only the tracking store is read, never files a sweep wrote on the side, so a leaderboard can be
+rebuilt from a remote server. Runs are compared only when they saw the same split (equal
+`split_hash` tag); runs of another split are counted in a note, never mixed in.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from harness import tracking
+from harness.errors import InputError
+from harness.metrics import ranking_key
+
+
+@dataclass
+class BaselineRuns:
+    """Everything tracked for one baseline of one experiment on the compared split."""
+
+    label: str
+    baseline: str
+    experiment: str
+    dataset: str
+    protocol: str
+    roi_source: str
+    trials: pd.DataFrame
+    best: pd.Series | None
+    folds: pd.DataFrame
+    ensemble: pd.Series | None
+
+    def metric(self, name: str) -> float:
+        """Return metric `name` of the best trial, NaN when there is none."""
+        if self.best is None or name not in self.best or pd.isna(self.best[name]):
+            return math.nan
+        return float(self.best[name])
+
+    def fold_metric(self, name: str) -> list[float]:
+        """Return metric `name` of each retrained fold model, in fold order."""
+        if self.folds.empty or name not in self.folds:
+            return []
+        return [float(v) for v in self.folds[name] if not pd.isna(v)]
+
+    def hours(self, share: str) -> float:
+        """Return the device-hours of every trial and fold run: wall time x granted CPU or GPU share."""
+        frames = [f for f in (self.trials, self.folds) if not f.empty and share in f]
+        return float(sum((f.wall_time_s * f[share].fillna(0)).sum() for f in frames) / 3600)
+
+
+@dataclass
+class RunSet:
+    """The compared runs of one or more MLflow experiments on one split, and what was left out."""
+
+    tracking_uri: str
+    experiments: list[str]
+    split_hash: str
+    baselines: list[BaselineRuns]
+    notes: list[str] = field(default_factory=list)
+    _downloads: tempfile.TemporaryDirectory = field(default_factory=tempfile.TemporaryDirectory, repr=False)
+    _frames: dict[tuple[str, str], pd.DataFrame | None] = field(default_factory=dict, repr=False)
+
+    def artifact(self, run_id: str, path: str) -> Path | None:
+        """Return a local copy of artifact `path` of a run, or None when the run has none."""
+        target = Path(self._downloads.name) / run_id
+        # One bar per small file would bury the tables.
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+        try:
+            return Path(mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=path, dst_path=str(target), tracking_uri=self.tracking_uri))
+        except (MlflowException, OSError):
+            return None
+
+    def predictions(self, run_id: str, part: str) -> pd.DataFrame | None:
+        """Return the per-image predictions a run logged for `part` (test or val), None if absent."""
+        key = (run_id, part)
+        if key not in self._frames:
+            local = self.artifact(run_id, f"{part}/predictions.csv")
+            self._frames[key] = pd.read_csv(local) if local is not None else None
+        return self._frames[key]
+
+    def test_predictions(self, runs: BaselineRuns, model: str) -> pd.DataFrame | None:
+        """Return the test predictions of the fold `ensemble` or of the `best_trial`'s model."""
+        run = runs.ensemble if model == "ensemble" else runs.best
+        return None if run is None else self.predictions(run.run_id, "test")
+
+    def class_names(self, runs: BaselineRuns) -> list[str]:
+        """Return the class names a baseline's test evaluation logged, in class-index order."""
+        run = runs.ensemble if runs.ensemble is not None else runs.best
+        local = self.artifact(run.run_id, "test/confusion_matrix.json") if run is not None else None
+        return json.loads(local.read_text())["classes"] if local is not None else []
+
+    def pooled_val_predictions(self, runs: BaselineRuns) -> tuple[pd.DataFrame | None, str]:
+        """Return out-of-fold validation predictions pooled over the retrained folds (each image
+        scored once, by the model that did not train on it), else the best trial's search fold,
+        with a note saying which."""
+        frames = [self.predictions(r, "val") for r in runs.folds.run_id] if not runs.folds.empty else []
+        if frames and all(f is not None for f in frames):
+            return pd.concat(frames, ignore_index=True), f"pooled over {len(frames)} folds"
+        if runs.best is not None:
+            frame = self.predictions(runs.best.run_id, "val")
+            if frame is not None:
+                return frame, "search fold only (no fold retrain)"
+        return None, "no validation predictions logged"
+
+
+def _all_runs(client: MlflowClient, experiment_id: str) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _frame(runs: list) -> pd.DataFrame:
+    rows = []
+    for run in runs:
+        info, tags = run.info, run.data.tags
+        end = info.end_time or info.start_time
+        rows.append({
+            "run_id": info.run_id,
+            "status": info.status,
+            "start_time": info.start_time,
+            "run_type": tags.get(tracking.RUN_TYPE),
+            "parent": tags.get(tracking.PARENT),
+            "baseline": tags.get(tracking.BASELINE),
+            "split_hash": tags.get(tracking.SPLIT_HASH),
+            "dataset": tags.get(tracking.DATASET, "unknown"),
+            "protocol": tags.get(tracking.PROTOCOL, "unknown"),
+            "roi_source": tags.get(tracking.ROI_SOURCE, "none"),
+            "objective_metric": tags.get(tracking.OBJECTIVE, "val_accuracy"),
+            "stopped_by": tags.get(tracking.STOPPED_BY),
+            "trial_id": tags.get(tracking.TRIAL_ID, info.run_id),
+            "fold": int(tags[tracking.FOLD]) if tags.get(tracking.FOLD, "").isdigit() else -1,
+            "cpu_share": float(tags.get(tracking.CPU_SHARE, "nan")),
+            "gpu_share": float(tags.get(tracking.GPU_SHARE, "nan")),
+            "wall_time_s": (end - info.start_time) / 1000,
+            **run.data.metrics,
+        })
+    return pd.DataFrame(rows)
+
+
+def _experiment_runs(client: MlflowClient, tracking_uri: str, experiment: str) -> pd.DataFrame:
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise InputError(f"experiment {experiment!r} has no runs in {tracking_uri} (run `harness sweep` first)")
+    frame = _frame(_all_runs(client, found.experiment_id))
+    return frame.assign(experiment=experiment) if not frame.empty else frame
+
+
+def latest_split_hash(tracking_uri: str, experiment: str) -> str:
+    """Return the split hash of the most recent sweep of `experiment`."""
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    sweeps = [] if found is None else client.search_runs(
+        [found.experiment_id], f"tags.{tracking.RUN_TYPE} = 'sweep'", order_by=["attributes.start_time DESC"], max_results=1
+    )
+    if not sweeps:
+        raise InputError(f"experiment {experiment!r} has no sweep in {tracking_uri} (run `harness sweep` first)")
+    return sweeps[0].data.tags[tracking.SPLIT_HASH]
+
+
+def best_trial(trials: pd.DataFrame) -> pd.Series | None:
+    """Return the trial with the best objective among those that reached a test evaluation, with
+    the tie-break the sweep's fold retrain uses."""
+    if "test_accuracy" not in trials:
+        return None
+    tested = trials[trials.test_accuracy.notna()]
+    if tested.empty:
+        return None
+    minimise = tested.objective_metric.iloc[0] == "val_loss"
+    best = min(tested.index, key=lambda i: ranking_key(
+        tested.objective[i], tested.best_val_loss[i], tested.trial_id[i], minimise=minimise))
+    return tested.loc[best]
+
+
+def _baseline_runs(label: str, trials: pd.DataFrame, others: pd.DataFrame) -> BaselineRuns:
+    best = best_trial(trials)
+    children = others[others.parent == best.run_id] if best is not None and not others.empty else others.iloc[0:0]
+    folds = children[(children.run_type == "fold") & (children.status == tracking.FINISHED)].sort_values("fold")
+    ensembles = children[(children.run_type == "ensemble") & (children.status == tracking.FINISHED)]
+    first = trials.iloc[0]
+    return BaselineRuns(
+        label=label, baseline=first.baseline, experiment=first.experiment, dataset=first.dataset,
+        protocol=first.protocol, roi_source=first.roi_source, trials=trials, best=best,
+        folds=folds.reset_index(drop=True), ensemble=ensembles.iloc[-1] if not ensembles.empty else None,
+    )
+
+
+def collect_runs(tracking_uri: str, experiments: list[str], *, split_hash: str | None = None) -> RunSet:
+    """Return the runs of `experiments` on one split (default: that of the first one's latest sweep)."""
+    if not experiments:
+        raise InputError("name at least one experiment (an experiment file or --experiment NAME)")
+    client = MlflowClient(tracking_uri)
+    frames = [_experiment_runs(client, tracking_uri, name) for name in experiments]
+    split_hash = split_hash or latest_split_hash(tracking_uri, experiments[0])
+    runs = pd.concat([f for f in frames if not f.empty], ignore_index=True) if any(not f.empty for f in frames) else pd.DataFrame()
+    trials = runs[runs.run_type == "trial"] if not runs.empty else runs
+    if trials.empty:
+        raise InputError(f"experiment {', '.join(map(repr, experiments))} has no trial runs in {tracking_uri}")
+    notes = []
+    other = trials[trials.split_hash != split_hash]
+    if not other.empty:
+        hashes = ", ".join(sorted(h[:12] for h in other.split_hash.dropna().unique()))
+        notes.append(f"excluded {len(other)} runs made on another split ({hashes}); only split {split_hash[:12]} is compared")
+    trials = trials[trials.split_hash == split_hash]
+    if trials.empty:
+        raise InputError(f"experiment {', '.join(map(repr, experiments))} has no trial runs on split {split_hash[:12]}")
+    others = runs[(runs.run_type.isin(["fold", "ensemble"])) & (runs.split_hash == split_hash)]
+    several = trials.experiment.nunique() > 1
+    baselines = []
+    for (experiment, baseline), group in trials.groupby(["experiment", "baseline"], sort=True):
+        label = f"{baseline} ({experiment})" if several else baseline
+        entry = _baseline_runs(label, group.reset_index(drop=True), others)
+        baselines.append(entry)
+        if entry.best is None:
+            notes.append(f"{label}: no trial reached a test evaluation (all stopped early or failed)")
+    return RunSet(tracking_uri=tracking_uri, experiments=list(experiments), split_hash=split_hash,
+                  baselines=baselines, notes=notes)

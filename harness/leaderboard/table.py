@@ -1,0 +1,123 @@
+"""The shape every leaderboard layout fills and every format renders: columns, rows grouped by model
+(the harness's row, then each published row and its difference), footnotes, and the
+reproduced-against-published pairs that `--check` holds to a tolerance."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pandas as pd
+
+RowKind = Literal["harness", "published", "difference"]
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column: its key in CSV, its header, whether a higher value wins (bolded among harness
+    rows), the metric `--check` compares in it, and the scale of its numbers (100 for percent)."""
+
+    key: str
+    header: str
+    higher_is_better: bool | None = None
+    metric: str | None = None
+    scale: float = 1.0
+    digits: int = 4
+
+
+@dataclass(frozen=True)
+class Cell:
+    """What a table shows, and the number behind it (None for text)."""
+
+    text: str
+    value: float | None = None
+
+
+EMPTY = Cell("")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One reproduced number beside its published one, on the same scale."""
+
+    group: str
+    metric: str
+    column: str
+    reproduced: float
+    published: float
+    source: str
+    protocol_differs: bool
+
+    @property
+    def difference(self) -> float:
+        """Return reproduced minus published."""
+        return self.reproduced - self.published
+
+
+@dataclass
+class Row:
+    """One line of a table: a harness result, a published result, or their difference."""
+
+    kind: RowKind
+    group: str
+    cells: dict[str, Cell]
+
+
+@dataclass
+class ReportTable:
+    """A laid-out comparison table, ready for Markdown, LaTeX, CSV and HTML."""
+
+    name: str
+    title: str
+    columns: list[Column]
+    rows: list[Row] = field(default_factory=list)
+    footnotes: list[str] = field(default_factory=list)
+    comparisons: list[Comparison] = field(default_factory=list)
+
+    def best_values(self) -> dict[str, float]:
+        """Return, per contest column, the winning value among harness rows."""
+        best = {}
+        for column in self.columns:
+            if column.higher_is_better is None:
+                continue
+            values = [r.cells[column.key].value for r in self.rows
+                      if r.kind == "harness" and column.key in r.cells and r.cells[column.key].value is not None
+                      and not math.isnan(r.cells[column.key].value)]
+            if values:
+                best[column.key] = max(values) if column.higher_is_better else min(values)
+        return best
+
+    def frame(self) -> pd.DataFrame:
+        """Return the table as data: one row per line, numbers where a cell has one, else its text
+        (empty where the table shows nothing or '-')."""
+        records = []
+        for row in self.rows:
+            record: dict[str, object] = {"row_kind": row.kind, "group": row.group}
+            for column in self.columns:
+                cell = row.cells.get(column.key, EMPTY)
+                record[column.key] = cell.value if cell.value is not None else (cell.text if cell.text not in ("", "-") else None)
+            records.append(record)
+        return pd.DataFrame(records, columns=["row_kind", "group", *(c.key for c in self.columns)])
+
+
+def number(value: float | None, digits: int = 4, *, scale: float = 1.0) -> Cell:
+    """Return a numeric cell shown with `digits` decimals after multiplying by `scale`; '-' for NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return Cell("-")
+    shown = value * scale
+    return Cell(f"{shown:.{digits}f}", shown)
+
+
+def count(value: float | int | None) -> Cell:
+    """Return an integer cell with thousands separators."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return Cell("-")
+    return Cell(f"{int(value):,}", float(value))
+
+
+def signed(value: float | None, digits: int) -> Cell:
+    """Return a difference cell with an explicit sign."""
+    if value is None or math.isnan(value):
+        return Cell("-")
+    return Cell(f"{value:+.{digits}f}", value)
