@@ -50,6 +50,12 @@ def test_gusa_and_amil_sweep_with_roi_masks_and_log_their_maps(tmp_path: Path, s
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "test")}
         assert {"test/maps_best.png", "test/maps_worst.png"} <= artifacts, name
         assert "test_accuracy" in run.data.metrics
+        assert {a.path for a in client.list_artifacts(run.info.run_id, "val")} >= {"val/predictions.csv"}
+        assert run.data.tags[tracking.CPU_SHARE] == "1" and float(run.data.tags[tracking.GPU_SHARE]) >= 0
+    # GuSA's RoI map is scored against the validation masks (001 Table II); A-MIL's bag grid is not.
+    miou = runs["gusa"].data.metrics
+    assert 0 <= miou["best_val_miou_native"] <= 1 and 0 <= miou["best_val_miou_full"] <= 1
+    assert "best_val_miou_native" not in runs["amil"].data.metrics
     # A-MIL's grid follows the data: a 96x128 image gives a 3 x 4 bag of 28-pixel patches.
     assert runs["amil"].data.params["epochs"] == "2"
 
