@@ -86,7 +86,7 @@ def _shrink(config: dict[str, Any], root: Path) -> dict[str, Any]:
     return config
 
 
-@pytest.mark.parametrize("name", ["idc_comparison", "bach_gusa", "breakhis_amil"])
+@pytest.mark.parametrize("name", ["demo", "idc_comparison", "bach_gusa", "breakhis_amil"])
 def test_shipped_experiment_runs_a_short_sweep(name: str, tmp_path: Path, synthetic_idc: Path,
                                                synthetic_bach: tuple[Path, Path], synthetic_breakhis: Path) -> None:
     config = yaml.safe_load((REPO / "experiments" / f"{name}.yaml").read_text())
@@ -100,3 +100,14 @@ def test_shipped_experiment_runs_a_short_sweep(name: str, tmp_path: Path, synthe
         assert all("test_patient_accuracy" in r.data.metrics for r in runs)
     if name == "bach_gusa":
         assert {r.data.tags[tracking.ROI_SOURCE] for r in runs} == {"tissue"}
+    # Its leaderboard: every table the file names, in every format, and the page with its plots.
+    result = CliRunner().invoke(app, ["leaderboard", str(path), "--bootstrap", "200"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    written = {p.relative_to(tmp_path / "results" / config["name"]).as_posix()
+               for p in (tmp_path / "results" / config["name"]).rglob("*") if p.is_file()}
+    tables = config["leaderboard"]["tables"]
+    assert {f"{t}.{ext}" for t in tables for ext in ("md", "tex", "csv")} <= written
+    assert {"leaderboard.md", "leaderboard.tex", "leaderboard.html", "figures/roc.png", "figures/pareto.png",
+            "figures/history.png", "figures/confusion.png"} <= written
+    for table in tables:
+        assert f"## {table}: " in result.output
