@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 
+import baselines
 from harness.leaderboard.evidence import (
     TestEvidence,
     format_p,
@@ -32,7 +33,7 @@ from harness.leaderboard.table import (
     number,
     signed,
 )
-from harness.metrics import grouped_accuracies, roc_auc
+from harness.metrics import classification_metrics, grouped_accuracies, roc_auc
 from harness.reference import load_reference
 from harness.stats import mean_sd_se
 
@@ -234,8 +235,6 @@ def summary(runset: RunSet, options: LayoutOptions) -> ReportTable:
 
 
 def _published_convention(baseline: str) -> str | None:
-    import baselines
-
     if baseline not in baselines.list_baselines():
         return None
     published = baselines.info(baseline).published
@@ -354,12 +353,13 @@ def gusa_table2(runset: RunSet, options: LayoutOptions) -> ReportTable:
         published = [(_source_label(p), p.protocol, {"miou": _published_value(p["mean"]), "miou_sd": Cell(f"±{p.pm}")})
                      for _, p in _reference("gusa_table2_miou", runs).iterrows()] if runs.roi_source == "files" else []
         _group(table, runs.label, runs.protocol, harness, published)
-    table.footnotes += [
+    table.footnotes.append(
         "mIoU: per-image IoU of the map binarised at 0.5 against the RoI mask, averaged over a fold's validation images, "
         "mean and SD over folds (BASELINES.md §4.3). Native: the mask area-averaged down to the map's grid; full: the "
-        "map upsampled bilinearly to the mask. 001 does not say which resolution it scored.",
-        "¶ masks are not expert outlines (tissue fallback or synthetic), so no published mIoU is placed beside them.",
-    ]
+        "map upsampled bilinearly to the mask. 001 does not say which resolution it scored.")
+    if any(r.cells.get("roi_source", EMPTY).text.endswith("¶") for r in table.rows):
+        table.footnotes.append("¶ masks are not expert outlines (tissue fallback), so no published mIoU is placed "
+                               "beside them.")
     if not table.rows:
         table.footnotes.insert(0, "No run logged a localisation score: no baseline with RoI or attention maps was "
                                   "trained with RoI masks on this split.")
@@ -534,8 +534,6 @@ def idc(runset: RunSet, options: LayoutOptions) -> ReportTable:
 
 
 def _binary_metrics(frame: pd.DataFrame) -> dict[str, float]:
-    from harness.metrics import classification_metrics
-
     metrics = classification_metrics(frame.label.to_numpy(), probabilities(frame))
     return {f"test_{k}": v for k, v in metrics.items()} | {"test_recall": metrics["sensitivity"]}
 
