@@ -201,6 +201,8 @@ def sweep(
         folds = ", ".join(f"{acc:.3f}" for _, acc in sorted(e.fold_accuracy.items()))
         console.print(f"{e.baseline}: test accuracy of the {len(e.fold_accuracy)} fold models {folds}; "
                       f"their softmax ensemble {e.ensemble_accuracy:.3f}", highlight=False)
+    if summary.floors:
+        console.print(f"floors fitted on every fold and logged beside them: {', '.join(summary.floors)}")
     for note in summary.notes:
         console.print(f"note: {note}", highlight=False)
     console.print(

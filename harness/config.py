@@ -334,6 +334,8 @@ class ExperimentConfig(Strict):
     resources: ResourcesSpec = ResourcesSpec()
     training: TrainingSpec = TrainingSpec()
     leaderboard: LeaderboardSpec = LeaderboardSpec()
+    # Trivial models fitted on the same folds, shown as every table's floor; [] turns them off.
+    floors: list[Literal["majority", "colour_forest"]] = Field(default_factory=lambda: ["majority", "colour_forest"])
     tracking_uri: str | None = None
     output_dir: Path = Path("results")
     storage_path: Path | None = None

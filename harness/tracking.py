@@ -27,7 +27,7 @@ T = TypeVar("T")
 
 # Tag names shared by the sweep (writer) and the leaderboard (reader).
 PARENT = "mlflow.parentRunId"
-RUN_TYPE = "run_type"  # sweep | trial | train
+RUN_TYPE = "run_type"  # sweep | trial | floor | fold | ensemble | train
 BASELINE = "baseline"
 DATASET = "dataset"
 SPLIT_HASH = "split_hash"
@@ -46,6 +46,7 @@ NODE_IDS = "ray_node_ids"  # every attempt's node, in order
 ATTEMPTS = "attempts"
 RETRIES = "retries"
 WINNER = "winner_trial_id"
+FLOOR = "floor"  # "true" on the runs of a floor model (majority, colour_forest)
 CPU_SHARE = "resources_cpu"  # what Ray granted one trial or fold task: GPU-hours = wall time x share
 GPU_SHARE = "resources_gpu"
 

@@ -209,6 +209,12 @@ def predict(model: nn.Module, loader: DataLoader, normalise: Normaliser) -> tupl
 def evaluate(model: nn.Module, loader: DataLoader, normalise: Normaliser, frame: pd.DataFrame) -> Evaluation:
     """Return metrics (with unweighted cross-entropy `loss`) and predictions for the rows in `frame`."""
     prob, labels = predict(model, loader, normalise)
+    return evaluation_of(prob, labels, frame)
+
+
+def evaluation_of(prob: np.ndarray, labels: np.ndarray, frame: pd.DataFrame) -> Evaluation:
+    """Return the Evaluation of class probabilities `prob` (N x C) of the rows in `frame`, whatever
+    model produced them: metrics with unweighted cross-entropy `loss`, confusion, predictions."""
     loss = float(nn.functional.nll_loss(torch.log(torch.from_numpy(prob).clamp_min(1e-12)), torch.from_numpy(labels)))
     metrics = {"loss": loss, **classification_metrics(labels, prob)}
     columns = ["rel_path", "patient_id", "label"] + (["magnification"] if "magnification" in frame else [])

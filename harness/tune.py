@@ -29,6 +29,7 @@ from harness.data.prepare import PreparedData
 from harness.errors import InputError
 from harness.metrics import ranking_key
 from harness.experiment import set_up
+from harness.floor_runs import track_floors
 from harness.retrain import EnsembleOutcome, Winner, retrain_winners
 from harness.search import DONE_KEY, PerBaselineASHA, PerBaselineSearcher, recipe_start_point, start_points, study_name
 from harness.server import check_reachable
@@ -61,6 +62,7 @@ class SweepSummary:
     resumed: bool = False
     baselines: dict[str, BaselineOutcome] = field(default_factory=dict)
     ensembles: list[EnsembleOutcome] = field(default_factory=list)
+    floors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -388,6 +390,10 @@ def run_sweep(config: ExperimentConfig, *, address: str | None = None, resume: b
                     f"[green]fold[/]  {b:<10} fold {k} retrained, test accuracy {acc:.3f}")) if verbose else None
                 summary.ensembles, retrain_notes = retrain_winners(ctx, winners, config.protocol.folds, on_fold)
                 summary.notes += retrain_notes
+            logged = {r.data.tags[tracking.BASELINE] for r in tracker.child_runs(experiment_id, parent, "floor")}
+            summary.floors = track_floors(
+                [f for f in config.floors if f not in logged], data, tracker, experiment_id, parent, tags,
+                search_fold=config.protocol.search_fold, objective=config.search.metric, seed=config.protocol.seed)
         except KeyboardInterrupt:
             tracker.finish(parent, tracking.KILLED)
             raise

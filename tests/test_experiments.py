@@ -39,9 +39,13 @@ def test_gusa_and_amil_sweep_with_roi_masks_and_log_their_maps(tmp_path: Path, s
             {"name": "amil", "fixed": {"epochs_max": 2}},
         ],
         "search": {"trials": 1, "max_epochs": 2, "grace_period": 1, "retrain": "none"},
+        "floors": [],
         "output_dir": str(tmp_path / "results"),
     }
     _sweep(write_experiment(tmp_path / "attention.yaml", experiment))
+    client = MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
+    everything = client.search_runs([client.get_experiment_by_name("attention").experiment_id])
+    assert not [r for r in everything if r.data.tags.get(tracking.FLOOR)]  # floors: [] logs no floor run
     runs = {r.data.tags[tracking.BASELINE]: r for r in _trial_runs(tmp_path / "results", "attention")}
     assert set(runs) == {"gusa", "amil"}
     client = MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")

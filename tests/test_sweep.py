@@ -92,6 +92,24 @@ def test_early_stopped_trials_are_killed_and_tagged(swept: Swept) -> None:
     assert f"{len(stopped)}" in swept.output and "stopped early" in swept.output
 
 
+def test_floors_are_fitted_on_every_fold_of_the_same_split(swept: Swept) -> None:
+    (sweep,) = swept.runs("sweep")
+    floors = {r.data.tags[tracking.BASELINE]: r for r in swept.runs("floor")}
+    assert set(floors) == {"majority", "colour_forest"}
+    folds, ensembles = swept.runs("fold"), swept.runs("ensemble")
+    for name, run in floors.items():
+        assert run.data.tags[tracking.PARENT] == sweep.info.run_id and run.data.tags[tracking.FLOOR] == "true"
+        assert run.data.tags[tracking.SPLIT_HASH] == sweep.data.tags[tracking.SPLIT_HASH]
+        mine = [f for f in folds if f.data.tags[tracking.PARENT] == run.info.run_id]
+        assert sorted(int(f.data.tags[tracking.FOLD]) for f in mine) == [0, 1, 2]
+        # The floor's own run is its search fold's model, as a trial is.
+        search = next(f for f in mine if f.data.tags[tracking.FOLD] == "0")
+        assert run.data.metrics["best_val_accuracy"] == search.data.metrics["best_val_accuracy"]
+        (ensemble,) = [e for e in ensembles if e.data.tags[tracking.PARENT] == run.info.run_id]
+        assert run.data.metrics["ensemble_test_accuracy"] == ensemble.data.metrics["test_accuracy"]
+    assert "floors fitted on every fold and logged beside them: majority, colour_forest" in swept.output
+
+
 def test_every_run_records_split_hash_commit_and_dataset(swept: Swept) -> None:
     runs = swept.runs("trial") + swept.runs("sweep")
     hashes = {r.data.tags[tracking.SPLIT_HASH] for r in runs}
@@ -120,7 +138,11 @@ def test_leaderboard_numbers_equal_the_metrics_in_mlflow(swept: Swept) -> None:
     result = CliRunner().invoke(app, ["leaderboard", str(swept.experiment)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     table = pd.read_csv(swept.out_dir / "sweep-test" / "summary.csv").rename(columns={"model": "baseline"})
-    assert (swept.out_dir / "sweep-test" / "summary.md").read_text().count("\n| ") == 3
+    assert (swept.out_dir / "sweep-test" / "summary.md").read_text().count("\n| ") == 5
+    # The floors come last, marked, and never take a bold cell.
+    assert list(table.baseline[-2:]) == ["colour_forest (floor)", "majority (floor)"]
+    assert list(table.row_kind) == ["harness", "harness", "floor", "floor"]
+    table = table[table.row_kind == "harness"]
     assert {"leaderboard.md", "leaderboard.tex", "leaderboard.html", "summary.tex"} <= {
         p.name for p in (swept.out_dir / "sweep-test").iterdir()}
     trials = swept.runs("trial")

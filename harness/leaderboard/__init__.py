@@ -17,7 +17,7 @@ from harness.leaderboard.layouts import LAYOUTS, LayoutOptions, build_table
 from harness.leaderboard.plots import all_figures
 from harness.leaderboard.render import to_html, to_latex, to_markdown
 from harness.leaderboard.runs import RunSet, collect_runs
-from harness.leaderboard.table import ReportTable
+from harness.leaderboard.table import MAIN_ROWS, ReportTable
 
 __all__ = ["LAYOUTS", "Leaderboard", "LayoutOptions", "build_leaderboard", "collect_runs", "out_of_tolerance",
            "write_leaderboard"]
@@ -32,9 +32,9 @@ class Leaderboard:
 
     @property
     def table(self):
-        """Return the first table as a DataFrame of its harness rows (one per baseline)."""
+        """Return the first table as a DataFrame of its harness and floor rows (one per baseline)."""
         frame = self.tables[0].frame()
-        return frame[frame.row_kind == "harness"].drop(columns=["row_kind", "group"]).rename(
+        return frame[frame.row_kind.isin(MAIN_ROWS)].drop(columns=["row_kind", "group"]).rename(
             columns={"model": "baseline"}).reset_index(drop=True)
 
     def intro(self) -> list[str]:

@@ -88,9 +88,10 @@ def _published_value(text: str) -> Cell:
 
 
 def _group(table: ReportTable, group: str, protocol: str, harness: dict[str, Cell],
-           published: list[tuple[str, str, dict[str, Cell]]]) -> None:
-    """Append a harness row, then each published row with a difference row under it."""
-    table.rows.append(Row("harness", group, {"model": Cell(group), "protocol": Cell(protocol), **harness}))
+           published: list[tuple[str, str, dict[str, Cell]]], *, floor: bool = False) -> None:
+    """Append a harness (or floor) row, then each published row with a difference row under it."""
+    table.rows.append(Row("floor" if floor else "harness", group,
+                          {"model": Cell(group), "protocol": Cell(protocol), **harness}))
     for source, their_protocol, cells in published:
         differs = their_protocol != protocol
         table.rows.append(Row("published", group, {
@@ -118,9 +119,16 @@ def _protocol_notes(table: ReportTable) -> None:
     table.footnotes += [f"Protocol `{p}`: {PROTOCOLS[p]}." for p in used if p in PROTOCOLS]
 
 
+FLOOR_NOTE = ("(floor): a trivial model on the same manifest, split and folds, never ranked: majority predicts "
+              "the training prior; colour_forest is a random forest on 16x16 pixels and colour histograms.")
+
+
 def _closing_notes(table: ReportTable, runset: RunSet, dataset: str, *notes: str) -> None:
-    """Append `notes`, then the notes on every protocol in the table and on datasets without published rows."""
+    """Append `notes`, then the notes on floors, on every protocol in the table and on datasets
+    without published rows."""
     table.footnotes += notes
+    if any(r.kind == "floor" for r in table.rows):
+        table.footnotes.append(FLOOR_NOTE)
     _protocol_notes(table)
     others = sorted({r.dataset for r in runset.baselines} - {dataset})
     if others:
@@ -153,12 +161,13 @@ def _ci(interval, scale: float = 1.0, digits: int = 4) -> Cell:
 
 
 def _ordered(rows: list[BaselineRuns]) -> list[BaselineRuns]:
-    """Rows best first by the validation objective of their best trial (the test set plays no part)."""
-    def key(r: BaselineRuns) -> tuple[float, str]:
+    """Rows best first by the validation objective of their best trial (the test set plays no
+    part), floors last."""
+    def key(r: BaselineRuns) -> tuple[bool, float, str]:
         value = r.metric("objective")
         if math.isnan(value):
-            return (math.inf, r.label)
-        return (value if r.best is not None and r.best.objective_metric == "val_loss" else -value, r.label)
+            return (r.floor, math.inf, r.label)
+        return (r.floor, value if r.best is not None and r.best.objective_metric == "val_loss" else -value, r.label)
     return sorted(rows, key=key)
 
 
@@ -166,7 +175,7 @@ def _evidence(runset: RunSet, rows: list[BaselineRuns], model: str, options: Lay
               ) -> tuple[dict[str, TestEvidence], str | None]:
     key = (tuple(r.label for r in rows), model)
     if key not in options.cache:
-        with_predictions = [r for r in rows if runset.test_predictions(r, model) is not None]
+        with_predictions = [r for r in rows if not r.floor and runset.test_predictions(r, model) is not None]
         reference = with_predictions[0].label if with_predictions else None
         options.cache[key] = (gather_evidence(runset, rows, model, reference, n_boot=options.n_boot, seed=options.seed),
                               reference)
@@ -225,12 +234,15 @@ def summary(runset: RunSet, options: LayoutOptions) -> ReportTable:
             "best_run_id": Cell(runs.best.run_id if runs.best is not None else "-"),
             **_cost_cells(runs),
         }
-        table.rows.append(Row("harness", runs.label, {"model": Cell(runs.label), "protocol": Cell(runs.protocol), **cells}))
+        table.rows.append(Row("floor" if runs.floor else "harness", runs.label,
+                              {"model": Cell(runs.label), "protocol": Cell(runs.protocol), **cells}))
     table.footnotes.append("Best trial per baseline by its objective on the validation fold; test metrics are that "
                            "trial's best epoch. Fold columns: that configuration retrained on every fold, and the mean "
                            "softmax of those fold models. GPU-h and CPU core-h: wall time of every trial and fold run "
                            "times the GPU and CPU share Ray granted it.")
     _statistics_note(table, reference, options, "the best trial's model")
+    if any(r.floor for r in rows):
+        table.footnotes.append(FLOOR_NOTE)
     return table
 
 
@@ -288,7 +300,7 @@ def gusa_table1(runset: RunSet, options: LayoutOptions) -> ReportTable:
                 harness["params"] = count(runs.metric(key))
                 harness["params"] = replace(harness["params"], text=f"{harness['params'].text} ({pub.param_convention_reproducing})")
                 cells["params"] = count(float(pub.params_published))
-        _group(table, runs.label, runs.protocol, harness, published)
+        _group(table, runs.label, runs.protocol, harness, published, floor=runs.floor)
         _params_difference(table, runs.label)
     table.footnotes += [
         "Validation accuracy: mean over the retrained fold models' best epochs (the search fold alone when the winner "
@@ -352,7 +364,7 @@ def gusa_table2(runset: RunSet, options: LayoutOptions) -> ReportTable:
             harness["roi_source"] = Cell(f"{runs.roi_source} ¶")
         published = [(_source_label(p), p.protocol, {"miou": _published_value(p["mean"]), "miou_sd": Cell(f"±{p.pm}")})
                      for _, p in _reference("gusa_table2_miou", runs).iterrows()] if runs.roi_source == "files" else []
-        _group(table, runs.label, runs.protocol, harness, published)
+        _group(table, runs.label, runs.protocol, harness, published, floor=runs.floor)
     table.footnotes.append(
         "mIoU: per-image IoU of the map binarised at 0.5 against the RoI mask, averaged over a fold's validation images, "
         "mean and SD over folds (BASELINES.md §4.3). Native: the mask area-averaged down to the map's grid; full: the "
@@ -405,7 +417,7 @@ def gusa_table3(runset: RunSet, options: LayoutOptions) -> ReportTable:
                       {**{c: _published_value(p[c]) for c in reference_columns},
                        "macro": Cell(f"{p.derived_macro_mean} (derived)", float(p.derived_macro_mean))})
                      for _, p in _reference("gusa_table3_class_auc", runs).iterrows()]
-        _group(table, runs.label, runs.protocol, harness, published)
+        _group(table, runs.label, runs.protocol, harness, published, floor=runs.floor)
     _closing_notes(table, runset, "bach",
                    "One-vs-rest ROC AUC per class on the out-of-fold validation predictions pooled over the "
                    "retrained folds (the search fold alone where the winner was not retrained). 001's macro "
@@ -436,7 +448,7 @@ def gusa_table4(runset: RunSet, options: LayoutOptions) -> ReportTable:
             rows = mine[mine.true_class.str.lower() == name]
             published = [(f"{_source_label(p)} ({p.panel})", p.protocol,
                           {c: _published_value(p[c]) for c in predicted}) for _, p in rows.iterrows()]
-            _group(table, f"{runs.label}: {name}", runs.protocol, harness, published)
+            _group(table, f"{runs.label}: {name}", runs.protocol, harness, published, floor=runs.floor)
     _closing_notes(table, runset, "bach",
                    "Rows: true class; columns: predicted class; each row sums to 1. Pooled out-of-fold "
                    "validation predictions. 001's panels (b)-(d) are B+FA, B+FA+GuRoI and B+FA+GuSA.")
@@ -523,7 +535,7 @@ def idc(runset: RunSet, options: LayoutOptions) -> ReportTable:
             "auc_ci": _ci(ev.auc if ev else None), "p_auc": Cell(format_p(ev.vs_reference_auc) if ev else "-"),
             **_cost_cells(runs),
         }
-        _group(table, runs.label, runs.protocol, harness, _idc_published(runs))
+        _group(table, runs.label, runs.protocol, harness, _idc_published(runs), floor=runs.floor)
     table.footnotes.append("Class 1 (IDC) is positive: precision, recall and F1 are those of IDC (BASELINES.md §4.2). "
                            "S-PIS labels class-1 recall 'specificity'; it sits in the recall column here. 004's "
                            "precision/recall/F1 are its class-1 row of Table IV.")
@@ -570,7 +582,7 @@ def breakhis(runset: RunSet, options: LayoutOptions) -> ReportTable:
             cells = {f"image_{int(p.magnification)}": _published_value(p.value)
                      for _, p in mine.iterrows() if str(p.magnification).isdigit()}
             published.append((_source_label(mine.iloc[0]), mine.protocol.iloc[0], cells))
-        _group(table, runs.label, runs.protocol, harness, published)
+        _group(table, runs.label, runs.protocol, harness, published, floor=runs.floor)
     _closing_notes(table, runset, "breakhis",
                    "Patient accuracy: the mean over patients of each patient's image accuracy (Spanhol's "
                    "patient recognition rate). Test model: the fold ensemble where the winner was retrained, "

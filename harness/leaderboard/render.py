@@ -8,7 +8,7 @@ import html
 import math
 from pathlib import Path
 
-from harness.leaderboard.table import EMPTY, ReportTable, Row
+from harness.leaderboard.table import EMPTY, MAIN_ROWS, ReportTable, Row
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
@@ -34,7 +34,7 @@ def to_markdown(table: ReportTable, *, heading: str = "##") -> str:
     lines = [f"{heading} {table.name}: {table.title}", "", header, rule]
     for row in table.rows:
         texts = [f"**{t}**" if _is_best(table, row, c.key, best) else t for c, t in zip(table.columns, _texts(table, row))]
-        if row.kind != "harness":
+        if row.kind not in MAIN_ROWS:
             texts[0] = f"↳ {texts[0]}"
         lines.append("| " + " | ".join(t.replace("|", "\\|") for t in texts) + " |")
     lines.append("")
@@ -60,14 +60,14 @@ def to_latex(table: ReportTable) -> str:
     ]
     previous = None
     for row in table.rows:
-        if previous is not None and row.kind == "harness":
+        if previous is not None and row.kind in MAIN_ROWS:
             lines.append("\\addlinespace")
         cells = []
         for column, text in zip(table.columns, _texts(table, row)):
             escaped = latex_escape(text)
             if _is_best(table, row, column.key, best):
                 escaped = f"\\textbf{{{escaped}}}"
-            elif row.kind != "harness" and escaped:
+            elif row.kind not in MAIN_ROWS and escaped:
                 escaped = f"\\textit{{{escaped}}}"
             cells.append(escaped)
         lines.append(" & ".join(cells) + " \\\\")
@@ -91,7 +91,8 @@ table{border-collapse:collapse;margin:1rem 0;font-size:.85rem}
 th,td{padding:.25rem .5rem;text-align:right;border-bottom:1px solid #ddd;white-space:nowrap}
 th:nth-child(-n+2),td:nth-child(-n+2){text-align:left}
 thead th{border-bottom:2px solid #333}
-tr.harness td{border-top:1px solid #999}
+tr.harness td,tr.floor td{border-top:1px solid #999}
+tr.floor td{color:#777}
 tr.published td,tr.difference td{color:#555;font-style:italic}
 tr.published td:first-child,tr.difference td:first-child{padding-left:1.5rem}
 td.best{font-weight:bold}

@@ -34,6 +34,7 @@ class BaselineRuns:
     dataset: str
     protocol: str
     roi_source: str
+    floor: bool
     trials: pd.DataFrame
     best: pd.Series | None
     folds: pd.DataFrame
@@ -139,6 +140,7 @@ def _frame(runs: list) -> pd.DataFrame:
             "dataset": tags.get(tracking.DATASET, "unknown"),
             "protocol": tags.get(tracking.PROTOCOL, "unknown"),
             "roi_source": tags.get(tracking.ROI_SOURCE, "none"),
+            "floor": tags.get(tracking.FLOOR) == "true",
             "objective_metric": tags.get(tracking.OBJECTIVE, "val_accuracy"),
             "stopped_by": tags.get(tracking.STOPPED_BY),
             "trial_id": tags.get(tracking.TRIAL_ID, info.run_id),
@@ -193,7 +195,7 @@ def _baseline_runs(label: str, trials: pd.DataFrame, others: pd.DataFrame) -> Ba
     first = trials.iloc[0]
     return BaselineRuns(
         label=label, baseline=first.baseline, experiment=first.experiment, dataset=first.dataset,
-        protocol=first.protocol, roi_source=first.roi_source, trials=trials, best=best,
+        protocol=first.protocol, roi_source=first.roi_source, floor=bool(first.floor), trials=trials, best=best,
         folds=folds.reset_index(drop=True), ensemble=ensembles.iloc[-1] if not ensembles.empty else None,
     )
 
@@ -206,7 +208,8 @@ def collect_runs(tracking_uri: str, experiments: list[str], *, split_hash: str |
     frames = [_experiment_runs(client, tracking_uri, name) for name in experiments]
     split_hash = split_hash or latest_split_hash(tracking_uri, experiments[0])
     runs = pd.concat([f for f in frames if not f.empty], ignore_index=True) if any(not f.empty for f in frames) else pd.DataFrame()
-    trials = runs[runs.run_type == "trial"] if not runs.empty else runs
+    # A floor's run stands where a baseline's trials stand: one per floor, with the same metrics.
+    trials = runs[runs.run_type.isin(["trial", "floor"])] if not runs.empty else runs
     if trials.empty:
         raise InputError(f"experiment {', '.join(map(repr, experiments))} has no trial runs in {tracking_uri}")
     notes = []
@@ -222,6 +225,8 @@ def collect_runs(tracking_uri: str, experiments: list[str], *, split_hash: str |
     baselines = []
     for (experiment, baseline), group in trials.groupby(["experiment", "baseline"], sort=True):
         label = f"{baseline} ({experiment})" if several else baseline
+        if group.floor.iloc[0]:
+            label += " (floor)"
         entry = _baseline_runs(label, group.reset_index(drop=True), others)
         baselines.append(entry)
         if entry.best is None:

@@ -10,7 +10,9 @@ from typing import Literal
 
 import pandas as pd
 
-RowKind = Literal["harness", "published", "difference"]
+RowKind = Literal["harness", "floor", "published", "difference"]
+# Rows that carry a result of this harness (a floor is one, but never wins a column).
+MAIN_ROWS = ("harness", "floor")
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class Comparison:
 
 @dataclass
 class Row:
-    """One line of a table: a harness result, a published result, or their difference."""
+    """One line of a table: a harness result, a floor model's, a published result, or a difference."""
 
     kind: RowKind
     group: str
