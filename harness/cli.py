@@ -22,6 +22,8 @@ from harness.errors import InputError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n")[0])
 data_app = typer.Typer(no_args_is_help=True, help="Index datasets and make synthetic ones.")
 app.add_typer(data_app, name="data")
+study_app = typer.Typer(no_args_is_help=True, help="Studies beyond the leaderboard: what a protocol choice costs.")
+app.add_typer(study_app, name="study")
 console = Console()
 errors = Console(stderr=True)
 
@@ -296,6 +298,42 @@ def leaderboard(
         console.print(f"check: {checked - len(failures)} of {checked} reproduced numbers within tolerance")
         if failures:
             raise typer.Exit(1)
+
+
+@study_app.command("leakage")
+@user_errors
+def study_leakage(
+    experiment: Path = typer.Argument(..., help="Experiment YAML file."),
+    baselines: list[str] = typer.Option([], "--baseline", "-b", help="A baseline or floor to study (repeatable); "
+                                        "default: every floor and baseline of the experiment."),
+    root: Optional[Path] = RootOption,
+    tracking_uri: Optional[str] = UriOption,
+    output_dir: Optional[Path] = OutOption,
+    bootstrap: int = typer.Option(2000, "--bootstrap", min=100, help="Bootstrap resamples for the intervals."),
+) -> None:
+    """Train each baseline on a patch-random and on a patient split with the same recipe and budget;
+    write results/<experiment>/leakage.{md,tex,csv} and figures/leakage.png."""
+    from harness.leaderboard.leakage import leakage_plot, leakage_table
+    from harness.leaderboard.render import to_latex, to_markdown
+    from harness.study import run_leakage_study
+
+    config = _load(experiment, root, tracking_uri, output_dir)
+
+    def progress(name: str, protocol: str, accuracy: float) -> None:
+        console.print(f"{name:<14} {protocol:<13} test accuracy {accuracy:.3f}", highlight=False)
+
+    study = run_leakage_study(config, baselines or None, on_arm=progress)
+    table = leakage_table(config.resolved_tracking_uri(), config.name, study, n_boot=bootstrap, seed=config.protocol.seed)
+    results = config.results_dir
+    results.mkdir(parents=True, exist_ok=True)
+    for suffix, text in ((".md", to_markdown(table)), (".tex", to_latex(table))):
+        scratch = results / f".leakage{suffix}.tmp"
+        scratch.write_text(text)
+        scratch.replace(results / f"leakage{suffix}")
+    table.frame().to_csv(results / "leakage.csv", index=False)
+    plot = leakage_plot(table, results / "figures" / "leakage.png")
+    console.print(to_markdown(table), highlight=False, soft_wrap=True, markup=False)
+    console.print(f"written: {results / 'leakage.md'}, leakage.tex, leakage.csv, {plot}; study run {study}")
 
 
 def main() -> None:

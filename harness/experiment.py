@@ -65,13 +65,15 @@ def recipe_spec(config: ExperimentConfig, data: PreparedData, baseline: str, *, 
 
 
 def train_tracked(config: ExperimentConfig, setup: ExperimentSetup, spec: RunSpec,
-                  on_epoch: Callable[[EpochReport], None] | None = None) -> tuple[str, FitResult]:
-    """Fit one RunSpec as a standalone MLflow run (run_type=train); returns its run id and result."""
+                  on_epoch: Callable[[EpochReport], None] | None = None, *, parent: str | None = None,
+                  tags: dict[str, str] | None = None) -> tuple[str, FitResult]:
+    """Fit one RunSpec as an MLflow run (run_type=train unless `tags` say otherwise, nested under
+    `parent` if given); returns its run id and result."""
     run_id = setup.tracker.start_run(
-        setup.experiment_id, name=f"{spec.baseline}-fold{spec.fold}",
+        setup.experiment_id, name=f"{spec.baseline}-fold{spec.fold}", parent=parent,
         tags={**setup.tags, tracking.RUN_TYPE: "train", tracking.BASELINE: spec.baseline,
               tracking.FOLD: str(spec.fold), tracking.OBJECTIVE: config.search.metric,
-              tracking.PRETRAINED: str(spec.pretrained) if spec.pretrained else "none"},
+              tracking.PRETRAINED: str(spec.pretrained) if spec.pretrained else "none", **(tags or {})},
         params={**spec.params.model_dump(), **spec.model_kwargs, "epochs": spec.epochs},
     )
 

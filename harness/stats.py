@@ -134,6 +134,37 @@ def bootstrap_ci(
     return Interval(estimate, float(low), float(high), method)
 
 
+def bootstrap_difference(
+    metric: Metric,
+    sample_a: tuple[np.ndarray, np.ndarray, np.ndarray | None],
+    sample_b: tuple[np.ndarray, np.ndarray, np.ndarray | None],
+    *,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> Interval:
+    """Return metric(A) - metric(B) for two independent test sets, each a (labels, probs, groups)
+    triple, with a percentile interval from resampling each set on its own (whole patients where
+    groups are given) with one generator, A then B in every replicate."""
+    (labels_a, probs_a, groups_a), (labels_b, probs_b, groups_b) = sample_a, sample_b
+    labels_a, probs_a, labels_b, probs_b = map(np.asarray, (labels_a, probs_a, labels_b, probs_b))
+    unit_a, draw_a = _resampler(_same_length(labels=labels_a, probs=probs_a), groups_a)
+    unit_b, draw_b = _resampler(_same_length(labels=labels_b, probs=probs_b), groups_b)
+    estimate = float(metric(labels_a, probs_a) - metric(labels_b, probs_b))
+
+    def replicate(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        return draw_a(rng), draw_b(rng)
+
+    values, skipped = _replicates(
+        lambda idx: metric(labels_a[idx[0]], probs_a[idx[0]]) - metric(labels_b[idx[1]], probs_b[idx[1]]),
+        replicate, n_boot, seed)
+    tail = 50 * (1 - level)
+    low, high = np.percentile(values, [tail, 100 - tail]) if values.size else (math.nan, math.nan)
+    method = (f"{100 * level:g}% percentile bootstrap of the difference, {unit_a} and {unit_b} resampled "
+              f"independently ({_resamples_note(n_boot, seed, skipped)})")
+    return Interval(estimate, float(low), float(high), method)
+
+
 def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> PairedTest:
     """Return McNemar's test of two models' accuracies from per-image correctness (True = right).
 

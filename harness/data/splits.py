@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from harness.errors import InputError
 
@@ -87,6 +87,33 @@ def patient_split(
         fold[cv_idx[val_idx]] = k
     assignments = pd.DataFrame({"rel_path": manifest.rel_path.to_numpy(), "split": split, "fold": fold})
     return Split(assignments=assignments, folds=folds, seed=seed, test_fraction=test_fraction)
+
+
+def patch_random_split(manifest: pd.DataFrame, *, folds: int, test_fraction: float, seed: int,
+                       stratify_on: str = "label") -> Split:
+    """Return the seeds' split: the same test fraction and folds as `patient_split`, drawn over
+    images with StratifiedKFold, so a patient's images land on both sides (BASELINES.md §1.4).
+    Only the leakage study uses it, to measure what that costs."""
+    labels = manifest[stratify_on].to_numpy()
+    split = np.full(len(manifest), CV, dtype=object)
+    if test_fraction > 0:
+        outer = StratifiedKFold(n_splits=round(1 / test_fraction), shuffle=True, random_state=seed)
+        _, test_idx = next(outer.split(np.zeros(len(labels)), labels))
+        split[test_idx] = TEST
+    fold = np.full(len(manifest), -1, dtype=np.int64)
+    cv_idx = np.flatnonzero(split == CV)
+    inner = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for k, (_, val_idx) in enumerate(inner.split(np.zeros(len(cv_idx)), labels[cv_idx])):
+        fold[cv_idx[val_idx]] = k
+    assignments = pd.DataFrame({"rel_path": manifest.rel_path.to_numpy(), "split": split, "fold": fold})
+    return Split(assignments=assignments, folds=folds, seed=seed, test_fraction=test_fraction)
+
+
+def shared_patients(manifest: pd.DataFrame, split: Split, fold: int) -> int:
+    """Return how many test patients also have images among the training folds of `fold`."""
+    patients = manifest.patient_id.to_numpy()
+    train = set(patients[split.rows(split=CV, exclude_fold=fold)])
+    return len(train & set(patients[split.rows(split=TEST)]))
 
 
 def write_split(split: Split, directory: Path) -> Path:
