@@ -275,3 +275,27 @@ def test_mean_sd_se_of_four_folds() -> None:
 def test_mean_sd_se_of_one_fold_has_no_spread() -> None:
     mean, sd, se = mean_sd_se([0.9])
     assert mean == 0.9 and math.isnan(sd) and math.isnan(se)
+
+
+def test_bootstrap_difference_resamples_each_test_set_by_patient() -> None:
+    from harness.stats import bootstrap_difference
+
+    rng = np.random.default_rng(4)
+    labels_a, labels_b = rng.integers(0, 2, 30), rng.integers(0, 2, 24)
+    probs_a, probs_b = rng.random((30, 2)), rng.random((24, 2))
+    groups_a = np.repeat([f"a{i}" for i in range(6)], 5)
+
+    def accuracy(labels: np.ndarray, probs: np.ndarray) -> float:
+        return float((probs.argmax(1) == labels).mean())
+
+    interval = bootstrap_difference(accuracy, (labels_a, probs_a, groups_a), (labels_b, probs_b, None), n_boot=500, seed=9)
+    draw = np.random.default_rng(9)
+    members = [np.flatnonzero(groups_a == g) for g in sorted(set(groups_a))]
+    values = []
+    for _ in range(500):
+        a = np.concatenate([members[p] for p in draw.integers(0, 6, 6)])
+        b = draw.integers(0, 24, 24)
+        values.append(accuracy(labels_a[a], probs_a[a]) - accuracy(labels_b[b], probs_b[b]))
+    assert interval.estimate == pytest.approx(accuracy(labels_a, probs_a) - accuracy(labels_b, probs_b))
+    assert (interval.low, interval.high) == pytest.approx(tuple(np.percentile(values, [2.5, 97.5])))
+    assert "6 patients and 24 images resampled independently" in interval.method
