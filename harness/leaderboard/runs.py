@@ -230,6 +230,7 @@ def collect_runs(tracking_uri: str, experiments: list[str], *, split_hash: str |
         entry = _baseline_runs(label, group.reset_index(drop=True), others)
         baselines.append(entry)
         if entry.best is None:
-            notes.append(f"{label}: no trial reached a test evaluation (all stopped early or failed)")
+            notes.append(f"{label}: no test evaluation (the split has no test set)" if entry.floor
+                         else f"{label}: no trial reached a test evaluation (all stopped early or failed)")
     return RunSet(tracking_uri=tracking_uri, experiments=list(experiments), split_hash=split_hash,
                   baselines=baselines, notes=notes)
