@@ -54,13 +54,13 @@ def _arm_tags(arm: Arm, shared: int) -> dict[str, str]:
 def _floor_arm(config: ExperimentConfig, setup: ExperimentSetup, name: str, arm: Arm, parent: str,
                features) -> str:
     manifest, _ = read_manifest(setup.data.manifest_path)
-    fold = fit_floor_folds(name, features, manifest, arm.split, num_classes=len(setup.data.class_names),
-                           seed=config.protocol.seed)[config.protocol.search_fold]
     shared = shared_patients(manifest, arm.split, config.protocol.search_fold)
     run = setup.tracker.start_run(
         setup.experiment_id, name=f"{name}-{arm.protocol}", parent=parent, params={"floor": name},
-        tags={**setup.tags, tracking.BASELINE: name, tracking.FLOOR: "true", tracking.FOLD: str(fold.fold),
-              **_arm_tags(arm, shared)})
+        tags={**setup.tags, tracking.BASELINE: name, tracking.FLOOR: "true",
+              tracking.FOLD: str(config.protocol.search_fold), **_arm_tags(arm, shared)})
+    fold = fit_floor_folds(name, features, manifest, arm.split, num_classes=len(setup.data.class_names),
+                           seed=config.protocol.seed)[config.protocol.search_fold]
     metrics = {f"best_val_{k}": v for k, v in fold.val.metrics.items() if k in METRIC_NAMES}
     setup.tracker.log_metrics(run, metrics | {f"test_{k}": v for k, v in fold.test.metrics.items()}, step=1)
     setup.tracker.log_evaluation(run, "test", fold.test, setup.data.class_names)

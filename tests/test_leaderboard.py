@@ -254,14 +254,14 @@ def test_latex_is_booktabs_with_one_harness_row_per_model_and_the_best_in_bold(b
     assert "\\textbf" not in "".join(line for line in rows if line.startswith("\\textit"))
 
 
-def idc_store(tmp_path: Path) -> tuple[Store, dict[str, pd.DataFrame]]:
-    """CancerNet and ResNet-18 on 60 IDC test patches of 12 patients; no fold retrain."""
+def idc_store(tmp_path: Path, *, seed: int = 11, second: str = "resnet18") -> tuple[Store, dict[str, pd.DataFrame]]:
+    """CancerNet and ResNet-18 (or `second`) on 60 IDC test patches of 12 patients; no fold retrain."""
     store = open_store(tmp_path, "idc-lb", "idc")
-    rng = np.random.default_rng(11)
+    rng = np.random.default_rng(seed)
     labels = rng.integers(0, 2, 60)
     patients = np.repeat([f"p{i:02d}" for i in range(12)], 5)
     frames = {}
-    for baseline, skill, objective in (("cancernet", 2.0, 0.9), ("resnet18", 0.5, 0.7)):
+    for baseline, skill, objective in (("cancernet", 2.0, 0.9), (second, 0.5, 0.7)):
         frame = predictions(rng, labels, patients, skill)
         metrics = classification_metrics(frame.label.to_numpy(), frame[["prob_0", "prob_1"]].to_numpy())
         run = store.run("trial", baseline, {"objective": objective, "best_val_loss": 0.4, "best_val_accuracy": objective,
@@ -302,6 +302,37 @@ def test_summary_and_idc_statistics(tmp_path: Path) -> None:
     accuracy = cancernet.loc["harness"].test_accuracy
     assert diffs == pytest.approx([round(accuracy - 0.86, 4), round(accuracy - 0.837, 4)])
     assert set(published.protocol) == {"pis_patch_split †"}
+
+
+def test_each_leaderboard_computes_its_own_intervals(tmp_path: Path) -> None:
+    # Two stores with the same baseline names, one process: no interval may carry over.
+    tables = []
+    for seed in (11, 12):
+        store, frames = idc_store(tmp_path / str(seed), seed=seed)
+        board = build_leaderboard(store.uri, store.experiment)
+        row = board.table.set_index("baseline").loc["resnet18"]
+        right = (frames["resnet18"].pred == frames["resnet18"].label).to_numpy()
+        low, high = (float(x) for x in row.test_accuracy_ci.strip("[]").split(", "))
+        assert low <= right.mean() <= high
+        tables.append(row.test_accuracy_ci)
+    assert tables[0] != tables[1]
+
+
+def test_003s_two_readings_each_keep_their_own_numbers(tmp_path: Path) -> None:
+    store, _ = idc_store(tmp_path, second="efficientnetv2_s")
+    table = build_leaderboard(store.uri, store.experiment, tables=["idc"], options=LayoutOptions(n_boot=N_BOOT)).tables[0]
+    published = [r for r in table.rows if r.kind == "published" and r.group == "efficientnetv2_s"]
+    first, second = ({k: c.text for k, c in r.cells.items()} for r in published)
+    assert (first["test_accuracy"], first["test_auc"], first["test_f1"], first["test_recall"]) == ("0.88", "0.94", "0.89", "0.90")
+    assert first["test_precision"] == "88-90%"
+    assert second["model"].endswith("(§3.11)") and (second["test_auc"], second["test_f1"]) == ("0.948", "0.88")
+    assert "test_accuracy" not in second and "test_recall" not in second  # 003 §3.11 states neither
+
+
+def test_latex_escapes_comparison_signs() -> None:
+    from harness.leaderboard.render import latex_escape
+
+    assert latex_escape("<0.001 | 5% ± 1") == r"\textless{}0.001 \textbar{} 5\% $\pm$ 1"
 
 
 def test_runs_of_another_split_are_excluded_with_a_message(tmp_path: Path) -> None:

@@ -44,10 +44,11 @@ class Leaderboard:
 
 
 def build_leaderboard(tracking_uri: str, experiments: str | list[str], *, tables: list[str] | tuple[str, ...] = ("summary",),
-                      split_hash: str | None = None, options: LayoutOptions = LayoutOptions()) -> Leaderboard:
+                      split_hash: str | None = None, options: LayoutOptions | None = None) -> Leaderboard:
     """Return the leaderboard of `experiments` on one split, laid out as `tables`."""
     names = [experiments] if isinstance(experiments, str) else list(experiments)
     runs = collect_runs(tracking_uri, names, split_hash=split_hash)
+    options = options or LayoutOptions()
     return Leaderboard(runs, [build_table(name, runs, options) for name in tables])
 
 

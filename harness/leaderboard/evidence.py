@@ -44,7 +44,8 @@ def _accuracy(labels: np.ndarray, probs: np.ndarray) -> float:
     return float((probs.argmax(1) == labels).mean())
 
 
-def _paired(frame: pd.DataFrame, reference: pd.DataFrame) -> tuple[stats.PairedTest | None, stats.PairedTest | None]:
+def _paired(frame: pd.DataFrame, reference: pd.DataFrame, n_boot: int, seed: int
+            ) -> tuple[stats.PairedTest | None, stats.PairedTest | None]:
     if not frame.rel_path.equals(reference.rel_path):
         return None, None
     labels = frame.label.to_numpy()
@@ -54,7 +55,7 @@ def _paired(frame: pd.DataFrame, reference: pd.DataFrame) -> tuple[stats.PairedT
         if probs.shape[1] == 2:
             auc = stats.delong(labels, probs, ref)
         else:
-            auc = stats.paired_bootstrap_auc(labels, probs, ref, patient_groups(frame))
+            auc = stats.paired_bootstrap_auc(labels, probs, ref, patient_groups(frame), n_boot=n_boot, seed=seed)
     except ValueError:
         auc = None  # too few images of a class for the test
     return accuracy, auc
@@ -71,7 +72,7 @@ def gather_evidence(runs: RunSet, rows: list[BaselineRuns], model: str, referenc
         if frame is None or frame.empty:
             continue
         labels, probs, groups = frame.label.to_numpy(), probabilities(frame), patient_groups(frame)
-        paired = _paired(frame, ref) if ref is not None and label != reference else (None, None)
+        paired = _paired(frame, ref, n_boot, seed) if ref is not None and label != reference else (None, None)
         evidence[label] = TestEvidence(
             model=model, images=len(frame),
             accuracy=stats.bootstrap_ci(_accuracy, labels, probs, groups, n_boot=n_boot, seed=seed),

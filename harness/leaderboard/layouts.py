@@ -173,7 +173,7 @@ def _ordered(rows: list[BaselineRuns]) -> list[BaselineRuns]:
 
 def _evidence(runset: RunSet, rows: list[BaselineRuns], model: str, options: LayoutOptions
               ) -> tuple[dict[str, TestEvidence], str | None]:
-    key = (tuple(r.label for r in rows), model)
+    key = (id(runset), tuple(r.label for r in rows), model)
     if key not in options.cache:
         with_predictions = [r for r in rows if not r.floor and runset.test_predictions(r, model) is not None]
         reference = with_predictions[0].label if with_predictions else None
@@ -496,7 +496,9 @@ def _readings(frame: pd.DataFrame) -> list[tuple[str, str, dict[str, Cell]]]:
     for i in range(readings):
         cells, sections = {}, set()
         for key, entries in values.items():
-            entry = entries[min(i, len(entries) - 1)]
+            if i >= len(entries):
+                continue  # stated once: it belongs to the first reading only
+            entry = entries[i]
             # 003 gives precision only as a range of percentages ("88-90").
             cells[key] = Cell(f"{entry.value}%") if key == "test_precision" else _published_value(str(entry.value))
             if len(entries) > 1:
@@ -522,7 +524,8 @@ def idc(runset: RunSet, options: LayoutOptions) -> ReportTable:
                keyed["test_f1"], keyed["test_precision"], keyed["test_recall"], *COST_COLUMNS]
     table = ReportTable("idc", "IDC: patient-disjoint test set", columns)
     rows = [r for r in _ordered(runset.baselines) if r.dataset == "idc"]
-    model = "ensemble" if rows and all(r.ensemble is not None for r in rows) else "best_trial"
+    tested = [r for r in rows if r.best is not None]
+    model = "ensemble" if tested and all(r.ensemble is not None for r in tested) else "best_trial"
     evidence, reference = _evidence(runset, rows, model, options)
     for runs in rows:
         ev = evidence.get(runs.label)

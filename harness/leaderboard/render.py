@@ -12,6 +12,7 @@ from harness.leaderboard.table import EMPTY, MAIN_ROWS, ReportTable, Row
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}",
                   "±": r"$\pm$", "†": r"$^\dagger$", "‡": r"$^\ddagger$", "¶": r"$^\P$", "ˢ": r"$^s$",
                   "Δ": r"$\Delta$", "√": r"$\surd$", "τ": r"$\tau$", "≠": r"$\neq$", "§": r"\S{}"}
 

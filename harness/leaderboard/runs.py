@@ -231,6 +231,7 @@ def collect_runs(tracking_uri: str, experiments: list[str], *, split_hash: str |
         baselines.append(entry)
         if entry.best is None:
             notes.append(f"{label}: no test evaluation (the split has no test set)" if entry.floor
-                         else f"{label}: no trial reached a test evaluation (all stopped early or failed)")
+                         else f"{label}: no trial reached a test evaluation (all stopped early or failed, "
+                              "or the split has no test set)")
     return RunSet(tracking_uri=tracking_uri, experiments=list(experiments), split_hash=split_hash,
                   baselines=baselines, notes=notes)
