@@ -58,7 +58,7 @@ STATISTICS_NOTE = ("95% CI: percentile bootstrap over the test images, whole pat
 
 @dataclass(frozen=True)
 class LayoutOptions:
-    """How many bootstrap resamples and their seed; `cache` keeps evidence tables share."""
+    """How many bootstrap resamples and their seed; `cache` keeps the evidence several tables share."""
 
     n_boot: int = 2000
     seed: int = 0
