@@ -56,9 +56,11 @@ def cluster() -> Cluster:
 
 
 def _runs(uri: str, experiment: str, run_type: str) -> list:
+    """Return the runs of `run_type`, leaving out the floors' (test_sweep checks those)."""
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
-    return client.search_runs([found.experiment_id], f"tags.{tracking.RUN_TYPE} = '{run_type}'")
+    runs = client.search_runs([found.experiment_id], f"tags.{tracking.RUN_TYPE} = '{run_type}'")
+    return [r for r in runs if r.data.tags.get(tracking.FLOOR) != "true"]
 
 
 def _wait_until_every_cpu_is_free(cluster: Cluster) -> None:
