@@ -268,6 +268,9 @@ class SearchSpec(Strict):
     optuna_storage: str | None = None
     warm_start: WarmStartSpec | None = None
     retrain: Literal["all_folds", "none"] = "all_folds"
+    # Suggestions in fixed batches and stopping decisions at synchronous points, so two sweeps with
+    # the same seed and data write the same leaderboard (on CPU) whatever order trials finish in.
+    reproducible: bool = False
 
     @model_validator(mode="after")
     def _grace_within_budget(self) -> SearchSpec:
@@ -287,6 +290,13 @@ class TrainingSpec(Strict):
     patience: int = Field(5, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     eval_batch_size: int = Field(512, ge=1)
+    # `source`: each baseline trains with the semantics of the framework its seed ran (Keras'
+    # BatchNorm, initialisers, optimisers, decay, loss clipping and resizing; BASELINES.md §0.5);
+    # `torch`: every baseline takes plain PyTorch defaults.
+    semantics: Literal["source", "torch"] = "source"
+    # A protocol option, not a model change: recompute BatchNorm statistics on training batches
+    # (dropout active as in training) before each evaluation.
+    bn_recalibration: bool = False
 
 
 # The layouts of `harness leaderboard --table`: 001's Tables I-IV, the IDC and BreakHis comparisons,

@@ -61,6 +61,7 @@ def recipe_spec(config: ExperimentConfig, data: PreparedData, baseline: str, *, 
         split_path=data.split_path, fold=fold, max_epochs=config.search.max_epochs,
         patience=config.training.patience, seed=config.protocol.seed, device=config.training.device,
         threads=max(1, int(config.resources.cpu)), eval_batch_size=config.training.eval_batch_size,
+        semantics=config.training.semantics, bn_recalibration=config.training.bn_recalibration,
     )
 
 
@@ -74,7 +75,7 @@ def train_tracked(config: ExperimentConfig, setup: ExperimentSetup, spec: RunSpe
         tags={**setup.tags, tracking.RUN_TYPE: "train", tracking.BASELINE: spec.baseline,
               tracking.FOLD: str(spec.fold), tracking.OBJECTIVE: config.search.metric,
               tracking.PRETRAINED: str(spec.pretrained) if spec.pretrained else "none", **(tags or {})},
-        params={**spec.params.model_dump(), **spec.model_kwargs, "epochs": spec.epochs},
+        params={**spec.params.model_dump(), **spec.model_kwargs, "epochs": spec.epochs, **spec.protocol_params},
     )
 
     def report(entry: EpochReport) -> None:

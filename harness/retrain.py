@@ -57,7 +57,7 @@ def _train_fold(ctx: SweepContext, winner: Winner, fold: int) -> tuple[str, pd.D
               tracking.WINNER: winner.trial_id, tracking.OBJECTIVE: ctx.objective,
               tracking.PRETRAINED: str(spec.pretrained or "none"), tracking.NODE_ID: node.node_id,
               tracking.NODE_IP: node.ip, **ctx.plans[winner.baseline].resource_tags()},
-        params={**ctx.plans[winner.baseline].fixed, **winner.point, "epochs": spec.epochs},
+        params={**ctx.plans[winner.baseline].fixed, **winner.point, "epochs": spec.epochs, **spec.protocol_params},
     )
 
     def report(entry: EpochReport) -> None:

@@ -13,7 +13,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
 import pandas as pd
@@ -58,11 +58,18 @@ class RunSpec(BaseModel):
     threads: int = 1
     eval_batch_size: int = 512
     evaluate_test: bool = True
+    semantics: Literal["source", "torch"] = "source"
+    bn_recalibration: bool = False
 
     @property
     def epochs(self) -> int:
         """Return the epoch budget: the run's own epochs_max, capped by the search budget."""
         return min(self.params.epochs_max, self.max_epochs)
+
+    @property
+    def protocol_params(self) -> dict[str, str]:
+        """Return the protocol options a run logs beside its hyperparameters."""
+        return {"semantics": self.semantics, "bn_recalibration": str(self.bn_recalibration).lower()}
 
 
 @dataclass

@@ -58,6 +58,8 @@ class SweepContext:
     seed: int
     device: str
     eval_batch_size: int
+    semantics: str
+    bn_recalibration: bool
 
 
 @dataclass
@@ -81,7 +83,7 @@ def node_spec(ctx: SweepContext, baseline: str, point: dict[str, Any], fold: int
         baseline=baseline, num_classes=len(ctx.class_names), pretrained=plan.pretrained, params=params,
         model_kwargs=model_kwargs, **here, fold=fold, max_epochs=ctx.max_epochs, patience=ctx.patience,
         seed=ctx.seed, device=trial_device(ctx.device), threads=max(1, int(plan.cpu)),
-        eval_batch_size=ctx.eval_batch_size,
+        eval_batch_size=ctx.eval_batch_size, semantics=ctx.semantics, bn_recalibration=ctx.bn_recalibration,
     )
 
 
@@ -141,7 +143,7 @@ def run_trial(config: dict[str, Any], *, ctx: SweepContext) -> None:
                 tracking.OBJECTIVE: ctx.objective,
                 **ctx.plans[baseline].resource_tags(),
             },
-            params={**ctx.plans[baseline].fixed, **point, "epochs": spec.epochs},
+            params={**ctx.plans[baseline].fixed, **point, "epochs": spec.epochs, **spec.protocol_params},
         )
     tracker.record_attempt(run_id, node.node_id, node.ip)
 

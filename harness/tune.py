@@ -208,7 +208,8 @@ def _context(config: ExperimentConfig, data: PreparedData, uri: str, experiment_
         mask_cache_path=data.mask_cache_path,
         class_names=data.class_names, fold=config.protocol.search_fold, max_epochs=config.search.max_epochs,
         patience=config.training.patience, seed=config.protocol.seed, device=config.training.device,
-        eval_batch_size=config.training.eval_batch_size,
+        eval_batch_size=config.training.eval_batch_size, semantics=config.training.semantics,
+        bn_recalibration=config.training.bn_recalibration,
     )
 
 
