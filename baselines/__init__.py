@@ -4,15 +4,29 @@ from __future__ import annotations
 
 from . import attention_gate, gusa, idc_small, mil, transfer  # noqa: F401  (importing a family registers it)
 from ._counting import param_counts
-from ._registry import BaselineInfo, PublishedCount, UnknownBaselineError, create, info, list_baselines, register
+from ._registry import (
+    BaselineInfo,
+    Framework,
+    PublishedCount,
+    Semantics,
+    UnknownBaselineError,
+    create,
+    info,
+    list_baselines,
+    register,
+    source_framework,
+    uses_keras_semantics,
+)
 from ._summary import ModelSummary, summarise, summarise_all
 
 list = list_baselines  # noqa: A001  (the documented public name is baselines.list())
 
 __all__ = [
     "BaselineInfo",
+    "Framework",
     "ModelSummary",
     "PublishedCount",
+    "Semantics",
     "UnknownBaselineError",
     "create",
     "info",
@@ -21,5 +35,7 @@ __all__ = [
     "param_counts",
     "register",
     "summarise",
+    "source_framework",
     "summarise_all",
+    "uses_keras_semantics",
 ]

@@ -11,6 +11,10 @@ from torch import nn
 
 Convention = Literal["torch", "keras", "weights_only"]
 LossName = Literal["ce", "ce_dice", "ce_guide"]
+# The framework the source trained in: tf.keras/Keras, TensorFlow (API not published; its layer and
+# initialiser defaults are Keras'), or PyTorch (BASELINES.md §0.5).
+Framework = Literal["keras", "tensorflow", "pytorch"]
+Semantics = Literal["source", "torch"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class BaselineInfo:
     input_kind: Literal["image", "bag"]
     published: PublishedCount | None
     published_classes: int
+    framework: Framework
 
     @property
     def needs_roi(self) -> bool:
@@ -61,6 +66,7 @@ _REGISTRY: dict[str, BaselineInfo] = {}
 def register(
     name: str,
     *,
+    framework: Framework,
     input_size: int | tuple[int, int],
     outputs: tuple[str, ...] = ("logits",),
     loss: LossName = "ce",
@@ -70,8 +76,9 @@ def register(
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Return a decorator that registers a model builder under `name`; duplicates are refused.
 
-    `input_size` is the published input, (height, width) or one side of a square;
-    `published_classes` the number of classes its published row was trained with.
+    `framework` is the one the source trained in; `input_size` is the published input, (height,
+    width) or one side of a square; `published_classes` the number of classes its published row
+    was trained with.
     """
 
     def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -81,7 +88,7 @@ def register(
         _REGISTRY[name] = BaselineInfo(
             name=name, family=builder.__module__.rsplit(".", 1)[-1], input_size=size, builder=builder,
             outputs=outputs, loss=loss, input_kind=input_kind, published=published,
-            published_classes=published_classes,
+            published_classes=published_classes, framework=framework,
         )
         return builder
 
@@ -98,6 +105,22 @@ def info(name: str) -> BaselineInfo:
         raise UnknownBaselineError(
             f"unknown baseline {name!r}{hint} (registered: {', '.join(list_baselines())})"
         ) from None
+
+
+def source_framework(name: str) -> Framework:
+    """Return the framework the source of baseline `name` trained in."""
+    return info(name).framework
+
+
+def uses_keras_semantics(baseline: str, semantics: str) -> bool:
+    """Return True when `baseline` trains with Keras' defaults: semantics "source" and a Keras/TF source.
+
+    `semantics` is `training.semantics`: "source" follows the source's framework, "torch" keeps
+    PyTorch's defaults for every baseline.
+    """
+    if semantics not in ("source", "torch"):
+        raise ValueError(f"semantics {semantics!r}: expected source or torch")
+    return semantics == "source" and source_framework(baseline) != "pytorch"
 
 
 def list_baselines() -> list[str]:

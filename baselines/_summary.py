@@ -14,10 +14,11 @@ _PUBLISHED_OPTIONS = {"idc_cnn": {"head": "sigmoid"}}
 
 @dataclass(frozen=True)
 class ModelSummary:
-    """A baseline's family, input, outputs and parameter counts against its published count."""
+    """A baseline's family, source framework, input, outputs and parameter counts against its published count."""
 
     name: str
     family: str
+    framework: str
     input: str
     classes: int
     outputs: tuple[str, ...]
@@ -42,7 +43,7 @@ def summarise(name: str) -> ModelSummary:
     height, width = entry.input_size
     kind = "bag of 28x28 patches from " if entry.input_kind == "bag" else ""
     return ModelSummary(
-        name=name, family=entry.family, input=f"{kind}3x{height}x{width}", classes=entry.published_classes,
+        name=name, family=entry.family, framework=entry.framework, input=f"{kind}3x{height}x{width}", classes=entry.published_classes,
         outputs=entry.outputs, loss=entry.loss, counts=counts,
         published=published.count if published else None, convention=published.convention if published else None,
         reproduced=(counts[published.convention] == published.count) if published else None,

@@ -79,7 +79,7 @@ class AttentionGatedDenseNet(nn.Module):
         return {"logits": logits, "attention": [a1, a2]}
 
 
-@register("attention_gate", input_size=(384, 512), outputs=("logits", "attention"),
+@register("attention_gate", framework="tensorflow", input_size=(384, 512), outputs=("logits", "attention"),
           published=PublishedCount(19_368_390, "weights_only", reproduced=True, source="001 Table I"), published_classes=4)
 def attention_gate(
     num_classes: int, pretrained: str | None = None, ag_norm: Normalisation = "mean_flow",

@@ -45,7 +45,7 @@ class SeparableConv2d(nn.Sequential):
         )
 
 
-@register("cancernet", input_size=48)
+@register("cancernet", framework="keras", input_size=48)
 def cancernet(num_classes: int, pretrained: str | None = None, dropout_conv: float = 0.25, dropout_fc: float = 0.5) -> nn.Module:
     """Return PyImageSearch CancerNet (§2.1): three SepConv stages, FC 256; 48 or 50 px input."""
     layers: list[nn.Module] = []
@@ -73,7 +73,7 @@ class SigmoidAsTwoLogits(nn.Module):
         return torch.cat([torch.zeros_like(z), z], 1)
 
 
-@register("idc_cnn", input_size=50,
+@register("idc_cnn", framework="keras", input_size=50,
           published=PublishedCount(389_441, "keras", reproduced=True, source="S-004 notebook (head: sigmoid)"))
 def idc_cnn(num_classes: int, pretrained: str | None = None, head: Literal["softmax2", "sigmoid"] = "softmax2") -> nn.Module:
     """Return 004's proposed CNN (§2.2): conv -> ReLU -> MaxPool -> BN x3, conv 128, FC 128.

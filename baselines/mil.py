@@ -42,7 +42,8 @@ class AttentionMIL(nn.Module):
         return outputs
 
 
-@register("amil", input_size=(448, 700), outputs=("logits", "attention", "attention_map"), input_kind="bag")
+@register("amil", framework="pytorch",
+          input_size=(448, 700), outputs=("logits", "attention", "attention_map"), input_kind="bag")
 def amil(
     num_classes: int, pretrained: str | None = None, embed_dim: int = 500, attention_dim: int = 128,
     gated: bool = False, grid_rows: int = 16, grid_cols: int = 25,

@@ -18,31 +18,31 @@ def _classifier(arch: str, num_classes: int, pretrained: str | None, mode: Freez
     return TimmClassifier(freeze_parameters(net, mode, head=net.get_classifier(), last_stage=last_stage))
 
 
-@register("vgg16", input_size=50)
+@register("vgg16", framework="pytorch", input_size=50)
 def vgg16(num_classes: int, pretrained: str | None = None, freeze: FreezeMode = "none") -> nn.Module:
     """Return VGG-16 (timm `vgg16.tv_in1k`); at 50x50 its conv-MLP pools adaptively to 7x7."""
     return _classifier("vgg16.tv_in1k", num_classes, pretrained, freeze)
 
 
-@register("resnet18", input_size=50)
+@register("resnet18", framework="pytorch", input_size=50)
 def resnet18(num_classes: int, pretrained: str | None = None, freeze: FreezeMode = "none") -> nn.Module:
     """Return ResNet-18 (torchvision weights layout, timm `resnet18.tv_in1k`) with a new FC head."""
     return _classifier("resnet18.tv_in1k", num_classes, pretrained, freeze)
 
 
-@register("densenet121", input_size=50)
+@register("densenet121", framework="pytorch", input_size=50)
 def densenet121(num_classes: int, pretrained: str | None = None, freeze: FreezeMode = "none") -> nn.Module:
     """Return DenseNet-121 (timm `densenet121.tv_in1k`), the lighter IDC/BreakHis comparator."""
     return _classifier("densenet121.tv_in1k", num_classes, pretrained, freeze)
 
 
-@register("densenet161", input_size=50)
+@register("densenet161", framework="pytorch", input_size=50)
 def densenet161(num_classes: int, pretrained: str | None = None, freeze: FreezeMode = "none") -> nn.Module:
     """Return DenseNet-161, the 004 notebook's "DenseNet" (timm `densenet161.tv_in1k`)."""
     return _classifier("densenet161.tv_in1k", num_classes, pretrained, freeze)
 
 
-@register("densenet169", input_size=50)
+@register("densenet169", framework="pytorch", input_size=50)
 def densenet169(num_classes: int, pretrained: str | None = None, freeze: FreezeMode = "none") -> nn.Module:
     """Return DenseNet-169 as a plain comparator (the GuSA backbone, registered as an ordinary CNN)."""
     return _classifier("densenet169.tv_in1k", num_classes, pretrained, freeze)
@@ -87,7 +87,7 @@ class EfficientNetV2Classifier(nn.Module):
         return {"logits": logits, "penalty": penalty}
 
 
-@register("efficientnetv2_s", input_size=224,
+@register("efficientnetv2_s", framework="keras", input_size=224,
           published=PublishedCount(4_300_000, "keras", reproduced=False, source="003 §3.6 (\"4.3 million\")"))
 def efficientnetv2_s(
     num_classes: int, pretrained: str | None = None, freeze: FreezeMode = "none", dropout: float = 0.5,

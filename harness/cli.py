@@ -118,11 +118,12 @@ def data_synth(
 
 @app.command()
 def models() -> None:
-    """List every baseline: family, input, outputs, loss and parameter counts beside the published ones."""
+    """List every baseline: family, source framework, input, outputs, loss and counts beside the published ones."""
     import baselines
 
     table = Table(title="histo-harness baselines (counts with the published row's classes)")
-    for column in ("baseline", "family", "input", "classes", "outputs", "loss", "torch", "published", "harness, same convention"):
+    for column in ("baseline", "family", "framework", "input", "classes", "outputs", "loss", "torch", "published",
+                   "harness, same convention"):
         table.add_column(column, justify="right" if column in {"classes", "torch", "published", "harness, same convention"} else "left")
     for s in baselines.summarise_all():
         if s.published is None:
@@ -131,7 +132,7 @@ def models() -> None:
             published = f"{s.published:,} ({s.convention})"
             mark = "[green]= published[/]" if s.reproduced else "[yellow]differs[/]"
             same = f"{s.count_in_published_convention:,} {mark}"
-        table.add_row(s.name, s.family, s.input, str(s.classes), ", ".join(s.outputs), s.loss,
+        table.add_row(s.name, s.family, s.framework, s.input, str(s.classes), ", ".join(s.outputs), s.loss,
                       f"{s.counts['torch']:,}", published, same)
     console.print(table)
 

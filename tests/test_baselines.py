@@ -129,9 +129,27 @@ def test_none_options_keep_defaults_and_unknown_options_fail() -> None:
         baselines.create("cancernet", num_classes=2, depth=3)
 
 
+# BASELINES.md §0.5: the sources' frameworks; 001's Table I rows (GuSA family, AG, RGA) ran TensorFlow.
+SOURCE_FRAMEWORKS = {
+    "cancernet": "keras", "idc_cnn": "keras", "efficientnetv2_s": "keras", "attention_gate": "tensorflow",
+    "gusa_baseline": "tensorflow", "gusa_fa": "tensorflow", "gusa_guroi": "tensorflow", "gusa_fa_guroi": "tensorflow",
+    "gusa": "tensorflow", "gusa_fa_gusa": "tensorflow", "rga": "tensorflow", "vgg16": "pytorch", "resnet18": "pytorch",
+    "densenet121": "pytorch", "densenet161": "pytorch", "densenet169": "pytorch", "amil": "pytorch",
+}
+
+
+def test_every_baseline_declares_its_source_framework() -> None:
+    assert {name: baselines.source_framework(name) for name in baselines.list()} == SOURCE_FRAMEWORKS
+    assert baselines.uses_keras_semantics("cancernet", "source") and baselines.uses_keras_semantics("gusa", "source")
+    assert not baselines.uses_keras_semantics("cancernet", "torch")
+    assert not baselines.uses_keras_semantics("resnet18", "source")
+    with pytest.raises(ValueError, match="semantics 'keras': expected source or torch"):
+        baselines.uses_keras_semantics("cancernet", "keras")
+
+
 def test_duplicate_registration_is_refused() -> None:
     with pytest.raises(ValueError, match="already registered"):
-        baselines.register("cancernet", input_size=48)(lambda num_classes, pretrained=None: None)
+        baselines.register("cancernet", framework="keras", input_size=48)(lambda num_classes, pretrained=None: None)
 
 
 def test_freezing_needs_weights() -> None:
