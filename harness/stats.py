@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 from sklearn.exceptions import UndefinedMetricWarning
+from statsmodels.stats.multitest import multipletests
 
 Metric = Callable[[np.ndarray, np.ndarray], float]
 
@@ -321,3 +322,89 @@ def mean_sd_se(values: np.ndarray) -> tuple[float, float, float]:
         return float(v[0]), math.nan, math.nan
     sd = float(v.std(ddof=1))
     return float(v.mean()), sd, sd / math.sqrt(v.size)
+
+
+def _probability_matrix(probs: np.ndarray) -> np.ndarray:
+    """Return N x K probabilities; a 1-D array is read as class 1's probability of a binary task."""
+    probs = np.asarray(probs, dtype=np.float64)
+    return np.stack([1 - probs, probs], axis=1) if probs.ndim == 1 else probs
+
+
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
+    """Return the expected calibration error of the top-class confidence (Guo et al., ICML 2017).
+
+    Each image's confidence is its highest class probability (in a binary task: the probability of
+    the predicted class); images fall into `bins` equal-width bins (lo, hi] over [0, 1], the first
+    also taking 0. ECE = sum over bins of (images in bin / N) * |accuracy - mean confidence| there.
+    """
+    probs = _probability_matrix(probs)
+    labels = np.asarray(labels)
+    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == labels
+    which = np.digitize(confidence, np.linspace(0, 1, bins + 1)[1:-1], right=True)
+    counts = np.bincount(which, minlength=bins)
+    gap = np.abs(np.bincount(which, correct, minlength=bins) - np.bincount(which, confidence, minlength=bins))
+    # Summing |sum(correct) - sum(confidence)| per bin over N is the weighted mean of the per-bin gaps.
+    return float(gap[counts > 0].sum() / labels.size)
+
+
+def brier_score(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Return the Brier score as scikit-learn's `brier_score_loss` defines it.
+
+    Over K > 2 classes: the mean over images of sum_k (p_k - [label = k])², in [0, 2] (Brier's
+    original score). In a binary task: the mean of (p_1 - label)², half that sum, in [0, 1].
+    """
+    probs = _probability_matrix(probs)
+    labels = np.asarray(labels)
+    onehot = np.eye(probs.shape[1])[labels]
+    total = float(np.mean(np.sum((probs - onehot) ** 2, axis=1)))
+    return total / 2 if probs.shape[1] == 2 else total
+
+
+def holm(p_values: np.ndarray) -> np.ndarray:
+    """Return Holm's step-down adjusted p-values of one family of tests (statsmodels' multipletests).
+
+    A NaN p (a test that could not be computed) stays NaN and is no member of the family.
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    adjusted = np.full(p.shape, math.nan)
+    tested = ~np.isnan(p)
+    if tested.any():
+        adjusted[tested] = multipletests(p[tested], method="holm")[1]
+    return adjusted
+
+
+LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def compact_letters(names: list[str], different: list[tuple[str, str]]) -> dict[str, str]:
+    """Return a compact letter display: letters per name such that two names share a letter exactly
+    when their pair is not in `different`.
+
+    Piepho's insert-and-absorb algorithm (J. Comput. Graph. Stat. 13(2), 2004): start with one
+    letter held by every name; for each different pair, split every letter holding both into one
+    without the first and one without the second, then drop letters whose holders are a subset of
+    another letter's. Letters are named in the order of `names` (list the best first, and 'a' marks
+    the group of the best).
+    """
+    unknown = {n for pair in different for n in pair} - set(names)
+    if unknown:
+        raise ValueError(f"pairs name models not in the list: {sorted(unknown)}")
+    groups: list[frozenset[str]] = [frozenset(names)]
+    for i, j in different:
+        split = []
+        for group in groups:
+            split += [group - {i}, group - {j}] if i in group and j in group else [group]
+        groups = [g for k, g in enumerate(split)
+                  if not any(g < h or (g == h and m < k) for m, h in enumerate(split) if m != k)]
+    position = {n: k for k, n in enumerate(names)}
+    groups.sort(key=lambda g: sorted(position[n] for n in g))
+    if len(groups) > len(LETTERS):
+        raise ValueError(f"{len(groups)} groups need more than {len(LETTERS)} letters")
+    return {n: "".join(LETTERS[k] for k, g in enumerate(groups) if n in g) for n in names}
+
+
+def different_pairs(pairs: list[tuple[str, str]], p_values: np.ndarray, alpha: float = 0.05) -> list[tuple[str, str]]:
+    """Return the pairs whose Holm-adjusted p, over the family of all `pairs`, is below `alpha`;
+    a pair without a p (NaN) counts as not distinguishable."""
+    adjusted = holm(p_values)
+    return [pair for pair, p in zip(pairs, adjusted) if p < alpha]

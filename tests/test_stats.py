@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import warnings
 
 import numpy as np
 import pytest
 from scipy import special, stats
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import brier_score_loss, roc_auc_score
+from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
+from statsmodels.stats.multitest import multipletests
 
-from harness.stats import bootstrap_ci, delong, mcnemar, mean_sd_se, paired_bootstrap_auc
+from harness.stats import (
+    bootstrap_ci,
+    brier_score,
+    compact_letters,
+    delong,
+    different_pairs,
+    expected_calibration_error,
+    holm,
+    mcnemar,
+    mean_sd_se,
+    paired_bootstrap_auc,
+)
 
 
 def rank_auc(labels: np.ndarray, probs: np.ndarray) -> float:
@@ -144,11 +156,8 @@ def test_mcnemar_without_discordant_pairs_has_p_one() -> None:
     assert (test.statistic, test.p_value, test.b, test.c) == (0.0, 1.0, 0, 0)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("statsmodels") is None, reason="statsmodels is not installed")
 @pytest.mark.parametrize("counts", [(50, 7, 2, 5), (100, 30, 12, 8), (20, 3, 3, 1)])
 def test_mcnemar_agrees_with_statsmodels(counts: tuple[int, int, int, int]) -> None:
-    from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
-
     both, b, c, neither = counts
     ours = mcnemar(*paired(*counts))
     theirs = sm_mcnemar([[both, b], [c, neither]], exact=b + c < 25, correction=True)
@@ -299,3 +308,107 @@ def test_bootstrap_difference_resamples_each_test_set_by_patient() -> None:
     assert interval.estimate == pytest.approx(accuracy(labels_a, probs_a) - accuracy(labels_b, probs_b))
     assert (interval.low, interval.high) == pytest.approx(tuple(np.percentile(values, [2.5, 97.5])))
     assert "6 patients and 24 images resampled independently" in interval.method
+
+
+def test_holm_equals_statsmodels_and_leaves_untested_comparisons_out() -> None:
+    raw = np.array([0.01, 0.04, 0.03, 0.005, 0.2])
+    assert holm(raw) == pytest.approx(multipletests(raw, method="holm")[1], rel=1e-12)
+    # By hand: sorted 0.005, 0.01, 0.03, 0.04, 0.2 times 5, 4, 3, 2, 1, kept monotone, capped at 1.
+    assert holm(raw) == pytest.approx([0.04, 0.09, 0.09, 0.025, 0.2])
+    with_untested = holm(np.array([0.01, math.nan, 0.04]))
+    assert math.isnan(with_untested[1])
+    assert with_untested[[0, 2]] == pytest.approx(multipletests([0.01, 0.04], method="holm")[1])
+    assert math.isnan(holm(np.array([math.nan]))[0]) and holm(np.array([])).size == 0
+
+
+def direct_ece(labels: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
+    """ECE as Guo et al. write it: bins (lo, hi] over [0, 1], a loop over bins."""
+    confidence, correct = probs.max(1), probs.argmax(1) == labels
+    edges = np.linspace(0, 1, bins + 1)
+    total = 0.0
+    for k, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+        inside = (confidence > lo) & (confidence <= hi) if k else (confidence >= lo) & (confidence <= hi)
+        if inside.any():
+            total += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
+    return total
+
+
+CALIBRATION_LABELS = np.array([0, 1, 1, 0, 1, 0, 0, 1, 1, 1])
+# Class 1's probabilities, none of whose top-class confidences sits on a bin edge (k/15).
+CALIBRATION_P1 = np.array([0.10, 0.95, 0.62, 0.38, 0.30, 0.55, 0.18, 0.82, 0.99, 0.50])
+
+
+def test_ece_of_a_binary_model_by_hand_and_directly() -> None:
+    probs = np.stack([1 - CALIBRATION_P1, CALIBRATION_P1], 1)
+    ece = expected_calibration_error(CALIBRATION_LABELS, probs)
+    # By hand: confidences (the predicted class's probability; the tie 0.5 predicts class 0, wrong)
+    # and right/wrong, per bin (lo, hi] of width 1/15, as |#right - sum of confidences|:
+    # 0.50 W: 0.5; 0.55 W: 0.55; 0.62 R, 0.62 R: 0.76; 0.70 W: 0.70; 0.82 R, 0.82 R: 0.36;
+    # 0.90 R: 0.10; 0.95 R, 0.99 R: 0.06. Sum 3.03 over 10 images.
+    assert ece == pytest.approx(0.303, abs=1e-12)
+    assert ece == pytest.approx(direct_ece(CALIBRATION_LABELS, probs), abs=1e-12)
+    assert expected_calibration_error(CALIBRATION_LABELS, CALIBRATION_P1) == ece  # 1-D: class 1's probability
+
+
+def test_ece_of_a_multiclass_model_equals_a_direct_computation() -> None:
+    rng = np.random.default_rng(6)
+    logits = rng.normal(size=(200, 4)) * 2
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    labels = rng.integers(0, 4, 200)
+    assert expected_calibration_error(labels, probs) == pytest.approx(direct_ece(labels, probs), abs=1e-12)
+    perfect = np.eye(4)[labels]
+    assert expected_calibration_error(labels, perfect) == 0.0
+
+
+def test_brier_score_is_scikit_learns_in_both_conventions() -> None:
+    probs = np.stack([1 - CALIBRATION_P1, CALIBRATION_P1], 1)
+    binary = brier_score(CALIBRATION_LABELS, probs)
+    assert binary == pytest.approx(np.mean((CALIBRATION_P1 - CALIBRATION_LABELS) ** 2), abs=1e-15)
+    assert binary == pytest.approx(brier_score_loss(CALIBRATION_LABELS, CALIBRATION_P1), abs=1e-15)
+    rng = np.random.default_rng(8)
+    logits = rng.normal(size=(50, 3))
+    multi = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    labels = rng.integers(0, 3, 50)
+    direct = np.mean(np.sum((multi - np.eye(3)[labels]) ** 2, axis=1))
+    assert brier_score(labels, multi) == pytest.approx(direct, abs=1e-15)
+    assert brier_score(labels, multi) == pytest.approx(brier_score_loss(labels, multi, labels=[0, 1, 2]), abs=1e-15)
+
+
+def test_compact_letters_of_four_models_by_hand() -> None:
+    # A-C, A-D and B-D differ; A-B, B-C and C-D do not: three overlapping groups {A,B}, {B,C}, {C,D}.
+    letters = compact_letters(["A", "B", "C", "D"], [("A", "C"), ("A", "D"), ("B", "D")])
+    assert letters == {"A": "a", "B": "ab", "C": "bc", "D": "c"}
+    # Nothing differs: one group. Everything differs: a letter each.
+    assert compact_letters(["A", "B", "C"], []) == {"A": "a", "B": "a", "C": "a"}
+    everything = [("A", "B"), ("A", "C"), ("B", "C")]
+    assert compact_letters(["A", "B", "C"], everything) == {"A": "a", "B": "b", "C": "c"}
+    # The first listed (the best) gets 'a' whatever the pairs' order.
+    assert compact_letters(["C", "B", "A"], [("A", "C"), ("B", "C")]) == {"C": "a", "B": "b", "A": "b"}
+
+
+def test_compact_letters_absorb_redundant_letters() -> None:
+    # Splitting A-C after A-B leaves {C,D,E} inside {B,C,D,E}: absorbed, it would be a redundant letter.
+    letters = compact_letters(["A", "B", "C", "D", "E"], [("A", "B"), ("A", "C"), ("D", "E")])
+    # Groups: {A,D}, {A,E}, {B,C,D}, {B,C,E}: every non-differing pair shares exactly one letter.
+    assert letters == {"A": "ab", "B": "cd", "C": "cd", "D": "ac", "E": "bd"}
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_compact_letters_share_a_letter_exactly_when_not_different(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    names = [f"m{i}" for i in range(int(rng.integers(2, 8)))]
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    different = [pair for pair in pairs if rng.random() < 0.5]
+    letters = compact_letters(names, different)
+    for a, b in pairs:
+        assert (not set(letters[a]) & set(letters[b])) == ((a, b) in different), (a, b, letters)
+    groups = [frozenset(n for n in names if ch in letters[n]) for ch in sorted(set("".join(letters.values())))]
+    assert not any(g < h for g in groups for h in groups)  # absorbed: no letter's group inside another's
+
+
+def test_different_pairs_are_those_below_alpha_after_holm() -> None:
+    pairs = [("A", "B"), ("A", "C"), ("B", "C")]
+    raw = np.array([0.01, 0.03, math.nan])
+    # Holm over the two tested pairs: 0.02 and 0.03, both below 0.05; the untested pair is not different.
+    assert different_pairs(pairs, raw) == [("A", "B"), ("A", "C")]
+    assert different_pairs(pairs, np.array([0.01, 0.03, 0.04])) == [("A", "B")]  # 0.03, 0.06, 0.06
