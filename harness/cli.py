@@ -70,8 +70,8 @@ def data_index(
     from pydantic import ValidationError
 
     from harness.config import DatasetSpec
-    from harness.data.manifest import manifest_hash, write_manifest
-    from harness.data.prepare import index_dataset
+    from harness.data.manifest import manifest_hash, note_change_since_last_index, write_manifest
+    from harness.data.prepare import index_dataset, index_key
 
     try:
         spec = DatasetSpec(name=dataset, root=root, roi_dir=roi_dir, allow_subset=allow_subset, skip_bad=skip_bad)
@@ -81,7 +81,8 @@ def data_index(
     digest = manifest_hash(manifest)
     path = out or Path("results/_data/manifests") / f"{dataset}-{digest[:16]}.parquet"
     write_manifest(manifest, path, meta={"dataset": dataset, "root": str(root.resolve())})
-    for note in notes:
+    change = note_change_since_last_index(manifest, index_key(spec), path.parent)
+    for note in notes + ([change] if change else []):
         errors.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
     counts = manifest.groupby("class_name").size().to_dict()
     flags = manifest["flags"].str.split(";").explode().loc[lambda f: f != ""].value_counts().to_dict()
@@ -311,19 +312,21 @@ def study_leakage(
     tracking_uri: Optional[str] = UriOption,
     output_dir: Optional[Path] = OutOption,
     bootstrap: int = typer.Option(2000, "--bootstrap", min=100, help="Bootstrap resamples for the intervals."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epoch budget of every baseline in both arms; "
+                                         "default: search.max_epochs."),
 ) -> None:
-    """Train each baseline on a patch-random and on a patient split with the same recipe and budget;
-    write results/<experiment>/leakage.{md,tex,csv} and figures/leakage.png."""
+    """Cross-validate each baseline over protocol.folds patch-random and patient folds with the same
+    recipe, budget and seed; write results/<experiment>/leakage.{md,tex,csv} and figures/leakage.png."""
     from harness.leaderboard.leakage import leakage_plot, leakage_table
     from harness.leaderboard.render import to_latex, to_markdown
     from harness.study import run_leakage_study
 
     config = _load(experiment, root, tracking_uri, output_dir)
 
-    def progress(name: str, protocol: str, accuracy: float) -> None:
-        console.print(f"{name:<14} {protocol:<13} test accuracy {accuracy:.3f}", highlight=False)
+    def progress(name: str, protocol: str, fold: int, accuracy: float) -> None:
+        console.print(f"{name:<14} {protocol:<13} fold {fold} test accuracy {accuracy:.3f}", highlight=False)
 
-    study = run_leakage_study(config, baselines or None, on_arm=progress)
+    study = run_leakage_study(config, baselines or None, epochs=epochs, on_arm=progress)
     table = leakage_table(config.resolved_tracking_uri(), config.name, study, n_boot=bootstrap, seed=config.protocol.seed)
     results = config.results_dir
     results.mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,7 @@ def set_up(config: ExperimentConfig, *, show_progress: bool = False) -> Experime
         **tracking.environment_tags(),
     }
     return ExperimentSetup(data=data, tracker=tracker, experiment_id=tracker.experiment_id(config.name), tags=tags,
-                           notes=notes)
+                           notes=notes + list(data.notes))
 
 
 def recipe_spec(config: ExperimentConfig, data: PreparedData, baseline: str, *, fold: int) -> RunSpec:

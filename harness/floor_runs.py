@@ -22,8 +22,9 @@ def _metrics(val: Evaluation, test: Evaluation | None, objective: str) -> dict[s
     return metrics | ({f"test_{k}": v for k, v in test.metrics.items()} if test is not None else {})
 
 
-def _log_fold(tracker: tracking.Tracker, run_id: str, fold: FloorFold, objective: str,
-              class_names: tuple[str, ...]) -> None:
+def log_floor_fold(tracker: tracking.Tracker, run_id: str, fold: FloorFold, objective: str,
+                   class_names: tuple[str, ...]) -> None:
+    """Log one floor fold model's metrics and predictions (validation, and test if any) to `run_id`."""
     tracker.log_metrics(run_id, _metrics(fold.val, fold.test, objective), step=1)
     tracker.log_evaluation(run_id, "val", fold.val, class_names)
     if fold.test is not None:
@@ -47,12 +48,12 @@ def track_floors(floors: list[str], data: PreparedData, tracker: tracking.Tracke
                                   tags={**tagged, tracking.RUN_TYPE: "floor", tracking.TRIAL_ID: f"floor-{name}",
                                         tracking.FOLD: str(search_fold)})
         folds = fit_floor_folds(name, features, manifest, split, num_classes=len(data.class_names), seed=seed)
-        _log_fold(tracker, trial, folds[search_fold], objective, data.class_names)
+        log_floor_fold(tracker, trial, folds[search_fold], objective, data.class_names)
         fold_runs = []
         for fold in folds:
             run = tracker.start_run(experiment_id, name=f"{name}-fold{fold.fold}", parent=trial, params={"floor": name},
                                     tags={**tagged, tracking.RUN_TYPE: "fold", tracking.FOLD: str(fold.fold)})
-            _log_fold(tracker, run, fold, objective, data.class_names)
+            log_floor_fold(tracker, run, fold, objective, data.class_names)
             tracker.finish(run, tracking.FINISHED)
             fold_runs.append(run)
         if all(f.test is not None for f in folds):

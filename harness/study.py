@@ -1,112 +1,155 @@
-"""`harness study leakage`: each chosen baseline trained twice with the same recipe, budget and seed,
-once on a patch-random split (the seeds' protocol, BASELINES.md §1.4) and once on the harness's
-patient-grouped split, both evaluated on their own test set.
+"""`harness study leakage`: each chosen baseline cross-validated twice with the same recipe, epoch
+budget and seed, once over patch-level folds (the seeds' protocol, BASELINES.md §1.4) and once over
+patient-level folds, every fold of each arm tested on that arm's own held-out fold.
 
-Both arms are MLflow runs (run_type `study_arm`, tagged `protocol=patch_random` or `patient` with
-their own split hash) under one parent (run_type `study`), so no leaderboard table ever ranks a
-leaky run beside a clean one (§6 item 39); `harness.leaderboard.leakage` reads them back.
+The k folds of an arm cover every image once; for held-out fold f the next fold is the validation
+fold (early stopping) and the remaining k-2 folds train (`splits.held_out_fold`). Every arm x fold
+is one MLflow run (run_type `study_arm`, tagged `protocol=patch_random` or `patient`, `fold=f` and
+the split hash it trained with) under one parent (run_type `study`), so no leaderboard table ever
+ranks a leaky run beside a clean one (§6 item 39); `harness.leaderboard.leakage` reads them back
+and pairs the arms fold by fold.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
+
+import numpy as np
+import pandas as pd
 
 from harness import tracking
 from harness.config import ExperimentConfig
 from harness.data.cache import open_patch_cache
 from harness.data.manifest import read_manifest
-from harness.data.splits import Split, patch_random_split, read_split, shared_patients, write_split
+from harness.data.splits import Split, held_out_fold, patch_random_split, patient_split, shared_patients, write_split
 from harness.errors import InputError
 from harness.experiment import ExperimentSetup, recipe_spec, set_up, train_tracked
+from harness.floor_runs import log_floor_fold
 from harness.floors import fit_floor_folds, floor_features
-from harness.metrics import METRIC_NAMES
 
 PATIENT, PATCH_RANDOM = "patient", "patch_random"
 STUDY = "leakage"
+ARM = "study_arm"
+# The validation fold of every held-out split (held_out_fold puts the fold after the test fold first).
+VALIDATION_FOLD = 0
 
 
 @dataclass(frozen=True)
-class Arm:
-    """One side of the study: its protocol name and split."""
+class ArmFold:
+    """One arm on one fold: its protocol, the held-out fold, the split that holds it out, and how
+    many of its test patients also have training images."""
 
     protocol: str
+    fold: int
     split: Split
     split_path: Path
+    shared: int
 
 
-def _arms(config: ExperimentConfig, setup: ExperimentSetup) -> list[Arm]:
-    manifest, _ = read_manifest(setup.data.manifest_path)
-    patient = read_split(setup.data.split_path)
-    leaky = patch_random_split(manifest, folds=config.protocol.folds, test_fraction=config.protocol.test_fraction,
-                               seed=config.protocol.seed)
-    leaky_path = write_split(leaky, setup.data.split_path.parent)
-    return [Arm(PATCH_RANDOM, leaky, leaky_path.resolve()), Arm(PATIENT, patient, setup.data.split_path)]
+@contextmanager
+def _ending(tracker: tracking.Tracker, run_id: str) -> Iterator[None]:
+    """End `run_id` FINISHED after the block, or FAILED with the error if the block raises."""
+    try:
+        yield
+    except BaseException as exc:
+        tracker.finish(run_id, tracking.FAILED, {tracking.ERROR: repr(exc)[-4000:]})
+        raise
+    tracker.finish(run_id, tracking.FINISHED)
 
 
-def _arm_tags(arm: Arm, shared: int) -> dict[str, str]:
-    return {tracking.RUN_TYPE: "study_arm", "study": STUDY, tracking.PROTOCOL: arm.protocol,
-            tracking.SPLIT_HASH: arm.split.hash, "shared_test_patients": str(shared)}
+def _cross_validations(config: ExperimentConfig, manifest: pd.DataFrame) -> dict[str, Split]:
+    """Return each arm's k-fold split over every image (no separate test set)."""
+    k, seed = config.protocol.folds, config.protocol.seed
+    return {PATCH_RANDOM: patch_random_split(manifest, folds=k, test_fraction=0, seed=seed),
+            PATIENT: patient_split(manifest, folds=k, test_fraction=0, seed=seed)}
 
 
-def _floor_arm(config: ExperimentConfig, setup: ExperimentSetup, name: str, arm: Arm, parent: str,
-               features) -> str:
-    manifest, _ = read_manifest(setup.data.manifest_path)
-    shared = shared_patients(manifest, arm.split, config.protocol.search_fold)
+def _arm_folds(splits: dict[str, Split], manifest: pd.DataFrame, directory: Path) -> list[ArmFold]:
+    """Return every (arm, held-out fold), fold by fold, each split written beside the experiment's."""
+    arm_folds = []
+    for fold in range(next(iter(splits.values())).folds):
+        for protocol, split in splits.items():
+            held = held_out_fold(split, fold)
+            arm_folds.append(ArmFold(protocol, fold, held, write_split(held, directory).resolve(),
+                                     shared_patients(manifest, held, VALIDATION_FOLD)))
+    return arm_folds
+
+
+def _arm_tags(arm: ArmFold) -> dict[str, str]:
+    return {tracking.RUN_TYPE: ARM, "study": STUDY, tracking.PROTOCOL: arm.protocol, tracking.FOLD: str(arm.fold),
+            tracking.SPLIT_HASH: arm.split.hash, "shared_test_patients": str(arm.shared)}
+
+
+def _floor_arm(setup: ExperimentSetup, config: ExperimentConfig, name: str, arm: ArmFold, parent: str,
+               features: np.ndarray, manifest: pd.DataFrame) -> float:
+    """Fit floor `name` on the arm's training folds, log it as a run under `parent`; returns its
+    test accuracy on the held-out fold."""
     run = setup.tracker.start_run(
-        setup.experiment_id, name=f"{name}-{arm.protocol}", parent=parent, params={"floor": name},
-        tags={**setup.tags, tracking.BASELINE: name, tracking.FLOOR: "true",
-              tracking.FOLD: str(config.protocol.search_fold), **_arm_tags(arm, shared)})
-    fold = fit_floor_folds(name, features, manifest, arm.split, num_classes=len(setup.data.class_names),
-                           seed=config.protocol.seed)[config.protocol.search_fold]
-    metrics = {f"best_val_{k}": v for k, v in fold.val.metrics.items() if k in METRIC_NAMES}
-    setup.tracker.log_metrics(run, metrics | {f"test_{k}": v for k, v in fold.test.metrics.items()}, step=1)
-    setup.tracker.log_evaluation(run, "test", fold.test, setup.data.class_names)
-    setup.tracker.finish(run, tracking.FINISHED)
-    return run
+        setup.experiment_id, name=f"{name}-{arm.protocol}-fold{arm.fold}", parent=parent, params={"floor": name},
+        tags={**setup.tags, tracking.BASELINE: name, tracking.FLOOR: "true", **_arm_tags(arm)})
+    with _ending(setup.tracker, run):
+        fold = fit_floor_folds(name, features, manifest, arm.split, num_classes=len(setup.data.class_names),
+                               seed=config.protocol.seed)[VALIDATION_FOLD]
+        log_floor_fold(setup.tracker, run, fold, config.search.metric, setup.data.class_names)
+    return fold.test.metrics["accuracy"]
 
 
-def run_leakage_study(config: ExperimentConfig, baselines: list[str] | None = None,
-                      on_arm: Callable[[str, str, float], None] | None = None) -> str:
-    """Train every chosen baseline and floor (default: all the experiment lists) on both arms;
-    returns the study's parent run id. `on_arm(name, protocol, test accuracy)` is called per arm."""
+def _model_arm(setup: ExperimentSetup, config: ExperimentConfig, name: str, arm: ArmFold, parent: str,
+               epochs: int) -> float:
+    """Train baseline `name`'s recipe for at most `epochs` on the arm's training folds, as a run
+    under `parent`; returns its test accuracy on the held-out fold."""
+    spec = recipe_spec(config, setup.data, name, fold=VALIDATION_FOLD)
+    spec = spec.model_copy(update={"split_path": arm.split_path, "max_epochs": epochs})
+    run, result = train_tracked(config, setup, spec, parent=parent, tags=_arm_tags(arm))
+    setup.tracker.client.update_run(run, name=f"{name}-{arm.protocol}-fold{arm.fold}")
+    return result.test.metrics["accuracy"]
+
+
+def _chosen(config: ExperimentConfig, baselines: list[str] | None) -> list[str]:
+    """Return the models to study, or raise InputError for a name or protocol the study cannot use."""
     deep = [b.name for b in config.baselines]
     chosen = baselines or [*config.floors, *deep]
     unknown = [b for b in chosen if b not in deep and b not in config.floors]
     if unknown:
         raise InputError(f"--baseline {unknown[0]!r}: not in the experiment; expected one of: "
                          + ", ".join([*config.floors, *deep]))
-    if config.protocol.test_fraction == 0:
-        raise InputError("key 'protocol.test_fraction' = 0: the leakage study compares test sets; set it above 0")
+    if config.protocol.folds < 3:
+        raise InputError(f"key 'protocol.folds' = {config.protocol.folds}: the leakage study holds out one fold "
+                         "for test and one for validation, so it needs at least 3")
+    return chosen
+
+
+def run_leakage_study(config: ExperimentConfig, baselines: list[str] | None = None, *, epochs: int | None = None,
+                      on_arm: Callable[[str, str, int, float], None] | None = None) -> str:
+    """Cross-validate every chosen baseline and floor (default: all the experiment lists) in both
+    arms over `protocol.folds` folds, each baseline for `epochs` (default `search.max_epochs`);
+    returns the study's parent run id. `on_arm(name, protocol, fold, test accuracy)` is called per
+    arm and fold."""
+    chosen = _chosen(config, baselines)
+    epochs = epochs or config.search.max_epochs
     setup = set_up(config, show_progress=True)
-    arms = _arms(config, setup)
+    manifest, _ = read_manifest(setup.data.manifest_path)
+    splits = _cross_validations(config, manifest)
+    arm_folds = _arm_folds(splits, manifest, setup.data.split_path.parent)
     parent = setup.tracker.start_run(
         setup.experiment_id, name=f"leakage-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}",
         tags={**setup.tags, tracking.RUN_TYPE: "study", "study": STUDY,
-              "patch_random_split_hash": arms[0].split.hash},
-        params={"baselines": ",".join(chosen), "fold": config.protocol.search_fold, "seed": config.protocol.seed,
-                "max_epochs": config.search.max_epochs},
+              **{f"{protocol}_split_hash": split.hash for protocol, split in splits.items()}},
+        params={"baselines": ",".join(chosen), "folds": config.protocol.folds, "seed": config.protocol.seed,
+                "epochs": epochs},
     )
-    manifest, _ = read_manifest(setup.data.manifest_path)
     features = floor_features(open_patch_cache(setup.data.cache_path)) if set(chosen) & set(config.floors) else None
-    try:
+    with _ending(setup.tracker, parent):
         for name in chosen:
-            for arm in arms:
+            for arm in arm_folds:
                 if name in config.floors:
-                    run = _floor_arm(config, setup, name, arm, parent, features)
-                    accuracy = setup.tracker.client.get_run(run).data.metrics["test_accuracy"]
+                    accuracy = _floor_arm(setup, config, name, arm, parent, features, manifest)
                 else:
-                    spec = recipe_spec(config, setup.data, name, fold=config.protocol.search_fold)
-                    spec = spec.model_copy(update={"split_path": arm.split_path})
-                    shared = shared_patients(manifest, arm.split, config.protocol.search_fold)
-                    _, result = train_tracked(config, setup, spec, parent=parent, tags=_arm_tags(arm, shared))
-                    accuracy = result.test.metrics["accuracy"]
+                    accuracy = _model_arm(setup, config, name, arm, parent, epochs)
                 if on_arm is not None:
-                    on_arm(name, arm.protocol, accuracy)
-    except BaseException as exc:
-        setup.tracker.finish(parent, tracking.FAILED, {tracking.ERROR: repr(exc)[-4000:]})
-        raise
-    setup.tracker.finish(parent, tracking.FINISHED)
+                    on_arm(name, arm.protocol, arm.fold, accuracy)
     return parent

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -30,6 +31,19 @@ def test_breakhis_sample_manifest_has_the_readme_counts(breakhis_sample: Path) -
     # 14-22549AB, CD and G share a numeric core and form one group (BASELINES.md §1.2).
     assert set(manifest.patient_id[manifest.patient_folder.str.startswith("14-22549")]) == {"14-22549"}
     assert set(manifest.width) == {700} and set(manifest.height) == {460}
+
+
+def _assert_digests_of_the_file_bytes(manifest: pd.DataFrame) -> None:
+    expected = [hashlib.blake2b(Path(p).read_bytes(), digest_size=16).hexdigest() for p in manifest.path]
+    assert manifest.digest.tolist() == expected
+
+
+def test_breakhis_manifest_carries_the_digest_of_each_file(breakhis_sample: Path) -> None:
+    _assert_digests_of_the_file_bytes(index_breakhis(breakhis_sample, allow_subset=True).manifest)
+
+
+def test_bach_manifest_carries_the_digest_of_each_file(synthetic_bach: tuple[Path, Path]) -> None:
+    _assert_digests_of_the_file_bytes(index_bach(synthetic_bach[0], allow_subset=True).manifest)
 
 
 def test_breakhis_full_release_counts_are_checked_per_magnification(breakhis_sample: Path) -> None:

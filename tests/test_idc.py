@@ -50,7 +50,7 @@ def test_enclosing_folder_and_duplicate_tree_are_accepted(tmp_path: Path) -> Non
     shutil.copytree(tmp_path / "IDC_regular_ps50_idx5", tmp_path, dirs_exist_ok=True)
     result = index_idc(tmp_path, allow_subset=True)
     assert len(result.manifest) == 3 * 20
-    assert result.warnings == ["dropped 60 duplicate file names (the archive's second copy of the tree)"]
+    assert result.warnings == ["dropped 60 byte-identical duplicates (the archive's second copy of the tree)"]
 
 
 def _broken_tree(root: Path) -> tuple[Path, Path]:

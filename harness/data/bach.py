@@ -51,9 +51,10 @@ def _inspect(path: Path, class_name: str, truth: dict[str, str]) -> tuple[dict[s
     if truth and truth.get(path.name, class_name) != class_name:
         return None, f"microscopy_ground_truth.csv says {truth[path.name]!r}, the folder says {class_name!r}"
     try:
-        width, height, mode = decode(path)
+        image = decode(path)
     except UnreadableImage as exc:
         return None, str(exc)
+    width, height, mode = image.width, image.height, image.mode
     flags = ["no_patient_id"]
     if (width, height) != SIZE:
         flags.append(f"size_{width}x{height}")
@@ -62,7 +63,7 @@ def _inspect(path: Path, class_name: str, truth: dict[str, str]) -> tuple[dict[s
     return {
         "path": str(path.resolve()), "rel_path": f"Photos/{class_name}/{path.name}",
         "label": CLASS_NAMES.index(class_name), "class_name": class_name, "patient_id": path.stem,
-        "dataset": DATASET, "width": width, "height": height, "flags": ";".join(flags),
+        "dataset": DATASET, "width": width, "height": height, "digest": image.digest, "flags": ";".join(flags),
     }, None
 
 

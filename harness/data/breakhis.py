@@ -60,9 +60,10 @@ def _inspect(path: Path, label: str, group_by: str) -> tuple[dict[str, object] |
         if found != wanted:
             return None, f"{what} {found!r} disagrees with the name (expected {wanted!r})"
     try:
-        width, height, mode = decode(path)
+        image = decode(path)
     except UnreadableImage as exc:
         return None, str(exc)
+    width, height, mode = image.width, image.height, image.mode
     flags = [] if (width, height) == SIZE else [f"size_{width}x{height}"]
     if mode != "RGB":
         flags.append(f"mode_{mode}")
@@ -73,7 +74,7 @@ def _inspect(path: Path, label: str, group_by: str) -> tuple[dict[str, object] |
         "class_name": BINARY_CLASSES[0 if benign else 1] if label == "binary" else subtype,
         "patient_id": numeric_core(patient) if group_by == "numeric_core" else patient,
         "patient_folder": patient, "subtype": subtype, "magnification": int(m["mag"]),
-        "dataset": DATASET, "width": width, "height": height, "flags": ";".join(flags),
+        "dataset": DATASET, "width": width, "height": height, "digest": image.digest, "flags": ";".join(flags),
     }, None
 
 

@@ -36,9 +36,10 @@ def _inspect(path: Path) -> tuple[dict[str, object] | None, str | None]:
     if path.parent.parent.name != pid:
         return None, f"patient {pid} in the name disagrees with patient folder {path.parent.parent.name!r}"
     try:
-        width, height, mode = decode(path)
+        image = decode(path)
     except UnreadableImage as exc:
         return None, str(exc)
+    width, height, mode = image.width, image.height, image.mode
     if width > PATCH_SIZE or height > PATCH_SIZE:
         return None, f"is {width}x{height}, larger than the {PATCH_SIZE}x{PATCH_SIZE} patches of the release"
     x, y = int(match["x"]), int(match["y"])
@@ -61,6 +62,7 @@ def _inspect(path: Path) -> tuple[dict[str, object] | None, str | None]:
         "y": y,
         "width": width,
         "height": height,
+        "digest": image.digest,
         "flags": ";".join(flags),
     }, None
 
@@ -80,6 +82,28 @@ def _check_totals(manifest: pd.DataFrame, root: Path) -> None:
         )
 
 
+def _walk(files: list[Path], problems: list[str], show_progress: bool) -> tuple[list[dict[str, object]], int]:
+    """Inspect every file, appending bad ones to `problems`; returns one row per file name and how
+    many byte-identical duplicates were dropped. A name whose copies differ in bytes raises
+    InputError naming both paths: which copy is the release's cannot be told, so even skip_bad stops."""
+    rows: dict[str, dict[str, object]] = {}
+    duplicates, conflicts = 0, []
+    for path in track(files, description=f"indexing {len(files):,} IDC patches", disable=not show_progress):
+        row, reason = _inspect(path)
+        if row is None:
+            problems.append(f"{path}: {reason}")
+        elif path.name not in rows:
+            rows[path.name] = row
+        elif rows[path.name]["digest"] == row["digest"]:
+            # The Kaggle archive can hold every patient twice (top level and IDC_regular_ps50_idx5/).
+            duplicates += 1
+        else:
+            conflicts.append(f"{rows[path.name]['path']} and {path.resolve()}: same file name, different bytes")
+    if conflicts:
+        raise InputError("\n".join(conflicts))
+    return list(rows.values()), duplicates
+
+
 def index_idc(
     root: Path,
     *,
@@ -90,8 +114,10 @@ def index_idc(
 ) -> IndexResult:
     """Walk an IDC tree (with or without `IDC_regular_ps50_idx5/`) and return its manifest.
 
-    Every file is decoded once. Bad files (wrong name, name/folder disagreement, undecodable)
-    raise InputError listing each path, unless `skip_bad`, which leaves them out and reports them.
+    Every file is read once, digested and decoded. Bad files (wrong name, name/folder disagreement,
+    undecodable) raise InputError listing each path, unless `skip_bad`, which leaves them out and
+    reports them. A file name found twice is dropped only when both copies have the same bytes;
+    otherwise both paths are reported (InputError, whatever `skip_bad` says).
     """
     root = Path(root)
     if not root.is_dir():
@@ -100,22 +126,12 @@ def index_idc(
     if not files:
         raise InputError(f"{root}: no IDC patches found (expected PNG files laid out as {LAYOUT})")
     result = IndexResult(manifest=pd.DataFrame())
-    rows: dict[str, dict[str, object]] = {}
-    duplicates = 0
-    for path in track(files, description=f"indexing {len(files):,} IDC patches", disable=not show_progress):
-        row, reason = _inspect(path)
-        if row is None:
-            result.problems.append(f"{path}: {reason}")
-        elif path.name in rows:
-            # The Kaggle archive can hold every patient twice (top level and IDC_regular_ps50_idx5/).
-            duplicates += 1
-        else:
-            rows[path.name] = row
+    rows, duplicates = _walk(files, result.problems, show_progress)
     if result.problems and not skip_bad:
         raise InputError("\n".join(result.problems))
     if duplicates:
-        result.warnings.append(f"dropped {duplicates:,} duplicate file names (the archive's second copy of the tree)")
-    manifest = pd.DataFrame(list(rows.values()))
+        result.warnings.append(f"dropped {duplicates:,} byte-identical duplicates (the archive's second copy of the tree)")
+    manifest = pd.DataFrame(rows)
     if manifest.empty:
         raise InputError(f"{root}: none of {len(files):,} PNG files is a valid IDC patch")
     if edge_patches == "drop":

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -14,17 +15,60 @@ import pyarrow.parquet as pq
 
 from harness.errors import InputError
 
-REQUIRED_COLUMNS = ("path", "rel_path", "label", "class_name", "patient_id", "dataset", "width", "height", "flags")
+REQUIRED_COLUMNS = (
+    "path", "rel_path", "label", "class_name", "patient_id", "dataset", "width", "height", "digest", "flags",
+)
 _META_KEY = b"histo_harness"
+LAST_INDEX = "last-index.json"
 
 
 def manifest_hash(manifest: pd.DataFrame) -> str:
-    """Return a SHA-256 over what identifies the data, independent of where the root lies on disk."""
-    rows = manifest.sort_values("rel_path")[["rel_path", "label", "patient_id", "width", "height"]]
+    """Return a SHA-256 over what identifies the data (names, content digests, labels, patients,
+    sizes), independent of where the root lies on disk."""
+    rows = manifest.sort_values("rel_path")[["rel_path", "digest", "label", "patient_id", "width", "height"]]
     digest = hashlib.sha256()
-    for rel_path, label, patient, width, height in rows.itertuples(index=False):
-        digest.update(f"{rel_path}\t{label}\t{patient}\t{width}\t{height}\n".encode())
+    for rel_path, content, label, patient, width, height in rows.itertuples(index=False):
+        digest.update(f"{rel_path}\t{content}\t{label}\t{patient}\t{width}\t{height}\n".encode())
     return digest.hexdigest()
+
+
+def content_hash(manifest: pd.DataFrame) -> str:
+    """Return a SHA-256 over the sorted (rel_path, digest) pairs: which files, holding which bytes."""
+    digest = hashlib.sha256()
+    for rel_path, content in sorted(manifest[["rel_path", "digest"]].itertuples(index=False)):
+        digest.update(f"{rel_path}\t{content}\n".encode())
+    return digest.hexdigest()
+
+
+def note_change_since_last_index(manifest: pd.DataFrame, key: str, directory: Path) -> str | None:
+    """Record this index of `key` (a dataset root and the options that choose its files) in
+    `directory`/last-index.json; returns one line when its files differ from the last index of the
+    same key, else None."""
+    path = directory / LAST_INDEX
+    records = json.loads(path.read_text()) if path.is_file() else {}
+    before = records.get(key)
+    now = {"content_hash": content_hash(manifest), "files": len(manifest),
+           "indexed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    records[key] = now
+    _write_atomically(path, json.dumps(records, indent=1).encode())
+    if before is None or before["content_hash"] == now["content_hash"]:
+        return None
+    return (f"{key} differs from its last index ({before['indexed_at']}): {now['files']:,} files with content "
+            f"hash {now['content_hash'][:16]}, were {before['files']:,} with {before['content_hash'][:16]}; "
+            "the manifest hash, split hash and cache are new")
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write beside the target and rename, so a killed process never leaves a truncated file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def write_manifest(manifest: pd.DataFrame, path: Path, *, meta: dict[str, object]) -> Path:
@@ -35,16 +79,9 @@ def write_manifest(manifest: pd.DataFrame, path: Path, *, meta: dict[str, object
     table = pa.Table.from_pandas(manifest.reset_index(drop=True), preserve_index=False)
     meta = {**meta, "manifest_hash": manifest_hash(manifest), "rows": len(manifest)}
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), _META_KEY: json.dumps(meta).encode()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write beside the target and rename, so a killed index never leaves a truncated manifest.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".parquet.tmp")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer)
+    _write_atomically(path, buffer.getvalue().to_pybytes())
     return path
 
 
@@ -59,4 +96,8 @@ def read_manifest(path: Path) -> tuple[pd.DataFrame, dict[str, object]]:
     raw = (table.schema.metadata or {}).get(_META_KEY)
     if raw is None:
         raise InputError(f"{path}: parquet file has no histo-harness metadata (expected a manifest from `harness data index`)")
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+    if missing:
+        raise InputError(f"{path}: manifest lacks columns {missing} (written by an older harness?); "
+                         "index the dataset again with `harness data index`")
     return table.to_pandas(), json.loads(raw)

@@ -13,7 +13,7 @@ from harness.errors import InputError
 from . import bach, breakhis, idc
 from .cache import build_image_cache, build_patch_cache, image_cache_key
 from .catalog import dataset_traits
-from .manifest import manifest_hash, read_manifest, write_manifest
+from .manifest import manifest_hash, note_change_since_last_index, read_manifest, write_manifest
 from .splits import Split, patient_split, write_split
 from .stain import stain_normaliser
 
@@ -32,10 +32,11 @@ class PreparedData:
     class_names: tuple[str, ...]
     rows: int
     patients: int
+    notes: tuple[str, ...] = ()
 
 
 def index_dataset(spec: DatasetSpec, *, show_progress: bool = False) -> tuple[pd.DataFrame, list[str]]:
-    """Return the manifest of `spec` (filtered to its magnification) and what indexing reported."""
+    """Return the manifest of `spec` and what indexing reported."""
     common = dict(allow_subset=spec.allow_subset, skip_bad=spec.skip_bad, show_progress=show_progress)
     if spec.name == "idc":
         result = idc.index_idc(spec.root, edge_patches=spec.edge_patches, **common)
@@ -44,6 +45,12 @@ def index_dataset(spec: DatasetSpec, *, show_progress: bool = False) -> tuple[pd
     else:
         result = breakhis.index_breakhis(spec.root, label=spec.label, group_by=spec.group_by, roi_dir=spec.roi_dir, **common)
     return result.manifest, result.warnings + result.problems
+
+
+def index_key(spec: DatasetSpec) -> str:
+    """Return what names one root's index in the last-index record: the dataset, its resolved root
+    and edge_patches, the one option that changes which files a root yields."""
+    return f"{spec.name} root {spec.root.resolve()}" + ("" if spec.edge_patches == "pad" else " (edge_patches: drop)")
 
 
 def load_or_index(spec: DatasetSpec, *, show_progress: bool = False) -> tuple[pd.DataFrame, list[str]]:
@@ -74,11 +81,16 @@ def prepare(
     """Write the manifest, its patient split and its caches under `work_dir`; returns their paths.
 
     The split is made before anything is written, so a protocol the data cannot satisfy leaves no file.
+    A fresh index of `spec.root` (no dataset.manifest given) is recorded beside the manifests, with a
+    note when the root's files differ from its last recorded index.
     """
     traits = dataset_traits(spec)
     split = patient_split(manifest, folds=protocol.folds, test_fraction=protocol.test_fraction, seed=protocol.seed)
+    indexed = manifest
     manifest, split = _select(manifest, split, spec)
     normalise = stain_normaliser(spec.stain, spec.stain_reference)
+    # Recorded only now that nothing can reject the input, so a rejected run cannot swallow the note.
+    change = None if spec.manifest else note_change_since_last_index(indexed, index_key(spec), work_dir / "manifests")
     digest = manifest_hash(manifest)
     manifest_path = write_manifest(
         manifest, work_dir / "manifests" / f"{spec.name}-{digest[:16]}.parquet", meta={"dataset": spec.name}
@@ -95,5 +107,5 @@ def prepare(
         manifest_path=manifest_path.resolve(), manifest_hash=digest, split_path=split_path.resolve(),
         split_hash=split.hash, cache_path=cache.resolve(), mask_cache_path=masks.resolve() if masks else None,
         mask_source=traits.mask_source, class_names=traits.class_names, rows=len(manifest),
-        patients=manifest.patient_id.nunique(),
+        patients=manifest.patient_id.nunique(), notes=(change,) if change else (),
     )

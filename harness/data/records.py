@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence, TypeVar
@@ -31,12 +33,29 @@ class UnreadableImage(ValueError):
     """A file that does not decode; the message says why."""
 
 
-def decode(path: Path) -> tuple[int, int, str]:
-    """Return (width, height, mode) after decoding every pixel, or raise UnreadableImage."""
+@dataclass(frozen=True)
+class Decoded:
+    """What indexing learns from one file: its true size, colour mode and content digest."""
+
+    width: int
+    height: int
+    mode: str
+    digest: str
+
+
+def content_digest(data: bytes) -> str:
+    """Return the hex BLAKE2b-128 digest of a file's bytes (the manifest's `digest` column)."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def decode(path: Path) -> Decoded:
+    """Read the file once, digest its bytes and decode every pixel from them; returns the Decoded
+    facts, or raises UnreadableImage."""
     try:
-        with Image.open(path) as im:
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data)) as im:
             im.load()
-            return im.width, im.height, im.mode
+            return Decoded(im.width, im.height, im.mode, content_digest(data))
     except Exception as exc:  # PIL raises many types for damaged files
         raise UnreadableImage(f"does not decode as an image ({exc})") from None
 

@@ -18,7 +18,8 @@ CV = "cv"
 
 @dataclass(frozen=True)
 class Split:
-    """Per-row assignment aligned with the manifest: `split` in {test, cv} and `fold` (-1 for test)."""
+    """Per-row assignment aligned with the manifest: `rel_path`, `digest` (the file's content),
+    `split` in {test, cv} and `fold` (-1 for test)."""
 
     assignments: pd.DataFrame
     folds: int
@@ -27,7 +28,7 @@ class Split:
 
     @property
     def hash(self) -> str:
-        """SHA-256 over the sorted (rel_path, split, fold) triples; equal hash = same split."""
+        """SHA-256 over the sorted (rel_path, digest, split, fold) rows; equal hash = same split of the same files."""
         return split_hash(self.assignments)
 
     def rows(self, *, split: str, fold: int | None = None, exclude_fold: int | None = None) -> np.ndarray:
@@ -41,12 +42,22 @@ class Split:
         return np.flatnonzero(mask.to_numpy())
 
 
+COLUMNS = ["rel_path", "digest", "split", "fold"]
+
+
 def split_hash(assignments: pd.DataFrame) -> str:
-    """Return the SHA-256 of the sorted (rel_path, split, fold) triples."""
+    """Return the SHA-256 of the sorted (rel_path, digest, split, fold) rows."""
     digest = hashlib.sha256()
-    for rel_path, split, fold in sorted(assignments[["rel_path", "split", "fold"]].itertuples(index=False)):
-        digest.update(f"{rel_path}\t{split}\t{int(fold)}\n".encode())
+    for rel_path, content, split, fold in sorted(assignments[COLUMNS].itertuples(index=False)):
+        digest.update(f"{rel_path}\t{content}\t{split}\t{int(fold)}\n".encode())
     return digest.hexdigest()
+
+
+def _assignments(manifest: pd.DataFrame, split: np.ndarray, fold: np.ndarray) -> pd.DataFrame:
+    """Return the assignment frame of `manifest`'s rows. A frame built without files (no `digest`
+    column) gets empty digests, so its hash covers names only."""
+    digests = manifest["digest"].to_numpy() if "digest" in manifest.columns else np.full(len(manifest), "")
+    return pd.DataFrame({"rel_path": manifest.rel_path.to_numpy(), "digest": digests, "split": split, "fold": fold})
 
 
 def patient_split(
@@ -85,8 +96,7 @@ def patient_split(
     inner = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     for k, (_, val_idx) in enumerate(inner.split(np.zeros(len(cv_idx)), labels[cv_idx], groups[cv_idx])):
         fold[cv_idx[val_idx]] = k
-    assignments = pd.DataFrame({"rel_path": manifest.rel_path.to_numpy(), "split": split, "fold": fold})
-    return Split(assignments=assignments, folds=folds, seed=seed, test_fraction=test_fraction)
+    return Split(assignments=_assignments(manifest, split, fold), folds=folds, seed=seed, test_fraction=test_fraction)
 
 
 def patch_random_split(manifest: pd.DataFrame, *, folds: int, test_fraction: float, seed: int,
@@ -105,8 +115,22 @@ def patch_random_split(manifest: pd.DataFrame, *, folds: int, test_fraction: flo
     inner = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     for k, (_, val_idx) in enumerate(inner.split(np.zeros(len(cv_idx)), labels[cv_idx])):
         fold[cv_idx[val_idx]] = k
-    assignments = pd.DataFrame({"rel_path": manifest.rel_path.to_numpy(), "split": split, "fold": fold})
-    return Split(assignments=assignments, folds=folds, seed=seed, test_fraction=test_fraction)
+    return Split(assignments=_assignments(manifest, split, fold), folds=folds, seed=seed, test_fraction=test_fraction)
+
+
+def held_out_fold(split: Split, fold: int) -> Split:
+    """Return a split of a test-free k-fold `split` in which fold `fold` is the test set and the
+    other folds are renumbered 0..k-2 starting after it (so validation fold 0 is fold+1 mod k).
+    Rotating `fold` over 0..k-1 tests every image once, as cross-validation does."""
+    a = split.assignments
+    if (a.split == TEST).any():
+        raise ValueError("held_out_fold needs a split without a test set (test_fraction 0)")
+    if not 0 <= fold < split.folds:
+        raise ValueError(f"fold {fold} is not in 0..{split.folds - 1}")
+    test = (a.fold == fold).to_numpy()
+    renumbered = np.where(test, -1, (a.fold.to_numpy() - fold - 1) % split.folds)
+    assignments = a.assign(split=np.where(test, TEST, CV).astype(object), fold=renumbered.astype(np.int64))
+    return Split(assignments=assignments, folds=split.folds - 1, seed=split.seed, test_fraction=1 / split.folds)
 
 
 def shared_patients(manifest: pd.DataFrame, split: Split, fold: int) -> int:
@@ -131,7 +155,7 @@ def read_split(path: Path) -> Split:
     """Read a split written by write_split."""
     frame = pd.read_parquet(path)
     return Split(
-        assignments=frame[["rel_path", "split", "fold"]],
+        assignments=frame[COLUMNS],
         folds=int(frame.folds.iloc[0]),
         seed=int(frame.seed.iloc[0]),
         test_fraction=float(frame.test_fraction.iloc[0]),

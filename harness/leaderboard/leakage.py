@@ -1,10 +1,11 @@
-"""The leakage study's table and bar plot, read back from MLflow: for each model, test accuracy and
-AUC on the patch-random split and on the patient split, and the inflation between them in points
-with a 95% bootstrap interval (each arm's test set resampled by patient, independently)."""
+"""The leakage study's table and plot, read back from MLflow: for each model, mean test accuracy
+over the folds of the patch-random arm and of the patient arm, and the inflation between them, the
+mean over folds of the per-fold difference, with a fold-paired bootstrap interval."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from harness.leaderboard.runs import RunSet
 from harness.leaderboard.table import Cell, Column, ReportTable, Row, count, number, signed
 
 PATCH_RANDOM, PATIENT = "patch_random", "patient"
+Sample = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
 
 
 def _accuracy(labels: np.ndarray, probs: np.ndarray) -> float:
@@ -35,77 +37,138 @@ def latest_study(tracking_uri: str, experiment: str) -> str:
     return runs[0].info.run_id
 
 
+def fold_paired_difference(metric: Callable[[np.ndarray, np.ndarray], float], folds: list[tuple[Sample, Sample]], *,
+                           n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[list[float], stats.Interval]:
+    """Return the per-fold differences metric(A_f) - metric(B_f) and their mean over folds with a
+    percentile interval. Each replicate resamples patients (images without groups) within both
+    test sets of every fold, recomputes the per-fold differences and averages them."""
+    drawers = [tuple(stats._resampler(len(labels), groups) for labels, _, groups in pair) for pair in folds]
+
+    def difference(pair: tuple[Sample, Sample], idx: tuple[np.ndarray, np.ndarray]) -> float:
+        (labels_a, probs_a, _), (labels_b, probs_b, _) = pair
+        return metric(labels_a[idx[0]], probs_a[idx[0]]) - metric(labels_b[idx[1]], probs_b[idx[1]])
+
+    whole = [(np.arange(len(a[0])), np.arange(len(b[0]))) for a, b in folds]
+    per_fold = [float(difference(pair, idx)) for pair, idx in zip(folds, whole)]
+    values, skipped = stats._replicates(
+        lambda draws: float(np.mean([difference(pair, idx) for pair, idx in zip(folds, draws)])),
+        lambda rng: [(draw_a(rng), draw_b(rng)) for (_, draw_a), (_, draw_b) in drawers], n_boot, seed)
+    tail = 50 * (1 - level)
+    low, high = np.percentile(values, [tail, 100 - tail]) if values.size else (math.nan, math.nan)
+    units = "; ".join(f"{unit_a} / {unit_b}" for (unit_a, _), (unit_b, _) in drawers)
+    method = (f"{100 * level:g}% percentile bootstrap of the mean per-fold difference, both test sets of each fold "
+              f"resampled by patient ({units}; {stats._resamples_note(n_boot, seed, skipped)})")
+    return per_fold, stats.Interval(float(np.mean(per_fold)), float(low), float(high), method)
+
+
+def _columns(folds: int) -> list[Column]:
+    return [Column("model", "model"), Column("accuracy_patch_random", "acc, patch-random"),
+            Column("accuracy_patient", "acc, patient"), Column("inflation_accuracy", "inflation (points)", digits=1),
+            Column("inflation_accuracy_low", "95% CI low", digits=1),
+            Column("inflation_accuracy_high", "95% CI high", digits=1),
+            Column("inflation_auc", "AUC inflation (points)", digits=1),
+            Column("inflation_auc_low", "AUC 95% CI low", digits=1),
+            Column("inflation_auc_high", "AUC 95% CI high", digits=1),
+            Column("folds", "folds"), Column("epochs", "epochs"),
+            *(Column(f"inflation_fold{f}", f"fold {f}", digits=1) for f in range(folds)),
+            Column("shared", "test patients in training, patch-random (per fold)", digits=1)]
+
+
+def _pairs(client: MlflowClient, experiment_id: str, study: str) -> dict[str, dict[int, dict[str, object]]]:
+    """Return the study's arm runs as model -> fold -> protocol -> run."""
+    runs = client.search_runs([experiment_id], f"tags.`{tracking.PARENT}` = '{study}' and tags.{tracking.RUN_TYPE} = "
+                              "'study_arm' and attributes.status = 'FINISHED'")
+    by_model: dict[str, dict[int, dict[str, object]]] = {}
+    for run in runs:
+        folds = by_model.setdefault(run.data.tags[tracking.BASELINE], {})
+        folds.setdefault(int(run.data.tags[tracking.FOLD]), {})[run.data.tags[tracking.PROTOCOL]] = run
+    return by_model
+
+
+def _row(model: str, folds: dict[int, dict[str, object]], runs: RunSet, n_boot: int, seed: int) -> tuple[Row, str]:
+    """Return one model's row from its fold pairs finished in both arms, and the interval's method."""
+    paired = sorted(f for f, arms in folds.items() if set(arms) == {PATCH_RANDOM, PATIENT})
+    samples = []
+    for f in paired:
+        frames = [runs.predictions(folds[f][p].info.run_id, "test") for p in (PATCH_RANDOM, PATIENT)]
+        samples.append(tuple((frame.label.to_numpy(), probabilities(frame), patient_groups(frame)) for frame in frames))
+    per_fold, acc = fold_paired_difference(_accuracy, samples, n_boot=n_boot, seed=seed)
+    _, auc = fold_paired_difference(stats.auc, samples, n_boot=n_boot, seed=seed)
+    mean = {p: float(np.mean([_accuracy(*pair[i][:2]) for pair in samples])) for i, p in enumerate((PATCH_RANDOM, PATIENT))}
+    leaky = [folds[f][PATCH_RANDOM] for f in paired]
+    epochs = {r.data.params.get("epochs") for f in paired for r in folds[f].values()} - {None}
+    floor = leaky[0].data.tags.get(tracking.FLOOR) == "true"
+    cells = {"model": Cell(model + (" (floor)" if floor else "")),
+             "accuracy_patch_random": number(mean[PATCH_RANDOM]), "accuracy_patient": number(mean[PATIENT]),
+             "folds": count(len(paired)), "epochs": Cell(", ".join(sorted(epochs)) or "-"),
+             "shared": number(np.mean([int(r.data.tags["shared_test_patients"]) for r in leaky]), 1)}
+    for key, interval in (("accuracy", acc), ("auc", auc)):
+        cells |= {f"inflation_{key}": signed(100 * interval.estimate, 1),
+                  f"inflation_{key}_low": signed(100 * interval.low, 1), f"inflation_{key}_high": signed(100 * interval.high, 1)}
+    cells |= {f"inflation_fold{f}": signed(100 * d, 1) for f, d in zip(paired, per_fold)}
+    return Row("floor" if floor else "harness", model, cells), acc.method
+
+
+def _floors_first(item: tuple[str, dict[int, dict[str, object]]]) -> tuple[bool, str]:
+    runs = [r for arms in item[1].values() for r in arms.values()]
+    return (runs[0].data.tags.get(tracking.FLOOR) != "true", item[0])
+
+
 def leakage_table(tracking_uri: str, experiment: str, study: str, *, n_boot: int = 2000, seed: int = 0) -> ReportTable:
-    """Return the study's table: one row per model, both arms, and the inflation with its interval."""
+    """Return the study's table: one row per model with both arms' mean accuracy over folds, the
+    inflation with its fold-paired interval, the folds and epochs, and each fold's difference."""
     client = MlflowClient(tracking_uri)
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
-    arms = client.search_runs([experiment_id], f"tags.`{tracking.PARENT}` = '{study}' and tags.{tracking.RUN_TYPE} = 'study_arm'")
-    columns = [Column("model", "model"), Column("accuracy_patch_random", "acc, patch-random"),
-               Column("accuracy_patient", "acc, patient"), Column("inflation_accuracy", "inflation (points)", digits=1),
-               Column("inflation_accuracy_ci", "95% CI"), Column("auc_patch_random", "AUC, patch-random"),
-               Column("auc_patient", "AUC, patient"), Column("inflation_auc", "AUC inflation (points)", digits=1),
-               Column("inflation_auc_ci", "95% CI "), Column("shared", "test patients also in training (patch-random)")]
-    table = ReportTable("leakage", "the same model and budget on a patch-random and on a patient split", columns)
-    by_model: dict[str, dict[str, object]] = {}
-    for run in arms:
-        by_model.setdefault(run.data.tags[tracking.BASELINE], {})[run.data.tags[tracking.PROTOCOL]] = run
+    params = client.get_run(study).data.params
+    folds, epochs = int(params["folds"]), params["epochs"]
+    table = ReportTable("leakage", f"the same model, recipe and seed over {folds} folds of a patch-random and of a "
+                        f"patient split, epoch budget {epochs}", _columns(folds))
     runs = RunSet(tracking_uri=tracking_uri, experiments=[experiment], split_hash="", baselines=[])
-    for model in sorted(by_model, key=lambda m: (m not in ("majority", "colour_forest"), m)):
-        pair = by_model[model]
-        if set(pair) != {PATCH_RANDOM, PATIENT}:
-            table.footnotes.append(f"{model}: only the {', '.join(pair)} arm finished; no inflation")
+    method = None
+    for model, by_fold in sorted(_pairs(client, experiment_id, study).items(), key=_floors_first):
+        missing = [f for f in range(folds) if set(by_fold.get(f, {})) != {PATCH_RANDOM, PATIENT}]
+        if len(missing) == folds:
+            table.footnotes.append(f"{model}: no fold finished in both arms; no inflation")
             continue
-        leaky, clean = pair[PATCH_RANDOM], pair[PATIENT]
-        frames = [runs.predictions(r.info.run_id, "test") for r in (leaky, clean)]
-        samples = [(f.label.to_numpy(), probabilities(f), patient_groups(f)) for f in frames]
-        acc = stats.bootstrap_difference(_accuracy, *samples, n_boot=n_boot, seed=seed)
-        auc = stats.bootstrap_difference(stats.auc, *samples, n_boot=n_boot, seed=seed)
-        metric = {p: r.data.metrics for p, r in pair.items()}
-        floor = " (floor)" if leaky.data.tags.get(tracking.FLOOR) == "true" else ""
-        table.rows.append(Row("floor" if floor else "harness", model, {
-            "model": Cell(model + floor),
-            "accuracy_patch_random": number(metric[PATCH_RANDOM]["test_accuracy"]),
-            "accuracy_patient": number(metric[PATIENT]["test_accuracy"]),
-            "inflation_accuracy": signed(100 * (metric[PATCH_RANDOM]["test_accuracy"] - metric[PATIENT]["test_accuracy"]), 1),
-            "inflation_accuracy_ci": Cell(f"[{100 * acc.low:+.1f}, {100 * acc.high:+.1f}]"),
-            "auc_patch_random": number(metric[PATCH_RANDOM].get("test_auc", math.nan)),
-            "auc_patient": number(metric[PATIENT].get("test_auc", math.nan)),
-            "inflation_auc": signed(100 * (metric[PATCH_RANDOM].get("test_auc", math.nan)
-                                           - metric[PATIENT].get("test_auc", math.nan)), 1),
-            "inflation_auc_ci": Cell("-") if math.isnan(auc.low) else Cell(f"[{100 * auc.low:+.1f}, {100 * auc.high:+.1f}]"),
-            "shared": count(int(leaky.data.tags.get("shared_test_patients", "0"))),
-        }))
-        method = acc.method
-    if table.rows:
-        table.footnotes.append(f"Inflation = patch-random minus patient, in points. 95% CI: {method}.")
-    table.footnotes.append("Both arms: the published recipe, the same epoch budget, seed and fold; each is tested on its "
-                           "own split's test set. The patient split keeps every patient on one side; the patch-random "
-                           "split (the seeds' protocol, BASELINES.md §1.4) does not. Arms are tagged protocol="
-                           "patch_random / patient and never enter a leaderboard table.")
+        if missing:
+            table.footnotes.append(f"{model}: folds {', '.join(map(str, missing))} did not finish in both arms and are "
+                                   "left out of its mean")
+        row, method = _row(model, by_fold, runs, n_boot, seed)
+        table.rows.append(row)
+    if method is not None:
+        table.footnotes.append(f"Inflation = mean over folds of patch-random minus patient test accuracy, in points; "
+                               f"fold f = each arm's held-out fold f. 95% CI: {method}.")
+    table.footnotes.append(
+        "Per fold and arm: the published recipe, the same epoch budget and seed, trained on the arm's other folds but "
+        "one (the next fold validates), tested on its own held-out fold; the folds of each arm cover every image once. "
+        "Patient folds keep every patient on one side; patch-random folds (the seeds' protocol, BASELINES.md §1.4) do "
+        "not. Arms are tagged protocol=patch_random / patient and never enter a leaderboard table.")
     return table
 
 
 def leakage_plot(table: ReportTable, path: Path) -> Path:
-    """Write a grouped bar plot of test accuracy per model in both arms; returns the file."""
+    """Write a plot of each model's per-fold inflation (points) and their mean with its 95%
+    interval; returns the file."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = table.rows
-    x = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 2.5, 3.8), dpi=110)
-    for offset, key, label in ((-0.2, "accuracy_patch_random", "patch-random split"), (0.2, "accuracy_patient", "patient split")):
-        ax.bar(x + offset, [r.cells[key].value for r in rows], width=0.4, label=label)
+    fig, ax = plt.subplots(figsize=(1.3 * len(rows) + 2.5, 3.8), dpi=110)
+    ax.axhline(0, color="0.6", lw=0.8)
     for i, row in enumerate(rows):
-        top = max(row.cells["accuracy_patch_random"].value, row.cells["accuracy_patient"].value)
-        ax.annotate(f"{row.cells['inflation_accuracy'].text} pts", (i, top), ha="center", xytext=(0, 4),
-                    textcoords="offset points", fontsize=8)
-    ax.set_xticks(x, [r.cells["model"].text for r in rows], fontsize=8)
-    ax.set_ylabel("test accuracy")
-    ax.set_ylim(0, 1.08)
-    ax.legend(fontsize=8, loc="lower right")
-    ax.set_title("What a patch-random split adds to test accuracy", fontsize=10)
+        folds = [c.value for k, c in row.cells.items() if k.startswith("inflation_fold") and c.value is not None]
+        ax.scatter(i - 0.12 + np.linspace(-0.06, 0.06, len(folds)), folds, s=14, color="0.45",
+                   label="one fold" if i == 0 else None, zorder=2)
+        mean, low, high = (row.cells[k].value for k in ("inflation_accuracy", "inflation_accuracy_low",
+                                                           "inflation_accuracy_high"))
+        ax.errorbar(i + 0.12, mean, yerr=[[mean - low], [high - mean]], fmt="D", color="C0", capsize=4, ms=6,
+                    label="mean, 95% CI" if i == 0 else None, zorder=3)
+    ax.set_xticks(np.arange(len(rows)), [r.cells["model"].text for r in rows], fontsize=8)
+    ax.set_ylabel("patch-random minus patient\ntest accuracy (points)")
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title("Leakage: " + table.title.removeprefix("the same model, recipe and seed "), fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
