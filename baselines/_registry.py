@@ -9,6 +9,8 @@ from typing import Any, Callable, Literal
 
 from torch import nn
 
+from ._keras import apply_keras_semantics
+
 Convention = Literal["torch", "keras", "weights_only"]
 LossName = Literal["ce", "ce_dice", "ce_guide"]
 # The framework the source trained in: tf.keras/Keras, TensorFlow (API not published; its layer and
@@ -128,9 +130,17 @@ def list_baselines() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create(name: str, num_classes: int, pretrained: str | None = None, **kwargs: Any) -> nn.Module:
-    """Build baseline `name`; keyword arguments that are None keep the model's default."""
+def create(
+    name: str, num_classes: int, pretrained: str | None = None, *, semantics: Semantics = "source", **kwargs: Any,
+) -> nn.Module:
+    """Build baseline `name`; keyword arguments that are None keep the model's default.
+
+    `semantics` "source" builds a baseline whose source ran Keras/TensorFlow with Keras'
+    BatchNormalization constants and initialisers (`apply_keras_semantics`); "torch" keeps
+    PyTorch's defaults.
+    """
     entry = info(name)
+    keras = uses_keras_semantics(name, semantics)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     unknown = set(kwargs) - entry.model_kwargs()
     if unknown:
@@ -138,4 +148,5 @@ def create(name: str, num_classes: int, pretrained: str | None = None, **kwargs:
             f"baseline {name!r} takes no option {', '.join(sorted(unknown))} "
             f"(it takes: {', '.join(sorted(entry.model_kwargs())) or 'none'})"
         )
-    return entry.builder(num_classes=num_classes, pretrained=pretrained, **kwargs)
+    model = entry.builder(num_classes=num_classes, pretrained=pretrained, **kwargs)
+    return apply_keras_semantics(model) if keras else model

@@ -7,6 +7,7 @@ from typing import Any, Iterable, Literal
 import timm
 from torch import nn
 
+from ._keras import KERAS_DENSENET, keras_layers
 from ._weights import load_state_dict_file, local_weights_file
 
 FreezeMode = Literal["none", "head_only", "last_stage"]
@@ -49,5 +50,8 @@ def require_weights_to_freeze(pretrained: str | None, mode: FreezeMode) -> None:
 
 
 def densenet_stages(pretrained: str | None, arch: str = "densenet169.tv_in1k") -> nn.Module:
-    """Return the `features` of a timm DenseNet (conv0 ... denseblock4, norm5), weights from a file."""
-    return timm_model(arch, num_classes=0, pretrained=pretrained).features
+    """Return the `features` of a timm DenseNet (conv0 ... denseblock4, norm5), weights from a file.
+
+    Under Keras semantics it takes Keras' DenseNet constants (the trunk of 001's TensorFlow models).
+    """
+    return keras_layers(timm_model(arch, num_classes=0, pretrained=pretrained).features, KERAS_DENSENET)

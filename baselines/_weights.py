@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+_FROM_FILE = "weights_from_file"
+
 
 def local_weights_file(pretrained: str | None) -> Path | None:
     """Return the weights file as an existing Path, None when absent, or raise naming the path."""
@@ -49,3 +51,17 @@ def load_state_dict_file(module: nn.Module, path: Path, *, what: str, skip_prefi
         module.load_state_dict(state, strict=False)
     except RuntimeError as exc:
         raise ValueError(f"weights file {str(path)!r} does not fit {what}: {str(exc).splitlines()[1].strip()}") from None
+    _mark_loaded(module, set(state))
+
+
+def _mark_loaded(module: nn.Module, keys: set[str]) -> None:
+    # Framework semantics re-initialise only layers that start from random weights.
+    for prefix, layer in module.named_modules():
+        names = [f"{prefix}.{n}" if prefix else n for n, _ in layer.named_parameters(recurse=False)]
+        if names and all(n in keys for n in names):
+            setattr(layer, _FROM_FILE, True)
+
+
+def weights_from_file(layer: nn.Module) -> bool:
+    """Return True when every parameter of `layer` itself was loaded from a weights file."""
+    return getattr(layer, _FROM_FILE, False)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._heads import ConvClassifier, RoIHead, bifurcation
+from ._keras import KERAS_DENSENET, keras_layers
 from ._outputs import TimmClassifier
 from ._registry import PublishedCount, register
 from ._surgery import densenet_stages, timm_model
@@ -69,7 +70,7 @@ class GuidedDenseNet(nn.Module):
           published=PublishedCount(12_332_740, "weights_only", reproduced=True, source=_TABLE_I), published_classes=4)
 def gusa_baseline(num_classes: int, pretrained: str | None = None) -> nn.Module:
     """Return 001's Baseline: full DenseNet-169 -> ReLU -> GAP -> FC (Grad-CAM gives its maps)."""
-    return TimmClassifier(timm_model("densenet169.tv_in1k", num_classes, pretrained))
+    return TimmClassifier(keras_layers(timm_model("densenet169.tv_in1k", num_classes, pretrained), KERAS_DENSENET))
 
 
 @register("gusa_fa", framework="tensorflow", input_size=BACH_SIZE,

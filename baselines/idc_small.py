@@ -7,6 +7,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ._keras import HE_UNIFORM, keras_layers
 from ._registry import PublishedCount, register
 from ._weights import load_state_dict_file, local_weights_file
 
@@ -86,8 +87,9 @@ def idc_cnn(num_classes: int, pretrained: str | None = None, head: Literal["soft
     layers: list[nn.Module] = []
     for i, (in_ch, out_ch) in enumerate([(3, 32), (32, 64), (64, 128), (128, 128)]):
         conv = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        nn.init.kaiming_uniform_(conv.weight, nonlinearity="relu")  # Keras he_uniform
+        nn.init.kaiming_uniform_(conv.weight, nonlinearity="relu")  # the notebook's he_uniform
         nn.init.zeros_(conv.bias)
+        keras_layers(conv, HE_UNIFORM)
         layers += [conv, nn.ReLU(inplace=True), nn.MaxPool2d(2)] + ([nn.BatchNorm2d(out_ch)] if i < 3 else [])
     out = SigmoidAsTwoLogits(128) if head == "sigmoid" else nn.Linear(128, num_classes)
     classifier = nn.Sequential(nn.Flatten(), nn.Linear(128 * 3 * 3, 128), nn.ReLU(inplace=True), out)

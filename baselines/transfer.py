@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ._keras import KERAS_EFFICIENTNETV2, keras_layers
 from ._outputs import TimmClassifier
 from ._registry import PublishedCount, register
 from ._surgery import FreezeMode, freeze_parameters, require_weights_to_freeze, timm_model
@@ -95,7 +96,7 @@ def efficientnetv2_s(
 ) -> nn.Module:
     """Return EfficientNetV2-S (timm `tf_efficientnetv2_s.in1k`) with 003's max-pool head."""
     require_weights_to_freeze(pretrained, freeze)
-    trunk = timm_model("tf_efficientnetv2_s.in1k", 0, pretrained, global_pool="")
+    trunk = keras_layers(timm_model("tf_efficientnetv2_s.in1k", 0, pretrained, global_pool=""), KERAS_EFFICIENTNETV2)
     head = EfficientNetV2Head(trunk.num_features, num_classes, hidden=head_hidden, dropout=dropout, l2=l2_head, l1_activity=1e-7)
     model = EfficientNetV2Classifier(trunk, head)
     last_stage = trunk.get_submodule(trunk.feature_info[-1]["module"])

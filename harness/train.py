@@ -312,7 +312,7 @@ def fit(spec: RunSpec, report: Callable[[EpochReport], None] | None = None,
     val_loader = _loader(dataset("val"), spec.eval_batch_size, shuffle=False, seed=spec.seed)
     model = baselines.create(
         spec.baseline, num_classes=spec.num_classes,
-        pretrained=str(spec.pretrained) if spec.pretrained else None, **model_kwargs,
+        pretrained=str(spec.pretrained) if spec.pretrained else None, semantics=spec.semantics, **model_kwargs,
     ).to(device)
     counts = baselines.param_counts(model)
     weights = class_weights(labels[rows["train"]], spec.num_classes) if p.class_weights == "inverse_max" else None
