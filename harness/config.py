@@ -278,6 +278,15 @@ class SearchSpec(Strict):
             raise ValueError(f"grace_period ({self.grace_period}) must not exceed max_epochs ({self.max_epochs})")
         return self
 
+    @model_validator(mode="after")
+    def _reproducible_batches(self) -> SearchSpec:
+        if self.reproducible and self.max_concurrent is None:
+            raise ValueError("reproducible: true needs max_concurrent, the number of trials suggested in each batch")
+        if self.reproducible and self.reduction_factor != int(self.reduction_factor):
+            raise ValueError(f"reproducible: true needs a whole reduction_factor (rungs at whole epochs), "
+                             f"got {self.reduction_factor:g}")
+        return self
+
     @property
     def mode(self) -> Literal["min", "max"]:
         """Return the direction of the objective."""

@@ -1,5 +1,6 @@
-"""The Optuna studies a sweep keeps: warm-start points from an earlier sweep, and the plots of each
-study (optimisation history, parameter importances) for the sweep's parent run."""
+"""The Optuna studies a sweep keeps: warm-start points from an earlier sweep, the plots of each
+study (optimisation history, parameter importances) for the sweep's parent run, and a check that
+every study holds what MLflow records."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from harness import tracking
 from harness.config import SearchSpace
 from harness.errors import InputError
-from harness.search import optuna_storage, study_name
+from harness.search import MLFLOW_RUN_ATTR, RAY_TRIAL_ATTR, optuna_storage, study_name
 
 
 def _previous_prefix(storage: str, experiment: str, current: str, wanted: str) -> str | None:
@@ -85,3 +87,40 @@ def plot_study(storage: str, name: str, folder: Path) -> tuple[list[Path], list[
         plt.close(figure)
         files.append(path)
     return files, skipped
+
+
+def _disagreements(trial: optuna.trial.FrozenTrial, client: Any) -> list[str]:
+    """Return how one Optuna trial differs from the MLflow run it names (nothing when they agree)."""
+    run_id = trial.user_attrs.get(MLFLOW_RUN_ATTR)
+    if run_id is None:
+        return ["no mlflow_run_id"]
+    run = client.get_run(run_id)
+    history = {m.step: m.value for m in client.get_metric_history(run_id, "objective")}
+    expected = {tracking.FINISHED: TrialState.COMPLETE, tracking.KILLED: TrialState.PRUNED,
+                tracking.FAILED: TrialState.FAIL}.get(run.info.status)
+    facts = [
+        ("state", trial.state, expected),
+        ("value", trial.value, history[max(history)] if history and expected != TrialState.FAIL else None),
+        ("intermediate values", trial.intermediate_values, history),
+        ("ray_trial_id", trial.user_attrs.get(RAY_TRIAL_ATTR), run.data.tags.get(tracking.TRIAL_ID)),
+        ("optuna_trial_number tag", str(trial.number), run.data.tags.get(tracking.OPTUNA_TRIAL)),
+    ]
+    return [f"{what}: optuna {mine!r}, mlflow {theirs!r}" for what, mine, theirs in facts if mine != theirs]
+
+
+def mlflow_disagreements(storage: str, tracking_uri: str, experiment: str) -> tuple[int, list[str]]:
+    """Compare every trial in the Optuna studies of `experiment`'s sweeps with the MLflow run it
+    names: its state, its value against the run's last `objective`, its intermediate values against
+    the run's per-epoch `objective` series, and the links both ways; returns the trials compared
+    and one line per disagreement."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    compared, lines = 0, []
+    for name in sorted(optuna.get_all_study_names(optuna_storage(storage))):
+        if not name.startswith(f"{experiment}/"):
+            continue
+        for trial in optuna.load_study(study_name=name, storage=optuna_storage(storage)).get_trials(deepcopy=False):
+            compared += 1
+            lines += [f"{name} trial {trial.number}: {line}" for line in _disagreements(trial, client)]
+    return compared, lines

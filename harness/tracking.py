@@ -33,6 +33,7 @@ DATASET = "dataset"
 SPLIT_HASH = "split_hash"
 MANIFEST_HASH = "manifest_hash"
 TRIAL_ID = "ray_trial_id"
+OPTUNA_TRIAL = "optuna_trial_number"  # the trial's number in its baseline's Optuna study
 STOPPED_BY = "stopped_by"
 ERROR = "error"
 PRETRAINED = "pretrained"

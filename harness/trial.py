@@ -14,7 +14,7 @@ from ray import tune
 from harness import tracking
 from harness.config import split_point
 from harness.nodes import NodeIdentity, check_manifest, current_node, localise, trial_device
-from harness.search import DONE_KEY
+from harness.search import DONE_KEY, EPOCH_KEY
 from harness.train import EpochReport, FitResult, RunSpec, TrainState, fit
 
 CHECKPOINT_FILE = "trial.pt"
@@ -149,7 +149,7 @@ def run_trial(config: dict[str, Any], *, ctx: SweepContext) -> None:
 
     def report(entry: EpochReport) -> None:
         metrics = tracking.log_epoch(tracker, run_id, entry, objective=ctx.objective, class_names=ctx.class_names)
-        result = {**metrics, DONE_KEY: float(entry.done)}
+        result = {**metrics, DONE_KEY: float(entry.done), EPOCH_KEY: entry.epoch}
         # Everything is logged before this report: once ASHA answers STOP, nothing after it runs.
         with tempfile.TemporaryDirectory() as folder:
             torch.save(TrialCheckpoint(run_id, entry.snapshot(), result), Path(folder) / CHECKPOINT_FILE)
@@ -158,14 +158,34 @@ def run_trial(config: dict[str, Any], *, ctx: SweepContext) -> None:
     fit_on_node(spec, ctx.plans[baseline].gpu, report, saved.state if saved else None)
 
 
-class CloseTrialRuns(tune.Callback):
-    """Ends each trial's MLflow run from the driver: FINISHED, KILLED by ASHA, or FAILED with the error."""
+@dataclass(frozen=True)
+class RunLink:
+    """Ties a sweep's Optuna trials to their MLflow runs (the searcher's RunLinker): tags the run of
+    a Ray trial with its Optuna trial number and returns the run's id, None while it has no run."""
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, tags: dict[str, str]) -> None:
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+
+    def __call__(self, trial_id: str, number: int) -> str | None:
+        tracker = tracking.Tracker(self.tracking_uri)
+        run_id = tracker.find_trial_run(self.experiment_id, self.parent_run_id, trial_id)
+        if run_id is not None:
+            tracker.set_tags(run_id, {tracking.OPTUNA_TRIAL: str(number)})
+        return run_id
+
+
+class CloseTrialRuns(tune.Callback):
+    """Ends each trial's MLflow run from the driver: FINISHED, KILLED by the scheduler named
+    `stopped_by` (asha, halving), or FAILED with the error."""
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, tags: dict[str, str],
+                 stopped_by: str = "asha") -> None:
         self._tracking_uri = tracking_uri
         self._experiment_id = experiment_id
         self._parent = parent_run_id
         self._tags = tags
+        self._stopped_by = stopped_by
 
     def _tracker(self) -> tracking.Tracker:
         return tracking.Tracker(self._tracking_uri)
@@ -179,8 +199,8 @@ class CloseTrialRuns(tune.Callback):
         if last.get(DONE_KEY):
             tracker.finish(run_id, tracking.FINISHED)
         else:
-            epoch = str(last.get("training_iteration", 0))
-            tracker.finish(run_id, tracking.KILLED, {tracking.STOPPED_BY: "asha", "stopped_at_epoch": epoch})
+            epoch = str(last.get(EPOCH_KEY, 0))
+            tracker.finish(run_id, tracking.KILLED, {tracking.STOPPED_BY: self._stopped_by, "stopped_at_epoch": epoch})
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         tracker = self._tracker()

@@ -3,7 +3,8 @@
 Wiring follows NOTES-ray-optuna-mlflow.md: absolute paths resolved in the driver; the MLflow
 experiment and the sweep's parent run created before the first trial; metric and mode set in
 TuneConfig only; `with_resources(with_parameters(...))` in that order; ASHA-stopped trials told
-to Optuna as pruned; trial runs closed by a driver-side callback.
+to Optuna as pruned; trial runs closed by a driver-side callback. With `search.reproducible`,
+suggestions come in batches of `max_concurrent` and rungs are decided synchronously.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 import optuna
 import ray
 from ray import tune
+from ray.tune.search import Searcher
 import rich
 
 from harness import tracking
@@ -31,10 +33,13 @@ from harness.metrics import ranking_key
 from harness.experiment import set_up
 from harness.floor_runs import track_floors
 from harness.retrain import EnsembleOutcome, Winner, retrain_winners
-from harness.search import DONE_KEY, PerBaselineASHA, PerBaselineSearcher, recipe_start_point, start_points, study_name
+from harness.search import (
+    DONE_KEY, EPOCH_KEY, PerBaselineScheduler, PerBaselineSearcher, batch_brackets, batched, recipe_start_point,
+    start_points, study_name,
+)
 from harness.server import check_reachable
 from harness.studies import plot_study, warm_start_points
-from harness.trial import BaselinePlan, CloseTrialRuns, SweepContext, run_trial
+from harness.trial import BaselinePlan, CloseTrialRuns, RunLink, SweepContext, run_trial
 
 TPE_STARTUP_TRIALS = 10  # optuna.samplers.TPESampler's n_startup_trials default
 
@@ -77,8 +82,9 @@ class TrialLines(tune.Callback):
     It prints through rich's global console, looked up at each call: Tune pickles its callbacks.
     """
 
-    def __init__(self, metric: str) -> None:
+    def __init__(self, metric: str, scheduler: str) -> None:
         self._metric = metric
+        self._scheduler = scheduler
 
     def on_trial_start(self, iteration: int, trials: list, trial: object, **info: object) -> None:
         params = ", ".join(f"{k}={_short(v)}" for k, v in trial.config.items() if k != "baseline")
@@ -86,8 +92,8 @@ class TrialLines(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: object, **info: object) -> None:
         last = trial.last_result or {}
-        how = "finished" if last.get(DONE_KEY) else "[yellow]stopped by ASHA[/]"
-        epoch = last.get("training_iteration", 0)
+        how = "finished" if last.get(DONE_KEY) else f"[yellow]stopped by {self._scheduler}[/]"
+        epoch = last.get(EPOCH_KEY, 0)
         rich.get_console().print(
             f"[green]end[/]   {trial.config['baseline']:<10} {trial.trial_id}  {how} at epoch {epoch}, "
             f"best {self._metric} {last.get('objective', float('nan')):.3f}"
@@ -227,24 +233,42 @@ def _outcomes(grid: tune.ResultGrid, names: list[str]) -> dict[str, BaselineOutc
     return outcomes
 
 
+def stopping_scheduler(config: ExperimentConfig) -> str:
+    """Return the name of what stops trials early: `halving` in a reproducible sweep, else `asha`
+    (the value of the `stopped_by` tag on the runs it stops)."""
+    return "halving" if config.search.reproducible else "asha"
+
+
+def _search(config: ExperimentConfig, ctx: SweepContext, spaces: dict[str, SearchSpace], sweep: str,
+            starts: dict[str, list[dict]]) -> tuple[Searcher, PerBaselineScheduler, int | None]:
+    """Return the searcher, the scheduler and Tune's cap on concurrent trials of a sweep."""
+    search = config.search
+    searcher = PerBaselineSearcher(
+        spaces, metric="objective", mode=search.mode, trials=search.trials, sampler=search.sampler,
+        seed=search.seed, starts=starts, storage=config.resolved_optuna_storage(),
+        study_prefix=f"{config.name}/{sweep}", metric_name=f"best_{search.metric}",
+        link=RunLink(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id),
+    )
+    rungs = dict(max_t=search.max_epochs, grace_period=search.grace_period, reduction_factor=search.reduction_factor)
+    if not search.reproducible:
+        return searcher, PerBaselineScheduler(**rungs), search.max_concurrent
+    batch = search.max_concurrent  # the config requires it with reproducible
+    brackets = batch_brackets(list(spaces), search.trials, batch)
+    return batched(searcher, batch), PerBaselineScheduler(**rungs, brackets=brackets), None
+
+
 def _tuner(config: ExperimentConfig, ctx: SweepContext, spaces: dict[str, SearchSpace], storage: Path,
            sweep: str, starts: dict[str, list[dict]], callbacks: list[tune.Callback]) -> tune.Tuner:
+    search_alg, scheduler, max_concurrent = _search(config, ctx, spaces, sweep, starts)
     return tune.Tuner(
         _trainable(ctx),
         tune_config=tune.TuneConfig(
             metric="objective",
             mode=config.search.mode,
-            search_alg=PerBaselineSearcher(
-                spaces, metric="objective", mode=config.search.mode, trials=config.search.trials,
-                sampler=config.search.sampler, seed=config.search.seed, starts=starts,
-                storage=config.resolved_optuna_storage(), study_prefix=f"{config.name}/{sweep}",
-            ),
-            scheduler=PerBaselineASHA(
-                max_t=config.search.max_epochs, grace_period=config.search.grace_period,
-                reduction_factor=config.search.reduction_factor,
-            ),
+            search_alg=search_alg,
+            scheduler=scheduler,
             num_samples=config.search.trials * len(spaces),
-            max_concurrent_trials=config.search.max_concurrent,
+            max_concurrent_trials=max_concurrent,
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
@@ -377,9 +401,10 @@ def run_sweep(config: ExperimentConfig, *, address: str | None = None, resume: b
             if previous is not None:
                 tuner = tune.Tuner.restore(str(storage / sweep), trainable=_trainable(ctx), resume_unfinished=True)
             else:
-                callbacks: list[tune.Callback] = [CloseTrialRuns(uri, experiment_id, parent, tags)]
+                stopper = stopping_scheduler(config)
+                callbacks: list[tune.Callback] = [CloseTrialRuns(uri, experiment_id, parent, tags, stopper)]
                 if verbose:
-                    callbacks.append(TrialLines(config.search.metric))
+                    callbacks.append(TrialLines(config.search.metric, stopper))
                 starts = {n: start_points(s, warm.get(n, [])) for n, s in spaces.items()}
                 tuner = _tuner(config, ctx, spaces, storage, sweep, starts, callbacks)
             grid = tuner.fit()
@@ -424,5 +449,6 @@ def _sweep_params(config: ExperimentConfig, spaces: dict[str, SearchSpace], data
         "search_fold": config.protocol.search_fold, "patients": data.patients, "images": data.rows,
         "max_concurrent": config.search.max_concurrent or "unlimited", "max_failures": config.search.max_failures,
         "optuna_storage": config.resolved_optuna_storage(), "retrain": config.search.retrain,
+        "reproducible": config.search.reproducible,
         **{f"resources_{n}": f"cpu={r.cpu:g},gpu={r.gpu:g}" for n, r in granted.items()},
     }

@@ -1,4 +1,5 @@
-"""The search wiring: pruned trials reach Optuna as PRUNED, budgets and rungs are per baseline."""
+"""The search wiring: pruned trials reach Optuna as PRUNED with their last epoch, budgets and rungs are per
+baseline, and synchronous halving decides the same whatever order results arrive in."""
 
 from __future__ import annotations
 
@@ -7,37 +8,66 @@ from types import SimpleNamespace
 
 import pytest
 from optuna.trial import TrialState
+from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
 from harness.config import load_search_space
-from harness.search import DONE_KEY, PerBaselineASHA, PerBaselineSearcher, PruningAwareOptunaSearch, optuna_distribution, start_points
+from harness.search import (
+    DONE_KEY, EPOCH_KEY, PerBaselineScheduler, PerBaselineSearcher, PruningAwareOptunaSearch, batch_brackets,
+    optuna_distribution, start_points,
+)
 
 from .conftest import REPO
 
 
 def _searcher() -> PruningAwareOptunaSearch:
     space = {k: optuna_distribution(d) for k, d in load_search_space("cancernet").search.items()}
-    return PruningAwareOptunaSearch(space=space, metric="objective", mode="max")
+    return PruningAwareOptunaSearch(space=space, metric="objective", mode="max", metric_name="best_val_accuracy")
+
+
+def _result(value: float, epoch: int, done: bool = False) -> dict:
+    return {"objective": value, "training_iteration": epoch, EPOCH_KEY: epoch, DONE_KEY: float(done)}
 
 
 @pytest.mark.parametrize(
-    ("last", "error", "state"),
+    ("last", "error", "state", "value", "steps"),
     [
-        ({"objective": 0.7, "training_iteration": 1, DONE_KEY: 0.0}, False, TrialState.PRUNED),
-        ({"objective": 0.7, "training_iteration": 1, DONE_KEY: 1.0}, False, TrialState.COMPLETE),
-        (None, True, TrialState.FAIL),
+        # Ray hands the result ASHA answered STOP to only to on_trial_complete.
+        (_result(0.6, 2), False, TrialState.PRUNED, 0.6, {1: 0.7, 2: 0.6}),
+        # A paused trial that synchronous halving stops comes with no result at all.
+        (None, False, TrialState.PRUNED, 0.7, {1: 0.7}),
+        (_result(0.8, 2, done=True), False, TrialState.COMPLETE, 0.8, {1: 0.7, 2: 0.8}),
+        # A finished function trial's last result arrives twice; it is reported once.
+        (_result(0.7, 1, done=True), False, TrialState.COMPLETE, 0.7, {1: 0.7}),
+        (None, True, TrialState.FAIL, None, {1: 0.7}),
     ],
-    ids=["stopped-by-asha", "finished", "errored"],
+    ids=["stopped-by-asha", "stopped-while-paused", "finished", "finished-result-again", "errored"],
 )
-def test_trial_end_reaches_optuna_with_the_right_state(last: dict | None, error: bool, state: TrialState) -> None:
+def test_trial_end_reaches_optuna_with_its_last_epoch(
+    last: dict | None, error: bool, state: TrialState, value: float | None, steps: dict[int, float]
+) -> None:
     searcher = _searcher()
     searcher.suggest("t1")
-    searcher.on_trial_result("t1", {"objective": 0.7, "training_iteration": 1, DONE_KEY: 0.0})
+    searcher.on_trial_result("t1", _result(0.7, 1))
     searcher.on_trial_complete("t1", last, error=error)
-    trial = searcher._ot_study.trials[0]
-    assert trial.state == state
-    assert trial.intermediate_values == {1: 0.7}
+    (trial,) = searcher._ot_study.trials
+    assert (trial.state, trial.value, trial.intermediate_values) == (state, value, steps)
+    assert trial.user_attrs == {"ray_trial_id": "t1"}
+    assert searcher._ot_study.metric_names == ["best_val_accuracy"]
+
+
+def test_first_result_links_the_optuna_trial_to_its_run() -> None:
+    calls = []
+    space = {k: optuna_distribution(d) for k, d in load_search_space("cancernet").search.items()}
+    searcher = PruningAwareOptunaSearch(space=space, metric="objective", mode="max", metric_name="objective",
+                                        link=lambda tid, number: calls.append((tid, number)) or f"run-{tid}")
+    searcher.suggest("t1")
+    searcher.on_trial_complete("t1", _result(0.5, 1))
+    (trial,) = searcher._ot_study.trials
+    assert calls == [("t1", 0)]
+    assert trial.user_attrs == {"ray_trial_id": "t1", "mlflow_run_id": "run-t1"}
+    assert (trial.state, trial.value, trial.intermediate_values) == (TrialState.PRUNED, 0.5, {1: 0.5})
 
 
 def test_per_baseline_searcher_hands_out_each_budget_round_robin() -> None:
@@ -54,7 +84,7 @@ def test_per_baseline_searcher_hands_out_each_budget_round_robin() -> None:
 
 
 def test_asha_rungs_compare_trials_of_one_baseline_only() -> None:
-    scheduler = PerBaselineASHA(max_t=4, grace_period=1, reduction_factor=2)
+    scheduler = PerBaselineScheduler(max_t=4, grace_period=1, reduction_factor=2)
     scheduler.set_search_properties("objective", "max")
     trial = lambda tid, name: SimpleNamespace(trial_id=tid, config={"baseline": name})  # noqa: E731
     a1, a2, b1 = trial("a1", "cancernet"), trial("a2", "cancernet"), trial("b1", "resnet18")
@@ -78,3 +108,47 @@ def test_harness_never_imports_ray_train_or_ray_air() -> None:
                 names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
             offenders += [f"{path.name}: {n}" for n in names if n.startswith(("ray.train", "ray.air"))]
     assert offenders == []
+
+
+class _Trial:
+    """The parts of a Tune trial a scheduler reads."""
+
+    def __init__(self, trial_id: str) -> None:
+        self.trial_id, self.config, self.status, self.is_saving = trial_id, {"baseline": "cancernet"}, Trial.RUNNING, False
+
+
+class _Controller:
+    """Does to a trial what Tune's controller does when a scheduler stops a paused one."""
+
+    def __init__(self, scheduler: PerBaselineScheduler) -> None:
+        self.scheduler = scheduler
+
+    def stop_trial(self, trial: _Trial) -> None:
+        self.scheduler.on_trial_remove(self, trial)
+        trial.status = Trial.TERMINATED
+
+
+@pytest.mark.parametrize("order", ["abcd", "dcba", "cadb"])
+def test_synchronous_halving_decides_the_same_in_any_arrival_order(order: str) -> None:
+    scheduler = PerBaselineScheduler(max_t=2, grace_period=1, reduction_factor=2, brackets={"cancernet": [4]})
+    scheduler.set_search_properties("objective", "max")
+    controller = _Controller(scheduler)
+    trials = {name: _Trial(name) for name in "abcd"}
+    for trial in trials.values():
+        scheduler.on_trial_add(controller, trial)
+    values = {"a": 0.9, "b": 0.2, "c": 0.5, "d": 0.4}
+    actions = {}
+    for name in order:
+        actions[name] = scheduler.on_trial_result(controller, trials[name], {"objective": values[name], EPOCH_KEY: 1})
+        if actions[name] == TrialScheduler.PAUSE:
+            trials[name].status = Trial.PAUSED
+    # Every trial but the last to arrive waits; then the best half goes on, the rest stop.
+    assert [actions[name] for name in order[:-1]] == [TrialScheduler.PAUSE] * 3
+    stopped = {n for n, t in trials.items() if t.status == Trial.TERMINATED or actions[n] == TrialScheduler.STOP}
+    assert stopped == {"b", "d"}
+    assert {t.trial_id for t in scheduler._groups["cancernet"]._hyperbands[0][0].trials_to_unpause} == {"a", "c"} - {order[-1]}
+
+
+def test_batches_give_each_baseline_a_bracket_per_batch() -> None:
+    assert batch_brackets(["cancernet", "resnet18"], 3, 4) == {"cancernet": [2, 1], "resnet18": [2, 1]}
+    assert batch_brackets(["cancernet"], 4, 4) == {"cancernet": [4]}

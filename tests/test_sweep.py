@@ -6,13 +6,17 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from harness import tracking
 from harness.cli import app
+from harness.search import optuna_storage
+from harness.studies import mlflow_disagreements
 
 from .conftest import experiment_dict, write_experiment
 
@@ -90,6 +94,26 @@ def test_early_stopped_trials_are_killed_and_tagged(swept: Swept) -> None:
             "test/maps_best.png", "test/maps_worst.png",
         }
     assert f"{len(stopped)}" in swept.output and "stopped early" in swept.output
+
+
+def test_optuna_studies_hold_what_mlflow_records(swept: Swept) -> None:
+    """Every trial's Optuna value is its run's last `objective` and its intermediate values are the
+    run's per-epoch series, the last epoch included, also for trials ASHA stopped at the first rung."""
+    storage = f"sqlite:///{swept.out_dir / 'optuna.db'}"
+    trials = swept.runs("trial")
+    compared, mismatches = mlflow_disagreements(storage, swept.uri, "sweep-test")
+    print(f"\noptuna/mlflow agreement: {compared} trials compared, {len(mismatches)} mismatches", *mismatches, sep="\n")
+    assert (compared, mismatches) == (len(trials), [])
+    first_rung = [r for r in trials if r.data.tags.get("stopped_at_epoch") == "1"]
+    assert first_rung, "ASHA stopped no trial at its first rung: the sweep no longer exercises that case"
+    run = first_rung[0]
+    study = optuna.load_study(study_name=next(n for n in optuna.get_all_study_names(optuna_storage(storage))
+                                             if n.endswith(run.data.tags[tracking.BASELINE])), storage=optuna_storage(storage))
+    assert study.metric_names == ["best_val_accuracy"]
+    trial = study.trials[int(run.data.tags[tracking.OPTUNA_TRIAL])]
+    assert trial.user_attrs == {"ray_trial_id": run.data.tags[tracking.TRIAL_ID], "mlflow_run_id": run.info.run_id}
+    assert trial.state == TrialState.PRUNED
+    assert trial.intermediate_values == {1: run.data.metrics["objective"]} and trial.value == run.data.metrics["objective"]
 
 
 def test_floors_are_fitted_on_every_fold_of_the_same_split(swept: Swept) -> None:
