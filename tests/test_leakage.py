@@ -109,6 +109,7 @@ def test_leakage_study_cross_validates_both_arms_and_averages_their_fold_differe
         assert row.inflation_accuracy == pytest.approx(np.mean(differences))
         assert [row[f"inflation_fold{f}"] for f in range(3)] == pytest.approx(differences)
         assert row.inflation_accuracy_low <= row.inflation_accuracy <= row.inflation_accuracy_high
+        assert row.inflation_accuracy_sd == pytest.approx(np.std(differences, ddof=1))
         assert row.accuracy_patient == pytest.approx(np.mean([accuracy["patient", f] for f in range(3)]))
         assert row.folds == 3
     assert table.loc["cancernet", "epochs"] == 1

@@ -66,6 +66,7 @@ def _columns(folds: int) -> list[Column]:
             Column("accuracy_patient", "acc, patient"), Column("inflation_accuracy", "inflation (points)", digits=1),
             Column("inflation_accuracy_low", "95% CI low", digits=1),
             Column("inflation_accuracy_high", "95% CI high", digits=1),
+            Column("inflation_accuracy_sd", "SD over folds", digits=1),
             Column("inflation_auc", "AUC inflation (points)", digits=1),
             Column("inflation_auc_low", "AUC 95% CI low", digits=1),
             Column("inflation_auc_high", "AUC 95% CI high", digits=1),
@@ -85,13 +86,17 @@ def _pairs(client: MlflowClient, experiment_id: str, study: str) -> dict[str, di
     return by_model
 
 
+def _samples(runs: RunSet, arms: dict[str, object]) -> tuple[Sample, Sample]:
+    """Return the (labels, probabilities, patient ids) of one fold's test predictions, patch-random
+    arm first."""
+    frames = [runs.predictions(arms[p].info.run_id, "test") for p in (PATCH_RANDOM, PATIENT)]
+    return tuple((frame.label.to_numpy(), probabilities(frame), patient_groups(frame)) for frame in frames)
+
+
 def _row(model: str, folds: dict[int, dict[str, object]], runs: RunSet, n_boot: int, seed: int) -> tuple[Row, str]:
     """Return one model's row from its fold pairs finished in both arms, and the interval's method."""
     paired = sorted(f for f, arms in folds.items() if set(arms) == {PATCH_RANDOM, PATIENT})
-    samples = []
-    for f in paired:
-        frames = [runs.predictions(folds[f][p].info.run_id, "test") for p in (PATCH_RANDOM, PATIENT)]
-        samples.append(tuple((frame.label.to_numpy(), probabilities(frame), patient_groups(frame)) for frame in frames))
+    samples = [_samples(runs, folds[f]) for f in paired]
     per_fold, acc = fold_paired_difference(_accuracy, samples, n_boot=n_boot, seed=seed)
     _, auc = fold_paired_difference(stats.auc, samples, n_boot=n_boot, seed=seed)
     mean = {p: float(np.mean([_accuracy(*pair[i][:2]) for pair in samples])) for i, p in enumerate((PATCH_RANDOM, PATIENT))}
@@ -106,6 +111,7 @@ def _row(model: str, folds: dict[int, dict[str, object]], runs: RunSet, n_boot: 
         cells |= {f"inflation_{key}": signed(100 * interval.estimate, 1),
                   f"inflation_{key}_low": signed(100 * interval.low, 1), f"inflation_{key}_high": signed(100 * interval.high, 1)}
     cells |= {f"inflation_fold{f}": signed(100 * d, 1) for f, d in zip(paired, per_fold)}
+    cells["inflation_accuracy_sd"] = number(100 * stats.mean_sd_se(np.asarray(per_fold))[1], 1)
     return Row("floor" if floor else "harness", model, cells), acc.method
 
 
@@ -137,7 +143,9 @@ def leakage_table(tracking_uri: str, experiment: str, study: str, *, n_boot: int
         table.rows.append(row)
     if method is not None:
         table.footnotes.append(f"Inflation = mean over folds of patch-random minus patient test accuracy, in points; "
-                               f"fold f = each arm's held-out fold f. 95% CI: {method}.")
+                               f"fold f = each arm's held-out fold f. 95% CI: {method}. The interval covers which test patients "
+                               "were drawn, given each fold's trained models; the SD over folds also holds what "
+                               "training on different folds changes.")
     table.footnotes.append(
         "Per fold and arm: the published recipe, the same epoch budget and seed, trained on the arm's other folds but "
         "one (the next fold validates), tested on its own held-out fold; the folds of each arm cover every image once. "
