@@ -304,7 +304,7 @@ class TrainingSpec(Strict):
     # `torch`: every baseline takes plain PyTorch defaults.
     semantics: Literal["source", "torch"] = "source"
     # A protocol option, not a model change: recompute BatchNorm statistics on training batches
-    # (dropout active as in training) before each evaluation.
+    # (Dropout off, as in evaluation) before each evaluation; harness/bn_recalibration.py says why.
     bn_recalibration: bool = False
 
 

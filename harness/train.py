@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 import baselines
 from baselines.losses import build_loss
 from baselines.maps import explanation_maps
+from harness.bn_recalibration import recalibrate_for_evaluation
 from harness.config import TrainParams
 from harness.data.bags import bag_grid
 from harness.data.cache import open_patch_cache
@@ -378,6 +379,11 @@ def fit(spec: RunSpec, report: Callable[[EpochReport], None] | None = None,
             seen += len(targets)
         if epoch_scheduler is not None:
             epoch_scheduler.step()
+        if spec.bn_recalibration:
+            # Its own dataset and seeds, so that training's augmentation and shuffling streams stay as they are.
+            recalibration_set, seed = dataset("train"), spec.seed * 10_000 + epoch
+            recalibration_set.transform.set_random_seed(seed)
+            recalibrate_for_evaluation(model, _loader(recalibration_set, p.batch_size, shuffle=True, seed=seed), normalise)
         val = evaluate(model, val_loader, normalise, manifest.iloc[rows["val"]])
         if best is None or val.metrics["loss"] < best[0]:
             state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
