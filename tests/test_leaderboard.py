@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 import torch
 from scipy import stats
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import brier_score_loss, roc_auc_score
+from statsmodels.stats.multitest import multipletests
 from typer.testing import CliRunner
 
 from harness import tracking
@@ -27,6 +28,7 @@ from harness.leaderboard.render import to_latex
 from harness.localisation import map_ious
 from harness.metrics import classification_metrics, confusion
 from harness.reference import load_reference
+from harness.stats import compact_letters
 from harness.train import Evaluation
 from tests.conftest import write_experiment
 
@@ -62,8 +64,8 @@ class Store:
     tags: dict[str, str]
 
     def run(self, run_type: str, baseline: str, metrics: dict[str, float], *, parent: str | None = None,
-            extra: dict[str, str] | None = None) -> str:
-        run_id = self.tracker.start_run(self.experiment_id, name=f"{baseline}-{run_type}", parent=parent, params={},
+            extra: dict[str, str] | None = None, params: dict[str, str] | None = None) -> str:
+        run_id = self.tracker.start_run(self.experiment_id, name=f"{baseline}-{run_type}", parent=parent, params=params or {},
                                         tags={**self.tags, tracking.RUN_TYPE: run_type, tracking.BASELINE: baseline,
                                               tracking.CPU_SHARE: "1", tracking.GPU_SHARE: "0.5", **(extra or {})})
         self.tracker.log_metrics(run_id, metrics, step=1)
@@ -193,8 +195,10 @@ def test_ensemble_interval_and_mcnemar_against_direct_computation(bach: tuple[St
     right_ref, right_other = (reference.pred == reference.label).to_numpy(), (other.pred == other.label).to_numpy()
     b, c = int((right_other & ~right_ref).sum()), int((~right_other & right_ref).sum())
     expected = stats.binomtest(b, b + c, 0.5).pvalue if b + c < 25 else stats.chi2.sf((abs(b - c) - 1) ** 2 / (b + c), 1)
-    p_cell = rows_of(frame, "gusa_fa_gusa").loc["harness", "p_accuracy"]
-    assert p_cell == ("<0.001" if expected < 0.001 else f"{expected:.3f}")
+    assert rows_of(frame, "gusa_fa_gusa").loc["harness", "p_accuracy"] == pytest.approx(expected)
+    assert shown(board.tables[0], "gusa_fa_gusa", "harness")["p_accuracy"] == ("<0.001" if expected < 0.001 else f"{expected:.3f}")
+    # One test in the family: Holm leaves it as it is.
+    assert rows_of(frame, "gusa_fa_gusa").loc["harness", "p_accuracy_holm"] == pytest.approx(expected)
     # BACH has no patients: the bootstrap resamples images, drawn as the stats module documents.
     rng = np.random.default_rng(3)
     values = [right_other[rng.integers(0, 40, 40)].mean() * 100 for _ in range(N_BOOT)]
@@ -254,19 +258,22 @@ def test_latex_is_booktabs_with_one_harness_row_per_model_and_the_best_in_bold(b
     assert "\\textbf" not in "".join(line for line in rows if line.startswith("\\textit"))
 
 
-def idc_store(tmp_path: Path, *, seed: int = 11, second: str = "resnet18") -> tuple[Store, dict[str, pd.DataFrame]]:
-    """CancerNet and ResNet-18 (or `second`) on 60 IDC test patches of 12 patients; no fold retrain."""
+def idc_store(tmp_path: Path, *, seed: int = 11, second: str = "resnet18",
+              models: tuple[tuple[str, float, float, dict[str, str]], ...] | None = None, patients: int = 12
+              ) -> tuple[Store, dict[str, pd.DataFrame]]:
+    """CancerNet and ResNet-18 (or `second`), or `models` (baseline, skill, validation objective,
+    params), on 5 IDC test patches each of `patients` patients; no fold retrain."""
     store = open_store(tmp_path, "idc-lb", "idc")
     rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 2, 60)
-    patients = np.repeat([f"p{i:02d}" for i in range(12)], 5)
+    labels = rng.integers(0, 2, 5 * patients)
+    groups = np.repeat([f"p{i:02d}" for i in range(patients)], 5)
     frames = {}
-    for baseline, skill, objective in (("cancernet", 2.0, 0.9), (second, 0.5, 0.7)):
-        frame = predictions(rng, labels, patients, skill)
+    for baseline, skill, objective, params in models or (("cancernet", 2.0, 0.9, {}), (second, 0.5, 0.7, {})):
+        frame = predictions(rng, labels, groups, skill)
         metrics = classification_metrics(frame.label.to_numpy(), frame[["prob_0", "prob_1"]].to_numpy())
         run = store.run("trial", baseline, {"objective": objective, "best_val_loss": 0.4, "best_val_accuracy": objective,
                                             "params_torch": 1e6, **{f"test_{k}": v for k, v in metrics.items()}},
-                        extra={tracking.TRIAL_ID: baseline})
+                        extra={tracking.TRIAL_ID: f"{baseline}-{objective}"}, params=params)
         store.tracker.log_evaluation(run, "test", evaluation(frame), IDC_CLASSES)
         store.tracker.finish(run, tracking.FINISHED)
         frames[baseline] = frame
@@ -290,8 +297,8 @@ def test_summary_and_idc_statistics(tmp_path: Path) -> None:
     right_ref = (reference.pred == reference.label).to_numpy()
     b, c = int((right & ~right_ref).sum()), int((~right & right_ref).sum())
     expected = stats.binomtest(b, b + c, 0.5).pvalue if b + c < 25 else stats.chi2.sf((abs(b - c) - 1) ** 2 / (b + c), 1)
-    assert row.p_accuracy == ("<0.001" if expected < 0.001 else f"{expected:.3f}")
-    assert row.p_auc != "-" and pd.isna(summary.set_index("model").loc["cancernet", "p_accuracy"])
+    assert row.p_accuracy == pytest.approx(expected)
+    assert not pd.isna(row.p_auc) and pd.isna(summary.set_index("model").loc["cancernet", "p_accuracy"])
     assert row.trials == 1 and row.gpu_hours == pytest.approx(0.0, abs=1e-3)
     # The IDC table puts 004's and S-PIS's CancerNet beside ours, with the difference.
     cancernet = rows_of(idc, "cancernet")
@@ -302,6 +309,107 @@ def test_summary_and_idc_statistics(tmp_path: Path) -> None:
     accuracy = cancernet.loc["harness"].test_accuracy
     assert diffs == pytest.approx([round(accuracy - 0.86, 4), round(accuracy - 0.837, 4)])
     assert set(published.protocol) == {"pis_patch_split †"}
+
+
+def mcnemar_p(right_a: np.ndarray, right_b: np.ndarray) -> float:
+    b, c = int((right_a & ~right_b).sum()), int((~right_a & right_b).sum())
+    if b + c == 0:
+        return 1.0
+    return stats.binomtest(b, b + c, 0.5).pvalue if b + c < 25 else stats.chi2.sf((abs(b - c) - 1) ** 2 / (b + c), 1)
+
+
+def ece_direct(labels: np.ndarray, p1: np.ndarray) -> float:
+    """ECE of a binary model over 15 bins (lo, hi] of the predicted class's probability."""
+    confidence, correct = np.maximum(p1, 1 - p1), (p1 > 0.5) == labels
+    edges = np.linspace(0, 1, 16)
+    inside = [(confidence > lo) & (confidence <= hi) for lo, hi in zip(edges[:-1], edges[1:])]
+    return sum(i.mean() * abs(correct[i].mean() - confidence[i].mean()) for i in inside if i.any())
+
+
+THREE_MODELS = (("cancernet", 2.5, 0.9, {"semantics": "source", "bn_recalibration": "true"}),
+                ("resnet18", 0.2, 0.8, {"semantics": "torch", "bn_recalibration": "false"}),
+                ("idc_cnn", 2.0, 0.7, {}))
+
+
+@pytest.fixture(scope="module")
+def three(tmp_path_factory: pytest.TempPathFactory) -> tuple[Store, dict[str, pd.DataFrame]]:
+    """Three IDC models on 150 patches of 30 patients: two skilled ones and a weak one."""
+    return idc_store(tmp_path_factory.mktemp("three"), seed=2, models=THREE_MODELS, patients=30)
+
+
+def test_holm_letters_and_calibration_against_direct_computation(three) -> None:
+    store, frames = three
+    board = build_leaderboard(store.uri, store.experiment, tables=["summary", "idc"], options=LayoutOptions(n_boot=N_BOOT, seed=4))
+    names = ["cancernet", "resnet18", "idc_cnn"]  # best validation objective first: cancernet is the reference
+    right = {n: (frames[n].pred == frames[n].label).to_numpy() for n in names}
+    raw = [mcnemar_p(right[n], right["cancernet"]) for n in names[1:]]
+    # Every pair for the letters, Holm over the three pairs, then letters by accuracy, best first.
+    pairs = [("resnet18", "cancernet"), ("idc_cnn", "cancernet"), ("resnet18", "idc_cnn")]
+    adjusted_pairs = multipletests([mcnemar_p(right[a], right[b]) for a, b in pairs], method="holm")[1]
+    different = [pair for pair, p in zip(pairs, adjusted_pairs) if p < 0.05]
+    by_accuracy = sorted(names, key=lambda n: -right[n].mean())
+    letters = compact_letters(by_accuracy, different)
+    assert len(set(letters.values())) > 1  # the weak model stands apart: the case tests something
+    for table in board.tables:
+        frame = table.frame().query("row_kind == 'harness'").set_index("model")
+        assert list(frame.index) == names
+        assert frame.loc[names[1:], "p_accuracy"].tolist() == pytest.approx(raw)
+        assert frame.loc[names[1:], "p_accuracy_holm"].tolist() == pytest.approx(multipletests(raw, method="holm")[1])
+        auc_raw = frame.loc[names[1:], "p_auc"].tolist()
+        assert frame.loc[names[1:], "p_auc_holm"].tolist() == pytest.approx(multipletests(auc_raw, method="holm")[1])
+        assert pd.isna(frame.loc["cancernet", "p_accuracy_holm"]) and pd.isna(frame.loc["cancernet", "p_auc_holm"])
+        assert frame.letters_accuracy.to_dict() == letters
+        assert set("".join(frame.letters_auc)) <= set("abc") and frame.letters_auc.str.len().min() >= 1
+        for n in names:
+            labels, p1 = frames[n].label.to_numpy(), frames[n].prob_1.to_numpy()
+            assert frame.loc[n, "test_ece"] == pytest.approx(ece_direct(labels, p1), abs=5e-5)
+            assert frame.loc[n, "test_brier"] == pytest.approx(brier_score_loss(labels, p1), abs=5e-5)
+    # The ECE interval resamples whole patients with the bootstrap of the other metrics.
+    other = frames["resnet18"]
+    members = [np.flatnonzero(other.patient_id.to_numpy() == p) for p in sorted(other.patient_id.unique())]
+    rng = np.random.default_rng(4)
+    values = []
+    for _ in range(N_BOOT):
+        idx = np.concatenate([members[p] for p in rng.integers(0, 30, 30)])
+        values.append(ece_direct(other.label.to_numpy()[idx], other.prob_1.to_numpy()[idx]))
+    low, high = np.percentile(values, [2.5, 97.5])
+    assert board.tables[0].frame().set_index("model").loc["resnet18", "ece_ci"] == f"[{low:.4f}, {high:.4f}]"
+
+
+def test_tables_show_protocol_tests_and_calibration_in_every_format(three, tmp_path: Path) -> None:
+    store, _ = three
+    board = build_leaderboard(store.uri, store.experiment, tables=["summary", "idc"], options=LayoutOptions(n_boot=N_BOOT))
+    protocols = {"cancernet": "patient, Keras semantics, BN recal.", "resnet18": "patient, torch semantics",
+                 "idc_cnn": "patient, torch (pre-semantics)"}
+    write_leaderboard(board, tmp_path, html=False)
+    for table in board.tables:
+        assert {n: shown(table, n, "harness")["protocol"] for n in protocols} == protocols
+        assert any("pre-semantics" in note and "BN recal." in note for note in table.footnotes)
+        assert any("Holm" in note and "Piepho" in note for note in table.footnotes)
+        csv = pd.read_csv(tmp_path / f"{table.name}.csv").query("row_kind == 'harness'").set_index("model")
+        frame = table.frame().query("row_kind == 'harness'").set_index("model")
+        for column in ("p_accuracy", "p_accuracy_holm", "p_auc", "p_auc_holm", "test_ece", "test_brier"):
+            assert csv[column].tolist() == pytest.approx(frame[column].astype(float).tolist(), nan_ok=True)
+        assert csv.protocol.to_dict() == protocols and csv.letters_accuracy.to_dict() == frame.letters_accuracy.to_dict()
+        md, tex = (tmp_path / f"{table.name}.md").read_text(), (tmp_path / f"{table.name}.tex").read_text()
+        for header in ("p (McNemar)", "p Holm (acc)", "letters (acc)", "p Holm (AUC)", "letters (AUC)", "ECE", "Brier"):
+            assert f"| {header} |" in md and f" & {header} & " in tex.replace("\\", "")
+        for name, protocol in protocols.items():
+            cells = shown(table, name, "harness")
+            line = next(line for line in md.splitlines() if line.startswith(f"| {name} |")).replace("**", "")
+            assert all(f"| {cells[key]} |" in line for key in ("protocol", "p_accuracy_holm", "letters_accuracy", "test_ece",
+                                                              "test_brier"))
+            row = next(line for line in tex.splitlines() if line.startswith(name.replace("_", "\\_")))
+            row = row.replace("\\textbf{", "").replace("}", "")
+            assert f" & {protocol} & " in row and f" & {cells['letters_accuracy']} & " in row
+
+
+def test_trials_under_other_protocol_options_are_rows_of_their_own(tmp_path: Path) -> None:
+    store, frames = idc_store(tmp_path, models=(("cancernet", 2.0, 0.9, {"semantics": "source", "bn_recalibration": "false"}),
+                                                ("cancernet", 1.0, 0.8, {"semantics": "torch", "bn_recalibration": "false"})))
+    board = build_leaderboard(store.uri, store.experiment, options=LayoutOptions(n_boot=N_BOOT))
+    assert list(board.table.baseline) == ["cancernet [source semantics]", "cancernet [torch semantics]"]
+    assert list(board.table.protocol) == ["patient, Keras semantics", "patient, torch semantics"]
 
 
 def test_each_leaderboard_computes_its_own_intervals(tmp_path: Path) -> None:

@@ -1,12 +1,14 @@
 """The statistics a leaderboard row carries beyond its point estimates: 95% bootstrap intervals over
-the test images (whole patients resampled where patients hold several images) and a paired test of
-each model against the reference model on the same images (McNemar for accuracy; DeLong for a
-binary AUC, a paired bootstrap for a multi-class one)."""
+the test images (whole patients resampled where patients hold several images) of accuracy, AUC and
+calibration, and the paired tests of a table's tested columns (McNemar for accuracy; DeLong for a
+binary AUC, a paired bootstrap for a multi-class one): each model against the reference with
+Holm-adjusted p-values, and every pair of models for the compact letter display."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from itertools import combinations
 
 import numpy as np
 import pandas as pd
@@ -14,17 +16,48 @@ import pandas as pd
 from harness import stats
 from harness.leaderboard.runs import BaselineRuns, RunSet
 
+# The columns that carry paired tests, and the level at which the letters separate models.
+TESTED = ("accuracy", "auc")
+ALPHA = 0.05
+
 
 @dataclass(frozen=True)
 class TestEvidence:
-    """Intervals and paired tests of one model's test predictions."""
+    """Intervals of one model's test predictions: accuracy, AUC, expected calibration error, Brier."""
 
     model: str
     images: int
     accuracy: stats.Interval
     auc: stats.Interval
-    vs_reference_accuracy: stats.PairedTest | None
-    vs_reference_auc: stats.PairedTest | None
+    ece: stats.Interval
+    brier: stats.Interval
+
+
+@dataclass(frozen=True)
+class ColumnTests:
+    """The paired tests of one tested column (accuracy or AUC) of a table.
+
+    `vs_reference`: each model's test against the reference, and `adjusted`: its Holm-adjusted p
+    over that family (one test per model other than the reference). `letters`: the compact letter
+    display from the family of all `pairs` pairs of models, Holm-adjusted, 'a' for the group of the
+    highest value; models sharing a letter are not distinguishable at ALPHA.
+    """
+
+    vs_reference: dict[str, stats.PairedTest]
+    adjusted: dict[str, float]
+    letters: dict[str, str]
+    pairs: int
+
+
+@dataclass(frozen=True)
+class TableEvidence:
+    """The evidence of a table: per row label its intervals, per tested column its tests, the
+    reference model, and the rows left out of the tests because they scored other test images."""
+
+    reference: str | None
+    rows: dict[str, TestEvidence]
+    tests: dict[str, ColumnTests]
+    other_images: list[str]
 
 
 def probabilities(frame: pd.DataFrame) -> np.ndarray:
@@ -44,46 +77,76 @@ def _accuracy(labels: np.ndarray, probs: np.ndarray) -> float:
     return float((probs.argmax(1) == labels).mean())
 
 
-def _paired(frame: pd.DataFrame, reference: pd.DataFrame, n_boot: int, seed: int
-            ) -> tuple[stats.PairedTest | None, stats.PairedTest | None]:
-    if not frame.rel_path.equals(reference.rel_path):
-        return None, None
+def _aligned(frame: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame | None:
+    """Return `frame` in the reference's image order, None when it scored other images."""
+    if frame.rel_path.equals(reference.rel_path):
+        return frame
+    if frame.rel_path.is_unique and len(frame) == len(reference) and set(frame.rel_path) == set(reference.rel_path):
+        return frame.set_index("rel_path").loc[reference.rel_path].reset_index()
+    return None
+
+
+def _paired(frame: pd.DataFrame, other: pd.DataFrame, n_boot: int, seed: int) -> dict[str, stats.PairedTest | None]:
+    """Return the tests of model `frame` against model `other` on the same images, per tested column."""
     labels = frame.label.to_numpy()
-    probs, ref = probabilities(frame), probabilities(reference)
-    accuracy = stats.mcnemar(probs.argmax(1) == labels, ref.argmax(1) == labels)
+    probs, theirs = probabilities(frame), probabilities(other)
+    accuracy = stats.mcnemar(probs.argmax(1) == labels, theirs.argmax(1) == labels)
     try:
         if probs.shape[1] == 2:
-            auc = stats.delong(labels, probs, ref)
+            auc = stats.delong(labels, probs, theirs)
         else:
-            auc = stats.paired_bootstrap_auc(labels, probs, ref, patient_groups(frame), n_boot=n_boot, seed=seed)
+            auc = stats.paired_bootstrap_auc(labels, probs, theirs, patient_groups(frame), n_boot=n_boot, seed=seed)
     except ValueError:
         auc = None  # too few images of a class for the test
-    return accuracy, auc
+    return {"accuracy": accuracy, "auc": auc}
+
+
+def _column_tests(frames: dict[str, pd.DataFrame], reference: str, rows: dict[str, TestEvidence],
+                  n_boot: int, seed: int) -> dict[str, ColumnTests]:
+    """Return the tests of every tested column over all pairs of `frames` (reference second in its pairs)."""
+    pairs = [(b, a) if a == reference else (a, b) for a, b in combinations(frames, 2)]
+    results = {pair: _paired(frames[pair[0]], frames[pair[1]], n_boot, seed) for pair in pairs}
+    tests = {}
+    for column in TESTED:
+        found = {pair: result[column] for pair, result in results.items()}
+        vs_reference = {a: t for (a, b), t in found.items() if b == reference and t is not None}
+        adjusted = stats.holm(np.array([t.p_value for t in vs_reference.values()]))
+        p = np.array([math.nan if t is None else t.p_value for t in found.values()])
+        # Best first, so that 'a' marks the group of the highest value; NaN estimates last.
+        value = {label: getattr(rows[label], column).estimate for label in frames}
+        order = sorted(frames, key=lambda label: -value[label] if math.isfinite(value[label]) else math.inf)
+        letters = stats.compact_letters(order, stats.different_pairs(list(found), p, ALPHA))
+        tests[column] = ColumnTests(vs_reference, dict(zip(vs_reference, map(float, adjusted))), letters, len(pairs))
+    return tests
+
+
+def _intervals(frame: pd.DataFrame, model: str, n_boot: int, seed: int) -> TestEvidence:
+    labels, probs, groups = frame.label.to_numpy(), probabilities(frame), patient_groups(frame)
+
+    def interval(metric: stats.Metric) -> stats.Interval:
+        return stats.bootstrap_ci(metric, labels, probs, groups, n_boot=n_boot, seed=seed)
+
+    return TestEvidence(model=model, images=len(frame), accuracy=interval(_accuracy), auc=interval(stats.auc),
+                        ece=interval(stats.expected_calibration_error), brier=interval(stats.brier_score))
 
 
 def gather_evidence(runs: RunSet, rows: list[BaselineRuns], model: str, reference: str | None, *,
-                    n_boot: int = 2000, seed: int = 0) -> dict[str, TestEvidence]:
-    """Return the evidence of each row's `model` (ensemble or best_trial) test predictions, keyed
-    by row label; paired tests are against the row labelled `reference` (skipped for itself)."""
+                    n_boot: int = 2000, seed: int = 0) -> TableEvidence:
+    """Return the evidence of each row's `model` (ensemble or best_trial) test predictions; the
+    paired tests cover the rows that scored the same images as the row labelled `reference`."""
     frames = {r.label: runs.test_predictions(r, model) for r in rows}
-    ref = frames.get(reference) if reference else None
-    evidence = {}
-    for label, frame in frames.items():
-        if frame is None or frame.empty:
-            continue
-        labels, probs, groups = frame.label.to_numpy(), probabilities(frame), patient_groups(frame)
-        paired = _paired(frame, ref, n_boot, seed) if ref is not None and label != reference else (None, None)
-        evidence[label] = TestEvidence(
-            model=model, images=len(frame),
-            accuracy=stats.bootstrap_ci(_accuracy, labels, probs, groups, n_boot=n_boot, seed=seed),
-            auc=stats.bootstrap_ci(stats.auc, labels, probs, groups, n_boot=n_boot, seed=seed),
-            vs_reference_accuracy=paired[0], vs_reference_auc=paired[1],
-        )
-    return evidence
+    frames = {label: frame for label, frame in frames.items() if frame is not None and not frame.empty}
+    intervals = {label: _intervals(frame, model, n_boot, seed) for label, frame in frames.items()}
+    if reference not in frames:
+        return TableEvidence(None, intervals, {}, [])
+    aligned = {label: _aligned(frame, frames[reference]) for label, frame in frames.items()}
+    same = {label: frame for label, frame in aligned.items() if frame is not None}
+    tests = _column_tests(same, reference, intervals, n_boot, seed)
+    return TableEvidence(reference, intervals, tests, [label for label in frames if label not in same])
 
 
-def format_p(test: stats.PairedTest | None) -> str:
+def format_p(p: float | None) -> str:
     """Return a p-value as a table shows it ('-' when untested)."""
-    if test is None or math.isnan(test.p_value):
+    if p is None or math.isnan(p):
         return "-"
-    return "<0.001" if test.p_value < 0.001 else f"{test.p_value:.3f}"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"

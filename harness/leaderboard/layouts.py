@@ -16,6 +16,8 @@ import pandas as pd
 
 import baselines
 from harness.leaderboard.evidence import (
+    ALPHA,
+    TableEvidence,
     TestEvidence,
     format_p,
     gather_evidence,
@@ -53,7 +55,23 @@ DAGGER = "†"
 STATISTICS_NOTE = ("95% CI: percentile bootstrap over the test images, whole patients resampled where patients "
                    "hold several images ({n_boot} resamples, seed {seed}). p: paired test against {reference} on the "
                    "same test images, exact McNemar below 25 discordant pairs, else chi-square with continuity "
-                   "correction; AUC: DeLong for two classes, paired bootstrap for more.")
+                   "correction; AUC: DeLong for two classes, paired bootstrap for more. p Holm: adjusted with Holm's "
+                   "method over the family of a column ({tests} tests: every other model against the reference). "
+                   "Letters: compact letter display (Piepho 2004) from the same tests between every pair of models "
+                   "({pairs} pairs), Holm-adjusted over those pairs; models sharing a letter are not distinguishable "
+                   "at {alpha}, 'a' marks the group of the highest value. The letters' family is larger than the "
+                   "p Holm column's, so a model can differ from the reference there and still share its letter.")
+CALIBRATION_NOTE = ("ECE: expected calibration error of the top-class confidence (the predicted class's probability), "
+                    "15 equal-width bins. Brier: mean squared distance of the probabilities from the one-hot label, as "
+                    "scikit-learn's brier_score_loss (binary: the mean of (p(class 1) - label)²; more classes: the sum "
+                    "over classes). Both lower is better, with the same bootstrap interval.")
+SEMANTICS = {"keras": "Keras semantics", "tensorflow": "TensorFlow semantics", "pytorch": "torch semantics"}
+PRE_SEMANTICS = "torch (pre-semantics)"
+SEMANTICS_NOTE = ("Protocol options of the harness rows (`training.semantics`, `training.bn_recalibration`): Keras or "
+                  "TensorFlow semantics, the defaults of the framework the source ran (BASELINES.md §0.5); torch "
+                  f"semantics, PyTorch's; {PRE_SEMANTICS}, a run logged before the option existed, which trained with "
+                  "PyTorch's defaults, the only ones the harness had then. BN recal.: BatchNorm statistics recomputed "
+                  "on training batches before each evaluation.")
 
 
 @dataclass(frozen=True)
@@ -87,11 +105,32 @@ def _published_value(text: str) -> Cell:
         return Cell(text)
 
 
-def _group(table: ReportTable, group: str, protocol: str, harness: dict[str, Cell],
-           published: list[tuple[str, str, dict[str, Cell]]], *, floor: bool = False) -> None:
-    """Append a harness (or floor) row, then each published row with a difference row under it."""
-    table.rows.append(Row("floor" if floor else "harness", group,
-                          {"model": Cell(group), "protocol": Cell(protocol), **harness}))
+def _protocol_text(runs: BaselineRuns) -> str:
+    """Return the protocol a harness row shows: its split protocol, then (for a trained model) the
+    training semantics and BatchNorm recalibration its trials logged."""
+    if runs.floor:
+        return runs.protocol
+    if runs.semantics is None:
+        semantics = PRE_SEMANTICS
+    elif runs.semantics == "source" and runs.baseline in baselines.list_baselines():
+        semantics = SEMANTICS[baselines.info(runs.baseline).framework]
+    else:
+        semantics = f"{runs.semantics} semantics"
+    return ", ".join([runs.protocol, semantics, *(["BN recal."] if runs.bn_recalibration else [])])
+
+
+def _main_row(runs: BaselineRuns, group: str, cells: dict[str, Cell]) -> Row:
+    """Return the harness (or floor) row of `runs`, named `group`."""
+    return Row("floor" if runs.floor else "harness", group,
+               {"model": Cell(group), "protocol": Cell(_protocol_text(runs)), **cells})
+
+
+def _group(table: ReportTable, runs: BaselineRuns, harness: dict[str, Cell],
+           published: list[tuple[str, str, dict[str, Cell]]], *, group: str | None = None) -> None:
+    """Append the harness (or floor) row of `runs`, then each published row with a difference row
+    under it; a published row under another split protocol carries a dagger."""
+    group, protocol = group or runs.label, runs.protocol
+    table.rows.append(_main_row(runs, group, harness))
     for source, their_protocol, cells in published:
         differs = their_protocol != protocol
         table.rows.append(Row("published", group, {
@@ -112,11 +151,14 @@ def _group(table: ReportTable, group: str, protocol: str, harness: dict[str, Cel
 
 
 def _protocol_notes(table: ReportTable) -> None:
-    used = sorted({r.cells["protocol"].text.removesuffix(f" {DAGGER}") for r in table.rows if "protocol" in r.cells})
+    shown = [r.cells["protocol"].text.removesuffix(f" {DAGGER}") for r in table.rows if "protocol" in r.cells]
+    used = sorted({text.split(", ")[0] for text in shown})
     if any(r.cells.get("protocol", EMPTY).text.endswith(DAGGER) for r in table.rows):
         table.footnotes.append(f"{DAGGER} the published row was measured under another protocol than the harness rows: "
                                "its numbers are shown for orientation, not as a like-for-like target.")
     table.footnotes += [f"Protocol `{p}`: {PROTOCOLS[p]}." for p in used if p in PROTOCOLS]
+    if any(", " in text for text in shown):
+        table.footnotes.append(SEMANTICS_NOTE)
 
 
 FLOOR_NOTE = ("(floor): a trivial model on the same manifest, split and folds, never ranked: majority predicts "
@@ -171,22 +213,62 @@ def _ordered(rows: list[BaselineRuns]) -> list[BaselineRuns]:
     return sorted(rows, key=key)
 
 
-def _evidence(runset: RunSet, rows: list[BaselineRuns], model: str, options: LayoutOptions
-              ) -> tuple[dict[str, TestEvidence], str | None]:
+def _evidence(runset: RunSet, rows: list[BaselineRuns], model: str, options: LayoutOptions) -> TableEvidence:
+    """Return the evidence of `rows` against the first non-floor row with test predictions (rows
+    come best first by validation objective), computed once per run set, rows and model."""
     key = (id(runset), tuple(r.label for r in rows), model)
     if key not in options.cache:
         with_predictions = [r for r in rows if not r.floor and runset.test_predictions(r, model) is not None]
         reference = with_predictions[0].label if with_predictions else None
-        options.cache[key] = (gather_evidence(runset, rows, model, reference, n_boot=options.n_boot, seed=options.seed),
-                              reference)
+        options.cache[key] = gather_evidence(runset, rows, model, reference, n_boot=options.n_boot, seed=options.seed)
     return options.cache[key]
 
 
-def _statistics_note(table: ReportTable, reference: str | None, options: LayoutOptions, what: str) -> None:
-    if reference is not None:
-        table.footnotes.append(f"Test statistics on {what}. " + STATISTICS_NOTE.format(
-            n_boot=options.n_boot, seed=options.seed, reference=f"`{reference}` (best validation objective, "
-            "chosen without the test set)"))
+def _statistics_note(table: ReportTable, evidence: TableEvidence, options: LayoutOptions, what: str) -> None:
+    if evidence.reference is None:
+        return
+    tests = next(iter(evidence.tests.values()))
+    table.footnotes.append(f"Test statistics on {what}. " + STATISTICS_NOTE.format(
+        n_boot=options.n_boot, seed=options.seed, reference=f"`{evidence.reference}` (best validation objective, "
+        "chosen without the test set)", tests=len(tests.vs_reference), pairs=tests.pairs, alpha=ALPHA))
+    if evidence.other_images:
+        table.footnotes.append(f"Not tested (scored other test images than the reference): "
+                               f"{', '.join(evidence.other_images)}.")
+
+
+def _test_cells(evidence: TableEvidence, label: str, column: str) -> dict[str, Cell]:
+    """Return a row's cells of tested column `column` (accuracy or auc): p against the reference,
+    its Holm-adjusted p, and the letters ('-' where untested)."""
+    tests = evidence.tests.get(column)
+    if tests is None:
+        return {f"p_{column}": Cell("-"), f"p_{column}_holm": Cell("-"), f"letters_{column}": Cell("-")}
+    test = tests.vs_reference.get(label)
+    p, adjusted = (test.p_value, tests.adjusted[label]) if test is not None else (math.nan, math.nan)
+    return {f"p_{column}": _p_cell(p), f"p_{column}_holm": _p_cell(adjusted),
+            f"letters_{column}": Cell(tests.letters.get(label, "-"))}
+
+
+def _p_cell(p: float) -> Cell:
+    return Cell(format_p(p), None if math.isnan(p) else p)
+
+
+def _test_columns(column: str, p_header: str) -> list[Column]:
+    """Return the columns of tested column `column`: raw p, Holm-adjusted p, letters."""
+    short = {"accuracy": "acc", "auc": "AUC"}[column]
+    return [_col(f"p_{column}", p_header), _col(f"p_{column}_holm", f"p Holm ({short})"),
+            _col(f"letters_{column}", f"letters ({short})")]
+
+
+CALIBRATION_COLUMNS = [_col("test_ece", "ECE", best=False), _col("ece_ci", "ECE 95% CI"),
+                       _col("test_brier", "Brier", best=False), _col("brier_ci", "Brier 95% CI")]
+
+
+def _calibration_cells(ev: TestEvidence | None) -> dict[str, Cell]:
+    """Return a row's ECE and Brier score with their intervals."""
+    if ev is None:
+        return {key: Cell("-") for key in ("test_ece", "ece_ci", "test_brier", "brier_ci")}
+    return {"test_ece": number(ev.ece.estimate), "ece_ci": _ci(ev.ece),
+            "test_brier": number(ev.brier.estimate), "brier_ci": _ci(ev.brier)}
 
 
 # --- summary ---------------------------------------------------------------------------------
@@ -197,9 +279,9 @@ def summary(runset: RunSet, options: LayoutOptions) -> ReportTable:
         _col("model", "baseline"), _col("protocol", "protocol"),
         _col("val_accuracy", "val acc", best=True), _col("folds_val_accuracy", "val acc, folds (mean ± SD)"),
         _col("test_accuracy", "test acc", best=True), _col("test_accuracy_ci", "95% CI"),
-        _col("p_accuracy", "p (McNemar)"),
-        _col("test_auc", "test AUC", best=True), _col("test_auc_ci", "95% CI "), _col("p_auc", "p (AUC)"),
-        _col("test_f1", "F1", best=True), _col("test_precision", "precision", best=True),
+        *_test_columns("accuracy", "p (McNemar)"),
+        _col("test_auc", "test AUC", best=True), _col("test_auc_ci", "95% CI "), *_test_columns("auc", "p (AUC)"),
+        *CALIBRATION_COLUMNS, _col("test_f1", "F1", best=True), _col("test_precision", "precision", best=True),
         _col("test_recall", "recall", best=True),
         _col("folds_mean_test_accuracy", "fold models test acc (mean)", best=True),
         _col("ensemble_test_accuracy", "fold ensemble test acc", best=True),
@@ -209,18 +291,18 @@ def summary(runset: RunSet, options: LayoutOptions) -> ReportTable:
     ]
     table = ReportTable("summary", "best trial per baseline", columns)
     rows = _ordered(runset.baselines)
-    evidence, reference = _evidence(runset, rows, "best_trial", options)
+    evidence = _evidence(runset, rows, "best_trial", options)
     for runs in rows:
-        ev = evidence.get(runs.label)
+        ev = evidence.rows.get(runs.label)
         folds = runs.fold_metric("best_val_accuracy")
         convention = _published_convention(runs.baseline)
         cells = {
             "val_accuracy": number(runs.metric("best_val_accuracy")),
             "folds_val_accuracy": _mean_sd(folds),
             "test_accuracy": number(runs.metric("test_accuracy")), "test_accuracy_ci": _ci(ev.accuracy if ev else None),
-            "p_accuracy": Cell(format_p(ev.vs_reference_accuracy) if ev else "-"),
+            **_test_cells(evidence, runs.label, "accuracy"),
             "test_auc": number(runs.metric("test_auc")), "test_auc_ci": _ci(ev.auc if ev else None),
-            "p_auc": Cell(format_p(ev.vs_reference_auc) if ev else "-"),
+            **_test_cells(evidence, runs.label, "auc"), **_calibration_cells(ev),
             "test_f1": number(runs.metric("test_f1")), "test_precision": number(runs.metric("test_precision")),
             "test_recall": number(runs.metric("test_sensitivity")),
             "folds_mean_test_accuracy": number(runs.metric("folds_mean_test_accuracy")),
@@ -234,15 +316,17 @@ def summary(runset: RunSet, options: LayoutOptions) -> ReportTable:
             "best_run_id": Cell(runs.best.run_id if runs.best is not None else "-"),
             **_cost_cells(runs),
         }
-        table.rows.append(Row("floor" if runs.floor else "harness", runs.label,
-                              {"model": Cell(runs.label), "protocol": Cell(runs.protocol), **cells}))
+        table.rows.append(_main_row(runs, runs.label, cells))
     table.footnotes.append("Best trial per baseline by its objective on the validation fold; test metrics are that "
                            "trial's best epoch. Fold columns: that configuration retrained on every fold, and the mean "
                            "softmax of those fold models. GPU-h and CPU core-h: wall time of every trial and fold run "
                            "times the GPU and CPU share Ray granted it.")
-    _statistics_note(table, reference, options, "the best trial's model")
+    _statistics_note(table, evidence, options, "the best trial's model")
+    table.footnotes.append(CALIBRATION_NOTE)
     if any(r.floor for r in rows):
         table.footnotes.append(FLOOR_NOTE)
+    if any(not r.floor for r in rows):
+        table.footnotes.append(SEMANTICS_NOTE)
     return table
 
 
@@ -275,16 +359,16 @@ def gusa_table1(runset: RunSet, options: LayoutOptions) -> ReportTable:
         _col("test_single", "test single (%), mean ± SD"),
         _col("test_single_best", "test single (%), best fold on test ˢ", metric="test_accuracy_single", **pct),
         _col("test_ensemble", "test ensemble (%)", best=True, metric="test_accuracy_ensemble", **pct),
-        _col("test_ensemble_ci", "95% CI"), _col("p_accuracy", "p (McNemar)"),
+        _col("test_ensemble_ci", "95% CI"), *_test_columns("accuracy", "p (McNemar)"),
         _col("params", "#params", metric=None, digits=0), *COST_COLUMNS,
     ]
     table = ReportTable("gusa-table1", "001 Table I: BACH part A, validation folds and test", columns)
     ranked = _ordered(runset.baselines)
-    evidence, ref_label = _evidence(runset, ranked, "ensemble", options)
+    evidence = _evidence(runset, ranked, "ensemble", options)
     order = {b: i for i, b in enumerate(load_reference("gusa_table1").harness_baseline)}
     rows = sorted(ranked, key=lambda r: order.get(r.baseline, len(order)))  # 001's row order
     for runs in rows:
-        harness = _table1_cells(runset, runs, evidence.get(runs.label))
+        harness = _table1_cells(runset, runs, evidence)
         published = []
         for _, pub in _reference("gusa_table1", runs).iterrows():
             cells = {
@@ -300,7 +384,7 @@ def gusa_table1(runset: RunSet, options: LayoutOptions) -> ReportTable:
                 harness["params"] = count(runs.metric(key))
                 harness["params"] = replace(harness["params"], text=f"{harness['params'].text} ({pub.param_convention_reproducing})")
                 cells["params"] = count(float(pub.params_published))
-        _group(table, runs.label, runs.protocol, harness, published, floor=runs.floor)
+        _group(table, runs, harness, published)
         _params_difference(table, runs.label)
     table.footnotes += [
         "Validation accuracy: mean over the retrained fold models' best epochs (the search fold alone when the winner "
@@ -312,12 +396,13 @@ def gusa_table1(runset: RunSet, options: LayoutOptions) -> ReportTable:
         "001 on BACH's hidden official test set.",
         "#params: in the counting convention that reproduces 001's number (BASELINES.md §5) where one does, else torch.",
     ]
-    _statistics_note(table, ref_label, options, "the fold ensemble's predictions")
+    _statistics_note(table, evidence, options, "the fold ensemble's predictions")
     _closing_notes(table, runset, "bach")
     return table
 
 
-def _table1_cells(runset: RunSet, runs: BaselineRuns, ev: TestEvidence | None) -> dict[str, Cell]:
+def _table1_cells(runset: RunSet, runs: BaselineRuns, evidence: TableEvidence) -> dict[str, Cell]:
+    ev = evidence.rows.get(runs.label)
     folds = runs.fold_metric("best_val_accuracy")
     values = folds or [runs.metric("best_val_accuracy")]
     mean, sd, se = mean_sd_se(np.asarray(values) * 100) if not math.isnan(values[0]) else (math.nan,) * 3
@@ -330,7 +415,7 @@ def _table1_cells(runset: RunSet, runs: BaselineRuns, ev: TestEvidence | None) -
         "test_single_best": number(max(single), 2, scale=100) if single else Cell("-"),
         "test_ensemble": number(runs.ensemble.test_accuracy, 2, scale=100) if runs.ensemble is not None else Cell("-"),
         "test_ensemble_ci": _ci(ev.accuracy, 100, 2) if ev else Cell("-"),
-        "p_accuracy": Cell(format_p(ev.vs_reference_accuracy) if ev else "-"),
+        **_test_cells(evidence, runs.label, "accuracy"),
         "params": count(runs.metric("params_torch")), **_cost_cells(runs),
     }
 
@@ -364,7 +449,7 @@ def gusa_table2(runset: RunSet, options: LayoutOptions) -> ReportTable:
             harness["roi_source"] = Cell(f"{runs.roi_source} ¶")
         published = [(_source_label(p), p.protocol, {"miou": _published_value(p["mean"]), "miou_sd": Cell(f"±{p.pm}")})
                      for _, p in _reference("gusa_table2_miou", runs).iterrows()] if runs.roi_source == "files" else []
-        _group(table, runs.label, runs.protocol, harness, published, floor=runs.floor)
+        _group(table, runs, harness, published)
     table.footnotes.append(
         "mIoU: per-image IoU of the map binarised at 0.5 against the RoI mask, averaged over a fold's validation images, "
         "mean and SD over folds (BASELINES.md §4.3). Native: the mask area-averaged down to the map's grid; full: the "
@@ -417,7 +502,7 @@ def gusa_table3(runset: RunSet, options: LayoutOptions) -> ReportTable:
                       {**{c: _published_value(p[c]) for c in reference_columns},
                        "macro": Cell(f"{p.derived_macro_mean} (derived)", float(p.derived_macro_mean))})
                      for _, p in _reference("gusa_table3_class_auc", runs).iterrows()]
-        _group(table, runs.label, runs.protocol, harness, published, floor=runs.floor)
+        _group(table, runs, harness, published)
     _closing_notes(table, runset, "bach",
                    "One-vs-rest ROC AUC per class on the out-of-fold validation predictions pooled over the "
                    "retrained folds (the search fold alone where the winner was not retrained). 001's macro "
@@ -448,7 +533,7 @@ def gusa_table4(runset: RunSet, options: LayoutOptions) -> ReportTable:
             rows = mine[mine.true_class.str.lower() == name]
             published = [(f"{_source_label(p)} ({p.panel})", p.protocol,
                           {c: _published_value(p[c]) for c in predicted}) for _, p in rows.iterrows()]
-            _group(table, f"{runs.label}: {name}", runs.protocol, harness, published, floor=runs.floor)
+            _group(table, runs, harness, published, group=f"{runs.label}: {name}")
     _closing_notes(table, runset, "bach",
                    "Rows: true class; columns: predicted class; each row sums to 1. Pooled out-of-fold "
                    "validation predictions. 001's panels (b)-(d) are B+FA, B+FA+GuRoI and B+FA+GuSA.")
@@ -519,31 +604,32 @@ def idc(runset: RunSet, options: LayoutOptions) -> ReportTable:
         "test_recall": _col("test_recall", "recall (IDC)", best=True, metric="test_recall"),
     }
     columns = [_col("model", "model"), _col("protocol", "protocol"), _col("test_model", "test model"),
-               keyed["test_accuracy"], _col("accuracy_ci", "95% CI"), _col("p_accuracy", "p (McNemar)"),
-               keyed["test_auc"], _col("auc_ci", "95% CI "), _col("p_auc", "p (DeLong)"),
-               keyed["test_f1"], keyed["test_precision"], keyed["test_recall"], *COST_COLUMNS]
+               keyed["test_accuracy"], _col("accuracy_ci", "95% CI"), *_test_columns("accuracy", "p (McNemar)"),
+               keyed["test_auc"], _col("auc_ci", "95% CI "), *_test_columns("auc", "p (DeLong)"),
+               *CALIBRATION_COLUMNS, keyed["test_f1"], keyed["test_precision"], keyed["test_recall"], *COST_COLUMNS]
     table = ReportTable("idc", "IDC: patient-disjoint test set", columns)
     rows = [r for r in _ordered(runset.baselines) if r.dataset == "idc"]
     tested = [r for r in rows if r.best is not None]
     model = "ensemble" if tested and all(r.ensemble is not None for r in tested) else "best_trial"
-    evidence, reference = _evidence(runset, rows, model, options)
+    evidence = _evidence(runset, rows, model, options)
     for runs in rows:
-        ev = evidence.get(runs.label)
+        ev = evidence.rows.get(runs.label)
         frame = runset.test_predictions(runs, model)
         metrics = _binary_metrics(frame) if frame is not None else {}
         harness = {
             "test_model": Cell("fold ensemble" if model == "ensemble" else "best trial"),
             **{key: number(metrics.get(key, math.nan)) for key in keyed},
-            "accuracy_ci": _ci(ev.accuracy if ev else None), "p_accuracy": Cell(format_p(ev.vs_reference_accuracy) if ev else "-"),
-            "auc_ci": _ci(ev.auc if ev else None), "p_auc": Cell(format_p(ev.vs_reference_auc) if ev else "-"),
+            "accuracy_ci": _ci(ev.accuracy if ev else None), **_test_cells(evidence, runs.label, "accuracy"),
+            "auc_ci": _ci(ev.auc if ev else None), **_test_cells(evidence, runs.label, "auc"), **_calibration_cells(ev),
             **_cost_cells(runs),
         }
-        _group(table, runs.label, runs.protocol, harness, _idc_published(runs), floor=runs.floor)
+        _group(table, runs, harness, _idc_published(runs))
     table.footnotes.append("Class 1 (IDC) is positive: precision, recall and F1 are those of IDC (BASELINES.md §4.2). "
                            "S-PIS labels class-1 recall 'specificity'; it sits in the recall column here. 004's "
                            "precision/recall/F1 are its class-1 row of Table IV.")
-    _statistics_note(table, reference, options, "the " + ("fold ensemble's" if model == "ensemble" else "best trial's")
+    _statistics_note(table, evidence, options, "the " + ("fold ensemble's" if model == "ensemble" else "best trial's")
                      + " predictions")
+    table.footnotes.append(CALIBRATION_NOTE)
     _closing_notes(table, runset, "idc")
     return table
 
@@ -585,7 +671,7 @@ def breakhis(runset: RunSet, options: LayoutOptions) -> ReportTable:
             cells = {f"image_{int(p.magnification)}": _published_value(p.value)
                      for _, p in mine.iterrows() if str(p.magnification).isdigit()}
             published.append((_source_label(mine.iloc[0]), mine.protocol.iloc[0], cells))
-        _group(table, runs.label, runs.protocol, harness, published, floor=runs.floor)
+        _group(table, runs, harness, published)
     _closing_notes(table, runset, "breakhis",
                    "Patient accuracy: the mean over patients of each patient's image accuracy (Spanhol's "
                    "patient recognition rate). Test model: the fold ensemble where the winner was retrained, "

@@ -35,6 +35,10 @@ class BaselineRuns:
     protocol: str
     roi_source: str
     floor: bool
+    # The protocol options the trials logged as params (RunSpec.protocol_params): `semantics` is
+    # "source" or "torch", None for runs made before the option existed.
+    semantics: str | None
+    bn_recalibration: bool
     trials: pd.DataFrame
     best: pd.Series | None
     folds: pd.DataFrame
@@ -127,7 +131,7 @@ def _all_runs(client: MlflowClient, experiment_id: str) -> list:
 def _frame(runs: list) -> pd.DataFrame:
     rows = []
     for run in runs:
-        info, tags = run.info, run.data.tags
+        info, tags, params = run.info, run.data.tags, run.data.params
         end = info.end_time or info.start_time
         rows.append({
             "run_id": info.run_id,
@@ -141,6 +145,8 @@ def _frame(runs: list) -> pd.DataFrame:
             "protocol": tags.get(tracking.PROTOCOL, "unknown"),
             "roi_source": tags.get(tracking.ROI_SOURCE, "none"),
             "floor": tags.get(tracking.FLOOR) == "true",
+            "semantics": params.get("semantics", ""),
+            "bn_recalibration": params.get("bn_recalibration", "false"),
             "objective_metric": tags.get(tracking.OBJECTIVE, "val_accuracy"),
             "stopped_by": tags.get(tracking.STOPPED_BY),
             "trial_id": tags.get(tracking.TRIAL_ID, info.run_id),
@@ -195,7 +201,8 @@ def _baseline_runs(label: str, trials: pd.DataFrame, others: pd.DataFrame) -> Ba
     first = trials.iloc[0]
     return BaselineRuns(
         label=label, baseline=first.baseline, experiment=first.experiment, dataset=first.dataset,
-        protocol=first.protocol, roi_source=first.roi_source, floor=bool(first.floor), trials=trials, best=best,
+        protocol=first.protocol, roi_source=first.roi_source, floor=bool(first.floor),
+        semantics=first.semantics or None, bn_recalibration=first.bn_recalibration == "true", trials=trials, best=best,
         folds=folds.reset_index(drop=True), ensemble=ensembles.iloc[-1] if not ensembles.empty else None,
     )
 
@@ -222,9 +229,15 @@ def collect_runs(tracking_uri: str, experiments: list[str], *, split_hash: str |
         raise InputError(f"experiment {', '.join(map(repr, experiments))} has no trial runs on split {split_hash[:12]}")
     others = runs[(runs.run_type.isin(["fold", "ensemble"])) & (runs.split_hash == split_hash)]
     several = trials.experiment.nunique() > 1
+    # Trials trained under other protocol options are other models: each variant is a row of its own.
+    variants = trials.drop_duplicates(["experiment", "baseline", "semantics", "bn_recalibration"]).groupby(
+        ["experiment", "baseline"]).size()
     baselines = []
-    for (experiment, baseline), group in trials.groupby(["experiment", "baseline"], sort=True):
+    for (experiment, baseline, semantics, bn), group in trials.groupby(
+            ["experiment", "baseline", "semantics", "bn_recalibration"], sort=True):
         label = f"{baseline} ({experiment})" if several else baseline
+        if variants[experiment, baseline] > 1:
+            label += f" [{semantics or 'pre-semantics'} semantics{', BN recal.' if bn == 'true' else ''}]"
         if group.floor.iloc[0]:
             label += " (floor)"
         entry = _baseline_runs(label, group.reset_index(drop=True), others)
