@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 RoITarget = Literal["hard", "soft"]
 Loss = Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None], torch.Tensor]
+KERAS_EPSILON = 1e-7  # keras.backend.epsilon()
 
 
 def roi_target(masks: torch.Tensor, size: tuple[int, int], mode: RoITarget = "hard") -> torch.Tensor:
@@ -33,15 +34,40 @@ def guidance_loss(roi: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -torch.log((1 - roi[outside]).clamp_min(1e-7)).mean()
 
 
+def keras_crossentropy(logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Return Keras' crossentropy of softmax(logits) against one-hot labels, as a Keras seed compiled
+    it: `binary_crossentropy` averaged over the units for two classes, `categorical_crossentropy`
+    for more; probabilities clipped to [1e-7, 1 - 1e-7] (Keras 3, `keras/src/backend/torch/nn.py`).
+
+    Class weights act as Keras' `class_weight`: each sample's loss times its class' weight, summed
+    and divided by the batch size (`sum_over_batch_size`), not by the sum of the weights as PyTorch's
+    weighted mean does.
+    """
+    probs = torch.softmax(logits.float(), 1)
+    target = F.one_hot(labels, probs.shape[1]).float()
+    if probs.shape[1] == 2:
+        per_sample = F.binary_cross_entropy(probs.clamp(KERAS_EPSILON, 1 - KERAS_EPSILON), target, reduction="none").mean(1)
+    else:
+        probs = (probs / probs.sum(1, keepdim=True)).clamp(KERAS_EPSILON, 1 - KERAS_EPSILON)
+        per_sample = -(target * probs.log()).sum(1)
+    if class_weights is not None:
+        per_sample = per_sample * class_weights[labels]
+    return per_sample.sum() / len(per_sample)
+
+
 def build_loss(
     kind: Literal["ce", "ce_dice", "ce_guide"], *, class_weights: torch.Tensor | None = None,
-    lambda_roi: float = 1.0, roi_mode: RoITarget = "hard",
+    lambda_roi: float = 1.0, roi_mode: RoITarget = "hard", keras: bool = False,
 ) -> Loss:
-    """Return loss(outputs, labels, masks): cross-entropy (class-weighted if given), plus
-    lambda_roi x Dice or guidance against the downsampled mask, plus any `penalty` the model adds."""
+    """Return loss(outputs, labels, masks): cross-entropy (class-weighted if given; Keras' clipped
+    crossentropy and class_weight when `keras`), plus lambda_roi x Dice or guidance against the
+    downsampled mask, plus any `penalty` the model adds."""
 
     def loss(outputs: dict[str, torch.Tensor], labels: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
-        total = F.cross_entropy(outputs["logits"], labels, weight=class_weights)
+        if keras:
+            total = keras_crossentropy(outputs["logits"], labels, class_weights)
+        else:
+            total = F.cross_entropy(outputs["logits"], labels, weight=class_weights)
         if kind != "ce":
             if masks is None:
                 raise ValueError(f"loss {kind!r} needs an RoI mask per image and the batch has none")

@@ -35,6 +35,7 @@ from harness.data.splits import CV, TEST, read_split
 from harness.data.transforms import batch_normaliser, build_bag_transform, build_transform
 from harness.localisation import localisation_scores
 from harness.metrics import classification_metrics, confusion, grouped_accuracies
+from harness.optim import build_optimizer, step_schedule
 
 
 class RunSpec(BaseModel):
@@ -168,27 +169,6 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     return torch.tensor(counts.max() / np.maximum(counts, 1), dtype=torch.float32)
 
 
-def _optimizer(params: TrainParams, model: nn.Module) -> torch.optim.Optimizer:
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if params.optimizer == "sgd":
-        return torch.optim.SGD(trainable, lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay)
-    if params.optimizer == "adagrad":
-        return torch.optim.Adagrad(trainable, lr=params.lr, weight_decay=params.weight_decay)
-    if params.optimizer == "adamax":
-        return torch.optim.Adamax(trainable, lr=params.lr, weight_decay=params.weight_decay)
-    optimizer = torch.optim.AdamW if params.optimizer == "adamw" else torch.optim.Adam
-    return optimizer(trainable, lr=params.lr, weight_decay=params.weight_decay)
-
-
-def _step_schedule(params: TrainParams, epochs: int) -> Callable[[int], float]:
-    """Return the lr multiplier as a function of the optimiser step."""
-    if params.lr_decay == "keras_time_based":
-        # Keras `decay = lr / epochs`, applied per batch update: lr_t = lr0 / (1 + decay * t).
-        decay = params.lr / epochs
-        return lambda step: 1.0 / (1.0 + decay * step)
-    return lambda step: 1.0
-
-
 def _loader(dataset: ImageDataset | BagDataset, batch_size: int, *, shuffle: bool, seed: int) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
     # Dropping a last partial batch mirrors Keras' steps_per_epoch = n // batch and keeps
@@ -300,12 +280,14 @@ def fit(spec: RunSpec, report: Callable[[EpochReport], None] | None = None,
         "test": split.rows(split=TEST),
     }
     p = spec.params
+    # Optimiser, loss clipping and weighting, resize and augmentation as the source's Keras defined them.
+    keras = baselines.uses_keras_semantics(spec.baseline, spec.semantics)
 
     def dataset(part: str) -> ImageDataset | BagDataset:
         train = part == "train"
         if grid is not None:
             return BagDataset(images, rows[part], labels, build_bag_transform(p, train=train, seed=spec.seed), grid)
-        transform = build_transform(p, stored_hw=stored_hw, train=train, seed=spec.seed)
+        transform = build_transform(p, stored_hw=stored_hw, train=train, seed=spec.seed, keras=keras)
         return ImageDataset(images, rows[part], labels, transform, mask_cache if train else None)
 
     train_set = dataset("train")
@@ -319,11 +301,11 @@ def fit(spec: RunSpec, report: Callable[[EpochReport], None] | None = None,
     weights = class_weights(labels[rows["train"]], spec.num_classes) if p.class_weights == "inverse_max" else None
     criterion = build_loss(
         entry.loss, class_weights=weights.to(device) if weights is not None else None,
-        lambda_roi=p.lambda_dice, roi_mode=p.roi_target,
+        lambda_roi=p.lambda_dice, roi_mode=p.roi_target, keras=keras,
     )
     normalise = batch_normaliser(p.normalisation, device)
-    optimizer = _optimizer(p, model)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _step_schedule(p, spec.epochs))
+    optimizer = build_optimizer(p, model, keras=keras)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, step_schedule(p, spec.epochs))
     epoch_scheduler = (
         torch.optim.lr_scheduler.StepLR(optimizer, p.lr_step_epochs, p.lr_gamma) if p.lr_decay == "step" else None
     )

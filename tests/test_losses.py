@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from baselines.losses import build_loss, dice_loss, guidance_loss, roi_target
+from baselines.losses import build_loss, dice_loss, guidance_loss, keras_crossentropy, roi_target
 
 
 def _mask() -> torch.Tensor:
@@ -54,3 +56,27 @@ def test_built_losses_add_roi_terms_and_penalties() -> None:
     assert build_loss("ce")({"logits": logits, "penalty": torch.tensor(0.25)}, labels, None).item() == pytest.approx(ce.item() + 0.25)
     with pytest.raises(ValueError, match="needs an RoI mask per image"):
         build_loss("ce_dice")(perfect, labels, None)
+
+
+def test_keras_loss_weights_samples_and_divides_by_the_batch_size() -> None:
+    logits = torch.tensor([[1.0, -1.0], [0.5, 0.0], [-2.0, 1.0], [0.0, 0.3]])
+    labels = torch.tensor([0, 1, 1, 0])
+    weights = torch.tensor([1.0, 2.5])
+    per_sample = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    # Keras' class_weight: sum of weighted losses over the batch size; PyTorch's: over the sum of weights.
+    expected = (per_sample * weights[labels]).sum() / 4
+    assert build_loss("ce", class_weights=weights, keras=True)({"logits": logits}, labels, None).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert build_loss("ce", class_weights=weights)({"logits": logits}, labels, None).item() == pytest.approx(
+        ((per_sample * weights[labels]).sum() / weights[labels].sum()).item(), rel=1e-6)
+
+
+def test_keras_loss_clips_probabilities_at_1e_7() -> None:
+    logits = torch.tensor([[0.0, 60.0]], requires_grad=True)
+    loss = keras_crossentropy(logits, torch.tensor([0]))
+    # Both units are clipped: -log(1e-7) and -log(1 - (1 - 1e-7)) in float32; no gradient flows.
+    assert loss.item() == pytest.approx((-math.log(1e-7) - math.log(1 - float(torch.tensor(1 - 1e-7)))) / 2, rel=1e-5)
+    assert 15.9 < loss.item() < 16.2
+    loss.backward()
+    assert logits.grad.abs().max().item() == 0.0
+    # PyTorch's cross-entropy on logits has no cap: 60 nats.
+    assert torch.nn.functional.cross_entropy(logits.detach(), torch.tensor([0])).item() == pytest.approx(60.0, rel=1e-4)

@@ -7,13 +7,16 @@ quarter of the bytes to a GPU.
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import albumentations as A
 import cv2
 import numpy as np
+import scipy.ndimage
 import torch
 from albumentations.pytorch import ToTensorV2
+from PIL import Image, ImageEnhance
 
 from harness.config import TrainParams
 
@@ -65,6 +68,111 @@ def _augmentations(p: TrainParams) -> list[A.BasicTransform]:
     ]
 
 
+@dataclass(frozen=True)
+class GeneratorArgs:
+    """The geometric and brightness arguments of a Keras `ImageDataGenerator` (its own units:
+    degrees for rotation and shear, fractions of the side for shifts, zoom range [1 - z, 1 + z])."""
+
+    rotation_range: float = 0.0
+    width_shift_range: float = 0.0
+    height_shift_range: float = 0.0
+    shear_range: float = 0.0
+    zoom_range: float = 0.0
+    horizontal_flip: bool = False
+    vertical_flip: bool = False
+    brightness_range: tuple[float, float] | None = None
+
+
+# The augmentations whose seeds ran a Keras ImageDataGenerator: the CancerNet tutorial's (S-PIS) and
+# 003 §3.3's list, which names exactly ImageDataGenerator's arguments.
+KERAS_GENERATORS = {
+    "pis": GeneratorArgs(rotation_range=20, width_shift_range=0.1, height_shift_range=0.1, shear_range=0.05,
+                         zoom_range=0.05, horizontal_flip=True, vertical_flip=True),
+    "essex2023": GeneratorArgs(rotation_range=180, width_shift_range=0.1, height_shift_range=0.1, shear_range=10,
+                               zoom_range=0.1, horizontal_flip=True, vertical_flip=True, brightness_range=(0.8, 1.2)),
+}
+
+
+def keras_affine(image: np.ndarray, theta: float = 0.0, tx: float = 0.0, ty: float = 0.0, shear: float = 0.0,
+                 zx: float = 1.0, zy: float = 1.0, *, order: int = 1) -> np.ndarray:
+    """Return H x W x C `image` (float) transformed as Keras' `apply_affine_transform` does with
+    channels last and fill_mode "nearest": theta and shear in degrees, tx along rows and ty along
+    columns in pixels, zoom factors zx, zy; spline interpolation of `order` (Keras' default 1)."""
+    t, s = np.deg2rad(theta), np.deg2rad(shear)
+    matrix = np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1]])
+    matrix = matrix @ np.array([[1, 0, tx], [0, 1, ty], [0, 0, 1]])
+    matrix = matrix @ np.array([[1, -np.sin(s), 0], [0, np.cos(s), 0], [0, 0, 1]])
+    matrix = matrix @ np.array([[zx, 0, 0], [0, zy, 0], [0, 0, 1]])
+    o_x, o_y = image.shape[0] / 2 - 0.5, image.shape[1] / 2 - 0.5
+    matrix = np.array([[1, 0, o_x], [0, 1, o_y], [0, 0, 1]]) @ matrix @ np.array([[1, 0, -o_x], [0, 1, -o_y], [0, 0, 1]])
+    # Keras builds the matrix on (x, y) and swaps both axes to numpy's (row, column) order.
+    matrix[:, [0, 1]] = matrix[:, [1, 0]]
+    matrix[[0, 1]] = matrix[[1, 0]]
+    channels = [
+        scipy.ndimage.affine_transform(image[..., c], matrix[:2, :2], matrix[:2, 2], order=order, mode="nearest")
+        for c in range(image.shape[2])
+    ]
+    return np.stack(channels, axis=-1)
+
+
+def keras_brightness(image: np.ndarray, factor: float) -> np.ndarray:
+    """Return `image` (H x W x 3, values in [0, 255]) scaled as ImageDataGenerator's brightness_range
+    does: truncated to uint8, then PIL's ImageEnhance.Brightness (as uint8)."""
+    return np.asarray(ImageEnhance.Brightness(Image.fromarray(image.astype(np.uint8), "RGB")).enhance(factor))
+
+
+class KerasImageDataGenerator(A.DualTransform):
+    """Keras `ImageDataGenerator.random_transform` as an albumentations step: the same parameter
+    draws and the same order (affine, horizontal flip, vertical flip, brightness) on a uint8 image.
+
+    Keras keeps the interpolated image in float; here it is rounded back to uint8 (at most half a
+    grey level) unless the brightness step, which truncates to uint8 in Keras too, comes last.
+    Masks follow the geometry with nearest-neighbour interpolation."""
+
+    def __init__(self, args: GeneratorArgs, p: float = 1.0) -> None:
+        super().__init__(p=p)
+        self.args = args
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        """Draw one transform as Keras' `get_random_transform` does."""
+        a, rng, (height, width) = self.args, self.random_generator, params["shape"][:2]
+        zx, zy = rng.uniform(1 - a.zoom_range, 1 + a.zoom_range, 2) if a.zoom_range else (1.0, 1.0)
+        return {
+            "theta": rng.uniform(-a.rotation_range, a.rotation_range),
+            "tx": rng.uniform(-a.height_shift_range, a.height_shift_range) * height,
+            "ty": rng.uniform(-a.width_shift_range, a.width_shift_range) * width,
+            "shear": rng.uniform(-a.shear_range, a.shear_range),
+            "zx": zx, "zy": zy,
+            "flip_h": a.horizontal_flip and rng.random() < 0.5,
+            "flip_v": a.vertical_flip and rng.random() < 0.5,
+            "brightness": rng.uniform(*a.brightness_range) if a.brightness_range else None,
+        }
+
+    def _geometry(self, image: np.ndarray, order: int, **params: Any) -> np.ndarray:
+        keys = ("theta", "tx", "ty", "shear", "zx", "zy")
+        out = keras_affine(image.astype(np.float32), **{k: params[k] for k in keys}, order=order)
+        if params["flip_h"]:
+            out = out[:, ::-1]
+        if params["flip_v"]:
+            out = out[::-1]
+        return out
+
+    def apply(self, img: np.ndarray, **params: Any) -> np.ndarray:
+        """Return the transformed uint8 image."""
+        out = self._geometry(img, 1, **params)
+        if params["brightness"] is not None:
+            return keras_brightness(out, params["brightness"])
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+    def apply_to_mask(self, mask: np.ndarray, **params: Any) -> np.ndarray:
+        """Return the mask moved with the image."""
+        return np.ascontiguousarray(self._geometry(mask[..., None], 0, **params)[..., 0]).astype(mask.dtype)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        """Name the constructor arguments (albumentations' serialisation)."""
+        return ("args",)
+
+
 class ToUint8Tensor:
     """The albumentations call signature, for a pipeline that only lays HxWx3 out as 3xHxW."""
 
@@ -79,19 +187,28 @@ class ToUint8Tensor:
 
 
 def build_transform(
-    params: TrainParams, *, stored_hw: tuple[int, int], train: bool, seed: int = 0
+    params: TrainParams, *, stored_hw: tuple[int, int], train: bool, seed: int = 0, keras: bool = False
 ) -> A.Compose | ToUint8Tensor:
     """Return the pipeline from a HxWx3 uint8 image (and mask) to a 3xHxW uint8 tensor.
 
     Images stored at `stored_hw` are resized to the run's input size: shrinking uses
     nearest-neighbour, as Keras `flow_from_directory` did for CancerNet's 50->48; enlarging uses
     bilinear. Augmentation runs only when `train`; with neither, no albumentations call is made.
+
+    With `keras` (a Keras seed under source semantics) the resize is PIL's nearest-neighbour, which
+    Keras' `load_img` uses (cv2's INTER_NEAREST samples other pixels), it comes first as in
+    `flow_from_directory`, and a Keras augmentation runs as ImageDataGenerator defines it.
     """
-    steps = _augmentations(params) if train else []
     height, width = params.input_hw
+    resize = []
     if (height, width) != tuple(stored_hw):
-        interpolation = cv2.INTER_NEAREST if height * width < stored_hw[0] * stored_hw[1] else cv2.INTER_LINEAR
-        steps.append(A.Resize(height, width, interpolation=interpolation))
+        shrink = cv2.INTER_NEAREST_EXACT if keras else cv2.INTER_NEAREST
+        interpolation = shrink if height * width < stored_hw[0] * stored_hw[1] else cv2.INTER_LINEAR
+        resize = [A.Resize(height, width, interpolation=interpolation)]
+    if keras and train and params.augment in KERAS_GENERATORS:
+        steps = [*resize, KerasImageDataGenerator(KERAS_GENERATORS[params.augment])]
+    else:
+        steps = [*(_augmentations(params) if train else []), *resize]
     if not steps:
         return ToUint8Tensor()
     return A.Compose([*steps, ToTensorV2()], seed=seed)
