@@ -1,7 +1,10 @@
 """Samples per second: decoding the original files each epoch, as a torchvision ImageFolder does,
-against the harness's packed caches, for IDC patches and BreakHis images.
+against the harness's packed caches, for IDC patches and BreakHis images; and what the content
+digest adds to indexing.
 
 Run: .venv/bin/python bench/data.py   (reads ../shared/data samples, else writes synthetic trees)
+     .venv/bin/python bench/data.py --synthetic   (generated trees even where the samples exist)
+     .venv/bin/python bench/data.py --smoke       (tiny generated trees, one round: a test runs it)
 
 Both sides yield the same float tensors in [0, 1] for the same images in the same order, with no
 augmentation: IDC 50x50 patches (edge patches padded), BreakHis at its working resolution
@@ -10,18 +13,25 @@ side is measured twice: the loader alone (uint8 batches, what a data-loader work
 which normalises on the device) and with the per-batch float normalisation done on this CPU, as
 a CPU-only run does. Rounds are interleaved; each ratio is the median time per epoch of
 ImageFolder over that of the cache side.
+
+Indexing reads each file once, digests its bytes (BLAKE2b) and decodes the image from the same
+bytes. The index rows set that per-file work against decoding from the path alone (what indexing
+did before digests), in interleaved rounds, and give the whole indexer's rate beside them. They
+are CPU times (every side is single-threaded), which other processes on a shared machine disturb
+less than wall time.
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torchvision.datasets.folder import default_loader
 from torchvision.transforms import functional as TF
 
@@ -30,6 +40,7 @@ from harness.data.cache import build_image_cache, build_patch_cache, image_cache
 from harness.data.dataset import ImageDataset
 from harness.data.manifest import manifest_hash
 from harness.data.prepare import index_dataset
+from harness.data.records import decode
 from harness.data.synthetic import write_synthetic_breakhis, write_synthetic_idc
 from harness.data.transforms import batch_normaliser, build_transform
 
@@ -57,7 +68,7 @@ def cache_epoch(dataset: ImageDataset, *, normalise: bool, batch: int = 256) -> 
     return images
 
 
-def compare(name: str, spec: DatasetSpec, work: Path) -> None:
+def compare(name: str, spec: DatasetSpec, work: Path, rounds: int) -> None:
     manifest, _ = index_dataset(spec)
     digest = manifest_hash(manifest)
     if spec.name == "idc":
@@ -71,7 +82,7 @@ def compare(name: str, spec: DatasetSpec, work: Path) -> None:
                            build_transform(params, stored_hw=size, train=False))
     paths = list(manifest.path)
     times: dict[str, list[float]] = {"folder": [], "loader": [], "cpu": []}
-    for _ in range(ROUNDS):
+    for _ in range(rounds):
         for side, run in (("folder", lambda: image_folder_epoch(paths, size)),
                           ("loader", lambda: cache_epoch(dataset, normalise=False)),
                           ("cpu", lambda: cache_epoch(dataset, normalise=True))):
@@ -83,19 +94,58 @@ def compare(name: str, spec: DatasetSpec, work: Path) -> None:
     print(f"{name:<10}{n:>7}{n / f:>14,.0f}{n / loader:>14,.0f}{f / loader:>8.1f}x{n / cpu:>16,.0f}{f / cpu:>8.1f}x")
 
 
-def main() -> None:
-    work = Path(tempfile.mkdtemp(prefix="bench-data-"))
+def decode_from_path(paths: list[Path]) -> None:
+    """Decode every file from its path, as indexing did before it digested the bytes."""
+    for path in paths:
+        with Image.open(path) as im:
+            im.load()
+
+
+def index_cost(name: str, spec: DatasetSpec, rounds: int) -> None:
+    """Print the files/s of decoding alone, of the indexer's read-digest-decode, their ratio, and
+    the whole indexer's files/s, each the median CPU time of interleaved rounds."""
+    paths = [Path(p) for p in index_dataset(spec)[0].path]  # also warms the page cache
+    times: dict[str, list[float]] = {"path": [], "digest": [], "indexer": []}
+    for _ in range(rounds):
+        for side, run in (("path", lambda: decode_from_path(paths)),
+                          ("digest", lambda: [decode(p) for p in paths]),
+                          ("indexer", lambda: index_dataset(spec))):
+            start = time.process_time()
+            run()
+            times[side].append(time.process_time() - start)
+    plain, digest, indexer = (statistics.median(times[k]) for k in ("path", "digest", "indexer"))
+    n = len(paths)
+    print(f"{name:<10}{n:>7}{n / plain:>14,.0f}{n / digest:>18,.0f}{digest / plain:>7.2f}x{n / indexer:>14,.0f}")
+
+
+def measure(work: Path, smoke: bool, synthetic: bool, rounds: int) -> None:
+    """Print both tables for the shared samples, or for trees generated under `work`."""
     idc_root = SHARED / "idc_sample"
     bkh_root = SHARED / "breakhis_sample"
-    # Any argument (e.g. --synthetic) measures on generated trees even where the samples exist.
-    if len(sys.argv) > 1 or not idc_root.is_dir():
-        idc_root = write_synthetic_idc(work / "idc", patients=40)
-    if len(sys.argv) > 1 or not bkh_root.is_dir():
-        bkh_root = write_synthetic_breakhis(work / "breakhis")
+    if smoke or synthetic or not idc_root.is_dir():
+        idc_root = write_synthetic_idc(work / "idc", patients=4 if smoke else 40)
+    if smoke or synthetic or not bkh_root.is_dir():
+        small = dict(images_per_magnification=1, size=(46, 70), masks=False) if smoke else {}
+        bkh_root = write_synthetic_breakhis(work / "breakhis", **small)
+    idc = DatasetSpec(name="idc", root=idc_root, allow_subset=True)
+    bkh = DatasetSpec(name="breakhis", root=bkh_root, allow_subset=True)
     print(f"{'dataset':<10}{'images':>7}{'ImageFolder/s':>14}{'cache uint8/s':>14}{'ratio':>9}  "
           f"{'cache+CPU norm/s':>16}{'ratio':>9}")
-    compare("IDC", DatasetSpec(name="idc", root=idc_root, allow_subset=True), work / "idc_work")
-    compare("BreakHis", DatasetSpec(name="breakhis", root=bkh_root, allow_subset=True), work / "bkh_work")
+    compare("IDC", idc, work / "idc_work", rounds)
+    compare("BreakHis", bkh, work / "bkh_work", rounds)
+    print(f"\n{'index':<10}{'files':>7}{'decode only/s':>14}{'read+digest+dec/s':>18}{'ratio':>8}{'indexer/s':>14}")
+    index_cost("IDC", idc, rounds)
+    index_cost("BreakHis", bkh, rounds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--synthetic", action="store_true", help="measure on generated trees even where the samples exist")
+    parser.add_argument("--smoke", action="store_true", help="tiny generated trees and one round (for the tests)")
+    args = parser.parse_args()
+    rounds = 1 if args.smoke else ROUNDS
+    with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
+        measure(Path(tmp), args.smoke, args.synthetic, rounds)
 
 
 if __name__ == "__main__":
