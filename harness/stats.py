@@ -79,18 +79,67 @@ def _replicates(
     seed: int,
 ) -> tuple[np.ndarray, int]:
     """Return the statistic over the resamples where it is defined, and how many were skipped."""
+    values = _every_replicate(statistic, draw, n_boot, seed)
+    finite = values[np.isfinite(values)]
+    return finite, n_boot - finite.size
+
+
+def _every_replicate(
+    statistic: Callable[[np.ndarray], float],
+    draw: Callable[[np.random.Generator], np.ndarray],
+    n_boot: int,
+    seed: int,
+) -> np.ndarray:
+    """Return the statistic on each of `n_boot` resamples, NaN where it is undefined."""
     if n_boot < 1:
         raise ValueError(f"n_boot must be at least 1, got {n_boot}")
     rng = np.random.default_rng(seed)
-    values = []
     with warnings.catch_warnings():
         # A resample without one class makes AUC undefined; those are counted, not warned about.
         warnings.simplefilter("ignore", UndefinedMetricWarning)
-        for _ in range(n_boot):
-            value = float(statistic(draw(rng)))
-            if math.isfinite(value):
-                values.append(value)
-    return np.asarray(values), n_boot - len(values)
+        values = np.array([float(statistic(draw(rng))) for _ in range(n_boot)])
+    values[~np.isfinite(values)] = math.nan
+    return values
+
+
+@dataclass(frozen=True)
+class Replicates:
+    """A metric on each resample of one model's test predictions (NaN where it is undefined).
+
+    The resamples depend only on the number of images, the patient groups and the seed, so two
+    models' replicates on the same test images pair up resample by resample.
+    """
+
+    estimate: float
+    values: np.ndarray
+    unit: str
+    n_boot: int
+    seed: int
+
+
+def bootstrap_replicates(metric: Metric, labels: np.ndarray, probs: np.ndarray, groups: np.ndarray | None = None,
+                         *, n_boot: int = 2000, seed: int = 0) -> Replicates:
+    """Return `metric(labels, probs)` and its value on each of `n_boot` resamples, drawn as in
+    `bootstrap_ci` (whole patients when `groups` is given)."""
+    labels, probs = np.asarray(labels), np.asarray(probs)
+    unit, draw = _resampler(_same_length(labels=labels, probs=probs), groups)
+    values = _every_replicate(lambda idx: metric(labels[idx], probs[idx]), draw, n_boot, seed)
+    return Replicates(float(metric(labels, probs)), values, unit, n_boot, seed)
+
+
+def paired_bootstrap_test(a: Replicates, b: Replicates, what: str) -> PairedTest:
+    """Return the paired bootstrap test of A's metric against B's from their paired replicates:
+    z = (A - B) / SD of the resampled differences, two-sided normal p, as pROC's bootstrap test
+    does; resamples where either is undefined are skipped and counted in `method`."""
+    if (a.values.shape, a.unit, a.seed) != (b.values.shape, b.unit, b.seed):
+        raise ValueError(f"replicates do not pair up: {a.values.size} resamples of {a.unit} (seed {a.seed}) and "
+                         f"{b.values.size} of {b.unit} (seed {b.seed})")
+    differences = a.values - b.values
+    differences = differences[np.isfinite(differences)]
+    se = float(np.std(differences, ddof=1)) if differences.size > 1 else math.nan
+    z, p = _z_test(a.estimate - b.estimate, se)
+    note = _resamples_note(a.n_boot, a.seed, a.n_boot - differences.size)
+    return PairedTest(z, p, f"paired bootstrap test of {what} over {a.unit} ({note})", a.estimate, b.estimate, se=se)
 
 
 def _resamples_note(n_boot: int, seed: int, skipped: int) -> str:
@@ -124,15 +173,17 @@ def bootstrap_ci(
     """
     if not 0 < level < 1:
         raise ValueError(f"level must lie strictly between 0 and 1, got {level}")
-    labels, probs = np.asarray(labels), np.asarray(probs)
-    n = _same_length(labels=labels, probs=probs)
-    estimate = float(metric(labels, probs))
-    unit, draw = _resampler(n, groups)
-    values, skipped = _replicates(lambda idx: metric(labels[idx], probs[idx]), draw, n_boot, seed)
+    return percentile_interval(bootstrap_replicates(metric, labels, probs, groups, n_boot=n_boot, seed=seed), level)
+
+
+def percentile_interval(replicates: Replicates, level: float = 0.95) -> Interval:
+    """Return the estimate with the percentile interval of its replicates (those where it is defined)."""
+    values = replicates.values[np.isfinite(replicates.values)]
     tail = 50 * (1 - level)
     low, high = np.percentile(values, [tail, 100 - tail]) if values.size else (math.nan, math.nan)
-    method = f"{100 * level:g}% percentile bootstrap over {unit} ({_resamples_note(n_boot, seed, skipped)})"
-    return Interval(estimate, float(low), float(high), method)
+    note = _resamples_note(replicates.n_boot, replicates.seed, replicates.n_boot - values.size)
+    return Interval(replicates.estimate, float(low), float(high),
+                    f"{100 * level:g}% percentile bootstrap over {replicates.unit} ({note})")
 
 
 def bootstrap_difference(
@@ -292,21 +343,17 @@ def paired_bootstrap_auc(
     a, b = np.asarray(probs_a, dtype=np.float64), np.asarray(probs_b, dtype=np.float64)
     if a.shape != b.shape or a.ndim not in (1, 2):
         raise ValueError(f"probs_a and probs_b must have the same 1-D or 2-D shape, got {a.shape} and {b.shape}")
-    n = _same_length(labels=labels, probs_a=a, probs_b=b)
+    _same_length(labels=labels, probs_a=a, probs_b=b)
     classes = 2 if a.ndim == 1 else a.shape[1]
     if not np.isin(labels, np.arange(classes)).all():
         raise ValueError(f"labels must be class indices 0..{classes - 1}, got values {np.unique(labels).tolist()}")
     labels = labels.astype(np.int64)
-    auc_a, auc_b = auc(labels, a, average), auc(labels, b, average)
-    unit, draw = _resampler(n, groups)
-    differences, skipped = _replicates(
-        lambda idx: auc(labels[idx], a[idx], average) - auc(labels[idx], b[idx], average), draw, n_boot, seed
-    )
-    se = float(np.std(differences, ddof=1)) if differences.size > 1 else math.nan
-    z, p = _z_test(auc_a - auc_b, se)
-    what = "AUCs" if classes == 2 else f"{average} one-vs-rest AUCs"
-    method = f"paired bootstrap test of {what} over {unit} ({_resamples_note(n_boot, seed, skipped)})"
-    return PairedTest(z, p, method, auc_a, auc_b, se=se)
+
+    def metric(y: np.ndarray, p: np.ndarray) -> float:
+        return auc(y, p, average)
+
+    replicates = [bootstrap_replicates(metric, labels, probs, groups, n_boot=n_boot, seed=seed) for probs in (a, b)]
+    return paired_bootstrap_test(*replicates, "AUCs" if classes == 2 else f"{average} one-vs-rest AUCs")
 
 
 def mean_sd_se(values: np.ndarray) -> tuple[float, float, float]:

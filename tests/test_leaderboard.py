@@ -417,7 +417,7 @@ def test_each_leaderboard_computes_its_own_intervals(tmp_path: Path) -> None:
     tables = []
     for seed in (11, 12):
         store, frames = idc_store(tmp_path / str(seed), seed=seed)
-        board = build_leaderboard(store.uri, store.experiment)
+        board = build_leaderboard(store.uri, store.experiment, options=LayoutOptions(n_boot=N_BOOT))
         row = board.table.set_index("baseline").loc["resnet18"]
         right = (frames["resnet18"].pred == frames["resnet18"].label).to_numpy()
         low, high = (float(x) for x in row.test_accuracy_ci.strip("[]").split(", "))

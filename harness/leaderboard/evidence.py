@@ -86,26 +86,33 @@ def _aligned(frame: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame | Non
     return None
 
 
-def _paired(frame: pd.DataFrame, other: pd.DataFrame, n_boot: int, seed: int) -> dict[str, stats.PairedTest | None]:
-    """Return the tests of model `frame` against model `other` on the same images, per tested column."""
-    labels = frame.label.to_numpy()
-    probs, theirs = probabilities(frame), probabilities(other)
-    accuracy = stats.mcnemar(probs.argmax(1) == labels, theirs.argmax(1) == labels)
+@dataclass(frozen=True)
+class _Scored:
+    """One model's test predictions as the tests read them; `auc` holds its AUC on every bootstrap
+    resample, which pair up between models on the same images (the multi-class AUC test)."""
+
+    labels: np.ndarray
+    probs: np.ndarray
+    groups: np.ndarray | None
+    auc: stats.Replicates
+
+
+def _paired(a: _Scored, b: _Scored) -> dict[str, stats.PairedTest | None]:
+    """Return the tests of model `a` against model `b` on the same images, per tested column."""
+    accuracy = stats.mcnemar(a.probs.argmax(1) == a.labels, b.probs.argmax(1) == a.labels)
+    if a.probs.shape[1] > 2:
+        return {"accuracy": accuracy, "auc": stats.paired_bootstrap_test(a.auc, b.auc, "macro one-vs-rest AUCs")}
     try:
-        if probs.shape[1] == 2:
-            auc = stats.delong(labels, probs, theirs)
-        else:
-            auc = stats.paired_bootstrap_auc(labels, probs, theirs, patient_groups(frame), n_boot=n_boot, seed=seed)
+        auc = stats.delong(a.labels, a.probs, b.probs)
     except ValueError:
         auc = None  # too few images of a class for the test
     return {"accuracy": accuracy, "auc": auc}
 
 
-def _column_tests(frames: dict[str, pd.DataFrame], reference: str, rows: dict[str, TestEvidence],
-                  n_boot: int, seed: int) -> dict[str, ColumnTests]:
-    """Return the tests of every tested column over all pairs of `frames` (reference second in its pairs)."""
-    pairs = [(b, a) if a == reference else (a, b) for a, b in combinations(frames, 2)]
-    results = {pair: _paired(frames[pair[0]], frames[pair[1]], n_boot, seed) for pair in pairs}
+def _column_tests(scored: dict[str, _Scored], reference: str, rows: dict[str, TestEvidence]) -> dict[str, ColumnTests]:
+    """Return the tests of every tested column over all pairs of `scored` (reference second in its pairs)."""
+    pairs = [(b, a) if a == reference else (a, b) for a, b in combinations(scored, 2)]
+    results = {pair: _paired(scored[pair[0]], scored[pair[1]]) for pair in pairs}
     tests = {}
     for column in TESTED:
         found = {pair: result[column] for pair, result in results.items()}
@@ -113,21 +120,25 @@ def _column_tests(frames: dict[str, pd.DataFrame], reference: str, rows: dict[st
         adjusted = stats.holm(np.array([t.p_value for t in vs_reference.values()]))
         p = np.array([math.nan if t is None else t.p_value for t in found.values()])
         # Best first, so that 'a' marks the group of the highest value; NaN estimates last.
-        value = {label: getattr(rows[label], column).estimate for label in frames}
-        order = sorted(frames, key=lambda label: -value[label] if math.isfinite(value[label]) else math.inf)
+        value = {label: getattr(rows[label], column).estimate for label in scored}
+        order = sorted(scored, key=lambda label: -value[label] if math.isfinite(value[label]) else math.inf)
         letters = stats.compact_letters(order, stats.different_pairs(list(found), p, ALPHA))
         tests[column] = ColumnTests(vs_reference, dict(zip(vs_reference, map(float, adjusted))), letters, len(pairs))
     return tests
 
 
-def _intervals(frame: pd.DataFrame, model: str, n_boot: int, seed: int) -> TestEvidence:
+def _scored(frame: pd.DataFrame, n_boot: int, seed: int) -> _Scored:
     labels, probs, groups = frame.label.to_numpy(), probabilities(frame), patient_groups(frame)
+    return _Scored(labels, probs, groups, stats.bootstrap_replicates(stats.auc, labels, probs, groups, n_boot=n_boot, seed=seed))
 
+
+def _intervals(scored: _Scored, model: str, n_boot: int, seed: int) -> TestEvidence:
     def interval(metric: stats.Metric) -> stats.Interval:
-        return stats.bootstrap_ci(metric, labels, probs, groups, n_boot=n_boot, seed=seed)
+        return stats.bootstrap_ci(metric, scored.labels, scored.probs, scored.groups, n_boot=n_boot, seed=seed)
 
-    return TestEvidence(model=model, images=len(frame), accuracy=interval(_accuracy), auc=interval(stats.auc),
-                        ece=interval(stats.expected_calibration_error), brier=interval(stats.brier_score))
+    return TestEvidence(model=model, images=scored.labels.size, accuracy=interval(_accuracy),
+                        auc=stats.percentile_interval(scored.auc), ece=interval(stats.expected_calibration_error),
+                        brier=interval(stats.brier_score))
 
 
 def gather_evidence(runs: RunSet, rows: list[BaselineRuns], model: str, reference: str | None, *,
@@ -136,12 +147,13 @@ def gather_evidence(runs: RunSet, rows: list[BaselineRuns], model: str, referenc
     paired tests cover the rows that scored the same images as the row labelled `reference`."""
     frames = {r.label: runs.test_predictions(r, model) for r in rows}
     frames = {label: frame for label, frame in frames.items() if frame is not None and not frame.empty}
-    intervals = {label: _intervals(frame, model, n_boot, seed) for label, frame in frames.items()}
-    if reference not in frames:
-        return TableEvidence(None, intervals, {}, [])
-    aligned = {label: _aligned(frame, frames[reference]) for label, frame in frames.items()}
+    aligned = {label: _aligned(frame, frames[reference]) for label, frame in frames.items()} if reference in frames else {}
     same = {label: frame for label, frame in aligned.items() if frame is not None}
-    tests = _column_tests(same, reference, intervals, n_boot, seed)
+    scored = {label: _scored(same.get(label, frame), n_boot, seed) for label, frame in frames.items()}
+    intervals = {label: _intervals(s, model, n_boot, seed) for label, s in scored.items()}
+    if not same:
+        return TableEvidence(None, intervals, {}, [])
+    tests = _column_tests({label: scored[label] for label in same}, reference, intervals)
     return TableEvidence(reference, intervals, tests, [label for label in frames if label not in same])
 
 
