@@ -412,3 +412,16 @@ def test_different_pairs_are_those_below_alpha_after_holm() -> None:
     # Holm over the two tested pairs: 0.02 and 0.03, both below 0.05; the untested pair is not different.
     assert different_pairs(pairs, raw) == [("A", "B"), ("A", "C")]
     assert different_pairs(pairs, np.array([0.01, 0.03, 0.04])) == [("A", "B")]  # 0.03, 0.06, 0.06
+
+
+def test_replicates_pair_up_only_on_the_same_resamples() -> None:
+    from harness.stats import bootstrap_replicates, paired_bootstrap_test, percentile_interval
+
+    labels, probs, groups = patient_data(seed=5)
+    a = bootstrap_replicates(rank_auc, labels, probs, groups, n_boot=200, seed=1)
+    b = bootstrap_replicates(rank_auc, labels, probs ** 2, groups, n_boot=200, seed=1)
+    # The interval of the replicates is bootstrap_ci's; the test of a monotone transform is no difference.
+    assert percentile_interval(a) == bootstrap_ci(rank_auc, labels, probs, groups, n_boot=200, seed=1)
+    assert paired_bootstrap_test(a, b, "AUCs").p_value == 1.0
+    with pytest.raises(ValueError, match="do not pair up"):
+        paired_bootstrap_test(a, bootstrap_replicates(rank_auc, labels, probs, groups, n_boot=200, seed=2), "AUCs")
