@@ -5,7 +5,6 @@ mean over folds of the per-fold difference, with a fold-paired bootstrap interva
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +36,8 @@ def latest_study(tracking_uri: str, experiment: str) -> str:
     return runs[0].info.run_id
 
 
-def fold_paired_difference(metric: Callable[[np.ndarray, np.ndarray], float], folds: list[tuple[Sample, Sample]], *,
-                           n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[list[float], stats.Interval]:
+def fold_paired_difference(metric: stats.Metric, folds: list[tuple[Sample, Sample]], *, n_boot: int = 2000,
+                           level: float = 0.95, seed: int = 0) -> tuple[list[float], stats.Interval]:
     """Return the per-fold differences metric(A_f) - metric(B_f) and their mean over folds with a
     percentile interval. Each replicate resamples patients (images without groups) within both
     test sets of every fold, recomputes the per-fold differences and averages them."""
@@ -99,7 +98,8 @@ def _row(model: str, folds: dict[int, dict[str, object]], runs: RunSet, n_boot: 
     samples = [_samples(runs, folds[f]) for f in paired]
     per_fold, acc = fold_paired_difference(_accuracy, samples, n_boot=n_boot, seed=seed)
     _, auc = fold_paired_difference(stats.auc, samples, n_boot=n_boot, seed=seed)
-    mean = {p: float(np.mean([_accuracy(*pair[i][:2]) for pair in samples])) for i, p in enumerate((PATCH_RANDOM, PATIENT))}
+    mean = {p: float(np.mean([_accuracy(*pair[i][:2]) for pair in samples]))
+            for i, p in enumerate((PATCH_RANDOM, PATIENT))}
     leaky = [folds[f][PATCH_RANDOM] for f in paired]
     epochs = {r.data.params.get("epochs") for f in paired for r in folds[f].values()} - {None}
     floor = leaky[0].data.tags.get(tracking.FLOOR) == "true"
@@ -109,7 +109,8 @@ def _row(model: str, folds: dict[int, dict[str, object]], runs: RunSet, n_boot: 
              "shared": number(np.mean([int(r.data.tags["shared_test_patients"]) for r in leaky]), 1)}
     for key, interval in (("accuracy", acc), ("auc", auc)):
         cells |= {f"inflation_{key}": signed(100 * interval.estimate, 1),
-                  f"inflation_{key}_low": signed(100 * interval.low, 1), f"inflation_{key}_high": signed(100 * interval.high, 1)}
+                  f"inflation_{key}_low": signed(100 * interval.low, 1),
+                  f"inflation_{key}_high": signed(100 * interval.high, 1)}
     cells |= {f"inflation_fold{f}": signed(100 * d, 1) for f, d in zip(paired, per_fold)}
     cells["inflation_accuracy_sd"] = number(100 * stats.mean_sd_se(np.asarray(per_fold))[1], 1)
     return Row("floor" if floor else "harness", model, cells), acc.method
@@ -143,9 +144,9 @@ def leakage_table(tracking_uri: str, experiment: str, study: str, *, n_boot: int
         table.rows.append(row)
     if method is not None:
         table.footnotes.append(f"Inflation = mean over folds of patch-random minus patient test accuracy, in points; "
-                               f"fold f = each arm's held-out fold f. 95% CI: {method}. The interval covers which test patients "
-                               "were drawn, given each fold's trained models; the SD over folds also holds what "
-                               "training on different folds changes.")
+                               f"fold f = each arm's held-out fold f. 95% CI: {method}. The interval covers which "
+                               "test patients were drawn, given each fold's trained models; the SD over folds also "
+                               "holds what training on different folds changes.")
     table.footnotes.append(
         "Per fold and arm: the published recipe, the same epoch budget and seed, trained on the arm's other folds but "
         "one (the next fold validates), tested on its own held-out fold; the folds of each arm cover every image once. "
