@@ -147,6 +147,51 @@ def test_every_baseline_declares_its_source_framework() -> None:
         baselines.uses_keras_semantics("cancernet", "keras")
 
 
+def _bn_constants(module: torch.nn.Module) -> set[tuple[float, float]]:
+    return {(m.eps, round(m.momentum, 6)) for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+
+
+def test_keras_semantics_give_each_part_of_a_model_its_keras_constants() -> None:
+    """GuSA (001, TensorFlow): Keras' DenseNet trunk (BN epsilon 1.001e-5), Keras' defaults on the
+    layers 001 added (BN 1e-3 / 0.99; glorot_uniform, zero biases); a PyTorch source keeps PyTorch's."""
+    torch.manual_seed(0)
+    gusa = baselines.create("gusa", num_classes=4)
+    assert _bn_constants(gusa.block3) == {(1.001e-5, 0.01)} and _bn_constants(gusa.bp) == {(1e-3, 0.01)}
+    head = gusa.classifier.conv
+    assert head.weight.abs().max() <= (6 / (512 + 4)) ** 0.5 and not head.bias.any() and not gusa.roi_head.conv.bias.any()
+    plain = baselines.create("gusa", num_classes=4, semantics="torch")
+    assert _bn_constants(plain) == {(1e-5, 0.1)} and plain.classifier.conv.bias.any()
+    effnet = baselines.create("efficientnetv2_s", num_classes=2)
+    assert _bn_constants(effnet.trunk) == {(1e-3, 0.1)} and _bn_constants(effnet.head) == {(1e-3, 0.01)}
+    assert _bn_constants(baselines.create("resnet18", num_classes=2)) == {(1e-5, 0.1)}
+
+
+def test_keras_semantics_keep_loaded_weights_and_freeze_batch_norm_as_keras(tmp_path: Path) -> None:
+    """003 froze its backbone; Keras then runs the backbone's BN in inference mode, torch does not."""
+    trunk = baselines.create("efficientnetv2_s", num_classes=2, semantics="torch").trunk.state_dict()
+    weights = tmp_path / "effnet.pth"
+    torch.save(trunk, weights)
+    x = torch.randn(4, 3, 64, 64)
+    for semantics, trunk_bn_updates in (("source", False), ("torch", True)):
+        model = baselines.create("efficientnetv2_s", num_classes=2, pretrained=str(weights), freeze="head_only",
+                                 semantics=semantics).train()
+        head_before = model.head.norm.running_mean.clone()
+        model(x)
+        assert torch.equal(model.trunk.conv_stem.weight, trunk["conv_stem.weight"])
+        assert (not torch.equal(model.trunk.bn1.running_mean, trunk["bn1.running_mean"])) == trunk_bn_updates
+        assert not torch.equal(model.head.norm.running_mean, head_before)
+
+
+def test_keras_dense_batch_norm_averages_the_biased_batch_variance() -> None:
+    """CancerNet's Dense-layer BN: Keras moves its variance towards the biased batch variance."""
+    model = baselines.create("cancernet", num_classes=2, dropout_conv=0.0, dropout_fc=0.0).train()
+    bn, seen = model.classifier[3], []
+    bn.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].detach()))
+    model(torch.rand(5, 3, 48, 48))
+    expected = 0.99 + 0.01 * seen[0].var(0, unbiased=False)
+    assert torch.allclose(bn.running_var, expected, rtol=1e-6, atol=1e-7)
+
+
 def test_duplicate_registration_is_refused() -> None:
     with pytest.raises(ValueError, match="already registered"):
         baselines.register("cancernet", framework="keras", input_size=48)(lambda num_classes, pretrained=None: None)
