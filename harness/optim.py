@@ -4,7 +4,8 @@ Keras' optimisers are not PyTorch's under the same name (BASELINES.md §0.5): Ad
 accumulator at 0.1 and adds epsilon 1e-7 inside the square root; Adam and Adamax add epsilon 1e-7
 to the uncorrected denominator; SGD keeps a velocity in lr units (v = momentum·v − lr·g), which
 differs from PyTorch's buffer of gradients as soon as the lr changes, as under time-based decay.
-The update rules below follow Keras 3's `keras/src/optimizers/*.py` `update_step` line by line.
+The rules are Keras 3's `update_step` (`keras/src/optimizers/*.py`), computed in the order of its
+torch backend (`keras/src/backend/torch/optimizers/`), the same arithmetic with foreach kernels.
 
 `weight_decay` means the same in both semantics: L2 coupled into the gradient (g + wd·p), the
 harness' reading of the seeds' L2 regularisers; for `adamw` it is decoupled, as both Keras'
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -23,16 +25,19 @@ from harness.config import TrainParams
 KERAS_EPSILON = 1e-7
 
 
-def _f32(value: float | torch.Tensor) -> torch.Tensor:
-    """A float32 scalar: Keras computes its bias corrections in the variable's dtype."""
-    return torch.as_tensor(value, dtype=torch.float32)
+def _f32(value: float) -> float:
+    """`value` rounded to float32: Keras computes its scalars in the variable's dtype."""
+    return float(np.float32(value))
 
 
 class _KerasOptimizer(torch.optim.Optimizer):
-    """Shared step loop: L2 or decoupled decay, then the subclass' `_update` per parameter."""
+    """Shared step loop over each parameter group: L2 or decoupled decay, then the subclass'
+    `_update` on the lists of parameters, gradients and states (foreach arithmetic, in the order
+    of Keras 3's torch backend, `keras/src/backend/torch/optimizers/`)."""
 
     def __init__(self, params: Iterable[nn.Parameter], defaults: dict) -> None:
-        super().__init__(params, {"weight_decay": 0.0, "decoupled": False, **defaults})
+        # `iterations` counts the group's updates, as Keras' optimizer.iterations (bias corrections).
+        super().__init__(params, {"weight_decay": 0.0, "decoupled": False, "iterations": 0, **defaults})
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
@@ -42,22 +47,28 @@ class _KerasOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, wd = group["lr"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad
-                if wd and group["decoupled"]:
-                    p.sub_(p * _f32(wd) * _f32(lr))
-                elif wd:
-                    grad = grad.add(p, alpha=wd)
-                state = self.state[p]
-                state["step"] = state.get("step", 0) + 1
-                self._update(p, grad, state, group)
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            if group["weight_decay"] and group["decoupled"]:
+                torch._foreach_mul_(params, float(1 - np.float32(group["weight_decay"]) * np.float32(group["lr"])))
+            elif group["weight_decay"]:
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            group["iterations"] += 1
+            self._update(params, grads, [self.state[p] for p in params], group)
         return loss
 
-    def _update(self, p: torch.Tensor, grad: torch.Tensor, state: dict, group: dict) -> None:
+    def _update(self, params: list[torch.Tensor], grads: list[torch.Tensor], states: list[dict], group: dict) -> None:
         raise NotImplementedError
+
+    @staticmethod
+    def _slots(states: list[dict], params: list[torch.Tensor], name: str, fill: float = 0.0) -> list[torch.Tensor]:
+        """Return each parameter's optimiser variable `name`, created at `fill` on first use."""
+        for state, p in zip(states, params):
+            if name not in state:
+                state[name] = torch.full_like(p, fill, memory_format=torch.preserve_format)
+        return [state[name] for state in states]
 
 
 class KerasAdagrad(_KerasOptimizer):
@@ -68,12 +79,12 @@ class KerasAdagrad(_KerasOptimizer):
         super().__init__(params, {"lr": lr, "initial_accumulator_value": initial_accumulator_value, "eps": eps,
                                   "weight_decay": weight_decay})
 
-    def _update(self, p: torch.Tensor, grad: torch.Tensor, state: dict, group: dict) -> None:
-        if "accumulator" not in state:
-            state["accumulator"] = torch.full_like(p, group["initial_accumulator_value"])
-        acc = state["accumulator"]
-        acc.add_(grad.square())
-        p.sub_(group["lr"] * grad / (acc + group["eps"]).sqrt())
+    def _update(self, params: list[torch.Tensor], grads: list[torch.Tensor], states: list[dict], group: dict) -> None:
+        accumulators = self._slots(states, params, "accumulator", group["initial_accumulator_value"])
+        torch._foreach_add_(accumulators, torch._foreach_mul(grads, grads))
+        steps = torch._foreach_div(torch._foreach_mul(grads, _f32(group["lr"])),
+                                   torch._foreach_sqrt(torch._foreach_add(accumulators, group["eps"])))
+        torch._foreach_add_(params, steps, alpha=-1)
 
 
 class KerasAdam(_KerasOptimizer):
@@ -84,30 +95,35 @@ class KerasAdam(_KerasOptimizer):
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
                                   "decoupled": decoupled})
 
-    def _update(self, p: torch.Tensor, grad: torch.Tensor, state: dict, group: dict) -> None:
-        if "m" not in state:
-            state["m"], state["v"] = torch.zeros_like(p), torch.zeros_like(p)
-        (b1, b2), t, m, v = group["betas"], state["step"], state["m"], state["v"]
-        alpha = group["lr"] * _f32(1 - _f32(b2) ** t).sqrt() / (1 - _f32(b1) ** t)
-        m.add_((grad - m) * (1 - b1))
-        v.add_((grad.square() - v) * (1 - b2))
-        p.sub_(m * alpha / (v.sqrt() + group["eps"]))
+    def _update(self, params: list[torch.Tensor], grads: list[torch.Tensor], states: list[dict], group: dict) -> None:
+        (b1, b2), t = group["betas"], group["iterations"]
+        m, v = self._slots(states, params, "m"), self._slots(states, params, "v")
+        alpha = _f32(np.float32(group["lr"]) * np.sqrt(1 - np.float32(b2) ** t) / (1 - np.float32(b1) ** t))
+        torch._foreach_mul_(m, b1)
+        torch._foreach_add_(m, grads, alpha=1 - b1)
+        torch._foreach_mul_(v, b2)
+        torch._foreach_add_(v, torch._foreach_mul(grads, grads), alpha=1 - b2)
+        steps = torch._foreach_div(torch._foreach_mul(m, alpha), torch._foreach_add(torch._foreach_sqrt(v), group["eps"]))
+        torch._foreach_add_(params, steps, alpha=-1)
 
 
 class KerasAdamax(_KerasOptimizer):
-    """Keras Adamax: u ← max(β2·u, |g|); p ← p − lr·m / ((1−β1ᵗ)·(u + ε))."""
+    """Keras Adamax: u ← max(β2·u, |g|); p ← p − lr·m / ((u + ε)·(1−β1ᵗ))."""
 
     def __init__(self, params: Iterable[nn.Parameter], lr: float, *, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = KERAS_EPSILON, weight_decay: float = 0.0) -> None:
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
 
-    def _update(self, p: torch.Tensor, grad: torch.Tensor, state: dict, group: dict) -> None:
-        if "m" not in state:
-            state["m"], state["u"] = torch.zeros_like(p), torch.zeros_like(p)
-        (b1, b2), t, m, u = group["betas"], state["step"], state["m"], state["u"]
-        m.add_((grad - m) * (1 - b1))
-        torch.maximum(u * b2, grad.abs(), out=u)
-        p.sub_(group["lr"] * m / ((1 - _f32(b1) ** t) * (u + group["eps"])))
+    def _update(self, params: list[torch.Tensor], grads: list[torch.Tensor], states: list[dict], group: dict) -> None:
+        (b1, b2), t = group["betas"], group["iterations"]
+        m, u = self._slots(states, params, "m"), self._slots(states, params, "u")
+        torch._foreach_mul_(m, b1)
+        torch._foreach_add_(m, grads, alpha=1 - b1)
+        torch._foreach_mul_(u, b2)
+        torch._foreach_maximum_(u, torch._foreach_abs(grads))
+        steps = torch._foreach_div(torch._foreach_mul(m, _f32(group["lr"])),
+                                   torch._foreach_mul(torch._foreach_add(u, group["eps"]), _f32(1 - np.float32(b1) ** t)))
+        torch._foreach_add_(params, steps, alpha=-1)
 
 
 class KerasSGD(_KerasOptimizer):
@@ -117,15 +133,15 @@ class KerasSGD(_KerasOptimizer):
                  weight_decay: float = 0.0) -> None:
         super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
 
-    def _update(self, p: torch.Tensor, grad: torch.Tensor, state: dict, group: dict) -> None:
+    def _update(self, params: list[torch.Tensor], grads: list[torch.Tensor], states: list[dict], group: dict) -> None:
+        lr = _f32(group["lr"])
         if not group["momentum"]:
-            p.sub_(grad * group["lr"])
+            torch._foreach_add_(params, grads, alpha=-lr)
             return
-        if "velocity" not in state:
-            state["velocity"] = torch.zeros_like(p)
-        velocity = state["velocity"]
-        velocity.mul_(group["momentum"]).sub_(grad * group["lr"])
-        p.add_(velocity)
+        velocities = self._slots(states, params, "velocity")
+        torch._foreach_mul_(velocities, group["momentum"])
+        torch._foreach_add_(velocities, grads, alpha=-lr)
+        torch._foreach_add_(params, velocities)
 
 
 def build_optimizer(params: TrainParams, model: nn.Module, *, keras: bool) -> torch.optim.Optimizer:
