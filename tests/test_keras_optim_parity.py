@@ -1,6 +1,7 @@
 """Training under Keras semantics against Keras itself (BASELINES.md §0.5): optimiser steps, the
 time-based decay, the clipped and class-weighted loss, flow_from_directory's resize and
-ImageDataGenerator's transforms. Keras 3 runs on its torch backend; a test dependency only."""
+ImageDataGenerator's transforms. Keras 3 runs on its torch backend (a test dependency only), whose
+optimisers are foreach versions of the same update rules the TensorFlow backend runs."""
 
 from __future__ import annotations
 
