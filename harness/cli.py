@@ -196,7 +196,7 @@ def sweep(
     config = _load(experiment, root, tracking_uri, output_dir, roi_dir, storage)
     summary = run_sweep(config, address=address, resume=resume, verbose=True)
     table = Table(title=f"sweep {summary.experiment}{' (resumed)' if summary.resumed else ''}: {summary.wall_seconds:.0f} s")
-    for column in ("baseline", "trials", "finished", "stopped early (ASHA)", "failed"):
+    for column in ("baseline", "trials", "finished", "stopped early", "failed"):
         table.add_column(column, justify="left" if column == "baseline" else "right")
     for name, o in summary.baselines.items():
         table.add_row(name, str(o.trials), str(o.finished), str(o.stopped_early), str(o.failed))

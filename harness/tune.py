@@ -87,6 +87,11 @@ class TrialLines(tune.Callback):
         self._scheduler = scheduler
 
     def on_trial_start(self, iteration: int, trials: list, trial: object, **info: object) -> None:
+        epoch = (trial.last_result or {}).get(EPOCH_KEY)
+        if epoch:
+            # A trial that waited at a rung (reproducible sweeps) starts again from its checkpoint.
+            rich.get_console().print(f"[dim]resume[/] {trial.config['baseline']:<9} {trial.trial_id}  after epoch {epoch}")
+            return
         params = ", ".join(f"{k}={_short(v)}" for k, v in trial.config.items() if k != "baseline")
         rich.get_console().print(f"[dim]start[/] {trial.config['baseline']:<10} {trial.trial_id}  {params}")
 

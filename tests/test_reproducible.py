@@ -1,0 +1,61 @@
+"""`search.reproducible: true`: two sweeps with the same seed write the same leaderboard, one run
+with trials one at a time and the other with two at once (so trials finish in other orders)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import ray
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from harness import tracking
+from harness.cli import app
+
+from .conftest import experiment_dict, write_experiment
+
+# Columns that legitimately differ between two sweeps: run ids, and wall time with what it costs.
+RUN_SPECIFIC = ("best_run_id", "trial_wall_time_s", "gpu_hours", "cpu_hours")
+
+
+def _sweep(tmp: Path, data_root: Path, cpus: int) -> tuple[pd.DataFrame, list]:
+    data = experiment_dict(
+        data_root, tmp / "results", name="repro",
+        baselines=[{"name": "cancernet", "fixed": {"batch_size": 4, "epochs_max": 2}}],
+        search={"trials": 4, "max_epochs": 2, "grace_period": 1, "reduction_factor": 2, "max_concurrent": 4,
+                "reproducible": True, "seed": 0, "retrain": "none"},
+    )
+    tmp.mkdir()
+    path = write_experiment(tmp / "repro.yaml", data)
+    # The sweep joins this Ray instead of starting its own, so the two sweeps differ in parallelism.
+    ray.init(num_cpus=cpus, include_dashboard=False, configure_logging=False)
+    try:
+        result = CliRunner().invoke(app, ["sweep", str(path)], catch_exceptions=False)
+    finally:
+        ray.shutdown()
+    assert result.exit_code == 0, result.output
+    board = CliRunner().invoke(app, ["leaderboard", str(path)], catch_exceptions=False)
+    assert board.exit_code == 0, board.output
+    client = MlflowClient(f"sqlite:///{tmp / 'results' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("repro")
+    trials = client.search_runs([experiment.experiment_id], f"tags.{tracking.RUN_TYPE} = 'trial'")
+    return pd.read_csv(tmp / "results" / "repro" / "summary.csv"), trials
+
+
+def test_two_reproducible_sweeps_write_the_same_table(tmp_path: Path, synthetic_idc: Path) -> None:
+    """The summary tables agree in every column except run ids, wall time and what wall time costs."""
+    one, one_trials = _sweep(tmp_path / "one", synthetic_idc, cpus=1)
+    two, two_trials = _sweep(tmp_path / "two", synthetic_idc, cpus=2)
+    halved = [r for r in one_trials if r.data.tags.get(tracking.STOPPED_BY) == "halving"]
+    assert len(halved) == 2, "the first rung should stop half of the 4 trials"
+
+    def points(trials: list) -> list[tuple]:
+        return sorted((r.data.params["lr"], r.data.params["batch_size"], r.info.status,
+                       r.data.metrics["objective"]) for r in trials)
+
+    assert points(one_trials) == points(two_trials)
+    compared = [c for c in one.columns if c not in RUN_SPECIFIC]
+    assert len(compared) > 10
+    pd.testing.assert_frame_equal(one[compared], two[compared])
