@@ -186,7 +186,7 @@ def test_leaderboard_numbers_equal_the_metrics_in_mlflow(swept: Swept) -> None:
         # Neither baseline has a published count, so the published-convention column stays empty.
         assert pd.isna(row.params_published_convention)
         assert row.trials == len(mine)
-        assert row.stopped_early == sum(r.data.tags.get(tracking.STOPPED_BY) == "asha" for r in mine)
+        assert row.stopped_early == sum(r.data.tags.get(tracking.STOPPED_BY) in ("asha", "halving") for r in mine)
     assert set(table.baseline) == {"cancernet", "resnet18"}
 
 

@@ -52,6 +52,8 @@ PROTOCOLS = {
 }
 REFERENCE_DATASETS = {"BACH-A": "bach", "IDC": "idc", "BreakHis": "breakhis"}
 DAGGER = "†"
+# `stopped_by` tags of trials stopped by design: ASHA, or synchronous halving in a reproducible sweep.
+EARLY_STOPPERS = ("asha", "halving")
 STATISTICS_NOTE = ("95% CI: percentile bootstrap over the test images, whole patients resampled where patients "
                    "hold several images ({n_boot} resamples, seed {seed}). p: paired test against {reference} on the "
                    "same test images, exact McNemar below 25 discordant pairs, else chi-square with continuity "
@@ -311,7 +313,7 @@ def summary(runset: RunSet, options: LayoutOptions) -> ReportTable:
             "params_published_convention": (
                 Cell(f"{int(runs.metric(f'params_{convention}')):,} ({convention})")
                 if convention and not math.isnan(runs.metric(f"params_{convention}")) else Cell("-")),
-            "stopped_early": count(int((runs.trials.stopped_by == "asha").sum())),
+            "stopped_early": count(int(runs.trials.stopped_by.isin(EARLY_STOPPERS).sum())),
             "failed": count(int((runs.trials.status == "FAILED").sum())),
             "best_run_id": Cell(runs.best.run_id if runs.best is not None else "-"),
             **_cost_cells(runs),
