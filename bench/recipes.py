@@ -223,7 +223,8 @@ class Probe:
         self.norms += norm_rows(self.model, recalibrated[False], recalibrated[True], common)
 
 
-def norm_rows(trained: torch.nn.Module, undropped: torch.nn.Module, dropped: torch.nn.Module, common: dict) -> list[NormRow]:
+def norm_rows(trained: torch.nn.Module, undropped: torch.nn.Module, dropped: torch.nn.Module,
+              common: dict) -> list[NormRow]:
     """Return per BatchNorm: the running variance over the input's variance with dropout off and on
     (geometric mean over channels), the running mean's distance from the input's mean in input
     standard deviations (median over channels), and the input variance dropout adds (on over off).
@@ -240,7 +241,8 @@ def norm_rows(trained: torch.nn.Module, undropped: torch.nn.Module, dropped: tor
             return float(((mean - other.running_mean[live]).abs() / var_in.sqrt()).median())
 
         rows.append(NormRow(
-            baseline=common["baseline"], epoch=common["epoch"], layer=name, live_channels=f"{int(live.sum())}/{len(live)}",
+            baseline=common["baseline"], epoch=common["epoch"], layer=name,
+            live_channels=f"{int(live.sum())}/{len(live)}",
             var_ratio_off=_gmean(var / var_off), var_ratio_on=_gmean(var / var_on),
             mean_shift_off=shift(off[name], var_off), mean_shift_on=shift(on[name], var_on),
             dropout_var_gain=_gmean(var_on / var_off),
@@ -263,16 +265,16 @@ def print_tables(console: Console, rows: list[Row], norms: list[NormRow], title:
                    "agree train+drop", "agree train-drop"):
         table.add_column(column, justify="left" if column in ("model", "mode") else "right")
     for r in rows:
-        table.add_row(r.baseline, str(r.epoch) if r.epoch else "", r.mode, _f(r.train_loss), _f(r.loss), _f(r.accuracy),
-                      _f(r.auc), f"{r.top_share:.3f} ({r.top_class})", _f(r.agree_train_dropout),
+        table.add_row(r.baseline, str(r.epoch) if r.epoch else "", r.mode, _f(r.train_loss), _f(r.loss),
+                      _f(r.accuracy), _f(r.auc), f"{r.top_share:.3f} ({r.top_class})", _f(r.agree_train_dropout),
                       _f(r.agree_train_no_dropout))
     console.print(table)
     if not norms:
         return
-    table = Table(title="BatchNorm running statistics against the batch statistics of its input "
-                        "(running var / input var: geometric mean over channels; |mean shift| in input s.d., median over channels)")
-    for column in ("model", "epoch", "layer", "live channels", "var ratio, drop off", "var ratio, drop on", "mean shift, off",
-                   "mean shift, on", "input var on/off"):
+    table = Table(title="BatchNorm running statistics against the batch statistics of its input (running var / "
+                        "input var: geometric mean over channels; |mean shift| in input s.d., median over channels)")
+    for column in ("model", "epoch", "layer", "live channels", "var ratio, drop off", "var ratio, drop on",
+                   "mean shift, off", "mean shift, on", "input var on/off"):
         table.add_column(column, justify="left" if column in ("model", "layer") else "right")
     for n in norms:
         table.add_row(n.baseline, str(n.epoch), n.layer, n.live_channels, _f(n.var_ratio_off), _f(n.var_ratio_on),
