@@ -46,7 +46,10 @@ def keras_crossentropy(logits: torch.Tensor, labels: torch.Tensor, class_weights
     probs = torch.softmax(logits.float(), 1)
     target = F.one_hot(labels, probs.shape[1]).float()
     if probs.shape[1] == 2:
-        per_sample = F.binary_cross_entropy(probs.clamp(KERAS_EPSILON, 1 - KERAS_EPSILON), target, reduction="none").mean(1)
+        # Written out rather than F.binary_cross_entropy, which raises on NaN: a diverged run must
+        # reach the divergence check. With one-hot targets each unit keeps exactly one log term.
+        clipped = probs.clamp(KERAS_EPSILON, 1 - KERAS_EPSILON)
+        per_sample = -(target * clipped.log() + (1 - target) * (1 - clipped).log()).mean(1)
     else:
         probs = (probs / probs.sum(1, keepdim=True)).clamp(KERAS_EPSILON, 1 - KERAS_EPSILON)
         per_sample = -(target * probs.log()).sum(1)

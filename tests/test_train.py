@@ -39,10 +39,12 @@ def test_same_config_twice_gives_the_same_metrics(prepared: PreparedData) -> Non
 
 def test_learns_the_synthetic_signal_and_tests_only_test_patients(prepared: PreparedData) -> None:
     # BatchNorm's running variance starts at 1 while CancerNet's first activations have a variance
-    # near 3e-3, so eval-mode predictions mean little before ~100 optimiser steps: batch 4 gives
-    # 65 steps per epoch on this tree.
+    # near 3e-3; with Keras' momentum 0.99 (CancerNet's source semantics) it has not forgotten that
+    # start after a few hundred steps, so eval-mode predictions are those of stale statistics
+    # (bench/recipes.py --diagnose). Recalibrating BatchNorm before each evaluation measures the model.
     reports: list[EpochReport] = []
-    result = fit(_spec(prepared, batch_size=4, epochs_max=4, lr=1e-3), report=reports.append)
+    spec = _spec(prepared, batch_size=4, epochs_max=4, lr=1e-3).model_copy(update={"bn_recalibration": True})
+    result = fit(spec, report=reports.append)
     assert result.best_val["accuracy"] > 0.85
     assert [r.epoch for r in reports] == list(range(1, len(reports) + 1))
     # The test set is evaluated once, on the last report, with the best epoch's weights.
