@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-import pytest
 import ray
 from mlflow import MlflowClient
 from typer.testing import CliRunner
