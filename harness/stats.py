@@ -455,3 +455,31 @@ def different_pairs(pairs: list[tuple[str, str]], p_values: np.ndarray, alpha: f
     a pair without a p (NaN) counts as not distinguishable."""
     adjusted = holm(p_values)
     return [pair for pair, p in zip(pairs, adjusted) if p < alpha]
+
+
+# One model's test predictions: labels, probabilities, and patient ids (None: images resampled).
+Sample = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
+
+
+def fold_paired_difference(metric: Metric, folds: list[tuple[Sample, Sample]], *, n_boot: int = 2000,
+                           level: float = 0.95, seed: int = 0) -> tuple[list[float], Interval]:
+    """Return the per-fold differences metric(A_f) - metric(B_f) and their mean over folds with a
+    percentile interval. Each replicate resamples patients (images without groups) within both
+    test sets of every fold, recomputes the per-fold differences and averages them."""
+    drawers = [tuple(_resampler(len(labels), groups) for labels, _, groups in pair) for pair in folds]
+
+    def difference(pair: tuple[Sample, Sample], idx: tuple[np.ndarray, np.ndarray]) -> float:
+        (labels_a, probs_a, _), (labels_b, probs_b, _) = pair
+        return metric(labels_a[idx[0]], probs_a[idx[0]]) - metric(labels_b[idx[1]], probs_b[idx[1]])
+
+    whole = [(np.arange(len(a[0])), np.arange(len(b[0]))) for a, b in folds]
+    per_fold = [float(difference(pair, idx)) for pair, idx in zip(folds, whole)]
+    values, skipped = _replicates(
+        lambda draws: float(np.mean([difference(pair, idx) for pair, idx in zip(folds, draws)])),
+        lambda rng: [(draw_a(rng), draw_b(rng)) for (_, draw_a), (_, draw_b) in drawers], n_boot, seed)
+    tail = 50 * (1 - level)
+    low, high = np.percentile(values, [tail, 100 - tail]) if values.size else (math.nan, math.nan)
+    units = "; ".join(f"{unit_a} / {unit_b}" for (unit_a, _), (unit_b, _) in drawers)
+    method = (f"{100 * level:g}% percentile bootstrap of the mean per-fold difference, both test sets of each fold "
+              f"resampled by patient ({units}; {_resamples_note(n_boot, seed, skipped)})")
+    return per_fold, Interval(float(np.mean(per_fold)), float(low), float(high), method)

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from harness import tracking
 from harness.cli import app
 from harness.data.splits import CV, TEST, held_out_fold, patch_random_split, patient_split, shared_patients
-from harness.leaderboard.leakage import fold_paired_difference
+from harness.stats import fold_paired_difference
 
 from .conftest import experiment_dict, write_experiment
 

@@ -4,7 +4,6 @@ mean over folds of the per-fold difference, with a fold-paired bootstrap interva
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,6 @@ from harness.leaderboard.runs import RunSet
 from harness.leaderboard.table import Cell, Column, ReportTable, Row, count, number, signed
 
 PATCH_RANDOM, PATIENT = "patch_random", "patient"
-Sample = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
 
 
 def _accuracy(labels: np.ndarray, probs: np.ndarray) -> float:
@@ -34,30 +32,6 @@ def latest_study(tracking_uri: str, experiment: str) -> str:
     if not runs:
         raise InputError(f"experiment {experiment!r} has no finished leakage study in {tracking_uri}")
     return runs[0].info.run_id
-
-
-def fold_paired_difference(metric: stats.Metric, folds: list[tuple[Sample, Sample]], *, n_boot: int = 2000,
-                           level: float = 0.95, seed: int = 0) -> tuple[list[float], stats.Interval]:
-    """Return the per-fold differences metric(A_f) - metric(B_f) and their mean over folds with a
-    percentile interval. Each replicate resamples patients (images without groups) within both
-    test sets of every fold, recomputes the per-fold differences and averages them."""
-    drawers = [tuple(stats._resampler(len(labels), groups) for labels, _, groups in pair) for pair in folds]
-
-    def difference(pair: tuple[Sample, Sample], idx: tuple[np.ndarray, np.ndarray]) -> float:
-        (labels_a, probs_a, _), (labels_b, probs_b, _) = pair
-        return metric(labels_a[idx[0]], probs_a[idx[0]]) - metric(labels_b[idx[1]], probs_b[idx[1]])
-
-    whole = [(np.arange(len(a[0])), np.arange(len(b[0]))) for a, b in folds]
-    per_fold = [float(difference(pair, idx)) for pair, idx in zip(folds, whole)]
-    values, skipped = stats._replicates(
-        lambda draws: float(np.mean([difference(pair, idx) for pair, idx in zip(folds, draws)])),
-        lambda rng: [(draw_a(rng), draw_b(rng)) for (_, draw_a), (_, draw_b) in drawers], n_boot, seed)
-    tail = 50 * (1 - level)
-    low, high = np.percentile(values, [tail, 100 - tail]) if values.size else (math.nan, math.nan)
-    units = "; ".join(f"{unit_a} / {unit_b}" for (unit_a, _), (unit_b, _) in drawers)
-    method = (f"{100 * level:g}% percentile bootstrap of the mean per-fold difference, both test sets of each fold "
-              f"resampled by patient ({units}; {stats._resamples_note(n_boot, seed, skipped)})")
-    return per_fold, stats.Interval(float(np.mean(per_fold)), float(low), float(high), method)
 
 
 def _columns(folds: int) -> list[Column]:
@@ -85,7 +59,7 @@ def _pairs(client: MlflowClient, experiment_id: str, study: str) -> dict[str, di
     return by_model
 
 
-def _samples(runs: RunSet, arms: dict[str, object]) -> tuple[Sample, Sample]:
+def _samples(runs: RunSet, arms: dict[str, object]) -> tuple[stats.Sample, stats.Sample]:
     """Return the (labels, probabilities, patient ids) of one fold's test predictions, patch-random
     arm first."""
     frames = [runs.predictions(arms[p].info.run_id, "test") for p in (PATCH_RANDOM, PATIENT)]
@@ -96,8 +70,8 @@ def _row(model: str, folds: dict[int, dict[str, object]], runs: RunSet, n_boot: 
     """Return one model's row from its fold pairs finished in both arms, and the interval's method."""
     paired = sorted(f for f, arms in folds.items() if set(arms) == {PATCH_RANDOM, PATIENT})
     samples = [_samples(runs, folds[f]) for f in paired]
-    per_fold, acc = fold_paired_difference(_accuracy, samples, n_boot=n_boot, seed=seed)
-    _, auc = fold_paired_difference(stats.auc, samples, n_boot=n_boot, seed=seed)
+    per_fold, acc = stats.fold_paired_difference(_accuracy, samples, n_boot=n_boot, seed=seed)
+    _, auc = stats.fold_paired_difference(stats.auc, samples, n_boot=n_boot, seed=seed)
     mean = {p: float(np.mean([_accuracy(*pair[i][:2]) for pair in samples]))
             for i, p in enumerate((PATCH_RANDOM, PATIENT))}
     leaky = [folds[f][PATCH_RANDOM] for f in paired]
