@@ -27,6 +27,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -81,17 +82,23 @@ def compare(name: str, spec: DatasetSpec, work: Path, rounds: int) -> None:
     dataset = ImageDataset(open_patch_cache(cache), np.arange(len(manifest)), manifest.label.to_numpy(),
                            build_transform(params, stored_hw=size, train=False))
     paths = list(manifest.path)
-    times: dict[str, list[float]] = {"folder": [], "loader": [], "cpu": []}
-    for _ in range(rounds):
-        for side, run in (("folder", lambda: image_folder_epoch(paths, size)),
-                          ("loader", lambda: cache_epoch(dataset, normalise=False)),
-                          ("cpu", lambda: cache_epoch(dataset, normalise=True))):
-            start = time.perf_counter()
-            run()
-            times[side].append(time.perf_counter() - start)
-    f, loader, cpu = (statistics.median(times[k]) for k in ("folder", "loader", "cpu"))
+    f, loader, cpu = interleaved_medians(
+        [lambda: image_folder_epoch(paths, size), lambda: cache_epoch(dataset, normalise=False),
+         lambda: cache_epoch(dataset, normalise=True)], rounds, time.perf_counter)
     n = len(paths)
     print(f"{name:<10}{n:>7}{n / f:>14,.0f}{n / loader:>14,.0f}{f / loader:>8.1f}x{n / cpu:>16,.0f}{f / cpu:>8.1f}x")
+
+
+def interleaved_medians(sides: list[Callable[[], object]], rounds: int, clock: Callable[[], float]) -> list[float]:
+    """Return each side's median time by `clock` over `rounds` rounds, the sides interleaved in each
+    round so that a change in the machine's load falls on all of them alike."""
+    times: list[list[float]] = [[] for _ in sides]
+    for _ in range(rounds):
+        for side, run in zip(times, sides):
+            start = clock()
+            run()
+            side.append(clock() - start)
+    return [statistics.median(side) for side in times]
 
 
 def decode_from_path(paths: list[Path]) -> None:
@@ -105,15 +112,9 @@ def index_cost(name: str, spec: DatasetSpec, rounds: int) -> None:
     """Print the files/s of decoding alone, of the indexer's read-digest-decode, their ratio, and
     the whole indexer's files/s, each the median CPU time of interleaved rounds."""
     paths = [Path(p) for p in index_dataset(spec)[0].path]  # also warms the page cache
-    times: dict[str, list[float]] = {"path": [], "digest": [], "indexer": []}
-    for _ in range(rounds):
-        for side, run in (("path", lambda: decode_from_path(paths)),
-                          ("digest", lambda: [decode(p) for p in paths]),
-                          ("indexer", lambda: index_dataset(spec))):
-            start = time.process_time()
-            run()
-            times[side].append(time.process_time() - start)
-    plain, digest, indexer = (statistics.median(times[k]) for k in ("path", "digest", "indexer"))
+    plain, digest, indexer = interleaved_medians(
+        [lambda: decode_from_path(paths), lambda: [decode(p) for p in paths], lambda: index_dataset(spec)],
+        rounds, time.process_time)
     n = len(paths)
     print(f"{name:<10}{n:>7}{n / plain:>14,.0f}{n / digest:>18,.0f}{digest / plain:>7.2f}x{n / indexer:>14,.0f}")
 
