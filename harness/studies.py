@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from harness import tracking
@@ -113,8 +114,6 @@ def mlflow_disagreements(storage: str, tracking_uri: str, experiment: str) -> tu
     names: its state, its value against the run's last `objective`, its intermediate values against
     the run's per-epoch `objective` series, and the links both ways; returns the trials compared
     and one line per disagreement."""
-    from mlflow import MlflowClient
-
     client = MlflowClient(tracking_uri)
     compared, lines = 0, []
     for name in sorted(optuna.get_all_study_names(optuna_storage(storage))):
