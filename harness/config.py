@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 import baselines
 from harness.data.catalog import dataset_traits
@@ -358,6 +358,9 @@ class ExperimentConfig(Strict):
     tracking_uri: str | None = None
     output_dir: Path = Path("results")
     storage_path: Path | None = None
+    # Each baseline's search-space file as read once (at load): what a sweep uses and what its
+    # --resume fingerprint covers, so an edited file between a killed sweep and --resume is seen.
+    _space_files: dict[str, SearchSpace] = PrivateAttr(default_factory=dict)
 
     @field_validator("baselines", mode="before")
     @classmethod
@@ -386,6 +389,18 @@ class ExperimentConfig(Strict):
     def resolved_optuna_storage(self) -> str:
         """Return the Optuna RDB URL: the configured one, or a SQLite file beside the MLflow store."""
         return self.search.optuna_storage or f"sqlite:///{(self.output_dir / 'optuna.db').resolve()}"
+
+    def space_file(self, baseline: str) -> SearchSpace:
+        """Return `baseline`'s search-space file as this config read it (at load, or on first use)."""
+        if baseline not in self._space_files:
+            self._space_files[baseline] = load_search_space(baseline)
+        return self._space_files[baseline]
+
+    def baseline_space(self, baseline: str) -> SearchSpace:
+        """Return the search space a sweep uses for `baseline`: its file's, with the experiment's
+        ranges and pins."""
+        spec = next(b for b in self.baselines if b.name == baseline)
+        return self.space_file(baseline).narrowed(spec.search).pinned(spec.fixed)
 
     def trial_resources(self, baseline: str, default: ResourcesSpec) -> ResourcesSpec:
         """Return what one trial of `baseline` asks for: its search space's default, then the
@@ -447,9 +462,14 @@ def _validate(model: type[Strict], data: dict[str, Any], path: Path) -> Any:
         raise InputError(f"{path}: {_describe(errors[0])}{more}") from None
 
 
-def load_search_space(name: str, directory: Path = SEARCH_SPACES_DIR) -> SearchSpace:
+def search_space_path(name: str) -> Path:
+    """Return the file that holds baseline `name`'s search space."""
+    return SEARCH_SPACES_DIR / f"{name}.yaml"
+
+
+def load_search_space(name: str) -> SearchSpace:
     """Return the validated search space of baseline `name`."""
-    path = directory / f"{name}.yaml"
+    path = search_space_path(name)
     space = _validate(SearchSpace, _read_yaml(path), path)
     if space.baseline != name:
         raise InputError(f"{path}: key 'baseline' = {space.baseline!r}: expected {name!r}, the file's own name")
@@ -460,11 +480,6 @@ def load_search_space(name: str, directory: Path = SEARCH_SPACES_DIR) -> SearchS
             f"{path}: keys {', '.join(sorted(unknown))} are neither training parameters nor options of {name}"
         )
     return space
-
-
-def baseline_space(spec: BaselineSpec) -> SearchSpace:
-    """Return the search space a sweep uses for `spec`: its file's, with the experiment's ranges and pins."""
-    return load_search_space(spec.name).narrowed(spec.search).pinned(spec.fixed)
 
 
 def _check_baseline(spec: BaselineSpec, index: int, space: SearchSpace, path: Path, sampler: str) -> None:
@@ -532,5 +547,5 @@ def load_experiment(path: Path, **overrides: Any) -> ExperimentConfig:
     config = _validate(ExperimentConfig, data, path)
     _check_dataset_fits(config, path)
     for i, spec in enumerate(config.baselines):
-        _check_baseline(spec, i, load_search_space(spec.name), path, config.search.sampler)
+        _check_baseline(spec, i, config.space_file(spec.name), path, config.search.sampler)
     return config

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Callable
 
 from harness import tracking
-from harness.config import ExperimentConfig, baseline_space, split_point
+from harness.config import ExperimentConfig, split_point
 from harness.data.prepare import PreparedData, load_or_index, prepare
 from harness.train import EpochReport, FitResult, RunSpec, fit
 
@@ -52,7 +52,7 @@ def set_up(config: ExperimentConfig, *, show_progress: bool = False) -> Experime
 def recipe_spec(config: ExperimentConfig, data: PreparedData, baseline: str, *, fold: int) -> RunSpec:
     """Return the RunSpec of `baseline`'s published recipe, with the experiment's pinned values."""
     entry = next(b for b in config.baselines if b.name == baseline)
-    space = baseline_space(entry)
+    space = config.baseline_space(baseline)
     params, model_kwargs = split_point({**space.recipe, **space.fixed})
     return RunSpec(
         baseline=baseline, num_classes=len(data.class_names), pretrained=entry.pretrained, params=params,

@@ -26,7 +26,7 @@ from ray.tune.search import Searcher
 import rich
 
 from harness import tracking
-from harness.config import ExperimentConfig, ResourcesSpec, SearchSpace, baseline_space
+from harness.config import ExperimentConfig, ResourcesSpec, SearchSpace, search_space_path
 from harness.data.prepare import PreparedData
 from harness.errors import InputError
 from harness.metrics import ranking_key
@@ -296,8 +296,28 @@ def _trainable(ctx: SweepContext):
 
 
 def config_fingerprint(config: ExperimentConfig) -> str:
-    """Return a hash of everything in the experiment that shapes a sweep's trials."""
+    """Return a hash of everything in the experiment file that shapes a sweep's trials."""
     return hashlib.sha256(config.model_dump_json().encode()).hexdigest()
+
+
+def space_fingerprints(config: ExperimentConfig) -> dict[str, str]:
+    """Return a hash of each baseline's search-space file as `config` read it, by the file's path."""
+    return {str(search_space_path(b.name)): hashlib.sha256(config.space_file(b.name).model_dump_json().encode()).hexdigest()
+            for b in config.baselines}
+
+
+def check_resumable(config: ExperimentConfig, record: dict, sweep: str) -> None:
+    """Raise InputError unless `config` and its search-space files are those `sweep` started with
+    (its `record`): Tune would continue the old studies on a changed space without a word."""
+    if record["fingerprint"] != config_fingerprint(config):
+        raise InputError(f"--resume: {config.name}'s experiment file changed since {sweep} started; resume with the "
+                         "same file and options, or start a new sweep")
+    # A sweep recorded before search spaces were fingerprinted has no "spaces": nothing to compare.
+    now = space_fingerprints(config)
+    changed = sorted(path for path, digest in record.get("spaces", {}).items() if now.get(path) != digest)
+    if changed:
+        raise InputError(f"--resume: search space file {changed[0]} changed since {sweep} started; restore it, "
+                         "or start a new sweep")
 
 
 def _interrupted_sweep(config: ExperimentConfig, storage: Path) -> tuple[Path, dict]:
@@ -306,9 +326,7 @@ def _interrupted_sweep(config: ExperimentConfig, storage: Path) -> tuple[Path, d
     for record_path in candidates:
         if tune.Tuner.can_restore(str(record_path.parent)):
             record = json.loads(record_path.read_text())
-            if record["fingerprint"] != config_fingerprint(config):
-                raise InputError(f"--resume: {config.name}'s experiment file changed since {record_path.parent.name} "
-                                 "started; resume with the same file and options, or start a new sweep")
+            check_resumable(config, record, record_path.parent.name)
             return record_path.parent, record
     raise InputError(f"--resume: no sweep of {config.name!r} to resume in {storage}")
 
@@ -358,7 +376,7 @@ def run_sweep(config: ExperimentConfig, *, address: str | None = None, resume: b
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     uri = config.resolved_tracking_uri()
     check_reachable(uri)
-    spaces = {b.name: baseline_space(b) for b in config.baselines}
+    spaces = {b.name: config.baseline_space(b.name) for b in config.baselines}
     storage = config.resolved_storage_path()
     previous = _interrupted_sweep(config, storage) if resume else None
     # Tune saves the experiment's state every few seconds; a driver killed in between reruns
@@ -395,6 +413,7 @@ def run_sweep(config: ExperimentConfig, *, address: str | None = None, resume: b
             (storage / sweep / SWEEP_RECORD).write_text(json.dumps({
                 "parent_run_id": parent, "experiment_id": experiment_id, "tracking_uri": uri,
                 "split_hash": data.split_hash, "fingerprint": config_fingerprint(config),
+                "spaces": space_fingerprints(config),
             }, indent=2))
         summary = SweepSummary(
             experiment=config.name, tracking_uri=uri, parent_run_id=parent, split_hash=data.split_hash,

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import re
+import shutil
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 import baselines
+from harness import config as config_module
 from harness.cli import app
 from harness.config import SEARCH_SPACES_DIR, load_experiment, load_search_space, split_point
+from harness.errors import InputError
 from harness.search import recipe_start_point
+from harness.tune import check_resumable, config_fingerprint, space_fingerprints
 
 from .conftest import REPO, experiment_dict, write_experiment
 
@@ -148,12 +153,32 @@ def test_trial_resources_come_from_the_space_then_the_experiment_then_the_baseli
 
 
 def test_an_experiment_narrows_a_searched_range(tmp_path: Path, synthetic_idc: Path) -> None:
-    from harness.config import baseline_space
-
     narrowed = {"type": "categorical", "choices": [32, 64]}
     data = experiment_dict(synthetic_idc, tmp_path / "out",
                            baselines=[{"name": "cancernet", "search": {"batch_size": narrowed}, "fixed": {"lr": 0.01}}])
     config = load_experiment(write_experiment(tmp_path / "e.yaml", data))
-    space = baseline_space(config.baselines[0])
+    space = config.baseline_space("cancernet")
     assert space.search["batch_size"].choices == [32, 64]
     assert "lr" not in space.search and space.fixed["lr"] == 0.01
+
+
+def test_resume_refuses_a_search_space_file_edited_since_the_sweep_started(
+        tmp_path: Path, synthetic_idc: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spaces = tmp_path / "search_spaces"
+    shutil.copytree(SEARCH_SPACES_DIR, spaces)
+    monkeypatch.setattr(config_module, "SEARCH_SPACES_DIR", spaces)
+    path = write_experiment(tmp_path / "e.yaml", experiment_dict(synthetic_idc, tmp_path / "out"))
+    started = load_experiment(path)
+    record = {"fingerprint": config_fingerprint(started), "spaces": space_fingerprints(started)}
+    assert list(record["spaces"]) == [str(spaces / "cancernet.yaml")]
+    check_resumable(load_experiment(path), record, "sweep-1")
+
+    text = (spaces / "cancernet.yaml").read_text()
+    edited = re.sub(r"(lr:\s*\{[^}]*high:\s*)[0-9.e+-]+", r"\g<1>0.09", text, count=1)
+    assert edited != text
+    (spaces / "cancernet.yaml").write_text(edited)
+    # The config loaded before the edit keeps the space it read; a new load sees the edit.
+    assert started.baseline_space("cancernet").search["lr"].high != 0.09
+    with pytest.raises(InputError, match=rf"--resume: search space file {re.escape(str(spaces))}/cancernet\.yaml "
+                                         r"changed since sweep-1 started"):
+        check_resumable(load_experiment(path), record, "sweep-1")
