@@ -1,15 +1,15 @@
 """How much an epoch of IDC patches costs from the packed cache against decoding the PNG files.
 
-Run: .venv/bin/python bench/cache_vs_png.py [IDC_ROOT]   (default ../shared/data/idc_sample,
-else a synthetic tree). Both sides read the same patches in the same shuffled order, as uint8
+Run: .venv/bin/python bench/cache_vs_png.py [IDC_ROOT] [--smoke]   (default ../shared/data/idc_sample,
+else a synthetic tree; --smoke: a 4-patient synthetic tree and one round, for the tests). Both sides read the same patches in the same shuffled order, as uint8
 arrays ready for augmentation, several rounds interleaved; the ratio is the median time of one
 pass from PNG over the median from the cache.
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,17 +25,22 @@ ROUNDS = 5
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("root", nargs="?", type=Path,
+                        default=Path(__file__).resolve().parents[1].parent / "shared" / "data" / "idc_sample")
+    parser.add_argument("--smoke", action="store_true", help="a 4-patient synthetic tree and one round (for the tests)")
+    args = parser.parse_args()
+    rounds = 1 if args.smoke else ROUNDS
     work = Path(tempfile.mkdtemp(prefix="bench-cache-"))
-    default = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "idc_sample"
-    root = Path(sys.argv[1]) if len(sys.argv) > 1 else default
-    if not root.is_dir():
-        root = write_synthetic_idc(work / "synthetic", patients=40)
+    root = args.root
+    if args.smoke or not root.is_dir():
+        root = write_synthetic_idc(work / "synthetic", patients=4 if args.smoke else 40)
     manifest = index_idc(root, allow_subset=True).manifest
     cache = open_patch_cache(build_patch_cache(manifest, manifest_hash(manifest), work / "cache"))
     order = np.random.default_rng(0).permutation(len(manifest))
     paths = manifest.path.to_numpy()
     png, packed = [], []
-    for _ in range(ROUNDS):
+    for _ in range(rounds):
         start = time.perf_counter()
         checksum_png = sum(int(load_padded(paths[i], PATCH_SIZE)[0][0, 0, 0]) for i in order)
         png.append(time.perf_counter() - start)
@@ -47,7 +52,7 @@ def main() -> None:
     print(f"{len(manifest):,} patches from {root}")
     print(f"PNG decode  {png_s * 1e3:8.1f} ms/epoch   ({len(manifest) / png_s:,.0f} patches/s)")
     print(f"uint8 cache {cache_s * 1e3:8.1f} ms/epoch   ({len(manifest) / cache_s:,.0f} patches/s)")
-    print(f"ratio PNG/cache = {png_s / cache_s:.1f}x (median of {ROUNDS} interleaved rounds)")
+    print(f"ratio PNG/cache = {png_s / cache_s:.1f}x (median of {rounds} interleaved rounds)")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Training throughput and peak memory of every baseline: the harness step against a bare loop.
 
-Run: .venv/bin/python bench/models.py [--models a,b] [--steps N] [--rounds R]
+Run: .venv/bin/python bench/models.py [--models a,b] [--steps N] [--rounds R] [--out DIR] [--smoke]
+(--smoke: CancerNet, one step, one round, for the tests)
 
 For each model, at its published input size with a batch of 4 on this CPU, two kinds of
 training step are timed in fresh processes, interleaved over R rounds:
@@ -105,7 +106,11 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(baselines.list()))
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("results/bench"), help="folder of the CSV")
+    parser.add_argument("--smoke", action="store_true", help="CancerNet, one step, one round (for the tests)")
     args = parser.parse_args()
+    if args.smoke:
+        args.models, args.steps, args.rounds = "cancernet", 1, 1
     rows = []
     print(f"{'model':<18}{'input':>12}{'harness img/s':>15}{'bare img/s':>12}{'ratio':>8}{'harness MB':>12}{'bare MB':>10}")
     for name in args.models.split(","):
@@ -121,7 +126,7 @@ def main() -> None:
               f"{peak['harness']:>12.0f}{peak['bare']:>10.0f}")
         rows += [{"model": name, "variant": k, "input": f"{height}x{width}", "batch": BATCH, "images_per_s": speed[k],
                   "peak_rss_mb": peak[k], "ratio_harness_over_bare": ratio} for k in ("harness", "bare")]
-    out = Path("results/bench") / f"models-{platform.machine()}-{mp.cpu_count()}cpu-torch{torch.__version__}.csv"
+    out = args.out / f"models-{platform.machine()}-{mp.cpu_count()}cpu-torch{torch.__version__}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=list(rows[0]))

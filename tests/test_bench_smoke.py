@@ -1,0 +1,40 @@
+"""bench/cache_vs_png.py and bench/models.py run end to end in their smoke modes, so a bench that
+breaks fails the tests (their figures are read, not their timings judged)."""
+
+from __future__ import annotations
+
+import csv
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _run(*args: str) -> str:
+    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return done.stdout
+
+
+def test_cache_vs_png_smoke_reads_the_same_patches_both_ways() -> None:
+    out = _run(str(BENCH / "cache_vs_png.py"), "--smoke")
+    # The smoke tree: 4 synthetic patients of 20 patches each.
+    assert out.splitlines()[0].startswith("80 patches from ")
+    png, cache, ratio = (float(m.replace(",", "")) for m in re.search(
+        r"PNG decode .*\(([\d,]+) patches/s\)\nuint8 cache .*\(([\d,]+) patches/s\)\n"
+        r"ratio PNG/cache = ([\d.]+)x \(median of 1 ", out).groups())
+    assert ratio == pytest.approx(cache / png, rel=0.05, abs=0.06)
+
+
+def test_models_smoke_writes_both_variants_of_cancernet(tmp_path: Path) -> None:
+    out = _run(str(BENCH / "models.py"), "--smoke", "--out", str(tmp_path))
+    assert re.search(r"^cancernet\s+48x48\s", out, re.MULTILINE)
+    [table] = list(tmp_path.glob("models-*.csv"))
+    rows = list(csv.DictReader(table.open()))
+    assert [(r["model"], r["variant"]) for r in rows] == [("cancernet", "harness"), ("cancernet", "bare")]
+    harness, bare = (float(r["images_per_s"]) for r in rows)
+    assert float(rows[0]["ratio_harness_over_bare"]) == pytest.approx(harness / bare)
