@@ -1,14 +1,17 @@
 """What the harness's sweep costs over a bare Ray Tune Tuner running the same training.
 
 Run: .venv/bin/python bench/sweep_overhead.py [--trials N] [--epochs E] [--rounds R]
+     .venv/bin/python bench/sweep_overhead.py --smoke   (2 trials, 1 epoch, 1 round, 8 patients: a test runs it)
 
 Both sides train the same small CancerNet configurations (batch 8, E epochs) on a synthetic IDC
 tree, with the same concurrency, and each starts its own embedded Ray and prepares the data:
 - harness: `run_sweep` with Optuna (random sampler), ASHA (never stopping: grace = max_epochs),
   MLflow tracking to SQLite (a run per trial, one log_batch per epoch, test artifacts and plots),
-  an epoch checkpoint per trial and the Optuna study in SQLite; no fold retrain;
-- bare: a Tuner over the very configurations the harness sweep ran, whose trainable calls the
-  same `fit` and reports validation loss to Tune; no tracking, no checkpoints.
+  an epoch checkpoint per trial and the Optuna study in SQLite, and the floor models' runs; no
+  fold retrain;
+- bare: a Tuner over the very configurations the harness's trial runs logged (fixed and sampled
+  hyperparameters alike), whose trainable calls the same `fit` and reports validation loss to
+  Tune; no tracking, no checkpoints.
 Rounds alternate the two in the same folders, as a researcher's repeated sweeps would: the first
 harness round also creates the MLflow and Optuna SQLite stores, the first of each also packs the
 data cache. It prints each wall time and the ratio harness/bare of the medians, which should stay
@@ -25,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-TRIALS, EPOCHS = 6, 2
+TRIALS, EPOCHS, ROUNDS = 6, 2, 3
 
 
 def _experiment(root: Path, out: Path, trials: int, epochs: int) -> Path:
@@ -44,10 +47,19 @@ def _experiment(root: Path, out: Path, trials: int, epochs: int) -> Path:
     return path
 
 
-def harness_sweep(path: Path) -> tuple[float, list[dict]]:
-    """Run the experiment through `run_sweep`; returns wall seconds and the points it trained."""
-    from mlflow import MlflowClient
+def _value(text: str) -> int | float | str:
+    # MLflow keeps params as strings; the points go back to `split_point` with their types.
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
+
+def harness_sweep(path: Path) -> tuple[float, list[dict]]:
+    """Run the experiment through `run_sweep`; returns wall seconds and the hyperparameters each of
+    its trial runs logged (not the floors' or any other run type the sweep nests under its run)."""
     from harness import tracking
     from harness.config import load_experiment
     from harness.tune import run_sweep
@@ -56,11 +68,11 @@ def harness_sweep(path: Path) -> tuple[float, list[dict]]:
     started = time.perf_counter()
     summary = run_sweep(config)
     seconds = time.perf_counter() - started
-    client = MlflowClient(summary.tracking_uri)
-    runs = client.search_runs([client.get_experiment_by_name(config.name).experiment_id],
-                              f"tags.`{tracking.PARENT}` = '{summary.parent_run_id}'")
-    keys = ("lr", "dropout_conv", "dropout_fc")
-    return seconds, [{k: float(r.data.params[k]) for k in keys} for r in runs]
+    tracker = tracking.Tracker(summary.tracking_uri)
+    runs = tracker.child_runs(tracker.experiment_id(config.name, create=False), summary.parent_run_id, "trial")
+    # `epochs` and the protocol options are logged beside the point; the bare side sets them itself.
+    logged = {"epochs", "semantics", "bn_recalibration"}
+    return seconds, [{k: _value(v) for k, v in r.data.params.items() if k not in logged} for r in runs]
 
 
 def _bare_trial(config: dict, *, paths: dict, epochs: int) -> None:
@@ -70,8 +82,7 @@ def _bare_trial(config: dict, *, paths: dict, epochs: int) -> None:
     from harness.search import DONE_KEY
     from harness.train import RunSpec, fit
 
-    params, kwargs = split_point({"input_size": 48, "optimizer": "adagrad", "lr_decay": "keras_time_based",
-                                  "augment": "pis", "batch_size": 8, "epochs_max": epochs, **config["point"]})
+    params, kwargs = split_point(config["point"])
     spec = RunSpec(baseline="cancernet", num_classes=2, params=params, model_kwargs=kwargs, fold=0,
                    max_epochs=epochs, patience=epochs, **paths)
     fit(spec, lambda e: tune.report({"val_loss": e.val["loss"], DONE_KEY: float(e.done)}))
@@ -108,14 +119,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=TRIALS)
     parser.add_argument("--epochs", type=int, default=EPOCHS)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser.add_argument("--smoke", action="store_true", help="2 trials, 1 epoch, 1 round, 8 patients (for the tests)")
     args = parser.parse_args()
+    if args.smoke:
+        args.trials, args.epochs, args.rounds = 2, 1, 1
 
     from harness.data.synthetic import write_synthetic_idc
 
     times: dict[str, list[float]] = {"harness": [], "bare": []}
     with tempfile.TemporaryDirectory() as tmp:
-        root = write_synthetic_idc(Path(tmp) / "idc", patients=20, seed=1)
+        root = write_synthetic_idc(Path(tmp) / "idc", patients=8 if args.smoke else 20, seed=1)
         out, bare_work = Path(tmp) / "harness", Path(tmp) / "bare"
         out.mkdir()
         path = _experiment(root, out, args.trials, args.epochs)
