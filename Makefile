@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 IDC_SAMPLE := ../shared/data/idc_sample
 SYNTHETIC_IDC := results/synthetic_idc
 
-.PHONY: demo test test-cluster browser clean
+.PHONY: demo test test-cluster lint browser clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,14 @@ demo: $(STAMP)
 
 # The cluster tests (two-node Ray, an MLflow server process, a killed and resumed driver) take
 # about 6 minutes on 2 cores; they have their own target so `make test` stays well under 20.
-test: $(STAMP) browser
+test: lint browser
 	$(BIN)/python -m pytest -m "not cluster"
+
+# ruff (pyflakes, pycodestyle, import order, bugbear; line length 120) and its formatter, as
+# configured in pyproject.toml: the tree must stay clean.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # The leaderboard test renders its HTML page in Debian's headless Chromium: installed here when
 # missing and apt-get can (as root); otherwise that one test skips and says why.

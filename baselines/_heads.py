@@ -9,9 +9,11 @@ from torch import nn
 def bifurcation(in_channels: int, out_channels: int = 512) -> nn.Sequential:
     """Return 001's bp block BN -> ReLU -> Conv1x1 (bias) -> BN -> ReLU (its layout is fixed by the count, §5)."""
     return nn.Sequential(
-        nn.BatchNorm2d(in_channels), nn.ReLU(inplace=True),
+        nn.BatchNorm2d(in_channels),
+        nn.ReLU(inplace=True),
         nn.Conv2d(in_channels, out_channels, 1, bias=True),
-        nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
     )
 
 

@@ -88,9 +88,16 @@ def register(
             raise ValueError(f"baseline {name!r} is already registered")
         size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
         _REGISTRY[name] = BaselineInfo(
-            name=name, family=builder.__module__.rsplit(".", 1)[-1], input_size=size, builder=builder,
-            outputs=outputs, loss=loss, input_kind=input_kind, published=published,
-            published_classes=published_classes, framework=framework,
+            name=name,
+            family=builder.__module__.rsplit(".", 1)[-1],
+            input_size=size,
+            builder=builder,
+            outputs=outputs,
+            loss=loss,
+            input_kind=input_kind,
+            published=published,
+            published_classes=published_classes,
+            framework=framework,
         )
         return builder
 
@@ -131,7 +138,12 @@ def list_baselines() -> list[str]:
 
 
 def create(
-    name: str, num_classes: int, pretrained: str | None = None, *, semantics: Semantics = "source", **kwargs: Any,
+    name: str,
+    num_classes: int,
+    pretrained: str | None = None,
+    *,
+    semantics: Semantics = "source",
+    **kwargs: Any,
 ) -> nn.Module:
     """Build baseline `name`; keyword arguments that are None keep the model's default.
 

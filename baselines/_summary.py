@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ._counting import param_counts
-from ._registry import info, list_baselines
 from ._registry import create as create_model
+from ._registry import info, list_baselines
 
 # idc_cnn's published count is that of the notebook's single sigmoid unit.
 _PUBLISHED_OPTIONS = {"idc_cnn": {"head": "sigmoid"}}
@@ -43,9 +43,16 @@ def summarise(name: str) -> ModelSummary:
     height, width = entry.input_size
     kind = "bag of 28x28 patches from " if entry.input_kind == "bag" else ""
     return ModelSummary(
-        name=name, family=entry.family, framework=entry.framework, input=f"{kind}3x{height}x{width}", classes=entry.published_classes,
-        outputs=entry.outputs, loss=entry.loss, counts=counts,
-        published=published.count if published else None, convention=published.convention if published else None,
+        name=name,
+        family=entry.family,
+        framework=entry.framework,
+        input=f"{kind}3x{height}x{width}",
+        classes=entry.published_classes,
+        outputs=entry.outputs,
+        loss=entry.loss,
+        counts=counts,
+        published=published.count if published else None,
+        convention=published.convention if published else None,
         reproduced=(counts[published.convention] == published.count) if published else None,
     )
 

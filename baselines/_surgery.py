@@ -28,7 +28,9 @@ def timm_model(arch: str, num_classes: int, pretrained: str | None, **kwargs: An
     return net
 
 
-def freeze_parameters(model: nn.Module, mode: FreezeMode, *, head: nn.Module, last_stage: nn.Module | None = None) -> nn.Module:
+def freeze_parameters(
+    model: nn.Module, mode: FreezeMode, *, head: nn.Module, last_stage: nn.Module | None = None
+) -> nn.Module:
     """Let only `head` (and `last_stage` for mode last_stage) train; mode none trains everything."""
     if mode == "none":
         return model

@@ -44,13 +44,16 @@ def load_state_dict_file(module: nn.Module, path: Path, *, what: str, skip_prefi
     if missing or unexpected:
         detail = "; ".join(
             f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-            for label, keys in (("missing", missing), ("unexpected", unexpected)) if keys
+            for label, keys in (("missing", missing), ("unexpected", unexpected))
+            if keys
         )
         raise ValueError(f"weights file {str(path)!r} does not fit {what}: {detail}")
     try:
         module.load_state_dict(state, strict=False)
     except RuntimeError as exc:
-        raise ValueError(f"weights file {str(path)!r} does not fit {what}: {str(exc).splitlines()[1].strip()}") from None
+        raise ValueError(
+            f"weights file {str(path)!r} does not fit {what}: {str(exc).splitlines()[1].strip()}"
+        ) from None
     _mark_loaded(module, set(state))
 
 

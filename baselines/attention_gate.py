@@ -53,10 +53,14 @@ class GridAttentionGate(nn.Module):
 class AttentionGatedDenseNet(nn.Module):
     """Full DenseNet-169; gates on T2 (256 ch) and T3 (640 ch) outputs, gating signal ReLU(norm5)."""
 
-    def __init__(self, num_classes: int, *, normalisation: Normalisation, aggregation: Aggregation, pretrained: str | None) -> None:
+    def __init__(
+        self, num_classes: int, *, normalisation: Normalisation, aggregation: Aggregation, pretrained: str | None
+    ) -> None:
         super().__init__()
         f = densenet_stages(pretrained)
-        self.to_t2 = nn.Sequential(f.conv0, f.norm0, f.pool0, f.denseblock1, f.transition1, f.denseblock2, f.transition2)
+        self.to_t2 = nn.Sequential(
+            f.conv0, f.norm0, f.pool0, f.denseblock1, f.transition1, f.denseblock2, f.transition2
+        )
         self.to_t3 = nn.Sequential(f.denseblock3, f.transition3)
         self.to_g = nn.Sequential(f.denseblock4, f.norm5)  # timm's norm5 is BN + ReLU
         self.gates = nn.ModuleList([GridAttentionGate(c, 1664, 1664, normalisation) for c in (256, 640)])
@@ -79,10 +83,18 @@ class AttentionGatedDenseNet(nn.Module):
         return {"logits": logits, "attention": [a1, a2]}
 
 
-@register("attention_gate", framework="tensorflow", input_size=(384, 512), outputs=("logits", "attention"),
-          published=PublishedCount(19_368_390, "weights_only", reproduced=True, source="001 Table I"), published_classes=4)
+@register(
+    "attention_gate",
+    framework="tensorflow",
+    input_size=(384, 512),
+    outputs=("logits", "attention"),
+    published=PublishedCount(19_368_390, "weights_only", reproduced=True, source="001 Table I"),
+    published_classes=4,
+)
 def attention_gate(
-    num_classes: int, pretrained: str | None = None, ag_norm: Normalisation = "mean_flow",
+    num_classes: int,
+    pretrained: str | None = None,
+    ag_norm: Normalisation = "mean_flow",
     ag_aggregation: Aggregation = "concat",
 ) -> nn.Module:
     """Return the attention-gated DenseNet-169; `attention` holds the T2 and T3 gate maps."""

@@ -66,50 +66,95 @@ class GuidedDenseNet(nn.Module):
         return {"logits": self.classifier(attended), "roi": roi}
 
 
-@register("gusa_baseline", framework="tensorflow", input_size=BACH_SIZE,
-          published=PublishedCount(12_332_740, "weights_only", reproduced=True, source=_TABLE_I), published_classes=4)
+@register(
+    "gusa_baseline",
+    framework="tensorflow",
+    input_size=BACH_SIZE,
+    published=PublishedCount(12_332_740, "weights_only", reproduced=True, source=_TABLE_I),
+    published_classes=4,
+)
 def gusa_baseline(num_classes: int, pretrained: str | None = None) -> nn.Module:
     """Return 001's Baseline: full DenseNet-169 -> ReLU -> GAP -> FC (Grad-CAM gives its maps)."""
     return TimmClassifier(keras_layers(timm_model("densenet169.tv_in1k", num_classes, pretrained), KERAS_DENSENET))
 
 
-@register("gusa_fa", framework="tensorflow", input_size=BACH_SIZE,
-          published=PublishedCount(7_022_792, "keras", reproduced=False, source=_TABLE_I), published_classes=4)
+@register(
+    "gusa_fa",
+    framework="tensorflow",
+    input_size=BACH_SIZE,
+    published=PublishedCount(7_022_792, "keras", reproduced=False, source=_TABLE_I),
+    published_classes=4,
+)
 def gusa_fa(num_classes: int, pretrained: str | None = None) -> nn.Module:
     """Return B+FA: DB1/DB2/DB3 aggregated before bp (the harness FA layout of §2.9)."""
     return GuidedDenseNet(num_classes, aggregate=True, guidance="none", pretrained=pretrained)
 
 
-@register("gusa_guroi", framework="tensorflow", input_size=BACH_SIZE, outputs=("logits", "roi"), loss="ce_dice",
-          published=PublishedCount(6_483_013, "keras", reproduced=True, source=_TABLE_I), published_classes=4)
+@register(
+    "gusa_guroi",
+    framework="tensorflow",
+    input_size=BACH_SIZE,
+    outputs=("logits", "roi"),
+    loss="ce_dice",
+    published=PublishedCount(6_483_013, "keras", reproduced=True, source=_TABLE_I),
+    published_classes=4,
+)
 def gusa_guroi(num_classes: int, pretrained: str | None = None) -> nn.Module:
     """Return B+GuRoI: an RoI branch trained with masks beside the classifier, not feeding it."""
     return GuidedDenseNet(num_classes, aggregate=False, guidance="roi", pretrained=pretrained)
 
 
-@register("gusa_fa_guroi", framework="tensorflow", input_size=BACH_SIZE, outputs=("logits", "roi"), loss="ce_dice",
-          published=PublishedCount(7_024_844, "keras", reproduced=False, source=_TABLE_I), published_classes=4)
+@register(
+    "gusa_fa_guroi",
+    framework="tensorflow",
+    input_size=BACH_SIZE,
+    outputs=("logits", "roi"),
+    loss="ce_dice",
+    published=PublishedCount(7_024_844, "keras", reproduced=False, source=_TABLE_I),
+    published_classes=4,
+)
 def gusa_fa_guroi(num_classes: int, pretrained: str | None = None) -> nn.Module:
     """Return B+FA+GuRoI."""
     return GuidedDenseNet(num_classes, aggregate=True, guidance="roi", pretrained=pretrained)
 
 
-@register("gusa", framework="tensorflow", input_size=BACH_SIZE, outputs=("logits", "roi"), loss="ce_dice",
-          published=PublishedCount(6_483_013, "keras", reproduced=True, source=_TABLE_I), published_classes=4)
+@register(
+    "gusa",
+    framework="tensorflow",
+    input_size=BACH_SIZE,
+    outputs=("logits", "roi"),
+    loss="ce_dice",
+    published=PublishedCount(6_483_013, "keras", reproduced=True, source=_TABLE_I),
+    published_classes=4,
+)
 def gusa(num_classes: int, pretrained: str | None = None) -> nn.Module:
     """Return B+GuSA: the RoI map multiplies the bp activations before classification."""
     return GuidedDenseNet(num_classes, aggregate=False, guidance="attention", pretrained=pretrained)
 
 
-@register("gusa_fa_gusa", framework="tensorflow", input_size=BACH_SIZE, outputs=("logits", "roi"), loss="ce_dice",
-          published=PublishedCount(7_024_844, "keras", reproduced=False, source=_TABLE_I), published_classes=4)
+@register(
+    "gusa_fa_gusa",
+    framework="tensorflow",
+    input_size=BACH_SIZE,
+    outputs=("logits", "roi"),
+    loss="ce_dice",
+    published=PublishedCount(7_024_844, "keras", reproduced=False, source=_TABLE_I),
+    published_classes=4,
+)
 def gusa_fa_gusa(num_classes: int, pretrained: str | None = None) -> nn.Module:
     """Return B+FA+GuSA, 001's proposed model."""
     return GuidedDenseNet(num_classes, aggregate=True, guidance="attention", pretrained=pretrained)
 
 
-@register("rga", framework="tensorflow", input_size=BACH_SIZE, outputs=("logits", "roi"), loss="ce_guide",
-          published=PublishedCount(7_024_844, "keras", reproduced=False, source=_TABLE_I), published_classes=4)
+@register(
+    "rga",
+    framework="tensorflow",
+    input_size=BACH_SIZE,
+    outputs=("logits", "roi"),
+    loss="ce_guide",
+    published=PublishedCount(7_024_844, "keras", reproduced=False, source=_TABLE_I),
+    published_classes=4,
+)
 def rga(num_classes: int, pretrained: str | None = None) -> nn.Module:
     """Return the harness reconstruction of RGA (§2.13): FA+GuRoI layout, guidance loss."""
     return GuidedDenseNet(num_classes, aggregate=True, guidance="roi", pretrained=pretrained)

@@ -47,17 +47,27 @@ class SeparableConv2d(nn.Sequential):
 
 
 @register("cancernet", framework="keras", input_size=48)
-def cancernet(num_classes: int, pretrained: str | None = None, dropout_conv: float = 0.25, dropout_fc: float = 0.5) -> nn.Module:
+def cancernet(
+    num_classes: int, pretrained: str | None = None, dropout_conv: float = 0.25, dropout_fc: float = 0.5
+) -> nn.Module:
     """Return PyImageSearch CancerNet (§2.1): three SepConv stages, FC 256; 48 or 50 px input."""
     layers: list[nn.Module] = []
     for in_ch, out_ch, depth in [(3, 32, 1), (32, 64, 2), (64, 128, 3)]:
         for i in range(depth):
             # CancerNet orders every block conv -> ReLU -> BN, unlike the usual conv -> BN -> ReLU.
-            layers += [SeparableConv2d(in_ch if i == 0 else out_ch, out_ch), nn.ReLU(inplace=True), nn.BatchNorm2d(out_ch)]
+            layers += [
+                SeparableConv2d(in_ch if i == 0 else out_ch, out_ch),
+                nn.ReLU(inplace=True),
+                nn.BatchNorm2d(out_ch),
+            ]
         layers += [nn.MaxPool2d(2), nn.Dropout(dropout_conv)]
     classifier = nn.Sequential(
-        nn.Flatten(), nn.Linear(128 * 6 * 6, 256), nn.ReLU(inplace=True), nn.BatchNorm1d(256),
-        nn.Dropout(dropout_fc), nn.Linear(256, num_classes),
+        nn.Flatten(),
+        nn.Linear(128 * 6 * 6, 256),
+        nn.ReLU(inplace=True),
+        nn.BatchNorm1d(256),
+        nn.Dropout(dropout_fc),
+        nn.Linear(256, num_classes),
     )
     return _with_weights(SmallCNN(nn.Sequential(*layers), classifier), pretrained, "cancernet")
 
@@ -74,9 +84,15 @@ class SigmoidAsTwoLogits(nn.Module):
         return torch.cat([torch.zeros_like(z), z], 1)
 
 
-@register("idc_cnn", framework="keras", input_size=50,
-          published=PublishedCount(389_441, "keras", reproduced=True, source="S-004 notebook (head: sigmoid)"))
-def idc_cnn(num_classes: int, pretrained: str | None = None, head: Literal["softmax2", "sigmoid"] = "softmax2") -> nn.Module:
+@register(
+    "idc_cnn",
+    framework="keras",
+    input_size=50,
+    published=PublishedCount(389_441, "keras", reproduced=True, source="S-004 notebook (head: sigmoid)"),
+)
+def idc_cnn(
+    num_classes: int, pretrained: str | None = None, head: Literal["softmax2", "sigmoid"] = "softmax2"
+) -> nn.Module:
     """Return 004's proposed CNN (§2.2): conv -> ReLU -> MaxPool -> BN x3, conv 128, FC 128.
 
     `head: sigmoid` is the notebook's single sigmoid unit (binary only), whose Keras count is the

@@ -34,7 +34,9 @@ def guidance_loss(roi: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -torch.log((1 - roi[outside]).clamp_min(1e-7)).mean()
 
 
-def keras_crossentropy(logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None = None) -> torch.Tensor:
+def keras_crossentropy(
+    logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """Return Keras' crossentropy of softmax(logits) against one-hot labels, as a Keras seed compiled
     it: `binary_crossentropy` averaged over the units for two classes, `categorical_crossentropy`
     for more; probabilities clipped to [1e-7, 1 - 1e-7] (Keras 3, `keras/src/backend/torch/nn.py`).
@@ -59,8 +61,12 @@ def keras_crossentropy(logits: torch.Tensor, labels: torch.Tensor, class_weights
 
 
 def build_loss(
-    kind: Literal["ce", "ce_dice", "ce_guide"], *, class_weights: torch.Tensor | None = None,
-    lambda_roi: float = 1.0, roi_mode: RoITarget = "hard", keras: bool = False,
+    kind: Literal["ce", "ce_dice", "ce_guide"],
+    *,
+    class_weights: torch.Tensor | None = None,
+    lambda_roi: float = 1.0,
+    roi_mode: RoITarget = "hard",
+    keras: bool = False,
 ) -> Loss:
     """Return loss(outputs, labels, masks): cross-entropy (class-weighted if given; Keras' clipped
     crossentropy and class_weight when `keras`), plus lambda_roi x Dice or guidance against the

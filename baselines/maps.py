@@ -21,7 +21,7 @@ def grad_cam(model: nn.Module, images: torch.Tensor, classes: torch.Tensor | Non
         features = model.forward_features(images).detach().requires_grad_(True)
         logits = model.forward_head(features)
         chosen = logits.argmax(1) if classes is None else classes
-        grads, = torch.autograd.grad(logits.gather(1, chosen[:, None]).sum(), features)
+        (grads,) = torch.autograd.grad(logits.gather(1, chosen[:, None]).sum(), features)
     cam = torch.relu((grads.mean((2, 3), keepdim=True) * features).sum(1, keepdim=True)).detach()
     model.train(was_training)
     return _min_max(cam)

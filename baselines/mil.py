@@ -13,12 +13,20 @@ from ._weights import load_state_dict_file, local_weights_file
 class AttentionMIL(nn.Module):
     """LeNet-like instance encoder, (gated) attention pooling over the bag, linear classifier."""
 
-    def __init__(self, num_classes: int, *, embed_dim: int, attention_dim: int, gated: bool, grid: tuple[int, int]) -> None:
+    def __init__(
+        self, num_classes: int, *, embed_dim: int, attention_dim: int, gated: bool, grid: tuple[int, int]
+    ) -> None:
         super().__init__()
         self.encoder = nn.Sequential(
-            nn.Conv2d(3, 20, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(20, 50, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(50 * 4 * 4, embed_dim), nn.ReLU(inplace=True),
+            nn.Conv2d(3, 20, 5),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(20, 50, 5),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(50 * 4 * 4, embed_dim),
+            nn.ReLU(inplace=True),
         )
         self.attention_v = nn.Linear(embed_dim, attention_dim)
         self.attention_u = nn.Linear(embed_dim, attention_dim) if gated else None
@@ -42,15 +50,26 @@ class AttentionMIL(nn.Module):
         return outputs
 
 
-@register("amil", framework="pytorch",
-          input_size=(448, 700), outputs=("logits", "attention", "attention_map"), input_kind="bag")
+@register(
+    "amil",
+    framework="pytorch",
+    input_size=(448, 700),
+    outputs=("logits", "attention", "attention_map"),
+    input_kind="bag",
+)
 def amil(
-    num_classes: int, pretrained: str | None = None, embed_dim: int = 500, attention_dim: int = 128,
-    gated: bool = False, grid_rows: int = 16, grid_cols: int = 25,
+    num_classes: int,
+    pretrained: str | None = None,
+    embed_dim: int = 500,
+    attention_dim: int = 128,
+    gated: bool = False,
+    grid_rows: int = 16,
+    grid_cols: int = 25,
 ) -> nn.Module:
     """Return A-MIL; the default 16 x 25 grid is a BreakHis image centre-cropped to 448 x 700."""
-    model = AttentionMIL(num_classes, embed_dim=embed_dim, attention_dim=attention_dim, gated=gated,
-                         grid=(grid_rows, grid_cols))
+    model = AttentionMIL(
+        num_classes, embed_dim=embed_dim, attention_dim=attention_dim, gated=gated, grid=(grid_rows, grid_cols)
+    )
     weights = local_weights_file(pretrained)
     if weights is not None:
         load_state_dict_file(model, weights, what="amil")

@@ -56,7 +56,9 @@ class EfficientNetV2Head(nn.Module):
     `penalty`, which the loss adds.
     """
 
-    def __init__(self, in_features: int, num_classes: int, *, hidden: int, dropout: float, l2: float, l1_activity: float) -> None:
+    def __init__(
+        self, in_features: int, num_classes: int, *, hidden: int, dropout: float, l2: float, l1_activity: float
+    ) -> None:
         super().__init__()
         self.norm = nn.BatchNorm1d(in_features)
         self.hidden = nn.Linear(in_features, hidden)
@@ -88,16 +90,26 @@ class EfficientNetV2Classifier(nn.Module):
         return {"logits": logits, "penalty": penalty}
 
 
-@register("efficientnetv2_s", framework="keras", input_size=224,
-          published=PublishedCount(4_300_000, "keras", reproduced=False, source="003 §3.6 (\"4.3 million\")"))
+@register(
+    "efficientnetv2_s",
+    framework="keras",
+    input_size=224,
+    published=PublishedCount(4_300_000, "keras", reproduced=False, source='003 §3.6 ("4.3 million")'),
+)
 def efficientnetv2_s(
-    num_classes: int, pretrained: str | None = None, freeze: FreezeMode = "none", dropout: float = 0.5,
-    l2_head: float = 1e-5, head_hidden: int = 256,
+    num_classes: int,
+    pretrained: str | None = None,
+    freeze: FreezeMode = "none",
+    dropout: float = 0.5,
+    l2_head: float = 1e-5,
+    head_hidden: int = 256,
 ) -> nn.Module:
     """Return EfficientNetV2-S (timm `tf_efficientnetv2_s.in1k`) with 003's max-pool head."""
     require_weights_to_freeze(pretrained, freeze)
     trunk = keras_layers(timm_model("tf_efficientnetv2_s.in1k", 0, pretrained, global_pool=""), KERAS_EFFICIENTNETV2)
-    head = EfficientNetV2Head(trunk.num_features, num_classes, hidden=head_hidden, dropout=dropout, l2=l2_head, l1_activity=1e-7)
+    head = EfficientNetV2Head(
+        trunk.num_features, num_classes, hidden=head_hidden, dropout=dropout, l2=l2_head, l1_activity=1e-7
+    )
     model = EfficientNetV2Classifier(trunk, head)
     last_stage = trunk.get_submodule(trunk.feature_info[-1]["module"])
     return freeze_parameters(model, freeze, head=head, last_stage=last_stage)

@@ -1,7 +1,8 @@
 """How much an epoch of IDC patches costs from the packed cache against decoding the PNG files.
 
 Run: .venv/bin/python bench/cache_vs_png.py [IDC_ROOT] [--smoke]   (default ../shared/data/idc_sample,
-else a synthetic tree; --smoke: a 4-patient synthetic tree and one round, for the tests). Both sides read the same patches in the same shuffled order, as uint8
+else a synthetic tree; --smoke: a 4-patient synthetic tree and one round, for the tests). Both
+sides read the same patches in the same shuffled order, as uint8
 arrays ready for augmentation, several rounds interleaved; the ratio is the median time of one
 pass from PNG over the median from the cache.
 """
@@ -26,8 +27,12 @@ ROUNDS = 5
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("root", nargs="?", type=Path,
-                        default=Path(__file__).resolve().parents[1].parent / "shared" / "data" / "idc_sample")
+    parser.add_argument(
+        "root",
+        nargs="?",
+        type=Path,
+        default=Path(__file__).resolve().parents[1].parent / "shared" / "data" / "idc_sample",
+    )
     parser.add_argument("--smoke", action="store_true", help="a 4-patient synthetic tree and one round (for the tests)")
     args = parser.parse_args()
     rounds = 1 if args.smoke else ROUNDS

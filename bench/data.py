@@ -54,8 +54,11 @@ def image_folder_epoch(paths: list[str], size: tuple[int, int]) -> torch.Tensor:
     for path in paths:
         image = TF.to_tensor(default_loader(path))
         if image.shape[1:] != size:
-            image = TF.pad(image, [0, 0, size[1] - image.shape[2], size[0] - image.shape[1]], padding_mode="edge") \
-                if image.shape[1] <= size[0] and image.shape[2] <= size[1] else TF.resize(image, list(size), antialias=True)
+            image = (
+                TF.pad(image, [0, 0, size[1] - image.shape[2], size[0] - image.shape[1]], padding_mode="edge")
+                if image.shape[1] <= size[0] and image.shape[2] <= size[1]
+                else TF.resize(image, list(size), antialias=True)
+            )
     return image
 
 
@@ -77,14 +80,26 @@ def compare(name: str, spec: DatasetSpec, work: Path, rounds: int) -> None:
         cache = build_patch_cache(manifest, digest, work / "cache")
     else:
         size = (460, 700)
-        cache, _ = build_image_cache(manifest, image_cache_key(digest, size, "none", None, "none"), work / "cache", size=size)
+        cache, _ = build_image_cache(
+            manifest, image_cache_key(digest, size, "none", None, "none"), work / "cache", size=size
+        )
     params = TrainParams(input_size=size, normalisation="unit", augment="none")
-    dataset = ImageDataset(open_patch_cache(cache), np.arange(len(manifest)), manifest.label.to_numpy(),
-                           build_transform(params, stored_hw=size, train=False))
+    dataset = ImageDataset(
+        open_patch_cache(cache),
+        np.arange(len(manifest)),
+        manifest.label.to_numpy(),
+        build_transform(params, stored_hw=size, train=False),
+    )
     paths = list(manifest.path)
     f, loader, cpu = interleaved_medians(
-        [lambda: image_folder_epoch(paths, size), lambda: cache_epoch(dataset, normalise=False),
-         lambda: cache_epoch(dataset, normalise=True)], rounds, time.perf_counter)
+        [
+            lambda: image_folder_epoch(paths, size),
+            lambda: cache_epoch(dataset, normalise=False),
+            lambda: cache_epoch(dataset, normalise=True),
+        ],
+        rounds,
+        time.perf_counter,
+    )
     n = len(paths)
     print(f"{name:<10}{n:>7}{n / f:>14,.0f}{n / loader:>14,.0f}{f / loader:>8.1f}x{n / cpu:>16,.0f}{f / cpu:>8.1f}x")
 
@@ -114,7 +129,9 @@ def index_cost(name: str, spec: DatasetSpec, rounds: int) -> None:
     paths = [Path(p) for p in index_dataset(spec)[0].path]  # also warms the page cache
     plain, digest, indexer = interleaved_medians(
         [lambda: decode_from_path(paths), lambda: [decode(p) for p in paths], lambda: index_dataset(spec)],
-        rounds, time.process_time)
+        rounds,
+        time.process_time,
+    )
     n = len(paths)
     print(f"{name:<10}{n:>7}{n / plain:>14,.0f}{n / digest:>18,.0f}{digest / plain:>7.2f}x{n / indexer:>14,.0f}")
 
@@ -130,8 +147,10 @@ def measure(work: Path, smoke: bool, synthetic: bool, rounds: int) -> None:
         bkh_root = write_synthetic_breakhis(work / "breakhis", **small)
     idc = DatasetSpec(name="idc", root=idc_root, allow_subset=True)
     bkh = DatasetSpec(name="breakhis", root=bkh_root, allow_subset=True)
-    print(f"{'dataset':<10}{'images':>7}{'ImageFolder/s':>14}{'cache uint8/s':>14}{'ratio':>9}  "
-          f"{'cache+CPU norm/s':>16}{'ratio':>9}")
+    print(
+        f"{'dataset':<10}{'images':>7}{'ImageFolder/s':>14}{'cache uint8/s':>14}{'ratio':>9}  "
+        f"{'cache+CPU norm/s':>16}{'ratio':>9}"
+    )
     compare("IDC", idc, work / "idc_work", rounds)
     compare("BreakHis", bkh, work / "bkh_work", rounds)
     print(f"\n{'index':<10}{'files':>7}{'decode only/s':>14}{'read+digest+dec/s':>18}{'ratio':>8}{'indexer/s':>14}")
@@ -141,7 +160,9 @@ def measure(work: Path, smoke: bool, synthetic: bool, rounds: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--synthetic", action="store_true", help="measure on generated trees even where the samples exist")
+    parser.add_argument(
+        "--synthetic", action="store_true", help="measure on generated trees even where the samples exist"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny generated trees and one round (for the tests)")
     args = parser.parse_args()
     rounds = 1 if args.smoke else ROUNDS

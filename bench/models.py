@@ -89,7 +89,10 @@ def measure(name: str, kind: str, steps: int) -> dict[str, float]:
     for _ in range(steps):
         step()
     seconds = time.perf_counter() - start
-    return {"images_per_s": steps * BATCH / seconds, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "images_per_s": steps * BATCH / seconds,
+        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def _in_fresh_process(name: str, kind: str, steps: int) -> dict[str, float]:
@@ -112,7 +115,10 @@ def main() -> None:
     if args.smoke:
         args.models, args.steps, args.rounds = "cancernet", 1, 1
     rows = []
-    print(f"{'model':<18}{'input':>12}{'harness img/s':>15}{'bare img/s':>12}{'ratio':>8}{'harness MB':>12}{'bare MB':>10}")
+    print(
+        f"{'model':<18}{'input':>12}{'harness img/s':>15}{'bare img/s':>12}{'ratio':>8}"
+        f"{'harness MB':>12}{'bare MB':>10}"
+    )
     for name in args.models.split(","):
         runs: dict[str, list[dict[str, float]]] = {"harness": [], "bare": []}
         for _ in range(args.rounds):
@@ -122,10 +128,22 @@ def main() -> None:
         peak = {k: max(r["peak_mb"] for r in v) for k, v in runs.items()}
         height, width = baselines.info(name).input_size
         ratio = speed["harness"] / speed["bare"]
-        print(f"{name:<18}{f'{height}x{width}':>12}{speed['harness']:>15.2f}{speed['bare']:>12.2f}{ratio:>8.3f}"
-              f"{peak['harness']:>12.0f}{peak['bare']:>10.0f}")
-        rows += [{"model": name, "variant": k, "input": f"{height}x{width}", "batch": BATCH, "images_per_s": speed[k],
-                  "peak_rss_mb": peak[k], "ratio_harness_over_bare": ratio} for k in ("harness", "bare")]
+        print(
+            f"{name:<18}{f'{height}x{width}':>12}{speed['harness']:>15.2f}{speed['bare']:>12.2f}{ratio:>8.3f}"
+            f"{peak['harness']:>12.0f}{peak['bare']:>10.0f}"
+        )
+        rows += [
+            {
+                "model": name,
+                "variant": k,
+                "input": f"{height}x{width}",
+                "batch": BATCH,
+                "images_per_s": speed[k],
+                "peak_rss_mb": peak[k],
+                "ratio_harness_over_bare": ratio,
+            }
+            for k in ("harness", "bare")
+        ]
     out = args.out / f"models-{platform.machine()}-{mp.cpu_count()}cpu-torch{torch.__version__}.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as file:

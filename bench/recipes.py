@@ -34,10 +34,9 @@ import torch
 import yaml
 from rich.console import Console
 from rich.table import Table
-
-import baselines
 from torch.nn.modules.batchnorm import _BatchNorm
 
+import baselines
 from harness.bn_recalibration import RECALIBRATION_BATCHES, batchnorms, recalibrate_batchnorm
 from harness.config import ExperimentConfig, load_experiment
 from harness.data.cache import open_patch_cache
@@ -57,9 +56,13 @@ IDC_SAMPLE = REPO.parent / "shared" / "data" / "idc_sample"
 CHEAP = "cancernet,idc_cnn"
 SMOKE_PATCHES = 4
 # Evaluation modes of --diagnose: (label, model mode, recalibration before it)
-EVAL_MODES = (("eval, as trained", "eval", None), ("eval, recalibrated dropout on", "eval", True),
-              ("eval, recalibrated dropout off", "eval", False), ("train, dropout on", "train", True),
-              ("train, dropout off", "train", False))
+EVAL_MODES = (
+    ("eval, as trained", "eval", None),
+    ("eval, recalibrated dropout on", "eval", True),
+    ("eval, recalibrated dropout off", "eval", False),
+    ("train, dropout on", "train", True),
+    ("train, dropout off", "train", False),
+)
 
 
 @dataclass
@@ -106,8 +109,12 @@ def bench_config(work: Path, names: list[str], args: argparse.Namespace) -> Expe
         raise SystemExit(f"not an IDC baseline of {EXPERIMENT.name}: {', '.join(unknown)} (its: {', '.join(listed)})")
     data["baselines"] = [listed[n] for n in names]
     data["search"].update(max_epochs=args.epochs, grace_period=1)
-    data["training"] = {"patience": args.epochs, "device": args.device, "semantics": args.semantics,
-                        "bn_recalibration": args.bn_recalibration}
+    data["training"] = {
+        "patience": args.epochs,
+        "device": args.device,
+        "semantics": args.semantics,
+        "bn_recalibration": args.bn_recalibration,
+    }
     data["resources"] = {"cpu": args.threads}
     data["output_dir"] = str(work)
     path = work / "recipes.yaml"
@@ -119,8 +126,14 @@ def prepared_sample(config: ExperimentConfig, work: Path, patches_per_patient: i
     """Index the sample (keeping a few patches per patient if asked), split it and pack its cache."""
     manifest, _ = load_or_index(config.dataset)
     if patches_per_patient:
-        manifest = (manifest.groupby("patient_id", group_keys=False).sample(frac=1.0, random_state=0)
-                    .groupby("patient_id").head(patches_per_patient).sort_index().reset_index(drop=True))
+        manifest = (
+            manifest.groupby("patient_id", group_keys=False)
+            .sample(frac=1.0, random_state=0)
+            .groupby("patient_id")
+            .head(patches_per_patient)
+            .sort_index()
+            .reset_index(drop=True)
+        )
     return prepare(manifest, config.dataset, config.protocol, work / "_data")
 
 
@@ -130,8 +143,13 @@ def _summary(prob: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     metrics = classification_metrics(labels, prob)
     # Unweighted cross-entropy, as the harness's evaluation reports it.
     loss = float(-np.log(np.clip(prob[np.arange(len(labels)), labels], 1e-12, None)).mean())
-    return {"accuracy": metrics["accuracy"], "auc": metrics["auc"], "loss": loss, "top_share": counts.max() / len(pred),
-            "top_class": int(counts.argmax())}
+    return {
+        "accuracy": metrics["accuracy"],
+        "auc": metrics["auc"],
+        "loss": loss,
+        "top_share": counts.max() / len(pred),
+        "top_class": int(counts.argmax()),
+    }
 
 
 def floor_rows(data: PreparedData, fold: int, seed: int) -> list[Row]:
@@ -140,8 +158,9 @@ def floor_rows(data: PreparedData, fold: int, seed: int) -> list[Row]:
     features = floor_features(open_patch_cache(data.cache_path))
     rows = []
     for name in FLOORS:
-        val = fit_floor_folds(name, features, manifest, read_split(data.split_path),
-                              num_classes=len(data.class_names), seed=seed)[fold].val
+        val = fit_floor_folds(
+            name, features, manifest, read_split(data.split_path), num_classes=len(data.class_names), seed=seed
+        )[fold].val
         prob = val.predictions[[f"prob_{c}" for c in range(len(data.class_names))]].to_numpy()
         rows.append(Row(name, 0, "floor", **_summary(prob, val.predictions.label.to_numpy())))
     return rows
@@ -159,13 +178,22 @@ class Probe:
         # Validation images in a fixed shuffled order, so that training-mode batches mix patients
         # as training batches do; training images through the training augmentation.
         rng = np.random.default_rng(spec.seed)
-        self.val = ImageDataset(images, rng.permutation(split.rows(split=CV, fold=spec.fold)), labels,
-                                build_transform(p, stored_hw=hw, train=False, keras=keras))
-        self.train = ImageDataset(images, split.rows(split=CV, exclude_fold=spec.fold), labels,
-                                  build_transform(p, stored_hw=hw, train=True, seed=spec.seed, keras=keras))
+        self.val = ImageDataset(
+            images,
+            rng.permutation(split.rows(split=CV, fold=spec.fold)),
+            labels,
+            build_transform(p, stored_hw=hw, train=False, keras=keras),
+        )
+        self.train = ImageDataset(
+            images,
+            split.rows(split=CV, exclude_fold=spec.fold),
+            labels,
+            build_transform(p, stored_hw=hw, train=True, seed=spec.seed, keras=keras),
+        )
         self.normalise = batch_normaliser(p.normalisation, "cpu")
-        self.model = baselines.create(spec.baseline, num_classes=spec.num_classes, semantics=spec.semantics,
-                                      **spec.model_kwargs)
+        self.model = baselines.create(
+            spec.baseline, num_classes=spec.num_classes, semantics=spec.semantics, **spec.model_kwargs
+        )
         self.rows: list[Row] = []
         self.norms: list[NormRow] = []
 
@@ -198,8 +226,13 @@ class Probe:
             labels = self.val.labels
             prob = self._probabilities(self.model, train=False, dropout=False)
             common = dict(baseline=self.spec.baseline, epoch=entry.epoch, train_loss=entry.train_loss)
-            row = Row(mode=EVAL_MODES[0][0], harness_accuracy=entry.val["accuracy"], harness_loss=entry.val["loss"],
-                      **common, **_summary(prob, labels))
+            row = Row(
+                mode=EVAL_MODES[0][0],
+                harness_accuracy=entry.val["accuracy"],
+                harness_loss=entry.val["loss"],
+                **common,
+                **_summary(prob, labels),
+            )
             self.rows.append(row)
             if self.diagnose:
                 self._diagnose(row, prob, labels)
@@ -223,8 +256,9 @@ class Probe:
         self.norms += norm_rows(self.model, recalibrated[False], recalibrated[True], common)
 
 
-def norm_rows(trained: torch.nn.Module, undropped: torch.nn.Module, dropped: torch.nn.Module,
-              common: dict) -> list[NormRow]:
+def norm_rows(
+    trained: torch.nn.Module, undropped: torch.nn.Module, dropped: torch.nn.Module, common: dict
+) -> list[NormRow]:
     """Return per BatchNorm: the running variance over the input's variance with dropout off and on
     (geometric mean over channels), the running mean's distance from the input's mean in input
     standard deviations (median over channels), and the input variance dropout adds (on over off).
@@ -237,16 +271,24 @@ def norm_rows(trained: torch.nn.Module, undropped: torch.nn.Module, dropped: tor
         mean, var = bn.running_mean[live], bn.running_var[live]
         var_off, var_on = var_off[live], var_on[live]
 
-        def shift(other: _BatchNorm, var_in: torch.Tensor) -> float:
+        def shift(
+            other: _BatchNorm, var_in: torch.Tensor, mean: torch.Tensor = mean, live: torch.Tensor = live
+        ) -> float:
             return float(((mean - other.running_mean[live]).abs() / var_in.sqrt()).median())
 
-        rows.append(NormRow(
-            baseline=common["baseline"], epoch=common["epoch"], layer=name,
-            live_channels=f"{int(live.sum())}/{len(live)}",
-            var_ratio_off=_gmean(var / var_off), var_ratio_on=_gmean(var / var_on),
-            mean_shift_off=shift(off[name], var_off), mean_shift_on=shift(on[name], var_on),
-            dropout_var_gain=_gmean(var_on / var_off),
-        ))
+        rows.append(
+            NormRow(
+                baseline=common["baseline"],
+                epoch=common["epoch"],
+                layer=name,
+                live_channels=f"{int(live.sum())}/{len(live)}",
+                var_ratio_off=_gmean(var / var_off),
+                var_ratio_on=_gmean(var / var_on),
+                mean_shift_off=shift(off[name], var_off),
+                mean_shift_on=shift(on[name], var_on),
+                dropout_var_gain=_gmean(var_on / var_off),
+            )
+        )
     return rows
 
 
@@ -261,24 +303,63 @@ def _f(x: float) -> str:
 def print_tables(console: Console, rows: list[Row], norms: list[NormRow], title: str) -> None:
     """Print the per-epoch table (floors first) and, when diagnosed, the BatchNorm table."""
     table = Table(title=title)
-    for column in ("model", "epoch", "mode", "train loss", "val loss", "val acc", "val AUC", "top share (class)",
-                   "agree train+drop", "agree train-drop"):
+    for column in (
+        "model",
+        "epoch",
+        "mode",
+        "train loss",
+        "val loss",
+        "val acc",
+        "val AUC",
+        "top share (class)",
+        "agree train+drop",
+        "agree train-drop",
+    ):
         table.add_column(column, justify="left" if column in ("model", "mode") else "right")
     for r in rows:
-        table.add_row(r.baseline, str(r.epoch) if r.epoch else "", r.mode, _f(r.train_loss), _f(r.loss),
-                      _f(r.accuracy), _f(r.auc), f"{r.top_share:.3f} ({r.top_class})", _f(r.agree_train_dropout),
-                      _f(r.agree_train_no_dropout))
+        table.add_row(
+            r.baseline,
+            str(r.epoch) if r.epoch else "",
+            r.mode,
+            _f(r.train_loss),
+            _f(r.loss),
+            _f(r.accuracy),
+            _f(r.auc),
+            f"{r.top_share:.3f} ({r.top_class})",
+            _f(r.agree_train_dropout),
+            _f(r.agree_train_no_dropout),
+        )
     console.print(table)
     if not norms:
         return
-    table = Table(title="BatchNorm running statistics against the batch statistics of its input (running var / "
-                        "input var: geometric mean over channels; |mean shift| in input s.d., median over channels)")
-    for column in ("model", "epoch", "layer", "live channels", "var ratio, drop off", "var ratio, drop on",
-                   "mean shift, off", "mean shift, on", "input var on/off"):
+    table = Table(
+        title="BatchNorm running statistics against the batch statistics of its input (running var / "
+        "input var: geometric mean over channels; |mean shift| in input s.d., median over channels)"
+    )
+    for column in (
+        "model",
+        "epoch",
+        "layer",
+        "live channels",
+        "var ratio, drop off",
+        "var ratio, drop on",
+        "mean shift, off",
+        "mean shift, on",
+        "input var on/off",
+    ):
         table.add_column(column, justify="left" if column in ("model", "layer") else "right")
     for n in norms:
-        table.add_row(n.baseline, str(n.epoch), n.layer, n.live_channels, _f(n.var_ratio_off), _f(n.var_ratio_on),
-                      _f(n.mean_shift_off), _f(n.mean_shift_on), _f(n.dropout_var_gain))
+        table.add_row(
+            n.baseline,
+            str(n.epoch),
+            n.layer,
+            n.live_channels,
+            _f(n.var_ratio_off),
+            _f(n.var_ratio_on),
+            _f(n.mean_shift_off),
+            _f(n.mean_shift_on),
+            _f(n.dropout_var_gain),
+        )
     console.print(table)
 
 
@@ -321,8 +402,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if not IDC_SAMPLE.is_dir():
         raise SystemExit(f"IDC sample not found at {IDC_SAMPLE}")
-    names = [b["name"] if isinstance(b, dict) else b for b in yaml.safe_load(EXPERIMENT.read_text())["baselines"]] \
-        if args.baselines == "all" else args.baselines.split(",")
+    names = (
+        [b["name"] if isinstance(b, dict) else b for b in yaml.safe_load(EXPERIMENT.read_text())["baselines"]]
+        if args.baselines == "all"
+        else args.baselines.split(",")
+    )
     console = Console(width=160)
     with tempfile.TemporaryDirectory() as tmp:
         config = bench_config(Path(tmp), names, args)
@@ -336,8 +420,10 @@ def main(argv: list[str] | None = None) -> None:
             rows += probe.rows
             norms += probe.norms
         protocol = spec.protocol_params
-    title = (f"IDC sample ({data.rows} patches, {data.patients} patients), validation fold {fold}; "
-             f"semantics {protocol['semantics']}, bn_recalibration {protocol['bn_recalibration']}")
+    title = (
+        f"IDC sample ({data.rows} patches, {data.patients} patients), validation fold {fold}; "
+        f"semantics {protocol['semantics']}, bn_recalibration {protocol['bn_recalibration']}"
+    )
     print_tables(console, rows, norms, title)
     if args.out is not None:
         write_csv(args.out, rows, norms, protocol)

@@ -33,17 +33,27 @@ TRIALS, EPOCHS, ROUNDS = 6, 2, 3
 
 def _experiment(root: Path, out: Path, trials: int, epochs: int) -> Path:
     path = out / "overhead.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "overhead",
-        "dataset": {"name": "idc", "root": str(root), "allow_subset": True},
-        "protocol": {"folds": 3, "test_fraction": 0.25, "seed": 0},
-        "baselines": [{"name": "cancernet", "fixed": {"batch_size": 8, "epochs_max": epochs}}],
-        "search": {"trials": trials, "max_epochs": epochs, "grace_period": epochs, "sampler": "random",
-                   "max_concurrent": 2, "retrain": "none"},
-        "resources": {"cpu": 1},
-        "training": {"patience": epochs},
-        "output_dir": str(out / "results"),
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "overhead",
+                "dataset": {"name": "idc", "root": str(root), "allow_subset": True},
+                "protocol": {"folds": 3, "test_fraction": 0.25, "seed": 0},
+                "baselines": [{"name": "cancernet", "fixed": {"batch_size": 8, "epochs_max": epochs}}],
+                "search": {
+                    "trials": trials,
+                    "max_epochs": epochs,
+                    "grace_period": epochs,
+                    "sampler": "random",
+                    "max_concurrent": 2,
+                    "retrain": "none",
+                },
+                "resources": {"cpu": 1},
+                "training": {"patience": epochs},
+                "output_dir": str(out / "results"),
+            }
+        )
+    )
     return path
 
 
@@ -83,8 +93,16 @@ def _bare_trial(config: dict, *, paths: dict, epochs: int) -> None:
     from harness.train import RunSpec, fit
 
     params, kwargs = split_point(config["point"])
-    spec = RunSpec(baseline="cancernet", num_classes=2, params=params, model_kwargs=kwargs, fold=0,
-                   max_epochs=epochs, patience=epochs, **paths)
+    spec = RunSpec(
+        baseline="cancernet",
+        num_classes=2,
+        params=params,
+        model_kwargs=kwargs,
+        fold=0,
+        max_epochs=epochs,
+        patience=epochs,
+        **paths,
+    )
     fit(spec, lambda e: tune.report({"val_loss": e.val["loss"], DONE_KEY: float(e.done)}))
 
 
@@ -137,11 +155,16 @@ def main() -> None:
             seconds, points = harness_sweep(path)
             times["harness"].append(seconds)
             times["bare"].append(bare_tuner(path, points, args.epochs, bare_work))
-            print(f"round {round_ + 1}: harness sweep {times['harness'][-1]:.1f} s, bare Tuner {times['bare'][-1]:.1f} s "
-                  f"({len(points)} trials x {args.epochs} epochs each)", flush=True)
+            print(
+                f"round {round_ + 1}: harness sweep {times['harness'][-1]:.1f} s, bare Tuner {times['bare'][-1]:.1f} s "
+                f"({len(points)} trials x {args.epochs} epochs each)",
+                flush=True,
+            )
     harness, bare = statistics.median(times["harness"]), statistics.median(times["bare"])
-    print(f"median wall time: harness {harness:.1f} s, bare Tune {bare:.1f} s; ratio harness/bare {harness / bare:.2f} "
-          f"(target <= 1.3)")
+    print(
+        f"median wall time: harness {harness:.1f} s, bare Tune {bare:.1f} s; ratio harness/bare {harness / bare:.2f} "
+        f"(target <= 1.3)"
+    )
 
 
 if __name__ == "__main__":

@@ -79,8 +79,9 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor], *, 
     return count
 
 
-def recalibrate_for_evaluation(model: nn.Module, loader: Iterable[dict[str, torch.Tensor]],
-                               normalise: Callable[[torch.Tensor], torch.Tensor]) -> int:
+def recalibrate_for_evaluation(
+    model: nn.Module, loader: Iterable[dict[str, torch.Tensor]], normalise: Callable[[torch.Tensor], torch.Tensor]
+) -> int:
     """Recalibrate `model` as the protocol option does, on the first RECALIBRATION_BATCHES image
     batches of `loader` (training images, training augmentation) with Dropout off; returns the
     number of batches used.

@@ -43,17 +43,31 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 RootOption = typer.Option(None, "--root", help="Dataset root; overrides dataset.root of the experiment file.")
-RoiOption = typer.Option(None, "--roi-dir", help="Folder of RoI masks named after the images; overrides dataset.roi_dir.")
+RoiOption = typer.Option(
+    None, "--roi-dir", help="Folder of RoI masks named after the images; overrides dataset.roi_dir."
+)
 UriOption = typer.Option(None, "--tracking-uri", help="Any MLflow tracking URI; default: SQLite under output_dir.")
 OutOption = typer.Option(None, "--output-dir", help="Where results/ go; overrides output_dir.")
 
 
-def _load(experiment: Path, root: Path | None, tracking_uri: str | None, output_dir: Path | None,
-          roi_dir: Path | None = None, storage: Path | None = None):
+def _load(
+    experiment: Path,
+    root: Path | None,
+    tracking_uri: str | None,
+    output_dir: Path | None,
+    roi_dir: Path | None = None,
+    storage: Path | None = None,
+):
     from harness.config import load_experiment
 
-    return load_experiment(experiment, dataset_root=root, roi_dir=roi_dir, tracking_uri=tracking_uri,
-                           output_dir=output_dir, storage_path=storage)
+    return load_experiment(
+        experiment,
+        dataset_root=root,
+        roi_dir=roi_dir,
+        tracking_uri=tracking_uri,
+        output_dir=output_dir,
+        storage_path=storage,
+    )
 
 
 @data_app.command("index")
@@ -61,10 +75,16 @@ def _load(experiment: Path, root: Path | None, tracking_uri: str | None, output_
 def data_index(
     root: Path = typer.Option(..., "--root", help="Dataset root in its published layout."),
     dataset: str = typer.Option("idc", "--dataset", help="Dataset name: idc, bach or breakhis."),
-    roi_dir: Optional[Path] = typer.Option(None, "--roi-dir", help="BACH/BreakHis: folder of RoI masks named after the images."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Manifest file; default results/_data/manifests/<dataset>-<hash>.parquet."),
+    roi_dir: Optional[Path] = typer.Option(
+        None, "--roi-dir", help="BACH/BreakHis: folder of RoI masks named after the images."
+    ),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Manifest file; default results/_data/manifests/<dataset>-<hash>.parquet."
+    ),
     allow_subset: bool = typer.Option(False, "--allow-subset", help="Accept a sample instead of the full release."),
-    skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave bad files out (each is reported) instead of failing."),
+    skip_bad: bool = typer.Option(
+        False, "--skip-bad", help="Leave bad files out (each is reported) instead of failing."
+    ),
 ) -> None:
     """Walk a dataset, check every file, and write its parquet manifest."""
     from pydantic import ValidationError
@@ -87,7 +107,8 @@ def data_index(
     counts = manifest.groupby("class_name").size().to_dict()
     flags = manifest["flags"].str.split(";").explode().loc[lambda f: f != ""].value_counts().to_dict()
     console.print(
-        f"{len(manifest):,} images of {manifest.patient_id.nunique()} patient groups {counts}; flags {flags or 'none'}\n"
+        f"{len(manifest):,} images of {manifest.patient_id.nunique()} patient groups {counts}; "
+        f"flags {flags or 'none'}\n"
         f"manifest {path} (hash {digest[:16]})"
     )
 
@@ -123,9 +144,22 @@ def models() -> None:
     import baselines
 
     table = Table(title="histo-harness baselines (counts with the published row's classes)")
-    for column in ("baseline", "family", "framework", "input", "classes", "outputs", "loss", "torch", "published",
-                   "harness, same convention"):
-        table.add_column(column, justify="right" if column in {"classes", "torch", "published", "harness, same convention"} else "left")
+    for column in (
+        "baseline",
+        "family",
+        "framework",
+        "input",
+        "classes",
+        "outputs",
+        "loss",
+        "torch",
+        "published",
+        "harness, same convention",
+    ):
+        table.add_column(
+            column,
+            justify="right" if column in {"classes", "torch", "published", "harness, same convention"} else "left",
+        )
     for s in baselines.summarise_all():
         if s.published is None:
             published = same = "-"
@@ -133,8 +167,18 @@ def models() -> None:
             published = f"{s.published:,} ({s.convention})"
             mark = "[green]= published[/]" if s.reproduced else "[yellow]differs[/]"
             same = f"{s.count_in_published_convention:,} {mark}"
-        table.add_row(s.name, s.family, s.framework, s.input, str(s.classes), ", ".join(s.outputs), s.loss,
-                      f"{s.counts['torch']:,}", published, same)
+        table.add_row(
+            s.name,
+            s.family,
+            s.framework,
+            s.input,
+            str(s.classes),
+            ", ".join(s.outputs),
+            s.loss,
+            f"{s.counts['torch']:,}",
+            published,
+            same,
+        )
     console.print(table)
 
 
@@ -154,13 +198,18 @@ def train(
 
     config = _load(experiment, root, tracking_uri, output_dir, roi_dir)
     if baseline not in {b.name for b in config.baselines}:
-        raise InputError(f"--baseline {baseline!r}: not among the experiment's baselines ({', '.join(b.name for b in config.baselines)})")
+        raise InputError(
+            f"--baseline {baseline!r}: not among the experiment's baselines "
+            f"({', '.join(b.name for b in config.baselines)})"
+        )
     if fold >= config.protocol.folds:
         raise InputError(f"--fold {fold}: expected a fold below protocol.folds ({config.protocol.folds})")
     setup = set_up(config, show_progress=True)
     spec = recipe_spec(config, setup.data, baseline, fold=fold)
     run_id, result = train_tracked(
-        config, setup, spec,
+        config,
+        setup,
+        spec,
         on_epoch=lambda e: console.print(
             f"epoch {e.epoch:>3}  train loss {e.train_loss:.4f}  val loss {e.val['loss']:.4f}  "
             f"val acc {e.val['accuracy']:.4f}  val AUC {e.val['auc']:.4f}"
@@ -181,12 +230,18 @@ def sweep(
     root: Optional[Path] = RootOption,
     roi_dir: Optional[Path] = RoiOption,
     address: Optional[str] = typer.Option(
-        None, "--address", envvar="RAY_ADDRESS",
-        help="Ray cluster to join: auto, HOST:6379 or ray://HOST:10001; default an embedded local Ray."),
+        None,
+        "--address",
+        envvar="RAY_ADDRESS",
+        help="Ray cluster to join: auto, HOST:6379 or ray://HOST:10001; default an embedded local Ray.",
+    ),
     tracking_uri: Optional[str] = UriOption,
     output_dir: Optional[Path] = OutOption,
     storage: Optional[Path] = typer.Option(
-        None, "--storage", help="Where Tune keeps sweeps and trial checkpoints (shared by all nodes); overrides storage_path."),
+        None,
+        "--storage",
+        help="Where Tune keeps sweeps and trial checkpoints (shared by all nodes); overrides storage_path.",
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue the newest interrupted sweep of this experiment."),
 ) -> None:
     """Tune every baseline of an experiment with Ray Tune, Optuna and ASHA, tracked in MLflow; then
@@ -195,7 +250,9 @@ def sweep(
 
     config = _load(experiment, root, tracking_uri, output_dir, roi_dir, storage)
     summary = run_sweep(config, address=address, resume=resume, verbose=True)
-    table = Table(title=f"sweep {summary.experiment}{' (resumed)' if summary.resumed else ''}: {summary.wall_seconds:.0f} s")
+    table = Table(
+        title=f"sweep {summary.experiment}{' (resumed)' if summary.resumed else ''}: {summary.wall_seconds:.0f} s"
+    )
     for column in ("baseline", "trials", "finished", "stopped early", "failed"):
         table.add_column(column, justify="left" if column == "baseline" else "right")
     for name, o in summary.baselines.items():
@@ -203,8 +260,11 @@ def sweep(
     console.print(table)
     for e in summary.ensembles:
         folds = ", ".join(f"{acc:.3f}" for _, acc in sorted(e.fold_accuracy.items()))
-        console.print(f"{e.baseline}: test accuracy of the {len(e.fold_accuracy)} fold models {folds}; "
-                      f"their softmax ensemble {e.ensemble_accuracy:.3f}", highlight=False)
+        console.print(
+            f"{e.baseline}: test accuracy of the {len(e.fold_accuracy)} fold models {folds}; "
+            f"their softmax ensemble {e.ensemble_accuracy:.3f}",
+            highlight=False,
+        )
     if summary.floors:
         console.print(f"floors fitted on every fold and logged beside them: {', '.join(summary.floors)}")
     for note in summary.notes:
@@ -219,15 +279,22 @@ def sweep(
 @user_errors
 def server(
     backend_store_uri: Optional[str] = typer.Option(
-        None, "--backend-store-uri", help="sqlite:///ABS/PATH.db or postgresql://...; default results/mlflow-server.db."),
-    artifacts_destination: Path = typer.Option(Path("results/mlartifacts-server"), "--artifacts-destination",
-                                               help="Folder (or shared mount) the server keeps artifacts in."),
+        None, "--backend-store-uri", help="sqlite:///ABS/PATH.db or postgresql://...; default results/mlflow-server.db."
+    ),
+    artifacts_destination: Path = typer.Option(
+        Path("results/mlartifacts-server"),
+        "--artifacts-destination",
+        help="Folder (or shared mount) the server keeps artifacts in.",
+    ),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; 0.0.0.0 to serve a cluster."),
     port: int = typer.Option(5000, "--port"),
     workers: int = typer.Option(2, "--workers", min=1),
     allowed_hosts: Optional[str] = typer.Option(
-        None, "--allowed-hosts", help="Host headers the server accepts, replacing MLflow's default of localhost and private IPs "
-             "(e.g. mlflow,mlflow:5000,10.0.0.5:5000)."),
+        None,
+        "--allowed-hosts",
+        help="Host headers the server accepts, replacing MLflow's default of localhost and private IPs "
+        "(e.g. mlflow,mlflow:5000,10.0.0.5:5000).",
+    ),
 ) -> None:
     """Start an MLflow tracking server that every node's trials log to; runs until Ctrl-C or SIGTERM."""
     import signal
@@ -236,8 +303,9 @@ def server(
 
     backend = backend_store_uri or f"sqlite:///{Path('results/mlflow-server.db').resolve()}"
     console.print(f"starting mlflow server (backend {backend}, artifacts {artifacts_destination}) ...")
-    process = start_server(backend, artifacts_destination.resolve(), host=host, port=port, workers=workers,
-                           allowed_hosts=allowed_hosts)
+    process = start_server(
+        backend, artifacts_destination.resolve(), host=host, port=port, workers=workers, allowed_hosts=allowed_hosts
+    )
     shown = "HOST" if host == "0.0.0.0" else host
     console.print(f"MLflow tracking server up; pass --tracking-uri http://{shown}:{port} (log: {process.log})")
     # SIGTERM (a scheduler ending the job) stops the server as Ctrl-C does, instead of orphaning it.
@@ -248,18 +316,35 @@ def server(
         process.stop()
 
 
+TABLE_HELP = (
+    f"Layout (repeatable): {', '.join(TABLE_LAYOUTS)}; default: the experiment file's leaderboard.tables, else summary."
+)
+
+
 @app.command()
 @user_errors
 def leaderboard(
     experiment: Optional[str] = typer.Argument(None, help="Experiment YAML file, or the name of an MLflow experiment."),
-    experiments: list[str] = typer.Option([], "--experiment", "-e", help="An MLflow experiment to include (repeatable)."),
-    tables: list[str] = typer.Option([], "--table", "-t", help="Layout (repeatable): " + ", ".join(TABLE_LAYOUTS)
-                                     + "; default: the experiment file's leaderboard.tables, else summary."),
+    experiments: list[str] = typer.Option(
+        [], "--experiment", "-e", help="An MLflow experiment to include (repeatable)."
+    ),
+    tables: list[str] = typer.Option(
+        [],
+        "--table",
+        "-t",
+        help=TABLE_HELP,
+    ),
     tracking_uri: Optional[str] = UriOption,
     output_dir: Optional[Path] = OutOption,
-    split_hash: Optional[str] = typer.Option(None, "--split-hash", help="Split to compare; default: the latest sweep's."),
-    check: bool = typer.Option(False, "--check", help="Exit 1 when a reproduced number lies outside the experiment "
-                               "file's leaderboard.tolerance of its published one."),
+    split_hash: Optional[str] = typer.Option(
+        None, "--split-hash", help="Split to compare; default: the latest sweep's."
+    ),
+    check: bool = typer.Option(
+        False,
+        "--check",
+        help="Exit 1 when a reproduced number lies outside the experiment "
+        "file's leaderboard.tolerance of its published one.",
+    ),
     bootstrap: int = typer.Option(2000, "--bootstrap", min=100, help="Bootstrap resamples for the 95% intervals."),
     html: bool = typer.Option(True, "--html/--no-html", help="Also write leaderboard.html with the plots."),
 ) -> None:
@@ -287,8 +372,9 @@ def leaderboard(
     unknown = [t for t in tables if t not in TABLE_LAYOUTS]
     if unknown:
         raise InputError(f"--table {unknown[0]!r}: expected one of: {', '.join(TABLE_LAYOUTS)}")
-    board = build_leaderboard(uri, names, tables=tables or spec.tables, split_hash=split_hash,
-                              options=LayoutOptions(n_boot=bootstrap))
+    board = build_leaderboard(
+        uri, names, tables=tables or spec.tables, split_hash=split_hash, options=LayoutOptions(n_boot=bootstrap)
+    )
     written = write_leaderboard(board, results, html=html)
     for table in board.tables:
         console.print(to_markdown(table), highlight=False, soft_wrap=True, markup=False)
@@ -306,14 +392,19 @@ def leaderboard(
 @user_errors
 def study_leakage(
     experiment: Path = typer.Argument(..., help="Experiment YAML file."),
-    baselines: list[str] = typer.Option([], "--baseline", "-b", help="A baseline or floor to study (repeatable); "
-                                        "default: every floor and baseline of the experiment."),
+    baselines: list[str] = typer.Option(
+        [],
+        "--baseline",
+        "-b",
+        help="A baseline or floor to study (repeatable); default: every floor and baseline of the experiment.",
+    ),
     root: Optional[Path] = RootOption,
     tracking_uri: Optional[str] = UriOption,
     output_dir: Optional[Path] = OutOption,
     bootstrap: int = typer.Option(2000, "--bootstrap", min=100, help="Bootstrap resamples for the intervals."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epoch budget of every baseline in both arms; "
-                                         "default: search.max_epochs."),
+    epochs: Optional[int] = typer.Option(
+        None, "--epochs", min=1, help="Epoch budget of every baseline in both arms; default: search.max_epochs."
+    ),
 ) -> None:
     """Cross-validate each baseline over protocol.folds patch-random and patient folds with the same
     recipe, budget and seed; write results/<experiment>/leakage.{md,tex,csv} and figures/leakage.png."""
@@ -327,7 +418,9 @@ def study_leakage(
         console.print(f"{name:<14} {protocol:<13} fold {fold} test accuracy {accuracy:.3f}", highlight=False)
 
     study = run_leakage_study(config, baselines or None, epochs=epochs, on_arm=progress)
-    table = leakage_table(config.resolved_tracking_uri(), config.name, study, n_boot=bootstrap, seed=config.protocol.seed)
+    table = leakage_table(
+        config.resolved_tracking_uri(), config.name, study, n_boot=bootstrap, seed=config.protocol.seed
+    )
     results = config.results_dir
     results.mkdir(parents=True, exist_ok=True)
     for suffix, text in ((".md", to_markdown(table)), (".tex", to_latex(table))):

@@ -283,8 +283,10 @@ class SearchSpec(Strict):
         if self.reproducible and self.max_concurrent is None:
             raise ValueError("reproducible: true needs max_concurrent, the number of trials suggested in each batch")
         if self.reproducible and self.reduction_factor != int(self.reduction_factor):
-            raise ValueError(f"reproducible: true needs a whole reduction_factor (rungs at whole epochs), "
-                             f"got {self.reduction_factor:g}")
+            raise ValueError(
+                f"reproducible: true needs a whole reduction_factor (rungs at whole epochs), "
+                f"got {self.reduction_factor:g}"
+            )
         return self
 
     @property
@@ -313,8 +315,19 @@ class TrainingSpec(Strict):
 TABLE_LAYOUTS = ("summary", "gusa-table1", "gusa-table2", "gusa-table3", "gusa-table4", "idc", "breakhis")
 # The reproduced numbers `harness leaderboard --check` holds against published ones.
 CHECKED_METRICS = (
-    "val_accuracy", "val_auc", "class_auc", "confusion", "miou", "test_accuracy", "test_accuracy_single",
-    "test_accuracy_ensemble", "test_auc", "test_f1", "test_precision", "test_recall", "patient_accuracy",
+    "val_accuracy",
+    "val_auc",
+    "class_auc",
+    "confusion",
+    "miou",
+    "test_accuracy",
+    "test_accuracy_single",
+    "test_accuracy_ensemble",
+    "test_auc",
+    "test_f1",
+    "test_precision",
+    "test_recall",
+    "patient_accuracy",
 )
 
 
@@ -493,8 +506,9 @@ def _check_baseline(spec: BaselineSpec, index: int, space: SearchSpace, path: Pa
     where = f"{path}: key 'baselines[{index}].fixed"
     pinned = space.narrowed(spec.search).pinned(spec.fixed)
     if sampler == "bruteforce":
-        continuous = sorted(k for k, d in pinned.search.items()
-                            if d.type == "loguniform" or (d.type == "uniform" and d.step is None))
+        continuous = sorted(
+            k for k, d in pinned.search.items() if d.type == "loguniform" or (d.type == "uniform" and d.step is None)
+        )
         if continuous:
             raise InputError(
                 f"{path}: key 'search.sampler' = 'bruteforce': {spec.name} searches {continuous[0]} over a "
@@ -505,7 +519,9 @@ def _check_baseline(spec: BaselineSpec, index: int, space: SearchSpace, path: Pa
         split_point({**pinned.recipe, **pinned.fixed})
     except ValidationError as exc:
         raise InputError(f"{path}: {_describe(exc.errors()[0], ('baselines', index, 'fixed'))}") from None
-    freeze_values = pinned.search["freeze"].values() if "freeze" in pinned.search else [pinned.fixed.get("freeze", "none")]
+    freeze_values = (
+        pinned.search["freeze"].values() if "freeze" in pinned.search else [pinned.fixed.get("freeze", "none")]
+    )
     if spec.pretrained is None and any(v != "none" for v in freeze_values):
         raise InputError(
             f"{where}.freeze': {spec.name} has no pretrained weights file (baselines[{index}].pretrained), "
@@ -520,11 +536,15 @@ def _check_dataset_fits(config: ExperimentConfig, path: Path) -> None:
         where = f"{path}: key 'baselines[{i}].name' = {spec.name!r}"
         if entry.needs_roi and traits.mask_source == "none":
             hint = " (set dataset.roi_dir, or roi_fallback: tissue)" if config.dataset.name != "idc" else ""
-            raise InputError(f"{where}: {spec.name} trains with an RoI mask per image (loss {entry.loss}) "
-                             f"and dataset {config.dataset.name} has no RoI masks{hint}")
+            raise InputError(
+                f"{where}: {spec.name} trains with an RoI mask per image (loss {entry.loss}) "
+                f"and dataset {config.dataset.name} has no RoI masks{hint}"
+            )
         if entry.input_kind not in traits.input_kinds:
-            raise InputError(f"{where}: {spec.name} takes {entry.input_kind}s of patches and dataset "
-                             f"{config.dataset.name} gives {' or '.join(sorted(traits.input_kinds))}s")
+            raise InputError(
+                f"{where}: {spec.name} takes {entry.input_kind}s of patches and dataset "
+                f"{config.dataset.name} gives {' or '.join(sorted(traits.input_kinds))}s"
+            )
 
 
 def load_experiment(path: Path, **overrides: Any) -> ExperimentConfig:

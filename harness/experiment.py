@@ -29,8 +29,9 @@ def set_up(config: ExperimentConfig, *, show_progress: bool = False) -> Experime
     Everything that can reject the input runs before the first file is written.
     """
     manifest, notes = load_or_index(config.dataset, show_progress=show_progress)
-    data = prepare(manifest, config.dataset, config.protocol, config.output_dir.resolve() / "_data",
-                   show_progress=show_progress)
+    data = prepare(
+        manifest, config.dataset, config.protocol, config.output_dir.resolve() / "_data", show_progress=show_progress
+    )
     uri = config.resolved_tracking_uri()
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -45,8 +46,13 @@ def set_up(config: ExperimentConfig, *, show_progress: bool = False) -> Experime
         "git_commit": tracking.git_commit(),
         **tracking.environment_tags(),
     }
-    return ExperimentSetup(data=data, tracker=tracker, experiment_id=tracker.experiment_id(config.name), tags=tags,
-                           notes=notes + list(data.notes))
+    return ExperimentSetup(
+        data=data,
+        tracker=tracker,
+        experiment_id=tracker.experiment_id(config.name),
+        tags=tags,
+        notes=notes + list(data.notes),
+    )
 
 
 def recipe_spec(config: ExperimentConfig, data: PreparedData, baseline: str, *, fold: int) -> RunSpec:
@@ -55,32 +61,58 @@ def recipe_spec(config: ExperimentConfig, data: PreparedData, baseline: str, *, 
     space = config.baseline_space(baseline)
     params, model_kwargs = split_point({**space.recipe, **space.fixed})
     return RunSpec(
-        baseline=baseline, num_classes=len(data.class_names), pretrained=entry.pretrained, params=params,
-        model_kwargs=model_kwargs, manifest_path=data.manifest_path, cache_path=data.cache_path,
+        baseline=baseline,
+        num_classes=len(data.class_names),
+        pretrained=entry.pretrained,
+        params=params,
+        model_kwargs=model_kwargs,
+        manifest_path=data.manifest_path,
+        cache_path=data.cache_path,
         mask_cache_path=data.mask_cache_path,
-        split_path=data.split_path, fold=fold, max_epochs=config.search.max_epochs,
-        patience=config.training.patience, seed=config.protocol.seed, device=config.training.device,
-        threads=max(1, int(config.resources.cpu)), eval_batch_size=config.training.eval_batch_size,
-        semantics=config.training.semantics, bn_recalibration=config.training.bn_recalibration,
+        split_path=data.split_path,
+        fold=fold,
+        max_epochs=config.search.max_epochs,
+        patience=config.training.patience,
+        seed=config.protocol.seed,
+        device=config.training.device,
+        threads=max(1, int(config.resources.cpu)),
+        eval_batch_size=config.training.eval_batch_size,
+        semantics=config.training.semantics,
+        bn_recalibration=config.training.bn_recalibration,
     )
 
 
-def train_tracked(config: ExperimentConfig, setup: ExperimentSetup, spec: RunSpec,
-                  on_epoch: Callable[[EpochReport], None] | None = None, *, parent: str | None = None,
-                  tags: dict[str, str] | None = None) -> tuple[str, FitResult]:
+def train_tracked(
+    config: ExperimentConfig,
+    setup: ExperimentSetup,
+    spec: RunSpec,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+    *,
+    parent: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> tuple[str, FitResult]:
     """Fit one RunSpec as an MLflow run (run_type=train unless `tags` say otherwise, nested under
     `parent` if given); returns its run id and result."""
     run_id = setup.tracker.start_run(
-        setup.experiment_id, name=f"{spec.baseline}-fold{spec.fold}", parent=parent,
-        tags={**setup.tags, tracking.RUN_TYPE: "train", tracking.BASELINE: spec.baseline,
-              tracking.FOLD: str(spec.fold), tracking.OBJECTIVE: config.search.metric,
-              tracking.PRETRAINED: str(spec.pretrained) if spec.pretrained else "none", **(tags or {})},
+        setup.experiment_id,
+        name=f"{spec.baseline}-fold{spec.fold}",
+        parent=parent,
+        tags={
+            **setup.tags,
+            tracking.RUN_TYPE: "train",
+            tracking.BASELINE: spec.baseline,
+            tracking.FOLD: str(spec.fold),
+            tracking.OBJECTIVE: config.search.metric,
+            tracking.PRETRAINED: str(spec.pretrained) if spec.pretrained else "none",
+            **(tags or {}),
+        },
         params={**spec.params.model_dump(), **spec.model_kwargs, "epochs": spec.epochs, **spec.protocol_params},
     )
 
     def report(entry: EpochReport) -> None:
-        tracking.log_epoch(setup.tracker, run_id, entry, objective=config.search.metric,
-                           class_names=setup.data.class_names)
+        tracking.log_epoch(
+            setup.tracker, run_id, entry, objective=config.search.metric, class_names=setup.data.class_names
+        )
         if on_epoch is not None:
             on_epoch(entry)
 

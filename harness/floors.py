@@ -31,7 +31,9 @@ def floor_features(images: np.ndarray) -> np.ndarray:
     rows = []
     for image in images:
         thumb = cv2.resize(np.asarray(image), (THUMBNAIL, THUMBNAIL), interpolation=cv2.INTER_AREA) / 255.0
-        hist = [np.histogram(image[..., c], bins=HISTOGRAM_BINS, range=(0, 256))[0] / image[..., c].size for c in range(3)]
+        hist = [
+            np.histogram(image[..., c], bins=HISTOGRAM_BINS, range=(0, 256))[0] / image[..., c].size for c in range(3)
+        ]
         rows.append(np.concatenate([thumb.ravel(), *hist]))
     return np.asarray(rows, dtype=np.float32)
 
@@ -41,8 +43,9 @@ def make_floor(name: str, seed: int):
     if name == "majority":
         return DummyClassifier(strategy="prior")
     if name == "colour_forest":
-        return RandomForestClassifier(n_estimators=200, min_samples_leaf=2, class_weight="balanced",
-                                      random_state=seed, n_jobs=1)
+        return RandomForestClassifier(
+            n_estimators=200, min_samples_leaf=2, class_weight="balanced", random_state=seed, n_jobs=1
+        )
     raise ValueError(f"unknown floor {name!r}; expected one of: {', '.join(FLOORS)}")
 
 
@@ -63,8 +66,9 @@ def _probabilities(model, features: np.ndarray, num_classes: int) -> np.ndarray:
     return prob
 
 
-def fit_floor_folds(name: str, features: np.ndarray, manifest: pd.DataFrame, split: Split, *, num_classes: int,
-                    seed: int) -> list[FloorFold]:
+def fit_floor_folds(
+    name: str, features: np.ndarray, manifest: pd.DataFrame, split: Split, *, num_classes: int, seed: int
+) -> list[FloorFold]:
     """Fit floor `name` once per fold on the other folds' rows; returns each fold model's rows
     and evaluations (validation fold, and the test set when the split has one)."""
     labels = manifest.label.to_numpy()
@@ -74,8 +78,10 @@ def fit_floor_folds(name: str, features: np.ndarray, manifest: pd.DataFrame, spl
         train_rows, val_rows = split.rows(split=CV, exclude_fold=fold), split.rows(split=CV, fold=fold)
         model = make_floor(name, seed).fit(features[train_rows], labels[train_rows])
 
-        def evaluation(rows: np.ndarray) -> Evaluation:
+        def evaluation(rows: np.ndarray, model: object = model) -> Evaluation:
             return evaluation_of(_probabilities(model, features[rows], num_classes), labels[rows], manifest.iloc[rows])
 
-        folds.append(FloorFold(fold, train_rows, evaluation(val_rows), evaluation(test_rows) if len(test_rows) else None))
+        folds.append(
+            FloorFold(fold, train_rows, evaluation(val_rows), evaluation(test_rows) if len(test_rows) else None)
+        )
     return folds

@@ -20,7 +20,9 @@ def iou(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.where(union == 0, torch.ones_like(union, dtype=torch.float64), inter.double() / union.clamp_min(1))
 
 
-def map_ious(maps: torch.Tensor, masks: torch.Tensor, threshold: float = THRESHOLD) -> tuple[torch.Tensor, torch.Tensor]:
+def map_ious(
+    maps: torch.Tensor, masks: torch.Tensor, threshold: float = THRESHOLD
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Return per-image IoU at the map's native grid (mask area-averaged down, then binarised at
     0.5, as the RoI target in training) and at the mask's resolution (map upsampled bilinearly)."""
     native_mask = F.interpolate(masks.float(), size=maps.shape[-2:], mode="area") >= 0.5

@@ -96,4 +96,3 @@ def ranking_key(objective: float, best_val_loss: float, trial_id: str, *, minimi
     """Return the sort key that orders trials best first: objective, then validation loss, then
     trial id, so the sweep's fold retrain and the leaderboard pick the same winner on a tie."""
     return (objective if minimise else -objective, best_val_loss, trial_id)
-

@@ -74,26 +74,51 @@ class _KerasOptimizer(torch.optim.Optimizer):
 class KerasAdagrad(_KerasOptimizer):
     """Keras Adagrad: acc ← acc + g²; p ← p − lr·g / √(acc + ε), acc starting at 0.1."""
 
-    def __init__(self, params: Iterable[nn.Parameter], lr: float, *, initial_accumulator_value: float = 0.1,
-                 eps: float = KERAS_EPSILON, weight_decay: float = 0.0) -> None:
-        super().__init__(params, {"lr": lr, "initial_accumulator_value": initial_accumulator_value, "eps": eps,
-                                  "weight_decay": weight_decay})
+    def __init__(
+        self,
+        params: Iterable[nn.Parameter],
+        lr: float,
+        *,
+        initial_accumulator_value: float = 0.1,
+        eps: float = KERAS_EPSILON,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "initial_accumulator_value": initial_accumulator_value,
+                "eps": eps,
+                "weight_decay": weight_decay,
+            },
+        )
 
     def _update(self, params: list[torch.Tensor], grads: list[torch.Tensor], states: list[dict], group: dict) -> None:
         accumulators = self._slots(states, params, "accumulator", group["initial_accumulator_value"])
         torch._foreach_add_(accumulators, torch._foreach_mul(grads, grads))
-        steps = torch._foreach_div(torch._foreach_mul(grads, _f32(group["lr"])),
-                                   torch._foreach_sqrt(torch._foreach_add(accumulators, group["eps"])))
+        steps = torch._foreach_div(
+            torch._foreach_mul(grads, _f32(group["lr"])),
+            torch._foreach_sqrt(torch._foreach_add(accumulators, group["eps"])),
+        )
         torch._foreach_add_(params, steps, alpha=-1)
 
 
 class KerasAdam(_KerasOptimizer):
     """Keras Adam (AdamW when `decoupled`): p ← p − lr·√(1−β2ᵗ)/(1−β1ᵗ) · m / (√v + ε)."""
 
-    def __init__(self, params: Iterable[nn.Parameter], lr: float, *, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = KERAS_EPSILON, weight_decay: float = 0.0, decoupled: bool = False) -> None:
-        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
-                                  "decoupled": decoupled})
+    def __init__(
+        self,
+        params: Iterable[nn.Parameter],
+        lr: float,
+        *,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = KERAS_EPSILON,
+        weight_decay: float = 0.0,
+        decoupled: bool = False,
+    ) -> None:
+        super().__init__(
+            params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "decoupled": decoupled}
+        )
 
     def _update(self, params: list[torch.Tensor], grads: list[torch.Tensor], states: list[dict], group: dict) -> None:
         (b1, b2), t = group["betas"], group["iterations"]
@@ -103,15 +128,24 @@ class KerasAdam(_KerasOptimizer):
         torch._foreach_add_(m, grads, alpha=1 - b1)
         torch._foreach_mul_(v, b2)
         torch._foreach_add_(v, torch._foreach_mul(grads, grads), alpha=1 - b2)
-        steps = torch._foreach_div(torch._foreach_mul(m, alpha), torch._foreach_add(torch._foreach_sqrt(v), group["eps"]))
+        steps = torch._foreach_div(
+            torch._foreach_mul(m, alpha), torch._foreach_add(torch._foreach_sqrt(v), group["eps"])
+        )
         torch._foreach_add_(params, steps, alpha=-1)
 
 
 class KerasAdamax(_KerasOptimizer):
     """Keras Adamax: u ← max(β2·u, |g|); p ← p − lr·m / ((u + ε)·(1−β1ᵗ))."""
 
-    def __init__(self, params: Iterable[nn.Parameter], lr: float, *, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = KERAS_EPSILON, weight_decay: float = 0.0) -> None:
+    def __init__(
+        self,
+        params: Iterable[nn.Parameter],
+        lr: float,
+        *,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = KERAS_EPSILON,
+        weight_decay: float = 0.0,
+    ) -> None:
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
 
     def _update(self, params: list[torch.Tensor], grads: list[torch.Tensor], states: list[dict], group: dict) -> None:
@@ -121,16 +155,19 @@ class KerasAdamax(_KerasOptimizer):
         torch._foreach_add_(m, grads, alpha=1 - b1)
         torch._foreach_mul_(u, b2)
         torch._foreach_maximum_(u, torch._foreach_abs(grads))
-        steps = torch._foreach_div(torch._foreach_mul(m, _f32(group["lr"])),
-                                   torch._foreach_mul(torch._foreach_add(u, group["eps"]), _f32(1 - np.float32(b1) ** t)))
+        steps = torch._foreach_div(
+            torch._foreach_mul(m, _f32(group["lr"])),
+            torch._foreach_mul(torch._foreach_add(u, group["eps"]), _f32(1 - np.float32(b1) ** t)),
+        )
         torch._foreach_add_(params, steps, alpha=-1)
 
 
 class KerasSGD(_KerasOptimizer):
     """Keras SGD: with momentum v ← momentum·v − lr·g, p ← p + v; without, p ← p − lr·g."""
 
-    def __init__(self, params: Iterable[nn.Parameter], lr: float, *, momentum: float = 0.0,
-                 weight_decay: float = 0.0) -> None:
+    def __init__(
+        self, params: Iterable[nn.Parameter], lr: float, *, momentum: float = 0.0, weight_decay: float = 0.0
+    ) -> None:
         super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
 
     def _update(self, params: list[torch.Tensor], grads: list[torch.Tensor], states: list[dict], group: dict) -> None:

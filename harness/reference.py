@@ -160,7 +160,9 @@ def _add_columns(block: ReferenceBlock, frame: pd.DataFrame, fence_line: int, or
             continue
         missing = set(frame["table"]) - set(value)
         if missing:
-            raise ValueError(f"{origin}: line {fence_line}: no `{column}` for table {sorted(missing)} of block {block.name}")
+            raise ValueError(
+                f"{origin}: line {fence_line}: no `{column}` for table {sorted(missing)} of block {block.name}"
+            )
         frame[column] = [value[table] for table in frame["table"]]
     for column in REQUIRED_COLUMNS:
         if column not in frame.columns or (frame[column] == "").any():
@@ -214,7 +216,7 @@ def render_readme(extracted: list[ExtractedTable]) -> str:
     lines = [
         "# Published reference tables",
         "",
-        "One CSV per ```csv block of `../shared/BASELINES.md` §3 \"Published results\", written by",
+        'One CSV per ```csv block of `../shared/BASELINES.md` §3 "Published results", written by',
         "`harness/reference.py`. Do not edit them by hand: from the repository root run",
         "",
         "```bash",
@@ -233,7 +235,8 @@ def render_readme(extracted: list[ExtractedTable]) -> str:
     ]
     for table in extracted:
         added = "; ".join(
-            f"`{column}` = " + (f"`{value}`" if isinstance(value, str) else ", ".join(f"`{v}` (table {k})" for k, v in value.items()))
+            f"`{column}` = "
+            + (f"`{value}`" if isinstance(value, str) else ", ".join(f"`{v}` (table {k})" for k, v in value.items()))
             for column, value in table.block.added.items()
         )
         if added:

@@ -52,11 +52,21 @@ def _train_fold(ctx: SweepContext, winner: Winner, fold: int) -> tuple[str, pd.D
     spec = node_spec(ctx, winner.baseline, winner.point, fold, node)
     tracker = tracking.Tracker(ctx.tracking_uri)
     run_id = tracker.start_run(
-        ctx.experiment_id, name=f"{winner.baseline}-fold{fold}", parent=winner.run_id,
-        tags={**ctx.tags, tracking.RUN_TYPE: "fold", tracking.BASELINE: winner.baseline, tracking.FOLD: str(fold),
-              tracking.WINNER: winner.trial_id, tracking.OBJECTIVE: ctx.objective,
-              tracking.PRETRAINED: str(spec.pretrained or "none"), tracking.NODE_ID: node.node_id,
-              tracking.NODE_IP: node.ip, **ctx.plans[winner.baseline].resource_tags()},
+        ctx.experiment_id,
+        name=f"{winner.baseline}-fold{fold}",
+        parent=winner.run_id,
+        tags={
+            **ctx.tags,
+            tracking.RUN_TYPE: "fold",
+            tracking.BASELINE: winner.baseline,
+            tracking.FOLD: str(fold),
+            tracking.WINNER: winner.trial_id,
+            tracking.OBJECTIVE: ctx.objective,
+            tracking.PRETRAINED: str(spec.pretrained or "none"),
+            tracking.NODE_ID: node.node_id,
+            tracking.NODE_IP: node.ip,
+            **ctx.plans[winner.baseline].resource_tags(),
+        },
         params={**ctx.plans[winner.baseline].fixed, **winner.point, "epochs": spec.epochs, **spec.protocol_params},
     )
 
@@ -75,8 +85,9 @@ def _train_fold(ctx: SweepContext, winner: Winner, fold: int) -> tuple[str, pd.D
 
 def _read_predictions(tracking_uri: str, run_id: str) -> pd.DataFrame:
     with tempfile.TemporaryDirectory() as folder:
-        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=PREDICTIONS, dst_path=folder,
-                                                   tracking_uri=tracking_uri)
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=PREDICTIONS, dst_path=folder, tracking_uri=tracking_uri
+        )
         return pd.read_csv(path)
 
 
@@ -89,8 +100,9 @@ def ensemble(predictions: list[pd.DataFrame]) -> Evaluation:
     prob_columns = [c for c in first.columns if c.startswith("prob_")]
     mean = np.mean([p[prob_columns].to_numpy() for p in predictions], axis=0)
     labels = first.label.to_numpy()
-    frame = first.drop(columns=prob_columns + ["pred"]).assign(**{c: mean[:, i] for i, c in enumerate(prob_columns)},
-                                                               pred=mean.argmax(1))
+    frame = first.drop(columns=prob_columns + ["pred"]).assign(
+        **{c: mean[:, i] for i, c in enumerate(prob_columns)}, pred=mean.argmax(1)
+    )
     metrics = {**classification_metrics(labels, mean), **grouped_accuracies(frame)}
     return Evaluation(metrics=metrics, confusion=confusion(labels, mean.argmax(1), mean.shape[1]), predictions=frame)
 
@@ -100,24 +112,37 @@ def _log_ensemble(ctx: SweepContext, winner: Winner, folds: dict[int, tuple[str,
     evaluation = ensemble([folds[k][1] for k in sorted(folds)])
     single = {k: float((p.pred == p.label).mean()) for k, (_, p) in folds.items()}
     run_id = tracker.start_run(
-        ctx.experiment_id, name=f"{winner.baseline}-ensemble", parent=winner.run_id,
-        tags={**ctx.tags, tracking.RUN_TYPE: "ensemble", tracking.BASELINE: winner.baseline,
-              tracking.WINNER: winner.trial_id, "fold_run_ids": ",".join(folds[k][0] for k in sorted(folds))},
+        ctx.experiment_id,
+        name=f"{winner.baseline}-ensemble",
+        parent=winner.run_id,
+        tags={
+            **ctx.tags,
+            tracking.RUN_TYPE: "ensemble",
+            tracking.BASELINE: winner.baseline,
+            tracking.WINNER: winner.trial_id,
+            "fold_run_ids": ",".join(folds[k][0] for k in sorted(folds)),
+        },
         params={"folds": len(folds), "combination": "mean_softmax"},
     )
     tracker.log_metrics(run_id, {f"test_{k}": v for k, v in evaluation.metrics.items()}, step=0)
     tracker.log_evaluation(run_id, "test", evaluation, ctx.class_names)
     tracker.finish(run_id, tracking.FINISHED)
-    tracker.log_metrics(winner.run_id, {
-        "ensemble_test_accuracy": evaluation.metrics["accuracy"], "ensemble_test_auc": evaluation.metrics["auc"],
-        "folds_mean_test_accuracy": float(np.mean(list(single.values()))),
-        "folds_std_test_accuracy": float(np.std(list(single.values()))),
-    }, step=0)
+    tracker.log_metrics(
+        winner.run_id,
+        {
+            "ensemble_test_accuracy": evaluation.metrics["accuracy"],
+            "ensemble_test_auc": evaluation.metrics["auc"],
+            "folds_mean_test_accuracy": float(np.mean(list(single.values()))),
+            "folds_std_test_accuracy": float(np.std(list(single.values()))),
+        },
+        step=0,
+    )
     return EnsembleOutcome(winner.baseline, single, evaluation.metrics["accuracy"], run_id)
 
 
-def retrain_winners(ctx: SweepContext, winners: list[Winner], folds: int,
-                    on_fold: Callable[[str, int, float], None] | None = None) -> tuple[list[EnsembleOutcome], list[str]]:
+def retrain_winners(
+    ctx: SweepContext, winners: list[Winner], folds: int, on_fold: Callable[[str, int, float], None] | None = None
+) -> tuple[list[EnsembleOutcome], list[str]]:
     """Retrain every winner on every fold as Ray tasks, then log each baseline's ensemble; returns
     one outcome per winner whose folds all trained, and notes on those that did not.
     `on_fold(baseline, fold, test accuracy)` is called as folds finish."""
@@ -130,8 +155,11 @@ def retrain_winners(ctx: SweepContext, winners: list[Winner], folds: int,
     for winner in winners:
         if tracker.child_runs(ctx.experiment_id, winner.run_id, "ensemble"):
             continue
-        finished = {int(r.data.tags[tracking.FOLD]): r.info.run_id
-                    for r in tracker.child_runs(ctx.experiment_id, winner.run_id, "fold") if r.info.status == tracking.FINISHED}
+        finished = {
+            int(r.data.tags[tracking.FOLD]): r.info.run_id
+            for r in tracker.child_runs(ctx.experiment_id, winner.run_id, "fold")
+            if r.info.status == tracking.FINISHED
+        }
         plan = ctx.plans[winner.baseline]
         for fold in range(folds):
             if fold in finished:
@@ -145,7 +173,9 @@ def retrain_winners(ctx: SweepContext, winners: list[Winner], folds: int,
         try:
             run_id, predictions = ray.get(ready[0])
         except ray.exceptions.RayError as exc:
-            notes.append(f"{winner.baseline}: fold {fold} retrain failed ({str(exc).strip().splitlines()[-1]}); no ensemble")
+            notes.append(
+                f"{winner.baseline}: fold {fold} retrain failed ({str(exc).strip().splitlines()[-1]}); no ensemble"
+            )
             continue
         done[winner.baseline][fold] = (run_id, predictions)
         if on_fold is not None:

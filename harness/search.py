@@ -170,7 +170,7 @@ def batch_brackets(names: list[str], trials: int, batch: int) -> dict[str, list[
     order = suggestion_order(names, trials)
     sizes: dict[str, list[int]] = {name: [] for name in names}
     for start in range(0, len(order), batch):
-        for name, count in Counter(order[start:start + batch]).items():
+        for name, count in Counter(order[start : start + batch]).items():
             sizes[name].append(count)
     return sizes
 
@@ -184,9 +184,19 @@ class PerBaselineSearcher(Searcher):
     """
 
     def __init__(
-        self, spaces: dict[str, SearchSpace], *, metric: str, mode: str, trials: int, sampler: str, seed: int,
-        starts: dict[str, list[dict[str, Any]]] | None = None, storage: str | None = None, study_prefix: str = "sweep",
-        metric_name: str = "objective", link: RunLinker | None = None,
+        self,
+        spaces: dict[str, SearchSpace],
+        *,
+        metric: str,
+        mode: str,
+        trials: int,
+        sampler: str,
+        seed: int,
+        starts: dict[str, list[dict[str, Any]]] | None = None,
+        storage: str | None = None,
+        study_prefix: str = "sweep",
+        metric_name: str = "objective",
+        link: RunLinker | None = None,
     ) -> None:
         # Tune forwards metric/mode to a searcher only when the Tuner has a param_space, which ours
         # has not (each study owns its space), so they come here from the same config as TuneConfig.
@@ -256,10 +266,17 @@ class SynchronousHalving(HyperBandScheduler):
     the trial's epoch, which a paused trial resumed from its checkpoint carries on from.
     """
 
-    def __init__(self, *, metric: str | None, mode: str | None, max_t: int, grace_period: int,
-                 reduction_factor: float, sizes: list[int]) -> None:
-        super().__init__(time_attr=EPOCH_KEY, metric=metric, mode=mode, max_t=max_t,
-                         reduction_factor=reduction_factor)
+    def __init__(
+        self,
+        *,
+        metric: str | None,
+        mode: str | None,
+        max_t: int,
+        grace_period: int,
+        reduction_factor: float,
+        sizes: list[int],
+    ) -> None:
+        super().__init__(time_attr=EPOCH_KEY, metric=metric, mode=mode, max_t=max_t, reduction_factor=reduction_factor)
         self._sizes = list(sizes)
         self._grace = grace_period
         self._halvings = halving_steps(max_t, grace_period, reduction_factor)
@@ -270,8 +287,14 @@ class SynchronousHalving(HyperBandScheduler):
         if self._room == 0:
             # More trials than planned (none in a reproducible sweep) get a bracket each.
             self._room = self._sizes.pop(0) if self._sizes else 1
-            bracket = _Bracket(time_attr=self._time_attr, max_trials=self._room, init_t_attr=self._grace,
-                               max_t_attr=self._max_t_attr, eta=self._eta, s=self._halvings)
+            bracket = _Bracket(
+                time_attr=self._time_attr,
+                max_trials=self._room,
+                init_t_attr=self._grace,
+                max_t_attr=self._max_t_attr,
+                eta=self._eta,
+                s=self._halvings,
+            )
             self._hyperbands[0].append(bracket)
             self._state["bracket"] = bracket
         self._state["bracket"].add_trial(trial)
@@ -299,8 +322,9 @@ class PerBaselineScheduler(FIFOScheduler):
     """One scheduler per baseline, so rungs compare trials of the same model only: ASHA, or with
     `brackets` (each baseline's bracket sizes) SynchronousHalving."""
 
-    def __init__(self, *, max_t: int, grace_period: int, reduction_factor: float,
-                 brackets: dict[str, list[int]] | None = None) -> None:
+    def __init__(
+        self, *, max_t: int, grace_period: int, reduction_factor: float, brackets: dict[str, list[int]] | None = None
+    ) -> None:
         super().__init__()
         self._args = dict(max_t=max_t, grace_period=grace_period, reduction_factor=reduction_factor)
         self._brackets = brackets
@@ -317,10 +341,12 @@ class PerBaselineScheduler(FIFOScheduler):
         if name not in self._groups:
             if self._brackets is None:
                 self._groups[name] = ASHAScheduler(
-                    time_attr="training_iteration", metric=self._metric, mode=self._mode, **self._args)
+                    time_attr="training_iteration", metric=self._metric, mode=self._mode, **self._args
+                )
             else:
                 self._groups[name] = SynchronousHalving(
-                    metric=self._metric, mode=self._mode, sizes=self._brackets.get(name, []), **self._args)
+                    metric=self._metric, mode=self._mode, sizes=self._brackets.get(name, []), **self._args
+                )
         return self._groups[name]
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:

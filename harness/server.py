@@ -22,15 +22,23 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         response = requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
     except requests.RequestException as exc:
         reason = type(exc).__name__
-        raise InputError(f"--tracking-uri {uri}: MLflow tracking server cannot be reached ({reason}); "
-                         "start one with `harness server` or pass another URI") from None
+        raise InputError(
+            f"--tracking-uri {uri}: MLflow tracking server cannot be reached ({reason}); "
+            "start one with `harness server` or pass another URI"
+        ) from None
     if response.status_code != 200:
-        raise InputError(f"--tracking-uri {uri}: /health answered HTTP {response.status_code}, not an MLflow server that is up")
+        raise InputError(
+            f"--tracking-uri {uri}: /health answered HTTP {response.status_code}, not an MLflow server that is up"
+        )
     # /health skips MLflow's host check; the API does not, and refuses a host name it was not started with.
-    api = requests.get(f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search", params={"max_results": 1}, timeout=timeout)
+    api = requests.get(
+        f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search", params={"max_results": 1}, timeout=timeout
+    )
     if api.status_code == 403:
-        raise InputError(f"--tracking-uri {uri}: the server refuses requests addressed to this host name; start it "
-                         "with --allowed-hosts naming it (harness server --allowed-hosts ...)")
+        raise InputError(
+            f"--tracking-uri {uri}: the server refuses requests addressed to this host name; start it "
+            "with --allowed-hosts naming it (harness server --allowed-hosts ...)"
+        )
 
 
 @dataclass
@@ -51,22 +59,48 @@ class ServerProcess:
             self.process.wait()
 
 
-def server_command(backend_store_uri: str, artifacts_destination: Path, host: str, port: int, workers: int,
-                   allowed_hosts: str | None = None) -> list[str]:
+def server_command(
+    backend_store_uri: str,
+    artifacts_destination: Path,
+    host: str,
+    port: int,
+    workers: int,
+    allowed_hosts: str | None = None,
+) -> list[str]:
     """Return the `mlflow server` command line: the given backend, artifacts served through the server."""
     command = [
-        sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store_uri,
-        "--artifacts-destination", str(artifacts_destination), "--serve-artifacts",
-        "--host", host, "--port", str(port), "--workers", str(workers),
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        backend_store_uri,
+        "--artifacts-destination",
+        str(artifacts_destination),
+        "--serve-artifacts",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
     ]
     if allowed_hosts:
         command += ["--allowed-hosts", allowed_hosts]
     return command
 
 
-def start_server(backend_store_uri: str, artifacts_destination: Path, *, host: str = "127.0.0.1", port: int = 5000,
-                 workers: int = 2, allowed_hosts: str | None = None, log: Path | None = None,
-                 wait_seconds: float = 180.0) -> ServerProcess:
+def start_server(
+    backend_store_uri: str,
+    artifacts_destination: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 5000,
+    workers: int = 2,
+    allowed_hosts: str | None = None,
+    log: Path | None = None,
+    wait_seconds: float = 180.0,
+) -> ServerProcess:
     """Start `mlflow server` and return once /health answers (a new SQLite store migrates its schema
     first, which takes tens of seconds); raises RuntimeError with the log's tail if it never does."""
     if backend_store_uri.startswith("sqlite:///"):
@@ -76,9 +110,16 @@ def start_server(backend_store_uri: str, artifacts_destination: Path, *, host: s
     handle = log.open("w")
     # MLflow 3 also starts ~8 job-runner processes (GenAI scorers, 250 MB each) that tracking never
     # uses; they stay off unless the environment asks for them.
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")}
-    process = subprocess.Popen(server_command(backend_store_uri, artifacts_destination, host, port, workers, allowed_hosts),
-                               stdout=handle, stderr=subprocess.STDOUT, env=env)
+    env = {
+        **os.environ,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false"),
+    }
+    process = subprocess.Popen(
+        server_command(backend_store_uri, artifacts_destination, host, port, workers, allowed_hosts),
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     server = ServerProcess(process=process, uri=f"http://{host}:{port}", log=log)
     deadline = time.monotonic() + wait_seconds
     while time.monotonic() < deadline:

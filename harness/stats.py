@@ -117,8 +117,15 @@ class Replicates:
     seed: int
 
 
-def bootstrap_replicates(metric: Metric, labels: np.ndarray, probs: np.ndarray, groups: np.ndarray | None = None,
-                         *, n_boot: int = 2000, seed: int = 0) -> Replicates:
+def bootstrap_replicates(
+    metric: Metric,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    groups: np.ndarray | None = None,
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> Replicates:
     """Return `metric(labels, probs)` and its value on each of `n_boot` resamples, drawn as in
     `bootstrap_ci` (whole patients when `groups` is given)."""
     labels, probs = np.asarray(labels), np.asarray(probs)
@@ -132,8 +139,10 @@ def paired_bootstrap_test(a: Replicates, b: Replicates, what: str) -> PairedTest
     z = (A - B) / SD of the resampled differences, two-sided normal p, as pROC's bootstrap test
     does; resamples where either is undefined are skipped and counted in `method`."""
     if (a.values.shape, a.unit, a.seed) != (b.values.shape, b.unit, b.seed):
-        raise ValueError(f"replicates do not pair up: {a.values.size} resamples of {a.unit} (seed {a.seed}) and "
-                         f"{b.values.size} of {b.unit} (seed {b.seed})")
+        raise ValueError(
+            f"replicates do not pair up: {a.values.size} resamples of {a.unit} (seed {a.seed}) and "
+            f"{b.values.size} of {b.unit} (seed {b.seed})"
+        )
     differences = a.values - b.values
     differences = differences[np.isfinite(differences)]
     se = float(np.std(differences, ddof=1)) if differences.size > 1 else math.nan
@@ -182,8 +191,12 @@ def percentile_interval(replicates: Replicates, level: float = 0.95) -> Interval
     tail = 50 * (1 - level)
     low, high = np.percentile(values, [tail, 100 - tail]) if values.size else (math.nan, math.nan)
     note = _resamples_note(replicates.n_boot, replicates.seed, replicates.n_boot - values.size)
-    return Interval(replicates.estimate, float(low), float(high),
-                    f"{100 * level:g}% percentile bootstrap over {replicates.unit} ({note})")
+    return Interval(
+        replicates.estimate,
+        float(low),
+        float(high),
+        f"{100 * level:g}% percentile bootstrap over {replicates.unit} ({note})",
+    )
 
 
 def bootstrap_difference(
@@ -209,11 +222,16 @@ def bootstrap_difference(
 
     values, skipped = _replicates(
         lambda idx: metric(labels_a[idx[0]], probs_a[idx[0]]) - metric(labels_b[idx[1]], probs_b[idx[1]]),
-        replicate, n_boot, seed)
+        replicate,
+        n_boot,
+        seed,
+    )
     tail = 50 * (1 - level)
     low, high = np.percentile(values, [tail, 100 - tail]) if values.size else (math.nan, math.nan)
-    method = (f"{100 * level:g}% percentile bootstrap of the difference, {unit_a} and {unit_b} resampled "
-              f"independently ({_resamples_note(n_boot, seed, skipped)})")
+    method = (
+        f"{100 * level:g}% percentile bootstrap of the difference, {unit_a} and {unit_b} resampled "
+        f"independently ({_resamples_note(n_boot, seed, skipped)})"
+    )
     return Interval(estimate, float(low), float(high), method)
 
 
@@ -441,8 +459,11 @@ def compact_letters(names: list[str], different: list[tuple[str, str]]) -> dict[
         split = []
         for group in groups:
             split += [group - {i}, group - {j}] if i in group and j in group else [group]
-        groups = [g for k, g in enumerate(split)
-                  if not any(g < h or (g == h and m < k) for m, h in enumerate(split) if m != k)]
+        groups = [
+            g
+            for k, g in enumerate(split)
+            if not any(g < h or (g == h and m < k) for m, h in enumerate(split) if m != k)
+        ]
     position = {n: k for k, n in enumerate(names)}
     groups.sort(key=lambda g: sorted(position[n] for n in g))
     if len(groups) > len(LETTERS):
@@ -461,8 +482,9 @@ def different_pairs(pairs: list[tuple[str, str]], p_values: np.ndarray, alpha: f
 Sample = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
 
 
-def fold_paired_difference(metric: Metric, folds: list[tuple[Sample, Sample]], *, n_boot: int = 2000,
-                           level: float = 0.95, seed: int = 0) -> tuple[list[float], Interval]:
+def fold_paired_difference(
+    metric: Metric, folds: list[tuple[Sample, Sample]], *, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[list[float], Interval]:
     """Return the per-fold differences metric(A_f) - metric(B_f) and their mean over folds with a
     percentile interval. Each replicate resamples patients (images without groups) within both
     test sets of every fold, recomputes the per-fold differences and averages them."""
@@ -476,10 +498,15 @@ def fold_paired_difference(metric: Metric, folds: list[tuple[Sample, Sample]], *
     per_fold = [float(difference(pair, idx)) for pair, idx in zip(folds, whole)]
     values, skipped = _replicates(
         lambda draws: float(np.mean([difference(pair, idx) for pair, idx in zip(folds, draws)])),
-        lambda rng: [(draw_a(rng), draw_b(rng)) for (_, draw_a), (_, draw_b) in drawers], n_boot, seed)
+        lambda rng: [(draw_a(rng), draw_b(rng)) for (_, draw_a), (_, draw_b) in drawers],
+        n_boot,
+        seed,
+    )
     tail = 50 * (1 - level)
     low, high = np.percentile(values, [tail, 100 - tail]) if values.size else (math.nan, math.nan)
     units = "; ".join(f"{unit_a} / {unit_b}" for (unit_a, _), (unit_b, _) in drawers)
-    method = (f"{100 * level:g}% percentile bootstrap of the mean per-fold difference, both test sets of each fold "
-              f"resampled by patient ({units}; {_resamples_note(n_boot, seed, skipped)})")
+    method = (
+        f"{100 * level:g}% percentile bootstrap of the mean per-fold difference, both test sets of each fold "
+        f"resampled by patient ({units}; {_resamples_note(n_boot, seed, skipped)})"
+    )
     return per_fold, Interval(float(np.mean(per_fold)), float(low), float(high), method)

@@ -20,8 +20,14 @@ from harness.search import MLFLOW_RUN_ATTR, RAY_TRIAL_ATTR, optuna_storage, stud
 
 def _previous_prefix(storage: str, experiment: str, current: str, wanted: str) -> str | None:
     """Return the study prefix of the sweep `wanted` ('latest' = the newest before `current`)."""
-    prefixes = sorted({name.rsplit("/", 1)[0] for name in optuna.get_all_study_names(optuna_storage(storage))
-                       if name.startswith(f"{experiment}/")} - {current})
+    prefixes = sorted(
+        {
+            name.rsplit("/", 1)[0]
+            for name in optuna.get_all_study_names(optuna_storage(storage))
+            if name.startswith(f"{experiment}/")
+        }
+        - {current}
+    )
     if wanted == "latest":
         return prefixes[-1] if prefixes else None
     prefix = f"{experiment}/{wanted}"
@@ -46,8 +52,11 @@ def warm_start_points(
         study = optuna.load_study(study_name=name, storage=optuna_storage(storage))
         done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
         done.sort(key=lambda t: t.value, reverse=mode == "max")
-        fits = [t.params for t in done
-                if set(t.params) == set(space.search) and all(space.search[k].contains(v) for k, v in t.params.items())]
+        fits = [
+            t.params
+            for t in done
+            if set(t.params) == set(space.search) and all(space.search[k].contains(v) for k, v in t.params.items())
+        ]
         points[baseline] = fits[:top]
         notes.append(f"{baseline}: warm start from {len(points[baseline])} best point(s) of {prefix}")
     return points, notes
@@ -97,8 +106,11 @@ def _disagreements(trial: optuna.trial.FrozenTrial, client: Any) -> list[str]:
         return ["no mlflow_run_id"]
     run = client.get_run(run_id)
     history = {m.step: m.value for m in client.get_metric_history(run_id, "objective")}
-    expected = {tracking.FINISHED: TrialState.COMPLETE, tracking.KILLED: TrialState.PRUNED,
-                tracking.FAILED: TrialState.FAIL}.get(run.info.status)
+    expected = {
+        tracking.FINISHED: TrialState.COMPLETE,
+        tracking.KILLED: TrialState.PRUNED,
+        tracking.FAILED: TrialState.FAIL,
+    }.get(run.info.status)
     facts = [
         ("state", trial.state, expected),
         ("value", trial.value, history[max(history)] if history and expected != TrialState.FAIL else None),

@@ -64,8 +64,10 @@ def _ending(tracker: tracking.Tracker, run_id: str) -> Iterator[None]:
 def _cross_validations(config: ExperimentConfig, manifest: pd.DataFrame) -> dict[str, Split]:
     """Return each arm's k-fold split over every image (no separate test set)."""
     k, seed = config.protocol.folds, config.protocol.seed
-    return {PATCH_RANDOM: patch_random_split(manifest, folds=k, test_fraction=0, seed=seed),
-            PATIENT: patient_split(manifest, folds=k, test_fraction=0, seed=seed)}
+    return {
+        PATCH_RANDOM: patch_random_split(manifest, folds=k, test_fraction=0, seed=seed),
+        PATIENT: patient_split(manifest, folds=k, test_fraction=0, seed=seed),
+    }
 
 
 def _arm_folds(splits: dict[str, Split], manifest: pd.DataFrame, directory: Path) -> list[ArmFold]:
@@ -74,32 +76,58 @@ def _arm_folds(splits: dict[str, Split], manifest: pd.DataFrame, directory: Path
     for fold in range(next(iter(splits.values())).folds):
         for protocol, split in splits.items():
             held = held_out_fold(split, fold)
-            arm_folds.append(ArmFold(protocol, fold, held, write_split(held, directory).resolve(),
-                                     shared_patients(manifest, held, VALIDATION_FOLD)))
+            arm_folds.append(
+                ArmFold(
+                    protocol,
+                    fold,
+                    held,
+                    write_split(held, directory).resolve(),
+                    shared_patients(manifest, held, VALIDATION_FOLD),
+                )
+            )
     return arm_folds
 
 
 def _arm_tags(arm: ArmFold) -> dict[str, str]:
-    return {tracking.RUN_TYPE: ARM, "study": STUDY, tracking.PROTOCOL: arm.protocol, tracking.FOLD: str(arm.fold),
-            tracking.SPLIT_HASH: arm.split.hash, "shared_test_patients": str(arm.shared)}
+    return {
+        tracking.RUN_TYPE: ARM,
+        "study": STUDY,
+        tracking.PROTOCOL: arm.protocol,
+        tracking.FOLD: str(arm.fold),
+        tracking.SPLIT_HASH: arm.split.hash,
+        "shared_test_patients": str(arm.shared),
+    }
 
 
-def _floor_arm(setup: ExperimentSetup, config: ExperimentConfig, name: str, arm: ArmFold, parent: str,
-               features: np.ndarray, manifest: pd.DataFrame) -> float:
+def _floor_arm(
+    setup: ExperimentSetup,
+    config: ExperimentConfig,
+    name: str,
+    arm: ArmFold,
+    parent: str,
+    features: np.ndarray,
+    manifest: pd.DataFrame,
+) -> float:
     """Fit floor `name` on the arm's training folds, log it as a run under `parent`; returns its
     test accuracy on the held-out fold."""
     run = setup.tracker.start_run(
-        setup.experiment_id, name=f"{name}-{arm.protocol}-fold{arm.fold}", parent=parent, params={"floor": name},
-        tags={**setup.tags, tracking.BASELINE: name, tracking.FLOOR: "true", **_arm_tags(arm)})
+        setup.experiment_id,
+        name=f"{name}-{arm.protocol}-fold{arm.fold}",
+        parent=parent,
+        params={"floor": name},
+        tags={**setup.tags, tracking.BASELINE: name, tracking.FLOOR: "true", **_arm_tags(arm)},
+    )
     with _ending(setup.tracker, run):
-        fold = fit_floor_folds(name, features, manifest, arm.split, num_classes=len(setup.data.class_names),
-                               seed=config.protocol.seed)[VALIDATION_FOLD]
+        fold = fit_floor_folds(
+            name, features, manifest, arm.split, num_classes=len(setup.data.class_names), seed=config.protocol.seed
+        )[VALIDATION_FOLD]
         log_floor_fold(setup.tracker, run, fold, config.search.metric, setup.data.class_names)
     return fold.test.metrics["accuracy"]
 
 
-def _model_arm(setup: ExperimentSetup, config: ExperimentConfig, name: str, arm: ArmFold, parent: str,
-               epochs: int) -> float:
+def _model_arm(
+    setup: ExperimentSetup, config: ExperimentConfig, name: str, arm: ArmFold, parent: str, epochs: int
+) -> float:
     """Train baseline `name`'s recipe for at most `epochs` on the arm's training folds, as a run
     under `parent`; returns its test accuracy on the held-out fold."""
     spec = recipe_spec(config, setup.data, name, fold=VALIDATION_FOLD)
@@ -115,16 +143,24 @@ def _chosen(config: ExperimentConfig, baselines: list[str] | None) -> list[str]:
     chosen = baselines or [*config.floors, *deep]
     unknown = [b for b in chosen if b not in deep and b not in config.floors]
     if unknown:
-        raise InputError(f"--baseline {unknown[0]!r}: not in the experiment; expected one of: "
-                         + ", ".join([*config.floors, *deep]))
+        raise InputError(
+            f"--baseline {unknown[0]!r}: not in the experiment; expected one of: " + ", ".join([*config.floors, *deep])
+        )
     if config.protocol.folds < 3:
-        raise InputError(f"key 'protocol.folds' = {config.protocol.folds}: the leakage study holds out one fold "
-                         "for test and one for validation, so it needs at least 3")
+        raise InputError(
+            f"key 'protocol.folds' = {config.protocol.folds}: the leakage study holds out one fold "
+            "for test and one for validation, so it needs at least 3"
+        )
     return chosen
 
 
-def run_leakage_study(config: ExperimentConfig, baselines: list[str] | None = None, *, epochs: int | None = None,
-                      on_arm: Callable[[str, str, int, float], None] | None = None) -> str:
+def run_leakage_study(
+    config: ExperimentConfig,
+    baselines: list[str] | None = None,
+    *,
+    epochs: int | None = None,
+    on_arm: Callable[[str, str, int, float], None] | None = None,
+) -> str:
     """Cross-validate every chosen baseline and floor (default: all the experiment lists) in both
     arms over `protocol.folds` folds, each baseline for `epochs` (default `search.max_epochs`);
     returns the study's parent run id. `on_arm(name, protocol, fold, test accuracy)` is called per
@@ -136,11 +172,20 @@ def run_leakage_study(config: ExperimentConfig, baselines: list[str] | None = No
     splits = _cross_validations(config, manifest)
     arm_folds = _arm_folds(splits, manifest, setup.data.split_path.parent)
     parent = setup.tracker.start_run(
-        setup.experiment_id, name=f"leakage-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}",
-        tags={**setup.tags, tracking.RUN_TYPE: "study", "study": STUDY,
-              **{f"{protocol}_split_hash": split.hash for protocol, split in splits.items()}},
-        params={"baselines": ",".join(chosen), "folds": config.protocol.folds, "seed": config.protocol.seed,
-                "epochs": epochs},
+        setup.experiment_id,
+        name=f"leakage-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}",
+        tags={
+            **setup.tags,
+            tracking.RUN_TYPE: "study",
+            "study": STUDY,
+            **{f"{protocol}_split_hash": split.hash for protocol, split in splits.items()},
+        },
+        params={
+            "baselines": ",".join(chosen),
+            "folds": config.protocol.folds,
+            "seed": config.protocol.seed,
+            "epochs": epochs,
+        },
     )
     features = floor_features(open_patch_cache(setup.data.cache_path)) if set(chosen) & set(config.floors) else None
     with _ending(setup.tracker, parent):

@@ -68,8 +68,9 @@ def _retry(call: Callable[[], T], attempts: int = 8) -> T:
     raise AssertionError("unreachable")
 
 
-def git_commit(directory: Path = Path.cwd()) -> str:
-    """Return the checked-out commit of `directory` (suffixed `-dirty` with local changes), or 'unknown'."""
+def git_commit(directory: Path | None = None) -> str:
+    """Return the checked-out commit of `directory` (default: the working directory at the call),
+    suffixed `-dirty` with local changes, or 'unknown'."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True, check=True
@@ -164,7 +165,9 @@ class Tracker:
         """Count one more attempt of a run on node `node_id` and mark it RUNNING."""
         tags = _retry(lambda: self.client.get_run(run_id)).data.tags
         nodes = [n for n in tags.get(NODE_IDS, "").split(",") if n] + [node_id]
-        self.set_tags(run_id, {ATTEMPTS: str(len(nodes)), NODE_ID: node_id, NODE_IP: node_ip, NODE_IDS: ",".join(nodes)})
+        self.set_tags(
+            run_id, {ATTEMPTS: str(len(nodes)), NODE_ID: node_id, NODE_IP: node_ip, NODE_IDS: ",".join(nodes)}
+        )
         self.reopen(run_id)
 
     def child_runs(self, experiment_id: str, parent: str, run_type: str) -> list:
@@ -200,7 +203,9 @@ class Tracker:
             _confusion_png(matrix, class_names, folder / "confusion_matrix.png", title=f"{prefix} confusion matrix")
             evaluation.predictions.to_csv(folder / "predictions.csv", index=False)
             for name, gallery in evaluation.galleries.items():
-                _gallery_png(gallery, folder / f"maps_{name}.png", title=f"{prefix}: {name} predictions, {gallery.kind} maps")
+                _gallery_png(
+                    gallery, folder / f"maps_{name}.png", title=f"{prefix}: {name} predictions, {gallery.kind} maps"
+                )
             for file in sorted(folder.iterdir()):
                 self.log_file(run_id, file, prefix)
 
@@ -225,7 +230,9 @@ def log_epoch(
         tracker.log_metrics(run_id, {f"params_{k}": v for k, v in report.param_counts.items()}, step=0)
     tracker.log_metrics(run_id, metrics, step=report.epoch)
     if report.best_val_evaluation is not None:
-        localisation = {f"best_val_{k}": v for k, v in report.best_val_evaluation.metrics.items() if k.startswith("miou")}
+        localisation = {
+            f"best_val_{k}": v for k, v in report.best_val_evaluation.metrics.items() if k.startswith("miou")
+        }
         if localisation:
             tracker.log_metrics(run_id, localisation, step=report.best_epoch)
         tracker.log_evaluation(run_id, "val", report.best_val_evaluation, class_names)

@@ -209,7 +209,9 @@ def evaluation_of(prob: np.ndarray, labels: np.ndarray, frame: pd.DataFrame) -> 
     predictions = frame[columns].reset_index(drop=True)
     predictions = predictions.assign(**{f"prob_{c}": prob[:, c] for c in range(prob.shape[1])}, pred=prob.argmax(1))
     metrics.update(grouped_accuracies(predictions))
-    return Evaluation(metrics=metrics, confusion=confusion(labels, prob.argmax(1), prob.shape[1]), predictions=predictions)
+    return Evaluation(
+        metrics=metrics, confusion=confusion(labels, prob.argmax(1), prob.shape[1]), predictions=predictions
+    )
 
 
 def map_galleries(
@@ -226,19 +228,26 @@ def map_galleries(
         images = normalise(torch.stack([dataset[int(i)]["image"] for i in picked]))
         kind, maps = explanation_maps(model, images)
         captions = [
-            f"{frame.rel_path[i].rsplit('/', 1)[-1]}\ntrue {frame.label[i]}, pred {frame.pred[i]}, p(true) {prob_true[i]:.2f}"
+            f"{frame.rel_path[i].rsplit('/', 1)[-1]}\n"
+            f"true {frame.label[i]}, pred {frame.pred[i]}, p(true) {prob_true[i]:.2f}"
             for i in picked
         ]
         galleries[name] = MapGallery(
-            kind=kind, images=np.stack([dataset.raw(int(i)) for i in picked]),
-            maps=maps[:, 0].float().cpu().numpy(), captions=captions,
+            kind=kind,
+            images=np.stack([dataset.raw(int(i)) for i in picked]),
+            maps=maps[:, 0].float().cpu().numpy(),
+            captions=captions,
         )
     return galleries
 
 
 def _rng_state(loader: DataLoader) -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "loader": loader.generator.get_state()}
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "loader": loader.generator.get_state(),
+    }
 
 
 def _restore_rng(state: dict[str, Any], loader: DataLoader) -> None:
@@ -248,8 +257,9 @@ def _restore_rng(state: dict[str, Any], loader: DataLoader) -> None:
     loader.generator.set_state(state["loader"])
 
 
-def fit(spec: RunSpec, report: Callable[[EpochReport], None] | None = None,
-        resume: TrainState | None = None) -> FitResult:
+def fit(
+    spec: RunSpec, report: Callable[[EpochReport], None] | None = None, resume: TrainState | None = None
+) -> FitResult:
     """Train `spec.baseline` on the fold's training patients, early-stop on validation loss,
     and evaluate the best epoch on the test patients; returns the FitResult.
 
@@ -294,14 +304,20 @@ def fit(spec: RunSpec, report: Callable[[EpochReport], None] | None = None,
     train_loader = _loader(train_set, p.batch_size, shuffle=True, seed=spec.seed)
     val_loader = _loader(dataset("val"), spec.eval_batch_size, shuffle=False, seed=spec.seed)
     model = baselines.create(
-        spec.baseline, num_classes=spec.num_classes,
-        pretrained=str(spec.pretrained) if spec.pretrained else None, semantics=spec.semantics, **model_kwargs,
+        spec.baseline,
+        num_classes=spec.num_classes,
+        pretrained=str(spec.pretrained) if spec.pretrained else None,
+        semantics=spec.semantics,
+        **model_kwargs,
     ).to(device)
     counts = baselines.param_counts(model)
     weights = class_weights(labels[rows["train"]], spec.num_classes) if p.class_weights == "inverse_max" else None
     criterion = build_loss(
-        entry.loss, class_weights=weights.to(device) if weights is not None else None,
-        lambda_roi=p.lambda_dice, roi_mode=p.roi_target, keras=keras,
+        entry.loss,
+        class_weights=weights.to(device) if weights is not None else None,
+        lambda_roi=p.lambda_dice,
+        roi_mode=p.roi_target,
+        keras=keras,
     )
     normalise = batch_normaliser(p.normalisation, device)
     optimizer = build_optimizer(p, model, keras=keras)
@@ -329,12 +345,19 @@ def fit(spec: RunSpec, report: Callable[[EpochReport], None] | None = None,
         def take() -> TrainState:
             assert best is not None
             return TrainState(
-                epoch=epoch, model={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                optimizer=copy.deepcopy(optimizer.state_dict()), schedulers=[s.state_dict() for s in schedulers],
-                best_loss=best[0], best_epoch=best[1], best_val=best[2], best_state=best[3], best_evaluation=best[4],
+                epoch=epoch,
+                model={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                optimizer=copy.deepcopy(optimizer.state_dict()),
+                schedulers=[s.state_dict() for s in schedulers],
+                best_loss=best[0],
+                best_epoch=best[1],
+                best_val=best[2],
+                best_state=best[3],
+                best_evaluation=best[4],
                 history=[dataclasses.replace(h, test=None, best_val_evaluation=None, snapshot=None) for h in history],
                 rng=_rng_state(train_loader),
             )
+
         return take
 
     for epoch in range(first_epoch, spec.epochs + 1):
@@ -365,7 +388,9 @@ def fit(spec: RunSpec, report: Callable[[EpochReport], None] | None = None,
             # Its own dataset and seeds, so that training's augmentation and shuffling streams stay as they are.
             recalibration_set, seed = dataset("train"), spec.seed * 10_000 + epoch
             recalibration_set.transform.set_random_seed(seed)
-            recalibrate_for_evaluation(model, _loader(recalibration_set, p.batch_size, shuffle=True, seed=seed), normalise)
+            recalibrate_for_evaluation(
+                model, _loader(recalibration_set, p.batch_size, shuffle=True, seed=seed), normalise
+            )
         val = evaluate(model, val_loader, normalise, manifest.iloc[rows["val"]])
         if best is None or val.metrics["loss"] < best[0]:
             state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -378,8 +403,11 @@ def fit(spec: RunSpec, report: Callable[[EpochReport], None] | None = None,
         if done and scores_maps:
             # Scored on the validation fold, as 001's Table II; the masks follow the eval transform.
             masked = ImageDataset(images, rows["val"], labels, dataset("val").transform, mask_cache)
-            best[4].metrics.update(localisation_scores(
-                best_model, _loader(masked, spec.eval_batch_size, shuffle=False, seed=spec.seed), normalise))
+            best[4].metrics.update(
+                localisation_scores(
+                    best_model, _loader(masked, spec.eval_batch_size, shuffle=False, seed=spec.seed), normalise
+                )
+            )
         if done and spec.evaluate_test and len(rows["test"]):
             test_model = best_model
             test_set = dataset("test")
@@ -387,9 +415,16 @@ def fit(spec: RunSpec, report: Callable[[EpochReport], None] | None = None,
             test = evaluate(test_model, test_loader, normalise, manifest.iloc[rows["test"]])
             test.galleries = map_galleries(test_model, test_set, test, normalise)
         entry = EpochReport(
-            epoch=epoch, train_loss=total / max(seen, 1), val=val.metrics,
-            best_epoch=best[1], best_val=best[2], done=done, param_counts=counts, test=test,
-            best_val_evaluation=best[4] if done else None, snapshot=snapshot(epoch),
+            epoch=epoch,
+            train_loss=total / max(seen, 1),
+            val=val.metrics,
+            best_epoch=best[1],
+            best_val=best[2],
+            done=done,
+            param_counts=counts,
+            test=test,
+            best_val_evaluation=best[4] if done else None,
+            snapshot=snapshot(epoch),
         )
         history.append(entry)
         if report is not None:
@@ -398,6 +433,12 @@ def fit(spec: RunSpec, report: Callable[[EpochReport], None] | None = None,
             break
     assert best is not None
     return FitResult(
-        history=history, best_epoch=best[1], best_val=best[2], val=best[4], test=history[-1].test,
-        param_counts=counts, seconds=time.perf_counter() - started, state_dict=best[3],
+        history=history,
+        best_epoch=best[1],
+        best_val=best[2],
+        val=best[4],
+        test=history[-1].test,
+        param_counts=counts,
+        seconds=time.perf_counter() - started,
+        state_dict=best[3],
     )

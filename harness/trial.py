@@ -75,20 +75,34 @@ def node_spec(ctx: SweepContext, baseline: str, point: dict[str, Any], fold: int
     """Return the RunSpec of `point` on `fold` with paths as this node sees them, after checking
     that the node's manifest is the driver's."""
     plan = ctx.plans[baseline]
-    here = {name: localise(getattr(ctx, name), ctx.data_dir) if getattr(ctx, name) else None
-            for name in ("manifest_path", "split_path", "cache_path", "mask_cache_path")}
+    here = {
+        name: localise(getattr(ctx, name), ctx.data_dir) if getattr(ctx, name) else None
+        for name in ("manifest_path", "split_path", "cache_path", "mask_cache_path")
+    }
     check_manifest(here["manifest_path"], ctx.manifest_hash, node)
     params, model_kwargs = split_point({**plan.fixed, **point})
     return RunSpec(
-        baseline=baseline, num_classes=len(ctx.class_names), pretrained=plan.pretrained, params=params,
-        model_kwargs=model_kwargs, **here, fold=fold, max_epochs=ctx.max_epochs, patience=ctx.patience,
-        seed=ctx.seed, device=trial_device(ctx.device), threads=max(1, int(plan.cpu)),
-        eval_batch_size=ctx.eval_batch_size, semantics=ctx.semantics, bn_recalibration=ctx.bn_recalibration,
+        baseline=baseline,
+        num_classes=len(ctx.class_names),
+        pretrained=plan.pretrained,
+        params=params,
+        model_kwargs=model_kwargs,
+        **here,
+        fold=fold,
+        max_epochs=ctx.max_epochs,
+        patience=ctx.patience,
+        seed=ctx.seed,
+        device=trial_device(ctx.device),
+        threads=max(1, int(plan.cpu)),
+        eval_batch_size=ctx.eval_batch_size,
+        semantics=ctx.semantics,
+        bn_recalibration=ctx.bn_recalibration,
     )
 
 
-def fit_on_node(spec: RunSpec, gpu: float, report: Callable[[EpochReport], None],
-                resume: TrainState | None = None) -> FitResult:
+def fit_on_node(
+    spec: RunSpec, gpu: float, report: Callable[[EpochReport], None], resume: TrainState | None = None
+) -> FitResult:
     """Run `fit`, turning CUDA running out of memory into an error that names the batch and GPU share."""
     try:
         return fit(spec, report, resume)
@@ -179,8 +193,9 @@ class CloseTrialRuns(tune.Callback):
     """Ends each trial's MLflow run from the driver: FINISHED, KILLED by the scheduler named
     `stopped_by` (asha, halving), or FAILED with the error."""
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, tags: dict[str, str],
-                 stopped_by: str = "asha") -> None:
+    def __init__(
+        self, tracking_uri: str, experiment_id: str, parent_run_id: str, tags: dict[str, str], stopped_by: str = "asha"
+    ) -> None:
         self._tracking_uri = tracking_uri
         self._experiment_id = experiment_id
         self._parent = parent_run_id
@@ -208,9 +223,15 @@ class CloseTrialRuns(tune.Callback):
         if run_id is None:
             # The trial died before it could open its run: record the failure all the same.
             run_id = tracker.start_run(
-                self._experiment_id, name=f"{trial.config.get('baseline')}-{trial.trial_id}", parent=self._parent,
-                tags={**self._tags, tracking.RUN_TYPE: "trial", tracking.BASELINE: str(trial.config.get("baseline")),
-                      tracking.TRIAL_ID: trial.trial_id},
+                self._experiment_id,
+                name=f"{trial.config.get('baseline')}-{trial.trial_id}",
+                parent=self._parent,
+                tags={
+                    **self._tags,
+                    tracking.RUN_TYPE: "trial",
+                    tracking.BASELINE: str(trial.config.get("baseline")),
+                    tracking.TRIAL_ID: trial.trial_id,
+                },
                 params={},
             )
         tracker.finish(run_id, tracking.FAILED, {tracking.ERROR: _error_text(trial)})
@@ -219,7 +240,9 @@ class CloseTrialRuns(tune.Callback):
         run_id = self._tracker().find_trial_run(self._experiment_id, self._parent, trial.trial_id)
         if run_id is not None:
             retries = trial.run_metadata.num_failures
-            self._tracker().set_tags(run_id, {tracking.RETRIES: str(retries), f"retry_{retries}_error": _error_text(trial)})
+            self._tracker().set_tags(
+                run_id, {tracking.RETRIES: str(retries), f"retry_{retries}_error": _error_text(trial)}
+            )
 
 
 def _error_text(trial: Any) -> str:

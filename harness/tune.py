@@ -21,21 +21,28 @@ from pathlib import Path
 
 import optuna
 import ray
+import rich
 from ray import tune
 from ray.tune.search import Searcher
-import rich
 
 from harness import tracking
 from harness.config import ExperimentConfig, ResourcesSpec, SearchSpace, search_space_path
 from harness.data.prepare import PreparedData
 from harness.errors import InputError
-from harness.metrics import ranking_key
 from harness.experiment import set_up
 from harness.floor_runs import track_floors
+from harness.metrics import ranking_key
 from harness.retrain import EnsembleOutcome, Winner, retrain_winners
 from harness.search import (
-    DONE_KEY, EPOCH_KEY, PerBaselineScheduler, PerBaselineSearcher, batch_brackets, batched, recipe_start_point,
-    start_points, study_name,
+    DONE_KEY,
+    EPOCH_KEY,
+    PerBaselineScheduler,
+    PerBaselineSearcher,
+    batch_brackets,
+    batched,
+    recipe_start_point,
+    start_points,
+    study_name,
 )
 from harness.server import check_reachable
 from harness.studies import plot_study, warm_start_points
@@ -90,7 +97,9 @@ class TrialLines(tune.Callback):
         epoch = (trial.last_result or {}).get(EPOCH_KEY)
         if epoch:
             # A trial that waited at a rung (reproducible sweeps) starts again from its checkpoint.
-            rich.get_console().print(f"[dim]resume[/] {trial.config['baseline']:<9} {trial.trial_id}  after epoch {epoch}")
+            rich.get_console().print(
+                f"[dim]resume[/] {trial.config['baseline']:<9} {trial.trial_id}  after epoch {epoch}"
+            )
             return
         params = ", ".join(f"{k}={_short(v)}" for k, v in trial.config.items() if k != "baseline")
         rich.get_console().print(f"[dim]start[/] {trial.config['baseline']:<10} {trial.trial_id}  {params}")
@@ -106,12 +115,16 @@ class TrialLines(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: object, **info: object) -> None:
         error = str(trial.get_error() or "").strip().splitlines()
-        rich.get_console().print(f"[red]FAILED[/] {trial.config['baseline']:<10} {trial.trial_id}  "
-                                 f"{error[-1] if error else ''}", highlight=False)
+        rich.get_console().print(
+            f"[red]FAILED[/] {trial.config['baseline']:<10} {trial.trial_id}  {error[-1] if error else ''}",
+            highlight=False,
+        )
 
     def on_trial_recover(self, iteration: int, trials: list, trial: object, **info: object) -> None:
-        rich.get_console().print(f"[yellow]retry[/] {trial.config['baseline']:<10} {trial.trial_id}  "
-                                 f"after failure {trial.run_metadata.num_failures}")
+        rich.get_console().print(
+            f"[yellow]retry[/] {trial.config['baseline']:<10} {trial.trial_id}  "
+            f"after failure {trial.run_metadata.num_failures}"
+        )
 
 
 def _short(value: object) -> str:
@@ -140,9 +153,13 @@ def _set_aside_lost_trials(tracker: tracking.Tracker, experiment_id: str, parent
     for run in tracker.child_runs(experiment_id, parent, "trial"):
         trial_id = run.data.tags[tracking.TRIAL_ID]
         if trial_id not in known:
-            tracker.finish(run.info.run_id, tracking.KILLED, {tracking.RUN_TYPE: LOST, tracking.STOPPED_BY: "driver_lost"})
-            notes.append(f"trial {trial_id} started after the killed driver last saved its state; its run is "
-                         f"set aside (run_type={LOST}) and Tune runs its point again")
+            tracker.finish(
+                run.info.run_id, tracking.KILLED, {tracking.RUN_TYPE: LOST, tracking.STOPPED_BY: "driver_lost"}
+            )
+            notes.append(
+                f"trial {trial_id} started after the killed driver last saved its state; its run is "
+                f"set aside (run_type={LOST}) and Tune runs its point again"
+            )
     return notes
 
 
@@ -193,8 +210,11 @@ def _granted(config: ExperimentConfig, spaces: dict[str, SearchSpace]) -> tuple[
         wanted = config.trial_resources(name, space.resources)
         gpu = wanted.gpu if cluster_gpus and config.training.device != "cpu" else 0.0
         if wanted.gpu and not gpu:
-            notes.append(f"{name}: would take {wanted.gpu:g} GPU per trial; "
-                         + ("training.device is cpu" if cluster_gpus else "the Ray cluster has no GPU") + ", so it trains on CPU")
+            notes.append(
+                f"{name}: would take {wanted.gpu:g} GPU per trial; "
+                + ("training.device is cpu" if cluster_gpus else "the Ray cluster has no GPU")
+                + ", so it trains on CPU"
+            )
         fits = any(n.get("CPU", 0) >= wanted.cpu and n.get("GPU", 0) >= gpu for n in nodes)
         if not fits:
             biggest = max((n.get("CPU", 0), n.get("GPU", 0)) for n in nodes)
@@ -206,20 +226,41 @@ def _granted(config: ExperimentConfig, spaces: dict[str, SearchSpace]) -> tuple[
     return granted, notes
 
 
-def _context(config: ExperimentConfig, data: PreparedData, uri: str, experiment_id: str, parent: str,
-             tags: dict[str, str], spaces: dict[str, SearchSpace], granted: dict[str, ResourcesSpec]) -> SweepContext:
+def _context(
+    config: ExperimentConfig,
+    data: PreparedData,
+    uri: str,
+    experiment_id: str,
+    parent: str,
+    tags: dict[str, str],
+    spaces: dict[str, SearchSpace],
+    granted: dict[str, ResourcesSpec],
+) -> SweepContext:
     pretrained = {b.name: b.pretrained for b in config.baselines}
     return SweepContext(
-        tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent, objective=config.search.metric,
+        tracking_uri=uri,
+        experiment_id=experiment_id,
+        parent_run_id=parent,
+        objective=config.search.metric,
         tags=tags,
-        plans={n: BaselinePlan(fixed=s.fixed, pretrained=pretrained[n], cpu=granted[n].cpu, gpu=granted[n].gpu)
-               for n, s in spaces.items()},
-        data_dir=(config.output_dir / "_data").resolve(), manifest_hash=data.manifest_hash,
-        manifest_path=data.manifest_path, split_path=data.split_path, cache_path=data.cache_path,
+        plans={
+            n: BaselinePlan(fixed=s.fixed, pretrained=pretrained[n], cpu=granted[n].cpu, gpu=granted[n].gpu)
+            for n, s in spaces.items()
+        },
+        data_dir=(config.output_dir / "_data").resolve(),
+        manifest_hash=data.manifest_hash,
+        manifest_path=data.manifest_path,
+        split_path=data.split_path,
+        cache_path=data.cache_path,
         mask_cache_path=data.mask_cache_path,
-        class_names=data.class_names, fold=config.protocol.search_fold, max_epochs=config.search.max_epochs,
-        patience=config.training.patience, seed=config.protocol.seed, device=config.training.device,
-        eval_batch_size=config.training.eval_batch_size, semantics=config.training.semantics,
+        class_names=data.class_names,
+        fold=config.protocol.search_fold,
+        max_epochs=config.search.max_epochs,
+        patience=config.training.patience,
+        seed=config.protocol.seed,
+        device=config.training.device,
+        eval_batch_size=config.training.eval_batch_size,
+        semantics=config.training.semantics,
         bn_recalibration=config.training.bn_recalibration,
     )
 
@@ -244,14 +285,26 @@ def stopping_scheduler(config: ExperimentConfig) -> str:
     return "halving" if config.search.reproducible else "asha"
 
 
-def _search(config: ExperimentConfig, ctx: SweepContext, spaces: dict[str, SearchSpace], sweep: str,
-            starts: dict[str, list[dict]]) -> tuple[Searcher, PerBaselineScheduler, int | None]:
+def _search(
+    config: ExperimentConfig,
+    ctx: SweepContext,
+    spaces: dict[str, SearchSpace],
+    sweep: str,
+    starts: dict[str, list[dict]],
+) -> tuple[Searcher, PerBaselineScheduler, int | None]:
     """Return the searcher, the scheduler and Tune's cap on concurrent trials of a sweep."""
     search = config.search
     searcher = PerBaselineSearcher(
-        spaces, metric="objective", mode=search.mode, trials=search.trials, sampler=search.sampler,
-        seed=search.seed, starts=starts, storage=config.resolved_optuna_storage(),
-        study_prefix=f"{config.name}/{sweep}", metric_name=f"best_{search.metric}",
+        spaces,
+        metric="objective",
+        mode=search.mode,
+        trials=search.trials,
+        sampler=search.sampler,
+        seed=search.seed,
+        starts=starts,
+        storage=config.resolved_optuna_storage(),
+        study_prefix=f"{config.name}/{sweep}",
+        metric_name=f"best_{search.metric}",
         link=RunLink(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id),
     )
     rungs = dict(max_t=search.max_epochs, grace_period=search.grace_period, reduction_factor=search.reduction_factor)
@@ -262,8 +315,15 @@ def _search(config: ExperimentConfig, ctx: SweepContext, spaces: dict[str, Searc
     return batched(searcher, batch), PerBaselineScheduler(**rungs, brackets=brackets), None
 
 
-def _tuner(config: ExperimentConfig, ctx: SweepContext, spaces: dict[str, SearchSpace], storage: Path,
-           sweep: str, starts: dict[str, list[dict]], callbacks: list[tune.Callback]) -> tune.Tuner:
+def _tuner(
+    config: ExperimentConfig,
+    ctx: SweepContext,
+    spaces: dict[str, SearchSpace],
+    storage: Path,
+    sweep: str,
+    starts: dict[str, list[dict]],
+    callbacks: list[tune.Callback],
+) -> tune.Tuner:
     search_alg, scheduler, max_concurrent = _search(config, ctx, spaces, sweep, starts)
     return tune.Tuner(
         _trainable(ctx),
@@ -302,22 +362,27 @@ def config_fingerprint(config: ExperimentConfig) -> str:
 
 def space_fingerprints(config: ExperimentConfig) -> dict[str, str]:
     """Return a hash of each baseline's search-space file as `config` read it, by the file's path."""
-    return {str(search_space_path(b.name)): hashlib.sha256(config.space_file(b.name).model_dump_json().encode()).hexdigest()
-            for b in config.baselines}
+    return {
+        str(search_space_path(b.name)): hashlib.sha256(config.space_file(b.name).model_dump_json().encode()).hexdigest()
+        for b in config.baselines
+    }
 
 
 def check_resumable(config: ExperimentConfig, record: dict, sweep: str) -> None:
     """Raise InputError unless `config` and its search-space files are those `sweep` started with
     (its `record`): Tune would continue the old studies on a changed space without a word."""
     if record["fingerprint"] != config_fingerprint(config):
-        raise InputError(f"--resume: {config.name}'s experiment file changed since {sweep} started; resume with the "
-                         "same file and options, or start a new sweep")
+        raise InputError(
+            f"--resume: {config.name}'s experiment file changed since {sweep} started; resume with the "
+            "same file and options, or start a new sweep"
+        )
     # A sweep recorded before search spaces were fingerprinted has no "spaces": nothing to compare.
     now = space_fingerprints(config)
     changed = sorted(path for path, digest in record.get("spaces", {}).items() if now.get(path) != digest)
     if changed:
-        raise InputError(f"--resume: search space file {changed[0]} changed since {sweep} started; restore it, "
-                         "or start a new sweep")
+        raise InputError(
+            f"--resume: search space file {changed[0]} changed since {sweep} started; restore it, or start a new sweep"
+        )
 
 
 def _interrupted_sweep(config: ExperimentConfig, storage: Path) -> tuple[Path, dict]:
@@ -331,16 +396,23 @@ def _interrupted_sweep(config: ExperimentConfig, storage: Path) -> tuple[Path, d
     raise InputError(f"--resume: no sweep of {config.name!r} to resume in {storage}")
 
 
-def _winners(grid: tune.ResultGrid, tracker: tracking.Tracker, experiment_id: str, parent: str,
-             mode: str) -> list[Winner]:
+def _winners(
+    grid: tune.ResultGrid, tracker: tracking.Tracker, experiment_id: str, parent: str, mode: str
+) -> list[Winner]:
     """Return each baseline's best trial among those that ended by themselves (not stopped, not failed)."""
     finished: dict[str, list[tune.Result]] = {}
     for result in grid:
         if result.error is None and (result.metrics or {}).get(DONE_KEY):
             finished.setdefault(result.config["baseline"], []).append(result)
-    best = {name: min(results, key=lambda r: ranking_key(r.metrics["objective"], r.metrics["best_val_loss"],
-                                                          r.metrics["trial_id"], minimise=mode == "min"))
-            for name, results in finished.items()}
+    best = {
+        name: min(
+            results,
+            key=lambda r: ranking_key(
+                r.metrics["objective"], r.metrics["best_val_loss"], r.metrics["trial_id"], minimise=mode == "min"
+            ),
+        )
+        for name, results in finished.items()
+    }
     winners = []
     for name, result in best.items():
         trial_id = result.metrics["trial_id"]
@@ -351,21 +423,25 @@ def _winners(grid: tune.ResultGrid, tracker: tracking.Tracker, experiment_id: st
     return winners
 
 
-def _log_study_plots(config: ExperimentConfig, tracker: tracking.Tracker, parent: str, sweep: str,
-                     names: list[str]) -> list[str]:
+def _log_study_plots(
+    config: ExperimentConfig, tracker: tracking.Tracker, parent: str, sweep: str, names: list[str]
+) -> list[str]:
     """Log each baseline's optimisation-history and importance plots to the parent run; returns notes."""
     notes = []
     with tempfile.TemporaryDirectory() as folder:
         for name in names:
-            files, skipped = plot_study(config.resolved_optuna_storage(), study_name(f"{config.name}/{sweep}", name), Path(folder))
+            files, skipped = plot_study(
+                config.resolved_optuna_storage(), study_name(f"{config.name}/{sweep}", name), Path(folder)
+            )
             notes += skipped
             for file in files:
                 tracker.log_file(parent, file, "optuna")
     return notes
 
 
-def run_sweep(config: ExperimentConfig, *, address: str | None = None, resume: bool = False,
-              verbose: bool = False) -> SweepSummary:
+def run_sweep(
+    config: ExperimentConfig, *, address: str | None = None, resume: bool = False, verbose: bool = False
+) -> SweepSummary:
     """Index, split and cache the dataset, then tune every baseline of `config` on a Ray cluster
     (joined at `address`, or embedded), retrain each winner on every fold and ensemble the folds;
     returns the summary. `resume` continues the newest interrupted sweep of this experiment.
@@ -393,7 +469,10 @@ def run_sweep(config: ExperimentConfig, *, address: str | None = None, resume: b
             folder, record = previous
             sweep, parent = folder.name, record["parent_run_id"]
             if record["split_hash"] != data.split_hash:
-                raise InputError(f"--resume: the data now gives split {data.split_hash[:12]}, the sweep ran on {record['split_hash'][:12]}")
+                raise InputError(
+                    f"--resume: the data now gives split {data.split_hash[:12]}, "
+                    f"the sweep ran on {record['split_hash'][:12]}"
+                )
             tracker.reopen(parent)
             tracker.set_tags(parent, {"resumed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
             start_notes = _set_aside_lost_trials(tracker, experiment_id, parent, folder)
@@ -402,22 +481,43 @@ def run_sweep(config: ExperimentConfig, *, address: str | None = None, resume: b
             warm, start_notes = {}, []
             if config.search.warm_start is not None:
                 warm, start_notes = warm_start_points(
-                    config.resolved_optuna_storage(), config.name, f"{config.name}/{sweep}",
-                    config.search.warm_start.sweep, spaces, top=config.search.warm_start.top, mode=config.search.mode)
+                    config.resolved_optuna_storage(),
+                    config.name,
+                    f"{config.name}/{sweep}",
+                    config.search.warm_start.sweep,
+                    spaces,
+                    top=config.search.warm_start.top,
+                    mode=config.search.mode,
+                )
             parent = tracker.start_run(
-                experiment_id, name=sweep, tags={**tags, tracking.RUN_TYPE: "sweep", "ray_storage": str(storage / sweep)},
+                experiment_id,
+                name=sweep,
+                tags={**tags, tracking.RUN_TYPE: "sweep", "ray_storage": str(storage / sweep)},
                 params=_sweep_params(config, spaces, data, granted),
             )
             tracker.log_file(parent, data.split_path, "split")
             (storage / sweep).mkdir(parents=True, exist_ok=True)
-            (storage / sweep / SWEEP_RECORD).write_text(json.dumps({
-                "parent_run_id": parent, "experiment_id": experiment_id, "tracking_uri": uri,
-                "split_hash": data.split_hash, "fingerprint": config_fingerprint(config),
-                "spaces": space_fingerprints(config),
-            }, indent=2))
+            (storage / sweep / SWEEP_RECORD).write_text(
+                json.dumps(
+                    {
+                        "parent_run_id": parent,
+                        "experiment_id": experiment_id,
+                        "tracking_uri": uri,
+                        "split_hash": data.split_hash,
+                        "fingerprint": config_fingerprint(config),
+                        "spaces": space_fingerprints(config),
+                    },
+                    indent=2,
+                )
+            )
         summary = SweepSummary(
-            experiment=config.name, tracking_uri=uri, parent_run_id=parent, split_hash=data.split_hash,
-            wall_seconds=0.0, storage=storage / sweep, resumed=previous is not None,
+            experiment=config.name,
+            tracking_uri=uri,
+            parent_run_id=parent,
+            split_hash=data.split_hash,
+            wall_seconds=0.0,
+            storage=storage / sweep,
+            resumed=previous is not None,
             notes=setup.notes + resource_notes + start_notes + search_notes(config, spaces),
         )
         ctx = _context(config, data, uri, experiment_id, parent, tags, spaces, granted)
@@ -436,14 +536,29 @@ def run_sweep(config: ExperimentConfig, *, address: str | None = None, resume: b
             summary.notes += _log_study_plots(config, tracker, parent, sweep, list(spaces))
             if config.search.retrain == "all_folds" and config.protocol.test_fraction > 0:
                 winners = _winners(grid, tracker, experiment_id, parent, config.search.mode)
-                on_fold = (lambda b, k, acc: rich.get_console().print(
-                    f"[green]fold[/]  {b:<10} fold {k} retrained, test accuracy {acc:.3f}")) if verbose else None
+                on_fold = (
+                    (
+                        lambda b, k, acc: rich.get_console().print(
+                            f"[green]fold[/]  {b:<10} fold {k} retrained, test accuracy {acc:.3f}"
+                        )
+                    )
+                    if verbose
+                    else None
+                )
                 summary.ensembles, retrain_notes = retrain_winners(ctx, winners, config.protocol.folds, on_fold)
                 summary.notes += retrain_notes
             logged = {r.data.tags[tracking.BASELINE] for r in tracker.child_runs(experiment_id, parent, "floor")}
             summary.floors = track_floors(
-                [f for f in config.floors if f not in logged], data, tracker, experiment_id, parent, tags,
-                search_fold=config.protocol.search_fold, objective=config.search.metric, seed=config.protocol.seed)
+                [f for f in config.floors if f not in logged],
+                data,
+                tracker,
+                experiment_id,
+                parent,
+                tags,
+                search_fold=config.protocol.search_fold,
+                objective=config.search.metric,
+                seed=config.protocol.seed,
+            )
         except KeyboardInterrupt:
             tracker.finish(parent, tracking.KILLED)
             raise
@@ -457,22 +572,35 @@ def run_sweep(config: ExperimentConfig, *, address: str | None = None, resume: b
     counts = Counter()
     for outcome in summary.baselines.values():
         counts.update(vars(outcome))
-    tracker.log_metrics(parent, {f"sweep_{k}": v for k, v in counts.items()} | {"wall_seconds": summary.wall_seconds}, step=0)
+    tracker.log_metrics(
+        parent, {f"sweep_{k}": v for k, v in counts.items()} | {"wall_seconds": summary.wall_seconds}, step=0
+    )
     tracker.finish(parent, tracking.FINISHED)
     return summary
 
 
-def _sweep_params(config: ExperimentConfig, spaces: dict[str, SearchSpace], data: PreparedData,
-                  granted: dict[str, ResourcesSpec]) -> dict[str, object]:
+def _sweep_params(
+    config: ExperimentConfig, spaces: dict[str, SearchSpace], data: PreparedData, granted: dict[str, ResourcesSpec]
+) -> dict[str, object]:
     return {
-        "baselines": ",".join(spaces), "trials_per_baseline": config.search.trials,
-        "max_epochs": config.search.max_epochs, "grace_period": config.search.grace_period,
-        "reduction_factor": config.search.reduction_factor, "objective": config.search.metric,
-        "sampler": config.search.sampler, "sampler_seed": config.search.seed, "folds": config.protocol.folds,
-        "test_fraction": config.protocol.test_fraction, "split_seed": config.protocol.seed,
-        "search_fold": config.protocol.search_fold, "patients": data.patients, "images": data.rows,
-        "max_concurrent": config.search.max_concurrent or "unlimited", "max_failures": config.search.max_failures,
-        "optuna_storage": config.resolved_optuna_storage(), "retrain": config.search.retrain,
+        "baselines": ",".join(spaces),
+        "trials_per_baseline": config.search.trials,
+        "max_epochs": config.search.max_epochs,
+        "grace_period": config.search.grace_period,
+        "reduction_factor": config.search.reduction_factor,
+        "objective": config.search.metric,
+        "sampler": config.search.sampler,
+        "sampler_seed": config.search.seed,
+        "folds": config.protocol.folds,
+        "test_fraction": config.protocol.test_fraction,
+        "split_seed": config.protocol.seed,
+        "search_fold": config.protocol.search_fold,
+        "patients": data.patients,
+        "images": data.rows,
+        "max_concurrent": config.search.max_concurrent or "unlimited",
+        "max_failures": config.search.max_failures,
+        "optuna_storage": config.resolved_optuna_storage(),
+        "retrain": config.search.retrain,
         "reproducible": config.search.reproducible,
         **{f"resources_{n}": f"cpu={r.cpu:g},gpu={r.gpu:g}" for n, r in granted.items()},
     }

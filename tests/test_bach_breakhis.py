@@ -96,7 +96,9 @@ def test_patient_accuracy_is_the_mean_of_per_patient_accuracies() -> None:
     y_pred = np.array([1, 1, 0, 1, 1, 1, 1])
     patients = np.array(["a", "a", "a", "a", "b", "c", "c"])
     assert patient_accuracy(y_true, y_pred, patients) == pytest.approx((0.75 + 1.0 + 0.0) / 3)
-    frame = pd.DataFrame({"label": y_true, "pred": y_pred, "patient_id": patients, "magnification": [40] * 4 + [400] * 3})
+    frame = pd.DataFrame(
+        {"label": y_true, "pred": y_pred, "patient_id": patients, "magnification": [40] * 4 + [400] * 3}
+    )
     metrics = grouped_accuracies(frame)
     assert metrics["accuracy_40x"] == 0.75 and metrics["patient_accuracy_400x"] == pytest.approx(0.5)
 
@@ -114,12 +116,16 @@ def test_bach_manifest_uses_001s_class_order_and_flags_missing_patient_ids(synth
         index_bach(root)
 
 
-def test_bach_label_disagreeing_with_the_ground_truth_table_is_reported(tmp_path: Path, synthetic_bach: tuple[Path, Path]) -> None:
+def test_bach_label_disagreeing_with_the_ground_truth_table_is_reported(
+    tmp_path: Path, synthetic_bach: tuple[Path, Path]
+) -> None:
     root = tmp_path / "bach"
     shutil.copytree(synthetic_bach[0], root)
     table = root / "ICIAR2018_BACH_Challenge" / "Photos" / "microscopy_ground_truth.csv"
     table.write_text(table.read_text().replace("n001.tif,Normal", "n001.tif,Benign"))
-    with pytest.raises(InputError, match=r"n001.tif: microscopy_ground_truth.csv says 'Benign', the folder says 'Normal'"):
+    with pytest.raises(
+        InputError, match=r"n001.tif: microscopy_ground_truth.csv says 'Benign', the folder says 'Normal'"
+    ):
         index_bach(root, allow_subset=True)
 
 
@@ -128,11 +134,28 @@ def test_missing_or_wrong_size_masks_exit_2_by_path(tmp_path: Path, synthetic_ba
     shutil.copytree(synthetic_bach[1], masks)
     (masks / "b002.png").unlink()
     Image.new("L", (100, 100)).save(masks / "is003.png")
-    result = CliRunner().invoke(app, ["data", "index", "--dataset", "bach", "--root", str(synthetic_bach[0]),
-                                      "--roi-dir", str(masks), "--allow-subset", "--out", str(tmp_path / "m.parquet")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "data",
+            "index",
+            "--dataset",
+            "bach",
+            "--root",
+            str(synthetic_bach[0]),
+            "--roi-dir",
+            str(masks),
+            "--allow-subset",
+            "--out",
+            str(tmp_path / "m.parquet"),
+        ],
+    )
     assert result.exit_code == 2
     assert f"RoI mask {masks / 'b002.png'}: missing" in result.stderr
-    assert f"RoI mask {masks / 'is003.png'}: is 100x100, the image is 256x192 (expected the same aspect ratio)" in result.stderr
+    assert (
+        f"RoI mask {masks / 'is003.png'}: is 100x100, the image is 256x192 (expected the same aspect ratio)"
+        in result.stderr
+    )
     assert not (tmp_path / "m.parquet").exists()
 
 

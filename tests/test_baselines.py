@@ -58,8 +58,12 @@ PUBLISHED_COUNTS = [
 ]
 
 
-@pytest.mark.parametrize(("name", "classes", "options", "torch_count", "convention"), PUBLISHED_COUNTS, ids=[r[0] for r in PUBLISHED_COUNTS])
-def test_parameter_counts_match_baselines_md(name: str, classes: int, options: dict, torch_count: int, convention: tuple | None) -> None:
+@pytest.mark.parametrize(
+    ("name", "classes", "options", "torch_count", "convention"), PUBLISHED_COUNTS, ids=[r[0] for r in PUBLISHED_COUNTS]
+)
+def test_parameter_counts_match_baselines_md(
+    name: str, classes: int, options: dict, torch_count: int, convention: tuple | None
+) -> None:
     counts = baselines.param_counts(baselines.create(name, num_classes=classes, **options))
     assert counts["torch"] == torch_count
     if convention is not None:
@@ -67,7 +71,9 @@ def test_parameter_counts_match_baselines_md(name: str, classes: int, options: d
 
 
 def test_counts_marked_reproduced_equal_the_published_ones() -> None:
-    reproduced = [s for s in baselines.summarise_all() if s.published is not None and baselines.info(s.name).published.reproduced]
+    reproduced = [
+        s for s in baselines.summarise_all() if s.published is not None and baselines.info(s.name).published.reproduced
+    ]
     assert {s.name for s in reproduced} == {"gusa_baseline", "gusa_guroi", "gusa", "attention_gate", "idc_cnn"}
     assert all(s.count_in_published_convention == s.published for s in reproduced)
 
@@ -131,10 +137,23 @@ def test_none_options_keep_defaults_and_unknown_options_fail() -> None:
 
 # BASELINES.md §0.5: the sources' frameworks; 001's Table I rows (GuSA family, AG, RGA) ran TensorFlow.
 SOURCE_FRAMEWORKS = {
-    "cancernet": "keras", "idc_cnn": "keras", "efficientnetv2_s": "keras", "attention_gate": "tensorflow",
-    "gusa_baseline": "tensorflow", "gusa_fa": "tensorflow", "gusa_guroi": "tensorflow", "gusa_fa_guroi": "tensorflow",
-    "gusa": "tensorflow", "gusa_fa_gusa": "tensorflow", "rga": "tensorflow", "vgg16": "pytorch", "resnet18": "pytorch",
-    "densenet121": "pytorch", "densenet161": "pytorch", "densenet169": "pytorch", "amil": "pytorch",
+    "cancernet": "keras",
+    "idc_cnn": "keras",
+    "efficientnetv2_s": "keras",
+    "attention_gate": "tensorflow",
+    "gusa_baseline": "tensorflow",
+    "gusa_fa": "tensorflow",
+    "gusa_guroi": "tensorflow",
+    "gusa_fa_guroi": "tensorflow",
+    "gusa": "tensorflow",
+    "gusa_fa_gusa": "tensorflow",
+    "rga": "tensorflow",
+    "vgg16": "pytorch",
+    "resnet18": "pytorch",
+    "densenet121": "pytorch",
+    "densenet161": "pytorch",
+    "densenet169": "pytorch",
+    "amil": "pytorch",
 }
 
 
@@ -148,7 +167,9 @@ def test_every_baseline_declares_its_source_framework() -> None:
 
 
 def _bn_constants(module: torch.nn.Module) -> set[tuple[float, float]]:
-    return {(m.eps, round(m.momentum, 6)) for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
+    return {
+        (m.eps, round(m.momentum, 6)) for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+    }
 
 
 def test_keras_semantics_give_each_part_of_a_model_its_keras_constants() -> None:
@@ -158,7 +179,9 @@ def test_keras_semantics_give_each_part_of_a_model_its_keras_constants() -> None
     gusa = baselines.create("gusa", num_classes=4)
     assert _bn_constants(gusa.block3) == {(1.001e-5, 0.01)} and _bn_constants(gusa.bp) == {(1e-3, 0.01)}
     head = gusa.classifier.conv
-    assert head.weight.abs().max() <= (6 / (512 + 4)) ** 0.5 and not head.bias.any() and not gusa.roi_head.conv.bias.any()
+    assert (
+        head.weight.abs().max() <= (6 / (512 + 4)) ** 0.5 and not head.bias.any() and not gusa.roi_head.conv.bias.any()
+    )
     plain = baselines.create("gusa", num_classes=4, semantics="torch")
     assert _bn_constants(plain) == {(1e-5, 0.1)} and plain.classifier.conv.bias.any()
     effnet = baselines.create("efficientnetv2_s", num_classes=2)
@@ -173,8 +196,9 @@ def test_keras_semantics_keep_loaded_weights_and_freeze_batch_norm_as_keras(tmp_
     torch.save(trunk, weights)
     x = torch.randn(4, 3, 64, 64)
     for semantics, trunk_bn_updates in (("source", False), ("torch", True)):
-        model = baselines.create("efficientnetv2_s", num_classes=2, pretrained=str(weights), freeze="head_only",
-                                 semantics=semantics).train()
+        model = baselines.create(
+            "efficientnetv2_s", num_classes=2, pretrained=str(weights), freeze="head_only", semantics=semantics
+        ).train()
         head_before = model.head.norm.running_mean.clone()
         model(x)
         assert torch.equal(model.trunk.conv_stem.weight, trunk["conv_stem.weight"])
@@ -254,7 +278,13 @@ def test_wrong_weights_files_fail_with_one_clear_message(tmp_path: Path) -> None
 
 @pytest.mark.parametrize(
     ("name", "kind"),
-    [("cancernet", "gradcam"), ("gusa_fa", "gradcam"), ("gusa", "roi"), ("attention_gate", "attention"), ("amil", "attention")],
+    [
+        ("cancernet", "gradcam"),
+        ("gusa_fa", "gradcam"),
+        ("gusa", "roi"),
+        ("attention_gate", "attention"),
+        ("amil", "attention"),
+    ],
 )
 def test_every_model_has_an_explanation_map_in_unit_range(name: str, kind: str) -> None:
     found, maps = explanation_maps(baselines.create(name, num_classes=2), _small_input(name))

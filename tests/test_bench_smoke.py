@@ -24,9 +24,14 @@ def test_cache_vs_png_smoke_reads_the_same_patches_both_ways() -> None:
     out = _run(str(BENCH / "cache_vs_png.py"), "--smoke")
     # The smoke tree: 4 synthetic patients of 20 patches each.
     assert out.splitlines()[0].startswith("80 patches from ")
-    png, cache, ratio = (float(m.replace(",", "")) for m in re.search(
-        r"PNG decode .*\(([\d,]+) patches/s\)\nuint8 cache .*\(([\d,]+) patches/s\)\n"
-        r"ratio PNG/cache = ([\d.]+)x \(median of 1 ", out).groups())
+    png, cache, ratio = (
+        float(m.replace(",", ""))
+        for m in re.search(
+            r"PNG decode .*\(([\d,]+) patches/s\)\nuint8 cache .*\(([\d,]+) patches/s\)\n"
+            r"ratio PNG/cache = ([\d.]+)x \(median of 1 ",
+            out,
+        ).groups()
+    )
     assert ratio == pytest.approx(cache / png, rel=0.05, abs=0.06)
 
 

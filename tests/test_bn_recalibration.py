@@ -21,8 +21,10 @@ from harness.train import EpochReport, RunSpec, fit
 def _batches() -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(3)
     # Inputs in [0, 1] as CancerNet sees them, with a per-channel offset so the statistics differ by channel.
-    return [torch.rand(6, 3, 48, 48, generator=generator) * 0.5 + torch.tensor([0.1, 0.3, 0.2]).view(3, 1, 1)
-            for _ in range(3)]
+    return [
+        torch.rand(6, 3, 48, 48, generator=generator) * 0.5 + torch.tensor([0.1, 0.3, 0.2]).view(3, 1, 1)
+        for _ in range(3)
+    ]
 
 
 def _direct_statistics(model: nn.Module, batches: list[torch.Tensor], *, dropout: bool) -> dict[str, tuple]:
@@ -38,6 +40,7 @@ def _direct_statistics(model: nn.Module, batches: list[torch.Tensor], *, dropout
         def record(_module: nn.Module, inputs: tuple[torch.Tensor]) -> None:
             x = inputs[0].double().transpose(0, 1).flatten(1)  # channels x (batch, height, width)
             seen[name].append((x.mean(1), x.var(1, unbiased=True)))
+
         return record
 
     for name, bn in batchnorms(model).items():
@@ -107,11 +110,22 @@ def prepared(tmp_path_factory: pytest.TempPathFactory, synthetic_idc: Path) -> P
 
 
 def test_in_fit_the_option_changes_the_running_statistics_and_nothing_that_training_learns(
-        prepared: PreparedData) -> None:
+    prepared: PreparedData,
+) -> None:
     params = TrainParams(optimizer="adagrad", lr=1e-2, batch_size=16, epochs_max=2, input_size=48, augment="pis")
-    spec = RunSpec(baseline="cancernet", num_classes=2, params=params, manifest_path=prepared.manifest_path,
-                   cache_path=prepared.cache_path, split_path=prepared.split_path, fold=0, max_epochs=2,
-                   patience=2, seed=1, evaluate_test=False)
+    spec = RunSpec(
+        baseline="cancernet",
+        num_classes=2,
+        params=params,
+        manifest_path=prepared.manifest_path,
+        cache_path=prepared.cache_path,
+        split_path=prepared.split_path,
+        fold=0,
+        max_epochs=2,
+        patience=2,
+        seed=1,
+        evaluate_test=False,
+    )
     last: dict[bool, dict[str, torch.Tensor]] = {}
     losses: dict[bool, list[float]] = {False: [], True: []}
 
@@ -119,6 +133,7 @@ def test_in_fit_the_option_changes_the_running_statistics_and_nothing_that_train
         def report(entry: EpochReport) -> None:
             losses[option].append(entry.train_loss)
             last[option] = entry.snapshot().model
+
         return report
 
     for option in (False, True):

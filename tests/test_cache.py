@@ -32,7 +32,7 @@ def test_edge_patches_are_replicate_padded_and_recorded(tmp_path: Path, idc_samp
     for i in edge:
         h = int(manifest.height[i])
         # Every padded row repeats the last real row (bottom edge replication).
-        np.testing.assert_array_equal(cache[i, h:], np.repeat(cache[i, h - 1:h], 50 - h, axis=0))
+        np.testing.assert_array_equal(cache[i, h:], np.repeat(cache[i, h - 1 : h], 50 - h, axis=0))
 
 
 def test_cache_is_built_once_per_manifest_hash(tmp_path: Path, synthetic_idc: Path) -> None:

@@ -83,28 +83,43 @@ def _sweep(cluster: Cluster, server: ServerProcess, path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def failing_sweep(tmp_path_factory: pytest.TempPathFactory, synthetic_idc: Path, cluster: Cluster,
-                  server: ServerProcess) -> str:
+def failing_sweep(
+    tmp_path_factory: pytest.TempPathFactory, synthetic_idc: Path, cluster: Cluster, server: ServerProcess
+) -> str:
     """Six brute-forced CancerNet points: batch 1 raises in BatchNorm (3 trials), lr 1e30 diverges
     (1 trial), two finish; the winner is retrained on every fold."""
     tmp = tmp_path_factory.mktemp("cluster_sweep")
     data = experiment_dict(
-        synthetic_idc, tmp / "results", name="cluster-failures",
+        synthetic_idc,
+        tmp / "results",
+        name="cluster-failures",
         protocol={"folds": FOLDS, "test_fraction": 0.25, "seed": 0},
-        baselines=[{
-            "name": "cancernet",
-            "fixed": {"epochs_max": 2, "dropout_conv": 0.1, "dropout_fc": 0.3},
-            "search": {"batch_size": {"type": "categorical", "choices": [1, 8]},
-                       "lr": {"type": "categorical", "choices": [0.01, 0.02, 1.0e30]}},
-        }],
-        search={"trials": 6, "max_epochs": 2, "grace_period": 2, "sampler": "bruteforce", "seed": 0,
-                "max_failures": 1, "max_concurrent": 2},
+        baselines=[
+            {
+                "name": "cancernet",
+                "fixed": {"epochs_max": 2, "dropout_conv": 0.1, "dropout_fc": 0.3},
+                "search": {
+                    "batch_size": {"type": "categorical", "choices": [1, 8]},
+                    "lr": {"type": "categorical", "choices": [0.01, 0.02, 1.0e30]},
+                },
+            }
+        ],
+        search={
+            "trials": 6,
+            "max_epochs": 2,
+            "grace_period": 2,
+            "sampler": "bruteforce",
+            "seed": 0,
+            "max_failures": 1,
+            "max_concurrent": 2,
+        },
     )
     return _sweep(cluster, server, write_experiment(tmp / "failures.yaml", data))
 
 
-def test_trials_run_on_both_nodes_and_log_to_the_server(failing_sweep: str, cluster: Cluster,
-                                                        server: ServerProcess) -> None:
+def test_trials_run_on_both_nodes_and_log_to_the_server(
+    failing_sweep: str, cluster: Cluster, server: ServerProcess
+) -> None:
     trials = _runs(server.uri, "cluster-failures", "trial")
     assert len(trials) == 6
     assert len({r.data.tags[tracking.TRIAL_ID] for r in trials}) == 6
@@ -142,7 +157,9 @@ def test_fold_retrain_and_softmax_ensemble(failing_sweep: str, server: ServerPro
     finished = [r for r in trials if r.info.status == "FINISHED"]
     # Best objective; on a tie the lower validation loss (both finished trials may reach the same accuracy).
     winner = min(finished, key=lambda r: (-r.data.metrics["objective"], r.data.metrics["best_val_loss"]))
-    folds = [r for r in _runs(server.uri, "cluster-failures", "fold") if r.data.tags[tracking.PARENT] == winner.info.run_id]
+    folds = [
+        r for r in _runs(server.uri, "cluster-failures", "fold") if r.data.tags[tracking.PARENT] == winner.info.run_id
+    ]
     assert sorted(int(r.data.tags[tracking.FOLD]) for r in folds) == list(range(FOLDS))
     assert all(r.info.status == "FINISHED" and "test_accuracy" in r.data.metrics for r in folds)
     predictions = [pd.read_csv(client.download_artifacts(r.info.run_id, "test/predictions.csv")) for r in folds]
@@ -159,11 +176,14 @@ def test_fold_retrain_and_softmax_ensemble(failing_sweep: str, server: ServerPro
     assert row.folds_mean_test_accuracy == pytest.approx(np.mean([(p.pred == p.label).mean() for p in predictions]))
 
 
-def test_a_sweep_through_ray_client(failing_sweep: str, tmp_path: Path, synthetic_idc: Path, cluster: Cluster,
-                                    server: ServerProcess) -> None:
+def test_a_sweep_through_ray_client(
+    failing_sweep: str, tmp_path: Path, synthetic_idc: Path, cluster: Cluster, server: ServerProcess
+) -> None:
     # With ray:// the Tune loop runs on the head; trials and the fold retrain still log to the server.
     data = experiment_dict(
-        synthetic_idc, tmp_path / "results", name="cluster-client",
+        synthetic_idc,
+        tmp_path / "results",
+        name="cluster-client",
         baselines=[{"name": "cancernet", "fixed": {"epochs_max": 1, "batch_size": 8}}],
         search={"trials": 2, "max_epochs": 1, "sampler": "random"},
     )
@@ -171,8 +191,11 @@ def test_a_sweep_through_ray_client(failing_sweep: str, tmp_path: Path, syntheti
     head = cluster.address.split(":")[0]
     port = cluster.client_port
     _wait_until_every_cpu_is_free(cluster)
-    result = CliRunner().invoke(app, ["sweep", str(path), "--address", f"ray://{head}:{port}", "--tracking-uri", server.uri],
-                                catch_exceptions=False)
+    result = CliRunner().invoke(
+        app,
+        ["sweep", str(path), "--address", f"ray://{head}:{port}", "--tracking-uri", server.uri],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     trials = _runs(server.uri, "cluster-client", "trial")
     assert len(trials) == 2 and all(r.info.status == "FINISHED" for r in trials)
@@ -195,10 +218,19 @@ def test_losing_a_worker_node_retries_its_trial_on_the_head(
     failing_sweep: str, tmp_path: Path, synthetic_idc: Path, cluster: Cluster, server: ServerProcess
 ) -> None:
     data = experiment_dict(
-        synthetic_idc, tmp_path / "results", name="cluster-node-loss",
+        synthetic_idc,
+        tmp_path / "results",
+        name="cluster-node-loss",
         baselines=[{"name": "cancernet", "fixed": {"epochs_max": 4, "batch_size": 8}}],
-        search={"trials": 2, "max_epochs": 4, "grace_period": 4, "sampler": "random", "max_failures": 2,
-                "max_concurrent": 2, "retrain": "none"},
+        search={
+            "trials": 2,
+            "max_epochs": 4,
+            "grace_period": 4,
+            "sampler": "random",
+            "max_failures": 2,
+            "max_concurrent": 2,
+            "retrain": "none",
+        },
     )
     path = write_experiment(tmp_path / "node-loss.yaml", data)
     worker_id = cluster.worker.node_id
@@ -210,7 +242,9 @@ def test_losing_a_worker_node_retries_its_trial_on_the_head(
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             found = client.get_experiment_by_name("cluster-node-loss")
-            runs = client.search_runs([found.experiment_id], f"tags.{tracking.NODE_ID} = '{worker_id}'") if found else []
+            runs = (
+                client.search_runs([found.experiment_id], f"tags.{tracking.NODE_ID} = '{worker_id}'") if found else []
+            )
             if any(client.get_metric_history(r.info.run_id, "val_loss") for r in runs):
                 cluster.remove_node(cluster.worker)
                 removed.set()

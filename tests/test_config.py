@@ -100,7 +100,9 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_experiment_exits_2_with_one_line_and_writes_nothing(case: str, tmp_path: Path, synthetic_idc: Path) -> None:
+def test_bad_experiment_exits_2_with_one_line_and_writes_nothing(
+    case: str, tmp_path: Path, synthetic_idc: Path
+) -> None:
     sections, message = BAD_INPUTS[case]
     path = _bad(tmp_path, synthetic_idc, **sections)
     result = CliRunner().invoke(app, ["sweep", str(path)])
@@ -143,9 +145,15 @@ def test_models_command_lists_every_baseline_with_its_counts() -> None:
     assert "6,879,301 differs" in result.output
 
 
-def test_trial_resources_come_from_the_space_then_the_experiment_then_the_baseline(tmp_path: Path, synthetic_idc: Path) -> None:
-    data = experiment_dict(synthetic_idc, tmp_path / "out", resources={"cpu": 2},
-                           baselines=["cancernet", {"name": "idc_cnn", "resources": {"gpu": 1}}])
+def test_trial_resources_come_from_the_space_then_the_experiment_then_the_baseline(
+    tmp_path: Path, synthetic_idc: Path
+) -> None:
+    data = experiment_dict(
+        synthetic_idc,
+        tmp_path / "out",
+        resources={"cpu": 2},
+        baselines=["cancernet", {"name": "idc_cnn", "resources": {"gpu": 1}}],
+    )
     config = load_experiment(write_experiment(tmp_path / "e.yaml", data))
     cancernet, idc_cnn = (config.trial_resources(n, load_search_space(n).resources) for n in ("cancernet", "idc_cnn"))
     assert (cancernet.cpu, cancernet.gpu) == (2, 0.25)
@@ -154,8 +162,11 @@ def test_trial_resources_come_from_the_space_then_the_experiment_then_the_baseli
 
 def test_an_experiment_narrows_a_searched_range(tmp_path: Path, synthetic_idc: Path) -> None:
     narrowed = {"type": "categorical", "choices": [32, 64]}
-    data = experiment_dict(synthetic_idc, tmp_path / "out",
-                           baselines=[{"name": "cancernet", "search": {"batch_size": narrowed}, "fixed": {"lr": 0.01}}])
+    data = experiment_dict(
+        synthetic_idc,
+        tmp_path / "out",
+        baselines=[{"name": "cancernet", "search": {"batch_size": narrowed}, "fixed": {"lr": 0.01}}],
+    )
     config = load_experiment(write_experiment(tmp_path / "e.yaml", data))
     space = config.baseline_space("cancernet")
     assert space.search["batch_size"].choices == [32, 64]
@@ -163,7 +174,8 @@ def test_an_experiment_narrows_a_searched_range(tmp_path: Path, synthetic_idc: P
 
 
 def test_resume_refuses_a_search_space_file_edited_since_the_sweep_started(
-        tmp_path: Path, synthetic_idc: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, synthetic_idc: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     spaces = tmp_path / "search_spaces"
     shutil.copytree(SEARCH_SPACES_DIR, spaces)
     monkeypatch.setattr(config_module, "SEARCH_SPACES_DIR", spaces)
@@ -179,6 +191,9 @@ def test_resume_refuses_a_search_space_file_edited_since_the_sweep_started(
     (spaces / "cancernet.yaml").write_text(edited)
     # The config loaded before the edit keeps the space it read; a new load sees the edit.
     assert started.baseline_space("cancernet").search["lr"].high != 0.09
-    with pytest.raises(InputError, match=rf"--resume: search space file {re.escape(str(spaces))}/cancernet\.yaml "
-                                         r"changed since sweep-1 started"):
+    with pytest.raises(
+        InputError,
+        match=rf"--resume: search space file {re.escape(str(spaces))}/cancernet\.yaml "
+        r"changed since sweep-1 started",
+    ):
         check_resumable(load_experiment(path), record, "sweep-1")

@@ -56,7 +56,11 @@ def test_changed_pixels_give_a_new_manifest_split_and_cache_and_one_line(tmp_pat
     first = prepare(index_dataset(spec)[0], spec, protocol, work)
     again = prepare(index_dataset(spec)[0], spec, protocol, work)
     assert again.notes == first.notes == ()
-    assert (again.manifest_hash, again.split_hash, again.cache_path) == (first.manifest_hash, first.split_hash, first.cache_path)
+    assert (again.manifest_hash, again.split_hash, again.cache_path) == (
+        first.manifest_hash,
+        first.split_hash,
+        first.cache_path,
+    )
 
     pixels = _repaint(root / CHANGED)
     changed = prepare(index_dataset(spec)[0], spec, protocol, work)
@@ -98,8 +102,9 @@ def test_same_name_with_other_bytes_exits_2_naming_both_paths(tmp_path: Path) ->
     inner, outer = root / "IDC_regular_ps50_idx5" / CHANGED, root / CHANGED
     _repaint(inner)
     out = tmp_path / "m.parquet"
-    result = CliRunner().invoke(app, ["data", "index", "--root", str(root), "--allow-subset", "--skip-bad",
-                                      "--out", str(out)])
+    result = CliRunner().invoke(
+        app, ["data", "index", "--root", str(root), "--allow-subset", "--skip-bad", "--out", str(out)]
+    )
     assert result.exit_code == 2
     assert f"{outer.resolve()} and {inner.resolve()}: same file name, different bytes" in result.stderr
     assert not out.exists()

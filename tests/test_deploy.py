@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 CLUSTER_DOC = ROOT / "docs" / "cluster.md"
 
+
 def _cli_options(*commands: str) -> frozenset[str]:
     """Return the long options the real `harness` commands accept."""
     import typer
@@ -25,8 +26,9 @@ def _cli_options(*commands: str) -> frozenset[str]:
     from harness.cli import app
 
     group = typer.main.get_command(app)
-    return frozenset(opt for name in commands for param in group.commands[name].params
-                     for opt in param.opts if opt.startswith("--"))
+    return frozenset(
+        opt for name in commands for param in group.commands[name].params for opt in param.opts if opt.startswith("--")
+    )
 
 
 # Every option of `harness sweep` and `harness server` that the deploy files and the docs may pass.
@@ -172,13 +174,21 @@ def test_rayjob_keeps_storage_and_results_on_a_volume_every_pod_shares() -> None
     job = _only(path, "RayJob")
     mounts = []
     for pod in _pod_specs(job["spec"]["rayClusterSpec"]):
-        shared = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+        shared = {
+            v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v
+        }
         assert shared, "a Ray pod mounts no PersistentVolumeClaim"
         for claim in shared.values():
             assert claim in claims, f"claim {claim!r} is not defined in {_rel(path)}"
             assert "ReadWriteMany" in claims[claim]["spec"]["accessModes"]
-        mounts.append({(m["mountPath"], shared[m["name"]])
-                       for c in pod["containers"] for m in c.get("volumeMounts", []) if m["name"] in shared})
+        mounts.append(
+            {
+                (m["mountPath"], shared[m["name"]])
+                for c in pod["containers"]
+                for m in c.get("volumeMounts", [])
+                if m["name"] in shared
+            }
+        )
     common = set.intersection(*mounts)
     assert common, f"head and workers mount no claim at the same path: {mounts}"
 
@@ -186,7 +196,8 @@ def test_rayjob_keeps_storage_and_results_on_a_volume_every_pod_shares() -> None
     for option in ("--storage", "--output-dir"):
         value = _option_value(entrypoint, option)
         assert any(value.startswith(mount_path.rstrip("/") + "/") for mount_path, _ in common), (
-            f"{option} {value} is not on the shared volume {common}")
+            f"{option} {value} is not on the shared volume {common}"
+        )
 
 
 def test_mlflow_service_exposes_port_5000_of_the_server() -> None:
@@ -210,7 +221,9 @@ def test_mlflow_service_exposes_port_5000_of_the_server() -> None:
         assert option in command, f"mlflow server runs without {option}: {command}"
 
     claims = {doc["metadata"]["name"] for doc in _documents(path) if doc["kind"] == "PersistentVolumeClaim"}
-    used = {v["persistentVolumeClaim"]["claimName"] for v in template["spec"]["volumes"] if "persistentVolumeClaim" in v}
+    used = {
+        v["persistentVolumeClaim"]["claimName"] for v in template["spec"]["volumes"] if "persistentVolumeClaim" in v
+    }
     assert used and used <= claims, f"the Deployment mounts claims {used}, the file defines {claims}"
 
 
@@ -249,8 +262,9 @@ def test_option_check_follows_backslash_continuations() -> None:
     assert set(OPTION.findall(command)) - ALLOWED_OPTIONS == {"--no-such-option"}
 
 
-@pytest.mark.parametrize("name", ["manual/run-sweep.sh", "manual/start-mlflow.sh", "slurm/sweep.sbatch",
-                                  "kuberay/rayjob.yaml"])
+@pytest.mark.parametrize(
+    "name", ["manual/run-sweep.sh", "manual/start-mlflow.sh", "slurm/sweep.sbatch", "kuberay/rayjob.yaml"]
+)
 def test_option_check_sees_the_commands_of(name: str) -> None:
     assert any(OPTION.search(c) for c in _commands_in(DEPLOY / name)), f"no harness command with options in {name}"
 
@@ -263,6 +277,12 @@ def test_option_check_sees_the_commands_of_the_cluster_docs() -> None:
 
 @pytest.mark.parametrize("path", [*TEXT_FILES, CLUSTER_DOC], ids=_rel)
 def test_harness_commands_use_only_real_options(path: Path) -> None:
-    unknown = sorted({(option, command.strip()) for command in _commands_in(path)
-                      for option in OPTION.findall(command) if option not in ALLOWED_OPTIONS})
+    unknown = sorted(
+        {
+            (option, command.strip())
+            for command in _commands_in(path)
+            for option in OPTION.findall(command)
+            if option not in ALLOWED_OPTIONS
+        }
+    )
     assert not unknown, f"{_rel(path)} passes options harness does not have: {unknown}"

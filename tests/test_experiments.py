@@ -28,11 +28,19 @@ def _trial_runs(out: Path, experiment: str) -> list:
     return client.search_runs([found.experiment_id], f"tags.{tracking.RUN_TYPE} = 'trial'")
 
 
-def test_gusa_and_amil_sweep_with_roi_masks_and_log_their_maps(tmp_path: Path, synthetic_bach: tuple[Path, Path]) -> None:
+def test_gusa_and_amil_sweep_with_roi_masks_and_log_their_maps(
+    tmp_path: Path, synthetic_bach: tuple[Path, Path]
+) -> None:
     root, masks = synthetic_bach
     experiment = {
         "name": "attention",
-        "dataset": {"name": "bach", "root": str(root), "roi_dir": str(masks), "allow_subset": True, "image_size": [96, 128]},
+        "dataset": {
+            "name": "bach",
+            "root": str(root),
+            "roi_dir": str(masks),
+            "allow_subset": True,
+            "image_size": [96, 128],
+        },
         "protocol": {"folds": 3, "test_fraction": 0.25, "seed": 0},
         "baselines": [
             {"name": "gusa", "fixed": {"input_size": [96, 128], "batch_size": 4, "epochs_max": 2}},
@@ -91,8 +99,9 @@ def _shrink(config: dict[str, Any], root: Path) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("name", ["demo", "idc_comparison", "bach_gusa", "breakhis_amil"])
-def test_shipped_experiment_runs_a_short_sweep(name: str, tmp_path: Path, synthetic_idc: Path,
-                                               synthetic_bach: tuple[Path, Path], synthetic_breakhis: Path) -> None:
+def test_shipped_experiment_runs_a_short_sweep(
+    name: str, tmp_path: Path, synthetic_idc: Path, synthetic_bach: tuple[Path, Path], synthetic_breakhis: Path
+) -> None:
     config = yaml.safe_load((REPO / "experiments" / f"{name}.yaml").read_text())
     root = {"idc": synthetic_idc, "bach": synthetic_bach[0], "breakhis": synthetic_breakhis}[config["dataset"]["name"]]
     path = write_experiment(tmp_path / f"{name}.yaml", _shrink(config, tmp_path))
@@ -107,11 +116,21 @@ def test_shipped_experiment_runs_a_short_sweep(name: str, tmp_path: Path, synthe
     # Its leaderboard: every table the file names, in every format, and the page with its plots.
     result = CliRunner().invoke(app, ["leaderboard", str(path), "--bootstrap", "200"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    written = {p.relative_to(tmp_path / "results" / config["name"]).as_posix()
-               for p in (tmp_path / "results" / config["name"]).rglob("*") if p.is_file()}
+    written = {
+        p.relative_to(tmp_path / "results" / config["name"]).as_posix()
+        for p in (tmp_path / "results" / config["name"]).rglob("*")
+        if p.is_file()
+    }
     tables = config["leaderboard"]["tables"]
     assert {f"{t}.{ext}" for t in tables for ext in ("md", "tex", "csv")} <= written
-    assert {"leaderboard.md", "leaderboard.tex", "leaderboard.html", "figures/roc.png", "figures/pareto.png",
-            "figures/history.png", "figures/confusion.png"} <= written
+    assert {
+        "leaderboard.md",
+        "leaderboard.tex",
+        "leaderboard.html",
+        "figures/roc.png",
+        "figures/pareto.png",
+        "figures/history.png",
+        "figures/confusion.png",
+    } <= written
     for table in tables:
         assert f"## {table}: " in result.output

@@ -13,8 +13,9 @@ from harness.floors import FLOORS, fit_floor_folds, floor_features
 def _manifest(rng: np.random.Generator) -> pd.DataFrame:
     patients = np.repeat([f"p{i:02d}" for i in range(20)], 10)
     labels = rng.integers(0, 2, len(patients))
-    return pd.DataFrame({"rel_path": [f"{p}/{i}.png" for i, p in enumerate(patients)], "patient_id": patients,
-                         "label": labels})
+    return pd.DataFrame(
+        {"rel_path": [f"{p}/{i}.png" for i, p in enumerate(patients)], "patient_id": patients, "label": labels}
+    )
 
 
 @pytest.mark.parametrize("name", FLOORS)

@@ -30,8 +30,11 @@ OPTIMISERS = {
     "adam": (keras.optimizers.Adam, lambda p: KerasAdam(p, LR), lambda p: torch.optim.Adam(p, LR)),
     "adamax": (keras.optimizers.Adamax, lambda p: KerasAdamax(p, LR), lambda p: torch.optim.Adamax(p, LR)),
     "sgd_momentum": (lambda lr: keras.optimizers.SGD(lr, momentum=0.9), lambda p: KerasSGD(p, LR, momentum=0.9), None),
-    "adamw": (lambda lr: keras.optimizers.AdamW(lr, weight_decay=0.1),
-              lambda p: KerasAdam(p, LR, weight_decay=0.1, decoupled=True), None),
+    "adamw": (
+        lambda lr: keras.optimizers.AdamW(lr, weight_decay=0.1),
+        lambda p: KerasAdam(p, LR, weight_decay=0.1, decoupled=True),
+        None,
+    ),
 }
 
 
@@ -63,7 +66,9 @@ def _state(steps: int, size: int = 256, seed: int = 0) -> tuple[np.ndarray, list
     # Gradient magnitudes from 1e-7 to 1, so that where epsilon enters shows in the small ones.
     rng = np.random.default_rng(seed)
     scale = 10.0 ** rng.uniform(-7, 0, size)
-    return rng.normal(size=size).astype(np.float32), [(rng.normal(size=size) * scale).astype(np.float32) for _ in range(steps)]
+    return rng.normal(size=size).astype(np.float32), [
+        (rng.normal(size=size) * scale).astype(np.float32) for _ in range(steps)
+    ]
 
 
 @pytest.mark.parametrize("name", OPTIMISERS)
@@ -110,8 +115,12 @@ def test_decayed_training_follows_keras_step_for_step(name: str) -> None:
     got = _run(ours, weights, grads, schedule=lambda step: 1.0 / (1.0 + decay * step))
     assert max(np.abs(e - g).max() for e, g in zip(expected, got)) <= 1e-6
     if name == "sgd_momentum":
-        torch_sgd = _run(lambda p: torch.optim.SGD(p, LR, momentum=0.9), weights, grads,
-                         schedule=lambda step: 1.0 / (1.0 + decay * step))
+        torch_sgd = _run(
+            lambda p: torch.optim.SGD(p, LR, momentum=0.9),
+            weights,
+            grads,
+            schedule=lambda step: 1.0 / (1.0 + decay * step),
+        )
         assert np.abs(torch_sgd[-1] - expected[-1]).max() > 1e-4
 
 
@@ -129,7 +138,8 @@ def test_clipped_class_weighted_loss_and_its_gradient_equal_keras_binary_crossen
     ours.backward()
     keras_logits = logits.clone().requires_grad_(True)
     expected = keras.losses.BinaryCrossentropy()(
-        torch.nn.functional.one_hot(labels, 2).float(), torch.softmax(keras_logits, 1), sample_weight=weights[labels])
+        torch.nn.functional.one_hot(labels, 2).float(), torch.softmax(keras_logits, 1), sample_weight=weights[labels]
+    )
     expected.backward()
     assert abs(ours.item() - expected.item()) <= 1e-6
     assert (ours_logits.grad - keras_logits.grad).abs().max() <= 1e-6
@@ -148,8 +158,10 @@ def test_sigmoid_head_and_more_classes_follow_keras_losses() -> None:
     four_labels = torch.tensor([0, 3, 0])
     class_weights = torch.tensor([1.0, 3.0, 3.0, 0.5])
     expected = keras.losses.CategoricalCrossentropy()(
-        torch.nn.functional.one_hot(four_labels, 4).float(), torch.softmax(four, 1),
-        sample_weight=class_weights[four_labels])
+        torch.nn.functional.one_hot(four_labels, 4).float(),
+        torch.softmax(four, 1),
+        sample_weight=class_weights[four_labels],
+    )
     assert abs(float(keras_crossentropy(four, four_labels, class_weights)) - float(expected)) <= 1e-6
 
 
@@ -176,17 +188,23 @@ def test_keras_resize_is_load_img_nearest_bit_for_bit(idc_sample: Path) -> None:
 
 
 def _patch(idc_sample: Path) -> np.ndarray:
-    return keras.utils.img_to_array(keras.utils.load_img(_pngs(idc_sample, 1)[0], target_size=(48, 48), interpolation="nearest"))
+    return keras.utils.img_to_array(
+        keras.utils.load_img(_pngs(idc_sample, 1)[0], target_size=(48, 48), interpolation="nearest")
+    )
 
 
-@pytest.mark.parametrize("theta, tx, ty, shear, zx, zy", [
-    (13.7, -3.2, 4.1, 0.04, 0.96, 1.03),  # a `pis` draw
-    (-170.0, 2.0, -4.5, 9.0, 1.08, 0.93),  # an `essex2023` draw
-])
+@pytest.mark.parametrize(
+    "theta, tx, ty, shear, zx, zy",
+    [
+        (13.7, -3.2, 4.1, 0.04, 0.96, 1.03),  # a `pis` draw
+        (-170.0, 2.0, -4.5, 9.0, 1.08, 0.93),  # an `essex2023` draw
+    ],
+)
 def test_affine_transform_equals_keras_apply_affine_transform(idc_sample: Path, theta, tx, ty, shear, zx, zy) -> None:
     image = _patch(idc_sample)
     expected = legacy_image.apply_affine_transform(
-        image, theta, tx, ty, shear, zx, zy, row_axis=0, col_axis=1, channel_axis=2, fill_mode="nearest", order=1)
+        image, theta, tx, ty, shear, zx, zy, row_axis=0, col_axis=1, channel_axis=2, fill_mode="nearest", order=1
+    )
     np.testing.assert_array_equal(keras_affine(image, theta, tx, ty, shear, zx, zy), expected)
 
 
@@ -195,15 +213,24 @@ def test_generator_step_equals_keras_apply_transform(idc_sample: Path, augment: 
     image = _patch(idc_sample)
     args = KERAS_GENERATORS[augment]
     generator = legacy_image.ImageDataGenerator(
-        rotation_range=args.rotation_range, width_shift_range=args.width_shift_range,
-        height_shift_range=args.height_shift_range, shear_range=args.shear_range, zoom_range=args.zoom_range,
-        horizontal_flip=args.horizontal_flip, vertical_flip=args.vertical_flip, brightness_range=args.brightness_range)
+        rotation_range=args.rotation_range,
+        width_shift_range=args.width_shift_range,
+        height_shift_range=args.height_shift_range,
+        shear_range=args.shear_range,
+        zoom_range=args.zoom_range,
+        horizontal_flip=args.horizontal_flip,
+        vertical_flip=args.vertical_flip,
+        brightness_range=args.brightness_range,
+    )
     step = KerasImageDataGenerator(args)
     for seed in range(4):
         step.set_random_seed(seed)
         drawn = step.get_params_dependent_on_data({"shape": image.shape}, {})
-        keras_params = {**{k: drawn[k] for k in ("theta", "tx", "ty", "shear", "zx", "zy", "brightness")},
-                        "flip_horizontal": drawn["flip_h"], "flip_vertical": drawn["flip_v"]}
+        keras_params = {
+            **{k: drawn[k] for k in ("theta", "tx", "ty", "shear", "zx", "zy", "brightness")},
+            "flip_horizontal": drawn["flip_h"],
+            "flip_vertical": drawn["flip_v"],
+        }
         expected = generator.apply_transform(image, keras_params)
         got = step.apply(image.astype(np.uint8), **drawn).astype(np.float32)
         # Keras keeps the interpolated image in float; the pipeline stores uint8 (rounded), except
@@ -228,8 +255,13 @@ def test_generator_draws_are_keras_ranges_and_reproducible() -> None:
 
 def test_torch_semantics_keeps_pytorch_optimisers() -> None:
     model = torch.nn.Linear(3, 2)
-    for name, cls in [("adagrad", torch.optim.Adagrad), ("adam", torch.optim.Adam), ("adamax", torch.optim.Adamax),
-                      ("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW)]:
+    for name, cls in [
+        ("adagrad", torch.optim.Adagrad),
+        ("adam", torch.optim.Adam),
+        ("adamax", torch.optim.Adamax),
+        ("sgd", torch.optim.SGD),
+        ("adamw", torch.optim.AdamW),
+    ]:
         assert type(build_optimizer(TrainParams(optimizer=name), model, keras=False)) is cls
     assert isinstance(build_optimizer(TrainParams(optimizer="adagrad"), model, keras=True), KerasAdagrad)
 

@@ -23,9 +23,10 @@ keras = pytest.importorskip("keras", reason="keras (a test-only dependency) is n
 if keras.backend.backend() != "torch":
     pytest.skip(f"keras was imported with the {keras.backend.backend()} backend", allow_module_level=True)
 
+from keras.src.initializers.random_initializers import compute_fans  # noqa: E402
+
 import baselines  # noqa: E402
 from baselines._keras import keras_fans, keras_limit  # noqa: E402
-from keras.src.initializers.random_initializers import compute_fans  # noqa: E402
 
 L = keras.layers
 BATCH = 8
@@ -43,8 +44,15 @@ def keras_cancernet(dropout_conv: float, dropout_fc: float) -> keras.Model:
             model.add(L.BatchNormalization(axis=-1))
         model.add(L.MaxPooling2D(pool_size=(2, 2)))
         model.add(L.Dropout(dropout_conv))
-    for layer in (L.Flatten(), L.Dense(256), L.Activation("relu"), L.BatchNormalization(), L.Dropout(dropout_fc),
-                  L.Dense(2), L.Activation("softmax")):
+    for layer in (
+        L.Flatten(),
+        L.Dense(256),
+        L.Activation("relu"),
+        L.BatchNormalization(),
+        L.Dropout(dropout_fc),
+        L.Dense(2),
+        L.Activation("softmax"),
+    ):
         model.add(layer)
     return model
 
@@ -81,8 +89,14 @@ def _randomise_batch_norm(model: keras.Model, rng: np.random.Generator) -> None:
     for layer in model.layers:
         if isinstance(layer, L.BatchNormalization):
             n = layer.gamma.shape[0]
-            layer.set_weights([rng.uniform(0.5, 1.5, n), rng.uniform(-0.5, 0.5, n),
-                               rng.uniform(-0.5, 0.5, n), rng.uniform(0.5, 2.0, n)])
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, n),
+                    rng.uniform(-0.5, 0.5, n),
+                    rng.uniform(-0.5, 0.5, n),
+                    rng.uniform(0.5, 2.0, n),
+                ]
+            )
 
 
 def copy_keras_into_torch(kmodel: keras.Model, tmodel: nn.Module) -> None:
@@ -147,8 +161,10 @@ def _torch_outputs(model: nn.Module, x: np.ndarray, sigmoid_head: bool) -> tuple
 def _moving_statistics(kmodel: keras.Model, tmodel: nn.Module) -> list[tuple[np.ndarray, ...]]:
     klayers = [layer for layer in kmodel.layers if isinstance(layer, L.BatchNormalization)]
     tlayers = [m for m in tmodel.modules() if isinstance(m, _BN)]
-    return [(_numpy(k.moving_mean), _numpy(k.moving_variance), t.running_mean.numpy(), t.running_var.numpy(), k)
-            for k, t in zip(klayers, tlayers, strict=True)]
+    return [
+        (_numpy(k.moving_mean), _numpy(k.moving_variance), t.running_mean.numpy(), t.running_var.numpy(), k)
+        for k, t in zip(klayers, tlayers, strict=True)
+    ]
 
 
 def _expected_torch_variance(keras_var: np.ndarray, before: np.ndarray, layer: object, momentum: float) -> np.ndarray:
@@ -186,9 +202,11 @@ def _batch(name: str, seed: int) -> np.ndarray:
 
 def _differences(k_out: list[np.ndarray], t_out: tuple[np.ndarray, np.ndarray], mode: str) -> dict[str, float]:
     (k_hidden, k_probs), (t_hidden, t_probs) = k_out, t_out
-    return {f"{mode}_outputs": float(np.abs(k_probs - t_probs).max()),
-            f"{mode}_logits": float(np.abs(k_hidden - t_hidden).max()),
-            f"{mode}_logits_scale": float(np.abs(k_hidden).max())}
+    return {
+        f"{mode}_outputs": float(np.abs(k_probs - t_probs).max()),
+        f"{mode}_logits": float(np.abs(k_hidden - t_hidden).max()),
+        f"{mode}_logits_scale": float(np.abs(k_hidden).max()),
+    }
 
 
 def parity(name: str) -> dict[str, float]:
@@ -203,7 +221,9 @@ def parity(name: str) -> dict[str, float]:
     kmodel, tmodel = _pair(name, train_options, (0.0, 0.0))
     before = [k[1].copy() for k in _moving_statistics(kmodel, tmodel)]
     x = _batch(name, 2)
-    figures = _differences(_keras_outputs(kmodel, x, training=True), _torch_outputs(tmodel.train(), x, sigmoid), "train")
+    figures = _differences(
+        _keras_outputs(kmodel, x, training=True), _torch_outputs(tmodel.train(), x, sigmoid), "train"
+    )
     stats = 0.0
     for (k_mean, k_var, t_mean, t_var, layer), old in zip(_moving_statistics(kmodel, tmodel), before):
         expected = _expected_torch_variance(k_var, old, layer, layer.momentum)
@@ -211,7 +231,9 @@ def parity(name: str) -> dict[str, float]:
     figures["moving_stats"] = stats
     kmodel, tmodel = _pair(name, eval_options, (0.25, 0.5))
     x = _batch(name, 3)
-    figures |= _differences(_keras_outputs(kmodel, x, training=False), _torch_outputs(tmodel.eval(), x, sigmoid), "inference")
+    figures |= _differences(
+        _keras_outputs(kmodel, x, training=False), _torch_outputs(tmodel.eval(), x, sigmoid), "inference"
+    )
     return figures
 
 
@@ -252,7 +274,9 @@ def _initialised_pairs(name: str, semantics: str) -> list[tuple[object, nn.Modul
     tmodel = baselines.create(name, num_classes=2, semantics=semantics, **CASES[name][2])
     klayers = []
     for layer in _weighted_layers(kmodel):
-        klayers += [(layer, "depthwise"), (layer, "pointwise")] if isinstance(layer, L.SeparableConv2D) else [(layer, "")]
+        klayers += (
+            [(layer, "depthwise"), (layer, "pointwise")] if isinstance(layer, L.SeparableConv2D) else [(layer, "")]
+        )
     return list(zip(klayers, _torch_layers(tmodel), strict=True))
 
 
@@ -261,8 +285,10 @@ def test_initialisers_and_batch_norm_constants_are_keras(name: str) -> None:
     for (layer, part), torch_layer in _initialised_pairs(name, "source"):
         if isinstance(layer, L.BatchNormalization):
             assert torch_layer.eps == layer.epsilon and torch_layer.momentum == pytest.approx(1 - layer.momentum)
-            for k, t in zip(layer.get_weights(), (torch_layer.weight, torch_layer.bias, torch_layer.running_mean,
-                                                  torch_layer.running_var)):
+            for k, t in zip(
+                layer.get_weights(),
+                (torch_layer.weight, torch_layer.bias, torch_layer.running_mean, torch_layer.running_var),
+            ):
                 np.testing.assert_array_equal(k, t.detach().numpy())
             continue
         kernel = getattr(layer, f"{part}_kernel" if part else "kernel")
@@ -271,7 +297,10 @@ def test_initialisers_and_batch_norm_constants_are_keras(name: str) -> None:
         n = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[initializer.mode]
         limit = np.sqrt(3 * initializer.scale / n)
         assert initializer.distribution == "uniform"
-        assert keras_fans(torch_layer.weight, torch_layer.groups if isinstance(torch_layer, nn.Conv2d) else 1) == (fan_in, fan_out)
+        assert keras_fans(torch_layer.weight, torch_layer.groups if isinstance(torch_layer, nn.Conv2d) else 1) == (
+            fan_in,
+            fan_out,
+        )
         assert keras_limit(KERAS_NAMES[type(initializer).__name__], fan_in, fan_out) == pytest.approx(limit)
         k, t = _numpy(kernel).ravel(), torch_layer.weight.detach().numpy().ravel()
         assert np.abs(t).max() <= limit and np.abs(k).max() <= limit

@@ -44,15 +44,20 @@ def predictions(rng: np.random.Generator, labels: np.ndarray, patients: np.ndarr
     logits = rng.normal(size=(len(labels), classes))
     logits[np.arange(len(labels)), labels] += skill
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    frame = pd.DataFrame({"rel_path": [f"img{i:03d}.png" for i in range(len(labels))], "patient_id": patients, "label": labels})
+    frame = pd.DataFrame(
+        {"rel_path": [f"img{i:03d}.png" for i in range(len(labels))], "patient_id": patients, "label": labels}
+    )
     return frame.assign(**{f"prob_{c}": probs[:, c] for c in range(classes)}, pred=probs.argmax(1))
 
 
 def evaluation(frame: pd.DataFrame) -> Evaluation:
     probs = frame[[c for c in frame.columns if c.startswith("prob_")]].to_numpy()
     labels = frame.label.to_numpy()
-    return Evaluation(metrics=classification_metrics(labels, probs), confusion=confusion(labels, probs.argmax(1), probs.shape[1]),
-                      predictions=frame)
+    return Evaluation(
+        metrics=classification_metrics(labels, probs),
+        confusion=confusion(labels, probs.argmax(1), probs.shape[1]),
+        predictions=frame,
+    )
 
 
 @dataclass
@@ -63,11 +68,30 @@ class Store:
     experiment_id: str
     tags: dict[str, str]
 
-    def run(self, run_type: str, baseline: str, metrics: dict[str, float], *, parent: str | None = None,
-            extra: dict[str, str] | None = None, params: dict[str, str] | None = None) -> str:
-        run_id = self.tracker.start_run(self.experiment_id, name=f"{baseline}-{run_type}", parent=parent, params=params or {},
-                                        tags={**self.tags, tracking.RUN_TYPE: run_type, tracking.BASELINE: baseline,
-                                              tracking.CPU_SHARE: "1", tracking.GPU_SHARE: "0.5", **(extra or {})})
+    def run(
+        self,
+        run_type: str,
+        baseline: str,
+        metrics: dict[str, float],
+        *,
+        parent: str | None = None,
+        extra: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
+    ) -> str:
+        run_id = self.tracker.start_run(
+            self.experiment_id,
+            name=f"{baseline}-{run_type}",
+            parent=parent,
+            params=params or {},
+            tags={
+                **self.tags,
+                tracking.RUN_TYPE: run_type,
+                tracking.BASELINE: baseline,
+                tracking.CPU_SHARE: "1",
+                tracking.GPU_SHARE: "0.5",
+                **(extra or {}),
+            },
+        )
         self.tracker.log_metrics(run_id, metrics, step=1)
         return run_id
 
@@ -75,8 +99,12 @@ class Store:
 def open_store(tmp_path: Path, experiment: str, dataset: str, *, roi_source: str = "files") -> Store:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = tracking.Tracker(uri)
-    tags = {tracking.DATASET: dataset, tracking.SPLIT_HASH: SPLIT, tracking.PROTOCOL: "patient",
-            tracking.ROI_SOURCE: roi_source}
+    tags = {
+        tracking.DATASET: dataset,
+        tracking.SPLIT_HASH: SPLIT,
+        tracking.PROTOCOL: "patient",
+        tracking.ROI_SOURCE: roi_source,
+    }
     store = Store(uri, experiment, tracker, tracker.experiment_id(experiment), tags)
     sweep = store.run("sweep", "", {})
     tracker.finish(sweep, tracking.FINISHED)
@@ -99,18 +127,35 @@ def bach_store(tmp_path: Path, roi_source: str = "files") -> tuple[Store, dict[s
     rng = np.random.default_rng(7)
     test_labels = np.repeat(np.arange(4), 10)
     models = {}
-    for baseline, skill, folds_acc in (("gusa_baseline", 1.0, [0.81, 0.86, 0.88, 0.93]),
-                                       ("gusa_fa_gusa", 2.5, [0.86, 0.86, 0.88, 0.88])):
-        params = {"params_torch": 12_491_140.0, "params_keras": 12_649_540.0, "params_weights_only": 12_332_740.0} \
-            if baseline == "gusa_baseline" else {"params_torch": 6_802_565.0, "params_keras": 6_879_301.0,
-                                                   "params_weights_only": 6_725_829.0}
-        loser = store.run("trial", baseline, {"objective": 0.2, "best_val_loss": 2.0, "best_val_accuracy": 0.2,
-                                              "test_accuracy": 0.25, **params}, extra={tracking.TRIAL_ID: f"{baseline}-0"})
+    for baseline, skill, folds_acc in (
+        ("gusa_baseline", 1.0, [0.81, 0.86, 0.88, 0.93]),
+        ("gusa_fa_gusa", 2.5, [0.86, 0.86, 0.88, 0.88]),
+    ):
+        params = (
+            {"params_torch": 12_491_140.0, "params_keras": 12_649_540.0, "params_weights_only": 12_332_740.0}
+            if baseline == "gusa_baseline"
+            else {"params_torch": 6_802_565.0, "params_keras": 6_879_301.0, "params_weights_only": 6_725_829.0}
+        )
+        loser = store.run(
+            "trial",
+            baseline,
+            {"objective": 0.2, "best_val_loss": 2.0, "best_val_accuracy": 0.2, "test_accuracy": 0.25, **params},
+            extra={tracking.TRIAL_ID: f"{baseline}-0"},
+        )
         store.tracker.finish(loser, tracking.FINISHED)
         winner_test = predictions(rng, test_labels, np.arange(40).astype(str), skill)
-        winner = store.run("trial", baseline, {"objective": 0.8, "best_val_loss": 0.5, "best_val_accuracy": 0.8,
-                                               "test_accuracy": float((winner_test.pred == winner_test.label).mean()),
-                                               **params}, extra={tracking.TRIAL_ID: f"{baseline}-1"})
+        winner = store.run(
+            "trial",
+            baseline,
+            {
+                "objective": 0.8,
+                "best_val_loss": 0.5,
+                "best_val_accuracy": 0.8,
+                "test_accuracy": float((winner_test.pred == winner_test.label).mean()),
+                **params,
+            },
+            extra={tracking.TRIAL_ID: f"{baseline}-1"},
+        )
         store.tracker.log_evaluation(winner, "test", evaluation(winner_test), BACH_CLASSES)
         store.tracker.finish(winner, tracking.FINISHED)
         fold_test, vals = [], []
@@ -118,10 +163,18 @@ def bach_store(tmp_path: Path, roi_source: str = "files") -> tuple[Store, dict[s
             val = predictions(rng, np.repeat(np.arange(4), 5), np.arange(fold * 20, fold * 20 + 20).astype(str), skill)
             val = val.assign(rel_path=[f"val{fold}_{i}.png" for i in range(20)])
             test = predictions(rng, test_labels, np.arange(40).astype(str), skill)
-            run = store.run("fold", baseline, {"best_val_accuracy": accuracy,
-                                               "test_accuracy": float((test.pred == test.label).mean()),
-                                               "best_val_miou_native": 0.70 + fold / 100, "best_val_miou_full": 0.6},
-                            parent=winner, extra={tracking.FOLD: str(fold)})
+            run = store.run(
+                "fold",
+                baseline,
+                {
+                    "best_val_accuracy": accuracy,
+                    "test_accuracy": float((test.pred == test.label).mean()),
+                    "best_val_miou_native": 0.70 + fold / 100,
+                    "best_val_miou_full": 0.6,
+                },
+                parent=winner,
+                extra={tracking.FOLD: str(fold)},
+            )
             store.tracker.log_evaluation(run, "val", evaluation(val), BACH_CLASSES)
             store.tracker.log_evaluation(run, "test", evaluation(test), BACH_CLASSES)
             store.tracker.finish(run, tracking.FINISHED)
@@ -129,7 +182,9 @@ def bach_store(tmp_path: Path, roi_source: str = "files") -> tuple[Store, dict[s
             vals.append(val)
         mean = np.mean([t[[f"prob_{c}" for c in range(4)]].to_numpy() for t in fold_test], axis=0)
         ensemble = fold_test[0].assign(**{f"prob_{c}": mean[:, c] for c in range(4)}, pred=mean.argmax(1))
-        run = store.run("ensemble", baseline, {"test_accuracy": float((ensemble.pred == ensemble.label).mean())}, parent=winner)
+        run = store.run(
+            "ensemble", baseline, {"test_accuracy": float((ensemble.pred == ensemble.label).mean())}, parent=winner
+        )
         store.tracker.log_evaluation(run, "test", evaluation(ensemble), BACH_CLASSES)
         store.tracker.finish(run, tracking.FINISHED)
         models[baseline] = BachModel(winner, folds_acc, fold_test, vals, ensemble, params)
@@ -168,7 +223,10 @@ def test_gusa_table1_every_cell_beside_001(bach: tuple[Store, dict[str, BachMode
         assert mine.val_auc == pytest.approx(expected_auc, abs=5e-5)
         single = [float((t.pred == t.label).mean()) * 100 for t in model.fold_test]
         assert mine.test_single == pytest.approx(np.mean(single))
-        assert shown(board.tables[0], baseline, "harness")["test_single"] == f"{np.mean(single):.2f} ± {np.std(single, ddof=1):.2f}"
+        assert (
+            shown(board.tables[0], baseline, "harness")["test_single"]
+            == f"{np.mean(single):.2f} ± {np.std(single, ddof=1):.2f}"
+        )
         assert mine.test_single_best == pytest.approx(max(single))
         assert mine.test_ensemble == pytest.approx((model.ensemble.pred == model.ensemble.label).mean() * 100)
         # Published cells are 001's, as transcribed; the protocol differs, so the row carries a dagger.
@@ -187,16 +245,22 @@ def test_gusa_table1_every_cell_beside_001(bach: tuple[Store, dict[str, BachMode
 
 def test_ensemble_interval_and_mcnemar_against_direct_computation(bach: tuple[Store, dict[str, BachModel]]) -> None:
     store, models = bach
-    board = build_leaderboard(store.uri, store.experiment, tables=["gusa-table1"], options=LayoutOptions(n_boot=N_BOOT, seed=3))
+    board = build_leaderboard(
+        store.uri, store.experiment, tables=["gusa-table1"], options=LayoutOptions(n_boot=N_BOOT, seed=3)
+    )
     frame = board.tables[0].frame()
     # The reference of the paired tests is the best by validation objective; both tie at 0.8, so the
     # lower validation loss, then the label, decides: gusa_baseline comes first alphabetically.
     reference, other = models["gusa_baseline"].ensemble, models["gusa_fa_gusa"].ensemble
     right_ref, right_other = (reference.pred == reference.label).to_numpy(), (other.pred == other.label).to_numpy()
     b, c = int((right_other & ~right_ref).sum()), int((~right_other & right_ref).sum())
-    expected = stats.binomtest(b, b + c, 0.5).pvalue if b + c < 25 else stats.chi2.sf((abs(b - c) - 1) ** 2 / (b + c), 1)
+    expected = (
+        stats.binomtest(b, b + c, 0.5).pvalue if b + c < 25 else stats.chi2.sf((abs(b - c) - 1) ** 2 / (b + c), 1)
+    )
     assert rows_of(frame, "gusa_fa_gusa").loc["harness", "p_accuracy"] == pytest.approx(expected)
-    assert shown(board.tables[0], "gusa_fa_gusa", "harness")["p_accuracy"] == ("<0.001" if expected < 0.001 else f"{expected:.3f}")
+    assert shown(board.tables[0], "gusa_fa_gusa", "harness")["p_accuracy"] == (
+        "<0.001" if expected < 0.001 else f"{expected:.3f}"
+    )
     # One test in the family: Holm leaves it as it is.
     assert rows_of(frame, "gusa_fa_gusa").loc["harness", "p_accuracy_holm"] == pytest.approx(expected)
     # BACH has no patients: the bootstrap resamples images, drawn as the stats module documents.
@@ -221,7 +285,9 @@ def test_gusa_tables_2_to_4(bach: tuple[Store, dict[str, BachModel]]) -> None:
         probs = pooled[[f"prob_{c}" for c in range(4)]].to_numpy()
         rows = rows_of(aucs, baseline)
         for k, name in enumerate(("normal", "benign", "insitu", "invasive")):
-            assert rows.loc["harness", f"auc_{name}"] == pytest.approx(roc_auc_score(pooled.label == k, probs[:, k]), abs=5e-5)
+            assert rows.loc["harness", f"auc_{name}"] == pytest.approx(
+                roc_auc_score(pooled.label == k, probs[:, k]), abs=5e-5
+            )
         expected = pd.crosstab(pooled.label, pooled.pred, normalize="index").reindex(columns=range(4), fill_value=0)
         for k, name in enumerate(("normal", "benign", "insitu", "invasive")):
             row = rows_of(confusions, f"{baseline}: {name}").loc["harness"]
@@ -240,7 +306,9 @@ def test_tissue_masks_get_no_published_miou(tmp_path: Path) -> None:
 
 def test_latex_is_booktabs_with_one_harness_row_per_model_and_the_best_in_bold(bach) -> None:
     store, models = bach
-    table = build_leaderboard(store.uri, store.experiment, tables=["gusa-table1"], options=LayoutOptions(n_boot=N_BOOT)).tables[0]
+    table = build_leaderboard(
+        store.uri, store.experiment, tables=["gusa-table1"], options=LayoutOptions(n_boot=N_BOOT)
+    ).tables[0]
     tex = to_latex(table)
     assert tex.count("{") == tex.count("}") and tex.count("\\begin{") == tex.count("\\end{")
     assert tex.index("\\toprule") < tex.index("\\midrule") < tex.index("\\bottomrule")
@@ -258,9 +326,14 @@ def test_latex_is_booktabs_with_one_harness_row_per_model_and_the_best_in_bold(b
     assert "\\textbf" not in "".join(line for line in rows if line.startswith("\\textit"))
 
 
-def idc_store(tmp_path: Path, *, seed: int = 11, second: str = "resnet18",
-              models: tuple[tuple[str, float, float, dict[str, str]], ...] | None = None, patients: int = 12
-              ) -> tuple[Store, dict[str, pd.DataFrame]]:
+def idc_store(
+    tmp_path: Path,
+    *,
+    seed: int = 11,
+    second: str = "resnet18",
+    models: tuple[tuple[str, float, float, dict[str, str]], ...] | None = None,
+    patients: int = 12,
+) -> tuple[Store, dict[str, pd.DataFrame]]:
     """CancerNet and ResNet-18 (or `second`), or `models` (baseline, skill, validation objective,
     params), on 5 IDC test patches each of `patients` patients; no fold retrain."""
     store = open_store(tmp_path, "idc-lb", "idc")
@@ -271,9 +344,19 @@ def idc_store(tmp_path: Path, *, seed: int = 11, second: str = "resnet18",
     for baseline, skill, objective, params in models or (("cancernet", 2.0, 0.9, {}), (second, 0.5, 0.7, {})):
         frame = predictions(rng, labels, groups, skill)
         metrics = classification_metrics(frame.label.to_numpy(), frame[["prob_0", "prob_1"]].to_numpy())
-        run = store.run("trial", baseline, {"objective": objective, "best_val_loss": 0.4, "best_val_accuracy": objective,
-                                            "params_torch": 1e6, **{f"test_{k}": v for k, v in metrics.items()}},
-                        extra={tracking.TRIAL_ID: f"{baseline}-{objective}"}, params=params)
+        run = store.run(
+            "trial",
+            baseline,
+            {
+                "objective": objective,
+                "best_val_loss": 0.4,
+                "best_val_accuracy": objective,
+                "params_torch": 1e6,
+                **{f"test_{k}": v for k, v in metrics.items()},
+            },
+            extra={tracking.TRIAL_ID: f"{baseline}-{objective}"},
+            params=params,
+        )
         store.tracker.log_evaluation(run, "test", evaluation(frame), IDC_CLASSES)
         store.tracker.finish(run, tracking.FINISHED)
         frames[baseline] = frame
@@ -282,7 +365,9 @@ def idc_store(tmp_path: Path, *, seed: int = 11, second: str = "resnet18",
 
 def test_summary_and_idc_statistics(tmp_path: Path) -> None:
     store, frames = idc_store(tmp_path)
-    board = build_leaderboard(store.uri, store.experiment, tables=["summary", "idc"], options=LayoutOptions(n_boot=N_BOOT, seed=5))
+    board = build_leaderboard(
+        store.uri, store.experiment, tables=["summary", "idc"], options=LayoutOptions(n_boot=N_BOOT, seed=5)
+    )
     summary, idc = (t.frame() for t in board.tables)
     assert list(summary.model) == ["cancernet", "resnet18"]  # best validation objective first
     reference, other = frames["cancernet"], frames["resnet18"]
@@ -296,7 +381,9 @@ def test_summary_and_idc_statistics(tmp_path: Path) -> None:
     assert row.test_accuracy_ci == f"[{low:.4f}, {high:.4f}]"
     right_ref = (reference.pred == reference.label).to_numpy()
     b, c = int((right & ~right_ref).sum()), int((~right & right_ref).sum())
-    expected = stats.binomtest(b, b + c, 0.5).pvalue if b + c < 25 else stats.chi2.sf((abs(b - c) - 1) ** 2 / (b + c), 1)
+    expected = (
+        stats.binomtest(b, b + c, 0.5).pvalue if b + c < 25 else stats.chi2.sf((abs(b - c) - 1) ** 2 / (b + c), 1)
+    )
     assert row.p_accuracy == pytest.approx(expected)
     assert not pd.isna(row.p_auc) and pd.isna(summary.set_index("model").loc["cancernet", "p_accuracy"])
     assert row.trials == 1 and row.gpu_hours == pytest.approx(0.0, abs=1e-3)
@@ -326,9 +413,11 @@ def ece_direct(labels: np.ndarray, p1: np.ndarray) -> float:
     return sum(i.mean() * abs(correct[i].mean() - confidence[i].mean()) for i in inside if i.any())
 
 
-THREE_MODELS = (("cancernet", 2.5, 0.9, {"semantics": "source", "bn_recalibration": "true"}),
-                ("resnet18", 0.2, 0.8, {"semantics": "torch", "bn_recalibration": "false"}),
-                ("idc_cnn", 2.0, 0.7, {}))
+THREE_MODELS = (
+    ("cancernet", 2.5, 0.9, {"semantics": "source", "bn_recalibration": "true"}),
+    ("resnet18", 0.2, 0.8, {"semantics": "torch", "bn_recalibration": "false"}),
+    ("idc_cnn", 2.0, 0.7, {}),
+)
 
 
 @pytest.fixture(scope="module")
@@ -339,7 +428,9 @@ def three(tmp_path_factory: pytest.TempPathFactory) -> tuple[Store, dict[str, pd
 
 def test_holm_letters_and_calibration_against_direct_computation(three) -> None:
     store, frames = three
-    board = build_leaderboard(store.uri, store.experiment, tables=["summary", "idc"], options=LayoutOptions(n_boot=N_BOOT, seed=4))
+    board = build_leaderboard(
+        store.uri, store.experiment, tables=["summary", "idc"], options=LayoutOptions(n_boot=N_BOOT, seed=4)
+    )
     names = ["cancernet", "resnet18", "idc_cnn"]  # best validation objective first: cancernet is the reference
     right = {n: (frames[n].pred == frames[n].label).to_numpy() for n in names}
     raw = [mcnemar_p(right[n], right["cancernet"]) for n in names[1:]]
@@ -378,9 +469,14 @@ def test_holm_letters_and_calibration_against_direct_computation(three) -> None:
 
 def test_tables_show_protocol_tests_and_calibration_in_every_format(three, tmp_path: Path) -> None:
     store, _ = three
-    board = build_leaderboard(store.uri, store.experiment, tables=["summary", "idc"], options=LayoutOptions(n_boot=N_BOOT))
-    protocols = {"cancernet": "patient, Keras semantics, BN recal.", "resnet18": "patient, torch semantics",
-                 "idc_cnn": "patient, torch (pre-semantics)"}
+    board = build_leaderboard(
+        store.uri, store.experiment, tables=["summary", "idc"], options=LayoutOptions(n_boot=N_BOOT)
+    )
+    protocols = {
+        "cancernet": "patient, Keras semantics, BN recal.",
+        "resnet18": "patient, torch semantics",
+        "idc_cnn": "patient, torch (pre-semantics)",
+    }
     write_leaderboard(board, tmp_path, html=False)
     for table in board.tables:
         assert {n: shown(table, n, "harness")["protocol"] for n in protocols} == protocols
@@ -390,23 +486,32 @@ def test_tables_show_protocol_tests_and_calibration_in_every_format(three, tmp_p
         frame = table.frame().query("row_kind == 'harness'").set_index("model")
         for column in ("p_accuracy", "p_accuracy_holm", "p_auc", "p_auc_holm", "test_ece", "test_brier"):
             assert csv[column].tolist() == pytest.approx(frame[column].astype(float).tolist(), nan_ok=True)
-        assert csv.protocol.to_dict() == protocols and csv.letters_accuracy.to_dict() == frame.letters_accuracy.to_dict()
+        assert (
+            csv.protocol.to_dict() == protocols and csv.letters_accuracy.to_dict() == frame.letters_accuracy.to_dict()
+        )
         md, tex = (tmp_path / f"{table.name}.md").read_text(), (tmp_path / f"{table.name}.tex").read_text()
         for header in ("p (McNemar)", "p Holm (acc)", "letters (acc)", "p Holm (AUC)", "letters (AUC)", "ECE", "Brier"):
             assert f"| {header} |" in md and f" & {header} & " in tex.replace("\\", "")
         for name, protocol in protocols.items():
             cells = shown(table, name, "harness")
             line = next(line for line in md.splitlines() if line.startswith(f"| {name} |")).replace("**", "")
-            assert all(f"| {cells[key]} |" in line for key in ("protocol", "p_accuracy_holm", "letters_accuracy", "test_ece",
-                                                              "test_brier"))
+            assert all(
+                f"| {cells[key]} |" in line
+                for key in ("protocol", "p_accuracy_holm", "letters_accuracy", "test_ece", "test_brier")
+            )
             row = next(line for line in tex.splitlines() if line.startswith(name.replace("_", "\\_")))
             row = row.replace("\\textbf{", "").replace("}", "")
             assert f" & {protocol} & " in row and f" & {cells['letters_accuracy']} & " in row
 
 
 def test_trials_under_other_protocol_options_are_rows_of_their_own(tmp_path: Path) -> None:
-    store, frames = idc_store(tmp_path, models=(("cancernet", 2.0, 0.9, {"semantics": "source", "bn_recalibration": "false"}),
-                                                ("cancernet", 1.0, 0.8, {"semantics": "torch", "bn_recalibration": "false"})))
+    store, frames = idc_store(
+        tmp_path,
+        models=(
+            ("cancernet", 2.0, 0.9, {"semantics": "source", "bn_recalibration": "false"}),
+            ("cancernet", 1.0, 0.8, {"semantics": "torch", "bn_recalibration": "false"}),
+        ),
+    )
     board = build_leaderboard(store.uri, store.experiment, options=LayoutOptions(n_boot=N_BOOT))
     assert list(board.table.baseline) == ["cancernet [source semantics]", "cancernet [torch semantics]"]
     assert list(board.table.protocol) == ["patient, Keras semantics", "patient, torch semantics"]
@@ -428,10 +533,17 @@ def test_each_leaderboard_computes_its_own_intervals(tmp_path: Path) -> None:
 
 def test_003s_two_readings_each_keep_their_own_numbers(tmp_path: Path) -> None:
     store, _ = idc_store(tmp_path, second="efficientnetv2_s")
-    table = build_leaderboard(store.uri, store.experiment, tables=["idc"], options=LayoutOptions(n_boot=N_BOOT)).tables[0]
+    table = build_leaderboard(store.uri, store.experiment, tables=["idc"], options=LayoutOptions(n_boot=N_BOOT)).tables[
+        0
+    ]
     published = [r for r in table.rows if r.kind == "published" and r.group == "efficientnetv2_s"]
     first, second = ({k: c.text for k, c in r.cells.items()} for r in published)
-    assert (first["test_accuracy"], first["test_auc"], first["test_f1"], first["test_recall"]) == ("0.88", "0.94", "0.89", "0.90")
+    assert (first["test_accuracy"], first["test_auc"], first["test_f1"], first["test_recall"]) == (
+        "0.88",
+        "0.94",
+        "0.89",
+        "0.90",
+    )
     assert first["test_precision"] == "88-90%"
     assert second["model"].endswith("(§3.11)") and (second["test_auc"], second["test_f1"]) == ("0.948", "0.88")
     assert "test_accuracy" not in second and "test_recall" not in second  # 003 §3.11 states neither
@@ -445,12 +557,19 @@ def test_latex_escapes_comparison_signs() -> None:
 
 def test_runs_of_another_split_are_excluded_with_a_message(tmp_path: Path) -> None:
     store, _ = idc_store(tmp_path)
-    stray = store.tracker.start_run(store.experiment_id, name="stray", params={}, tags={
-        **store.tags, tracking.SPLIT_HASH: "f" * 64, tracking.RUN_TYPE: "trial", tracking.BASELINE: "cancernet"})
+    stray = store.tracker.start_run(
+        store.experiment_id,
+        name="stray",
+        params={},
+        tags={**store.tags, tracking.SPLIT_HASH: "f" * 64, tracking.RUN_TYPE: "trial", tracking.BASELINE: "cancernet"},
+    )
     store.tracker.log_metrics(stray, {"objective": 1.0, "best_val_loss": 0.0, "test_accuracy": 1.0}, step=1)
     store.tracker.finish(stray, tracking.FINISHED)
     board = build_leaderboard(store.uri, store.experiment, options=LayoutOptions(n_boot=N_BOOT))
-    assert "excluded 1 runs made on another split (ffffffffffff); only split aaaaaaaaaaaa is compared" in board.tables[0].footnotes
+    assert (
+        "excluded 1 runs made on another split (ffffffffffff); only split aaaaaaaaaaaa is compared"
+        in board.tables[0].footnotes
+    )
     assert stray not in set(board.table.best_run_id) and board.table.trials.tolist() == [1, 1]
 
 
@@ -466,10 +585,17 @@ def test_two_experiments_on_one_split_sit_in_one_table(tmp_path: Path) -> None:
 def _experiment_file(tmp_path: Path, store: Store, tolerance: dict[str, float]) -> Path:
     root = tmp_path / "bach_root"
     root.mkdir(exist_ok=True)
-    return write_experiment(tmp_path / "bach.yaml", {
-        "name": store.experiment, "dataset": {"name": "bach", "root": str(root), "roi_dir": str(root), "allow_subset": True},
-        "baselines": ["gusa_baseline"], "tracking_uri": store.uri, "output_dir": str(tmp_path / "results"),
-        "leaderboard": {"tables": ["gusa-table1"], "tolerance": tolerance}})
+    return write_experiment(
+        tmp_path / "bach.yaml",
+        {
+            "name": store.experiment,
+            "dataset": {"name": "bach", "root": str(root), "roi_dir": str(root), "allow_subset": True},
+            "baselines": ["gusa_baseline"],
+            "tracking_uri": store.uri,
+            "output_dir": str(tmp_path / "results"),
+            "leaderboard": {"tables": ["gusa-table1"], "tolerance": tolerance},
+        },
+    )
 
 
 def test_check_exits_1_outside_the_experiment_files_tolerance(bach, tmp_path: Path) -> None:
@@ -477,9 +603,14 @@ def test_check_exits_1_outside_the_experiment_files_tolerance(bach, tmp_path: Pa
     tight = _experiment_file(tmp_path, store, {"default": 0.01})
     result = CliRunner().invoke(app, ["leaderboard", str(tight), "--check", "--no-html", "--bootstrap", "100"])
     assert result.exit_code == 1, result.output
-    assert "out of tolerance: gusa-table1: gusa_baseline, val acc (%): reproduced 0.8700, published 0.8700" not in result.output
-    assert "gusa-table1: gusa_fa_gusa, val acc (%): reproduced 0.8700, published 0.9025 (001 Table I) (published " \
-           "under another protocol); |difference| 0.0325 > tolerance 0.01 of val_accuracy" in result.output
+    assert (
+        "out of tolerance: gusa-table1: gusa_baseline, val acc (%): reproduced 0.8700, published 0.8700"
+        not in result.output
+    )
+    assert (
+        "gusa-table1: gusa_fa_gusa, val acc (%): reproduced 0.8700, published 0.9025 (001 Table I) (published "
+        "under another protocol); |difference| 0.0325 > tolerance 0.01 of val_accuracy" in result.output
+    )
     loose = _experiment_file(tmp_path, store, {"default": 1.0})
     result = CliRunner().invoke(app, ["leaderboard", str(loose), "--check", "--no-html", "--bootstrap", "100"])
     assert result.exit_code == 0, result.output
@@ -489,11 +620,17 @@ def test_check_exits_1_outside_the_experiment_files_tolerance(bach, tmp_path: Pa
 
 def test_unknown_table_and_tolerance_key_exit_2(bach, tmp_path: Path) -> None:
     store, _ = bach
-    result = CliRunner().invoke(app, ["leaderboard", store.experiment, "--tracking-uri", store.uri, "--table", "table9"])
+    result = CliRunner().invoke(
+        app, ["leaderboard", store.experiment, "--tracking-uri", store.uri, "--table", "table9"]
+    )
     assert result.exit_code == 2 and "--table 'table9': expected one of: summary, gusa-table1" in result.output
     bad = _experiment_file(tmp_path, store, {"val_acc": 0.1})
     result = CliRunner().invoke(app, ["leaderboard", str(bad)])
-    assert result.exit_code == 2 and "leaderboard.tolerance" in result.output and "unknown metric 'val_acc'" in result.output
+    assert (
+        result.exit_code == 2
+        and "leaderboard.tolerance" in result.output
+        and "unknown metric 'val_acc'" in result.output
+    )
 
 
 CHROMIUM = shutil.which("chromium")
@@ -512,23 +649,45 @@ window.addEventListener('load', () => {
 </script>"""
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (`make test` installs it when apt-get can)")
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed (`make test` installs it when apt-get can)"
+)
 def test_html_page_shows_tables_and_plots_in_headless_chromium(bach, tmp_path: Path) -> None:
     store, models = bach
-    board = build_leaderboard(store.uri, store.experiment, tables=["gusa-table1", "gusa-table3", "summary"],
-                              options=LayoutOptions(n_boot=N_BOOT))
+    board = build_leaderboard(
+        store.uri,
+        store.experiment,
+        tables=["gusa-table1", "gusa-table3", "summary"],
+        options=LayoutOptions(n_boot=N_BOOT),
+    )
     written = write_leaderboard(board, tmp_path / "out")
     names = {p.name for p in written}
     assert {"leaderboard.html", "roc.png", "pareto.png", "history.png", "confusion.png"} <= names
     page = (tmp_path / "out" / "leaderboard.html").read_text()
-    assert "src=\"data:image/png;base64," in page and "file:" not in page  # self-contained
+    assert 'src="data:image/png;base64,' in page and "file:" not in page  # self-contained
     probe = tmp_path / "probe.html"
     probe.write_text(page.replace("</body>", VISIBILITY_PROBE + "</body>"))
     dom = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
-        capture_output=True, text=True, timeout=120, check=True).stdout
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            probe.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
     import html
     import json
     import re

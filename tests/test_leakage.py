@@ -22,8 +22,13 @@ from .conftest import experiment_dict, write_experiment
 
 def _manifest() -> pd.DataFrame:
     patients = np.repeat([f"p{i:02d}" for i in range(20)], 10)
-    return pd.DataFrame({"rel_path": [f"{i}.png" for i in range(200)], "patient_id": patients,
-                         "label": np.random.default_rng(0).integers(0, 2, 200)})
+    return pd.DataFrame(
+        {
+            "rel_path": [f"{i}.png" for i in range(200)],
+            "patient_id": patients,
+            "label": np.random.default_rng(0).integers(0, 2, 200),
+        }
+    )
 
 
 def test_patch_random_split_shares_patients_and_the_patient_split_never_does() -> None:
@@ -74,22 +79,29 @@ def test_fold_paired_difference_averages_the_folds_and_resamples_patients() -> N
 
 
 def test_leakage_study_cross_validates_both_arms_and_averages_their_fold_differences(
-        tmp_path: Path, synthetic_idc: Path) -> None:
-    data = experiment_dict(synthetic_idc, tmp_path / "results", name="leak",
-                           baselines=[{"name": "cancernet", "fixed": {"batch_size": 16}}],
-                           floors=["majority", "colour_forest"], search={"trials": 1, "max_epochs": 3, "grace_period": 1})
+    tmp_path: Path, synthetic_idc: Path
+) -> None:
+    data = experiment_dict(
+        synthetic_idc,
+        tmp_path / "results",
+        name="leak",
+        baselines=[{"name": "cancernet", "fixed": {"batch_size": 16}}],
+        floors=["majority", "colour_forest"],
+        search={"trials": 1, "max_epochs": 3, "grace_period": 1},
+    )
     path = write_experiment(tmp_path / "leak.yaml", data)
-    result = CliRunner().invoke(app, ["study", "leakage", str(path), "--bootstrap", "200", "--epochs", "1"],
-                                catch_exceptions=False)
+    result = CliRunner().invoke(
+        app, ["study", "leakage", str(path), "--bootstrap", "200", "--epochs", "1"], catch_exceptions=False
+    )
     assert result.exit_code == 0, result.output
     client = MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
     experiment_id = client.get_experiment_by_name("leak").experiment_id
     (study,) = client.search_runs([experiment_id], f"tags.{tracking.RUN_TYPE} = 'study'")
     arms = client.search_runs([experiment_id], f"tags.{tracking.RUN_TYPE} = 'study_arm'")
     models = ("majority", "colour_forest", "cancernet")
-    assert sorted((r.data.tags[tracking.BASELINE], r.data.tags[tracking.PROTOCOL], r.data.tags[tracking.FOLD])
-                  for r in arms) == sorted((m, p, str(f)) for m in models for p in ("patch_random", "patient")
-                                           for f in range(3))
+    assert sorted(
+        (r.data.tags[tracking.BASELINE], r.data.tags[tracking.PROTOCOL], r.data.tags[tracking.FOLD]) for r in arms
+    ) == sorted((m, p, str(f)) for m in models for p in ("patch_random", "patient") for f in range(3))
     assert {r.info.status for r in [study, *arms]} == {tracking.FINISHED}
     assert all(r.data.tags[tracking.PARENT] == study.info.run_id for r in arms)
     assert study.data.params["epochs"] == "1" and study.data.params["folds"] == "3"
@@ -102,8 +114,11 @@ def test_leakage_study_cross_validates_both_arms_and_averages_their_fold_differe
 
     table = pd.read_csv(tmp_path / "results" / "leak" / "leakage.csv").set_index("group")
     for model in models:
-        accuracy = {(r.data.tags[tracking.PROTOCOL], int(r.data.tags[tracking.FOLD])): r.data.metrics["test_accuracy"]
-                    for r in arms if r.data.tags[tracking.BASELINE] == model}
+        accuracy = {
+            (r.data.tags[tracking.PROTOCOL], int(r.data.tags[tracking.FOLD])): r.data.metrics["test_accuracy"]
+            for r in arms
+            if r.data.tags[tracking.BASELINE] == model
+        }
         differences = [100 * (accuracy["patch_random", f] - accuracy["patient", f]) for f in range(3)]
         row = table.loc[model]
         assert row.inflation_accuracy == pytest.approx(np.mean(differences))
@@ -124,10 +139,17 @@ def test_leakage_study_rejects_an_unknown_baseline_and_too_few_folds(tmp_path: P
     path = write_experiment(tmp_path / "leak.yaml", experiment_dict(synthetic_idc, tmp_path / "results", name="leak"))
     result = CliRunner().invoke(app, ["study", "leakage", str(path), "--baseline", "vgg19"])
     assert result.exit_code == 2
-    assert "--baseline 'vgg19': not in the experiment; expected one of: majority, colour_forest, cancernet" in result.output
-    two = experiment_dict(synthetic_idc, tmp_path / "results", name="leak",
-                          protocol={"folds": 2, "test_fraction": 0.25, "seed": 0})
+    assert (
+        "--baseline 'vgg19': not in the experiment; expected one of: majority, colour_forest, cancernet"
+        in result.output
+    )
+    two = experiment_dict(
+        synthetic_idc, tmp_path / "results", name="leak", protocol={"folds": 2, "test_fraction": 0.25, "seed": 0}
+    )
     result = CliRunner().invoke(app, ["study", "leakage", str(write_experiment(tmp_path / "two.yaml", two))])
     assert result.exit_code == 2
-    assert "key 'protocol.folds' = 2: the leakage study holds out one fold for test and one for validation" in result.output
+    assert (
+        "key 'protocol.folds' = 2: the leakage study holds out one fold for test and one for validation"
+        in result.output
+    )
     assert not (tmp_path / "results" / "mlflow.db").exists()

@@ -53,7 +53,9 @@ def test_built_losses_add_roi_terms_and_penalties() -> None:
     assert build_loss("ce_dice")(perfect, labels, mask).item() == pytest.approx(ce.item(), abs=1e-6)
     wrong = {"logits": logits, "roi": 1 - perfect["roi"]}
     assert build_loss("ce_dice", lambda_roi=2.0)(wrong, labels, mask) > build_loss("ce_dice")(wrong, labels, mask)
-    assert build_loss("ce")({"logits": logits, "penalty": torch.tensor(0.25)}, labels, None).item() == pytest.approx(ce.item() + 0.25)
+    assert build_loss("ce")({"logits": logits, "penalty": torch.tensor(0.25)}, labels, None).item() == pytest.approx(
+        ce.item() + 0.25
+    )
     with pytest.raises(ValueError, match="needs an RoI mask per image"):
         build_loss("ce_dice")(perfect, labels, None)
 
@@ -65,9 +67,12 @@ def test_keras_loss_weights_samples_and_divides_by_the_batch_size() -> None:
     per_sample = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
     # Keras' class_weight: sum of weighted losses over the batch size; PyTorch's: over the sum of weights.
     expected = (per_sample * weights[labels]).sum() / 4
-    assert build_loss("ce", class_weights=weights, keras=True)({"logits": logits}, labels, None).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert build_loss("ce", class_weights=weights, keras=True)(
+        {"logits": logits}, labels, None
+    ).item() == pytest.approx(expected.item(), rel=1e-6)
     assert build_loss("ce", class_weights=weights)({"logits": logits}, labels, None).item() == pytest.approx(
-        ((per_sample * weights[labels]).sum() / weights[labels].sum()).item(), rel=1e-6)
+        ((per_sample * weights[labels]).sum() / weights[labels].sum()).item(), rel=1e-6
+    )
 
 
 def test_keras_loss_clips_probabilities_at_1e_7() -> None:

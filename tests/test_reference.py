@@ -76,7 +76,9 @@ def test_committed_folder_equals_a_fresh_extraction(baselines_md: Path, tables: 
     assert readme == render_readme(read_reference_blocks(baselines_md))
 
 
-def test_each_csv_line_begins_with_the_block_line_unchanged(baselines_md: Path, tables: dict[str, pd.DataFrame]) -> None:
+def test_each_csv_line_begins_with_the_block_line_unchanged(
+    baselines_md: Path, tables: dict[str, pd.DataFrame]
+) -> None:
     raw_blocks = _raw_csv_blocks(baselines_md.read_text(encoding="utf-8"))
     assert len(raw_blocks) == len(tables) == 13
     for name, raw_lines in zip(tables, raw_blocks, strict=True):
@@ -162,7 +164,10 @@ def _markdown(*block_lines: str) -> str:
 @pytest.mark.parametrize(
     ("block_lines", "message"),
     [
-        (["source,table,dataset,protocol", "a,I,BACH-A,gusa_4fold", "b,I,BACH-A"], r"line 5\b.*ragged.*line 8\b.*3 fields"),
+        (
+            ["source,table,dataset,protocol", "a,I,BACH-A,gusa_4fold", "b,I,BACH-A"],
+            r"line 5\b.*ragged.*line 8\b.*3 fields",
+        ),
         (["source,table,dataset,protocol", "a,I,BACH-A,gusa_4fold,extra"], r"line 5\b.*ragged.*line 7\b.*5 fields"),
         (["source,table,dataset,protocol", "a,XI,BACH-A,gusa_4fold"], r"line 5\b.*no reference name.*XI"),
         (["source,table,dataset", "a,I,BACH-A"], r"line 5\b.*`protocol`"),

@@ -21,10 +21,20 @@ RUN_SPECIFIC = ("best_run_id", "gpu_hours", "cpu_hours")
 
 def _sweep(tmp: Path, data_root: Path, cpus: int) -> tuple[pd.DataFrame, list]:
     data = experiment_dict(
-        data_root, tmp / "results", name="repro",
+        data_root,
+        tmp / "results",
+        name="repro",
         baselines=[{"name": "cancernet", "fixed": {"batch_size": 4, "epochs_max": 2}}],
-        search={"trials": 4, "max_epochs": 2, "grace_period": 1, "reduction_factor": 2, "max_concurrent": 4,
-                "reproducible": True, "seed": 0, "retrain": "none"},
+        search={
+            "trials": 4,
+            "max_epochs": 2,
+            "grace_period": 1,
+            "reduction_factor": 2,
+            "max_concurrent": 4,
+            "reproducible": True,
+            "seed": 0,
+            "retrain": "none",
+        },
     )
     tmp.mkdir()
     path = write_experiment(tmp / "repro.yaml", data)
@@ -51,8 +61,10 @@ def test_two_reproducible_sweeps_write_the_same_table(tmp_path: Path, synthetic_
     assert len(halved) == 2, "the first rung should stop half of the 4 trials"
 
     def points(trials: list) -> list[tuple]:
-        return sorted((r.data.params["lr"], r.data.params["batch_size"], r.info.status,
-                       r.data.metrics["objective"]) for r in trials)
+        return sorted(
+            (r.data.params["lr"], r.data.params["batch_size"], r.info.status, r.data.metrics["objective"])
+            for r in trials
+        )
 
     assert points(one_trials) == points(two_trials)
     compared = [c for c in one.columns if c not in RUN_SPECIFIC]

@@ -38,8 +38,11 @@ def _wait_for_a_finished_and_a_training_trial(client: MlflowClient, driver: subp
             runs = []
         finished = [r for r in runs if r.info.status == "FINISHED"]
         # Two epochs in: Tune has saved its experiment state (every 2 s) since this trial started.
-        training = [r for r in runs if r.info.status == "RUNNING"
-                    and len(client.get_metric_history(r.info.run_id, "val_loss")) >= 2]
+        training = [
+            r
+            for r in runs
+            if r.info.status == "RUNNING" and len(client.get_metric_history(r.info.run_id, "val_loss")) >= 2
+        ]
         if finished and training:
             return runs
         time.sleep(0.2)
@@ -54,10 +57,18 @@ def _trial_ids_in_tune_state(storage: Path) -> set[str]:
 
 def test_a_killed_sweep_resumes_without_rerunning_or_duplicating(tmp_path: Path, synthetic_idc: Path) -> None:
     data = experiment_dict(
-        synthetic_idc, tmp_path / "results", name="resume",
+        synthetic_idc,
+        tmp_path / "results",
+        name="resume",
         baselines=[{"name": "cancernet", "fixed": {"epochs_max": 5, "batch_size": 8}}],
-        search={"trials": TRIALS, "max_epochs": 5, "grace_period": 5, "sampler": "random", "max_concurrent": 1,
-                "retrain": "none"},
+        search={
+            "trials": TRIALS,
+            "max_epochs": 5,
+            "grace_period": 5,
+            "sampler": "random",
+            "max_concurrent": 1,
+            "retrain": "none",
+        },
     )
     path = write_experiment(tmp_path / "resume.yaml", data)
     command = [sys.executable, "-m", "harness", "sweep", str(path)]
@@ -85,8 +96,15 @@ def test_a_killed_sweep_resumes_without_rerunning_or_duplicating(tmp_path: Path,
     runs = _trial_runs(client, "resume")
     trial_ids = [r.data.tags[tracking.TRIAL_ID] for r in runs]
     assert len(runs) == TRIALS and len(set(trial_ids)) == TRIALS, [
-        (r.data.tags[tracking.TRIAL_ID], r.info.status, r.data.tags.get(tracking.ATTEMPTS), r.info.run_id in finished_before,
-         _trial_ids_in_tune_state(tmp_path / "results" / "resume" / "ray")) for r in runs]
+        (
+            r.data.tags[tracking.TRIAL_ID],
+            r.info.status,
+            r.data.tags.get(tracking.ATTEMPTS),
+            r.info.run_id in finished_before,
+            _trial_ids_in_tune_state(tmp_path / "results" / "resume" / "ray"),
+        )
+        for r in runs
+    ]
     assert set(trial_ids) == _trial_ids_in_tune_state(tmp_path / "results" / "resume" / "ray")
     assert all(r.info.status == "FINISHED" for r in runs)
     after = {r.info.run_id: r for r in runs}
@@ -100,5 +118,7 @@ def test_a_killed_sweep_resumes_without_rerunning_or_duplicating(tmp_path: Path,
     assert len(sweeps) == 1 and sweeps[0].info.status == "FINISHED" and "resumed_at" in sweeps[0].data.tags
     epochs = [m.step for m in client.get_metric_history(interrupted, "train_loss")]
     assert sorted(set(epochs)) == list(range(1, max(epochs) + 1))
-    print(f"\nresume: killed with {len(finished_before)} trial(s) finished and 1 training; after --resume "
-          f"{len(runs)} trial runs for {len(set(trial_ids))} Tune trials, all FINISHED, one sweep run")
+    print(
+        f"\nresume: killed with {len(finished_before)} trial(s) finished and 1 training; after --resume "
+        f"{len(runs)} trial runs for {len(set(trial_ids))} Tune trials, all FINISHED, one sweep run"
+    )

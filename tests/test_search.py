@@ -14,8 +14,14 @@ from ray.tune.search import Searcher
 
 from harness.config import load_search_space
 from harness.search import (
-    DONE_KEY, EPOCH_KEY, PerBaselineScheduler, PerBaselineSearcher, PruningAwareOptunaSearch, batch_brackets,
-    optuna_distribution, start_points,
+    DONE_KEY,
+    EPOCH_KEY,
+    PerBaselineScheduler,
+    PerBaselineSearcher,
+    PruningAwareOptunaSearch,
+    batch_brackets,
+    optuna_distribution,
+    start_points,
 )
 
 from .conftest import REPO
@@ -60,8 +66,13 @@ def test_trial_end_reaches_optuna_with_its_last_epoch(
 def test_first_result_links_the_optuna_trial_to_its_run() -> None:
     calls = []
     space = {k: optuna_distribution(d) for k, d in load_search_space("cancernet").search.items()}
-    searcher = PruningAwareOptunaSearch(space=space, metric="objective", mode="max", metric_name="objective",
-                                        link=lambda tid, number: calls.append((tid, number)) or f"run-{tid}")
+    searcher = PruningAwareOptunaSearch(
+        space=space,
+        metric="objective",
+        mode="max",
+        metric_name="objective",
+        link=lambda tid, number: calls.append((tid, number)) or f"run-{tid}",
+    )
     searcher.suggest("t1")
     searcher.on_trial_complete("t1", _result(0.5, 1))
     (trial,) = searcher._ot_study.trials
@@ -71,15 +82,23 @@ def test_first_result_links_the_optuna_trial_to_its_run() -> None:
 
 
 def test_per_baseline_searcher_hands_out_each_budget_round_robin() -> None:
-    spaces = {name: load_search_space(name).pinned({"freeze": "none"} if name == "resnet18" else {})
-              for name in ("cancernet", "resnet18")}
+    spaces = {
+        name: load_search_space(name).pinned({"freeze": "none"} if name == "resnet18" else {})
+        for name in ("cancernet", "resnet18")
+    }
     starts = {name: start_points(space, []) for name, space in spaces.items()}
-    searcher = PerBaselineSearcher(spaces, metric="objective", mode="max", trials=2, sampler="tpe", seed=0, starts=starts)
+    searcher = PerBaselineSearcher(
+        spaces, metric="objective", mode="max", trials=2, sampler="tpe", seed=0, starts=starts
+    )
     configs = [searcher.suggest(f"t{i}") for i in range(5)]
     assert [c["baseline"] for c in configs[:4]] == ["cancernet", "resnet18", "cancernet", "resnet18"]
     assert configs[4] == Searcher.FINISHED
     # The published recipe is the first point of a space that contains it.
-    assert {k: configs[0][k] for k in ("lr", "batch_size", "epochs_max")} == {"lr": 0.01, "batch_size": 32, "epochs_max": 40}
+    assert {k: configs[0][k] for k in ("lr", "batch_size", "epochs_max")} == {
+        "lr": 0.01,
+        "batch_size": 32,
+        "epochs_max": 40,
+    }
     assert set(configs[1]) == {"baseline", *spaces["resnet18"].search}
 
 
@@ -114,7 +133,12 @@ class _Trial:
     """The parts of a Tune trial a scheduler reads."""
 
     def __init__(self, trial_id: str) -> None:
-        self.trial_id, self.config, self.status, self.is_saving = trial_id, {"baseline": "cancernet"}, Trial.RUNNING, False
+        self.trial_id, self.config, self.status, self.is_saving = (
+            trial_id,
+            {"baseline": "cancernet"},
+            Trial.RUNNING,
+            False,
+        )
 
 
 class _Controller:
@@ -146,7 +170,9 @@ def test_synchronous_halving_decides_the_same_in_any_arrival_order(order: str) -
     assert [actions[name] for name in order[:-1]] == [TrialScheduler.PAUSE] * 3
     stopped = {n for n, t in trials.items() if t.status == Trial.TERMINATED or actions[n] == TrialScheduler.STOP}
     assert stopped == {"b", "d"}
-    assert {t.trial_id for t in scheduler._groups["cancernet"]._hyperbands[0][0].trials_to_unpause} == {"a", "c"} - {order[-1]}
+    assert {t.trial_id for t in scheduler._groups["cancernet"]._hyperbands[0][0].trials_to_unpause} == {"a", "c"} - {
+        order[-1]
+    }
 
 
 def test_batches_give_each_baseline_a_bracket_per_batch() -> None:

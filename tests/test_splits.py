@@ -22,7 +22,7 @@ def _patient_sets(manifest: pd.DataFrame, assignments: pd.DataFrame) -> dict[tup
 def _assert_patient_disjoint(manifest: pd.DataFrame, assignments: pd.DataFrame) -> None:
     sets = list(_patient_sets(manifest, assignments).values())
     for i, a in enumerate(sets):
-        for b in sets[i + 1:]:
+        for b in sets[i + 1 :]:
             assert not a & b, f"patients {sorted(a & b)} appear in two parts of the split"
 
 

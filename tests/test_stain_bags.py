@@ -60,7 +60,7 @@ def test_a_bag_covers_the_centred_crop_exactly_once() -> None:
     bag = cut_bag(image, grid)
     assert bag.shape == (400, 28, 28, 3)
     # Patch 26 is grid row 1, column 1.
-    np.testing.assert_array_equal(bag[26], image[6 + 28:6 + 56, 28:56])
+    np.testing.assert_array_equal(bag[26], image[6 + 28 : 6 + 56, 28:56])
     covered = np.sort(bag.reshape(-1, 3)[:, 0])
     np.testing.assert_array_equal(covered, np.sort(image[6:454, :, 0].ravel()))
     assert (bag_grid(384, 512).rows, bag_grid(384, 512).cols) == (13, 18)  # BACH: 234 instances
@@ -72,7 +72,7 @@ def test_attention_is_drawn_back_onto_the_right_pixels() -> None:
     attention[2 * grid.cols + 5] = 1.0  # row 2, column 5
     full = attention_to_pixels(attention, 384, 512, grid)
     top, left = grid.top + 2 * 28, grid.left + 5 * 28
-    assert full[top:top + 28, left:left + 28].min() == 1.0
+    assert full[top : top + 28, left : left + 28].min() == 1.0
     assert full.sum() == 28 * 28
 
 

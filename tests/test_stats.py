@@ -118,7 +118,8 @@ def test_resamples_without_both_classes_are_skipped_and_counted() -> None:
     skipped = sum(len(set(rng.integers(0, 3, 3) == 2)) == 1 for _ in range(100))
     assert 0 < skipped < 100
     assert interval.method == (
-        f"95% percentile bootstrap over 3 patients (100 resamples, seed 3; {skipped} skipped where the metric is undefined)"
+        f"95% percentile bootstrap over 3 patients (100 resamples, seed 3; "
+        f"{skipped} skipped where the metric is undefined)"
     )
 
 
@@ -297,7 +298,9 @@ def test_bootstrap_difference_resamples_each_test_set_by_patient() -> None:
     def accuracy(labels: np.ndarray, probs: np.ndarray) -> float:
         return float((probs.argmax(1) == labels).mean())
 
-    interval = bootstrap_difference(accuracy, (labels_a, probs_a, groups_a), (labels_b, probs_b, None), n_boot=500, seed=9)
+    interval = bootstrap_difference(
+        accuracy, (labels_a, probs_a, groups_a), (labels_b, probs_b, None), n_boot=500, seed=9
+    )
     draw = np.random.default_rng(9)
     members = [np.flatnonzero(groups_a == g) for g in sorted(set(groups_a))]
     values = []
@@ -397,7 +400,7 @@ def test_compact_letters_absorb_redundant_letters() -> None:
 def test_compact_letters_share_a_letter_exactly_when_not_different(seed: int) -> None:
     rng = np.random.default_rng(seed)
     names = [f"m{i}" for i in range(int(rng.integers(2, 8)))]
-    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
     different = [pair for pair in pairs if rng.random() < 0.5]
     letters = compact_letters(names, different)
     for a, b in pairs:
@@ -419,7 +422,7 @@ def test_replicates_pair_up_only_on_the_same_resamples() -> None:
 
     labels, probs, groups = patient_data(seed=5)
     a = bootstrap_replicates(rank_auc, labels, probs, groups, n_boot=200, seed=1)
-    b = bootstrap_replicates(rank_auc, labels, probs ** 2, groups, n_boot=200, seed=1)
+    b = bootstrap_replicates(rank_auc, labels, probs**2, groups, n_boot=200, seed=1)
     # The interval of the replicates is bootstrap_ci's; the test of a monotone transform is no difference.
     assert percentile_interval(a) == bootstrap_ci(rank_auc, labels, probs, groups, n_boot=200, seed=1)
     assert paired_bootstrap_test(a, b, "AUCs").p_value == 1.0

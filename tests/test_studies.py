@@ -17,8 +17,9 @@ from harness.studies import plot_study, warm_start_points
 def _earlier_sweep(storage: str, prefix: str, values: dict[float, float]) -> None:
     """A CancerNet study whose completed trials have lr -> objective as given (other params the recipe's)."""
     space = load_search_space("cancernet")
-    study = optuna.create_study(study_name=study_name(prefix, "cancernet"), storage=optuna_storage(storage),
-                                direction="maximize")
+    study = optuna.create_study(
+        study_name=study_name(prefix, "cancernet"), storage=optuna_storage(storage), direction="maximize"
+    )
     distributions = {k: optuna_distribution(d) for k, d in space.search.items()}
     for lr, value in values.items():
         params = {**{k: space.recipe[k] for k in space.search}, "lr": lr}

@@ -45,15 +45,23 @@ class Swept:
 def swept(tmp_path_factory: pytest.TempPathFactory, synthetic_idc: Path) -> Swept:
     tmp = tmp_path_factory.mktemp("sweep")
     data = experiment_dict(
-        synthetic_idc, tmp / "results",
+        synthetic_idc,
+        tmp / "results",
         name="sweep-test",
         baselines=[
             # Batch 4 gives CancerNet enough optimiser steps per epoch on this small tree.
             {"name": "cancernet", "fixed": {"batch_size": 4, "epochs_max": MAX_EPOCHS}},
             {"name": "resnet18", "fixed": {"freeze": "none", "input_size": 50, "batch_size": 16, "epochs_max": 2}},
         ],
-        search={"trials": 4, "max_epochs": MAX_EPOCHS, "grace_period": 1, "reduction_factor": 2,
-                "max_concurrent": 1, "seed": 0, "retrain": "none"},
+        search={
+            "trials": 4,
+            "max_epochs": MAX_EPOCHS,
+            "grace_period": 1,
+            "reduction_factor": 2,
+            "max_concurrent": 1,
+            "seed": 0,
+            "retrain": "none",
+        },
     )
     data["baselines"][1]["fixed"]["optimizer"] = "adam"
     path = write_experiment(tmp / "sweep.yaml", data)
@@ -90,8 +98,11 @@ def test_early_stopped_trials_are_killed_and_tagged(swept: Swept) -> None:
     for run in finished:
         assert "test_accuracy" in run.data.metrics
         assert {a.path for a in client.list_artifacts(run.info.run_id, "test")} == {
-            "test/confusion_matrix.json", "test/confusion_matrix.png", "test/predictions.csv",
-            "test/maps_best.png", "test/maps_worst.png",
+            "test/confusion_matrix.json",
+            "test/confusion_matrix.png",
+            "test/predictions.csv",
+            "test/maps_best.png",
+            "test/maps_worst.png",
         }
     assert f"{len(stopped)}" in swept.output and "stopped early" in swept.output
 
@@ -107,13 +118,21 @@ def test_optuna_studies_hold_what_mlflow_records(swept: Swept) -> None:
     first_rung = [r for r in trials if r.data.tags.get("stopped_at_epoch") == "1"]
     assert first_rung, "ASHA stopped no trial at its first rung: the sweep no longer exercises that case"
     run = first_rung[0]
-    study = optuna.load_study(study_name=next(n for n in optuna.get_all_study_names(optuna_storage(storage))
-                                             if n.endswith(run.data.tags[tracking.BASELINE])), storage=optuna_storage(storage))
+    study = optuna.load_study(
+        study_name=next(
+            n
+            for n in optuna.get_all_study_names(optuna_storage(storage))
+            if n.endswith(run.data.tags[tracking.BASELINE])
+        ),
+        storage=optuna_storage(storage),
+    )
     assert study.metric_names == ["best_val_accuracy"]
     trial = study.trials[int(run.data.tags[tracking.OPTUNA_TRIAL])]
     assert trial.user_attrs == {"ray_trial_id": run.data.tags[tracking.TRIAL_ID], "mlflow_run_id": run.info.run_id}
     assert trial.state == TrialState.PRUNED
-    assert trial.intermediate_values == {1: run.data.metrics["objective"]} and trial.value == run.data.metrics["objective"]
+    assert (
+        trial.intermediate_values == {1: run.data.metrics["objective"]} and trial.value == run.data.metrics["objective"]
+    )
 
 
 def test_floors_are_fitted_on_every_fold_of_the_same_split(swept: Swept) -> None:
@@ -121,7 +140,7 @@ def test_floors_are_fitted_on_every_fold_of_the_same_split(swept: Swept) -> None
     floors = {r.data.tags[tracking.BASELINE]: r for r in swept.runs("floor")}
     assert set(floors) == {"majority", "colour_forest"}
     folds, ensembles = swept.runs("fold"), swept.runs("ensemble")
-    for name, run in floors.items():
+    for run in floors.values():
         assert run.data.tags[tracking.PARENT] == sweep.info.run_id and run.data.tags[tracking.FLOOR] == "true"
         assert run.data.tags[tracking.SPLIT_HASH] == sweep.data.tags[tracking.SPLIT_HASH]
         mine = [f for f in folds if f.data.tags[tracking.PARENT] == run.info.run_id]
@@ -168,7 +187,8 @@ def test_leaderboard_numbers_equal_the_metrics_in_mlflow(swept: Swept) -> None:
     assert list(table.row_kind) == ["harness", "harness", "floor", "floor"]
     table = table[table.row_kind == "harness"]
     assert {"leaderboard.md", "leaderboard.tex", "leaderboard.html", "summary.tex"} <= {
-        p.name for p in (swept.out_dir / "sweep-test").iterdir()}
+        p.name for p in (swept.out_dir / "sweep-test").iterdir()
+    }
     trials = swept.runs("trial")
     for row in table.itertuples():
         mine = [r for r in trials if r.data.tags[tracking.BASELINE] == row.baseline]
@@ -194,7 +214,8 @@ def test_leaderboard_leaves_out_runs_of_another_split(swept: Swept) -> None:
     tracker = tracking.Tracker(swept.uri)
     experiment_id = tracker.experiment_id("sweep-test")
     stray = tracker.start_run(
-        experiment_id, name="other-split",
+        experiment_id,
+        name="other-split",
         tags={tracking.RUN_TYPE: "trial", tracking.BASELINE: "cancernet", tracking.SPLIT_HASH: "f" * 64},
         params={},
     )
@@ -209,8 +230,9 @@ def test_leaderboard_leaves_out_runs_of_another_split(swept: Swept) -> None:
 
 
 def test_train_command_tracks_one_run(swept: Swept, tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["train", str(swept.experiment), "--baseline", "cancernet", "--fold", "1"],
-                                catch_exceptions=False)
+    result = CliRunner().invoke(
+        app, ["train", str(swept.experiment), "--baseline", "cancernet", "--fold", "1"], catch_exceptions=False
+    )
     assert result.exit_code == 0, result.output
     runs = swept.runs("train")
     assert len(runs) == 1

@@ -23,9 +23,16 @@ def prepared(tmp_path_factory: pytest.TempPathFactory, synthetic_idc: Path) -> P
 def _spec(data: PreparedData, **params) -> RunSpec:
     defaults = dict(optimizer="adam", lr=3e-3, batch_size=32, epochs_max=4, input_size=48, augment="flips")
     return RunSpec(
-        baseline="cancernet", num_classes=2, params=TrainParams(**{**defaults, **params}),
-        manifest_path=data.manifest_path, cache_path=data.cache_path, split_path=data.split_path,
-        fold=0, max_epochs=4, patience=3, seed=5,
+        baseline="cancernet",
+        num_classes=2,
+        params=TrainParams(**{**defaults, **params}),
+        manifest_path=data.manifest_path,
+        cache_path=data.cache_path,
+        split_path=data.split_path,
+        fold=0,
+        max_epochs=4,
+        patience=3,
+        seed=5,
     )
 
 
@@ -88,5 +95,7 @@ def test_a_run_resumed_from_its_epoch_snapshot_matches_one_never_interrupted(pre
 
 
 def test_a_diverging_run_raises_with_where_it_diverged(prepared: PreparedData) -> None:
-    with pytest.raises(DivergedError, match=r"training loss became nan at epoch 1, step \d+ \(cancernet, adam lr 1e\+30"):
+    with pytest.raises(
+        DivergedError, match=r"training loss became nan at epoch 1, step \d+ \(cancernet, adam lr 1e\+30"
+    ):
         fit(_spec(prepared, lr=1e30, optimizer="adam"))

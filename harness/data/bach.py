@@ -47,7 +47,10 @@ def _inspect(path: Path, class_name: str, truth: dict[str, str]) -> tuple[dict[s
     if match is None:
         return None, f"name does not match {LAYOUT}"
     if match["prefix"] != PREFIX[class_name]:
-        return None, f"prefix {match['prefix']!r} disagrees with class folder {class_name!r} (expected {PREFIX[class_name]!r})"
+        return (
+            None,
+            f"prefix {match['prefix']!r} disagrees with class folder {class_name!r} (expected {PREFIX[class_name]!r})",
+        )
     if truth and truth.get(path.name, class_name) != class_name:
         return None, f"microscopy_ground_truth.csv says {truth[path.name]!r}, the folder says {class_name!r}"
     try:
@@ -61,14 +64,25 @@ def _inspect(path: Path, class_name: str, truth: dict[str, str]) -> tuple[dict[s
     if mode != "RGB":
         flags.append(f"mode_{mode}")
     return {
-        "path": str(path.resolve()), "rel_path": f"Photos/{class_name}/{path.name}",
-        "label": CLASS_NAMES.index(class_name), "class_name": class_name, "patient_id": path.stem,
-        "dataset": DATASET, "width": width, "height": height, "digest": image.digest, "flags": ";".join(flags),
+        "path": str(path.resolve()),
+        "rel_path": f"Photos/{class_name}/{path.name}",
+        "label": CLASS_NAMES.index(class_name),
+        "class_name": class_name,
+        "patient_id": path.stem,
+        "dataset": DATASET,
+        "width": width,
+        "height": height,
+        "digest": image.digest,
+        "flags": ";".join(flags),
     }, None
 
 
 def index_bach(
-    root: Path, *, roi_dir: Path | None = None, allow_subset: bool = False, skip_bad: bool = False,
+    root: Path,
+    *,
+    roi_dir: Path | None = None,
+    allow_subset: bool = False,
+    skip_bad: bool = False,
     show_progress: bool = False,
 ) -> IndexResult:
     """Walk a BACH part A tree and return its manifest, with `roi_mask_path` when `roi_dir` is given.
@@ -83,13 +97,22 @@ def index_bach(
     files = [(p, c) for c in CLASS_NAMES for p in sorted((photos / c).glob("*.tif*"))]
     if not files:
         raise InputError(f"{root}: no BACH images found (expected {LAYOUT})")
-    result = collect(files, lambda item: _inspect(*item, truth), lambda item: item[0], what="BACH images",
-                     roi_dir=roi_dir, skip_bad=skip_bad, show_progress=show_progress)
+    result = collect(
+        files,
+        lambda item: _inspect(*item, truth),
+        lambda item: item[0],
+        what="BACH images",
+        roi_dir=roi_dir,
+        skip_bad=skip_bad,
+        show_progress=show_progress,
+    )
     manifest = result.manifest
     counts = manifest.class_name.value_counts()
     if not allow_subset and any(counts.get(c, 0) != PUBLISHED_PER_CLASS for c in CLASS_NAMES):
         found = ", ".join(f"{c} {counts.get(c, 0)}" for c in CLASS_NAMES)
-        raise InputError(f"{root}: found {found}; BACH part A has 100 images per class (BASELINES.md §1.3). "
-                         "For a sample set dataset.allow_subset: true (CLI: --allow-subset)")
+        raise InputError(
+            f"{root}: found {found}; BACH part A has 100 images per class (BASELINES.md §1.3). "
+            "For a sample set dataset.allow_subset: true (CLI: --allow-subset)"
+        )
     result.warnings.append("BACH part A has no patient ids: each image is its own group, so folds may share patients")
     return result

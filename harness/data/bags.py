@@ -30,14 +30,18 @@ class BagGrid:
 def bag_grid(height: int, width: int, patch: int = 28) -> BagGrid:
     """Return the centred, non-overlapping grid of `patch`-pixel squares that fits an image."""
     rows, cols = height // patch, width // patch
-    return BagGrid(top=(height - rows * patch) // 2, left=(width - cols * patch) // 2, rows=rows, cols=cols, patch=patch)
+    return BagGrid(
+        top=(height - rows * patch) // 2, left=(width - cols * patch) // 2, rows=rows, cols=cols, patch=patch
+    )
 
 
 def cut_bag(image: np.ndarray, grid: BagGrid) -> np.ndarray:
     """Return the patches of an H x W x C image as N x patch x patch x C, row-major."""
     crop = image[grid.crop]
     p = grid.patch
-    return crop.reshape(grid.rows, p, grid.cols, p, -1).transpose(0, 2, 1, 3, 4).reshape(grid.rows * grid.cols, p, p, -1)
+    return (
+        crop.reshape(grid.rows, p, grid.cols, p, -1).transpose(0, 2, 1, 3, 4).reshape(grid.rows * grid.cols, p, p, -1)
+    )
 
 
 def attention_to_pixels(attention: np.ndarray, height: int, width: int, grid: BagGrid) -> np.ndarray:

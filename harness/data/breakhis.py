@@ -21,8 +21,14 @@ from .records import IndexResult, UnreadableImage, collect, decode
 DATASET = "breakhis"
 BINARY_CLASSES = ("benign", "malignant")
 SUBTYPES = {  # harness order of the 8-class label (§1.2)
-    "A": "adenosis", "F": "fibroadenoma", "PT": "phyllodes_tumor", "TA": "tubular_adenoma",
-    "DC": "ductal_carcinoma", "LC": "lobular_carcinoma", "MC": "mucinous_carcinoma", "PC": "papillary_carcinoma",
+    "A": "adenosis",
+    "F": "fibroadenoma",
+    "PT": "phyllodes_tumor",
+    "TA": "tubular_adenoma",
+    "DC": "ductal_carcinoma",
+    "LC": "lobular_carcinoma",
+    "MC": "mucinous_carcinoma",
+    "PC": "papillary_carcinoma",
 }
 SUBTYPE_CLASSES = tuple(SUBTYPES.values())
 NAME_PATTERN = re.compile(
@@ -69,12 +75,19 @@ def _inspect(path: Path, label: str, group_by: str) -> tuple[dict[str, object] |
         flags.append(f"mode_{mode}")
     subtype = SUBTYPES[m["t"]]
     return {
-        "path": str(path.resolve()), "rel_path": "/".join(path.parts[-6:]),
+        "path": str(path.resolve()),
+        "rel_path": "/".join(path.parts[-6:]),
         "label": (0 if benign else 1) if label == "binary" else SUBTYPE_CLASSES.index(subtype),
         "class_name": BINARY_CLASSES[0 if benign else 1] if label == "binary" else subtype,
         "patient_id": numeric_core(patient) if group_by == "numeric_core" else patient,
-        "patient_folder": patient, "subtype": subtype, "magnification": int(m["mag"]),
-        "dataset": DATASET, "width": width, "height": height, "digest": image.digest, "flags": ";".join(flags),
+        "patient_folder": patient,
+        "subtype": subtype,
+        "magnification": int(m["mag"]),
+        "dataset": DATASET,
+        "width": width,
+        "height": height,
+        "digest": image.digest,
+        "flags": ";".join(flags),
     }, None
 
 
@@ -82,18 +95,28 @@ def _check_totals(manifest: pd.DataFrame, root: Path) -> None:
     differences = []
     for mag, (benign, malignant) in PUBLISHED.items():
         part = manifest[manifest.magnification == mag]
-        found = (int((part.subtype.isin(SUBTYPE_CLASSES[:4])).sum()), int((part.subtype.isin(SUBTYPE_CLASSES[4:])).sum()))
+        found = (
+            int((part.subtype.isin(SUBTYPE_CLASSES[:4])).sum()),
+            int((part.subtype.isin(SUBTYPE_CLASSES[4:])).sum()),
+        )
         if found != (benign, malignant):
             differences.append(f"{mag}X benign {found[0]}/{benign}, malignant {found[1]}/{malignant}")
     if differences:
-        raise InputError(f"{root}: counts differ from the BreakHis release (found/published): {'; '.join(differences)}. "
-                         "For a sample set dataset.allow_subset: true (CLI: --allow-subset)")
+        raise InputError(
+            f"{root}: counts differ from the BreakHis release (found/published): {'; '.join(differences)}. "
+            "For a sample set dataset.allow_subset: true (CLI: --allow-subset)"
+        )
 
 
 def index_breakhis(
-    root: Path, *, label: Literal["binary", "subtype"] = "binary",
-    group_by: Literal["numeric_core", "folder"] = "numeric_core", roi_dir: Path | None = None,
-    allow_subset: bool = False, skip_bad: bool = False, show_progress: bool = False,
+    root: Path,
+    *,
+    label: Literal["binary", "subtype"] = "binary",
+    group_by: Literal["numeric_core", "folder"] = "numeric_core",
+    roi_dir: Path | None = None,
+    allow_subset: bool = False,
+    skip_bad: bool = False,
+    show_progress: bool = False,
 ) -> IndexResult:
     """Walk a BreakHis tree (any folder above `<benign|malignant>/`) and return its manifest.
 
@@ -106,8 +129,15 @@ def index_breakhis(
     files = sorted(root.glob("**/SOB/*/*/*X/SOB_*.png"))
     if not files:
         raise InputError(f"{root}: no BreakHis images found (expected {LAYOUT})")
-    result = collect(files, lambda path: _inspect(path, label, group_by), lambda path: path, what="BreakHis images",
-                     roi_dir=roi_dir, skip_bad=skip_bad, show_progress=show_progress)
+    result = collect(
+        files,
+        lambda path: _inspect(path, label, group_by),
+        lambda path: path,
+        what="BreakHis images",
+        roi_dir=roi_dir,
+        skip_bad=skip_bad,
+        show_progress=show_progress,
+    )
     if not allow_subset:
         _check_totals(result.manifest, root)
     return result

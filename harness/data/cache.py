@@ -87,8 +87,14 @@ def image_cache_key(manifest_hash: str, size: tuple[int, int], stain: str, refer
 
 
 def build_image_cache(
-    manifest: pd.DataFrame, key: str, cache_dir: Path, *, size: tuple[int, int],
-    normalise: Callable[[np.ndarray], np.ndarray] | None = None, masks: MaskSource = "none", show_progress: bool = False,
+    manifest: pd.DataFrame,
+    key: str,
+    cache_dir: Path,
+    *,
+    size: tuple[int, int],
+    normalise: Callable[[np.ndarray], np.ndarray] | None = None,
+    masks: MaskSource = "none",
+    show_progress: bool = False,
 ) -> tuple[Path, Path | None]:
     """Decode, resize to `size` (height, width), stain-normalise and pack every image once;
     returns the image .npy and, when `masks` is not none, the 0/1 mask .npy of the same size.
@@ -106,10 +112,14 @@ def build_image_cache(
     array = open_memmap(path.with_name(path.name + suffix), mode="w+", dtype=np.uint8, shape=(len(manifest), *size, 3))
     mask_array = None
     if mask_path is not None:
-        mask_array = open_memmap(mask_path.with_name(mask_path.name + suffix), mode="w+", dtype=np.uint8, shape=(len(manifest), *size))
+        mask_array = open_memmap(
+            mask_path.with_name(mask_path.name + suffix), mode="w+", dtype=np.uint8, shape=(len(manifest), *size)
+        )
     unnormalised = []
     rows = manifest.reset_index(drop=True)
-    for i, row in enumerate(track(rows.itertuples(), total=len(rows), description="resizing images", disable=not show_progress)):
+    for i, row in enumerate(
+        track(rows.itertuples(), total=len(rows), description="resizing images", disable=not show_progress)
+    ):
         with Image.open(row.path) as im:
             # PIL's bilinear filter widens with the scale factor, so a 4x reduction is anti-aliased.
             pixels = np.asarray(im.convert("RGB").resize((size[1], size[0]), Image.BILINEAR))

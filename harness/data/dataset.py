@@ -19,8 +19,14 @@ class ImageDataset(Dataset):
     """Rows of an image cache with their labels (and masks), through an albumentations pipeline;
     geometric transforms move the mask with the image."""
 
-    def __init__(self, images: np.ndarray, rows: np.ndarray, labels: np.ndarray,
-                 transform: Callable[..., dict[str, torch.Tensor]], masks: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        images: np.ndarray,
+        rows: np.ndarray,
+        labels: np.ndarray,
+        transform: Callable[..., dict[str, torch.Tensor]],
+        masks: np.ndarray | None = None,
+    ) -> None:
         self.images, self.masks = images, masks
         self.rows = np.asarray(rows)
         self.labels = np.asarray(labels)[self.rows]
@@ -43,8 +49,14 @@ class ImageDataset(Dataset):
 class BagDataset(Dataset):
     """Each image as a bag of grid patches (N x C x p x p), the bag through `transform`."""
 
-    def __init__(self, images: np.ndarray, rows: np.ndarray, labels: np.ndarray,
-                 transform: Callable[[np.ndarray], torch.Tensor], grid: BagGrid) -> None:
+    def __init__(
+        self,
+        images: np.ndarray,
+        rows: np.ndarray,
+        labels: np.ndarray,
+        transform: Callable[[np.ndarray], torch.Tensor],
+        grid: BagGrid,
+    ) -> None:
         self.images = images
         self.rows = np.asarray(rows)
         self.labels = np.asarray(labels)[self.rows]

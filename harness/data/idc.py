@@ -130,7 +130,9 @@ def index_idc(
     if result.problems and not skip_bad:
         raise InputError("\n".join(result.problems))
     if duplicates:
-        result.warnings.append(f"dropped {duplicates:,} byte-identical duplicates (the archive's second copy of the tree)")
+        result.warnings.append(
+            f"dropped {duplicates:,} byte-identical duplicates (the archive's second copy of the tree)"
+        )
     manifest = pd.DataFrame(rows)
     if manifest.empty:
         raise InputError(f"{root}: none of {len(files):,} PNG files is a valid IDC patch")

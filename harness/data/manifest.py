@@ -16,7 +16,16 @@ import pyarrow.parquet as pq
 from harness.errors import InputError
 
 REQUIRED_COLUMNS = (
-    "path", "rel_path", "label", "class_name", "patient_id", "dataset", "width", "height", "digest", "flags",
+    "path",
+    "rel_path",
+    "label",
+    "class_name",
+    "patient_id",
+    "dataset",
+    "width",
+    "height",
+    "digest",
+    "flags",
 )
 _META_KEY = b"histo_harness"
 LAST_INDEX = "last-index.json"
@@ -47,15 +56,20 @@ def note_change_since_last_index(manifest: pd.DataFrame, key: str, directory: Pa
     path = directory / LAST_INDEX
     records = json.loads(path.read_text()) if path.is_file() else {}
     before = records.get(key)
-    now = {"content_hash": content_hash(manifest), "files": len(manifest),
-           "indexed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    now = {
+        "content_hash": content_hash(manifest),
+        "files": len(manifest),
+        "indexed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
     records[key] = now
     _write_atomically(path, json.dumps(records, indent=1).encode())
     if before is None or before["content_hash"] == now["content_hash"]:
         return None
-    return (f"{key} differs from its last index ({before['indexed_at']}): {now['files']:,} files with content "
-            f"hash {now['content_hash'][:16]}, were {before['files']:,} with {before['content_hash'][:16]}; "
-            "the manifest hash, split hash and cache are new")
+    return (
+        f"{key} differs from its last index ({before['indexed_at']}): {now['files']:,} files with content "
+        f"hash {now['content_hash'][:16]}, were {before['files']:,} with {before['content_hash'][:16]}; "
+        "the manifest hash, split hash and cache are new"
+    )
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -95,9 +109,13 @@ def read_manifest(path: Path) -> tuple[pd.DataFrame, dict[str, object]]:
         raise InputError(f"{path}: not a parquet manifest ({exc})") from None
     raw = (table.schema.metadata or {}).get(_META_KEY)
     if raw is None:
-        raise InputError(f"{path}: parquet file has no histo-harness metadata (expected a manifest from `harness data index`)")
+        raise InputError(
+            f"{path}: parquet file has no histo-harness metadata (expected a manifest from `harness data index`)"
+        )
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if missing:
-        raise InputError(f"{path}: manifest lacks columns {missing} (written by an older harness?); "
-                         "index the dataset again with `harness data index`")
+        raise InputError(
+            f"{path}: manifest lacks columns {missing} (written by an older harness?); "
+            "index the dataset again with `harness data index`"
+        )
     return table.to_pandas(), json.loads(raw)

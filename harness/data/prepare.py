@@ -43,7 +43,9 @@ def index_dataset(spec: DatasetSpec, *, show_progress: bool = False) -> tuple[pd
     elif spec.name == "bach":
         result = bach.index_bach(spec.root, roi_dir=spec.roi_dir, **common)
     else:
-        result = breakhis.index_breakhis(spec.root, label=spec.label, group_by=spec.group_by, roi_dir=spec.roi_dir, **common)
+        result = breakhis.index_breakhis(
+            spec.root, label=spec.label, group_by=spec.group_by, roi_dir=spec.roi_dir, **common
+        )
     return result.manifest, result.warnings + result.problems
 
 
@@ -97,15 +99,33 @@ def prepare(
     )
     split_path = write_split(split, work_dir / "splits")
     if traits.storage == "patches":
-        cache, masks = build_patch_cache(manifest, digest, work_dir / "cache", patch_size=traits.size[0],
-                                         show_progress=show_progress), None
+        cache, masks = (
+            build_patch_cache(
+                manifest, digest, work_dir / "cache", patch_size=traits.size[0], show_progress=show_progress
+            ),
+            None,
+        )
     else:
         key = image_cache_key(digest, traits.size, spec.stain, spec.stain_reference, traits.mask_source)
-        cache, masks = build_image_cache(manifest, key, work_dir / "cache", size=traits.size, normalise=normalise,
-                                         masks=traits.mask_source, show_progress=show_progress)
+        cache, masks = build_image_cache(
+            manifest,
+            key,
+            work_dir / "cache",
+            size=traits.size,
+            normalise=normalise,
+            masks=traits.mask_source,
+            show_progress=show_progress,
+        )
     return PreparedData(
-        manifest_path=manifest_path.resolve(), manifest_hash=digest, split_path=split_path.resolve(),
-        split_hash=split.hash, cache_path=cache.resolve(), mask_cache_path=masks.resolve() if masks else None,
-        mask_source=traits.mask_source, class_names=traits.class_names, rows=len(manifest),
-        patients=manifest.patient_id.nunique(), notes=(change,) if change else (),
+        manifest_path=manifest_path.resolve(),
+        manifest_hash=digest,
+        split_path=split_path.resolve(),
+        split_hash=split.hash,
+        cache_path=cache.resolve(),
+        mask_cache_path=masks.resolve() if masks else None,
+        mask_source=traits.mask_source,
+        class_names=traits.class_names,
+        rows=len(manifest),
+        patients=manifest.patient_id.nunique(),
+        notes=(change,) if change else (),
     )

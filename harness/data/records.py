@@ -61,8 +61,14 @@ def decode(path: Path) -> Decoded:
 
 
 def collect(
-    items: Sequence[T], inspect: Callable[[T], tuple[Row | None, str | None]], path_of: Callable[[T], Path], *,
-    what: str, roi_dir: Path | None = None, skip_bad: bool = False, show_progress: bool = False,
+    items: Sequence[T],
+    inspect: Callable[[T], tuple[Row | None, str | None]],
+    path_of: Callable[[T], Path],
+    *,
+    what: str,
+    roi_dir: Path | None = None,
+    skip_bad: bool = False,
+    show_progress: bool = False,
 ) -> IndexResult:
     """Inspect every item (attaching its RoI mask from `roi_dir`) and return the sorted manifest.
 

@@ -99,8 +99,9 @@ def patient_split(
     return Split(assignments=_assignments(manifest, split, fold), folds=folds, seed=seed, test_fraction=test_fraction)
 
 
-def patch_random_split(manifest: pd.DataFrame, *, folds: int, test_fraction: float, seed: int,
-                       stratify_on: str = "label") -> Split:
+def patch_random_split(
+    manifest: pd.DataFrame, *, folds: int, test_fraction: float, seed: int, stratify_on: str = "label"
+) -> Split:
     """Return the seeds' split: the same test fraction and folds as `patient_split`, drawn over
     images with StratifiedKFold, so a patient's images land on both sides (BASELINES.md §1.4).
     Only the leakage study uses it, to measure what that costs."""

@@ -30,7 +30,9 @@ def stain_normaliser(method: StainMethod, reference: Path | None) -> Callable[[n
     if method == "none":
         return None
     if reference is None or not Path(reference).is_file():
-        raise InputError(f"key 'dataset.stain_reference' = {str(reference)!r}: stain {method} needs an existing reference image")
+        raise InputError(
+            f"key 'dataset.stain_reference' = {str(reference)!r}: stain {method} needs an existing reference image"
+        )
     target = load_rgb(Path(reference))
     if method == "reinhard":
         reinhard = NumpyReinhardNormalizer()

@@ -66,7 +66,9 @@ def write_synthetic_idc(
     return root
 
 
-def _blob_image(rng: np.random.Generator, height: int, width: int, label: int, classes: int) -> tuple[np.ndarray, np.ndarray]:
+def _blob_image(
+    rng: np.random.Generator, height: int, width: int, label: int, classes: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Return an H&E-like RGB image whose nuclei-dense region grows with the class, and its RoI mask."""
     image = np.empty((height, width, 3))
     image[:] = np.array([225.0, 170.0, 205.0]) + rng.normal(0, 3, 3)
@@ -81,8 +83,8 @@ def _blob_image(rng: np.random.Generator, height: int, width: int, label: int, c
     for y, x in inside[rng.choice(len(inside), size=len(inside) // 60, replace=False)]:
         r = rng.uniform(1.5, 3.5) * height / 200
         top, left = max(int(y - r), 0), max(int(x - r), 0)
-        window = image[top:int(y + r) + 1, left:int(x + r) + 1]
-        wy, wx = np.mgrid[top:top + window.shape[0], left:left + window.shape[1]]
+        window = image[top : int(y + r) + 1, left : int(x + r) + 1]
+        wy, wx = np.mgrid[top : top + window.shape[0], left : left + window.shape[1]]
         window[(wy - y) ** 2 + (wx - x) ** 2 <= r**2] = np.array([95.0, 55.0, 140.0]) + rng.normal(0, 6, 3)
     return np.clip(image, 0, 255).astype(np.uint8), mask
 
@@ -115,8 +117,13 @@ def write_synthetic_bach(
 
 
 def write_synthetic_breakhis(
-    root: Path, *, patients_per_subtype: int = 1, images_per_magnification: int = 2, size: tuple[int, int] = (460, 700),
-    masks: bool = True, seed: int = 0,
+    root: Path,
+    *,
+    patients_per_subtype: int = 1,
+    images_per_magnification: int = 2,
+    size: tuple[int, int] = (460, 700),
+    masks: bool = True,
+    seed: int = 0,
 ) -> Path:
     """Write a BreakHis tree of real PNG files, every subtype and magnification; returns its root.
 

@@ -48,22 +48,38 @@ def _augmentations(p: TrainParams) -> list[A.BasicTransform]:
     if p.augment == "gusa":
         # 001: mirroring, random rotations, additive noise, intensity change (magnitudes searched, §2.7).
         return [
-            *_flips(), _rotation(p.rotation),
+            *_flips(),
+            _rotation(p.rotation),
             A.GaussNoise(std_range=(0.0, p.noise_std), p=1.0 if p.noise_std > 0 else 0.0),
-            A.RandomBrightnessContrast(brightness_limit=p.intensity, contrast_limit=0.0, p=1.0 if p.intensity > 0 else 0.0),
+            A.RandomBrightnessContrast(
+                brightness_limit=p.intensity, contrast_limit=0.0, p=1.0 if p.intensity > 0 else 0.0
+            ),
         ]
     if p.augment == "essex2023":
         # 003 §3.3: rotation up to 180, flips, shift and zoom 10 %, shear 10 degrees, brightness 20 %.
         return [
-            A.Affine(rotate=(-180, 180), translate_percent=(-0.1, 0.1), scale=(0.9, 1.1), shear=(-10, 10),
-                     border_mode=cv2.BORDER_REPLICATE, p=1.0),
-            *_flips(), A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.0, p=1.0),
+            A.Affine(
+                rotate=(-180, 180),
+                translate_percent=(-0.1, 0.1),
+                scale=(0.9, 1.1),
+                shear=(-10, 10),
+                border_mode=cv2.BORDER_REPLICATE,
+                p=1.0,
+            ),
+            *_flips(),
+            A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.0, p=1.0),
         ]
     # pis: Keras ImageDataGenerator of the CancerNet tutorial: rotation 20, zoom 0.05, shift 0.1,
     # shear 0.05 degrees, fill_mode="nearest" (= replicate the border).
     return [
-        A.Affine(rotate=(-20, 20), scale=(0.95, 1.05), translate_percent=(-0.1, 0.1), shear=(-0.05, 0.05),
-                 border_mode=cv2.BORDER_REPLICATE, p=1.0),
+        A.Affine(
+            rotate=(-20, 20),
+            scale=(0.95, 1.05),
+            translate_percent=(-0.1, 0.1),
+            shear=(-0.05, 0.05),
+            border_mode=cv2.BORDER_REPLICATE,
+            p=1.0,
+        ),
         *_flips(),
     ]
 
@@ -86,15 +102,39 @@ class GeneratorArgs:
 # The augmentations whose seeds ran a Keras ImageDataGenerator: the CancerNet tutorial's (S-PIS) and
 # 003 §3.3's list, which names exactly ImageDataGenerator's arguments.
 KERAS_GENERATORS = {
-    "pis": GeneratorArgs(rotation_range=20, width_shift_range=0.1, height_shift_range=0.1, shear_range=0.05,
-                         zoom_range=0.05, horizontal_flip=True, vertical_flip=True),
-    "essex2023": GeneratorArgs(rotation_range=180, width_shift_range=0.1, height_shift_range=0.1, shear_range=10,
-                               zoom_range=0.1, horizontal_flip=True, vertical_flip=True, brightness_range=(0.8, 1.2)),
+    "pis": GeneratorArgs(
+        rotation_range=20,
+        width_shift_range=0.1,
+        height_shift_range=0.1,
+        shear_range=0.05,
+        zoom_range=0.05,
+        horizontal_flip=True,
+        vertical_flip=True,
+    ),
+    "essex2023": GeneratorArgs(
+        rotation_range=180,
+        width_shift_range=0.1,
+        height_shift_range=0.1,
+        shear_range=10,
+        zoom_range=0.1,
+        horizontal_flip=True,
+        vertical_flip=True,
+        brightness_range=(0.8, 1.2),
+    ),
 }
 
 
-def keras_affine(image: np.ndarray, theta: float = 0.0, tx: float = 0.0, ty: float = 0.0, shear: float = 0.0,
-                 zx: float = 1.0, zy: float = 1.0, *, order: int = 1) -> np.ndarray:
+def keras_affine(
+    image: np.ndarray,
+    theta: float = 0.0,
+    tx: float = 0.0,
+    ty: float = 0.0,
+    shear: float = 0.0,
+    zx: float = 1.0,
+    zy: float = 1.0,
+    *,
+    order: int = 1,
+) -> np.ndarray:
     """Return H x W x C `image` (float) transformed as Keras' `apply_affine_transform` does with
     channels last and fill_mode "nearest": theta and shear in degrees, tx along rows and ty along
     columns in pixels, zoom factors zx, zy; spline interpolation of `order` (Keras' default 1)."""
@@ -104,7 +144,9 @@ def keras_affine(image: np.ndarray, theta: float = 0.0, tx: float = 0.0, ty: flo
     matrix = matrix @ np.array([[1, -np.sin(s), 0], [0, np.cos(s), 0], [0, 0, 1]])
     matrix = matrix @ np.array([[zx, 0, 0], [0, zy, 0], [0, 0, 1]])
     o_x, o_y = image.shape[0] / 2 - 0.5, image.shape[1] / 2 - 0.5
-    matrix = np.array([[1, 0, o_x], [0, 1, o_y], [0, 0, 1]]) @ matrix @ np.array([[1, 0, -o_x], [0, 1, -o_y], [0, 0, 1]])
+    matrix = (
+        np.array([[1, 0, o_x], [0, 1, o_y], [0, 0, 1]]) @ matrix @ np.array([[1, 0, -o_x], [0, 1, -o_y], [0, 0, 1]])
+    )
     # Keras builds the matrix on (x, y) and swaps both axes to numpy's (row, column) order.
     matrix[:, [0, 1]] = matrix[:, [1, 0]]
     matrix[[0, 1]] = matrix[[1, 0]]
@@ -142,7 +184,8 @@ class KerasImageDataGenerator(A.DualTransform):
             "tx": rng.uniform(-a.height_shift_range, a.height_shift_range) * height,
             "ty": rng.uniform(-a.width_shift_range, a.width_shift_range) * width,
             "shear": rng.uniform(-a.shear_range, a.shear_range),
-            "zx": zx, "zy": zy,
+            "zx": zx,
+            "zy": zy,
             "flip_h": a.horizontal_flip and rng.random() < 0.5,
             "flip_v": a.vertical_flip and rng.random() < 0.5,
             "brightness": rng.uniform(*a.brightness_range) if a.brightness_range else None,

@@ -19,8 +19,15 @@ from harness.leaderboard.render import to_html, to_latex, to_markdown
 from harness.leaderboard.runs import RunSet, collect_runs
 from harness.leaderboard.table import MAIN_ROWS, ReportTable
 
-__all__ = ["LAYOUTS", "Leaderboard", "LayoutOptions", "build_leaderboard", "collect_runs", "out_of_tolerance",
-           "write_leaderboard"]
+__all__ = [
+    "LAYOUTS",
+    "Leaderboard",
+    "LayoutOptions",
+    "build_leaderboard",
+    "collect_runs",
+    "out_of_tolerance",
+    "write_leaderboard",
+]
 
 
 @dataclass
@@ -34,17 +41,29 @@ class Leaderboard:
     def table(self):
         """Return the first table as a DataFrame of its harness and floor rows (one per baseline)."""
         frame = self.tables[0].frame()
-        return frame[frame.row_kind.isin(MAIN_ROWS)].drop(columns=["row_kind", "group"]).rename(
-            columns={"model": "baseline"}).reset_index(drop=True)
+        return (
+            frame[frame.row_kind.isin(MAIN_ROWS)]
+            .drop(columns=["row_kind", "group"])
+            .rename(columns={"model": "baseline"})
+            .reset_index(drop=True)
+        )
 
     def intro(self) -> list[str]:
         """Return the lines that say what the tables cover."""
-        return [f"Experiments: {', '.join(self.runs.experiments)}; tracking store: {self.runs.tracking_uri}.",
-                f"Split {self.runs.split_hash[:16]}: only runs that saw this split are compared."]
+        return [
+            f"Experiments: {', '.join(self.runs.experiments)}; tracking store: {self.runs.tracking_uri}.",
+            f"Split {self.runs.split_hash[:16]}: only runs that saw this split are compared.",
+        ]
 
 
-def build_leaderboard(tracking_uri: str, experiments: str | list[str], *, tables: list[str] | tuple[str, ...] = ("summary",),
-                      split_hash: str | None = None, options: LayoutOptions | None = None) -> Leaderboard:
+def build_leaderboard(
+    tracking_uri: str,
+    experiments: str | list[str],
+    *,
+    tables: list[str] | tuple[str, ...] = ("summary",),
+    split_hash: str | None = None,
+    options: LayoutOptions | None = None,
+) -> Leaderboard:
     """Return the leaderboard of `experiments` on one split, laid out as `tables`."""
     names = [experiments] if isinstance(experiments, str) else list(experiments)
     runs = collect_runs(tracking_uri, names, split_hash=split_hash)
@@ -68,7 +87,9 @@ def write_leaderboard(board: Leaderboard, results_dir: Path, *, html: bool = Tru
             table.frame().to_csv(folder / f"{table.name}.csv", index=False)
             written += [f"{table.name}.md", f"{table.name}.tex", f"{table.name}.csv"]
         title = f"# Leaderboard: {', '.join(board.runs.experiments)}"
-        (folder / "leaderboard.md").write_text("\n".join([title, "", *board.intro(), ""] + [to_markdown(t) for t in board.tables]))
+        (folder / "leaderboard.md").write_text(
+            "\n".join([title, "", *board.intro(), ""] + [to_markdown(t) for t in board.tables])
+        )
         (folder / "leaderboard.tex").write_text("\n".join(to_latex(t) for t in board.tables))
         written += ["leaderboard.md", "leaderboard.tex"]
         if html:

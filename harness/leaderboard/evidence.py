@@ -129,25 +129,35 @@ def _column_tests(scored: dict[str, _Scored], reference: str, rows: dict[str, Te
 
 def _scored(frame: pd.DataFrame, n_boot: int, seed: int) -> _Scored:
     labels, probs, groups = frame.label.to_numpy(), probabilities(frame), patient_groups(frame)
-    return _Scored(labels, probs, groups, stats.bootstrap_replicates(stats.auc, labels, probs, groups, n_boot=n_boot, seed=seed))
+    return _Scored(
+        labels, probs, groups, stats.bootstrap_replicates(stats.auc, labels, probs, groups, n_boot=n_boot, seed=seed)
+    )
 
 
 def _intervals(scored: _Scored, model: str, n_boot: int, seed: int) -> TestEvidence:
     def interval(metric: stats.Metric) -> stats.Interval:
         return stats.bootstrap_ci(metric, scored.labels, scored.probs, scored.groups, n_boot=n_boot, seed=seed)
 
-    return TestEvidence(model=model, images=scored.labels.size, accuracy=interval(_accuracy),
-                        auc=stats.percentile_interval(scored.auc), ece=interval(stats.expected_calibration_error),
-                        brier=interval(stats.brier_score))
+    return TestEvidence(
+        model=model,
+        images=scored.labels.size,
+        accuracy=interval(_accuracy),
+        auc=stats.percentile_interval(scored.auc),
+        ece=interval(stats.expected_calibration_error),
+        brier=interval(stats.brier_score),
+    )
 
 
-def gather_evidence(runs: RunSet, rows: list[BaselineRuns], model: str, reference: str | None, *,
-                    n_boot: int = 2000, seed: int = 0) -> TableEvidence:
+def gather_evidence(
+    runs: RunSet, rows: list[BaselineRuns], model: str, reference: str | None, *, n_boot: int = 2000, seed: int = 0
+) -> TableEvidence:
     """Return the evidence of each row's `model` (ensemble or best_trial) test predictions; the
     paired tests cover the rows that scored the same images as the row labelled `reference`."""
     frames = {r.label: runs.test_predictions(r, model) for r in rows}
     frames = {label: frame for label, frame in frames.items() if frame is not None and not frame.empty}
-    aligned = {label: _aligned(frame, frames[reference]) for label, frame in frames.items()} if reference in frames else {}
+    aligned = (
+        {label: _aligned(frame, frames[reference]) for label, frame in frames.items()} if reference in frames else {}
+    )
     same = {label: frame for label, frame in aligned.items() if frame is not None}
     scored = {label: _scored(same.get(label, frame), n_boot, seed) for label, frame in frames.items()}
     intervals = {label: _intervals(s, model, n_boot, seed) for label, s in scored.items()}

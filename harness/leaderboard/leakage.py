@@ -26,32 +26,47 @@ def latest_study(tracking_uri: str, experiment: str) -> str:
     """Return the run id of the newest finished leakage study of `experiment`."""
     client = MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(experiment)
-    runs = [] if found is None else client.search_runs(
-        [found.experiment_id], f"tags.{tracking.RUN_TYPE} = 'study' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"], max_results=1)
+    runs = (
+        []
+        if found is None
+        else client.search_runs(
+            [found.experiment_id],
+            f"tags.{tracking.RUN_TYPE} = 'study' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+    )
     if not runs:
         raise InputError(f"experiment {experiment!r} has no finished leakage study in {tracking_uri}")
     return runs[0].info.run_id
 
 
 def _columns(folds: int) -> list[Column]:
-    return [Column("model", "model"), Column("accuracy_patch_random", "acc, patch-random"),
-            Column("accuracy_patient", "acc, patient"), Column("inflation_accuracy", "inflation (points)", digits=1),
-            Column("inflation_accuracy_low", "95% CI low", digits=1),
-            Column("inflation_accuracy_high", "95% CI high", digits=1),
-            Column("inflation_accuracy_sd", "SD over folds", digits=1),
-            Column("inflation_auc", "AUC inflation (points)", digits=1),
-            Column("inflation_auc_low", "AUC 95% CI low", digits=1),
-            Column("inflation_auc_high", "AUC 95% CI high", digits=1),
-            Column("folds", "folds"), Column("epochs", "epochs"),
-            *(Column(f"inflation_fold{f}", f"fold {f}", digits=1) for f in range(folds)),
-            Column("shared", "test patients in training, patch-random (per fold)", digits=1)]
+    return [
+        Column("model", "model"),
+        Column("accuracy_patch_random", "acc, patch-random"),
+        Column("accuracy_patient", "acc, patient"),
+        Column("inflation_accuracy", "inflation (points)", digits=1),
+        Column("inflation_accuracy_low", "95% CI low", digits=1),
+        Column("inflation_accuracy_high", "95% CI high", digits=1),
+        Column("inflation_accuracy_sd", "SD over folds", digits=1),
+        Column("inflation_auc", "AUC inflation (points)", digits=1),
+        Column("inflation_auc_low", "AUC 95% CI low", digits=1),
+        Column("inflation_auc_high", "AUC 95% CI high", digits=1),
+        Column("folds", "folds"),
+        Column("epochs", "epochs"),
+        *(Column(f"inflation_fold{f}", f"fold {f}", digits=1) for f in range(folds)),
+        Column("shared", "test patients in training, patch-random (per fold)", digits=1),
+    ]
 
 
 def _pairs(client: MlflowClient, experiment_id: str, study: str) -> dict[str, dict[int, dict[str, object]]]:
     """Return the study's arm runs as model -> fold -> protocol -> run."""
-    runs = client.search_runs([experiment_id], f"tags.`{tracking.PARENT}` = '{study}' and tags.{tracking.RUN_TYPE} = "
-                              "'study_arm' and attributes.status = 'FINISHED'")
+    runs = client.search_runs(
+        [experiment_id],
+        f"tags.`{tracking.PARENT}` = '{study}' and tags.{tracking.RUN_TYPE} = "
+        "'study_arm' and attributes.status = 'FINISHED'",
+    )
     by_model: dict[str, dict[int, dict[str, object]]] = {}
     for run in runs:
         folds = by_model.setdefault(run.data.tags[tracking.BASELINE], {})
@@ -72,19 +87,26 @@ def _row(model: str, folds: dict[int, dict[str, object]], runs: RunSet, n_boot: 
     samples = [_samples(runs, folds[f]) for f in paired]
     per_fold, acc = stats.fold_paired_difference(_accuracy, samples, n_boot=n_boot, seed=seed)
     _, auc = stats.fold_paired_difference(stats.auc, samples, n_boot=n_boot, seed=seed)
-    mean = {p: float(np.mean([_accuracy(*pair[i][:2]) for pair in samples]))
-            for i, p in enumerate((PATCH_RANDOM, PATIENT))}
+    mean = {
+        p: float(np.mean([_accuracy(*pair[i][:2]) for pair in samples])) for i, p in enumerate((PATCH_RANDOM, PATIENT))
+    }
     leaky = [folds[f][PATCH_RANDOM] for f in paired]
     epochs = {r.data.params.get("epochs") for f in paired for r in folds[f].values()} - {None}
     floor = leaky[0].data.tags.get(tracking.FLOOR) == "true"
-    cells = {"model": Cell(model + (" (floor)" if floor else "")),
-             "accuracy_patch_random": number(mean[PATCH_RANDOM]), "accuracy_patient": number(mean[PATIENT]),
-             "folds": count(len(paired)), "epochs": Cell(", ".join(sorted(epochs)) or "-"),
-             "shared": number(np.mean([int(r.data.tags["shared_test_patients"]) for r in leaky]), 1)}
+    cells = {
+        "model": Cell(model + (" (floor)" if floor else "")),
+        "accuracy_patch_random": number(mean[PATCH_RANDOM]),
+        "accuracy_patient": number(mean[PATIENT]),
+        "folds": count(len(paired)),
+        "epochs": Cell(", ".join(sorted(epochs)) or "-"),
+        "shared": number(np.mean([int(r.data.tags["shared_test_patients"]) for r in leaky]), 1),
+    }
     for key, interval in (("accuracy", acc), ("auc", auc)):
-        cells |= {f"inflation_{key}": signed(100 * interval.estimate, 1),
-                  f"inflation_{key}_low": signed(100 * interval.low, 1),
-                  f"inflation_{key}_high": signed(100 * interval.high, 1)}
+        cells |= {
+            f"inflation_{key}": signed(100 * interval.estimate, 1),
+            f"inflation_{key}_low": signed(100 * interval.low, 1),
+            f"inflation_{key}_high": signed(100 * interval.high, 1),
+        }
     cells |= {f"inflation_fold{f}": signed(100 * d, 1) for f, d in zip(paired, per_fold)}
     cells["inflation_accuracy_sd"] = number(100 * stats.mean_sd_se(np.asarray(per_fold))[1], 1)
     return Row("floor" if floor else "harness", model, cells), acc.method
@@ -102,8 +124,12 @@ def leakage_table(tracking_uri: str, experiment: str, study: str, *, n_boot: int
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
     params = client.get_run(study).data.params
     folds, epochs = int(params["folds"]), params["epochs"]
-    table = ReportTable("leakage", f"the same model, recipe and seed over {folds} folds of a patch-random and of a "
-                        f"patient split, epoch budget {epochs}", _columns(folds))
+    table = ReportTable(
+        "leakage",
+        f"the same model, recipe and seed over {folds} folds of a patch-random and of a "
+        f"patient split, epoch budget {epochs}",
+        _columns(folds),
+    )
     runs = RunSet(tracking_uri=tracking_uri, experiments=[experiment], split_hash="", baselines=[])
     method = None
     for model, by_fold in sorted(_pairs(client, experiment_id, study).items(), key=_floors_first):
@@ -112,20 +138,25 @@ def leakage_table(tracking_uri: str, experiment: str, study: str, *, n_boot: int
             table.footnotes.append(f"{model}: no fold finished in both arms; no inflation")
             continue
         if missing:
-            table.footnotes.append(f"{model}: folds {', '.join(map(str, missing))} did not finish in both arms and are "
-                                   "left out of its mean")
+            table.footnotes.append(
+                f"{model}: folds {', '.join(map(str, missing))} did not finish in both arms and are "
+                "left out of its mean"
+            )
         row, method = _row(model, by_fold, runs, n_boot, seed)
         table.rows.append(row)
     if method is not None:
-        table.footnotes.append(f"Inflation = mean over folds of patch-random minus patient test accuracy, in points; "
-                               f"fold f = each arm's held-out fold f. 95% CI: {method}. The interval covers which "
-                               "test patients were drawn, given each fold's trained models; the SD over folds also "
-                               "holds what training on different folds changes.")
+        table.footnotes.append(
+            f"Inflation = mean over folds of patch-random minus patient test accuracy, in points; "
+            f"fold f = each arm's held-out fold f. 95% CI: {method}. The interval covers which "
+            "test patients were drawn, given each fold's trained models; the SD over folds also "
+            "holds what training on different folds changes."
+        )
     table.footnotes.append(
         "Per fold and arm: the published recipe, the same epoch budget and seed, trained on the arm's other folds but "
         "one (the next fold validates), tested on its own held-out fold; the folds of each arm cover every image once. "
         "Patient folds keep every patient on one side; patch-random folds (the seeds' protocol, BASELINES.md §1.4) do "
-        "not. Arms are tagged protocol=patch_random / patient and never enter a leaderboard table.")
+        "not. Arms are tagged protocol=patch_random / patient and never enter a leaderboard table."
+    )
     return table
 
 
@@ -142,12 +173,28 @@ def leakage_plot(table: ReportTable, path: Path) -> Path:
     ax.axhline(0, color="0.6", lw=0.8)
     for i, row in enumerate(rows):
         folds = [c.value for k, c in row.cells.items() if k.startswith("inflation_fold") and c.value is not None]
-        ax.scatter(i - 0.12 + np.linspace(-0.06, 0.06, len(folds)), folds, s=14, color="0.45",
-                   label="one fold" if i == 0 else None, zorder=2)
-        mean, low, high = (row.cells[k].value for k in ("inflation_accuracy", "inflation_accuracy_low",
-                                                           "inflation_accuracy_high"))
-        ax.errorbar(i + 0.12, mean, yerr=[[mean - low], [high - mean]], fmt="D", color="C0", capsize=4, ms=6,
-                    label="mean, 95% CI" if i == 0 else None, zorder=3)
+        ax.scatter(
+            i - 0.12 + np.linspace(-0.06, 0.06, len(folds)),
+            folds,
+            s=14,
+            color="0.45",
+            label="one fold" if i == 0 else None,
+            zorder=2,
+        )
+        mean, low, high = (
+            row.cells[k].value for k in ("inflation_accuracy", "inflation_accuracy_low", "inflation_accuracy_high")
+        )
+        ax.errorbar(
+            i + 0.12,
+            mean,
+            yerr=[[mean - low], [high - mean]],
+            fmt="D",
+            color="C0",
+            capsize=4,
+            ms=6,
+            label="mean, 95% CI" if i == 0 else None,
+            zorder=3,
+        )
     ax.set_xticks(np.arange(len(rows)), [r.cells["model"].text for r in rows], fontsize=8)
     ax.set_ylabel("patch-random minus patient\ntest accuracy (points)")
     ax.legend(fontsize=8, loc="best")

@@ -78,8 +78,14 @@ def roc_figure(runset: RunSet, folder: Path) -> list[Figure]:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-    return [(path, "ROC curves on the test set" + ("" if classes == 2 else ", one-vs-rest per class")
-             + " (fold ensemble where the winner was retrained, else the best trial)")]
+    return [
+        (
+            path,
+            "ROC curves on the test set"
+            + ("" if classes == 2 else ", one-vs-rest per class")
+            + " (fold ensemble where the winner was retrained, else the best trial)",
+        )
+    ]
 
 
 def _frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -101,14 +107,22 @@ def pareto_figure(runset: RunSet, folder: Path) -> list[Figure]:
     share, unit = ("gpu_share", "GPU-hours") if gpu else ("cpu_share", "CPU core-hours (no GPU was granted)")
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), dpi=110)
-    for ax, (xlabel, cost) in zip(axes, (("#params (torch)", lambda r: r.metric("params_torch")),
-                                         (unit, lambda r: r.hours(share)))):
+    for ax, (xlabel, cost) in zip(
+        axes, (("#params (torch)", lambda r: r.metric("params_torch")), (unit, lambda r: r.hours(share)))
+    ):
         points = [(cost(r), r.metric("test_accuracy"), r.label) for r in rows]
         for x, y, label in points:
             ax.scatter(x, y, s=30)
             ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         frontier = _frontier([(x, y) for x, y, _ in points])
-        ax.step([p[0] for p in frontier], [p[1] for p in frontier], where="post", color="black", lw=0.8, label="Pareto front")
+        ax.step(
+            [p[0] for p in frontier],
+            [p[1] for p in frontier],
+            where="post",
+            color="black",
+            lw=0.8,
+            label="Pareto front",
+        )
         if xlabel.startswith("#params"):
             ax.set_xscale("log")
         ax.set_xlabel(xlabel)
@@ -118,8 +132,13 @@ def pareto_figure(runset: RunSet, folder: Path) -> list[Figure]:
     path = folder / "pareto.png"
     fig.savefig(path)
     plt.close(fig)
-    return [(path, f"Test accuracy of each baseline's best trial against its size and against the {unit} of its "
-                   "trials and fold runs; the line joins the rows nothing beats on both")]
+    return [
+        (
+            path,
+            f"Test accuracy of each baseline's best trial against its size and against the {unit} of its "
+            "trials and fold runs; the line joins the rows nothing beats on both",
+        )
+    ]
 
 
 def history_figure(runset: RunSet, folder: Path) -> list[Figure]:
@@ -134,8 +153,11 @@ def history_figure(runset: RunSet, folder: Path) -> list[Figure]:
         minimise = trials.objective_metric.iloc[0] == "val_loss"
         order = np.arange(1, len(values) + 1)
         ax.scatter(order, values, s=14, label="trial")
-        running = np.fmin.accumulate(np.where(np.isnan(values), np.inf, values)) if minimise else \
-            np.fmax.accumulate(np.where(np.isnan(values), -np.inf, values))
+        running = (
+            np.fmin.accumulate(np.where(np.isnan(values), np.inf, values))
+            if minimise
+            else np.fmax.accumulate(np.where(np.isnan(values), -np.inf, values))
+        )
         ax.step(order, running, where="post", color="C3", label="best so far")
         ax.set_title(runs.label, fontsize=9)
         ax.set_xlabel("trial (start order)")
@@ -145,8 +167,13 @@ def history_figure(runset: RunSet, folder: Path) -> list[Figure]:
     path = folder / "history.png"
     fig.savefig(path)
     plt.close(fig)
-    return [(path, "Optimisation history: each trial's objective (its best validation epoch) in start order, and "
-                   "the best so far; trials stopped early by ASHA show the objective they had reached")]
+    return [
+        (
+            path,
+            "Optimisation history: each trial's objective (its best validation epoch) in start order, and "
+            "the best so far; trials stopped early by ASHA show the objective they had reached",
+        )
+    ]
 
 
 def confusion_figure(runset: RunSet, folder: Path) -> list[Figure]:

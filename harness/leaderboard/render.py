@@ -10,17 +10,42 @@ from pathlib import Path
 
 from harness.leaderboard.table import EMPTY, MAIN_ROWS, ReportTable, Row
 
-_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                  "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}",
-                  "±": r"$\pm$", "†": r"$^\dagger$", "‡": r"$^\ddagger$", "¶": r"$^\P$", "ˢ": r"$^s$",
-                  "Δ": r"$\Delta$", "√": r"$\surd$", "τ": r"$\tau$", "≠": r"$\neq$", "§": r"\S{}"}
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+    "|": r"\textbar{}",
+    "±": r"$\pm$",
+    "†": r"$^\dagger$",
+    "‡": r"$^\ddagger$",
+    "¶": r"$^\P$",
+    "ˢ": r"$^s$",
+    "Δ": r"$\Delta$",
+    "√": r"$\surd$",
+    "τ": r"$\tau$",
+    "≠": r"$\neq$",
+    "§": r"\S{}",
+}
 
 
 def _is_best(table: ReportTable, row: Row, key: str, best: dict[str, float]) -> bool:
     cell = row.cells.get(key, EMPTY)
-    return (row.kind == "harness" and key in best and cell.value is not None
-            and not math.isnan(cell.value) and math.isclose(cell.value, best[key]))
+    return (
+        row.kind == "harness"
+        and key in best
+        and cell.value is not None
+        and not math.isnan(cell.value)
+        and math.isclose(cell.value, best[key])
+    )
 
 
 def _texts(table: ReportTable, row: Row) -> list[str]:
@@ -34,7 +59,9 @@ def to_markdown(table: ReportTable, *, heading: str = "##") -> str:
     rule = "|" + "|".join("---" if i < 2 else "---:" for i in range(len(table.columns))) + "|"
     lines = [f"{heading} {table.name}: {table.title}", "", header, rule]
     for row in table.rows:
-        texts = [f"**{t}**" if _is_best(table, row, c.key, best) else t for c, t in zip(table.columns, _texts(table, row))]
+        texts = [
+            f"**{t}**" if _is_best(table, row, c.key, best) else t for c, t in zip(table.columns, _texts(table, row))
+        ]
         if row.kind not in MAIN_ROWS:
             texts[0] = f"↳ {texts[0]}"
         lines.append("| " + " | ".join(t.replace("|", "\\|") for t in texts) + " |")
@@ -54,10 +81,14 @@ def to_latex(table: ReportTable) -> str:
     best = table.best_values()
     align = "ll" + "r" * (len(table.columns) - 2)
     lines = [
-        "\\begin{table}[t]", "\\centering", "\\small",
+        "\\begin{table}[t]",
+        "\\centering",
+        "\\small",
         f"\\caption{{{latex_escape(table.name)}: {latex_escape(table.title)}.}}",
-        f"\\begin{{tabular}}{{{align}}}", "\\toprule",
-        " & ".join(latex_escape(c.header) for c in table.columns) + " \\\\", "\\midrule",
+        f"\\begin{{tabular}}{{{align}}}",
+        "\\toprule",
+        " & ".join(latex_escape(c.header) for c in table.columns) + " \\\\",
+        "\\midrule",
     ]
     previous = None
     for row in table.rows:
@@ -115,22 +146,29 @@ def _html_table(table: ReportTable) -> str:
             cells.append(f"<td{css}>{html.escape(text)}</td>")
         body.append(f'<tr class="{row.kind}">{"".join(cells)}</tr>')
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in table.footnotes)
-    return (f'<section class="leaderboard-table" id="{html.escape(table.name)}"><h2>{html.escape(table.name)}: '
-            f'{html.escape(table.title)}</h2><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody>'
-            f'</table><ul class="notes">{notes}</ul></section>')
+    return (
+        f'<section class="leaderboard-table" id="{html.escape(table.name)}"><h2>{html.escape(table.name)}: '
+        f"{html.escape(table.title)}</h2><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody>"
+        f'</table><ul class="notes">{notes}</ul></section>'
+    )
 
 
 def to_html(title: str, intro: list[str], tables: list[ReportTable], figures: list[tuple[Path, str]]) -> str:
     """Return one self-contained HTML page: the tables, then every figure inlined as a PNG data URI."""
     parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>", *(f"<p>{html.escape(line)}</p>" for line in intro),
+        f"<h1>{html.escape(title)}</h1>",
+        *(f"<p>{html.escape(line)}</p>" for line in intro),
         *(_html_table(t) for t in tables),
     ]
     if figures:
         parts.append('<section id="figures"><h2>Figures</h2>')
-        parts += [f"<figure>{_image(path)}<figcaption>{html.escape(caption)}</figcaption></figure>" for path, caption in figures]
+        parts += [
+            f"<figure>{_image(path)}<figcaption>{html.escape(caption)}</figcaption></figure>"
+            for path, caption in figures
+        ]
         parts.append("</section>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"

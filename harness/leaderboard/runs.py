@@ -80,8 +80,11 @@ class RunSet:
         # One bar per small file would bury the tables.
         os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
         try:
-            return Path(mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path=path, dst_path=str(target), tracking_uri=self.tracking_uri))
+            return Path(
+                mlflow.artifacts.download_artifacts(
+                    run_id=run_id, artifact_path=path, dst_path=str(target), tracking_uri=self.tracking_uri
+                )
+            )
         except (MlflowException, OSError):
             return None
 
@@ -133,29 +136,31 @@ def _frame(runs: list) -> pd.DataFrame:
     for run in runs:
         info, tags, params = run.info, run.data.tags, run.data.params
         end = info.end_time or info.start_time
-        rows.append({
-            "run_id": info.run_id,
-            "status": info.status,
-            "start_time": info.start_time,
-            "run_type": tags.get(tracking.RUN_TYPE),
-            "parent": tags.get(tracking.PARENT),
-            "baseline": tags.get(tracking.BASELINE),
-            "split_hash": tags.get(tracking.SPLIT_HASH),
-            "dataset": tags.get(tracking.DATASET, "unknown"),
-            "protocol": tags.get(tracking.PROTOCOL, "unknown"),
-            "roi_source": tags.get(tracking.ROI_SOURCE, "none"),
-            "floor": tags.get(tracking.FLOOR) == "true",
-            "semantics": params.get("semantics", ""),
-            "bn_recalibration": params.get("bn_recalibration", "false"),
-            "objective_metric": tags.get(tracking.OBJECTIVE, "val_accuracy"),
-            "stopped_by": tags.get(tracking.STOPPED_BY),
-            "trial_id": tags.get(tracking.TRIAL_ID, info.run_id),
-            "fold": int(tags[tracking.FOLD]) if tags.get(tracking.FOLD, "").isdigit() else -1,
-            "cpu_share": float(tags.get(tracking.CPU_SHARE, "nan")),
-            "gpu_share": float(tags.get(tracking.GPU_SHARE, "nan")),
-            "wall_time_s": (end - info.start_time) / 1000,
-            **run.data.metrics,
-        })
+        rows.append(
+            {
+                "run_id": info.run_id,
+                "status": info.status,
+                "start_time": info.start_time,
+                "run_type": tags.get(tracking.RUN_TYPE),
+                "parent": tags.get(tracking.PARENT),
+                "baseline": tags.get(tracking.BASELINE),
+                "split_hash": tags.get(tracking.SPLIT_HASH),
+                "dataset": tags.get(tracking.DATASET, "unknown"),
+                "protocol": tags.get(tracking.PROTOCOL, "unknown"),
+                "roi_source": tags.get(tracking.ROI_SOURCE, "none"),
+                "floor": tags.get(tracking.FLOOR) == "true",
+                "semantics": params.get("semantics", ""),
+                "bn_recalibration": params.get("bn_recalibration", "false"),
+                "objective_metric": tags.get(tracking.OBJECTIVE, "val_accuracy"),
+                "stopped_by": tags.get(tracking.STOPPED_BY),
+                "trial_id": tags.get(tracking.TRIAL_ID, info.run_id),
+                "fold": int(tags[tracking.FOLD]) if tags.get(tracking.FOLD, "").isdigit() else -1,
+                "cpu_share": float(tags.get(tracking.CPU_SHARE, "nan")),
+                "gpu_share": float(tags.get(tracking.GPU_SHARE, "nan")),
+                "wall_time_s": (end - info.start_time) / 1000,
+                **run.data.metrics,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -171,8 +176,15 @@ def latest_split_hash(tracking_uri: str, experiment: str) -> str:
     """Return the split hash of the most recent sweep of `experiment`."""
     client = MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(experiment)
-    sweeps = [] if found is None else client.search_runs(
-        [found.experiment_id], f"tags.{tracking.RUN_TYPE} = 'sweep'", order_by=["attributes.start_time DESC"], max_results=1
+    sweeps = (
+        []
+        if found is None
+        else client.search_runs(
+            [found.experiment_id],
+            f"tags.{tracking.RUN_TYPE} = 'sweep'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
     )
     if not sweeps:
         raise InputError(f"experiment {experiment!r} has no sweep in {tracking_uri} (run `harness sweep` first)")
@@ -188,8 +200,10 @@ def best_trial(trials: pd.DataFrame) -> pd.Series | None:
     if tested.empty:
         return None
     minimise = tested.objective_metric.iloc[0] == "val_loss"
-    best = min(tested.index, key=lambda i: ranking_key(
-        tested.objective[i], tested.best_val_loss[i], tested.trial_id[i], minimise=minimise))
+    best = min(
+        tested.index,
+        key=lambda i: ranking_key(tested.objective[i], tested.best_val_loss[i], tested.trial_id[i], minimise=minimise),
+    )
     return tested.loc[best]
 
 
@@ -200,10 +214,19 @@ def _baseline_runs(label: str, trials: pd.DataFrame, others: pd.DataFrame) -> Ba
     ensembles = children[(children.run_type == "ensemble") & (children.status == tracking.FINISHED)]
     first = trials.iloc[0]
     return BaselineRuns(
-        label=label, baseline=first.baseline, experiment=first.experiment, dataset=first.dataset,
-        protocol=first.protocol, roi_source=first.roi_source, floor=bool(first.floor),
-        semantics=first.semantics or None, bn_recalibration=first.bn_recalibration == "true", trials=trials, best=best,
-        folds=folds.reset_index(drop=True), ensemble=ensembles.iloc[-1] if not ensembles.empty else None,
+        label=label,
+        baseline=first.baseline,
+        experiment=first.experiment,
+        dataset=first.dataset,
+        protocol=first.protocol,
+        roi_source=first.roi_source,
+        floor=bool(first.floor),
+        semantics=first.semantics or None,
+        bn_recalibration=first.bn_recalibration == "true",
+        trials=trials,
+        best=best,
+        folds=folds.reset_index(drop=True),
+        ensemble=ensembles.iloc[-1] if not ensembles.empty else None,
     )
 
 
@@ -214,7 +237,11 @@ def collect_runs(tracking_uri: str, experiments: list[str], *, split_hash: str |
     client = MlflowClient(tracking_uri)
     frames = [_experiment_runs(client, tracking_uri, name) for name in experiments]
     split_hash = split_hash or latest_split_hash(tracking_uri, experiments[0])
-    runs = pd.concat([f for f in frames if not f.empty], ignore_index=True) if any(not f.empty for f in frames) else pd.DataFrame()
+    runs = (
+        pd.concat([f for f in frames if not f.empty], ignore_index=True)
+        if any(not f.empty for f in frames)
+        else pd.DataFrame()
+    )
     # A floor's run stands where a baseline's trials stand: one per floor, with the same metrics.
     trials = runs[runs.run_type.isin(["trial", "floor"])] if not runs.empty else runs
     if trials.empty:
@@ -223,18 +250,24 @@ def collect_runs(tracking_uri: str, experiments: list[str], *, split_hash: str |
     other = trials[trials.split_hash != split_hash]
     if not other.empty:
         hashes = ", ".join(sorted(h[:12] for h in other.split_hash.dropna().unique()))
-        notes.append(f"excluded {len(other)} runs made on another split ({hashes}); only split {split_hash[:12]} is compared")
+        notes.append(
+            f"excluded {len(other)} runs made on another split ({hashes}); only split {split_hash[:12]} is compared"
+        )
     trials = trials[trials.split_hash == split_hash]
     if trials.empty:
         raise InputError(f"experiment {', '.join(map(repr, experiments))} has no trial runs on split {split_hash[:12]}")
     others = runs[(runs.run_type.isin(["fold", "ensemble"])) & (runs.split_hash == split_hash)]
     several = trials.experiment.nunique() > 1
     # Trials trained under other protocol options are other models: each variant is a row of its own.
-    variants = trials.drop_duplicates(["experiment", "baseline", "semantics", "bn_recalibration"]).groupby(
-        ["experiment", "baseline"]).size()
+    variants = (
+        trials.drop_duplicates(["experiment", "baseline", "semantics", "bn_recalibration"])
+        .groupby(["experiment", "baseline"])
+        .size()
+    )
     baselines = []
     for (experiment, baseline, semantics, bn), group in trials.groupby(
-            ["experiment", "baseline", "semantics", "bn_recalibration"], sort=True):
+        ["experiment", "baseline", "semantics", "bn_recalibration"], sort=True
+    ):
         label = f"{baseline} ({experiment})" if several else baseline
         if variants[experiment, baseline] > 1:
             label += f" [{semantics or 'pre-semantics'} semantics{', BN recal.' if bn == 'true' else ''}]"
@@ -243,8 +276,16 @@ def collect_runs(tracking_uri: str, experiments: list[str], *, split_hash: str |
         entry = _baseline_runs(label, group.reset_index(drop=True), others)
         baselines.append(entry)
         if entry.best is None:
-            notes.append(f"{label}: no test evaluation (the split has no test set)" if entry.floor
-                         else f"{label}: no trial reached a test evaluation (all stopped early or failed, "
-                              "or the split has no test set)")
-    return RunSet(tracking_uri=tracking_uri, experiments=list(experiments), split_hash=split_hash,
-                  baselines=baselines, notes=notes)
+            notes.append(
+                f"{label}: no test evaluation (the split has no test set)"
+                if entry.floor
+                else f"{label}: no trial reached a test evaluation (all stopped early or failed, "
+                "or the split has no test set)"
+            )
+    return RunSet(
+        tracking_uri=tracking_uri,
+        experiments=list(experiments),
+        split_hash=split_hash,
+        baselines=baselines,
+        notes=notes,
+    )

@@ -83,9 +83,14 @@ class ReportTable:
         for column in self.columns:
             if column.higher_is_better is None:
                 continue
-            values = [r.cells[column.key].value for r in self.rows
-                      if r.kind == "harness" and column.key in r.cells and r.cells[column.key].value is not None
-                      and not math.isnan(r.cells[column.key].value)]
+            values = [
+                r.cells[column.key].value
+                for r in self.rows
+                if r.kind == "harness"
+                and column.key in r.cells
+                and r.cells[column.key].value is not None
+                and not math.isnan(r.cells[column.key].value)
+            ]
             if values:
                 best[column.key] = max(values) if column.higher_is_better else min(values)
         return best
@@ -98,7 +103,9 @@ class ReportTable:
             record: dict[str, object] = {"row_kind": row.kind, "group": row.group}
             for column in self.columns:
                 cell = row.cells.get(column.key, EMPTY)
-                record[column.key] = cell.value if cell.value is not None else (cell.text if cell.text not in ("", "-") else None)
+                record[column.key] = (
+                    cell.value if cell.value is not None else (cell.text if cell.text not in ("", "-") else None)
+                )
             records.append(record)
         return pd.DataFrame(records, columns=["row_kind", "group", *(c.key for c in self.columns)])
 
