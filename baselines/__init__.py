@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from . import attention_gate, gusa, idc_small, mil, transfer  # noqa: F401  (importing a family registers it)
 from ._counting import param_counts
+from ._keras import KERAS_EPSILON
 from ._registry import (
     BaselineInfo,
     Framework,
@@ -22,6 +23,7 @@ from ._summary import ModelSummary, summarise, summarise_all
 list = list_baselines  # noqa: A001  (the documented public name is baselines.list())
 
 __all__ = [
+    "KERAS_EPSILON",
     "BaselineInfo",
     "Framework",
     "ModelSummary",

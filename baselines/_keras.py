@@ -20,6 +20,8 @@ from torch import nn
 from ._weights import weights_from_file
 
 Initializer = Literal["glorot_uniform", "he_uniform"]
+# keras.backend.epsilon(): Keras' probability clipping in its losses and its optimisers' epsilon.
+KERAS_EPSILON = 1e-7
 _SPEC = "keras_layers"
 
 

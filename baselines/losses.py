@@ -7,9 +7,10 @@ from typing import Callable, Literal
 import torch
 import torch.nn.functional as F
 
+from ._keras import KERAS_EPSILON
+
 RoITarget = Literal["hard", "soft"]
 Loss = Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None], torch.Tensor]
-KERAS_EPSILON = 1e-7  # keras.backend.epsilon()
 
 
 def roi_target(masks: torch.Tensor, size: tuple[int, int], mode: RoITarget = "hard") -> torch.Tensor:

@@ -34,7 +34,6 @@ import torch
 import yaml
 from rich.console import Console
 from rich.table import Table
-from torch.nn.modules.batchnorm import _BatchNorm
 
 import baselines
 from harness.bn_recalibration import RECALIBRATION_BATCHES, batchnorms, recalibrate_batchnorm
@@ -46,7 +45,7 @@ from harness.data.prepare import PreparedData, load_or_index, prepare
 from harness.data.splits import CV, read_split
 from harness.data.transforms import batch_normaliser, build_transform
 from harness.experiment import recipe_spec
-from harness.floors import FLOORS, fit_floor_folds, floor_features
+from harness.floors import FLOORS, fit_floor_fold, floor_features
 from harness.metrics import classification_metrics
 from harness.train import EpochReport, RunSpec, fit
 
@@ -155,12 +154,10 @@ def _summary(prob: np.ndarray, labels: np.ndarray) -> dict[str, float]:
 def floor_rows(data: PreparedData, fold: int, seed: int) -> list[Row]:
     """Return each floor's validation figures on `fold` (fitted on the other folds)."""
     manifest, _ = read_manifest(data.manifest_path)
-    features = floor_features(open_patch_cache(data.cache_path))
+    features, split = floor_features(open_patch_cache(data.cache_path)), read_split(data.split_path)
     rows = []
     for name in FLOORS:
-        val = fit_floor_folds(
-            name, features, manifest, read_split(data.split_path), num_classes=len(data.class_names), seed=seed
-        )[fold].val
+        val = fit_floor_fold(name, features, manifest, split, fold, num_classes=len(data.class_names), seed=seed).val
         prob = val.predictions[[f"prob_{c}" for c in range(len(data.class_names))]].to_numpy()
         rows.append(Row(name, 0, "floor", **_summary(prob, val.predictions.label.to_numpy())))
     return rows
@@ -271,11 +268,6 @@ def norm_rows(
         mean, var = bn.running_mean[live], bn.running_var[live]
         var_off, var_on = var_off[live], var_on[live]
 
-        def shift(
-            other: _BatchNorm, var_in: torch.Tensor, mean: torch.Tensor = mean, live: torch.Tensor = live
-        ) -> float:
-            return float(((mean - other.running_mean[live]).abs() / var_in.sqrt()).median())
-
         rows.append(
             NormRow(
                 baseline=common["baseline"],
@@ -284,12 +276,16 @@ def norm_rows(
                 live_channels=f"{int(live.sum())}/{len(live)}",
                 var_ratio_off=_gmean(var / var_off),
                 var_ratio_on=_gmean(var / var_on),
-                mean_shift_off=shift(off[name], var_off),
-                mean_shift_on=shift(on[name], var_on),
+                mean_shift_off=_median_shift(mean, off[name].running_mean[live], var_off),
+                mean_shift_on=_median_shift(mean, on[name].running_mean[live], var_on),
                 dropout_var_gain=_gmean(var_on / var_off),
             )
         )
     return rows
+
+
+def _median_shift(mean: torch.Tensor, input_mean: torch.Tensor, input_var: torch.Tensor) -> float:
+    return float(((mean - input_mean).abs() / input_var.sqrt()).median())
 
 
 def _gmean(ratio: torch.Tensor) -> float:
@@ -300,10 +296,19 @@ def _f(x: float) -> str:
     return "" if np.isnan(x) else f"{x:.3f}"
 
 
+def _table(title: str, columns: tuple[str, ...], left: tuple[str, ...], lines: list[tuple[str, ...]]) -> Table:
+    """Return a rich table of `lines`, the `left` columns left-aligned and the others right."""
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, justify="left" if column in left else "right")
+    for line in lines:
+        table.add_row(*line)
+    return table
+
+
 def print_tables(console: Console, rows: list[Row], norms: list[NormRow], title: str) -> None:
     """Print the per-epoch table (floors first) and, when diagnosed, the BatchNorm table."""
-    table = Table(title=title)
-    for column in (
+    columns = (
         "model",
         "epoch",
         "mode",
@@ -314,10 +319,9 @@ def print_tables(console: Console, rows: list[Row], norms: list[NormRow], title:
         "top share (class)",
         "agree train+drop",
         "agree train-drop",
-    ):
-        table.add_column(column, justify="left" if column in ("model", "mode") else "right")
-    for r in rows:
-        table.add_row(
+    )
+    lines = [
+        (
             r.baseline,
             str(r.epoch) if r.epoch else "",
             r.mode,
@@ -329,14 +333,12 @@ def print_tables(console: Console, rows: list[Row], norms: list[NormRow], title:
             _f(r.agree_train_dropout),
             _f(r.agree_train_no_dropout),
         )
-    console.print(table)
+        for r in rows
+    ]
+    console.print(_table(title, columns, ("model", "mode"), lines))
     if not norms:
         return
-    table = Table(
-        title="BatchNorm running statistics against the batch statistics of its input (running var / "
-        "input var: geometric mean over channels; |mean shift| in input s.d., median over channels)"
-    )
-    for column in (
+    columns = (
         "model",
         "epoch",
         "layer",
@@ -346,10 +348,9 @@ def print_tables(console: Console, rows: list[Row], norms: list[NormRow], title:
         "mean shift, off",
         "mean shift, on",
         "input var on/off",
-    ):
-        table.add_column(column, justify="left" if column in ("model", "layer") else "right")
-    for n in norms:
-        table.add_row(
+    )
+    lines = [
+        (
             n.baseline,
             str(n.epoch),
             n.layer,
@@ -360,7 +361,13 @@ def print_tables(console: Console, rows: list[Row], norms: list[NormRow], title:
             _f(n.mean_shift_on),
             _f(n.dropout_var_gain),
         )
-    console.print(table)
+        for n in norms
+    ]
+    title = (
+        "BatchNorm running statistics against the batch statistics of its input (running var / input var: "
+        "geometric mean over channels; |mean shift| in input s.d., median over channels)"
+    )
+    console.print(_table(title, columns, ("model", "layer"), lines))
 
 
 def write_csv(path: Path, rows: list[Row], norms: list[NormRow], protocol: dict[str, str]) -> None:

@@ -72,6 +72,7 @@ def harness_sweep(path: Path) -> tuple[float, list[dict]]:
     its trial runs logged (not the floors' or any other run type the sweep nests under its run)."""
     from harness import tracking
     from harness.config import load_experiment
+    from harness.train import PROTOCOL_PARAMS
     from harness.tune import run_sweep
 
     config = load_experiment(path)
@@ -81,7 +82,7 @@ def harness_sweep(path: Path) -> tuple[float, list[dict]]:
     tracker = tracking.Tracker(summary.tracking_uri)
     runs = tracker.child_runs(tracker.experiment_id(config.name, create=False), summary.parent_run_id, "trial")
     # `epochs` and the protocol options are logged beside the point; the bare side sets them itself.
-    logged = {"epochs", "semantics", "bn_recalibration"}
+    logged = {"epochs", *PROTOCOL_PARAMS}
     return seconds, [{k: _value(v) for k, v in r.data.params.items() if k not in logged} for r in runs]
 
 

@@ -116,10 +116,6 @@ def train_tracked(
         if on_epoch is not None:
             on_epoch(entry)
 
-    try:
+    with setup.tracker.ending(run_id):
         result = fit(spec, report)
-    except BaseException as exc:
-        setup.tracker.finish(run_id, tracking.FAILED, {tracking.ERROR: repr(exc)[-4000:]})
-        raise
-    setup.tracker.finish(run_id, tracking.FINISHED)
     return run_id, result

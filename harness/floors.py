@@ -66,22 +66,30 @@ def _probabilities(model, features: np.ndarray, num_classes: int) -> np.ndarray:
     return prob
 
 
+def fit_floor_fold(
+    name: str, features: np.ndarray, manifest: pd.DataFrame, split: Split, fold: int, *, num_classes: int, seed: int
+) -> FloorFold:
+    """Fit floor `name` on the rows of every fold but `fold`; returns the fold model's rows and
+    evaluations (validation fold `fold`, and the test set when the split has one)."""
+    labels = manifest.label.to_numpy()
+    train_rows, val_rows, test_rows = (
+        split.rows(split=CV, exclude_fold=fold),
+        split.rows(split=CV, fold=fold),
+        split.rows(split=TEST),
+    )
+    model = make_floor(name, seed).fit(features[train_rows], labels[train_rows])
+
+    def evaluation(rows: np.ndarray) -> Evaluation:
+        return evaluation_of(_probabilities(model, features[rows], num_classes), labels[rows], manifest.iloc[rows])
+
+    return FloorFold(fold, train_rows, evaluation(val_rows), evaluation(test_rows) if len(test_rows) else None)
+
+
 def fit_floor_folds(
     name: str, features: np.ndarray, manifest: pd.DataFrame, split: Split, *, num_classes: int, seed: int
 ) -> list[FloorFold]:
-    """Fit floor `name` once per fold on the other folds' rows; returns each fold model's rows
-    and evaluations (validation fold, and the test set when the split has one)."""
-    labels = manifest.label.to_numpy()
-    test_rows = split.rows(split=TEST)
-    folds = []
-    for fold in range(split.folds):
-        train_rows, val_rows = split.rows(split=CV, exclude_fold=fold), split.rows(split=CV, fold=fold)
-        model = make_floor(name, seed).fit(features[train_rows], labels[train_rows])
-
-        def evaluation(rows: np.ndarray, model: object = model) -> Evaluation:
-            return evaluation_of(_probabilities(model, features[rows], num_classes), labels[rows], manifest.iloc[rows])
-
-        folds.append(
-            FloorFold(fold, train_rows, evaluation(val_rows), evaluation(test_rows) if len(test_rows) else None)
-        )
-    return folds
+    """Return `fit_floor_fold` of every fold of `split`."""
+    return [
+        fit_floor_fold(name, features, manifest, split, fold, num_classes=num_classes, seed=seed)
+        for fold in range(split.folds)
+    ]

@@ -20,9 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from baselines import KERAS_EPSILON
 from harness.config import TrainParams
-
-KERAS_EPSILON = 1e-7
 
 
 def _f32(value: float) -> float:

@@ -73,12 +73,8 @@ def _train_fold(ctx: SweepContext, winner: Winner, fold: int) -> tuple[str, pd.D
     def report(entry: EpochReport) -> None:
         tracking.log_epoch(tracker, run_id, entry, objective=ctx.objective, class_names=ctx.class_names)
 
-    try:
+    with tracker.ending(run_id):
         result = fit_on_node(spec, ctx.plans[winner.baseline].gpu, report)
-    except BaseException as exc:
-        tracker.finish(run_id, tracking.FAILED, {tracking.ERROR: repr(exc)[-4000:]})
-        raise
-    tracker.finish(run_id, tracking.FINISHED)
     assert result.test is not None, "retraining needs a test set (protocol.test_fraction > 0)"
     return run_id, result.test.predictions
 

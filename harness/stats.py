@@ -185,17 +185,20 @@ def bootstrap_ci(
     return percentile_interval(bootstrap_replicates(metric, labels, probs, groups, n_boot=n_boot, seed=seed), level)
 
 
+def _percentile_bounds(values: np.ndarray, level: float) -> tuple[float, float]:
+    """Return the central `level` percentile bounds of `values`, NaN when there are none."""
+    tail = 50 * (1 - level)
+    low, high = np.percentile(values, [tail, 100 - tail]) if values.size else (math.nan, math.nan)
+    return float(low), float(high)
+
+
 def percentile_interval(replicates: Replicates, level: float = 0.95) -> Interval:
     """Return the estimate with the percentile interval of its replicates (those where it is defined)."""
     values = replicates.values[np.isfinite(replicates.values)]
-    tail = 50 * (1 - level)
-    low, high = np.percentile(values, [tail, 100 - tail]) if values.size else (math.nan, math.nan)
+    low, high = _percentile_bounds(values, level)
     note = _resamples_note(replicates.n_boot, replicates.seed, replicates.n_boot - values.size)
     return Interval(
-        replicates.estimate,
-        float(low),
-        float(high),
-        f"{100 * level:g}% percentile bootstrap over {replicates.unit} ({note})",
+        replicates.estimate, low, high, f"{100 * level:g}% percentile bootstrap over {replicates.unit} ({note})"
     )
 
 
@@ -226,13 +229,12 @@ def bootstrap_difference(
         n_boot,
         seed,
     )
-    tail = 50 * (1 - level)
-    low, high = np.percentile(values, [tail, 100 - tail]) if values.size else (math.nan, math.nan)
+    low, high = _percentile_bounds(values, level)
     method = (
         f"{100 * level:g}% percentile bootstrap of the difference, {unit_a} and {unit_b} resampled "
         f"independently ({_resamples_note(n_boot, seed, skipped)})"
     )
-    return Interval(estimate, float(low), float(high), method)
+    return Interval(estimate, low, high, method)
 
 
 def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> PairedTest:
@@ -322,6 +324,11 @@ def _binary_auc(positive: np.ndarray, score: np.ndarray) -> float:
     if m == 0 or n == 0:
         return math.nan
     return float((stats.rankdata(score)[positive].sum() - m * (m + 1) / 2) / (m * n))
+
+
+def accuracy(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Return the share of images whose most probable class is their label."""
+    return float((np.asarray(probs).argmax(1) == labels).mean())
 
 
 def auc(labels: np.ndarray, probs: np.ndarray, average: str = "macro") -> float:
@@ -502,11 +509,10 @@ def fold_paired_difference(
         n_boot,
         seed,
     )
-    tail = 50 * (1 - level)
-    low, high = np.percentile(values, [tail, 100 - tail]) if values.size else (math.nan, math.nan)
+    low, high = _percentile_bounds(values, level)
     units = "; ".join(f"{unit_a} / {unit_b}" for (unit_a, _), (unit_b, _) in drawers)
     method = (
         f"{100 * level:g}% percentile bootstrap of the mean per-fold difference, both test sets of each fold "
         f"resampled by patient ({units}; {_resamples_note(n_boot, seed, skipped)})"
     )
-    return per_fold, Interval(float(np.mean(per_fold)), float(low), float(high), method)
+    return per_fold, Interval(float(np.mean(per_fold)), low, high, method)

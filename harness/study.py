@@ -12,11 +12,10 @@ and pairs the arms fold by fold.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -29,9 +28,8 @@ from harness.data.splits import Split, held_out_fold, patch_random_split, patien
 from harness.errors import InputError
 from harness.experiment import ExperimentSetup, recipe_spec, set_up, train_tracked
 from harness.floor_runs import log_floor_fold
-from harness.floors import fit_floor_folds, floor_features
+from harness.floors import fit_floor_fold, floor_features
 
-PATIENT, PATCH_RANDOM = "patient", "patch_random"
 STUDY = "leakage"
 ARM = "study_arm"
 # The validation fold of every held-out split (held_out_fold puts the fold after the test fold first).
@@ -50,23 +48,12 @@ class ArmFold:
     shared: int
 
 
-@contextmanager
-def _ending(tracker: tracking.Tracker, run_id: str) -> Iterator[None]:
-    """End `run_id` FINISHED after the block, or FAILED with the error if the block raises."""
-    try:
-        yield
-    except BaseException as exc:
-        tracker.finish(run_id, tracking.FAILED, {tracking.ERROR: repr(exc)[-4000:]})
-        raise
-    tracker.finish(run_id, tracking.FINISHED)
-
-
 def _cross_validations(config: ExperimentConfig, manifest: pd.DataFrame) -> dict[str, Split]:
     """Return each arm's k-fold split over every image (no separate test set)."""
     k, seed = config.protocol.folds, config.protocol.seed
     return {
-        PATCH_RANDOM: patch_random_split(manifest, folds=k, test_fraction=0, seed=seed),
-        PATIENT: patient_split(manifest, folds=k, test_fraction=0, seed=seed),
+        tracking.PATCH_RANDOM: patch_random_split(manifest, folds=k, test_fraction=0, seed=seed),
+        tracking.PATIENT: patient_split(manifest, folds=k, test_fraction=0, seed=seed),
     }
 
 
@@ -117,10 +104,16 @@ def _floor_arm(
         params={"floor": name},
         tags={**setup.tags, tracking.BASELINE: name, tracking.FLOOR: "true", **_arm_tags(arm)},
     )
-    with _ending(setup.tracker, run):
-        fold = fit_floor_folds(
-            name, features, manifest, arm.split, num_classes=len(setup.data.class_names), seed=config.protocol.seed
-        )[VALIDATION_FOLD]
+    with setup.tracker.ending(run):
+        fold = fit_floor_fold(
+            name,
+            features,
+            manifest,
+            arm.split,
+            VALIDATION_FOLD,
+            num_classes=len(setup.data.class_names),
+            seed=config.protocol.seed,
+        )
         log_floor_fold(setup.tracker, run, fold, config.search.metric, setup.data.class_names)
     return fold.test.metrics["accuracy"]
 
@@ -188,7 +181,7 @@ def run_leakage_study(
         },
     )
     features = floor_features(open_patch_cache(setup.data.cache_path)) if set(chosen) & set(config.floors) else None
-    with _ending(setup.tracker, parent):
+    with setup.tracker.ending(parent):
         for name in chosen:
             for arm in arm_folds:
                 if name in config.floors:

@@ -12,6 +12,8 @@ import platform
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -35,9 +37,15 @@ MANIFEST_HASH = "manifest_hash"
 TRIAL_ID = "ray_trial_id"
 OPTUNA_TRIAL = "optuna_trial_number"  # the trial's number in its baseline's Optuna study
 STOPPED_BY = "stopped_by"
+# What a `stopped_by` tag names: ASHA, or synchronous halving in a reproducible sweep, both stopping
+# trials by design (a trial the killed driver lost is tagged otherwise, and is no early stop).
+STOPPED_BY_ASHA, STOPPED_BY_HALVING = "asha", "halving"
+EARLY_STOPPERS = (STOPPED_BY_ASHA, STOPPED_BY_HALVING)
 ERROR = "error"
 PRETRAINED = "pretrained"
 PROTOCOL = "protocol"
+# `protocol` values of the leakage study's two arms: patch-level folds (the seeds') and patient folds.
+PATCH_RANDOM, PATIENT = "patch_random", "patient"
 FOLD = "fold"
 OBJECTIVE = "objective_metric"
 ROI_SOURCE = "roi_source"  # none | files | tissue
@@ -156,6 +164,16 @@ class Tracker:
         if tags:
             self.set_tags(run_id, tags)
         _retry(lambda: self.client.set_terminated(run_id, status=status))
+
+    @contextmanager
+    def ending(self, run_id: str) -> Iterator[None]:
+        """End `run_id` FINISHED after the block, or FAILED with the error if the block raises."""
+        try:
+            yield
+        except BaseException as exc:
+            self.finish(run_id, FAILED, {ERROR: repr(exc)[-4000:]})
+            raise
+        self.finish(run_id, FINISHED)
 
     def reopen(self, run_id: str) -> None:
         """Set a run back to RUNNING (a resumed sweep continues in its old parent run)."""

@@ -37,6 +37,9 @@ from harness.localisation import localisation_scores
 from harness.metrics import classification_metrics, confusion, grouped_accuracies
 from harness.optim import build_optimizer, step_schedule
 
+# The RunSpec fields every run logs as params beside its hyperparameters (the protocol options).
+PROTOCOL_PARAMS = ("semantics", "bn_recalibration")
+
 
 class RunSpec(BaseModel):
     """Everything one run needs, with absolute paths so it means the same in any working directory."""
@@ -71,7 +74,7 @@ class RunSpec(BaseModel):
     @property
     def protocol_params(self) -> dict[str, str]:
         """Return the protocol options a run logs beside its hyperparameters."""
-        return {"semantics": self.semantics, "bn_recalibration": str(self.bn_recalibration).lower()}
+        return {name: str(getattr(self, name)).lower() for name in PROTOCOL_PARAMS}
 
 
 @dataclass
@@ -301,6 +304,9 @@ def fit(
         return ImageDataset(images, rows[part], labels, transform, mask_cache if train else None)
 
     train_set = dataset("train")
+    # Its own dataset, reseeded each epoch, so that training's augmentation and shuffling streams
+    # stay as they are whether or not the run recalibrates BatchNorm.
+    recalibration_set = dataset("train") if spec.bn_recalibration else None
     train_loader = _loader(train_set, p.batch_size, shuffle=True, seed=spec.seed)
     val_loader = _loader(dataset("val"), spec.eval_batch_size, shuffle=False, seed=spec.seed)
     model = baselines.create(
@@ -384,9 +390,8 @@ def fit(
             seen += len(targets)
         if epoch_scheduler is not None:
             epoch_scheduler.step()
-        if spec.bn_recalibration:
-            # Its own dataset and seeds, so that training's augmentation and shuffling streams stay as they are.
-            recalibration_set, seed = dataset("train"), spec.seed * 10_000 + epoch
+        if recalibration_set is not None:
+            seed = spec.seed * 10_000 + epoch
             recalibration_set.transform.set_random_seed(seed)
             recalibrate_for_evaluation(
                 model, _loader(recalibration_set, p.batch_size, shuffle=True, seed=seed), normalise

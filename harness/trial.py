@@ -194,7 +194,12 @@ class CloseTrialRuns(tune.Callback):
     `stopped_by` (asha, halving), or FAILED with the error."""
 
     def __init__(
-        self, tracking_uri: str, experiment_id: str, parent_run_id: str, tags: dict[str, str], stopped_by: str = "asha"
+        self,
+        tracking_uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        tags: dict[str, str],
+        stopped_by: str = tracking.STOPPED_BY_ASHA,
     ) -> None:
         self._tracking_uri = tracking_uri
         self._experiment_id = experiment_id

@@ -282,7 +282,7 @@ def _outcomes(grid: tune.ResultGrid, names: list[str]) -> dict[str, BaselineOutc
 def stopping_scheduler(config: ExperimentConfig) -> str:
     """Return the name of what stops trials early: `halving` in a reproducible sweep, else `asha`
     (the value of the `stopped_by` tag on the runs it stops)."""
-    return "halving" if config.search.reproducible else "asha"
+    return tracking.STOPPED_BY_HALVING if config.search.reproducible else tracking.STOPPED_BY_ASHA
 
 
 def _search(

@@ -31,22 +31,23 @@ _META_KEY = b"histo_harness"
 LAST_INDEX = "last-index.json"
 
 
+def rows_sha256(frame: pd.DataFrame, columns: list[str]) -> str:
+    """Return a SHA-256 over `frame`'s `columns`: one tab-separated line per row, rows sorted."""
+    digest = hashlib.sha256()
+    for row in sorted(frame[columns].itertuples(index=False, name=None)):
+        digest.update(("\t".join(map(str, row)) + "\n").encode())
+    return digest.hexdigest()
+
+
 def manifest_hash(manifest: pd.DataFrame) -> str:
     """Return a SHA-256 over what identifies the data (names, content digests, labels, patients,
     sizes), independent of where the root lies on disk."""
-    rows = manifest.sort_values("rel_path")[["rel_path", "digest", "label", "patient_id", "width", "height"]]
-    digest = hashlib.sha256()
-    for rel_path, content, label, patient, width, height in rows.itertuples(index=False):
-        digest.update(f"{rel_path}\t{content}\t{label}\t{patient}\t{width}\t{height}\n".encode())
-    return digest.hexdigest()
+    return rows_sha256(manifest, ["rel_path", "digest", "label", "patient_id", "width", "height"])
 
 
 def content_hash(manifest: pd.DataFrame) -> str:
     """Return a SHA-256 over the sorted (rel_path, digest) pairs: which files, holding which bytes."""
-    digest = hashlib.sha256()
-    for rel_path, content in sorted(manifest[["rel_path", "digest"]].itertuples(index=False)):
-        digest.update(f"{rel_path}\t{content}\n".encode())
-    return digest.hexdigest()
+    return rows_sha256(manifest, ["rel_path", "digest"])
 
 
 def note_change_since_last_index(manifest: pd.DataFrame, key: str, directory: Path) -> str | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +10,8 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from harness.errors import InputError
+
+from .manifest import rows_sha256
 
 TEST = "test"
 CV = "cv"
@@ -47,10 +48,7 @@ COLUMNS = ["rel_path", "digest", "split", "fold"]
 
 def split_hash(assignments: pd.DataFrame) -> str:
     """Return the SHA-256 of the sorted (rel_path, digest, split, fold) rows."""
-    digest = hashlib.sha256()
-    for rel_path, content, split, fold in sorted(assignments[COLUMNS].itertuples(index=False)):
-        digest.update(f"{rel_path}\t{content}\t{split}\t{int(fold)}\n".encode())
-    return digest.hexdigest()
+    return rows_sha256(assignments.astype({"fold": int}), COLUMNS)
 
 
 def _assignments(manifest: pd.DataFrame, split: np.ndarray, fold: np.ndarray) -> pd.DataFrame:

@@ -73,10 +73,6 @@ def patient_groups(frame: pd.DataFrame) -> np.ndarray | None:
     return frame.patient_id.astype(str).to_numpy()
 
 
-def _accuracy(labels: np.ndarray, probs: np.ndarray) -> float:
-    return float((probs.argmax(1) == labels).mean())
-
-
 def _aligned(frame: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame | None:
     """Return `frame` in the reference's image order, None when it scored other images."""
     if frame.rel_path.equals(reference.rel_path):
@@ -141,7 +137,7 @@ def _intervals(scored: _Scored, model: str, n_boot: int, seed: int) -> TestEvide
     return TestEvidence(
         model=model,
         images=scored.labels.size,
-        accuracy=interval(_accuracy),
+        accuracy=interval(stats.accuracy),
         auc=stats.percentile_interval(scored.auc),
         ece=interval(stats.expected_calibration_error),
         brier=interval(stats.brier_score),

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 import baselines
+from harness import tracking
 from harness.leaderboard.evidence import (
     ALPHA,
     TableEvidence,
@@ -52,8 +53,6 @@ PROTOCOLS = {
 }
 REFERENCE_DATASETS = {"BACH-A": "bach", "IDC": "idc", "BreakHis": "breakhis"}
 DAGGER = "†"
-# `stopped_by` tags of trials stopped by design: ASHA, or synchronous halving in a reproducible sweep.
-EARLY_STOPPERS = ("asha", "halving")
 STATISTICS_NOTE = (
     "95% CI: percentile bootstrap over the test images, whole patients resampled where patients "
     "hold several images ({n_boot} resamples, seed {seed}). p: paired test against {reference} on the "
@@ -196,7 +195,12 @@ def _protocol_notes(table: ReportTable) -> None:
             "its numbers are shown for orientation, not as a like-for-like target."
         )
     table.footnotes += [f"Protocol `{p}`: {PROTOCOLS[p]}." for p in used if p in PROTOCOLS]
-    if any(", " in text for text in shown):
+    _semantics_note(table)
+
+
+def _semantics_note(table: ReportTable) -> None:
+    """Explain the protocol options wherever a harness row (a trained model) shows them."""
+    if any(row.kind == "harness" for row in table.rows):
         table.footnotes.append(SEMANTICS_NOTE)
 
 
@@ -406,7 +410,7 @@ def summary(runset: RunSet, options: LayoutOptions) -> ReportTable:
                 if convention and not math.isnan(runs.metric(f"params_{convention}"))
                 else Cell("-")
             ),
-            "stopped_early": count(int(runs.trials.stopped_by.isin(EARLY_STOPPERS).sum())),
+            "stopped_early": count(int(runs.trials.stopped_by.isin(tracking.EARLY_STOPPERS).sum())),
             "failed": count(int((runs.trials.status == "FAILED").sum())),
             "best_run_id": Cell(runs.best.run_id if runs.best is not None else "-"),
             **_cost_cells(runs),
@@ -422,8 +426,7 @@ def summary(runset: RunSet, options: LayoutOptions) -> ReportTable:
     table.footnotes.append(CALIBRATION_NOTE)
     if any(r.floor for r in rows):
         table.footnotes.append(FLOOR_NOTE)
-    if any(not r.floor for r in rows):
-        table.footnotes.append(SEMANTICS_NOTE)
+    _semantics_note(table)
     return table
 
 

@@ -10,35 +10,9 @@ import numpy as np
 from mlflow import MlflowClient
 
 from harness import stats, tracking
-from harness.errors import InputError
 from harness.leaderboard.evidence import patient_groups, probabilities
 from harness.leaderboard.runs import RunSet
 from harness.leaderboard.table import Cell, Column, ReportTable, Row, count, number, signed
-
-PATCH_RANDOM, PATIENT = "patch_random", "patient"
-
-
-def _accuracy(labels: np.ndarray, probs: np.ndarray) -> float:
-    return float((probs.argmax(1) == labels).mean())
-
-
-def latest_study(tracking_uri: str, experiment: str) -> str:
-    """Return the run id of the newest finished leakage study of `experiment`."""
-    client = MlflowClient(tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    runs = (
-        []
-        if found is None
-        else client.search_runs(
-            [found.experiment_id],
-            f"tags.{tracking.RUN_TYPE} = 'study' and attributes.status = 'FINISHED'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
-    )
-    if not runs:
-        raise InputError(f"experiment {experiment!r} has no finished leakage study in {tracking_uri}")
-    return runs[0].info.run_id
 
 
 def _columns(folds: int) -> list[Column]:
@@ -77,26 +51,27 @@ def _pairs(client: MlflowClient, experiment_id: str, study: str) -> dict[str, di
 def _samples(runs: RunSet, arms: dict[str, object]) -> tuple[stats.Sample, stats.Sample]:
     """Return the (labels, probabilities, patient ids) of one fold's test predictions, patch-random
     arm first."""
-    frames = [runs.predictions(arms[p].info.run_id, "test") for p in (PATCH_RANDOM, PATIENT)]
+    frames = [runs.predictions(arms[p].info.run_id, "test") for p in (tracking.PATCH_RANDOM, tracking.PATIENT)]
     return tuple((frame.label.to_numpy(), probabilities(frame), patient_groups(frame)) for frame in frames)
 
 
 def _row(model: str, folds: dict[int, dict[str, object]], runs: RunSet, n_boot: int, seed: int) -> tuple[Row, str]:
     """Return one model's row from its fold pairs finished in both arms, and the interval's method."""
-    paired = sorted(f for f, arms in folds.items() if set(arms) == {PATCH_RANDOM, PATIENT})
+    paired = sorted(f for f, arms in folds.items() if set(arms) == {tracking.PATCH_RANDOM, tracking.PATIENT})
     samples = [_samples(runs, folds[f]) for f in paired]
-    per_fold, acc = stats.fold_paired_difference(_accuracy, samples, n_boot=n_boot, seed=seed)
+    per_fold, acc = stats.fold_paired_difference(stats.accuracy, samples, n_boot=n_boot, seed=seed)
     _, auc = stats.fold_paired_difference(stats.auc, samples, n_boot=n_boot, seed=seed)
     mean = {
-        p: float(np.mean([_accuracy(*pair[i][:2]) for pair in samples])) for i, p in enumerate((PATCH_RANDOM, PATIENT))
+        p: float(np.mean([stats.accuracy(*pair[i][:2]) for pair in samples]))
+        for i, p in enumerate((tracking.PATCH_RANDOM, tracking.PATIENT))
     }
-    leaky = [folds[f][PATCH_RANDOM] for f in paired]
+    leaky = [folds[f][tracking.PATCH_RANDOM] for f in paired]
     epochs = {r.data.params.get("epochs") for f in paired for r in folds[f].values()} - {None}
     floor = leaky[0].data.tags.get(tracking.FLOOR) == "true"
     cells = {
         "model": Cell(model + (" (floor)" if floor else "")),
-        "accuracy_patch_random": number(mean[PATCH_RANDOM]),
-        "accuracy_patient": number(mean[PATIENT]),
+        "accuracy_patch_random": number(mean[tracking.PATCH_RANDOM]),
+        "accuracy_patient": number(mean[tracking.PATIENT]),
         "folds": count(len(paired)),
         "epochs": Cell(", ".join(sorted(epochs)) or "-"),
         "shared": number(np.mean([int(r.data.tags["shared_test_patients"]) for r in leaky]), 1),
@@ -133,7 +108,7 @@ def leakage_table(tracking_uri: str, experiment: str, study: str, *, n_boot: int
     runs = RunSet(tracking_uri=tracking_uri, experiments=[experiment], split_hash="", baselines=[])
     method = None
     for model, by_fold in sorted(_pairs(client, experiment_id, study).items(), key=_floors_first):
-        missing = [f for f in range(folds) if set(by_fold.get(f, {})) != {PATCH_RANDOM, PATIENT}]
+        missing = [f for f in range(folds) if set(by_fold.get(f, {})) != {tracking.PATCH_RANDOM, tracking.PATIENT}]
         if len(missing) == folds:
             table.footnotes.append(f"{model}: no fold finished in both arms; no inflation")
             continue
