@@ -13,7 +13,7 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from harness import stats
+from harness.leaderboard import stats
 from harness.leaderboard.runs import BaselineRuns, RunSet
 
 # The columns that carry paired tests, and the level at which the letters separate models.

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 from mlflow import MlflowClient
 
-from harness import stats, tracking
+from harness import tracking
+from harness.figures import pyplot
+from harness.leaderboard import stats
 from harness.leaderboard.evidence import patient_groups, probabilities
 from harness.leaderboard.runs import RunSet
 from harness.leaderboard.table import Cell, Column, ReportTable, Row, count, number, signed
@@ -39,7 +41,7 @@ def _pairs(client: MlflowClient, experiment_id: str, study: str) -> dict[str, di
     runs = client.search_runs(
         [experiment_id],
         f"tags.`{tracking.PARENT}` = '{study}' and tags.{tracking.RUN_TYPE} = "
-        "'study_arm' and attributes.status = 'FINISHED'",
+        f"'{tracking.RunType.STUDY_ARM}' and attributes.status = 'FINISHED'",
     )
     by_model: dict[str, dict[int, dict[str, object]]] = {}
     for run in runs:
@@ -138,11 +140,7 @@ def leakage_table(tracking_uri: str, experiment: str, study: str, *, n_boot: int
 def leakage_plot(table: ReportTable, path: Path) -> Path:
     """Write a plot of each model's per-fold inflation (points) and their mean with its 95%
     interval; returns the file."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = table.rows
     fig, ax = plt.subplots(figsize=(1.3 * len(rows) + 2.5, 3.8), dpi=110)
     ax.axhline(0, color="0.6", lw=0.8)

@@ -12,24 +12,15 @@ import numpy as np
 from sklearn.metrics import roc_curve
 
 import baselines
+from harness.figures import pyplot
 from harness.leaderboard.evidence import probabilities
 from harness.leaderboard.runs import BaselineRuns, RunSet
 
 Figure = tuple[Path, str]
-MAP_OUTPUTS = ("roi", "attention", "attention_map")
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _grid(count: int, width: float = 3.6, height: float = 3.3):
-    plt = _pyplot()
+    plt = pyplot()
     cols = min(count, 4)
     rows = math.ceil(count / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), dpi=100, squeeze=False)
@@ -55,7 +46,7 @@ def roc_figure(runset: RunSet, folder: Path) -> list[Figure]:
     classes = probabilities(frames[0][1]).shape[1]
     path = folder / "roc.png"
     if classes == 2:
-        plt = _pyplot()
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(4.8, 4.4), dpi=110)
         for runs, frame in frames:
             fpr, tpr, _ = roc_curve(frame.label, probabilities(frame)[:, 1])
@@ -105,7 +96,7 @@ def pareto_figure(runset: RunSet, folder: Path) -> list[Figure]:
         return []
     gpu = any(r.hours("gpu_share") > 0 for r in rows)
     share, unit = ("gpu_share", "GPU-hours") if gpu else ("cpu_share", "CPU core-hours (no GPU was granted)")
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), dpi=110)
     for ax, (xlabel, cost) in zip(
         axes, (("#params (torch)", lambda r: r.metric("params_torch")), (unit, lambda r: r.hours(share)))
@@ -209,7 +200,7 @@ def map_galleries(runset: RunSet, folder: Path) -> list[Figure]:
     figures = []
     for runs in runset.baselines:
         known = runs.baseline in baselines.list_baselines()
-        if runs.best is None or not known or not set(MAP_OUTPUTS) & set(baselines.info(runs.baseline).outputs):
+        if runs.best is None or not known or not baselines.info(runs.baseline).has_own_maps:
             continue
         for which in ("best", "worst"):
             local = runset.artifact(runs.best.run_id, f"test/maps_{which}.png")

@@ -23,6 +23,8 @@ from harness import tracking
 from harness.errors import InputError
 from harness.metrics import ranking_key
 
+RunType = tracking.RunType
+
 
 @dataclass
 class BaselineRuns:
@@ -181,7 +183,7 @@ def latest_split_hash(tracking_uri: str, experiment: str) -> str:
         if found is None
         else client.search_runs(
             [found.experiment_id],
-            f"tags.{tracking.RUN_TYPE} = 'sweep'",
+            f"tags.{tracking.RUN_TYPE} = '{RunType.SWEEP}'",
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )
@@ -210,8 +212,9 @@ def best_trial(trials: pd.DataFrame) -> pd.Series | None:
 def _baseline_runs(label: str, trials: pd.DataFrame, others: pd.DataFrame) -> BaselineRuns:
     best = best_trial(trials)
     children = others[others.parent == best.run_id] if best is not None and not others.empty else others.iloc[0:0]
-    folds = children[(children.run_type == "fold") & (children.status == tracking.FINISHED)].sort_values("fold")
-    ensembles = children[(children.run_type == "ensemble") & (children.status == tracking.FINISHED)]
+    finished = children.status == tracking.FINISHED
+    folds = children[(children.run_type == RunType.FOLD) & finished].sort_values("fold")
+    ensembles = children[(children.run_type == RunType.ENSEMBLE) & finished]
     first = trials.iloc[0]
     return BaselineRuns(
         label=label,
@@ -230,22 +233,13 @@ def _baseline_runs(label: str, trials: pd.DataFrame, others: pd.DataFrame) -> Ba
     )
 
 
-def collect_runs(tracking_uri: str, experiments: list[str], *, split_hash: str | None = None) -> RunSet:
-    """Return the runs of `experiments` on one split (default: that of the first one's latest sweep)."""
-    if not experiments:
-        raise InputError("name at least one experiment (an experiment file or --experiment NAME)")
-    client = MlflowClient(tracking_uri)
-    frames = [_experiment_runs(client, tracking_uri, name) for name in experiments]
-    split_hash = split_hash or latest_split_hash(tracking_uri, experiments[0])
-    runs = (
-        pd.concat([f for f in frames if not f.empty], ignore_index=True)
-        if any(not f.empty for f in frames)
-        else pd.DataFrame()
-    )
+def _on_split(runs: pd.DataFrame, experiments: list[str], split_hash: str, uri: str) -> tuple[pd.DataFrame, list[str]]:
+    """Return the trial (and floor) runs made on `split_hash`, and a note on those left out."""
     # A floor's run stands where a baseline's trials stand: one per floor, with the same metrics.
-    trials = runs[runs.run_type.isin(["trial", "floor"])] if not runs.empty else runs
+    trials = runs[runs.run_type.isin([RunType.TRIAL, RunType.FLOOR])] if not runs.empty else runs
+    names = ", ".join(map(repr, experiments))
     if trials.empty:
-        raise InputError(f"experiment {', '.join(map(repr, experiments))} has no trial runs in {tracking_uri}")
+        raise InputError(f"experiment {names} has no trial runs in {uri}")
     notes = []
     other = trials[trials.split_hash != split_hash]
     if not other.empty:
@@ -255,24 +249,32 @@ def collect_runs(tracking_uri: str, experiments: list[str], *, split_hash: str |
         )
     trials = trials[trials.split_hash == split_hash]
     if trials.empty:
-        raise InputError(f"experiment {', '.join(map(repr, experiments))} has no trial runs on split {split_hash[:12]}")
-    others = runs[(runs.run_type.isin(["fold", "ensemble"])) & (runs.split_hash == split_hash)]
+        raise InputError(f"experiment {names} has no trial runs on split {split_hash[:12]}")
+    return trials, notes
+
+
+def _group_label(experiment: str, baseline: str, semantics: str, bn: str, *, several: bool, variants: int) -> str:
+    """Return a row's label: the baseline, its experiment when several are compared, and its
+    protocol options when the same baseline trained under several."""
+    label = f"{baseline} ({experiment})" if several else baseline
+    if variants > 1:
+        label += f" [{semantics or 'pre-semantics'} semantics{', BN recal.' if bn == 'true' else ''}]"
+    return label
+
+
+def _grouped(trials: pd.DataFrame, others: pd.DataFrame) -> tuple[list[BaselineRuns], list[str]]:
+    """Return one BaselineRuns per experiment, baseline and protocol variant, and notes on those
+    without a test evaluation."""
     several = trials.experiment.nunique() > 1
     # Trials trained under other protocol options are other models: each variant is a row of its own.
-    variants = (
-        trials.drop_duplicates(["experiment", "baseline", "semantics", "bn_recalibration"])
-        .groupby(["experiment", "baseline"])
-        .size()
-    )
-    baselines = []
-    for (experiment, baseline, semantics, bn), group in trials.groupby(
-        ["experiment", "baseline", "semantics", "bn_recalibration"], sort=True
-    ):
-        label = f"{baseline} ({experiment})" if several else baseline
-        if variants[experiment, baseline] > 1:
-            label += f" [{semantics or 'pre-semantics'} semantics{', BN recal.' if bn == 'true' else ''}]"
-        if group.floor.iloc[0]:
-            label += " (floor)"
+    keys = ["experiment", "baseline", "semantics", "bn_recalibration"]
+    variants = trials.drop_duplicates(keys).groupby(["experiment", "baseline"]).size()
+    baselines, notes = [], []
+    for (experiment, baseline, semantics, bn), group in trials.groupby(keys, sort=True):
+        label = _group_label(
+            experiment, baseline, semantics, bn, several=several, variants=variants[experiment, baseline]
+        )
+        label += " (floor)" if group.floor.iloc[0] else ""
         entry = _baseline_runs(label, group.reset_index(drop=True), others)
         baselines.append(entry)
         if entry.best is None:
@@ -282,10 +284,24 @@ def collect_runs(tracking_uri: str, experiments: list[str], *, split_hash: str |
                 else f"{label}: no trial reached a test evaluation (all stopped early or failed, "
                 "or the split has no test set)"
             )
+    return baselines, notes
+
+
+def collect_runs(tracking_uri: str, experiments: list[str], *, split_hash: str | None = None) -> RunSet:
+    """Return the runs of `experiments` on one split (default: that of the first one's latest sweep)."""
+    if not experiments:
+        raise InputError("name at least one experiment (an experiment file or --experiment NAME)")
+    client = MlflowClient(tracking_uri)
+    frames = [f for f in (_experiment_runs(client, tracking_uri, name) for name in experiments) if not f.empty]
+    split_hash = split_hash or latest_split_hash(tracking_uri, experiments[0])
+    runs = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    trials, notes = _on_split(runs, experiments, split_hash, tracking_uri)
+    others = runs[(runs.run_type.isin([RunType.FOLD, RunType.ENSEMBLE])) & (runs.split_hash == split_hash)]
+    baselines, more = _grouped(trials, others)
     return RunSet(
         tracking_uri=tracking_uri,
         experiments=list(experiments),
         split_hash=split_hash,
         baselines=baselines,
-        notes=notes,
+        notes=notes + more,
     )

@@ -8,7 +8,7 @@ columns; where a block lacks one, the value comes from the prose around it (list
 CSV begins with the block's own line unchanged.
 
 Regenerate `results/reference/` (CSVs and README) from the repository root with
-`python -m harness.reference ../shared/BASELINES.md`.
+`python -m harness.leaderboard.reference ../shared/BASELINES.md`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-REFERENCE_DIR = Path(__file__).resolve().parents[1] / "results" / "reference"
+REFERENCE_DIR = Path(__file__).resolve().parents[2] / "results" / "reference"
 
 # Columns every reference row must carry so the leaderboard can say where a number comes from and
 # which reproduction may sit beside it.
@@ -146,7 +146,7 @@ def _name_block(section: str, frame: pd.DataFrame, fence_line: int, origin: str)
             return block
     raise ValueError(
         f"{origin}: line {fence_line}: no reference name for the ```csv block of §{section} with table "
-        f"{sorted(tables)}; add one to harness.reference.REFERENCE_BLOCKS"
+        f"{sorted(tables)}; add one to harness.leaderboard.reference.REFERENCE_BLOCKS"
     )
 
 
@@ -217,13 +217,13 @@ def render_readme(extracted: list[ExtractedTable]) -> str:
         "# Published reference tables",
         "",
         'One CSV per ```csv block of `../shared/BASELINES.md` §3 "Published results", written by',
-        "`harness/reference.py`. Do not edit them by hand: from the repository root run",
+        "`harness/leaderboard/reference.py`. Do not edit them by hand: from the repository root run",
         "",
         "```bash",
-        "python -m harness.reference ../shared/BASELINES.md",
+        "python -m harness.leaderboard.reference ../shared/BASELINES.md",
         "```",
         "",
-        "and commit the result; `tests/test_reference.py` fails when these files differ from a fresh",
+        "and commit the result; `tests/leaderboard/test_reference.py` fails when these files differ from a fresh",
         "extraction. Every cell is the string printed in BASELINES.md (no re-rounding; `NA` = not",
         "reported), columns named `derived_*` are ours, not published. Where a block has no `dataset` or",
         "`protocol` column, one is appended after the published columns, from the prose around the",
@@ -256,7 +256,7 @@ def write_reference_folder(baselines_md: Path, folder: Path = REFERENCE_DIR) -> 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m harness.reference",
+        prog="python -m harness.leaderboard.reference",
         description="Regenerate results/reference/ from the ```csv blocks of BASELINES.md.",
     )
     parser.add_argument("baselines_md", type=Path, help="path to BASELINES.md (e.g. ../shared/BASELINES.md)")
