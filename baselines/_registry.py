@@ -17,6 +17,8 @@ LossName = Literal["ce", "ce_dice", "ce_guide"]
 # initialiser defaults are Keras'), or PyTorch (BASELINES.md §0.5).
 Framework = Literal["keras", "tensorflow", "pytorch"]
 Semantics = Literal["source", "torch"]
+# Outputs that are a model's own explanation map (baselines/maps.py draws them; Grad-CAM otherwise).
+OWN_MAP_OUTPUTS = frozenset({"roi", "attention", "attention_map"})
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,12 @@ class BaselineInfo:
     published: PublishedCount | None
     published_classes: int
     framework: Framework
+
+    @property
+    def has_own_maps(self) -> bool:
+        """Return True when the model outputs a map of its own (RoI or attention), which can be
+        scored against RoI masks; the others get Grad-CAM maps, which are not scored."""
+        return bool(OWN_MAP_OUTPUTS & set(self.outputs))
 
     @property
     def needs_roi(self) -> bool:

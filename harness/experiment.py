@@ -1,4 +1,6 @@
-"""Driver-side set-up shared by `harness train` and `harness sweep`: data, MLflow experiment, run tags."""
+"""What `harness train`, the sweep and the studies share on the driver: the prepared data, the
+MLflow experiment and the tags of its runs, the recipe's RunSpec, and how a fit and a floor fold
+are logged to a run."""
 
 from __future__ import annotations
 
@@ -9,6 +11,9 @@ from typing import Callable
 from harness import tracking
 from harness.config import ExperimentConfig, split_point
 from harness.data.prepare import PreparedData, load_or_index, prepare
+from harness.evaluation import Evaluation
+from harness.floors import FloorFold
+from harness.metrics import METRIC_NAMES
 from harness.train import EpochReport, FitResult, RunSpec, fit
 
 
@@ -82,6 +87,55 @@ def recipe_spec(config: ExperimentConfig, data: PreparedData, baseline: str, *, 
     )
 
 
+def epoch_metrics(report: EpochReport, objective: str) -> dict[str, float]:
+    """Return the flat metrics of one epoch: train loss, val_*, best_val_*, best_epoch, objective."""
+    metrics = {"train_loss": report.train_loss, "best_epoch": float(report.best_epoch)}
+    for name in METRIC_NAMES:
+        metrics[f"val_{name}"] = report.val[name]
+        metrics[f"best_val_{name}"] = report.best_val[name]
+    metrics["objective"] = report.best_val[objective.removeprefix("val_")]
+    return metrics
+
+
+def log_epoch(
+    tracker: tracking.Tracker, run_id: str, report: EpochReport, *, objective: str, class_names: tuple[str, ...]
+) -> dict[str, float]:
+    """Log one epoch to a run, and on the last the best epoch's validation predictions and the
+    test evaluation; returns the epoch's metrics."""
+    metrics = epoch_metrics(report, objective)
+    if report.epoch == 1:
+        tracker.log_metrics(run_id, {f"params_{k}": v for k, v in report.param_counts.items()}, step=0)
+    tracker.log_metrics(run_id, metrics, step=report.epoch)
+    if report.best_val_evaluation is not None:
+        localisation = {
+            f"best_val_{k}": v for k, v in report.best_val_evaluation.metrics.items() if k.startswith("miou")
+        }
+        if localisation:
+            tracker.log_metrics(run_id, localisation, step=report.best_epoch)
+        tracker.log_evaluation(run_id, "val", report.best_val_evaluation, class_names)
+    if report.test is not None:
+        tracker.log_metrics(run_id, {f"test_{k}": v for k, v in report.test.metrics.items()}, step=report.best_epoch)
+        tracker.log_evaluation(run_id, "test", report.test, class_names)
+    return metrics
+
+
+def _floor_metrics(val: Evaluation, test: Evaluation | None, objective: str) -> dict[str, float]:
+    metrics = {f"best_val_{k}": v for k, v in val.metrics.items() if k in METRIC_NAMES}
+    metrics |= {"best_epoch": 1.0, "objective": val.metrics[objective.removeprefix("val_")]}
+    return metrics | ({f"test_{k}": v for k, v in test.metrics.items()} if test is not None else {})
+
+
+def log_floor_fold(
+    tracker: tracking.Tracker, run_id: str, fold: FloorFold, objective: str, class_names: tuple[str, ...]
+) -> None:
+    """Log one floor fold model's metrics and predictions (validation, and test if any) to `run_id`,
+    under the names a trained model's run uses."""
+    tracker.log_metrics(run_id, _floor_metrics(fold.val, fold.test, objective), step=1)
+    tracker.log_evaluation(run_id, "val", fold.val, class_names)
+    if fold.test is not None:
+        tracker.log_evaluation(run_id, "test", fold.test, class_names)
+
+
 def train_tracked(
     config: ExperimentConfig,
     setup: ExperimentSetup,
@@ -89,17 +143,19 @@ def train_tracked(
     on_epoch: Callable[[EpochReport], None] | None = None,
     *,
     parent: str | None = None,
+    run_type: tracking.RunType = tracking.RunType.TRAIN,
+    name: str | None = None,
     tags: dict[str, str] | None = None,
 ) -> tuple[str, FitResult]:
-    """Fit one RunSpec as an MLflow run (run_type=train unless `tags` say otherwise, nested under
-    `parent` if given); returns its run id and result."""
-    run_id = setup.tracker.start_run(
+    """Fit one RunSpec as an MLflow run of `run_type` named `name` (default `<baseline>-fold<k>`),
+    nested under `parent` if given; returns its run id and result."""
+    with setup.tracker.run(
         setup.experiment_id,
-        name=f"{spec.baseline}-fold{spec.fold}",
+        name=name or f"{spec.baseline}-fold{spec.fold}",
+        run_type=run_type,
         parent=parent,
         tags={
             **setup.tags,
-            tracking.RUN_TYPE: "train",
             tracking.BASELINE: spec.baseline,
             tracking.FOLD: str(spec.fold),
             tracking.OBJECTIVE: config.search.metric,
@@ -107,15 +163,12 @@ def train_tracked(
             **(tags or {}),
         },
         params={**spec.params.model_dump(), **spec.model_kwargs, "epochs": spec.epochs, **spec.protocol_params},
-    )
+    ) as run_id:
 
-    def report(entry: EpochReport) -> None:
-        tracking.log_epoch(
-            setup.tracker, run_id, entry, objective=config.search.metric, class_names=setup.data.class_names
-        )
-        if on_epoch is not None:
-            on_epoch(entry)
+        def report(entry: EpochReport) -> None:
+            log_epoch(setup.tracker, run_id, entry, objective=config.search.metric, class_names=setup.data.class_names)
+            if on_epoch is not None:
+                on_epoch(entry)
 
-    with setup.tracker.ending(run_id):
         result = fit(spec, report)
     return run_id, result

@@ -18,7 +18,7 @@ from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import RandomForestClassifier
 
 from harness.data.splits import CV, TEST, Split
-from harness.train import Evaluation, evaluation_of
+from harness.evaluation import Evaluation, evaluation_of
 
 FLOORS = ("majority", "colour_forest")
 THUMBNAIL = 16

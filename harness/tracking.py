@@ -14,22 +14,22 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 
-from harness.metrics import METRIC_NAMES
-from harness.train import EpochReport, Evaluation, MapGallery
+from harness.evaluation import Evaluation
+from harness.figures import confusion_png, gallery_png
 
 T = TypeVar("T")
 
 # Tag names shared by the sweep (writer) and the leaderboard (reader).
 PARENT = "mlflow.parentRunId"
-RUN_TYPE = "run_type"  # sweep | trial | floor | fold | ensemble | train
+RUN_TYPE = "run_type"  # a RunType
 BASELINE = "baseline"
 DATASET = "dataset"
 SPLIT_HASH = "split_hash"
@@ -59,6 +59,21 @@ FLOOR = "floor"  # "true" on the runs of a floor model (majority, colour_forest)
 CPU_SHARE = "resources_cpu"  # what Ray granted one trial or fold task: GPU-hours = wall time x share
 GPU_SHARE = "resources_gpu"
 
+
+class RunType(StrEnum):
+    """What a run is, tagged `run_type` on every run the harness logs."""
+
+    SWEEP = "sweep"  # a sweep's parent run
+    TRIAL = "trial"  # one sampled configuration on the search fold
+    LOST_TRIAL = "lost_trial"  # a trial a killed driver started after its last saved state
+    FLOOR = "floor"  # a floor model on the search fold, in a trial's place
+    FOLD = "fold"  # a winner (or floor) retrained on one fold
+    ENSEMBLE = "ensemble"  # the mean softmax of a winner's (or floor's) fold models
+    TRAIN = "train"  # one `harness train` run
+    STUDY = "study"  # a study's parent run
+    STUDY_ARM = "study_arm"  # one arm of a study on one fold
+
+
 FINISHED = RunStatus.to_string(RunStatus.FINISHED)
 KILLED = RunStatus.to_string(RunStatus.KILLED)
 FAILED = RunStatus.to_string(RunStatus.FAILED)
@@ -74,6 +89,11 @@ def _retry(call: Callable[[], T], attempts: int = 8) -> T:
                 raise
             time.sleep(0.1 * 2**attempt)
     raise AssertionError("unreachable")
+
+
+def error_text(exc: BaseException) -> str:
+    """Return the text a FAILED run's `error` tag holds for `exc` (MLflow caps a tag's length)."""
+    return repr(exc)[-4000:]
 
 
 def git_commit(directory: Path | None = None) -> str:
@@ -137,16 +157,40 @@ class Tracker:
             return _retry(lambda: self.client.get_experiment_by_name(name)).experiment_id
 
     def start_run(
-        self, experiment_id: str, *, name: str, tags: dict[str, str], params: dict[str, Any], parent: str | None = None
+        self,
+        experiment_id: str,
+        *,
+        name: str,
+        run_type: RunType,
+        tags: dict[str, str],
+        params: dict[str, Any],
+        parent: str | None = None,
     ) -> str:
-        """Create a RUNNING run (nested under `parent` if given) with tags and params; returns its id."""
-        tags = {**tags, **({PARENT: parent} if parent else {})}
+        """Create a RUNNING run of `run_type` (nested under `parent` if given) with tags and params;
+        returns its id. Prefer `run`, which also ends it."""
+        tags = {**tags, RUN_TYPE: str(run_type), **({PARENT: parent} if parent else {})}
         run = _retry(lambda: self.client.create_run(experiment_id, tags=tags, run_name=name))
         run_id = run.info.run_id
         if params:
             batch = [Param(k, str(v)) for k, v in sorted(params.items())]
             _retry(lambda: self.client.log_batch(run_id, params=batch))
         return run_id
+
+    @contextmanager
+    def run(
+        self,
+        experiment_id: str,
+        *,
+        name: str,
+        run_type: RunType,
+        tags: dict[str, str],
+        params: dict[str, Any],
+        parent: str | None = None,
+    ) -> Iterator[str]:
+        """Open a run as `start_run` does and yield its id; the run ends as `ending` says."""
+        run_id = self.start_run(experiment_id, name=name, run_type=run_type, tags=tags, params=params, parent=parent)
+        with self.ending(run_id):
+            yield run_id
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], *, step: int) -> None:
         """Log all `metrics` at `step` in one batch."""
@@ -167,11 +211,15 @@ class Tracker:
 
     @contextmanager
     def ending(self, run_id: str) -> Iterator[None]:
-        """End `run_id` FINISHED after the block, or FAILED with the error if the block raises."""
+        """End `run_id` when the block exits, whichever way: FINISHED after it, KILLED on
+        KeyboardInterrupt or SystemExit, FAILED with the `error` tag on any other exception."""
         try:
             yield
+        except (KeyboardInterrupt, SystemExit):
+            self.finish(run_id, KILLED)
+            raise
         except BaseException as exc:
-            self.finish(run_id, FAILED, {ERROR: repr(exc)[-4000:]})
+            self.finish(run_id, FAILED, {ERROR: error_text(exc)})
             raise
         self.finish(run_id, FINISHED)
 
@@ -188,7 +236,7 @@ class Tracker:
         )
         self.reopen(run_id)
 
-    def child_runs(self, experiment_id: str, parent: str, run_type: str) -> list:
+    def child_runs(self, experiment_id: str, parent: str, run_type: RunType) -> list:
         """Return the runs of `run_type` nested directly under `parent`."""
         return _retry(
             lambda: self.client.search_runs(
@@ -218,85 +266,11 @@ class Tracker:
             (folder / "confusion_matrix.json").write_text(
                 json.dumps({"classes": list(class_names), "rows_true_cols_pred": matrix.tolist()})
             )
-            _confusion_png(matrix, class_names, folder / "confusion_matrix.png", title=f"{prefix} confusion matrix")
+            confusion_png(matrix, class_names, folder / "confusion_matrix.png", title=f"{prefix} confusion matrix")
             evaluation.predictions.to_csv(folder / "predictions.csv", index=False)
             for name, gallery in evaluation.galleries.items():
-                _gallery_png(
+                gallery_png(
                     gallery, folder / f"maps_{name}.png", title=f"{prefix}: {name} predictions, {gallery.kind} maps"
                 )
             for file in sorted(folder.iterdir()):
                 self.log_file(run_id, file, prefix)
-
-
-def epoch_metrics(report: EpochReport, objective: str) -> dict[str, float]:
-    """Return the flat metrics of one epoch: train loss, val_*, best_val_*, best_epoch, objective."""
-    metrics = {"train_loss": report.train_loss, "best_epoch": float(report.best_epoch)}
-    for name in METRIC_NAMES:
-        metrics[f"val_{name}"] = report.val[name]
-        metrics[f"best_val_{name}"] = report.best_val[name]
-    metrics["objective"] = report.best_val[objective.removeprefix("val_")]
-    return metrics
-
-
-def log_epoch(
-    tracker: Tracker, run_id: str, report: EpochReport, *, objective: str, class_names: tuple[str, ...]
-) -> dict[str, float]:
-    """Log one epoch to a run, and on the last the best epoch's validation predictions and the
-    test evaluation; returns the epoch's metrics."""
-    metrics = epoch_metrics(report, objective)
-    if report.epoch == 1:
-        tracker.log_metrics(run_id, {f"params_{k}": v for k, v in report.param_counts.items()}, step=0)
-    tracker.log_metrics(run_id, metrics, step=report.epoch)
-    if report.best_val_evaluation is not None:
-        localisation = {
-            f"best_val_{k}": v for k, v in report.best_val_evaluation.metrics.items() if k.startswith("miou")
-        }
-        if localisation:
-            tracker.log_metrics(run_id, localisation, step=report.best_epoch)
-        tracker.log_evaluation(run_id, "val", report.best_val_evaluation, class_names)
-    if report.test is not None:
-        tracker.log_metrics(run_id, {f"test_{k}": v for k, v in report.test.metrics.items()}, step=report.best_epoch)
-        tracker.log_evaluation(run_id, "test", report.test, class_names)
-    return metrics
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _gallery_png(gallery: MapGallery, path: Path, *, title: str) -> None:
-    plt = _pyplot()
-    count = len(gallery.images)
-    fig, axes = plt.subplots(1, count, figsize=(2.4 * count, 2.9), dpi=110, squeeze=False)
-    for ax, image, heat, caption in zip(axes[0], gallery.images, gallery.maps, gallery.captions):
-        height, width = image.shape[:2]
-        ax.imshow(image)
-        # The map covers the whole image whatever its resolution; bilinear display, as BASELINES §4.3 scores it.
-        ax.imshow(heat, cmap="jet", alpha=0.4, vmin=0, vmax=1, extent=(0, width, height, 0), interpolation="bilinear")
-        ax.set_title(caption, fontsize=6)
-        ax.axis("off")
-    fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def _confusion_png(matrix: np.ndarray, class_names: tuple[str, ...], path: Path, *, title: str) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(3.6, 3.2), dpi=120)
-    ax.imshow(matrix, cmap="Blues")
-    for (i, j), count in np.ndenumerate(matrix):
-        ax.text(j, i, str(count), ha="center", va="center", color="black")
-    ax.set_xticks(range(len(class_names)), class_names)
-    ax.set_yticks(range(len(class_names)), class_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)

@@ -24,17 +24,16 @@ from torch.utils.data import DataLoader
 
 import baselines
 from baselines.losses import build_loss
-from baselines.maps import explanation_maps
 from harness.bn_recalibration import recalibrate_for_evaluation
 from harness.config import TrainParams
-from harness.data.bags import bag_grid
+from harness.data.bags import BagGrid, bag_grid
 from harness.data.cache import open_patch_cache
 from harness.data.dataset import BagDataset, ImageDataset
 from harness.data.manifest import read_manifest
 from harness.data.splits import CV, TEST, read_split
 from harness.data.transforms import batch_normaliser, build_bag_transform, build_transform
+from harness.evaluation import Evaluation, Normaliser, evaluate, map_galleries
 from harness.localisation import localisation_scores
-from harness.metrics import classification_metrics, confusion, grouped_accuracies
 from harness.optim import build_optimizer, step_schedule
 
 # The RunSpec fields every run logs as params beside its hyperparameters (the protocol options).
@@ -77,29 +76,28 @@ class RunSpec(BaseModel):
         return {name: str(getattr(self, name)).lower() for name in PROTOCOL_PARAMS}
 
 
-@dataclass
-class MapGallery:
-    """Explanation maps of a few images: the images as stored, their maps in [0, 1], captions."""
-
-    kind: str
-    images: np.ndarray
-    maps: np.ndarray
-    captions: list[str]
-
-
-@dataclass
-class Evaluation:
-    """Metrics, confusion matrix and per-image probabilities of one model on one set of images;
-    on the test set also map galleries of its best and worst predictions."""
-
-    metrics: dict[str, float]
-    confusion: np.ndarray
-    predictions: pd.DataFrame
-    galleries: dict[str, MapGallery] = field(default_factory=dict)
-
-
 class DivergedError(RuntimeError):
     """The training loss stopped being a finite number."""
+
+
+@dataclass
+class BestEpoch:
+    """The epoch with the lowest validation loss so far: its number, validation metrics and
+    predictions, and a CPU copy of the model's weights at that epoch."""
+
+    epoch: int
+    evaluation: Evaluation
+    state: dict[str, torch.Tensor] = field(repr=False)
+
+    @property
+    def loss(self) -> float:
+        """Return the epoch's validation loss, the early-stopping criterion."""
+        return self.evaluation.metrics["loss"]
+
+    @property
+    def val(self) -> dict[str, float]:
+        """Return the epoch's validation metrics."""
+        return self.evaluation.metrics
 
 
 @dataclass
@@ -110,11 +108,7 @@ class TrainState:
     model: dict[str, torch.Tensor]
     optimizer: dict[str, Any]
     schedulers: list[dict[str, Any]]
-    best_loss: float
-    best_epoch: int
-    best_val: dict[str, float]
-    best_state: dict[str, torch.Tensor]
-    best_evaluation: Evaluation
+    best: BestEpoch
     history: list[EpochReport]
     rng: dict[str, Any]
 
@@ -180,70 +174,6 @@ def _loader(dataset: ImageDataset | BagDataset, batch_size: int, *, shuffle: boo
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, generator=generator)
 
 
-Normaliser = Callable[[torch.Tensor], torch.Tensor]
-# Models whose own maps are scored against RoI masks (Grad-CAM of the others is not: §4.3's Table II).
-MAP_OUTPUTS = {"roi", "attention"}
-
-
-@torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader, normalise: Normaliser) -> tuple[np.ndarray, np.ndarray]:
-    """Return (softmax probabilities N x C, labels N) of `model` over `loader`."""
-    model.eval()
-    probs, labels = [], []
-    for batch in loader:
-        logits = model(normalise(batch["image"]))["logits"]
-        probs.append(torch.softmax(logits.float(), 1).cpu().numpy())
-        labels.append(batch["label"].numpy())
-    return np.concatenate(probs), np.concatenate(labels)
-
-
-def evaluate(model: nn.Module, loader: DataLoader, normalise: Normaliser, frame: pd.DataFrame) -> Evaluation:
-    """Return metrics (with unweighted cross-entropy `loss`) and predictions for the rows in `frame`."""
-    prob, labels = predict(model, loader, normalise)
-    return evaluation_of(prob, labels, frame)
-
-
-def evaluation_of(prob: np.ndarray, labels: np.ndarray, frame: pd.DataFrame) -> Evaluation:
-    """Return the Evaluation of class probabilities `prob` (N x C) of the rows in `frame`, whatever
-    model produced them: metrics with unweighted cross-entropy `loss`, confusion, predictions."""
-    loss = float(nn.functional.nll_loss(torch.log(torch.from_numpy(prob).clamp_min(1e-12)), torch.from_numpy(labels)))
-    metrics = {"loss": loss, **classification_metrics(labels, prob)}
-    columns = ["rel_path", "patient_id", "label"] + (["magnification"] if "magnification" in frame else [])
-    predictions = frame[columns].reset_index(drop=True)
-    predictions = predictions.assign(**{f"prob_{c}": prob[:, c] for c in range(prob.shape[1])}, pred=prob.argmax(1))
-    metrics.update(grouped_accuracies(predictions))
-    return Evaluation(
-        metrics=metrics, confusion=confusion(labels, prob.argmax(1), prob.shape[1]), predictions=predictions
-    )
-
-
-def map_galleries(
-    model: nn.Module, dataset: ImageDataset | BagDataset, evaluation: Evaluation, normalise: Normaliser, k: int = 4
-) -> dict[str, MapGallery]:
-    """Return explanation maps of the k best and k worst predictions (by probability of the true class)."""
-    frame = evaluation.predictions
-    prob_true = frame[[f"prob_{c}" for c in range(evaluation.confusion.shape[0])]].to_numpy()[
-        np.arange(len(frame)), frame.label.to_numpy()
-    ]
-    order = np.argsort(prob_true, kind="stable")
-    galleries = {}
-    for name, picked in (("best", order[::-1][:k]), ("worst", order[:k])):
-        images = normalise(torch.stack([dataset[int(i)]["image"] for i in picked]))
-        kind, maps = explanation_maps(model, images)
-        captions = [
-            f"{frame.rel_path[i].rsplit('/', 1)[-1]}\n"
-            f"true {frame.label[i]}, pred {frame.pred[i]}, p(true) {prob_true[i]:.2f}"
-            for i in picked
-        ]
-        galleries[name] = MapGallery(
-            kind=kind,
-            images=np.stack([dataset.raw(int(i)) for i in picked]),
-            maps=maps[:, 0].float().cpu().numpy(),
-            captions=captions,
-        )
-    return galleries
-
-
 def _rng_state(loader: DataLoader) -> dict[str, Any]:
     return {
         "python": random.getstate(),
@@ -260,6 +190,289 @@ def _restore_rng(state: dict[str, Any], loader: DataLoader) -> None:
     loader.generator.set_state(state["loader"])
 
 
+@dataclass
+class _Fold:
+    """A fold opened for training: its manifest rows per part (train, val, test), the image and
+    mask caches, and how each part's dataset is built for the run's recipe."""
+
+    spec: RunSpec
+    manifest: pd.DataFrame
+    rows: dict[str, np.ndarray]
+    images: np.ndarray
+    masks: np.ndarray | None
+    grid: BagGrid | None
+    keras: bool
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Return the label of every manifest row."""
+        return self.manifest.label.to_numpy()
+
+    @property
+    def scores_maps(self) -> bool:
+        """Return True when the model's own maps are scored against the fold's RoI masks."""
+        return self.masks is not None and self.grid is None and baselines.info(self.spec.baseline).has_own_maps
+
+    def dataset(self, part: str, *, with_masks: bool = False) -> ImageDataset | BagDataset:
+        """Return the dataset of `part` with its transform (augmented for train); masks ride along
+        with training images, and with others when asked."""
+        p, seed, train = self.spec.params, self.spec.seed, part == "train"
+        if self.grid is not None:
+            return BagDataset(
+                self.images, self.rows[part], self.labels, build_bag_transform(p, train=train, seed=seed), self.grid
+            )
+        stored_hw = tuple(self.images.shape[1:3])
+        transform = build_transform(p, stored_hw=stored_hw, train=train, seed=seed, keras=self.keras)
+        masks = self.masks if train or with_masks else None
+        return ImageDataset(self.images, self.rows[part], self.labels, transform, masks)
+
+    def evaluation_loader(self, dataset: ImageDataset | BagDataset) -> DataLoader:
+        """Return an unshuffled loader over `dataset` in evaluation batches."""
+        return _loader(dataset, self.spec.eval_batch_size, shuffle=False, seed=self.spec.seed)
+
+
+def _open_fold(spec: RunSpec) -> _Fold:
+    """Return the fold of `spec`, after checking that its split was made from its manifest."""
+    manifest, _ = read_manifest(spec.manifest_path)
+    split = read_split(spec.split_path)
+    if not np.array_equal(split.assignments.rel_path.to_numpy(), manifest.rel_path.to_numpy()):
+        raise ValueError(f"split {spec.split_path} was not made from manifest {spec.manifest_path}")
+    images = open_patch_cache(spec.cache_path)
+    bags = baselines.info(spec.baseline).input_kind == "bag"
+    return _Fold(
+        spec=spec,
+        manifest=manifest,
+        rows={
+            "train": split.rows(split=CV, exclude_fold=spec.fold),
+            "val": split.rows(split=CV, fold=spec.fold),
+            "test": split.rows(split=TEST),
+        },
+        images=images,
+        masks=open_patch_cache(spec.mask_cache_path) if spec.mask_cache_path else None,
+        grid=bag_grid(*images.shape[1:3]) if bags else None,
+        # Optimiser, loss clipping and weighting, resize and augmentation as the source's Keras defined them.
+        keras=baselines.uses_keras_semantics(spec.baseline, spec.semantics),
+    )
+
+
+@dataclass
+class _Optimisation:
+    """The model and what trains it: loss, optimiser, per-step and per-epoch schedules, and the
+    on-device batch normalisation."""
+
+    model: nn.Module
+    criterion: Callable[..., torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    step_scheduler: torch.optim.lr_scheduler.LRScheduler
+    epoch_scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    normalise: Normaliser
+    device: str
+
+    @property
+    def schedulers(self) -> list[torch.optim.lr_scheduler.LRScheduler]:
+        """Return the schedulers whose state a checkpoint keeps, in a fixed order."""
+        return [s for s in (self.step_scheduler, self.epoch_scheduler) if s is not None]
+
+
+def _build_optimisation(spec: RunSpec, fold: _Fold, device: str) -> _Optimisation:
+    """Return the model of `spec` on `device` with its recipe's loss, optimiser and schedules."""
+    p, entry = spec.params, baselines.info(spec.baseline)
+    model_kwargs = dict(spec.model_kwargs)
+    if fold.grid is not None:
+        # The attention map is drawn on the grid the data gives, whatever the model's default.
+        model_kwargs.update(grid_rows=fold.grid.rows, grid_cols=fold.grid.cols)
+    model = baselines.create(
+        spec.baseline,
+        num_classes=spec.num_classes,
+        pretrained=str(spec.pretrained) if spec.pretrained else None,
+        semantics=spec.semantics,
+        **model_kwargs,
+    ).to(device)
+    weights = (
+        class_weights(fold.labels[fold.rows["train"]], spec.num_classes) if p.class_weights == "inverse_max" else None
+    )
+    criterion = build_loss(
+        entry.loss,
+        class_weights=weights.to(device) if weights is not None else None,
+        lambda_roi=p.lambda_dice,
+        roi_mode=p.roi_target,
+        keras=fold.keras,
+    )
+    optimizer = build_optimizer(p, model, keras=fold.keras)
+    return _Optimisation(
+        model=model,
+        criterion=criterion,
+        optimizer=optimizer,
+        step_scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, step_schedule(p, spec.epochs)),
+        epoch_scheduler=(
+            torch.optim.lr_scheduler.StepLR(optimizer, p.lr_step_epochs, p.lr_gamma) if p.lr_decay == "step" else None
+        ),
+        normalise=batch_normaliser(p.normalisation, device),
+        device=device,
+    )
+
+
+def _train_epoch(spec: RunSpec, opt: _Optimisation, loader: DataLoader, epoch: int) -> float:
+    """Run one epoch of training; returns its mean training loss. Raises DivergedError on a
+    non-finite loss."""
+    opt.model.train()
+    total, seen = 0.0, 0
+    for step, batch in enumerate(loader, 1):
+        targets = batch["label"].to(opt.device)
+        masks = batch["mask"].to(opt.device) if "mask" in batch else None
+        loss = opt.criterion(opt.model(opt.normalise(batch["image"])), targets, masks)
+        opt.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.optimizer.step()
+        opt.step_scheduler.step()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            p = spec.params
+            raise DivergedError(
+                f"training loss became {value} at epoch {epoch}, step {step} ({spec.baseline}, "
+                f"{p.optimizer} lr {p.lr:g}, batch {p.batch_size})"
+            )
+        total += value * len(targets)
+        seen += len(targets)
+    if opt.epoch_scheduler is not None:
+        opt.epoch_scheduler.step()
+    return total / max(seen, 1)
+
+
+def _recalibrate(spec: RunSpec, opt: _Optimisation, dataset: ImageDataset | BagDataset, epoch: int) -> None:
+    """Recompute BatchNorm statistics on training batches drawn with this epoch's own seed."""
+    seed = spec.seed * 10_000 + epoch
+    dataset.transform.set_random_seed(seed)
+    recalibrate_for_evaluation(
+        opt.model, _loader(dataset, spec.params.batch_size, shuffle=True, seed=seed), opt.normalise
+    )
+
+
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def _finish(fold: _Fold, opt: _Optimisation, best: BestEpoch) -> Evaluation | None:
+    """Score the best epoch's maps on the validation fold (models with maps of their own, given
+    masks) and evaluate it on the test set; returns the test evaluation, None without one."""
+    spec = fold.spec
+    best_model = copy.deepcopy(opt.model)
+    best_model.load_state_dict(best.state)
+    if fold.scores_maps:
+        # Scored on the validation fold, as 001's Table II; the masks follow the eval transform.
+        masked = fold.evaluation_loader(fold.dataset("val", with_masks=True))
+        best.evaluation.metrics.update(localisation_scores(best_model, masked, opt.normalise))
+    if not spec.evaluate_test or not len(fold.rows["test"]):
+        return None
+    test_set = fold.dataset("test")
+    test = evaluate(best_model, fold.evaluation_loader(test_set), opt.normalise, fold.manifest.iloc[fold.rows["test"]])
+    test.galleries = map_galleries(best_model, test_set, test, opt.normalise)
+    return test
+
+
+@dataclass
+class _Run:
+    """A fit in progress: its fold, datasets and loaders, optimisation, parameter counts, and the
+    best epoch and reports so far."""
+
+    fold: _Fold
+    train_set: ImageDataset | BagDataset
+    # Its own dataset, reseeded each epoch, so that training's augmentation and shuffling streams
+    # stay as they are whether or not the run recalibrates BatchNorm.
+    recalibration_set: ImageDataset | BagDataset | None
+    train_loader: DataLoader
+    val_loader: DataLoader
+    opt: _Optimisation
+    counts: dict[str, int]
+    best: BestEpoch | None = None
+    history: list[EpochReport] = field(default_factory=list)
+
+    def result(self, seconds: float) -> FitResult:
+        """Return the FitResult of the finished run."""
+        return FitResult(
+            history=self.history,
+            best_epoch=self.best.epoch,
+            best_val=self.best.val,
+            val=self.best.evaluation,
+            test=self.history[-1].test,
+            param_counts=self.counts,
+            seconds=seconds,
+            state_dict=self.best.state,
+        )
+
+
+def _open_run(spec: RunSpec, resume: TrainState | None) -> _Run:
+    """Return the run of `spec`, continued from `resume` when given."""
+    fold = _open_fold(spec)
+    train_set = fold.dataset("train")
+    recalibration_set = fold.dataset("train") if spec.bn_recalibration else None
+    train_loader = _loader(train_set, spec.params.batch_size, shuffle=True, seed=spec.seed)
+    val_loader = fold.evaluation_loader(fold.dataset("val"))
+    # The datasets come first: building the model draws its initial weights from the seeded stream.
+    opt = _build_optimisation(spec, fold, resolve_device(spec.device))
+    run = _Run(fold, train_set, recalibration_set, train_loader, val_loader, opt, baselines.param_counts(opt.model))
+    if resume is not None:
+        _resume(resume, run)
+    return run
+
+
+def _resume(state: TrainState, run: _Run) -> None:
+    """Load `state` into the run's optimisation, loader stream, best epoch and history."""
+    run.opt.model.load_state_dict(state.model)
+    run.opt.optimizer.load_state_dict(state.optimizer)
+    for scheduler, saved in zip(run.opt.schedulers, state.schedulers):
+        scheduler.load_state_dict(saved)
+    _restore_rng(state.rng, run.train_loader)
+    run.best, run.history = state.best, list(state.history)
+
+
+def _snapshot(epoch: int, run: _Run) -> Callable[[], TrainState]:
+    """Return a function that builds the TrainState to continue after `epoch` (called only when
+    a checkpoint is wanted: it copies the model)."""
+    best, opt = run.best, run.opt
+
+    def take() -> TrainState:
+        return TrainState(
+            epoch=epoch,
+            model=_weights(opt.model),
+            optimizer=copy.deepcopy(opt.optimizer.state_dict()),
+            schedulers=[s.state_dict() for s in opt.schedulers],
+            best=best,
+            history=[dataclasses.replace(h, test=None, best_val_evaluation=None, snapshot=None) for h in run.history],
+            rng=_rng_state(run.train_loader),
+        )
+
+    return take
+
+
+def _run_epoch(run: _Run, epoch: int) -> EpochReport:
+    """Train one epoch, validate, keep the best epoch, and finish the run when it is done; returns
+    the epoch's report."""
+    spec, opt = run.fold.spec, run.opt
+    # A seed per epoch makes the augmentations of epoch k the same whether or not the run
+    # was resumed before it.
+    run.train_set.transform.set_random_seed(spec.seed * 10_000 + epoch)
+    train_loss = _train_epoch(spec, opt, run.train_loader, epoch)
+    if run.recalibration_set is not None:
+        _recalibrate(spec, opt, run.recalibration_set, epoch)
+    val = evaluate(opt.model, run.val_loader, opt.normalise, run.fold.manifest.iloc[run.fold.rows["val"]])
+    if run.best is None or val.metrics["loss"] < run.best.loss:
+        run.best = BestEpoch(epoch, val, _weights(opt.model))
+    done = epoch == spec.epochs or epoch - run.best.epoch >= spec.patience
+    return EpochReport(
+        epoch=epoch,
+        train_loss=train_loss,
+        val=val.metrics,
+        best_epoch=run.best.epoch,
+        best_val=run.best.val,
+        done=done,
+        param_counts=run.counts,
+        test=_finish(run.fold, opt, run.best) if done else None,
+        best_val_evaluation=run.best.evaluation if done else None,
+        snapshot=_snapshot(epoch, run),
+    )
+
+
 def fit(
     spec: RunSpec, report: Callable[[EpochReport], None] | None = None, resume: TrainState | None = None
 ) -> FitResult:
@@ -271,179 +484,12 @@ def fit(
     started = time.perf_counter()
     seed_everything(spec.seed)
     torch.set_num_threads(max(1, spec.threads))
-    device = resolve_device(spec.device)
-    manifest, _ = read_manifest(spec.manifest_path)
-    split = read_split(spec.split_path)
-    if not np.array_equal(split.assignments.rel_path.to_numpy(), manifest.rel_path.to_numpy()):
-        raise ValueError(f"split {spec.split_path} was not made from manifest {spec.manifest_path}")
-    images = open_patch_cache(spec.cache_path)
-    mask_cache = open_patch_cache(spec.mask_cache_path) if spec.mask_cache_path else None
-    labels = manifest.label.to_numpy()
-    stored_hw = tuple(images.shape[1:3])
-    entry = baselines.info(spec.baseline)
-    grid = bag_grid(*images.shape[1:3]) if entry.input_kind == "bag" else None
-    scores_maps = mask_cache is not None and grid is None and bool(MAP_OUTPUTS & set(entry.outputs))
-    model_kwargs = dict(spec.model_kwargs)
-    if grid is not None:
-        # The attention map is drawn on the grid the data gives, whatever the model's default.
-        model_kwargs.update(grid_rows=grid.rows, grid_cols=grid.cols)
-    rows = {
-        "train": split.rows(split=CV, exclude_fold=spec.fold),
-        "val": split.rows(split=CV, fold=spec.fold),
-        "test": split.rows(split=TEST),
-    }
-    p = spec.params
-    # Optimiser, loss clipping and weighting, resize and augmentation as the source's Keras defined them.
-    keras = baselines.uses_keras_semantics(spec.baseline, spec.semantics)
-
-    def dataset(part: str) -> ImageDataset | BagDataset:
-        train = part == "train"
-        if grid is not None:
-            return BagDataset(images, rows[part], labels, build_bag_transform(p, train=train, seed=spec.seed), grid)
-        transform = build_transform(p, stored_hw=stored_hw, train=train, seed=spec.seed, keras=keras)
-        return ImageDataset(images, rows[part], labels, transform, mask_cache if train else None)
-
-    train_set = dataset("train")
-    # Its own dataset, reseeded each epoch, so that training's augmentation and shuffling streams
-    # stay as they are whether or not the run recalibrates BatchNorm.
-    recalibration_set = dataset("train") if spec.bn_recalibration else None
-    train_loader = _loader(train_set, p.batch_size, shuffle=True, seed=spec.seed)
-    val_loader = _loader(dataset("val"), spec.eval_batch_size, shuffle=False, seed=spec.seed)
-    model = baselines.create(
-        spec.baseline,
-        num_classes=spec.num_classes,
-        pretrained=str(spec.pretrained) if spec.pretrained else None,
-        semantics=spec.semantics,
-        **model_kwargs,
-    ).to(device)
-    counts = baselines.param_counts(model)
-    weights = class_weights(labels[rows["train"]], spec.num_classes) if p.class_weights == "inverse_max" else None
-    criterion = build_loss(
-        entry.loss,
-        class_weights=weights.to(device) if weights is not None else None,
-        lambda_roi=p.lambda_dice,
-        roi_mode=p.roi_target,
-        keras=keras,
-    )
-    normalise = batch_normaliser(p.normalisation, device)
-    optimizer = build_optimizer(p, model, keras=keras)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, step_schedule(p, spec.epochs))
-    epoch_scheduler = (
-        torch.optim.lr_scheduler.StepLR(optimizer, p.lr_step_epochs, p.lr_gamma) if p.lr_decay == "step" else None
-    )
-
-    schedulers = [s for s in (scheduler, epoch_scheduler) if s is not None]
-
-    history: list[EpochReport] = []
-    best: tuple[float, int, dict[str, float], dict[str, torch.Tensor], Evaluation] | None = None
-    first_epoch = 1
-    if resume is not None:
-        model.load_state_dict(resume.model)
-        optimizer.load_state_dict(resume.optimizer)
-        for sched, state in zip(schedulers, resume.schedulers):
-            sched.load_state_dict(state)
-        best = (resume.best_loss, resume.best_epoch, resume.best_val, resume.best_state, resume.best_evaluation)
-        history = list(resume.history)
-        _restore_rng(resume.rng, train_loader)
-        first_epoch = resume.epoch + 1
-
-    def snapshot(epoch: int) -> Callable[[], TrainState]:
-        def take() -> TrainState:
-            assert best is not None
-            return TrainState(
-                epoch=epoch,
-                model={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                optimizer=copy.deepcopy(optimizer.state_dict()),
-                schedulers=[s.state_dict() for s in schedulers],
-                best_loss=best[0],
-                best_epoch=best[1],
-                best_val=best[2],
-                best_state=best[3],
-                best_evaluation=best[4],
-                history=[dataclasses.replace(h, test=None, best_val_evaluation=None, snapshot=None) for h in history],
-                rng=_rng_state(train_loader),
-            )
-
-        return take
-
-    for epoch in range(first_epoch, spec.epochs + 1):
-        # A seed per epoch makes the augmentations of epoch k the same whether or not the run
-        # was resumed before it.
-        train_set.transform.set_random_seed(spec.seed * 10_000 + epoch)
-        model.train()
-        total, seen = 0.0, 0
-        for step, batch in enumerate(train_loader, 1):
-            targets = batch["label"].to(device)
-            masks = batch["mask"].to(device) if "mask" in batch else None
-            loss = criterion(model(normalise(batch["image"])), targets, masks)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise DivergedError(
-                    f"training loss became {value} at epoch {epoch}, step {step} ({spec.baseline}, "
-                    f"{p.optimizer} lr {p.lr:g}, batch {p.batch_size})"
-                )
-            total += value * len(targets)
-            seen += len(targets)
-        if epoch_scheduler is not None:
-            epoch_scheduler.step()
-        if recalibration_set is not None:
-            seed = spec.seed * 10_000 + epoch
-            recalibration_set.transform.set_random_seed(seed)
-            recalibrate_for_evaluation(
-                model, _loader(recalibration_set, p.batch_size, shuffle=True, seed=seed), normalise
-            )
-        val = evaluate(model, val_loader, normalise, manifest.iloc[rows["val"]])
-        if best is None or val.metrics["loss"] < best[0]:
-            state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            best = (val.metrics["loss"], epoch, val.metrics, state, val)
-        done = epoch == spec.epochs or epoch - best[1] >= spec.patience
-        test = None
-        if done:
-            best_model = copy.deepcopy(model)
-            best_model.load_state_dict(best[3])
-        if done and scores_maps:
-            # Scored on the validation fold, as 001's Table II; the masks follow the eval transform.
-            masked = ImageDataset(images, rows["val"], labels, dataset("val").transform, mask_cache)
-            best[4].metrics.update(
-                localisation_scores(
-                    best_model, _loader(masked, spec.eval_batch_size, shuffle=False, seed=spec.seed), normalise
-                )
-            )
-        if done and spec.evaluate_test and len(rows["test"]):
-            test_model = best_model
-            test_set = dataset("test")
-            test_loader = _loader(test_set, spec.eval_batch_size, shuffle=False, seed=spec.seed)
-            test = evaluate(test_model, test_loader, normalise, manifest.iloc[rows["test"]])
-            test.galleries = map_galleries(test_model, test_set, test, normalise)
-        entry = EpochReport(
-            epoch=epoch,
-            train_loss=total / max(seen, 1),
-            val=val.metrics,
-            best_epoch=best[1],
-            best_val=best[2],
-            done=done,
-            param_counts=counts,
-            test=test,
-            best_val_evaluation=best[4] if done else None,
-            snapshot=snapshot(epoch),
-        )
-        history.append(entry)
+    run = _open_run(spec, resume)
+    for epoch in range((resume.epoch if resume else 0) + 1, spec.epochs + 1):
+        entry = _run_epoch(run, epoch)
+        run.history.append(entry)
         if report is not None:
             report(entry)
-        if done:
+        if entry.done:
             break
-    assert best is not None
-    return FitResult(
-        history=history,
-        best_epoch=best[1],
-        best_val=best[2],
-        val=best[4],
-        test=history[-1].test,
-        param_counts=counts,
-        seconds=time.perf_counter() - started,
-        state_dict=best[3],
-    )
+    return run.result(time.perf_counter() - started)
