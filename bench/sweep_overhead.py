@@ -72,15 +72,16 @@ def harness_sweep(path: Path) -> tuple[float, list[dict]]:
     its trial runs logged (not the floors' or any other run type the sweep nests under its run)."""
     from harness import tracking
     from harness.config import load_experiment
+    from harness.sweep import run_sweep
     from harness.train import PROTOCOL_PARAMS
-    from harness.tune import run_sweep
 
     config = load_experiment(path)
     started = time.perf_counter()
     summary = run_sweep(config)
     seconds = time.perf_counter() - started
     tracker = tracking.Tracker(summary.tracking_uri)
-    runs = tracker.child_runs(tracker.experiment_id(config.name, create=False), summary.parent_run_id, "trial")
+    experiment_id = tracker.experiment_id(config.name, create=False)
+    runs = tracker.child_runs(experiment_id, summary.parent_run_id, tracking.RunType.TRIAL)
     # `epochs` and the protocol options are logged beside the point; the bare side sets them itself.
     logged = {"epochs", *PROTOCOL_PARAMS}
     return seconds, [{k: _value(v) for k, v in r.data.params.items() if k not in logged} for r in runs]
@@ -90,7 +91,6 @@ def _bare_trial(config: dict, *, paths: dict, epochs: int) -> None:
     from ray import tune
 
     from harness.config import split_point
-    from harness.search import DONE_KEY
     from harness.train import RunSpec, fit
 
     params, kwargs = split_point(config["point"])
@@ -104,7 +104,7 @@ def _bare_trial(config: dict, *, paths: dict, epochs: int) -> None:
         patience=epochs,
         **paths,
     )
-    fit(spec, lambda e: tune.report({"val_loss": e.val["loss"], DONE_KEY: float(e.done)}))
+    fit(spec, lambda e: tune.report({"val_loss": e.val["loss"]}))
 
 
 def bare_tuner(path: Path, points: list[dict], epochs: int, work: Path) -> float:

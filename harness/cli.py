@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import typer
 from rich.console import Console
@@ -18,6 +18,10 @@ from rich.table import Table
 
 from harness.config import TABLE_LAYOUTS
 from harness.errors import InputError
+
+if TYPE_CHECKING:
+    from harness.config import LeaderboardSpec
+    from harness.sweep import SweepSummary
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n")[0])
 data_app = typer.Typer(no_args_is_help=True, help="Index datasets and make synthetic ones.")
@@ -223,36 +227,24 @@ def train(
     )
 
 
-@app.command()
-@user_errors
-def sweep(
-    experiment: Path = typer.Argument(..., help="Experiment YAML file."),
-    root: Optional[Path] = RootOption,
-    roi_dir: Optional[Path] = RoiOption,
-    address: Optional[str] = typer.Option(
-        None,
-        "--address",
-        envvar="RAY_ADDRESS",
-        help="Ray cluster to join: auto, HOST:6379 or ray://HOST:10001; default an embedded local Ray.",
-    ),
-    tracking_uri: Optional[str] = UriOption,
-    output_dir: Optional[Path] = OutOption,
-    storage: Optional[Path] = typer.Option(
-        None,
-        "--storage",
-        help="Where Tune keeps sweeps and trial checkpoints (shared by all nodes); overrides storage_path.",
-    ),
-    resume: bool = typer.Option(False, "--resume", help="Continue the newest interrupted sweep of this experiment."),
-) -> None:
-    """Tune every baseline of an experiment with Ray Tune, Optuna and ASHA, tracked in MLflow; then
-    retrain each winner on every fold and ensemble the folds on the test set."""
-    from harness.tune import run_sweep
+AddressOption = typer.Option(
+    None,
+    "--address",
+    envvar="RAY_ADDRESS",
+    help="Ray cluster to join: auto, HOST:6379 or ray://HOST:10001; default an embedded local Ray.",
+)
+StorageOption = typer.Option(
+    None,
+    "--storage",
+    help="Where Tune keeps sweeps and trial checkpoints (shared by all nodes); overrides storage_path.",
+)
+ResumeOption = typer.Option(False, "--resume", help="Continue the newest interrupted sweep of this experiment.")
 
-    config = _load(experiment, root, tracking_uri, output_dir, roi_dir, storage)
-    summary = run_sweep(config, address=address, resume=resume, verbose=True)
-    table = Table(
-        title=f"sweep {summary.experiment}{' (resumed)' if summary.resumed else ''}: {summary.wall_seconds:.0f} s"
-    )
+
+def _print_sweep(summary: SweepSummary) -> None:
+    """Print a sweep's trial counts per baseline, its ensembles, floors, notes and where to look."""
+    resumed = " (resumed)" if summary.resumed else ""
+    table = Table(title=f"sweep {summary.experiment}{resumed}: {summary.wall_seconds:.0f} s")
     for column in ("baseline", "trials", "finished", "stopped early", "failed"):
         table.add_column(column, justify="left" if column == "baseline" else "right")
     for name, o in summary.baselines.items():
@@ -273,6 +265,26 @@ def sweep(
         f"split {summary.split_hash[:16]}; parent run {summary.parent_run_id}; Tune storage {summary.storage}\n"
         f"look at it: mlflow ui --backend-store-uri {summary.tracking_uri}"
     )
+
+
+@app.command()
+@user_errors
+def sweep(
+    experiment: Path = typer.Argument(..., help="Experiment YAML file."),
+    root: Optional[Path] = RootOption,
+    roi_dir: Optional[Path] = RoiOption,
+    address: Optional[str] = AddressOption,
+    tracking_uri: Optional[str] = UriOption,
+    output_dir: Optional[Path] = OutOption,
+    storage: Optional[Path] = StorageOption,
+    resume: bool = ResumeOption,
+) -> None:
+    """Tune every baseline of an experiment with Ray Tune, Optuna and ASHA, tracked in MLflow; then
+    retrain each winner on every fold and ensemble the folds on the test set."""
+    from harness.sweep import run_sweep
+
+    config = _load(experiment, root, tracking_uri, output_dir, roi_dir, storage)
+    _print_sweep(run_sweep(config, address=address, resume=resume, verbose=True))
 
 
 @app.command()
@@ -316,76 +328,68 @@ def server(
         process.stop()
 
 
-TABLE_HELP = (
-    f"Layout (repeatable): {', '.join(TABLE_LAYOUTS)}; default: the experiment file's leaderboard.tables, else summary."
+ExperimentsOption = typer.Option([], "--experiment", "-e", help="An MLflow experiment to include (repeatable).")
+TablesOption = typer.Option(
+    [],
+    "--table",
+    "-t",
+    help=f"Layout (repeatable): {', '.join(TABLE_LAYOUTS)}; default: the experiment file's leaderboard.tables, "
+    "else summary.",
 )
+SplitHashOption = typer.Option(None, "--split-hash", help="Split to compare; default: the latest sweep's.")
+CheckOption = typer.Option(
+    False,
+    "--check",
+    help="Exit 1 when a reproduced number lies outside the experiment file's leaderboard.tolerance of its "
+    "published one.",
+)
+BootstrapOption = typer.Option(2000, "--bootstrap", min=100, help="Bootstrap resamples for the 95% intervals.")
+HtmlOption = typer.Option(True, "--html/--no-html", help="Also write leaderboard.html with the plots.")
+
+
+def _check(tables: list, spec: LeaderboardSpec) -> None:
+    """Print how many reproduced numbers lie within tolerance; exit 1 when any does not."""
+    from harness.leaderboard import out_of_tolerance
+
+    checked, failures = out_of_tolerance(tables, spec.tolerance_of)
+    for line in failures:
+        errors.print(f"out of tolerance: {line}", highlight=False, soft_wrap=True, markup=False)
+    console.print(f"check: {checked - len(failures)} of {checked} reproduced numbers within tolerance")
+    if failures:
+        raise typer.Exit(1)
 
 
 @app.command()
 @user_errors
 def leaderboard(
     experiment: Optional[str] = typer.Argument(None, help="Experiment YAML file, or the name of an MLflow experiment."),
-    experiments: list[str] = typer.Option(
-        [], "--experiment", "-e", help="An MLflow experiment to include (repeatable)."
-    ),
-    tables: list[str] = typer.Option(
-        [],
-        "--table",
-        "-t",
-        help=TABLE_HELP,
-    ),
+    experiments: list[str] = ExperimentsOption,
+    tables: list[str] = TablesOption,
     tracking_uri: Optional[str] = UriOption,
     output_dir: Optional[Path] = OutOption,
-    split_hash: Optional[str] = typer.Option(
-        None, "--split-hash", help="Split to compare; default: the latest sweep's."
-    ),
-    check: bool = typer.Option(
-        False,
-        "--check",
-        help="Exit 1 when a reproduced number lies outside the experiment "
-        "file's leaderboard.tolerance of its published one.",
-    ),
-    bootstrap: int = typer.Option(2000, "--bootstrap", min=100, help="Bootstrap resamples for the 95% intervals."),
-    html: bool = typer.Option(True, "--html/--no-html", help="Also write leaderboard.html with the plots."),
+    split_hash: Optional[str] = SplitHashOption,
+    check: bool = CheckOption,
+    bootstrap: int = BootstrapOption,
+    html: bool = HtmlOption,
 ) -> None:
     """Rebuild the comparison tables from MLflow beside the published numbers; print them and write
     results/<experiment>/{<table>.md,.tex,.csv, leaderboard.md, leaderboard.tex, leaderboard.html}."""
-    from harness.config import LeaderboardSpec
-    from harness.leaderboard import LayoutOptions, build_leaderboard, out_of_tolerance, write_leaderboard
+    from harness.leaderboard import LayoutOptions, build_leaderboard, write_leaderboard
     from harness.leaderboard.render import to_markdown
+    from harness.leaderboard.source import resolve_source
 
-    spec = LeaderboardSpec()
-    names = list(experiments)
-    if experiment is not None and experiment.endswith((".yaml", ".yml")):
-        config = _load(Path(experiment), None, tracking_uri, output_dir)
-        names.insert(0, config.name)
-        uri, results, spec = config.resolved_tracking_uri(), config.results_dir, config.leaderboard
-    else:
-        if experiment is not None:
-            names.insert(0, experiment)
-        if not names:
-            raise InputError("name an experiment: an experiment file, an MLflow experiment, or --experiment NAME")
-        out = (output_dir or Path("results")).resolve()
-        uri, results = tracking_uri or f"sqlite:///{out / 'mlflow.db'}", out / "+".join(names)
-        if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-            raise InputError(f"{uri}: no MLflow store there (run `harness sweep` first, or pass --tracking-uri)")
-    unknown = [t for t in tables if t not in TABLE_LAYOUTS]
-    if unknown:
-        raise InputError(f"--table {unknown[0]!r}: expected one of: {', '.join(TABLE_LAYOUTS)}")
+    source = resolve_source(experiment, experiments, tracking_uri=tracking_uri, output_dir=output_dir, tables=tables)
+    options = LayoutOptions(n_boot=bootstrap)
     board = build_leaderboard(
-        uri, names, tables=tables or spec.tables, split_hash=split_hash, options=LayoutOptions(n_boot=bootstrap)
+        source.tracking_uri, list(source.names), tables=source.tables, split_hash=split_hash, options=options
     )
+    results = source.results_dir
     written = write_leaderboard(board, results, html=html)
     for table in board.tables:
         console.print(to_markdown(table), highlight=False, soft_wrap=True, markup=False)
     console.print(f"written to {results}: " + ", ".join(p.name for p in written if p.parent == results))
     if check:
-        checked, failures = out_of_tolerance(board.tables, spec.tolerance_of)
-        for line in failures:
-            errors.print(f"out of tolerance: {line}", highlight=False, soft_wrap=True, markup=False)
-        console.print(f"check: {checked - len(failures)} of {checked} reproduced numbers within tolerance")
-        if failures:
-            raise typer.Exit(1)
+        _check(board.tables, source.spec)
 
 
 @study_app.command("leakage")
@@ -410,7 +414,7 @@ def study_leakage(
     recipe, budget and seed; write results/<experiment>/leakage.{md,tex,csv} and figures/leakage.png."""
     from harness.leaderboard.leakage import leakage_plot, leakage_table
     from harness.leaderboard.render import to_latex, to_markdown
-    from harness.study import run_leakage_study
+    from harness.study.leakage import run_leakage_study
 
     config = _load(experiment, root, tracking_uri, output_dir)
 

@@ -14,8 +14,8 @@ from harness import config as config_module
 from harness.cli import app
 from harness.config import SEARCH_SPACES_DIR, load_experiment, load_search_space, split_point
 from harness.errors import InputError
-from harness.search import recipe_start_point
-from harness.tune import check_resumable, config_fingerprint, space_fingerprints
+from harness.sweep._record import check_resumable, config_fingerprint, space_fingerprints
+from harness.sweep._search import recipe_start_point
 
 from .conftest import REPO, experiment_dict, write_experiment
 

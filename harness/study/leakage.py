@@ -26,12 +26,11 @@ from harness.data.cache import open_patch_cache
 from harness.data.manifest import read_manifest
 from harness.data.splits import Split, held_out_fold, patch_random_split, patient_split, shared_patients, write_split
 from harness.errors import InputError
-from harness.experiment import ExperimentSetup, recipe_spec, set_up, train_tracked
-from harness.floor_runs import log_floor_fold
+from harness.experiment import ExperimentSetup, log_floor_fold, recipe_spec, set_up, train_tracked
 from harness.floors import fit_floor_fold, floor_features
 
 STUDY = "leakage"
-ARM = "study_arm"
+RunType = tracking.RunType
 # The validation fold of every held-out split (held_out_fold puts the fold after the test fold first).
 VALIDATION_FOLD = 0
 
@@ -77,7 +76,6 @@ def _arm_folds(splits: dict[str, Split], manifest: pd.DataFrame, directory: Path
 
 def _arm_tags(arm: ArmFold) -> dict[str, str]:
     return {
-        tracking.RUN_TYPE: ARM,
         "study": STUDY,
         tracking.PROTOCOL: arm.protocol,
         tracking.FOLD: str(arm.fold),
@@ -97,14 +95,14 @@ def _floor_arm(
 ) -> float:
     """Fit floor `name` on the arm's training folds, log it as a run under `parent`; returns its
     test accuracy on the held-out fold."""
-    run = setup.tracker.start_run(
+    with setup.tracker.run(
         setup.experiment_id,
         name=f"{name}-{arm.protocol}-fold{arm.fold}",
+        run_type=RunType.STUDY_ARM,
         parent=parent,
         params={"floor": name},
         tags={**setup.tags, tracking.BASELINE: name, tracking.FLOOR: "true", **_arm_tags(arm)},
-    )
-    with setup.tracker.ending(run):
+    ) as run:
         fold = fit_floor_fold(
             name,
             features,
@@ -125,8 +123,15 @@ def _model_arm(
     under `parent`; returns its test accuracy on the held-out fold."""
     spec = recipe_spec(config, setup.data, name, fold=VALIDATION_FOLD)
     spec = spec.model_copy(update={"split_path": arm.split_path, "max_epochs": epochs})
-    run, result = train_tracked(config, setup, spec, parent=parent, tags=_arm_tags(arm))
-    setup.tracker.client.update_run(run, name=f"{name}-{arm.protocol}-fold{arm.fold}")
+    _, result = train_tracked(
+        config,
+        setup,
+        spec,
+        parent=parent,
+        run_type=RunType.STUDY_ARM,
+        name=f"{name}-{arm.protocol}-fold{arm.fold}",
+        tags=_arm_tags(arm),
+    )
     return result.test.metrics["accuracy"]
 
 
@@ -164,12 +169,12 @@ def run_leakage_study(
     manifest, _ = read_manifest(setup.data.manifest_path)
     splits = _cross_validations(config, manifest)
     arm_folds = _arm_folds(splits, manifest, setup.data.split_path.parent)
-    parent = setup.tracker.start_run(
+    with setup.tracker.run(
         setup.experiment_id,
         name=f"leakage-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}",
+        run_type=RunType.STUDY,
         tags={
             **setup.tags,
-            tracking.RUN_TYPE: "study",
             "study": STUDY,
             **{f"{protocol}_split_hash": split.hash for protocol, split in splits.items()},
         },
@@ -179,9 +184,9 @@ def run_leakage_study(
             "seed": config.protocol.seed,
             "epochs": epochs,
         },
-    )
-    features = floor_features(open_patch_cache(setup.data.cache_path)) if set(chosen) & set(config.floors) else None
-    with setup.tracker.ending(parent):
+    ) as parent:
+        floors = set(chosen) & set(config.floors)
+        features = floor_features(open_patch_cache(setup.data.cache_path)) if floors else None
         for name in chosen:
             for arm in arm_folds:
                 if name in config.floors:

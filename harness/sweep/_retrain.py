@@ -13,17 +13,24 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import mlflow
-import numpy as np
 import pandas as pd
 import ray
+from ray import tune
 
 from harness import tracking
-from harness.metrics import classification_metrics, confusion, grouped_accuracies
-from harness.nodes import current_node
-from harness.train import EpochReport, Evaluation
-from harness.trial import SweepContext, fit_on_node, node_spec
+from harness.experiment import log_epoch
+from harness.metrics import ranking_key
+from harness.train import EpochReport
+
+from ._ensemble import log_fold_ensemble
+from ._nodes import current_node
+from ._search import DONE_KEY
+from ._trial import SweepContext, fit_on_node, node_spec
 
 PREDICTIONS = "test/predictions.csv"
+RunType = tracking.RunType
+# A fold's run id and its model's test predictions.
+FoldOutcome = tuple[str, pd.DataFrame]
 
 
 @dataclass(frozen=True)
@@ -46,18 +53,41 @@ class EnsembleOutcome:
     ensemble_run_id: str
 
 
-def _train_fold(ctx: SweepContext, winner: Winner, fold: int) -> tuple[str, pd.DataFrame]:
+def winners(grid: tune.ResultGrid, tracker: tracking.Tracker, ctx: SweepContext, mode: str) -> list[Winner]:
+    """Return each baseline's best trial among those that ended by themselves (not stopped, not failed)."""
+    finished: dict[str, list[tune.Result]] = {}
+    for result in grid:
+        if result.error is None and (result.metrics or {}).get(DONE_KEY):
+            finished.setdefault(result.config["baseline"], []).append(result)
+
+    def rank(result: tune.Result) -> tuple:
+        m = result.metrics
+        return ranking_key(m["objective"], m["best_val_loss"], m["trial_id"], minimise=mode == "min")
+
+    chosen = []
+    for name, results in finished.items():
+        best = min(results, key=rank)
+        trial_id = best.metrics["trial_id"]
+        run_id = tracker.find_trial_run(ctx.experiment_id, ctx.parent_run_id, trial_id)
+        if run_id is not None:
+            point = {k: v for k, v in best.config.items() if k != "baseline"}
+            chosen.append(Winner(baseline=name, trial_id=trial_id, run_id=run_id, point=point))
+    return chosen
+
+
+def _train_fold(ctx: SweepContext, winner: Winner, fold: int) -> FoldOutcome:
     """Fit the winner's point on `fold` as one MLflow run; returns the run id and test predictions."""
     node = current_node()
     spec = node_spec(ctx, winner.baseline, winner.point, fold, node)
+    plan = ctx.plans[winner.baseline]
     tracker = tracking.Tracker(ctx.tracking_uri)
-    run_id = tracker.start_run(
+    with tracker.run(
         ctx.experiment_id,
         name=f"{winner.baseline}-fold{fold}",
+        run_type=RunType.FOLD,
         parent=winner.run_id,
         tags={
             **ctx.tags,
-            tracking.RUN_TYPE: "fold",
             tracking.BASELINE: winner.baseline,
             tracking.FOLD: str(fold),
             tracking.WINNER: winner.trial_id,
@@ -65,16 +95,15 @@ def _train_fold(ctx: SweepContext, winner: Winner, fold: int) -> tuple[str, pd.D
             tracking.PRETRAINED: str(spec.pretrained or "none"),
             tracking.NODE_ID: node.node_id,
             tracking.NODE_IP: node.ip,
-            **ctx.plans[winner.baseline].resource_tags(),
+            **plan.resource_tags(),
         },
-        params={**ctx.plans[winner.baseline].fixed, **winner.point, "epochs": spec.epochs, **spec.protocol_params},
-    )
+        params={**plan.fixed, **winner.point, "epochs": spec.epochs, **spec.protocol_params},
+    ) as run_id:
 
-    def report(entry: EpochReport) -> None:
-        tracking.log_epoch(tracker, run_id, entry, objective=ctx.objective, class_names=ctx.class_names)
+        def report(entry: EpochReport) -> None:
+            log_epoch(tracker, run_id, entry, objective=ctx.objective, class_names=ctx.class_names)
 
-    with tracker.ending(run_id):
-        result = fit_on_node(spec, ctx.plans[winner.baseline].gpu, report)
+        result = fit_on_node(spec, plan.gpu, report)
     assert result.test is not None, "retraining needs a test set (protocol.test_fraction > 0)"
     return run_id, result.test.predictions
 
@@ -87,73 +116,35 @@ def _read_predictions(tracking_uri: str, run_id: str) -> pd.DataFrame:
         return pd.read_csv(path)
 
 
-def ensemble(predictions: list[pd.DataFrame]) -> Evaluation:
-    """Return the evaluation of the mean softmax of fold models over the same test images."""
-    first = predictions[0]
-    for other in predictions[1:]:
-        if not other.rel_path.equals(first.rel_path):
-            raise ValueError("fold models were evaluated on different test images")
-    prob_columns = [c for c in first.columns if c.startswith("prob_")]
-    mean = np.mean([p[prob_columns].to_numpy() for p in predictions], axis=0)
-    labels = first.label.to_numpy()
-    frame = first.drop(columns=prob_columns + ["pred"]).assign(
-        **{c: mean[:, i] for i, c in enumerate(prob_columns)}, pred=mean.argmax(1)
-    )
-    metrics = {**classification_metrics(labels, mean), **grouped_accuracies(frame)}
-    return Evaluation(metrics=metrics, confusion=confusion(labels, mean.argmax(1), mean.shape[1]), predictions=frame)
-
-
-def _log_ensemble(ctx: SweepContext, winner: Winner, folds: dict[int, tuple[str, pd.DataFrame]]) -> EnsembleOutcome:
-    tracker = tracking.Tracker(ctx.tracking_uri)
-    evaluation = ensemble([folds[k][1] for k in sorted(folds)])
-    single = {k: float((p.pred == p.label).mean()) for k, (_, p) in folds.items()}
-    run_id = tracker.start_run(
+def _log_ensemble(ctx: SweepContext, winner: Winner, folds: dict[int, FoldOutcome]) -> EnsembleOutcome:
+    run_id, evaluation = log_fold_ensemble(
+        tracking.Tracker(ctx.tracking_uri),
         ctx.experiment_id,
-        name=f"{winner.baseline}-ensemble",
+        baseline=winner.baseline,
         parent=winner.run_id,
-        tags={
-            **ctx.tags,
-            tracking.RUN_TYPE: "ensemble",
-            tracking.BASELINE: winner.baseline,
-            tracking.WINNER: winner.trial_id,
-            "fold_run_ids": ",".join(folds[k][0] for k in sorted(folds)),
-        },
-        params={"folds": len(folds), "combination": "mean_softmax"},
+        folds=folds,
+        tags={**ctx.tags, tracking.WINNER: winner.trial_id},
+        class_names=ctx.class_names,
     )
-    tracker.log_metrics(run_id, {f"test_{k}": v for k, v in evaluation.metrics.items()}, step=0)
-    tracker.log_evaluation(run_id, "test", evaluation, ctx.class_names)
-    tracker.finish(run_id, tracking.FINISHED)
-    tracker.log_metrics(
-        winner.run_id,
-        {
-            "ensemble_test_accuracy": evaluation.metrics["accuracy"],
-            "ensemble_test_auc": evaluation.metrics["auc"],
-            "folds_mean_test_accuracy": float(np.mean(list(single.values()))),
-            "folds_std_test_accuracy": float(np.std(list(single.values()))),
-        },
-        step=0,
-    )
+    single = {k: float((p.pred == p.label).mean()) for k, (_, p) in folds.items()}
     return EnsembleOutcome(winner.baseline, single, evaluation.metrics["accuracy"], run_id)
 
 
-def retrain_winners(
-    ctx: SweepContext, winners: list[Winner], folds: int, on_fold: Callable[[str, int, float], None] | None = None
-) -> tuple[list[EnsembleOutcome], list[str]]:
-    """Retrain every winner on every fold as Ray tasks, then log each baseline's ensemble; returns
-    one outcome per winner whose folds all trained, and notes on those that did not.
-    `on_fold(baseline, fold, test accuracy)` is called as folds finish."""
+def _submit_folds(
+    ctx: SweepContext, winners: list[Winner], folds: int
+) -> tuple[dict[str, dict[int, FoldOutcome]], dict[ray.ObjectRef, tuple[Winner, int]]]:
+    """Read back the folds a resumed sweep already trained and submit the others as Ray tasks;
+    returns the folds done per baseline and the pending tasks. Winners with an ensemble are skipped."""
     tracker = tracking.Tracker(ctx.tracking_uri)
-    done: dict[str, dict[int, tuple[str, pd.DataFrame]]] = {w.baseline: {} for w in winners}
+    done: dict[str, dict[int, FoldOutcome]] = {w.baseline: {} for w in winners}
     pending: dict[ray.ObjectRef, tuple[Winner, int]] = {}
     task = ray.remote(_train_fold)
-    outcomes: list[EnsembleOutcome] = []
-    notes: list[str] = []
     for winner in winners:
-        if tracker.child_runs(ctx.experiment_id, winner.run_id, "ensemble"):
+        if tracker.child_runs(ctx.experiment_id, winner.run_id, RunType.ENSEMBLE):
             continue
         finished = {
             int(r.data.tags[tracking.FOLD]): r.info.run_id
-            for r in tracker.child_runs(ctx.experiment_id, winner.run_id, "fold")
+            for r in tracker.child_runs(ctx.experiment_id, winner.run_id, RunType.FOLD)
             if r.info.status == tracking.FINISHED
         }
         plan = ctx.plans[winner.baseline]
@@ -163,6 +154,17 @@ def retrain_winners(
             else:
                 ref = task.options(num_cpus=plan.cpu, num_gpus=plan.gpu, max_retries=0).remote(ctx, winner, fold)
                 pending[ref] = (winner, fold)
+    return done, pending
+
+
+def retrain_winners(
+    ctx: SweepContext, winners: list[Winner], folds: int, on_fold: Callable[[str, int, float], None] | None = None
+) -> tuple[list[EnsembleOutcome], list[str]]:
+    """Retrain every winner on every fold as Ray tasks, then log each baseline's ensemble; returns
+    one outcome per winner whose folds all trained, and notes on those that did not.
+    `on_fold(baseline, fold, test accuracy)` is called as folds finish."""
+    done, pending = _submit_folds(ctx, winners, folds)
+    notes: list[str] = []
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         winner, fold = pending.pop(ready[0])
@@ -176,7 +178,5 @@ def retrain_winners(
         done[winner.baseline][fold] = (run_id, predictions)
         if on_fold is not None:
             on_fold(winner.baseline, fold, float((predictions.pred == predictions.label).mean()))
-    for winner in winners:
-        if len(done[winner.baseline]) == folds:
-            outcomes.append(_log_ensemble(ctx, winner, done[winner.baseline]))
+    outcomes = [_log_ensemble(ctx, w, done[w.baseline]) for w in winners if len(done[w.baseline]) == folds]
     return outcomes, notes

@@ -15,7 +15,9 @@ from optuna.trial import TrialState
 from harness import tracking
 from harness.config import SearchSpace
 from harness.errors import InputError
-from harness.search import MLFLOW_RUN_ATTR, RAY_TRIAL_ATTR, optuna_storage, study_name
+from harness.figures import pyplot
+
+from ._search import MLFLOW_RUN_ATTR, RAY_TRIAL_ATTR, optuna_storage, study_name
 
 
 def _previous_prefix(storage: str, experiment: str, current: str, wanted: str) -> str | None:
@@ -65,10 +67,7 @@ def warm_start_points(
 def plot_study(storage: str, name: str, folder: Path) -> tuple[list[Path], list[str]]:
     """Write the optimisation history and parameter-importance plots of one study as PNGs;
     returns the files and why a plot was left out."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()  # before optuna's plotting module imports matplotlib with the default backend
     from optuna.visualization import matplotlib as optuna_plots
 
     study = optuna.load_study(study_name=name, storage=optuna_storage(storage))

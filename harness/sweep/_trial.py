@@ -12,12 +12,15 @@ import torch
 from ray import tune
 
 from harness import tracking
-from harness.config import split_point
-from harness.nodes import NodeIdentity, check_manifest, current_node, localise, trial_device
-from harness.search import DONE_KEY, EPOCH_KEY
+from harness.config import ExperimentConfig, ResourcesSpec, split_point
+from harness.experiment import ExperimentSetup, log_epoch
 from harness.train import EpochReport, FitResult, RunSpec, TrainState, fit
 
+from ._nodes import NodeIdentity, check_manifest, current_node, localise, trial_device
+from ._search import DONE_KEY, EPOCH_KEY
+
 CHECKPOINT_FILE = "trial.pt"
+RunType = tracking.RunType
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,41 @@ class SweepContext:
     eval_batch_size: int
     semantics: str
     bn_recalibration: bool
+
+
+def sweep_context(
+    config: ExperimentConfig, setup: ExperimentSetup, parent: str, granted: dict[str, ResourcesSpec]
+) -> SweepContext:
+    """Return what every trial and fold task of the sweep under run `parent` needs from the driver."""
+    data = setup.data
+    pretrained = {b.name: b.pretrained for b in config.baselines}
+    plans = {
+        name: BaselinePlan(fixed=space.fixed, pretrained=pretrained[name], cpu=granted[name].cpu, gpu=granted[name].gpu)
+        for name, space in config.baseline_spaces().items()
+    }
+    return SweepContext(
+        tracking_uri=setup.tracker.uri,
+        experiment_id=setup.experiment_id,
+        parent_run_id=parent,
+        objective=config.search.metric,
+        tags=setup.tags,
+        plans=plans,
+        data_dir=(config.output_dir / "_data").resolve(),
+        manifest_hash=data.manifest_hash,
+        manifest_path=data.manifest_path,
+        split_path=data.split_path,
+        cache_path=data.cache_path,
+        mask_cache_path=data.mask_cache_path,
+        class_names=data.class_names,
+        fold=config.protocol.search_fold,
+        max_epochs=config.search.max_epochs,
+        patience=config.training.patience,
+        seed=config.protocol.seed,
+        device=config.training.device,
+        eval_batch_size=config.training.eval_batch_size,
+        semantics=config.training.semantics,
+        bn_recalibration=config.training.bn_recalibration,
+    )
 
 
 @dataclass
@@ -122,6 +160,42 @@ def _saved() -> TrialCheckpoint | None:
         return torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=False)
 
 
+def _start_trial_run(tracker: tracking.Tracker, ctx: SweepContext, spec: RunSpec, point: dict, trial_id: str) -> str:
+    """Open the MLflow run of a trial that has none yet; returns its id. The driver's
+    CloseTrialRuns ends it: a trial the scheduler stops never runs again to end its own run."""
+    plan = ctx.plans[spec.baseline]
+    return tracker.start_run(
+        ctx.experiment_id,
+        name=f"{spec.baseline}-{trial_id}",
+        run_type=RunType.TRIAL,
+        parent=ctx.parent_run_id,
+        tags={
+            **ctx.tags,
+            tracking.BASELINE: spec.baseline,
+            tracking.TRIAL_ID: trial_id,
+            tracking.FOLD: str(ctx.fold),
+            tracking.PRETRAINED: str(spec.pretrained or "none"),
+            tracking.OBJECTIVE: ctx.objective,
+            **plan.resource_tags(),
+        },
+        params={**plan.fixed, **point, "epochs": spec.epochs, **spec.protocol_params},
+    )
+
+
+def _reporter(tracker: tracking.Tracker, ctx: SweepContext, run_id: str) -> Callable[[EpochReport], None]:
+    """Return the epoch callback of a trial: log to its run, then checkpoint and report to Tune."""
+
+    def report(entry: EpochReport) -> None:
+        metrics = log_epoch(tracker, run_id, entry, objective=ctx.objective, class_names=ctx.class_names)
+        result = {**metrics, DONE_KEY: float(entry.done), EPOCH_KEY: entry.epoch}
+        # Everything is logged before this report: once ASHA answers STOP, nothing after it runs.
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(TrialCheckpoint(run_id, entry.snapshot(), result), Path(folder) / CHECKPOINT_FILE)
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    return report
+
+
 def run_trial(config: dict[str, Any], *, ctx: SweepContext) -> None:
     """Train one sampled configuration, logging to its own MLflow child run and reporting to Tune.
 
@@ -130,46 +204,21 @@ def run_trial(config: dict[str, Any], *, ctx: SweepContext) -> None:
     """
     # Ray logs a line per saved checkpoint, i.e. per epoch of every trial.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
-    baseline = config["baseline"]
     point = {k: v for k, v in config.items() if k != "baseline"}
     node = current_node()
     trial_id = tune.get_context().get_trial_id()
     tracker = tracking.Tracker(ctx.tracking_uri)
     saved = _saved()
-    run_id = saved.run_id if saved else tracker.find_trial_run(ctx.experiment_id, ctx.parent_run_id, trial_id)
     if saved and saved.metrics.get(DONE_KEY):
         # The trial had finished when the driver died; Tune only has to hear its last result again.
         tune.report(saved.metrics)
         return
-    spec = node_spec(ctx, baseline, point, ctx.fold, node)
+    spec = node_spec(ctx, config["baseline"], point, ctx.fold, node)
+    run_id = saved.run_id if saved else tracker.find_trial_run(ctx.experiment_id, ctx.parent_run_id, trial_id)
     if run_id is None:
-        run_id = tracker.start_run(
-            ctx.experiment_id,
-            name=f"{baseline}-{trial_id}",
-            parent=ctx.parent_run_id,
-            tags={
-                **ctx.tags,
-                tracking.RUN_TYPE: "trial",
-                tracking.BASELINE: baseline,
-                tracking.TRIAL_ID: trial_id,
-                tracking.FOLD: str(ctx.fold),
-                tracking.PRETRAINED: str(spec.pretrained or "none"),
-                tracking.OBJECTIVE: ctx.objective,
-                **ctx.plans[baseline].resource_tags(),
-            },
-            params={**ctx.plans[baseline].fixed, **point, "epochs": spec.epochs, **spec.protocol_params},
-        )
+        run_id = _start_trial_run(tracker, ctx, spec, point, trial_id)
     tracker.record_attempt(run_id, node.node_id, node.ip)
-
-    def report(entry: EpochReport) -> None:
-        metrics = tracking.log_epoch(tracker, run_id, entry, objective=ctx.objective, class_names=ctx.class_names)
-        result = {**metrics, DONE_KEY: float(entry.done), EPOCH_KEY: entry.epoch}
-        # Everything is logged before this report: once ASHA answers STOP, nothing after it runs.
-        with tempfile.TemporaryDirectory() as folder:
-            torch.save(TrialCheckpoint(run_id, entry.snapshot(), result), Path(folder) / CHECKPOINT_FILE)
-            tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
-
-    fit_on_node(spec, ctx.plans[baseline].gpu, report, saved.state if saved else None)
+    fit_on_node(spec, ctx.plans[spec.baseline].gpu, _reporter(tracker, ctx, run_id), saved.state if saved else None)
 
 
 @dataclass(frozen=True)
@@ -230,10 +279,10 @@ class CloseTrialRuns(tune.Callback):
             run_id = tracker.start_run(
                 self._experiment_id,
                 name=f"{trial.config.get('baseline')}-{trial.trial_id}",
+                run_type=RunType.TRIAL,
                 parent=self._parent,
                 tags={
                     **self._tags,
-                    tracking.RUN_TYPE: "trial",
                     tracking.BASELINE: str(trial.config.get("baseline")),
                     tracking.TRIAL_ID: trial.trial_id,
                 },

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "data.py"
+from tests.conftest import REPO
+
+BENCH = REPO / "bench" / "data.py"
 
 
 def test_data_bench_smoke_prints_loading_and_indexing_rates() -> None:

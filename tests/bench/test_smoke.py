@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from tests.conftest import REPO
+
+BENCH = REPO / "bench"
 
 
 def _run(*args: str) -> str:

@@ -15,9 +15,8 @@ from typer.testing import CliRunner
 from harness import tracking
 from harness.cli import app
 from harness.data.splits import CV, TEST, held_out_fold, patch_random_split, patient_split, shared_patients
-from harness.stats import fold_paired_difference
-
-from .conftest import experiment_dict, write_experiment
+from harness.leaderboard.stats import fold_paired_difference
+from tests.conftest import experiment_dict, write_experiment
 
 
 def _manifest() -> pd.DataFrame:

@@ -20,8 +20,7 @@ from harness import tracking
 from harness.cli import app
 from harness.leaderboard import build_leaderboard
 from harness.server import ServerProcess, start_server
-
-from .conftest import experiment_dict, write_experiment
+from tests.conftest import experiment_dict, write_experiment
 
 pytestmark = pytest.mark.cluster
 

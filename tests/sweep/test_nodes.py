@@ -9,7 +9,7 @@ import pytest
 from harness.config import DatasetSpec, ProtocolSpec
 from harness.data.manifest import read_manifest, write_manifest
 from harness.data.prepare import index_dataset, prepare
-from harness.nodes import DATA_DIR_ENV, DataMismatchError, NodeIdentity, check_manifest, localise
+from harness.sweep._nodes import DATA_DIR_ENV, DataMismatchError, NodeIdentity, check_manifest, localise
 
 NODE = NodeIdentity(node_id="ab" * 28, ip="10.0.0.7")
 

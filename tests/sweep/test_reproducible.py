@@ -12,8 +12,7 @@ from typer.testing import CliRunner
 
 from harness import tracking
 from harness.cli import app
-
-from .conftest import experiment_dict, write_experiment
+from tests.conftest import experiment_dict, write_experiment
 
 # Columns that legitimately differ between two sweeps: run ids, and the device hours wall time costs.
 RUN_SPECIFIC = ("best_run_id", "gpu_hours", "cpu_hours")

@@ -14,8 +14,7 @@ import pytest
 from mlflow import MlflowClient
 
 from harness import tracking
-
-from .conftest import REPO, experiment_dict, write_experiment
+from tests.conftest import REPO, experiment_dict, write_experiment
 
 pytestmark = pytest.mark.cluster
 

@@ -13,7 +13,7 @@ from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import Searcher
 
 from harness.config import load_search_space
-from harness.search import (
+from harness.sweep._search import (
     DONE_KEY,
     EPOCH_KEY,
     PerBaselineScheduler,
@@ -23,8 +23,7 @@ from harness.search import (
     optuna_distribution,
     start_points,
 )
-
-from .conftest import REPO
+from tests.conftest import REPO
 
 
 def _searcher() -> PruningAwareOptunaSearch:

@@ -10,8 +10,8 @@ from PIL import Image
 
 from harness.config import load_search_space
 from harness.errors import InputError
-from harness.search import optuna_distribution, optuna_storage, study_name
-from harness.studies import plot_study, warm_start_points
+from harness.sweep._search import optuna_distribution, optuna_storage, study_name
+from harness.sweep._studies import plot_study, warm_start_points
 
 
 def _earlier_sweep(storage: str, prefix: str, values: dict[float, float]) -> None:

@@ -15,10 +15,9 @@ from typer.testing import CliRunner
 
 from harness import tracking
 from harness.cli import app
-from harness.search import optuna_storage
-from harness.studies import mlflow_disagreements
-
-from .conftest import experiment_dict, write_experiment
+from harness.sweep._search import optuna_storage
+from harness.sweep._studies import mlflow_disagreements
+from tests.conftest import experiment_dict, write_experiment
 
 MAX_EPOCHS = 3
 
@@ -216,7 +215,8 @@ def test_leaderboard_leaves_out_runs_of_another_split(swept: Swept) -> None:
     stray = tracker.start_run(
         experiment_id,
         name="other-split",
-        tags={tracking.RUN_TYPE: "trial", tracking.BASELINE: "cancernet", tracking.SPLIT_HASH: "f" * 64},
+        run_type=tracking.RunType.TRIAL,
+        tags={tracking.BASELINE: "cancernet", tracking.SPLIT_HASH: "f" * 64},
         params={},
     )
     tracker.log_metrics(stray, {"objective": 1.0, "best_val_accuracy": 1.0, "test_accuracy": 1.0}, step=1)

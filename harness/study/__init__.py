@@ -1,0 +1,1 @@
+"""Studies beyond the leaderboard: what a protocol choice costs (`harness study leakage`)."""

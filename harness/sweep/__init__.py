@@ -1,0 +1,16 @@
+"""The sweep: Ray Tune runs every baseline's trials (a per-baseline Optuna study proposing, ASHA or
+synchronous halving stopping), then retrains each winner on every fold and ensembles the folds, and
+fits the floors beside them; every run is tracked in MLflow.
+
+The machinery lives in private modules: `_driver` (run_sweep's steps), `_tuner` (resources,
+searcher, scheduler, Tuner), `_search` (per-baseline Optuna search and halving), `_trial` (what runs
+in a trial, and the callback that closes its run), `_studies` (the Optuna studies), `_retrain` (the
+fold retrain), `_ensemble` (logging a fold ensemble), `_floors` (the floors' runs), `_nodes` (what a
+trial checks on its node), `_record` (the resume record), `_lines` (console lines).
+"""
+
+from __future__ import annotations
+
+from ._driver import BaselineOutcome, SweepSummary, run_sweep
+
+__all__ = ["BaselineOutcome", "SweepSummary", "run_sweep"]

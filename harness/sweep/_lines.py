@@ -1,0 +1,62 @@
+"""The console lines of a sweep: one per trial start, resume, retry and end, and one per
+retrained fold, instead of Tune's per-trial result tables."""
+
+from __future__ import annotations
+
+import rich
+from ray import tune
+
+from ._search import DONE_KEY, EPOCH_KEY
+
+
+def _short(value: object) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+class TrialLines(tune.Callback):
+    """One console line per trial start and end, instead of Tune's per-trial result tables.
+
+    It prints through rich's global console, looked up at each call: Tune pickles its callbacks.
+    """
+
+    def __init__(self, metric: str, scheduler: str) -> None:
+        self._metric = metric
+        self._scheduler = scheduler
+
+    def on_trial_start(self, iteration: int, trials: list, trial: object, **info: object) -> None:
+        epoch = (trial.last_result or {}).get(EPOCH_KEY)
+        if epoch:
+            # A trial that waited at a rung (reproducible sweeps) starts again from its checkpoint.
+            rich.get_console().print(
+                f"[dim]resume[/] {trial.config['baseline']:<9} {trial.trial_id}  after epoch {epoch}"
+            )
+            return
+        params = ", ".join(f"{k}={_short(v)}" for k, v in trial.config.items() if k != "baseline")
+        rich.get_console().print(f"[dim]start[/] {trial.config['baseline']:<10} {trial.trial_id}  {params}")
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: object, **info: object) -> None:
+        last = trial.last_result or {}
+        how = "finished" if last.get(DONE_KEY) else f"[yellow]stopped by {self._scheduler}[/]"
+        epoch = last.get(EPOCH_KEY, 0)
+        rich.get_console().print(
+            f"[green]end[/]   {trial.config['baseline']:<10} {trial.trial_id}  {how} at epoch {epoch}, "
+            f"best {self._metric} {last.get('objective', float('nan')):.3f}"
+        )
+
+    def on_trial_error(self, iteration: int, trials: list, trial: object, **info: object) -> None:
+        error = str(trial.get_error() or "").strip().splitlines()
+        rich.get_console().print(
+            f"[red]FAILED[/] {trial.config['baseline']:<10} {trial.trial_id}  {error[-1] if error else ''}",
+            highlight=False,
+        )
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: object, **info: object) -> None:
+        rich.get_console().print(
+            f"[yellow]retry[/] {trial.config['baseline']:<10} {trial.trial_id}  "
+            f"after failure {trial.run_metadata.num_failures}"
+        )
+
+
+def fold_line(baseline: str, fold: int, accuracy: float) -> None:
+    """Print that `baseline`'s winner was retrained on `fold`, with its test accuracy."""
+    rich.get_console().print(f"[green]fold[/]  {baseline:<10} fold {fold} retrained, test accuracy {accuracy:.3f}")

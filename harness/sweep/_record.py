@@ -1,0 +1,99 @@
+"""A sweep's record beside Tune's state (`harness-sweep.json`): which MLflow runs and split it
+belongs to, and fingerprints of the experiment file and of every search-space file it started
+with, so `--resume` continues a sweep only on the configuration it started with."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from ray import tune
+
+from harness import tracking
+from harness.config import ExperimentConfig, search_space_path
+from harness.errors import InputError
+
+SWEEP_RECORD = "harness-sweep.json"
+
+
+def config_fingerprint(config: ExperimentConfig) -> str:
+    """Return a hash of everything in the experiment file that shapes a sweep's trials."""
+    return hashlib.sha256(config.model_dump_json().encode()).hexdigest()
+
+
+def space_fingerprints(config: ExperimentConfig) -> dict[str, str]:
+    """Return a hash of each baseline's search-space file as `config` read it, by the file's path."""
+    return {
+        str(search_space_path(b.name)): hashlib.sha256(config.space_file(b.name).model_dump_json().encode()).hexdigest()
+        for b in config.baselines
+    }
+
+
+def write_record(folder: Path, config: ExperimentConfig, *, parent: str, experiment_id: str, split_hash: str) -> None:
+    """Write the record of a new sweep into its Tune folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {
+        "parent_run_id": parent,
+        "experiment_id": experiment_id,
+        "tracking_uri": config.resolved_tracking_uri(),
+        "split_hash": split_hash,
+        "fingerprint": config_fingerprint(config),
+        "spaces": space_fingerprints(config),
+    }
+    (folder / SWEEP_RECORD).write_text(json.dumps(record, indent=2))
+
+
+def check_resumable(config: ExperimentConfig, record: dict, sweep: str) -> None:
+    """Raise InputError unless `config` and its search-space files are those `sweep` started with
+    (its `record`): Tune would continue the old studies on a changed space without a word."""
+    if record["fingerprint"] != config_fingerprint(config):
+        raise InputError(
+            f"--resume: {config.name}'s experiment file changed since {sweep} started; resume with the "
+            "same file and options, or start a new sweep"
+        )
+    # A sweep recorded before search spaces were fingerprinted has no "spaces": nothing to compare.
+    now = space_fingerprints(config)
+    changed = sorted(path for path, digest in record.get("spaces", {}).items() if now.get(path) != digest)
+    if changed:
+        raise InputError(
+            f"--resume: search space file {changed[0]} changed since {sweep} started; restore it, or start a new sweep"
+        )
+
+
+def interrupted_sweep(config: ExperimentConfig, storage: Path) -> tuple[Path, dict]:
+    """Return the folder and record of the newest sweep of `config` in `storage` that Tune can
+    restore; raises InputError when there is none, or when its configuration changed since."""
+    candidates = sorted(storage.glob(f"sweep-*/{SWEEP_RECORD}"), reverse=True) if storage.is_dir() else []
+    for record_path in candidates:
+        if tune.Tuner.can_restore(str(record_path.parent)):
+            record = json.loads(record_path.read_text())
+            check_resumable(config, record, record_path.parent.name)
+            return record_path.parent, record
+    raise InputError(f"--resume: no sweep of {config.name!r} to resume in {storage}")
+
+
+def _tune_trial_ids(folder: Path) -> set[str]:
+    """Return the ids of the trials in the newest experiment state Tune saved in `folder`."""
+    state = max(folder.glob("experiment_state-*.json"))
+    return {json.loads(trial)["trial_id"] for trial, _ in json.loads(state.read_text())["trial_data"]}
+
+
+def set_aside_lost_trials(tracker: tracking.Tracker, experiment_id: str, parent: str, folder: Path) -> list[str]:
+    """Close the runs of trials a killed driver started after its last saved state; returns notes.
+
+    Tune restores only the trials in that state and suggests the lost points again as new
+    trials, so their old runs are ended KILLED and retyped, keeping one run per trial.
+    """
+    known = _tune_trial_ids(folder)
+    notes = []
+    for run in tracker.child_runs(experiment_id, parent, tracking.RunType.TRIAL):
+        trial_id = run.data.tags[tracking.TRIAL_ID]
+        if trial_id not in known:
+            lost = {tracking.RUN_TYPE: str(tracking.RunType.LOST_TRIAL), tracking.STOPPED_BY: "driver_lost"}
+            tracker.finish(run.info.run_id, tracking.KILLED, lost)
+            notes.append(
+                f"trial {trial_id} started after the killed driver last saved its state; its run is "
+                f"set aside (run_type={tracking.RunType.LOST_TRIAL}) and Tune runs its point again"
+            )
+    return notes
