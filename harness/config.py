@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 import baselines
-from harness.data.catalog import dataset_traits
+from harness.data.catalog import DatasetTraits, dataset_traits
 from harness.errors import InputError
 
 SEARCH_SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
@@ -200,6 +200,15 @@ class DatasetSpec(Strict):
         if self.stain_reference is not None and not self.stain_reference.is_file():
             raise ValueError(f"stain_reference {str(self.stain_reference)!r} is not a file")
         return self
+
+    @property
+    def mask_source(self) -> Literal["none", "files", "tissue"]:
+        """Return where the RoI masks come from: a folder of files, the tissue fallback, or nowhere."""
+        return "files" if self.roi_dir is not None else ("tissue" if self.roi_fallback == "tissue" else "none")
+
+    def traits(self) -> DatasetTraits:
+        """Return what this dataset offers the rest of the harness (classes, size, masks, inputs)."""
+        return dataset_traits(self.name, label=self.label, image_size=self.image_size, mask_source=self.mask_source)
 
 
 class ProtocolSpec(Strict):
@@ -415,6 +424,10 @@ class ExperimentConfig(Strict):
         spec = next(b for b in self.baselines if b.name == baseline)
         return self.space_file(baseline).narrowed(spec.search).pinned(spec.fixed)
 
+    def baseline_spaces(self) -> dict[str, SearchSpace]:
+        """Return every baseline's search space as a sweep uses it, in the experiment's order."""
+        return {b.name: self.baseline_space(b.name) for b in self.baselines}
+
     def trial_resources(self, baseline: str, default: ResourcesSpec) -> ResourcesSpec:
         """Return what one trial of `baseline` asks for: its search space's default, then the
         experiment's `resources`, then the baseline entry's own `resources`."""
@@ -530,7 +543,7 @@ def _check_baseline(spec: BaselineSpec, index: int, space: SearchSpace, path: Pa
 
 
 def _check_dataset_fits(config: ExperimentConfig, path: Path) -> None:
-    traits = dataset_traits(config.dataset)
+    traits = config.dataset.traits()
     for i, spec in enumerate(config.baselines):
         entry = baselines.info(spec.name)
         where = f"{path}: key 'baselines[{i}].name' = {spec.name!r}"

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from . import bach, breakhis, idc
 
-if TYPE_CHECKING:
-    from harness.config import DatasetSpec
+MaskSource = Literal["none", "files", "tissue"]
 
 
 @dataclass(frozen=True)
@@ -18,7 +17,7 @@ class DatasetTraits:
     class_names: tuple[str, ...]
     storage: Literal["patches", "images"]
     size: tuple[int, int]
-    mask_source: Literal["none", "files", "tissue"]
+    mask_source: MaskSource
     input_kinds: frozenset[str]
 
 
@@ -26,11 +25,13 @@ class DatasetTraits:
 DEFAULT_SIZE = {"idc": (idc.PATCH_SIZE, idc.PATCH_SIZE), "bach": (384, 512), "breakhis": (460, 700)}
 
 
-def dataset_traits(spec: DatasetSpec) -> DatasetTraits:
-    """Return the traits of a configured dataset."""
-    if spec.name == "idc":
+def dataset_traits(
+    name: str, *, label: str = "binary", image_size: tuple[int, int] | None = None, mask_source: MaskSource = "none"
+) -> DatasetTraits:
+    """Return the traits of dataset `name` with BreakHis' `label` set, a working `image_size`
+    (default: the dataset's) and where its RoI masks come from (IDC has none)."""
+    if name == "idc":
         return DatasetTraits(idc.CLASS_NAMES, "patches", DEFAULT_SIZE["idc"], "none", frozenset({"image"}))
-    names = bach.CLASS_NAMES if spec.name == "bach" else breakhis.class_names(spec.label)
-    masks = "files" if spec.roi_dir is not None else ("tissue" if spec.roi_fallback == "tissue" else "none")
-    size = tuple(spec.image_size) if spec.image_size else DEFAULT_SIZE[spec.name]
-    return DatasetTraits(names, "images", size, masks, frozenset({"image", "bag"}))
+    names = bach.CLASS_NAMES if name == "bach" else breakhis.class_names(label)
+    size = tuple(image_size) if image_size else DEFAULT_SIZE[name]
+    return DatasetTraits(names, "images", size, mask_source, frozenset({"image", "bag"}))

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import pandas as pd
 
 from harness.config import DatasetSpec, ProtocolSpec
@@ -12,7 +14,7 @@ from harness.errors import InputError
 
 from . import bach, breakhis, idc
 from .cache import build_image_cache, build_patch_cache, image_cache_key
-from .catalog import dataset_traits
+from .catalog import DatasetTraits
 from .manifest import manifest_hash, note_change_since_last_index, read_manifest, write_manifest
 from .splits import Split, patient_split, write_split
 from .stain import stain_normaliser
@@ -77,6 +79,31 @@ def _select(manifest: pd.DataFrame, split: Split, spec: DatasetSpec) -> tuple[pd
     return manifest[keep].reset_index(drop=True), Split(chosen, split.folds, split.seed, split.test_fraction)
 
 
+def _build_caches(
+    manifest: pd.DataFrame,
+    digest: str,
+    spec: DatasetSpec,
+    traits: DatasetTraits,
+    folder: Path,
+    *,
+    normalise: Callable[[np.ndarray], np.ndarray] | None,
+    show_progress: bool,
+) -> tuple[Path, Path | None]:
+    """Return the image (or patch) cache of `manifest` and its mask cache, built once under `folder`."""
+    if traits.storage == "patches":
+        return build_patch_cache(manifest, digest, folder, patch_size=traits.size[0], show_progress=show_progress), None
+    key = image_cache_key(digest, traits.size, spec.stain, spec.stain_reference, traits.mask_source)
+    return build_image_cache(
+        manifest,
+        key,
+        folder,
+        size=traits.size,
+        normalise=normalise,
+        masks=traits.mask_source,
+        show_progress=show_progress,
+    )
+
+
 def prepare(
     manifest: pd.DataFrame, spec: DatasetSpec, protocol: ProtocolSpec, work_dir: Path, *, show_progress: bool = False
 ) -> PreparedData:
@@ -86,7 +113,7 @@ def prepare(
     A fresh index of `spec.root` (no dataset.manifest given) is recorded beside the manifests, with a
     note when the root's files differ from its last recorded index.
     """
-    traits = dataset_traits(spec)
+    traits = spec.traits()
     split = patient_split(manifest, folds=protocol.folds, test_fraction=protocol.test_fraction, seed=protocol.seed)
     indexed = manifest
     manifest, split = _select(manifest, split, spec)
@@ -98,24 +125,9 @@ def prepare(
         manifest, work_dir / "manifests" / f"{spec.name}-{digest[:16]}.parquet", meta={"dataset": spec.name}
     )
     split_path = write_split(split, work_dir / "splits")
-    if traits.storage == "patches":
-        cache, masks = (
-            build_patch_cache(
-                manifest, digest, work_dir / "cache", patch_size=traits.size[0], show_progress=show_progress
-            ),
-            None,
-        )
-    else:
-        key = image_cache_key(digest, traits.size, spec.stain, spec.stain_reference, traits.mask_source)
-        cache, masks = build_image_cache(
-            manifest,
-            key,
-            work_dir / "cache",
-            size=traits.size,
-            normalise=normalise,
-            masks=traits.mask_source,
-            show_progress=show_progress,
-        )
+    cache, masks = _build_caches(
+        manifest, digest, spec, traits, work_dir / "cache", normalise=normalise, show_progress=show_progress
+    )
     return PreparedData(
         manifest_path=manifest_path.resolve(),
         manifest_hash=digest,
