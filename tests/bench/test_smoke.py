@@ -45,3 +45,10 @@ def test_models_smoke_writes_both_variants_of_cancernet(tmp_path: Path) -> None:
     assert [(r["model"], r["variant"]) for r in rows] == [("cancernet", "harness"), ("cancernet", "bare")]
     harness, bare = (float(r["images_per_s"]) for r in rows)
     assert float(rows[0]["ratio_harness_over_bare"]) == pytest.approx(harness / bare)
+
+
+def test_every_bench_has_a_smoke_mode_that_a_test_runs() -> None:
+    tests = "".join(p.read_text() for p in (REPO / "tests" / "bench").glob("test_*.py"))
+    for bench in sorted(BENCH.glob("*.py")):
+        assert '"--smoke"' in bench.read_text(), f"{bench.name} has no --smoke mode"
+        assert bench.name in tests, f"no test in tests/bench runs {bench.name}"

@@ -1,0 +1,71 @@
+"""The tracker's one run lifecycle, on a real SQLite MLflow store: every way out of a run's block
+leaves the run in a terminal state that says how it ended."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from harness import tracking
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> tuple[tracking.Tracker, str]:
+    tracker = tracking.Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return tracker, tracker.experiment_id("lifecycle")
+
+
+def _open(tracker: tracking.Tracker, experiment_id: str, run_type=tracking.RunType.TRIAL):
+    return tracker.run(experiment_id, name="r", run_type=run_type, tags={"k": "v"}, params={"lr": 0.1})
+
+
+def test_a_run_whose_block_completes_ends_finished_with_its_type_tags_and_params(store) -> None:
+    tracker, experiment_id = store
+    with _open(tracker, experiment_id, tracking.RunType.FOLD) as run_id:
+        assert MlflowClient(tracker.uri).get_run(run_id).info.status == "RUNNING"
+    run = MlflowClient(tracker.uri).get_run(run_id)
+    assert run.info.status == tracking.FINISHED
+    assert run.data.tags[tracking.RUN_TYPE] == "fold"
+    assert run.data.tags["k"] == "v" and run.data.params == {"lr": "0.1"}
+    assert tracking.ERROR not in run.data.tags
+
+
+def test_a_run_whose_block_raises_ends_failed_with_the_error_and_the_error_propagates(store) -> None:
+    tracker, experiment_id = store
+    with pytest.raises(ValueError, match="bad batch"), _open(tracker, experiment_id) as run_id:
+        raise ValueError("bad batch")
+    run = MlflowClient(tracker.uri).get_run(run_id)
+    assert run.info.status == tracking.FAILED
+    assert run.data.tags[tracking.ERROR] == "ValueError('bad batch')"
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, SystemExit])
+def test_a_run_interrupted_or_exited_ends_killed(store, stop: type[BaseException]) -> None:
+    tracker, experiment_id = store
+    with pytest.raises(stop), _open(tracker, experiment_id) as run_id:
+        raise stop()
+    run = MlflowClient(tracker.uri).get_run(run_id)
+    assert run.info.status == tracking.KILLED
+    assert tracking.ERROR not in run.data.tags
+
+
+def test_ending_closes_a_run_opened_elsewhere_after_its_nested_runs(store) -> None:
+    tracker, experiment_id = store
+    parent = tracker.start_run(experiment_id, name="p", run_type=tracking.RunType.SWEEP, tags={}, params={})
+    nested = tracker.run(experiment_id, name="c", run_type=tracking.RunType.ENSEMBLE, tags={}, params={}, parent=parent)
+    with pytest.raises(RuntimeError), tracker.ending(parent):
+        with nested as child:
+            pass
+        raise RuntimeError("after the child")
+    client = MlflowClient(tracker.uri)
+    assert client.get_run(parent).info.status == tracking.FAILED
+    (found,) = tracker.child_runs(experiment_id, parent, tracking.RunType.ENSEMBLE)
+    assert found.info.run_id == child and found.info.status == tracking.FINISHED
+
+
+def test_run_types_are_the_nine_the_harness_writes() -> None:
+    assert sorted(tracking.RunType) == sorted(
+        ["sweep", "trial", "lost_trial", "floor", "fold", "ensemble", "train", "study", "study_arm"]
+    )
