@@ -7,6 +7,7 @@ tag, one `log_batch` per epoch, retries when SQLite is locked by a parallel writ
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 import subprocess
@@ -272,5 +273,11 @@ class Tracker:
                 gallery_png(
                     gallery, folder / f"maps_{name}.png", title=f"{prefix}: {name} predictions, {gallery.kind} maps"
                 )
-            for file in sorted(folder.iterdir()):
-                self.log_file(run_id, file, prefix)
+            _retry(lambda: self.client.log_artifacts(run_id, str(folder), prefix))
+
+
+@functools.cache
+def tracker_for(tracking_uri: str) -> Tracker:
+    """Return this process's one Tracker of `tracking_uri`: trials, fold tasks and driver callbacks
+    share it instead of opening a store (engine and schema check) per call."""
+    return Tracker(tracking_uri)

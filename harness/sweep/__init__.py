@@ -11,6 +11,19 @@ trial checks on its node), `_record` (the resume record), `_lines` (console line
 
 from __future__ import annotations
 
-from ._driver import BaselineOutcome, SweepSummary, run_sweep
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._driver import BaselineOutcome, SweepSummary, run_sweep
 
 __all__ = ["BaselineOutcome", "SweepSummary", "run_sweep"]
+
+
+def __getattr__(name: str) -> object:
+    # Imported on first use: a Ray worker unpickling a trial imports this package, and must not pay
+    # for the driver's modules (Optuna's plots, the server client) to run one trial.
+    if name in __all__:
+        from . import _driver
+
+        return getattr(_driver, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

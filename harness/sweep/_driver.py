@@ -30,10 +30,11 @@ from harness.experiment import ExperimentSetup, set_up
 from harness.server import check_reachable
 
 from ._floors import track_floors
+from ._keys import DONE_KEY
 from ._lines import TrialLines, fold_line
 from ._record import interrupted_sweep, set_aside_lost_trials, write_record
 from ._retrain import EnsembleOutcome, retrain_winners, winners
-from ._search import DONE_KEY, start_points, study_name
+from ._search import start_points, study_name
 from ._studies import plot_study, warm_start_points
 from ._trial import CloseTrialRuns, SweepContext, sweep_context
 from ._tuner import STATE_SYNC_SECONDS, granted_resources, new_tuner, restored_tuner, search_notes, stopping_scheduler

@@ -6,7 +6,7 @@ from __future__ import annotations
 import rich
 from ray import tune
 
-from ._search import DONE_KEY, EPOCH_KEY
+from ._keys import DONE_KEY, EPOCH_KEY
 
 
 def _short(value: object) -> str:

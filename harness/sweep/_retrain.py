@@ -23,8 +23,8 @@ from harness.metrics import ranking_key
 from harness.train import EpochReport
 
 from ._ensemble import log_fold_ensemble
+from ._keys import DONE_KEY
 from ._nodes import current_node
-from ._search import DONE_KEY
 from ._trial import SweepContext, fit_on_node, node_spec
 
 PREDICTIONS = "test/predictions.csv"
@@ -80,7 +80,7 @@ def _train_fold(ctx: SweepContext, winner: Winner, fold: int) -> FoldOutcome:
     node = current_node()
     spec = node_spec(ctx, winner.baseline, winner.point, fold, node)
     plan = ctx.plans[winner.baseline]
-    tracker = tracking.Tracker(ctx.tracking_uri)
+    tracker = tracking.tracker_for(ctx.tracking_uri)
     with tracker.run(
         ctx.experiment_id,
         name=f"{winner.baseline}-fold{fold}",
@@ -118,7 +118,7 @@ def _read_predictions(tracking_uri: str, run_id: str) -> pd.DataFrame:
 
 def _log_ensemble(ctx: SweepContext, winner: Winner, folds: dict[int, FoldOutcome]) -> EnsembleOutcome:
     run_id, evaluation = log_fold_ensemble(
-        tracking.Tracker(ctx.tracking_uri),
+        tracking.tracker_for(ctx.tracking_uri),
         ctx.experiment_id,
         baseline=winner.baseline,
         parent=winner.run_id,
@@ -135,7 +135,7 @@ def _submit_folds(
 ) -> tuple[dict[str, dict[int, FoldOutcome]], dict[ray.ObjectRef, tuple[Winner, int]]]:
     """Read back the folds a resumed sweep already trained and submit the others as Ray tasks;
     returns the folds done per baseline and the pending tasks. Winners with an ensemble are skipped."""
-    tracker = tracking.Tracker(ctx.tracking_uri)
+    tracker = tracking.tracker_for(ctx.tracking_uri)
     done: dict[str, dict[int, FoldOutcome]] = {w.baseline: {} for w in winners}
     pending: dict[ray.ObjectRef, tuple[Winner, int]] = {}
     task = ray.remote(_train_fold)

@@ -23,12 +23,8 @@ from ray.tune.search.optuna import OptunaSearch
 
 from harness.config import Distribution, SearchSpace
 
-# Reported by every trial at every epoch: 1.0 on the epoch the trial ended by itself
-# (budget spent or early stopping), 0.0 before. A trial whose last report says 0 was stopped by ASHA.
-DONE_KEY = "trial_done"
-# Reported by every trial beside its metrics: the epoch, i.e. the MLflow step of those metrics
-# (Ray's training_iteration counts reports, which a resumed trial may not continue from).
-EPOCH_KEY = "epoch"
+from ._keys import DONE_KEY, EPOCH_KEY
+
 # User attributes of each Optuna trial that lead to the Ray trial and the MLflow run behind it.
 RAY_TRIAL_ATTR = "ray_trial_id"
 MLFLOW_RUN_ATTR = "mlflow_run_id"

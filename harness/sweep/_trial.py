@@ -16,8 +16,8 @@ from harness.config import ExperimentConfig, ResourcesSpec, split_point
 from harness.experiment import ExperimentSetup, log_epoch
 from harness.train import EpochReport, FitResult, RunSpec, TrainState, fit
 
+from ._keys import DONE_KEY, EPOCH_KEY
 from ._nodes import NodeIdentity, check_manifest, current_node, localise, trial_device
-from ._search import DONE_KEY, EPOCH_KEY
 
 CHECKPOINT_FILE = "trial.pt"
 RunType = tracking.RunType
@@ -207,7 +207,7 @@ def run_trial(config: dict[str, Any], *, ctx: SweepContext) -> None:
     point = {k: v for k, v in config.items() if k != "baseline"}
     node = current_node()
     trial_id = tune.get_context().get_trial_id()
-    tracker = tracking.Tracker(ctx.tracking_uri)
+    tracker = tracking.tracker_for(ctx.tracking_uri)
     saved = _saved()
     if saved and saved.metrics.get(DONE_KEY):
         # The trial had finished when the driver died; Tune only has to hear its last result again.
@@ -231,7 +231,7 @@ class RunLink:
     parent_run_id: str
 
     def __call__(self, trial_id: str, number: int) -> str | None:
-        tracker = tracking.Tracker(self.tracking_uri)
+        tracker = tracking.tracker_for(self.tracking_uri)
         run_id = tracker.find_trial_run(self.experiment_id, self.parent_run_id, trial_id)
         if run_id is not None:
             tracker.set_tags(run_id, {tracking.OPTUNA_TRIAL: str(number)})
@@ -257,7 +257,7 @@ class CloseTrialRuns(tune.Callback):
         self._stopped_by = stopped_by
 
     def _tracker(self) -> tracking.Tracker:
-        return tracking.Tracker(self._tracking_uri)
+        return tracking.tracker_for(self._tracking_uri)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         tracker = self._tracker()
