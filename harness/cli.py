@@ -7,6 +7,7 @@ before anything is written to MLflow or results/.
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from pathlib import Path
@@ -32,20 +33,48 @@ console = Console()
 errors = Console(stderr=True)
 
 
+# Filesystem errors the user can act on (a path, a permission, a full or read-only disk): one line.
+FILESYSTEM_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR}
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Return True when `exc`, or an error it was raised from, says the disk (or SQLite file) is full."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if getattr(exc, "errno", None) == errno.ENOSPC or "database or disk is full" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn InputError into one line on stderr and exit code 2."""
+    """Turn InputError, and a filesystem error on a path, into one line on stderr and exit code 2."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
         except InputError as exc:
-            errors.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            message = str(exc)
+        except OSError as exc:
+            if exc.errno not in FILESYSTEM_ERRORS:
+                raise
+            message = f"{exc.filename or 'a file'}: {exc.strerror}"
+        except Exception as exc:
+            if not _disk_full(exc):
+                raise
+            message = (
+                f"no space left on the device ({type(exc).__name__}); runs left RUNNING are ended "
+                "(orphaned) by the next sweep of the experiment once there is room"
+            )
+        errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
 
     return wrapper
 
 
+DEFAULT_MANIFESTS = Path("results/_data/manifests")
 RootOption = typer.Option(None, "--root", help="Dataset root; overrides dataset.root of the experiment file.")
 RoiOption = typer.Option(
     None, "--roi-dir", help="Folder of RoI masks named after the images; overrides dataset.roi_dir."
@@ -89,6 +118,7 @@ def data_index(
     skip_bad: bool = typer.Option(
         False, "--skip-bad", help="Leave bad files out (each is reported) instead of failing."
     ),
+    strict: bool = typer.Option(False, "--strict", help="Refuse non-RGB images instead of converting them."),
 ) -> None:
     """Walk a dataset, check every file, and write its parquet manifest."""
     from pydantic import ValidationError
@@ -96,14 +126,21 @@ def data_index(
     from harness.config import DatasetSpec
     from harness.data.manifest import manifest_hash, note_change_since_last_index, write_manifest
     from harness.data.prepare import index_dataset, index_key
+    from harness.preflight import writable_file, writable_folder
 
     try:
-        spec = DatasetSpec(name=dataset, root=root, roi_dir=roi_dir, allow_subset=allow_subset, skip_bad=skip_bad)
+        spec = DatasetSpec(
+            name=dataset, root=root, roi_dir=roi_dir, allow_subset=allow_subset, skip_bad=skip_bad, strict=strict
+        )
     except ValidationError as exc:
         raise InputError(f"--dataset {dataset!r}: {exc.errors()[0]['msg']}") from None
+    if out is not None:
+        writable_file(out, "--out")
+    else:
+        writable_folder(DEFAULT_MANIFESTS, "manifest folder")
     manifest, notes = index_dataset(spec, show_progress=True)
     digest = manifest_hash(manifest)
-    path = out or Path("results/_data/manifests") / f"{dataset}-{digest[:16]}.parquet"
+    path = out or DEFAULT_MANIFESTS / f"{dataset}-{digest[:16]}.parquet"
     write_manifest(manifest, path, meta={"dataset": dataset, "root": str(root.resolve())})
     change = note_change_since_last_index(manifest, index_key(spec), path.parent)
     for note in notes + ([change] if change else []):
@@ -248,7 +285,9 @@ def _print_sweep(summary: SweepSummary) -> None:
     for column in ("baseline", "trials", "finished", "stopped early", "failed"):
         table.add_column(column, justify="left" if column == "baseline" else "right")
     for name, o in summary.baselines.items():
-        table.add_row(name, str(o.trials), str(o.finished), str(o.stopped_early), str(o.failed))
+        causes = ", ".join(f"{cause} {n}" for cause, n in o.failures.most_common())
+        failed = f"{o.failed} ({causes})" if causes else str(o.failed)
+        table.add_row(name, str(o.trials), str(o.finished), str(o.stopped_early), failed)
     console.print(table)
     for e in summary.ensembles:
         folds = ", ".join(f"{acc:.3f}" for _, acc in sorted(e.fold_accuracy.items()))
@@ -261,9 +300,11 @@ def _print_sweep(summary: SweepSummary) -> None:
         console.print(f"floors fitted on every fold and logged beside them: {', '.join(summary.floors)}")
     for note in summary.notes:
         console.print(f"note: {note}", highlight=False)
+    uri = summary.tracking_uri
+    look = f"open {uri}" if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}"
     console.print(
         f"split {summary.split_hash[:16]}; parent run {summary.parent_run_id}; Tune storage {summary.storage}\n"
-        f"look at it: mlflow ui --backend-store-uri {summary.tracking_uri}"
+        f"look at it: {look}"
     )
 
 
@@ -281,10 +322,20 @@ def sweep(
 ) -> None:
     """Tune every baseline of an experiment with Ray Tune, Optuna and ASHA, tracked in MLflow; then
     retrain each winner on every fold and ensemble the folds on the test set."""
-    from harness.sweep import run_sweep
+    from harness.sweep import AllTrialsFailed, SweepInterrupted, run_sweep
 
     config = _load(experiment, root, tracking_uri, output_dir, roi_dir, storage)
-    _print_sweep(run_sweep(config, address=address, resume=resume, verbose=True))
+    try:
+        summary = run_sweep(config, address=address, resume=resume, verbose=True)
+    except AllTrialsFailed as failed:
+        _print_sweep(failed.summary)
+        errors.print(f"[bold red]error:[/] {failed}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except SweepInterrupted as interrupted:
+        hint = f"; continue with: harness sweep {experiment} --resume" if interrupted.parent_run_id else ""
+        errors.print(f"interrupted{hint}", highlight=False, soft_wrap=True, markup=False)
+        raise typer.Exit(interrupted.exit_code) from None
+    _print_sweep(summary)
 
 
 @app.command()

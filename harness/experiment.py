@@ -5,7 +5,6 @@ are logged to a run."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 from harness import tracking
@@ -14,6 +13,7 @@ from harness.data.prepare import PreparedData, load_or_index, prepare
 from harness.evaluation import Evaluation
 from harness.floors import FloorFold
 from harness.metrics import METRIC_NAMES
+from harness.preflight import check_outputs
 from harness.train import EpochReport, FitResult, RunSpec, fit
 
 
@@ -33,14 +33,12 @@ def set_up(config: ExperimentConfig, *, show_progress: bool = False) -> Experime
 
     Everything that can reject the input runs before the first file is written.
     """
+    check_outputs(output_dir=config.output_dir, stores=(config.resolved_tracking_uri(),))
     manifest, notes = load_or_index(config.dataset, show_progress=show_progress)
     data = prepare(
         manifest, config.dataset, config.protocol, config.output_dir.resolve() / "_data", show_progress=show_progress
     )
-    uri = config.resolved_tracking_uri()
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    tracker = tracking.Tracker(uri)
+    tracker = tracking.open_store(config.resolved_tracking_uri())
     tags = {
         tracking.DATASET: config.dataset.name,
         tracking.SPLIT_HASH: data.split_hash,
@@ -98,24 +96,32 @@ def epoch_metrics(report: EpochReport, objective: str) -> dict[str, float]:
 
 
 def log_epoch(
-    tracker: tracking.Tracker, run_id: str, report: EpochReport, *, objective: str, class_names: tuple[str, ...]
+    tracker: tracking.Tracker,
+    run_id: str,
+    report: EpochReport,
+    *,
+    objective: str,
+    class_names: tuple[str, ...],
+    log_metrics: bool = True,
 ) -> dict[str, float]:
     """Log one epoch to a run, and on the last the best epoch's validation predictions and the
-    test evaluation; returns the epoch's metrics."""
+    test evaluation; returns the epoch's metrics. `log_metrics=False` uploads the evaluations
+    only (a resumed trial repeating an epoch its run holds already)."""
     metrics = epoch_metrics(report, objective)
+    logged: dict[int, dict[str, float]] = {report.epoch: dict(metrics)}
     if report.epoch == 1:
-        tracker.log_metrics(run_id, {f"params_{k}": v for k, v in report.param_counts.items()}, step=0)
-    tracker.log_metrics(run_id, metrics, step=report.epoch)
+        logged[0] = {f"params_{k}": v for k, v in report.param_counts.items()}
     if report.best_val_evaluation is not None:
-        localisation = {
-            f"best_val_{k}": v for k, v in report.best_val_evaluation.metrics.items() if k.startswith("miou")
-        }
-        if localisation:
-            tracker.log_metrics(run_id, localisation, step=report.best_epoch)
+        best = report.best_val_evaluation.metrics
+        logged.setdefault(report.best_epoch, {}).update(
+            {f"best_val_{k}": v for k, v in best.items() if k.startswith("miou")}
+        )
         tracker.log_evaluation(run_id, "val", report.best_val_evaluation, class_names)
     if report.test is not None:
-        tracker.log_metrics(run_id, {f"test_{k}": v for k, v in report.test.metrics.items()}, step=report.best_epoch)
+        logged.setdefault(report.best_epoch, {}).update({f"test_{k}": v for k, v in report.test.metrics.items()})
         tracker.log_evaluation(run_id, "test", report.test, class_names)
+    for step, values in sorted(logged.items()) if log_metrics else ():
+        tracker.log_metrics(run_id, values, step=step)
     return metrics
 
 

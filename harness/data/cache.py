@@ -6,9 +6,12 @@ to the working resolution, stain-normalised and packed with their RoI masks.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -18,9 +21,35 @@ from numpy.lib.format import open_memmap
 from PIL import Image
 from rich.progress import track
 
+from harness.errors import InputError
+from harness.preflight import room_for
+
 from .masks import read_mask, tissue_fallback_mask
 
 MaskSource = Literal["none", "files", "tissue"]
+
+
+@contextmanager
+def _building(*paths: Path, what: str) -> Iterator[None]:
+    """Remove the temporary `paths` when the block fails, however; a full disk becomes one line."""
+    try:
+        yield
+    except BaseException as exc:
+        for path in paths:
+            path.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise InputError(f"{what}: no space left on the device while writing the cache") from None
+        raise
+
+
+def _reserved_map(path: Path, shape: tuple[int, ...]) -> np.memmap:
+    """Return a new uint8 .npy memory map at `path` with its bytes allocated on disk first: writing
+    through a map into a sparse file kills the process with SIGBUS when the disk fills, while
+    allocating up front raises ENOSPC."""
+    array = open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    with open(path, "r+b") as handle:
+        os.posix_fallocate(handle.fileno(), 0, path.stat().st_size)
+    return array
 
 
 def cache_path(cache_dir: Path, manifest_hash: str, patch_size: int) -> Path:
@@ -51,21 +80,24 @@ def build_patch_cache(
     meta_path = path.with_suffix(".json")
     if path.exists() and meta_path.exists():
         return path
+    shape = (len(manifest), patch_size, patch_size, 3)
+    room_for(cache_dir, int(np.prod(shape)), "patch cache in")
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    array = open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(manifest), patch_size, patch_size, 3))
-    padded = []
-    for i, file in enumerate(track(manifest.path, description="packing patches", disable=not show_progress)):
-        array[i], was_padded = load_padded(file, patch_size)
-        if was_padded:
-            padded.append(i)
-    array.flush()
-    del array
-    meta = {"manifest_hash": manifest_hash, "rows": len(manifest), "patch_size": patch_size, "padded_rows": padded}
     meta_tmp = meta_path.with_name(f".{meta_path.name}.{os.getpid()}.tmp")
-    meta_tmp.write_text(json.dumps(meta))
-    os.replace(tmp, path)
-    os.replace(meta_tmp, meta_path)
+    with _building(tmp, meta_tmp, what=str(path)):
+        array = _reserved_map(tmp, shape)
+        padded = []
+        for i, file in enumerate(track(manifest.path, description="packing patches", disable=not show_progress)):
+            array[i], was_padded = load_padded(file, patch_size)
+            if was_padded:
+                padded.append(i)
+        array.flush()
+        del array
+        meta = {"manifest_hash": manifest_hash, "rows": len(manifest), "patch_size": patch_size, "padded_rows": padded}
+        meta_tmp.write_text(json.dumps(meta))
+        os.replace(tmp, path)
+        os.replace(meta_tmp, meta_path)
     return path
 
 
@@ -84,6 +116,37 @@ def image_cache_key(manifest_hash: str, size: tuple[int, int], stain: str, refer
     reference_digest = hashlib.sha256(Path(reference).read_bytes()).hexdigest()[:12] if reference else "none"
     text = f"{manifest_hash}|{size[0]}x{size[1]}|{stain}|{reference_digest}|{masks}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _fill_images(
+    manifest: pd.DataFrame,
+    array: np.ndarray,
+    mask_array: np.ndarray | None,
+    *,
+    size: tuple[int, int],
+    normalise: Callable[[np.ndarray], np.ndarray] | None,
+    masks: MaskSource,
+    show_progress: bool = False,
+) -> list[int]:
+    """Decode, resize and stain-normalise every image into `array` (its mask into `mask_array`);
+    returns the rows stain normalisation could not be applied to."""
+    unnormalised = []
+    rows = manifest.reset_index(drop=True)
+    for i, row in enumerate(
+        track(rows.itertuples(), total=len(rows), description="resizing images", disable=not show_progress)
+    ):
+        with Image.open(row.path) as im:
+            # PIL's bilinear filter widens with the scale factor, so a 4x reduction is anti-aliased.
+            pixels = np.asarray(im.convert("RGB").resize((size[1], size[0]), Image.BILINEAR))
+        if mask_array is not None:
+            mask_array[i] = read_mask(row.roi_mask_path, size) if masks == "files" else tissue_fallback_mask(pixels)
+        if normalise is not None:
+            try:
+                pixels = normalise(pixels)
+            except np.linalg.LinAlgError:
+                unnormalised.append(i)  # too little stain to estimate its vectors: kept as it is, and recorded
+        array[i] = pixels
+    return unnormalised
 
 
 def build_image_cache(
@@ -107,39 +170,25 @@ def build_image_cache(
     meta_path = path.with_suffix(".json")
     if path.exists() and meta_path.exists():
         return path, mask_path
+    n = len(manifest)
+    room_for(cache_dir, n * size[0] * size[1] * (3 + (mask_path is not None)), "image cache in")
     cache_dir.mkdir(parents=True, exist_ok=True)
-    suffix = f".{os.getpid()}.tmp"
-    array = open_memmap(path.with_name(path.name + suffix), mode="w+", dtype=np.uint8, shape=(len(manifest), *size, 3))
-    mask_array = None
-    if mask_path is not None:
-        mask_array = open_memmap(
-            mask_path.with_name(mask_path.name + suffix), mode="w+", dtype=np.uint8, shape=(len(manifest), *size)
+    tmp, meta_tmp = (p.with_name(f".{p.name}.{os.getpid()}.tmp") for p in (path, meta_path))
+    mask_tmp = mask_path.with_name(f".{mask_path.name}.{os.getpid()}.tmp") if mask_path is not None else None
+    with _building(*(p for p in (tmp, mask_tmp, meta_tmp) if p is not None), what=str(path)):
+        array = _reserved_map(tmp, (n, *size, 3))
+        mask_array = _reserved_map(mask_tmp, (n, *size)) if mask_tmp is not None else None
+        unnormalised = _fill_images(
+            manifest, array, mask_array, size=size, normalise=normalise, masks=masks, show_progress=show_progress
         )
-    unnormalised = []
-    rows = manifest.reset_index(drop=True)
-    for i, row in enumerate(
-        track(rows.itertuples(), total=len(rows), description="resizing images", disable=not show_progress)
-    ):
-        with Image.open(row.path) as im:
-            # PIL's bilinear filter widens with the scale factor, so a 4x reduction is anti-aliased.
-            pixels = np.asarray(im.convert("RGB").resize((size[1], size[0]), Image.BILINEAR))
-        if mask_array is not None:
-            mask_array[i] = read_mask(row.roi_mask_path, size) if masks == "files" else tissue_fallback_mask(pixels)
-        if normalise is not None:
-            try:
-                pixels = normalise(pixels)
-            except np.linalg.LinAlgError:
-                unnormalised.append(i)  # too little stain to estimate its vectors: kept as it is, and recorded
-        array[i] = pixels
-    for done in (array, mask_array):
-        if done is not None:
-            done.flush()
-    del array, mask_array
-    meta = {"key": key, "rows": len(rows), "size": list(size), "masks": masks, "stain_not_applied_rows": unnormalised}
-    meta_tmp = meta_path.with_name(meta_path.name + suffix)
-    meta_tmp.write_text(json.dumps(meta))
-    os.replace(path.with_name(path.name + suffix), path)
-    if mask_path is not None:
-        os.replace(mask_path.with_name(mask_path.name + suffix), mask_path)
-    os.replace(meta_tmp, meta_path)
+        for done in (array, mask_array):
+            if done is not None:
+                done.flush()
+        del array, mask_array
+        meta = {"key": key, "rows": n, "size": list(size), "masks": masks, "stain_not_applied_rows": unnormalised}
+        meta_tmp.write_text(json.dumps(meta))
+        os.replace(tmp, path)
+        if mask_tmp is not None:
+            os.replace(mask_tmp, mask_path)
+        os.replace(meta_tmp, meta_path)
     return path, mask_path

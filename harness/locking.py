@@ -1,0 +1,25 @@
+"""An exclusive lock on a file beside a shared resource, held across processes on one machine."""
+
+from __future__ import annotations
+
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if missing) for the block; waits for other holders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def sqlite_path(url: str) -> Path | None:
+    """Return the database file of a `sqlite:///` URL, None for any other store."""
+    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
