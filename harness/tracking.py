@@ -9,24 +9,35 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import platform
+import re
 import subprocess
 import tempfile
 import time
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 
-from harness.evaluation import Evaluation
 from harness.figures import confusion_png, gallery_png
+from harness.locking import file_lock, sqlite_path
+
+if TYPE_CHECKING:
+    # Only a type here: a process that only logs (a tracking-load writer, a driver callback) need
+    # not import torch and the model zoo with it.
+    from harness.evaluation import Evaluation
 
 T = TypeVar("T")
+# MLflow prints a "View run ... at: URL" line whenever a run ends against a server: once per trial,
+# fold and floor of a sweep. The sweep prints where to look once.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 # Tag names shared by the sweep (writer) and the leaderboard (reader).
 PARENT = "mlflow.parentRunId"
@@ -43,6 +54,10 @@ STOPPED_BY = "stopped_by"
 STOPPED_BY_ASHA, STOPPED_BY_HALVING = "asha", "halving"
 EARLY_STOPPERS = (STOPPED_BY_ASHA, STOPPED_BY_HALVING)
 ERROR = "error"
+INTERRUPTED = "interrupted"  # the signal that ended a KILLED run: SIGINT, SIGTERM
+ORPHANED = "orphaned"  # "true" on a run its dead driver left RUNNING, ended KILLED by a later sweep
+# Why a run FAILED: diverged, input, out_of_memory (not retried), worker_lost or error (retried).
+FAILURE_CAUSE = "failure_cause"
 PRETRAINED = "pretrained"
 PROTOCOL = "protocol"
 # `protocol` values of the leakage study's two arms: patch-level folds (the seeds') and patient folds.
@@ -75,6 +90,7 @@ class RunType(StrEnum):
     STUDY_ARM = "study_arm"  # one arm of a study on one fold
 
 
+RUNNING = RunStatus.to_string(RunStatus.RUNNING)
 FINISHED = RunStatus.to_string(RunStatus.FINISHED)
 KILLED = RunStatus.to_string(RunStatus.KILLED)
 FAILED = RunStatus.to_string(RunStatus.FAILED)
@@ -92,9 +108,26 @@ def _retry(call: Callable[[], T], attempts: int = 8) -> T:
     raise AssertionError("unreachable")
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+ERROR_LIMIT = 4000  # characters of an `error` tag; MLflow caps a tag's value
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """Return the exception a Ray wrapper (task error, Tune error) carries, or `exc` itself."""
+    while isinstance(getattr(exc, "cause", None), BaseException) and exc.cause is not exc:
+        exc = exc.cause
+    return exc
+
+
 def error_text(exc: BaseException) -> str:
-    """Return the text a FAILED run's `error` tag holds for `exc` (MLflow caps a tag's length)."""
-    return repr(exc)[-4000:]
+    """Return the plain text a FAILED run's `error` tag holds: the exception's type and message
+    first, then the tail of its traceback (Ray's, for an error raised in a Ray worker), no colour
+    codes."""
+    cause = root_cause(exc)
+    head = _ANSI.sub("", f"{type(cause).__name__}: {cause}").strip()[: ERROR_LIMIT // 4]
+    trace = getattr(exc, "traceback_str", None) or "".join(traceback.format_exception(cause))
+    room = ERROR_LIMIT - len(head) - 2
+    return f"{head}\n\n{_ANSI.sub('', trace).strip()[-room:]}"
 
 
 def git_commit(directory: Path | None = None) -> str:
@@ -199,6 +232,11 @@ class Tracker:
         batch = [Metric(k, float(v), now, step) for k, v in sorted(metrics.items())]
         _retry(lambda: self.client.log_batch(run_id, metrics=batch))
 
+    def last_step(self, run_id: str, key: str) -> int:
+        """Return the last step at which the run logged metric `key` (0 when it never did)."""
+        history = _retry(lambda: self.client.get_metric_history(run_id, key))
+        return max((m.step for m in history), default=0)
+
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         """Set `tags` on a run in one batch."""
         batch = [RunTag(k, str(v)) for k, v in sorted(tags.items())]
@@ -213,19 +251,34 @@ class Tracker:
     @contextmanager
     def ending(self, run_id: str) -> Iterator[None]:
         """End `run_id` when the block exits, whichever way: FINISHED after it, KILLED on
-        KeyboardInterrupt or SystemExit, FAILED with the `error` tag on any other exception."""
+        KeyboardInterrupt (tagged `interrupted` with the signal) or SystemExit, FAILED with the
+        `error` tag on any other exception."""
         try:
             yield
-        except (KeyboardInterrupt, SystemExit):
-            self.finish(run_id, KILLED)
+        except KeyboardInterrupt as exc:
+            self._finish_failing(run_id, KILLED, {INTERRUPTED: getattr(exc, "signal_name", "SIGINT")})
+            raise
+        except SystemExit:
+            self._finish_failing(run_id, KILLED, {})
             raise
         except BaseException as exc:
-            self.finish(run_id, FAILED, {ERROR: error_text(exc)})
+            self._finish_failing(run_id, FAILED, {ERROR: error_text(exc)})
             raise
         self.finish(run_id, FINISHED)
 
+    def _finish_failing(self, run_id: str, status: str, tags: dict[str, str]) -> None:
+        """End a run whose block raised; a store that refuses the write too (a full disk) leaves
+        the run to the next sweep's orphan check and the block's own error stands."""
+        try:
+            self.finish(run_id, status, tags)
+        except (MlflowException, OSError):
+            pass
+
     def reopen(self, run_id: str) -> None:
-        """Set a run back to RUNNING (a resumed sweep continues in its old parent run)."""
+        """Set a run back to RUNNING (a resumed sweep continues in its old parent run), dropping
+        the `interrupted` tag of the interruption it continues after."""
+        if INTERRUPTED in _retry(lambda: self.client.get_run(run_id)).data.tags:
+            _retry(lambda: self.client.delete_tag(run_id, INTERRUPTED))
         _retry(lambda: self.client.update_run(run_id, status="RUNNING"))
 
     def record_attempt(self, run_id: str, node_id: str, node_ip: str) -> None:
@@ -244,6 +297,33 @@ class Tracker:
                 [experiment_id], filter_string=f"tags.`{PARENT}` = '{parent}' and tags.{RUN_TYPE} = '{run_type}'"
             )
         )
+
+    def running_under(self, experiment_id: str, root: str) -> list:
+        """Return the RUNNING runs nested at any depth under run `root`."""
+        running = _retry(
+            lambda: self.client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'")
+        )
+        parents: dict[str, str | None] = {r.info.run_id: r.data.tags.get(PARENT) for r in running}
+
+        def under(run_id: str) -> bool:
+            seen = set()
+            while run_id is not None and run_id not in seen:
+                seen.add(run_id)
+                if run_id not in parents:
+                    parents[run_id] = _retry(lambda run_id=run_id: self.client.get_run(run_id)).data.tags.get(PARENT)
+                run_id = parents[run_id]
+                if run_id == root:
+                    return True
+            return False
+
+        return [r for r in running if r.info.run_id != root and under(r.info.run_id)]
+
+    def kill_running_under(self, experiment_id: str, root: str, tags: dict[str, str]) -> int:
+        """End KILLED, with `tags`, every run still RUNNING under run `root`; returns how many."""
+        runs = self.running_under(experiment_id, root)
+        for run in runs:
+            self.finish(run.info.run_id, KILLED, tags)
+        return len(runs)
 
     def find_trial_run(self, experiment_id: str, parent: str, trial_id: str) -> str | None:
         """Return the run id of Ray trial `trial_id` under sweep run `parent`, if one was created."""
@@ -281,3 +361,16 @@ def tracker_for(tracking_uri: str) -> Tracker:
     """Return this process's one Tracker of `tracking_uri`: trials, fold tasks and driver callbacks
     share it instead of opening a store (engine and schema check) per call."""
     return Tracker(tracking_uri)
+
+
+def open_store(tracking_uri: str) -> Tracker:
+    """Return this process's Tracker of `tracking_uri` with its store ready: a SQLite file's schema
+    is created or upgraded under a lock beside it, since two processes creating it at once race
+    MLflow's table creation ("table ... already exists")."""
+    database = sqlite_path(tracking_uri)
+    if database is None:
+        return tracker_for(tracking_uri)
+    with file_lock(database.with_name(database.name + ".lock")):
+        tracker = tracker_for(tracking_uri)
+        _retry(lambda: tracker.client.search_experiments(max_results=1))
+    return tracker

@@ -151,6 +151,7 @@ def _frame(runs: list) -> pd.DataFrame:
                 "protocol": tags.get(tracking.PROTOCOL, "unknown"),
                 "roi_source": tags.get(tracking.ROI_SOURCE, "none"),
                 "floor": tags.get(tracking.FLOOR) == "true",
+                "orphaned": tags.get(tracking.ORPHANED) == "true",
                 "semantics": params.get("semantics", ""),
                 "bn_recalibration": params.get("bn_recalibration", "false"),
                 "objective_metric": tags.get(tracking.OBJECTIVE, "val_accuracy"),
@@ -235,8 +236,10 @@ def _baseline_runs(label: str, trials: pd.DataFrame, others: pd.DataFrame) -> Ba
 
 def _on_split(runs: pd.DataFrame, experiments: list[str], split_hash: str, uri: str) -> tuple[pd.DataFrame, list[str]]:
     """Return the trial (and floor) runs made on `split_hash`, and a note on those left out."""
-    # A floor's run stands where a baseline's trials stand: one per floor, with the same metrics.
-    trials = runs[runs.run_type.isin([RunType.TRIAL, RunType.FLOOR])] if not runs.empty else runs
+    # A floor's run stands where a baseline's trials stand: one per floor, with the same metrics. A
+    # run its dead driver left RUNNING (orphaned) was never a whole trial.
+    counted = runs.run_type.isin([RunType.TRIAL, RunType.FLOOR]) & ~runs.orphaned if not runs.empty else None
+    trials = runs[counted] if counted is not None else runs
     names = ", ".join(map(repr, experiments))
     if trials.empty:
         raise InputError(f"experiment {names} has no trial runs in {uri}")

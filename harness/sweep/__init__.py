@@ -14,9 +14,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ._driver import BaselineOutcome, SweepSummary, run_sweep
+    from ._driver import AllTrialsFailed, BaselineOutcome, SweepInterrupted, SweepSummary, run_sweep
 
-__all__ = ["BaselineOutcome", "SweepSummary", "run_sweep"]
+__all__ = ["AllTrialsFailed", "BaselineOutcome", "SweepInterrupted", "SweepSummary", "run_sweep"]
 
 
 def __getattr__(name: str) -> object:

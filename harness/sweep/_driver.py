@@ -9,6 +9,7 @@ experiment and parent run exist before the first trial (NOTES-ray-optuna-mlflow.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -27,14 +28,18 @@ from harness import tracking
 from harness.config import ExperimentConfig, ResourcesSpec
 from harness.errors import InputError
 from harness.experiment import ExperimentSetup, set_up
+from harness.preflight import check_outputs
 from harness.server import check_reachable
 
+from ._failures import failure_cause
 from ._floors import track_floors
-from ._keys import DONE_KEY
+from ._keys import CAUSE_KEY, DONE_KEY, FAILED_KEY
 from ._lines import TrialLines, fold_line
-from ._record import interrupted_sweep, set_aside_lost_trials, write_record
+from ._orphans import DRIVER, check_not_running, close_orphans, driver_identity
+from ._record import interrupted_sweep, reconcile_trial_runs, write_record
 from ._retrain import EnsembleOutcome, retrain_winners, winners
-from ._search import start_points, study_name
+from ._search import optuna_storage, start_points, study_name
+from ._signals import Interrupts, SweepInterrupted, catching_interrupts
 from ._studies import plot_study, warm_start_points
 from ._trial import CloseTrialRuns, SweepContext, sweep_context
 from ._tuner import STATE_SYNC_SECONDS, granted_resources, new_tuner, restored_tuner, search_notes, stopping_scheduler
@@ -44,12 +49,24 @@ RunType = tracking.RunType
 
 @dataclass
 class BaselineOutcome:
-    """Trial counts of one baseline in a finished sweep."""
+    """Trial counts of one baseline in a finished sweep, failures by cause."""
 
     trials: int = 0
     finished: int = 0
     stopped_early: int = 0
     failed: int = 0
+    failures: Counter = field(default_factory=Counter)
+
+    def add(self, metrics: dict, error: BaseException | None) -> None:
+        """Count one trial from its last result and the error Tune saw it raise (None if none)."""
+        self.trials += 1
+        if error is not None or metrics.get(FAILED_KEY):
+            self.failed += 1
+            self.failures[metrics.get(CAUSE_KEY) or failure_cause(error)] += 1
+        elif metrics.get(DONE_KEY):
+            self.finished += 1
+        else:
+            self.stopped_early += 1
 
 
 @dataclass
@@ -72,6 +89,20 @@ class SweepSummary:
     def stopped_early(self) -> int:
         """Return how many trials ASHA stopped, over all baselines."""
         return sum(b.stopped_early for b in self.baselines.values())
+
+    @property
+    def failures(self) -> Counter:
+        """Return how many trials failed, by cause, over all baselines."""
+        return sum((b.failures for b in self.baselines.values()), Counter())
+
+
+class AllTrialsFailed(RuntimeError):
+    """Every trial of the sweep failed; carries the sweep's summary."""
+
+    def __init__(self, summary: SweepSummary) -> None:
+        causes = ", ".join(f"{n} {cause}" for cause, n in summary.failures.most_common())
+        super().__init__(f"every trial of sweep {summary.storage.name} failed ({causes})")
+        self.summary = summary
 
 
 @dataclass
@@ -103,6 +134,8 @@ def _ray(address: str | None) -> Iterator[None]:
 
 
 def _tune_environment() -> None:
+    # Tune's interrupt warnings end in Ray's own restore hint; the CLI prints the harness's.
+    logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
     # Tune saves the experiment's state every few seconds; a driver killed in between reruns
     # only what finished in those seconds (and a finished trial just reports again).
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(STATE_SYNC_SECONDS))
@@ -151,11 +184,12 @@ def _start(config: ExperimentConfig, setup: ExperimentSetup, granted: dict[str, 
             top=config.search.warm_start.top,
             mode=config.search.mode,
         )
+    notes += close_orphans(setup.tracker, setup.experiment_id)
     parent = setup.tracker.start_run(
         setup.experiment_id,
         name=folder.name,
         run_type=RunType.SWEEP,
-        tags={**setup.tags, "ray_storage": str(folder)},
+        tags={**setup.tags, "ray_storage": str(folder), DRIVER: driver_identity()},
         params=_sweep_params(config, setup, granted),
     )
     starts = {name: start_points(space, warm.get(name, [])) for name, space in spaces.items()}
@@ -170,9 +204,33 @@ def _reopen(setup: ExperimentSetup, folder: Path, record: dict) -> _Sweep:
             f"the sweep ran on {record['split_hash'][:12]}"
         )
     parent = record["parent_run_id"]
+    check_not_running(setup.tracker, parent, folder.name)
     setup.tracker.reopen(parent)
-    setup.tracker.set_tags(parent, {"resumed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    resumed = {"resumed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), DRIVER: driver_identity()}
+    setup.tracker.set_tags(parent, resumed)
     return _Sweep(folder, parent, resumed=True)
+
+
+def _settle_resumed(config: ExperimentConfig, setup: ExperimentSetup, sweep: _Sweep) -> list[str]:
+    """Close what the dead driver of a resumed sweep left RUNNING; returns notes. Trial runs follow
+    Tune's saved state; folds, ensembles and floors it was fitting end KILLED (orphaned=true) and
+    are fitted again."""
+    tracker = setup.tracker
+    notes = reconcile_trial_runs(tracker, setup.experiment_id, sweep.parent, sweep.folder, stopping_scheduler(config))
+    for run in tracker.running_under(setup.experiment_id, sweep.parent):
+        if run.data.tags.get(tracking.RUN_TYPE) != RunType.TRIAL:
+            tracker.finish(run.info.run_id, tracking.KILLED, {tracking.ORPHANED: "true"})
+    return notes
+
+
+@contextmanager
+def _naming_parent(parent: str) -> Iterator[None]:
+    """Let an interruption raised in the block name the sweep's run, so its runs can be closed."""
+    try:
+        yield
+    except SweepInterrupted as exc:
+        exc.parent_run_id = parent
+        raise
 
 
 @contextmanager
@@ -185,9 +243,9 @@ def _open_or_resume(
     """Yield a new sweep, or the interrupted `previous` one (its folder and record), with its parent
     run open; the parent ends FINISHED, KILLED or FAILED with the block."""
     sweep = _reopen(setup, *previous) if previous else _start(config, setup, granted)
-    with setup.tracker.ending(sweep.parent):
+    with _naming_parent(sweep.parent), setup.tracker.ending(sweep.parent):
         if sweep.resumed:
-            sweep.notes += set_aside_lost_trials(setup.tracker, setup.experiment_id, sweep.parent, sweep.folder)
+            sweep.notes += _settle_resumed(config, setup, sweep)
         else:
             setup.tracker.log_file(sweep.parent, setup.data.split_path, "split")
             write_record(
@@ -200,31 +258,39 @@ def _open_or_resume(
         yield sweep
 
 
-def _search(config: ExperimentConfig, ctx: SweepContext, sweep: _Sweep, verbose: bool) -> tune.ResultGrid:
-    """Run the sweep's Tuner (a restored one when resuming) until every trial has ended; returns
-    its results."""
+def _tuner(config: ExperimentConfig, ctx: SweepContext, sweep: _Sweep, verbose: bool) -> tune.Tuner:
+    """Return the sweep's Tuner: a restored one when resuming."""
     if sweep.resumed:
-        return restored_tuner(ctx, sweep.folder).fit()
+        return restored_tuner(ctx, sweep.folder)
     stopper = stopping_scheduler(config)
     callbacks: list[tune.Callback] = [
         CloseTrialRuns(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, ctx.tags, stopper)
     ]
     if verbose:
         callbacks.append(TrialLines(config.search.metric, stopper))
-    return new_tuner(config, ctx, sweep.folder, sweep.starts, callbacks).fit()
+    return new_tuner(config, ctx, sweep.folder, sweep.starts, callbacks)
+
+
+def _search(
+    config: ExperimentConfig, ctx: SweepContext, sweep: _Sweep, interrupts: Interrupts, verbose: bool
+) -> tune.ResultGrid:
+    """Run the sweep's Tuner until every trial has ended; returns its results. Raises
+    SweepInterrupted when a signal stopped it (Tune saved its state first)."""
+    tuner = _tuner(config, ctx, sweep, verbose)
+    interrupts.in_search = True
+    try:
+        grid = tuner.fit()
+    finally:
+        interrupts.in_search = False
+    interrupts.check()
+    return grid
 
 
 def _outcomes(grid: tune.ResultGrid, names: list[str]) -> dict[str, BaselineOutcome]:
     outcomes = {name: BaselineOutcome() for name in names}
     for result in grid:
-        outcome = outcomes[result.config["baseline"]]
-        outcome.trials += 1
-        if result.error is not None:
-            outcome.failed += 1
-        elif (result.metrics or {}).get(DONE_KEY):
-            outcome.finished += 1
-        else:
-            outcome.stopped_early += 1
+        if result.config:  # a trial Tune never started has no configuration
+            outcomes[result.config["baseline"]].add(result.metrics or {}, result.error)
     return outcomes
 
 
@@ -258,7 +324,7 @@ def _after_search(
         summary.ensembles, notes = retrain_winners(ctx, chosen, config.protocol.folds, fold_line if verbose else None)
         summary.notes += notes
     floors = setup.tracker.child_runs(setup.experiment_id, sweep.parent, RunType.FLOOR)
-    logged = {r.data.tags[tracking.BASELINE] for r in floors}
+    logged = {r.data.tags[tracking.BASELINE] for r in floors if r.info.status == tracking.FINISHED}
     summary.floors = track_floors(
         [f for f in config.floors if f not in logged],
         setup,
@@ -273,7 +339,7 @@ def _log_counts(tracker: tracking.Tracker, summary: SweepSummary) -> None:
     """Log the sweep's trial counts over all baselines and its wall time on the parent run."""
     counts = Counter()
     for outcome in summary.baselines.values():
-        counts.update(vars(outcome))
+        counts.update({k: v for k, v in vars(outcome).items() if k != "failures"})
     metrics = {f"sweep_{k}": v for k, v in counts.items()} | {"wall_seconds": summary.wall_seconds}
     tracker.log_metrics(summary.parent_run_id, metrics, step=0)
 
@@ -290,26 +356,59 @@ def run_sweep(
     started = time.perf_counter()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     check_reachable(config.resolved_tracking_uri())
+    check_outputs(
+        output_dir=config.output_dir,
+        storage_path=config.resolved_storage_path(),
+        stores=(config.resolved_tracking_uri(), config.resolved_optuna_storage()),
+    )
     previous = interrupted_sweep(config, config.resolved_storage_path()) if resume else None
-    _tune_environment()
-    with _ray(address):
-        granted, resource_notes = granted_resources(config)
+    with catching_interrupts() as interrupts:
+        # Data, the tracking store and the Optuna storage are ready (the stores created under file
+        # locks: two sweeps may start together) before Ray starts.
         setup = set_up(config, show_progress=verbose)
-        with _open_or_resume(config, setup, granted, previous) as sweep:
-            summary = SweepSummary(
-                experiment=config.name,
-                tracking_uri=setup.tracker.uri,
-                parent_run_id=sweep.parent,
-                split_hash=setup.data.split_hash,
-                wall_seconds=0.0,
-                storage=sweep.folder,
-                resumed=sweep.resumed,
-                notes=setup.notes + resource_notes + sweep.notes + search_notes(config),
-            )
-            ctx = sweep_context(config, setup, sweep.parent, granted)
-            grid = _search(config, ctx, sweep, verbose)
-            summary.baselines = _outcomes(grid, [b.name for b in config.baselines])
-            _after_search(config, setup, ctx, sweep, grid, summary, verbose)
-            summary.wall_seconds = time.perf_counter() - started
-            _log_counts(setup.tracker, summary)
+        optuna_storage(config.resolved_optuna_storage())
+        _tune_environment()
+        try:
+            with _ray(address):
+                interrupts.install()
+                return _sweep(config, setup, previous, interrupts, started=started, verbose=verbose)
+        except SweepInterrupted as exc:
+            # Ray is down by now, so nothing writes to these runs after they are closed.
+            if exc.parent_run_id is not None:
+                tags = {tracking.INTERRUPTED: exc.signal_name}
+                setup.tracker.kill_running_under(setup.experiment_id, exc.parent_run_id, tags)
+            raise
+
+
+def _sweep(
+    config: ExperimentConfig,
+    setup: ExperimentSetup,
+    previous: tuple[Path, dict] | None,
+    interrupts: Interrupts,
+    *,
+    started: float,
+    verbose: bool,
+) -> SweepSummary:
+    """Open (or resume) the sweep, search, and run what follows the search; returns the summary."""
+    granted, resource_notes = granted_resources(config)
+    with _open_or_resume(config, setup, granted, previous) as sweep:
+        summary = SweepSummary(
+            experiment=config.name,
+            tracking_uri=setup.tracker.uri,
+            parent_run_id=sweep.parent,
+            split_hash=setup.data.split_hash,
+            wall_seconds=0.0,
+            storage=sweep.folder,
+            resumed=sweep.resumed,
+            notes=setup.notes + resource_notes + sweep.notes + search_notes(config),
+        )
+        ctx = sweep_context(config, setup, sweep.parent, granted)
+        grid = _search(config, ctx, sweep, interrupts, verbose)
+        summary.baselines = _outcomes(grid, [b.name for b in config.baselines])
+        summary.wall_seconds = time.perf_counter() - started
+        if all(b.failed == b.trials for b in summary.baselines.values()):
+            raise AllTrialsFailed(summary)
+        _after_search(config, setup, ctx, sweep, grid, summary, verbose)
+        summary.wall_seconds = time.perf_counter() - started
+        _log_counts(setup.tracker, summary)
     return summary

@@ -7,3 +7,8 @@ DONE_KEY = "trial_done"
 # The epoch, i.e. the MLflow step of the reported metrics (Ray's training_iteration counts reports,
 # which a resumed trial may not continue from).
 EPOCH_KEY = "epoch"
+# 1.0 on the one result a trial reports when it failed in a way a retry would repeat (a diverged
+# loss, bad input, out of memory): the trial then ends without Tune retrying it.
+FAILED_KEY = "trial_failed"
+# Beside FAILED_KEY: why (harness.tracking.FAILURE_CAUSE's values).
+CAUSE_KEY = "failure_cause"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import rich
 from ray import tune
 
-from ._keys import DONE_KEY, EPOCH_KEY
+from ._keys import CAUSE_KEY, DONE_KEY, EPOCH_KEY, FAILED_KEY
 
 
 def _short(value: object) -> str:
@@ -36,6 +36,13 @@ class TrialLines(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: object, **info: object) -> None:
         last = trial.last_result or {}
+        if last.get(FAILED_KEY):
+            rich.get_console().print(
+                f"[red]FAILED[/] {trial.config['baseline']:<10} {trial.trial_id}  {last.get(CAUSE_KEY)} at epoch "
+                f"{last.get(EPOCH_KEY, 0) + 1}, not retried (a retry would fail the same way)",
+                highlight=False,
+            )
+            return
         how = "finished" if last.get(DONE_KEY) else f"[yellow]stopped by {self._scheduler}[/]"
         epoch = last.get(EPOCH_KEY, 0)
         rich.get_console().print(

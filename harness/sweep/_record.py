@@ -14,6 +14,8 @@ from harness import tracking
 from harness.config import ExperimentConfig, search_space_path
 from harness.errors import InputError
 
+from ._trial import close_trial_run
+
 SWEEP_RECORD = "harness-sweep.json"
 
 
@@ -73,27 +75,43 @@ def interrupted_sweep(config: ExperimentConfig, storage: Path) -> tuple[Path, di
     raise InputError(f"--resume: no sweep of {config.name!r} to resume in {storage}")
 
 
-def _tune_trial_ids(folder: Path) -> set[str]:
-    """Return the ids of the trials in the newest experiment state Tune saved in `folder`."""
+def _tune_trials(folder: Path) -> dict[str, tuple[str, dict]]:
+    """Return each trial in the newest experiment state Tune saved in `folder`: its status and last result."""
     state = max(folder.glob("experiment_state-*.json"))
-    return {json.loads(trial)["trial_id"] for trial, _ in json.loads(state.read_text())["trial_data"]}
+    trials = {}
+    for trial, meta in json.loads(state.read_text())["trial_data"]:
+        trial = json.loads(trial)
+        trials[trial["trial_id"]] = (trial["status"], json.loads(meta).get("last_result") or {})
+    return trials
 
 
-def set_aside_lost_trials(tracker: tracking.Tracker, experiment_id: str, parent: str, folder: Path) -> list[str]:
-    """Close the runs of trials a killed driver started after its last saved state; returns notes.
+def _lost_note(trial_id: str) -> str:
+    return (
+        f"trial {trial_id} started after the killed driver last saved its state; its run is "
+        f"set aside (run_type={tracking.RunType.LOST_TRIAL}) and Tune runs its point again"
+    )
 
-    Tune restores only the trials in that state and suggests the lost points again as new
-    trials, so their old runs are ended KILLED and retyped, keeping one run per trial.
-    """
-    known = _tune_trial_ids(folder)
+
+def reconcile_trial_runs(
+    tracker: tracking.Tracker, experiment_id: str, parent: str, folder: Path, stopped_by: str
+) -> list[str]:
+    """Bring the RUNNING trial runs a killed driver left in line with the Tune state it saved last;
+    returns notes. A run whose trial that state does not hold is ended KILLED and retyped (Tune
+    suggests its point again as a new trial, keeping one run per trial); a run whose trial ended
+    there is closed as the driver would have; the others are resumed by Tune."""
+    trials = _tune_trials(folder)
     notes = []
     for run in tracker.child_runs(experiment_id, parent, tracking.RunType.TRIAL):
         trial_id = run.data.tags[tracking.TRIAL_ID]
-        if trial_id not in known:
+        if trial_id not in trials:
             lost = {tracking.RUN_TYPE: str(tracking.RunType.LOST_TRIAL), tracking.STOPPED_BY: "driver_lost"}
             tracker.finish(run.info.run_id, tracking.KILLED, lost)
-            notes.append(
-                f"trial {trial_id} started after the killed driver last saved its state; its run is "
-                f"set aside (run_type={tracking.RunType.LOST_TRIAL}) and Tune runs its point again"
-            )
+            notes.append(_lost_note(trial_id))
+        elif run.info.status != tracking.RUNNING:
+            continue
+        elif trials[trial_id][0] == "TERMINATED":
+            close_trial_run(tracker, run.info.run_id, trials[trial_id][1], stopped_by)
+        elif trials[trial_id][0] == "ERROR":
+            error = "the driver died before it recorded this trial's error (see the Tune folder's error.txt)"
+            tracker.finish(run.info.run_id, tracking.FAILED, {tracking.ERROR: error, tracking.FAILURE_CAUSE: "error"})
     return notes

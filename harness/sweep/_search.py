@@ -22,8 +22,9 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from harness.config import Distribution, SearchSpace
+from harness.locking import file_lock, sqlite_path
 
-from ._keys import DONE_KEY, EPOCH_KEY
+from ._keys import DONE_KEY, EPOCH_KEY, FAILED_KEY
 
 # User attributes of each Optuna trial that lead to the Ray trial and the MLflow run behind it.
 RAY_TRIAL_ATTR = "ray_trial_id"
@@ -88,9 +89,13 @@ def start_points(space: SearchSpace, warm: list[dict[str, Any]]) -> list[dict[st
 
 
 def optuna_storage(url: str) -> optuna.storages.RDBStorage:
-    """Return the RDB storage at `url`, waiting on a SQLite lock instead of failing at once."""
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+    """Return the RDB storage at `url`, waiting on a SQLite lock instead of failing at once; a
+    SQLite file's tables are created under a file lock beside it (two sweeps may start together)."""
+    database = sqlite_path(url)
+    if database is None:
+        return optuna.storages.RDBStorage(url)
+    with file_lock(database.with_name(database.name + ".lock")):
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
 
 
 class PruningAwareOptunaSearch(OptunaSearch):
@@ -134,11 +139,15 @@ class PruningAwareOptunaSearch(OptunaSearch):
                 self._linked.add(trial_id)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id not in self._completed_trials:
+        if trial_id not in self._completed_trials and not result.get(FAILED_KEY):
             self._record(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials:
+            return
+        if result and result.get(FAILED_KEY):
+            self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.FAIL, skip_if_finished=True)
+            self._completed_trials.add(trial_id)
             return
         if result and self.metric in result and EPOCH_KEY in result:
             self._record(trial_id, result)
@@ -349,9 +358,15 @@ class PerBaselineScheduler(FIFOScheduler):
         self._group(trial).on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        if result.get(FAILED_KEY):
+            return TrialScheduler.CONTINUE  # the trial ends right after this result
         return self._group(trial).on_trial_result(tune_controller, trial, result)
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        if result.get(FAILED_KEY):
+            # A failed trial leaves its rungs as a removed one does, without a score.
+            self._group(trial).on_trial_remove(tune_controller, trial)
+            return
         self._group(trial).on_trial_complete(tune_controller, trial, result)
 
     def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from mlflow.exceptions import MlflowException
 from ray import tune
 
 from harness import tracking
@@ -16,7 +18,8 @@ from harness.config import ExperimentConfig, ResourcesSpec, split_point
 from harness.experiment import ExperimentSetup, log_epoch
 from harness.train import EpochReport, FitResult, RunSpec, TrainState, fit
 
-from ._keys import DONE_KEY, EPOCH_KEY
+from ._failures import ERROR, TrialOutOfMemory, deterministic_cause, failure_cause
+from ._keys import CAUSE_KEY, DONE_KEY, EPOCH_KEY, FAILED_KEY
 from ._nodes import NodeIdentity, check_manifest, current_node, localise, trial_device
 
 CHECKPOINT_FILE = "trial.pt"
@@ -145,7 +148,7 @@ def fit_on_node(
     try:
         return fit(spec, report, resume)
     except torch.cuda.OutOfMemoryError as exc:
-        raise RuntimeError(
+        raise TrialOutOfMemory(
             f"CUDA out of memory training {spec.baseline} at batch_size {spec.params.batch_size} with a "
             f"{gpu:g} GPU share (memory is shared between the trials on a GPU): lower the batch size "
             "or raise the baseline's resources.gpu"
@@ -182,25 +185,54 @@ def _start_trial_run(tracker: tracking.Tracker, ctx: SweepContext, spec: RunSpec
     )
 
 
-def _reporter(tracker: tracking.Tracker, ctx: SweepContext, run_id: str) -> Callable[[EpochReport], None]:
-    """Return the epoch callback of a trial: log to its run, then checkpoint and report to Tune."""
+class _TrialReporter:
+    """The epoch callback of a trial: log to its run, then checkpoint and report to Tune.
 
-    def report(entry: EpochReport) -> None:
-        metrics = log_epoch(tracker, run_id, entry, objective=ctx.objective, class_names=ctx.class_names)
-        result = {**metrics, DONE_KEY: float(entry.done), EPOCH_KEY: entry.epoch}
+    A trial resumed from a checkpoint older than its run's last logged epoch (its driver died in
+    between) trains those epochs again without logging them twice.
+    """
+
+    def __init__(self, tracker: tracking.Tracker, ctx: SweepContext, run_id: str) -> None:
+        self._tracker, self._ctx, self._run_id = tracker, ctx, run_id
+        self._logged_through = tracker.last_step(run_id, "objective")
+        self.last: dict[str, float] = {}
+
+    def __call__(self, entry: EpochReport) -> None:
+        ctx = self._ctx
+        metrics = log_epoch(
+            self._tracker,
+            self._run_id,
+            entry,
+            objective=ctx.objective,
+            class_names=ctx.class_names,
+            log_metrics=entry.epoch > self._logged_through,
+        )
+        self.last = {**metrics, DONE_KEY: float(entry.done), EPOCH_KEY: entry.epoch}
         # Everything is logged before this report: once ASHA answers STOP, nothing after it runs.
         with tempfile.TemporaryDirectory() as folder:
-            torch.save(TrialCheckpoint(run_id, entry.snapshot(), result), Path(folder) / CHECKPOINT_FILE)
-            tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
+            torch.save(TrialCheckpoint(self._run_id, entry.snapshot(), self.last), Path(folder) / CHECKPOINT_FILE)
+            tune.report(self.last, checkpoint=tune.Checkpoint.from_directory(folder))
 
-    return report
+
+def _fail(tracker: tracking.Tracker, run_id: str | None, exc: BaseException, cause: str, last: dict) -> None:
+    """End a trial that failed as a retry would fail again: its run FAILED with the error (when it
+    has one), and one last result flagged FAILED_KEY, so Tune ends the trial without a retry."""
+    if run_id is not None:
+        tags = {tracking.ERROR: tracking.error_text(exc), tracking.FAILURE_CAUSE: cause}
+        try:
+            tracker.finish(run_id, tracking.FAILED, tags)
+        except (MlflowException, OSError):
+            pass  # a store on a full disk: the next sweep's orphan check ends the run
+    epoch = {"objective": last.get("objective", math.nan), EPOCH_KEY: last.get(EPOCH_KEY, 0)}
+    tune.report({**epoch, DONE_KEY: 0.0, FAILED_KEY: 1.0, CAUSE_KEY: cause})
 
 
 def run_trial(config: dict[str, Any], *, ctx: SweepContext) -> None:
     """Train one sampled configuration, logging to its own MLflow child run and reporting to Tune.
 
     A trial restored after a failure or a resumed sweep continues from its last epoch checkpoint
-    in the MLflow run it opened first, so no trial ever has two runs.
+    in the MLflow run it opened first, so no trial ever has two runs. A failure a retry would
+    repeat ends the trial FAILED at once (harness.sweep._failures).
     """
     # Ray logs a line per saved checkpoint, i.e. per epoch of every trial.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
@@ -213,12 +245,20 @@ def run_trial(config: dict[str, Any], *, ctx: SweepContext) -> None:
         # The trial had finished when the driver died; Tune only has to hear its last result again.
         tune.report(saved.metrics)
         return
-    spec = node_spec(ctx, config["baseline"], point, ctx.fold, node)
-    run_id = saved.run_id if saved else tracker.find_trial_run(ctx.experiment_id, ctx.parent_run_id, trial_id)
-    if run_id is None:
-        run_id = _start_trial_run(tracker, ctx, spec, point, trial_id)
-    tracker.record_attempt(run_id, node.node_id, node.ip)
-    fit_on_node(spec, ctx.plans[spec.baseline].gpu, _reporter(tracker, ctx, run_id), saved.state if saved else None)
+    run_id = saved.run_id if saved else None
+    reporter = None
+    try:
+        spec = node_spec(ctx, config["baseline"], point, ctx.fold, node)
+        run_id = run_id or tracker.find_trial_run(ctx.experiment_id, ctx.parent_run_id, trial_id)
+        run_id = run_id or _start_trial_run(tracker, ctx, spec, point, trial_id)
+        tracker.record_attempt(run_id, node.node_id, node.ip)
+        reporter = _TrialReporter(tracker, ctx, run_id)
+        fit_on_node(spec, ctx.plans[spec.baseline].gpu, reporter, saved.state if saved else None)
+    except Exception as exc:
+        cause = deterministic_cause(exc)
+        if cause is None:
+            raise
+        _fail(tracker, run_id, exc, cause, reporter.last if reporter else {})
 
 
 @dataclass(frozen=True)
@@ -236,6 +276,18 @@ class RunLink:
         if run_id is not None:
             tracker.set_tags(run_id, {tracking.OPTUNA_TRIAL: str(number)})
         return run_id
+
+
+def close_trial_run(tracker: tracking.Tracker, run_id: str, last: dict, stopped_by: str) -> None:
+    """End the run of a trial Tune saw complete with `last` as its last result: FINISHED when it
+    ended by itself, KILLED when `stopped_by` stopped it; a failed trial ended its run itself."""
+    if last.get(FAILED_KEY):
+        tracker.finish(run_id, tracking.FAILED, {tracking.FAILURE_CAUSE: str(last.get(CAUSE_KEY))})
+    elif last.get(DONE_KEY):
+        tracker.finish(run_id, tracking.FINISHED)
+    else:
+        epoch = str(last.get(EPOCH_KEY, 0))
+        tracker.finish(run_id, tracking.KILLED, {tracking.STOPPED_BY: stopped_by, "stopped_at_epoch": epoch})
 
 
 class CloseTrialRuns(tune.Callback):
@@ -264,12 +316,7 @@ class CloseTrialRuns(tune.Callback):
         run_id = tracker.find_trial_run(self._experiment_id, self._parent, trial.trial_id)
         if run_id is None:
             return
-        last = trial.last_result or {}
-        if last.get(DONE_KEY):
-            tracker.finish(run_id, tracking.FINISHED)
-        else:
-            epoch = str(last.get(EPOCH_KEY, 0))
-            tracker.finish(run_id, tracking.KILLED, {tracking.STOPPED_BY: self._stopped_by, "stopped_at_epoch": epoch})
+        close_trial_run(tracker, run_id, trial.last_result or {}, self._stopped_by)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         tracker = self._tracker()
@@ -288,17 +335,19 @@ class CloseTrialRuns(tune.Callback):
                 },
                 params={},
             )
-        tracker.finish(run_id, tracking.FAILED, {tracking.ERROR: _error_text(trial)})
+        tracker.finish(run_id, tracking.FAILED, _error_tags(trial))
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self._tracker().find_trial_run(self._experiment_id, self._parent, trial.trial_id)
         if run_id is not None:
             retries = trial.run_metadata.num_failures
-            self._tracker().set_tags(
-                run_id, {tracking.RETRIES: str(retries), f"retry_{retries}_error": _error_text(trial)}
-            )
+            error = _error_tags(trial)[tracking.ERROR]
+            self._tracker().set_tags(run_id, {tracking.RETRIES: str(retries), f"retry_{retries}_error": error})
 
 
-def _error_text(trial: Any) -> str:
-    """Return the last lines of a trial's error: the exception, not Ray's wrapping of it."""
-    return str(trial.get_error() or "unknown error")[-4000:]
+def _error_tags(trial: Any) -> dict[str, str]:
+    """Return the error and failure-cause tags of a trial Tune saw raise."""
+    error = trial.get_error()
+    if error is None:
+        return {tracking.ERROR: "unknown error", tracking.FAILURE_CAUSE: ERROR}
+    return {tracking.ERROR: tracking.error_text(error), tracking.FAILURE_CAUSE: failure_cause(error)}

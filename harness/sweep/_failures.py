@@ -1,0 +1,52 @@
+"""Why a trial failed, and which failures a retry would only repeat.
+
+A diverged loss, bad input, running out of memory and a full disk recur on every retry from the same
+checkpoint, so a trial that meets one ends FAILED at once: it closes its run with the error and
+reports one last result flagged FAILED_KEY instead of raising, since Tune retries every error a
+trial raises (up to `search.max_failures`). Lost nodes and killed workers are raised as usual and
+retried.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from ray.exceptions import NodeDiedError, RayActorError, WorkerCrashedError
+
+from harness.errors import InputError
+from harness.tracking import root_cause
+from harness.train import DivergedError
+
+DIVERGED, INPUT, OUT_OF_MEMORY, DISK_FULL = "diverged", "input", "out_of_memory", "disk_full"
+WORKER_LOST, ERROR = "worker_lost", "error"
+
+
+class TrialOutOfMemory(RuntimeError):
+    """The trial's batch did not fit in the memory it was given (a GPU share, or the host's)."""
+
+
+def deterministic_cause(exc: BaseException) -> str | None:
+    """Return the cause of a failure a retry would repeat (diverged, input, out_of_memory,
+    disk_full), else None."""
+    cause = root_cause(exc)
+    if isinstance(cause, DivergedError):
+        return DIVERGED
+    if isinstance(cause, InputError):
+        return INPUT
+    if isinstance(cause, (TrialOutOfMemory, MemoryError)):
+        return OUT_OF_MEMORY
+    # pyarrow's filesystem errors carry the errno in their message only, SQLite's in its own words.
+    full = ("No space left on device", "database or disk is full")
+    if getattr(cause, "errno", None) == errno.ENOSPC or any(words in str(cause) for words in full):
+        return DISK_FULL
+    return None
+
+
+def failure_cause(exc: BaseException) -> str:
+    """Return why a trial failed: a deterministic cause, worker_lost for a dead worker or node, else error."""
+    deterministic = deterministic_cause(exc)
+    if deterministic is not None:
+        return deterministic
+    if isinstance(root_cause(exc), (RayActorError, WorkerCrashedError, NodeDiedError)):
+        return WORKER_LOST
+    return ERROR
