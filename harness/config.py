@@ -168,6 +168,8 @@ class DatasetSpec(Strict):
     manifest: Path | None = None
     allow_subset: bool = False
     skip_bad: bool = False
+    # Refuse a non-RGB image instead of converting it (each is reported by path either way).
+    strict: bool = False
     edge_patches: Literal["pad", "drop"] = "pad"
     roi_dir: Path | None = None
     roi_fallback: Literal["none", "tissue"] = "none"

@@ -23,11 +23,25 @@ def check_mask(path: Path, image_size: tuple[int, int]) -> str | None:
         with Image.open(path) as im:
             im.load()
             width, height = im.size
+            colour = _colour_problem(im)
     except Exception as exc:  # PIL raises many types for damaged files
         return f"does not decode ({exc})"
+    if colour is not None:
+        return colour
     if abs(width / height - image_size[0] / image_size[1]) > 0.01:
         return f"is {width}x{height}, the image is {image_size[0]}x{image_size[1]} (expected the same aspect ratio)"
     return None
+
+
+def _colour_problem(im: Image.Image) -> str | None:
+    """Return why a mask's colour channels make it ambiguous, or None: a mask is single-channel,
+    and an RGB(A) mask is read only when its three colour channels are equal."""
+    if im.mode not in ("RGB", "RGBA"):
+        return None
+    pixels = np.asarray(im.convert("RGB"))
+    if (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all():
+        return None
+    return f"is {im.mode} with unequal colour channels (expected a single-channel PNG; which channel marks the RoI?)"
 
 
 def read_mask(path: str | Path, size: tuple[int, int]) -> np.ndarray:

@@ -48,7 +48,34 @@ def index_dataset(spec: DatasetSpec, *, show_progress: bool = False) -> tuple[pd
         result = breakhis.index_breakhis(
             spec.root, label=spec.label, group_by=spec.group_by, roi_dir=spec.roi_dir, **common
         )
-    return result.manifest, result.warnings + result.problems
+    return result.manifest, result.warnings + result.problems + _colour_modes(result.manifest, strict=spec.strict)
+
+
+# How each non-RGB colour mode becomes RGB in the caches: PIL's convert("RGB").
+CONVERSIONS = {
+    "L": "grey replicated to three channels",
+    "LA": "grey replicated to three channels, alpha dropped",
+    "RGBA": "alpha dropped",
+    "P": "palette colours looked up",
+    "CMYK": "converted by PIL's CMYK formula",
+}
+
+
+def _colour_modes(manifest: pd.DataFrame, *, strict: bool) -> list[str]:
+    """Return a warning per non-RGB image (flagged `mode_<M>` in the manifest) and their count;
+    with `strict`, raise InputError naming them instead."""
+    modes = manifest["flags"].str.extract(r"mode_([^;]+)", expand=False)
+    odd = manifest.assign(mode=modes)[modes.notna()]
+    if odd.empty:
+        return []
+    lines = [
+        f"{row.path}: colour mode {row.mode}, not RGB; {CONVERSIONS.get(row.mode, 'converted by PIL')} in the cache"
+        for row in odd.itertuples()
+    ]
+    if strict:
+        raise InputError("\n".join([f"{len(odd)} image(s) are not RGB (dataset.strict / --strict):", *lines]))
+    counts = ", ".join(f"{n} {mode}" for mode, n in odd["mode"].value_counts().items())
+    return lines + [f"{len(odd)} of {len(manifest):,} images are not RGB ({counts}); flagged mode_<M> in the manifest"]
 
 
 def index_key(spec: DatasetSpec) -> str:
