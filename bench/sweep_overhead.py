@@ -164,7 +164,7 @@ def main() -> None:
             )
     harness, bare = statistics.median(times["harness"]), statistics.median(times["bare"])
     print(
-        f"median wall time: harness {harness:.1f} s, bare Tune {bare:.1f} s; ratio harness/bare {harness / bare:.2f} "
+        f"median wall time: harness {harness:.3f} s, bare Tune {bare:.3f} s; ratio harness/bare {harness / bare:.2f} "
         f"(target <= 1.1)"
     )
 

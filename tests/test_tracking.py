@@ -38,7 +38,9 @@ def test_a_run_whose_block_raises_ends_failed_with_the_error_and_the_error_propa
         raise ValueError("bad batch")
     run = MlflowClient(tracker.uri).get_run(run_id)
     assert run.info.status == tracking.FAILED
-    assert run.data.tags[tracking.ERROR] == "ValueError('bad batch')"
+    error = run.data.tags[tracking.ERROR]
+    assert error.startswith("ValueError: bad batch\n\nTraceback (most recent call last):")
+    assert error.endswith("ValueError: bad batch")
 
 
 @pytest.mark.parametrize("stop", [KeyboardInterrupt, SystemExit])

@@ -17,8 +17,7 @@ def test_sweep_overhead_smoke_times_both_sides_on_the_trials_and_prints_the_rati
         [sys.executable, "bench/sweep_overhead.py", "--smoke"], cwd=REPO, capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    # The sweep also logs the majority and colour_forest floors under its run; the bare side gets
-    # the 2 trials only.
+    # Both sides train the same 2 trials (the bench runs the sweep without floors).
     assert re.search(
         r"^round 1: harness sweep [\d.]+ s, bare Tuner [\d.]+ s \(2 trials x 1 epochs each\)$",
         done.stdout,

@@ -1,0 +1,329 @@
+"""Faults a hostile but realistic user meets: bad paths, full and read-only disks, signals, a killed
+driver, diverging trials, two sweeps at once, odd colour modes and masks. Each case runs the real
+command on real files in a real process and checks the exit code, the one line it prints, and that
+every MLflow run it left is in a terminal state."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from PIL import Image
+
+from harness.data.synthetic import write_synthetic_idc
+from tests.conftest import REPO, experiment_dict, write_experiment
+
+HARNESS = [sys.executable, "-m", "harness"]
+TERMINAL = {"FINISHED", "KILLED", "FAILED"}
+
+
+@pytest.fixture(scope="module")
+def small_idc(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 6-patient synthetic IDC tree, the size of the issue's reproductions."""
+    return write_synthetic_idc(tmp_path_factory.mktemp("faults_idc"), patients=6, seed=4)
+
+
+def _experiment(path: Path, root: Path, out: Path, **sections) -> Path:
+    data = experiment_dict(
+        root,
+        out,
+        name="faults",
+        baselines=[{"name": "cancernet", "fixed": {"batch_size": 8}}],
+        search={"trials": 2, "max_epochs": 2, "grace_period": 2, "sampler": "random", "retrain": "none"},
+        floors=[],
+    )
+    data.update(sections)
+    return write_experiment(path, data)
+
+
+def _harness(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([*HARNESS, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def _error_lines(result: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+def _runs(out: Path, experiment: str = "faults") -> list:
+    database = out / "mlflow.db"
+    if not database.exists():
+        return []
+    client = MlflowClient(f"sqlite:///{database}")
+    found = client.get_experiment_by_name(experiment)
+    return client.search_runs([found.experiment_id]) if found else []
+
+
+def _all_terminal(out: Path) -> None:
+    states = {r.info.run_name: r.info.status for r in _runs(out)}
+    assert set(states.values()) <= TERMINAL, states
+
+
+def test_output_dir_under_a_regular_file_is_one_line_and_creates_nothing(tmp_path: Path, small_idc: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    path = _experiment(tmp_path / "x.yaml", small_idc, blocker / "results")
+    result = _harness("sweep", str(path))
+    assert result.returncode == 2
+    assert _error_lines(result) == [f"error: output_dir {blocker / 'results'}: {blocker} is a file, expected a folder"]
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "x.yaml"]
+
+
+def test_output_dir_under_proc_is_one_line(tmp_path: Path, small_idc: Path) -> None:
+    path = _experiment(tmp_path / "x.yaml", small_idc, Path("/proc/harness-results"))
+    result = _harness("train", str(path), "--baseline", "cancernet")
+    assert result.returncode == 2
+    (line,) = _error_lines(result)
+    assert line.startswith("error: output_dir /proc/harness-results: cannot write in /proc (")
+
+
+def test_index_out_naming_a_folder_is_one_line(tmp_path: Path, small_idc: Path) -> None:
+    result = _harness("data", "index", "--root", str(small_idc), "--allow-subset", "--out", str(tmp_path))
+    assert result.returncode == 2
+    assert _error_lines(result) == [f"error: --out {tmp_path}: is a folder, expected a file name"]
+
+
+def _mount_tmpfs(folder: Path, options: str) -> None:
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root and mount(8)")
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"this sandbox cannot mount a tmpfs: {done.stderr.decode().strip()}")
+
+
+@pytest.fixture()
+def mounts():
+    mounted: list[Path] = []
+    yield mounted
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def test_read_only_storage_path_stops_before_any_run(tmp_path: Path, small_idc: Path, mounts) -> None:
+    frozen = tmp_path / "ro"
+    _mount_tmpfs(frozen, "ro,size=10m")
+    mounts.append(frozen)
+    out = tmp_path / "out"
+    path = _experiment(tmp_path / "x.yaml", small_idc, out, storage_path=str(frozen / "ray"))
+    result = _harness("sweep", str(path))
+    assert result.returncode == 2
+    assert _error_lines(result) == [
+        f"error: storage_path {frozen / 'ray'}: cannot write in {frozen} (the filesystem is read-only)"
+    ]
+    assert _runs(out) == []
+
+
+def test_a_disk_too_small_for_the_cache_is_one_line_and_leaves_no_temporary_file(
+    tmp_path: Path, small_idc: Path, mounts
+) -> None:
+    small = tmp_path / "small"
+    _mount_tmpfs(small, "size=1m")
+    mounts.append(small)
+    (small / "filler").write_bytes(b"\0" * 900_000)
+    path = _experiment(tmp_path / "x.yaml", small_idc, small / "results")
+    result = _harness("sweep", str(path))
+    assert result.returncode == 2
+    (line,) = _error_lines(result)
+    assert line.startswith(f"error: patch cache in {small / 'results' / '_data' / 'cache'}: needs ")
+    assert "MB free" in line
+    assert not list(small.rglob("*.tmp"))
+    _all_terminal(small / "results")
+
+
+def test_reserving_a_cache_on_a_full_disk_raises_enospc_instead_of_sigbus(tmp_path: Path, mounts) -> None:
+    from harness.data.cache import _reserved_map
+
+    small = tmp_path / "small"
+    _mount_tmpfs(small, "size=1m")
+    mounts.append(small)
+    with pytest.raises(OSError) as raised:
+        _reserved_map(small / "big.npy", (400, 50, 50, 3))
+    assert raised.value.errno == 28
+
+
+def _wait_for(predicate, timeout: float = 300, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_after_the_first_checkpoint_ends_every_run_killed(
+    tmp_path: Path, small_idc: Path, signum: int, code: int
+) -> None:
+    out = tmp_path / "out"
+    path = _experiment(
+        tmp_path / "x.yaml",
+        small_idc,
+        out,
+        search={"trials": 2, "max_epochs": 6, "grace_period": 6, "sampler": "random", "retrain": "none"},
+    )
+    driver = subprocess.Popen(
+        [*HARNESS, "sweep", str(path)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    _wait_for(lambda: any((out / "faults" / "ray").rglob("checkpoint_*")), what="a trial checkpoint")
+    driver.send_signal(signum)
+    stdout, stderr = driver.communicate(timeout=300)
+    assert driver.returncode == code
+    assert f"interrupted; continue with: harness sweep {path} --resume" in stderr
+    assert "Tuner.restore" not in stdout + stderr
+    runs = _runs(out)
+    assert runs and {r.info.status for r in runs} == {"KILLED"}
+    assert {r.data.tags.get("interrupted") for r in runs} == {signal.Signals(signum).name}
+
+
+def test_a_diverging_trial_fails_at_once_and_an_all_failed_sweep_exits_1(tmp_path: Path, small_idc: Path) -> None:
+    out = tmp_path / "out"
+    path = _experiment(
+        tmp_path / "x.yaml",
+        small_idc,
+        out,
+        baselines=[{"name": "cancernet", "fixed": {"batch_size": 8, "lr": 1.0e30}}],
+        search={"trials": 2, "max_epochs": 2, "sampler": "random", "retrain": "none", "max_failures": 2},
+    )
+    result = _harness("sweep", str(path))
+    assert result.returncode == 1
+    assert _error_lines(result)[-1].startswith("error: every trial of sweep sweep-")
+    assert _error_lines(result)[-1].endswith("failed (2 diverged)")
+    trials = [r for r in _runs(out) if r.data.tags["run_type"] == "trial"]
+    assert len(trials) == 2
+    for run in trials:
+        assert run.info.status == "FAILED"
+        assert run.data.tags["failure_cause"] == "diverged"
+        assert run.data.tags["attempts"] == "1"  # never retried
+        error = run.data.tags["error"]
+        assert error.startswith("DivergedError: training loss became nan at epoch 1")
+        assert "\x1b[" not in error
+    _all_terminal(out)
+
+
+def test_two_sweeps_started_together_on_a_new_store_both_succeed(tmp_path: Path, small_idc: Path) -> None:
+    out = tmp_path / "out"
+    paths = [
+        _experiment(tmp_path / f"{name}.yaml", small_idc, out, name=name, search={"trials": 1, "max_epochs": 1})
+        for name in ("first", "second")
+    ]
+    drivers = [
+        subprocess.Popen([*HARNESS, "sweep", str(p)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for p in paths
+    ]
+    results = [d.communicate(timeout=600) for d in drivers]
+    assert [d.returncode for d in drivers] == [0, 0], [r[1][-2000:] for r in results]
+    for name in ("first", "second"):
+        assert {r.info.status for r in _runs(out, name)} == {"FINISHED"}
+
+
+def _idc_copy_with(tmp_path: Path, root: Path, mode: str) -> tuple[Path, Path]:
+    copy = tmp_path / "idc"
+    shutil.copytree(root, copy)
+    target = sorted(copy.rglob("*.png"))[0]
+    Image.open(target).convert(mode).save(target)
+    return copy, target
+
+
+@pytest.mark.parametrize(("mode", "rule"), [("L", "grey replicated to three channels"), ("RGBA", "alpha dropped")])
+def test_a_non_rgb_patch_is_reported_by_path_or_refused_with_strict(
+    tmp_path: Path, small_idc: Path, mode: str, rule: str
+) -> None:
+    root, odd = _idc_copy_with(tmp_path, small_idc, mode)
+    index = ["data", "index", "--root", str(root), "--allow-subset", "--out", str(tmp_path / "m.parquet")]
+    result = _harness(*index)
+    assert result.returncode == 0
+    warnings = " ".join(result.stderr.split())
+    assert f"{odd}: colour mode {mode}, not RGB; {rule} in the cache" in warnings
+    assert f"1 of {len(list(root.rglob('*.png'))):,} images are not RGB (1 {mode})" in warnings
+    assert f"mode_{mode}" in result.stdout
+    strict = _harness(*index, "--strict")
+    assert strict.returncode == 2
+    assert "1 image(s) are not RGB" in strict.stderr and str(odd) in strict.stderr
+
+
+def test_an_rgb_mask_with_unequal_channels_is_refused_by_path(tmp_path: Path, synthetic_bach) -> None:
+    root, masks = synthetic_bach
+    copy = tmp_path / "masks"
+    shutil.copytree(masks, copy)
+    mask = sorted(copy.glob("*.png"))[0]
+    grey = np.asarray(Image.open(mask).convert("L"))
+    Image.fromarray(np.stack([grey, np.zeros_like(grey), grey], -1)).save(mask)
+    result = _harness(
+        "data",
+        "index",
+        "--dataset",
+        "bach",
+        "--root",
+        str(root),
+        "--roi-dir",
+        str(copy),
+        "--allow-subset",
+        "--out",
+        str(tmp_path / "m.parquet"),
+    )
+    assert result.returncode == 2
+    assert f"RoI mask {mask}: is RGB with unequal colour channels" in " ".join(result.stderr.split())
+    equal = np.stack([grey] * 3, -1)
+    Image.fromarray(equal).save(mask)
+    accepted = _harness(
+        "data",
+        "index",
+        "--dataset",
+        "bach",
+        "--root",
+        str(root),
+        "--roi-dir",
+        str(copy),
+        "--allow-subset",
+        "--out",
+        str(tmp_path / "m.parquet"),
+    )
+    assert accepted.returncode == 0, accepted.stderr[-2000:]
+
+
+def test_a_killed_driver_leaves_orphans_that_the_next_sweep_ends_and_the_leaderboard_ignores(
+    tmp_path: Path, small_idc: Path
+) -> None:
+    out = tmp_path / "out"
+    path = _experiment(
+        tmp_path / "x.yaml",
+        small_idc,
+        out,
+        search={"trials": 2, "max_epochs": 6, "grace_period": 6, "sampler": "random", "retrain": "none"},
+    )
+    driver = subprocess.Popen(
+        [*HARNESS, "sweep", str(path)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    _wait_for(lambda: any((out / "faults" / "ray").rglob("checkpoint_*")), what="a trial checkpoint")
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    orphans = {r.info.run_id for r in _runs(out) if r.info.status == "RUNNING"}
+    assert orphans
+    short = _experiment(tmp_path / "x.yaml", small_idc, out, search={"trials": 1, "max_epochs": 1})
+    result = _harness("sweep", str(short))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "died without ending it" in " ".join(result.stdout.split())
+    runs = {r.info.run_id: r for r in _runs(out)}
+    for run_id in orphans:
+        assert runs[run_id].info.status == "KILLED"
+        assert runs[run_id].data.tags["orphaned"] == "true"
+    _all_terminal(out)
+    board = _harness("leaderboard", "faults", "--output-dir", str(out), "--no-html")
+    assert board.returncode == 0, board.stderr[-2000:]
+    summary = pd.read_csv(out / "faults" / "summary.csv")
+    # The new sweep's one trial: the orphaned ones are not counted.
+    assert summary.loc[summary.model == "cancernet", "trials"].item() == 1
