@@ -113,6 +113,12 @@ def start_server(
     env = {
         **os.environ,
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false"),
+        "MLFLOW_DISABLE_TELEMETRY": os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true"),
+        # SQLAlchemy's default pool (5 + 10 overflow per worker) answers a burst of trials with
+        # "QueuePool limit reached" after 30 s (bench/tracking_load.py); 2 workers x 40 stays
+        # within PostgreSQL's default 100 connections.
+        "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": os.environ.get("MLFLOW_SQLALCHEMYSTORE_POOL_SIZE", "20"),
+        "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": os.environ.get("MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW", "20"),
     }
     process = subprocess.Popen(
         server_command(backend_store_uri, artifacts_destination, host, port, workers, allowed_hosts),

@@ -38,6 +38,11 @@ T = TypeVar("T")
 # MLflow prints a "View run ... at: URL" line whenever a run ends against a server: once per trial,
 # fold and floor of a sweep. The sweep prints where to look once.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+# MLflow 3 sends usage telemetry over the network unless told not to; the harness runs offline.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# What a store under load answers while it is busy: retried (MLflow's client retries only 5xx and
+# 429, and the server returns a full connection pool as 400).
+TRANSIENT = ("locked", "QueuePool limit", "connection timed out")
 
 # Tag names shared by the sweep (writer) and the leaderboard (reader).
 PARENT = "mlflow.parentRunId"
@@ -97,12 +102,13 @@ FAILED = RunStatus.to_string(RunStatus.FAILED)
 
 
 def _retry(call: Callable[[], T], attempts: int = 8) -> T:
-    """Run an MLflow call, retrying with backoff while SQLite reports a lock from another writer."""
+    """Run an MLflow call, retrying with backoff while the store is busy (a SQLite lock held by
+    another writer, a server's full connection pool)."""
     for attempt in range(attempts):
         try:
             return call()
         except MlflowException as exc:
-            if "locked" not in str(exc) or attempt == attempts - 1:
+            if not any(words in str(exc) for words in TRANSIENT) or attempt == attempts - 1:
                 raise
             time.sleep(0.1 * 2**attempt)
     raise AssertionError("unreachable")
@@ -119,13 +125,17 @@ def root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
-def error_text(exc: BaseException) -> str:
+def error_text(exc: BaseException | str) -> str:
     """Return the plain text a FAILED run's `error` tag holds: the exception's type and message
     first, then the tail of its traceback (Ray's, for an error raised in a Ray worker), no colour
-    codes."""
-    cause = root_cause(exc)
-    head = _ANSI.sub("", f"{type(cause).__name__}: {cause}").strip()[: ERROR_LIMIT // 4]
-    trace = getattr(exc, "traceback_str", None) or "".join(traceback.format_exception(cause))
+    codes. Tune hands some errors over as their printed text only: its last line comes first then."""
+    if isinstance(exc, str):
+        lines = [line for line in _ANSI.sub("", exc).strip().splitlines() if line.strip()]
+        head, trace = (lines[-1] if lines else "unknown error")[: ERROR_LIMIT // 4], "\n".join(lines)
+    else:
+        cause = root_cause(exc)
+        head = _ANSI.sub("", f"{type(cause).__name__}: {cause}").strip()[: ERROR_LIMIT // 4]
+        trace = getattr(exc, "traceback_str", None) or "".join(traceback.format_exception(cause))
     room = ERROR_LIMIT - len(head) - 2
     return f"{head}\n\n{_ANSI.sub('', trace).strip()[-room:]}"
 

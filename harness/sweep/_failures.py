@@ -42,8 +42,12 @@ def deterministic_cause(exc: BaseException) -> str | None:
     return None
 
 
-def failure_cause(exc: BaseException) -> str:
-    """Return why a trial failed: a deterministic cause, worker_lost for a dead worker or node, else error."""
+def failure_cause(exc: BaseException | str) -> str:
+    """Return why a trial failed: a deterministic cause, worker_lost for a dead worker or node, else
+    error. An error Tune hands over as text only is read by the names in it."""
+    if isinstance(exc, str):
+        lost = ("RayActorError", "ActorDiedError", "WorkerCrashedError", "NodeDiedError")
+        return WORKER_LOST if any(name in exc for name in lost) else ERROR
     deterministic = deterministic_cause(exc)
     if deterministic is not None:
         return deterministic

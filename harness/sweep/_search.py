@@ -12,6 +12,8 @@ import math
 import pickle
 import warnings
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Callable
 
 import optuna
@@ -98,6 +100,18 @@ def optuna_storage(url: str) -> optuna.storages.RDBStorage:
         return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
 
 
+@contextmanager
+def _outside_optimize() -> Iterator[None]:
+    """Tell Optuna a trial's end outside `study.optimize`: the brute-force sampler calls
+    `study.stop()` after the last point of its grid, which raises there; Tune's own count of
+    suggestions ends the search instead."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if "Study.stop" not in str(exc):
+            raise
+
+
 class PruningAwareOptunaSearch(OptunaSearch):
     """OptunaSearch whose study holds what MLflow records: one intermediate value per epoch, the
     last included, and the last epoch's objective as the trial's value, COMPLETE for a trial that
@@ -146,21 +160,25 @@ class PruningAwareOptunaSearch(OptunaSearch):
         if trial_id in self._completed_trials:
             return
         if result and result.get(FAILED_KEY):
-            self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.FAIL, skip_if_finished=True)
+            with _outside_optimize():
+                self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.FAIL, skip_if_finished=True)
             self._completed_trials.add(trial_id)
             return
         if result and self.metric in result and EPOCH_KEY in result:
             self._record(trial_id, result)
         last = self._last.get(trial_id)
         if error or last is None:
-            super().on_trial_complete(trial_id, None, error)
+            with _outside_optimize():
+                super().on_trial_complete(trial_id, None, error)
             return
         trial = self._ot_trials[trial_id]
         if last.get(DONE_KEY):
-            self._ot_study.tell(trial, float(last[self.metric]), state=TrialState.COMPLETE, skip_if_finished=True)
+            with _outside_optimize():
+                self._ot_study.tell(trial, float(last[self.metric]), state=TrialState.COMPLETE, skip_if_finished=True)
         else:
             # Optuna gives a pruned trial its last intermediate value: this trial's last epoch.
-            self._ot_study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+            with _outside_optimize():
+                self._ot_study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
         self._completed_trials.add(trial_id)
 
 

@@ -142,9 +142,15 @@ def test_raising_and_diverging_trials_fail_with_their_errors(failing_sweep: str,
             assert "training loss became nan" in run.data.tags[tracking.ERROR]
         else:
             assert run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics
-        if run.info.status == "FAILED":
-            # max_failures 1: Tune retried each failed trial once, in the same MLflow run.
+        if batch == "1":
+            # max_failures 1: Tune retried the raising trial once, in the same MLflow run.
             assert run.data.tags[tracking.ATTEMPTS] == "2" and run.data.tags[tracking.RETRIES] == "1"
+            assert run.data.tags[tracking.FAILURE_CAUSE] == "error"
+        elif lr > 1:
+            # A diverged loss would diverge again: the trial ends FAILED at once, never retried.
+            assert run.data.tags[tracking.ATTEMPTS] == "1"
+            assert tracking.RETRIES not in run.data.tags
+            assert run.data.tags[tracking.FAILURE_CAUSE] == "diverged"
     assert "FAILED" in failing_sweep
     board = build_leaderboard(server.uri, "cluster-failures")
     assert board.table.loc[0, "failed"] == 4 and board.table.loc[0, "trials"] == 6
