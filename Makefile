@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 IDC_SAMPLE := ../shared/data/idc_sample
 SYNTHETIC_IDC := results/synthetic_idc
 
-.PHONY: demo test test-cluster lint browser clean
+.PHONY: demo test test-cluster lint browser postgresql clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,8 +46,18 @@ browser:
 		    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1; }; }; } || \
 		echo "chromium could not be installed: the HTML rendering test will skip"; }
 
-test-cluster: $(STAMP)
+test-cluster: $(STAMP) postgresql
 	$(BIN)/python -m pytest -m cluster
+
+# The tracking-load bench's PostgreSQL backend: Debian's server binaries, installed here when
+# missing and apt-get can (as root); otherwise that test skips and says why.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { \
+		echo "installing Debian's postgresql for the tracking-load bench"; \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		  { apt-get install -y -q --no-install-recommends postgresql >/dev/null 2>&1 || \
+		    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends postgresql >/dev/null 2>&1; }; }; } || \
+		echo "postgresql could not be installed: the tracking-load test's PostgreSQL case will skip"; }
 
 clean:
 	rm -rf results/mlflow.db results/mlartifacts results/_data results/demo results/synthetic_idc results/bench
