@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -115,9 +116,7 @@ def data_index(
         None, "--out", help="Manifest file; default results/_data/manifests/<dataset>-<hash>.parquet."
     ),
     allow_subset: bool = typer.Option(False, "--allow-subset", help="Accept a sample instead of the full release."),
-    skip_bad: bool = typer.Option(
-        False, "--skip-bad", help="Leave bad files out (each is reported) instead of failing."
-    ),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave bad files out (each is reported), not fail."),
     strict: bool = typer.Option(False, "--strict", help="Refuse non-RGB images instead of converting them."),
 ) -> None:
     """Walk a dataset, check every file, and write its parquet manifest."""
@@ -145,6 +144,11 @@ def data_index(
     change = note_change_since_last_index(manifest, index_key(spec), path.parent)
     for note in notes + ([change] if change else []):
         errors.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
+    _print_manifest(manifest, path, digest)
+
+
+def _print_manifest(manifest: Any, path: Path, digest: str) -> None:
+    """Print a manifest's images, patient groups, classes and flags, and where it was written."""
     counts = manifest.groupby("class_name").size().to_dict()
     flags = manifest["flags"].str.split(";").explode().loc[lambda f: f != ""].value_counts().to_dict()
     console.print(
@@ -278,6 +282,15 @@ StorageOption = typer.Option(
 ResumeOption = typer.Option(False, "--resume", help="Continue the newest interrupted sweep of this experiment.")
 
 
+def _embedded_ray_on_loopback() -> None:
+    """Keep a sweep's embedded Ray on 127.0.0.1 and its usage statistics off (unless the
+    environment says otherwise). Ray reads the first at import and swaps a loopback address for
+    the machine's network one, listening on every interface, unless it is 0."""
+    if "ray" not in sys.modules:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
 def _print_sweep(summary: SweepSummary) -> None:
     """Print a sweep's trial counts per baseline, its ensembles, floors, notes and where to look."""
     resumed = " (resumed)" if summary.resumed else ""
@@ -322,9 +335,11 @@ def sweep(
 ) -> None:
     """Tune every baseline of an experiment with Ray Tune, Optuna and ASHA, tracked in MLflow; then
     retrain each winner on every fold and ensemble the folds on the test set."""
+    config = _load(experiment, root, tracking_uri, output_dir, roi_dir, storage)
+    if address is None:
+        _embedded_ray_on_loopback()
     from harness.sweep import AllTrialsFailed, SweepInterrupted, run_sweep
 
-    config = _load(experiment, root, tracking_uri, output_dir, roi_dir, storage)
     try:
         summary = run_sweep(config, address=address, resume=resume, verbose=True)
     except AllTrialsFailed as failed:

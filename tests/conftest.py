@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 import yaml
@@ -75,3 +76,13 @@ def synthetic_breakhis(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from harness.data.synthetic import write_synthetic_breakhis
 
     return write_synthetic_breakhis(tmp_path_factory.mktemp("synthetic_breakhis"), size=(230, 350), seed=3)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `predicate` every second until it holds; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(1)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")

@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from harness.data.synthetic import write_synthetic_idc
-from tests.conftest import REPO, experiment_dict, write_experiment
+from tests.conftest import REPO, experiment_dict, wait_for, write_experiment
 
 HARNESS = [sys.executable, "-m", "harness"]
 TERMINAL = {"FINISHED", "KILLED", "FAILED"}
@@ -151,15 +150,6 @@ def test_reserving_a_cache_on_a_full_disk_raises_enospc_instead_of_sigbus(tmp_pa
     assert raised.value.errno == 28
 
 
-def _wait_for(predicate, timeout: float = 300, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_after_the_first_checkpoint_ends_every_run_killed(
     tmp_path: Path, small_idc: Path, signum: int, code: int
@@ -174,7 +164,7 @@ def test_a_signal_after_the_first_checkpoint_ends_every_run_killed(
     driver = subprocess.Popen(
         [*HARNESS, "sweep", str(path)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    _wait_for(lambda: any((out / "faults" / "ray").rglob("checkpoint_*")), what="a trial checkpoint")
+    wait_for(lambda: any((out / "faults" / "ray").rglob("checkpoint_*")), timeout=300, what="a trial checkpoint")
     driver.send_signal(signum)
     stdout, stderr = driver.communicate(timeout=300)
     assert driver.returncode == code
@@ -258,36 +248,12 @@ def test_an_rgb_mask_with_unequal_channels_is_refused_by_path(tmp_path: Path, sy
     mask = sorted(copy.glob("*.png"))[0]
     grey = np.asarray(Image.open(mask).convert("L"))
     Image.fromarray(np.stack([grey, np.zeros_like(grey), grey], -1)).save(mask)
-    result = _harness(
-        "data",
-        "index",
-        "--dataset",
-        "bach",
-        "--root",
-        str(root),
-        "--roi-dir",
-        str(copy),
-        "--allow-subset",
-        "--out",
-        str(tmp_path / "m.parquet"),
-    )
+    index = ["data", "index", "--dataset", "bach", "--root", str(root), "--roi-dir", str(copy), "--allow-subset"]
+    result = _harness(*index, "--out", str(tmp_path / "m.parquet"))
     assert result.returncode == 2
     assert f"RoI mask {mask}: is RGB with unequal colour channels" in " ".join(result.stderr.split())
-    equal = np.stack([grey] * 3, -1)
-    Image.fromarray(equal).save(mask)
-    accepted = _harness(
-        "data",
-        "index",
-        "--dataset",
-        "bach",
-        "--root",
-        str(root),
-        "--roi-dir",
-        str(copy),
-        "--allow-subset",
-        "--out",
-        str(tmp_path / "m.parquet"),
-    )
+    Image.fromarray(np.stack([grey] * 3, -1)).save(mask)
+    accepted = _harness(*index, "--out", str(tmp_path / "m.parquet"))
     assert accepted.returncode == 0, accepted.stderr[-2000:]
 
 
@@ -308,7 +274,7 @@ def test_a_killed_driver_leaves_orphans_that_the_next_sweep_ends_and_the_leaderb
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    _wait_for(lambda: any((out / "faults" / "ray").rglob("checkpoint_*")), what="a trial checkpoint")
+    wait_for(lambda: any((out / "faults" / "ray").rglob("checkpoint_*")), timeout=300, what="a trial checkpoint")
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
     orphans = {r.info.run_id for r in _runs(out) if r.info.status == "RUNNING"}

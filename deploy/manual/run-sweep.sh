@@ -29,6 +29,9 @@ command -v harness >/dev/null || { echo "error: 'harness' not on PATH; activate 
 
 # A driver joining by HOST:6379 or ray:// does not switch auth on by itself.
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
+export RAY_USAGE_STATS_ENABLED=${RAY_USAGE_STATS_ENABLED:-0}
+# A head on loopback (docs/cluster.md, "Try it on one machine first"): the driver stays there too.
+if [[ $HEAD_ADDRESS == 127.0.0.1:* ]]; then export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0; fi
 
 exec harness sweep "$experiment" --address "$HEAD_ADDRESS" --tracking-uri "$TRACKING_URI" \
   --storage "${STORAGE:-$SHARED_DIR/ray}" --output-dir "${OUTPUT_DIR:-$SHARED_DIR/results}" "$@"

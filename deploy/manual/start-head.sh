@@ -11,7 +11,8 @@ Starts a Ray head on this machine (run it with the project's venv active). Envir
                        (default ~/.ray/auth_token); or RAY_AUTH_TOKEN, the token itself
   HEAD_PORT            GCS port workers join on (default 6379)
   NUM_CPUS, NUM_GPUS   what this node offers to trials (default: what Ray detects)
-  NODE_IP              address to advertise (default: Ray's choice)
+  NODE_IP              address to advertise and listen on (default: Ray's choice, this machine's
+                       network address); 127.0.0.1 keeps the whole cluster on this machine
   DASHBOARD_HOST       interface the dashboard binds to (default 127.0.0.1: reach it by SSH tunnel;
                        0.0.0.0 exposes it, and it asks for the token)
   DASHBOARD_PORT       (default 8265)
@@ -24,6 +25,12 @@ case ${1:-} in
   *) usage >&2; exit 2 ;;
 esac
 command -v ray >/dev/null || { echo "error: 'ray' not on PATH; activate the project's venv first" >&2; exit 2; }
+
+# Ray reports usage statistics unless told not to; opt in with RAY_USAGE_STATS_ENABLED=1.
+export RAY_USAGE_STATS_ENABLED=${RAY_USAGE_STATS_ENABLED:-0}
+# Ray swaps a loopback NODE_IP for the machine's network address, and listens on every interface,
+# unless this is 0: a single-host cluster on 127.0.0.1 then stays on loopback.
+if [[ ${NODE_IP:-} == 127.0.0.1 ]]; then export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0; fi
 
 # Set explicitly so a missing token is an error, not a cluster that silently runs without auth.
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}

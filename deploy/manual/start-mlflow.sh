@@ -6,8 +6,10 @@ usage() {
   cat <<'USAGE'
 usage: SHARED_DIR=/shared/histo deploy/manual/start-mlflow.sh
 
-Runs `harness server` in the foreground on 0.0.0.0 (use tmux/screen; Ctrl-C stops it). Environment:
+Runs `harness server` in the foreground (use tmux/screen; Ctrl-C stops it). Environment:
   SHARED_DIR                    required; the database and artifacts go under $SHARED_DIR/mlflow
+  MLFLOW_HOST                   interface to listen on (default 127.0.0.1: this machine only);
+                                the head's address, or 0.0.0.0, for trials on other nodes
   MLFLOW_BACKEND_STORE_URI      default sqlite:///$SHARED_DIR/mlflow/mlflow.db;
                                 postgresql://user:pw@host/db for many concurrent trials
   MLFLOW_PORT                   default 5000
@@ -31,6 +33,6 @@ mkdir -p "$SHARED_DIR/mlflow/artifacts"
 private="localhost:*,127.0.0.1:*,10.*,172.1[6-9].*,172.2[0-9].*,172.3[01].*,192.168.*"
 export MLFLOW_SERVER_ALLOWED_HOSTS=${MLFLOW_SERVER_ALLOWED_HOSTS:-$(hostname -s):$port,$(hostname -f):$port,$private}
 
-exec harness server --host 0.0.0.0 --port "$port" \
+exec harness server --host "${MLFLOW_HOST:-127.0.0.1}" --port "$port" \
   --backend-store-uri "${MLFLOW_BACKEND_STORE_URI:-sqlite:///$SHARED_DIR/mlflow/mlflow.db}" \
   --artifacts-destination "$SHARED_DIR/mlflow/artifacts"

@@ -11,6 +11,7 @@ Starts a Ray worker node (run it with the project's venv active). Environment:
   RAY_AUTH_TOKEN_PATH  the head's token file (default ~/.ray/auth_token); or RAY_AUTH_TOKEN
   NUM_CPUS, NUM_GPUS   what this node offers to trials (default: what Ray detects)
   NODE_IP              address to advertise (default: Ray's choice)
+  JOIN_TIMEOUT         seconds to wait for the head (default 60)
   HARNESS_DATA_DIR     only where the shared filesystem is mounted elsewhere than on the driver:
                        this node's path to the driver's <output_dir>/_data
 USAGE
@@ -37,5 +38,14 @@ if [[ -n ${NUM_CPUS:-} ]]; then args+=(--num-cpus "$NUM_CPUS"); fi
 if [[ -n ${NUM_GPUS:-} ]]; then args+=(--num-gpus "$NUM_GPUS"); fi
 if [[ -n ${NODE_IP:-} ]]; then args+=(--node-ip-address "$NODE_IP"); fi
 
+export RAY_USAGE_STATS_ENABLED=${RAY_USAGE_STATS_ENABLED:-0}
+if [[ ${NODE_IP:-} == 127.0.0.1 ]]; then export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0; fi
+
 # Trials are processes of this node's raylet and inherit its environment, HARNESS_DATA_DIR included.
-ray start "${args[@]}"
+# `ray start` retries an unreachable head for minutes, printing only warnings: bound the wait.
+wait=${JOIN_TIMEOUT:-60}
+if ! timeout "$wait" ray start "${args[@]}" >"${TMPDIR:-/tmp}/ray-start-worker.log" 2>&1; then
+  echo "error: could not join the Ray head at $HEAD_ADDRESS within ${wait} s (is it up, reachable, and is this the head's token?); see ${TMPDIR:-/tmp}/ray-start-worker.log" >&2
+  exit 1
+fi
+tail -n 3 "${TMPDIR:-/tmp}/ray-start-worker.log"

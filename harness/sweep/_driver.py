@@ -124,6 +124,7 @@ def _ray(address: str | None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # opt in with 1
     # "local" rather than None: a killed driver can leave a stale cluster address behind, which a
     # plain ray.init() would try to join.
     ray.init(address=address or "local", include_dashboard=False, configure_logging=False)
