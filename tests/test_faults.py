@@ -44,6 +44,12 @@ def _experiment(path: Path, root: Path, out: Path, **sections) -> Path:
     return write_experiment(path, data)
 
 
+def _long_experiment(tmp_path: Path, root: Path, out: Path) -> Path:
+    """Two trials of six epochs: time to act on a sweep after its first checkpoint."""
+    search = {"trials": 2, "max_epochs": 6, "grace_period": 6, "sampler": "random", "retrain": "none"}
+    return _experiment(tmp_path / "x.yaml", root, out, search=search)
+
+
 def _harness(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run([*HARNESS, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
@@ -155,12 +161,7 @@ def test_a_signal_after_the_first_checkpoint_ends_every_run_killed(
     tmp_path: Path, small_idc: Path, signum: int, code: int
 ) -> None:
     out = tmp_path / "out"
-    path = _experiment(
-        tmp_path / "x.yaml",
-        small_idc,
-        out,
-        search={"trials": 2, "max_epochs": 6, "grace_period": 6, "sampler": "random", "retrain": "none"},
-    )
+    path = _long_experiment(tmp_path, small_idc, out)
     driver = subprocess.Popen(
         [*HARNESS, "sweep", str(path)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -261,12 +262,7 @@ def test_a_killed_driver_leaves_orphans_that_the_next_sweep_ends_and_the_leaderb
     tmp_path: Path, small_idc: Path
 ) -> None:
     out = tmp_path / "out"
-    path = _experiment(
-        tmp_path / "x.yaml",
-        small_idc,
-        out,
-        search={"trials": 2, "max_epochs": 6, "grace_period": 6, "sampler": "random", "retrain": "none"},
-    )
+    path = _long_experiment(tmp_path, small_idc, out)
     driver = subprocess.Popen(
         [*HARNESS, "sweep", str(path)],
         cwd=REPO,
