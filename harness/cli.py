@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from harness.config import TABLE_LAYOUTS
-from harness.errors import InputError
+from harness.errors import InputError, disk_full
 
 if TYPE_CHECKING:
     from harness.config import LeaderboardSpec
@@ -38,17 +38,6 @@ errors = Console(stderr=True)
 FILESYSTEM_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR}
 
 
-def _disk_full(exc: BaseException) -> bool:
-    """Return True when `exc`, or an error it was raised from, says the disk (or SQLite file) is full."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if getattr(exc, "errno", None) == errno.ENOSPC or "database or disk is full" in str(exc):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """Turn InputError, and a filesystem error on a path, into one line on stderr and exit code 2."""
 
@@ -63,7 +52,7 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             message = f"{exc.filename or 'a file'}: {exc.strerror}"
         except Exception as exc:
-            if not _disk_full(exc):
+            if not disk_full(exc):
                 raise
             message = (
                 f"no space left on the device ({type(exc).__name__}); runs left RUNNING are ended "
@@ -283,12 +272,11 @@ ResumeOption = typer.Option(False, "--resume", help="Continue the newest interru
 
 
 def _embedded_ray_on_loopback() -> None:
-    """Keep a sweep's embedded Ray on 127.0.0.1 and its usage statistics off (unless the
-    environment says otherwise). Ray reads the first at import and swaps a loopback address for
-    the machine's network one, listening on every interface, unless it is 0."""
+    """Keep a sweep's embedded Ray on 127.0.0.1 (unless the environment says otherwise). Ray reads
+    this at import and swaps a loopback address for the machine's network one, listening on every
+    interface, unless it is 0."""
     if "ray" not in sys.modules:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 def _print_sweep(summary: SweepSummary) -> None:

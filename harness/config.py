@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 import baselines
-from harness.data.catalog import DatasetTraits, dataset_traits
+from harness.data.catalog import DatasetTraits, MaskSource, dataset_traits
 from harness.errors import InputError
 
 SEARCH_SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
@@ -204,7 +204,7 @@ class DatasetSpec(Strict):
         return self
 
     @property
-    def mask_source(self) -> Literal["none", "files", "tissue"]:
+    def mask_source(self) -> MaskSource:
         """Return where the RoI masks come from: a folder of files, the tissue fallback, or nowhere."""
         return "files" if self.roi_dir is not None else ("tissue" if self.roi_fallback == "tissue" else "none")
 

@@ -1,7 +1,26 @@
-"""The one exception type for bad user input; the CLI turns it into one line and exit code 2."""
+"""The one exception type for bad user input, which the CLI turns into one line and exit code 2,
+and how to recognise the one environmental failure it reports the same way: a full disk."""
 
 from __future__ import annotations
+
+import errno
 
 
 class InputError(Exception):
     """Bad input from the user: a file, key or value, and what was expected."""
+
+
+# pyarrow's filesystem errors carry the errno in their message only, SQLite's in its own words.
+_DISK_FULL_WORDS = ("No space left on device", "database or disk is full")
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Return True when `exc`, an error it was raised from, or one a Ray wrapper carries (`cause`)
+    says the disk, or a SQLite file on it, is full."""
+    seen: set[int] = set()
+    while isinstance(exc, BaseException) and id(exc) not in seen:
+        seen.add(id(exc))
+        if getattr(exc, "errno", None) == errno.ENOSPC or any(words in str(exc) for words in _DISK_FULL_WORDS):
+            return True
+        exc = exc.__cause__ or exc.__context__ or getattr(exc, "cause", None)
+    return False

@@ -28,12 +28,17 @@ class ExperimentSetup:
     notes: list[str]
 
 
-def set_up(config: ExperimentConfig, *, show_progress: bool = False) -> ExperimentSetup:
+def set_up(config: ExperimentConfig, *, show_progress: bool = False, sweep: bool = False) -> ExperimentSetup:
     """Index (or load), split and cache the data, then open the MLflow experiment; returns both.
 
-    Everything that can reject the input runs before the first file is written.
+    Everything that can reject the input runs before the first file is written, starting with the
+    folders the command writes to (a `sweep` also writes Tune's storage and the Optuna store).
     """
-    check_outputs(output_dir=config.output_dir, stores=(config.resolved_tracking_uri(),))
+    check_outputs(
+        output_dir=config.output_dir,
+        storage_path=config.resolved_storage_path() if sweep else None,
+        stores=(config.resolved_tracking_uri(), *([config.resolved_optuna_storage()] if sweep else [])),
+    )
     manifest, notes = load_or_index(config.dataset, show_progress=show_progress)
     data = prepare(
         manifest, config.dataset, config.protocol, config.output_dir.resolve() / "_data", show_progress=show_progress
@@ -120,8 +125,9 @@ def log_epoch(
     if report.test is not None:
         logged.setdefault(report.best_epoch, {}).update({f"test_{k}": v for k, v in report.test.metrics.items()})
         tracker.log_evaluation(run_id, "test", report.test, class_names)
-    for step, values in sorted(logged.items()) if log_metrics else ():
-        tracker.log_metrics(run_id, values, step=step)
+    if log_metrics:
+        for step, values in sorted(logged.items()):
+            tracker.log_metrics(run_id, values, step=step)
     return metrics
 
 

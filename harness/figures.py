@@ -7,6 +7,7 @@ matplotlib's import and figure set-up cost a trial several times what Pillow tak
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,6 +39,7 @@ def pyplot():
     return plt
 
 
+@functools.cache
 def _font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)
 

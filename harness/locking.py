@@ -20,6 +20,18 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@contextmanager
+def store_lock(url: str) -> Iterator[None]:
+    """Hold the lock beside a SQLite store (`<file>.lock`) for the block, while its schema is
+    created or upgraded; any other store needs none (its server serialises that)."""
+    database = sqlite_path(url)
+    if database is None:
+        yield
+        return
+    with file_lock(database.with_name(database.name + ".lock")):
+        yield
+
+
 def sqlite_path(url: str) -> Path | None:
     """Return the database file of a `sqlite:///` URL, None for any other store."""
     return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None

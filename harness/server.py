@@ -12,6 +12,7 @@ from pathlib import Path
 import requests
 
 from harness.errors import InputError
+from harness.locking import sqlite_path
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
@@ -103,8 +104,9 @@ def start_server(
 ) -> ServerProcess:
     """Start `mlflow server` and return once /health answers (a new SQLite store migrates its schema
     first, which takes tens of seconds); raises RuntimeError with the log's tail if it never does."""
-    if backend_store_uri.startswith("sqlite:///"):
-        Path(backend_store_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    database = sqlite_path(backend_store_uri)
+    if database is not None:
+        database.parent.mkdir(parents=True, exist_ok=True)
     artifacts_destination.mkdir(parents=True, exist_ok=True)
     log = log or artifacts_destination.parent / f"mlflow-server-{port}.log"
     handle = log.open("w")

@@ -27,7 +27,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 
 from harness.figures import confusion_png, gallery_png
-from harness.locking import file_lock, sqlite_path
+from harness.locking import sqlite_path, store_lock
 
 if TYPE_CHECKING:
     # Only a type here: a process that only logs (a tracking-load writer, a driver callback) need
@@ -173,9 +173,9 @@ def environment_tags() -> dict[str, str]:
 
 def default_artifact_location(tracking_uri: str, experiment: str) -> str | None:
     """Return an absolute artifact folder beside a SQLite store; a server chooses its own (None)."""
-    if not tracking_uri.startswith("sqlite:///"):
+    database = sqlite_path(tracking_uri)
+    if database is None:
         return None
-    database = Path(tracking_uri.removeprefix("sqlite:///"))
     return (database.parent / "mlartifacts" / experiment).resolve().as_uri()
 
 
@@ -377,10 +377,7 @@ def open_store(tracking_uri: str) -> Tracker:
     """Return this process's Tracker of `tracking_uri` with its store ready: a SQLite file's schema
     is created or upgraded under a lock beside it, since two processes creating it at once race
     MLflow's table creation ("table ... already exists")."""
-    database = sqlite_path(tracking_uri)
-    if database is None:
-        return tracker_for(tracking_uri)
-    with file_lock(database.with_name(database.name + ".lock")):
+    with store_lock(tracking_uri):
         tracker = tracker_for(tracking_uri)
         _retry(lambda: tracker.client.search_experiments(max_results=1))
     return tracker

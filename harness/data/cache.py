@@ -6,14 +6,13 @@ to the working resolution, stain-normalised and packed with their RoI masks.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -21,25 +20,30 @@ from numpy.lib.format import open_memmap
 from PIL import Image
 from rich.progress import track
 
-from harness.errors import InputError
+from harness.errors import InputError, disk_full
 from harness.preflight import room_for
 
+from .catalog import MaskSource
 from .masks import read_mask, tissue_fallback_mask
-
-MaskSource = Literal["none", "files", "tissue"]
 
 
 @contextmanager
-def _building(*paths: Path, what: str) -> Iterator[None]:
-    """Remove the temporary `paths` when the block fails, however; a full disk becomes one line."""
+def _building(*paths: Path | None, what: str) -> Iterator[None]:
+    """Remove the temporary `paths` (None: none) when the block fails, however; a full disk becomes
+    one line."""
     try:
         yield
     except BaseException as exc:
-        for path in paths:
+        for path in filter(None, paths):
             path.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        if disk_full(exc):
             raise InputError(f"{what}: no space left on the device while writing the cache") from None
         raise
+
+
+def _temporary(path: Path | None) -> Path | None:
+    """Return where `path` is written before it is moved in place (hidden, one per process)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp") if path is not None else None
 
 
 def _reserved_map(path: Path, shape: tuple[int, ...]) -> np.memmap:
@@ -83,8 +87,7 @@ def build_patch_cache(
     shape = (len(manifest), patch_size, patch_size, 3)
     room_for(cache_dir, int(np.prod(shape)), "patch cache in")
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    meta_tmp = meta_path.with_name(f".{meta_path.name}.{os.getpid()}.tmp")
+    tmp, meta_tmp = _temporary(path), _temporary(meta_path)
     with _building(tmp, meta_tmp, what=str(path)):
         array = _reserved_map(tmp, shape)
         padded = []
@@ -173,9 +176,8 @@ def build_image_cache(
     n = len(manifest)
     room_for(cache_dir, n * size[0] * size[1] * (3 + (mask_path is not None)), "image cache in")
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp, meta_tmp = (p.with_name(f".{p.name}.{os.getpid()}.tmp") for p in (path, meta_path))
-    mask_tmp = mask_path.with_name(f".{mask_path.name}.{os.getpid()}.tmp") if mask_path is not None else None
-    with _building(*(p for p in (tmp, mask_tmp, meta_tmp) if p is not None), what=str(path)):
+    tmp, meta_tmp, mask_tmp = _temporary(path), _temporary(meta_path), _temporary(mask_path)
+    with _building(tmp, mask_tmp, meta_tmp, what=str(path)):
         array = _reserved_map(tmp, (n, *size, 3))
         mask_array = _reserved_map(mask_tmp, (n, *size)) if mask_tmp is not None else None
         unnormalised = _fill_images(

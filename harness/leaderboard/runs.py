@@ -238,9 +238,8 @@ def _on_split(runs: pd.DataFrame, experiments: list[str], split_hash: str, uri: 
     """Return the trial (and floor) runs made on `split_hash`, and a note on those left out."""
     # A floor's run stands where a baseline's trials stand: one per floor, with the same metrics. A
     # run its dead driver left RUNNING (orphaned) was never a whole trial.
-    counted = runs.run_type.isin([RunType.TRIAL, RunType.FLOOR]) & ~runs.orphaned if not runs.empty else None
-    trials = runs[counted] if counted is not None else runs
     names = ", ".join(map(repr, experiments))
+    trials = runs if runs.empty else runs[runs.run_type.isin([RunType.TRIAL, RunType.FLOOR]) & ~runs.orphaned]
     if trials.empty:
         raise InputError(f"experiment {names} has no trial runs in {uri}")
     notes = []

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from harness.config import TABLE_LAYOUTS, LeaderboardSpec, load_experiment
 from harness.errors import InputError
+from harness.locking import sqlite_path
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ def _named_store(names: tuple[str, ...], tracking_uri: str | None, output_dir: P
         raise InputError("name an experiment: an experiment file, an MLflow experiment, or --experiment NAME")
     out = (output_dir or Path("results")).resolve()
     uri = tracking_uri or f"sqlite:///{out / 'mlflow.db'}"
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+    database = sqlite_path(uri)
+    if database is not None and not database.is_file():
         raise InputError(f"{uri}: no MLflow store there (run `harness sweep` first, or pass --tracking-uri)")
     return uri, out / "+".join(names)

@@ -28,7 +28,6 @@ from harness import tracking
 from harness.config import ExperimentConfig, ResourcesSpec
 from harness.errors import InputError
 from harness.experiment import ExperimentSetup, set_up
-from harness.preflight import check_outputs
 from harness.server import check_reachable
 
 from ._failures import failure_cause
@@ -54,14 +53,26 @@ class BaselineOutcome:
     trials: int = 0
     finished: int = 0
     stopped_early: int = 0
-    failed: int = 0
     failures: Counter = field(default_factory=Counter)
+
+    @property
+    def failed(self) -> int:
+        """Return how many of the baseline's trials failed, whatever the cause."""
+        return sum(self.failures.values())
+
+    def counts(self) -> dict[str, int]:
+        """Return the trial counts as the parent run logs them (sweep_<count>)."""
+        return {
+            "trials": self.trials,
+            "finished": self.finished,
+            "stopped_early": self.stopped_early,
+            "failed": self.failed,
+        }
 
     def add(self, metrics: dict, error: BaseException | None) -> None:
         """Count one trial from its last result and the error Tune saw it raise (None if none)."""
         self.trials += 1
         if error is not None or metrics.get(FAILED_KEY):
-            self.failed += 1
             self.failures[metrics.get(CAUSE_KEY) or failure_cause(error)] += 1
         elif metrics.get(DONE_KEY):
             self.finished += 1
@@ -340,7 +351,7 @@ def _log_counts(tracker: tracking.Tracker, summary: SweepSummary) -> None:
     """Log the sweep's trial counts over all baselines and its wall time on the parent run."""
     counts = Counter()
     for outcome in summary.baselines.values():
-        counts.update({k: v for k, v in vars(outcome).items() if k != "failures"})
+        counts.update(outcome.counts())
     metrics = {f"sweep_{k}": v for k, v in counts.items()} | {"wall_seconds": summary.wall_seconds}
     tracker.log_metrics(summary.parent_run_id, metrics, step=0)
 
@@ -357,16 +368,11 @@ def run_sweep(
     started = time.perf_counter()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     check_reachable(config.resolved_tracking_uri())
-    check_outputs(
-        output_dir=config.output_dir,
-        storage_path=config.resolved_storage_path(),
-        stores=(config.resolved_tracking_uri(), config.resolved_optuna_storage()),
-    )
     previous = interrupted_sweep(config, config.resolved_storage_path()) if resume else None
     with catching_interrupts() as interrupts:
         # Data, the tracking store and the Optuna storage are ready (the stores created under file
         # locks: two sweeps may start together) before Ray starts.
-        setup = set_up(config, show_progress=verbose)
+        setup = set_up(config, show_progress=verbose, sweep=True)
         optuna_storage(config.resolved_optuna_storage())
         _tune_environment()
         try:

@@ -9,11 +9,9 @@ retried.
 
 from __future__ import annotations
 
-import errno
-
 from ray.exceptions import NodeDiedError, RayActorError, WorkerCrashedError
 
-from harness.errors import InputError
+from harness.errors import InputError, disk_full
 from harness.tracking import root_cause
 from harness.train import DivergedError
 
@@ -35,9 +33,7 @@ def deterministic_cause(exc: BaseException) -> str | None:
         return INPUT
     if isinstance(cause, (TrialOutOfMemory, MemoryError)):
         return OUT_OF_MEMORY
-    # pyarrow's filesystem errors carry the errno in their message only, SQLite's in its own words.
-    full = ("No space left on device", "database or disk is full")
-    if getattr(cause, "errno", None) == errno.ENOSPC or any(words in str(cause) for words in full):
+    if disk_full(exc):
         return DISK_FULL
     return None
 

@@ -79,7 +79,6 @@ def _train_fold(ctx: SweepContext, winner: Winner, fold: int) -> FoldOutcome:
     """Fit the winner's point on `fold` as one MLflow run; returns the run id and test predictions."""
     node = current_node()
     spec = node_spec(ctx, winner.baseline, winner.point, fold, node)
-    plan = ctx.plans[winner.baseline]
     tracker = tracking.tracker_for(ctx.tracking_uri)
     with tracker.run(
         ctx.experiment_id,
@@ -87,23 +86,18 @@ def _train_fold(ctx: SweepContext, winner: Winner, fold: int) -> FoldOutcome:
         run_type=RunType.FOLD,
         parent=winner.run_id,
         tags={
-            **ctx.tags,
-            tracking.BASELINE: winner.baseline,
-            tracking.FOLD: str(fold),
+            **ctx.run_tags(spec),
             tracking.WINNER: winner.trial_id,
-            tracking.OBJECTIVE: ctx.objective,
-            tracking.PRETRAINED: str(spec.pretrained or "none"),
             tracking.NODE_ID: node.node_id,
             tracking.NODE_IP: node.ip,
-            **plan.resource_tags(),
         },
-        params={**plan.fixed, **winner.point, "epochs": spec.epochs, **spec.protocol_params},
+        params=ctx.run_params(spec, winner.point),
     ) as run_id:
 
         def report(entry: EpochReport) -> None:
             log_epoch(tracker, run_id, entry, objective=ctx.objective, class_names=ctx.class_names)
 
-        result = fit_on_node(spec, plan.gpu, report)
+        result = fit_on_node(spec, ctx.plans[winner.baseline].gpu, report)
     assert result.test is not None, "retraining needs a test set (protocol.test_fraction > 0)"
     return run_id, result.test.predictions
 

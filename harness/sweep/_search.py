@@ -24,7 +24,7 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from harness.config import Distribution, SearchSpace
-from harness.locking import file_lock, sqlite_path
+from harness.locking import sqlite_path, store_lock
 
 from ._keys import DONE_KEY, EPOCH_KEY, FAILED_KEY
 
@@ -93,11 +93,9 @@ def start_points(space: SearchSpace, warm: list[dict[str, Any]]) -> list[dict[st
 def optuna_storage(url: str) -> optuna.storages.RDBStorage:
     """Return the RDB storage at `url`, waiting on a SQLite lock instead of failing at once; a
     SQLite file's tables are created under a file lock beside it (two sweeps may start together)."""
-    database = sqlite_path(url)
-    if database is None:
-        return optuna.storages.RDBStorage(url)
-    with file_lock(database.with_name(database.name + ".lock")):
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    engine = {"connect_args": {"timeout": 60}} if sqlite_path(url) else {}
+    with store_lock(url):
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine)
 
 
 @contextmanager
@@ -160,9 +158,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
         if trial_id in self._completed_trials:
             return
         if result and result.get(FAILED_KEY):
-            with _outside_optimize():
-                self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.FAIL, skip_if_finished=True)
-            self._completed_trials.add(trial_id)
+            self._tell(trial_id, TrialState.FAIL)
             return
         if result and self.metric in result and EPOCH_KEY in result:
             self._record(trial_id, result)
@@ -171,14 +167,16 @@ class PruningAwareOptunaSearch(OptunaSearch):
             with _outside_optimize():
                 super().on_trial_complete(trial_id, None, error)
             return
-        trial = self._ot_trials[trial_id]
         if last.get(DONE_KEY):
-            with _outside_optimize():
-                self._ot_study.tell(trial, float(last[self.metric]), state=TrialState.COMPLETE, skip_if_finished=True)
+            self._tell(trial_id, TrialState.COMPLETE, float(last[self.metric]))
         else:
             # Optuna gives a pruned trial its last intermediate value: this trial's last epoch.
-            with _outside_optimize():
-                self._ot_study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+            self._tell(trial_id, TrialState.PRUNED)
+
+    def _tell(self, trial_id: str, state: TrialState, value: float | None = None) -> None:
+        """Tell Optuna, once, how the trial ended."""
+        with _outside_optimize():
+            self._ot_study.tell(self._ot_trials[trial_id], value, state=state, skip_if_finished=True)
         self._completed_trials.add(trial_id)
 
 

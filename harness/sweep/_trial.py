@@ -67,6 +67,22 @@ class SweepContext:
     semantics: str
     bn_recalibration: bool
 
+    def run_tags(self, spec: RunSpec) -> dict[str, str]:
+        """Return the tags of a run that fits `spec` (a trial, or a winner on one fold)."""
+        return {
+            **self.tags,
+            tracking.BASELINE: spec.baseline,
+            tracking.FOLD: str(spec.fold),
+            tracking.PRETRAINED: str(spec.pretrained or "none"),
+            tracking.OBJECTIVE: self.objective,
+            **self.plans[spec.baseline].resource_tags(),
+        }
+
+    def run_params(self, spec: RunSpec, point: dict[str, Any]) -> dict[str, Any]:
+        """Return the params of a run that fits `point` as `spec`: fixed and sampled hyperparameters,
+        the epoch budget and the protocol options."""
+        return {**self.plans[spec.baseline].fixed, **point, "epochs": spec.epochs, **spec.protocol_params}
+
 
 def sweep_context(
     config: ExperimentConfig, setup: ExperimentSetup, parent: str, granted: dict[str, ResourcesSpec]
@@ -166,22 +182,13 @@ def _saved() -> TrialCheckpoint | None:
 def _start_trial_run(tracker: tracking.Tracker, ctx: SweepContext, spec: RunSpec, point: dict, trial_id: str) -> str:
     """Open the MLflow run of a trial that has none yet; returns its id. The driver's
     CloseTrialRuns ends it: a trial the scheduler stops never runs again to end its own run."""
-    plan = ctx.plans[spec.baseline]
     return tracker.start_run(
         ctx.experiment_id,
         name=f"{spec.baseline}-{trial_id}",
         run_type=RunType.TRIAL,
         parent=ctx.parent_run_id,
-        tags={
-            **ctx.tags,
-            tracking.BASELINE: spec.baseline,
-            tracking.TRIAL_ID: trial_id,
-            tracking.FOLD: str(ctx.fold),
-            tracking.PRETRAINED: str(spec.pretrained or "none"),
-            tracking.OBJECTIVE: ctx.objective,
-            **plan.resource_tags(),
-        },
-        params={**plan.fixed, **point, "epochs": spec.epochs, **spec.protocol_params},
+        tags={**ctx.run_tags(spec), tracking.TRIAL_ID: trial_id},
+        params=ctx.run_params(spec, point),
     )
 
 
@@ -192,9 +199,9 @@ class _TrialReporter:
     between) trains those epochs again without logging them twice.
     """
 
-    def __init__(self, tracker: tracking.Tracker, ctx: SweepContext, run_id: str) -> None:
+    def __init__(self, tracker: tracking.Tracker, ctx: SweepContext, run_id: str, logged_through: int) -> None:
         self._tracker, self._ctx, self._run_id = tracker, ctx, run_id
-        self._logged_through = tracker.last_step(run_id, "objective")
+        self._logged_through = logged_through
         self.last: dict[str, float] = {}
 
     def __call__(self, entry: EpochReport) -> None:
@@ -250,9 +257,11 @@ def run_trial(config: dict[str, Any], *, ctx: SweepContext) -> None:
     try:
         spec = node_spec(ctx, config["baseline"], point, ctx.fold, node)
         run_id = run_id or tracker.find_trial_run(ctx.experiment_id, ctx.parent_run_id, trial_id)
+        # Only a run this trial opened before can hold epochs already.
+        logged_through = tracker.last_step(run_id, "objective") if run_id else 0
         run_id = run_id or _start_trial_run(tracker, ctx, spec, point, trial_id)
         tracker.record_attempt(run_id, node.node_id, node.ip)
-        reporter = _TrialReporter(tracker, ctx, run_id)
+        reporter = _TrialReporter(tracker, ctx, run_id, logged_through)
         fit_on_node(spec, ctx.plans[spec.baseline].gpu, reporter, saved.state if saved else None)
     except Exception as exc:
         cause = deterministic_cause(exc)
