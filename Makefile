@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 IDC_SAMPLE := ../shared/data/idc_sample
 SYNTHETIC_IDC := results/synthetic_idc
 
-.PHONY: demo test test-cluster lint browser postgresql clean
+.PHONY: demo test test-cluster lint browser postgresql slurm clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,8 +25,9 @@ demo: $(STAMP)
 	$(BIN)/harness sweep experiments/demo.yaml --root $$root
 	$(BIN)/harness leaderboard experiments/demo.yaml
 
-# The cluster tests (two-node Ray, an MLflow server process, a killed and resumed driver) take
-# about 6 minutes on 2 cores; they have their own target so `make test` stays well under 20.
+# The cluster tests (two-node Ray, an MLflow server process, a killed and resumed driver, a
+# single-node SLURM) take about 8 minutes on 2 cores; they have their own target so `make test`
+# stays well under 20.
 test: lint browser
 	$(BIN)/python -m pytest -m "not cluster"
 
@@ -46,7 +47,7 @@ browser:
 		    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1; }; }; } || \
 		echo "chromium could not be installed: the HTML rendering test will skip"; }
 
-test-cluster: $(STAMP) postgresql
+test-cluster: $(STAMP) postgresql slurm
 	$(BIN)/python -m pytest -m cluster
 
 # The tracking-load bench's PostgreSQL backend: Debian's server binaries, installed here when
@@ -58,6 +59,17 @@ postgresql:
 		  { apt-get install -y -q --no-install-recommends postgresql >/dev/null 2>&1 || \
 		    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends postgresql >/dev/null 2>&1; }; }; } || \
 		echo "postgresql could not be installed: the tracking-load test's PostgreSQL case will skip"; }
+
+# The SLURM test (tests/sweep/test_slurm.py) starts its own one-node SLURM from Debian's slurmctld,
+# slurmd and munge, installed here when missing and apt-get can (as root); otherwise it skips.
+slurm:
+	@command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null || { \
+		echo "installing Debian's slurmctld, slurmd and munge for the SLURM test"; \
+		pkgs="slurmctld slurmd slurm-client munge"; \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		  { apt-get install -y -q --no-install-recommends $$pkgs >/dev/null 2>&1 || \
+		    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends $$pkgs >/dev/null 2>&1; }; }; } || \
+		echo "SLURM could not be installed: the SLURM test will skip"; }
 
 clean:
 	rm -rf results/mlflow.db results/mlartifacts results/_data results/demo results/synthetic_idc results/bench

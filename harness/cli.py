@@ -341,6 +341,29 @@ def sweep(
     _print_sweep(summary)
 
 
+@app.command("close-orphans")
+@user_errors
+def close_orphans(
+    experiment: Path = typer.Argument(..., help="Experiment YAML file."),
+    tracking_uri: Optional[str] = UriOption,
+    output_dir: Optional[Path] = OutOption,
+) -> None:
+    """End KILLED (orphaned=true) the runs of every sweep of the experiment whose driver on this host
+    died without ending them, as the next sweep or --resume would (for a job script that outlives its
+    killed driver)."""
+    from harness.sweep import close_orphans as close
+    from harness.tracking import open_store
+
+    config = _load(experiment, None, tracking_uri, output_dir)
+    tracker = open_store(config.resolved_tracking_uri())
+    experiment_id = tracker.experiment_id(config.name, create=False)
+    notes = close(tracker, experiment_id) if experiment_id else []
+    for note in notes:
+        console.print(f"note: {note}", highlight=False)
+    if not notes:
+        console.print(f"{config.name}: no sweep left RUNNING by a dead driver on this host")
+
+
 @app.command()
 @user_errors
 def server(

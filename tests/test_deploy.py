@@ -1,7 +1,9 @@
 """deploy/ and docs/cluster.md: manifests shaped as Kubernetes expects, shell scripts that parse, and
-only options that `harness sweep` / `harness server` have. Fast: no Ray, no cluster, no network.
+only options that `harness sweep` / `harness server` / `harness close-orphans` have. Fast: no Ray,
+no cluster, no network.
 
-Nothing here runs a cluster: tests/test_cluster.py exercises the hand-started set-up."""
+Nothing here runs a cluster: tests/sweep/test_cluster.py and test_single_host.py exercise the
+hand-started set-up, tests/sweep/test_slurm.py the SLURM job."""
 
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ def _cli_options(*commands: str) -> frozenset[str]:
 
 
 # Every option of `harness sweep` and `harness server` that the deploy files and the docs may pass.
-ALLOWED_OPTIONS = _cli_options("sweep", "server")
+ALLOWED_OPTIONS = _cli_options("sweep", "server", "close-orphans")
 
 EXPECTED_FILES = [
     "README.md",
@@ -41,6 +43,7 @@ EXPECTED_FILES = [
     "manual/start-mlflow.sh",
     "manual/run-sweep.sh",
     "slurm/sweep.sbatch",
+    "slurm/submit.sh",
     "kuberay/Dockerfile",
     "kuberay/rayjob.yaml",
     "kuberay/mlflow.yaml",
@@ -49,7 +52,7 @@ YAML_FILES = sorted(DEPLOY.rglob("*.yaml"))
 SHELL_FILES = sorted([*DEPLOY.rglob("*.sh"), *DEPLOY.rglob("*.sbatch")])
 TEXT_FILES = sorted(p for p in DEPLOY.rglob("*") if p.is_file())
 
-HARNESS_COMMAND = re.compile(r"\bharness (?:sweep|server)\b")
+HARNESS_COMMAND = re.compile(r"\bharness (?:sweep|server|close-orphans)\b")
 OPTION = re.compile(r"(?<![\w-])--[a-z][a-z-]*")
 
 

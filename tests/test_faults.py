@@ -6,6 +6,7 @@ every MLflow run it left is in a terminal state."""
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -18,7 +19,10 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
+from harness import tracking
 from harness.data.synthetic import write_synthetic_idc
+from harness.sweep._orphans import driver_identity
+from harness.tracking import RunType
 from tests.conftest import REPO, experiment_dict, wait_for, write_experiment
 
 HARNESS = [sys.executable, "-m", "harness"]
@@ -289,3 +293,31 @@ def test_a_killed_driver_leaves_orphans_that_the_next_sweep_ends_and_the_leaderb
     summary = pd.read_csv(out / "faults" / "summary.csv")
     # The new sweep's one trial: the orphaned ones are not counted.
     assert summary.loc[summary.model == "cancernet", "trials"].item() == 1
+
+
+def test_close_orphans_ends_the_runs_of_a_dead_driver_and_spares_a_live_one(tmp_path: Path, small_idc: Path) -> None:
+    """What the SLURM job runs after it had to kill its driver: the store alone, no sweep."""
+    out = tmp_path / "out"
+    path = _experiment(tmp_path / "x.yaml", small_idc, out)
+    tracker = tracking.open_store(f"sqlite:///{out / 'mlflow.db'}")
+    experiment_id = tracker.experiment_id("faults")
+    # No process started at tick 0: that identity names a driver that is gone.
+    drivers = {"dead": f"{platform.node()}:{os.getpid()}:0", "live": driver_identity()}
+    runs = {}
+    for which, identity in drivers.items():
+        sweep = tracker.start_run(
+            experiment_id, name=which, run_type=RunType.SWEEP, tags={"driver": identity}, params={}
+        )
+        trial = tracker.start_run(
+            experiment_id, name=f"{which}-trial", run_type=RunType.TRIAL, tags={}, params={}, parent=sweep
+        )
+        runs[which] = (sweep, trial)
+    result = _harness("close-orphans", str(path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    printed = " ".join(result.stdout.split())
+    assert "dead: its driver" in printed and "1 run(s) under it are ended KILLED" in printed
+    states = {r.info.run_id: (r.info.status, r.data.tags.get("orphaned")) for r in _runs(out)}
+    assert [states[run] for run in runs["dead"]] == [("KILLED", "true")] * 2
+    assert [states[run] for run in runs["live"]] == [("RUNNING", None)] * 2
+    again = _harness("close-orphans", str(path))
+    assert "faults: no sweep left RUNNING by a dead driver on this host" in " ".join(again.stdout.split())
