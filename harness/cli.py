@@ -452,6 +452,7 @@ def leaderboard(
     """Rebuild the comparison tables from MLflow beside the published numbers; print them and write
     results/<experiment>/{<table>.md,.tex,.csv, leaderboard.md, leaderboard.tex, leaderboard.html}."""
     from harness.leaderboard import LayoutOptions, build_leaderboard, write_leaderboard
+    from harness.leaderboard.attach import attach_leaderboard
     from harness.leaderboard.render import to_markdown
     from harness.leaderboard.source import resolve_source
 
@@ -462,9 +463,13 @@ def leaderboard(
     )
     results = source.results_dir
     written = write_leaderboard(board, results, html=html)
+    shown = [p for p in written if p.suffix in {".md", ".html", ".png", ".svg"}]
+    runs = attach_leaderboard(source.tracking_uri, list(source.names), board.runs.split_hash, shown, results)
     for table in board.tables:
         console.print(to_markdown(table), highlight=False, soft_wrap=True, markup=False)
     console.print(f"written to {results}: " + ", ".join(p.name for p in written if p.parent == results))
+    if runs:
+        console.print(f"attached to sweep run(s) {', '.join(runs)} as artifacts under leaderboard/")
     if check:
         _check(board.tables, source.spec)
 

@@ -46,12 +46,14 @@ def set_up(config: ExperimentConfig, *, show_progress: bool = False, sweep: bool
     tracker = tracking.open_store(config.resolved_tracking_uri())
     tags = {
         tracking.DATASET: config.dataset.name,
+        tracking.DATASET_ROOT: str(config.dataset.root),
         tracking.SPLIT_HASH: data.split_hash,
         tracking.MANIFEST_HASH: data.manifest_hash,
         tracking.PROTOCOL: config.protocol.name,
         # Fallback masks are a stand-in for expert outlines: runs using them never meet published mIoU.
         tracking.ROI_SOURCE: data.mask_source,
-        "git_commit": tracking.git_commit(),
+        "git_commit": (commit := tracking.git_commit()),
+        **tracking.source_tags(commit),
         **tracking.environment_tags(),
     }
     return ExperimentSetup(
@@ -159,11 +161,11 @@ def train_tracked(
     name: str | None = None,
     tags: dict[str, str] | None = None,
 ) -> tuple[str, FitResult]:
-    """Fit one RunSpec as an MLflow run of `run_type` named `name` (default `<baseline>-fold<k>`),
+    """Fit one RunSpec as an MLflow run of `run_type` named `name` (default `<baseline> fold <k>`),
     nested under `parent` if given; returns its run id and result."""
     with setup.tracker.run(
         setup.experiment_id,
-        name=name or f"{spec.baseline}-fold{spec.fold}",
+        name=name or tracking.fold_name(spec.baseline, spec.fold),
         run_type=run_type,
         parent=parent,
         tags={

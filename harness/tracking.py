@@ -13,6 +13,7 @@ import os
 import platform
 import re
 import subprocess
+import sys
 import tempfile
 import time
 import traceback
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 
 from harness.figures import confusion_png, gallery_png
@@ -49,6 +50,7 @@ PARENT = "mlflow.parentRunId"
 RUN_TYPE = "run_type"  # a RunType
 BASELINE = "baseline"
 DATASET = "dataset"
+DATASET_ROOT = "dataset_root"
 SPLIT_HASH = "split_hash"
 MANIFEST_HASH = "manifest_hash"
 TRIAL_ID = "ray_trial_id"
@@ -59,8 +61,12 @@ STOPPED_BY = "stopped_by"
 STOPPED_BY_ASHA, STOPPED_BY_HALVING = "asha", "halving"
 EARLY_STOPPERS = (STOPPED_BY_ASHA, STOPPED_BY_HALVING)
 ERROR = "error"
+DESCRIPTION = "mlflow.note.content"  # a run's description, Markdown in the MLflow UI
 INTERRUPTED = "interrupted"  # the signal that ended a KILLED run: SIGINT, SIGTERM
 ORPHANED = "orphaned"  # "true" on a run its dead driver left RUNNING, ended KILLED by a later sweep
+# Why a run ended, on every ended run: completed, stopped_early (FINISHED: ASHA or halving stopped it
+# by design), failed, interrupted (a signal) or orphaned. MLflow's red mark then means a failure.
+OUTCOME = "outcome"
 # Why a run FAILED: diverged, input, out_of_memory (not retried), worker_lost or error (retried).
 FAILURE_CAUSE = "failure_cause"
 PRETRAINED = "pretrained"
@@ -155,6 +161,12 @@ def git_commit(directory: Path | None = None) -> str:
     return f"{commit}-dirty" if dirty else commit
 
 
+def source_tags(commit: str) -> dict[str, str]:
+    """Return MLflow's source tags, which its Source column shows: the command and the git commit."""
+    command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    return {"mlflow.source.name": command, "mlflow.source.type": "LOCAL", "mlflow.source.git.commit": commit}
+
+
 def environment_tags() -> dict[str, str]:
     """Return the versions and host that explain a run's numbers."""
     import ray
@@ -210,15 +222,26 @@ class Tracker:
         params: dict[str, Any],
         parent: str | None = None,
     ) -> str:
-        """Create a RUNNING run of `run_type` (nested under `parent` if given) with tags and params;
-        returns its id. Prefer `run`, which also ends it."""
+        """Create a RUNNING run of `run_type` (nested under `parent` if given) with tags and params,
+        and the manifest the tags name as its dataset input; returns its id. Prefer `run`, which
+        also ends it."""
         tags = {**tags, RUN_TYPE: str(run_type), **({PARENT: parent} if parent else {})}
         run = _retry(lambda: self.client.create_run(experiment_id, tags=tags, run_name=name))
         run_id = run.info.run_id
+        if DATASET in tags and MANIFEST_HASH in tags:
+            self._log_dataset(run_id, tags)
         if params:
             batch = [Param(k, str(v)) for k, v in sorted(params.items())]
             _retry(lambda: self.client.log_batch(run_id, params=batch))
         return run_id
+
+    def _log_dataset(self, run_id: str, tags: dict[str, str]) -> None:
+        """Log the manifest a run's tags name as its MLflow dataset input (the UI's Dataset column);
+        the digest is the manifest hash's first 16 digits (MLflow keeps 36 characters)."""
+        source = json.dumps({"uri": tags.get(DATASET_ROOT, "unknown")})
+        dataset = Dataset(tags[DATASET], tags[MANIFEST_HASH][:16], "local", source)
+        inputs = [DatasetInput(dataset, [InputTag("mlflow.data.context", "training")])]
+        _retry(lambda: self.client.log_inputs(run_id, inputs))
 
     @contextmanager
     def run(
@@ -253,9 +276,9 @@ class Tracker:
         _retry(lambda: self.client.log_batch(run_id, tags=batch))
 
     def finish(self, run_id: str, status: str, tags: dict[str, str] | None = None) -> None:
-        """Tag and end a run as FINISHED, KILLED or FAILED."""
-        if tags:
-            self.set_tags(run_id, tags)
+        """Tag and end a run as FINISHED, KILLED or FAILED, with its `outcome`."""
+        tags = tags or {}
+        self.set_tags(run_id, {**tags, OUTCOME: outcome(status, tags)})
         _retry(lambda: self.client.set_terminated(run_id, status=status))
 
     @contextmanager
@@ -284,11 +307,17 @@ class Tracker:
         except (MlflowException, OSError):
             pass
 
+    def rename(self, run_id: str, name: str) -> None:
+        """Give a run a new name."""
+        _retry(lambda: self.client.update_run(run_id, name=name))
+
     def reopen(self, run_id: str) -> None:
         """Set a run back to RUNNING (a resumed sweep continues in its old parent run), dropping
-        the `interrupted` tag of the interruption it continues after."""
-        if INTERRUPTED in _retry(lambda: self.client.get_run(run_id)).data.tags:
-            _retry(lambda: self.client.delete_tag(run_id, INTERRUPTED))
+        the `interrupted` and `outcome` tags of the interruption it continues after."""
+        tags = _retry(lambda: self.client.get_run(run_id)).data.tags
+        for key in (INTERRUPTED, OUTCOME):
+            if key in tags:
+                _retry(lambda key=key: self.client.delete_tag(run_id, key))
         _retry(lambda: self.client.update_run(run_id, status="RUNNING"))
 
     def record_attempt(self, run_id: str, node_id: str, node_ip: str) -> None:
@@ -364,6 +393,26 @@ class Tracker:
                     gallery, folder / f"maps_{name}.png", title=f"{prefix}: {name} predictions, {gallery.kind} maps"
                 )
             _retry(lambda: self.client.log_artifacts(run_id, str(folder), prefix))
+
+
+def outcome(status: str, tags: dict[str, str]) -> str:
+    """Return the `outcome` of a run that ends with `status` and `tags`."""
+    if status == FAILED:
+        return "failed"
+    if status == KILLED:
+        return "orphaned" if tags.get(ORPHANED) == "true" else "interrupted"
+    return "stopped_early" if tags.get(STOPPED_BY) in EARLY_STOPPERS else "completed"
+
+
+def trial_name(baseline: str, number: int | None, trial_id: str) -> str:
+    """Return a trial run's name: its baseline and Optuna trial number, or Ray's trial id until
+    the number is known (the searcher links the two at the trial's first result)."""
+    return f"{baseline} {trial_id[:8]}" if number is None else f"{baseline} t{number:02d}"
+
+
+def fold_name(model: str, fold: int) -> str:
+    """Return the name of a run that fits `model` (a baseline or floor) on one fold."""
+    return f"{model} fold {fold}"
 
 
 @functools.cache

@@ -178,6 +178,7 @@ def test_a_signal_after_the_first_checkpoint_ends_every_run_killed(
     runs = _runs(out)
     assert runs and {r.info.status for r in runs} == {"KILLED"}
     assert {r.data.tags.get("interrupted") for r in runs} == {signal.Signals(signum).name}
+    assert {r.data.tags.get("outcome") for r in runs} == {"interrupted"}
 
 
 def test_a_diverging_trial_fails_at_once_and_an_all_failed_sweep_exits_1(tmp_path: Path, small_idc: Path) -> None:
@@ -197,7 +198,7 @@ def test_a_diverging_trial_fails_at_once_and_an_all_failed_sweep_exits_1(tmp_pat
     assert len(trials) == 2
     for run in trials:
         assert run.info.status == "FAILED"
-        assert run.data.tags["failure_cause"] == "diverged"
+        assert (run.data.tags["failure_cause"], run.data.tags["outcome"]) == ("diverged", "failed")
         assert run.data.tags["attempts"] == "1"  # never retried
         error = run.data.tags["error"]
         assert error.startswith("DivergedError: training loss became nan at epoch 1")
@@ -286,7 +287,7 @@ def test_a_killed_driver_leaves_orphans_that_the_next_sweep_ends_and_the_leaderb
     runs = {r.info.run_id: r for r in _runs(out)}
     for run_id in orphans:
         assert runs[run_id].info.status == "KILLED"
-        assert runs[run_id].data.tags["orphaned"] == "true"
+        assert runs[run_id].data.tags["orphaned"] == "true" and runs[run_id].data.tags["outcome"] == "orphaned"
     _all_terminal(out)
     board = _harness("leaderboard", "faults", "--output-dir", str(out), "--no-html")
     assert board.returncode == 0, board.stderr[-2000:]

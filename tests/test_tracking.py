@@ -30,6 +30,7 @@ def test_a_run_whose_block_completes_ends_finished_with_its_type_tags_and_params
     assert run.data.tags[tracking.RUN_TYPE] == "fold"
     assert run.data.tags["k"] == "v" and run.data.params == {"lr": "0.1"}
     assert tracking.ERROR not in run.data.tags
+    assert run.data.tags[tracking.OUTCOME] == "completed"
 
 
 def test_a_run_whose_block_raises_ends_failed_with_the_error_and_the_error_propagates(store) -> None:
@@ -37,7 +38,7 @@ def test_a_run_whose_block_raises_ends_failed_with_the_error_and_the_error_propa
     with pytest.raises(ValueError, match="bad batch"), _open(tracker, experiment_id) as run_id:
         raise ValueError("bad batch")
     run = MlflowClient(tracker.uri).get_run(run_id)
-    assert run.info.status == tracking.FAILED
+    assert (run.info.status, run.data.tags[tracking.OUTCOME]) == (tracking.FAILED, "failed")
     error = run.data.tags[tracking.ERROR]
     assert error.startswith("ValueError: bad batch\n\nTraceback (most recent call last):")
     assert error.endswith("ValueError: bad batch")
@@ -49,8 +50,11 @@ def test_a_run_interrupted_or_exited_ends_killed(store, stop: type[BaseException
     with pytest.raises(stop), _open(tracker, experiment_id) as run_id:
         raise stop()
     run = MlflowClient(tracker.uri).get_run(run_id)
-    assert run.info.status == tracking.KILLED
+    assert (run.info.status, run.data.tags[tracking.OUTCOME]) == (tracking.KILLED, "interrupted")
     assert tracking.ERROR not in run.data.tags
+    tracker.reopen(run_id)
+    reopened = MlflowClient(tracker.uri).get_run(run_id)
+    assert reopened.info.status == "RUNNING" and tracking.OUTCOME not in reopened.data.tags
 
 
 def test_ending_closes_a_run_opened_elsewhere_after_its_nested_runs(store) -> None:
@@ -71,3 +75,19 @@ def test_run_types_are_the_nine_the_harness_writes() -> None:
     assert sorted(tracking.RunType) == sorted(
         ["sweep", "trial", "lost_trial", "floor", "fold", "ensemble", "train", "study", "study_arm"]
     )
+
+
+@pytest.mark.parametrize(
+    ("status", "tags", "expected"),
+    [
+        (tracking.FINISHED, {}, "completed"),
+        (tracking.FINISHED, {tracking.STOPPED_BY: "asha"}, "stopped_early"),
+        (tracking.FINISHED, {tracking.STOPPED_BY: "halving"}, "stopped_early"),
+        (tracking.KILLED, {tracking.STOPPED_BY: "driver_lost"}, "interrupted"),
+        (tracking.KILLED, {tracking.INTERRUPTED: "SIGTERM"}, "interrupted"),
+        (tracking.KILLED, {tracking.ORPHANED: "true"}, "orphaned"),
+        (tracking.FAILED, {tracking.ERROR: "x"}, "failed"),
+    ],
+)
+def test_outcome_says_why_a_run_ended(status: str, tags: dict, expected: str) -> None:
+    assert tracking.outcome(status, tags) == expected

@@ -97,7 +97,7 @@ def _floor_arm(
     test accuracy on the held-out fold."""
     with setup.tracker.run(
         setup.experiment_id,
-        name=f"{name}-{arm.protocol}-fold{arm.fold}",
+        name=tracking.fold_name(f"{name} {arm.protocol}", arm.fold),
         run_type=RunType.STUDY_ARM,
         parent=parent,
         params={"floor": name},
@@ -129,7 +129,7 @@ def _model_arm(
         spec,
         parent=parent,
         run_type=RunType.STUDY_ARM,
-        name=f"{name}-{arm.protocol}-fold{arm.fold}",
+        name=tracking.fold_name(f"{name} {arm.protocol}", arm.fold),
         tags=_arm_tags(arm),
     )
     return result.test.metrics["accuracy"]
@@ -171,7 +171,7 @@ def run_leakage_study(
     arm_folds = _arm_folds(splits, manifest, setup.data.split_path.parent)
     with setup.tracker.run(
         setup.experiment_id,
-        name=f"leakage-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}",
+        name=f"leakage {config.name} {datetime.now(timezone.utc):%Y-%m-%d %H:%M}",
         run_type=RunType.STUDY,
         tags={
             **setup.tags,

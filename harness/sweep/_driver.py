@@ -32,6 +32,7 @@ from harness.server import check_reachable
 
 from ._failures import failure_cause
 from ._floors import track_floors
+from ._front_page import write_front_page
 from ._keys import CAUSE_KEY, DONE_KEY, FAILED_KEY
 from ._lines import TrialLines, fold_line
 from ._orphans import DRIVER, check_not_running, close_orphans, driver_identity
@@ -199,7 +200,7 @@ def _start(config: ExperimentConfig, setup: ExperimentSetup, granted: dict[str, 
     notes += close_orphans(setup.tracker, setup.experiment_id)
     parent = setup.tracker.start_run(
         setup.experiment_id,
-        name=folder.name,
+        name=f"sweep {config.name} {datetime.now(timezone.utc):%Y-%m-%d %H:%M}",
         run_type=RunType.SWEEP,
         tags={**setup.tags, "ray_storage": str(folder), DRIVER: driver_identity()},
         params=_sweep_params(config, setup, granted),
@@ -328,11 +329,13 @@ def _after_search(
     summary: SweepSummary,
     verbose: bool,
 ) -> None:
-    """Log the studies' plots, retrain each winner on every fold and ensemble the folds, and fit the
-    floors not logged yet; records what they did in `summary`."""
+    """Log the studies' plots, name each baseline's winner on the parent run, retrain each winner
+    on every fold and ensemble the folds, and fit the floors not logged yet; records what they did
+    in `summary`."""
     summary.notes += _log_study_plots(config, setup.tracker, sweep)
+    chosen = winners(grid, setup.tracker, ctx, config.search.mode)
+    write_front_page(setup.tracker, sweep.parent, config.name, config.search.metric, chosen)
     if config.search.retrain == "all_folds" and config.protocol.test_fraction > 0:
-        chosen = winners(grid, setup.tracker, ctx, config.search.mode)
         summary.ensembles, notes = retrain_winners(ctx, chosen, config.protocol.folds, fold_line if verbose else None)
         summary.notes += notes
     floors = setup.tracker.child_runs(setup.experiment_id, sweep.parent, RunType.FLOOR)

@@ -26,7 +26,7 @@ def log_fold_ensemble(
     single = [float((p.pred == p.label).mean()) for _, p in folds.values()]
     with tracker.run(
         experiment_id,
-        name=f"{baseline}-ensemble",
+        name=f"{baseline} ensemble",
         run_type=tracking.RunType.ENSEMBLE,
         parent=parent,
         tags={**tags, tracking.BASELINE: baseline, "fold_run_ids": ",".join(folds[k][0] for k in sorted(folds))},

@@ -38,7 +38,7 @@ def _log_folds(
     for fold in folds:
         with setup.tracker.run(
             setup.experiment_id,
-            name=f"{name}-fold{fold.fold}",
+            name=tracking.fold_name(name, fold.fold),
             run_type=RunType.FOLD,
             parent=parent,
             params={"floor": name},
@@ -74,7 +74,7 @@ def track_floors(
         # Opened before fitting, so its wall time (the leaderboard's CPU-hours) covers every fold's fit.
         with setup.tracker.run(
             setup.experiment_id,
-            name=f"{name}-floor",
+            name=f"{name} floor",
             run_type=RunType.FLOOR,
             parent=parent,
             params={"floor": name, "seed": seed},

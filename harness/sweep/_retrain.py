@@ -35,12 +35,13 @@ FoldOutcome = tuple[str, pd.DataFrame]
 
 @dataclass(frozen=True)
 class Winner:
-    """The best finished trial of one baseline: its Tune id, MLflow run and sampled point."""
+    """The best finished trial of one baseline: its Tune id, MLflow run, sampled point and objective."""
 
     baseline: str
     trial_id: str
     run_id: str
     point: dict[str, Any]
+    objective: float
 
 
 @dataclass
@@ -71,7 +72,7 @@ def winners(grid: tune.ResultGrid, tracker: tracking.Tracker, ctx: SweepContext,
         run_id = tracker.find_trial_run(ctx.experiment_id, ctx.parent_run_id, trial_id)
         if run_id is not None:
             point = {k: v for k, v in best.config.items() if k != "baseline"}
-            chosen.append(Winner(baseline=name, trial_id=trial_id, run_id=run_id, point=point))
+            chosen.append(Winner(name, trial_id, run_id, point, float(best.metrics["objective"])))
     return chosen
 
 
@@ -82,7 +83,7 @@ def _train_fold(ctx: SweepContext, winner: Winner, fold: int) -> FoldOutcome:
     tracker = tracking.tracker_for(ctx.tracking_uri)
     with tracker.run(
         ctx.experiment_id,
-        name=f"{winner.baseline}-fold{fold}",
+        name=tracking.fold_name(winner.baseline, fold),
         run_type=RunType.FOLD,
         parent=winner.run_id,
         tags={

@@ -105,11 +105,11 @@ def _disagreements(trial: optuna.trial.FrozenTrial, client: Any) -> list[str]:
         return ["no mlflow_run_id"]
     run = client.get_run(run_id)
     history = {m.step: m.value for m in client.get_metric_history(run_id, "objective")}
-    expected = {
-        tracking.FINISHED: TrialState.COMPLETE,
-        tracking.KILLED: TrialState.PRUNED,
-        tracking.FAILED: TrialState.FAIL,
-    }.get(run.info.status)
+    # A trial stopped early ends FINISHED (outcome stopped_early); stores older than the outcome
+    # tag ended it KILLED.
+    states = {"completed": TrialState.COMPLETE, "stopped_early": TrialState.PRUNED, "failed": TrialState.FAIL}
+    legacy = {tracking.FINISHED: "completed", tracking.KILLED: "stopped_early", tracking.FAILED: "failed"}
+    expected = states.get(run.data.tags.get(tracking.OUTCOME) or legacy.get(run.info.status, ""))
     facts = [
         ("state", trial.state, expected),
         ("value", trial.value, history[max(history)] if history and expected != TrialState.FAIL else None),

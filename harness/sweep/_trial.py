@@ -184,7 +184,7 @@ def _start_trial_run(tracker: tracking.Tracker, ctx: SweepContext, spec: RunSpec
     CloseTrialRuns ends it: a trial the scheduler stops never runs again to end its own run."""
     return tracker.start_run(
         ctx.experiment_id,
-        name=f"{spec.baseline}-{trial_id}",
+        name=tracking.trial_name(spec.baseline, None, trial_id),
         run_type=RunType.TRIAL,
         parent=ctx.parent_run_id,
         tags={**ctx.run_tags(spec), tracking.TRIAL_ID: trial_id},
@@ -273,7 +273,8 @@ def run_trial(config: dict[str, Any], *, ctx: SweepContext) -> None:
 @dataclass(frozen=True)
 class RunLink:
     """Ties a sweep's Optuna trials to their MLflow runs (the searcher's RunLinker): tags the run of
-    a Ray trial with its Optuna trial number and returns the run's id, None while it has no run."""
+    a Ray trial with its Optuna trial number, names it after that number, and returns the run's
+    id, None while it has no run."""
 
     tracking_uri: str
     experiment_id: str
@@ -283,25 +284,28 @@ class RunLink:
         tracker = tracking.tracker_for(self.tracking_uri)
         run_id = tracker.find_trial_run(self.experiment_id, self.parent_run_id, trial_id)
         if run_id is not None:
+            baseline = tracker.client.get_run(run_id).data.tags[tracking.BASELINE]
             tracker.set_tags(run_id, {tracking.OPTUNA_TRIAL: str(number)})
+            tracker.rename(run_id, tracking.trial_name(baseline, number, trial_id))
         return run_id
 
 
 def close_trial_run(tracker: tracking.Tracker, run_id: str, last: dict, stopped_by: str) -> None:
-    """End the run of a trial Tune saw complete with `last` as its last result: FINISHED when it
-    ended by itself, KILLED when `stopped_by` stopped it; a failed trial ended its run itself."""
+    """End the run of a trial Tune saw complete with `last` as its last result: FINISHED, tagged
+    `stopped_by` when that scheduler stopped it early (by design, so no failure mark); a failed
+    trial ended its run itself."""
     if last.get(FAILED_KEY):
         tracker.finish(run_id, tracking.FAILED, {tracking.FAILURE_CAUSE: str(last.get(CAUSE_KEY))})
     elif last.get(DONE_KEY):
         tracker.finish(run_id, tracking.FINISHED)
     else:
         epoch = str(last.get(EPOCH_KEY, 0))
-        tracker.finish(run_id, tracking.KILLED, {tracking.STOPPED_BY: stopped_by, "stopped_at_epoch": epoch})
+        tracker.finish(run_id, tracking.FINISHED, {tracking.STOPPED_BY: stopped_by, "stopped_at_epoch": epoch})
 
 
 class CloseTrialRuns(tune.Callback):
-    """Ends each trial's MLflow run from the driver: FINISHED, KILLED by the scheduler named
-    `stopped_by` (asha, halving), or FAILED with the error."""
+    """Ends each trial's MLflow run from the driver: FINISHED (stopped early by the scheduler named
+    `stopped_by`, asha or halving, or not), or FAILED with the error."""
 
     def __init__(
         self,
@@ -334,7 +338,7 @@ class CloseTrialRuns(tune.Callback):
             # The trial died before it could open its run: record the failure all the same.
             run_id = tracker.start_run(
                 self._experiment_id,
-                name=f"{trial.config.get('baseline')}-{trial.trial_id}",
+                name=tracking.trial_name(str(trial.config.get("baseline")), None, trial.trial_id),
                 run_type=RunType.TRIAL,
                 parent=self._parent,
                 tags={

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,15 +82,17 @@ def test_one_child_run_per_trial_under_one_parent(swept: Swept) -> None:
     assert sweeps[0].data.metrics["sweep_trials"] == 8
 
 
-def test_early_stopped_trials_are_killed_and_tagged(swept: Swept) -> None:
+def test_early_stopped_trials_finish_with_their_outcome_and_tags(swept: Swept) -> None:
     trials = swept.runs("trial")
     stopped = [r for r in trials if r.data.tags.get(tracking.STOPPED_BY) == "asha"]
-    finished = [r for r in trials if r.info.status == "FINISHED"]
+    finished = [r for r in trials if tracking.STOPPED_BY not in r.data.tags]
     assert stopped, "ASHA stopped no trial: the test sweep no longer exercises early stopping"
     assert len(stopped) + len(finished) == 8
+    # Stopped by design, so no failure mark in the MLflow UI: FINISHED, and the outcome says why.
+    assert {(r.info.status, r.data.tags[tracking.OUTCOME]) for r in stopped} == {("FINISHED", "stopped_early")}
+    assert {(r.info.status, r.data.tags[tracking.OUTCOME]) for r in finished} == {("FINISHED", "completed")}
     client = swept.client()
     for run in stopped:
-        assert run.info.status == "KILLED"
         epochs = [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")]
         assert epochs == list(range(1, len(epochs) + 1))
         assert int(run.data.tags["stopped_at_epoch"]) == len(epochs)
@@ -164,6 +167,53 @@ def test_every_run_records_split_hash_commit_and_dataset(swept: Swept) -> None:
     assert len(split_files) == 1 and split_files[0].startswith("split/split-")
 
 
+def test_run_names_tell_the_runs_apart_and_every_run_has_an_outcome(swept: Swept) -> None:
+    client = swept.client()
+    experiment = client.get_experiment_by_name("sweep-test")
+    runs = client.search_runs([experiment.experiment_id], "tags.run_type != 'train'")
+    names = {r.info.run_id: r.info.run_name for r in runs}
+    by_type: dict[str, list[str]] = {}
+    for run in runs:
+        by_type.setdefault(run.data.tags[tracking.RUN_TYPE], []).append(names[run.info.run_id])
+    (sweep,) = by_type["sweep"]
+    assert re.fullmatch(r"sweep sweep-test \d{4}-\d\d-\d\d \d\d:\d\d", sweep)
+    for run in swept.runs("trial"):
+        number = int(run.data.tags[tracking.OPTUNA_TRIAL])
+        assert names[run.info.run_id] == f"{run.data.tags[tracking.BASELINE]} t{number:02d}"
+    assert sorted(by_type["floor"]) == ["colour_forest floor", "majority floor"]
+    assert sorted(by_type["fold"]) == sorted(f"{f} fold {k}" for f in ("colour_forest", "majority") for k in range(3))
+    assert len(set(names.values())) == len(names)
+    assert all(r.data.tags[tracking.OUTCOME] == "completed" for r in runs if r.data.tags[tracking.RUN_TYPE] != "trial")
+
+
+def test_every_run_shows_its_dataset_input_and_source(swept: Swept) -> None:
+    client = swept.client()
+    sweep = swept.runs("sweep")[0]
+    manifest_hash = sweep.data.tags[tracking.MANIFEST_HASH]
+    for run in swept.runs("trial") + [sweep]:
+        (given,) = client.get_run(run.info.run_id).inputs.dataset_inputs
+        assert (given.dataset.name, given.dataset.digest) == ("idc", manifest_hash[:16])
+        assert json.loads(given.dataset.source)["uri"] == run.data.tags[tracking.DATASET_ROOT]
+        assert run.data.tags["mlflow.source.git.commit"] == run.data.tags["git_commit"]
+        assert run.data.tags["mlflow.source.name"]
+
+
+def test_the_parent_run_names_each_baselines_winner(swept: Swept) -> None:
+    (sweep,) = swept.runs("sweep")
+    trials = swept.runs("trial")
+    description = sweep.data.tags["mlflow.note.content"]
+    assert 'tags.run_type = "trial"' in description
+    for baseline in ("cancernet", "resnet18"):
+        winner = next(r for r in trials if r.info.run_id == sweep.data.tags[f"winner.{baseline}"])
+        assert winner.data.tags[tracking.BASELINE] == baseline and winner.data.tags[tracking.OUTCOME] == "completed"
+        assert sweep.data.tags[f"winner.{baseline}.trial"] == winner.data.tags[tracking.TRIAL_ID]
+        assert sweep.data.metrics[f"winner.{baseline}.val_accuracy"] == winner.data.metrics["objective"]
+        completed = [r for r in trials if r.data.tags[tracking.OUTCOME] == "completed"]
+        best = max(r.data.metrics["objective"] for r in completed if r.data.tags[tracking.BASELINE] == baseline)
+        assert winner.data.metrics["objective"] == best
+        assert f"- {baseline}: {winner.info.run_name} (val_accuracy" in description
+
+
 def test_confusion_matrix_artifact_counts_the_test_patients(swept: Swept) -> None:
     client = swept.client()
     run = next(r for r in swept.runs("trial") if r.info.status == "FINISHED")
@@ -188,6 +238,11 @@ def test_leaderboard_numbers_equal_the_metrics_in_mlflow(swept: Swept) -> None:
     assert {"leaderboard.md", "leaderboard.tex", "leaderboard.html", "summary.tex"} <= {
         p.name for p in (swept.out_dir / "sweep-test").iterdir()
     }
+    # The tables and the page on the sweep's front page in the MLflow UI.
+    (sweep,) = swept.runs("sweep")
+    attached = {a.path for a in swept.client().list_artifacts(sweep.info.run_id, "leaderboard")}
+    assert {"leaderboard/leaderboard.md", "leaderboard/leaderboard.html", "leaderboard/summary.md"} <= attached
+    assert "leaderboard/figures" in attached
     trials = swept.runs("trial")
     for row in table.itertuples():
         mine = [r for r in trials if r.data.tags[tracking.BASELINE] == row.baseline]
