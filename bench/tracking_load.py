@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-METRICS_PER_EPOCH = 30  # train_loss, val_*, best_val_*, best_epoch, objective: what log_epoch writes
+METRICS_PER_EPOCH = 30  # train_loss, val_*, sel_val_*, selected_epoch, objective: what log_epoch writes
 ARTIFACT_BYTES = {"confusion_matrix.json": 200, "predictions.csv": 40_000, "maps_best.png": 60_000}
 
 

@@ -92,12 +92,23 @@ def recipe_spec(config: ExperimentConfig, data: PreparedData, baseline: str, *, 
     )
 
 
+def selection_note(patience: int) -> str:
+    """Return the description of a run that trains a model: which epoch its `sel_*` metrics and
+    its test evaluation come from."""
+    return (
+        "`val_*` are per-epoch validation curves. `sel_val_*` are the validation metrics at "
+        "`selected_epoch`: the epoch with the lowest validation loss so far, whose weights are kept "
+        f"and evaluated on the test set (`test_*`). Training stops {patience} epochs after it, or at "
+        "the epoch budget; `objective` is the sweep's metric at that epoch."
+    )
+
+
 def epoch_metrics(report: EpochReport, objective: str) -> dict[str, float]:
-    """Return the flat metrics of one epoch: train loss, val_*, best_val_*, best_epoch, objective."""
-    metrics = {"train_loss": report.train_loss, "best_epoch": float(report.best_epoch)}
+    """Return the flat metrics of one epoch: train loss, val_*, sel_val_*, selected_epoch, objective."""
+    metrics = {"train_loss": report.train_loss, "selected_epoch": float(report.best_epoch)}
     for name in METRIC_NAMES:
         metrics[f"val_{name}"] = report.val[name]
-        metrics[f"best_val_{name}"] = report.best_val[name]
+        metrics[f"sel_val_{name}"] = report.best_val[name]
     metrics["objective"] = report.best_val[objective.removeprefix("val_")]
     return metrics
 
@@ -121,7 +132,7 @@ def log_epoch(
     if report.best_val_evaluation is not None:
         best = report.best_val_evaluation.metrics
         logged.setdefault(report.best_epoch, {}).update(
-            {f"best_val_{k}": v for k, v in best.items() if k.startswith("miou")}
+            {f"sel_val_{k}": v for k, v in best.items() if k.startswith("miou")}
         )
         tracker.log_evaluation(run_id, "val", report.best_val_evaluation, class_names)
     if report.test is not None:
@@ -134,8 +145,8 @@ def log_epoch(
 
 
 def _floor_metrics(val: Evaluation, test: Evaluation | None, objective: str) -> dict[str, float]:
-    metrics = {f"best_val_{k}": v for k, v in val.metrics.items() if k in METRIC_NAMES}
-    metrics |= {"best_epoch": 1.0, "objective": val.metrics[objective.removeprefix("val_")]}
+    metrics = {f"sel_val_{k}": v for k, v in val.metrics.items() if k in METRIC_NAMES}
+    metrics |= {"selected_epoch": 1.0, "objective": val.metrics[objective.removeprefix("val_")]}
     return metrics | ({f"test_{k}": v for k, v in test.metrics.items()} if test is not None else {})
 
 
@@ -174,6 +185,7 @@ def train_tracked(
             tracking.FOLD: str(spec.fold),
             tracking.OBJECTIVE: config.search.metric,
             tracking.PRETRAINED: str(spec.pretrained) if spec.pretrained else "none",
+            tracking.DESCRIPTION: selection_note(spec.patience),
             **(tags or {}),
         },
         params={**spec.params.model_dump(), **spec.model_kwargs, "epochs": spec.epochs, **spec.protocol_params},

@@ -33,8 +33,8 @@ def roc_auc(y_true: np.ndarray, prob: np.ndarray) -> float:
     return float(roc_auc_score(y_true, prob, multi_class="ovr", average="macro", labels=list(range(prob.shape[1]))))
 
 
-def _ratio(num: float, den: float) -> float:
-    return float(num / den) if den else float("nan")
+def _ratio(num: float, den: float, undefined: float = float("nan")) -> float:
+    return float(num / den) if den else undefined
 
 
 def _mean(values: np.ndarray) -> float:
@@ -47,7 +47,8 @@ def classification_metrics(y_true: np.ndarray, prob: np.ndarray) -> dict[str, fl
     """Return accuracy, balanced accuracy, AUC, F1, precision, sensitivity and specificity.
 
     Binary tasks take class 1 as positive (IDC, malignant). Multi-class tasks report macro F1 and
-    precision, macro one-vs-rest AUC, and mean per-class sensitivity and specificity.
+    precision, macro one-vs-rest AUC, and mean per-class sensitivity and specificity. A class never
+    predicted has precision and F1 0 (scikit-learn's zero_division=0), not NaN.
     """
     y_true = np.asarray(y_true)
     prob = np.asarray(prob, dtype=np.float64)
@@ -58,9 +59,9 @@ def classification_metrics(y_true: np.ndarray, prob: np.ndarray) -> dict[str, fl
     fp = cm.sum(0) - tp
     tn = cm.sum() - tp - fn - fp
     recall = np.array([_ratio(tp[c], tp[c] + fn[c]) for c in range(num_classes)])
-    precision = np.array([_ratio(tp[c], tp[c] + fp[c]) for c in range(num_classes)])
+    precision = np.array([_ratio(tp[c], tp[c] + fp[c], undefined=0.0) for c in range(num_classes)])
     spec = np.array([_ratio(tn[c], tn[c] + fp[c]) for c in range(num_classes)])
-    f1 = np.array([_ratio(2 * p * r, p + r) for p, r in zip(precision, recall)])
+    f1 = np.array([_ratio(2 * p * r, p + r, undefined=0.0) for p, r in zip(precision, recall)])
     classes = [1] if num_classes == 2 else list(range(num_classes))
     return {
         "accuracy": _ratio(tp.sum(), cm.sum()),
@@ -71,6 +72,11 @@ def classification_metrics(y_true: np.ndarray, prob: np.ndarray) -> dict[str, fl
         "sensitivity": _mean(recall[classes]),
         "specificity": _mean(spec[classes]),
     }
+
+
+def never_predicted(matrix: np.ndarray, class_names: tuple[str, ...]) -> list[str]:
+    """Return the classes a confusion matrix (rows true, columns predicted) never predicts."""
+    return [name for name, count in zip(class_names, np.asarray(matrix).sum(0)) if count == 0]
 
 
 def patient_accuracy(y_true: np.ndarray, y_pred: np.ndarray, patients: np.ndarray) -> float:
@@ -92,7 +98,7 @@ def grouped_accuracies(predictions: pd.DataFrame) -> dict[str, float]:
     return metrics
 
 
-def ranking_key(objective: float, best_val_loss: float, trial_id: str, *, minimise: bool) -> tuple[float, float, str]:
+def ranking_key(objective: float, sel_val_loss: float, trial_id: str, *, minimise: bool) -> tuple[float, float, str]:
     """Return the sort key that orders trials best first: objective, then validation loss, then
     trial id, so the sweep's fold retrain and the leaderboard pick the same winner on a tie."""
-    return (objective if minimise else -objective, best_val_loss, trial_id)
+    return (objective if minimise else -objective, sel_val_loss, trial_id)

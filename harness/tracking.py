@@ -29,6 +29,7 @@ from mlflow.exceptions import MlflowException
 
 from harness.figures import confusion_png, gallery_png
 from harness.locking import sqlite_path, store_lock
+from harness.metrics import never_predicted
 
 if TYPE_CHECKING:
     # Only a type here: a process that only logs (a tracking-load writer, a driver callback) need
@@ -379,7 +380,11 @@ class Tracker:
 
     def log_evaluation(self, run_id: str, prefix: str, evaluation: Evaluation, class_names: tuple[str, ...]) -> None:
         """Log a confusion matrix (JSON + PNG), per-image predictions (CSV) and the map galleries
-        (PNG overlays of the best and worst predictions) under `prefix`/."""
+        (PNG overlays of the best and worst predictions) under `prefix`/, and tag `<prefix>_never_predicted`
+        with the classes the model never predicts (their precision and F1 are 0)."""
+        missing = never_predicted(evaluation.confusion, class_names)
+        if missing:
+            self.set_tags(run_id, {f"{prefix}_never_predicted": ",".join(missing)})
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             matrix = evaluation.confusion

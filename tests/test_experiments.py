@@ -66,8 +66,8 @@ def test_gusa_and_amil_sweep_with_roi_masks_and_log_their_maps(
         assert run.data.tags[tracking.CPU_SHARE] == "1" and float(run.data.tags[tracking.GPU_SHARE]) >= 0
     # GuSA's RoI map is scored against the validation masks (001 Table II); A-MIL's bag grid is not.
     miou = runs["gusa"].data.metrics
-    assert 0 <= miou["best_val_miou_native"] <= 1 and 0 <= miou["best_val_miou_full"] <= 1
-    assert "best_val_miou_native" not in runs["amil"].data.metrics
+    assert 0 <= miou["sel_val_miou_native"] <= 1 and 0 <= miou["sel_val_miou_full"] <= 1
+    assert "sel_val_miou_native" not in runs["amil"].data.metrics
     # A-MIL's grid follows the data: a 96x128 image gives a 3 x 4 bag of 28-pixel patches.
     assert runs["amil"].data.params["epochs"] == "2"
 

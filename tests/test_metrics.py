@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, precision_score, roc_auc_score
 
-from harness.metrics import classification_metrics, confusion
+from harness.metrics import classification_metrics, confusion, never_predicted
 
 
 def test_binary_metrics_equal_scikit_learn() -> None:
@@ -46,3 +46,14 @@ def test_multiclass_auc_is_macro_one_vs_rest() -> None:
 def test_auc_is_nan_when_one_class_is_absent() -> None:
     m = classification_metrics(np.zeros(5, dtype=int), np.tile([0.8, 0.2], (5, 1)))
     assert np.isnan(m["auc"]) and m["accuracy"] == 1.0
+
+
+def test_a_class_never_predicted_has_precision_and_f1_zero_not_nan() -> None:
+    y_true = np.array([0, 0, 1, 1])
+    prob = np.array([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.6, 0.4]])  # never IDC
+    metrics = classification_metrics(y_true, prob)
+    assert (metrics["precision"], metrics["f1"], metrics["sensitivity"]) == (0.0, 0.0, 0.0)
+    assert metrics["accuracy"] == 0.5
+    matrix = confusion(y_true, prob.argmax(1), 2)
+    assert never_predicted(matrix, ("non_idc", "idc")) == ["idc"]
+    assert never_predicted(np.eye(2), ("non_idc", "idc")) == []

@@ -161,10 +161,23 @@ def _frame(runs: list) -> pd.DataFrame:
                 "cpu_share": float(tags.get(tracking.CPU_SHARE, "nan")),
                 "gpu_share": float(tags.get(tracking.GPU_SHARE, "nan")),
                 "wall_time_s": (end - info.start_time) / 1000,
-                **run.data.metrics,
+                **current_metric_names(run.data.metrics),
             }
         )
     return pd.DataFrame(rows)
+
+
+def current_metric_names(metrics: dict[str, float]) -> dict[str, float]:
+    """Return a run's metrics under today's names: stores written before the rename call the
+    selected epoch's metrics best_val_* and the epoch best_epoch."""
+    renamed = {}
+    for name, value in metrics.items():
+        if name.startswith("best_val_"):
+            name = "sel_val_" + name.removeprefix("best_val_")
+        elif name == "best_epoch":
+            name = "selected_epoch"
+        renamed.setdefault(name, value)
+    return renamed
 
 
 def _experiment_runs(client: MlflowClient, tracking_uri: str, experiment: str) -> pd.DataFrame:
@@ -205,7 +218,7 @@ def best_trial(trials: pd.DataFrame) -> pd.Series | None:
     minimise = tested.objective_metric.iloc[0] == "val_loss"
     best = min(
         tested.index,
-        key=lambda i: ranking_key(tested.objective[i], tested.best_val_loss[i], tested.trial_id[i], minimise=minimise),
+        key=lambda i: ranking_key(tested.objective[i], tested.sel_val_loss[i], tested.trial_id[i], minimise=minimise),
     )
     return tested.loc[best]
 

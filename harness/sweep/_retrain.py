@@ -63,7 +63,7 @@ def winners(grid: tune.ResultGrid, tracker: tracking.Tracker, ctx: SweepContext,
 
     def rank(result: tune.Result) -> tuple:
         m = result.metrics
-        return ranking_key(m["objective"], m["best_val_loss"], m["trial_id"], minimise=mode == "min")
+        return ranking_key(m["objective"], m["sel_val_loss"], m["trial_id"], minimise=mode == "min")
 
     chosen = []
     for name, results in finished.items():

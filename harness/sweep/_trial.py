@@ -15,7 +15,7 @@ from ray import tune
 
 from harness import tracking
 from harness.config import ExperimentConfig, ResourcesSpec, split_point
-from harness.experiment import ExperimentSetup, log_epoch
+from harness.experiment import ExperimentSetup, log_epoch, selection_note
 from harness.train import EpochReport, FitResult, RunSpec, TrainState, fit
 
 from ._failures import ERROR, TrialOutOfMemory, deterministic_cause, failure_cause
@@ -75,6 +75,7 @@ class SweepContext:
             tracking.FOLD: str(spec.fold),
             tracking.PRETRAINED: str(spec.pretrained or "none"),
             tracking.OBJECTIVE: self.objective,
+            tracking.DESCRIPTION: selection_note(spec.patience),
             **self.plans[spec.baseline].resource_tags(),
         }
 

@@ -105,7 +105,7 @@ def _search(
         starts=starts,
         storage=config.resolved_optuna_storage(),
         study_prefix=f"{config.name}/{sweep}",
-        metric_name=f"best_{search.metric}",
+        metric_name=f"sel_{search.metric}",
         link=RunLink(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id),
     )
     rungs = dict(max_t=search.max_epochs, grace_period=search.grace_period, reduction_factor=search.reduction_factor)

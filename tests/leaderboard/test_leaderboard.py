@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from mlflow import MlflowClient
 from scipy import stats
 from sklearn.metrics import brier_score_loss, roc_auc_score
 from statsmodels.stats.multitest import multipletests
@@ -67,6 +68,8 @@ class Store:
     tracker: tracking.Tracker
     experiment_id: str
     tags: dict[str, str]
+    # Write metrics under the names of stores made before the rename (best_val_*).
+    legacy: bool = False
 
     def run(
         self,
@@ -92,11 +95,15 @@ class Store:
                 **(extra or {}),
             },
         )
+        if self.legacy:
+            metrics = {k.replace("sel_val_", "best_val_"): v for k, v in metrics.items()}
         self.tracker.log_metrics(run_id, metrics, step=1)
         return run_id
 
 
-def open_store(tmp_path: Path, experiment: str, dataset: str, *, roi_source: str = "files") -> Store:
+def open_store(
+    tmp_path: Path, experiment: str, dataset: str, *, roi_source: str = "files", legacy: bool = False
+) -> Store:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = tracking.Tracker(uri)
     tags = {
@@ -105,7 +112,7 @@ def open_store(tmp_path: Path, experiment: str, dataset: str, *, roi_source: str
         tracking.PROTOCOL: "patient",
         tracking.ROI_SOURCE: roi_source,
     }
-    store = Store(uri, experiment, tracker, tracker.experiment_id(experiment), tags)
+    store = Store(uri, experiment, tracker, tracker.experiment_id(experiment), tags, legacy)
     sweep = store.run("sweep", "", {})
     tracker.finish(sweep, tracking.FINISHED)
     return store
@@ -121,9 +128,9 @@ class BachModel:
     params: dict[str, float]
 
 
-def bach_store(tmp_path: Path, roi_source: str = "files") -> tuple[Store, dict[str, BachModel]]:
+def bach_store(tmp_path: Path, roi_source: str = "files", legacy: bool = False) -> tuple[Store, dict[str, BachModel]]:
     """Two of 001's models, each with a losing and a winning trial, 4 retrained folds and an ensemble."""
-    store = open_store(tmp_path, "bach-lb", "bach", roi_source=roi_source)
+    store = open_store(tmp_path, "bach-lb", "bach", roi_source=roi_source, legacy=legacy)
     rng = np.random.default_rng(7)
     test_labels = np.repeat(np.arange(4), 10)
     models = {}
@@ -139,7 +146,7 @@ def bach_store(tmp_path: Path, roi_source: str = "files") -> tuple[Store, dict[s
         loser = store.run(
             "trial",
             baseline,
-            {"objective": 0.2, "best_val_loss": 2.0, "best_val_accuracy": 0.2, "test_accuracy": 0.25, **params},
+            {"objective": 0.2, "sel_val_loss": 2.0, "sel_val_accuracy": 0.2, "test_accuracy": 0.25, **params},
             extra={tracking.TRIAL_ID: f"{baseline}-0"},
         )
         store.tracker.finish(loser, tracking.FINISHED)
@@ -149,8 +156,8 @@ def bach_store(tmp_path: Path, roi_source: str = "files") -> tuple[Store, dict[s
             baseline,
             {
                 "objective": 0.8,
-                "best_val_loss": 0.5,
-                "best_val_accuracy": 0.8,
+                "sel_val_loss": 0.5,
+                "sel_val_accuracy": 0.8,
                 "test_accuracy": float((winner_test.pred == winner_test.label).mean()),
                 **params,
             },
@@ -167,10 +174,10 @@ def bach_store(tmp_path: Path, roi_source: str = "files") -> tuple[Store, dict[s
                 "fold",
                 baseline,
                 {
-                    "best_val_accuracy": accuracy,
+                    "sel_val_accuracy": accuracy,
                     "test_accuracy": float((test.pred == test.label).mean()),
-                    "best_val_miou_native": 0.70 + fold / 100,
-                    "best_val_miou_full": 0.6,
+                    "sel_val_miou_native": 0.70 + fold / 100,
+                    "sel_val_miou_full": 0.6,
                 },
                 parent=winner,
                 extra={tracking.FOLD: str(fold)},
@@ -270,6 +277,24 @@ def test_ensemble_interval_and_mcnemar_against_direct_computation(bach: tuple[St
     assert rows_of(frame, "gusa_fa_gusa").loc["harness", "test_ensemble_ci"] == f"[{low:.2f}, {high:.2f}]"
 
 
+def test_a_store_written_before_the_metric_rename_gives_the_same_tables(
+    bach: tuple[Store, dict[str, BachModel]], tmp_path: Path
+) -> None:
+    """Stores made before the selected epoch's metrics became sel_val_* call them best_val_*."""
+    legacy, _ = bach_store(tmp_path, legacy=True)
+    written = MlflowClient(legacy.uri).search_runs([legacy.experiment_id])
+    assert any("best_val_accuracy" in r.data.metrics for r in written)
+    assert not any("sel_val_accuracy" in r.data.metrics for r in written)
+    tables = ["gusa-table1", "gusa-table3", "summary"]
+    options = LayoutOptions(n_boot=N_BOOT)
+    old = build_leaderboard(legacy.uri, legacy.experiment, tables=tables, options=options)
+    new = build_leaderboard(bach[0].uri, bach[0].experiment, tables=tables, options=options)
+    for before, after in zip(old.tables, new.tables):
+        # Run ids and wall-time hours differ between any two stores.
+        specific = [c for c in after.frame().columns if "run" in c or c.endswith("_hours")]
+        pd.testing.assert_frame_equal(before.frame().drop(columns=specific), after.frame().drop(columns=specific))
+
+
 def test_gusa_tables_2_to_4(bach: tuple[Store, dict[str, BachModel]]) -> None:
     store, models = bach
     board = build_leaderboard(store.uri, store.experiment, tables=["gusa-table2", "gusa-table3", "gusa-table4"])
@@ -349,8 +374,8 @@ def idc_store(
             baseline,
             {
                 "objective": objective,
-                "best_val_loss": 0.4,
-                "best_val_accuracy": objective,
+                "sel_val_loss": 0.4,
+                "sel_val_accuracy": objective,
                 "params_torch": 1e6,
                 **{f"test_{k}": v for k, v in metrics.items()},
             },
@@ -564,7 +589,7 @@ def test_runs_of_another_split_are_excluded_with_a_message(tmp_path: Path) -> No
         params={},
         tags={**store.tags, tracking.SPLIT_HASH: "f" * 64, tracking.BASELINE: "cancernet"},
     )
-    store.tracker.log_metrics(stray, {"objective": 1.0, "best_val_loss": 0.0, "test_accuracy": 1.0}, step=1)
+    store.tracker.log_metrics(stray, {"objective": 1.0, "sel_val_loss": 0.0, "test_accuracy": 1.0}, step=1)
     store.tracker.finish(stray, tracking.FINISHED)
     board = build_leaderboard(store.uri, store.experiment, options=LayoutOptions(n_boot=N_BOOT))
     assert (
@@ -577,7 +602,7 @@ def test_runs_of_another_split_are_excluded_with_a_message(tmp_path: Path) -> No
 def test_two_experiments_on_one_split_sit_in_one_table(tmp_path: Path) -> None:
     store, _ = idc_store(tmp_path)
     second = open_store(tmp_path, "idc-lb-2", "idc")
-    run = second.run("trial", "cancernet", {"objective": 0.5, "best_val_loss": 1.0, "test_accuracy": 0.5})
+    run = second.run("trial", "cancernet", {"objective": 0.5, "sel_val_loss": 1.0, "test_accuracy": 0.5})
     second.tracker.finish(run, tracking.FINISHED)
     board = build_leaderboard(store.uri, ["idc-lb", "idc-lb-2"], options=LayoutOptions(n_boot=N_BOOT))
     assert list(board.table.baseline) == ["cancernet (idc-lb)", "resnet18 (idc-lb)", "cancernet (idc-lb-2)"]

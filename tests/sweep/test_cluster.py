@@ -161,7 +161,7 @@ def test_fold_retrain_and_softmax_ensemble(failing_sweep: str, server: ServerPro
     trials = _runs(server.uri, "cluster-failures", "trial")
     finished = [r for r in trials if r.info.status == "FINISHED"]
     # Best objective; on a tie the lower validation loss (both finished trials may reach the same accuracy).
-    winner = min(finished, key=lambda r: (-r.data.metrics["objective"], r.data.metrics["best_val_loss"]))
+    winner = min(finished, key=lambda r: (-r.data.metrics["objective"], r.data.metrics["sel_val_loss"]))
     folds = [
         r for r in _runs(server.uri, "cluster-failures", "fold") if r.data.tags[tracking.PARENT] == winner.info.run_id
     ]

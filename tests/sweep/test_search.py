@@ -28,7 +28,7 @@ from tests.conftest import REPO
 
 def _searcher() -> PruningAwareOptunaSearch:
     space = {k: optuna_distribution(d) for k, d in load_search_space("cancernet").search.items()}
-    return PruningAwareOptunaSearch(space=space, metric="objective", mode="max", metric_name="best_val_accuracy")
+    return PruningAwareOptunaSearch(space=space, metric="objective", mode="max", metric_name="sel_val_accuracy")
 
 
 def _result(value: float, epoch: int, done: bool = False) -> dict:
@@ -59,7 +59,7 @@ def test_trial_end_reaches_optuna_with_its_last_epoch(
     (trial,) = searcher._ot_study.trials
     assert (trial.state, trial.value, trial.intermediate_values) == (state, value, steps)
     assert trial.user_attrs == {"ray_trial_id": "t1"}
-    assert searcher._ot_study.metric_names == ["best_val_accuracy"]
+    assert searcher._ot_study.metric_names == ["sel_val_accuracy"]
 
 
 def test_first_result_links_the_optuna_trial_to_its_run() -> None:

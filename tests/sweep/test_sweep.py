@@ -128,7 +128,7 @@ def test_optuna_studies_hold_what_mlflow_records(swept: Swept) -> None:
         ),
         storage=optuna_storage(storage),
     )
-    assert study.metric_names == ["best_val_accuracy"]
+    assert study.metric_names == ["sel_val_accuracy"]
     trial = study.trials[int(run.data.tags[tracking.OPTUNA_TRIAL])]
     assert trial.user_attrs == {"ray_trial_id": run.data.tags[tracking.TRIAL_ID], "mlflow_run_id": run.info.run_id}
     assert trial.state == TrialState.PRUNED
@@ -149,7 +149,7 @@ def test_floors_are_fitted_on_every_fold_of_the_same_split(swept: Swept) -> None
         assert sorted(int(f.data.tags[tracking.FOLD]) for f in mine) == [0, 1, 2]
         # The floor's own run is its search fold's model, as a trial is.
         search = next(f for f in mine if f.data.tags[tracking.FOLD] == "0")
-        assert run.data.metrics["best_val_accuracy"] == search.data.metrics["best_val_accuracy"]
+        assert run.data.metrics["sel_val_accuracy"] == search.data.metrics["sel_val_accuracy"]
         (ensemble,) = [e for e in ensembles if e.data.tags[tracking.PARENT] == run.info.run_id]
         assert run.data.metrics["ensemble_test_accuracy"] == ensemble.data.metrics["test_accuracy"]
     assert "floors fitted on every fold and logged beside them: majority, colour_forest" in swept.output
@@ -196,6 +196,12 @@ def test_every_run_shows_its_dataset_input_and_source(swept: Swept) -> None:
         assert json.loads(given.dataset.source)["uri"] == run.data.tags[tracking.DATASET_ROOT]
         assert run.data.tags["mlflow.source.git.commit"] == run.data.tags["git_commit"]
         assert run.data.tags["mlflow.source.name"]
+    for run in swept.runs("trial"):
+        # The metrics at the selected epoch say so, and the description says how it was selected.
+        metrics = run.data.metrics
+        assert 1 <= metrics["selected_epoch"] <= MAX_EPOCHS and "sel_val_accuracy" in metrics
+        assert not any(name.startswith("best_") for name in metrics)
+        assert "the epoch with the lowest validation loss" in run.data.tags["mlflow.note.content"]
 
 
 def test_the_parent_run_names_each_baselines_winner(swept: Swept) -> None:
@@ -248,9 +254,9 @@ def test_leaderboard_numbers_equal_the_metrics_in_mlflow(swept: Swept) -> None:
         mine = [r for r in trials if r.data.tags[tracking.BASELINE] == row.baseline]
         tested = [r for r in mine if "test_accuracy" in r.data.metrics]
         # Best objective; ties go to the lower validation loss, as in the leaderboard and the retrain.
-        best = min(tested, key=lambda r: (-r.data.metrics["objective"], r.data.metrics["best_val_loss"]))
+        best = min(tested, key=lambda r: (-r.data.metrics["objective"], r.data.metrics["sel_val_loss"]))
         assert row.best_run_id == best.info.run_id
-        assert row.val_accuracy == pytest.approx(best.data.metrics["best_val_accuracy"])
+        assert row.val_accuracy == pytest.approx(best.data.metrics["sel_val_accuracy"])
         assert row.test_accuracy == pytest.approx(best.data.metrics["test_accuracy"])
         assert row.test_auc == pytest.approx(best.data.metrics["test_auc"])
         assert row.test_recall == pytest.approx(best.data.metrics["test_sensitivity"])
@@ -274,7 +280,7 @@ def test_leaderboard_leaves_out_runs_of_another_split(swept: Swept) -> None:
         tags={tracking.BASELINE: "cancernet", tracking.SPLIT_HASH: "f" * 64},
         params={},
     )
-    tracker.log_metrics(stray, {"objective": 1.0, "best_val_accuracy": 1.0, "test_accuracy": 1.0}, step=1)
+    tracker.log_metrics(stray, {"objective": 1.0, "sel_val_accuracy": 1.0, "test_accuracy": 1.0}, step=1)
     tracker.finish(stray, tracking.FINISHED)
     result = CliRunner().invoke(app, ["leaderboard", str(swept.experiment)], catch_exceptions=False)
     assert result.exit_code == 0

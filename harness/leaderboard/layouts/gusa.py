@@ -87,12 +87,12 @@ def gusa_table1(runset: RunSet, options: LayoutOptions) -> ReportTable:
 def _table1_cells(runset: RunSet, runs: BaselineRuns, evidence: TableEvidence) -> dict[str, Cell]:
     """Return a harness row of Table I, #params aside."""
     ev = evidence.rows.get(runs.label)
-    folds = runs.fold_metric("best_val_accuracy")
-    values = folds or [runs.metric("best_val_accuracy")]
+    folds = runs.fold_metric("sel_val_accuracy")
+    values = folds or [runs.metric("sel_val_accuracy")]
     mean, sd, se = mean_sd_se(np.asarray(values) * 100) if not math.isnan(values[0]) else (math.nan,) * 3
     pooled, _ = runset.pooled_val_predictions(runs)
     val_auc = (
-        roc_auc(pooled.label.to_numpy(), probabilities(pooled)) if pooled is not None else runs.metric("best_val_auc")
+        roc_auc(pooled.label.to_numpy(), probabilities(pooled)) if pooled is not None else runs.metric("sel_val_auc")
     )
     single = runs.fold_metric("test_accuracy")
     return {
@@ -168,8 +168,8 @@ def gusa_table2(runset: RunSet, options: LayoutOptions) -> ReportTable:
     title = "001 Table II: RoI detection on the validation folds, mIoU at τ = 0.5"
     table = ReportTable("gusa-table2", title, list(TABLE2_COLUMNS))
     for runs in ordered(runset.baselines):
-        native = runs.fold_metric("best_val_miou_native") or [runs.metric("best_val_miou_native")]
-        full = runs.fold_metric("best_val_miou_full") or [runs.metric("best_val_miou_full")]
+        native = runs.fold_metric("sel_val_miou_native") or [runs.metric("sel_val_miou_native")]
+        full = runs.fold_metric("sel_val_miou_full") or [runs.metric("sel_val_miou_full")]
         if all(math.isnan(v) for v in native):
             continue
         roi_source = runs.roi_source if runs.roi_source == "files" else f"{runs.roi_source} ¶"

@@ -82,8 +82,8 @@ def _cells(runs: BaselineRuns, evidence: TableEvidence) -> dict[str, Cell]:
     """Return the cells of a baseline's row: its best trial's metrics, folds, tests and costs."""
     ev = evidence.rows.get(runs.label)
     return {
-        "val_accuracy": number(runs.metric("best_val_accuracy")),
-        "folds_val_accuracy": mean_sd_cell(runs.fold_metric("best_val_accuracy")),
+        "val_accuracy": number(runs.metric("sel_val_accuracy")),
+        "folds_val_accuracy": mean_sd_cell(runs.fold_metric("sel_val_accuracy")),
         "test_accuracy": number(runs.metric("test_accuracy")),
         "test_accuracy_ci": ci_cell(ev.accuracy if ev else None),
         **tested_cells(evidence, runs.label, "accuracy"),
