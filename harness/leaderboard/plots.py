@@ -29,6 +29,26 @@ def _grid(count: int, width: float = 3.6, height: float = 3.3):
     return plt, fig, list(axes.flat[:count])
 
 
+def _save(plt, fig, path: Path) -> None:
+    """Write a figure at twice its drawn resolution, legible at the page's full width, and close it."""
+    fig.savefig(path, dpi=2 * fig.dpi)
+    plt.close(fig)
+
+
+def params_axis(ax, values: list[float]) -> None:
+    """Label an axis of parameter counts as 3M, 20M: log scale only over more than a decade, where
+    only whole decades are labelled, so tick labels never run into each other."""
+    pyplot()
+    from matplotlib import ticker
+
+    if max(values) > 10 * min(values):
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    else:
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(4))
+    ax.xaxis.set_major_formatter(ticker.EngFormatter(sep=""))
+
+
 def _test_model(runs: BaselineRuns) -> str:
     return "ensemble" if runs.ensemble is not None else "best_trial"
 
@@ -67,8 +87,7 @@ def roc_figure(runset: RunSet, folder: Path) -> list[Figure]:
         ax.set_ylabel("true positive rate")
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(plt, fig, path)
     return [
         (
             path,
@@ -115,14 +134,13 @@ def pareto_figure(runset: RunSet, folder: Path) -> list[Figure]:
             label="Pareto front",
         )
         if xlabel.startswith("#params"):
-            ax.set_xscale("log")
+            params_axis(ax, [x for x, _, _ in points])
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test accuracy (best trial)")
         ax.legend(fontsize=7)
     fig.tight_layout()
     path = folder / "pareto.png"
-    fig.savefig(path)
-    plt.close(fig)
+    _save(plt, fig, path)
     return [
         (
             path,
@@ -156,8 +174,7 @@ def history_figure(runset: RunSet, folder: Path) -> list[Figure]:
         ax.legend(fontsize=6)
     fig.tight_layout()
     path = folder / "history.png"
-    fig.savefig(path)
-    plt.close(fig)
+    _save(plt, fig, path)
     return [
         (
             path,
@@ -190,8 +207,7 @@ def confusion_figure(runset: RunSet, folder: Path) -> list[Figure]:
         ax.set_title(runs.label, fontsize=9)
     fig.tight_layout()
     path = folder / "confusion.png"
-    fig.savefig(path)
-    plt.close(fig)
+    _save(plt, fig, path)
     return [(path, "Test confusion matrices, rows normalised (counts in brackets)")]
 
 

@@ -66,6 +66,7 @@ def to_markdown(table: ReportTable, *, heading: str = "##") -> str:
             texts[0] = f"↳ {texts[0]}"
         lines.append("| " + " | ".join(t.replace("|", "\\|") for t in texts) + " |")
     lines.append("")
+    lines += [f"- **{lead}**" for lead in table.floor_leads()]
     lines += [f"- {note}" for note in table.footnotes]
     return "\n".join(lines) + "\n"
 
@@ -117,8 +118,11 @@ def _image(path: Path) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.stem)}">'
 
 
+# Laid out for a laptop screen (1,400 px): a table wider than the page scrolls inside its own box,
+# and each figure (drawn at twice its resolution) takes the page's width.
 _STYLE = """
-body{font-family:system-ui,sans-serif;margin:2rem;color:#222;max-width:110rem}
+body{font-family:system-ui,sans-serif;margin:2rem auto;padding:0 1.5rem;color:#222;max-width:80rem}
+.scroll{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;margin:1rem 0;font-size:.85rem}
 th,td{padding:.25rem .5rem;text-align:right;border-bottom:1px solid #ddd;white-space:nowrap}
 th:nth-child(-n+2),td:nth-child(-n+2){text-align:left}
@@ -128,29 +132,48 @@ tr.floor td{color:#777}
 tr.published td,tr.difference td{color:#555;font-style:italic}
 tr.published td:first-child,tr.difference td:first-child{padding-left:1.5rem}
 td.best{font-weight:bold}
-figure{display:inline-block;margin:.5rem;vertical-align:top}
-figure img{max-width:42rem;border:1px solid #eee}
-figcaption{font-size:.8rem;color:#555;max-width:42rem}
-.notes li{font-size:.8rem;color:#444}
+figure{margin:1.5rem 0}
+figure img{width:100%;height:auto;border:1px solid #eee}
+figcaption{font-size:.85rem;color:#555}
+.notes li,details{font-size:.8rem;color:#444}
+p.lead{background:#fff4d6;border-left:4px solid #e0a800;padding:.4rem .8rem}
 """
+
+# Columns of run ids: shown under the table (in its details), where their width costs nothing.
+_ID_SUFFIX = "run_id"
 
 
 def _html_table(table: ReportTable) -> str:
     best = table.best_values()
-    head = "".join(f"<th>{html.escape(c.header)}</th>" for c in table.columns)
+    shown = [c for c in table.columns if not c.key.endswith(_ID_SUFFIX)]
+    head = "".join(f"<th>{html.escape(c.header)}</th>" for c in shown)
     body = []
     for row in table.rows:
         cells = []
-        for column, text in zip(table.columns, _texts(table, row)):
+        for column in shown:
             css = ' class="best"' if _is_best(table, row, column.key, best) else ""
-            cells.append(f"<td{css}>{html.escape(text)}</td>")
+            cells.append(f"<td{css}>{html.escape(row.cells.get(column.key, EMPTY).text)}</td>")
         body.append(f'<tr class="{row.kind}">{"".join(cells)}</tr>')
+    leads = "".join(f'<p class="lead">{html.escape(line)}</p>' for line in table.floor_leads())
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in table.footnotes)
     return (
         f'<section class="leaderboard-table" id="{html.escape(table.name)}"><h2>{html.escape(table.name)}: '
-        f"{html.escape(table.title)}</h2><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody>"
-        f'</table><ul class="notes">{notes}</ul></section>'
+        f'{html.escape(table.title)}</h2>{leads}<div class="scroll"><table><thead><tr>{head}</tr></thead>'
+        f'<tbody>{"".join(body)}</tbody></table></div>{_run_ids(table)}<ul class="notes">{notes}</ul></section>'
     )
+
+
+def _run_ids(table: ReportTable) -> str:
+    """Return the table's run-id columns as a details list under it (empty when it has none)."""
+    items = [
+        f"<li>{html.escape(row.cells.get(table.columns[0].key, EMPTY).text)}, {html.escape(c.header)}: "
+        f"<code>{html.escape(row.cells[c.key].text)}</code></li>"
+        for c in table.columns
+        if c.key.endswith(_ID_SUFFIX)
+        for row in table.rows
+        if row.cells.get(c.key, EMPTY).text not in ("", "-")
+    ]
+    return f"<details><summary>MLflow run ids</summary><ul>{''.join(items)}</ul></details>" if items else ""
 
 
 def to_html(title: str, intro: list[str], tables: list[ReportTable], figures: list[tuple[Path, str]]) -> str:

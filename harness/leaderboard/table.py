@@ -77,8 +77,8 @@ class ReportTable:
     footnotes: list[str] = field(default_factory=list)
     comparisons: list[Comparison] = field(default_factory=list)
 
-    def best_values(self) -> dict[str, float]:
-        """Return, per contest column, the winning value among harness rows."""
+    def best_values(self, kind: RowKind = "harness") -> dict[str, float]:
+        """Return, per contest column, the winning value among the rows of `kind`."""
         best = {}
         for column in self.columns:
             if column.higher_is_better is None:
@@ -86,7 +86,7 @@ class ReportTable:
             values = [
                 r.cells[column.key].value
                 for r in self.rows
-                if r.kind == "harness"
+                if r.kind == kind
                 and column.key in r.cells
                 and r.cells[column.key].value is not None
                 and not math.isnan(r.cells[column.key].value)
@@ -94,6 +94,23 @@ class ReportTable:
             if values:
                 best[column.key] = max(values) if column.higher_is_better else min(values)
         return best
+
+    def floor_leads(self) -> list[str]:
+        """Return a line per floor model that is ahead of every model on some column, naming them
+        ("colour_forest (floor) is ahead of every model on test acc"): a warning the bold cells hide."""
+        models, lines = self.best_values(), []
+        for row in (r for r in self.rows if r.kind == "floor"):
+            ahead = [
+                c.header
+                for c in self.columns
+                if c.key in models
+                and (value := row.cells.get(c.key, EMPTY).value) is not None
+                and (value > models[c.key] if c.higher_is_better else value < models[c.key])
+            ]
+            if ahead:
+                label = row.cells.get(self.columns[0].key, EMPTY).text
+                lines.append(f"{label} is ahead of every model on {', '.join(ahead)}")
+        return lines
 
     def frame(self) -> pd.DataFrame:
         """Return the table as data: one row per line, numbers where a cell has one, else its text

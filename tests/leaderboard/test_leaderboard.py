@@ -660,17 +660,23 @@ def test_unknown_table_and_tolerance_key_exit_2(bach, tmp_path: Path) -> None:
 
 
 CHROMIUM = shutil.which("chromium")
-# Appended to a copy of the page: on load it records whether each table and image has a visible box
-# and whether every image decoded, for --dump-dom to show.
+# Appended to a copy of the page: on load it records whether each table and image has a visible box,
+# whether every image decoded and how wide it is drawn, and which elements stick out of a 1,400 px
+# window other than inside a scroll box, for --dump-dom to show.
 VISIBILITY_PROBE = """<script>
 window.addEventListener('load', () => {
   const boxes = el => { const r = el.getBoundingClientRect(); return r.width > 0 && r.height > 0; };
   const tables = [...document.querySelectorAll('table')];
   const images = [...document.querySelectorAll('img')];
+  const wide = [...document.querySelectorAll('body *')].filter(
+    el => el.getBoundingClientRect().right > window.innerWidth + 1 && !el.closest('.scroll'));
   document.body.setAttribute('data-probe', JSON.stringify({
     tables: tables.length, visibleTables: tables.filter(boxes).length,
     images: images.length, decoded: images.filter(i => i.complete && i.naturalWidth > 0 && boxes(i)).length,
-    rows: document.querySelectorAll('tr.harness').length}));
+    rows: document.querySelectorAll('tr.harness').length,
+    viewport: window.innerWidth, pageWidth: document.documentElement.scrollWidth,
+    sticksOut: wide.map(el => el.tagName), scrolledTables: document.querySelectorAll('.scroll > table').length,
+    narrowestImage: Math.min(...images.map(i => Math.min(i.naturalWidth, i.getBoundingClientRect().width)))}));
 });
 </script>"""
 
@@ -705,6 +711,7 @@ def test_html_page_shows_tables_and_plots_in_headless_chromium(bach, tmp_path: P
             "--disable-component-update",
             "--disable-sync",
             f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1400,900",
             "--virtual-time-budget=5000",
             "--dump-dom",
             probe.as_uri(),
@@ -720,7 +727,14 @@ def test_html_page_shows_tables_and_plots_in_headless_chromium(bach, tmp_path: P
 
     found = json.loads(html.unescape(re.search(r'data-probe="([^"]*)"', dom).group(1)))
     figures = len([n for n in names if n.endswith(".png")])
+    layout = {k: found.pop(k) for k in ("viewport", "pageWidth", "sticksOut", "scrolledTables", "narrowestImage")}
     assert found == {"tables": 3, "visibleTables": 3, "images": figures, "decoded": figures, "rows": 3 * len(models)}
+    # Read on a laptop screen: nothing wider than the window but inside a table's own scroll box,
+    # and every figure decoded at 600 px or more and drawn that wide.
+    assert layout["viewport"] == 1400 and layout["pageWidth"] <= 1400, layout
+    assert layout["sticksOut"] == [] and layout["scrolledTables"] == 3, layout
+    assert layout["narrowestImage"] >= 600, layout
+    assert "<th>run</th>" not in page and "MLflow run ids" in page  # the ids moved under the table
 
 
 def test_map_ious_native_and_full_resolution() -> None:
