@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 IDC_SAMPLE := ../shared/data/idc_sample
 SYNTHETIC_IDC := results/synthetic_idc
 
-.PHONY: demo test test-cluster lint browser postgresql slurm clean
+.PHONY: demo test test-cluster lint browser postgresql slurm screenshots clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ demo: $(STAMP)
 		$(BIN)/harness data synth $$root; fi; \
 	$(BIN)/harness sweep experiments/demo.yaml --root $$root
 	$(BIN)/harness leaderboard experiments/demo.yaml
+
+# The README's pictures: the MLflow UI, optuna-dashboard and the leaderboard page over the demo's
+# store (made first when results/ has none), in headless Chromium; both servers listen on 127.0.0.1.
+screenshots: $(STAMP) browser
+	@test -f results/mlflow.db || $(MAKE) demo
+	$(BIN)/python tools/screenshots.py --results results --experiment demo --out docs/screenshots
 
 # The cluster tests (two-node Ray, an MLflow server process, a killed and resumed driver, a
 # single-node SLURM) take about 8 minutes on 2 cores; they have their own target so `make test`

@@ -128,7 +128,9 @@ def log_epoch(
     metrics = epoch_metrics(report, objective)
     logged: dict[int, dict[str, float]] = {report.epoch: dict(metrics)}
     if report.epoch == 1:
-        logged[0] = {f"params_{k}": v for k, v in report.param_counts.items()}
+        # Beside the first epoch's metrics, not before them: MLflow lists a run's metrics by step,
+        # and its parallel-coordinates plot starts from the first (objective, not a constant count).
+        logged[1] |= {f"params_{k}": v for k, v in report.param_counts.items()}
     if report.best_val_evaluation is not None:
         best = report.best_val_evaluation.metrics
         logged.setdefault(report.best_epoch, {}).update(

@@ -163,9 +163,16 @@ def git_commit(directory: Path | None = None) -> str:
 
 
 def source_tags(commit: str) -> dict[str, str]:
-    """Return MLflow's source tags, which its Source column shows: the command and the git commit."""
-    command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
-    return {"mlflow.source.name": command, "mlflow.source.type": "LOCAL", "mlflow.source.git.commit": commit}
+    """Return MLflow's source tags, which its Source column shows, and the whole command line."""
+    words = [Path(sys.argv[0]).name, *sys.argv[1:]]
+    # The UI shows a local source's last path component: the words' own names keep it readable.
+    short = " ".join(Path(w).name if "/" in w else w for w in words)
+    return {
+        "command": " ".join(words),
+        "mlflow.source.name": short,
+        "mlflow.source.type": "LOCAL",
+        "mlflow.source.git.commit": commit,
+    }
 
 
 def environment_tags() -> dict[str, str]:

@@ -32,6 +32,7 @@ from harness.localisation import map_ious
 from harness.metrics import classification_metrics, confusion
 from harness.train import Evaluation
 from tests.conftest import write_experiment
+from tools.screenshots import CHROMIUM_FLAGS
 
 SPLIT = "a" * 64
 BACH_CLASSES = ("Normal", "Benign", "InSitu", "Invasive")
@@ -703,13 +704,7 @@ def test_html_page_shows_tables_and_plots_in_headless_chromium(bach, tmp_path: P
         [
             CHROMIUM,
             "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
+            *CHROMIUM_FLAGS,
             f"--user-data-dir={tmp_path / 'profile'}",
             "--window-size=1400,900",
             "--virtual-time-budget=5000",
