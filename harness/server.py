@@ -91,6 +91,23 @@ def server_command(
     return command
 
 
+def server_environment() -> dict[str, str]:
+    """Return the environment `mlflow server` runs with: this process's, with the harness's
+    defaults for what the environment leaves unset."""
+    defaults = {
+        # MLflow 3 also starts ~8 job-runner processes (GenAI scorers, 250 MB each) that tracking
+        # never uses.
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        # SQLAlchemy's default pool (5 + 10 overflow per worker) answers a burst of trials with
+        # "QueuePool limit reached" after 30 s (bench/tracking_load.py); 2 workers x 40 stays
+        # within PostgreSQL's default 100 connections.
+        "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": "20",
+        "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": "20",
+    }
+    return {**defaults, **os.environ}
+
+
 def start_server(
     backend_store_uri: str,
     artifacts_destination: Path,
@@ -109,24 +126,11 @@ def start_server(
         database.parent.mkdir(parents=True, exist_ok=True)
     artifacts_destination.mkdir(parents=True, exist_ok=True)
     log = log or artifacts_destination.parent / f"mlflow-server-{port}.log"
-    handle = log.open("w")
-    # MLflow 3 also starts ~8 job-runner processes (GenAI scorers, 250 MB each) that tracking never
-    # uses; they stay off unless the environment asks for them.
-    env = {
-        **os.environ,
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false"),
-        "MLFLOW_DISABLE_TELEMETRY": os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true"),
-        # SQLAlchemy's default pool (5 + 10 overflow per worker) answers a burst of trials with
-        # "QueuePool limit reached" after 30 s (bench/tracking_load.py); 2 workers x 40 stays
-        # within PostgreSQL's default 100 connections.
-        "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": os.environ.get("MLFLOW_SQLALCHEMYSTORE_POOL_SIZE", "20"),
-        "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": os.environ.get("MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW", "20"),
-    }
     process = subprocess.Popen(
         server_command(backend_store_uri, artifacts_destination, host, port, workers, allowed_hosts),
-        stdout=handle,
+        stdout=log.open("w"),
         stderr=subprocess.STDOUT,
-        env=env,
+        env=server_environment(),
     )
     server = ServerProcess(process=process, uri=f"http://{host}:{port}", log=log)
     deadline = time.monotonic() + wait_seconds
