@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,7 +145,9 @@ def write_split(split: Split, directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"split-{split.hash[:16]}.parquet"
     if not path.exists():
-        tmp = path.with_suffix(".tmp")
+        # One scratch file per process: two sweeps preparing the same data at once each write
+        # their own (the same split), and the second move in place is harmless.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         split.assignments.assign(folds=split.folds, seed=split.seed, test_fraction=split.test_fraction).to_parquet(tmp)
         tmp.replace(path)
     return path
