@@ -3,7 +3,6 @@ placement, failures, the fold retrain and ensemble, and a worker node lost mid-s
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from pathlib import Path
@@ -20,17 +19,11 @@ from harness import tracking
 from harness.cli import app
 from harness.leaderboard import build_leaderboard
 from harness.server import ServerProcess, start_server
-from tests.conftest import experiment_dict, write_experiment
+from tests.conftest import experiment_dict, free_port, write_experiment
 
 pytestmark = pytest.mark.cluster
 
 FOLDS = 3
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

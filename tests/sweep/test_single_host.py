@@ -9,7 +9,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,16 +20,10 @@ import requests
 from mlflow import MlflowClient
 
 from harness.data.synthetic import write_synthetic_idc
-from tests.conftest import REPO, wait_for
+from tests.conftest import REPO, free_port, listening, wait_for
 
 pytestmark = pytest.mark.cluster
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _answers(url: str) -> bool:
@@ -38,11 +31,6 @@ def _answers(url: str) -> bool:
         return requests.get(url, timeout=2).status_code == 200
     except requests.RequestException:
         return False
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _group_sockets(pgid: int) -> list[str]:
@@ -89,7 +77,7 @@ def test_single_host_recipe_runs_on_loopback_and_stops_only_what_it_started(tmp_
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
         "RAY_USAGE_STATS_ENABLED": "0",
     }
-    ray_port, mlflow_port = _free_port(), _free_port()
+    ray_port, mlflow_port = free_port(), free_port()
     # Ray's unix sockets live under its temp folder, whose path must stay short (108 bytes).
     ray_tmp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
     head = subprocess.Popen(
@@ -105,7 +93,7 @@ def test_single_host_recipe_runs_on_loopback_and_stops_only_what_it_started(tmp_
     )  # fmt: skip
     uri = f"http://127.0.0.1:{mlflow_port}"
     try:
-        wait_for(lambda: _listening(ray_port), 120, "the Ray head")
+        wait_for(lambda: listening(ray_port), 120, "the Ray head")
         wait_for(lambda: _answers(f"{uri}/health"), 180, "the MLflow server")
         root = write_synthetic_idc(tmp_path / "idc", patients=8, seed=5)
         sweep = subprocess.run(

@@ -10,7 +10,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,26 +20,15 @@ import pytest
 from mlflow import MlflowClient
 
 from harness.data.synthetic import write_synthetic_idc
-from tests.conftest import REPO, experiment_dict, wait_for, write_experiment
+from tests.conftest import REPO, experiment_dict, free_port, listening, wait_for, write_experiment
 
 pytestmark = pytest.mark.cluster
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "scancel", "scontrol")
 TERMINAL = {"FINISHED", "KILLED", "FAILED"}
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
-
-
 def _slurm_conf(folder: Path, host: str) -> str:
-    ctld, slurmd = _free_port(), _free_port()
+    ctld, slurmd = free_port(), free_port()
     return f"""ClusterName=histo
 SlurmctldHost={host}(127.0.0.1)
 SlurmctldPort={ctld}
@@ -149,8 +137,8 @@ def _submit(slurm: dict[str, str], tmp_path: Path, *, epochs: int, trials: int) 
     variables = {
         "SHARED_DIR": str(tmp_path / "shared"),
         "DATASET_ROOT": str(root),
-        "RAY_PORT": str(_free_port()),
-        "MLFLOW_PORT": str(_free_port()),
+        "RAY_PORT": str(free_port()),
+        "MLFLOW_PORT": str(free_port()),
     }
     if Path(sys.prefix).resolve() != (REPO / ".venv").resolve():
         variables["HARNESS_VENV"] = sys.prefix
@@ -183,8 +171,8 @@ def _processes_under(folder: Path) -> list[str]:
 
 def _assert_nothing_left(variables: dict[str, str], shared: Path) -> None:
     wait_for(lambda: not _processes_under(shared), 90, "the job's processes to end")
-    assert not _listening(int(variables["RAY_PORT"])), "Ray's port still answers"
-    assert not _listening(int(variables["MLFLOW_PORT"])), "the MLflow server's port still answers"
+    assert not listening(int(variables["RAY_PORT"])), "Ray's port still answers"
+    assert not listening(int(variables["MLFLOW_PORT"])), "the MLflow server's port still answers"
     assert not list(shared.glob(".ray-auth-token-*")), "the job's Ray token was left in SHARED_DIR"
     assert not list(REPO.glob("*.out")), "the job's log went into the checkout"
 
