@@ -9,6 +9,10 @@ retried.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
 from ray.exceptions import NodeDiedError, RayActorError, WorkerCrashedError
 
 from harness.errors import InputError, disk_full
@@ -50,3 +54,18 @@ def failure_cause(exc: BaseException | str) -> str:
     if isinstance(root_cause(exc), (RayActorError, WorkerCrashedError, NodeDiedError)):
         return WORKER_LOST
     return ERROR
+
+
+def trial_error(trial: Any) -> BaseException | str | None:
+    """Return the latest error Tune recorded for `trial`: the exception where Tune pickled it (an
+    error raised in a Ray worker), else its printed text, else None.
+
+    Tune writes both into the driver's staging folder before it calls the callbacks, and copies them
+    to the storage path (where `Trial.get_error` looks) only at its next sync: read the staged copy
+    first, or a callback on another node's failure may find nothing yet."""
+    pickled, text = trial.pickled_error_file, trial.error_file
+    if pickled and Path(pickled).is_file():
+        return cloudpickle.loads(Path(pickled).read_bytes())
+    if text and Path(text).is_file():
+        return Path(text).read_text(errors="replace")
+    return trial.get_pickled_error() or trial.get_error()

@@ -6,6 +6,9 @@ from __future__ import annotations
 import rich
 from ray import tune
 
+from harness import tracking
+
+from ._failures import trial_error
 from ._keys import CAUSE_KEY, DONE_KEY, EPOCH_KEY, FAILED_KEY
 
 
@@ -51,9 +54,9 @@ class TrialLines(tune.Callback):
         )
 
     def on_trial_error(self, iteration: int, trials: list, trial: object, **info: object) -> None:
-        error = str(trial.get_error() or "").strip().splitlines()
+        error = tracking.error_text(trial_error(trial) or "").splitlines()[0]
         rich.get_console().print(
-            f"[red]FAILED[/] {trial.config['baseline']:<10} {trial.trial_id}  {error[-1] if error else ''}",
+            f"[red]FAILED[/] {trial.config['baseline']:<10} {trial.trial_id}  {error}",
             highlight=False,
         )
 

@@ -18,7 +18,7 @@ from harness.config import ExperimentConfig, ResourcesSpec, split_point
 from harness.experiment import ExperimentSetup, log_epoch, selection_note
 from harness.train import EpochReport, FitResult, RunSpec, TrainState, fit
 
-from ._failures import ERROR, TrialOutOfMemory, deterministic_cause, failure_cause
+from ._failures import ERROR, TrialOutOfMemory, deterministic_cause, failure_cause, trial_error
 from ._keys import CAUSE_KEY, DONE_KEY, EPOCH_KEY, FAILED_KEY
 from ._nodes import NodeIdentity, check_manifest, current_node, localise, trial_device
 
@@ -361,7 +361,7 @@ class CloseTrialRuns(tune.Callback):
 
 def _error_tags(trial: Any) -> dict[str, str]:
     """Return the error and failure-cause tags of a trial Tune saw raise."""
-    error = trial.get_error()
+    error = trial_error(trial)
     if error is None:
         return {tracking.ERROR: "unknown error", tracking.FAILURE_CAUSE: ERROR}
     return {tracking.ERROR: tracking.error_text(error), tracking.FAILURE_CAUSE: failure_cause(error)}

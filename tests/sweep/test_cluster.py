@@ -13,12 +13,17 @@ import pytest
 import ray
 from mlflow import MlflowClient
 from ray.cluster_utils import Cluster
+from ray.exceptions import RayTaskError
+from ray.train._internal.storage import StorageContext
+from ray.tune.experiment import Trial
 from typer.testing import CliRunner
 
 from harness import tracking
 from harness.cli import app
 from harness.leaderboard import build_leaderboard
 from harness.server import ServerProcess, start_server
+from harness.sweep._failures import trial_error
+from harness.sweep._trial import _error_tags
 from tests.conftest import experiment_dict, free_port, write_experiment
 
 pytestmark = pytest.mark.cluster
@@ -147,6 +152,27 @@ def test_raising_and_diverging_trials_fail_with_their_errors(failing_sweep: str,
     assert "FAILED" in failing_sweep
     board = build_leaderboard(server.uri, "cluster-failures")
     assert board.table.loc[0, "failed"] == 4 and board.table.loc[0, "trials"] == 6
+
+
+def test_a_trial_error_is_read_from_the_drivers_staged_copy(cluster: Cluster, tmp_path: Path) -> None:
+    # Tune calls on_trial_error before it syncs the error file to storage, where Trial.get_error
+    # looks: a trial failing on another node was once closed with "unknown error".
+    ray.init(address=cluster.address)
+    try:
+        storage = StorageContext(storage_path=str(tmp_path), experiment_dir_name="exp", trial_dir_name="t0")
+        trial = Trial("cancernet", config={}, storage=storage, trial_id="t0", stub=True)
+        Path(trial.local_path).mkdir(parents=True)
+        trial.handle_error(RuntimeError("a lost heartbeat"))
+        assert trial.get_error() is None
+        assert "a lost heartbeat" in trial_error(trial)
+        raised = RayTaskError("train", "Traceback ...", ValueError("Expected more than 1 value per channel"))
+        trial.handle_error(raised)
+        assert trial.get_pickled_error() is None
+        tags = _error_tags(trial)
+        assert tags[tracking.ERROR].startswith("ValueError: Expected more than 1 value per channel")
+        assert tags[tracking.FAILURE_CAUSE] == "error"
+    finally:
+        ray.shutdown()
 
 
 def test_fold_retrain_and_softmax_ensemble(failing_sweep: str, server: ServerProcess) -> None:
