@@ -294,7 +294,8 @@ def _print_sweep(summary: SweepSummary) -> None:
         folds = ", ".join(f"{acc:.3f}" for _, acc in sorted(e.fold_accuracy.items()))
         console.print(
             f"{e.baseline}: test accuracy of the {len(e.fold_accuracy)} fold models {folds}; "
-            f"their softmax ensemble {e.ensemble_accuracy:.3f}",
+            f"their softmax ensemble {e.ensemble_accuracy:.3f}"
+            + (f"; registered as models:/{e.registered}@winner and @ensemble" if e.registered else ""),
             highlight=False,
         )
     if summary.floors:
@@ -452,7 +453,7 @@ def leaderboard(
     """Rebuild the comparison tables from MLflow beside the published numbers; print them and write
     results/<experiment>/{<table>.md,.tex,.csv, leaderboard.md, leaderboard.tex, leaderboard.html}."""
     from harness.leaderboard import LayoutOptions, build_leaderboard, write_leaderboard
-    from harness.leaderboard.attach import attach_leaderboard
+    from harness.leaderboard.attach import attach_leaderboard, tag_registered_models
     from harness.leaderboard.render import to_markdown
     from harness.leaderboard.source import resolve_source
 
@@ -465,11 +466,14 @@ def leaderboard(
     written = write_leaderboard(board, results, html=html)
     shown = [p for p in written if p.suffix in {".md", ".html", ".png", ".svg"}]
     runs = attach_leaderboard(source.tracking_uri, list(source.names), board.runs.split_hash, shown, results)
+    versions = tag_registered_models(source.tracking_uri, list(source.names), board.table)
     for table in board.tables:
         console.print(to_markdown(table), highlight=False, soft_wrap=True, markup=False)
     console.print(f"written to {results}: " + ", ".join(p.name for p in written if p.parent == results))
     if runs:
         console.print(f"attached to sweep run(s) {', '.join(runs)} as artifacts under leaderboard/")
+    if versions:
+        console.print(f"each winner's row set as leaderboard.* tags of the registered {', '.join(versions)}")
     if check:
         _check(board.tables, source.spec)
 

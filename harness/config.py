@@ -279,6 +279,9 @@ class SearchSpec(Strict):
     optuna_storage: str | None = None
     warm_start: WarmStartSpec | None = None
     retrain: Literal["all_folds", "none"] = "all_folds"
+    # Log each retrained fold's model and the winner's fold ensemble as MLflow models, and register
+    # both as `<experiment>-<baseline>` (aliases winner and ensemble).
+    register_models: bool = True
     # Suggestions in fixed batches and stopping decisions at synchronous points, so two sweeps with
     # the same seed and data write the same leaderboard (on CPU) whatever order trials finish in.
     reproducible: bool = False

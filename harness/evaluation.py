@@ -74,6 +74,12 @@ def evaluation_of(prob: np.ndarray, labels: np.ndarray, frame: pd.DataFrame) -> 
     )
 
 
+def mean_softmax(probabilities: list[np.ndarray]) -> np.ndarray:
+    """Return the mean of fold models' class probabilities (each N x C), in float32: the models
+    compute in float32, and folds read back from stored predictions average as the fresh ones did."""
+    return np.mean(np.stack([p.astype(np.float32) for p in probabilities]), axis=0)
+
+
 def fold_ensemble(predictions: list[pd.DataFrame]) -> Evaluation:
     """Return the evaluation of the mean softmax of fold models over the same test images."""
     first = predictions[0]
@@ -81,7 +87,7 @@ def fold_ensemble(predictions: list[pd.DataFrame]) -> Evaluation:
         if not other.rel_path.equals(first.rel_path):
             raise ValueError("fold models were evaluated on different test images")
     prob_columns = [c for c in first.columns if c.startswith("prob_")]
-    mean = np.mean([p[prob_columns].to_numpy() for p in predictions], axis=0)
+    mean = mean_softmax([p[prob_columns].to_numpy() for p in predictions])
     labels = first.label.to_numpy()
     frame = first.drop(columns=prob_columns + ["pred"]).assign(
         **{c: mean[:, i] for i, c in enumerate(prob_columns)}, pred=mean.argmax(1)

@@ -28,13 +28,14 @@ from harness.bn_recalibration import recalibrate_for_evaluation
 from harness.config import TrainParams
 from harness.data.bags import BagGrid, bag_grid
 from harness.data.cache import open_patch_cache
-from harness.data.dataset import BagDataset, ImageDataset
+from harness.data.dataset import BagDataset, ImageDataset, part_dataset
 from harness.data.manifest import read_manifest
 from harness.data.splits import CV, TEST, read_split
-from harness.data.transforms import batch_normaliser, build_bag_transform, build_transform
+from harness.data.transforms import batch_normaliser
 from harness.evaluation import Evaluation, Normaliser, evaluate, map_galleries
 from harness.localisation import localisation_scores
 from harness.optim import build_optimizer, step_schedule
+from harness.served_model import ClassProbabilities, InputRecipe, ServedFold
 
 # The RunSpec fields every run logs as params beside its hyperparameters (the protocol options).
 PROTOCOL_PARAMS = ("semantics", "bn_recalibration")
@@ -216,15 +217,19 @@ class _Fold:
     def dataset(self, part: str, *, with_masks: bool = False) -> ImageDataset | BagDataset:
         """Return the dataset of `part` with its transform (augmented for train); masks ride along
         with training images, and with others when asked."""
-        p, seed, train = self.spec.params, self.spec.seed, part == "train"
-        if self.grid is not None:
-            return BagDataset(
-                self.images, self.rows[part], self.labels, build_bag_transform(p, train=train, seed=seed), self.grid
-            )
-        stored_hw = tuple(self.images.shape[1:3])
-        transform = build_transform(p, stored_hw=stored_hw, train=train, seed=seed, keras=self.keras)
+        train = part == "train"
         masks = self.masks if train or with_masks else None
-        return ImageDataset(self.images, self.rows[part], self.labels, transform, masks)
+        return part_dataset(
+            self.images,
+            self.rows[part],
+            self.labels,
+            self.spec.params,
+            grid=self.grid,
+            train=train,
+            seed=self.spec.seed,
+            keras=self.keras,
+            masks=masks,
+        )
 
     def evaluation_loader(self, dataset: ImageDataset | BagDataset) -> DataLoader:
         """Return an unshuffled loader over `dataset` in evaluation batches."""
@@ -274,20 +279,25 @@ class _Optimisation:
         return [s for s in (self.step_scheduler, self.epoch_scheduler) if s is not None]
 
 
-def _build_optimisation(spec: RunSpec, fold: _Fold, device: str) -> _Optimisation:
-    """Return the model of `spec` on `device` with its recipe's loss, optimiser and schedules."""
-    p, entry = spec.params, baselines.info(spec.baseline)
+def _create_model(spec: RunSpec, fold: _Fold, *, pretrained: bool) -> nn.Module:
+    """Return the model of `spec` for `fold`, from its pretrained weights when asked."""
     model_kwargs = dict(spec.model_kwargs)
     if fold.grid is not None:
         # The attention map is drawn on the grid the data gives, whatever the model's default.
         model_kwargs.update(grid_rows=fold.grid.rows, grid_cols=fold.grid.cols)
-    model = baselines.create(
+    return baselines.create(
         spec.baseline,
         num_classes=spec.num_classes,
-        pretrained=str(spec.pretrained) if spec.pretrained else None,
+        pretrained=str(spec.pretrained) if spec.pretrained and pretrained else None,
         semantics=spec.semantics,
         **model_kwargs,
-    ).to(device)
+    )
+
+
+def _build_optimisation(spec: RunSpec, fold: _Fold, device: str) -> _Optimisation:
+    """Return the model of `spec` on `device` with its recipe's loss, optimiser and schedules."""
+    p, entry = spec.params, baselines.info(spec.baseline)
+    model = _create_model(spec, fold, pretrained=True).to(device)
     weights = (
         class_weights(fold.labels[fold.rows["train"]], spec.num_classes) if p.class_weights == "inverse_max" else None
     )
@@ -493,3 +503,21 @@ def fit(
         if entry.done:
             break
     return run.result(time.perf_counter() - started)
+
+
+def served_fold(spec: RunSpec, result: FitResult, examples: int = 2) -> ServedFold:
+    """Return the fit's best model as MLflow serves it (on the CPU, in eval mode), how stored
+    images become its inputs, and the first `examples` stored test images."""
+    fold = _open_fold(spec)
+    model = _create_model(spec, fold, pretrained=False)
+    model.load_state_dict(result.state_dict)
+    recipe = InputRecipe(
+        params=spec.params,
+        stored_hw=tuple(fold.images.shape[1:3]),
+        bags=fold.grid is not None,
+        keras=fold.keras,
+        batch_size=spec.eval_batch_size,
+        threads=max(1, spec.threads),
+    )
+    stored = np.asarray(fold.images[fold.rows["test"][:examples]])
+    return ServedFold(ClassProbabilities(model, spec.params.normalisation).eval(), recipe, stored)

@@ -12,7 +12,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from harness.config import TrainParams
+
 from .bags import BagGrid, cut_bag
+from .transforms import build_bag_transform, build_transform
 
 
 class ImageDataset(Dataset):
@@ -72,3 +75,23 @@ class BagDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor | int]:
         bag = self.transform(cut_bag(np.asarray(self.images[self.rows[i]]), self.grid))
         return {"image": bag, "label": int(self.labels[i])}
+
+
+def part_dataset(
+    images: np.ndarray,
+    rows: np.ndarray,
+    labels: np.ndarray,
+    params: TrainParams,
+    *,
+    grid: BagGrid | None,
+    train: bool,
+    seed: int,
+    keras: bool,
+    masks: np.ndarray | None = None,
+) -> ImageDataset | BagDataset:
+    """Return the dataset of `rows` of `images` as a run of `params` reads them: bags cut on `grid`
+    when one is given, else images (with `masks`); augmented only when `train`."""
+    if grid is not None:
+        return BagDataset(images, rows, labels, build_bag_transform(params, train=train, seed=seed), grid)
+    transform = build_transform(params, stored_hw=tuple(images.shape[1:3]), train=train, seed=seed, keras=keras)
+    return ImageDataset(images, rows, labels, transform, masks)

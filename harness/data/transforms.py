@@ -257,10 +257,17 @@ def build_transform(
     return A.Compose([*steps, ToTensorV2()], seed=seed)
 
 
+def normalisation_constants(
+    normalisation: str, device: str | torch.device = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (mean, scale), each 3 x 1 x 1 on the 0-255 scale, of `normalisation`: x -> (x - mean) * scale."""
+    mean, std = (torch.tensor(v, device=device).view(3, 1, 1) * 255 for v in _NORMALISATION[normalisation])
+    return mean, 1 / std
+
+
 def batch_normaliser(normalisation: str, device: str | torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
     """Return uint8 batch (... x 3 x H x W) -> float batch normalised as `normalisation` says."""
-    mean, std = (torch.tensor(v, device=device).view(3, 1, 1) * 255 for v in _NORMALISATION[normalisation])
-    scale = 1 / std
+    mean, scale = normalisation_constants(normalisation, device)
     # In place: on a batch of large images each temporary would cost as much as the work.
     return lambda batch: batch.to(device, non_blocking=True).float().sub_(mean).mul_(scale)
 

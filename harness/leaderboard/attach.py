@@ -1,11 +1,15 @@
 """The leaderboard on the sweep's front page: its tables, page and figures logged as artifacts of
-the newest sweep run of each compared experiment on the compared split, so the MLflow UI shows them."""
+the newest sweep run of each compared experiment on the compared split, so the MLflow UI shows them;
+and each baseline's row as tags of the registered versions of its winner."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
+
 from harness import tracking
+from harness.model_registry import registered_name
 
 LEADERBOARD = "leaderboard"  # the artifact folder on the sweep's parent run
 
@@ -39,3 +43,35 @@ def attach_leaderboard(
             folder = Path(LEADERBOARD) / path.parent.relative_to(results_dir)
             tracker.log_file(run_id, path, folder.as_posix())
     return runs
+
+
+def _row_tags(row: pd.Series) -> dict[str, str]:
+    values = {k: v for k, v in row.items() if k not in {"baseline", "best_run_id"} and not _missing(v)}
+    return {f"leaderboard.{k}": _text(v) for k, v in values.items()}
+
+
+def _text(value: object) -> str:
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else f"{value:.6g}"
+    return str(value)
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and pd.isna(value))
+
+
+def tag_registered_models(tracking_uri: str, experiments: list[str], table: pd.DataFrame) -> list[str]:
+    """Set each baseline's leaderboard row (`table`, one row per baseline) as `leaderboard.*` tags
+    on the registered versions of its winner (matched by winning run); returns 'name vN' of each."""
+    client = tracking.tracker_for(tracking_uri).client
+    tagged = []
+    for experiment in experiments:
+        for _, row in table.iterrows():
+            name = registered_name(experiment, row.baseline)
+            for version in client.search_model_versions(f"name = '{name}'"):
+                if version.tags.get("winner_run_id") != row.best_run_id:
+                    continue
+                for key, value in _row_tags(row).items():
+                    client.set_model_version_tag(name, version.version, key, value)
+                tagged.append(f"{name} v{version.version}")
+    return tagged

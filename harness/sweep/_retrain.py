@@ -20,11 +20,13 @@ from ray import tune
 from harness import tracking
 from harness.experiment import log_epoch
 from harness.metrics import ranking_key
-from harness.train import EpochReport
+from harness.model_registry import log_fold_model
+from harness.train import EpochReport, served_fold
 
 from ._ensemble import log_fold_ensemble
 from ._keys import DONE_KEY
 from ._nodes import current_node
+from ._registry import register_winner
 from ._trial import SweepContext, fit_on_node, node_spec
 
 PREDICTIONS = "test/predictions.csv"
@@ -52,6 +54,8 @@ class EnsembleOutcome:
     fold_accuracy: dict[int, float]
     ensemble_accuracy: float
     ensemble_run_id: str
+    registered: str | None = None  # the Model Registry name of its winner and ensemble
+    note: str | None = None  # why they were not registered
 
 
 def winners(grid: tune.ResultGrid, tracker: tracking.Tracker, ctx: SweepContext, mode: str) -> list[Winner]:
@@ -99,6 +103,8 @@ def _train_fold(ctx: SweepContext, winner: Winner, fold: int) -> FoldOutcome:
             log_epoch(tracker, run_id, entry, objective=ctx.objective, class_names=ctx.class_names)
 
         result = fit_on_node(spec, ctx.plans[winner.baseline].gpu, report)
+        if ctx.register_models:
+            log_fold_model(ctx.tracking_uri, run_id, served_fold(spec, result))
     assert result.test is not None, "retraining needs a test set (protocol.test_fraction > 0)"
     return run_id, result.test.predictions
 
@@ -122,7 +128,12 @@ def _log_ensemble(ctx: SweepContext, winner: Winner, folds: dict[int, FoldOutcom
         class_names=ctx.class_names,
     )
     single = {k: float((p.pred == p.label).mean()) for k, (_, p) in folds.items()}
-    return EnsembleOutcome(winner.baseline, single, evaluation.metrics["accuracy"], run_id)
+    registered, note = None, None
+    if ctx.register_models:
+        fold_runs = {k: fold_run for k, (fold_run, _) in folds.items()}
+        test_metrics = {f"test_{k}": v for k, v in evaluation.metrics.items()}
+        registered, note = register_winner(ctx, winner, fold_runs, run_id, test_metrics)
+    return EnsembleOutcome(winner.baseline, single, evaluation.metrics["accuracy"], run_id, registered, note)
 
 
 def _submit_folds(
@@ -174,4 +185,4 @@ def retrain_winners(
         if on_fold is not None:
             on_fold(winner.baseline, fold, float((predictions.pred == predictions.label).mean()))
     outcomes = [_log_ensemble(ctx, w, done[w.baseline]) for w in winners if len(done[w.baseline]) == folds]
-    return outcomes, notes
+    return outcomes, notes + [o.note for o in outcomes if o.note]

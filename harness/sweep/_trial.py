@@ -66,6 +66,7 @@ class SweepContext:
     eval_batch_size: int
     semantics: str
     bn_recalibration: bool
+    register_models: bool
 
     def run_tags(self, spec: RunSpec) -> dict[str, str]:
         """Return the tags of a run that fits `spec` (a trial, or a winner on one fold)."""
@@ -117,6 +118,7 @@ def sweep_context(
         eval_batch_size=config.training.eval_batch_size,
         semantics=config.training.semantics,
         bn_recalibration=config.training.bn_recalibration,
+        register_models=config.search.register_models,
     )
 
 

@@ -7,10 +7,12 @@ import threading
 import time
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 import ray
+import torch
 from mlflow import MlflowClient
 from ray.cluster_utils import Cluster
 from ray.exceptions import RayTaskError
@@ -20,7 +22,15 @@ from typer.testing import CliRunner
 
 from harness import tracking
 from harness.cli import app
+from harness.config import load_experiment
+from harness.data.cache import open_patch_cache
+from harness.data.manifest import read_manifest
+from harness.data.prepare import load_or_index, prepare
+from harness.data.splits import TEST, read_split
 from harness.leaderboard import build_leaderboard
+from harness.leaderboard.attach import tag_registered_models
+from harness.model_registry import MODEL_URI, RECIPE
+from harness.served_model import InputRecipe, prediction_frame, torch_threads
 from harness.server import ServerProcess, start_server
 from harness.sweep._failures import trial_error
 from harness.sweep._trial import _error_tags
@@ -80,9 +90,7 @@ def _sweep(cluster: Cluster, server: ServerProcess, path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def failing_sweep(
-    tmp_path_factory: pytest.TempPathFactory, synthetic_idc: Path, cluster: Cluster, server: ServerProcess
-) -> str:
+def failing_experiment(tmp_path_factory: pytest.TempPathFactory, synthetic_idc: Path) -> Path:
     """Six brute-forced CancerNet points: batch 1 raises in BatchNorm (3 trials), lr 1e30 diverges
     (1 trial), two finish; the winner is retrained on every fold."""
     tmp = tmp_path_factory.mktemp("cluster_sweep")
@@ -111,7 +119,13 @@ def failing_sweep(
             "max_concurrent": 2,
         },
     )
-    return _sweep(cluster, server, write_experiment(tmp / "failures.yaml", data))
+    return write_experiment(tmp / "failures.yaml", data)
+
+
+@pytest.fixture(scope="module")
+def failing_sweep(failing_experiment: Path, cluster: Cluster, server: ServerProcess) -> str:
+    """The output of the sweep of `failing_experiment`."""
+    return _sweep(cluster, server, failing_experiment)
 
 
 def test_trials_run_on_both_nodes_and_log_to_the_server(
@@ -200,6 +214,56 @@ def test_fold_retrain_and_softmax_ensemble(failing_sweep: str, server: ServerPro
     assert row.folds_mean_test_accuracy == pytest.approx(np.mean([(p.pred == p.label).mean() for p in predictions]))
 
 
+def _stored_test_images(experiment: Path) -> tuple[np.ndarray, pd.DataFrame]:
+    """Return the sweep's test images as the harness stored them, and their manifest rows."""
+    config = load_experiment(experiment)
+    manifest, _ = load_or_index(config.dataset)
+    data = prepare(manifest, config.dataset, config.protocol, config.output_dir / "_data")
+    rows = read_split(data.split_path).rows(split=TEST)
+    return np.asarray(open_patch_cache(data.cache_path)[rows]), read_manifest(data.manifest_path)[0].iloc[rows]
+
+
+def test_winners_are_registered_models_that_reproduce_the_stored_predictions(
+    failing_experiment: Path, failing_sweep: str, server: ServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+    client = MlflowClient(server.uri)
+    name = "cluster-failures-cancernet"
+    ensemble, winner = (client.get_model_version_by_alias(name, alias) for alias in ("ensemble", "winner"))
+    ensemble_run, winner_run = client.get_run(ensemble.run_id), client.get_run(winner.run_id)
+    assert ensemble_run.data.tags[tracking.RUN_TYPE] == "ensemble" and winner_run.data.tags[tracking.FOLD] == "0"
+    for version, run in ((ensemble, ensemble_run), (winner, winner_run)):
+        assert version.tags[tracking.SPLIT_HASH] == run.data.tags[tracking.SPLIT_HASH]
+        assert version.tags["test_accuracy"] == f"{run.data.metrics['test_accuracy']:.6g}"
+        assert version.tags[tracking.WINNER] == run.data.tags[tracking.WINNER]
+    images, rows = _stored_test_images(failing_experiment)
+    served = mlflow.pyfunc.load_model(f"models:/{name}@ensemble").predict(images)
+    module = mlflow.pytorch.load_model(f"models:/{name}@winner")
+    recipe = InputRecipe.model_validate(mlflow.models.get_model_info(f"models:/{name}@winner").metadata[RECIPE])
+    # `harness leaderboard` sets the baseline's row as tags of both versions.
+    board = build_leaderboard(server.uri, "cluster-failures")
+    assert sorted(tag_registered_models(server.uri, ["cluster-failures"], board.table)) == [f"{name} v1", f"{name} v2"]
+    row = board.table.iloc[0]
+    for version in (ensemble, winner):
+        tags = client.get_model_version(name, version.version).tags
+        assert tags["leaderboard.ensemble_test_accuracy"] == f"{row.ensemble_test_accuracy:.6g}"
+        assert tags["leaderboard.trials"] == "6" and tags["winner_run_id"] == row.best_run_id
+    for run, output in ((ensemble_run, served), (winner_run, _module_output(module, recipe, images))):
+        stored = pd.read_csv(client.download_artifacts(run.info.run_id, "test/predictions.csv"))
+        assert stored.rel_path.tolist() == rows.rel_path.tolist()
+        # Written as float32 text, read back as float64: equal once back in float32.
+        columns = ["prob_0", "prob_1"]
+        assert np.array_equal(stored[columns].to_numpy().astype(np.float32), output[columns].to_numpy())
+        assert stored.pred.tolist() == output.pred.tolist()
+
+
+def _module_output(module: torch.nn.Module, recipe: InputRecipe, images: np.ndarray) -> pd.DataFrame:
+    inputs = torch.from_numpy(recipe.model_inputs(images))
+    with torch.no_grad(), torch_threads(recipe.threads):
+        probs = torch.cat([module(batch) for batch in inputs.split(recipe.batch_size)]).numpy()
+    return prediction_frame(probs)
+
+
 def test_a_sweep_through_ray_client(
     failing_sweep: str, tmp_path: Path, synthetic_idc: Path, cluster: Cluster, server: ServerProcess
 ) -> None:
@@ -209,7 +273,7 @@ def test_a_sweep_through_ray_client(
         tmp_path / "results",
         name="cluster-client",
         baselines=[{"name": "cancernet", "fixed": {"epochs_max": 1, "batch_size": 8}}],
-        search={"trials": 2, "max_epochs": 1, "sampler": "random"},
+        search={"trials": 2, "max_epochs": 1, "sampler": "random", "register_models": False},
     )
     path = write_experiment(tmp_path / "client.yaml", data)
     head = cluster.address.split(":")[0]
@@ -223,8 +287,14 @@ def test_a_sweep_through_ray_client(
     assert result.exit_code == 0, result.output
     trials = _runs(server.uri, "cluster-client", "trial")
     assert len(trials) == 2 and all(r.info.status == "FINISHED" for r in trials)
-    assert len(_runs(server.uri, "cluster-client", "fold")) == FOLDS
-    assert len(_runs(server.uri, "cluster-client", "ensemble")) == 1
+    folds, ensembles = _runs(server.uri, "cluster-client", "fold"), _runs(server.uri, "cluster-client", "ensemble")
+    assert len(folds) == FOLDS and len(ensembles) == 1
+    # register_models: false logs no model and registers none.
+    client = MlflowClient(server.uri)
+    experiment = client.get_experiment_by_name("cluster-client").experiment_id
+    assert client.search_logged_models([experiment]) == []
+    assert client.search_model_versions("name = 'cluster-client-cancernet'") == []
+    assert not [r for r in folds + ensembles if MODEL_URI in r.data.tags]
 
 
 def test_unreachable_tracking_server_fails_fast(tmp_path: Path, synthetic_idc: Path) -> None:

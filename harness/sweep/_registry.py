@@ -1,0 +1,96 @@
+"""A winner's models in the Model Registry: after its fold ensemble is logged, the ensemble as a
+pyfunc model and the search fold's model (the winning trial trained again) as registered versions
+of `<experiment>-<baseline>`, tagged with the split, the sweep and their test metrics."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from harness import tracking
+from harness.data.cache import open_patch_cache
+from harness.data.splits import TEST, read_split
+from harness.model_registry import (
+    ENSEMBLE,
+    MODEL_URI,
+    WINNER,
+    log_ensemble_model,
+    register,
+    registered_name,
+)
+
+from ._trial import SweepContext
+
+if TYPE_CHECKING:
+    from ._retrain import Winner
+
+EXAMPLES = 2  # stored test images saved as the ensemble's input example
+
+
+def _metric_tags(metrics: dict[str, float]) -> dict[str, str]:
+    return {k: f"{v:.6g}" for k, v in sorted(metrics.items()) if k.startswith("test_")}
+
+
+def register_winner(
+    ctx: SweepContext, winner: Winner, folds: dict[int, str], ensemble_run_id: str, ensemble_metrics: dict[str, float]
+) -> tuple[str | None, str | None]:
+    """Log the ensemble run's pyfunc model over the fold runs' models (fold -> run id), then
+    register it and the search fold's model; returns (the registered name, None), or (None, why
+    not) when a fold has no model."""
+    baseline = winner.baseline
+    tracker = tracking.tracker_for(ctx.tracking_uri)
+    fold_runs = {k: tracker.client.get_run(run_id) for k, run_id in folds.items()}
+    missing = sorted(k for k, run in fold_runs.items() if MODEL_URI not in run.data.tags)
+    if missing or ctx.fold not in fold_runs:
+        return (
+            f"{baseline}: fold(s) {missing} have no logged model (trained before models were logged); none registered"
+        )
+    models = {k: run.data.tags[MODEL_URI] for k, run in fold_runs.items()}
+    examples = np.asarray(open_patch_cache(ctx.cache_path)[read_split(ctx.split_path).rows(split=TEST)[:EXAMPLES]])
+    ensemble_uri = log_ensemble_model(ctx.tracking_uri, ensemble_run_id, models, examples, len(ctx.class_names))
+    experiment = tracker.client.get_experiment(ctx.experiment_id).name
+    common = {
+        tracking.SPLIT_HASH: ctx.tags[tracking.SPLIT_HASH],
+        tracking.DATASET: ctx.tags[tracking.DATASET],
+        tracking.BASELINE: baseline,
+        "experiment": experiment,
+        "sweep_run_id": ctx.parent_run_id,
+        tracking.WINNER: winner.trial_id,
+        "winner_run_id": winner.run_id,
+        tracking.OBJECTIVE: ctx.objective,
+        "objective": f"{winner.objective:.6g}",
+        "classes": ",".join(ctx.class_names),
+    }
+    name = registered_name(experiment, baseline)
+    search_fold = fold_runs[ctx.fold]
+    register(
+        ctx.tracking_uri,
+        name,
+        models[ctx.fold],
+        alias=WINNER,
+        tags={**common, "kind": "fold_model", tracking.FOLD: str(ctx.fold), **_metric_tags(search_fold.data.metrics)},
+        description=(
+            f"The winning trial {winner.trial_id} trained again on its search fold {ctx.fold} (run "
+            f"{search_fold.info.run_id}). `mlflow.pytorch.load_model` gives a module: uint8 model inputs "
+            "(N x 3 x h x w, the evaluation transform's output) -> softmax probabilities."
+        ),
+    )
+    register(
+        ctx.tracking_uri,
+        name,
+        ensemble_uri,
+        alias=ENSEMBLE,
+        tags={
+            **common,
+            "kind": "fold_ensemble",
+            "folds": ",".join(map(str, sorted(models))),
+            **_metric_tags(ensemble_metrics),
+        },
+        description=(
+            f"The mean softmax of the winner's {len(models)} fold models (ensemble run {ensemble_run_id}). "
+            "`mlflow.pyfunc.load_model` takes images as the harness stores them (uint8 N x H x W x 3) "
+            "and returns prob_<class> and pred, as the run's test/predictions.csv."
+        ),
+    )
+    return name, None
