@@ -322,6 +322,9 @@ class TrainingSpec(Strict):
     # A protocol option, not a model change: recompute BatchNorm statistics on training batches
     # (Dropout off, as in evaluation) before each evaluation; harness/bn_recalibration.py says why.
     bn_recalibration: bool = False
+    # A sweep's trial saves what resume needs every this many epochs (and its last result when
+    # done); a trial resumed between two saves trains the epochs since the last one again.
+    checkpoint_every: int = Field(1, ge=1)
 
 
 # The layouts of `harness leaderboard --table`: 001's Tables I-IV, the IDC and BreakHis comparisons,

@@ -433,7 +433,8 @@ def _resume(state: TrainState, run: _Run) -> None:
     for scheduler, saved in zip(run.opt.schedulers, state.schedulers):
         scheduler.load_state_dict(saved)
     _restore_rng(state.rng, run.train_loader)
-    run.best, run.history = state.best, list(state.history)
+    best = state.best if state.best.state else dataclasses.replace(state.best, state=_weights(run.opt.model))
+    run.best, run.history = best, list(state.history)
 
 
 def _snapshot(epoch: int, run: _Run) -> Callable[[], TrainState]:
@@ -442,12 +443,15 @@ def _snapshot(epoch: int, run: _Run) -> Callable[[], TrainState]:
     best, opt = run.best, run.opt
 
     def take() -> TrainState:
+        # The best epoch's weights are the model's when this epoch is the best: kept once, as the
+        # model's, and the best epoch's state left empty (_resume fills it back).
+        current = best.epoch == epoch
         return TrainState(
             epoch=epoch,
-            model=_weights(opt.model),
+            model=best.state if current else _weights(opt.model),
             optimizer=copy.deepcopy(opt.optimizer.state_dict()),
             schedulers=[s.state_dict() for s in opt.schedulers],
-            best=best,
+            best=dataclasses.replace(best, state={}) if current else best,
             history=[dataclasses.replace(h, test=None, best_val_evaluation=None, snapshot=None) for h in run.history],
             rng=_rng_state(run.train_loader),
         )

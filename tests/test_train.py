@@ -10,7 +10,7 @@ import pytest
 from harness.config import DatasetSpec, ProtocolSpec, TrainParams
 from harness.data.prepare import PreparedData, index_dataset, prepare
 from harness.data.splits import TEST, read_split
-from harness.train import DivergedError, EpochReport, RunSpec, class_weights, fit
+from harness.train import DivergedError, EpochReport, RunSpec, TrainState, class_weights, fit
 
 
 @pytest.fixture(scope="module")
@@ -75,23 +75,28 @@ def test_class_weights_are_n_max_over_n_c() -> None:
     assert weights.tolist() == pytest.approx([1.0, 143 / 57])
 
 
-def test_a_run_resumed_from_its_epoch_snapshot_matches_one_never_interrupted(prepared: PreparedData) -> None:
+def test_a_run_resumed_from_an_epoch_snapshot_matches_one_never_interrupted(prepared: PreparedData) -> None:
     # Augmentation, shuffling and dropout all draw random numbers: resuming must restore every stream.
     spec = _spec(prepared, epochs_max=3, augment="pis", lr=1e-3).model_copy(update={"patience": 5})
     straight = fit(spec)
-    reports: list[EpochReport] = []
+    snapshots: dict[int, TrainState] = {}
 
     def stop_after_two(entry: EpochReport) -> None:
-        reports.append(entry)
+        snapshots[entry.epoch] = entry.snapshot()
         if entry.epoch == 2:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         fit(spec, stop_after_two)
-    resumed = fit(spec, resume=reports[-1].snapshot())
-    assert [h.epoch for h in resumed.history] == [1, 2, 3]
-    np.testing.assert_equal([h.val for h in resumed.history], [h.val for h in straight.history])
-    np.testing.assert_equal(resumed.test.metrics, straight.test.metrics)
+    # Epoch 1 is the best epoch so far: its weights are saved once, as the model's. Resuming from
+    # it is a sweep with checkpoint_every 2 losing epoch 2: the epoch is trained again.
+    assert snapshots[1].best.state == {} and snapshots[1].model
+    for epoch, state in snapshots.items():
+        resumed = fit(spec, resume=state)
+        assert [h.epoch for h in resumed.history] == [1, 2, 3], epoch
+        np.testing.assert_equal([h.val for h in resumed.history], [h.val for h in straight.history])
+        np.testing.assert_equal(resumed.test.metrics, straight.test.metrics)
+        assert resumed.best_epoch == straight.best_epoch
 
 
 def test_a_diverging_run_raises_with_where_it_diverged(prepared: PreparedData) -> None:

@@ -23,6 +23,7 @@ from ._keys import CAUSE_KEY, DONE_KEY, EPOCH_KEY, FAILED_KEY
 from ._nodes import NodeIdentity, check_manifest, current_node, localise, trial_device
 
 CHECKPOINT_FILE = "trial.pt"
+CHECKPOINT_MB = "checkpoint_mb"  # per epoch: the size of the checkpoint the trial saved, 0 when none
 RunType = tracking.RunType
 
 
@@ -67,6 +68,7 @@ class SweepContext:
     semantics: str
     bn_recalibration: bool
     register_models: bool
+    checkpoint_every: int
 
     def run_tags(self, spec: RunSpec) -> dict[str, str]:
         """Return the tags of a run that fits `spec` (a trial, or a winner on one fold)."""
@@ -83,7 +85,13 @@ class SweepContext:
     def run_params(self, spec: RunSpec, point: dict[str, Any]) -> dict[str, Any]:
         """Return the params of a run that fits `point` as `spec`: fixed and sampled hyperparameters,
         the epoch budget and the protocol options."""
-        return {**self.plans[spec.baseline].fixed, **point, "epochs": spec.epochs, **spec.protocol_params}
+        return {
+            **self.plans[spec.baseline].fixed,
+            **point,
+            "epochs": spec.epochs,
+            **spec.protocol_params,
+            "checkpoint_every": self.checkpoint_every,
+        }
 
 
 def sweep_context(
@@ -119,15 +127,17 @@ def sweep_context(
         semantics=config.training.semantics,
         bn_recalibration=config.training.bn_recalibration,
         register_models=config.search.register_models,
+        checkpoint_every=config.training.checkpoint_every,
     )
 
 
 @dataclass
 class TrialCheckpoint:
-    """What a trial saves each epoch: its MLflow run, its training state, and what it reported."""
+    """What a trial saves: its MLflow run, what it reported, and its training state (None once the
+    trial is done: only its last result is heard again then)."""
 
     run_id: str
-    state: TrainState
+    state: TrainState | None
     metrics: dict[str, float]
 
 
@@ -218,9 +228,16 @@ class _TrialReporter:
             log_metrics=entry.epoch > self._logged_through,
         )
         self.last = {**metrics, DONE_KEY: float(entry.done), EPOCH_KEY: entry.epoch}
+        if not entry.done and entry.epoch % ctx.checkpoint_every:
+            self._tracker.log_metrics(self._run_id, {CHECKPOINT_MB: 0.0}, step=entry.epoch)
+            tune.report(self.last)
+            return
+        state = None if entry.done else entry.snapshot()
         # Everything is logged before this report: once ASHA answers STOP, nothing after it runs.
         with tempfile.TemporaryDirectory() as folder:
-            torch.save(TrialCheckpoint(self._run_id, entry.snapshot(), self.last), Path(folder) / CHECKPOINT_FILE)
+            path = Path(folder) / CHECKPOINT_FILE
+            torch.save(TrialCheckpoint(self._run_id, state, self.last), path)
+            self._tracker.log_metrics(self._run_id, {CHECKPOINT_MB: path.stat().st_size / 1e6}, step=entry.epoch)
             tune.report(self.last, checkpoint=tune.Checkpoint.from_directory(folder))
 
 

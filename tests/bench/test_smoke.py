@@ -52,3 +52,17 @@ def test_every_bench_has_a_smoke_mode_that_a_test_runs() -> None:
     for bench in sorted(BENCH.glob("*.py")):
         assert '"--smoke"' in bench.read_text(), f"{bench.name} has no --smoke mode"
         assert bench.name in tests, f"no test in tests/bench runs {bench.name}"
+
+
+def test_checkpoint_smoke_measures_both_layouts_on_the_same_states() -> None:
+    out = _run(str(BENCH / "checkpoint.py"), "--smoke")
+    rows = re.findall(r"^\s+(\d) +(\d) +([\d.]+) +[\d.]+ +([\d.]+) +[\d.]+$", out, re.MULTILINE)
+    assert [(epoch, best) for epoch, best, _, _ in rows] == [("1", "1"), ("2", "1")]
+    (_, _, before_1, after_1), (_, _, before_2, after_2) = rows
+    # Epoch 1 is the best: its weights are written once, as the model's, so the state is smaller by
+    # one copy of the weights; at epoch 2 the best epoch is older and both layouts are the same.
+    assert float(after_1) < float(before_1) and after_2 == before_2
+    pattern = r"checkpoint_every 2: before ([\d.]+) MB .*, after ([\d.]+) MB .*ratio after/before ([\d.]+)"
+    every_2 = re.search(pattern, out)
+    before, after, ratio = (float(v) for v in every_2.groups())
+    assert after == pytest.approx(float(after_2) / 2, abs=0.1) and ratio == pytest.approx(after / before, abs=0.01)

@@ -64,6 +64,7 @@ def swept(tmp_path_factory: pytest.TempPathFactory, synthetic_idc: Path) -> Swep
         },
     )
     data["baselines"][1]["fixed"]["optimizer"] = "adam"
+    data["training"] = {**data["training"], "checkpoint_every": 2}
     path = write_experiment(tmp / "sweep.yaml", data)
     result = CliRunner().invoke(app, ["sweep", str(path)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -107,6 +108,22 @@ def test_early_stopped_trials_finish_with_their_outcome_and_tags(swept: Swept) -
             "test/maps_worst.png",
         }
     assert f"{len(stopped)}" in swept.output and "stopped early" in swept.output
+
+
+def test_trials_checkpoint_every_second_epoch_and_log_its_size(swept: Swept) -> None:
+    client = swept.client()
+    for run in swept.runs("trial"):
+        assert run.data.params["checkpoint_every"] == "2"
+        sizes = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "checkpoint_mb")}
+        last = max(sizes)
+        assert sorted(sizes) == list(range(1, last + 1))
+        for epoch, megabytes in sizes.items():
+            if epoch == last and run.data.tags[tracking.OUTCOME] == "completed":
+                assert 0 < megabytes < 0.1, (epoch, megabytes)  # done: only its last result is kept
+            elif epoch % 2:
+                assert megabytes == 0, (epoch, megabytes)  # no checkpoint on odd epochs
+            else:
+                assert megabytes > 1, (epoch, megabytes)  # weights and optimiser state
 
 
 def test_optuna_studies_hold_what_mlflow_records(swept: Swept) -> None:
