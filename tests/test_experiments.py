@@ -91,6 +91,9 @@ def _shrink(config: dict[str, Any], root: Path) -> dict[str, Any]:
             fixed["input_size"] = small if entry["name"] != "efficientnetv2_s" else 64
         if entry["name"].startswith(("gusa", "attention", "rga")):
             fixed["batch_size"] = 4
+        elif dataset["name"] == "idc":
+            # One or two optimiser steps per epoch: VGG16's 134M parameters make each step seconds.
+            fixed.setdefault("batch_size", 128)
         shrunk.append({**entry, "fixed": fixed})
     config["baselines"] = shrunk
     if dataset["name"] == "bach":
