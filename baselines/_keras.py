@@ -74,8 +74,10 @@ class KerasBatchNorm1d(nn.BatchNorm1d):
             return super().forward(x)
         dims = [0, *range(2, x.dim())]
         with torch.no_grad():
-            self.running_mean.lerp_(x.mean(dims), self.momentum)
-            self.running_var.lerp_(x.var(dims, unbiased=False), self.momentum)
+            # In the statistics' own dtype: under autocast x may be bfloat16 or float16.
+            stats = x.to(self.running_mean.dtype)
+            self.running_mean.lerp_(stats.mean(dims), self.momentum)
+            self.running_var.lerp_(stats.var(dims, unbiased=False), self.momentum)
             self.num_batches_tracked.add_(1)
         return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
 

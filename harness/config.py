@@ -309,6 +309,24 @@ class SearchSpec(Strict):
         return "min" if self.metric == "val_loss" else "max"
 
 
+class ComputeSpec(Strict):
+    """How a run computes, not what: numeric precision and memory layout on the device. Each is
+    logged as a param; the defaults keep a CPU run bit for bit what it was."""
+
+    # bf16: autocast to bfloat16; fp16: autocast to float16 with a gradient scaler.
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # Convolution weights and image batches in NHWC (bags stay as they are).
+    channels_last: bool = False
+    # cuDNN picks the fastest convolution per input shape (CUDA only; not bit-reproducible).
+    cudnn_benchmark: bool = False
+    # Training batches: `per_image` (a DataLoader, albumentations per image), `batched` (the fold's
+    # patches on the device, augmented a batch at a time: harness/data/batched.py), or `auto`:
+    # batched on a CUDA device when the run's augmentation has a batched form and the fold's
+    # training patches fit `device_patch_share` of the device's memory.
+    loader: Literal["auto", "per_image", "batched"] = "auto"
+    device_patch_share: float = Field(0.25, gt=0, le=1)
+
+
 class TrainingSpec(Strict):
     """Run-level settings that are not hyperparameters."""
 
@@ -325,6 +343,7 @@ class TrainingSpec(Strict):
     # A sweep's trial saves what resume needs every this many epochs (and its last result when
     # done); a trial resumed between two saves trains the epochs since the last one again.
     checkpoint_every: int = Field(1, ge=1)
+    compute: ComputeSpec = ComputeSpec()
 
 
 # The layouts of `harness leaderboard --table`: 001's Tables I-IV, the IDC and BreakHis comparisons,

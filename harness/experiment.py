@@ -89,6 +89,7 @@ def recipe_spec(config: ExperimentConfig, data: PreparedData, baseline: str, *, 
         eval_batch_size=config.training.eval_batch_size,
         semantics=config.training.semantics,
         bn_recalibration=config.training.bn_recalibration,
+        compute=config.training.compute,
     )
 
 

@@ -21,28 +21,36 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 from torch.utils.data import DataLoader
 
-from harness.config import TrainParams
+from harness.config import ComputeSpec, TrainParams
 from harness.data.bags import bag_grid
 from harness.data.dataset import BagDataset, ImageDataset, part_dataset
 from harness.data.transforms import normalisation_constants
 from harness.evaluation import mean_softmax
+from harness.precision import autocast
 
 
 class ClassProbabilities(nn.Module):
     """A baseline on the harness's model inputs: uint8 batch -> softmax probabilities (N x C),
     normalised and computed as the harness's evaluation does."""
 
-    def __init__(self, model: nn.Module, normalisation: str) -> None:
+    def __init__(self, model: nn.Module, normalisation: str, compute: ComputeSpec | None = None) -> None:
         super().__init__()
         self.model = model
         mean, scale = normalisation_constants(normalisation)
         self.register_buffer("mean", mean)
         self.register_buffer("scale", scale)
+        # The run's precision and memory layout, so that it computes what the run evaluated.
+        compute = compute or ComputeSpec()
+        self.precision, self.channels_last = compute.precision, compute.channels_last
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Return the class probabilities of a uint8 batch."""
         x = images.to(self.mean.device).float().sub_(self.mean).mul_(self.scale)
-        return torch.softmax(self.model(x)["logits"].float(), 1)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(self.precision, str(x.device))():
+            logits = self.model(x)["logits"]
+        return torch.softmax(logits.float(), 1)
 
 
 class InputRecipe(BaseModel):

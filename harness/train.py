@@ -13,7 +13,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, ContextManager, Literal
 
 import numpy as np
 import pandas as pd
@@ -25,16 +25,19 @@ from torch.utils.data import DataLoader
 import baselines
 from baselines.losses import build_loss
 from harness.bn_recalibration import recalibrate_for_evaluation
-from harness.config import TrainParams
+from harness.config import ComputeSpec, TrainParams
 from harness.data.bags import BagGrid, bag_grid
+from harness.data.batched import BatchAugment, DeviceBatches, batched_augmentation_supported, fits_on_device
 from harness.data.cache import open_patch_cache
 from harness.data.dataset import BagDataset, ImageDataset, part_dataset
 from harness.data.manifest import read_manifest
 from harness.data.splits import CV, TEST, read_split
 from harness.data.transforms import batch_normaliser
+from harness.errors import InputError
 from harness.evaluation import Evaluation, Normaliser, evaluate, map_galleries
 from harness.localisation import localisation_scores
 from harness.optim import build_optimizer, step_schedule
+from harness.precision import autocast
 from harness.served_model import ClassProbabilities, InputRecipe, ServedFold
 
 # The RunSpec fields every run logs as params beside its hyperparameters (the protocol options).
@@ -65,6 +68,7 @@ class RunSpec(BaseModel):
     evaluate_test: bool = True
     semantics: Literal["source", "torch"] = "source"
     bn_recalibration: bool = False
+    compute: ComputeSpec = ComputeSpec()
 
     @property
     def epochs(self) -> int:
@@ -74,7 +78,8 @@ class RunSpec(BaseModel):
     @property
     def protocol_params(self) -> dict[str, str]:
         """Return the protocol options a run logs beside its hyperparameters."""
-        return {name: str(getattr(self, name)).lower() for name in PROTOCOL_PARAMS}
+        options = {name: getattr(self, name) for name in PROTOCOL_PARAMS} | self.compute.model_dump()
+        return {name: str(value).lower() for name, value in options.items()}
 
 
 class DivergedError(RuntimeError):
@@ -112,6 +117,7 @@ class TrainState:
     best: BestEpoch
     history: list[EpochReport]
     rng: dict[str, Any]
+    scaler: dict[str, Any] | None = None  # the fp16 gradient scaler's state
 
 
 @dataclass
@@ -272,6 +278,8 @@ class _Optimisation:
     epoch_scheduler: torch.optim.lr_scheduler.LRScheduler | None
     normalise: Normaliser
     device: str
+    autocast: Callable[[], ContextManager[Any]]
+    scaler: torch.amp.GradScaler | None
 
     @property
     def schedulers(self) -> list[torch.optim.lr_scheduler.LRScheduler]:
@@ -296,8 +304,10 @@ def _create_model(spec: RunSpec, fold: _Fold, *, pretrained: bool) -> nn.Module:
 
 def _build_optimisation(spec: RunSpec, fold: _Fold, device: str) -> _Optimisation:
     """Return the model of `spec` on `device` with its recipe's loss, optimiser and schedules."""
-    p, entry = spec.params, baselines.info(spec.baseline)
+    p, entry, compute = spec.params, baselines.info(spec.baseline), spec.compute
     model = _create_model(spec, fold, pretrained=True).to(device)
+    if compute.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     weights = (
         class_weights(fold.labels[fold.rows["train"]], spec.num_classes) if p.class_weights == "inverse_max" else None
     )
@@ -317,12 +327,14 @@ def _build_optimisation(spec: RunSpec, fold: _Fold, device: str) -> _Optimisatio
         epoch_scheduler=(
             torch.optim.lr_scheduler.StepLR(optimizer, p.lr_step_epochs, p.lr_gamma) if p.lr_decay == "step" else None
         ),
-        normalise=batch_normaliser(p.normalisation, device),
+        normalise=batch_normaliser(p.normalisation, device, channels_last=compute.channels_last),
         device=device,
+        autocast=autocast(compute.precision, device),
+        scaler=torch.amp.GradScaler(torch.device(device).type) if compute.precision == "fp16" else None,
     )
 
 
-def _train_epoch(spec: RunSpec, opt: _Optimisation, loader: DataLoader, epoch: int) -> float:
+def _train_epoch(spec: RunSpec, opt: _Optimisation, loader: DataLoader | DeviceBatches, epoch: int) -> float:
     """Run one epoch of training; returns its mean training loss. Raises DivergedError on a
     non-finite loss."""
     opt.model.train()
@@ -330,10 +342,16 @@ def _train_epoch(spec: RunSpec, opt: _Optimisation, loader: DataLoader, epoch: i
     for step, batch in enumerate(loader, 1):
         targets = batch["label"].to(opt.device)
         masks = batch["mask"].to(opt.device) if "mask" in batch else None
-        loss = opt.criterion(opt.model(opt.normalise(batch["image"])), targets, masks)
+        with opt.autocast():
+            loss = opt.criterion(opt.model(opt.normalise(batch["image"])), targets, masks)
         opt.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.optimizer.step()
+        if opt.scaler is None:
+            loss.backward()
+            opt.optimizer.step()
+        else:
+            opt.scaler.scale(loss).backward()
+            opt.scaler.step(opt.optimizer)
+            opt.scaler.update()
         opt.step_scheduler.step()
         value = float(loss.detach())
         if not math.isfinite(value):
@@ -375,7 +393,10 @@ def _finish(fold: _Fold, opt: _Optimisation, best: BestEpoch) -> Evaluation | No
     if not spec.evaluate_test or not len(fold.rows["test"]):
         return None
     test_set = fold.dataset("test")
-    test = evaluate(best_model, fold.evaluation_loader(test_set), opt.normalise, fold.manifest.iloc[fold.rows["test"]])
+    with opt.autocast():
+        test = evaluate(
+            best_model, fold.evaluation_loader(test_set), opt.normalise, fold.manifest.iloc[fold.rows["test"]]
+        )
     test.galleries = map_galleries(best_model, test_set, test, opt.normalise)
     return test
 
@@ -386,11 +407,13 @@ class _Run:
     best epoch and reports so far."""
 
     fold: _Fold
-    train_set: ImageDataset | BagDataset
+    # What draws the training augmentation (an albumentations pipeline, or a BatchAugment):
+    # reseeded each epoch.
+    augmentation: Any
     # Its own dataset, reseeded each epoch, so that training's augmentation and shuffling streams
     # stay as they are whether or not the run recalibrates BatchNorm.
     recalibration_set: ImageDataset | BagDataset | None
-    train_loader: DataLoader
+    train_loader: DataLoader | DeviceBatches
     val_loader: DataLoader
     opt: _Optimisation
     counts: dict[str, int]
@@ -411,16 +434,54 @@ class _Run:
         )
 
 
+def _batched(spec: RunSpec, fold: _Fold, device: str) -> bool:
+    """Return True when the run trains from device-resident batches (training.compute.loader)."""
+    compute, p = spec.compute, spec.params
+    if compute.loader == "per_image":
+        return False
+    stored_hw = tuple(fold.images.shape[1:3])
+    supported = fold.masks is None and fold.grid is None and batched_augmentation_supported(p, stored_hw, fold.keras)
+    if compute.loader == "batched" and not supported:
+        raise InputError(
+            f"training.compute.loader batched: {spec.baseline}'s training (augment {p.augment}, input "
+            f"{p.input_hw} from {stored_hw}, masks or bags) has no batched form; use auto or per_image"
+        )
+    if compute.loader == "batched":
+        return True
+    n_bytes = len(fold.rows["train"]) * int(np.prod(fold.images.shape[1:]))
+    return (
+        torch.device(device).type == "cuda"
+        and supported
+        and fits_on_device(n_bytes, device, compute.device_patch_share)
+    )
+
+
+def _train_batches(spec: RunSpec, fold: _Fold, train_set: ImageDataset | BagDataset, device: str) -> tuple:
+    """Return the training batches and the augmentation reseeded each epoch: device-resident
+    batches augmented a batch at a time, or a DataLoader over `train_set`."""
+    if not _batched(spec, fold, device):
+        return _loader(train_set, spec.params.batch_size, shuffle=True, seed=spec.seed), train_set.transform
+    rows = fold.rows["train"]
+    augment = BatchAugment(spec.params, keras=fold.keras, seed=spec.seed)
+    images = np.asarray(fold.images[rows])
+    batches = DeviceBatches(
+        images, fold.labels[rows], augment, batch_size=spec.params.batch_size, device=device, seed=spec.seed
+    )
+    return batches, augment
+
+
 def _open_run(spec: RunSpec, resume: TrainState | None) -> _Run:
     """Return the run of `spec`, continued from `resume` when given."""
     fold = _open_fold(spec)
     train_set = fold.dataset("train")
     recalibration_set = fold.dataset("train") if spec.bn_recalibration else None
-    train_loader = _loader(train_set, spec.params.batch_size, shuffle=True, seed=spec.seed)
+    device = resolve_device(spec.device)
+    train_loader, augmentation = _train_batches(spec, fold, train_set, device)
     val_loader = fold.evaluation_loader(fold.dataset("val"))
     # The datasets come first: building the model draws its initial weights from the seeded stream.
-    opt = _build_optimisation(spec, fold, resolve_device(spec.device))
-    run = _Run(fold, train_set, recalibration_set, train_loader, val_loader, opt, baselines.param_counts(opt.model))
+    opt = _build_optimisation(spec, fold, device)
+    counts = baselines.param_counts(opt.model)
+    run = _Run(fold, augmentation, recalibration_set, train_loader, val_loader, opt, counts)
     if resume is not None:
         _resume(resume, run)
     return run
@@ -433,6 +494,8 @@ def _resume(state: TrainState, run: _Run) -> None:
     for scheduler, saved in zip(run.opt.schedulers, state.schedulers):
         scheduler.load_state_dict(saved)
     _restore_rng(state.rng, run.train_loader)
+    if run.opt.scaler is not None and state.scaler is not None:
+        run.opt.scaler.load_state_dict(state.scaler)
     best = state.best if state.best.state else dataclasses.replace(state.best, state=_weights(run.opt.model))
     run.best, run.history = best, list(state.history)
 
@@ -454,6 +517,7 @@ def _snapshot(epoch: int, run: _Run) -> Callable[[], TrainState]:
             best=dataclasses.replace(best, state={}) if current else best,
             history=[dataclasses.replace(h, test=None, best_val_evaluation=None, snapshot=None) for h in run.history],
             rng=_rng_state(run.train_loader),
+            scaler=opt.scaler.state_dict() if opt.scaler is not None else None,
         )
 
     return take
@@ -465,11 +529,12 @@ def _run_epoch(run: _Run, epoch: int) -> EpochReport:
     spec, opt = run.fold.spec, run.opt
     # A seed per epoch makes the augmentations of epoch k the same whether or not the run
     # was resumed before it.
-    run.train_set.transform.set_random_seed(spec.seed * 10_000 + epoch)
+    run.augmentation.set_random_seed(spec.seed * 10_000 + epoch)
     train_loss = _train_epoch(spec, opt, run.train_loader, epoch)
     if run.recalibration_set is not None:
         _recalibrate(spec, opt, run.recalibration_set, epoch)
-    val = evaluate(opt.model, run.val_loader, opt.normalise, run.fold.manifest.iloc[run.fold.rows["val"]])
+    with opt.autocast():
+        val = evaluate(opt.model, run.val_loader, opt.normalise, run.fold.manifest.iloc[run.fold.rows["val"]])
     if run.best is None or val.metrics["loss"] < run.best.loss:
         run.best = BestEpoch(epoch, val, _weights(opt.model))
     done = epoch == spec.epochs or epoch - run.best.epoch >= spec.patience
@@ -498,6 +563,7 @@ def fit(
     started = time.perf_counter()
     seed_everything(spec.seed)
     torch.set_num_threads(max(1, spec.threads))
+    torch.backends.cudnn.benchmark = spec.compute.cudnn_benchmark
     run = _open_run(spec, resume)
     for epoch in range((resume.epoch if resume else 0) + 1, spec.epochs + 1):
         entry = _run_epoch(run, epoch)
@@ -524,4 +590,4 @@ def served_fold(spec: RunSpec, result: FitResult, examples: int = 2) -> ServedFo
         threads=max(1, spec.threads),
     )
     stored = np.asarray(fold.images[fold.rows["test"][:examples]])
-    return ServedFold(ClassProbabilities(model, spec.params.normalisation).eval(), recipe, stored)
+    return ServedFold(ClassProbabilities(model, spec.params.normalisation, spec.compute).eval(), recipe, stored)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.config import DatasetSpec, ProtocolSpec, TrainParams
+from harness.config import ComputeSpec, DatasetSpec, ProtocolSpec, TrainParams
 from harness.data.prepare import PreparedData, index_dataset, prepare
 from harness.data.splits import TEST, read_split
 from harness.train import DivergedError, EpochReport, RunSpec, TrainState, class_weights, fit
@@ -97,6 +97,21 @@ def test_a_run_resumed_from_an_epoch_snapshot_matches_one_never_interrupted(prep
         np.testing.assert_equal([h.val for h in resumed.history], [h.val for h in straight.history])
         np.testing.assert_equal(resumed.test.metrics, straight.test.metrics)
         assert resumed.best_epoch == straight.best_epoch
+
+
+def test_fp16_trains_with_a_gradient_scaler_kept_in_the_snapshot(prepared: PreparedData) -> None:
+    # bf16 is exercised through `harness train` (tests/sweep/test_sweep.py); float16 on a CPU is
+    # slow, so this run is a ResNet-18 on 16 px inputs and skips the test set.
+    compute = ComputeSpec(precision="fp16", channels_last=True)
+    spec = _spec(prepared, epochs_max=1, input_size=16).model_copy(
+        update={"baseline": "resnet18", "model_kwargs": {"freeze": "none"}, "compute": compute, "evaluate_test": False}
+    )
+    snapshots: list[TrainState] = []
+    result = fit(spec, lambda entry: snapshots.append(entry.snapshot()))
+    assert np.isfinite(result.history[0].train_loss) and 0 <= result.best_val["accuracy"] <= 1
+    assert spec.protocol_params["precision"] == "fp16" and spec.protocol_params["channels_last"] == "true"
+    # The scaler's state goes with the checkpoint, so a resumed fp16 run scales as before.
+    assert set(snapshots[0].scaler) >= {"scale", "_growth_tracker"}
 
 
 def test_a_diverging_run_raises_with_where_it_diverged(prepared: PreparedData) -> None:

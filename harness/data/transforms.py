@@ -265,11 +265,19 @@ def normalisation_constants(
     return mean, 1 / std
 
 
-def batch_normaliser(normalisation: str, device: str | torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Return uint8 batch (... x 3 x H x W) -> float batch normalised as `normalisation` says."""
+def batch_normaliser(
+    normalisation: str, device: str | torch.device, *, channels_last: bool = False
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Return uint8 batch (... x 3 x H x W) -> float batch normalised as `normalisation` says, an
+    image batch in NHWC memory when `channels_last` (a bag's 5-d batch stays as it is)."""
     mean, scale = normalisation_constants(normalisation, device)
-    # In place: on a batch of large images each temporary would cost as much as the work.
-    return lambda batch: batch.to(device, non_blocking=True).float().sub_(mean).mul_(scale)
+
+    def normalise(batch: torch.Tensor) -> torch.Tensor:
+        # In place: on a batch of large images each temporary would cost as much as the work.
+        x = batch.to(device, non_blocking=True).float().sub_(mean).mul_(scale)
+        return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+    return normalise
 
 
 class BagTransform:

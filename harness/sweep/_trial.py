@@ -14,7 +14,7 @@ from mlflow.exceptions import MlflowException
 from ray import tune
 
 from harness import tracking
-from harness.config import ExperimentConfig, ResourcesSpec, split_point
+from harness.config import ComputeSpec, ExperimentConfig, ResourcesSpec, split_point
 from harness.experiment import ExperimentSetup, log_epoch, selection_note
 from harness.train import EpochReport, FitResult, RunSpec, TrainState, fit
 
@@ -69,6 +69,7 @@ class SweepContext:
     bn_recalibration: bool
     register_models: bool
     checkpoint_every: int
+    compute: ComputeSpec
 
     def run_tags(self, spec: RunSpec) -> dict[str, str]:
         """Return the tags of a run that fits `spec` (a trial, or a winner on one fold)."""
@@ -128,6 +129,7 @@ def sweep_context(
         bn_recalibration=config.training.bn_recalibration,
         register_models=config.search.register_models,
         checkpoint_every=config.training.checkpoint_every,
+        compute=config.training.compute,
     )
 
 
@@ -167,6 +169,7 @@ def node_spec(ctx: SweepContext, baseline: str, point: dict[str, Any], fold: int
         eval_batch_size=ctx.eval_batch_size,
         semantics=ctx.semantics,
         bn_recalibration=ctx.bn_recalibration,
+        compute=ctx.compute,
     )
 
 

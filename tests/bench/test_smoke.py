@@ -66,3 +66,17 @@ def test_checkpoint_smoke_measures_both_layouts_on_the_same_states() -> None:
     every_2 = re.search(pattern, out)
     before, after, ratio = (float(v) for v in every_2.groups())
     assert after == pytest.approx(float(after_2) / 2, abs=0.1) and ratio == pytest.approx(after / before, abs=0.01)
+
+
+def test_loader_smoke_times_both_paths_per_augmentation() -> None:
+    out = _run(str(BENCH / "loader.py"), "--smoke")
+    assert out.splitlines()[0].startswith("160 patches of 50x50 from synthetic; batch 128")
+    rows = re.findall(
+        r"^(\w+) +per-image +([\d,]+) images/s +batched +([\d,]+) images/s +ratio batched/per-image ([\d.]+)x$",
+        out,
+        re.MULTILINE,
+    )
+    assert [row[0] for row in rows] == ["pis", "flips_rot90", "none"]
+    for _, per_image, batched, ratio in rows:
+        per_image, batched = (float(v.replace(",", "")) for v in (per_image, batched))
+        assert float(ratio) == pytest.approx(batched / per_image, abs=0.01)

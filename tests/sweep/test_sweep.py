@@ -7,9 +7,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
+import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 from typer.testing import CliRunner
@@ -305,6 +307,21 @@ def test_leaderboard_leaves_out_runs_of_another_split(swept: Swept) -> None:
     table = pd.read_csv(swept.out_dir / "sweep-test" / "summary.csv").rename(columns={"model": "baseline"})
     assert stray not in set(table.best_run_id)
     assert table.loc[table.baseline == "cancernet", "trials"].item() == 4
+
+
+def test_train_command_logs_its_compute_options(swept: Swept, tmp_path: Path) -> None:
+    data = yaml.safe_load(swept.experiment.read_text())
+    data["name"] = "compute-test"
+    data["training"]["compute"] = {"precision": "bf16", "channels_last": True}
+    path = write_experiment(tmp_path / "bf16.yaml", data)
+    result = CliRunner().invoke(app, ["train", str(path), "--baseline", "cancernet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    client = swept.client()
+    experiment = client.get_experiment_by_name("compute-test")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED" and np.isfinite(run.data.metrics["train_loss"])
+    params = run.data.params
+    assert (params["precision"], params["channels_last"], params["cudnn_benchmark"]) == ("bf16", "true", "false")
 
 
 def test_train_command_tracks_one_run(swept: Swept, tmp_path: Path) -> None:

@@ -1,0 +1,231 @@
+"""Training batches of small patches drawn and augmented on the device, a batch at a time.
+
+The per-image path (a DataLoader over ImageDataset, albumentations per image) is what large
+images need; for small patches it is the bottleneck. Here a fold's training patches sit on the
+device once, a seeded permutation picks each batch, and the augmentation runs on the whole batch
+with parameters drawn per sample: flips and 90-degree turns, and Keras ImageDataGenerator's
+affine family (rotation, shift, shear, zoom about the centre, "nearest" fill, bilinear sampling,
+then flips and brightness) as `transforms.KerasImageDataGenerator` applies it one image at a time.
+The resize to the input size is an index selection, the same pixels cv2's nearest-neighbour (or
+Keras' PIL) picks. The same code runs on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from harness.config import TrainParams
+
+from .transforms import KERAS_GENERATORS, GeneratorArgs
+
+DIHEDRAL = {"flips": False, "flips_rot90": True, "dihedral": True}  # augment -> with 90-degree turns
+
+
+def batched_augmentation_supported(params: TrainParams, stored_hw: tuple[int, int], keras: bool) -> bool:
+    """Return True when the batched path computes this run's augmentation and resize: no change
+    of size or a shrink, and flips/turns (square patches) or a Keras generator under Keras semantics."""
+    height, width = params.input_hw
+    if height > stored_hw[0] or width > stored_hw[1]:
+        return False
+    if params.augment == "none":
+        return True
+    if params.augment in DIHEDRAL:
+        return not DIHEDRAL[params.augment] or (height == width and stored_hw[0] == stored_hw[1])
+    return keras and params.augment in KERAS_GENERATORS
+
+
+def _nearest_rows(source: int, target: int, keras: bool, device: torch.device) -> torch.Tensor:
+    """Return the source indices a nearest-neighbour resize from `source` to `target` samples:
+    PIL's (cv2 INTER_NEAREST_EXACT) under Keras semantics, else cv2's INTER_NEAREST."""
+    scale = source / target
+    offset = 0.5 if keras else 0.0
+    return torch.tensor([min(math.floor((i + offset) * scale), source - 1) for i in range(target)], device=device)
+
+
+def resize_nearest(batch: torch.Tensor, hw: tuple[int, int], keras: bool) -> torch.Tensor:
+    """Return a ... x H x W batch resized to `hw` by index selection (no-op at the same size)."""
+    height, width = batch.shape[-2:]
+    if (height, width) == tuple(hw):
+        return batch
+    rows = _nearest_rows(height, hw[0], keras, batch.device)
+    cols = _nearest_rows(width, hw[1], keras, batch.device)
+    return batch.index_select(-2, rows).index_select(-1, cols)
+
+
+@dataclass
+class DihedralDraw:
+    """Per-sample flips and quarter turns, in the order albumentations applies them."""
+
+    flip_h: torch.Tensor
+    flip_v: torch.Tensor
+    turns: torch.Tensor  # 0..3, applied counter-clockwise
+
+
+def draw_dihedral(n: int, turns: bool, generator: torch.Generator) -> DihedralDraw:
+    """Return flips (each with probability 1/2) and, when `turns`, a turn by k x 90 degrees applied
+    with probability 1/2 (k uniform in 0..3) for `n` samples."""
+    flips = torch.rand(2, n, generator=generator) < 0.5
+    turned = torch.rand(n, generator=generator) < 0.5
+    k = torch.randint(0, 4, (n,), generator=generator)
+    return DihedralDraw(flips[0], flips[1], torch.where(turned & turns, k, torch.zeros_like(k)))
+
+
+def _apply_to(chosen: torch.Tensor, batch: torch.Tensor, op: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Apply `op` in place to the samples of `batch` that are `chosen` (a boolean per sample)."""
+    picked = chosen.nonzero().flatten().to(batch.device)
+    if len(picked):
+        batch[picked] = op(batch[picked])
+
+
+def apply_dihedral(batch: torch.Tensor, draw: DihedralDraw) -> torch.Tensor:
+    """Return N x C x H x W `batch` flipped left-right, then up-down, then turned, per sample."""
+    out = batch.clone()
+    _apply_to(draw.flip_h, out, lambda x: x.flip(-1))
+    _apply_to(draw.flip_v, out, lambda x: x.flip(-2))
+    for k in (1, 2, 3):
+        _apply_to(draw.turns == k, out, lambda x, k=k: torch.rot90(x, k, (-2, -1)))
+    return out
+
+
+@dataclass
+class KerasDraw:
+    """Per-sample parameters of ImageDataGenerator.get_random_transform (its units)."""
+
+    theta: torch.Tensor
+    tx: torch.Tensor
+    ty: torch.Tensor
+    shear: torch.Tensor
+    zx: torch.Tensor
+    zy: torch.Tensor
+    flip_h: torch.Tensor
+    flip_v: torch.Tensor
+    brightness: torch.Tensor | None
+
+
+def draw_keras(n: int, args: GeneratorArgs, hw: tuple[int, int], generator: torch.Generator) -> KerasDraw:
+    """Return `n` draws from the ranges Keras draws from (shifts in pixels of an `hw` image)."""
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return low + (high - low) * torch.rand(n, generator=generator, dtype=torch.float64)
+
+    zoom = (1 - args.zoom_range, 1 + args.zoom_range)
+    flips = torch.rand(2, n, generator=generator) < 0.5
+    return KerasDraw(
+        theta=uniform(-args.rotation_range, args.rotation_range),
+        tx=uniform(-args.height_shift_range, args.height_shift_range) * hw[0],
+        ty=uniform(-args.width_shift_range, args.width_shift_range) * hw[1],
+        shear=uniform(-args.shear_range, args.shear_range),
+        zx=uniform(*zoom),
+        zy=uniform(*zoom),
+        flip_h=flips[0] & args.horizontal_flip,
+        flip_v=flips[1] & args.vertical_flip,
+        brightness=uniform(*args.brightness_range) if args.brightness_range else None,
+    )
+
+
+def keras_matrices(draw: KerasDraw, hw: tuple[int, int]) -> torch.Tensor:
+    """Return N x 3 x 3 matrices from output (row, column) to input (row, column), built as
+    `transforms.keras_affine` builds Keras' (float64)."""
+    n = len(draw.theta)
+    t, s = torch.deg2rad(draw.theta), torch.deg2rad(draw.shear)
+    eye = torch.eye(3, dtype=torch.float64).repeat(n, 1, 1)
+    rotation, shift, shear, zoom = eye.clone(), eye.clone(), eye.clone(), eye.clone()
+    rotation[:, 0, 0], rotation[:, 0, 1], rotation[:, 1, 0], rotation[:, 1, 1] = t.cos(), -t.sin(), t.sin(), t.cos()
+    shift[:, 0, 2], shift[:, 1, 2] = draw.tx, draw.ty
+    shear[:, 0, 1], shear[:, 1, 1] = -s.sin(), s.cos()
+    zoom[:, 0, 0], zoom[:, 1, 1] = draw.zx, draw.zy
+    o_x, o_y = hw[0] / 2 - 0.5, hw[1] / 2 - 0.5
+    to_centre, back = eye[0].clone(), eye[0].clone()
+    to_centre[0, 2], to_centre[1, 2], back[0, 2], back[1, 2] = o_x, o_y, -o_x, -o_y
+    matrix = to_centre @ rotation @ shift @ shear @ zoom @ back
+    # Keras builds the matrix on (x, y) and swaps both axes to numpy's (row, column) order.
+    return matrix[:, [1, 0, 2]][:, :, [1, 0, 2]]
+
+
+def apply_keras(batch: torch.Tensor, draw: KerasDraw) -> torch.Tensor:
+    """Return uint8 N x C x H x W `batch` through each sample's Keras random transform: bilinear
+    affine with "nearest" fill, flips, then brightness (truncated as Keras and PIL do) or rounding."""
+    n, _, height, width = batch.shape
+    matrices = keras_matrices(draw, (height, width))
+    rows, cols = torch.meshgrid(
+        torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64), indexing="ij"
+    )
+    points = torch.stack([rows, cols, torch.ones_like(rows)], -1).view(1, -1, 3)
+    source = (points @ matrices.transpose(1, 2))[..., :2]  # N x HW x (row, column)
+    # Coordinates in float64 until normalised, as scipy keeps them; "border" repeats edge pixels.
+    grid = torch.stack([source[..., 1] / (width - 1), source[..., 0] / (height - 1)], -1) * 2 - 1
+    grid = grid.view(n, height, width, 2).to(batch.device, torch.float32)
+    out = F.grid_sample(batch.float(), grid, mode="bilinear", padding_mode="border", align_corners=True)
+    _apply_to(draw.flip_h, out, lambda x: x.flip(-1))
+    _apply_to(draw.flip_v, out, lambda x: x.flip(-2))
+    if draw.brightness is None:
+        return out.round().clamp_(0, 255).to(torch.uint8)
+    factor = draw.brightness.to(batch.device, torch.float32).view(-1, 1, 1, 1)
+    # Keras truncates to uint8 before PIL's Brightness, whose blend with black truncates too. A
+    # value float32 sampling leaves a hair under a whole grey level (scipy's float64 lands on it)
+    # is that level, or truncation would take one off.
+    nearest = out.round()
+    out = torch.where((out - nearest).abs() < 1e-3, nearest, out)
+    return (out.clamp(0, 255).floor() * factor).floor().clamp_(0, 255).to(torch.uint8)
+
+
+class BatchAugment:
+    """A run's resize and augmentation on uint8 N x 3 x H x W batches, parameters drawn per sample
+    from its own seeded generator (reseeded per epoch like the per-image pipeline)."""
+
+    def __init__(self, params: TrainParams, *, keras: bool, seed: int = 0) -> None:
+        self.params, self.keras = params, keras
+        self.generator = torch.Generator()
+        self.set_random_seed(seed)
+
+    def set_random_seed(self, seed: int) -> None:
+        """Restart the random stream of the augmentation from `seed`."""
+        self.generator.manual_seed(seed)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """Return the batch resized to the input size and augmented."""
+        p, n = self.params, len(batch)
+        if p.augment in KERAS_GENERATORS:
+            # Keras resizes on loading, before the generator's transform.
+            batch = resize_nearest(batch, p.input_hw, self.keras)
+            return apply_keras(batch, draw_keras(n, KERAS_GENERATORS[p.augment], p.input_hw, self.generator))
+        if p.augment in DIHEDRAL:
+            batch = apply_dihedral(batch, draw_dihedral(n, DIHEDRAL[p.augment], self.generator))
+        return resize_nearest(batch, p.input_hw, self.keras)
+
+
+class DeviceBatches:
+    """A fold's training patches on the device, served in shuffled batches (the last partial one
+    dropped, as the per-image loader does) through a BatchAugment."""
+
+    def __init__(
+        self, images: np.ndarray, labels: np.ndarray, augment: BatchAugment, *, batch_size: int, device: str, seed: int
+    ) -> None:
+        self.images = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        self.augment, self.batch_size = augment, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        drop_last = len(self.labels) > self.batch_size
+        return len(self.labels) // self.batch_size if drop_last else math.ceil(len(self.labels) / self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        order = torch.randperm(len(self.labels), generator=self.generator)
+        for i in range(len(self)):
+            picked = order[i * self.batch_size : (i + 1) * self.batch_size]
+            images = self.images.index_select(0, picked.to(self.images.device))
+            yield {"image": self.augment(images), "label": self.labels[picked]}
+
+
+def fits_on_device(n_bytes: int, device: str, share: float) -> bool:
+    """Return True when `n_bytes` fit in `share` of a CUDA device's memory (always on the CPU)."""
+    if torch.device(device).type != "cuda":
+        return True
+    return n_bytes <= share * torch.cuda.get_device_properties(torch.device(device)).total_memory
