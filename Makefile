@@ -35,7 +35,7 @@ screenshots: $(STAMP) browser
 # single-node SLURM) take about 8 minutes on 2 cores; they have their own target so `make test`
 # stays well under 20.
 test: lint browser
-	$(BIN)/python -m pytest -m "not cluster"
+	$(BIN)/python -m pytest -m "not cluster" --durations=20
 
 # ruff (pyflakes, pycodestyle, import order, bugbear; line length 120) and its formatter, as
 # configured in pyproject.toml: the tree must stay clean.
@@ -54,7 +54,7 @@ browser:
 		echo "chromium could not be installed: the HTML rendering test will skip"; }
 
 test-cluster: $(STAMP) postgresql slurm
-	$(BIN)/python -m pytest -m cluster
+	$(BIN)/python -m pytest -m cluster --durations=10
 
 # The tracking-load bench's PostgreSQL backend: Debian's server binaries, installed here when
 # missing and apt-get can (as root); otherwise that test skips and says why.

@@ -209,7 +209,13 @@ def test_a_diverging_trial_fails_at_once_and_an_all_failed_sweep_exits_1(tmp_pat
 def test_two_sweeps_started_together_on_a_new_store_both_succeed(tmp_path: Path, small_idc: Path) -> None:
     out = tmp_path / "out"
     paths = [
-        _experiment(tmp_path / f"{name}.yaml", small_idc, out, name=name, search={"trials": 1, "max_epochs": 1})
+        _experiment(
+            tmp_path / f"{name}.yaml",
+            small_idc,
+            out,
+            name=name,
+            search={"trials": 1, "max_epochs": 1, "retrain": "none"},
+        )
         for name in ("first", "second")
     ]
     drivers = [
@@ -280,7 +286,7 @@ def test_a_killed_driver_leaves_orphans_that_the_next_sweep_ends_and_the_leaderb
     driver.wait()
     orphans = {r.info.run_id for r in _runs(out) if r.info.status == "RUNNING"}
     assert orphans
-    short = _experiment(tmp_path / "x.yaml", small_idc, out, search={"trials": 1, "max_epochs": 1})
+    short = _experiment(tmp_path / "x.yaml", small_idc, out, search={"trials": 1, "max_epochs": 1, "retrain": "none"})
     result = _harness("sweep", str(short))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "died without ending it" in " ".join(result.stdout.split())

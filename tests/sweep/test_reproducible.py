@@ -34,6 +34,7 @@ def _sweep(tmp: Path, data_root: Path, cpus: int) -> tuple[pd.DataFrame, list]:
             "seed": 0,
             "retrain": "none",
         },
+        floors=[],
     )
     tmp.mkdir()
     path = write_experiment(tmp / "repro.yaml", data)
