@@ -456,7 +456,9 @@ def _batched(spec: RunSpec, fold: _Fold, device: str) -> bool:
     )
 
 
-def _train_batches(spec: RunSpec, fold: _Fold, train_set: ImageDataset | BagDataset, device: str) -> tuple:
+def _train_batches(
+    spec: RunSpec, fold: _Fold, train_set: ImageDataset | BagDataset, device: str
+) -> tuple[DataLoader | DeviceBatches, Any]:
     """Return the training batches and the augmentation reseeded each epoch: device-resident
     batches augmented a batch at a time, or a DataLoader over `train_set`."""
     if not _batched(spec, fold, device):

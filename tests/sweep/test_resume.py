@@ -105,7 +105,9 @@ def test_a_killed_sweep_resumes_without_rerunning_or_duplicating(tmp_path: Path,
         for r in runs
     ]
     assert set(trial_ids) == _trial_ids_in_tune_state(tmp_path / "results" / "resume" / "ray")
-    assert all(r.info.status == "FINISHED" for r in runs)
+    assert all(r.info.status == "FINISHED" for r in runs), [
+        (r.data.tags[tracking.TRIAL_ID], r.info.status, r.data.tags.get(tracking.ERROR, "")[:300]) for r in runs
+    ]
     after = {r.info.run_id: r for r in runs}
     for run_id, end_time in finished_before.items():
         # Not rerun: same run, same end, one attempt.
