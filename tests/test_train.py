@@ -104,7 +104,13 @@ def test_fp16_trains_with_a_gradient_scaler_kept_in_the_snapshot(prepared: Prepa
     # slow, so this run is a ResNet-18 on 16 px inputs and skips the test set.
     compute = ComputeSpec(precision="fp16", channels_last=True)
     spec = _spec(prepared, epochs_max=1, input_size=16).model_copy(
-        update={"baseline": "resnet18", "model_kwargs": {"freeze": "none"}, "compute": compute, "evaluate_test": False}
+        update={
+            "baseline": "resnet18",
+            "model_kwargs": {"freeze": "none"},
+            "compute": compute,
+            "evaluate_test": False,
+            "threads": 2,
+        }
     )
     snapshots: list[TrainState] = []
     result = fit(spec, lambda entry: snapshots.append(entry.snapshot()))
