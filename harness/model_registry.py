@@ -77,13 +77,14 @@ def _logging_to(tracking_uri: str) -> Iterator[None]:
 
 def _new_model(tracking_uri: str, run_id: str) -> str:
     """Return the id of a new logged model of run `run_id`, in the run's experiment, with its
-    params, listed among the run's outputs (MLflow's Models column)."""
-    client = mlflow.MlflowClient(tracking_uri)
-    run = client.get_run(run_id)
+    params, listed among the run's outputs (MLflow's Models column) and named in its MODEL_URI tag."""
+    tracker = tracking.tracker_for(tracking_uri)
+    run = tracker.client.get_run(run_id)
     model = mlflow.initialize_logged_model(
         name=MODEL, source_run_id=run_id, experiment_id=run.info.experiment_id, params=run.data.params
     )
-    client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+    tracker.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+    tracker.set_tags(run_id, {MODEL_URI: f"models:/{model.model_id}"})
     return model.model_id
 
 
@@ -106,7 +107,6 @@ def log_fold_model(tracking_uri: str, run_id: str, served: ServedFold) -> str:
             pip_requirements=_requirements(),
             metadata={RECIPE: served.recipe.model_dump(mode="json")},
         )
-    tracking.tracker_for(tracking_uri).set_tags(run_id, {MODEL_URI: info.model_uri})
     return info.model_uri
 
 
@@ -135,7 +135,6 @@ def log_ensemble_model(
             input_example=stored_examples,
             pip_requirements=_requirements(),
         )
-    tracking.tracker_for(tracking_uri).set_tags(run_id, {MODEL_URI: info.model_uri})
     return info.model_uri
 
 
@@ -144,7 +143,7 @@ def register(
 ) -> str:
     """Register logged model `model_uri` (models:/<id>) as a new version of `name` with `tags`,
     point `alias` at it; returns the version."""
-    client = mlflow.MlflowClient(tracking_uri)
+    client = tracking.tracker_for(tracking_uri).client
     try:
         client.create_registered_model(name, description=REGISTERED_DESCRIPTION)
     except MlflowException as exc:

@@ -232,7 +232,7 @@ class _TrialReporter:
         )
         self.last = {**metrics, DONE_KEY: float(entry.done), EPOCH_KEY: entry.epoch}
         if not entry.done and entry.epoch % ctx.checkpoint_every:
-            self._tracker.log_metrics(self._run_id, {CHECKPOINT_MB: 0.0}, step=entry.epoch)
+            self._log_checkpoint_size(entry.epoch, 0)
             tune.report(self.last)
             return
         state = None if entry.done else entry.snapshot()
@@ -240,8 +240,13 @@ class _TrialReporter:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / CHECKPOINT_FILE
             torch.save(TrialCheckpoint(self._run_id, state, self.last), path)
-            self._tracker.log_metrics(self._run_id, {CHECKPOINT_MB: path.stat().st_size / 1e6}, step=entry.epoch)
+            self._log_checkpoint_size(entry.epoch, path.stat().st_size)
             tune.report(self.last, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    def _log_checkpoint_size(self, epoch: int, size: int) -> None:
+        # An epoch trained again after a resume has its size logged already.
+        if epoch > self._logged_through:
+            self._tracker.log_metrics(self._run_id, {CHECKPOINT_MB: size / 1e6}, step=epoch)
 
 
 def _fail(tracker: tracking.Tracker, run_id: str | None, exc: BaseException, cause: str, last: dict) -> None:
