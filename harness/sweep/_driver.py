@@ -45,6 +45,9 @@ from ._trial import CloseTrialRuns, SweepContext, sweep_context
 from ._tuner import STATE_SYNC_SECONDS, granted_resources, new_tuner, restored_tuner, search_notes, stopping_scheduler
 
 RunType = tracking.RunType
+# Ray Client sessions that fail to start are retried this often, waiting longer each time.
+CLIENT_ATTEMPTS = 3
+CLIENT_RETRY_SECONDS = 5.0
 
 
 @dataclass
@@ -139,11 +142,35 @@ def _ray(address: str | None) -> Iterator[None]:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # opt in with 1
     # "local" rather than None: a killed driver can leave a stale cluster address behind, which a
     # plain ray.init() would try to join.
-    ray.init(address=address or "local", include_dashboard=False, configure_logging=False)
+    _init_ray(address or "local")
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def _init_ray(address: str, attempts: int = CLIENT_ATTEMPTS) -> None:
+    """Start or join Ray at `address`. A Ray Client head starts a server process per session,
+    which can die while it starts on a loaded head: that answer is retried `attempts` times. An
+    unreachable or refusing Ray Client head is one line."""
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(address=address, include_dashboard=False, configure_logging=False)
+            return
+        except ConnectionError as exc:
+            # A failed Ray Client connect leaves its half-made context behind; the next init
+            # (this one's retry, or any later one in the process) would assert on it.
+            ray.shutdown()
+            if not address.startswith("ray://"):
+                raise
+            if not isinstance(exc, ConnectionAbortedError) or attempt == attempts:
+                tries = f" after {attempt} tries" if attempt > 1 else ""
+                reason = str(exc).strip().splitlines()[-1]
+                raise InputError(
+                    f"--address {address}: no Ray Client session{tries} ({reason}); the head's "
+                    "Ray log folder has ray_client_server*.err"
+                ) from exc
+            time.sleep(CLIENT_RETRY_SECONDS * attempt)
 
 
 def _tune_environment() -> None:

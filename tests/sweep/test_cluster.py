@@ -284,7 +284,7 @@ def test_a_sweep_through_ray_client(
         ["sweep", str(path), "--address", f"ray://{head}:{port}", "--tracking-uri", server.uri],
         catch_exceptions=False,
     )
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 0, result.output + _client_server_logs(cluster)
     trials = _runs(server.uri, "cluster-client", "trial")
     assert len(trials) == 2 and all(r.info.status == "FINISHED" for r in trials)
     folds, ensembles = _runs(server.uri, "cluster-client", "fold"), _runs(server.uri, "cluster-client", "ensemble")
@@ -295,6 +295,12 @@ def test_a_sweep_through_ray_client(
     assert client.search_logged_models([experiment]) == []
     assert client.search_model_versions("name = 'cluster-client-cancernet'") == []
     assert not [r for r in folds + ensembles if MODEL_URI in r.data.tags]
+
+
+def _client_server_logs(cluster: Cluster) -> str:
+    """Return the tail of each Ray Client server log on the head, to say why a session failed."""
+    logs = sorted(Path(cluster.head_node.get_logs_dir_path()).glob("ray_client_server*.err"))
+    return "".join(f"\n--- {log.name}\n" + "\n".join(log.read_text().splitlines()[-30:]) for log in logs)
 
 
 def test_unreachable_tracking_server_fails_fast(tmp_path: Path, synthetic_idc: Path) -> None:
