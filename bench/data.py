@@ -40,10 +40,11 @@ from harness.config import DatasetSpec, TrainParams
 from harness.data.cache import build_image_cache, build_patch_cache, image_cache_key, open_patch_cache
 from harness.data.dataset import ImageDataset
 from harness.data.manifest import manifest_hash
+from harness.data.normalise import batch_normaliser
 from harness.data.prepare import index_dataset
 from harness.data.records import decode
 from harness.data.synthetic import write_synthetic_breakhis, write_synthetic_idc
-from harness.data.transforms import batch_normaliser, build_transform
+from harness.data.transforms import build_transform
 
 ROUNDS = 3
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

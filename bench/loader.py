@@ -60,7 +60,9 @@ def _sides(images: np.ndarray, augment: str, device: str) -> dict[str, object]:
     transform = build_transform(params, stored_hw=(50, 50), train=True, seed=0, keras=keras)
     dataset = ImageDataset(images, np.arange(len(images)), labels, transform)
     per_image = DataLoader(dataset, batch_size=BATCH, shuffle=True, drop_last=True)
-    batched = DeviceBatches(images, labels, BatchAugment(params, keras=keras), batch_size=BATCH, device=device, seed=0)
+    batched = DeviceBatches(
+        images, labels, BatchAugment(augment, params.input_hw, keras=keras), batch_size=BATCH, device=device, seed=0
+    )
     return {"per-image": per_image, "batched": batched}
 
 

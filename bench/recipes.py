@@ -41,9 +41,10 @@ from harness.config import ExperimentConfig, load_experiment
 from harness.data.cache import open_patch_cache
 from harness.data.dataset import ImageDataset
 from harness.data.manifest import read_manifest
+from harness.data.normalise import batch_normaliser
 from harness.data.prepare import PreparedData, load_or_index, prepare
 from harness.data.splits import CV, read_split
-from harness.data.transforms import batch_normaliser, build_transform
+from harness.data.transforms import build_transform
 from harness.experiment import recipe_spec
 from harness.floors import FLOORS, fit_floor_fold, floor_features
 from harness.metrics import classification_metrics

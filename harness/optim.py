@@ -14,14 +14,16 @@ and PyTorch's AdamW define it (p ← p − lr·wd·p before the update).
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 import torch
 from torch import nn
 
 from baselines import KERAS_EPSILON
-from harness.config import TrainParams
+
+if TYPE_CHECKING:  # torch only at run time: bench/gpu.py builds the Keras optimisers on a bare GPU machine
+    from harness.config import TrainParams
 
 
 def _f32(value: float) -> float:

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from harness.config import ComputeSpec, TrainParams
 from harness.data.bags import bag_grid
 from harness.data.dataset import BagDataset, ImageDataset, part_dataset
-from harness.data.transforms import normalisation_constants
+from harness.data.normalise import normalisation_constants
 from harness.evaluation import mean_softmax
 from harness.precision import autocast
 

@@ -31,8 +31,8 @@ from harness.data.batched import BatchAugment, DeviceBatches, batched_augmentati
 from harness.data.cache import open_patch_cache
 from harness.data.dataset import BagDataset, ImageDataset, part_dataset
 from harness.data.manifest import read_manifest
+from harness.data.normalise import batch_normaliser
 from harness.data.splits import CV, TEST, read_split
-from harness.data.transforms import batch_normaliser
 from harness.errors import InputError
 from harness.evaluation import Evaluation, Normaliser, evaluate, map_galleries
 from harness.localisation import localisation_scores
@@ -464,7 +464,7 @@ def _train_batches(
     if not _batched(spec, fold, device):
         return _loader(train_set, spec.params.batch_size, shuffle=True, seed=spec.seed), train_set.transform
     rows = fold.rows["train"]
-    augment = BatchAugment(spec.params, keras=fold.keras, seed=spec.seed)
+    augment = BatchAugment(spec.params.augment, spec.params.input_hw, keras=fold.keras, seed=spec.seed)
     images = np.asarray(fold.images[rows])
     batches = DeviceBatches(
         images, fold.labels[rows], augment, batch_size=spec.params.batch_size, device=device, seed=spec.seed

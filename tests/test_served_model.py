@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 import baselines
 from harness.config import TrainParams
 from harness.data.bags import bag_grid
-from harness.data.transforms import batch_normaliser
+from harness.data.normalise import batch_normaliser
 from harness.evaluation import mean_softmax, predict
 from harness.model_registry import ensemble_signature
 from harness.served_model import ClassProbabilities, FoldEnsemble, InputRecipe, torch_threads

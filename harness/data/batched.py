@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.config import TrainParams
+from .keras_generators import KERAS_GENERATORS, GeneratorArgs
 
-from .transforms import KERAS_GENERATORS, GeneratorArgs
+if TYPE_CHECKING:  # torch and numpy only at run time: bench/gpu.py runs on a bare GPU machine
+    from harness.config import TrainParams
 
 DIHEDRAL = {"flips": False, "flips_rot90": True, "dihedral": True}  # augment -> with 90-degree turns
 
@@ -179,8 +180,8 @@ class BatchAugment:
     """A run's resize and augmentation on uint8 N x 3 x H x W batches, parameters drawn per sample
     from its own seeded generator (reseeded per epoch like the per-image pipeline)."""
 
-    def __init__(self, params: TrainParams, *, keras: bool, seed: int = 0) -> None:
-        self.params, self.keras = params, keras
+    def __init__(self, augment: str, input_hw: tuple[int, int], *, keras: bool, seed: int = 0) -> None:
+        self.augment, self.input_hw, self.keras = augment, tuple(input_hw), keras
         self.generator = torch.Generator()
         self.set_random_seed(seed)
 
@@ -190,14 +191,14 @@ class BatchAugment:
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         """Return the batch resized to the input size and augmented."""
-        p, n = self.params, len(batch)
-        if p.augment in KERAS_GENERATORS:
+        augment, hw, n = self.augment, self.input_hw, len(batch)
+        if augment in KERAS_GENERATORS:
             # Keras resizes on loading, before the generator's transform.
-            batch = resize_nearest(batch, p.input_hw, self.keras)
-            return apply_keras(batch, draw_keras(n, KERAS_GENERATORS[p.augment], p.input_hw, self.generator))
-        if p.augment in DIHEDRAL:
-            batch = apply_dihedral(batch, draw_dihedral(n, DIHEDRAL[p.augment], self.generator))
-        return resize_nearest(batch, p.input_hw, self.keras)
+            batch = resize_nearest(batch, hw, self.keras)
+            return apply_keras(batch, draw_keras(n, KERAS_GENERATORS[augment], hw, self.generator))
+        if augment in DIHEDRAL:
+            batch = apply_dihedral(batch, draw_dihedral(n, DIHEDRAL[augment], self.generator))
+        return resize_nearest(batch, hw, self.keras)
 
 
 class DeviceBatches:

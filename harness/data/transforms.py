@@ -1,14 +1,11 @@
 """Albumentations pipelines by name: augmentation and resize of a uint8 image, into a uint8 tensor.
 
-Normalisation happens per batch, on the training device (`batch_normaliser`): per-image float
-work on a 50x50 patch costs more than reading it from the cache, and uint8 batches move a
-quarter of the bytes to a GPU.
+Normalisation happens per batch, on the training device (`normalise.batch_normaliser`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import albumentations as A
 import cv2
@@ -20,11 +17,7 @@ from PIL import Image, ImageEnhance
 
 from harness.config import TrainParams
 
-_NORMALISATION = {
-    "unit": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),  # pixels / 255, as Keras `rescale=1/255`
-    "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # the 004 torchvision notebooks; timm's EfficientNetV2
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-}
+from .keras_generators import KERAS_GENERATORS, GeneratorArgs
 
 
 def _flips() -> list[A.BasicTransform]:
@@ -82,46 +75,6 @@ def _augmentations(p: TrainParams) -> list[A.BasicTransform]:
         ),
         *_flips(),
     ]
-
-
-@dataclass(frozen=True)
-class GeneratorArgs:
-    """The geometric and brightness arguments of a Keras `ImageDataGenerator` (its own units:
-    degrees for rotation and shear, fractions of the side for shifts, zoom range [1 - z, 1 + z])."""
-
-    rotation_range: float = 0.0
-    width_shift_range: float = 0.0
-    height_shift_range: float = 0.0
-    shear_range: float = 0.0
-    zoom_range: float = 0.0
-    horizontal_flip: bool = False
-    vertical_flip: bool = False
-    brightness_range: tuple[float, float] | None = None
-
-
-# The augmentations whose seeds ran a Keras ImageDataGenerator: the CancerNet tutorial's (S-PIS) and
-# 003 §3.3's list, which names exactly ImageDataGenerator's arguments.
-KERAS_GENERATORS = {
-    "pis": GeneratorArgs(
-        rotation_range=20,
-        width_shift_range=0.1,
-        height_shift_range=0.1,
-        shear_range=0.05,
-        zoom_range=0.05,
-        horizontal_flip=True,
-        vertical_flip=True,
-    ),
-    "essex2023": GeneratorArgs(
-        rotation_range=180,
-        width_shift_range=0.1,
-        height_shift_range=0.1,
-        shear_range=10,
-        zoom_range=0.1,
-        horizontal_flip=True,
-        vertical_flip=True,
-        brightness_range=(0.8, 1.2),
-    ),
-}
 
 
 def keras_affine(
@@ -255,29 +208,6 @@ def build_transform(
     if not steps:
         return ToUint8Tensor()
     return A.Compose([*steps, ToTensorV2()], seed=seed)
-
-
-def normalisation_constants(
-    normalisation: str, device: str | torch.device = "cpu"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (mean, scale), each 3 x 1 x 1 on the 0-255 scale, of `normalisation`: x -> (x - mean) * scale."""
-    mean, std = (torch.tensor(v, device=device).view(3, 1, 1) * 255 for v in _NORMALISATION[normalisation])
-    return mean, 1 / std
-
-
-def batch_normaliser(
-    normalisation: str, device: str | torch.device, *, channels_last: bool = False
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Return uint8 batch (... x 3 x H x W) -> float batch normalised as `normalisation` says, an
-    image batch in NHWC memory when `channels_last` (a bag's 5-d batch stays as it is)."""
-    mean, scale = normalisation_constants(normalisation, device)
-
-    def normalise(batch: torch.Tensor) -> torch.Tensor:
-        # In place: on a batch of large images each temporary would cost as much as the work.
-        x = batch.to(device, non_blocking=True).float().sub_(mean).mul_(scale)
-        return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
-
-    return normalise
 
 
 class BagTransform:

@@ -17,7 +17,8 @@ import torch
 
 from baselines.losses import keras_crossentropy
 from harness.config import TrainParams
-from harness.data.transforms import KERAS_GENERATORS, KerasImageDataGenerator, build_transform, keras_affine
+from harness.data.keras_generators import KERAS_GENERATORS
+from harness.data.transforms import KerasImageDataGenerator, build_transform, keras_affine
 from harness.optim import KerasAdagrad, KerasAdam, KerasAdamax, KerasSGD, build_optimizer, step_schedule
 
 keras = pytest.importorskip("keras", reason="keras 3 (test dependency) is not installed")

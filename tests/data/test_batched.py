@@ -21,8 +21,9 @@ from harness.data.batched import (
     draw_keras,
     resize_nearest,
 )
+from harness.data.keras_generators import KERAS_GENERATORS
 from harness.data.prepare import PreparedData, index_dataset, prepare
-from harness.data.transforms import KERAS_GENERATORS, build_transform, keras_affine, keras_brightness
+from harness.data.transforms import build_transform, keras_affine, keras_brightness
 from harness.errors import InputError
 from harness.train import RunSpec, fit
 
@@ -95,7 +96,7 @@ def test_the_resize_picks_the_pixels_the_per_image_pipeline_picks(keras: bool) -
 
 def test_an_epoch_of_device_batches_holds_every_training_image_once_with_its_label() -> None:
     images, labels = _patches(70), np.arange(70) % 2
-    augment = BatchAugment(TrainParams(augment="none", input_size=48), keras=False)
+    augment = BatchAugment("none", TrainParams(augment="none", input_size=48).input_hw, keras=False)
     batches = DeviceBatches(images, labels, augment, batch_size=16, device="cpu", seed=0)
     seen = [(image.tobytes(), int(label)) for b in batches for image, label in zip(b["image"].numpy(), b["label"])]
     # Four full batches; the last partial one is dropped, as the per-image loader drops it.

@@ -1,0 +1,238 @@
+"""Training images/s of one trial on a GPU, per baseline, fp32 against bf16, and the total of
+1, 2, 4 and 8 trials run as concurrent processes on the one GPU (what Ray's fractional GPUs
+amount to), with the GPU's utilisation; "vs one alone" divides their total by one trial's rate.
+
+A trial's GPU side as harness/train.py runs it: uint8 patches resident on the device, batches
+index-selected and augmented there (harness.data.batched), normalised on the device, the model
+(baselines, with its source's semantics) under autocast (harness.precision), channels-last, and the
+recipe's optimiser family (Keras Adam for the Keras-seeded baselines). The images are random uint8
+(the arithmetic does not depend on them); GuSA trains on its classification term alone.
+
+It imports only torch, timm, numpy and those harness modules (no Ray, MLflow, pydantic or
+albumentations), so it runs on a bare GPU machine with its own PyTorch: copy the repository and
+run it with that Python.
+
+Run: python bench/gpu.py                  (a CUDA device; about 4 minutes)
+     python bench/gpu.py --smoke          (the CPU, one small case: a test runs it)
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, when not installed
+
+import baselines  # noqa: E402
+from baselines.losses import build_loss  # noqa: E402
+from harness.data.batched import BatchAugment, DeviceBatches  # noqa: E402
+from harness.data.normalise import batch_normaliser  # noqa: E402
+from harness.optim import KerasAdam  # noqa: E402
+from harness.precision import autocast  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Case:
+    """One baseline's trial: its stored and input sizes, augmentation, normalisation and batch."""
+
+    baseline: str
+    stored_hw: tuple[int, int]
+    input_hw: tuple[int, int]
+    augment: str
+    batch: int
+    normalisation: str = "unit"
+    classes: int = 2
+
+
+CASES = [
+    Case("cancernet", (50, 50), (48, 48), "pis", 128),
+    Case("idc_cnn", (50, 50), (50, 50), "flips_rot90", 128),
+    Case("resnet18", (50, 50), (50, 50), "flips_rot90", 128, "imagenet"),
+    Case("densenet169", (224, 224), (224, 224), "flips", 32, "imagenet"),
+    Case("gusa", (384, 512), (384, 512), "flips", 8, "unit", 4),
+]
+PACKED = ("cancernet", "resnet18")  # the trials a sweep packs several of on one GPU
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass
+class Trial:
+    """A trial's model, optimiser, loss, batches and normaliser on one device."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    loss: object
+    batches: DeviceBatches
+    normalise: object
+    autocast: object
+    device: str
+
+
+def build_trial(case: Case, precision: str, device: str, patches: int) -> Trial:
+    """Return `case`'s trial on `device` over `patches` random uint8 images."""
+    keras = baselines.uses_keras_semantics(case.baseline, "source")
+    model = baselines.create(case.baseline, num_classes=case.classes).to(device)
+    model = model.to(memory_format=torch.channels_last)
+    optimizer = KerasAdam(model.parameters(), lr=1e-4) if keras else torch.optim.Adam(model.parameters(), lr=1e-4)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (patches, *case.stored_hw, 3), dtype=np.uint8)
+    labels = rng.integers(0, case.classes, patches)
+    augment = BatchAugment(case.augment, case.input_hw, keras=keras)
+    batches = DeviceBatches(images, labels, augment, batch_size=case.batch, device=device, seed=0)
+    return Trial(
+        model=model,
+        optimizer=optimizer,
+        loss=build_loss("ce", keras=keras),
+        batches=batches,
+        normalise=batch_normaliser(case.normalisation, device, channels_last=True),
+        autocast=autocast(precision, device),
+        device=device,
+    )
+
+
+def _synchronise(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_for(trial: Trial, seconds: float, warmup_steps: int) -> tuple[int, float]:
+    """Train `trial` for `warmup_steps` untimed, then for about `seconds`; returns the images
+    trained in the timed part and its wall seconds."""
+    trial.model.train()
+    images, started, steps = 0, None, 0
+    while True:
+        for batch in trial.batches:
+            if steps == warmup_steps:
+                _synchronise(trial.device)
+                started, images = time.perf_counter(), 0
+            with trial.autocast():
+                outputs = trial.model(trial.normalise(batch["image"]))
+                loss = trial.loss(outputs, batch["label"].to(trial.device), None)
+            trial.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            trial.optimizer.step()
+            steps += 1
+            images += len(batch["label"])
+            # Read the clock every ten steps only: each read waits for the device.
+            if started is not None and steps % 10 == 0:
+                _synchronise(trial.device)
+                if time.perf_counter() - started >= seconds:
+                    return images, time.perf_counter() - started
+
+
+def _gpu_utilisation(stop: threading.Event, samples: list[float]) -> None:
+    """Append nvidia-smi's GPU utilisation (percent) every half second until `stop`."""
+    while not stop.wait(0.5):
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode == 0 and done.stdout.strip():
+            samples.append(float(done.stdout.split()[0]))
+
+
+def _utilisation_sampler() -> tuple[threading.Event, list[float], threading.Thread | None]:
+    stop, samples = threading.Event(), []
+    if shutil.which("nvidia-smi") is None:
+        return stop, samples, None
+    thread = threading.Thread(target=_gpu_utilisation, args=(stop, samples), daemon=True)
+    thread.start()
+    return stop, samples, thread
+
+
+def _packed_worker(case: Case, precision: str, device: str, opts: dict, ready, results) -> None:
+    torch.set_num_threads(opts["threads"])
+    trial = build_trial(case, precision, device, opts["patches"])
+    train_for(trial, 0.0, opts["warmup"])  # compile kernels and fill caches before the start line
+    ready.wait()
+    results.put(train_for(trial, opts["seconds"], 0))
+
+
+def packed(case: Case, precision: str, device: str, n: int, opts: dict) -> tuple[float, str]:
+    """Return the total images/s of `n` concurrent trial processes of `case` on `device`, and
+    the mean GPU utilisation over their timed part ("n/a" without nvidia-smi)."""
+    context = mp.get_context("spawn")
+    ready, results = context.Barrier(n + 1), context.Queue()
+    workers = [
+        context.Process(target=_packed_worker, args=(case, precision, device, opts, ready, results)) for _ in range(n)
+    ]
+    for worker in workers:
+        worker.start()
+    ready.wait()
+    stop, samples, sampler = _utilisation_sampler()
+    done = [results.get(timeout=opts["seconds"] * 10 + 600) for _ in workers]
+    stop.set()
+    for worker in [*workers, *([sampler] if sampler else [])]:
+        worker.join()
+    utilisation = f"{statistics.mean(samples):.0f}%" if samples else "n/a"
+    return sum(images / seconds for images, seconds in done), utilisation
+
+
+def single(case: Case, device: str, opts: dict) -> dict[str, float]:
+    """Return one trial's images/s of `case` per precision."""
+    rates = {}
+    for precision in PRECISIONS:
+        trial = build_trial(case, precision, device, opts["patches"])
+        images, seconds = train_for(trial, opts["seconds"], opts["warmup"])
+        rates[precision] = images / seconds
+        del trial
+        if torch.device(device).type == "cuda":
+            torch.cuda.empty_cache()
+    return rates
+
+
+def _options(smoke: bool, device: str) -> dict:
+    if smoke:
+        return {"cases": CASES[:1], "packed": (2,), "patches": 256, "seconds": 0.5, "warmup": 2, "threads": 1}
+    threads = 1 if torch.device(device).type == "cuda" else max(1, torch.get_num_threads())
+    return {"cases": CASES, "packed": (1, 2, 4, 8), "patches": 4096, "seconds": 10.0, "warmup": 20, "threads": threads}
+
+
+def main() -> None:
+    """Print images/s per trial (fp32 and bf16) and of packed trials on one device."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="the CPU, CancerNet, 2 packed trials, short windows")
+    parser.add_argument("--device", default=None, help="cuda (default when available) or cpu")
+    args = parser.parse_args()
+    device = args.device or ("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
+    opts = _options(args.smoke, device)
+    torch.set_num_threads(opts["threads"])
+    name = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else "CPU"
+    print(f"device: {name}; torch {torch.__version__}; {opts['seconds']:g} s per measurement")
+    print("\n| baseline | input | batch | fp32 img/s | bf16 img/s | bf16/fp32 |\n|---|---|---:|---:|---:|---:|")
+    alone = {}
+    for case in opts["cases"]:
+        rates = single(case, device, opts)
+        alone[case.baseline] = rates["bf16"]
+        hw = "x".join(map(str, case.input_hw))
+        print(
+            f"| {case.baseline} | {hw} | {case.batch} | {rates['fp32']:,.0f} | {rates['bf16']:,.0f} "
+            f"| {rates['bf16'] / rates['fp32']:.2f} |",
+            flush=True,
+        )
+    print("\n| baseline | precision | trials | total img/s | per trial | vs one alone | GPU util |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for case in [c for c in opts["cases"] if c.baseline in PACKED]:
+        for n in opts["packed"]:
+            total, utilisation = packed(case, "bf16", device, n, opts)
+            print(
+                f"| {case.baseline} | bf16 | {n} | {total:,.0f} | {total / n:,.0f} "
+                f"| {total / alone[case.baseline]:.2f} | {utilisation} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
