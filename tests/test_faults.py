@@ -150,13 +150,13 @@ def test_a_disk_too_small_for_the_cache_is_one_line_and_leaves_no_temporary_file
 
 
 def test_reserving_a_cache_on_a_full_disk_raises_enospc_instead_of_sigbus(tmp_path: Path, mounts) -> None:
-    from harness.data.cache import _reserved_map
+    from harness.data.cache import ReservedRows
 
     small = tmp_path / "small"
     _mount_tmpfs(small, "size=1m")
     mounts.append(small)
     with pytest.raises(OSError) as raised:
-        _reserved_map(small / "big.npy", (400, 50, 50, 3))
+        ReservedRows(small / "big.npy", (400, 50, 50, 3))
     assert raised.value.errno == 28
 
 

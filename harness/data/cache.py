@@ -46,14 +46,40 @@ def _temporary(path: Path | None) -> Path | None:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp") if path is not None else None
 
 
-def _reserved_map(path: Path, shape: tuple[int, ...]) -> np.memmap:
-    """Return a new uint8 .npy memory map at `path` with its bytes allocated on disk first: writing
-    through a map into a sparse file kills the process with SIGBUS when the disk fills, while
-    allocating up front raises ENOSPC."""
-    array = open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
-    with open(path, "r+b") as handle:
-        os.posix_fallocate(handle.fileno(), 0, path.stat().st_size)
-    return array
+# How much of a cache being written a process maps at once: the rows written are flushed and
+# unmapped past it, so building a cache of the full IDC release (2.1 GB) stays within this.
+MAPPED_BYTES = 256 * 1024**2
+
+
+class ReservedRows:
+    """A new uint8 .npy file of `shape`, written row by row (in order) through a memory map.
+
+    Its bytes are allocated on disk first: writing through a map into a sparse file kills the
+    process with SIGBUS when the disk fills, while allocating up front raises ENOSPC. Written rows
+    are flushed and unmapped every MAPPED_BYTES, since mapped pages count as the process's memory.
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, ...]) -> None:
+        header = open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+        del header
+        with open(path, "r+b") as handle:
+            os.posix_fallocate(handle.fileno(), 0, path.stat().st_size)
+        self.path = path
+        self.rows_per_map = max(1, MAPPED_BYTES // max(1, int(np.prod(shape[1:]))))
+        self._map: np.memmap | None = None
+        self._first = 0
+
+    def __setitem__(self, row: int, value: np.ndarray) -> None:
+        if self._map is None or not self._first <= row < self._first + self.rows_per_map:
+            self.flush()
+            self._map, self._first = open_memmap(self.path, mode="r+"), row - row % self.rows_per_map
+        self._map[row] = value
+
+    def flush(self) -> None:
+        """Write the mapped rows to the file and unmap them."""
+        if self._map is not None:
+            self._map.flush()
+            self._map = None
 
 
 def cache_path(cache_dir: Path, manifest_hash: str, patch_size: int) -> Path:
@@ -89,14 +115,13 @@ def build_patch_cache(
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp, meta_tmp = _temporary(path), _temporary(meta_path)
     with _building(tmp, meta_tmp, what=str(path)):
-        array = _reserved_map(tmp, shape)
+        array = ReservedRows(tmp, shape)
         padded = []
         for i, file in enumerate(track(manifest.path, description="packing patches", disable=not show_progress)):
             array[i], was_padded = load_padded(file, patch_size)
             if was_padded:
                 padded.append(i)
         array.flush()
-        del array
         meta = {"manifest_hash": manifest_hash, "rows": len(manifest), "patch_size": patch_size, "padded_rows": padded}
         meta_tmp.write_text(json.dumps(meta))
         os.replace(tmp, path)
@@ -123,8 +148,8 @@ def image_cache_key(manifest_hash: str, size: tuple[int, int], stain: str, refer
 
 def _fill_images(
     manifest: pd.DataFrame,
-    array: np.ndarray,
-    mask_array: np.ndarray | None,
+    array: ReservedRows,
+    mask_array: ReservedRows | None,
     *,
     size: tuple[int, int],
     normalise: Callable[[np.ndarray], np.ndarray] | None,
@@ -178,15 +203,14 @@ def build_image_cache(
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp, meta_tmp, mask_tmp = _temporary(path), _temporary(meta_path), _temporary(mask_path)
     with _building(tmp, mask_tmp, meta_tmp, what=str(path)):
-        array = _reserved_map(tmp, (n, *size, 3))
-        mask_array = _reserved_map(mask_tmp, (n, *size)) if mask_tmp is not None else None
+        array = ReservedRows(tmp, (n, *size, 3))
+        mask_array = ReservedRows(mask_tmp, (n, *size)) if mask_tmp is not None else None
         unnormalised = _fill_images(
             manifest, array, mask_array, size=size, normalise=normalise, masks=masks, show_progress=show_progress
         )
         for done in (array, mask_array):
             if done is not None:
                 done.flush()
-        del array, mask_array
         meta = {"key": key, "rows": n, "size": list(size), "masks": masks, "stain_not_applied_rows": unnormalised}
         meta_tmp.write_text(json.dumps(meta))
         os.replace(tmp, path)

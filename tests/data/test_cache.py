@@ -7,12 +7,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from harness.data import cache as cache_module
 from harness.data.cache import build_patch_cache, open_patch_cache, padded_rows
 from harness.data.idc import index_idc
 from harness.data.manifest import manifest_hash
 
 
-def test_cache_returns_the_decoded_png_pixels(tmp_path: Path, idc_sample: Path) -> None:
+def test_cache_returns_the_decoded_png_pixels(tmp_path: Path, idc_sample: Path, monkeypatch) -> None:
+    # A map of 7 patches at a time: every row still lands in its place across 190 remaps.
+    monkeypatch.setattr(cache_module, "MAPPED_BYTES", 7 * 50 * 50 * 3 + 1)
     manifest = index_idc(idc_sample, allow_subset=True).manifest
     cache = open_patch_cache(build_patch_cache(manifest, manifest_hash(manifest), tmp_path))
     assert cache.shape == (1326, 50, 50, 3) and cache.dtype == np.uint8
