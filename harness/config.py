@@ -325,6 +325,10 @@ class ComputeSpec(Strict):
     # training patches fit `device_patch_share` of the device's memory.
     loader: Literal["auto", "per_image", "batched"] = "auto"
     device_patch_share: float = Field(0.25, gt=0, le=1)
+    # Worker processes that decode and augment the per-image path's batches (pinned memory on
+    # CUDA). `auto`: none on the CPU, where the trial's threads train and a run stays bit for bit
+    # what it was; on CUDA as many as the trial's CPUs, up to 4.
+    loader_workers: int | Literal["auto"] = Field("auto", ge=0)
 
 
 class TrainingSpec(Strict):

@@ -173,12 +173,50 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     return torch.tensor(counts.max() / np.maximum(counts, 1), dtype=torch.float32)
 
 
-def _loader(dataset: ImageDataset | BagDataset, batch_size: int, *, shuffle: bool, seed: int) -> DataLoader:
+# The most worker processes `loader_workers: auto` gives one trial's per-image loader.
+AUTO_WORKERS = 4
+
+
+def loader_workers(compute: ComputeSpec, device: str, threads: int) -> int:
+    """Return the DataLoader worker processes of a run: its setting, or for `auto` none on the
+    CPU and on CUDA the run's threads up to AUTO_WORKERS."""
+    if compute.loader_workers != "auto":
+        return compute.loader_workers
+    return min(AUTO_WORKERS, max(1, threads)) if torch.device(device).type == "cuda" else 0
+
+
+def _seed_worker(worker_id: int) -> None:
+    # Each worker gets a copy of the dataset's seeded augmentation, so without this every worker
+    # would draw the same parameters; torch.initial_seed() differs per worker and follows the
+    # loader's generator, so the stream stays reproducible for a given number of workers.
+    transform = getattr(torch.utils.data.get_worker_info().dataset, "transform", None)
+    if hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(torch.initial_seed() % 2**32)
+
+
+def _loader(
+    dataset: ImageDataset | BagDataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int,
+    workers: int = 0,
+    pin: bool = False,
+) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
     # Dropping a last partial batch mirrors Keras' steps_per_epoch = n // batch and keeps
     # BatchNorm away from a batch of one.
     drop_last = shuffle and len(dataset) > batch_size
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, generator=generator)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        generator=generator,
+        num_workers=workers,
+        worker_init_fn=_seed_worker if workers else None,
+        pin_memory=pin,
+    )
 
 
 def _rng_state(loader: DataLoader) -> dict[str, Any]:
@@ -209,6 +247,8 @@ class _Fold:
     masks: np.ndarray | None
     grid: BagGrid | None
     keras: bool
+    workers: int
+    pin: bool
 
     @property
     def labels(self) -> np.ndarray:
@@ -237,9 +277,13 @@ class _Fold:
             masks=masks,
         )
 
+    def loader(self, dataset: ImageDataset | BagDataset, batch_size: int, *, shuffle: bool, seed: int) -> DataLoader:
+        """Return a loader over `dataset` with the run's worker processes and memory pinning."""
+        return _loader(dataset, batch_size, shuffle=shuffle, seed=seed, workers=self.workers, pin=self.pin)
+
     def evaluation_loader(self, dataset: ImageDataset | BagDataset) -> DataLoader:
         """Return an unshuffled loader over `dataset` in evaluation batches."""
-        return _loader(dataset, self.spec.eval_batch_size, shuffle=False, seed=self.spec.seed)
+        return self.loader(dataset, self.spec.eval_batch_size, shuffle=False, seed=self.spec.seed)
 
 
 def _open_fold(spec: RunSpec) -> _Fold:
@@ -250,6 +294,7 @@ def _open_fold(spec: RunSpec) -> _Fold:
         raise ValueError(f"split {spec.split_path} was not made from manifest {spec.manifest_path}")
     images = open_patch_cache(spec.cache_path)
     bags = baselines.info(spec.baseline).input_kind == "bag"
+    device = resolve_device(spec.device)
     return _Fold(
         spec=spec,
         manifest=manifest,
@@ -263,6 +308,8 @@ def _open_fold(spec: RunSpec) -> _Fold:
         grid=bag_grid(*images.shape[1:3]) if bags else None,
         # Optimiser, loss clipping and weighting, resize and augmentation as the source's Keras defined them.
         keras=baselines.uses_keras_semantics(spec.baseline, spec.semantics),
+        workers=loader_workers(spec.compute, device, spec.threads),
+        pin=torch.device(device).type == "cuda",
     )
 
 
@@ -462,7 +509,7 @@ def _train_batches(
     """Return the training batches and the augmentation reseeded each epoch: device-resident
     batches augmented a batch at a time, or a DataLoader over `train_set`."""
     if not _batched(spec, fold, device):
-        return _loader(train_set, spec.params.batch_size, shuffle=True, seed=spec.seed), train_set.transform
+        return fold.loader(train_set, spec.params.batch_size, shuffle=True, seed=spec.seed), train_set.transform
     rows = fold.rows["train"]
     augment = BatchAugment(spec.params.augment, spec.params.input_hw, keras=fold.keras, seed=spec.seed)
     images = np.asarray(fold.images[rows])

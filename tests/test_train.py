@@ -120,6 +120,14 @@ def test_fp16_trains_with_a_gradient_scaler_kept_in_the_snapshot(prepared: Prepa
     assert set(snapshots[0].scaler) >= {"scale", "_growth_tracker"}
 
 
+def test_worker_processes_train_the_per_image_path_and_are_a_param(prepared: PreparedData) -> None:
+    compute = ComputeSpec(loader="per_image", loader_workers=2)
+    spec = _spec(prepared, epochs_max=1).model_copy(update={"compute": compute, "evaluate_test": False})
+    result = fit(spec)
+    assert np.isfinite(result.history[0].train_loss) and 0 <= result.best_val["accuracy"] <= 1
+    assert spec.protocol_params["loader_workers"] == "2"
+
+
 def test_a_diverging_run_raises_with_where_it_diverged(prepared: PreparedData) -> None:
     with pytest.raises(
         DivergedError, match=r"training loss became nan at epoch 1, step \d+ \(cancernet, adam lr 1e\+30"
