@@ -20,6 +20,8 @@ from scipy import stats
 from sklearn.exceptions import UndefinedMetricWarning
 from statsmodels.stats.multitest import multipletests
 
+from . import weighted
+
 Metric = Callable[[np.ndarray, np.ndarray], float]
 
 # The usual rule for McNemar's test: with fewer discordant pairs the chi-square approximation is poor.
@@ -129,8 +131,14 @@ def bootstrap_replicates(
     """Return `metric(labels, probs)` and its value on each of `n_boot` resamples, drawn as in
     `bootstrap_ci` (whole patients when `groups` is given)."""
     labels, probs = np.asarray(labels), np.asarray(probs)
-    unit, draw = _resampler(_same_length(labels=labels, probs=probs), groups)
-    values = _every_replicate(lambda idx: metric(labels[idx], probs[idx]), draw, n_boot, seed)
+    n = _same_length(labels=labels, probs=probs)
+    unit, draw = _resampler(n, groups)
+    counted = COUNTED.get(metric)
+    if counted is None:
+        values = _every_replicate(lambda idx: metric(labels[idx], probs[idx]), draw, n_boot, seed)
+    else:
+        on_counts = counted(labels, probs)
+        values = _every_replicate(lambda idx: on_counts(np.bincount(idx, minlength=n)), draw, n_boot, seed)
     return Replicates(float(metric(labels, probs)), values, unit, n_boot, seed)
 
 
@@ -430,6 +438,15 @@ def brier_score(labels: np.ndarray, probs: np.ndarray) -> float:
     onehot = np.eye(probs.shape[1])[labels]
     total = float(np.mean(np.sum((probs - onehot) ** 2, axis=1)))
     return total / 2 if probs.shape[1] == 2 else total
+
+
+# The metrics a bootstrap evaluates on each resample's row counts (weighted.py says why).
+COUNTED: dict[Metric, Callable[[np.ndarray, np.ndarray], weighted.Counted]] = {
+    accuracy: weighted.accuracy,
+    auc: weighted.auc,
+    expected_calibration_error: weighted.expected_calibration_error,
+    brier_score: weighted.brier_score,
+}
 
 
 def holm(p_values: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ from sklearn.metrics import brier_score_loss, roc_auc_score
 from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 from statsmodels.stats.multitest import multipletests
 
+from harness.leaderboard import stats as lb_stats
 from harness.leaderboard.stats import (
     bootstrap_ci,
     brier_score,
@@ -428,3 +429,24 @@ def test_replicates_pair_up_only_on_the_same_resamples() -> None:
     assert paired_bootstrap_test(a, b, "AUCs").p_value == 1.0
     with pytest.raises(ValueError, match="do not pair up"):
         paired_bootstrap_test(a, bootstrap_replicates(rank_auc, labels, probs, groups, n_boot=200, seed=2), "AUCs")
+
+
+@pytest.mark.parametrize("classes", [2, 4])
+@pytest.mark.parametrize("metric", list(lb_stats.COUNTED), ids=lambda m: m.__name__)
+def test_metrics_on_resample_counts_equal_them_on_the_gathered_rows(metric, classes: int) -> None:
+    assert set(lb_stats.COUNTED) == {
+        lb_stats.accuracy,
+        lb_stats.auc,
+        lb_stats.expected_calibration_error,
+        lb_stats.brier_score,
+    }
+    # Probabilities rounded to two decimals, so scores tie; patients drawn whole, so rows repeat.
+    rng = np.random.default_rng(classes)
+    labels = rng.integers(0, classes, 600)
+    probs = np.round(rng.dirichlet(np.ones(classes), 600), 2)
+    probs /= probs.sum(1, keepdims=True)
+    groups = rng.integers(0, 30, 600).astype(str)
+    counted = lb_stats.bootstrap_replicates(metric, labels, probs, groups, n_boot=200, seed=4)
+    gathered = lb_stats.bootstrap_replicates(lambda y, p: metric(y, p), labels, probs, groups, n_boot=200, seed=4)
+    np.testing.assert_allclose(counted.values, gathered.values, rtol=0, atol=1e-12)
+    assert counted.estimate == gathered.estimate
