@@ -1,0 +1,177 @@
+"""Does the harness's search (Optuna TPE proposing, ASHA stopping) find a good configuration for
+fewer epochs than a grid? Against random search with the same ASHA, and the full grid, at equal
+budget, over several seeds.
+
+The objective is real: CancerNet trained by the harness's `fit` on ../shared/data/idc_sample
+(fold 0 of its patient split), on a grid of learning rates, batch sizes and dropouts, every
+configuration trained once to the end and its per-epoch objective (the selected epoch's validation
+accuracy, what a trial reports) tabulated. Training is seeded, so a search that trains a
+configuration sees exactly its tabulated curve: each search replays the table through the
+harness's own searcher (PerBaselineSearcher: per-baseline Optuna studies with the pruning-aware
+bookkeeping) and scheduler (PerBaselineScheduler: ASHA per baseline), one trial at a time, and
+pays one epoch per epoch reported. As in the sweep, the configuration a search returns is its best
+trial among those that ran to their end (ASHA-stopped trials are not tested, so never win).
+
+Budget to target: the epochs a search spends until it returns a configuration within 0.5 point of
+the grid's best; the grid's own budget is the full grid (it knows its best only at the end). The
+ratio is to that. A search that never gets there within the grid's budget counts as the budget.
+
+Run: .venv/bin/python bench/search_efficiency.py          (about 10 minutes: the grid's training)
+     .venv/bin/python bench/search_efficiency.py --smoke  (a synthetic tree, a 2x2 grid: a test runs it)
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import yaml
+from ray.tune.schedulers import TrialScheduler
+
+from harness.config import ExperimentConfig, SearchSpace, load_experiment, split_point
+from harness.data.prepare import load_or_index, prepare
+from harness.data.synthetic import write_synthetic_idc
+from harness.experiment import epoch_metrics, recipe_spec
+from harness.sweep._keys import DONE_KEY, EPOCH_KEY
+from harness.sweep._search import PerBaselineScheduler, PerBaselineSearcher
+from harness.train import RunSpec, fit
+
+SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "idc_sample"
+BASELINE = "cancernet"
+TOLERANCE = 0.005  # half a point of accuracy
+GRIDS = {
+    "full": {"lr": [1e-3, 3e-3, 1e-2, 3e-2], "batch_size": [32, 64, 128], "dropout_fc": [0.3, 0.5]},
+    "smoke": {"lr": [1e-3, 1e-2], "batch_size": [32, 64]},
+}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The grid's epochs per configuration and the rungs ASHA stops at."""
+
+    max_epochs: int
+    grace_period: int
+    reduction_factor: int
+
+
+def _config(work: Path, root: Path, budget: Budget) -> ExperimentConfig:
+    data = {
+        "name": "search-efficiency",
+        "dataset": {"name": "idc", "root": str(root), "allow_subset": True},
+        "protocol": {"folds": 3, "test_fraction": 0.2, "seed": 0},
+        "baselines": [BASELINE],
+        "search": {"trials": 1, "max_epochs": budget.max_epochs, "grace_period": budget.grace_period},
+        "training": {"patience": budget.max_epochs},
+        "resources": {"cpu": 2},
+        "output_dir": str(work),
+    }
+    path = work / "experiment.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_experiment(path)
+
+
+def tabulate(config: ExperimentConfig, work: Path, grid: dict[str, list]) -> dict[tuple, list[float]]:
+    """Train every configuration of `grid`; returns each one's per-epoch objective."""
+    manifest, _ = load_or_index(config.dataset)
+    data = prepare(manifest, config.dataset, config.protocol, work / "_data")
+    base, space = recipe_spec(config, data, BASELINE, fold=0), config.baseline_space(BASELINE)
+    table = {}
+    for values in itertools.product(*grid.values()):
+        params, kwargs = split_point({**space.recipe, **space.fixed, **dict(zip(grid, values))})
+        started = time.perf_counter()
+        table[values] = _curve(base.model_copy(update={"params": params, "model_kwargs": kwargs}), config)
+        took = time.perf_counter() - started
+        print(f"  {dict(zip(grid, values))}: objective {table[values][-1]:.4f} ({took:.0f} s)", flush=True)
+    return table
+
+
+def _curve(spec: RunSpec, config: ExperimentConfig) -> list[float]:
+    """Return the objective `spec` reports after each epoch of its training."""
+    curve: list[float] = []
+    fit(spec, lambda report: curve.append(epoch_metrics(report, config.search.metric)["objective"]))
+    return curve
+
+
+def _space(grid: dict[str, list]) -> SearchSpace:
+    search = {name: {"type": "categorical", "choices": choices} for name, choices in grid.items()}
+    return SearchSpace(baseline=BASELINE, search=search)
+
+
+def replay(table: dict[tuple, list[float]], grid: dict, sampler: str, seed: int, budget: Budget, cap: int) -> list:
+    """Run the harness's searcher and ASHA over `table` until `cap` epochs are spent; returns
+    (epochs spent, best finished objective so far) after each finished trial."""
+    names = list(grid)
+    searcher = PerBaselineSearcher(
+        {BASELINE: _space(grid)}, metric="objective", mode="max", trials=cap, sampler=sampler, seed=seed
+    )
+    scheduler = PerBaselineScheduler(
+        max_t=budget.max_epochs, grace_period=budget.grace_period, reduction_factor=budget.reduction_factor
+    )
+    scheduler.set_search_properties("objective", "max")
+    spent, best, trace = 0, float("-inf"), []
+    for number in itertools.count():
+        if spent >= cap:
+            return trace
+        trial = SimpleNamespace(trial_id=f"t{number}", config=searcher.suggest(f"t{number}"))
+        scheduler.on_trial_add(None, trial)
+        curve = table[tuple(trial.config[n] for n in names)]
+        for epoch, value in enumerate(curve, 1):
+            spent += 1
+            done = epoch == len(curve)
+            result = {"objective": value, "training_iteration": epoch, EPOCH_KEY: epoch, DONE_KEY: float(done)}
+            stop = done or scheduler.on_trial_result(None, trial, result) == TrialScheduler.STOP
+            if not done:
+                searcher.on_trial_result(trial.trial_id, result)
+            if stop:
+                scheduler.on_trial_complete(None, trial, result)
+                searcher.on_trial_complete(trial.trial_id, result)
+                break
+        if done:
+            best = max(best, curve[-1])
+        trace.append((spent, best))
+
+
+def epochs_to_target(trace: list[tuple[int, float]], target: float, cap: int) -> int:
+    """Return the epochs spent when the best finished objective first reached `target`, else `cap`."""
+    return next((spent for spent, best in trace if best >= target), cap)
+
+
+def main() -> None:
+    """Print each search's epochs to within half a point of the grid's best, and the ratio."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="a synthetic tree, a 2x2 grid, 3 epochs, 2 seeds")
+    parser.add_argument("--seeds", type=int, default=10)
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    grid = GRIDS["smoke" if args.smoke else "full"]
+    budget = Budget(3, 1, 3) if args.smoke else Budget(9, 1, 3)
+    seeds = 2 if args.smoke else args.seeds
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(scratch)
+        root = write_synthetic_idc(work / "idc", patients=8) if args.smoke or not SAMPLE.is_dir() else SAMPLE
+        print(f"tabulating {BASELINE} on {root}: {len(list(itertools.product(*grid.values())))} configurations")
+        table = tabulate(_config(work, root, budget), work, grid)
+    cap = sum(len(curve) for curve in table.values())
+    best = max(curve[-1] for curve in table.values())
+    print(f"\ngrid: {len(table)} configurations, {cap} epochs; its best objective {best:.4f}")
+    print("\n| search | seeds | epochs to within 0.5 pt (median, max) | ratio to the grid (median, max) | reached |")
+    print("|---|---:|---:|---:|---:|")
+    print(f"| grid | 1 | {cap}, {cap} | 1.00, 1.00 | 1/1 |")
+    for label, sampler in (("ASHA + TPE (harness)", "tpe"), ("ASHA + random", "random")):
+        traces = [replay(table, grid, sampler, seed, budget, cap) for seed in range(seeds)]
+        needed = [epochs_to_target(t, best - TOLERANCE, cap) for t in traces]
+        reached = sum(any(b >= best - TOLERANCE for _, b in t) for t in traces)
+        median, worst = statistics.median(needed), max(needed)
+        ratios = f"{median / cap:.2f}, {worst / cap:.2f}"
+        print(f"| {label} | {seeds} | {median:g}, {worst} | {ratios} | {reached}/{seeds} |")
+
+
+if __name__ == "__main__":
+    main()
