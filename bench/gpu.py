@@ -64,6 +64,7 @@ CASES = [
 ]
 PACKED = ("cancernet", "resnet18")  # the trials a sweep packs several of on one GPU
 PRECISIONS = ("fp32", "bf16")
+STARTUP_SECONDS = 600  # the longest a packed trial may take to build its model and warm up
 
 
 @dataclass
@@ -156,7 +157,7 @@ def _packed_worker(case: Case, precision: str, device: str, opts: dict, ready, r
     torch.set_num_threads(opts["threads"])
     trial = build_trial(case, precision, device, opts["patches"])
     train_for(trial, 0.0, opts["warmup"])  # compile kernels and fill caches before the start line
-    ready.wait()
+    ready.wait(timeout=STARTUP_SECONDS)
     results.put(train_for(trial, opts["seconds"], 0))
 
 
@@ -170,9 +171,9 @@ def packed(case: Case, precision: str, device: str, n: int, opts: dict) -> tuple
     ]
     for worker in workers:
         worker.start()
-    ready.wait()
+    ready.wait(timeout=STARTUP_SECONDS)  # a worker that dies while starting breaks the barrier
     stop, samples, sampler = _utilisation_sampler()
-    done = [results.get(timeout=opts["seconds"] * 10 + 600) for _ in workers]
+    done = [results.get(timeout=opts["seconds"] * 10 + STARTUP_SECONDS) for _ in workers]
     stop.set()
     for worker in [*workers, *([sampler] if sampler else [])]:
         worker.join()

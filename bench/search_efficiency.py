@@ -68,7 +68,9 @@ def _config(work: Path, root: Path, budget: Budget) -> ExperimentConfig:
         "protocol": {"folds": 3, "test_fraction": 0.2, "seed": 0},
         "baselines": [BASELINE],
         "search": {"trials": 1, "max_epochs": budget.max_epochs, "grace_period": budget.grace_period},
-        "training": {"patience": budget.max_epochs},
+        # As experiments/idc_comparison.yaml: on a sample's few hundred steps Keras' BatchNorm
+        # momentum leaves CancerNet predicting one class in eval mode without it.
+        "training": {"patience": budget.max_epochs, "bn_recalibration": True},
         "resources": {"cpu": 2},
         "output_dir": str(work),
     }
