@@ -72,7 +72,7 @@ def harness_sweep(path: Path) -> tuple[float, list[dict]]:
     """Run the experiment through `run_sweep`; returns wall seconds and the hyperparameters each of
     its trial runs logged (not the floors' or any other run type the sweep nests under its run)."""
     from harness import tracking
-    from harness.config import load_experiment
+    from harness.config import ComputeSpec, load_experiment
     from harness.sweep import run_sweep
     from harness.train import PROTOCOL_PARAMS
 
@@ -83,8 +83,9 @@ def harness_sweep(path: Path) -> tuple[float, list[dict]]:
     tracker = tracking.Tracker(summary.tracking_uri)
     experiment_id = tracker.experiment_id(config.name, create=False)
     runs = tracker.child_runs(experiment_id, summary.parent_run_id, tracking.RunType.TRIAL)
-    # `epochs` and the protocol options are logged beside the point; the bare side sets them itself.
-    logged = {"epochs", *PROTOCOL_PARAMS}
+    # `epochs`, the protocol and compute options and the checkpoint period are logged beside the
+    # point; the bare side sets them itself (by their defaults).
+    logged = {"epochs", "checkpoint_every", *PROTOCOL_PARAMS, *ComputeSpec.model_fields}
     return seconds, [{k: _value(v) for k, v in r.data.params.items() if k not in logged} for r in runs]
 
 
@@ -129,9 +130,12 @@ def bare_tuner(path: Path, points: list[dict], epochs: int, work: Path) -> float
             tune_config=tune.TuneConfig(max_concurrent_trials=2, reuse_actors=True),
             run_config=tune.RunConfig(storage_path=tempfile.mkdtemp(), verbose=0),
         )
-        tuner.fit()
+        results = tuner.fit()
     finally:
         ray.shutdown()
+    if results.errors:
+        # A bare side whose trials fail at once would make the harness look cheap.
+        raise SystemExit(f"{len(results.errors)} bare trial(s) failed; the first: {results.errors[0]}")
     return time.perf_counter() - started
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import ray
+import requests
 import torch
 from mlflow import MlflowClient
 from ray.cluster_utils import Cluster
@@ -166,6 +167,33 @@ def test_raising_and_diverging_trials_fail_with_their_errors(failing_sweep: str,
     assert "FAILED" in failing_sweep
     board = build_leaderboard(server.uri, "cluster-failures")
     assert board.table.loc[0, "failed"] == 4 and board.table.loc[0, "trials"] == 6
+
+
+def _rest_runs(uri: str, experiment: str) -> list[dict]:
+    """Return every run of `experiment` as MLflow's REST API lists them."""
+    found = requests.get(f"{uri}/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": experiment})
+    body = {"experiment_ids": [found.json()["experiment"]["experiment_id"]], "max_results": 1000}
+    return requests.post(f"{uri}/api/2.0/mlflow/runs/search", json=body, timeout=30).json()["runs"]
+
+
+def test_the_rest_api_shows_every_run_named_terminal_and_with_its_outcome(
+    failing_sweep: str, server: ServerProcess
+) -> None:
+    runs = _rest_runs(server.uri, "cluster-failures")
+    seen = []
+    for run in runs:
+        info, tags = run["info"], {t["key"]: t["value"] for t in run["data"]["tags"]}
+        expected = {"FINISHED": ("completed", "stopped_early"), "FAILED": ("failed",)}[info["status"]]
+        assert tags[tracking.OUTCOME] in expected, info["run_name"]
+        seen.append((tags[tracking.RUN_TYPE], tags.get(tracking.FLOOR) == "true", info["run_name"], info["status"]))
+    trials = sorted((name, status) for kind, floor, name, status in seen if kind == "trial")
+    assert [name for name, _ in trials] == [f"cancernet t{i:02d}" for i in range(6)]
+    assert sorted(status for _, status in trials) == ["FAILED"] * 4 + ["FINISHED"] * 2
+    folds = sorted(name for kind, floor, name, _ in seen if kind == "fold" and not floor)
+    assert folds == [f"cancernet fold {f}" for f in range(FOLDS)]
+    assert [name for kind, floor, name, _ in seen if kind == "ensemble" and not floor] == ["cancernet ensemble"]
+    [sweep] = [name for kind, _, name, _ in seen if kind == "sweep"]
+    assert sweep.startswith("sweep cluster-failures ")
 
 
 def test_a_trial_error_is_read_from_the_drivers_staged_copy(cluster: Cluster, tmp_path: Path) -> None:
