@@ -26,7 +26,7 @@ def test_scale_smoke_measures_every_step_and_the_leaderboard() -> None:
     steps = {name: (float(wall.replace(",", "")), float(rss)) for name, wall, rss in found}
     assert list(steps) == ["index", "split", "cache"] and all(w > 0 and r > 0 for w, r in steps.values())
     wall, rss = re.search(rf"^\| index \+ split \+ cache \| {NUMBER} \| ([\d.]+) \|", out, re.M).groups()
-    assert float(wall) == pytest.approx(sum(w for w, _ in steps.values()), abs=0.15)
+    assert float(wall) == pytest.approx(sum(w for w, _ in steps.values()), abs=0.2)  # four roundings to 0.1
     assert float(rss) == max(r for _, r in steps.values())
     # One sweep and, per baseline, its trials, the winner, 5 folds and the ensemble: 73 runs.
     assert re.search(r"^\| writing a store of 73 runs \|", out, re.M)
