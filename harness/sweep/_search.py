@@ -144,6 +144,10 @@ class PruningAwareOptunaSearch(OptunaSearch):
             self._ot_trials[trial_id].report(float(result[self.metric]), int(result[EPOCH_KEY]))
         if last is None or result[EPOCH_KEY] >= last[EPOCH_KEY]:
             self._last[trial_id] = result
+        self._link_run(trial_id)
+
+    def _link_run(self, trial_id: str) -> None:
+        """Tie the trial to its MLflow run (named by its Optuna number) once the run exists."""
         if self._link is not None and trial_id not in self._linked:
             run_id = self._link(trial_id, self._ot_trials[trial_id].number)
             if run_id is not None:
@@ -157,6 +161,8 @@ class PruningAwareOptunaSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials:
             return
+        # A trial that failed before its first result was never linked, and kept Ray's id as its name.
+        self._link_run(trial_id)
         if result and result.get(FAILED_KEY):
             self._tell(trial_id, TrialState.FAIL)
             return

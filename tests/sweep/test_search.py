@@ -80,6 +80,25 @@ def test_first_result_links_the_optuna_trial_to_its_run() -> None:
     assert (trial.state, trial.value, trial.intermediate_values) == (TrialState.PRUNED, 0.5, {1: 0.5})
 
 
+def test_a_trial_failing_before_its_first_result_is_still_linked_to_its_run() -> None:
+    # Its run exists (the trial opens it before training) and would otherwise keep Ray's id as its name.
+    calls = []
+    space = {k: optuna_distribution(d) for k, d in load_search_space("cancernet").search.items()}
+    searcher = PruningAwareOptunaSearch(
+        space=space,
+        metric="objective",
+        mode="max",
+        metric_name="objective",
+        link=lambda tid, number: calls.append((tid, number)) or f"run-{tid}",
+    )
+    searcher.suggest("t1")
+    searcher.suggest("t2")
+    searcher.on_trial_complete("t2", None, error=True)
+    assert calls == [("t2", 1)]
+    failed = next(t for t in searcher._ot_study.trials if t.number == 1)
+    assert failed.state == TrialState.FAIL and failed.user_attrs["mlflow_run_id"] == "run-t2"
+
+
 def test_per_baseline_searcher_hands_out_each_budget_round_robin() -> None:
     spaces = {
         name: load_search_space(name).pinned({"freeze": "none"} if name == "resnet18" else {})
