@@ -62,16 +62,21 @@ def test_trial_end_reaches_optuna_with_its_last_epoch(
     assert searcher._ot_study.metric_names == ["sel_val_accuracy"]
 
 
-def test_first_result_links_the_optuna_trial_to_its_run() -> None:
-    calls = []
+def _linked_searcher(calls: list) -> PruningAwareOptunaSearch:
+    """Return a searcher whose link records its calls in `calls` and names run-<trial id>."""
     space = {k: optuna_distribution(d) for k, d in load_search_space("cancernet").search.items()}
-    searcher = PruningAwareOptunaSearch(
+    return PruningAwareOptunaSearch(
         space=space,
         metric="objective",
         mode="max",
         metric_name="objective",
         link=lambda tid, number: calls.append((tid, number)) or f"run-{tid}",
     )
+
+
+def test_first_result_links_the_optuna_trial_to_its_run() -> None:
+    calls = []
+    searcher = _linked_searcher(calls)
     searcher.suggest("t1")
     searcher.on_trial_complete("t1", _result(0.5, 1))
     (trial,) = searcher._ot_study.trials
@@ -83,14 +88,7 @@ def test_first_result_links_the_optuna_trial_to_its_run() -> None:
 def test_a_trial_failing_before_its_first_result_is_still_linked_to_its_run() -> None:
     # Its run exists (the trial opens it before training) and would otherwise keep Ray's id as its name.
     calls = []
-    space = {k: optuna_distribution(d) for k, d in load_search_space("cancernet").search.items()}
-    searcher = PruningAwareOptunaSearch(
-        space=space,
-        metric="objective",
-        mode="max",
-        metric_name="objective",
-        link=lambda tid, number: calls.append((tid, number)) or f"run-{tid}",
-    )
+    searcher = _linked_searcher(calls)
     searcher.suggest("t1")
     searcher.suggest("t2")
     searcher.on_trial_complete("t2", None, error=True)
