@@ -122,12 +122,14 @@ def log_epoch(
     objective: str,
     class_names: tuple[str, ...],
     log_metrics: bool = True,
+    extra: dict[str, float] | None = None,
 ) -> dict[str, float]:
-    """Log one epoch to a run, and on the last the best epoch's validation predictions and the
-    test evaluation; returns the epoch's metrics. `log_metrics=False` uploads the evaluations
-    only (a resumed trial repeating an epoch its run holds already)."""
+    """Log one epoch to a run (with `extra` metrics at its step), and on the last the best epoch's
+    validation predictions and the test evaluation; returns the epoch's metrics.
+    `log_metrics=False` uploads the evaluations only (a resumed trial repeating an epoch its run
+    holds already)."""
     metrics = epoch_metrics(report, objective)
-    logged: dict[int, dict[str, float]] = {report.epoch: dict(metrics)}
+    logged: dict[int, dict[str, float]] = {report.epoch: metrics | (extra or {})}
     if report.epoch == 1:
         # Beside the first epoch's metrics, not before them: MLflow lists a run's metrics by step,
         # and its parallel-coordinates plot starts from the first (objective, not a constant count).

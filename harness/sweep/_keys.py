@@ -12,3 +12,15 @@ EPOCH_KEY = "epoch"
 FAILED_KEY = "trial_failed"
 # Beside FAILED_KEY: why (harness.tracking.FAILURE_CAUSE's values).
 CAUSE_KEY = "failure_cause"
+# Every result also carries the trial's MLflow run, so the driver's searcher and callbacks find
+# it without asking the tracking store.
+RUN_ID_KEY = "mlflow_run_id"
+
+# Beside "baseline" in each trial's config: its number in the baseline's Optuna study, which names
+# the trial's run from its start.
+STUDY_TRIAL_KEY = "optuna_trial"
+
+
+def trial_point(config: dict) -> dict:
+    """Return the hyperparameters of a trial's config: everything but its baseline and study number."""
+    return {k: v for k, v in config.items() if k not in ("baseline", STUDY_TRIAL_KEY)}

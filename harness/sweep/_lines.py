@@ -9,7 +9,7 @@ from ray import tune
 from harness import tracking
 
 from ._failures import trial_error
-from ._keys import CAUSE_KEY, DONE_KEY, EPOCH_KEY, FAILED_KEY
+from ._keys import CAUSE_KEY, DONE_KEY, EPOCH_KEY, FAILED_KEY, trial_point
 
 
 def _short(value: object) -> str:
@@ -34,7 +34,7 @@ class TrialLines(tune.Callback):
                 f"[dim]resume[/] {trial.config['baseline']:<9} {trial.trial_id}  after epoch {epoch}"
             )
             return
-        params = ", ".join(f"{k}={_short(v)}" for k, v in trial.config.items() if k != "baseline")
+        params = ", ".join(f"{k}={_short(v)}" for k, v in trial_point(trial.config).items())
         rich.get_console().print(f"[dim]start[/] {trial.config['baseline']:<10} {trial.trial_id}  {params}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: object, **info: object) -> None:

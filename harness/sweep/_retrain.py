@@ -24,7 +24,7 @@ from harness.model_registry import log_fold_model
 from harness.train import EpochReport, served_fold
 
 from ._ensemble import log_fold_ensemble
-from ._keys import DONE_KEY
+from ._keys import DONE_KEY, RUN_ID_KEY, trial_point
 from ._nodes import current_node
 from ._registry import register_winner
 from ._trial import SweepContext, fit_on_node, node_spec
@@ -73,10 +73,9 @@ def winners(grid: tune.ResultGrid, tracker: tracking.Tracker, ctx: SweepContext,
     for name, results in finished.items():
         best = min(results, key=rank)
         trial_id = best.metrics["trial_id"]
-        run_id = tracker.find_trial_run(ctx.experiment_id, ctx.parent_run_id, trial_id)
+        run_id = best.metrics.get(RUN_ID_KEY) or tracker.find_trial_run(ctx.experiment_id, ctx.parent_run_id, trial_id)
         if run_id is not None:
-            point = {k: v for k, v in best.config.items() if k != "baseline"}
-            chosen.append(Winner(name, trial_id, run_id, point, float(best.metrics["objective"])))
+            chosen.append(Winner(name, trial_id, run_id, trial_point(best.config), float(best.metrics["objective"])))
     return chosen
 
 

@@ -26,15 +26,15 @@ from ray.tune.search.optuna import OptunaSearch
 from harness.config import Distribution, SearchSpace
 from harness.locking import sqlite_path, store_lock
 
-from ._keys import DONE_KEY, EPOCH_KEY, FAILED_KEY
+from ._keys import DONE_KEY, EPOCH_KEY, FAILED_KEY, RUN_ID_KEY, STUDY_TRIAL_KEY
 
 # User attributes of each Optuna trial that lead to the Ray trial and the MLflow run behind it.
 RAY_TRIAL_ATTR = "ray_trial_id"
 MLFLOW_RUN_ATTR = "mlflow_run_id"
 
-# Called once per trial with (Ray trial id, Optuna trial number) when the trial's first result
-# arrives; tags the trial's MLflow run with the number and returns the run's id (None if none yet).
-RunLinker = Callable[[str, int], "str | None"]
+# Returns the MLflow run of a Ray trial (None if it has none): asked only for a trial that ended
+# without a result naming its run (one that failed before its first epoch ended).
+RunLinker = Callable[[str], "str | None"]
 
 
 def optuna_distribution(spec: Distribution) -> optuna.distributions.BaseDistribution:
@@ -118,7 +118,9 @@ class PruningAwareOptunaSearch(OptunaSearch):
     Ray's OptunaSearch completes any trial whose last result has the metric, and Ray 2.60's
     TuneController never passes the result a scheduler answers STOP to through `on_trial_result`
     (only to `on_trial_complete`), nor any result when it stops a PAUSED trial; so each result is
-    reported from wherever it arrives, once per epoch. `link` ties the Optuna trial to its MLflow run.
+    reported from wherever it arrives, once per epoch. Each suggestion carries its Optuna trial
+    number (STUDY_TRIAL_KEY), which names the trial's run; each result carries the run's id, which
+    the Optuna trial keeps; `link` finds the run of a trial whose results never named it.
     """
 
     def __init__(self, *args: Any, metric_name: str, link: RunLinker | None = None, **kwargs: Any) -> None:
@@ -133,8 +135,9 @@ class PruningAwareOptunaSearch(OptunaSearch):
 
     def suggest(self, trial_id: str) -> dict | None:
         params = super().suggest(trial_id)
-        self._ot_trials[trial_id].set_user_attr(RAY_TRIAL_ATTR, trial_id)
-        return params
+        trial = self._ot_trials[trial_id]
+        trial.set_user_attr(RAY_TRIAL_ATTR, trial_id)
+        return {**params, STUDY_TRIAL_KEY: trial.number}
 
     def _record(self, trial_id: str, result: dict) -> None:
         """Report `result`'s objective at its epoch, unless that epoch was reported already (a
@@ -144,15 +147,13 @@ class PruningAwareOptunaSearch(OptunaSearch):
             self._ot_trials[trial_id].report(float(result[self.metric]), int(result[EPOCH_KEY]))
         if last is None or result[EPOCH_KEY] >= last[EPOCH_KEY]:
             self._last[trial_id] = result
-        self._link_run(trial_id)
+        self._link_run(trial_id, result.get(RUN_ID_KEY))
 
-    def _link_run(self, trial_id: str) -> None:
-        """Tie the trial to its MLflow run (named by its Optuna number) once the run exists."""
-        if self._link is not None and trial_id not in self._linked:
-            run_id = self._link(trial_id, self._ot_trials[trial_id].number)
-            if run_id is not None:
-                self._ot_trials[trial_id].set_user_attr(MLFLOW_RUN_ATTR, run_id)
-                self._linked.add(trial_id)
+    def _link_run(self, trial_id: str, run_id: str | None) -> None:
+        """Keep the id of the trial's MLflow run on its Optuna trial, once."""
+        if run_id and trial_id not in self._linked:
+            self._ot_trials[trial_id].set_user_attr(MLFLOW_RUN_ATTR, run_id)
+            self._linked.add(trial_id)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id not in self._completed_trials and not result.get(FAILED_KEY):
@@ -161,8 +162,11 @@ class PruningAwareOptunaSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials:
             return
-        # A trial that failed before its first result was never linked, and kept Ray's id as its name.
-        self._link_run(trial_id)
+        run_id = (result or {}).get(RUN_ID_KEY)
+        if run_id is None and trial_id not in self._linked and self._link is not None:
+            # A trial that failed before its first result may have opened its run all the same.
+            run_id = self._link(trial_id)
+        self._link_run(trial_id, run_id)
         if result and result.get(FAILED_KEY):
             self._tell(trial_id, TrialState.FAIL)
             return

@@ -15,11 +15,11 @@ from ray import tune
 
 from harness import tracking
 from harness.config import ComputeSpec, ExperimentConfig, ResourcesSpec, split_point
-from harness.experiment import ExperimentSetup, log_epoch, selection_note
+from harness.experiment import ExperimentSetup, epoch_metrics, log_epoch, selection_note
 from harness.train import EpochReport, FitResult, RunSpec, TrainState, fit
 
 from ._failures import ERROR, TrialOutOfMemory, deterministic_cause, failure_cause, trial_error
-from ._keys import CAUSE_KEY, DONE_KEY, EPOCH_KEY, FAILED_KEY
+from ._keys import CAUSE_KEY, DONE_KEY, EPOCH_KEY, FAILED_KEY, RUN_ID_KEY, STUDY_TRIAL_KEY, trial_point
 from ._nodes import NodeIdentity, check_manifest, current_node, localise, trial_device
 
 CHECKPOINT_FILE = "trial.pt"
@@ -195,17 +195,26 @@ def _saved() -> TrialCheckpoint | None:
         return torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=False)
 
 
-def _start_trial_run(tracker: tracking.Tracker, ctx: SweepContext, spec: RunSpec, point: dict, trial_id: str) -> str:
-    """Open the MLflow run of a trial that has none yet; returns its id. The driver's
-    CloseTrialRuns ends it: a trial the scheduler stops never runs again to end its own run."""
+def _start_trial_run(
+    tracker: tracking.Tracker, ctx: SweepContext, spec: RunSpec, config: dict[str, Any], trial_id: str
+) -> str:
+    """Open the MLflow run of a trial that has none yet, named and tagged by its Optuna trial
+    number; returns its id. The driver's CloseTrialRuns ends it: a trial the scheduler stops never
+    runs again to end its own run."""
+    number = config.get(STUDY_TRIAL_KEY)
     return tracker.start_run(
         ctx.experiment_id,
-        name=tracking.trial_name(spec.baseline, None, trial_id),
+        name=tracking.trial_name(spec.baseline, number, trial_id),
         run_type=RunType.TRIAL,
         parent=ctx.parent_run_id,
-        tags={**ctx.run_tags(spec), tracking.TRIAL_ID: trial_id},
-        params=ctx.run_params(spec, point),
+        tags={**ctx.run_tags(spec), **trial_tags(trial_id, number)},
+        params=ctx.run_params(spec, trial_point(config)),
     )
+
+
+def trial_tags(trial_id: str, number: int | None) -> dict[str, str]:
+    """Return the tags naming a trial's run: its Ray trial id, and its Optuna trial number if known."""
+    return {tracking.TRIAL_ID: trial_id} | ({tracking.OPTUNA_TRIAL: str(number)} if number is not None else {})
 
 
 class _TrialReporter:
@@ -222,31 +231,31 @@ class _TrialReporter:
 
     def __call__(self, entry: EpochReport) -> None:
         ctx = self._ctx
-        metrics = log_epoch(
-            self._tracker,
-            self._run_id,
-            entry,
-            objective=ctx.objective,
-            class_names=ctx.class_names,
-            log_metrics=entry.epoch > self._logged_through,
-        )
-        self.last = {**metrics, DONE_KEY: float(entry.done), EPOCH_KEY: entry.epoch}
-        if not entry.done and entry.epoch % ctx.checkpoint_every:
-            self._log_checkpoint_size(entry.epoch, 0)
-            tune.report(self.last)
-            return
-        state = None if entry.done else entry.snapshot()
-        # Everything is logged before this report: once ASHA answers STOP, nothing after it runs.
+        metrics = epoch_metrics(entry, ctx.objective)
+        self.last = {**metrics, DONE_KEY: float(entry.done), EPOCH_KEY: entry.epoch, RUN_ID_KEY: self._run_id}
+        saving = entry.done or entry.epoch % ctx.checkpoint_every == 0
         with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / CHECKPOINT_FILE
-            torch.save(TrialCheckpoint(self._run_id, state, self.last), path)
-            self._log_checkpoint_size(entry.epoch, path.stat().st_size)
-            tune.report(self.last, checkpoint=tune.Checkpoint.from_directory(folder))
+            # The checkpoint is written first, so its size goes in the epoch's one batch of metrics.
+            size = self._save(Path(folder), entry) if saving else 0
+            log_epoch(
+                self._tracker,
+                self._run_id,
+                entry,
+                objective=ctx.objective,
+                class_names=ctx.class_names,
+                log_metrics=entry.epoch > self._logged_through,
+                extra={CHECKPOINT_MB: size / 1e6},
+            )
+            # Everything is logged before this report: once ASHA answers STOP, nothing after it runs.
+            tune.report(self.last, checkpoint=tune.Checkpoint.from_directory(folder) if saving else None)
 
-    def _log_checkpoint_size(self, epoch: int, size: int) -> None:
-        # An epoch trained again after a resume has its size logged already.
-        if epoch > self._logged_through:
-            self._tracker.log_metrics(self._run_id, {CHECKPOINT_MB: size / 1e6}, step=epoch)
+    def _save(self, folder: Path, entry: EpochReport) -> int:
+        """Write the trial's checkpoint into `folder` (only the last result once the trial is done);
+        returns its size in bytes."""
+        state = None if entry.done else entry.snapshot()
+        path = folder / CHECKPOINT_FILE
+        torch.save(TrialCheckpoint(self._run_id, state, self.last), path)
+        return path.stat().st_size
 
 
 def _fail(tracker: tracking.Tracker, run_id: str | None, exc: BaseException, cause: str, last: dict) -> None:
@@ -259,7 +268,7 @@ def _fail(tracker: tracking.Tracker, run_id: str | None, exc: BaseException, cau
         except (MlflowException, OSError):
             pass  # a store on a full disk: the next sweep's orphan check ends the run
     epoch = {"objective": last.get("objective", math.nan), EPOCH_KEY: last.get(EPOCH_KEY, 0)}
-    tune.report({**epoch, DONE_KEY: 0.0, FAILED_KEY: 1.0, CAUSE_KEY: cause})
+    tune.report({**epoch, DONE_KEY: 0.0, FAILED_KEY: 1.0, CAUSE_KEY: cause, RUN_ID_KEY: run_id})
 
 
 def run_trial(config: dict[str, Any], *, ctx: SweepContext) -> None:
@@ -271,7 +280,7 @@ def run_trial(config: dict[str, Any], *, ctx: SweepContext) -> None:
     """
     # Ray logs a line per saved checkpoint, i.e. per epoch of every trial.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
-    point = {k: v for k, v in config.items() if k != "baseline"}
+    point = trial_point(config)
     node = current_node()
     trial_id = tune.get_context().get_trial_id()
     tracker = tracking.tracker_for(ctx.tracking_uri)
@@ -287,7 +296,7 @@ def run_trial(config: dict[str, Any], *, ctx: SweepContext) -> None:
         run_id = run_id or tracker.find_trial_run(ctx.experiment_id, ctx.parent_run_id, trial_id)
         # Only a run this trial opened before can hold epochs already.
         logged_through = tracker.last_step(run_id, "objective") if run_id else 0
-        run_id = run_id or _start_trial_run(tracker, ctx, spec, point, trial_id)
+        run_id = run_id or _start_trial_run(tracker, ctx, spec, config, trial_id)
         tracker.record_attempt(run_id, node.node_id, node.ip)
         reporter = _TrialReporter(tracker, ctx, run_id, logged_through)
         fit_on_node(spec, ctx.plans[spec.baseline].gpu, reporter, saved.state if saved else None)
@@ -300,22 +309,16 @@ def run_trial(config: dict[str, Any], *, ctx: SweepContext) -> None:
 
 @dataclass(frozen=True)
 class RunLink:
-    """Ties a sweep's Optuna trials to their MLflow runs (the searcher's RunLinker): tags the run of
-    a Ray trial with its Optuna trial number, names it after that number, and returns the run's
-    id, None while it has no run."""
+    """Finds the MLflow run of a Ray trial of the sweep under `parent_run_id` (the searcher's
+    RunLinker, for a trial whose results never named its run); None if it has none."""
 
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
 
-    def __call__(self, trial_id: str, number: int) -> str | None:
+    def __call__(self, trial_id: str) -> str | None:
         tracker = tracking.tracker_for(self.tracking_uri)
-        run_id = tracker.find_trial_run(self.experiment_id, self.parent_run_id, trial_id)
-        if run_id is not None:
-            baseline = tracker.client.get_run(run_id).data.tags[tracking.BASELINE]
-            tracker.set_tags(run_id, {tracking.OPTUNA_TRIAL: str(number)})
-            tracker.rename(run_id, tracking.trial_name(baseline, number, trial_id))
-        return run_id
+        return tracker.find_trial_run(self.experiment_id, self.parent_run_id, trial_id)
 
 
 def close_trial_run(tracker: tracking.Tracker, run_id: str, last: dict, stopped_by: str) -> None:
@@ -353,27 +356,24 @@ class CloseTrialRuns(tune.Callback):
         return tracking.tracker_for(self._tracking_uri)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        tracker = self._tracker()
-        run_id = tracker.find_trial_run(self._experiment_id, self._parent, trial.trial_id)
+        tracker, last = self._tracker(), trial.last_result or {}
+        run_id = last.get(RUN_ID_KEY) or tracker.find_trial_run(self._experiment_id, self._parent, trial.trial_id)
         if run_id is None:
             return
-        close_trial_run(tracker, run_id, trial.last_result or {}, self._stopped_by)
+        close_trial_run(tracker, run_id, last, self._stopped_by)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         tracker = self._tracker()
         run_id = tracker.find_trial_run(self._experiment_id, self._parent, trial.trial_id)
         if run_id is None:
             # The trial died before it could open its run: record the failure all the same.
+            baseline, number = str(trial.config.get("baseline")), trial.config.get(STUDY_TRIAL_KEY)
             run_id = tracker.start_run(
                 self._experiment_id,
-                name=tracking.trial_name(str(trial.config.get("baseline")), None, trial.trial_id),
+                name=tracking.trial_name(baseline, number, trial.trial_id),
                 run_type=RunType.TRIAL,
                 parent=self._parent,
-                tags={
-                    **self._tags,
-                    tracking.BASELINE: str(trial.config.get("baseline")),
-                    tracking.TRIAL_ID: trial.trial_id,
-                },
+                tags={**self._tags, tracking.BASELINE: baseline, **trial_tags(trial.trial_id, number)},
                 params={},
             )
         tracker.finish(run_id, tracking.FAILED, _error_tags(trial))

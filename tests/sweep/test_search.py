@@ -16,6 +16,8 @@ from harness.config import load_search_space
 from harness.sweep._search import (
     DONE_KEY,
     EPOCH_KEY,
+    RUN_ID_KEY,
+    STUDY_TRIAL_KEY,
     PerBaselineScheduler,
     PerBaselineSearcher,
     PruningAwareOptunaSearch,
@@ -63,26 +65,28 @@ def test_trial_end_reaches_optuna_with_its_last_epoch(
 
 
 def _linked_searcher(calls: list) -> PruningAwareOptunaSearch:
-    """Return a searcher whose link records its calls in `calls` and names run-<trial id>."""
+    """Return a searcher whose link records its calls in `calls` and finds run-<trial id>."""
     space = {k: optuna_distribution(d) for k, d in load_search_space("cancernet").search.items()}
     return PruningAwareOptunaSearch(
         space=space,
         metric="objective",
         mode="max",
         metric_name="objective",
-        link=lambda tid, number: calls.append((tid, number)) or f"run-{tid}",
+        link=lambda tid: calls.append(tid) or f"run-{tid}",
     )
 
 
-def test_first_result_links_the_optuna_trial_to_its_run() -> None:
+def test_each_suggestion_carries_its_study_number_and_each_result_its_run() -> None:
     calls = []
     searcher = _linked_searcher(calls)
-    searcher.suggest("t1")
-    searcher.on_trial_complete("t1", _result(0.5, 1))
-    (trial,) = searcher._ot_study.trials
-    assert calls == [("t1", 0)]
-    assert trial.user_attrs == {"ray_trial_id": "t1", "mlflow_run_id": "run-t1"}
-    assert (trial.state, trial.value, trial.intermediate_values) == (TrialState.PRUNED, 0.5, {1: 0.5})
+    assert [searcher.suggest(t)[STUDY_TRIAL_KEY] for t in ("t1", "t2")] == [0, 1]
+    searcher.on_trial_result("t2", _result(0.6, 1) | {RUN_ID_KEY: "run-b"})
+    searcher.on_trial_complete("t2", _result(0.5, 2) | {RUN_ID_KEY: "run-b"})
+    trial = next(t for t in searcher._ot_study.trials if t.number == 1)
+    # The results named the run: the tracking store is never asked.
+    assert calls == []
+    assert trial.user_attrs == {"ray_trial_id": "t2", "mlflow_run_id": "run-b"}
+    assert (trial.state, trial.value, trial.intermediate_values) == (TrialState.PRUNED, 0.5, {1: 0.6, 2: 0.5})
 
 
 def test_a_trial_failing_before_its_first_result_is_still_linked_to_its_run() -> None:
@@ -92,7 +96,7 @@ def test_a_trial_failing_before_its_first_result_is_still_linked_to_its_run() ->
     searcher.suggest("t1")
     searcher.suggest("t2")
     searcher.on_trial_complete("t2", None, error=True)
-    assert calls == [("t2", 1)]
+    assert calls == ["t2"]
     failed = next(t for t in searcher._ot_study.trials if t.number == 1)
     assert failed.state == TrialState.FAIL and failed.user_attrs["mlflow_run_id"] == "run-t2"
 
@@ -115,7 +119,8 @@ def test_per_baseline_searcher_hands_out_each_budget_round_robin() -> None:
         "batch_size": 32,
         "epochs_max": 40,
     }
-    assert set(configs[1]) == {"baseline", *spaces["resnet18"].search}
+    assert set(configs[1]) == {"baseline", STUDY_TRIAL_KEY, *spaces["resnet18"].search}
+    assert [c[STUDY_TRIAL_KEY] for c in configs[:4]] == [0, 0, 1, 1]
 
 
 def test_asha_rungs_compare_trials_of_one_baseline_only() -> None:
