@@ -26,6 +26,7 @@ Run: .venv/bin/python bench/search_efficiency.py          (about 20 minutes: the
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import statistics
 import tempfile
@@ -109,10 +110,15 @@ def _curve(spec: RunSpec, config: ExperimentConfig) -> list[float]:
     return curve
 
 
+@functools.cache
+def _baseline_space() -> SearchSpace:
+    """Return the baseline's search space, read once for every replay."""
+    return load_search_space(BASELINE)
+
+
 def _ordered(grid: dict[str, list]) -> set[str]:
     """Return the axes of `grid` that the baseline's search space samples from a range."""
-    space = load_search_space(BASELINE)
-    return {name for name in grid if space.search[name].type != "categorical"}
+    return {name for name in grid if _baseline_space().search[name].type != "categorical"}
 
 
 def _space(grid: dict[str, list]) -> SearchSpace:

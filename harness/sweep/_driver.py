@@ -360,7 +360,7 @@ def _after_search(
     on every fold and ensemble the folds, and fit the floors not logged yet; records what they did
     in `summary`."""
     summary.notes += _log_study_plots(config, setup.tracker, sweep)
-    chosen = winners(grid, setup.tracker, ctx, config.search.mode)
+    chosen = winners(grid, ctx, config.search.mode)
     write_front_page(setup.tracker, sweep.parent, config.name, config.search.metric, chosen)
     if config.search.retrain == "all_folds" and config.protocol.test_fraction > 0:
         summary.ensembles, notes = retrain_winners(ctx, chosen, config.protocol.folds, fold_line if verbose else None)

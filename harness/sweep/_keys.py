@@ -1,5 +1,6 @@
-"""The keys every trial reports to Tune beside its metrics, shared by the trial, the searcher, the
-schedulers and the driver (a module of its own, so a trial's process imports no search library)."""
+"""The keys every trial reports to Tune beside its metrics, and those its config holds beside its
+hyperparameters, shared by the trial, the searcher, the schedulers and the driver (a module of its
+own, so a trial's process imports no search library)."""
 
 # 1.0 on the epoch the trial ended by itself (budget spent or early stopping), 0.0 before. A trial
 # whose last report says 0 was stopped by the scheduler.

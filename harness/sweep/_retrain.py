@@ -24,10 +24,10 @@ from harness.model_registry import log_fold_model
 from harness.train import EpochReport, served_fold
 
 from ._ensemble import log_fold_ensemble
-from ._keys import DONE_KEY, RUN_ID_KEY, trial_point
+from ._keys import DONE_KEY, trial_point
 from ._nodes import current_node
 from ._registry import register_winner
-from ._trial import SweepContext, fit_on_node, node_spec
+from ._trial import RunLink, SweepContext, fit_on_node, node_spec
 
 PREDICTIONS = "test/predictions.csv"
 RunType = tracking.RunType
@@ -58,7 +58,7 @@ class EnsembleOutcome:
     note: str | None = None  # why they were not registered
 
 
-def winners(grid: tune.ResultGrid, tracker: tracking.Tracker, ctx: SweepContext, mode: str) -> list[Winner]:
+def winners(grid: tune.ResultGrid, ctx: SweepContext, mode: str) -> list[Winner]:
     """Return each baseline's best trial among those that ended by themselves (not stopped, not failed)."""
     finished: dict[str, list[tune.Result]] = {}
     for result in grid:
@@ -73,7 +73,7 @@ def winners(grid: tune.ResultGrid, tracker: tracking.Tracker, ctx: SweepContext,
     for name, results in finished.items():
         best = min(results, key=rank)
         trial_id = best.metrics["trial_id"]
-        run_id = best.metrics.get(RUN_ID_KEY) or tracker.find_trial_run(ctx.experiment_id, ctx.parent_run_id, trial_id)
+        run_id = RunLink(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id)(trial_id, best.metrics)
         if run_id is not None:
             chosen.append(Winner(name, trial_id, run_id, trial_point(best.config), float(best.metrics["objective"])))
     return chosen

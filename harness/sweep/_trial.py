@@ -196,19 +196,23 @@ def _saved() -> TrialCheckpoint | None:
 
 
 def _start_trial_run(
-    tracker: tracking.Tracker, ctx: SweepContext, spec: RunSpec, config: dict[str, Any], trial_id: str
+    tracker: tracking.Tracker,
+    ctx: SweepContext,
+    spec: RunSpec,
+    point: dict[str, Any],
+    number: int | None,
+    trial_id: str,
 ) -> str:
     """Open the MLflow run of a trial that has none yet, named and tagged by its Optuna trial
-    number; returns its id. The driver's CloseTrialRuns ends it: a trial the scheduler stops never
-    runs again to end its own run."""
-    number = config.get(STUDY_TRIAL_KEY)
+    `number`; returns its id. The driver's CloseTrialRuns ends it: a trial the scheduler stops
+    never runs again to end its own run."""
     return tracker.start_run(
         ctx.experiment_id,
         name=tracking.trial_name(spec.baseline, number, trial_id),
         run_type=RunType.TRIAL,
         parent=ctx.parent_run_id,
         tags={**ctx.run_tags(spec), **trial_tags(trial_id, number)},
-        params=ctx.run_params(spec, trial_point(config)),
+        params=ctx.run_params(spec, point),
     )
 
 
@@ -296,7 +300,7 @@ def run_trial(config: dict[str, Any], *, ctx: SweepContext) -> None:
         run_id = run_id or tracker.find_trial_run(ctx.experiment_id, ctx.parent_run_id, trial_id)
         # Only a run this trial opened before can hold epochs already.
         logged_through = tracker.last_step(run_id, "objective") if run_id else 0
-        run_id = run_id or _start_trial_run(tracker, ctx, spec, config, trial_id)
+        run_id = run_id or _start_trial_run(tracker, ctx, spec, point, config.get(STUDY_TRIAL_KEY), trial_id)
         tracker.record_attempt(run_id, node.node_id, node.ip)
         reporter = _TrialReporter(tracker, ctx, run_id, logged_through)
         fit_on_node(spec, ctx.plans[spec.baseline].gpu, reporter, saved.state if saved else None)
@@ -309,14 +313,17 @@ def run_trial(config: dict[str, Any], *, ctx: SweepContext) -> None:
 
 @dataclass(frozen=True)
 class RunLink:
-    """Finds the MLflow run of a Ray trial of the sweep under `parent_run_id` (the searcher's
-    RunLinker, for a trial whose results never named its run); None if it has none."""
+    """Finds the MLflow run of a Ray trial of the sweep under `parent_run_id`: the one `result`
+    names, else (a trial that failed before its first result) the one the store holds; None if it
+    has none. It is the searcher's RunLinker too."""
 
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
 
-    def __call__(self, trial_id: str) -> str | None:
+    def __call__(self, trial_id: str, result: dict | None = None) -> str | None:
+        if (result or {}).get(RUN_ID_KEY):
+            return result[RUN_ID_KEY]
         tracker = tracking.tracker_for(self.tracking_uri)
         return tracker.find_trial_run(self.experiment_id, self.parent_run_id, trial_id)
 
@@ -349,6 +356,7 @@ class CloseTrialRuns(tune.Callback):
         self._tracking_uri = tracking_uri
         self._experiment_id = experiment_id
         self._parent = parent_run_id
+        self._run_of = RunLink(tracking_uri, experiment_id, parent_run_id)
         self._tags = tags
         self._stopped_by = stopped_by
 
@@ -356,15 +364,14 @@ class CloseTrialRuns(tune.Callback):
         return tracking.tracker_for(self._tracking_uri)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        tracker, last = self._tracker(), trial.last_result or {}
-        run_id = last.get(RUN_ID_KEY) or tracker.find_trial_run(self._experiment_id, self._parent, trial.trial_id)
+        run_id = self._run_of(trial.trial_id, trial.last_result)
         if run_id is None:
             return
-        close_trial_run(tracker, run_id, last, self._stopped_by)
+        close_trial_run(self._tracker(), run_id, trial.last_result or {}, self._stopped_by)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         tracker = self._tracker()
-        run_id = tracker.find_trial_run(self._experiment_id, self._parent, trial.trial_id)
+        run_id = self._run_of(trial.trial_id, trial.last_result)
         if run_id is None:
             # The trial died before it could open its run: record the failure all the same.
             baseline, number = str(trial.config.get("baseline")), trial.config.get(STUDY_TRIAL_KEY)
@@ -379,7 +386,7 @@ class CloseTrialRuns(tune.Callback):
         tracker.finish(run_id, tracking.FAILED, _error_tags(trial))
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        run_id = self._tracker().find_trial_run(self._experiment_id, self._parent, trial.trial_id)
+        run_id = self._run_of(trial.trial_id, trial.last_result)
         if run_id is not None:
             retries = trial.run_metadata.num_failures
             error = _error_tags(trial)[tracking.ERROR]
