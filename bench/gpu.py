@@ -1,6 +1,8 @@
 """Training images/s of one trial on a GPU, per baseline, fp32 against bf16, and the total of
 1, 2, 4 and 8 trials run as concurrent processes on the one GPU (what Ray's fractional GPUs
 amount to), with the GPU's utilisation; "vs one alone" divides their total by one trial's rate.
+A third table sets the harness's epoch loop, which reads the training loss once per block of
+steps, against reading it every step (each read waits for the device).
 
 A trial's GPU side as harness/train.py runs it: uint8 patches resident on the device, batches
 index-selected and augmented there (harness.data.batched), normalised on the device, the model
@@ -38,6 +40,7 @@ import baselines  # noqa: E402
 from baselines.losses import build_loss  # noqa: E402
 from harness.data.batched import BatchAugment, DeviceBatches  # noqa: E402
 from harness.data.normalise import batch_normaliser  # noqa: E402
+from harness.epoch_loss import READ_EVERY, EpochLoss  # noqa: E402
 from harness.optim import KerasAdam  # noqa: E402
 from harness.precision import autocast  # noqa: E402
 
@@ -107,10 +110,12 @@ def _synchronise(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
-def train_for(trial: Trial, seconds: float, warmup_steps: int) -> tuple[int, float]:
-    """Train `trial` for `warmup_steps` untimed, then for about `seconds`; returns the images
-    trained in the timed part and its wall seconds."""
+def train_for(trial: Trial, seconds: float, warmup_steps: int, read_every: int = READ_EVERY) -> tuple[int, float]:
+    """Train `trial` for `warmup_steps` untimed, then for about `seconds`, reading the losses every
+    `read_every` steps as harness/train.py does (harness.epoch_loss); returns the images trained in
+    the timed part and its wall seconds."""
     trial.model.train()
+    losses = EpochLoss(read_every)
     images, started, steps = 0, None, 0
     while True:
         for batch in trial.batches:
@@ -119,17 +124,28 @@ def train_for(trial: Trial, seconds: float, warmup_steps: int) -> tuple[int, flo
                 started, images = time.perf_counter(), 0
             with trial.autocast():
                 outputs = trial.model(trial.normalise(batch["image"]))
-                loss = trial.loss(outputs, batch["label"].to(trial.device), None)
+                loss = trial.loss(outputs, batch["label"].to(trial.device, non_blocking=True), None)
             trial.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             trial.optimizer.step()
             steps += 1
             images += len(batch["label"])
-            # Read the clock every ten steps only: each read waits for the device.
-            if started is not None and steps % 10 == 0:
+            losses.add(steps, loss, len(batch["label"]))
+            # The host's clock runs ahead of the device by the queued steps; the final wait counts them.
+            if started is not None and time.perf_counter() - started >= seconds:
                 _synchronise(trial.device)
-                if time.perf_counter() - started >= seconds:
-                    return images, time.perf_counter() - started
+                return images, time.perf_counter() - started
+
+
+def loss_reads(case: Case, device: str, opts: dict) -> tuple[float, float]:
+    """Return one bf16 trial's images/s of `case` reading its loss every step, and every
+    READ_EVERY steps (the harness's epoch loop)."""
+    rates = []
+    for read_every in (1, READ_EVERY):
+        trial = build_trial(case, "bf16", device, opts["patches"])
+        images, seconds = train_for(trial, opts["seconds"], opts["warmup"], read_every)
+        rates.append(images / seconds)
+    return rates[0], rates[1]
 
 
 def _gpu_utilisation(stop: threading.Event, samples: list[float]) -> None:
@@ -223,6 +239,10 @@ def main() -> None:
             f"| {rates['bf16'] / rates['fp32']:.2f} |",
             flush=True,
         )
+    print(f"\n| baseline | loss read every step, img/s | every {READ_EVERY} steps | ratio |\n|---|---:|---:|---:|")
+    for case in [c for c in opts["cases"] if c.baseline in PACKED]:
+        every_step, blocked = loss_reads(case, device, opts)
+        print(f"| {case.baseline} | {every_step:,.0f} | {blocked:,.0f} | {blocked / every_step:.2f} |", flush=True)
     print("\n| baseline | precision | trials | total img/s | per trial | vs one alone | GPU util |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for case in [c for c in opts["cases"] if c.baseline in PACKED]:

@@ -49,9 +49,10 @@ def predict(model: nn.Module, loader: DataLoader, normalise: Normaliser) -> tupl
     probs, labels = [], []
     for batch in loader:
         logits = model(normalise(batch["image"]))["logits"]
-        probs.append(torch.softmax(logits.float(), 1).cpu().numpy())
+        # Kept on the device until the end: a copy to the host per batch waits for each batch.
+        probs.append(torch.softmax(logits.float(), 1))
         labels.append(batch["label"].numpy())
-    return np.concatenate(probs), np.concatenate(labels)
+    return torch.cat(probs).cpu().numpy(), np.concatenate(labels)
 
 
 def evaluate(model: nn.Module, loader: DataLoader, normalise: Normaliser, frame: pd.DataFrame) -> Evaluation:

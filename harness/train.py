@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from harness.data.dataset import BagDataset, ImageDataset, part_dataset
 from harness.data.manifest import read_manifest
 from harness.data.normalise import batch_normaliser
 from harness.data.splits import CV, TEST, read_split
+from harness.epoch_loss import EpochLoss
 from harness.errors import InputError
 from harness.evaluation import Evaluation, Normaliser, evaluate, map_galleries
 from harness.localisation import localisation_scores
@@ -385,10 +385,11 @@ def _train_epoch(spec: RunSpec, opt: _Optimisation, loader: DataLoader | DeviceB
     """Run one epoch of training; returns its mean training loss. Raises DivergedError on a
     non-finite loss."""
     opt.model.train()
-    total, seen = 0.0, 0
+    losses = EpochLoss()
     for step, batch in enumerate(loader, 1):
-        targets = batch["label"].to(opt.device)
-        masks = batch["mask"].to(opt.device) if "mask" in batch else None
+        # Non-blocking: a blocking copy to the GPU would wait for every step queued before it.
+        targets = batch["label"].to(opt.device, non_blocking=True)
+        masks = batch["mask"].to(opt.device, non_blocking=True) if "mask" in batch else None
         with opt.autocast():
             loss = opt.criterion(opt.model(opt.normalise(batch["image"])), targets, masks)
         opt.optimizer.zero_grad(set_to_none=True)
@@ -400,18 +401,21 @@ def _train_epoch(spec: RunSpec, opt: _Optimisation, loader: DataLoader | DeviceB
             opt.scaler.step(opt.optimizer)
             opt.scaler.update()
         opt.step_scheduler.step()
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            p = spec.params
-            raise DivergedError(
-                f"training loss became {value} at epoch {epoch}, step {step} ({spec.baseline}, "
-                f"{p.optimizer} lr {p.lr:g}, batch {p.batch_size})"
-            )
-        total += value * len(targets)
-        seen += len(targets)
+        _check_finite(spec, epoch, losses.add(step, loss, len(targets)))
+    _check_finite(spec, epoch, losses.read())
     if opt.epoch_scheduler is not None:
         opt.epoch_scheduler.step()
-    return total / max(seen, 1)
+    return losses.mean
+
+
+def _check_finite(spec: RunSpec, epoch: int, diverged: tuple[int, float] | None) -> None:
+    if diverged is not None:
+        step, value = diverged
+        p = spec.params
+        raise DivergedError(
+            f"training loss became {value} at epoch {epoch}, step {step} ({spec.baseline}, "
+            f"{p.optimizer} lr {p.lr:g}, batch {p.batch_size})"
+        )
 
 
 def _recalibrate(spec: RunSpec, opt: _Optimisation, dataset: ImageDataset | BagDataset, epoch: int) -> None:
