@@ -8,10 +8,15 @@ affine family (rotation, shift, shear, zoom about the centre, "nearest" fill, bi
 then flips and brightness) as `transforms.KerasImageDataGenerator` applies it one image at a time.
 The resize to the input size is an index selection, the same pixels cv2's nearest-neighbour (or
 Keras' PIL) picks. The same code runs on the CPU.
+
+Parameters are drawn on the host (one seeded stream, whatever the device) and reach a GPU by
+copies that do not wait for it: a blocking copy would stall the host until every step queued
+before it had run, several times a batch.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator
@@ -41,12 +46,21 @@ def batched_augmentation_supported(params: TrainParams, stored_hw: tuple[int, in
     return keras and params.augment in KERAS_GENERATORS
 
 
+def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """Return `tensor` on `device`; a copy to a GPU goes through pinned memory without blocking, so
+    the host does not wait for the work already queued there."""
+    if torch.device(device).type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+@functools.lru_cache(maxsize=32)
 def _nearest_rows(source: int, target: int, keras: bool, device: torch.device) -> torch.Tensor:
     """Return the source indices a nearest-neighbour resize from `source` to `target` samples:
     PIL's (cv2 INTER_NEAREST_EXACT) under Keras semantics, else cv2's INTER_NEAREST."""
     scale = source / target
     offset = 0.5 if keras else 0.0
-    return torch.tensor([min(math.floor((i + offset) * scale), source - 1) for i in range(target)], device=device)
+    return to_device(torch.tensor([min(math.floor((i + offset) * scale), source - 1) for i in range(target)]), device)
 
 
 def resize_nearest(batch: torch.Tensor, hw: tuple[int, int], keras: bool) -> torch.Tensor:
@@ -79,7 +93,7 @@ def draw_dihedral(n: int, turns: bool, generator: torch.Generator) -> DihedralDr
 
 def _apply_to(chosen: torch.Tensor, batch: torch.Tensor, op: Callable[[torch.Tensor], torch.Tensor]) -> None:
     """Apply `op` in place to the samples of `batch` that are `chosen` (a boolean per sample)."""
-    picked = chosen.nonzero().flatten().to(batch.device)
+    picked = to_device(chosen.nonzero().flatten(), batch.device)
     if len(picked):
         batch[picked] = op(batch[picked])
 
@@ -161,13 +175,13 @@ def apply_keras(batch: torch.Tensor, draw: KerasDraw) -> torch.Tensor:
     source = (points @ matrices.transpose(1, 2))[..., :2]  # N x HW x (row, column)
     # Coordinates in float64 until normalised, as scipy keeps them; "border" repeats edge pixels.
     grid = torch.stack([source[..., 1] / (width - 1), source[..., 0] / (height - 1)], -1) * 2 - 1
-    grid = grid.view(n, height, width, 2).to(batch.device, torch.float32)
+    grid = to_device(grid.view(n, height, width, 2).float(), batch.device)
     out = F.grid_sample(batch.float(), grid, mode="bilinear", padding_mode="border", align_corners=True)
     _apply_to(draw.flip_h, out, lambda x: x.flip(-1))
     _apply_to(draw.flip_v, out, lambda x: x.flip(-2))
     if draw.brightness is None:
         return out.round().clamp_(0, 255).to(torch.uint8)
-    factor = draw.brightness.to(batch.device, torch.float32).view(-1, 1, 1, 1)
+    factor = to_device(draw.brightness.float(), batch.device).view(-1, 1, 1, 1)
     # Keras truncates to uint8 before PIL's Brightness, whose blend with black truncates too. A
     # value float32 sampling leaves a hair under a whole grey level (scipy's float64 lands on it)
     # is that level, or truncation would take one off.
@@ -209,7 +223,7 @@ class DeviceBatches:
         self, images: np.ndarray, labels: np.ndarray, augment: BatchAugment, *, batch_size: int, device: str, seed: int
     ) -> None:
         self.images = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
-        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
         self.augment, self.batch_size = augment, batch_size
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -218,11 +232,11 @@ class DeviceBatches:
         return len(self.labels) // self.batch_size if drop_last else math.ceil(len(self.labels) / self.batch_size)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        order = torch.randperm(len(self.labels), generator=self.generator)
+        # The epoch's order is drawn on the host (the same on every device) and copied once.
+        order = to_device(torch.randperm(len(self.labels), generator=self.generator), self.images.device)
         for i in range(len(self)):
             picked = order[i * self.batch_size : (i + 1) * self.batch_size]
-            images = self.images.index_select(0, picked.to(self.images.device))
-            yield {"image": self.augment(images), "label": self.labels[picked]}
+            yield {"image": self.augment(self.images.index_select(0, picked)), "label": self.labels[picked]}
 
 
 def fits_on_device(n_bytes: int, device: str, share: float) -> bool:
