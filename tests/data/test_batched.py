@@ -105,6 +105,22 @@ def test_an_epoch_of_device_batches_holds_every_training_image_once_with_its_lab
     assert not Counter(seen) - expected and len(set(seen)) == 64
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (what it checks is GPU-side)")
+@pytest.mark.parametrize("augment", ["pis", "flips_rot90"])
+def test_device_batches_never_make_the_host_wait_for_the_gpu(augment: str) -> None:
+    hw = TrainParams(augment=augment, input_size=48).input_hw
+    augment_ = BatchAugment(augment, hw, keras=augment in KERAS_GENERATORS)
+    stored = np.random.default_rng(0).integers(0, 256, (70, 50, 50, 3), dtype=np.uint8)  # resized to 48
+    batches = DeviceBatches(stored, np.arange(70) % 2, augment_, batch_size=16, device="cuda", seed=0)
+    first = [b["image"].cpu() for b in batches]  # the first pinned buffers and cached rows are made here
+    torch.cuda.set_sync_debug_mode("error")  # any synchronising call below raises
+    try:
+        again = list(batches)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len(again) == len(first) == 4 and all(b["image"].shape == (16, 3, *hw) for b in again)
+
+
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory, synthetic_idc: Path) -> PreparedData:
     spec = DatasetSpec(name="idc", root=synthetic_idc, allow_subset=True)
