@@ -51,8 +51,8 @@ def predict(model: nn.Module, loader: DataLoader, normalise: Normaliser) -> tupl
         logits = model(normalise(batch["image"]))["logits"]
         # Kept on the device until the end: a copy to the host per batch waits for each batch.
         probs.append(torch.softmax(logits.float(), 1))
-        labels.append(batch["label"].numpy())
-    return torch.cat(probs).cpu().numpy(), np.concatenate(labels)
+        labels.append(batch["label"])
+    return torch.cat(probs).cpu().numpy(), torch.cat(labels).cpu().numpy()
 
 
 def evaluate(model: nn.Module, loader: DataLoader, normalise: Normaliser, frame: pd.DataFrame) -> Evaluation:

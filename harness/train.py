@@ -465,7 +465,7 @@ class _Run:
     # stay as they are whether or not the run recalibrates BatchNorm.
     recalibration_set: ImageDataset | BagDataset | None
     train_loader: DataLoader | DeviceBatches
-    val_loader: DataLoader
+    val_loader: DataLoader | DeviceBatches
     opt: _Optimisation
     counts: dict[str, int]
     best: BestEpoch | None = None
@@ -486,7 +486,8 @@ class _Run:
 
 
 def _batched(spec: RunSpec, fold: _Fold, device: str) -> bool:
-    """Return True when the run trains from device-resident batches (training.compute.loader)."""
+    """Return True when the run trains and validates from device-resident batches
+    (training.compute.loader)."""
     compute, p = spec.compute, spec.params
     if compute.loader == "per_image":
         return False
@@ -499,7 +500,7 @@ def _batched(spec: RunSpec, fold: _Fold, device: str) -> bool:
         )
     if compute.loader == "batched":
         return True
-    n_bytes = len(fold.rows["train"]) * int(np.prod(fold.images.shape[1:]))
+    n_bytes = (len(fold.rows["train"]) + len(fold.rows["val"])) * int(np.prod(fold.images.shape[1:]))
     return (
         torch.device(device).type == "cuda"
         and supported
@@ -508,11 +509,11 @@ def _batched(spec: RunSpec, fold: _Fold, device: str) -> bool:
 
 
 def _train_batches(
-    spec: RunSpec, fold: _Fold, train_set: ImageDataset | BagDataset, device: str
+    spec: RunSpec, fold: _Fold, train_set: ImageDataset | BagDataset, device: str | None
 ) -> tuple[DataLoader | DeviceBatches, Any]:
-    """Return the training batches and the augmentation reseeded each epoch: device-resident
-    batches augmented a batch at a time, or a DataLoader over `train_set`."""
-    if not _batched(spec, fold, device):
+    """Return the training batches and the augmentation reseeded each epoch: batches augmented a
+    batch at a time on `device`, or (no device) a DataLoader over `train_set`."""
+    if device is None:
         return fold.loader(train_set, spec.params.batch_size, shuffle=True, seed=spec.seed), train_set.transform
     rows = fold.rows["train"]
     augment = BatchAugment(spec.params.augment, spec.params.input_hw, keras=fold.keras, seed=spec.seed)
@@ -523,14 +524,29 @@ def _train_batches(
     return batches, augment
 
 
+def _val_batches(spec: RunSpec, fold: _Fold, device: str | None) -> DataLoader | DeviceBatches:
+    """Return the validation batches, in order: on `device`, resized there as the evaluation
+    transform resizes, or (no device) a DataLoader."""
+    if device is None:
+        return fold.evaluation_loader(fold.dataset("val"))
+    rows = fold.rows["val"]
+    resize = BatchAugment("none", spec.params.input_hw, keras=fold.keras)
+    images = np.asarray(fold.images[rows])
+    return DeviceBatches(
+        images, fold.labels[rows], resize, batch_size=spec.eval_batch_size, device=device, shuffle=False
+    )
+
+
 def _open_run(spec: RunSpec, resume: TrainState | None) -> _Run:
     """Return the run of `spec`, continued from `resume` when given."""
     fold = _open_fold(spec)
     train_set = fold.dataset("train")
     recalibration_set = fold.dataset("train") if spec.bn_recalibration else None
     device = resolve_device(spec.device)
-    train_loader, augmentation = _train_batches(spec, fold, train_set, device)
-    val_loader = fold.evaluation_loader(fold.dataset("val"))
+    # The device the patches live on when the run takes the batched path, else None.
+    resident = device if _batched(spec, fold, device) else None
+    train_loader, augmentation = _train_batches(spec, fold, train_set, resident)
+    val_loader = _val_batches(spec, fold, resident)
     # The datasets come first: building the model draws its initial weights from the seeded stream.
     opt = _build_optimisation(spec, fold, device)
     counts = baselines.param_counts(opt.model)

@@ -216,24 +216,35 @@ class BatchAugment:
 
 
 class DeviceBatches:
-    """A fold's training patches on the device, served in shuffled batches (the last partial one
-    dropped, as the per-image loader does) through a BatchAugment."""
+    """Patches on the device served in batches through a BatchAugment: shuffled with the last
+    partial batch dropped, as the per-image training loader does, or (`shuffle=False`, for
+    evaluation) in order and all of them."""
 
     def __init__(
-        self, images: np.ndarray, labels: np.ndarray, augment: BatchAugment, *, batch_size: int, device: str, seed: int
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        augment: BatchAugment,
+        *,
+        batch_size: int,
+        device: str,
+        seed: int = 0,
+        shuffle: bool = True,
     ) -> None:
         self.images = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).to(device)
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
-        self.augment, self.batch_size = augment, batch_size
+        self.augment, self.batch_size, self.shuffle = augment, batch_size, shuffle
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
-        drop_last = len(self.labels) > self.batch_size
+        drop_last = self.shuffle and len(self.labels) > self.batch_size
         return len(self.labels) // self.batch_size if drop_last else math.ceil(len(self.labels) / self.batch_size)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        n = len(self.labels)
         # The epoch's order is drawn on the host (the same on every device) and copied once.
-        order = to_device(torch.randperm(len(self.labels), generator=self.generator), self.images.device)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        order = to_device(order, self.images.device)
         for i in range(len(self)):
             picked = order[i * self.batch_size : (i + 1) * self.batch_size]
             yield {"image": self.augment(self.images.index_select(0, picked)), "label": self.labels[picked]}

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import baselines
 from harness.config import ComputeSpec, DatasetSpec, ProtocolSpec, TrainParams
 from harness.data.batched import (
     BatchAugment,
@@ -21,10 +22,13 @@ from harness.data.batched import (
     draw_keras,
     resize_nearest,
 )
+from harness.data.dataset import part_dataset
 from harness.data.keras_generators import KERAS_GENERATORS
+from harness.data.normalise import batch_normaliser
 from harness.data.prepare import PreparedData, index_dataset, prepare
 from harness.data.transforms import build_transform, keras_affine, keras_brightness
 from harness.errors import InputError
+from harness.evaluation import predict
 from harness.train import RunSpec, fit
 
 
@@ -103,6 +107,24 @@ def test_an_epoch_of_device_batches_holds_every_training_image_once_with_its_lab
     assert len(batches) == 4 and len(seen) == 64
     expected = Counter((image.transpose(2, 0, 1).tobytes(), int(label)) for image, label in zip(images, labels))
     assert not Counter(seen) - expected and len(set(seen)) == 64
+
+
+@pytest.mark.parametrize("keras", [True, False])
+def test_evaluation_batches_on_the_device_predict_what_the_per_image_loader_predicts(keras: bool) -> None:
+    stored = np.random.default_rng(1).integers(0, 256, (37, 50, 50, 3), dtype=np.uint8)
+    labels, rows = np.arange(37) % 2, np.arange(3, 37)
+    params = TrainParams(augment="pis" if keras else "flips_rot90", input_size=48)
+    per_image = part_dataset(stored, rows, labels, params, grid=None, train=False, seed=0, keras=keras)
+    loader = torch.utils.data.DataLoader(per_image, batch_size=16)  # as the evaluation loader: in order, all rows
+    resize = BatchAugment("none", params.input_hw, keras=keras)
+    batches = DeviceBatches(stored[rows], labels[rows], resize, batch_size=16, device="cpu", shuffle=False)
+    torch.manual_seed(0)
+    model, normalise = baselines.create("cancernet", num_classes=2), batch_normaliser("unit", "cpu")
+    (want, want_labels), (got, got_labels) = predict(model, loader, normalise), predict(model, batches, normalise)
+    assert len(batches) == 3 and got.shape == (34, 2)  # the last partial batch is kept
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got_labels, labels[rows])
+    np.testing.assert_array_equal(want_labels, labels[rows])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (what it checks is GPU-side)")
