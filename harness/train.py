@@ -12,7 +12,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Literal
+from typing import Any, Callable, ContextManager, Iterable, Literal
 
 import numpy as np
 import pandas as pd
@@ -418,13 +418,31 @@ def _check_finite(spec: RunSpec, epoch: int, diverged: tuple[int, float] | None)
         )
 
 
-def _recalibrate(spec: RunSpec, opt: _Optimisation, dataset: ImageDataset | BagDataset, epoch: int) -> None:
+Batches = Iterable[dict[str, torch.Tensor]]
+
+
+def _recalibration_batches(
+    spec: RunSpec, fold: _Fold, train_loader: DataLoader | DeviceBatches
+) -> Callable[[int], Batches] | None:
+    """Return seed -> the training batches BatchNorm recalibrates on, drawn from streams of their
+    own, so training's stay as they are whether or not the run recalibrates; None when it does not.
+    A batched run draws them from its patches on the device."""
+    if not spec.bn_recalibration:
+        return None
+    if isinstance(train_loader, DeviceBatches):
+        return train_loader.drawn_with
+    dataset = fold.dataset("train")
+
+    def per_image(seed: int) -> DataLoader:
+        dataset.transform.set_random_seed(seed)
+        return _loader(dataset, spec.params.batch_size, shuffle=True, seed=seed)
+
+    return per_image
+
+
+def _recalibrate(spec: RunSpec, opt: _Optimisation, batches: Callable[[int], Batches], epoch: int) -> None:
     """Recompute BatchNorm statistics on training batches drawn with this epoch's own seed."""
-    seed = spec.seed * 10_000 + epoch
-    dataset.transform.set_random_seed(seed)
-    recalibrate_for_evaluation(
-        opt.model, _loader(dataset, spec.params.batch_size, shuffle=True, seed=seed), opt.normalise
-    )
+    recalibrate_for_evaluation(opt.model, batches(spec.seed * 10_000 + epoch), opt.normalise)
 
 
 def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -461,9 +479,8 @@ class _Run:
     # What draws the training augmentation (an albumentations pipeline, or a BatchAugment):
     # reseeded each epoch.
     augmentation: Any
-    # Its own dataset, reseeded each epoch, so that training's augmentation and shuffling streams
-    # stay as they are whether or not the run recalibrates BatchNorm.
-    recalibration_set: ImageDataset | BagDataset | None
+    # Seed -> BatchNorm recalibration's training batches (None: the run does not recalibrate).
+    recalibration: Callable[[int], Batches] | None
     train_loader: DataLoader | DeviceBatches
     val_loader: DataLoader | DeviceBatches
     opt: _Optimisation
@@ -540,17 +557,16 @@ def _val_batches(spec: RunSpec, fold: _Fold, device: str | None) -> DataLoader |
 def _open_run(spec: RunSpec, resume: TrainState | None) -> _Run:
     """Return the run of `spec`, continued from `resume` when given."""
     fold = _open_fold(spec)
-    train_set = fold.dataset("train")
-    recalibration_set = fold.dataset("train") if spec.bn_recalibration else None
     device = resolve_device(spec.device)
     # The device the patches live on when the run takes the batched path, else None.
     resident = device if _batched(spec, fold, device) else None
-    train_loader, augmentation = _train_batches(spec, fold, train_set, resident)
+    train_loader, augmentation = _train_batches(spec, fold, fold.dataset("train"), resident)
+    recalibration = _recalibration_batches(spec, fold, train_loader)
     val_loader = _val_batches(spec, fold, resident)
     # The datasets come first: building the model draws its initial weights from the seeded stream.
     opt = _build_optimisation(spec, fold, device)
     counts = baselines.param_counts(opt.model)
-    run = _Run(fold, augmentation, recalibration_set, train_loader, val_loader, opt, counts)
+    run = _Run(fold, augmentation, recalibration, train_loader, val_loader, opt, counts)
     if resume is not None:
         _resume(resume, run)
     return run
@@ -600,8 +616,8 @@ def _run_epoch(run: _Run, epoch: int) -> EpochReport:
     # was resumed before it.
     run.augmentation.set_random_seed(spec.seed * 10_000 + epoch)
     train_loss = _train_epoch(spec, opt, run.train_loader, epoch)
-    if run.recalibration_set is not None:
-        _recalibrate(spec, opt, run.recalibration_set, epoch)
+    if run.recalibration is not None:
+        _recalibrate(spec, opt, run.recalibration, epoch)
     with opt.autocast():
         val = evaluate(opt.model, run.val_loader, opt.normalise, run.fold.manifest.iloc[run.fold.rows["val"]])
     if run.best is None or val.metrics["loss"] < run.best.loss:

@@ -13,7 +13,7 @@ from torch import nn
 
 import baselines
 from harness.bn_recalibration import batchnorms, recalibrate_batchnorm
-from harness.config import DatasetSpec, ProtocolSpec, TrainParams
+from harness.config import ComputeSpec, DatasetSpec, ProtocolSpec, TrainParams
 from harness.data.prepare import PreparedData, index_dataset, prepare
 from harness.train import EpochReport, RunSpec, fit
 
@@ -109,8 +109,9 @@ def prepared(tmp_path_factory: pytest.TempPathFactory, synthetic_idc: Path) -> P
     return prepare(manifest, spec, ProtocolSpec(folds=3, test_fraction=0.25), tmp_path_factory.mktemp("work"))
 
 
+@pytest.mark.parametrize("loader", ["per_image", "batched"])
 def test_in_fit_the_option_changes_the_running_statistics_and_nothing_that_training_learns(
-    prepared: PreparedData,
+    prepared: PreparedData, loader: str
 ) -> None:
     params = TrainParams(optimizer="adagrad", lr=1e-2, batch_size=16, epochs_max=2, input_size=48, augment="pis")
     spec = RunSpec(
@@ -125,6 +126,7 @@ def test_in_fit_the_option_changes_the_running_statistics_and_nothing_that_train
         patience=2,
         seed=1,
         evaluate_test=False,
+        compute=ComputeSpec(loader=loader),  # batched: recalibrated on the device batches
     )
     last: dict[bool, dict[str, torch.Tensor]] = {}
     losses: dict[bool, list[float]] = {False: [], True: []}

@@ -16,6 +16,7 @@ before it had run, several times a batch.
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from dataclasses import dataclass
@@ -203,6 +204,10 @@ class BatchAugment:
         """Restart the random stream of the augmentation from `seed`."""
         self.generator.manual_seed(seed)
 
+    def with_seed(self, seed: int) -> BatchAugment:
+        """Return the same augmentation with a random stream of its own, started from `seed`."""
+        return BatchAugment(self.augment, self.input_hw, keras=self.keras, seed=seed)
+
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         """Return the batch resized to the input size and augmented."""
         augment, hw, n = self.augment, self.input_hw, len(batch)
@@ -235,6 +240,13 @@ class DeviceBatches:
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
         self.augment, self.batch_size, self.shuffle = augment, batch_size, shuffle
         self.generator = torch.Generator().manual_seed(seed)
+
+    def drawn_with(self, seed: int) -> DeviceBatches:
+        """Return batches of the same device patches, shuffled and augmented from streams of their
+        own started from `seed`; this object's streams are untouched."""
+        other = copy.copy(self)
+        other.augment, other.generator = self.augment.with_seed(seed), torch.Generator().manual_seed(seed)
+        return other
 
     def __len__(self) -> int:
         drop_last = self.shuffle and len(self.labels) > self.batch_size

@@ -109,6 +109,29 @@ def test_an_epoch_of_device_batches_holds_every_training_image_once_with_its_lab
     assert not Counter(seen) - expected and len(set(seen)) == 64
 
 
+def test_batches_drawn_with_a_seed_are_a_fresh_draw_and_leave_the_originals_streams_alone() -> None:
+    images, labels = _patches(40), np.arange(40) % 2
+    hw = TrainParams(augment="flips_rot90", input_size=48).input_hw
+
+    def batches(seed: int) -> DeviceBatches:
+        return DeviceBatches(
+            images,
+            labels,
+            BatchAugment("flips_rot90", hw, keras=False, seed=seed),
+            batch_size=8,
+            device="cpu",
+            seed=seed,
+        )
+
+    def epoch(b: DeviceBatches) -> list[tuple[bytes, bytes]]:
+        return [(x["image"].numpy().tobytes(), x["label"].numpy().tobytes()) for x in b]
+
+    original, untouched = batches(0), batches(0)
+    drawn = original.drawn_with(7)
+    assert epoch(drawn) == epoch(batches(7)) and drawn.images is original.images  # no second copy
+    assert epoch(original) == epoch(untouched) != epoch(batches(7))
+
+
 @pytest.mark.parametrize("keras", [True, False])
 def test_evaluation_batches_on_the_device_predict_what_the_per_image_loader_predicts(keras: bool) -> None:
     stored = np.random.default_rng(1).integers(0, 256, (37, 50, 50, 3), dtype=np.uint8)
