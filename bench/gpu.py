@@ -7,14 +7,15 @@ steps, against reading it every step (each read waits for the device).
 A trial's GPU side as harness/train.py runs it: uint8 patches resident on the device, batches
 index-selected and augmented there (harness.data.batched), normalised on the device, the model
 (baselines, with its source's semantics) under autocast (harness.precision), channels-last, and the
-recipe's optimiser family (Keras Adam for the Keras-seeded baselines). The images are random uint8
+recipe's optimiser family (Keras Adam for the Keras-seeded baselines), the loss read a block of
+steps at a time (harness.epoch_loss). The images are random uint8
 (the arithmetic does not depend on them); GuSA trains on its classification term alone.
 
 It imports only torch, timm, numpy and those harness modules (no Ray, MLflow, pydantic or
 albumentations), so it runs on a bare GPU machine with its own PyTorch: copy the repository and
 run it with that Python.
 
-Run: python bench/gpu.py                  (a CUDA device; about 4 minutes)
+Run: python bench/gpu.py                  (a CUDA device; about 5 minutes)
      python bench/gpu.py --smoke          (the CPU, one small case: a test runs it)
 """
 
@@ -145,6 +146,9 @@ def loss_reads(case: Case, device: str, opts: dict) -> tuple[float, float]:
         trial = build_trial(case, "bf16", device, opts["patches"])
         images, seconds = train_for(trial, opts["seconds"], opts["warmup"], read_every)
         rates.append(images / seconds)
+        del trial
+        if torch.device(device).type == "cuda":
+            torch.cuda.empty_cache()
     return rates[0], rates[1]
 
 

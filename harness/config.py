@@ -319,10 +319,11 @@ class ComputeSpec(Strict):
     channels_last: bool = False
     # cuDNN picks the fastest convolution per input shape (CUDA only; not bit-reproducible).
     cudnn_benchmark: bool = False
-    # Training and validation batches: `per_image` (DataLoaders, albumentations per image),
-    # `batched` (the fold's training and validation patches on the device, augmented or resized a
-    # batch at a time: harness/data/batched.py), or `auto`: batched on a CUDA device when the run's
-    # augmentation has a batched form and those patches fit `device_patch_share` of its memory.
+    # Training batches: `per_image` (a DataLoader, albumentations per image), `batched` (the fold's
+    # patches on the device, augmented a batch at a time: harness/data/batched.py), or `auto`:
+    # batched on a CUDA device when the run's augmentation has a batched form and the fold's
+    # training patches fit `device_patch_share` of the device's memory. A batched run validates
+    # from the device too when the training and validation patches fit that share together.
     loader: Literal["auto", "per_image", "batched"] = "auto"
     device_patch_share: float = Field(0.25, gt=0, le=1)
     # Worker processes that decode and augment the per-image path's batches (pinned memory on

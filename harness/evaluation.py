@@ -6,19 +6,19 @@ read these types."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from baselines.maps import explanation_maps
 from harness.data.dataset import BagDataset, ImageDataset
 from harness.metrics import classification_metrics, confusion, grouped_accuracies
 
 Normaliser = Callable[[torch.Tensor], torch.Tensor]
+Batches = Iterable[dict[str, torch.Tensor]]  # a DataLoader's, or device-resident ones
 
 
 @dataclass
@@ -43,7 +43,7 @@ class Evaluation:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader, normalise: Normaliser) -> tuple[np.ndarray, np.ndarray]:
+def predict(model: nn.Module, loader: Batches, normalise: Normaliser) -> tuple[np.ndarray, np.ndarray]:
     """Return (softmax probabilities N x C, labels N) of `model` over `loader`."""
     model.eval()
     probs, labels = [], []
@@ -55,7 +55,7 @@ def predict(model: nn.Module, loader: DataLoader, normalise: Normaliser) -> tupl
     return torch.cat(probs).cpu().numpy(), torch.cat(labels).cpu().numpy()
 
 
-def evaluate(model: nn.Module, loader: DataLoader, normalise: Normaliser, frame: pd.DataFrame) -> Evaluation:
+def evaluate(model: nn.Module, loader: Batches, normalise: Normaliser, frame: pd.DataFrame) -> Evaluation:
     """Return metrics (with unweighted cross-entropy `loss`) and predictions for the rows in `frame`."""
     prob, labels = predict(model, loader, normalise)
     return evaluation_of(prob, labels, frame)

@@ -12,7 +12,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterable, Literal
+from typing import Any, Callable, ContextManager, Literal
 
 import numpy as np
 import pandas as pd
@@ -34,7 +34,7 @@ from harness.data.normalise import batch_normaliser
 from harness.data.splits import CV, TEST, read_split
 from harness.epoch_loss import EpochLoss
 from harness.errors import InputError
-from harness.evaluation import Evaluation, Normaliser, evaluate, map_galleries
+from harness.evaluation import Batches, Evaluation, Normaliser, evaluate, map_galleries
 from harness.localisation import localisation_scores
 from harness.optim import build_optimizer, step_schedule
 from harness.precision import autocast
@@ -409,6 +409,7 @@ def _train_epoch(spec: RunSpec, opt: _Optimisation, loader: DataLoader | DeviceB
 
 
 def _check_finite(spec: RunSpec, epoch: int, diverged: tuple[int, float] | None) -> None:
+    """Raise DivergedError naming the step and value of a non-finite loss, when there is one."""
     if diverged is not None:
         step, value = diverged
         p = spec.params
@@ -416,9 +417,6 @@ def _check_finite(spec: RunSpec, epoch: int, diverged: tuple[int, float] | None)
             f"training loss became {value} at epoch {epoch}, step {step} ({spec.baseline}, "
             f"{p.optimizer} lr {p.lr:g}, batch {p.batch_size})"
         )
-
-
-Batches = Iterable[dict[str, torch.Tensor]]
 
 
 def _recalibration_batches(
@@ -502,9 +500,12 @@ class _Run:
         )
 
 
+def _patch_bytes(fold: _Fold, *parts: str) -> int:
+    return sum(len(fold.rows[part]) for part in parts) * int(np.prod(fold.images.shape[1:]))
+
+
 def _batched(spec: RunSpec, fold: _Fold, device: str) -> bool:
-    """Return True when the run trains and validates from device-resident batches
-    (training.compute.loader)."""
+    """Return True when the run trains from device-resident batches (training.compute.loader)."""
     compute, p = spec.compute, spec.params
     if compute.loader == "per_image":
         return False
@@ -517,40 +518,40 @@ def _batched(spec: RunSpec, fold: _Fold, device: str) -> bool:
         )
     if compute.loader == "batched":
         return True
-    n_bytes = (len(fold.rows["train"]) + len(fold.rows["val"])) * int(np.prod(fold.images.shape[1:]))
     return (
         torch.device(device).type == "cuda"
         and supported
-        and fits_on_device(n_bytes, device, compute.device_patch_share)
+        and fits_on_device(_patch_bytes(fold, "train"), device, compute.device_patch_share)
     )
 
 
-def _train_batches(
-    spec: RunSpec, fold: _Fold, train_set: ImageDataset | BagDataset, device: str | None
-) -> tuple[DataLoader | DeviceBatches, Any]:
+def _train_batches(spec: RunSpec, fold: _Fold, resident: str | None) -> tuple[DataLoader | DeviceBatches, Any]:
     """Return the training batches and the augmentation reseeded each epoch: batches augmented a
-    batch at a time on `device`, or (no device) a DataLoader over `train_set`."""
-    if device is None:
+    batch at a time on the `resident` device, or (None) a DataLoader over the per-image dataset."""
+    if resident is None:
+        train_set = fold.dataset("train")
         return fold.loader(train_set, spec.params.batch_size, shuffle=True, seed=spec.seed), train_set.transform
     rows = fold.rows["train"]
     augment = BatchAugment(spec.params.augment, spec.params.input_hw, keras=fold.keras, seed=spec.seed)
     images = np.asarray(fold.images[rows])
     batches = DeviceBatches(
-        images, fold.labels[rows], augment, batch_size=spec.params.batch_size, device=device, seed=spec.seed
+        images, fold.labels[rows], augment, batch_size=spec.params.batch_size, device=resident, seed=spec.seed
     )
     return batches, augment
 
 
-def _val_batches(spec: RunSpec, fold: _Fold, device: str | None) -> DataLoader | DeviceBatches:
-    """Return the validation batches, in order: on `device`, resized there as the evaluation
-    transform resizes, or (no device) a DataLoader."""
-    if device is None:
+def _val_batches(spec: RunSpec, fold: _Fold, resident: str | None) -> DataLoader | DeviceBatches:
+    """Return the validation batches, in order: beside the training patches on the `resident`
+    device when both fit its share of memory, resized there as the evaluation transform resizes;
+    else a DataLoader."""
+    both = _patch_bytes(fold, "train", "val")
+    if resident is None or not fits_on_device(both, resident, spec.compute.device_patch_share):
         return fold.evaluation_loader(fold.dataset("val"))
     rows = fold.rows["val"]
     resize = BatchAugment("none", spec.params.input_hw, keras=fold.keras)
     images = np.asarray(fold.images[rows])
     return DeviceBatches(
-        images, fold.labels[rows], resize, batch_size=spec.eval_batch_size, device=device, shuffle=False
+        images, fold.labels[rows], resize, batch_size=spec.eval_batch_size, device=resident, shuffle=False
     )
 
 
@@ -560,7 +561,7 @@ def _open_run(spec: RunSpec, resume: TrainState | None) -> _Run:
     device = resolve_device(spec.device)
     # The device the patches live on when the run takes the batched path, else None.
     resident = device if _batched(spec, fold, device) else None
-    train_loader, augmentation = _train_batches(spec, fold, fold.dataset("train"), resident)
+    train_loader, augmentation = _train_batches(spec, fold, resident)
     recalibration = _recalibration_batches(spec, fold, train_loader)
     val_loader = _val_batches(spec, fold, resident)
     # The datasets come first: building the model draws its initial weights from the seeded stream.

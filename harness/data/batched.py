@@ -243,9 +243,12 @@ class DeviceBatches:
 
     def drawn_with(self, seed: int) -> DeviceBatches:
         """Return batches of the same device patches, shuffled and augmented from streams of their
-        own started from `seed`; this object's streams are untouched."""
+        own derived from `seed`; this object's streams are untouched."""
+        # Two generators seeded alike would draw the same numbers for the order and the augmentation.
+        order_seed, augment_seed = (int(s) for s in np.random.SeedSequence(seed).generate_state(2))
         other = copy.copy(self)
-        other.augment, other.generator = self.augment.with_seed(seed), torch.Generator().manual_seed(seed)
+        other.augment = self.augment.with_seed(augment_seed)
+        other.generator = torch.Generator().manual_seed(order_seed)
         return other
 
     def __len__(self) -> int:
