@@ -138,18 +138,20 @@ def train_for(trial: Trial, seconds: float, warmup_steps: int, read_every: int =
                 return images, time.perf_counter() - started
 
 
+def _rate(case: Case, precision: str, device: str, opts: dict, read_every: int = READ_EVERY) -> float:
+    """Return the images/s of one freshly built trial of `case`, freeing its device memory after."""
+    trial = build_trial(case, precision, device, opts["patches"])
+    images, seconds = train_for(trial, opts["seconds"], opts["warmup"], read_every)
+    del trial
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+    return images / seconds
+
+
 def loss_reads(case: Case, device: str, opts: dict) -> tuple[float, float]:
     """Return one bf16 trial's images/s of `case` reading its loss every step, and every
     READ_EVERY steps (the harness's epoch loop)."""
-    rates = []
-    for read_every in (1, READ_EVERY):
-        trial = build_trial(case, "bf16", device, opts["patches"])
-        images, seconds = train_for(trial, opts["seconds"], opts["warmup"], read_every)
-        rates.append(images / seconds)
-        del trial
-        if torch.device(device).type == "cuda":
-            torch.cuda.empty_cache()
-    return rates[0], rates[1]
+    return _rate(case, "bf16", device, opts, read_every=1), _rate(case, "bf16", device, opts)
 
 
 def _gpu_utilisation(stop: threading.Event, samples: list[float]) -> None:
@@ -203,15 +205,7 @@ def packed(case: Case, precision: str, device: str, n: int, opts: dict) -> tuple
 
 def single(case: Case, device: str, opts: dict) -> dict[str, float]:
     """Return one trial's images/s of `case` per precision."""
-    rates = {}
-    for precision in PRECISIONS:
-        trial = build_trial(case, precision, device, opts["patches"])
-        images, seconds = train_for(trial, opts["seconds"], opts["warmup"])
-        rates[precision] = images / seconds
-        del trial
-        if torch.device(device).type == "cuda":
-            torch.cuda.empty_cache()
-    return rates
+    return {precision: _rate(case, precision, device, opts) for precision in PRECISIONS}
 
 
 def _options(smoke: bool, device: str) -> dict:

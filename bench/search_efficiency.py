@@ -121,10 +121,9 @@ def _ordered(grid: dict[str, list]) -> set[str]:
     return {name for name in grid if _baseline_space().search[name].type != "categorical"}
 
 
-def _space(grid: dict[str, list]) -> SearchSpace:
-    """Return `grid` as the searcher sees it: an ordered axis as the index of its value, a
+def _space(grid: dict[str, list], ordered: set[str]) -> SearchSpace:
+    """Return `grid` as the searcher sees it: an `ordered` axis as the index of its value, a
     categorical one as its choices."""
-    ordered = _ordered(grid)
     search = {
         name: {"type": "int", "low": 0, "high": len(values) - 1}
         if name in ordered
@@ -144,7 +143,7 @@ def replay(table: dict[tuple, list[float]], grid: dict, sampler: str, seed: int,
     (epochs spent, best finished objective so far) after each finished trial."""
     ordered = _ordered(grid)
     searcher = PerBaselineSearcher(
-        {BASELINE: _space(grid)}, metric="objective", mode="max", trials=cap, sampler=sampler, seed=seed
+        {BASELINE: _space(grid, ordered)}, metric="objective", mode="max", trials=cap, sampler=sampler, seed=seed
     )
     scheduler = PerBaselineScheduler(
         max_t=budget.max_epochs, grace_period=budget.grace_period, reduction_factor=budget.reduction_factor

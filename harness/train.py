@@ -438,9 +438,15 @@ def _recalibration_batches(
     return per_image
 
 
+def _epoch_seed(spec: RunSpec, epoch: int) -> int:
+    """Return the seed of epoch `epoch`'s random draws, the same whether or not the run was resumed
+    before it."""
+    return spec.seed * 10_000 + epoch
+
+
 def _recalibrate(spec: RunSpec, opt: _Optimisation, batches: Callable[[int], Batches], epoch: int) -> None:
     """Recompute BatchNorm statistics on training batches drawn with this epoch's own seed."""
-    recalibrate_for_evaluation(opt.model, batches(spec.seed * 10_000 + epoch), opt.normalise)
+    recalibrate_for_evaluation(opt.model, batches(_epoch_seed(spec, epoch)), opt.normalise)
 
 
 def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -525,19 +531,20 @@ def _batched(spec: RunSpec, fold: _Fold, device: str) -> bool:
     )
 
 
+def _device_batches(fold: _Fold, part: str, augment: BatchAugment, device: str, **options: Any) -> DeviceBatches:
+    """Return the fold's `part` on `device`, in batches through `augment` (DeviceBatches' options)."""
+    rows = fold.rows[part]
+    return DeviceBatches(np.asarray(fold.images[rows]), fold.labels[rows], augment, device=device, **options)
+
+
 def _train_batches(spec: RunSpec, fold: _Fold, resident: str | None) -> tuple[DataLoader | DeviceBatches, Any]:
     """Return the training batches and the augmentation reseeded each epoch: batches augmented a
     batch at a time on the `resident` device, or (None) a DataLoader over the per-image dataset."""
     if resident is None:
         train_set = fold.dataset("train")
         return fold.loader(train_set, spec.params.batch_size, shuffle=True, seed=spec.seed), train_set.transform
-    rows = fold.rows["train"]
     augment = BatchAugment(spec.params.augment, spec.params.input_hw, keras=fold.keras, seed=spec.seed)
-    images = np.asarray(fold.images[rows])
-    batches = DeviceBatches(
-        images, fold.labels[rows], augment, batch_size=spec.params.batch_size, device=resident, seed=spec.seed
-    )
-    return batches, augment
+    return _device_batches(fold, "train", augment, resident, batch_size=spec.params.batch_size, seed=spec.seed), augment
 
 
 def _val_batches(spec: RunSpec, fold: _Fold, resident: str | None) -> DataLoader | DeviceBatches:
@@ -547,12 +554,8 @@ def _val_batches(spec: RunSpec, fold: _Fold, resident: str | None) -> DataLoader
     both = _patch_bytes(fold, "train", "val")
     if resident is None or not fits_on_device(both, resident, spec.compute.device_patch_share):
         return fold.evaluation_loader(fold.dataset("val"))
-    rows = fold.rows["val"]
     resize = BatchAugment("none", spec.params.input_hw, keras=fold.keras)
-    images = np.asarray(fold.images[rows])
-    return DeviceBatches(
-        images, fold.labels[rows], resize, batch_size=spec.eval_batch_size, device=resident, shuffle=False
-    )
+    return _device_batches(fold, "val", resize, resident, batch_size=spec.eval_batch_size, shuffle=False)
 
 
 def _open_run(spec: RunSpec, resume: TrainState | None) -> _Run:
@@ -613,9 +616,7 @@ def _run_epoch(run: _Run, epoch: int) -> EpochReport:
     """Train one epoch, validate, keep the best epoch, and finish the run when it is done; returns
     the epoch's report."""
     spec, opt = run.fold.spec, run.opt
-    # A seed per epoch makes the augmentations of epoch k the same whether or not the run
-    # was resumed before it.
-    run.augmentation.set_random_seed(spec.seed * 10_000 + epoch)
+    run.augmentation.set_random_seed(_epoch_seed(spec, epoch))
     train_loss = _train_epoch(spec, opt, run.train_loader, epoch)
     if run.recalibration is not None:
         _recalibrate(spec, opt, run.recalibration, epoch)

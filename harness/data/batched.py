@@ -94,8 +94,9 @@ def draw_dihedral(n: int, turns: bool, generator: torch.Generator) -> DihedralDr
 
 def _apply_to(chosen: torch.Tensor, batch: torch.Tensor, op: Callable[[torch.Tensor], torch.Tensor]) -> None:
     """Apply `op` in place to the samples of `batch` that are `chosen` (a boolean per sample)."""
-    picked = to_device(chosen.nonzero().flatten(), batch.device)
+    picked = chosen.nonzero().flatten()
     if len(picked):
+        picked = to_device(picked, batch.device)
         batch[picked] = op(batch[picked])
 
 

@@ -303,9 +303,7 @@ def _tuner(config: ExperimentConfig, ctx: SweepContext, sweep: _Sweep, verbose: 
     if sweep.resumed:
         return restored_tuner(ctx, sweep.folder)
     stopper = stopping_scheduler(config)
-    callbacks: list[tune.Callback] = [
-        CloseTrialRuns(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id, ctx.tags, stopper)
-    ]
+    callbacks: list[tune.Callback] = [CloseTrialRuns(ctx.run_link, ctx.tags, stopper)]
     if verbose:
         callbacks.append(TrialLines(config.search.metric, stopper))
     return new_tuner(config, ctx, sweep.folder, sweep.starts, callbacks)

@@ -27,7 +27,7 @@ from ._ensemble import log_fold_ensemble
 from ._keys import DONE_KEY, trial_point
 from ._nodes import current_node
 from ._registry import register_winner
-from ._trial import RunLink, SweepContext, fit_on_node, node_spec
+from ._trial import SweepContext, fit_on_node, node_spec
 
 PREDICTIONS = "test/predictions.csv"
 RunType = tracking.RunType
@@ -69,11 +69,11 @@ def winners(grid: tune.ResultGrid, ctx: SweepContext, mode: str) -> list[Winner]
         m = result.metrics
         return ranking_key(m["objective"], m["sel_val_loss"], m["trial_id"], minimise=mode == "min")
 
-    chosen = []
+    chosen, run_of = [], ctx.run_link
     for name, results in finished.items():
         best = min(results, key=rank)
         trial_id = best.metrics["trial_id"]
-        run_id = RunLink(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id)(trial_id, best.metrics)
+        run_id = run_of(trial_id, best.metrics)
         if run_id is not None:
             chosen.append(Winner(name, trial_id, run_id, trial_point(best.config), float(best.metrics["objective"])))
     return chosen

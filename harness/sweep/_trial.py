@@ -71,6 +71,11 @@ class SweepContext:
     checkpoint_every: int
     compute: ComputeSpec
 
+    @property
+    def run_link(self) -> RunLink:
+        """Return the lookup of this sweep's trial runs."""
+        return RunLink(self.tracking_uri, self.experiment_id, self.parent_run_id)
+
     def run_tags(self, spec: RunSpec) -> dict[str, str]:
         """Return the tags of a run that fits `spec` (a trial, or a winner on one fold)."""
         return {
@@ -345,23 +350,13 @@ class CloseTrialRuns(tune.Callback):
     """Ends each trial's MLflow run from the driver: FINISHED (stopped early by the scheduler named
     `stopped_by`, asha or halving, or not), or FAILED with the error."""
 
-    def __init__(
-        self,
-        tracking_uri: str,
-        experiment_id: str,
-        parent_run_id: str,
-        tags: dict[str, str],
-        stopped_by: str = tracking.STOPPED_BY_ASHA,
-    ) -> None:
-        self._tracking_uri = tracking_uri
-        self._experiment_id = experiment_id
-        self._parent = parent_run_id
-        self._run_of = RunLink(tracking_uri, experiment_id, parent_run_id)
+    def __init__(self, run_of: RunLink, tags: dict[str, str], stopped_by: str = tracking.STOPPED_BY_ASHA) -> None:
+        self._run_of = run_of
         self._tags = tags
         self._stopped_by = stopped_by
 
     def _tracker(self) -> tracking.Tracker:
-        return tracking.tracker_for(self._tracking_uri)
+        return tracking.tracker_for(self._run_of.tracking_uri)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self._run_of(trial.trial_id, trial.last_result)
@@ -376,10 +371,10 @@ class CloseTrialRuns(tune.Callback):
             # The trial died before it could open its run: record the failure all the same.
             baseline, number = str(trial.config.get("baseline")), trial.config.get(STUDY_TRIAL_KEY)
             run_id = tracker.start_run(
-                self._experiment_id,
+                self._run_of.experiment_id,
                 name=tracking.trial_name(baseline, number, trial.trial_id),
                 run_type=RunType.TRIAL,
-                parent=self._parent,
+                parent=self._run_of.parent_run_id,
                 tags={**self._tags, tracking.BASELINE: baseline, **trial_tags(trial.trial_id, number)},
                 params={},
             )

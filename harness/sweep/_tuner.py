@@ -20,7 +20,7 @@ from harness.config import ExperimentConfig, ResourcesSpec
 from harness.errors import InputError
 
 from ._search import PerBaselineScheduler, PerBaselineSearcher, batch_brackets, batched, recipe_start_point
-from ._trial import BaselinePlan, RunLink, SweepContext, run_trial
+from ._trial import BaselinePlan, SweepContext, run_trial
 
 TPE_STARTUP_TRIALS = 10  # optuna.samplers.TPESampler's n_startup_trials default
 # Tune copies its experiment state to storage every 5 minutes by default; a driver killed in
@@ -106,7 +106,7 @@ def _search(
         storage=config.resolved_optuna_storage(),
         study_prefix=f"{config.name}/{sweep}",
         metric_name=f"sel_{search.metric}",
-        link=RunLink(ctx.tracking_uri, ctx.experiment_id, ctx.parent_run_id),
+        link=ctx.run_link,
     )
     rungs = dict(max_t=search.max_epochs, grace_period=search.grace_period, reduction_factor=search.reduction_factor)
     if not search.reproducible:
