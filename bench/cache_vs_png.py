@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from harness.data.cache import build_patch_cache, load_padded, open_patch_cache
-from harness.data.idc import PATCH_SIZE, index_idc
+from harness.data.datasets.idc import PATCH_SIZE, index_idc, write_synthetic_idc
 from harness.data.manifest import manifest_hash
-from harness.data.synthetic import write_synthetic_idc
 
 ROUNDS = 5
 

@@ -39,11 +39,12 @@ from torchvision.transforms import functional as TF
 from harness.config import DatasetSpec, TrainParams
 from harness.data.cache import build_image_cache, build_patch_cache, image_cache_key, open_patch_cache
 from harness.data.dataset import ImageDataset
+from harness.data.datasets.breakhis import write_synthetic_breakhis
+from harness.data.datasets.idc import write_synthetic_idc
 from harness.data.manifest import manifest_hash
 from harness.data.normalise import batch_normaliser
 from harness.data.prepare import index_dataset
 from harness.data.records import decode
-from harness.data.synthetic import write_synthetic_breakhis, write_synthetic_idc
 from harness.data.transforms import build_transform
 
 ROUNDS = 3

@@ -61,8 +61,8 @@ class Case:
 
 CASES = [
     Case("cancernet", (50, 50), (48, 48), "pis", 128),
-    Case("idc_cnn", (50, 50), (50, 50), "flips_rot90", 128),
-    Case("resnet18", (50, 50), (50, 50), "flips_rot90", 128, "imagenet"),
+    Case("idc_cnn", (50, 50), (50, 50), "dihedral", 128),
+    Case("resnet18", (50, 50), (50, 50), "dihedral", 128, "imagenet"),
     Case("densenet169", (224, 224), (224, 224), "flips", 32, "imagenet"),
     Case("gusa", (384, 512), (384, 512), "flips", 8, "unit", 4),
 ]

@@ -3,7 +3,7 @@ through albumentations) against the batched path (the fold's patches as one tens
 index-selected and augmented at once, harness/data/batched.py), per augmentation, batch 128.
 
 CancerNet's settings: 50 px IDC patches resized to 48; `pis` is its Keras ImageDataGenerator
-(Keras semantics on both paths), `flips_rot90` and `none` as the torch pipelines. One CPU thread
+(Keras semantics on both paths), `dihedral` and `none` as the torch pipelines. One CPU thread
 for both paths (images/s per core); rounds interleaved, the median epoch time of each side.
 
 Run: .venv/bin/python bench/loader.py          (../shared/data/idc_sample, else a synthetic tree)
@@ -27,13 +27,13 @@ from harness.config import DatasetSpec, TrainParams
 from harness.data.batched import BatchAugment, DeviceBatches
 from harness.data.cache import build_patch_cache, open_patch_cache
 from harness.data.dataset import ImageDataset
+from harness.data.datasets.idc import write_synthetic_idc
 from harness.data.manifest import manifest_hash
 from harness.data.prepare import index_dataset
-from harness.data.synthetic import write_synthetic_idc
 from harness.data.transforms import build_transform
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "idc_sample"
-AUGMENTS = {"pis": True, "flips_rot90": False, "none": False}  # augment -> Keras semantics
+AUGMENTS = {"pis": True, "dihedral": False, "none": False}  # augment -> Keras semantics
 BATCH = 128
 
 

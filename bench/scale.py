@@ -32,7 +32,7 @@ from PIL import Image
 
 # Only data modules here: the split and cache steps run this file in a process of their own, and
 # their peak RSS should not count MLflow or the training stack (the store is written by _scale_store).
-from harness.data.idc import PUBLISHED_TOTALS
+from harness.data.datasets.idc import PATCH_SIZE, PUBLISHED_TOTALS
 from harness.data.synthetic import synthetic_patch
 
 HARNESS = [sys.executable, "-m", "harness"]
@@ -48,7 +48,7 @@ def _pool(folder: Path, rng: np.random.Generator) -> dict[int, list[Path]]:
     for label in (0, 1):
         pool[label] = []
         for i in range(POOL):
-            pixels = synthetic_patch(rng, label, rng.normal(0, 3, 3))
+            pixels = synthetic_patch(rng, label, rng.normal(0, 3, 3), size=PATCH_SIZE)
             if i < POOL * EDGE_SHARE:
                 pixels = pixels[:35]
             path = folder / f"{label}-{i}.png"

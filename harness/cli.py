@@ -97,7 +97,7 @@ def _load(
 @user_errors
 def data_index(
     root: Path = typer.Option(..., "--root", help="Dataset root in its published layout."),
-    dataset: str = typer.Option("idc", "--dataset", help="Dataset name: idc, bach or breakhis."),
+    dataset: str = typer.Option("idc", "--dataset", help="A registered dataset: idc, bach, breakhis, ..."),
     roi_dir: Optional[Path] = typer.Option(
         None, "--roi-dir", help="BACH/BreakHis: folder of RoI masks named after the images."
     ),
@@ -111,7 +111,7 @@ def data_index(
     """Walk a dataset, check every file, and write its parquet manifest."""
     from pydantic import ValidationError
 
-    from harness.config import DatasetSpec
+    from harness.data.datasets import DatasetSpec
     from harness.data.manifest import manifest_hash, note_change_since_last_index, write_manifest
     from harness.data.prepare import index_dataset, index_key
     from harness.preflight import writable_file, writable_folder
@@ -151,25 +151,18 @@ def _print_manifest(manifest: Any, path: Path, digest: str) -> None:
 @user_errors
 def data_synth(
     out: Path = typer.Argument(..., help="Folder to write the tree into."),
-    dataset: str = typer.Option("idc", "--dataset", help="Layout: idc, bach or breakhis (both with RoI masks)."),
-    patients: int = typer.Option(20, "--patients", min=2, help="IDC: number of patients."),
-    per_class: int = typer.Option(6, "--per-class", min=2, help="BACH: images per class."),
+    dataset: str = typer.Option("idc", "--dataset", help="A registered dataset (bach and breakhis with RoI masks)."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Write a small synthetic dataset of real image files in a published layout, with a learnable signal."""
-    from harness.data import synthetic
+    from harness.data.datasets import UnknownDatasetError
+    from harness.data.datasets import dataset as registered
 
-    if dataset == "idc":
-        synthetic.write_synthetic_idc(out, patients=patients, seed=seed)
-        console.print(f"synthetic IDC tree with {patients} patients written to {out}")
-    elif dataset == "bach":
-        _, masks = synthetic.write_synthetic_bach(out, per_class=per_class, seed=seed)
-        console.print(f"synthetic BACH tree written to {out}, RoI masks in {masks}")
-    elif dataset == "breakhis":
-        synthetic.write_synthetic_breakhis(out, seed=seed)
-        console.print(f"synthetic BreakHis tree written to {out}, RoI masks in {out / 'roi_masks'}")
-    else:
-        raise InputError(f"--dataset {dataset!r}: expected one of: idc, bach, breakhis")
+    try:
+        entry = registered(dataset)
+    except UnknownDatasetError as exc:
+        raise InputError(f"--dataset: {exc}") from None
+    console.print(entry.synthesise(out, seed))
 
 
 @app.command()

@@ -13,7 +13,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 import baselines
-from harness.data.catalog import DatasetTraits, MaskSource, dataset_traits
+from harness.data.augmentations import canonical_name
+from harness.data.datasets import DatasetSpec, dataset
+from harness.data.splits import ProtocolSpec
 from harness.errors import InputError
 
 SEARCH_SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
@@ -126,7 +128,8 @@ class TrainParams(Strict):
     lr_step_epochs: int = Field(10, ge=1)
     lr_gamma: float = Field(0.9, gt=0, le=1)
     class_weights: Literal["none", "inverse_max"] = "inverse_max"
-    augment: Literal["none", "flips", "flips_rot90", "dihedral", "pis", "gusa", "essex2023"] = "none"
+    # A name of harness/data/augmentations.py.
+    augment: str = "none"
     rotation: Literal["flip180", "small15", "free"] = "flip180"
     noise_std: float = Field(0.0, ge=0)
     intensity: float = Field(0.0, ge=0, lt=1)
@@ -134,6 +137,11 @@ class TrainParams(Strict):
     normalisation: Literal["unit", "half", "imagenet"] = "unit"
     lambda_dice: float = Field(1.0, ge=0)
     roi_target: Literal["hard", "soft"] = "hard"
+
+    @field_validator("augment")
+    @classmethod
+    def _known_augmentation(cls, name: str) -> str:
+        return canonical_name(name)
 
     @field_validator("input_size")
     @classmethod
@@ -158,75 +166,6 @@ def split_point(point: dict[str, Any]) -> tuple[TrainParams, dict[str, Any]]:
 
 
 # --- experiment file -----------------------------------------------------------------------------
-
-
-class DatasetSpec(Strict):
-    """Which dataset, where it lies, how strictly to check it, and how its images are prepared."""
-
-    name: Literal["idc", "bach", "breakhis"]
-    root: Path
-    manifest: Path | None = None
-    allow_subset: bool = False
-    skip_bad: bool = False
-    # Refuse a non-RGB image instead of converting it (each is reported by path either way).
-    strict: bool = False
-    edge_patches: Literal["pad", "drop"] = "pad"
-    roi_dir: Path | None = None
-    roi_fallback: Literal["none", "tissue"] = "none"
-    label: Literal["binary", "subtype"] = "binary"
-    group_by: Literal["numeric_core", "folder"] = "numeric_core"
-    magnification: Literal["all", 40, 100, 200, 400] = "all"
-    image_size: tuple[int, int] | None = None
-    stain: Literal["none", "reinhard", "macenko"] = "none"
-    stain_reference: Path | None = None
-
-    @model_validator(mode="after")
-    def _options_fit_the_dataset(self) -> DatasetSpec:
-        set_for = {  # option: (is it set away from its default, datasets it applies to)
-            "edge_patches": (self.edge_patches != "pad", {"idc"}),
-            "roi_dir": (self.roi_dir is not None, {"bach", "breakhis"}),
-            "roi_fallback": (self.roi_fallback != "none", {"bach", "breakhis"}),
-            "label": (self.label != "binary", {"breakhis"}),
-            "group_by": (self.group_by != "numeric_core", {"breakhis"}),
-            "magnification": (self.magnification != "all", {"breakhis"}),
-            "image_size": (self.image_size is not None, {"bach", "breakhis"}),
-            "stain": (self.stain != "none", {"bach", "breakhis"}),
-        }
-        for key, (is_set, datasets) in set_for.items():
-            if is_set and self.name not in datasets:
-                raise ValueError(f"{key} applies to {' and '.join(sorted(datasets))} only, not to {self.name}")
-        if self.roi_dir is not None and self.roi_fallback != "none":
-            raise ValueError("give roi_dir or roi_fallback, not both")
-        if self.stain != "none" and self.stain_reference is None:
-            raise ValueError(f"stain {self.stain} needs stain_reference, an image file to normalise to")
-        if self.stain_reference is not None and not self.stain_reference.is_file():
-            raise ValueError(f"stain_reference {str(self.stain_reference)!r} is not a file")
-        return self
-
-    @property
-    def mask_source(self) -> MaskSource:
-        """Return where the RoI masks come from: a folder of files, the tissue fallback, or nowhere."""
-        return "files" if self.roi_dir is not None else ("tissue" if self.roi_fallback == "tissue" else "none")
-
-    def traits(self) -> DatasetTraits:
-        """Return what this dataset offers the rest of the harness (classes, size, masks, inputs)."""
-        return dataset_traits(self.name, label=self.label, image_size=self.image_size, mask_source=self.mask_source)
-
-
-class ProtocolSpec(Strict):
-    """The patient-grouped protocol of BASELINES.md §1.5."""
-
-    name: Literal["patient"] = "patient"
-    folds: int = Field(5, ge=2, le=20)
-    test_fraction: float = Field(0.2, ge=0, le=0.5)
-    seed: int = 0
-    search_fold: int = Field(0, ge=0)
-
-    @model_validator(mode="after")
-    def _fold_in_range(self) -> ProtocolSpec:
-        if self.search_fold >= self.folds:
-            raise ValueError(f"search_fold must be below folds ({self.folds})")
-        return self
 
 
 class BaselineSpec(Strict):
@@ -537,7 +476,19 @@ def load_search_space(name: str) -> SearchSpace:
         raise InputError(
             f"{path}: keys {', '.join(sorted(unknown))} are neither training parameters nor options of {name}"
         )
+    _check_choices(space.search, "search", path)
     return space
+
+
+def _check_choices(search: dict[str, Distribution], section: str, path: Path) -> None:
+    """Raise InputError naming the first choice of a searched training parameter that is not one
+    of its values (an unknown augmentation, say), before any trial samples it."""
+    for key, distribution in search.items():
+        for value in distribution.values() or [] if key in TRAIN_KEYS else []:
+            try:
+                TrainParams.model_validate({key: value})
+            except ValidationError as exc:
+                raise InputError(f"{path}: {_describe(exc.errors()[0], (section,))}") from None
 
 
 def _check_baseline(spec: BaselineSpec, index: int, space: SearchSpace, path: Path, sampler: str) -> None:
@@ -548,6 +499,7 @@ def _check_baseline(spec: BaselineSpec, index: int, space: SearchSpace, path: Pa
                 f"{path}: key 'baselines[{index}].{section}.{sorted(unknown)[0]}': not a hyperparameter of "
                 f"{spec.name} (its keys: {', '.join(sorted(space.keys()))})"
             )
+    _check_choices(spec.search, f"baselines[{index}].search", path)
     where = f"{path}: key 'baselines[{index}].fixed"
     pinned = space.narrowed(spec.search).pinned(spec.fixed)
     if sampler == "bruteforce":
@@ -580,7 +532,8 @@ def _check_dataset_fits(config: ExperimentConfig, path: Path) -> None:
         entry = baselines.info(spec.name)
         where = f"{path}: key 'baselines[{i}].name' = {spec.name!r}"
         if entry.needs_roi and traits.mask_source == "none":
-            hint = " (set dataset.roi_dir, or roi_fallback: tissue)" if config.dataset.name != "idc" else ""
+            masks = "roi_dir" in dataset(config.dataset.name).options
+            hint = " (set dataset.roi_dir, or roi_fallback: tissue)" if masks else ""
             raise InputError(
                 f"{where}: {spec.name} trains with an RoI mask per image (loss {entry.loss}) "
                 f"and dataset {config.dataset.name} has no RoI masks{hint}"

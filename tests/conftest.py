@@ -25,7 +25,7 @@ def idc_sample() -> Path:
 @pytest.fixture(scope="session")
 def synthetic_idc(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 20-patient synthetic IDC tree of real PNG files."""
-    from harness.data.synthetic import write_synthetic_idc
+    from harness.data.datasets.idc import write_synthetic_idc
 
     return write_synthetic_idc(tmp_path_factory.mktemp("synthetic_idc"), patients=20, seed=1)
 
@@ -66,7 +66,7 @@ def breakhis_sample() -> Path:
 @pytest.fixture(scope="session")
 def synthetic_bach(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A synthetic BACH part A tree (6 TIFF images per class, 192x256) and its RoI mask folder."""
-    from harness.data.synthetic import write_synthetic_bach
+    from harness.data.datasets.bach import write_synthetic_bach
 
     return write_synthetic_bach(tmp_path_factory.mktemp("synthetic_bach"), per_class=6, size=(192, 256), seed=2)
 
@@ -74,7 +74,7 @@ def synthetic_bach(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
 @pytest.fixture(scope="session")
 def synthetic_breakhis(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A synthetic BreakHis tree: 9 patient folders (8 numeric cores), 4 magnifications, 230x350 PNGs."""
-    from harness.data.synthetic import write_synthetic_breakhis
+    from harness.data.datasets.breakhis import write_synthetic_breakhis
 
     return write_synthetic_breakhis(tmp_path_factory.mktemp("synthetic_breakhis"), size=(230, 350), seed=3)
 

@@ -92,6 +92,22 @@ BAD_INPUTS = {
         {"search": {"sampler": "cmaes"}},
         "exp.yaml: key 'search.sampler' = 'cmaes': Input should be 'tpe', 'random', 'gp', 'qmc' or 'bruteforce'",
     ),
+    "unknown dataset": (
+        {"dataset": {"name": "idc2", "root": "."}},
+        "exp.yaml: key 'dataset.name' = 'idc2': unknown dataset 'idc2'; did you mean idc? (registered: bach, ",
+    ),
+    "an option of another dataset": (
+        {"dataset": {"name": "idc", "root": ".", "magnification": 40}},
+        "exp.yaml: key 'dataset': magnification applies to breakhis only, not to idc",
+    ),
+    "unknown augmentation": (
+        {"baselines": [{"name": "cancernet", "fixed": {"augment": "mixup"}}]},
+        "exp.yaml: key 'baselines[0].fixed.augment' = 'mixup': unknown augmentation 'mixup'; known: none, flips, ",
+    ),
+    "unknown augmentation among searched choices": (
+        {"baselines": [{"name": "cancernet", "search": {"augment": {"type": "categorical", "choices": ["pis", "x"]}}}]},
+        "exp.yaml: key 'baselines[0].search.augment' = 'x': unknown augmentation 'x'; known: none, flips, ",
+    ),
     "missing weights file": (
         {"baselines": [{"name": "resnet18", "pretrained": "/nowhere/w.pth", "fixed": {"freeze": "none"}}]},
         "exp.yaml: key 'baselines[0].pretrained' = '/nowhere/w.pth': weights file '/nowhere/w.pth' does not exist",

@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from harness import tracking
-from harness.data.synthetic import write_synthetic_idc
+from harness.data.datasets.idc import write_synthetic_idc
 from harness.sweep._orphans import driver_identity
 from harness.tracking import RunType
 from tests.conftest import REPO, experiment_dict, wait_for, write_experiment

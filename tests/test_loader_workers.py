@@ -18,7 +18,7 @@ def _dataset() -> ImageDataset:
     """N copies of one asymmetric image, each flipped and turned at random: the batches show which
     draw each image got."""
     image = np.arange(16 * 16 * 3, dtype=np.uint8).reshape(1, 16, 16, 3) % 251
-    params = TrainParams(augment="flips_rot90", input_size=16)
+    params = TrainParams(augment="dihedral", input_size=16)
     transform = build_transform(params, stored_hw=(16, 16), train=True, seed=0, keras=False)
     return ImageDataset(np.repeat(image, N, axis=0), np.arange(N), np.arange(N) % 2, transform)
 

@@ -20,31 +20,24 @@ import copy
 import functools
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .keras_generators import KERAS_GENERATORS, GeneratorArgs
-
-if TYPE_CHECKING:  # torch and numpy only at run time: bench/gpu.py runs on a bare GPU machine
-    from harness.config import TrainParams
-
-DIHEDRAL = {"flips": False, "flips_rot90": True, "dihedral": True}  # augment -> with 90-degree turns
+from .augmentations import AugmentParams, augmentation
+from .keras_generators import GeneratorArgs
 
 
-def batched_augmentation_supported(params: TrainParams, stored_hw: tuple[int, int], keras: bool) -> bool:
+def batched_augmentation_supported(params: AugmentParams, stored_hw: tuple[int, int], keras: bool) -> bool:
     """Return True when the batched path computes this run's augmentation and resize: no change
-    of size or a shrink, and flips/turns (square patches) or a Keras generator under Keras semantics."""
+    of size or a shrink, and the augmentation's batched form (turns need square patches)."""
     height, width = params.input_hw
     if height > stored_hw[0] or width > stored_hw[1]:
         return False
-    if params.augment == "none":
-        return True
-    if params.augment in DIHEDRAL:
-        return not DIHEDRAL[params.augment] or (height == width and stored_hw[0] == stored_hw[1])
-    return keras and params.augment in KERAS_GENERATORS
+    square = height == width and stored_hw[0] == stored_hw[1]
+    return augmentation(params.augment).has_batched_form(keras=keras, square=square)
 
 
 def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
@@ -197,7 +190,8 @@ class BatchAugment:
     from its own seeded generator (reseeded per epoch like the per-image pipeline)."""
 
     def __init__(self, augment: str, input_hw: tuple[int, int], *, keras: bool, seed: int = 0) -> None:
-        self.augment, self.input_hw, self.keras = augment, tuple(input_hw), keras
+        self.augment, self.input_hw, self.keras = augment, (input_hw[0], input_hw[1]), keras
+        self._form = augmentation(augment)
         self.generator = torch.Generator()
         self.set_random_seed(seed)
 
@@ -211,13 +205,13 @@ class BatchAugment:
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         """Return the batch resized to the input size and augmented."""
-        augment, hw, n = self.augment, self.input_hw, len(batch)
-        if augment in KERAS_GENERATORS:
+        form, hw, n = self._form, self.input_hw, len(batch)
+        if self.keras and form.keras is not None:
             # Keras resizes on loading, before the generator's transform.
             batch = resize_nearest(batch, hw, self.keras)
-            return apply_keras(batch, draw_keras(n, KERAS_GENERATORS[augment], hw, self.generator))
-        if augment in DIHEDRAL:
-            batch = apply_dihedral(batch, draw_dihedral(n, DIHEDRAL[augment], self.generator))
+            return apply_keras(batch, draw_keras(n, form.keras, hw, self.generator))
+        if form.batched in ("flips", "dihedral"):
+            batch = apply_dihedral(batch, draw_dihedral(n, form.batched == "dihedral", self.generator))
         return resize_nearest(batch, hw, self.keras)
 
 

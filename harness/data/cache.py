@@ -23,7 +23,7 @@ from rich.progress import track
 from harness.errors import InputError, disk_full
 from harness.preflight import room_for
 
-from .catalog import MaskSource
+from .datasets import MaskSource
 from .masks import read_mask, tissue_fallback_mask
 
 

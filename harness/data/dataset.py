@@ -12,8 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from harness.config import TrainParams
-
+from .augmentations import AugmentParams
 from .bags import BagGrid, cut_bag
 from .transforms import build_bag_transform, build_transform
 
@@ -81,7 +80,7 @@ def part_dataset(
     images: np.ndarray,
     rows: np.ndarray,
     labels: np.ndarray,
-    params: TrainParams,
+    params: AugmentParams,
     *,
     grid: BagGrid | None,
     train: bool,

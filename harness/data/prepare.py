@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -9,14 +10,12 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from harness.config import DatasetSpec, ProtocolSpec
 from harness.errors import InputError
 
-from . import bach, breakhis, idc
 from .cache import build_image_cache, build_patch_cache, image_cache_key
-from .catalog import DatasetTraits
+from .datasets import DatasetSpec, DatasetTraits, dataset
 from .manifest import manifest_hash, note_change_since_last_index, read_manifest, write_manifest
-from .splits import Split, patient_split, write_split
+from .splits import ProtocolSpec, Split, patient_split, write_split
 from .stain import stain_normaliser
 
 
@@ -36,18 +35,25 @@ class PreparedData:
     patients: int
     notes: tuple[str, ...] = ()
 
+    def moved(self, folder: Path, to: Path) -> PreparedData:
+        """Return these data with every path under `folder` (the driver's work folder) moved to
+        `to` (where another machine mounts it)."""
+
+        def move(path: Path) -> Path:
+            return to / path.relative_to(folder)
+
+        return dataclasses.replace(
+            self,
+            manifest_path=move(self.manifest_path),
+            split_path=move(self.split_path),
+            cache_path=move(self.cache_path),
+            mask_cache_path=move(self.mask_cache_path) if self.mask_cache_path else None,
+        )
+
 
 def index_dataset(spec: DatasetSpec, *, show_progress: bool = False) -> tuple[pd.DataFrame, list[str]]:
     """Return the manifest of `spec` and what indexing reported."""
-    common = dict(allow_subset=spec.allow_subset, skip_bad=spec.skip_bad, show_progress=show_progress)
-    if spec.name == "idc":
-        result = idc.index_idc(spec.root, edge_patches=spec.edge_patches, **common)
-    elif spec.name == "bach":
-        result = bach.index_bach(spec.root, roi_dir=spec.roi_dir, **common)
-    else:
-        result = breakhis.index_breakhis(
-            spec.root, label=spec.label, group_by=spec.group_by, roi_dir=spec.roi_dir, **common
-        )
+    result = dataset(spec.name).index(spec, show_progress)
     return result.manifest, result.warnings + result.problems + _colour_modes(result.manifest, strict=spec.strict)
 
 

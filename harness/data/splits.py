@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from harness.errors import InputError
@@ -16,6 +18,25 @@ from .manifest import rows_sha256
 
 TEST = "test"
 CV = "cv"
+
+
+class ProtocolSpec(BaseModel):
+    """The patient-grouped protocol of BASELINES.md §1.5: folds, the test share, the split's seed,
+    and the fold a sweep searches on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Literal["patient"] = "patient"
+    folds: int = Field(5, ge=2, le=20)
+    test_fraction: float = Field(0.2, ge=0, le=0.5)
+    seed: int = 0
+    search_fold: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _fold_in_range(self) -> ProtocolSpec:
+        if self.search_fold >= self.folds:
+            raise ValueError(f"search_fold must be below folds ({self.folds})")
+        return self
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Albumentations pipelines by name: augmentation and resize of a uint8 image, into a uint8 tensor.
+"""Albumentations pipelines: a run's augmentation (by name, harness/data/augmentations.py) and resize
+of a uint8 image, into a uint8 tensor.
 
 Normalisation happens per batch, on the training device (`normalise.batch_normaliser`).
 """
@@ -15,66 +16,8 @@ import torch
 from albumentations.pytorch import ToTensorV2
 from PIL import Image, ImageEnhance
 
-from harness.config import TrainParams
-
-from .keras_generators import KERAS_GENERATORS, GeneratorArgs
-
-
-def _flips() -> list[A.BasicTransform]:
-    return [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]
-
-
-def _rotation(mode: str) -> A.BasicTransform:
-    if mode == "flip180":
-        # 0 or 180 degrees keeps a 384x512 image's aspect; with the flips, the rectangle's symmetries.
-        return A.Rotate(limit=(180, 180), p=0.5, border_mode=cv2.BORDER_REFLECT_101)
-    return A.Rotate(limit=15 if mode == "small15" else 180, p=1.0, border_mode=cv2.BORDER_REFLECT_101)
-
-
-def _augmentations(p: TrainParams) -> list[A.BasicTransform]:
-    if p.augment == "none":
-        return []
-    if p.augment == "flips":
-        return _flips()
-    if p.augment in ("flips_rot90", "dihedral"):
-        return [*_flips(), A.RandomRotate90(p=0.5)]
-    if p.augment == "gusa":
-        # 001: mirroring, random rotations, additive noise, intensity change (magnitudes searched, §2.7).
-        return [
-            *_flips(),
-            _rotation(p.rotation),
-            A.GaussNoise(std_range=(0.0, p.noise_std), p=1.0 if p.noise_std > 0 else 0.0),
-            A.RandomBrightnessContrast(
-                brightness_limit=p.intensity, contrast_limit=0.0, p=1.0 if p.intensity > 0 else 0.0
-            ),
-        ]
-    if p.augment == "essex2023":
-        # 003 §3.3: rotation up to 180, flips, shift and zoom 10 %, shear 10 degrees, brightness 20 %.
-        return [
-            A.Affine(
-                rotate=(-180, 180),
-                translate_percent=(-0.1, 0.1),
-                scale=(0.9, 1.1),
-                shear=(-10, 10),
-                border_mode=cv2.BORDER_REPLICATE,
-                p=1.0,
-            ),
-            *_flips(),
-            A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.0, p=1.0),
-        ]
-    # pis: Keras ImageDataGenerator of the CancerNet tutorial: rotation 20, zoom 0.05, shift 0.1,
-    # shear 0.05 degrees, fill_mode="nearest" (= replicate the border).
-    return [
-        A.Affine(
-            rotate=(-20, 20),
-            scale=(0.95, 1.05),
-            translate_percent=(-0.1, 0.1),
-            shear=(-0.05, 0.05),
-            border_mode=cv2.BORDER_REPLICATE,
-            p=1.0,
-        ),
-        *_flips(),
-    ]
+from .augmentations import AugmentParams, augmentation
+from .keras_generators import GeneratorArgs
 
 
 def keras_affine(
@@ -183,7 +126,7 @@ class ToUint8Tensor:
 
 
 def build_transform(
-    params: TrainParams, *, stored_hw: tuple[int, int], train: bool, seed: int = 0, keras: bool = False
+    params: AugmentParams, *, stored_hw: tuple[int, int], train: bool, seed: int = 0, keras: bool = False
 ) -> A.Compose | ToUint8Tensor:
     """Return the pipeline from a HxWx3 uint8 image (and mask) to a 3xHxW uint8 tensor.
 
@@ -201,10 +144,11 @@ def build_transform(
         shrink = cv2.INTER_NEAREST_EXACT if keras else cv2.INTER_NEAREST
         interpolation = shrink if height * width < stored_hw[0] * stored_hw[1] else cv2.INTER_LINEAR
         resize = [A.Resize(height, width, interpolation=interpolation)]
-    if keras and train and params.augment in KERAS_GENERATORS:
-        steps = [*resize, KerasImageDataGenerator(KERAS_GENERATORS[params.augment])]
+    chosen = augmentation(params.augment)
+    if keras and train and chosen.keras is not None:
+        steps = [*resize, KerasImageDataGenerator(chosen.keras)]
     else:
-        steps = [*(_augmentations(params) if train else []), *resize]
+        steps = [*(chosen.per_image(params) if train else []), *resize]
     if not steps:
         return ToUint8Tensor()
     return A.Compose([*steps, ToTensorV2()], seed=seed)
@@ -230,10 +174,10 @@ class BagTransform:
         return torch.from_numpy(np.ascontiguousarray(patches.transpose(0, 3, 1, 2)))
 
 
-def build_bag_transform(params: TrainParams, *, train: bool, seed: int = 0) -> BagTransform:
+def build_bag_transform(params: AugmentParams, *, train: bool, seed: int = 0) -> BagTransform:
     """Return the bag transform: patches turned and flipped at random when `train` and the
-    augmentation is dihedral (BASELINES.md §2.14).
+    augmentation turns a bag's patches (dihedral; BASELINES.md §2.14).
 
     Whole bags are handled in numpy: an albumentations call per patch would cost more than the model.
     """
-    return BagTransform(train and params.augment in ("dihedral", "flips_rot90"), seed)
+    return BagTransform(train and augmentation(params.augment).bag_turns, seed)

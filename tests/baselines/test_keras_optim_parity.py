@@ -17,7 +17,7 @@ import torch
 
 from baselines.losses import keras_crossentropy
 from harness.config import TrainParams
-from harness.data.keras_generators import KERAS_GENERATORS
+from harness.data.augmentations import augmentation
 from harness.data.transforms import KerasImageDataGenerator, build_transform, keras_affine
 from harness.optim import KerasAdagrad, KerasAdam, KerasAdamax, KerasSGD, build_optimizer, step_schedule
 
@@ -212,7 +212,7 @@ def test_affine_transform_equals_keras_apply_affine_transform(idc_sample: Path, 
 @pytest.mark.parametrize("augment", ["pis", "essex2023"])
 def test_generator_step_equals_keras_apply_transform(idc_sample: Path, augment: str) -> None:
     image = _patch(idc_sample)
-    args = KERAS_GENERATORS[augment]
+    args = augmentation(augment).keras
     generator = legacy_image.ImageDataGenerator(
         rotation_range=args.rotation_range,
         width_shift_range=args.width_shift_range,
@@ -240,7 +240,7 @@ def test_generator_step_equals_keras_apply_transform(idc_sample: Path, augment: 
 
 
 def test_generator_draws_are_keras_ranges_and_reproducible() -> None:
-    step = KerasImageDataGenerator(KERAS_GENERATORS["pis"])
+    step = KerasImageDataGenerator(augmentation("pis").keras)
     step.set_random_seed(7)
     draws = [step.get_params_dependent_on_data({"shape": (48, 48, 3)}, {}) for _ in range(300)]
     step.set_random_seed(7)

@@ -76,7 +76,7 @@ def test_loader_smoke_times_both_paths_per_augmentation() -> None:
         out,
         re.MULTILINE,
     )
-    assert [row[0] for row in rows] == ["pis", "flips_rot90", "none"]
+    assert [row[0] for row in rows] == ["pis", "dihedral", "none"]
     for _, per_image, batched, ratio in rows:
         per_image, batched = (float(v.replace(",", "")) for v in (per_image, batched))
         assert float(ratio) == pytest.approx(batched / per_image, abs=0.01)

@@ -13,8 +13,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.data.bach import CLASS_NAMES, index_bach
-from harness.data.breakhis import index_breakhis, numeric_core
+from harness.data.datasets.bach import CLASS_NAMES, index_bach
+from harness.data.datasets.breakhis import index_breakhis, numeric_core
 from harness.data.masks import read_mask, tissue_fallback_mask
 from harness.data.splits import patient_split
 from harness.errors import InputError

@@ -9,7 +9,7 @@ from PIL import Image
 
 from harness.data import cache as cache_module
 from harness.data.cache import build_patch_cache, open_patch_cache, padded_rows
-from harness.data.idc import index_idc
+from harness.data.datasets.idc import index_idc
 from harness.data.manifest import manifest_hash
 
 

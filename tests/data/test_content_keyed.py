@@ -16,10 +16,9 @@ from typer.testing import CliRunner
 from harness.cli import app
 from harness.config import DatasetSpec, ProtocolSpec
 from harness.data.cache import open_patch_cache
-from harness.data.idc import index_idc
+from harness.data.datasets.idc import index_idc, write_synthetic_idc
 from harness.data.manifest import manifest_hash, read_manifest, write_manifest
 from harness.data.prepare import index_dataset, prepare
-from harness.data.synthetic import write_synthetic_idc
 from harness.errors import InputError
 
 CHANGED = "90002/1/90002_idx5_x51_y5101_class1.png"

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from harness.data.idc import index_idc
-from harness.data.synthetic import write_synthetic_idc
+from harness.data.datasets.idc import index_idc, write_synthetic_idc
 from harness.errors import InputError
 
 

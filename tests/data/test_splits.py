@@ -8,9 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.data.idc import index_idc
+from harness.data.datasets.idc import index_idc, write_synthetic_idc
 from harness.data.splits import CV, TEST, patient_split, read_split, split_hash, write_split
-from harness.data.synthetic import write_synthetic_idc
 from harness.errors import InputError
 
 

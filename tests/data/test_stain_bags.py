@@ -10,12 +10,12 @@ from PIL import Image
 from torchstain.numpy.normalizers import NumpyMacenkoNormalizer
 from torchstain.numpy.utils import rgb2lab
 
-from harness.data.bach import index_bach
 from harness.data.bags import attention_to_pixels, bag_grid, cut_bag
 from harness.data.cache import build_image_cache, image_cache_key, open_patch_cache
+from harness.data.datasets.bach import index_bach
 from harness.data.manifest import manifest_hash
 from harness.data.stain import stain_normaliser
-from harness.data.synthetic import _blob_image
+from harness.data.synthetic import blob_image
 
 
 def _lab_stats(rgb: np.ndarray) -> np.ndarray:
@@ -24,8 +24,8 @@ def _lab_stats(rgb: np.ndarray) -> np.ndarray:
 
 
 def test_reinhard_matches_the_references_lab_mean_and_std(tmp_path: Path) -> None:
-    reference, _ = _blob_image(np.random.default_rng(0), 128, 160, 3, 4)
-    source, _ = _blob_image(np.random.default_rng(1), 128, 160, 0, 4)
+    reference, _ = blob_image(np.random.default_rng(0), 128, 160, 3, 4)
+    source, _ = blob_image(np.random.default_rng(1), 128, 160, 0, 4)
     source = np.clip(source.astype(int) + [-30, 10, -20], 0, 255).astype(np.uint8)  # another stain
     path = tmp_path / "reference.png"
     Image.fromarray(reference).save(path)

@@ -19,7 +19,7 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
-from harness.data.synthetic import write_synthetic_idc
+from harness.data.datasets.idc import write_synthetic_idc
 from tests.conftest import REPO, free_port, listening, wait_for
 
 pytestmark = pytest.mark.cluster

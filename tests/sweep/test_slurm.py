@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from harness.data.synthetic import write_synthetic_idc
+from harness.data.datasets.idc import write_synthetic_idc
 from tests.conftest import REPO, experiment_dict, free_port, listening, wait_for, write_experiment
 
 pytestmark = pytest.mark.cluster

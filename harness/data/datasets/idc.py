@@ -9,12 +9,16 @@ import re
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pandas as pd
+from PIL import Image
 from rich.progress import track
 
 from harness.errors import InputError
 
-from .records import IndexResult, UnreadableImage, decode
+from ..records import IndexResult, UnreadableImage, decode
+from ..synthetic import synthetic_patch
+from ._registry import Dataset, DatasetSpec, PublishedProtocol, register_dataset
 
 DATASET = "idc"
 CLASS_NAMES = ("non_idc", "idc")
@@ -144,3 +148,65 @@ def index_idc(
     if not allow_subset:
         _check_totals(result.manifest, root)
     return result
+
+
+def write_synthetic_idc(
+    root: Path,
+    *,
+    patients: int = 20,
+    patches_per_class: tuple[int, int] = (12, 8),
+    edge_patches: int = 1,
+    enclosing_folder: bool = False,
+    seed: int = 0,
+) -> Path:
+    """Write an IDC tree under `root` and return the directory to index.
+
+    Patient ids start at 90000 so they never collide with real ones. `edge_patches` patches of the
+    first patient are cut to 50x35, like the border patches of the release.
+    """
+    rng = np.random.default_rng(seed)
+    base = root / "IDC_regular_ps50_idx5" if enclosing_folder else root
+    for p in range(patients):
+        pid = str(90000 + p)
+        tint = rng.normal(0, 3, 3)
+        for label, count in enumerate(patches_per_class):
+            folder = base / pid / str(label)
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                x, y = 1 + 50 * i, 1 + 50 * (label * 100 + p)
+                pixels = synthetic_patch(rng, label, tint, size=PATCH_SIZE)
+                if p == 0 and label == 0 and i < edge_patches:
+                    pixels = pixels[:35]
+                Image.fromarray(pixels).save(folder / f"{pid}_idx5_x{x}_y{y}_class{label}.png")
+    return root
+
+
+def _index(spec: DatasetSpec, show_progress: bool) -> IndexResult:
+    return index_idc(
+        spec.root,
+        allow_subset=spec.allow_subset,
+        skip_bad=spec.skip_bad,
+        edge_patches=spec.edge_patches,
+        show_progress=show_progress,
+    )
+
+
+def _synthesise(out: Path, seed: int) -> str:
+    write_synthetic_idc(out, seed=seed)
+    return f"synthetic IDC tree with 20 patients written to {out}"
+
+
+IDC = register_dataset(
+    Dataset(
+        name=DATASET,
+        layout=LAYOUT,
+        protocol=PublishedProtocol(source="BASELINES.md §1.1", counts=PUBLISHED_TOTALS),
+        labels={"binary": CLASS_NAMES},
+        storage="patches",
+        size=(PATCH_SIZE, PATCH_SIZE),
+        input_kinds=frozenset({"image"}),
+        index=_index,
+        synthesise=_synthesise,
+        options=frozenset({"edge_patches"}),
+    )
+)

@@ -12,9 +12,14 @@ import csv
 import re
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from harness.errors import InputError
 
-from .records import IndexResult, UnreadableImage, collect, decode
+from ..records import IndexResult, UnreadableImage, collect, decode
+from ..synthetic import blob_image
+from ._registry import Dataset, DatasetSpec, PublishedProtocol, register_dataset
 
 DATASET = "bach"
 # 001's table order; torchvision's ImageFolder would sort alphabetically instead (§1.3 pitfall).
@@ -116,3 +121,62 @@ def index_bach(
         )
     result.warnings.append("BACH part A has no patient ids: each image is its own group, so folds may share patients")
     return result
+
+
+def write_synthetic_bach(
+    root: Path, *, per_class: int = 6, size: tuple[int, int] = (192, 256), masks: bool = True, seed: int = 0
+) -> tuple[Path, Path | None]:
+    """Write a BACH part A tree of real TIFF files (and RoI mask PNGs); returns (root, mask dir).
+
+    Images are smaller than the published 2048x1536 to keep tests fast; the indexer flags their size.
+    """
+    rng = np.random.default_rng(seed)
+    photos = root / "ICIAR2018_BACH_Challenge" / "Photos"
+    mask_dir = root / "roi_masks" if masks else None
+    rows = []
+    for label, name in enumerate(CLASS_NAMES):
+        (photos / name).mkdir(parents=True, exist_ok=True)
+        for i in range(1, per_class + 1):
+            image, mask = blob_image(rng, size[0], size[1], label, len(CLASS_NAMES))
+            file = f"{PREFIX[name]}{i:03d}.tif"
+            Image.fromarray(image).save(photos / name / file)
+            rows.append(f"{file},{name}")
+            if mask_dir is not None:
+                mask_dir.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(mask * 255).save(mask_dir / f"{Path(file).stem}.png")
+    (photos / "microscopy_ground_truth.csv").write_text("\n".join(rows) + "\n")
+    return root, mask_dir
+
+
+def _index(spec: DatasetSpec, show_progress: bool) -> IndexResult:
+    return index_bach(
+        spec.root,
+        roi_dir=spec.roi_dir,
+        allow_subset=spec.allow_subset,
+        skip_bad=spec.skip_bad,
+        show_progress=show_progress,
+    )
+
+
+def _synthesise(out: Path, seed: int) -> str:
+    _, masks = write_synthetic_bach(out, seed=seed)
+    return f"synthetic BACH tree written to {out}, RoI masks in {masks}"
+
+
+BACH = register_dataset(
+    Dataset(
+        name=DATASET,
+        layout=LAYOUT,
+        protocol=PublishedProtocol(
+            source="BASELINES.md §1.3", counts={"per_class": PUBLISHED_PER_CLASS}, patient_ids=False
+        ),
+        labels={"four_class": CLASS_NAMES},
+        storage="images",
+        # 001's working resolution, 512x384 (height, width = 384, 512).
+        size=(384, 512),
+        input_kinds=frozenset({"image", "bag"}),
+        index=_index,
+        synthesise=_synthesise,
+        options=frozenset({"roi_dir", "roi_fallback", "image_size", "stain"}),
+    )
+)

@@ -12,11 +12,15 @@ import re
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pandas as pd
+from PIL import Image
 
 from harness.errors import InputError
 
-from .records import IndexResult, UnreadableImage, collect, decode
+from ..records import IndexResult, UnreadableImage, collect, decode
+from ..synthetic import blob_image
+from ._registry import Dataset, DatasetSpec, PublishedProtocol, register_dataset
 
 DATASET = "breakhis"
 BINARY_CLASSES = ("benign", "malignant")
@@ -38,11 +42,6 @@ SIZE = (700, 460)
 # Verified totals (§1.2): (benign, malignant) per magnification.
 PUBLISHED = {40: (625, 1370), 100: (644, 1437), 200: (623, 1390), 400: (588, 1232)}
 LAYOUT = "<benign|malignant>/SOB/<subtype>/SOB_<B|M>_<T>_<YY>-<SLIDE>/<MAG>X/SOB_<B|M>_<T>-<YY>-<SLIDE>-<MAG>-<SEQ>.png"
-
-
-def class_names(label: Literal["binary", "subtype"]) -> tuple[str, ...]:
-    """Return the class names of the binary or the 8-class task."""
-    return BINARY_CLASSES if label == "binary" else SUBTYPE_CLASSES
 
 
 def numeric_core(patient: str) -> str:
@@ -141,3 +140,74 @@ def index_breakhis(
     if not allow_subset:
         _check_totals(result.manifest, root)
     return result
+
+
+def write_synthetic_breakhis(
+    root: Path,
+    *,
+    patients_per_subtype: int = 1,
+    images_per_magnification: int = 2,
+    size: tuple[int, int] = (460, 700),
+    masks: bool = True,
+    seed: int = 0,
+) -> Path:
+    """Write a BreakHis tree of real PNG files, every subtype and magnification; returns its root.
+
+    Slide ids follow the release's pattern, and the first benign subtype gets a second folder
+    with the same numeric core (like 14-22549AB / CD), so grouping by core is exercised. With
+    `masks`, each image's RoI mask is written to `root/roi_masks/<image stem>.png`.
+    """
+    rng = np.random.default_rng(seed)
+    base = root / "BreaKHis_v1" / "histology_slides" / "breast"
+    for k, (code, subtype) in enumerate(SUBTYPES.items()):
+        malignant = k >= 4
+        cls = "M" if malignant else "B"
+        slides = [f"{10000 + 100 * k + p}" for p in range(patients_per_subtype)]
+        if k == 0:
+            slides += [f"{slides[0]}AB"]
+        for slide in slides:
+            folder = base / ("malignant" if malignant else "benign") / "SOB" / subtype / f"SOB_{cls}_{code}_14-{slide}"
+            for mag in (40, 100, 200, 400):
+                (folder / f"{mag}X").mkdir(parents=True, exist_ok=True)
+                for seq in range(1, images_per_magnification + 1):
+                    image, mask = blob_image(rng, size[0], size[1], int(malignant), 2)
+                    name = f"SOB_{cls}_{code}-14-{slide}-{mag}-{seq:03d}"
+                    Image.fromarray(image).save(folder / f"{mag}X" / f"{name}.png")
+                    if masks:
+                        (root / "roi_masks").mkdir(parents=True, exist_ok=True)
+                        Image.fromarray(mask * 255).save(root / "roi_masks" / f"{name}.png")
+    return root
+
+
+def _index(spec: DatasetSpec, show_progress: bool) -> IndexResult:
+    return index_breakhis(
+        spec.root,
+        label="subtype" if spec.label == "subtype" else "binary",
+        group_by=spec.group_by,
+        roi_dir=spec.roi_dir,
+        allow_subset=spec.allow_subset,
+        skip_bad=spec.skip_bad,
+        show_progress=show_progress,
+    )
+
+
+def _synthesise(out: Path, seed: int) -> str:
+    write_synthetic_breakhis(out, seed=seed)
+    return f"synthetic BreakHis tree written to {out}, RoI masks in {out / 'roi_masks'}"
+
+
+BREAKHIS = register_dataset(
+    Dataset(
+        name=DATASET,
+        layout=LAYOUT,
+        protocol=PublishedProtocol(source="BASELINES.md §1.2", counts={"benign_malignant_by_magnification": PUBLISHED}),
+        labels={"binary": BINARY_CLASSES, "subtype": SUBTYPE_CLASSES},
+        storage="images",
+        # As published: 700x460 (height, width = 460, 700).
+        size=(460, 700),
+        input_kinds=frozenset({"image", "bag"}),
+        index=_index,
+        synthesise=_synthesise,
+        options=frozenset({"roi_dir", "roi_fallback", "group_by", "magnification", "image_size", "stain"}),
+    )
+)
