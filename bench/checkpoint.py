@@ -20,11 +20,13 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
-from harness.config import DatasetSpec, ProtocolSpec, TrainParams
-from harness.data.prepare import index_dataset, prepare
-from harness.data.synthetic import write_synthetic_idc
-from harness.train import EpochReport, RunSpec, TrainState, fit
+from harness.config import load_experiment
+from harness.data.datasets.idc import write_synthetic_idc
+from harness.data.prepare import load_or_index, prepare
+from harness.run_spec import RunSpec
+from harness.train import EpochReport, TrainState, fit
 
 
 def _before(state: TrainState) -> TrainState:
@@ -44,24 +46,27 @@ def _write(build, folder: Path) -> tuple[int, float]:
 
 
 def _spec(folder: Path, epochs: int) -> RunSpec:
+    """Return ResNet-18's recipe from scratch (every layer trained), Adam lr 1e-3, batch 32, on a
+    12-patient synthetic IDC tree, as an experiment file describes it."""
     root = write_synthetic_idc(folder / "idc", patients=12, seed=0)
-    dataset = DatasetSpec(name="idc", root=root, allow_subset=True)
-    manifest, _ = index_dataset(dataset)
-    data = prepare(manifest, dataset, ProtocolSpec(folds=3, test_fraction=0.2), folder / "work")
-    params = TrainParams(optimizer="adam", lr=1e-3, batch_size=32, epochs_max=epochs, input_size=50)
-    return RunSpec(
-        baseline="resnet18",
-        num_classes=2,
-        params=params,
-        model_kwargs={"freeze": "none"},
-        manifest_path=data.manifest_path,
-        cache_path=data.cache_path,
-        split_path=data.split_path,
-        fold=0,
-        max_epochs=epochs,
-        patience=epochs,
-        threads=2,
-    )
+    experiment = {
+        "name": "checkpoint",
+        "dataset": {"name": "idc", "root": str(root), "allow_subset": True},
+        "protocol": {"folds": 3, "test_fraction": 0.2},
+        "baselines": [
+            {"name": "resnet18", "fixed": {"freeze": "none", "lr": 1e-3, "batch_size": 32, "epochs_max": epochs}}
+        ],
+        "search": {"max_epochs": epochs, "grace_period": 1},
+        "resources": {"cpu": 2},
+        "training": {"patience": epochs},
+        "output_dir": str(folder / "results"),
+    }
+    path = folder / "checkpoint.yaml"
+    path.write_text(yaml.safe_dump(experiment))
+    config = load_experiment(path)
+    manifest, _ = load_or_index(config.dataset)
+    data = prepare(manifest, config.dataset, config.protocol, folder / "work")
+    return RunSpec.build(config, data, "resnet18", fold=0)
 
 
 def main() -> None:

@@ -45,10 +45,10 @@ from harness.data.normalise import batch_normaliser
 from harness.data.prepare import PreparedData, load_or_index, prepare
 from harness.data.splits import CV, read_split
 from harness.data.transforms import build_transform
-from harness.experiment import recipe_spec
 from harness.floors import FLOORS, fit_floor_fold, floor_features
 from harness.metrics import classification_metrics
-from harness.train import EpochReport, RunSpec, fit
+from harness.run_spec import RunSpec
+from harness.train import EpochReport, fit
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = REPO / "experiments" / "idc_comparison.yaml"
@@ -169,10 +169,10 @@ class Probe:
 
     def __init__(self, spec: RunSpec, *, diagnose: bool) -> None:
         self.spec, self.diagnose = spec, diagnose
-        split, (manifest, _) = read_split(spec.split_path), read_manifest(spec.manifest_path)
-        images, labels = open_patch_cache(spec.cache_path), manifest.label.to_numpy()
+        split, (manifest, _) = read_split(spec.data.split_path), read_manifest(spec.data.manifest_path)
+        images, labels = open_patch_cache(spec.data.cache_path), manifest.label.to_numpy()
         hw = tuple(images.shape[1:3])
-        p, keras = spec.params, baselines.uses_keras_semantics(spec.baseline, spec.semantics)
+        p, keras = spec.params, spec.keras
         # Validation images in a fixed shuffled order, so that training-mode batches mix patients
         # as training batches do; training images through the training augmentation.
         rng = np.random.default_rng(spec.seed)
@@ -190,7 +190,7 @@ class Probe:
         )
         self.normalise = batch_normaliser(p.normalisation, "cpu")
         self.model = baselines.create(
-            spec.baseline, num_classes=spec.num_classes, semantics=spec.semantics, **spec.model_kwargs
+            spec.baseline, num_classes=spec.num_classes, semantics=spec.training.semantics, **spec.model_kwargs
         )
         self.rows: list[Row] = []
         self.norms: list[NormRow] = []
@@ -422,12 +422,12 @@ def main(argv: list[str] | None = None) -> None:
         fold = config.protocol.search_fold
         rows, norms = floor_rows(data, fold, config.protocol.seed), []
         for name in names:
-            spec = recipe_spec(config, data, name, fold=fold)
+            spec = RunSpec.build(config, data, name, fold=fold)
             probe = Probe(spec, diagnose=args.diagnose)
             fit(spec, probe)
             rows += probe.rows
             norms += probe.norms
-        protocol = spec.protocol_params
+        protocol = spec.logged_params()
     title = (
         f"IDC sample ({data.rows} patches, {data.patients} patients), validation fold {fold}; "
         f"semantics {protocol['semantics']}, bn_recalibration {protocol['bn_recalibration']}"

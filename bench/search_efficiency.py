@@ -39,13 +39,14 @@ import optuna
 import yaml
 from ray.tune.schedulers import TrialScheduler
 
-from harness.config import ExperimentConfig, SearchSpace, load_experiment, load_search_space, split_point
+from harness.config import ExperimentConfig, SearchSpace, load_experiment, load_search_space
+from harness.data.datasets.idc import write_synthetic_idc
 from harness.data.prepare import load_or_index, prepare
-from harness.data.synthetic import write_synthetic_idc
-from harness.experiment import epoch_metrics, recipe_spec
+from harness.experiment import epoch_metrics
+from harness.run_spec import RunSpec
 from harness.sweep._keys import DONE_KEY, EPOCH_KEY
 from harness.sweep._search import PerBaselineScheduler, PerBaselineSearcher
-from harness.train import RunSpec, fit
+from harness.train import fit
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "idc_sample"
 BASELINE = "cancernet"
@@ -92,12 +93,11 @@ def tabulate(config: ExperimentConfig, work: Path, grid: dict[str, list]) -> dic
     """Train every configuration of `grid`; returns each one's per-epoch objective."""
     manifest, _ = load_or_index(config.dataset)
     data = prepare(manifest, config.dataset, config.protocol, work / "_data")
-    base, space = recipe_spec(config, data, BASELINE, fold=0), config.baseline_space(BASELINE)
     table = {}
     for values in itertools.product(*grid.values()):
-        params, kwargs = split_point({**space.recipe, **space.fixed, **dict(zip(grid, values))})
+        spec = RunSpec.build(config, data, BASELINE, fold=0, point=dict(zip(grid, values)))
         started = time.perf_counter()
-        table[values] = _curve(base.model_copy(update={"params": params, "model_kwargs": kwargs}), config)
+        table[values] = _curve(spec, config)
         took = time.perf_counter() - started
         print(f"  {dict(zip(grid, values))}: objective {table[values][-1]:.4f} ({took:.0f} s)", flush=True)
     return table

@@ -9,9 +9,9 @@ tree, with the same concurrency, and each starts its own embedded Ray and prepar
   MLflow tracking to SQLite (a run per trial, one log_batch per epoch, test artifacts and plots),
   an epoch checkpoint per trial and the Optuna study in SQLite; no fold retrain and no floors
   (`floors: []`: they are models of their own, which the bare side does not fit);
-- bare: a Tuner over the very configurations the harness's trial runs logged (fixed and sampled
-  hyperparameters alike), whose trainable calls the same `fit` and reports validation loss to
-  Tune; no tracking, no checkpoints.
+- bare: a Tuner over the very points the harness's trial runs logged (their sampled
+  hyperparameters), each built into the same RunSpec (`RunSpec.build`), whose trainable calls the
+  same `fit` and reports validation loss to Tune; no tracking, no checkpoints.
 Rounds alternate the two in the same folders, as a researcher's repeated sweeps would: the first
 harness round also creates the MLflow and Optuna SQLite stores, the first of each also packs the
 data cache. It prints each wall time and the ratio harness/bare of the medians, which should stay
@@ -25,8 +25,13 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
+
+if TYPE_CHECKING:
+    from harness.config import ExperimentConfig
+    from harness.data.prepare import PreparedData
 
 TRIALS, EPOCHS, ROUNDS = 6, 2, 3
 
@@ -59,7 +64,7 @@ def _experiment(root: Path, out: Path, trials: int, epochs: int) -> Path:
 
 
 def _value(text: str) -> int | float | str:
-    # MLflow keeps params as strings; the points go back to `split_point` with their types.
+    # MLflow keeps params as strings; the points go back to `RunSpec.build` with their types.
     for kind in (int, float):
         try:
             return kind(text)
@@ -69,47 +74,34 @@ def _value(text: str) -> int | float | str:
 
 
 def harness_sweep(path: Path) -> tuple[float, list[dict]]:
-    """Run the experiment through `run_sweep`; returns wall seconds and the hyperparameters each of
+    """Run the experiment through `run_sweep`; returns wall seconds and the sampled point each of
     its trial runs logged (not the floors' or any other run type the sweep nests under its run)."""
     from harness import tracking
-    from harness.config import ComputeSpec, load_experiment
+    from harness.config import load_experiment
     from harness.sweep import run_sweep
-    from harness.train import PROTOCOL_PARAMS
 
     config = load_experiment(path)
+    searched = set(config.baseline_space("cancernet").search)
     started = time.perf_counter()
     summary = run_sweep(config)
     seconds = time.perf_counter() - started
     tracker = tracking.Tracker(summary.tracking_uri)
     experiment_id = tracker.experiment_id(config.name, create=False)
     runs = tracker.child_runs(experiment_id, summary.parent_run_id, tracking.RunType.TRIAL)
-    # `epochs`, the protocol and compute options and the checkpoint period are logged beside the
-    # point; the bare side sets them itself (by their defaults).
-    logged = {"epochs", "checkpoint_every", *PROTOCOL_PARAMS, *ComputeSpec.model_fields}
-    return seconds, [{k: _value(v) for k, v in r.data.params.items() if k not in logged} for r in runs]
+    return seconds, [{k: _value(v) for k, v in r.data.params.items() if k in searched} for r in runs]
 
 
-def _bare_trial(config: dict, *, paths: dict, epochs: int) -> None:
+def _bare_trial(trial: dict, *, config: ExperimentConfig, data: PreparedData) -> None:
     from ray import tune
 
-    from harness.config import split_point
-    from harness.train import RunSpec, fit
+    from harness.run_spec import RunSpec
+    from harness.train import fit
 
-    params, kwargs = split_point(config["point"])
-    spec = RunSpec(
-        baseline="cancernet",
-        num_classes=2,
-        params=params,
-        model_kwargs=kwargs,
-        fold=0,
-        max_epochs=epochs,
-        patience=epochs,
-        **paths,
-    )
+    spec = RunSpec.build(config, data, "cancernet", fold=config.protocol.search_fold, point=trial["point"])
     fit(spec, lambda e: tune.report({"val_loss": e.val["loss"]}))
 
 
-def bare_tuner(path: Path, points: list[dict], epochs: int, work: Path) -> float:
+def bare_tuner(path: Path, points: list[dict], work: Path) -> float:
     """Prepare the same data and run `points` through a plain Tuner; returns wall seconds."""
     import ray
     from ray import tune
@@ -121,11 +113,10 @@ def bare_tuner(path: Path, points: list[dict], epochs: int, work: Path) -> float
     started = time.perf_counter()
     manifest, _ = load_or_index(config.dataset)
     data = prepare(manifest, config.dataset, config.protocol, work / "_data")
-    paths = {"manifest_path": data.manifest_path, "cache_path": data.cache_path, "split_path": data.split_path}
     ray.init(address="local", include_dashboard=False, configure_logging=False)
     try:
         tuner = tune.Tuner(
-            tune.with_resources(tune.with_parameters(_bare_trial, paths=paths, epochs=epochs), {"cpu": 1}),
+            tune.with_resources(tune.with_parameters(_bare_trial, config=config, data=data), {"cpu": 1}),
             param_space={"point": tune.grid_search(points)},
             tune_config=tune.TuneConfig(max_concurrent_trials=2, reuse_actors=True),
             run_config=tune.RunConfig(storage_path=tempfile.mkdtemp(), verbose=0),
@@ -149,7 +140,7 @@ def main() -> None:
     if args.smoke:
         args.trials, args.epochs, args.rounds = 2, 1, 1
 
-    from harness.data.synthetic import write_synthetic_idc
+    from harness.data.datasets.idc import write_synthetic_idc
 
     times: dict[str, list[float]] = {"harness": [], "bare": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -160,7 +151,7 @@ def main() -> None:
         for round_ in range(args.rounds):
             seconds, points = harness_sweep(path)
             times["harness"].append(seconds)
-            times["bare"].append(bare_tuner(path, points, args.epochs, bare_work))
+            times["bare"].append(bare_tuner(path, points, bare_work))
             print(
                 f"round {round_ + 1}: harness sweep {times['harness'][-1]:.1f} s, bare Tuner {times['bare'][-1]:.1f} s "
                 f"({len(points)} trials x {args.epochs} epochs each)",

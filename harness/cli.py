@@ -221,7 +221,8 @@ def train(
     output_dir: Optional[Path] = OutOption,
 ) -> None:
     """Train one baseline on one fold with its recipe, tracked as one MLflow run."""
-    from harness.experiment import recipe_spec, set_up, train_tracked
+    from harness.experiment import set_up, train_tracked
+    from harness.run_spec import RunSpec
 
     config = _load(experiment, root, tracking_uri, output_dir, roi_dir)
     if baseline not in {b.name for b in config.baselines}:
@@ -232,7 +233,7 @@ def train(
     if fold >= config.protocol.folds:
         raise InputError(f"--fold {fold}: expected a fold below protocol.folds ({config.protocol.folds})")
     setup = set_up(config, show_progress=True)
-    spec = recipe_spec(config, setup.data, baseline, fold=fold)
+    spec = RunSpec.build(config, setup.data, baseline, fold=fold)
     run_id, result = train_tracked(
         config,
         setup,

@@ -1,6 +1,5 @@
 """What `harness train`, the sweep and the studies share on the driver: the prepared data, the
-MLflow experiment and the tags of its runs, the recipe's RunSpec, and how a fit and a floor fold
-are logged to a run."""
+MLflow experiment and the tags of its runs, and how a fit and a floor fold are logged to a run."""
 
 from __future__ import annotations
 
@@ -8,13 +7,14 @@ from dataclasses import dataclass
 from typing import Callable
 
 from harness import tracking
-from harness.config import ExperimentConfig, split_point
+from harness.config import ExperimentConfig
 from harness.data.prepare import PreparedData, load_or_index, prepare
 from harness.evaluation import Evaluation
 from harness.floors import FloorFold
 from harness.metrics import METRIC_NAMES
 from harness.preflight import check_outputs
-from harness.train import EpochReport, FitResult, RunSpec, fit
+from harness.run_spec import RunSpec
+from harness.train import EpochReport, FitResult, fit
 
 
 @dataclass(frozen=True)
@@ -65,34 +65,6 @@ def set_up(config: ExperimentConfig, *, show_progress: bool = False, sweep: bool
     )
 
 
-def recipe_spec(config: ExperimentConfig, data: PreparedData, baseline: str, *, fold: int) -> RunSpec:
-    """Return the RunSpec of `baseline`'s published recipe, with the experiment's pinned values."""
-    entry = next(b for b in config.baselines if b.name == baseline)
-    space = config.baseline_space(baseline)
-    params, model_kwargs = split_point({**space.recipe, **space.fixed})
-    return RunSpec(
-        baseline=baseline,
-        num_classes=len(data.class_names),
-        pretrained=entry.pretrained,
-        params=params,
-        model_kwargs=model_kwargs,
-        manifest_path=data.manifest_path,
-        cache_path=data.cache_path,
-        mask_cache_path=data.mask_cache_path,
-        split_path=data.split_path,
-        fold=fold,
-        max_epochs=config.search.max_epochs,
-        patience=config.training.patience,
-        seed=config.protocol.seed,
-        device=config.training.device,
-        threads=max(1, int(config.resources.cpu)),
-        eval_batch_size=config.training.eval_batch_size,
-        semantics=config.training.semantics,
-        bn_recalibration=config.training.bn_recalibration,
-        compute=config.training.compute,
-    )
-
-
 def selection_note(patience: int) -> str:
     """Return the description of a run that trains a model: which epoch its `sel_*` metrics and
     its test evaluation come from."""
@@ -102,6 +74,19 @@ def selection_note(patience: int) -> str:
         f"and evaluated on the test set (`test_*`). Training stops {patience} epochs after it, or at "
         "the epoch budget; `objective` is the sweep's metric at that epoch."
     )
+
+
+def run_tags(tags: dict[str, str], spec: RunSpec, objective: str) -> dict[str, str]:
+    """Return the tags of a run that fits `spec`: the experiment's `tags`, the baseline, fold,
+    weights and objective, and the description of what its metrics are."""
+    return {
+        **tags,
+        tracking.BASELINE: spec.baseline,
+        tracking.FOLD: str(spec.fold),
+        tracking.OBJECTIVE: objective,
+        tracking.PRETRAINED: str(spec.pretrained) if spec.pretrained else "none",
+        tracking.DESCRIPTION: selection_note(spec.training.patience),
+    }
 
 
 def epoch_metrics(report: EpochReport, objective: str) -> dict[str, float]:
@@ -184,16 +169,8 @@ def train_tracked(
         name=name or tracking.fold_name(spec.baseline, spec.fold),
         run_type=run_type,
         parent=parent,
-        tags={
-            **setup.tags,
-            tracking.BASELINE: spec.baseline,
-            tracking.FOLD: str(spec.fold),
-            tracking.OBJECTIVE: config.search.metric,
-            tracking.PRETRAINED: str(spec.pretrained) if spec.pretrained else "none",
-            tracking.DESCRIPTION: selection_note(spec.patience),
-            **(tags or {}),
-        },
-        params={**spec.params.model_dump(), **spec.model_kwargs, "epochs": spec.epochs, **spec.protocol_params},
+        tags=run_tags(setup.tags, spec, config.search.metric) | (tags or {}),
+        params=spec.logged_params(),
     ) as run_id:
 
         def report(entry: EpochReport) -> None:

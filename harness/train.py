@@ -11,20 +11,18 @@ import dataclasses
 import random
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, ContextManager, Literal
+from typing import Any, Callable, ContextManager
 
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import nn
 from torch.utils.data import DataLoader
 
 import baselines
 from baselines.losses import build_loss
 from harness.bn_recalibration import recalibrate_for_evaluation
-from harness.config import ComputeSpec, TrainParams
+from harness.config import ComputeSpec
 from harness.data.bags import BagGrid, bag_grid
 from harness.data.batched import BatchAugment, DeviceBatches, batched_augmentation_supported, fits_on_device
 from harness.data.cache import open_patch_cache
@@ -38,48 +36,8 @@ from harness.evaluation import Batches, Evaluation, Normaliser, evaluate, map_ga
 from harness.localisation import localisation_scores
 from harness.optim import build_optimizer, step_schedule
 from harness.precision import autocast
+from harness.run_spec import RunSpec
 from harness.served_model import ClassProbabilities, InputRecipe, ServedFold
-
-# The RunSpec fields every run logs as params beside its hyperparameters (the protocol options).
-PROTOCOL_PARAMS = ("semantics", "bn_recalibration")
-
-
-class RunSpec(BaseModel):
-    """Everything one run needs, with absolute paths so it means the same in any working directory."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    baseline: str
-    num_classes: int
-    pretrained: Path | None = None
-    params: TrainParams
-    model_kwargs: dict[str, Any] = {}
-    manifest_path: Path
-    cache_path: Path
-    mask_cache_path: Path | None = None
-    split_path: Path
-    fold: int
-    max_epochs: int
-    patience: int = 5
-    seed: int = 0
-    device: str = "cpu"
-    threads: int = 1
-    eval_batch_size: int = 512
-    evaluate_test: bool = True
-    semantics: Literal["source", "torch"] = "source"
-    bn_recalibration: bool = False
-    compute: ComputeSpec = ComputeSpec()
-
-    @property
-    def epochs(self) -> int:
-        """Return the epoch budget: the run's own epochs_max, capped by the search budget."""
-        return min(self.params.epochs_max, self.max_epochs)
-
-    @property
-    def protocol_params(self) -> dict[str, str]:
-        """Return the protocol options a run logs beside its hyperparameters."""
-        options = {name: getattr(self, name) for name in PROTOCOL_PARAMS} | self.compute.model_dump()
-        return {name: str(value).lower() for name, value in options.items()}
 
 
 class DivergedError(RuntimeError):
@@ -283,18 +241,18 @@ class _Fold:
 
     def evaluation_loader(self, dataset: ImageDataset | BagDataset) -> DataLoader:
         """Return an unshuffled loader over `dataset` in evaluation batches."""
-        return self.loader(dataset, self.spec.eval_batch_size, shuffle=False, seed=self.spec.seed)
+        return self.loader(dataset, self.spec.training.eval_batch_size, shuffle=False, seed=self.spec.seed)
 
 
 def _open_fold(spec: RunSpec) -> _Fold:
     """Return the fold of `spec`, after checking that its split was made from its manifest."""
-    manifest, _ = read_manifest(spec.manifest_path)
-    split = read_split(spec.split_path)
+    manifest, _ = read_manifest(spec.data.manifest_path)
+    split = read_split(spec.data.split_path)
     if not np.array_equal(split.assignments.rel_path.to_numpy(), manifest.rel_path.to_numpy()):
-        raise ValueError(f"split {spec.split_path} was not made from manifest {spec.manifest_path}")
-    images = open_patch_cache(spec.cache_path)
+        raise ValueError(f"split {spec.data.split_path} was not made from manifest {spec.data.manifest_path}")
+    images = open_patch_cache(spec.data.cache_path)
     bags = baselines.info(spec.baseline).input_kind == "bag"
-    device = resolve_device(spec.device)
+    device = resolve_device(spec.training.device)
     return _Fold(
         spec=spec,
         manifest=manifest,
@@ -304,11 +262,11 @@ def _open_fold(spec: RunSpec) -> _Fold:
             "test": split.rows(split=TEST),
         },
         images=images,
-        masks=open_patch_cache(spec.mask_cache_path) if spec.mask_cache_path else None,
+        masks=open_patch_cache(spec.data.mask_cache_path) if spec.data.mask_cache_path else None,
         grid=bag_grid(*images.shape[1:3]) if bags else None,
         # Optimiser, loss clipping and weighting, resize and augmentation as the source's Keras defined them.
-        keras=baselines.uses_keras_semantics(spec.baseline, spec.semantics),
-        workers=loader_workers(spec.compute, device, spec.threads),
+        keras=spec.keras,
+        workers=loader_workers(spec.training.compute, device, spec.threads),
         pin=torch.device(device).type == "cuda",
     )
 
@@ -344,14 +302,14 @@ def _create_model(spec: RunSpec, fold: _Fold, *, pretrained: bool) -> nn.Module:
         spec.baseline,
         num_classes=spec.num_classes,
         pretrained=str(spec.pretrained) if spec.pretrained and pretrained else None,
-        semantics=spec.semantics,
+        semantics=spec.training.semantics,
         **model_kwargs,
     )
 
 
 def _build_optimisation(spec: RunSpec, fold: _Fold, device: str) -> _Optimisation:
     """Return the model of `spec` on `device` with its recipe's loss, optimiser and schedules."""
-    p, entry, compute = spec.params, baselines.info(spec.baseline), spec.compute
+    p, entry, compute = spec.params, baselines.info(spec.baseline), spec.training.compute
     model = _create_model(spec, fold, pretrained=True).to(device)
     if compute.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -425,7 +383,7 @@ def _recalibration_batches(
     """Return seed -> the training batches BatchNorm recalibrates on, drawn from streams of their
     own, so training's stay as they are whether or not the run recalibrates; None when it does not.
     A batched run draws them from its patches on the device."""
-    if not spec.bn_recalibration:
+    if not spec.training.bn_recalibration:
         return None
     if isinstance(train_loader, DeviceBatches):
         return train_loader.drawn_with
@@ -512,7 +470,7 @@ def _patch_bytes(fold: _Fold, *parts: str) -> int:
 
 def _batched(spec: RunSpec, fold: _Fold, device: str) -> bool:
     """Return True when the run trains from device-resident batches (training.compute.loader)."""
-    compute, p = spec.compute, spec.params
+    compute, p = spec.training.compute, spec.params
     if compute.loader == "per_image":
         return False
     stored_hw = tuple(fold.images.shape[1:3])
@@ -552,16 +510,16 @@ def _val_batches(spec: RunSpec, fold: _Fold, resident: str | None) -> DataLoader
     device when both fit its share of memory, resized there as the evaluation transform resizes;
     else a DataLoader."""
     both = _patch_bytes(fold, "train", "val")
-    if resident is None or not fits_on_device(both, resident, spec.compute.device_patch_share):
+    if resident is None or not fits_on_device(both, resident, spec.training.compute.device_patch_share):
         return fold.evaluation_loader(fold.dataset("val"))
     resize = BatchAugment("none", spec.params.input_hw, keras=fold.keras)
-    return _device_batches(fold, "val", resize, resident, batch_size=spec.eval_batch_size, shuffle=False)
+    return _device_batches(fold, "val", resize, resident, batch_size=spec.training.eval_batch_size, shuffle=False)
 
 
 def _open_run(spec: RunSpec, resume: TrainState | None) -> _Run:
     """Return the run of `spec`, continued from `resume` when given."""
     fold = _open_fold(spec)
-    device = resolve_device(spec.device)
+    device = resolve_device(spec.training.device)
     # The device the patches live on when the run takes the batched path, else None.
     resident = device if _batched(spec, fold, device) else None
     train_loader, augmentation = _train_batches(spec, fold, resident)
@@ -624,7 +582,7 @@ def _run_epoch(run: _Run, epoch: int) -> EpochReport:
         val = evaluate(opt.model, run.val_loader, opt.normalise, run.fold.manifest.iloc[run.fold.rows["val"]])
     if run.best is None or val.metrics["loss"] < run.best.loss:
         run.best = BestEpoch(epoch, val, _weights(opt.model))
-    done = epoch == spec.epochs or epoch - run.best.epoch >= spec.patience
+    done = epoch == spec.epochs or epoch - run.best.epoch >= spec.training.patience
     return EpochReport(
         epoch=epoch,
         train_loss=train_loss,
@@ -650,7 +608,7 @@ def fit(
     started = time.perf_counter()
     seed_everything(spec.seed)
     torch.set_num_threads(max(1, spec.threads))
-    torch.backends.cudnn.benchmark = spec.compute.cudnn_benchmark
+    torch.backends.cudnn.benchmark = spec.training.compute.cudnn_benchmark
     run = _open_run(spec, resume)
     for epoch in range((resume.epoch if resume else 0) + 1, spec.epochs + 1):
         entry = _run_epoch(run, epoch)
@@ -673,8 +631,10 @@ def served_fold(spec: RunSpec, result: FitResult, examples: int = 2) -> ServedFo
         stored_hw=tuple(fold.images.shape[1:3]),
         bags=fold.grid is not None,
         keras=fold.keras,
-        batch_size=spec.eval_batch_size,
+        batch_size=spec.training.eval_batch_size,
         threads=max(1, spec.threads),
     )
     stored = np.asarray(fold.images[fold.rows["test"][:examples]])
-    return ServedFold(ClassProbabilities(model, spec.params.normalisation, spec.compute).eval(), recipe, stored)
+    return ServedFold(
+        ClassProbabilities(model, spec.params.normalisation, spec.training.compute).eval(), recipe, stored
+    )

@@ -13,9 +13,10 @@ from torch import nn
 
 import baselines
 from harness.bn_recalibration import batchnorms, recalibrate_batchnorm
-from harness.config import ComputeSpec, DatasetSpec, ProtocolSpec, TrainParams
+from harness.config import ComputeSpec, DatasetSpec, ProtocolSpec, TrainingSpec, TrainParams
 from harness.data.prepare import PreparedData, index_dataset, prepare
-from harness.train import EpochReport, RunSpec, fit
+from harness.run_spec import RunSpec
+from harness.train import EpochReport, fit
 
 
 def _batches() -> list[torch.Tensor]:
@@ -116,17 +117,14 @@ def test_in_fit_the_option_changes_the_running_statistics_and_nothing_that_train
     params = TrainParams(optimizer="adagrad", lr=1e-2, batch_size=16, epochs_max=2, input_size=48, augment="pis")
     spec = RunSpec(
         baseline="cancernet",
-        num_classes=2,
         params=params,
-        manifest_path=prepared.manifest_path,
-        cache_path=prepared.cache_path,
-        split_path=prepared.split_path,
+        data=prepared,
         fold=0,
         max_epochs=2,
-        patience=2,
         seed=1,
         evaluate_test=False,
-        compute=ComputeSpec(loader=loader),  # batched: recalibrated on the device batches
+        # batched: recalibrated on the device batches
+        training=TrainingSpec(patience=2, compute=ComputeSpec(loader=loader)),
     )
     last: dict[bool, dict[str, torch.Tensor]] = {}
     losses: dict[bool, list[float]] = {False: [], True: []}
@@ -139,7 +137,8 @@ def test_in_fit_the_option_changes_the_running_statistics_and_nothing_that_train
         return report
 
     for option in (False, True):
-        fit(spec.model_copy(update={"bn_recalibration": option}), keep(option))
+        training = spec.training.model_copy(update={"bn_recalibration": option})
+        fit(spec.model_copy(update={"training": training}), keep(option))
     assert len(losses[True]) == 2 and losses[True] == losses[False]
     for key, value in last[False].items():
         if key.endswith(("running_mean", "running_var")):

@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.config import ComputeSpec, DatasetSpec, ProtocolSpec, TrainParams
+from harness.config import ComputeSpec, DatasetSpec, ProtocolSpec, TrainingSpec, TrainParams
 from harness.data.prepare import PreparedData, index_dataset, prepare
 from harness.data.splits import TEST, read_split
-from harness.train import DivergedError, EpochReport, RunSpec, TrainState, class_weights, fit
+from harness.run_spec import RunSpec
+from harness.train import DivergedError, EpochReport, TrainState, class_weights, fit
 
 
 @pytest.fixture(scope="module")
@@ -24,16 +25,18 @@ def _spec(data: PreparedData, **params) -> RunSpec:
     defaults = dict(optimizer="adam", lr=3e-3, batch_size=32, epochs_max=4, input_size=48, augment="flips")
     return RunSpec(
         baseline="cancernet",
-        num_classes=2,
         params=TrainParams(**{**defaults, **params}),
-        manifest_path=data.manifest_path,
-        cache_path=data.cache_path,
-        split_path=data.split_path,
+        data=data,
         fold=0,
         max_epochs=4,
-        patience=3,
         seed=5,
+        training=TrainingSpec(patience=3),
     )
+
+
+def _training(spec: RunSpec, **settings) -> RunSpec:
+    """Return `spec` with these run-level training settings changed."""
+    return spec.model_copy(update={"training": spec.training.model_copy(update=settings)})
 
 
 def test_same_config_twice_gives_the_same_metrics(prepared: PreparedData) -> None:
@@ -50,7 +53,7 @@ def test_learns_the_synthetic_signal_and_tests_only_test_patients(prepared: Prep
     # start after a few hundred steps, so eval-mode predictions are those of stale statistics
     # (bench/recipes.py --diagnose). Recalibrating BatchNorm before each evaluation measures the model.
     reports: list[EpochReport] = []
-    spec = _spec(prepared, batch_size=4, epochs_max=4, lr=1e-3).model_copy(update={"bn_recalibration": True})
+    spec = _training(_spec(prepared, batch_size=4, epochs_max=4, lr=1e-3), bn_recalibration=True)
     result = fit(spec, report=reports.append)
     assert result.best_val["accuracy"] > 0.85
     assert [r.epoch for r in reports] == list(range(1, len(reports) + 1))
@@ -65,7 +68,7 @@ def test_learns_the_synthetic_signal_and_tests_only_test_patients(prepared: Prep
 
 def test_patience_stops_when_validation_loss_stops_improving(prepared: PreparedData) -> None:
     # An absurd learning rate makes validation loss jump after the first epoch.
-    result = fit(_spec(prepared, lr=5.0, optimizer="sgd", epochs_max=4).model_copy(update={"patience": 1}))
+    result = fit(_training(_spec(prepared, lr=5.0, optimizer="sgd", epochs_max=4), patience=1))
     assert len(result.history) < 4
     assert result.history[-1].done and result.history[-1].epoch - result.best_epoch == 1
 
@@ -77,7 +80,7 @@ def test_class_weights_are_n_max_over_n_c() -> None:
 
 def test_a_run_resumed_from_an_epoch_snapshot_matches_one_never_interrupted(prepared: PreparedData) -> None:
     # Augmentation, shuffling and dropout all draw random numbers: resuming must restore every stream.
-    spec = _spec(prepared, epochs_max=3, augment="pis", lr=1e-3).model_copy(update={"patience": 5})
+    spec = _training(_spec(prepared, epochs_max=3, augment="pis", lr=1e-3), patience=5)
     straight = fit(spec)
     snapshots: dict[int, TrainState] = {}
 
@@ -107,25 +110,25 @@ def test_fp16_trains_with_a_gradient_scaler_kept_in_the_snapshot(prepared: Prepa
         update={
             "baseline": "resnet18",
             "model_kwargs": {"freeze": "none"},
-            "compute": compute,
             "evaluate_test": False,
             "threads": 2,
         }
     )
+    spec = _training(spec, compute=compute)
     snapshots: list[TrainState] = []
     result = fit(spec, lambda entry: snapshots.append(entry.snapshot()))
     assert np.isfinite(result.history[0].train_loss) and 0 <= result.best_val["accuracy"] <= 1
-    assert spec.protocol_params["precision"] == "fp16" and spec.protocol_params["channels_last"] == "true"
+    assert spec.logged_params()["precision"] == "fp16" and spec.logged_params()["channels_last"] == "true"
     # The scaler's state goes with the checkpoint, so a resumed fp16 run scales as before.
     assert set(snapshots[0].scaler) >= {"scale", "_growth_tracker"}
 
 
 def test_worker_processes_train_the_per_image_path_and_are_a_param(prepared: PreparedData) -> None:
     compute = ComputeSpec(loader="per_image", loader_workers=2)
-    spec = _spec(prepared, epochs_max=1).model_copy(update={"compute": compute, "evaluate_test": False})
+    spec = _training(_spec(prepared, epochs_max=1).model_copy(update={"evaluate_test": False}), compute=compute)
     result = fit(spec)
     assert np.isfinite(result.history[0].train_loss) and 0 <= result.best_val["accuracy"] <= 1
-    assert spec.protocol_params["loader_workers"] == "2"
+    assert spec.logged_params()["loader_workers"] == "2"
 
 
 def test_a_diverging_run_raises_with_where_it_diverged(prepared: PreparedData) -> None:

@@ -12,6 +12,7 @@ and pairs the arms fold by fold.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,8 +27,9 @@ from harness.data.cache import open_patch_cache
 from harness.data.manifest import read_manifest
 from harness.data.splits import Split, held_out_fold, patch_random_split, patient_split, shared_patients, write_split
 from harness.errors import InputError
-from harness.experiment import ExperimentSetup, log_floor_fold, recipe_spec, set_up, train_tracked
+from harness.experiment import ExperimentSetup, log_floor_fold, set_up, train_tracked
 from harness.floors import fit_floor_fold, floor_features
+from harness.run_spec import RunSpec
 
 STUDY = "leakage"
 RunType = tracking.RunType
@@ -121,8 +123,8 @@ def _model_arm(
 ) -> float:
     """Train baseline `name`'s recipe for at most `epochs` on the arm's training folds, as a run
     under `parent`; returns its test accuracy on the held-out fold."""
-    spec = recipe_spec(config, setup.data, name, fold=VALIDATION_FOLD)
-    spec = spec.model_copy(update={"split_path": arm.split_path, "max_epochs": epochs})
+    data = dataclasses.replace(setup.data, split_path=arm.split_path, split_hash=arm.split.hash)
+    spec = RunSpec.build(config, data, name, fold=VALIDATION_FOLD).model_copy(update={"max_epochs": epochs})
     _, result = train_tracked(
         config,
         setup,

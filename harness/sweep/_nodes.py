@@ -11,6 +11,7 @@ from pathlib import Path
 import ray
 
 from harness.data.manifest import manifest_hash, read_manifest
+from harness.data.prepare import PreparedData
 from harness.errors import InputError
 
 # A node that mounts the driver's prepared-data folder (<output_dir>/_data) at another path sets this.
@@ -41,12 +42,10 @@ def current_node() -> NodeIdentity:
     return NodeIdentity(node_id=ray.get_runtime_context().get_node_id(), ip=ray.util.get_node_ip_address())
 
 
-def localise(path: Path, driver_data_dir: Path) -> Path:
-    """Return where `path`, written by the driver under `driver_data_dir`, lies on this node."""
+def local_data(data: PreparedData, driver_data_dir: Path) -> PreparedData:
+    """Return `data`, prepared by the driver under `driver_data_dir`, where this node sees it."""
     local = os.environ.get(DATA_DIR_ENV)
-    if not local:
-        return path
-    return Path(local) / path.relative_to(driver_data_dir)
+    return data.moved(driver_data_dir, Path(local)) if local else data
 
 
 def check_manifest(path: Path, expected_hash: str, node: NodeIdentity) -> None:

@@ -38,17 +38,17 @@ def register_winner(
     """Log the ensemble run's pyfunc model over the fold runs' models (fold -> run id), then
     register it and the search fold's model; returns (the registered name, None), or (None, why
     not) when a fold has no model."""
-    baseline = winner.baseline
+    baseline, data, search_fold = winner.baseline, ctx.data, ctx.config.protocol.search_fold
     tracker = tracking.tracker_for(ctx.tracking_uri)
     fold_runs = {k: tracker.client.get_run(run_id) for k, run_id in folds.items()}
     missing = sorted(k for k, run in fold_runs.items() if MODEL_URI not in run.data.tags)
-    if missing or ctx.fold not in fold_runs:
-        return (
+    if missing or search_fold not in fold_runs:
+        return None, (
             f"{baseline}: fold(s) {missing} have no logged model (trained before models were logged); none registered"
         )
     models = {k: run.data.tags[MODEL_URI] for k, run in fold_runs.items()}
-    examples = np.asarray(open_patch_cache(ctx.cache_path)[read_split(ctx.split_path).rows(split=TEST)[:EXAMPLES]])
-    ensemble_uri = log_ensemble_model(ctx.tracking_uri, ensemble_run_id, models, examples, len(ctx.class_names))
+    examples = np.asarray(open_patch_cache(data.cache_path)[read_split(data.split_path).rows(split=TEST)[:EXAMPLES]])
+    ensemble_uri = log_ensemble_model(ctx.tracking_uri, ensemble_run_id, models, examples, len(data.class_names))
     experiment = tracker.client.get_experiment(ctx.experiment_id).name
     common = {
         tracking.SPLIT_HASH: ctx.tags[tracking.SPLIT_HASH],
@@ -60,19 +60,19 @@ def register_winner(
         "winner_run_id": winner.run_id,
         tracking.OBJECTIVE: ctx.objective,
         "objective": f"{winner.objective:.6g}",
-        "classes": ",".join(ctx.class_names),
+        "classes": ",".join(data.class_names),
     }
     name = registered_name(experiment, baseline)
-    search_fold = fold_runs[ctx.fold]
+    searched = fold_runs[search_fold]
     register(
         ctx.tracking_uri,
         name,
-        models[ctx.fold],
+        models[search_fold],
         alias=WINNER,
-        tags={**common, "kind": "fold_model", tracking.FOLD: str(ctx.fold), **_metric_tags(search_fold.data.metrics)},
+        tags={**common, "kind": "fold_model", tracking.FOLD: str(search_fold), **_metric_tags(searched.data.metrics)},
         description=(
-            f"The winning trial {winner.trial_id} trained again on its search fold {ctx.fold} (run "
-            f"{search_fold.info.run_id}). `mlflow.pytorch.load_model` gives a module: uint8 model inputs "
+            f"The winning trial {winner.trial_id} trained again on its search fold {search_fold} (run "
+            f"{searched.info.run_id}). `mlflow.pytorch.load_model` gives a module: uint8 model inputs "
             "(N x 3 x h x w, the evaluation transform's output) -> softmax probabilities."
         ),
     )

@@ -95,14 +95,14 @@ def _train_fold(ctx: SweepContext, winner: Winner, fold: int) -> FoldOutcome:
             tracking.NODE_ID: node.node_id,
             tracking.NODE_IP: node.ip,
         },
-        params=ctx.run_params(spec, winner.point),
+        params=spec.logged_params(),
     ) as run_id:
 
         def report(entry: EpochReport) -> None:
-            log_epoch(tracker, run_id, entry, objective=ctx.objective, class_names=ctx.class_names)
+            log_epoch(tracker, run_id, entry, objective=ctx.objective, class_names=ctx.data.class_names)
 
-        result = fit_on_node(spec, ctx.plans[winner.baseline].gpu, report)
-        if ctx.register_models:
+        result = fit_on_node(spec, ctx.granted[winner.baseline].gpu, report)
+        if ctx.config.search.register_models:
             log_fold_model(ctx.tracking_uri, run_id, served_fold(spec, result))
     assert result.test is not None, "retraining needs a test set (protocol.test_fraction > 0)"
     return run_id, result.test.predictions
@@ -124,11 +124,11 @@ def _log_ensemble(ctx: SweepContext, winner: Winner, folds: dict[int, FoldOutcom
         parent=winner.run_id,
         folds=folds,
         tags={**ctx.tags, tracking.WINNER: winner.trial_id},
-        class_names=ctx.class_names,
+        class_names=ctx.data.class_names,
     )
     single = {k: float((p.pred == p.label).mean()) for k, (_, p) in folds.items()}
     registered, note = None, None
-    if ctx.register_models:
+    if ctx.config.search.register_models:
         fold_runs = {k: fold_run for k, (fold_run, _) in folds.items()}
         test_metrics = {f"test_{k}": v for k, v in evaluation.metrics.items()}
         registered, note = register_winner(ctx, winner, fold_runs, run_id, test_metrics)
@@ -152,12 +152,12 @@ def _submit_folds(
             for r in tracker.child_runs(ctx.experiment_id, winner.run_id, RunType.FOLD)
             if r.info.status == tracking.FINISHED
         }
-        plan = ctx.plans[winner.baseline]
+        granted = ctx.granted[winner.baseline]
         for fold in range(folds):
             if fold in finished:
                 done[winner.baseline][fold] = (finished[fold], _read_predictions(ctx.tracking_uri, finished[fold]))
             else:
-                ref = task.options(num_cpus=plan.cpu, num_gpus=plan.gpu, max_retries=0).remote(ctx, winner, fold)
+                ref = task.options(num_cpus=granted.cpu, num_gpus=granted.gpu, max_retries=0).remote(ctx, winner, fold)
                 pending[ref] = (winner, fold)
     return done, pending
 

@@ -14,13 +14,15 @@ from mlflow.exceptions import MlflowException
 from ray import tune
 
 from harness import tracking
-from harness.config import ComputeSpec, ExperimentConfig, ResourcesSpec, split_point
-from harness.experiment import ExperimentSetup, epoch_metrics, log_epoch, selection_note
-from harness.train import EpochReport, FitResult, RunSpec, TrainState, fit
+from harness.config import ExperimentConfig, ResourcesSpec
+from harness.data.prepare import PreparedData
+from harness.experiment import ExperimentSetup, epoch_metrics, log_epoch, run_tags
+from harness.run_spec import RunSpec
+from harness.train import EpochReport, FitResult, TrainState, fit
 
 from ._failures import ERROR, TrialOutOfMemory, deterministic_cause, failure_cause, trial_error
 from ._keys import CAUSE_KEY, DONE_KEY, EPOCH_KEY, FAILED_KEY, RUN_ID_KEY, STUDY_TRIAL_KEY, trial_point
-from ._nodes import NodeIdentity, check_manifest, current_node, localise, trial_device
+from ._nodes import NodeIdentity, check_manifest, current_node, local_data, trial_device
 
 CHECKPOINT_FILE = "trial.pt"
 CHECKPOINT_MB = "checkpoint_mb"  # per epoch: the size of the checkpoint the trial saved, 0 when none
@@ -28,113 +30,53 @@ RunType = tracking.RunType
 
 
 @dataclass(frozen=True)
-class BaselinePlan:
-    """A baseline's part of a sweep: pinned hyperparameters, optional local weights, and the
-    resources one of its trials was granted."""
-
-    fixed: dict[str, Any]
-    pretrained: Path | None
-    cpu: float
-    gpu: float
-
-    def resource_tags(self) -> dict[str, str]:
-        """Return the run tags recording this plan's CPU and GPU share (the leaderboard's cost)."""
-        return {tracking.CPU_SHARE: f"{self.cpu:g}", tracking.GPU_SHARE: f"{self.gpu:g}"}
-
-
-@dataclass(frozen=True)
 class SweepContext:
-    """Everything a trial needs from the driver; every path in it is absolute, on the driver."""
+    """What a trial needs from the driver beyond the experiment itself: the MLflow store, experiment
+    and sweep run, the tags of every run, the prepared data and the driver's folder of it (every
+    path absolute, on the driver), and the resources each baseline's trials were granted."""
 
+    config: ExperimentConfig
+    data: PreparedData
+    data_dir: Path
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
-    objective: str
     tags: dict[str, str]
-    plans: dict[str, BaselinePlan]
-    data_dir: Path
-    manifest_hash: str
-    manifest_path: Path
-    split_path: Path
-    cache_path: Path
-    mask_cache_path: Path | None
-    class_names: tuple[str, ...]
-    fold: int
-    max_epochs: int
-    patience: int
-    seed: int
-    device: str
-    eval_batch_size: int
-    semantics: str
-    bn_recalibration: bool
-    register_models: bool
-    checkpoint_every: int
-    compute: ComputeSpec
+    granted: dict[str, ResourcesSpec]
+
+    @property
+    def objective(self) -> str:
+        """Return the sweep's metric."""
+        return self.config.search.metric
 
     @property
     def run_link(self) -> RunLink:
         """Return the lookup of this sweep's trial runs."""
         return RunLink(self.tracking_uri, self.experiment_id, self.parent_run_id)
 
+    def resource_tags(self, baseline: str) -> dict[str, str]:
+        """Return the run tags recording the CPU and GPU share of `baseline`'s trials (the leaderboard's cost)."""
+        granted = self.granted[baseline]
+        return {tracking.CPU_SHARE: f"{granted.cpu:g}", tracking.GPU_SHARE: f"{granted.gpu:g}"}
+
     def run_tags(self, spec: RunSpec) -> dict[str, str]:
         """Return the tags of a run that fits `spec` (a trial, or a winner on one fold)."""
-        return {
-            **self.tags,
-            tracking.BASELINE: spec.baseline,
-            tracking.FOLD: str(spec.fold),
-            tracking.PRETRAINED: str(spec.pretrained or "none"),
-            tracking.OBJECTIVE: self.objective,
-            tracking.DESCRIPTION: selection_note(spec.patience),
-            **self.plans[spec.baseline].resource_tags(),
-        }
-
-    def run_params(self, spec: RunSpec, point: dict[str, Any]) -> dict[str, Any]:
-        """Return the params of a run that fits `point` as `spec`: fixed and sampled hyperparameters,
-        the epoch budget and the protocol options."""
-        return {
-            **self.plans[spec.baseline].fixed,
-            **point,
-            "epochs": spec.epochs,
-            **spec.protocol_params,
-            "checkpoint_every": self.checkpoint_every,
-        }
+        return run_tags(self.tags, spec, self.objective) | self.resource_tags(spec.baseline)
 
 
 def sweep_context(
     config: ExperimentConfig, setup: ExperimentSetup, parent: str, granted: dict[str, ResourcesSpec]
 ) -> SweepContext:
     """Return what every trial and fold task of the sweep under run `parent` needs from the driver."""
-    data = setup.data
-    pretrained = {b.name: b.pretrained for b in config.baselines}
-    plans = {
-        name: BaselinePlan(fixed=space.fixed, pretrained=pretrained[name], cpu=granted[name].cpu, gpu=granted[name].gpu)
-        for name, space in config.baseline_spaces().items()
-    }
     return SweepContext(
+        config=config,
+        data=setup.data,
+        data_dir=(config.output_dir / "_data").resolve(),
         tracking_uri=setup.tracker.uri,
         experiment_id=setup.experiment_id,
         parent_run_id=parent,
-        objective=config.search.metric,
         tags=setup.tags,
-        plans=plans,
-        data_dir=(config.output_dir / "_data").resolve(),
-        manifest_hash=data.manifest_hash,
-        manifest_path=data.manifest_path,
-        split_path=data.split_path,
-        cache_path=data.cache_path,
-        mask_cache_path=data.mask_cache_path,
-        class_names=data.class_names,
-        fold=config.protocol.search_fold,
-        max_epochs=config.search.max_epochs,
-        patience=config.training.patience,
-        seed=config.protocol.seed,
-        device=config.training.device,
-        eval_batch_size=config.training.eval_batch_size,
-        semantics=config.training.semantics,
-        bn_recalibration=config.training.bn_recalibration,
-        register_models=config.search.register_models,
-        checkpoint_every=config.training.checkpoint_every,
-        compute=config.training.compute,
+        granted=granted,
     )
 
 
@@ -149,33 +91,12 @@ class TrialCheckpoint:
 
 
 def node_spec(ctx: SweepContext, baseline: str, point: dict[str, Any], fold: int, node: NodeIdentity) -> RunSpec:
-    """Return the RunSpec of `point` on `fold` with paths as this node sees them, after checking
-    that the node's manifest is the driver's."""
-    plan = ctx.plans[baseline]
-    here = {
-        name: localise(getattr(ctx, name), ctx.data_dir) if getattr(ctx, name) else None
-        for name in ("manifest_path", "split_path", "cache_path", "mask_cache_path")
-    }
-    check_manifest(here["manifest_path"], ctx.manifest_hash, node)
-    params, model_kwargs = split_point({**plan.fixed, **point})
-    return RunSpec(
-        baseline=baseline,
-        num_classes=len(ctx.class_names),
-        pretrained=plan.pretrained,
-        params=params,
-        model_kwargs=model_kwargs,
-        **here,
-        fold=fold,
-        max_epochs=ctx.max_epochs,
-        patience=ctx.patience,
-        seed=ctx.seed,
-        device=trial_device(ctx.device),
-        threads=max(1, int(plan.cpu)),
-        eval_batch_size=ctx.eval_batch_size,
-        semantics=ctx.semantics,
-        bn_recalibration=ctx.bn_recalibration,
-        compute=ctx.compute,
-    )
+    """Return the RunSpec of `point` on `fold` as this node runs it (its data paths and device),
+    after checking that the node's manifest is the driver's."""
+    data = local_data(ctx.data, ctx.data_dir)
+    check_manifest(data.manifest_path, ctx.data.manifest_hash, node)
+    spec = RunSpec.build(ctx.config, ctx.data, baseline, fold=fold, point=point)
+    return spec.on_node(data, trial_device(ctx.config.training.device))
 
 
 def fit_on_node(
@@ -201,12 +122,7 @@ def _saved() -> TrialCheckpoint | None:
 
 
 def _start_trial_run(
-    tracker: tracking.Tracker,
-    ctx: SweepContext,
-    spec: RunSpec,
-    point: dict[str, Any],
-    number: int | None,
-    trial_id: str,
+    tracker: tracking.Tracker, ctx: SweepContext, spec: RunSpec, number: int | None, trial_id: str
 ) -> str:
     """Open the MLflow run of a trial that has none yet, named and tagged by its Optuna trial
     `number`; returns its id. The driver's CloseTrialRuns ends it: a trial the scheduler stops
@@ -217,7 +133,7 @@ def _start_trial_run(
         run_type=RunType.TRIAL,
         parent=ctx.parent_run_id,
         tags={**ctx.run_tags(spec), **trial_tags(trial_id, number)},
-        params=ctx.run_params(spec, point),
+        params=spec.logged_params(),
     )
 
 
@@ -242,7 +158,7 @@ class _TrialReporter:
         ctx = self._ctx
         metrics = epoch_metrics(entry, ctx.objective)
         self.last = {**metrics, DONE_KEY: float(entry.done), EPOCH_KEY: entry.epoch, RUN_ID_KEY: self._run_id}
-        saving = entry.done or entry.epoch % ctx.checkpoint_every == 0
+        saving = entry.done or entry.epoch % ctx.config.training.checkpoint_every == 0
         with tempfile.TemporaryDirectory() as folder:
             # The checkpoint is written first, so its size goes in the epoch's one batch of metrics.
             size = self._save(Path(folder), entry) if saving else 0
@@ -251,7 +167,7 @@ class _TrialReporter:
                 self._run_id,
                 entry,
                 objective=ctx.objective,
-                class_names=ctx.class_names,
+                class_names=ctx.data.class_names,
                 log_metrics=entry.epoch > self._logged_through,
                 extra={CHECKPOINT_MB: size / 1e6},
             )
@@ -301,14 +217,14 @@ def run_trial(config: dict[str, Any], *, ctx: SweepContext) -> None:
     run_id = saved.run_id if saved else None
     reporter = None
     try:
-        spec = node_spec(ctx, config["baseline"], point, ctx.fold, node)
+        spec = node_spec(ctx, config["baseline"], point, ctx.config.protocol.search_fold, node)
         run_id = run_id or tracker.find_trial_run(ctx.experiment_id, ctx.parent_run_id, trial_id)
         # Only a run this trial opened before can hold epochs already.
         logged_through = tracker.last_step(run_id, "objective") if run_id else 0
-        run_id = run_id or _start_trial_run(tracker, ctx, spec, point, config.get(STUDY_TRIAL_KEY), trial_id)
+        run_id = run_id or _start_trial_run(tracker, ctx, spec, config.get(STUDY_TRIAL_KEY), trial_id)
         tracker.record_attempt(run_id, node.node_id, node.ip)
         reporter = _TrialReporter(tracker, ctx, run_id, logged_through)
-        fit_on_node(spec, ctx.plans[spec.baseline].gpu, reporter, saved.state if saved else None)
+        fit_on_node(spec, ctx.granted[spec.baseline].gpu, reporter, saved.state if saved else None)
     except Exception as exc:
         cause = deterministic_cause(exc)
         if cause is None:

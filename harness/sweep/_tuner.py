@@ -20,7 +20,7 @@ from harness.config import ExperimentConfig, ResourcesSpec
 from harness.errors import InputError
 
 from ._search import PerBaselineScheduler, PerBaselineSearcher, batch_brackets, batched, recipe_start_point
-from ._trial import BaselinePlan, SweepContext, run_trial
+from ._trial import SweepContext, run_trial
 
 TPE_STARTUP_TRIALS = 10  # optuna.samplers.TPESampler's n_startup_trials default
 # Tune copies its experiment state to storage every 5 minutes by default; a driver killed in
@@ -31,12 +31,12 @@ STATE_SYNC_SECONDS = 2
 class TrialResources:
     """Tune's per-trial resource request: each baseline's own CPUs and GPU share."""
 
-    def __init__(self, plans: dict[str, BaselinePlan]) -> None:
-        self._plans = plans
+    def __init__(self, granted: dict[str, ResourcesSpec]) -> None:
+        self._granted = granted
 
     def __call__(self, config: dict) -> tune.PlacementGroupFactory:
-        plan = self._plans[config["baseline"]]
-        return tune.PlacementGroupFactory([{"CPU": plan.cpu, **({"GPU": plan.gpu} if plan.gpu else {})}])
+        granted = self._granted[config["baseline"]]
+        return tune.PlacementGroupFactory([{"CPU": granted.cpu, **({"GPU": granted.gpu} if granted.gpu else {})}])
 
 
 def _fitting_request(name: str, wanted: ResourcesSpec, gpu: float, nodes: list[dict]) -> ResourcesSpec:
@@ -118,7 +118,7 @@ def _search(
 
 def _trainable(ctx: SweepContext):
     # with_resources(with_parameters(...)), in that order: the reverse silently lost GPUs (ray#29235).
-    return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), TrialResources(ctx.plans))
+    return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), TrialResources(ctx.granted))
 
 
 def new_tuner(

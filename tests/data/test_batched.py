@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import baselines
-from harness.config import ComputeSpec, DatasetSpec, ProtocolSpec, TrainParams
+from harness.config import ComputeSpec, DatasetSpec, ProtocolSpec, TrainingSpec, TrainParams
+from harness.data.augmentations import augmentation
 from harness.data.batched import (
     BatchAugment,
     DeviceBatches,
@@ -23,13 +24,13 @@ from harness.data.batched import (
     resize_nearest,
 )
 from harness.data.dataset import part_dataset
-from harness.data.keras_generators import KERAS_GENERATORS
 from harness.data.normalise import batch_normaliser
 from harness.data.prepare import PreparedData, index_dataset, prepare
 from harness.data.transforms import build_transform, keras_affine, keras_brightness
 from harness.errors import InputError
 from harness.evaluation import predict
-from harness.train import RunSpec, fit
+from harness.run_spec import RunSpec
+from harness.train import fit
 
 
 def _patches(n: int, size: int = 48) -> np.ndarray:
@@ -57,7 +58,7 @@ def _one(draw: object, i: int) -> object:
 @pytest.mark.parametrize("augment", ["pis", "essex2023"])
 def test_the_keras_generator_on_a_batch_is_keras_one_image_at_a_time(augment: str) -> None:
     images = _patches(16)
-    draw = draw_keras(16, KERAS_GENERATORS[augment], (48, 48), torch.Generator().manual_seed(3))
+    draw = draw_keras(16, augmentation(augment).keras, (48, 48), torch.Generator().manual_seed(3))
     out = apply_keras(_nchw(images), draw)
     differing, worst = 0, 0
     for i in range(len(images)):
@@ -76,7 +77,7 @@ def test_the_keras_generator_on_a_batch_is_keras_one_image_at_a_time(augment: st
     # Sampling coordinates in float32 (scipy's are float64) moves a rare value across a rounding
     # edge: one grey level, two where brightness scales it afterwards.
     assert worst <= 2 and differing / out.numel() < 1e-3, (worst, differing)
-    assert draw.theta.abs().max() <= KERAS_GENERATORS[augment].rotation_range and draw.theta.std() > 0
+    assert draw.theta.abs().max() <= augmentation(augment).keras.rotation_range and draw.theta.std() > 0
 
 
 def test_flips_and_turns_are_numpys_per_image() -> None:
@@ -111,10 +112,10 @@ def test_an_epoch_of_device_batches_holds_every_training_image_once_with_its_lab
 
 def test_batches_drawn_with_a_seed_are_its_own_draw_and_leave_the_originals_streams_alone() -> None:
     images, labels = _patches(40), np.arange(40) % 2
-    hw = TrainParams(augment="flips_rot90", input_size=48).input_hw
+    hw = TrainParams(augment="dihedral", input_size=48).input_hw
 
     def batches() -> DeviceBatches:
-        return DeviceBatches(images, labels, BatchAugment("flips_rot90", hw, keras=False), batch_size=8, device="cpu")
+        return DeviceBatches(images, labels, BatchAugment("dihedral", hw, keras=False), batch_size=8, device="cpu")
 
     def epoch(b: DeviceBatches) -> list[tuple[bytes, bytes]]:
         return [(x["image"].numpy().tobytes(), x["label"].numpy().tobytes()) for x in b]
@@ -130,7 +131,7 @@ def test_batches_drawn_with_a_seed_are_its_own_draw_and_leave_the_originals_stre
 def test_evaluation_batches_on_the_device_predict_what_the_per_image_loader_predicts(keras: bool) -> None:
     stored = np.random.default_rng(1).integers(0, 256, (37, 50, 50, 3), dtype=np.uint8)
     labels, rows = np.arange(37) % 2, np.arange(3, 37)
-    params = TrainParams(augment="pis" if keras else "flips_rot90", input_size=48)
+    params = TrainParams(augment="pis" if keras else "dihedral", input_size=48)
     per_image = part_dataset(stored, rows, labels, params, grid=None, train=False, seed=0, keras=keras)
     loader = torch.utils.data.DataLoader(per_image, batch_size=16)  # as the evaluation loader: in order, all rows
     resize = BatchAugment("none", params.input_hw, keras=keras)
@@ -145,10 +146,10 @@ def test_evaluation_batches_on_the_device_predict_what_the_per_image_loader_pred
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (what it checks is GPU-side)")
-@pytest.mark.parametrize("augment", ["pis", "flips_rot90"])
+@pytest.mark.parametrize("augment", ["pis", "dihedral"])
 def test_an_epoch_of_device_batches_makes_no_call_that_waits_for_the_gpu(augment: str) -> None:
     hw = TrainParams(augment=augment, input_size=48).input_hw
-    augment_ = BatchAugment(augment, hw, keras=augment in KERAS_GENERATORS)
+    augment_ = BatchAugment(augment, hw, keras=augmentation(augment).keras is not None)
     stored = np.random.default_rng(0).integers(0, 256, (70, 50, 50, 3), dtype=np.uint8)  # resized to 48
     batches = DeviceBatches(stored, np.arange(70) % 2, augment_, batch_size=16, device="cuda", seed=0)
     first = [b["image"].cpu() for b in batches]  # the resize's cached index rows are made here
@@ -174,14 +175,11 @@ def prepared(tmp_path_factory: pytest.TempPathFactory, synthetic_idc: Path) -> P
 def _spec(data: PreparedData, loader: str, augment: str) -> RunSpec:
     return RunSpec(
         baseline="cancernet",
-        num_classes=2,
         params=TrainParams(optimizer="adam", lr=1e-3, batch_size=32, epochs_max=2, input_size=48, augment=augment),
-        manifest_path=data.manifest_path,
-        cache_path=data.cache_path,
-        split_path=data.split_path,
+        data=data,
         fold=0,
         max_epochs=2,
-        compute=ComputeSpec(loader=loader),
+        training=TrainingSpec(compute=ComputeSpec(loader=loader)),
     )
 
 

@@ -335,3 +335,28 @@ def test_train_command_tracks_one_run(swept: Swept, tmp_path: Path) -> None:
     assert run.info.status == "FINISHED" and run.data.tags[tracking.FOLD] == "1"
     assert run.data.params["batch_size"] == "4" and run.data.params["lr"] == "0.01"
     assert "test_accuracy" in run.data.metrics
+
+
+def test_the_recipe_trial_and_harness_train_of_the_recipe_log_the_same_run(swept: Swept, tmp_path: Path) -> None:
+    data = yaml.safe_load(swept.experiment.read_text())
+    data["name"] = "recipe-test"
+    path = write_experiment(tmp_path / "recipe.yaml", data)
+    result = CliRunner().invoke(app, ["train", str(path), "--baseline", "cancernet", "--fold", "0"])
+    assert result.exit_code == 0, result.output
+    client = swept.client()
+    (train,) = client.search_runs([client.get_experiment_by_name("recipe-test").experiment_id])
+    (recipe,) = [
+        r
+        for r in swept.runs("trial")
+        if r.data.tags[tracking.BASELINE] == "cancernet" and r.data.tags.get(tracking.OPTUNA_TRIAL) == "0"
+    ]
+    # Optuna's first cancernet point is the published recipe (with the experiment's pins).
+    assert recipe.data.params == train.data.params
+    assert len(train.data.params) > 20  # every training parameter, not only the searched ones
+    first = {
+        run.info.run_id: {m: client.get_metric_history(run.info.run_id, m)[0] for m in ("train_loss", "val_loss")}
+        for run in (recipe, train)
+    }
+    for metric in ("train_loss", "val_loss"):
+        a, b = first[recipe.info.run_id][metric], first[train.info.run_id][metric]
+        assert a.step == b.step == 1 and a.value == b.value, metric
