@@ -18,7 +18,8 @@ from harness.data.datasets import DatasetSpec, dataset
 from harness.data.splits import ProtocolSpec
 from harness.errors import InputError
 
-SEARCH_SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
+# Package data: one YAML per baseline, installed with the package (editable or not).
+SEARCH_SPACES_DIR = Path(__file__).resolve().parent / "search_spaces"
 Metric = Literal["val_accuracy", "val_balanced_accuracy", "val_auc", "val_f1", "val_loss"]
 
 

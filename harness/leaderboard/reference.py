@@ -7,7 +7,7 @@ columns; where a block lacks one, the value comes from the prose around it (list
 `REFERENCE_BLOCKS`) and the column is appended after the published ones, so every line of a written
 CSV begins with the block's own line unchanged.
 
-Regenerate `results/reference/` (CSVs and README) from the repository root with
+Regenerate `harness/leaderboard/published/` (CSVs and README) from the repository root with
 `python -m harness.leaderboard.reference ../shared/BASELINES.md`.
 """
 
@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
-REFERENCE_DIR = Path(__file__).resolve().parents[2] / "results" / "reference"
+# Package data: the published tables, installed with the package.
+REFERENCE_DIR = Path(__file__).resolve().parent / "published"
 
 # Columns every reference row must carry so the leaderboard can say where a number comes from and
 # which reproduction may sit beside it.
@@ -257,7 +258,7 @@ def write_reference_folder(baselines_md: Path, folder: Path = REFERENCE_DIR) -> 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m harness.leaderboard.reference",
-        description="Regenerate results/reference/ from the ```csv blocks of BASELINES.md.",
+        description="Regenerate harness/leaderboard/published/ from the ```csv blocks of BASELINES.md.",
     )
     parser.add_argument("baselines_md", type=Path, help="path to BASELINES.md (e.g. ../shared/BASELINES.md)")
     parser.add_argument("--out", type=Path, default=REFERENCE_DIR, help=f"folder to write (default {REFERENCE_DIR})")

@@ -1,4 +1,4 @@
-"""The published tables in results/reference/ against BASELINES.md's ```csv blocks and its prose."""
+"""The published tables in harness/leaderboard/published/ against BASELINES.md's ```csv blocks and its prose."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def test_one_named_table_per_block_with_its_rows(tables: dict[str, pd.DataFrame]
 
 def test_committed_folder_equals_a_fresh_extraction(baselines_md: Path, tables: dict[str, pd.DataFrame]) -> None:
     assert sorted(p.stem for p in REFERENCE_DIR.glob("*.csv")) == sorted(tables), (
-        "results/reference/ is stale: run python -m harness.leaderboard.reference ../shared/BASELINES.md"
+        "harness/leaderboard/published/ is stale: run python -m harness.leaderboard.reference ../shared/BASELINES.md"
     )
     for name, frame in tables.items():
         pd.testing.assert_frame_equal(load_reference(name), frame, obj=name)

@@ -1,6 +1,6 @@
 """The tables of `harness leaderboard --table`: 001's Tables I-IV, the IDC and BreakHis comparisons,
 and a summary for any experiment. Each harness row is followed by every published row of the same
-model and dataset (results/reference/) and their difference; a dagger marks a published row whose
+model and dataset (harness/leaderboard/published/) and their difference; a dagger marks a published row whose
 protocol is not the runs' (BASELINES.md §1.4-1.5). Published rows are never ranked: bold marks the
 best harness row only.
 
