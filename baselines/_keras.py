@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator, Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,7 @@ Initializer = Literal["glorot_uniform", "he_uniform"]
 # keras.backend.epsilon(): Keras' probability clipping in its losses and its optimisers' epsilon.
 KERAS_EPSILON = 1e-7
 _SPEC = "keras_layers"
+_ModuleT = TypeVar("_ModuleT", bound=nn.Module)
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ KERAS_DENSENET = KerasLayers(bn_epsilon=1.001e-5)
 KERAS_EFFICIENTNETV2 = KerasLayers(bn_momentum=0.9, kernel_initializer=None)
 
 
-def keras_layers(module: nn.Module, spec: KerasLayers) -> nn.Module:
+def keras_layers(module: _ModuleT, spec: KerasLayers) -> _ModuleT:
     """Return `module`, marked so that Keras semantics give it and its layers `spec`.
 
     Every layer is marked, not only the container, so that the mark survives when a model takes
@@ -73,6 +74,8 @@ class KerasBatchNorm1d(nn.BatchNorm1d):
         if not (self.training and self.track_running_stats and self.momentum is not None):
             return super().forward(x)
         dims = [0, *range(2, x.dim())]
+        # track_running_stats registered the three buffers.
+        assert self.running_mean is not None and self.running_var is not None and self.num_batches_tracked is not None
         with torch.no_grad():
             # In the statistics' own dtype: under autocast x may be bfloat16 or float16.
             stats = x.to(self.running_mean.dtype)

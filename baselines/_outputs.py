@@ -6,14 +6,19 @@ Models without a map of their own expose `forward_features` (the last convolutio
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from ._surgery import TimmNet
 
 
 class TimmClassifier(nn.Module):
     """Wrap a timm classifier so that it returns {"logits": ...} and exposes its feature map."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: TimmNet) -> None:
         super().__init__()
         self.net = net
 

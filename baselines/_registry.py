@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, cast
 
 from torch import nn
 
@@ -94,7 +94,7 @@ def register(
     def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"baseline {name!r} is already registered")
-        size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+        size = (input_size, input_size) if isinstance(input_size, int) else cast(tuple[int, int], tuple(input_size))
         _REGISTRY[name] = BaselineInfo(
             name=name,
             family=builder.__module__.rsplit(".", 1)[-1],

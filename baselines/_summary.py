@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ._counting import param_counts
 from ._registry import create as create_model
 from ._registry import info, list_baselines
 
 # idc_cnn's published count is that of the notebook's single sigmoid unit.
-_PUBLISHED_OPTIONS = {"idc_cnn": {"head": "sigmoid"}}
+_PUBLISHED_OPTIONS: dict[str, dict[str, Any]] = {"idc_cnn": {"head": "sigmoid"}}
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ def load_state_dict_file(module: nn.Module, path: Path, *, what: str, skip_prefi
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            state = load_file(path)
+            state: object = load_file(path)
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch and safetensors raise several types for a file that is not a checkpoint

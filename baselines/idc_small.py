@@ -104,6 +104,7 @@ def idc_cnn(
     for i, (in_ch, out_ch) in enumerate([(3, 32), (32, 64), (64, 128), (128, 128)]):
         conv = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         nn.init.kaiming_uniform_(conv.weight, nonlinearity="relu")  # the notebook's he_uniform
+        assert conv.bias is not None  # Conv2d's default bias=True
         nn.init.zeros_(conv.bias)
         keras_layers(conv, HE_UNIFORM)
         layers += [conv, nn.ReLU(inplace=True), nn.MaxPool2d(2)] + ([nn.BatchNorm2d(out_ch)] if i < 3 else [])

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Protocol, cast
+
 import torch
 from torch import nn
+
+
+class _FeatureHead(Protocol):
+    """What Grad-CAM needs of a model: its last feature map and the head on it."""
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor: ...
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor: ...
 
 
 def _min_max(maps: torch.Tensor) -> torch.Tensor:
@@ -15,11 +24,12 @@ def _min_max(maps: torch.Tensor) -> torch.Tensor:
 def grad_cam(model: nn.Module, images: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
     """Return Grad-CAM maps (B x 1 x h x w, min-max normalised to [0, 1]) on the last feature map,
     for `classes` (default: the predicted class). The model must expose forward_features/forward_head."""
+    halves = cast(_FeatureHead, model)
     was_training = model.training
     model.eval()
     with torch.enable_grad():
-        features = model.forward_features(images).detach().requires_grad_(True)
-        logits = model.forward_head(features)
+        features = halves.forward_features(images).detach().requires_grad_(True)
+        logits = halves.forward_head(features)
         chosen = logits.argmax(1) if classes is None else classes
         (grads,) = torch.autograd.grad(logits.gather(1, chosen[:, None]).sum(), features)
     cam = torch.relu((grads.mean((2, 3), keepdim=True) * features).sum(1, keepdim=True)).detach()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
@@ -9,6 +11,9 @@ from ._keras import KERAS_EFFICIENTNETV2, keras_layers
 from ._outputs import TimmClassifier
 from ._registry import PublishedCount, register
 from ._surgery import FreezeMode, freeze_parameters, require_weights_to_freeze, timm_model
+
+if TYPE_CHECKING:
+    from ._surgery import TimmNet
 
 
 def _classifier(arch: str, num_classes: int, pretrained: str | None, mode: FreezeMode) -> nn.Module:
@@ -75,7 +80,7 @@ class EfficientNetV2Head(nn.Module):
 class EfficientNetV2Classifier(nn.Module):
     """A timm EfficientNetV2-S trunk with 003's head."""
 
-    def __init__(self, trunk: nn.Module, head: EfficientNetV2Head) -> None:
+    def __init__(self, trunk: TimmNet, head: EfficientNetV2Head) -> None:
         super().__init__()
         self.trunk, self.head = trunk, head
 

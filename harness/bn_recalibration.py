@@ -32,6 +32,13 @@ def batchnorms(model: nn.Module) -> dict[str, _BatchNorm]:
     return {name: m for name, m in model.named_modules() if isinstance(m, _BatchNorm) and m.track_running_stats}
 
 
+def _statistics(m: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return the batch count, running mean and running variance of a BatchNorm from `batchnorms`."""
+    # track_running_stats registered all three.
+    assert m.num_batches_tracked is not None and m.running_mean is not None and m.running_var is not None
+    return m.num_batches_tracked, m.running_mean, m.running_var
+
+
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor], *, dropout: bool) -> int:
     """Recompute every BatchNorm's running mean and (unbiased) variance as the average of its batch
@@ -45,7 +52,10 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor], *, 
     norms = list(batchnorms(model).values())
     if not norms:
         return 0
-    saved = [(m.momentum, m.num_batches_tracked.clone(), m.running_mean.clone(), m.running_var.clone()) for m in norms]
+    saved = []
+    for m in norms:
+        tracked, mean, var = _statistics(m)
+        saved.append((m.momentum, tracked.clone(), mean.clone(), var.clone()))
     modes = {module: module.training for module in model.modules()}
     model.train()
     for module in model.modules():
@@ -65,13 +75,14 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor], *, 
                 count += 1
     finally:
         for m, (momentum, tracked, mean, var) in zip(norms, saved):
-            if int(m.num_batches_tracked) == 0:
+            running_tracked, running_mean, running_var = _statistics(m)
+            if int(running_tracked) == 0:
                 # A layer that never updated its statistics here (Keras runs a frozen BatchNorm in
                 # inference mode) does not in training either: its statistics stay as they were.
-                m.running_mean.copy_(mean)
-                m.running_var.copy_(var)
+                running_mean.copy_(mean)
+                running_var.copy_(var)
             m.momentum = momentum
-            m.num_batches_tracked.copy_(tracked)
+            running_tracked.copy_(tracked)
         for module, training in modes.items():
             module.training = training
     if count == 0:

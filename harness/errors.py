@@ -18,9 +18,10 @@ def disk_full(exc: BaseException) -> bool:
     """Return True when `exc`, an error it was raised from, or one a Ray wrapper carries (`cause`)
     says the disk, or a SQLite file on it, is full."""
     seen: set[int] = set()
-    while isinstance(exc, BaseException) and id(exc) not in seen:
-        seen.add(id(exc))
-        if getattr(exc, "errno", None) == errno.ENOSPC or any(words in str(exc) for words in _DISK_FULL_WORDS):
+    current: object = exc  # a Ray wrapper's `cause` may be anything
+    while isinstance(current, BaseException) and id(current) not in seen:
+        seen.add(id(current))
+        if getattr(current, "errno", None) == errno.ENOSPC or any(words in str(current) for words in _DISK_FULL_WORDS):
             return True
-        exc = exc.__cause__ or exc.__context__ or getattr(exc, "cause", None)
+        current = current.__cause__ or current.__context__ or getattr(current, "cause", None)
     return False

@@ -6,7 +6,7 @@ read these types."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, cast
 
 import numpy as np
 import pandas as pd
@@ -108,7 +108,8 @@ def map_galleries(
     order = np.argsort(prob_true, kind="stable")
     galleries = {}
     for name, picked in (("best", order[::-1][:k]), ("worst", order[:k])):
-        images = normalise(torch.stack([dataset[int(i)]["image"] for i in picked]))
+        # An item's image is a tensor (its label an int).
+        images = normalise(torch.stack([cast(torch.Tensor, dataset[int(i)]["image"]) for i in picked]))
         kind, maps = explanation_maps(model, images)
         captions = [
             f"{frame.rel_path[i].rsplit('/', 1)[-1]}\n"

@@ -40,14 +40,17 @@ def pyplot():
 
 
 @functools.cache
-def _font(size: int) -> ImageFont.FreeTypeFont:
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
 def jet(values: np.ndarray) -> np.ndarray:
     """Return matplotlib's `jet` colours (uint8 RGB, shape + (3,)) of `values` in [0, 1]."""
     clipped = np.clip(values, 0.0, 1.0)
-    channels = [np.interp(clipped, *zip(*_JET[c])) for c in ("red", "green", "blue")]
+    channels = []
+    for c in ("red", "green", "blue"):
+        positions, levels = zip(*_JET[c])
+        channels.append(np.interp(clipped, positions, levels))
     return (np.stack(channels, -1) * 255).round().astype(np.uint8)
 
 
@@ -56,8 +59,8 @@ def _panel(image: np.ndarray, heat: np.ndarray) -> Image.Image:
     height, width = image.shape[:2]
     scale = PANEL / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    base = Image.fromarray(np.ascontiguousarray(image[..., :3])).convert("RGB").resize(size, Image.NEAREST)
-    spread = Image.fromarray(np.asarray(heat, dtype=np.float32), mode="F").resize(size, Image.BILINEAR)
+    base = Image.fromarray(np.ascontiguousarray(image[..., :3])).convert("RGB").resize(size, Image.Resampling.NEAREST)
+    spread = Image.fromarray(np.asarray(heat, dtype=np.float32), mode="F").resize(size, Image.Resampling.BILINEAR)
     overlay = Image.fromarray(jet(np.asarray(spread)))
     return Image.blend(base, overlay, MAP_ALPHA)
 
@@ -87,7 +90,8 @@ def gallery_png(gallery: MapGallery, path: Path, *, title: str) -> None:
 
 
 def _cell_colour(fraction: float) -> tuple[int, int, int]:
-    return tuple(int(v) for v in np.round(_BLUES_LOW + (_BLUES_HIGH - _BLUES_LOW) * fraction))
+    red, green, blue = (int(v) for v in np.round(_BLUES_LOW + (_BLUES_HIGH - _BLUES_LOW) * fraction))
+    return red, green, blue
 
 
 def confusion_png(matrix: np.ndarray, class_names: tuple[str, ...], path: Path, *, title: str) -> None:

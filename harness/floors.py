@@ -38,7 +38,7 @@ def floor_features(images: np.ndarray) -> np.ndarray:
     return np.asarray(rows, dtype=np.float32)
 
 
-def make_floor(name: str, seed: int):
+def make_floor(name: str, seed: int) -> DummyClassifier | RandomForestClassifier:
     """Return an unfitted scikit-learn classifier for floor `name`."""
     if name == "majority":
         return DummyClassifier(strategy="prior")
@@ -59,7 +59,9 @@ class FloorFold:
     test: Evaluation | None
 
 
-def _probabilities(model, features: np.ndarray, num_classes: int) -> np.ndarray:
+def _probabilities(
+    model: DummyClassifier | RandomForestClassifier, features: np.ndarray, num_classes: int
+) -> np.ndarray:
     """Return N x num_classes probabilities, zero for a class the fold's training rows lacked."""
     prob = np.zeros((len(features), num_classes))
     prob[:, model.classes_] = model.predict_proba(features)

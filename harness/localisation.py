@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 from torch.nn import functional as F
@@ -31,7 +33,9 @@ def map_ious(
 
 
 @torch.no_grad()
-def localisation_scores(model: torch.nn.Module, loader: DataLoader, normalise) -> dict[str, float]:
+def localisation_scores(
+    model: torch.nn.Module, loader: DataLoader, normalise: Callable[[torch.Tensor], torch.Tensor]
+) -> dict[str, float]:
     """Return mIoU (native and full resolution) of the model's own maps over a loader whose batches
     carry masks; the mean over its images."""
     native, full = [], []

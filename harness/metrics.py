@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 from sklearn.metrics import confusion_matrix, roc_auc_score
 
 # The metrics every run reports, prefixed with val_ or test_.
@@ -79,7 +80,7 @@ def never_predicted(matrix: np.ndarray, class_names: tuple[str, ...]) -> list[st
     return [name for name, count in zip(class_names, np.asarray(matrix).sum(0)) if count == 0]
 
 
-def patient_accuracy(y_true: np.ndarray, y_pred: np.ndarray, patients: np.ndarray) -> float:
+def patient_accuracy(y_true: ArrayLike, y_pred: ArrayLike, patients: ArrayLike) -> float:
     """Return the patient recognition rate: the mean over patients of each patient's image accuracy."""
     frame = pd.DataFrame({"correct": np.asarray(y_true) == np.asarray(y_pred), "patient": np.asarray(patients)})
     return float(frame.groupby("patient").correct.mean().mean())

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, cast, overload
 
 import numpy as np
 import pandas as pd
@@ -41,6 +41,10 @@ def _building(*paths: Path | None, what: str) -> Iterator[None]:
         raise
 
 
+@overload
+def _temporary(path: Path) -> Path: ...
+@overload
+def _temporary(path: None) -> None: ...
 def _temporary(path: Path | None) -> Path | None:
     """Return where `path` is written before it is moved in place (hidden, one per process)."""
     return path.with_name(f".{path.name}.{os.getpid()}.tmp") if path is not None else None
@@ -163,11 +167,14 @@ def _fill_images(
     for i, row in enumerate(
         track(rows.itertuples(), total=len(rows), description="resizing images", disable=not show_progress)
     ):
-        with Image.open(row.path) as im:
+        # The manifest's path columns hold str.
+        with Image.open(cast(str, row.path)) as im:
             # PIL's bilinear filter widens with the scale factor, so a 4x reduction is anti-aliased.
-            pixels = np.asarray(im.convert("RGB").resize((size[1], size[0]), Image.BILINEAR))
+            pixels = np.asarray(im.convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR))
         if mask_array is not None:
-            mask_array[i] = read_mask(row.roi_mask_path, size) if masks == "files" else tissue_fallback_mask(pixels)
+            mask_array[i] = (
+                read_mask(cast(str, row.roi_mask_path), size) if masks == "files" else tissue_fallback_mask(pixels)
+            )
         if normalise is not None:
             try:
                 pixels = normalise(pixels)
@@ -215,6 +222,7 @@ def build_image_cache(
         meta_tmp.write_text(json.dumps(meta))
         os.replace(tmp, path)
         if mask_tmp is not None:
+            assert mask_path is not None  # mask_tmp is its temporary
             os.replace(mask_tmp, mask_path)
         os.replace(meta_tmp, meta_path)
     return path, mask_path

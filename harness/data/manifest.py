@@ -8,6 +8,7 @@ import os
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -57,7 +58,7 @@ def note_change_since_last_index(manifest: pd.DataFrame, key: str, directory: Pa
     path = directory / LAST_INDEX
     records = json.loads(path.read_text()) if path.is_file() else {}
     before = records.get(key)
-    now = {
+    now: dict[str, Any] = {
         "content_hash": content_hash(manifest),
         "files": len(manifest),
         "indexed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -47,7 +47,7 @@ def _colour_problem(im: Image.Image) -> str | None:
 def read_mask(path: str | Path, size: tuple[int, int]) -> np.ndarray:
     """Return a mask file as a (height, width) = `size` uint8 array of 0/1 (non-zero = RoI), nearest resize."""
     with Image.open(path) as im:
-        mask = im.convert("L").resize((size[1], size[0]), Image.NEAREST)
+        mask = im.convert("L").resize((size[1], size[0]), Image.Resampling.NEAREST)
     return (np.asarray(mask) > 0).astype(np.uint8)
 
 

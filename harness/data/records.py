@@ -6,7 +6,7 @@ import hashlib
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, Sequence, TypeVar, cast
 
 import pandas as pd
 from PIL import Image
@@ -82,7 +82,8 @@ def collect(
         row, reason = inspect(item)
         if row is not None and roi_dir is not None:
             mask = Path(roi_dir) / f"{path.stem}.png"
-            problem = check_mask(mask, (row["width"], row["height"]))
+            # Every indexer puts the image's size in width and height.
+            problem = check_mask(mask, cast(tuple[int, int], (row["width"], row["height"])))
             row["roi_mask_path"] = str(mask.resolve())
             if problem is not None:
                 row, reason = None, f"RoI mask {mask}: {problem}"

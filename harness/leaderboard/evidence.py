@@ -149,8 +149,8 @@ def gather_evidence(
 ) -> TableEvidence:
     """Return the evidence of each row's `model` (ensemble or best_trial) test predictions; the
     paired tests cover the rows that scored the same images as the row labelled `reference`."""
-    frames = {r.label: runs.test_predictions(r, model) for r in rows}
-    frames = {label: frame for label, frame in frames.items() if frame is not None and not frame.empty}
+    found = {r.label: runs.test_predictions(r, model) for r in rows}
+    frames = {label: frame for label, frame in found.items() if frame is not None and not frame.empty}
     aligned = (
         {label: _aligned(frame, frames[reference]) for label, frame in frames.items()} if reference in frames else {}
     )
@@ -159,6 +159,7 @@ def gather_evidence(
     intervals = {label: _intervals(s, model, n_boot, seed) for label, s in scored.items()}
     if not same:
         return TableEvidence(None, intervals, {}, [])
+    assert reference is not None  # rows are aligned only to a reference's frame
     tests = _column_tests({label: scored[label] for label in same}, reference, intervals)
     return TableEvidence(reference, intervals, tests, [label for label in frames if label not in same])
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from mlflow import MlflowClient
+from mlflow.entities import Run
 
 from harness import tracking
 from harness.figures import pyplot
@@ -36,28 +38,33 @@ def _columns(folds: int) -> list[Column]:
     ]
 
 
-def _pairs(client: MlflowClient, experiment_id: str, study: str) -> dict[str, dict[int, dict[str, object]]]:
+def _pairs(client: MlflowClient, experiment_id: str, study: str) -> dict[str, dict[int, dict[str, Run]]]:
     """Return the study's arm runs as model -> fold -> protocol -> run."""
     runs = client.search_runs(
         [experiment_id],
         f"tags.`{tracking.PARENT}` = '{study}' and tags.{tracking.RUN_TYPE} = "
         f"'{tracking.RunType.STUDY_ARM}' and attributes.status = 'FINISHED'",
     )
-    by_model: dict[str, dict[int, dict[str, object]]] = {}
+    by_model: dict[str, dict[int, dict[str, Run]]] = {}
     for run in runs:
         folds = by_model.setdefault(run.data.tags[tracking.BASELINE], {})
         folds.setdefault(int(run.data.tags[tracking.FOLD]), {})[run.data.tags[tracking.PROTOCOL]] = run
     return by_model
 
 
-def _samples(runs: RunSet, arms: dict[str, object]) -> tuple[stats.Sample, stats.Sample]:
+def _sample(frame: pd.DataFrame | None) -> stats.Sample:
+    assert frame is not None, "a finished arm run logs its test predictions"
+    return frame.label.to_numpy(), probabilities(frame), patient_groups(frame)
+
+
+def _samples(runs: RunSet, arms: dict[str, Run]) -> tuple[stats.Sample, stats.Sample]:
     """Return the (labels, probabilities, patient ids) of one fold's test predictions, patch-random
     arm first."""
     frames = [runs.predictions(arms[p].info.run_id, "test") for p in (tracking.PATCH_RANDOM, tracking.PATIENT)]
-    return tuple((frame.label.to_numpy(), probabilities(frame), patient_groups(frame)) for frame in frames)
+    return _sample(frames[0]), _sample(frames[1])
 
 
-def _row(model: str, folds: dict[int, dict[str, object]], runs: RunSet, n_boot: int, seed: int) -> tuple[Row, str]:
+def _row(model: str, folds: dict[int, dict[str, Run]], runs: RunSet, n_boot: int, seed: int) -> tuple[Row, str]:
     """Return one model's row from its fold pairs finished in both arms, and the interval's method."""
     paired = sorted(f for f, arms in folds.items() if set(arms) == {tracking.PATCH_RANDOM, tracking.PATIENT})
     samples = [_samples(runs, folds[f]) for f in paired]
@@ -68,7 +75,7 @@ def _row(model: str, folds: dict[int, dict[str, object]], runs: RunSet, n_boot: 
         for i, p in enumerate((tracking.PATCH_RANDOM, tracking.PATIENT))
     }
     leaky = [folds[f][tracking.PATCH_RANDOM] for f in paired]
-    epochs = {r.data.params.get("epochs") for f in paired for r in folds[f].values()} - {None}
+    epochs = {r.data.params["epochs"] for f in paired for r in folds[f].values() if "epochs" in r.data.params}
     floor = leaky[0].data.tags.get(tracking.FLOOR) == "true"
     cells = {
         "model": Cell(model + (" (floor)" if floor else "")),
@@ -76,7 +83,7 @@ def _row(model: str, folds: dict[int, dict[str, object]], runs: RunSet, n_boot: 
         "accuracy_patient": number(mean[tracking.PATIENT]),
         "folds": count(len(paired)),
         "epochs": Cell(", ".join(sorted(epochs)) or "-"),
-        "shared": number(np.mean([int(r.data.tags["shared_test_patients"]) for r in leaky]), 1),
+        "shared": number(float(np.mean([int(r.data.tags["shared_test_patients"]) for r in leaky])), 1),
     }
     for key, interval in (("accuracy", acc), ("auc", auc)):
         cells |= {
@@ -89,7 +96,7 @@ def _row(model: str, folds: dict[int, dict[str, object]], runs: RunSet, n_boot: 
     return Row("floor" if floor else "harness", model, cells), acc.method
 
 
-def _floors_first(item: tuple[str, dict[int, dict[str, object]]]) -> tuple[bool, str]:
+def _floors_first(item: tuple[str, dict[int, dict[str, Run]]]) -> tuple[bool, str]:
     runs = [r for arms in item[1].values() for r in arms.values()]
     return (runs[0].data.tags.get(tracking.FLOOR) != "true", item[0])
 
@@ -98,7 +105,9 @@ def leakage_table(tracking_uri: str, experiment: str, study: str, *, n_boot: int
     """Return the study's table: one row per model with both arms' mean accuracy over folds, the
     inflation with its fold-paired interval, the folds and epochs, and each fold's difference."""
     client = MlflowClient(tracking_uri)
-    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"the study {study} ran in experiment {experiment!r}"
+    experiment_id = found.experiment_id
     params = client.get_run(study).data.params
     folds, epochs = int(params["folds"]), params["epochs"]
     table = ReportTable(
@@ -157,6 +166,7 @@ def leakage_plot(table: ReportTable, path: Path) -> Path:
         mean, low, high = (
             row.cells[k].value for k in ("inflation_accuracy", "inflation_accuracy_low", "inflation_accuracy_high")
         )
+        assert mean is not None and low is not None and high is not None, f"{row.group}: no inflation interval"
         ax.errorbar(
             i + 0.12,
             mean,

@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 import shutil
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sklearn.metrics import roc_curve
@@ -16,10 +18,14 @@ from harness.figures import pyplot
 from harness.leaderboard.evidence import probabilities
 from harness.leaderboard.runs import BaselineRuns, RunSet
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure as PlotFigure
+
 Figure = tuple[Path, str]
 
 
-def _grid(count: int, width: float = 3.6, height: float = 3.3):
+def _grid(count: int, width: float = 3.6, height: float = 3.3) -> tuple[ModuleType, PlotFigure, list[Axes]]:
     plt = pyplot()
     cols = min(count, 4)
     rows = math.ceil(count / cols)
@@ -29,13 +35,13 @@ def _grid(count: int, width: float = 3.6, height: float = 3.3):
     return plt, fig, list(axes.flat[:count])
 
 
-def _save(plt, fig, path: Path) -> None:
+def _save(plt: ModuleType, fig: PlotFigure, path: Path) -> None:
     """Write a figure at twice its drawn resolution, legible at the page's full width, and close it."""
     fig.savefig(path, dpi=2 * fig.dpi)
     plt.close(fig)
 
 
-def params_axis(ax, values: list[float]) -> None:
+def params_axis(ax: Axes, values: list[float]) -> None:
     """Label an axis of parameter counts as 3M, 20M: log scale only over more than a decade, where
     only whole decades are labelled, so tick labels never run into each other."""
     pyplot()
@@ -59,8 +65,8 @@ def _class_names(runset: RunSet, runs: BaselineRuns, classes: int) -> list[str]:
 
 def roc_figure(runset: RunSet, folder: Path) -> list[Figure]:
     """Plot test ROC curves: one panel for a binary task, one panel per model (a curve per class) otherwise."""
-    frames = [(r, runset.test_predictions(r, _test_model(r))) for r in runset.baselines]
-    frames = [(r, f) for r, f in frames if f is not None and f.label.nunique() > 1]
+    found = [(r, runset.test_predictions(r, _test_model(r))) for r in runset.baselines]
+    frames = [(r, f) for r, f in found if f is not None and f.label.nunique() > 1]
     if not frames:
         return []
     classes = probabilities(frames[0][1]).shape[1]
@@ -186,8 +192,8 @@ def history_figure(runset: RunSet, folder: Path) -> list[Figure]:
 
 def confusion_figure(runset: RunSet, folder: Path) -> list[Figure]:
     """Plot each model's row-normalised test confusion matrix."""
-    frames = [(r, runset.test_predictions(r, _test_model(r))) for r in runset.baselines]
-    frames = [(r, f) for r, f in frames if f is not None]
+    found = [(r, runset.test_predictions(r, _test_model(r))) for r in runset.baselines]
+    frames = [(r, f) for r, f in found if f is not None]
     if not frames:
         return []
     plt, fig, axes = _grid(len(frames), 3.4, 3.2)

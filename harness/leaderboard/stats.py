@@ -14,6 +14,7 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from scipy import stats
@@ -23,6 +24,8 @@ from statsmodels.stats.multitest import multipletests
 from . import weighted
 
 Metric = Callable[[np.ndarray, np.ndarray], float]
+# What one resample draws: image indices, or a tuple or list of them for several test sets.
+_Draw = TypeVar("_Draw")
 
 # The usual rule for McNemar's test: with fewer discordant pairs the chi-square approximation is poor.
 EXACT_MCNEMAR_BELOW = 25
@@ -75,8 +78,8 @@ def _resampler(n: int, groups: np.ndarray | None) -> tuple[str, Callable[[np.ran
 
 
 def _replicates(
-    statistic: Callable[[np.ndarray], float],
-    draw: Callable[[np.random.Generator], np.ndarray],
+    statistic: Callable[[_Draw], float],
+    draw: Callable[[np.random.Generator], _Draw],
     n_boot: int,
     seed: int,
 ) -> tuple[np.ndarray, int]:
@@ -87,8 +90,8 @@ def _replicates(
 
 
 def _every_replicate(
-    statistic: Callable[[np.ndarray], float],
-    draw: Callable[[np.random.Generator], np.ndarray],
+    statistic: Callable[[_Draw], float],
+    draw: Callable[[np.random.Generator], _Draw],
     n_boot: int,
     seed: int,
 ) -> np.ndarray:
@@ -385,8 +388,10 @@ def paired_bootstrap_auc(
     def metric(y: np.ndarray, p: np.ndarray) -> float:
         return auc(y, p, average)
 
-    replicates = [bootstrap_replicates(metric, labels, probs, groups, n_boot=n_boot, seed=seed) for probs in (a, b)]
-    return paired_bootstrap_test(*replicates, "AUCs" if classes == 2 else f"{average} one-vs-rest AUCs")
+    replicates_a, replicates_b = (
+        bootstrap_replicates(metric, labels, probs, groups, n_boot=n_boot, seed=seed) for probs in (a, b)
+    )
+    return paired_bootstrap_test(replicates_a, replicates_b, "AUCs" if classes == 2 else f"{average} one-vs-rest AUCs")
 
 
 def mean_sd_se(values: np.ndarray) -> tuple[float, float, float]:

@@ -79,17 +79,17 @@ class ReportTable:
 
     def best_values(self, kind: RowKind = "harness") -> dict[str, float]:
         """Return, per contest column, the winning value among the rows of `kind`."""
-        best = {}
+        best: dict[str, float] = {}
         for column in self.columns:
             if column.higher_is_better is None:
                 continue
             values = [
-                r.cells[column.key].value
+                value
                 for r in self.rows
                 if r.kind == kind
                 and column.key in r.cells
-                and r.cells[column.key].value is not None
-                and not math.isnan(r.cells[column.key].value)
+                and (value := r.cells[column.key].value) is not None
+                and not math.isnan(value)
             ]
             if values:
                 best[column.key] = max(values) if column.higher_is_better else min(values)

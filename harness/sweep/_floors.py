@@ -46,8 +46,9 @@ def _log_folds(
         ) as run_id:
             log_floor_fold(setup.tracker, run_id, fold, objective, classes)
         runs[fold.fold] = run_id
-    if all(f.test is not None for f in folds):
-        predictions = {f.fold: (runs[f.fold], f.test.predictions) for f in folds}
+    tested = [(f.fold, f.test) for f in folds if f.test is not None]
+    if len(tested) == len(folds):
+        predictions = {fold: (runs[fold], test.predictions) for fold, test in tested}
         log_fold_ensemble(
             setup.tracker,
             setup.experiment_id,

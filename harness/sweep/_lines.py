@@ -3,6 +3,8 @@ retrained fold, instead of Tune's per-trial result tables."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import rich
 from ray import tune
 
@@ -10,6 +12,9 @@ from harness import tracking
 
 from ._failures import trial_error
 from ._keys import CAUSE_KEY, DONE_KEY, EPOCH_KEY, FAILED_KEY, trial_point
+
+if TYPE_CHECKING:
+    from ray.tune.experiment import Trial
 
 
 def _short(value: object) -> str:
@@ -26,7 +31,7 @@ class TrialLines(tune.Callback):
         self._metric = metric
         self._scheduler = scheduler
 
-    def on_trial_start(self, iteration: int, trials: list, trial: object, **info: object) -> None:
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: object) -> None:
         epoch = (trial.last_result or {}).get(EPOCH_KEY)
         if epoch:
             # A trial that waited at a rung (reproducible sweeps) starts again from its checkpoint.
@@ -37,7 +42,7 @@ class TrialLines(tune.Callback):
         params = ", ".join(f"{k}={_short(v)}" for k, v in trial_point(trial.config).items())
         rich.get_console().print(f"[dim]start[/] {trial.config['baseline']:<10} {trial.trial_id}  {params}")
 
-    def on_trial_complete(self, iteration: int, trials: list, trial: object, **info: object) -> None:
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: object) -> None:
         last = trial.last_result or {}
         if last.get(FAILED_KEY):
             rich.get_console().print(
@@ -53,14 +58,14 @@ class TrialLines(tune.Callback):
             f"best {self._metric} {last.get('objective', float('nan')):.3f}"
         )
 
-    def on_trial_error(self, iteration: int, trials: list, trial: object, **info: object) -> None:
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: object) -> None:
         error = tracking.error_text(trial_error(trial) or "").splitlines()[0]
         rich.get_console().print(
             f"[red]FAILED[/] {trial.config['baseline']:<10} {trial.trial_id}  {error}",
             highlight=False,
         )
 
-    def on_trial_recover(self, iteration: int, trials: list, trial: object, **info: object) -> None:
+    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: object) -> None:
         rich.get_console().print(
             f"[yellow]retry[/] {trial.config['baseline']:<10} {trial.trial_id}  "
             f"after failure {trial.run_metadata.num_failures}"

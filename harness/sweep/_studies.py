@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 import optuna
 from mlflow import MlflowClient
@@ -18,6 +18,10 @@ from harness.errors import InputError
 from harness.figures import pyplot
 
 from ._search import MLFLOW_RUN_ATTR, RAY_TRIAL_ATTR, optuna_storage, study_name
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 
 def _previous_prefix(storage: str, experiment: str, current: str, wanted: str) -> str | None:
@@ -34,6 +38,12 @@ def _previous_prefix(storage: str, experiment: str, current: str, wanted: str) -
         return prefixes[-1] if prefixes else None
     prefix = f"{experiment}/{wanted}"
     return prefix if prefix in prefixes else None
+
+
+def _value(trial: optuna.trial.FrozenTrial) -> float:
+    """Return the objective value of a completed trial that has one."""
+    assert trial.value is not None
+    return trial.value
 
 
 def warm_start_points(
@@ -53,7 +63,7 @@ def warm_start_points(
             continue
         study = optuna.load_study(study_name=name, storage=optuna_storage(storage))
         done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
-        done.sort(key=lambda t: t.value, reverse=mode == "max")
+        done.sort(key=_value, reverse=mode == "max")
         fits = [
             t.params
             for t in done
@@ -74,7 +84,10 @@ def plot_study(storage: str, name: str, folder: Path) -> tuple[list[Path], list[
     stem = name.rsplit("/", 1)[-1]
     files, skipped = [], []
     complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    plots = {"history": optuna_plots.plot_optimization_history, "importance": optuna_plots.plot_param_importances}
+    plots: dict[str, Callable[[optuna.Study], Axes]] = {
+        "history": optuna_plots.plot_optimization_history,
+        "importance": optuna_plots.plot_param_importances,
+    }
     for kind, plot in plots.items():
         if complete < (1 if kind == "history" else 2):
             skipped.append(f"{stem}: {kind} plot needs more completed trials (has {complete})")
@@ -87,7 +100,7 @@ def plot_study(storage: str, name: str, folder: Path) -> tuple[list[Path], list[
             except (ValueError, RuntimeError) as exc:
                 skipped.append(f"{stem}: no {kind} plot ({exc})")
                 continue
-        figure = axes.figure
+        figure = cast("Figure", axes.figure)  # optuna draws on a figure of its own, not a subfigure
         figure.set_size_inches(7, 4)
         axes.set_title(f"{stem}: {axes.get_title()}")
         path = folder / f"{stem}_{kind}.png"

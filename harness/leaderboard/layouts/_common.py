@@ -14,7 +14,7 @@ import baselines
 from harness.leaderboard.evidence import ALPHA, TableEvidence, TestEvidence, format_p, gather_evidence
 from harness.leaderboard.reference import load_reference
 from harness.leaderboard.runs import BaselineRuns, RunSet
-from harness.leaderboard.stats import mean_sd_se
+from harness.leaderboard.stats import Interval, mean_sd_se
 from harness.leaderboard.table import EMPTY, Cell, Column, Comparison, ReportTable, Row, count, number, signed
 
 # What each protocol tag means, for the footnotes (BASELINES.md §1.4, §1.5).
@@ -226,7 +226,7 @@ COST_COLUMNS = [
 ]
 
 
-def ci_cell(interval, scale: float = 1.0, digits: int = 4) -> Cell:
+def ci_cell(interval: Interval | None, scale: float = 1.0, digits: int = 4) -> Cell:
     """Return an interval as '[low, high]', '-' where there is none."""
     if interval is None or math.isnan(interval.low):
         return Cell("-")

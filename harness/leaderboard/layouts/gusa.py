@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import replace
+from typing import TypedDict, cast
 
 import numpy as np
 import pandas as pd
@@ -36,9 +37,17 @@ from harness.leaderboard.stats import mean_sd_se
 from harness.leaderboard.table import EMPTY, Cell, Column, ReportTable, count, number
 from harness.metrics import roc_auc
 
+
+class _Scale(TypedDict):
+    """The scale and digits `col` takes, for the columns shown in percent."""
+
+    scale: float
+    digits: int
+
+
 # --- 001 Table I ------------------------------------------------------------------------------
 
-_PERCENT = dict(scale=100.0, digits=2)
+_PERCENT: _Scale = dict(scale=100.0, digits=2)
 TABLE1_COLUMNS = (
     col("model", "model"),
     col("protocol", "protocol"),
@@ -292,7 +301,8 @@ def gusa_table4(runset: RunSet, options: LayoutOptions) -> ReportTable:
                 (f"{source_label(p)} ({p.panel})", p.protocol, {c: published_value(p[c]) for c in predicted})
                 for _, p in rows.iterrows()
             ]
-            harness = _confusion_row(matrix.loc[k], names, predicted)
+            # One row: the matrix was reindexed to the unique labels 0..n-1.
+            harness = _confusion_row(cast(pd.Series, matrix.loc[k]), names, predicted)
             add_group(table, runs, harness, published, group=f"{runs.label}: {name}")
     closing_notes(
         table,

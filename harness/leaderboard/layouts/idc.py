@@ -160,7 +160,11 @@ def _readings(frame: pd.DataFrame) -> list[Published]:
         "sensitivity_idc": "test_recall",
         "precision_range_pct": "test_precision",
     }
-    values = {names[m]: list(g.itertuples()) for m, g in frame.groupby("metric", sort=False) if m in names}
+    values = {
+        names[m]: list(g.itertuples())
+        for m, g in frame.groupby("metric", sort=False)
+        if isinstance(m, str) and m in names
+    }
     readings = max(len(v) for v in values.values())
     rows = []
     for i in range(readings):
