@@ -37,7 +37,9 @@ def test_folds_without_logged_models_leave_the_winner_unregistered_with_a_note(t
     # Fold runs as a sweep made them before models were logged: no MODEL_URI tag.
     folds = {}
     for fold in range(config.protocol.folds):
-        run = tracker.start_run(experiment_id, name=f"fold {fold}", run_type=tracking.RunType.FOLD, parent=trial, **runs)
+        run = tracker.start_run(
+            experiment_id, name=f"fold {fold}", run_type=tracking.RunType.FOLD, parent=trial, **runs
+        )
         tracker.finish(run, tracking.FINISHED)
         folds[fold] = (run, _predictions(fold))
     unused = tmp_path / "never-read"
