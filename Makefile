@@ -37,11 +37,12 @@ screenshots: $(STAMP) browser
 test: lint browser
 	$(BIN)/python -m pytest -m "not cluster" --durations=20
 
-# ruff (pyflakes, pycodestyle, import order, bugbear; line length 120) and its formatter, as
-# configured in pyproject.toml: the tree must stay clean.
+# ruff (pyflakes, pycodestyle, import order, bugbear; line length 120) and its formatter, and mypy
+# over harness/ and baselines/ at the strictness pyproject.toml states: the tree must stay clean.
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # The leaderboard test renders its HTML page in Debian's headless Chromium: installed here when
 # missing and apt-get can (as root); otherwise that one test skips and says why.

@@ -82,7 +82,7 @@ def build_loss(
             if masks is None:
                 raise ValueError(f"loss {kind!r} needs an RoI mask per image and the batch has none")
             roi = outputs["roi"]
-            target = roi_target(masks, tuple(roi.shape[-2:]), roi_mode)
+            target = roi_target(masks, (roi.shape[-2], roi.shape[-1]), roi_mode)
             total = total + lambda_roi * (dice_loss(roi, target) if kind == "ce_dice" else guidance_loss(roi, target))
         if "penalty" in outputs:
             total = total + outputs["penalty"]

@@ -22,7 +22,7 @@ from harness.config import TABLE_LAYOUTS
 from harness.errors import InputError, disk_full
 
 if TYPE_CHECKING:
-    from harness.config import LeaderboardSpec
+    from harness.config import ExperimentConfig, LeaderboardSpec
     from harness.sweep import SweepSummary
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n")[0])
@@ -80,7 +80,7 @@ def _load(
     output_dir: Path | None,
     roi_dir: Path | None = None,
     storage: Path | None = None,
-):
+) -> ExperimentConfig:
     from harness.config import load_experiment
 
     return load_experiment(
@@ -523,4 +523,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

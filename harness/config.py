@@ -7,10 +7,11 @@ arguments. Every error names the file, the key and what was expected (see `load_
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 import baselines
 from harness.data.augmentations import canonical_name
@@ -54,16 +55,18 @@ class Distribution(Strict):
 
     def values(self) -> list[Any] | None:
         """Return the finite set of values this distribution can take, or None if continuous."""
-        return list(self.choices) if self.type == "categorical" else None
+        return list(self.choices or []) if self.type == "categorical" else None
 
     def contains(self, value: Any) -> bool:
         """Return True when `value` is a point this distribution can propose."""
         if self.type == "categorical":
-            return value in self.choices
-        if not isinstance(value, (int, float)) or not self.low <= value <= self.high:
+            return value in (self.choices or [])
+        # Validation guarantees both bounds of a range.
+        low, high = float(self.low or 0), float(self.high or 0)
+        if not isinstance(value, (int, float)) or not low <= value <= high:
             return False
         step = self.step or (1 if self.type == "int" else None)
-        return step is None or abs((value - self.low) / step - round((value - self.low) / step)) < 1e-9
+        return step is None or abs((value - low) / step - round((value - low) / step)) < 1e-9
 
 
 class ResourcesSpec(Strict):
@@ -293,7 +296,8 @@ class TrainingSpec(Strict):
 
 # The layouts of `harness leaderboard --table`: 001's Tables I-IV, the IDC and BreakHis comparisons,
 # and a summary for any experiment.
-TABLE_LAYOUTS = ("summary", "gusa-table1", "gusa-table2", "gusa-table3", "gusa-table4", "idc", "breakhis")
+TableLayout = Literal["summary", "gusa-table1", "gusa-table2", "gusa-table3", "gusa-table4", "idc", "breakhis"]
+TABLE_LAYOUTS: tuple[str, ...] = get_args(TableLayout)
 # The reproduced numbers `harness leaderboard --check` holds against published ones.
 CHECKED_METRICS = (
     "val_accuracy",
@@ -312,12 +316,16 @@ CHECKED_METRICS = (
 )
 
 
+# The trivial models an experiment can fit on its folds as every table's floor.
+Floor = Literal["majority", "colour_forest"]
+
+
 class LeaderboardSpec(Strict):
     """The tables `harness leaderboard` writes for this experiment, and `--check`'s tolerances:
     the largest absolute difference from a published number, on the 0-1 scale (0.05 = 5 points),
     under `default` or a metric's own name."""
 
-    tables: list[Literal[TABLE_LAYOUTS]] = Field(default_factory=lambda: ["summary"], min_length=1)
+    tables: list[TableLayout] = Field(["summary"], min_length=1)
     tolerance: dict[str, float] = Field(default_factory=lambda: {"default": 0.05})
 
     @field_validator("tolerance")
@@ -348,7 +356,7 @@ class ExperimentConfig(Strict):
     training: TrainingSpec = TrainingSpec()
     leaderboard: LeaderboardSpec = LeaderboardSpec()
     # Trivial models fitted on the same folds, shown as every table's floor; [] turns them off.
-    floors: list[Literal["majority", "colour_forest"]] = Field(default_factory=lambda: ["majority", "colour_forest"])
+    floors: list[Floor] = Field(default_factory=lambda: list(get_args(Floor)))
     tracking_uri: str | None = None
     output_dir: Path = Path("results")
     storage_path: Path | None = None
@@ -423,7 +431,7 @@ def _key(loc: tuple[Any, ...]) -> str:
     return "".join(parts).lstrip(".")
 
 
-def _describe(error: dict[str, Any], prefix: tuple[Any, ...] = ()) -> str:
+def _describe(error: ErrorDetails, prefix: tuple[Any, ...] = ()) -> str:
     """Return "key 'a.b[0]' = value: what was expected" for one pydantic error."""
     loc = prefix + tuple(p for p in error["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     key = _key(loc) or "(top level)"
@@ -518,7 +526,7 @@ def _check_baseline(spec: BaselineSpec, index: int, space: SearchSpace, path: Pa
     except ValidationError as exc:
         raise InputError(f"{path}: {_describe(exc.errors()[0], ('baselines', index, 'fixed'))}") from None
     freeze_values = (
-        pinned.search["freeze"].values() if "freeze" in pinned.search else [pinned.fixed.get("freeze", "none")]
+        pinned.search["freeze"].values() or [] if "freeze" in pinned.search else [pinned.fixed.get("freeze", "none")]
     )
     if spec.pretrained is None and any(v != "none" for v in freeze_values):
         raise InputError(

@@ -40,8 +40,10 @@ class _KerasOptimizer(torch.optim.Optimizer):
         # `iterations` counts the group's updates, as Keras' optimizer.iterations (bias corrections).
         super().__init__(params, {"weight_decay": 0.0, "decoupled": False, "iterations": 0, **defaults})
 
+    # torch's overloads promise a float from the closure; ours returns the closure's loss tensor, as
+    # torch's own optimisers do.
     @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:  # type: ignore[override]
         """Apply one update to every parameter with a gradient; returns the closure's loss."""
         loss = None
         if closure is not None:
@@ -55,7 +57,7 @@ class _KerasOptimizer(torch.optim.Optimizer):
             if group["weight_decay"] and group["decoupled"]:
                 torch._foreach_mul_(params, float(1 - np.float32(group["weight_decay"]) * np.float32(group["lr"])))
             elif group["weight_decay"]:
-                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+                grads = list(torch._foreach_add(grads, params, alpha=group["weight_decay"]))
             group["iterations"] += 1
             self._update(params, grads, [self.state[p] for p in params], group)
         return loss

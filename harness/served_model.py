@@ -17,6 +17,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
+from mlflow.pyfunc import PythonModel
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 from torch.utils.data import DataLoader
@@ -32,6 +33,9 @@ from harness.precision import autocast
 class ClassProbabilities(nn.Module):
     """A baseline on the harness's model inputs: uint8 batch -> softmax probabilities (N x C),
     normalised and computed as the harness's evaluation does."""
+
+    mean: torch.Tensor
+    scale: torch.Tensor
 
     def __init__(self, model: nn.Module, normalisation: str, compute: ComputeSpec | None = None) -> None:
         super().__init__()
@@ -78,7 +82,7 @@ class InputRecipe(BaseModel):
         """Return the model inputs of stored images, as a fold model takes them (contiguous, as
         a DataLoader batch: a channels-last copy would send the convolutions down other kernels)."""
         dataset = self.dataset(images)
-        return torch.stack([dataset[i]["image"] for i in range(len(dataset))]).numpy()
+        return torch.stack([torch.as_tensor(dataset[i]["image"]) for i in range(len(dataset))]).numpy()
 
 
 @dataclass
@@ -103,7 +107,7 @@ def prediction_frame(mean: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame({**{f"prob_{c}": mean[:, c] for c in range(mean.shape[1])}, "pred": mean.argmax(1)})
 
 
-class FoldEnsemble(mlflow.pyfunc.PythonModel):
+class FoldEnsemble(PythonModel):
     """The mean softmax of a winner's fold models, on stored images (N x H x W x 3 uint8)."""
 
     def load_context(self, context: Any) -> None:

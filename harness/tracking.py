@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Literal, TypeVar, overload
 
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
@@ -127,8 +127,9 @@ ERROR_LIMIT = 4000  # characters of an `error` tag; MLflow caps a tag's value
 
 def root_cause(exc: BaseException) -> BaseException:
     """Return the exception a Ray wrapper (task error, Tune error) carries, or `exc` itself."""
-    while isinstance(getattr(exc, "cause", None), BaseException) and exc.cause is not exc:
-        exc = exc.cause
+    cause = getattr(exc, "cause", None)
+    while isinstance(cause, BaseException) and cause is not exc:
+        exc, cause = cause, getattr(cause, "cause", None)
     return exc
 
 
@@ -206,6 +207,11 @@ class Tracker:
         self.uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
 
+    @overload
+    def experiment_id(self, name: str, *, create: Literal[True] = True) -> str: ...
+    @overload
+    def experiment_id(self, name: str, *, create: bool) -> str | None: ...
+
     def experiment_id(self, name: str, *, create: bool = True) -> str | None:
         """Return the id of experiment `name`, creating it (artifacts at an absolute path) if asked."""
         found = _retry(lambda: self.client.get_experiment_by_name(name))
@@ -218,7 +224,10 @@ class Tracker:
             return _retry(lambda: self.client.create_experiment(name, artifact_location=location))
         except MlflowException:
             # Another process created it between our lookup and our create.
-            return _retry(lambda: self.client.get_experiment_by_name(name)).experiment_id
+            created = _retry(lambda: self.client.get_experiment_by_name(name))
+            if created is None:
+                raise
+            return created.experiment_id
 
     def start_run(
         self,
@@ -325,7 +334,7 @@ class Tracker:
         tags = _retry(lambda: self.client.get_run(run_id)).data.tags
         for key in (INTERRUPTED, OUTCOME):
             if key in tags:
-                _retry(lambda key=key: self.client.delete_tag(run_id, key))
+                _retry(functools.partial(self.client.delete_tag, run_id, key))
         _retry(lambda: self.client.update_run(run_id, status="RUNNING"))
 
     def record_attempt(self, run_id: str, node_id: str, node_ip: str) -> None:
@@ -354,12 +363,13 @@ class Tracker:
 
         def under(run_id: str) -> bool:
             seen = set()
-            while run_id is not None and run_id not in seen:
-                seen.add(run_id)
-                if run_id not in parents:
-                    parents[run_id] = _retry(lambda run_id=run_id: self.client.get_run(run_id)).data.tags.get(PARENT)
-                run_id = parents[run_id]
-                if run_id == root:
+            current: str | None = run_id
+            while current is not None and current not in seen:
+                seen.add(current)
+                if current not in parents:
+                    parents[current] = _retry(functools.partial(self.client.get_run, current)).data.tags.get(PARENT)
+                current = parents[current]
+                if current == root:
                     return True
             return False
 

@@ -147,8 +147,9 @@ def _seed_worker(worker_id: int) -> None:
     # Each worker gets a copy of the dataset's seeded augmentation, so without this every worker
     # would draw the same parameters; torch.initial_seed() differs per worker and follows the
     # loader's generator, so the stream stays reproducible for a given number of workers.
-    transform = getattr(torch.utils.data.get_worker_info().dataset, "transform", None)
-    if hasattr(transform, "set_random_seed"):
+    worker = torch.utils.data.get_worker_info()
+    transform = getattr(worker.dataset, "transform", None) if worker is not None else None
+    if transform is not None:
         transform.set_random_seed(torch.initial_seed() % 2**32)
 
 
@@ -177,7 +178,7 @@ def _loader(
     )
 
 
-def _rng_state(loader: DataLoader) -> dict[str, Any]:
+def _rng_state(loader: DataLoader | DeviceBatches) -> dict[str, Any]:
     return {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
@@ -186,7 +187,7 @@ def _rng_state(loader: DataLoader) -> dict[str, Any]:
     }
 
 
-def _restore_rng(state: dict[str, Any], loader: DataLoader) -> None:
+def _restore_rng(state: dict[str, Any], loader: DataLoader | DeviceBatches) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -450,17 +451,24 @@ class _Run:
     best: BestEpoch | None = None
     history: list[EpochReport] = field(default_factory=list)
 
+    @property
+    def kept(self) -> BestEpoch:
+        """Return the best epoch so far; there is one once an epoch has run."""
+        assert self.best is not None, "no epoch has run yet"
+        return self.best
+
     def result(self, seconds: float) -> FitResult:
         """Return the FitResult of the finished run."""
+        best = self.kept
         return FitResult(
             history=self.history,
-            best_epoch=self.best.epoch,
-            best_val=self.best.val,
-            val=self.best.evaluation,
+            best_epoch=best.epoch,
+            best_val=best.val,
+            val=best.evaluation,
             test=self.history[-1].test,
             param_counts=self.counts,
             seconds=seconds,
-            state_dict=self.best.state,
+            state_dict=best.state,
         )
 
 
@@ -550,7 +558,7 @@ def _resume(state: TrainState, run: _Run) -> None:
 def _snapshot(epoch: int, run: _Run) -> Callable[[], TrainState]:
     """Return a function that builds the TrainState to continue after `epoch` (called only when
     a checkpoint is wanted: it copies the model)."""
-    best, opt = run.best, run.opt
+    best, opt = run.kept, run.opt
 
     def take() -> TrainState:
         # The best epoch's weights are the model's when this epoch is the best: kept once, as the

@@ -99,7 +99,7 @@ def apply_dihedral(batch: torch.Tensor, draw: DihedralDraw) -> torch.Tensor:
     _apply_to(draw.flip_h, out, lambda x: x.flip(-1))
     _apply_to(draw.flip_v, out, lambda x: x.flip(-2))
     for k in (1, 2, 3):
-        _apply_to(draw.turns == k, out, lambda x, k=k: torch.rot90(x, k, (-2, -1)))
+        _apply_to(draw.turns == k, out, functools.partial(torch.rot90, k=k, dims=(-2, -1)))
     return out
 
 

@@ -6,7 +6,7 @@ Items are dicts: `image` (uint8, C x H x W, or N x C x p x p for a bag; normalis
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -15,6 +15,21 @@ from torch.utils.data import Dataset
 from .augmentations import AugmentParams
 from .bags import BagGrid, cut_bag
 from .transforms import build_bag_transform, build_transform
+
+
+class ImageTransform(Protocol):
+    """An image (and mask) pipeline to uint8 tensors whose random stream restarts from a seed:
+    an albumentations Compose, or the pipeline that only lays images out."""
+
+    def __call__(self, *, image: np.ndarray, mask: np.ndarray | None = None) -> dict[str, Any]: ...
+    def set_random_seed(self, seed: int) -> None: ...
+
+
+class BagPipeline(Protocol):
+    """A bag's pipeline to a uint8 tensor whose random stream restarts from a seed."""
+
+    def __call__(self, bag: np.ndarray) -> torch.Tensor: ...
+    def set_random_seed(self, seed: int) -> None: ...
 
 
 class ImageDataset(Dataset):
@@ -26,7 +41,7 @@ class ImageDataset(Dataset):
         images: np.ndarray,
         rows: np.ndarray,
         labels: np.ndarray,
-        transform: Callable[..., dict[str, torch.Tensor]],
+        transform: ImageTransform,
         masks: np.ndarray | None = None,
     ) -> None:
         self.images, self.masks = images, masks
@@ -56,7 +71,7 @@ class BagDataset(Dataset):
         images: np.ndarray,
         rows: np.ndarray,
         labels: np.ndarray,
-        transform: Callable[[np.ndarray], torch.Tensor],
+        transform: BagPipeline,
         grid: BagGrid,
     ) -> None:
         self.images = images

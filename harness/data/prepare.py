@@ -75,8 +75,8 @@ def _colour_modes(manifest: pd.DataFrame, *, strict: bool) -> list[str]:
     if odd.empty:
         return []
     lines = [
-        f"{row.path}: colour mode {row.mode}, not RGB; {CONVERSIONS.get(row.mode, 'converted by PIL')} in the cache"
-        for row in odd.itertuples()
+        f"{path}: colour mode {mode}, not RGB; {CONVERSIONS.get(mode, 'converted by PIL')} in the cache"
+        for path, mode in zip(odd["path"], odd["mode"].astype(str))
     ]
     if strict:
         raise InputError("\n".join([f"{len(odd)} image(s) are not RGB (dataset.strict / --strict):", *lines]))

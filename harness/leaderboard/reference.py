@@ -178,7 +178,7 @@ def read_reference_blocks(baselines_md: Path) -> list[ExtractedTable]:
     entry of `REFERENCE_BLOCKS` names, or one left without a source, dataset or protocol.
     """
     origin = str(baselines_md)
-    extracted = []
+    extracted: list[ExtractedTable] = []
     for section, heading, fence_line, frame in _csv_blocks(baselines_md.read_text(encoding="utf-8"), origin):
         block = _name_block(section, frame, fence_line, origin)
         if any(table.block.name == block.name for table in extracted):

@@ -115,6 +115,7 @@ def _floor_arm(
             seed=config.protocol.seed,
         )
         log_floor_fold(setup.tracker, run, fold, config.search.metric, setup.data.class_names)
+    assert fold.test is not None, "an arm's split holds its fold out as the test set"
     return fold.test.metrics["accuracy"]
 
 
@@ -134,6 +135,7 @@ def _model_arm(
         name=tracking.fold_name(f"{name} {arm.protocol}", arm.fold),
         tags=_arm_tags(arm),
     )
+    assert result.test is not None, "an arm's split holds its fold out as the test set"
     return result.test.metrics["accuracy"]
 
 
@@ -191,7 +193,7 @@ def run_leakage_study(
         features = floor_features(open_patch_cache(setup.data.cache_path)) if floors else None
         for name in chosen:
             for arm in arm_folds:
-                if name in config.floors:
+                if features is not None and name in config.floors:
                     accuracy = _floor_arm(setup, config, name, arm, parent, features, manifest)
                 else:
                     accuracy = _model_arm(setup, config, name, arm, parent, epochs)

@@ -60,23 +60,28 @@ class EnsembleOutcome:
 
 def winners(grid: tune.ResultGrid, ctx: SweepContext, mode: str) -> list[Winner]:
     """Return each baseline's best trial among those that ended by themselves (not stopped, not failed)."""
-    finished: dict[str, list[tune.Result]] = {}
-    for result in grid:
-        if result.error is None and (result.metrics or {}).get(DONE_KEY):
-            finished.setdefault(result.config["baseline"], []).append(result)
+    finished: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+    for result in grid_results(grid):
+        if result.error is None and result.metrics and result.metrics.get(DONE_KEY) and result.config:
+            finished.setdefault(result.config["baseline"], []).append((result.config, result.metrics))
 
-    def rank(result: tune.Result) -> tuple:
-        m = result.metrics
+    def rank(ended: tuple[dict[str, Any], dict[str, Any]]) -> tuple:
+        m = ended[1]
         return ranking_key(m["objective"], m["sel_val_loss"], m["trial_id"], minimise=mode == "min")
 
     chosen, run_of = [], ctx.run_link
-    for name, results in finished.items():
-        best = min(results, key=rank)
-        trial_id = best.metrics["trial_id"]
-        run_id = run_of(trial_id, best.metrics)
+    for name, ended in finished.items():
+        config, metrics = min(ended, key=rank)
+        trial_id = metrics["trial_id"]
+        run_id = run_of(trial_id, metrics)
         if run_id is not None:
-            chosen.append(Winner(name, trial_id, run_id, trial_point(best.config), float(best.metrics["objective"])))
+            chosen.append(Winner(name, trial_id, run_id, trial_point(config), float(metrics["objective"])))
     return chosen
+
+
+def grid_results(grid: tune.ResultGrid) -> list[tune.Result]:
+    """Return every trial's Result of `grid` (a ResultGrid is indexed, not declared iterable)."""
+    return [grid[i] for i in range(len(grid))]
 
 
 def _train_fold(ctx: SweepContext, winner: Winner, fold: int) -> FoldOutcome:

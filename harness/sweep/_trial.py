@@ -152,7 +152,7 @@ class _TrialReporter:
     def __init__(self, tracker: tracking.Tracker, ctx: SweepContext, run_id: str, logged_through: int) -> None:
         self._tracker, self._ctx, self._run_id = tracker, ctx, run_id
         self._logged_through = logged_through
-        self.last: dict[str, float] = {}
+        self.last: dict[str, Any] = {}
 
     def __call__(self, entry: EpochReport) -> None:
         ctx = self._ctx
@@ -177,7 +177,7 @@ class _TrialReporter:
     def _save(self, folder: Path, entry: EpochReport) -> int:
         """Write the trial's checkpoint into `folder` (only the last result once the trial is done);
         returns its size in bytes."""
-        state = None if entry.done else entry.snapshot()
+        state = None if entry.done or entry.snapshot is None else entry.snapshot()
         path = folder / CHECKPOINT_FILE
         torch.save(TrialCheckpoint(self._run_id, state, self.last), path)
         return path.stat().st_size
@@ -243,7 +243,7 @@ class RunLink:
     parent_run_id: str
 
     def __call__(self, trial_id: str, result: dict | None = None) -> str | None:
-        if (result or {}).get(RUN_ID_KEY):
+        if result and result.get(RUN_ID_KEY):
             return result[RUN_ID_KEY]
         tracker = tracking.tracker_for(self.tracking_uri)
         return tracker.find_trial_run(self.experiment_id, self.parent_run_id, trial_id)

@@ -16,7 +16,7 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from harness import tracking
-from harness.config import ExperimentConfig, ResourcesSpec
+from harness.config import ExperimentConfig, ResourcesSpec, SearchSpec
 from harness.errors import InputError
 
 from ._search import PerBaselineScheduler, PerBaselineSearcher, batch_brackets, batched, recipe_start_point
@@ -108,15 +108,25 @@ def _search(
         metric_name=f"sel_{search.metric}",
         link=ctx.run_link,
     )
-    rungs = dict(max_t=search.max_epochs, grace_period=search.grace_period, reduction_factor=search.reduction_factor)
     if not search.reproducible:
-        return searcher, PerBaselineScheduler(**rungs), search.max_concurrent
-    batch = search.max_concurrent  # the config requires it with reproducible
+        return searcher, _scheduler(search), search.max_concurrent
+    batch = search.max_concurrent
+    assert batch is not None, "the config requires max_concurrent with reproducible"
     brackets = batch_brackets(list(spaces), search.trials, batch)
-    return batched(searcher, batch), PerBaselineScheduler(**rungs, brackets=brackets), None
+    return batched(searcher, batch), _scheduler(search, brackets), None
 
 
-def _trainable(ctx: SweepContext):
+def _scheduler(search: SearchSpec, brackets: dict[str, list[int]] | None = None) -> PerBaselineScheduler:
+    """Return the per-baseline rungs of `search`: ASHA's, or synchronous halving in `brackets`."""
+    return PerBaselineScheduler(
+        max_t=search.max_epochs,
+        grace_period=search.grace_period,
+        reduction_factor=search.reduction_factor,
+        brackets=brackets,
+    )
+
+
+def _trainable(ctx: SweepContext) -> type[tune.Trainable]:
     # with_resources(with_parameters(...)), in that order: the reverse silently lost GPUs (ray#29235).
     return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), TrialResources(ctx.granted))
 

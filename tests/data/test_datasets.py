@@ -33,7 +33,7 @@ def test_a_spec_takes_only_the_options_and_label_sets_its_dataset_reads(tmp_path
 
 # A dataset of its own layout, `<patient>/<class>/<anything>.png`, written as a user would: this
 # module and nothing else makes it indexable, preparable and trainable by name.
-TOY_MODULE = '''
+TOY_MODULE = """
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +76,7 @@ register_dataset(Dataset(
     labels={"binary": CLASSES}, storage="patches", size=(50, 50), input_kinds=frozenset({"image"}),
     index=_index, synthesise=_synthesise,
 ))
-'''
+"""
 
 TOY_RUN = """
 import sys

@@ -136,7 +136,7 @@ class Dataset:
         return DatasetTraits(
             class_names=self.labels[spec.label or next(iter(self.labels))],
             storage=self.storage,
-            size=tuple(spec.image_size) if spec.image_size else self.size,
+            size=spec.image_size or self.size,
             mask_source=spec.mask_source,
             input_kinds=self.input_kinds,
         )

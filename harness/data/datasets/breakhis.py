@@ -46,7 +46,10 @@ LAYOUT = "<benign|malignant>/SOB/<subtype>/SOB_<B|M>_<T>_<YY>-<SLIDE>/<MAG>X/SOB
 
 def numeric_core(patient: str) -> str:
     """Return `YY-digits` of a slide id: 14-22549AB -> 14-22549."""
-    return re.match(r"^\d{2}-\d+", patient).group(0)
+    core = re.match(r"^\d{2}-\d+", patient)
+    if core is None:
+        raise ValueError(f"slide id {patient!r} does not start with YY-digits")
+    return core.group(0)
 
 
 def _inspect(path: Path, label: str, group_by: str) -> tuple[dict[str, object] | None, str | None]:
