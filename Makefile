@@ -31,11 +31,12 @@ screenshots: $(STAMP) browser
 	@test -f results/mlflow.db || $(MAKE) demo
 	$(BIN)/python tools/screenshots.py --results results --experiment demo --out docs/screenshots
 
-# The cluster tests (two-node Ray, an MLflow server process, a killed and resumed driver, a
-# single-node SLURM) take about 8 minutes on 2 cores; they have their own target so `make test`
-# stays well under 20.
+# The unit tests and one shared end-to-end sweep. The cluster tests (two-node Ray, MLflow server
+# processes, a killed and resumed driver, a single-node SLURM) and the end-to-end runs (every
+# shipped experiment, a wheel install, drivers signalled or killed) have their own target, which
+# CI runs too (.ci/run).
 test: lint browser
-	$(BIN)/python -m pytest -m "not cluster" --durations=20
+	$(BIN)/python -m pytest -m "not cluster and not e2e" --durations=20
 
 # ruff (pyflakes, pycodestyle, import order, bugbear; line length 120) and its formatter, and mypy
 # over harness/ and baselines/ at the strictness pyproject.toml states: the tree must stay clean.
@@ -54,8 +55,8 @@ browser:
 		    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1; }; }; } || \
 		echo "chromium could not be installed: the HTML rendering test will skip"; }
 
-test-cluster: $(STAMP) postgresql slurm
-	$(BIN)/python -m pytest -m cluster --durations=10
+test-cluster: $(STAMP) browser postgresql slurm
+	$(BIN)/python -m pytest -m "cluster or e2e" --durations=20
 
 # The tracking-load bench's PostgreSQL backend: Debian's server binaries, installed here when
 # missing and apt-get can (as root); otherwise that test skips and says why.

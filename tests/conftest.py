@@ -30,6 +30,23 @@ def synthetic_idc(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_synthetic_idc(tmp_path_factory.mktemp("synthetic_idc"), patients=20, seed=1)
 
 
+def ensure_local_ray() -> None:
+    """Start this session's embedded Ray unless one is up. Every in-process sweep joins it (run_sweep
+    reuses a running Ray), where each would otherwise start and stop its own, seconds each time;
+    Ray ends it when the session's process exits. A test that needs a Ray of its own shuts this
+    one down first, and the next caller starts it again."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address="local", include_dashboard=False, configure_logging=False)
+
+
+@pytest.fixture
+def local_ray() -> None:
+    """The session's embedded Ray, for a test that sweeps in this process."""
+    ensure_local_ray()
+
+
 def experiment_dict(root: Path, output_dir: Path, **sections: Any) -> dict[str, Any]:
     """Return a small valid experiment as a dict; keyword arguments replace whole sections."""
     data: dict[str, Any] = {

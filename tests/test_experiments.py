@@ -15,6 +15,8 @@ from harness.cli import app
 
 from .conftest import REPO, write_experiment
 
+pytestmark = pytest.mark.e2e
+
 
 def _sweep(path: Path, *extra: str) -> str:
     result = CliRunner().invoke(app, ["sweep", str(path), *extra], catch_exceptions=False)
@@ -29,7 +31,7 @@ def _trial_runs(out: Path, experiment: str) -> list:
 
 
 def test_gusa_and_amil_sweep_with_roi_masks_and_log_their_maps(
-    tmp_path: Path, synthetic_bach: tuple[Path, Path]
+    tmp_path: Path, synthetic_bach: tuple[Path, Path], local_ray: None
 ) -> None:
     root, masks = synthetic_bach
     experiment = {
@@ -103,7 +105,12 @@ def _shrink(config: dict[str, Any], root: Path) -> dict[str, Any]:
 
 @pytest.mark.parametrize("name", ["demo", "idc_comparison", "bach_gusa", "breakhis_amil"])
 def test_shipped_experiment_runs_a_short_sweep(
-    name: str, tmp_path: Path, synthetic_idc: Path, synthetic_bach: tuple[Path, Path], synthetic_breakhis: Path
+    name: str,
+    tmp_path: Path,
+    synthetic_idc: Path,
+    synthetic_bach: tuple[Path, Path],
+    synthetic_breakhis: Path,
+    local_ray: None,
 ) -> None:
     config = yaml.safe_load((REPO / "experiments" / f"{name}.yaml").read_text())
     root = {"idc": synthetic_idc, "bach": synthetic_bach[0], "breakhis": synthetic_breakhis}[config["dataset"]["name"]]

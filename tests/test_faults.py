@@ -1,7 +1,9 @@
 """Faults a hostile but realistic user meets: bad paths, full and read-only disks, signals, a killed
 driver, diverging trials, two sweeps at once, odd colour modes and masks. Each case runs the real
-command on real files in a real process and checks the exit code, the one line it prints, and that
-every MLflow run it left is in a terminal state."""
+command on real files and checks the exit code, the one line it prints, and that every MLflow run
+it left is in a terminal state. Cases about processes (a signal, a killed driver, two drivers at
+once) run the command as a process of its own; the others run it in this process, as the `harness`
+entry point would, without paying for a new interpreter each time."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +21,10 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from PIL import Image
+from typer.testing import CliRunner
 
 from harness import tracking
+from harness.cli import app
 from harness.data.datasets.idc import write_synthetic_idc
 from harness.sweep._orphans import driver_identity
 from harness.tracking import RunType
@@ -54,11 +59,29 @@ def _long_experiment(tmp_path: Path, root: Path, out: Path) -> Path:
     return _experiment(tmp_path / "x.yaml", root, out, search=search)
 
 
-def _harness(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+@dataclass(frozen=True)
+class Ran:
+    """What a command did: its exit code and what it printed."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _harness(*args: str) -> Ran:
+    """Run `harness ARGS` in this process."""
+    result = CliRunner().invoke(app, list(args))
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return Ran(result.exit_code, result.stdout, result.stderr)
+
+
+def _process(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run `harness ARGS` as a process of its own."""
     return subprocess.run([*HARNESS, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
-def _error_lines(result: subprocess.CompletedProcess) -> list[str]:
+def _error_lines(result: Ran) -> list[str]:
     return [line for line in result.stderr.splitlines() if line.startswith("error:")]
 
 
@@ -160,6 +183,7 @@ def test_reserving_a_cache_on_a_full_disk_raises_enospc_instead_of_sigbus(tmp_pa
     assert raised.value.errno == 28
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_after_the_first_checkpoint_ends_every_run_killed(
     tmp_path: Path, small_idc: Path, signum: int, code: int
@@ -181,7 +205,9 @@ def test_a_signal_after_the_first_checkpoint_ends_every_run_killed(
     assert {r.data.tags.get("outcome") for r in runs} == {"interrupted"}
 
 
-def test_a_diverging_trial_fails_at_once_and_an_all_failed_sweep_exits_1(tmp_path: Path, small_idc: Path) -> None:
+def test_a_diverging_trial_fails_at_once_and_an_all_failed_sweep_exits_1(
+    tmp_path: Path, small_idc: Path, local_ray: None
+) -> None:
     out = tmp_path / "out"
     path = _experiment(
         tmp_path / "x.yaml",
@@ -206,6 +232,7 @@ def test_a_diverging_trial_fails_at_once_and_an_all_failed_sweep_exits_1(tmp_pat
     _all_terminal(out)
 
 
+@pytest.mark.e2e
 def test_two_sweeps_started_together_on_a_new_store_both_succeed(tmp_path: Path, small_idc: Path) -> None:
     out = tmp_path / "out"
     paths = [
@@ -269,6 +296,7 @@ def test_an_rgb_mask_with_unequal_channels_is_refused_by_path(tmp_path: Path, sy
     assert accepted.returncode == 0, accepted.stderr[-2000:]
 
 
+@pytest.mark.e2e
 def test_a_killed_driver_leaves_orphans_that_the_next_sweep_ends_and_the_leaderboard_ignores(
     tmp_path: Path, small_idc: Path
 ) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from .conftest import REPO, experiment_dict, write_experiment
 
+pytestmark = pytest.mark.e2e
 SOURCES = ("pyproject.toml", "README.md", "harness", "baselines")
 # Prints where the package was imported from, and the search spaces and published tables it carries.
 PACKAGE_DATA = (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -78,28 +80,39 @@ register_dataset(Dataset(
 ))
 """
 
+# Imports the toy module (which registers the dataset), then runs each command line given as a
+# JSON list, printing a marker line before each and its exit code after.
 TOY_RUN = """
-import sys
+import json, sys
 sys.path.insert(0, sys.argv[1])
-import toy  # the dataset's one module registers it
+import toy
 from harness.cli import app
-app(sys.argv[2:], standalone_mode=True)
+for args in json.loads(sys.argv[2]):
+    print("=== " + args[0] + " " + args[1], flush=True)
+    try:
+        app(args, standalone_mode=True)
+    except SystemExit as done:
+        print("=== exit", done.code or 0, flush=True)
 """
 
 
-def _harness_with_toy(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run `harness ARGS` in a fresh process that imported the toy dataset's module first."""
-    command = [sys.executable, "-c", TOY_RUN, str(folder), *args]
-    return subprocess.run(command, capture_output=True, text=True, cwd=folder, timeout=600)
+def _harness_with_toy(folder: Path, *commands: list[str]) -> dict[str, tuple[int, str]]:
+    """Run each `harness` command line in one fresh process that imported the toy dataset's module
+    first; returns, per command's first two words, its exit code and what it printed."""
+    done = subprocess.run(
+        [sys.executable, "-c", TOY_RUN, str(folder), json.dumps(commands)],
+        capture_output=True,
+        text=True,
+        cwd=folder,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    ran = re.findall(r"^=== (\S+ \S+)\n(.*?)^=== exit (\d+)$", done.stdout, re.S | re.M)
+    return {name: (int(code), printed) for name, printed, code in ran}
 
 
 def test_a_new_dataset_is_one_module_that_registers_it(tmp_path: Path) -> None:
     (tmp_path / "toy.py").write_text(textwrap.dedent(TOY_MODULE))
-    synth = _harness_with_toy(tmp_path, "data", "synth", str(tmp_path / "tree"), "--dataset", "toy")
-    assert synth.returncode == 0 and "toy tree written" in synth.stdout, synth.stderr
-    index = _harness_with_toy(tmp_path, "data", "index", "--dataset", "toy", "--root", str(tmp_path / "tree"))
-    assert index.returncode == 0, index.stderr
-    assert "96 images of 8 patient groups {'busy': 48, 'calm': 48}" in index.stdout
     experiment = tmp_path / "toy.yaml"
     experiment.write_text(
         textwrap.dedent(f"""
@@ -110,6 +123,14 @@ def test_a_new_dataset_is_one_module_that_registers_it(tmp_path: Path) -> None:
         output_dir: {tmp_path / "results"}
         """)
     )
-    train = _harness_with_toy(tmp_path, "train", str(experiment), "--baseline", "cancernet")
-    assert train.returncode == 0, train.stderr
-    assert "best epoch 1" in train.stdout
+    ran = _harness_with_toy(
+        tmp_path,
+        ["data", "synth", str(tmp_path / "tree"), "--dataset", "toy"],
+        ["data", "index", "--dataset", "toy", "--root", str(tmp_path / "tree")],
+        ["train", str(experiment), "--baseline", "cancernet"],
+    )
+    assert ran["data synth"][0] == 0 and "toy tree written" in ran["data synth"][1]
+    assert ran["data index"][0] == 0
+    assert "96 images of 8 patient groups {'busy': 48, 'calm': 48}" in ran["data index"][1]
+    assert ran["train " + str(experiment)][0] == 0
+    assert "best epoch 1" in ran["train " + str(experiment)][1]

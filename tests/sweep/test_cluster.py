@@ -53,7 +53,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> ServerProcess:
 @pytest.fixture(scope="module")
 def cluster() -> Cluster:
     # One CPU per node: two concurrent trials can only run on two different nodes. The head also
-    # serves Ray Client (ray://) on a free port.
+    # serves Ray Client (ray://) on a free port. An embedded Ray an earlier test left up is ended.
+    ray.shutdown()
     client_port = free_port()
     two_nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "ray_client_server_port": client_port})
     two_nodes.client_port = client_port

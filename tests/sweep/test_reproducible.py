@@ -39,7 +39,9 @@ def _sweep(tmp: Path, data_root: Path, cpus: int) -> tuple[pd.DataFrame, list]:
     tmp.mkdir()
     path = write_experiment(tmp / "repro.yaml", data)
     # The sweep joins this Ray instead of starting its own, so the two sweeps differ in parallelism
-    # ("local": a new instance, never another Ray that happens to run on this machine).
+    # ("local": a new instance, never another Ray that happens to run on this machine; the
+    # session's shared one is ended first).
+    ray.shutdown()
     ray.init(address="local", num_cpus=cpus, include_dashboard=False, configure_logging=False)
     try:
         result = CliRunner().invoke(app, ["sweep", str(path)], catch_exceptions=False)

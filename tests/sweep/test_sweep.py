@@ -20,7 +20,7 @@ from harness import tracking
 from harness.cli import app
 from harness.sweep._search import optuna_storage
 from harness.sweep._studies import mlflow_disagreements
-from tests.conftest import experiment_dict, write_experiment
+from tests.conftest import ensure_local_ray, experiment_dict, write_experiment
 
 MAX_EPOCHS = 3
 
@@ -68,6 +68,7 @@ def swept(tmp_path_factory: pytest.TempPathFactory, synthetic_idc: Path) -> Swep
     data["baselines"][1]["fixed"]["optimizer"] = "adam"
     data["training"] = {**data["training"], "checkpoint_every": 2}
     path = write_experiment(tmp / "sweep.yaml", data)
+    ensure_local_ray()
     result = CliRunner().invoke(app, ["sweep", str(path)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return Swept(path, f"sqlite:///{tmp / 'results' / 'mlflow.db'}", result.output, tmp / "results")
