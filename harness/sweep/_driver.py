@@ -37,12 +37,13 @@ from ._keys import CAUSE_KEY, DONE_KEY, FAILED_KEY
 from ._lines import TrialLines, fold_line
 from ._orphans import DRIVER, check_not_running, close_orphans, driver_identity
 from ._record import interrupted_sweep, reconcile_trial_runs, write_record
-from ._retrain import EnsembleOutcome, retrain_winners, winners
+from ._retrain import EnsembleOutcome, retrain_winners
 from ._search import optuna_storage, start_points, study_name
 from ._signals import Interrupts, SweepInterrupted, catching_interrupts
 from ._studies import plot_study, warm_start_points
 from ._trial import CloseTrialRuns, SweepContext, sweep_context
 from ._tuner import STATE_SYNC_SECONDS, granted_resources, new_tuner, restored_tuner, search_notes, stopping_scheduler
+from ._winners import winners
 
 RunType = tracking.RunType
 # Ray Client sessions that fail to start are retried this often, waiting longer each time.
@@ -358,7 +359,7 @@ def _after_search(
     on every fold and ensemble the folds, and fit the floors not logged yet; records what they did
     in `summary`."""
     summary.notes += _log_study_plots(config, setup.tracker, sweep)
-    chosen = winners(grid, ctx, config.search.mode)
+    chosen = winners(grid, ctx.run_link, config.search.mode)
     write_front_page(setup.tracker, sweep.parent, config.name, config.search.metric, chosen)
     if config.search.retrain == "all_folds" and config.protocol.test_fraction > 0:
         summary.ensembles, notes = retrain_winners(ctx, chosen, config.protocol.folds, fold_line if verbose else None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from harness import tracking
 
-from ._retrain import Winner
+from ._winners import Winner
 
 # The runs-table filter that shows a sweep's trials alone (MLflow's chart view then overlays their curves).
 TRIALS_FILTER = 'tags.run_type = "trial"'

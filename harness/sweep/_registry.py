@@ -4,8 +4,6 @@ of `<experiment>-<baseline>`, tagged with the split, the sweep and their test me
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from harness import tracking
@@ -21,9 +19,7 @@ from harness.model_registry import (
 )
 
 from ._trial import SweepContext
-
-if TYPE_CHECKING:
-    from ._retrain import Winner
+from ._winners import Winner
 
 EXAMPLES = 2  # stored test images saved as the ensemble's input example
 

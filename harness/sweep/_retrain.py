@@ -10,40 +10,27 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import mlflow
 import pandas as pd
 import ray
-from ray import tune
 
 from harness import tracking
 from harness.experiment import log_epoch
-from harness.metrics import ranking_key
 from harness.model_registry import log_fold_model
 from harness.train import EpochReport, served_fold
 
 from ._ensemble import log_fold_ensemble
-from ._keys import DONE_KEY, trial_point
 from ._nodes import current_node
 from ._registry import register_winner
 from ._trial import SweepContext, fit_on_node, node_spec
+from ._winners import Winner
 
 PREDICTIONS = "test/predictions.csv"
 RunType = tracking.RunType
 # A fold's run id and its model's test predictions.
 FoldOutcome = tuple[str, pd.DataFrame]
-
-
-@dataclass(frozen=True)
-class Winner:
-    """The best finished trial of one baseline: its Tune id, MLflow run, sampled point and objective."""
-
-    baseline: str
-    trial_id: str
-    run_id: str
-    point: dict[str, Any]
-    objective: float
 
 
 @dataclass
@@ -56,32 +43,6 @@ class EnsembleOutcome:
     ensemble_run_id: str
     registered: str | None = None  # the Model Registry name of its winner and ensemble
     note: str | None = None  # why they were not registered
-
-
-def winners(grid: tune.ResultGrid, ctx: SweepContext, mode: str) -> list[Winner]:
-    """Return each baseline's best trial among those that ended by themselves (not stopped, not failed)."""
-    finished: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
-    for result in grid_results(grid):
-        if result.error is None and result.metrics and result.metrics.get(DONE_KEY) and result.config:
-            finished.setdefault(result.config["baseline"], []).append((result.config, result.metrics))
-
-    def rank(ended: tuple[dict[str, Any], dict[str, Any]]) -> tuple:
-        m = ended[1]
-        return ranking_key(m["objective"], m["sel_val_loss"], m["trial_id"], minimise=mode == "min")
-
-    chosen, run_of = [], ctx.run_link
-    for name, ended in finished.items():
-        config, metrics = min(ended, key=rank)
-        trial_id = metrics["trial_id"]
-        run_id = run_of(trial_id, metrics)
-        if run_id is not None:
-            chosen.append(Winner(name, trial_id, run_id, trial_point(config), float(metrics["objective"])))
-    return chosen
-
-
-def grid_results(grid: tune.ResultGrid) -> list[tune.Result]:
-    """Return every trial's Result of `grid` (a ResultGrid is indexed, not declared iterable)."""
-    return [grid[i] for i in range(len(grid))]
 
 
 def _train_fold(ctx: SweepContext, winner: Winner, fold: int) -> FoldOutcome:

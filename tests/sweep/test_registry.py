@@ -13,8 +13,9 @@ from harness import tracking
 from harness.config import load_experiment
 from harness.data.prepare import PreparedData
 from harness.evaluation import evaluation_of
-from harness.sweep._retrain import Winner, _log_ensemble
+from harness.sweep._retrain import _log_ensemble
 from harness.sweep._trial import SweepContext
+from harness.sweep._winners import Winner
 
 from ..conftest import experiment_dict, write_experiment
 
