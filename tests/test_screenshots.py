@@ -21,10 +21,14 @@ from harness.leaderboard.render import to_html
 from harness.leaderboard.table import Cell, Column, ReportTable, Row
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("chromium") is None,
-    reason="Debian's chromium is not installed (`make test` installs it when apt-get can)",
-)
+pytestmark = [
+    # An MLflow server, optuna-dashboard and Chromium started for real: make test-cluster runs it.
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        shutil.which("chromium") is None,
+        reason="Debian's chromium is not installed (`make test` installs it when apt-get can)",
+    ),
+]
 
 
 def _sweep_runs(tracker: tracking.Tracker) -> None:
