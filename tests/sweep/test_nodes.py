@@ -8,30 +8,33 @@ import pytest
 
 from harness.config import DatasetSpec, ProtocolSpec
 from harness.data.manifest import read_manifest, write_manifest
-from harness.data.prepare import index_dataset, prepare
-from harness.sweep._nodes import DATA_DIR_ENV, DataMismatchError, NodeIdentity, check_manifest, localise
+from harness.data.prepare import PreparedData, index_dataset, prepare
+from harness.sweep._nodes import DATA_DIR_ENV, DataMismatchError, NodeIdentity, check_manifest, local_data
 
 NODE = NodeIdentity(node_id="ab" * 28, ip="10.0.0.7")
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory, synthetic_idc: Path) -> tuple[Path, str, Path]:
+def data_dir(tmp_path_factory: pytest.TempPathFactory, synthetic_idc: Path) -> tuple[Path, PreparedData]:
     spec = DatasetSpec(name="idc", root=synthetic_idc, allow_subset=True)
     work = tmp_path_factory.mktemp("driver") / "_data"
-    data = prepare(index_dataset(spec)[0], spec, ProtocolSpec(folds=3), work)
-    return work, data.manifest_hash, data.manifest_path
+    return work, prepare(index_dataset(spec)[0], spec, ProtocolSpec(folds=3), work)
 
 
 def test_paths_stay_put_unless_the_node_names_its_own_data_dir(data_dir, tmp_path: Path, monkeypatch) -> None:
-    work, _, manifest = data_dir
+    work, data = data_dir
     monkeypatch.delenv(DATA_DIR_ENV, raising=False)
-    assert localise(manifest, work) == manifest
+    assert local_data(data, work) == data
     monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "mnt"))
-    assert localise(manifest, work) == tmp_path / "mnt" / manifest.relative_to(work)
+    moved = local_data(data, work)
+    for path in ("manifest_path", "split_path", "cache_path"):
+        assert getattr(moved, path) == tmp_path / "mnt" / getattr(data, path).relative_to(work), path
+    assert moved.manifest_hash == data.manifest_hash
 
 
 def test_a_node_with_the_same_manifest_passes_and_one_with_other_data_fails(data_dir, tmp_path: Path) -> None:
-    work, digest, manifest = data_dir
+    _, data = data_dir
+    digest, manifest = data.manifest_hash, data.manifest_path
     check_manifest(manifest, digest, NODE)
     copy = tmp_path / manifest.name
     frame, meta = read_manifest(manifest)
@@ -45,7 +48,8 @@ def test_a_node_with_the_same_manifest_passes_and_one_with_other_data_fails(data
 
 
 def test_a_node_without_the_data_says_where_it_looked(data_dir, tmp_path: Path) -> None:
-    _, digest, manifest = data_dir
+    _, data = data_dir
+    digest, manifest = data.manifest_hash, data.manifest_path
     missing = tmp_path / "elsewhere" / manifest.name
     with pytest.raises(DataMismatchError, match=rf"node 10.0.0.7 .*{missing}: manifest file not found.*{DATA_DIR_ENV}"):
         check_manifest(missing, digest, NODE)
