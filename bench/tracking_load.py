@@ -1,7 +1,7 @@
 """What a shared MLflow server takes: many trials logging at once, per backend.
 
 Run: .venv/bin/python bench/tracking_load.py [--writers 64] [--epochs 50] [--backends sqlite,postgresql]
-     .venv/bin/python bench/tracking_load.py --smoke   (8 writers, 5 epochs: `make test-cluster` runs it)
+     .venv/bin/python bench/tracking_load.py --smoke   (4 writers, 5 epochs: `make test-cluster` runs it)
      ... --figures PATH                                  (also every figure at full precision, as JSON)
 
 For each backend it starts `harness server` on 127.0.0.1 (SQLite: a new file; PostgreSQL: a
@@ -218,12 +218,14 @@ def main() -> None:
     parser.add_argument("--writers", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--backends", default="sqlite,postgresql")
-    parser.add_argument("--smoke", action="store_true", help="8 writers, 5 epochs (for the tests)")
+    parser.add_argument("--smoke", action="store_true", help="4 writers, 5 epochs (for the tests)")
     add_figures_option(parser)
     args = parser.parse_args()
     figures = Figures(args.figures)
     if args.smoke:
-        args.writers, args.epochs = 8, 5
+        # Concurrent writers, as many as the server has workers: each writer is a process that
+        # imports MLflow, which is most of the smoke's time on 2 cores.
+        args.writers, args.epochs = 4, 5
     writers, epochs = figures.record("writers", value=args.writers), figures.record("epochs", value=args.epochs)
     metrics = figures.record("metrics_per_epoch", value=METRICS_PER_EPOCH)
     print(f"{writers} writers x {epochs} epochs x {metrics} metrics, 3 artifacts each", flush=True)
