@@ -9,6 +9,7 @@ the weights and the optimiser) and the write.
 
 Run: .venv/bin/python bench/checkpoint.py            (8 epochs)
      .venv/bin/python bench/checkpoint.py --smoke    (2 epochs: a test runs it)
+     ... --figures PATH                              (also every figure at full precision, as JSON)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from _figures import Figures, add_figures_option
 
 from harness.config import load_experiment
 from harness.data.datasets.idc import write_synthetic_idc
@@ -73,8 +75,10 @@ def main() -> None:
     """Print each epoch's checkpoint bytes and seconds in both layouts, then the per-epoch means."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="2 epochs (a test runs it)")
+    add_figures_option(parser)
     args = parser.parse_args()
-    epochs = 2 if args.smoke else 8
+    figures = Figures(args.figures)
+    epochs = figures.record("epochs", value=2 if args.smoke else 8)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
@@ -82,23 +86,42 @@ def main() -> None:
         def measure(entry: EpochReport) -> None:
             before = _write(lambda: _before(entry.snapshot()), folder)
             after = _write(entry.snapshot, folder)
-            rows.append((entry.epoch, entry.best_epoch, before, after))
+            rows.append(
+                {
+                    "epoch": entry.epoch,
+                    "best_epoch": entry.best_epoch,
+                    **dict(zip(("before_bytes", "before_s"), before)),
+                    **dict(zip(("after_bytes", "after_s"), after)),
+                }
+            )
 
         fit(_spec(folder, epochs), measure)
+    figures.record("epoch_rows", value=rows)
     print(f"ResNet-18 + Adam, {epochs} epochs; MB and seconds per checkpoint")
     print(f"{'epoch':>5} {'best':>4} {'before MB':>10} {'before s':>9} {'after MB':>9} {'after s':>8}")
-    for epoch, best, (b_bytes, b_s), (a_bytes, a_s) in rows:
-        print(f"{epoch:>5} {best:>4} {b_bytes / 1e6:>10.1f} {b_s:>9.3f} {a_bytes / 1e6:>9.1f} {a_s:>8.3f}")
-    before_mb = sum(r[2][0] for r in rows) / len(rows) / 1e6
-    before_s = sum(r[2][1] for r in rows) / len(rows)
-    for every in (1, 2):
-        kept = [r for r in rows if r[0] % every == 0]
-        mb = sum(r[3][0] for r in kept) / len(rows) / 1e6
-        seconds = sum(r[3][1] for r in kept) / len(rows)
+    for r in rows:
         print(
-            f"per epoch, checkpoint_every {every}: before {before_mb:.1f} MB {before_s:.3f} s, after {mb:.1f} MB "
-            f"{seconds:.3f} s; ratio after/before {mb / before_mb:.2f} (bytes) {seconds / before_s:.2f} (seconds)"
+            f"{r['epoch']:>5} {r['best_epoch']:>4} {r['before_bytes'] / 1e6:>10.1f} {r['before_s']:>9.3f} "
+            f"{r['after_bytes'] / 1e6:>9.1f} {r['after_s']:>8.3f}"
         )
+    before_mb = figures.record("before", "mb", value=sum(r["before_bytes"] for r in rows) / len(rows) / 1e6)
+    before_s = figures.record("before", "seconds", value=sum(r["before_s"] for r in rows) / len(rows))
+    for every in (1, 2):
+        # An epoch that writes no checkpoint costs nothing; the mean is still over every epoch.
+        kept = [r for r in rows if r["epoch"] % every == 0]
+        mb = sum(r["after_bytes"] for r in kept) / len(rows) / 1e6
+        seconds = sum(r["after_s"] for r in kept) / len(rows)
+        after = figures.record(
+            "after",
+            f"every_{every}",
+            value={"mb": mb, "seconds": seconds, "ratio_bytes": mb / before_mb, "ratio_seconds": seconds / before_s},
+        )
+        print(
+            f"per epoch, checkpoint_every {every}: before {before_mb:.1f} MB {before_s:.3f} s, after "
+            f"{after['mb']:.1f} MB {after['seconds']:.3f} s; ratio after/before {after['ratio_bytes']:.2f} (bytes) "
+            f"{after['ratio_seconds']:.2f} (seconds)"
+        )
+    figures.write()
 
 
 if __name__ == "__main__":

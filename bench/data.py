@@ -5,6 +5,7 @@ digest adds to indexing.
 Run: .venv/bin/python bench/data.py   (reads ../shared/data samples, else writes synthetic trees)
      .venv/bin/python bench/data.py --synthetic   (generated trees even where the samples exist)
      .venv/bin/python bench/data.py --smoke       (tiny generated trees, one round: a test runs it)
+     ... --figures PATH                           (also every figure at full precision, as JSON)
 
 Both sides yield the same float tensors in [0, 1] for the same images in the same order, with no
 augmentation: IDC 50x50 patches (edge patches padded), BreakHis at its working resolution
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _figures import Figures, add_figures_option
 from PIL import Image
 from torchvision.datasets.folder import default_loader
 from torchvision.transforms import functional as TF
@@ -74,7 +76,14 @@ def cache_epoch(dataset: ImageDataset, *, normalise: bool, batch: int = 256) -> 
     return images
 
 
-def compare(name: str, spec: DatasetSpec, work: Path, rounds: int) -> None:
+def _per_second(count: int, seconds: dict[str, float]) -> dict[str, float]:
+    """Return `count` items over each side's seconds: the sides' rates."""
+    return {side: count / s for side, s in seconds.items()}
+
+
+def compare(name: str, spec: DatasetSpec, work: Path, rounds: int, figures: Figures) -> None:
+    """Print (and record) the samples/s of one epoch decoded as ImageFolder does and read from the
+    cache, alone and normalised on the CPU, and the ratios of their median times."""
     manifest, _ = index_dataset(spec)
     digest = manifest_hash(manifest)
     if spec.name == "idc":
@@ -93,7 +102,7 @@ def compare(name: str, spec: DatasetSpec, work: Path, rounds: int) -> None:
         build_transform(params, stored_hw=size, train=False),
     )
     paths = list(manifest.path)
-    f, loader, cpu = interleaved_medians(
+    medians = interleaved_medians(
         [
             lambda: image_folder_epoch(paths, size),
             lambda: cache_epoch(dataset, normalise=False),
@@ -102,8 +111,23 @@ def compare(name: str, spec: DatasetSpec, work: Path, rounds: int) -> None:
         rounds,
         time.perf_counter,
     )
-    n = len(paths)
-    print(f"{name:<10}{n:>7}{n / f:>14,.0f}{n / loader:>14,.0f}{f / loader:>8.1f}x{n / cpu:>16,.0f}{f / cpu:>8.1f}x")
+    seconds = dict(zip(("image_folder", "cache_uint8", "cache_cpu_norm"), medians))
+    row = figures.record(
+        "loading",
+        name,
+        value={
+            "images": len(paths),
+            "seconds": seconds,
+            "per_s": _per_second(len(paths), seconds),
+            "ratio_uint8": seconds["image_folder"] / seconds["cache_uint8"],
+            "ratio_cpu_norm": seconds["image_folder"] / seconds["cache_cpu_norm"],
+        },
+    )
+    rate = row["per_s"]
+    print(
+        f"{name:<10}{row['images']:>7}{rate['image_folder']:>14,.0f}{rate['cache_uint8']:>14,.0f}"
+        f"{row['ratio_uint8']:>8.1f}x{rate['cache_cpu_norm']:>16,.0f}{row['ratio_cpu_norm']:>8.1f}x"
+    )
 
 
 def interleaved_medians(sides: list[Callable[[], object]], rounds: int, clock: Callable[[], float]) -> list[float]:
@@ -125,20 +149,34 @@ def decode_from_path(paths: list[Path]) -> None:
             im.load()
 
 
-def index_cost(name: str, spec: DatasetSpec, rounds: int) -> None:
-    """Print the files/s of decoding alone, of the indexer's read-digest-decode, their ratio, and
-    the whole indexer's files/s, each the median CPU time of interleaved rounds."""
+def index_cost(name: str, spec: DatasetSpec, rounds: int, figures: Figures) -> None:
+    """Print (and record) the files/s of decoding alone, of the indexer's read-digest-decode, their
+    ratio, and the whole indexer's files/s, each the median CPU time of interleaved rounds."""
     paths = [Path(p) for p in index_dataset(spec)[0].path]  # also warms the page cache
-    plain, digest, indexer = interleaved_medians(
+    medians = interleaved_medians(
         [lambda: decode_from_path(paths), lambda: [decode(p) for p in paths], lambda: index_dataset(spec)],
         rounds,
         time.process_time,
     )
-    n = len(paths)
-    print(f"{name:<10}{n:>7}{n / plain:>14,.0f}{n / digest:>18,.0f}{digest / plain:>7.2f}x{n / indexer:>14,.0f}")
+    seconds = dict(zip(("decode_only", "read_digest_decode", "indexer"), medians))
+    row = figures.record(
+        "indexing",
+        name,
+        value={
+            "files": len(paths),
+            "cpu_seconds": seconds,
+            "per_s": _per_second(len(paths), seconds),
+            "ratio": seconds["read_digest_decode"] / seconds["decode_only"],
+        },
+    )
+    rate = row["per_s"]
+    print(
+        f"{name:<10}{row['files']:>7}{rate['decode_only']:>14,.0f}{rate['read_digest_decode']:>18,.0f}"
+        f"{row['ratio']:>7.2f}x{rate['indexer']:>14,.0f}"
+    )
 
 
-def measure(work: Path, smoke: bool, synthetic: bool, rounds: int) -> None:
+def measure(work: Path, smoke: bool, synthetic: bool, rounds: int, figures: Figures) -> None:
     """Print both tables for the shared samples, or for trees generated under `work`."""
     idc_root = SHARED / "idc_sample"
     bkh_root = SHARED / "breakhis_sample"
@@ -153,11 +191,11 @@ def measure(work: Path, smoke: bool, synthetic: bool, rounds: int) -> None:
         f"{'dataset':<10}{'images':>7}{'ImageFolder/s':>14}{'cache uint8/s':>14}{'ratio':>9}  "
         f"{'cache+CPU norm/s':>16}{'ratio':>9}"
     )
-    compare("IDC", idc, work / "idc_work", rounds)
-    compare("BreakHis", bkh, work / "bkh_work", rounds)
+    compare("IDC", idc, work / "idc_work", rounds, figures)
+    compare("BreakHis", bkh, work / "bkh_work", rounds, figures)
     print(f"\n{'index':<10}{'files':>7}{'decode only/s':>14}{'read+digest+dec/s':>18}{'ratio':>8}{'indexer/s':>14}")
-    index_cost("IDC", idc, rounds)
-    index_cost("BreakHis", bkh, rounds)
+    index_cost("IDC", idc, rounds, figures)
+    index_cost("BreakHis", bkh, rounds, figures)
 
 
 def main() -> None:
@@ -166,10 +204,13 @@ def main() -> None:
         "--synthetic", action="store_true", help="measure on generated trees even where the samples exist"
     )
     parser.add_argument("--smoke", action="store_true", help="tiny generated trees and one round (for the tests)")
+    add_figures_option(parser)
     args = parser.parse_args()
-    rounds = 1 if args.smoke else ROUNDS
+    figures = Figures(args.figures)
+    rounds = figures.record("rounds", value=1 if args.smoke else ROUNDS)
     with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
-        measure(Path(tmp), args.smoke, args.synthetic, rounds)
+        measure(Path(tmp), args.smoke, args.synthetic, rounds, figures)
+    figures.write()
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ run it with that Python.
 
 Run: python bench/gpu.py                  (a CUDA device; about 5 minutes)
      python bench/gpu.py --smoke          (the CPU, one small case: a test runs it)
+     ... --figures PATH                   (also every figure at full precision, as JSON)
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, when not installed
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _figures, also when run by runpy, not as a script
+
+from _figures import Figures, add_figures_option  # noqa: E402
 
 import baselines  # noqa: E402
 from baselines.losses import build_loss  # noqa: E402
@@ -66,6 +70,10 @@ CASES = [
     Case("densenet169", (224, 224), (224, 224), "flips", 32, "imagenet"),
     Case("gusa", (384, 512), (384, 512), "flips", 8, "unit", 4),
 ]
+# --smoke: CancerNet's case on a batch of 4, which runs the same code as its batch of 128 (Keras'
+# `pis` augmentation and optimiser, channels-last, autocast); a CPU without bf16 units takes
+# seconds a step of 128 under bf16 autocast, and about 0.2 s a step of 4.
+SMOKE_CASE = Case("cancernet", (50, 50), (48, 48), "pis", 4)
 PACKED = ("cancernet", "resnet18")  # the trials a sweep packs several of on one GPU
 PRECISIONS = ("fp32", "bf16")
 STARTUP_SECONDS = 600  # the longest a packed trial may take to build its model and warm up
@@ -138,20 +146,26 @@ def train_for(trial: Trial, seconds: float, warmup_steps: int, read_every: int =
                 return images, time.perf_counter() - started
 
 
-def _rate(case: Case, precision: str, device: str, opts: dict, read_every: int = READ_EVERY) -> float:
-    """Return the images/s of one freshly built trial of `case`, freeing its device memory after."""
+def _measured(images: int, seconds: float) -> dict[str, float]:
+    """Return a timed window's images, seconds and their rate, images/s."""
+    return {"images": images, "seconds": seconds, "rate": images / seconds}
+
+
+def _rate(case: Case, precision: str, device: str, opts: dict, read_every: int = READ_EVERY) -> dict[str, float]:
+    """Return the images, seconds and images/s of one freshly built trial of `case`, freeing its
+    device memory after."""
     trial = build_trial(case, precision, device, opts["patches"])
-    images, seconds = train_for(trial, opts["seconds"], opts["warmup"], read_every)
+    measured = _measured(*train_for(trial, opts["seconds"], opts["warmup"], read_every))
     del trial
     if torch.device(device).type == "cuda":
         torch.cuda.empty_cache()
-    return images / seconds
+    return measured
 
 
-def loss_reads(case: Case, device: str, opts: dict) -> tuple[float, float]:
-    """Return one bf16 trial's images/s of `case` reading its loss every step, and every
-    READ_EVERY steps (the harness's epoch loop)."""
-    return _rate(case, "bf16", device, opts, read_every=1), _rate(case, "bf16", device, opts)
+def loss_reads(case: Case, device: str, opts: dict) -> dict[str, dict[str, float]]:
+    """Return one bf16 trial's images, seconds and images/s of `case` reading its loss every step
+    ("every_step"), and every READ_EVERY steps ("blocked", the harness's epoch loop)."""
+    return {"every_step": _rate(case, "bf16", device, opts, read_every=1), "blocked": _rate(case, "bf16", device, opts)}
 
 
 def _gpu_utilisation(stop: threading.Event, samples: list[float]) -> None:
@@ -183,9 +197,9 @@ def _packed_worker(case: Case, precision: str, device: str, opts: dict, ready, r
     results.put(train_for(trial, opts["seconds"], 0))
 
 
-def packed(case: Case, precision: str, device: str, n: int, opts: dict) -> tuple[float, str]:
-    """Return the total images/s of `n` concurrent trial processes of `case` on `device`, and
-    the mean GPU utilisation over their timed part ("n/a" without nvidia-smi)."""
+def packed(case: Case, precision: str, device: str, n: int, opts: dict) -> tuple[list[dict[str, float]], str]:
+    """Return the images, seconds and images/s of each of `n` concurrent trial processes of `case`
+    on `device`, and the mean GPU utilisation over their timed part ("n/a" without nvidia-smi)."""
     context = mp.get_context("spawn")
     ready, results = context.Barrier(n + 1), context.Queue()
     workers = [
@@ -200,17 +214,20 @@ def packed(case: Case, precision: str, device: str, n: int, opts: dict) -> tuple
     for worker in [*workers, *([sampler] if sampler else [])]:
         worker.join()
     utilisation = f"{statistics.mean(samples):.0f}%" if samples else "n/a"
-    return sum(images / seconds for images, seconds in done), utilisation
+    return [_measured(images, seconds) for images, seconds in done], utilisation
 
 
-def single(case: Case, device: str, opts: dict) -> dict[str, float]:
-    """Return one trial's images/s of `case` per precision."""
+def single(case: Case, device: str, opts: dict) -> dict[str, dict[str, float]]:
+    """Return one trial's images, seconds and images/s of `case` per precision."""
     return {precision: _rate(case, precision, device, opts) for precision in PRECISIONS}
 
 
 def _options(smoke: bool, device: str) -> dict:
     if smoke:
-        return {"cases": CASES[:1], "packed": (2,), "patches": 256, "seconds": 0.5, "warmup": 2, "threads": 1}
+        # Every code path at its least: two batches of patches, one untimed step to warm up, and a
+        # zero window (train_for times the one step after the warm-up); two packed trials, so that
+        # the total sums several processes' rates (most of their time is importing torch and timm).
+        return {"cases": [SMOKE_CASE], "packed": (2,), "patches": 8, "seconds": 0.0, "warmup": 1, "threads": 1}
     threads = 1 if torch.device(device).type == "cuda" else max(1, torch.get_num_threads())
     return {"cases": CASES, "packed": (1, 2, 4, 8), "patches": 4096, "seconds": 10.0, "warmup": 20, "threads": threads}
 
@@ -220,37 +237,74 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="the CPU, CancerNet, 2 packed trials, short windows")
     parser.add_argument("--device", default=None, help="cuda (default when available) or cpu")
+    add_figures_option(parser)
     args = parser.parse_args()
+    figures = Figures(args.figures)
     device = args.device or ("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
     opts = _options(args.smoke, device)
     torch.set_num_threads(opts["threads"])
-    name = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else "CPU"
-    print(f"device: {name}; torch {torch.__version__}; {opts['seconds']:g} s per measurement")
+    cuda = torch.device(device).type == "cuda"
+    name = figures.record("device", value=torch.cuda.get_device_name(device) if cuda else "CPU")
+    seconds = figures.record("seconds", value=opts["seconds"])
+    print(f"device: {name}; torch {torch.__version__}; {seconds:g} s per measurement")
     print("\n| baseline | input | batch | fp32 img/s | bf16 img/s | bf16/fp32 |\n|---|---|---:|---:|---:|---:|")
-    alone = {}
     for case in opts["cases"]:
         rates = single(case, device, opts)
-        alone[case.baseline] = rates["bf16"]
-        hw = "x".join(map(str, case.input_hw))
+        row = figures.record(
+            "single",
+            case.baseline,
+            value={
+                "input": "x".join(map(str, case.input_hw)),
+                "batch": case.batch,
+                **rates,
+                "bf16_over_fp32": rates["bf16"]["rate"] / rates["fp32"]["rate"],
+            },
+        )
         print(
-            f"| {case.baseline} | {hw} | {case.batch} | {rates['fp32']:,.0f} | {rates['bf16']:,.0f} "
-            f"| {rates['bf16'] / rates['fp32']:.2f} |",
+            f"| {case.baseline} | {row['input']} | {row['batch']} | {row['fp32']['rate']:,.0f} "
+            f"| {row['bf16']['rate']:,.0f} | {row['bf16_over_fp32']:.2f} |",
             flush=True,
         )
-    print(f"\n| baseline | loss read every step, img/s | every {READ_EVERY} steps | ratio |\n|---|---:|---:|---:|")
+    every = figures.record("read_every", value=READ_EVERY)
+    print(f"\n| baseline | loss read every step, img/s | every {every} steps | ratio |\n|---|---:|---:|---:|")
     for case in [c for c in opts["cases"] if c.baseline in PACKED]:
-        every_step, blocked = loss_reads(case, device, opts)
-        print(f"| {case.baseline} | {every_step:,.0f} | {blocked:,.0f} | {blocked / every_step:.2f} |", flush=True)
+        reads = loss_reads(case, device, opts)
+        row = figures.record(
+            "loss_reads",
+            case.baseline,
+            value={**reads, "ratio": reads["blocked"]["rate"] / reads["every_step"]["rate"]},
+        )
+        print(
+            f"| {case.baseline} | {row['every_step']['rate']:,.0f} | {row['blocked']['rate']:,.0f} "
+            f"| {row['ratio']:.2f} |",
+            flush=True,
+        )
     print("\n| baseline | precision | trials | total img/s | per trial | vs one alone | GPU util |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for case in [c for c in opts["cases"] if c.baseline in PACKED]:
+        alone = figures.tree["single"][case.baseline]["bf16"]["rate"]
         for n in opts["packed"]:
-            total, utilisation = packed(case, "bf16", device, n, opts)
+            trials, utilisation = packed(case, "bf16", device, n, opts)
+            total = sum(trial["rate"] for trial in trials)
+            row = figures.record(
+                "packed",
+                case.baseline,
+                str(n),
+                value={
+                    "precision": "bf16",
+                    "trials": trials,
+                    "total": total,
+                    "per_trial": total / n,
+                    "vs_one_alone": total / alone,
+                    "gpu_util": utilisation,
+                },
+            )
             print(
-                f"| {case.baseline} | bf16 | {n} | {total:,.0f} | {total / n:,.0f} "
-                f"| {total / alone[case.baseline]:.2f} | {utilisation} |",
+                f"| {case.baseline} | {row['precision']} | {n} | {row['total']:,.0f} | {row['per_trial']:,.0f} "
+                f"| {row['vs_one_alone']:.2f} | {row['gpu_util']} |",
                 flush=True,
             )
+    figures.write()
 
 
 if __name__ == "__main__":

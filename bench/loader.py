@@ -9,6 +9,7 @@ for both paths (images/s per core); rounds interleaved, the median epoch time of
 Run: .venv/bin/python bench/loader.py          (../shared/data/idc_sample, else a synthetic tree)
      .venv/bin/python bench/loader.py --device cuda   (the batched path on a GPU)
      .venv/bin/python bench/loader.py --smoke  (a tiny synthetic tree, one round: a test runs it)
+     ... --figures PATH                         (also every figure at full precision, as JSON)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _figures import Figures, add_figures_option
 from torch.utils.data import DataLoader
 
 from harness.config import DatasetSpec, TrainParams
@@ -71,7 +73,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a tiny synthetic tree, one round")
     parser.add_argument("--device", default="cpu", help="where the batched path runs (cpu or cuda)")
+    add_figures_option(parser)
     args = parser.parse_args()
+    figures = Figures(args.figures)
     torch.set_num_threads(1)
     rounds = 1 if args.smoke else 3
     with tempfile.TemporaryDirectory() as scratch:
@@ -81,19 +85,27 @@ def main() -> None:
         else:
             root, source = SHARED, str(SHARED)
         images = _patches(root, folder)
-    print(f"{len(images)} patches of 50x50 from {source}; batch {BATCH}, resized to 48; batched on {args.device}")
+    patches, batch = figures.record("patches", value=len(images)), figures.record("batch", value=BATCH)
+    figures.record("rounds", value=rounds)
+    print(f"{patches} patches of 50x50 from {source}; batch {batch}, resized to 48; batched on {args.device}")
     for augment in AUGMENTS:
         sides = _sides(images, augment, args.device)
         times: dict[str, list[float]] = {name: [] for name in sides}
         for _ in range(rounds):
             for name, batches in sides.items():
                 times[name].append(_epoch(batches))
-        seen = (len(images) // BATCH) * BATCH
-        rates = {name: seen / statistics.median(t) for name, t in times.items()}
-        print(
-            f"{augment:<12} per-image {rates['per-image']:>10,.0f} images/s   batched {rates['batched']:>10,.0f} "
-            f"images/s   ratio batched/per-image {rates['batched'] / rates['per-image']:.2f}x"
+        seen = (len(images) // BATCH) * BATCH  # both sides drop the last partial batch
+        rates = {name.replace("-", "_"): seen / statistics.median(t) for name, t in times.items()}
+        row = figures.record(
+            "augments",
+            augment,
+            value={"images": seen, "seconds": times, **rates, "ratio": rates["batched"] / rates["per_image"]},
         )
+        print(
+            f"{augment:<12} per-image {row['per_image']:>10,.0f} images/s   batched {row['batched']:>10,.0f} "
+            f"images/s   ratio batched/per-image {row['ratio']:.2f}x"
+        )
+    figures.write()
 
 
 if __name__ == "__main__":

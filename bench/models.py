@@ -10,7 +10,8 @@ training step are timed in fresh processes, interleaved over R rounds:
 - bare: the same network's logits (timm module or plain torch forward) -> cross-entropy ->
   backward -> Adam step.
 It prints images/s and peak RSS of each, and the ratio harness/bare of the median images/s, and
-writes a long-format CSV under results/bench/ named after the hardware and torch version.
+writes a long-format CSV under results/bench/ named after the hardware and torch version
+(--figures PATH: also every figure at full precision, as JSON).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import resource
 import statistics
 import time
 from pathlib import Path
+
+from _figures import Figures, add_figures_option
 
 BATCH = 4
 
@@ -111,7 +114,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("results/bench"), help="folder of the CSV")
     parser.add_argument("--smoke", action="store_true", help="CancerNet, one step, one round (for the tests)")
+    add_figures_option(parser)
     args = parser.parse_args()
+    figures = Figures(args.figures)
     if args.smoke:
         args.models, args.steps, args.rounds = "cancernet", 1, 1
     rows = []
@@ -128,6 +133,11 @@ def main() -> None:
         peak = {k: max(r["peak_mb"] for r in v) for k, v in runs.items()}
         height, width = baselines.info(name).input_size
         ratio = speed["harness"] / speed["bare"]
+        figures.record(
+            "models",
+            name,
+            value={"input": f"{height}x{width}", "runs": runs, "images_per_s": speed, "peak_mb": peak, "ratio": ratio},
+        )
         print(
             f"{name:<18}{f'{height}x{width}':>12}{speed['harness']:>15.2f}{speed['bare']:>12.2f}{ratio:>8.3f}"
             f"{peak['harness']:>12.0f}{peak['bare']:>10.0f}"
@@ -151,6 +161,7 @@ def main() -> None:
         writer.writeheader()
         writer.writerows(rows)
     print(f"written {out}")
+    figures.write()
 
 
 if __name__ == "__main__":

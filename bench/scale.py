@@ -13,6 +13,7 @@ leaderboard under 60 s.
 
 Run: .venv/bin/python bench/scale.py                 (about 10 minutes, 2.3 GB free under --work)
      .venv/bin/python bench/scale.py --smoke         (1% of the patches over 30 patients, 60 runs: a test runs it)
+     ... --figures PATH                              (also every figure at full precision, as JSON)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from _figures import Figures, add_figures_option
 from PIL import Image
 
 # Only data modules here: the split and cache steps run this file in a process of their own, and
@@ -107,8 +109,19 @@ def step(name: str, work: Path) -> None:
 
 
 def _row(name: str, seconds: float, rss: float | None, note: str = "") -> None:
+    """Print one row of the table; returns nothing."""
     rss_text = f"{rss:.2f}" if rss is not None else "-"
     print(f"| {name} | {seconds:,.1f} | {rss_text} | {note} |", flush=True)
+
+
+def _step_row(name: str, figures: dict[str, float], note: str = "") -> None:
+    """Print the row of a measured process's figures (see `_measured`); returns nothing."""
+    _row(name, figures["wall_s"], figures["peak_rss_gb"], note)
+
+
+def _measured(wall_s: float, peak_rss_gb: float) -> dict[str, float]:
+    """Return a step's wall seconds and peak RSS by name."""
+    return {"wall_s": wall_s, "peak_rss_gb": peak_rss_gb}
 
 
 def main() -> None:
@@ -117,24 +130,32 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="1%% of the patches, 30 patients, a 60-run store")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--step", choices=("split", "cache"), help=argparse.SUPPRESS)
+    add_figures_option(parser)
     args = parser.parse_args()
     if args.step:
         return step(args.step, args.work)
+    figures = Figures(args.figures)
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # the store's creation notes
     fraction, patients, runs = (0.01, 30, 60) if args.smoke else (1.0, PUBLISHED_TOTALS["patients"], 5000)
     with tempfile.TemporaryDirectory(dir=args.work) as scratch:
         work = Path(scratch)
         started = time.perf_counter()
-        patches = write_release_tree(work / "idc", fraction, patients)
-        print(f"{patches:,} patches of the release's layout written in {time.perf_counter() - started:.1f} s")
+        patches = figures.record("tree", "patches", value=write_release_tree(work / "idc", fraction, patients))
+        seconds = figures.record("tree", "wall_s", value=time.perf_counter() - started)
+        print(f"{patches:,} patches of the release's layout written in {seconds:.1f} s")
         print("\n| step | wall s | peak RSS GB | |\n|---|---:|---:|---|")
         index = [*HARNESS, "data", "index", "--root", str(work / "idc"), "--out", str(work / "manifest.parquet")]
-        total = [measured(index + (["--allow-subset"] if args.smoke else []))]
-        _row("index", *total[-1])
+        steps = {"index": _measured(*measured(index + (["--allow-subset"] if args.smoke else [])))}
+        _step_row("index", steps["index"])
         for name in ("split", "cache"):
-            total.append(measured([sys.executable, __file__, "--step", name, "--work", str(work)]))
-            _row(name, *total[-1])
-        _row("index + split + cache", sum(s for s, _ in total), max(r for _, r in total), "target < 300 s, < 2.5 GB")
+            steps[name] = _measured(*measured([sys.executable, __file__, "--step", name, "--work", str(work)]))
+            _step_row(name, steps[name])
+        figures.record("steps", value=steps)
+        total = figures.record(
+            "data_steps",
+            value=_measured(sum(s["wall_s"] for s in steps.values()), max(s["peak_rss_gb"] for s in steps.values())),
+        )
+        _step_row("index + split + cache", total, "target < 300 s, < 2.5 GB")
         from _scale_store import EXPERIMENT, write_store
 
         from harness.data.manifest import read_manifest
@@ -143,12 +164,16 @@ def main() -> None:
         uri = f"sqlite:///{work / 'mlflow.db'}"
         started = time.perf_counter()
         written = write_store(uri, manifest, next((work / "splits").glob("split-*.parquet")), runs)
-        _row(f"writing a store of {written:,} runs", time.perf_counter() - started, None, "not a target")
+        store = figures.record("store", value={"runs": written, "wall_s": time.perf_counter() - started})
+        _row(f"writing a store of {store['runs']:,} runs", store["wall_s"], None, "not a target")
         board = [*HARNESS, "leaderboard", EXPERIMENT, "--tracking-uri", uri, "--output-dir", str(work / "results")]
-        _row(f"harness leaderboard over {written:,} runs", *measured(board), "target < 60 s")
+        leaderboard = figures.record("leaderboard", value={"runs": written, **_measured(*measured(board))})
+        _step_row(f"harness leaderboard over {leaderboard['runs']:,} runs", leaderboard, "target < 60 s")
         [summary] = (work / "results").rglob("summary.csv")
         ranked = pd.read_csv(summary).query("row_kind == 'harness' and test_accuracy.notna()")
-        print(f"\nthe leaderboard's summary table ranks {len(ranked)} baselines by test accuracy")
+        count = figures.record("ranked_baselines", value=len(ranked))
+        print(f"\nthe leaderboard's summary table ranks {count} baselines by test accuracy")
+    figures.write()
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ ratio is to that. A search that never gets there within the grid's budget counts
 
 Run: .venv/bin/python bench/search_efficiency.py          (about 20 minutes: the grid's training)
      .venv/bin/python bench/search_efficiency.py --smoke  (a synthetic tree, a 2x2 grid: a test runs it)
+     ... --figures PATH                                   (also every figure at full precision, as JSON)
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from types import SimpleNamespace
 
 import optuna
 import yaml
+from _figures import Figures, add_figures_option
 from ray.tune.schedulers import TrialScheduler
 
 from harness.config import ExperimentConfig, SearchSpace, load_experiment, load_search_space
@@ -183,7 +185,9 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="a synthetic tree, a 2x2 grid, 3 epochs, 2 seeds")
     # Replaying is cheap, and the median over a few seeds swings by several hundredths.
     parser.add_argument("--seeds", type=int, default=50)
+    add_figures_option(parser)
     args = parser.parse_args()
+    figures = Figures(args.figures)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     grid = GRIDS["smoke" if args.smoke else "full"]
     budget = Budget(3, 1, 3) if args.smoke else Budget(9, 1, 3)
@@ -193,8 +197,11 @@ def main() -> None:
         root = write_synthetic_idc(work / "idc", patients=8) if args.smoke or not SAMPLE.is_dir() else SAMPLE
         print(f"tabulating {BASELINE} on {root}: {len(list(itertools.product(*grid.values())))} configurations")
         table = tabulate(_config(work, root, budget), work, grid)
-    cap = sum(len(curve) for curve in table.values())
-    best = max(curve[-1] for curve in table.values())
+    curves = [{"point": dict(zip(grid, values)), "objectives": curve} for values, curve in table.items()]
+    figures.record("grid", "curves", value=curves)
+    cap = figures.record("grid", "epochs", value=sum(len(curve) for curve in table.values()))
+    best = figures.record("grid", "best", value=max(curve[-1] for curve in table.values()))
+    target = figures.record("target", value=best - TOLERANCE)
     print(f"\ngrid: {len(table)} configurations, {cap} epochs; its best objective {best:.4f}")
     columns = "epochs to within 0.5 pt (median, mean, max) | ratio to the grid (median, mean, max)"
     print(f"\n| search | seeds | {columns} | reached |")
@@ -202,11 +209,24 @@ def main() -> None:
     print(f"| grid | 1 | {cap}, {cap}, {cap} | 1.00, 1.00, 1.00 | 1/1 |")
     for label, sampler in (("ASHA + TPE (harness)", "tpe"), ("ASHA + random", "random")):
         traces = [replay(table, grid, sampler, seed, budget, cap) for seed in range(seeds)]
-        needed = [epochs_to_target(t, best - TOLERANCE, cap) for t in traces]
-        reached = sum(any(b >= best - TOLERANCE for _, b in t) for t in traces)
-        median, mean, worst = statistics.median(needed), statistics.mean(needed), max(needed)
-        ratios = f"{median / cap:.2f}, {mean / cap:.2f}, {worst / cap:.2f}"
-        print(f"| {label} | {seeds} | {median:g}, {mean:.1f}, {worst} | {ratios} | {reached}/{seeds} |")
+        needed = [epochs_to_target(t, target, cap) for t in traces]
+        summary = {"median": statistics.median(needed), "mean": statistics.mean(needed), "max": max(needed)}
+        row = figures.record(
+            "searches",
+            label,
+            value={
+                "sampler": sampler,
+                "seeds": seeds,
+                "epochs_to_target": needed,
+                "reached": sum(any(b >= target for _, b in t) for t in traces),
+                **summary,
+                "ratio": {name: value / cap for name, value in summary.items()},
+            },
+        )
+        ratios = f"{row['ratio']['median']:.2f}, {row['ratio']['mean']:.2f}, {row['ratio']['max']:.2f}"
+        epochs = f"{row['median']:g}, {row['mean']:.1f}, {row['max']}"
+        print(f"| {label} | {seeds} | {epochs} | {ratios} | {row['reached']}/{seeds} |")
+    figures.write()
 
 
 if __name__ == "__main__":

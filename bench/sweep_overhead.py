@@ -2,6 +2,7 @@
 
 Run: .venv/bin/python bench/sweep_overhead.py [--trials N] [--epochs E] [--rounds R]
      .venv/bin/python bench/sweep_overhead.py --smoke   (2 trials, 1 epoch, 1 round, 8 patients: a test runs it)
+     ... --figures PATH                                 (also every figure at full precision, as JSON)
 
 Both sides train the same small CancerNet configurations (batch 8, E epochs) on a synthetic IDC
 tree, with the same concurrency, and each starts its own embedded Ray and prepares the data:
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
+from _figures import Figures, add_figures_option
 
 if TYPE_CHECKING:
     from harness.config import ExperimentConfig
@@ -136,32 +138,41 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--smoke", action="store_true", help="2 trials, 1 epoch, 1 round, 8 patients (for the tests)")
+    add_figures_option(parser)
     args = parser.parse_args()
+    figures = Figures(args.figures)
     if args.smoke:
         args.trials, args.epochs, args.rounds = 2, 1, 1
+    figures.record("trials", value=args.trials)
+    epochs = figures.record("epochs", value=args.epochs)
 
     from harness.data.datasets.idc import write_synthetic_idc
 
-    times: dict[str, list[float]] = {"harness": [], "bare": []}
+    rounds = []
     with tempfile.TemporaryDirectory() as tmp:
         root = write_synthetic_idc(Path(tmp) / "idc", patients=8 if args.smoke else 20, seed=1)
         out, bare_work = Path(tmp) / "harness", Path(tmp) / "bare"
         out.mkdir()
         path = _experiment(root, out, args.trials, args.epochs)
         for round_ in range(args.rounds):
-            seconds, points = harness_sweep(path)
-            times["harness"].append(seconds)
-            times["bare"].append(bare_tuner(path, points, bare_work))
+            harness_s, points = harness_sweep(path)
+            rounds.append(
+                {"harness_s": harness_s, "bare_s": bare_tuner(path, points, bare_work), "trials": len(points)}
+            )
             print(
-                f"round {round_ + 1}: harness sweep {times['harness'][-1]:.1f} s, bare Tuner {times['bare'][-1]:.1f} s "
-                f"({len(points)} trials x {args.epochs} epochs each)",
+                f"round {round_ + 1}: harness sweep {rounds[-1]['harness_s']:.1f} s, bare Tuner "
+                f"{rounds[-1]['bare_s']:.1f} s ({rounds[-1]['trials']} trials x {epochs} epochs each)",
                 flush=True,
             )
-    harness, bare = statistics.median(times["harness"]), statistics.median(times["bare"])
+    figures.record("rounds", value=rounds)
+    harness = figures.record("median", "harness_s", value=statistics.median(r["harness_s"] for r in rounds))
+    bare = figures.record("median", "bare_s", value=statistics.median(r["bare_s"] for r in rounds))
+    ratio = figures.record("median", "ratio", value=harness / bare)
     print(
-        f"median wall time: harness {harness:.3f} s, bare Tune {bare:.3f} s; ratio harness/bare {harness / bare:.2f} "
+        f"median wall time: harness {harness:.3f} s, bare Tune {bare:.3f} s; ratio harness/bare {ratio:.2f} "
         f"(target <= 1.1)"
     )
+    figures.write()
 
 
 if __name__ == "__main__":

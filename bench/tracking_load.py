@@ -1,7 +1,8 @@
 """What a shared MLflow server takes: many trials logging at once, per backend.
 
 Run: .venv/bin/python bench/tracking_load.py [--writers 64] [--epochs 50] [--backends sqlite,postgresql]
-     .venv/bin/python bench/tracking_load.py --smoke   (8 writers, 5 epochs: `make test-cluster` runs it)
+     .venv/bin/python bench/tracking_load.py --smoke   (4 writers, 5 epochs: `make test-cluster` runs it)
+     ... --figures PATH                                  (also every figure at full precision, as JSON)
 
 For each backend it starts `harness server` on 127.0.0.1 (SQLite: a new file; PostgreSQL: a
 throwaway cluster from Debian's `postgresql` binaries, listening on 127.0.0.1 only, skipped with
@@ -30,6 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from _figures import Figures, add_figures_option
 
 METRICS_PER_EPOCH = 30  # train_loss, val_*, sel_val_*, selected_epoch, objective: what log_epoch writes
 ARTIFACT_BYTES = {"confusion_matrix.json": 200, "predictions.csv": 40_000, "maps_best.png": 60_000}
@@ -194,8 +196,10 @@ def load(backend: str, store: str, folder: Path, writers: int, epochs: int) -> d
         "lost": expected - written,
         "failed_calls": sum(len(f) for f, _ in outcomes),
         "errors": Counter(e for f, _ in outcomes for e in f).most_common(3),
+        "batches": int(latencies.size),
         "p50_ms": float(np.percentile(latencies, 50) * 1000) if latencies.size else float("nan"),
         "p99_ms": float(np.percentile(latencies, 99) * 1000) if latencies.size else float("nan"),
+        "seconds": seconds,
         "points_per_s": written / seconds,
     }
 
@@ -214,25 +218,33 @@ def main() -> None:
     parser.add_argument("--writers", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--backends", default="sqlite,postgresql")
-    parser.add_argument("--smoke", action="store_true", help="8 writers, 5 epochs (for the tests)")
+    parser.add_argument("--smoke", action="store_true", help="4 writers, 5 epochs (for the tests)")
+    add_figures_option(parser)
     args = parser.parse_args()
+    figures = Figures(args.figures)
     if args.smoke:
-        args.writers, args.epochs = 8, 5
-    print(f"{args.writers} writers x {args.epochs} epochs x {METRICS_PER_EPOCH} metrics, 3 artifacts each", flush=True)
+        # Concurrent writers, as many as the server has workers: each writer is a process that
+        # imports MLflow, which is most of the smoke's time on 2 cores.
+        args.writers, args.epochs = 4, 5
+    writers, epochs = figures.record("writers", value=args.writers), figures.record("epochs", value=args.epochs)
+    metrics = figures.record("metrics_per_epoch", value=METRICS_PER_EPOCH)
+    print(f"{writers} writers x {epochs} epochs x {metrics} metrics, 3 artifacts each", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for backend in args.backends.split(","):
             folder = Path(tmp) / backend
             if backend == "sqlite":
-                print(
-                    _row(backend, load(backend, f"sqlite:///{folder / 'mlflow.db'}", folder, args.writers, args.epochs))
-                )
+                loaded = load(backend, f"sqlite:///{folder / 'mlflow.db'}", folder, writers, epochs)
+                print(_row(backend, figures.record("backends", backend, value=loaded)))
                 continue
             try:
                 with postgres(folder / "pg") as url:
-                    print(_row(backend, load(backend, url, folder, args.writers, args.epochs)), flush=True)
+                    loaded = load(backend, url, folder, writers, epochs)
+                    print(_row(backend, figures.record("backends", backend, value=loaded)), flush=True)
             except RuntimeError as exc:
-                print(f"{backend:<11} skipped: {exc}", flush=True)
+                skipped = figures.record("backends", backend, value={"skipped": str(exc)})
+                print(f"{backend:<11} skipped: {skipped['skipped']}", flush=True)
     sys.stdout.flush()
+    figures.write()
 
 
 if __name__ == "__main__":

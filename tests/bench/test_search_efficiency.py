@@ -1,37 +1,44 @@
 """bench/search_efficiency.py in its smoke mode: a 2x2 grid trained for real, replayed through the
-harness's searcher and ASHA, and the ratios it prints follow from its epochs."""
+harness's searcher and ASHA, and the ratios it prints follow from its epochs (read at full
+precision from --figures, not re-parsed from the table)."""
 
 from __future__ import annotations
 
-import re
-import subprocess
-import sys
+import statistics
+from collections.abc import Callable
 
 import pytest
 
-from tests.conftest import REPO
+from tests.bench.conftest import BenchRun
 
 
-def test_search_efficiency_smoke_compares_both_searches_with_the_grid() -> None:
-    done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "search_efficiency.py"), "--smoke"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    out = done.stdout
-    grid = re.search(r"^grid: 4 configurations, (\d+) epochs; its best objective ([\d.]+)$", out, re.M)
-    cap = int(grid[1])
+def test_search_efficiency_smoke_compares_both_searches_with_the_grid(run_bench: Callable[..., BenchRun]) -> None:
+    run = run_bench("search_efficiency.py", "--smoke")
+    figures = run.figures
+    grid = figures["grid"]
+    # The smoke grid: 2 learning rates x 2 batch sizes, each trained for 3 epochs.
+    assert [len(c["objectives"]) for c in grid["curves"]] == [3, 3, 3, 3]
+    cap = grid["epochs"]
     assert cap == 4 * 3
-    assert re.search(rf"^\| grid \| 1 \| {cap}, {cap}, {cap} \| 1.00, 1.00, 1.00 \| 1/1 \|$", out, re.M)
-    number = r"([\d.]+)"
-    for label in ("ASHA \\+ TPE \\(harness\\)", "ASHA \\+ random"):
-        three = ", ".join([number] * 3)
-        row = re.search(rf"^\| {label} \| 2 \| {three} \| {three} \| ([012])/2 \|$", out, re.M)
-        median, mean, worst, *printed = (float(g) for g in row.groups()[:6])
-        assert 1 <= median <= worst <= cap
-        assert mean == pytest.approx(median, abs=0.05)  # of two seeds, the median is the mean
-        for ratio, epochs_needed in zip(printed, (median, mean, worst)):
-            # Printed to two decimals (and the mean's epochs to one).
-            assert ratio == pytest.approx(epochs_needed / cap, abs=0.0051 + 0.05 / cap)
+    assert grid["best"] == max(c["objectives"][-1] for c in grid["curves"])
+    assert figures["target"] == pytest.approx(grid["best"] - 0.005, rel=1e-9)
+    assert f"grid: 4 configurations, {cap} epochs; its best objective {grid['best']:.4f}" in run.lines
+    assert f"| grid | 1 | {cap}, {cap}, {cap} | 1.00, 1.00, 1.00 | 1/1 |" in run.lines
+    assert list(figures["searches"]) == ["ASHA + TPE (harness)", "ASHA + random"]
+    for label, search in figures["searches"].items():
+        needed = search["epochs_to_target"]
+        assert search["seeds"] == len(needed) == 2 and all(1 <= n <= cap for n in needed)
+        assert (search["median"], search["mean"], search["max"]) == (
+            statistics.median(needed),
+            statistics.mean(needed),
+            max(needed),
+        )
+        # A seed that needed less than the grid's budget reached the target; one that needed all of it may have.
+        assert sum(n < cap for n in needed) <= search["reached"] <= 2
+        for name in ("median", "mean", "max"):
+            assert search["ratio"][name] == pytest.approx(search[name] / cap, rel=1e-9)
+        ratio = search["ratio"]
+        assert (
+            f"| {label} | 2 | {search['median']:g}, {search['mean']:.1f}, {search['max']} "
+            f"| {ratio['median']:.2f}, {ratio['mean']:.2f}, {ratio['max']:.2f} | {search['reached']}/2 |"
+        ) in run.lines

@@ -1,50 +1,64 @@
-"""bench/cache_vs_png.py and bench/models.py run end to end in their smoke modes, so a bench that
-breaks fails the tests (their figures are read, not their timings judged)."""
+"""bench/cache_vs_png.py, bench/checkpoint.py, bench/loader.py and bench/models.py run end to end
+in their smoke modes, so a bench that breaks fails the tests. Each writes its figures at full
+precision (--figures): the tests check the bench's arithmetic on those and that its printed lines
+show them, never a timing."""
 
 from __future__ import annotations
 
 import csv
-import re
-import subprocess
-import sys
+import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.bench.conftest import BenchRun
 from tests.conftest import REPO
 
 BENCH = REPO / "bench"
+RunBench = Callable[..., BenchRun]
 
 
-def _run(*args: str) -> str:
-    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    return done.stdout
+def test_cache_vs_png_smoke_reads_the_same_patches_both_ways(run_bench: RunBench) -> None:
+    run = run_bench("cache_vs_png.py", "--smoke")
+    figures = run.figures
+    # The smoke tree: 4 synthetic patients of 20 patches each, read once each way.
+    assert figures["patches"] == 80 and figures["rounds"] == 1
+    assert run.lines[0].startswith("80 patches from ")
+    for side, label in (("png", "PNG decode "), ("cache", "uint8 cache ")):
+        measured = figures[side]
+        assert len(measured["seconds"]) == 1 and measured["median_s"] == statistics.median(measured["seconds"])
+        assert measured["patches_per_s"] == pytest.approx(80 / measured["median_s"], rel=1e-9)
+        line = run.line(label)
+        assert f"{measured['median_s'] * 1e3:8.1f} ms/epoch" in line
+        assert line.endswith(f"({measured['patches_per_s']:,.0f} patches/s)")
+    assert figures["ratio"] == pytest.approx(figures["png"]["median_s"] / figures["cache"]["median_s"], rel=1e-9)
+    ratio = run.line("ratio PNG/cache = ")
+    assert ratio == f"ratio PNG/cache = {figures['ratio']:.1f}x (median of 1 interleaved rounds)"
 
 
-def test_cache_vs_png_smoke_reads_the_same_patches_both_ways() -> None:
-    out = _run(str(BENCH / "cache_vs_png.py"), "--smoke")
-    # The smoke tree: 4 synthetic patients of 20 patches each.
-    assert out.splitlines()[0].startswith("80 patches from ")
-    png, cache, ratio = (
-        float(m.replace(",", ""))
-        for m in re.search(
-            r"PNG decode .*\(([\d,]+) patches/s\)\nuint8 cache .*\(([\d,]+) patches/s\)\n"
-            r"ratio PNG/cache = ([\d.]+)x \(median of 1 ",
-            out,
-        ).groups()
-    )
-    assert ratio == pytest.approx(cache / png, rel=0.05, abs=0.06)
-
-
-def test_models_smoke_writes_both_variants_of_cancernet(tmp_path: Path) -> None:
-    out = _run(str(BENCH / "models.py"), "--smoke", "--out", str(tmp_path))
-    assert re.search(r"^cancernet\s+48x48\s", out, re.MULTILINE)
+def test_models_smoke_writes_both_variants_of_cancernet(run_bench: RunBench, tmp_path: Path) -> None:
+    run = run_bench("models.py", "--smoke", "--out", str(tmp_path))
+    assert list(run.figures["models"]) == ["cancernet"]
+    model = run.figures["models"]["cancernet"]
+    for kind in ("harness", "bare"):
+        # One round of one step each (the smoke mode), in a process of its own.
+        [measured] = model["runs"][kind]
+        assert model["images_per_s"][kind] == measured["images_per_s"] > 0
+        assert model["peak_mb"][kind] == measured["peak_mb"] > 0
+    speed, peak = model["images_per_s"], model["peak_mb"]
+    assert model["ratio"] == pytest.approx(speed["harness"] / speed["bare"], rel=1e-9)
+    assert (
+        f"{'cancernet':<18}{model['input']:>12}{speed['harness']:>15.2f}{speed['bare']:>12.2f}{model['ratio']:>8.3f}"
+        f"{peak['harness']:>12.0f}{peak['bare']:>10.0f}"
+    ) in run.lines
+    # The CSV holds the same figures.
     [table] = list(tmp_path.glob("models-*.csv"))
     rows = list(csv.DictReader(table.open()))
     assert [(r["model"], r["variant"]) for r in rows] == [("cancernet", "harness"), ("cancernet", "bare")]
-    harness, bare = (float(r["images_per_s"]) for r in rows)
-    assert float(rows[0]["ratio_harness_over_bare"]) == pytest.approx(harness / bare)
+    for row in rows:
+        assert float(row["images_per_s"]) == speed[row["variant"]]
+        assert float(row["ratio_harness_over_bare"]) == model["ratio"]
 
 
 def test_every_bench_has_a_smoke_mode_that_a_test_runs() -> None:
@@ -54,29 +68,51 @@ def test_every_bench_has_a_smoke_mode_that_a_test_runs() -> None:
         assert bench.name in tests, f"no test in tests/bench runs {bench.name}"
 
 
-def test_checkpoint_smoke_measures_both_layouts_on_the_same_states() -> None:
-    out = _run(str(BENCH / "checkpoint.py"), "--smoke")
-    rows = re.findall(r"^\s+(\d) +(\d) +([\d.]+) +[\d.]+ +([\d.]+) +[\d.]+$", out, re.MULTILINE)
-    assert [(epoch, best) for epoch, best, _, _ in rows] == [("1", "1"), ("2", "1")]
-    (_, _, before_1, after_1), (_, _, before_2, after_2) = rows
+def test_checkpoint_smoke_measures_both_layouts_on_the_same_states(run_bench: RunBench) -> None:
+    run = run_bench("checkpoint.py", "--smoke")
+    figures = run.figures
+    rows = figures["epoch_rows"]
+    assert figures["epochs"] == 2 and [(r["epoch"], r["best_epoch"]) for r in rows] == [(1, 1), (2, 1)]
+    first, second = rows
     # Epoch 1 is the best: its weights are written once, as the model's, so the state is smaller by
     # one copy of the weights; at epoch 2 the best epoch is older and both layouts are the same.
-    assert float(after_1) < float(before_1) and after_2 == before_2
-    pattern = r"checkpoint_every 2: before ([\d.]+) MB .*, after ([\d.]+) MB .*ratio after/before ([\d.]+)"
-    every_2 = re.search(pattern, out)
-    before, after, ratio = (float(v) for v in every_2.groups())
-    assert after == pytest.approx(float(after_2) / 2, abs=0.1) and ratio == pytest.approx(after / before, abs=0.01)
+    assert first["after_bytes"] < first["before_bytes"] and second["after_bytes"] == second["before_bytes"]
+    for r in rows:
+        assert (
+            f"{r['epoch']:>5} {r['best_epoch']:>4} {r['before_bytes'] / 1e6:>10.1f} {r['before_s']:>9.3f} "
+            f"{r['after_bytes'] / 1e6:>9.1f} {r['after_s']:>8.3f}"
+        ) in run.lines
+    before = figures["before"]
+    assert before["mb"] == pytest.approx((first["before_bytes"] + second["before_bytes"]) / 2 / 1e6, rel=1e-9)
+    assert before["seconds"] == pytest.approx((first["before_s"] + second["before_s"]) / 2, rel=1e-9)
+    # Every epoch's checkpoint, and every second epoch's (epoch 2 alone), over the 2 epochs.
+    for every, written in ((1, rows), (2, [second])):
+        after = figures["after"][f"every_{every}"]
+        assert after["mb"] == pytest.approx(sum(r["after_bytes"] for r in written) / 2 / 1e6, rel=1e-9)
+        assert after["seconds"] == pytest.approx(sum(r["after_s"] for r in written) / 2, rel=1e-9)
+        assert after["ratio_bytes"] == pytest.approx(after["mb"] / before["mb"], rel=1e-9)
+        assert after["ratio_seconds"] == pytest.approx(after["seconds"] / before["seconds"], rel=1e-9)
+        assert run.line(f"per epoch, checkpoint_every {every}: ") == (
+            f"per epoch, checkpoint_every {every}: before {before['mb']:.1f} MB {before['seconds']:.3f} s, after "
+            f"{after['mb']:.1f} MB {after['seconds']:.3f} s; ratio after/before {after['ratio_bytes']:.2f} (bytes) "
+            f"{after['ratio_seconds']:.2f} (seconds)"
+        )
 
 
-def test_loader_smoke_times_both_paths_per_augmentation() -> None:
-    out = _run(str(BENCH / "loader.py"), "--smoke")
-    assert out.splitlines()[0].startswith("160 patches of 50x50 from synthetic; batch 128")
-    rows = re.findall(
-        r"^(\w+) +per-image +([\d,]+) images/s +batched +([\d,]+) images/s +ratio batched/per-image ([\d.]+)x$",
-        out,
-        re.MULTILINE,
-    )
-    assert [row[0] for row in rows] == ["pis", "dihedral", "none"]
-    for _, per_image, batched, ratio in rows:
-        per_image, batched = (float(v.replace(",", "")) for v in (per_image, batched))
-        assert float(ratio) == pytest.approx(batched / per_image, abs=0.01)
+def test_loader_smoke_times_both_paths_per_augmentation(run_bench: RunBench) -> None:
+    run = run_bench("loader.py", "--smoke")
+    figures = run.figures
+    assert (figures["patches"], figures["batch"], figures["rounds"]) == (160, 128, 1)
+    assert run.lines[0].startswith("160 patches of 50x50 from synthetic; batch 128")
+    assert list(figures["augments"]) == ["pis", "dihedral", "none"]
+    for augment, row in figures["augments"].items():
+        # One full batch of the 160 patches each way (the last partial batch is dropped).
+        assert row["images"] == 128
+        for side in ("per_image", "batched"):
+            [seconds] = row["seconds"][side.replace("_", "-")]
+            assert row[side] == pytest.approx(128 / seconds, rel=1e-9)
+        assert row["ratio"] == pytest.approx(row["batched"] / row["per_image"], rel=1e-9)
+        assert run.line(f"{augment} ") == (
+            f"{augment:<12} per-image {row['per_image']:>10,.0f} images/s   batched {row['batched']:>10,.0f} "
+            f"images/s   ratio batched/per-image {row['ratio']:.2f}x"
+        )
