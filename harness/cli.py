@@ -18,8 +18,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from harness.config import TABLE_LAYOUTS
 from harness.errors import InputError, disk_full
+from harness.table_layouts import TABLE_LAYOUTS
 
 if TYPE_CHECKING:
     from harness.config import ExperimentConfig, LeaderboardSpec

@@ -18,6 +18,7 @@ from harness.data.augmentations import canonical_name
 from harness.data.datasets import DatasetSpec, dataset
 from harness.data.splits import ProtocolSpec
 from harness.errors import InputError
+from harness.table_layouts import TableLayout
 
 # Package data: one YAML per baseline, installed with the package (editable or not).
 SEARCH_SPACES_DIR = Path(__file__).resolve().parent / "search_spaces"
@@ -296,8 +297,6 @@ class TrainingSpec(Strict):
 
 # The layouts of `harness leaderboard --table`: 001's Tables I-IV, the IDC and BreakHis comparisons,
 # and a summary for any experiment.
-TableLayout = Literal["summary", "gusa-table1", "gusa-table2", "gusa-table3", "gusa-table4", "idc", "breakhis"]
-TABLE_LAYOUTS: tuple[str, ...] = get_args(TableLayout)
 # The reproduced numbers `harness leaderboard --check` holds against published ones.
 CHECKED_METRICS = (
     "val_accuracy",

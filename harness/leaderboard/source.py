@@ -8,9 +8,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.config import TABLE_LAYOUTS, LeaderboardSpec, load_experiment
+from harness.config import LeaderboardSpec, load_experiment
 from harness.errors import InputError
 from harness.locking import sqlite_path
+from harness.table_layouts import TABLE_LAYOUTS
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness.config import TABLE_LAYOUTS, LeaderboardSpec
+from harness.config import LeaderboardSpec
 from harness.leaderboard import LAYOUTS
+from harness.table_layouts import TABLE_LAYOUTS
 
 
 def test_config_accepts_exactly_the_layouts_that_exist() -> None:

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from harness.config import TABLE_LAYOUTS, LeaderboardSpec
+from harness.config import LeaderboardSpec
 from harness.errors import InputError
 from harness.leaderboard.source import LeaderboardSource, resolve_source
+from harness.table_layouts import TABLE_LAYOUTS
 from tests.conftest import experiment_dict, write_experiment
 
 
