@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from harness import tracking
 from harness.cli import app
+from harness.data.datasets.idc import write_synthetic_idc
 
 from .conftest import REPO, write_experiment
 
@@ -103,17 +104,24 @@ def _shrink(config: dict[str, Any], root: Path) -> dict[str, Any]:
     return config
 
 
+@pytest.fixture(scope="module")
+def tiny_idc(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An IDC tree of 10 patients with 6 + 4 patches each: enough patients for five folds and a
+    test set, few enough images that VGG16 or DenseNet-161 train an epoch in seconds on a CPU."""
+    return write_synthetic_idc(tmp_path_factory.mktemp("tiny_idc"), patients=10, patches_per_class=(6, 4), seed=3)
+
+
 @pytest.mark.parametrize("name", ["demo", "idc_comparison", "bach_gusa", "breakhis_amil"])
 def test_shipped_experiment_runs_a_short_sweep(
     name: str,
     tmp_path: Path,
-    synthetic_idc: Path,
+    tiny_idc: Path,
     synthetic_bach: tuple[Path, Path],
     synthetic_breakhis: Path,
     local_ray: None,
 ) -> None:
     config = yaml.safe_load((REPO / "experiments" / f"{name}.yaml").read_text())
-    root = {"idc": synthetic_idc, "bach": synthetic_bach[0], "breakhis": synthetic_breakhis}[config["dataset"]["name"]]
+    root = {"idc": tiny_idc, "bach": synthetic_bach[0], "breakhis": synthetic_breakhis}[config["dataset"]["name"]]
     path = write_experiment(tmp_path / f"{name}.yaml", _shrink(config, tmp_path))
     output = _sweep(path, "--root", str(root))
     runs = _trial_runs(tmp_path / "results", config["name"])
