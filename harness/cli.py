@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import errno
 import functools
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from harness.config import TABLE_LAYOUTS
+from harness.environment import MLFLOW_QUIET, environment
 from harness.errors import InputError, disk_full
 
 if TYPE_CHECKING:
@@ -32,6 +33,13 @@ study_app = typer.Typer(no_args_is_help=True, help="Studies beyond the leaderboa
 app.add_typer(study_app, name="study")
 console = Console()
 errors = Console(stderr=True)
+
+
+@app.callback()
+def _quiet_mlflow(ctx: typer.Context) -> None:
+    # Before any command imports MLflow, which reads MLFLOW_DISABLE_TELEMETRY when imported; the
+    # environment is put back when the command's context closes.
+    ctx.with_resource(environment(MLFLOW_QUIET))
 
 
 # Filesystem errors the user can act on (a path, a permission, a full or read-only disk): one line.
@@ -272,11 +280,11 @@ ResumeOption = typer.Option(False, "--resume", help="Continue the newest interru
 
 
 def _embedded_ray_on_loopback() -> None:
-    """Keep a sweep's embedded Ray on 127.0.0.1 (unless the environment says otherwise). Ray reads
-    this at import and swaps a loopback address for the machine's network one, listening on every
-    interface, unless it is 0."""
+    """Keep a sweep's embedded Ray on 127.0.0.1 (unless the environment says otherwise), for the
+    running command. Ray reads this at import and swaps a loopback address for the machine's
+    network one, listening on every interface, unless it is 0."""
     if "ray" not in sys.modules:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        click.get_current_context().with_resource(environment({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}))
 
 
 def _print_sweep(summary: SweepSummary) -> None:
