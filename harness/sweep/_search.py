@@ -288,7 +288,7 @@ class PerBaselineSearcher(Searcher):
             )
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
-        return (metric in (None, self._metric)) and (mode in (None, self._mode))
+        return (metric in (None, self.metric)) and (mode in (None, self.mode))
 
     def suggest(self, trial_id: str) -> dict | str | None:
         if len(self._owner) >= len(self._order):
@@ -511,11 +511,16 @@ class PerBaselineScheduler(FIFOScheduler):
         self._args = dict(max_t=max_t, grace_period=grace_period, reduction_factor=reduction_factor)
         self._brackets = brackets
         self._groups: dict[str, TrialScheduler] = {}
-        self._metric: str | None = None
+        self._objective: str | None = None
         self._mode: str | None = None
 
+    @property
+    def metric(self) -> str | None:
+        """Return the metric the rungs compare, which Tune checks every result for."""
+        return self._objective
+
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
-        self._metric, self._mode = metric, mode
+        self._objective, self._mode = metric, mode
         return True
 
     def _group(self, trial: Any) -> TrialScheduler:
@@ -523,11 +528,11 @@ class PerBaselineScheduler(FIFOScheduler):
         if name not in self._groups:
             if self._brackets is None:
                 self._groups[name] = ASHAScheduler(
-                    time_attr="training_iteration", metric=self._metric, mode=self._mode, **self._args
+                    time_attr="training_iteration", metric=self._objective, mode=self._mode, **self._args
                 )
             else:
                 self._groups[name] = SynchronousHalving(
-                    metric=self._metric, mode=self._mode, sizes=self._brackets.get(name, []), **self._args
+                    metric=self._objective, mode=self._mode, sizes=self._brackets.get(name, []), **self._args
                 )
         return self._groups[name]
 
