@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -279,12 +278,12 @@ StorageOption = typer.Option(
 ResumeOption = typer.Option(False, "--resume", help="Continue the newest interrupted sweep of this experiment.")
 
 
-def _embedded_ray_on_loopback() -> None:
-    """Keep a sweep's embedded Ray on 127.0.0.1 (unless the environment says otherwise), for the
-    running command. Ray reads this at import and swaps a loopback address for the machine's
+def _embedded_ray_on_loopback(ctx: typer.Context) -> None:
+    """Keep a sweep's embedded Ray on 127.0.0.1 (unless the environment says otherwise) while the
+    command `ctx` runs. Ray reads this at import and swaps a loopback address for the machine's
     network one, listening on every interface, unless it is 0."""
     if "ray" not in sys.modules:
-        click.get_current_context().with_resource(environment({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}))
+        ctx.with_resource(environment({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}))
 
 
 def _print_sweep(summary: SweepSummary) -> None:
@@ -321,6 +320,7 @@ def _print_sweep(summary: SweepSummary) -> None:
 @app.command()
 @user_errors
 def sweep(
+    ctx: typer.Context,
     experiment: Path = typer.Argument(..., help="Experiment YAML file."),
     root: Optional[Path] = RootOption,
     roi_dir: Optional[Path] = RoiOption,
@@ -334,7 +334,7 @@ def sweep(
     retrain each winner on every fold and ensemble the folds on the test set."""
     config = _load(experiment, root, tracking_uri, output_dir, roi_dir, storage)
     if address is None:
-        _embedded_ray_on_loopback()
+        _embedded_ray_on_loopback(ctx)
     from harness.sweep import AllTrialsFailed, SweepInterrupted, run_sweep
 
     try:

@@ -8,9 +8,10 @@ import os
 import subprocess
 import sys
 
-import click
 import mlflow.environment_variables
 import pytest
+import typer
+from typer.testing import CliRunner
 
 from harness.cli import _quiet_mlflow
 from harness.environment import MLFLOW_QUIET, environment
@@ -57,12 +58,19 @@ def test_overlapping_scopes_leave_nothing_behind() -> None:
     assert A not in os.environ
 
 
-def test_the_cli_quiets_mlflow_for_the_command_only() -> None:
+def test_the_cli_quiets_mlflow_for_the_command_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The harness's callback on an app of two probe commands, run as the harness's commands are.
+    for name in MLFLOW_QUIET:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "false")  # the user's choice stands
+    probe = typer.Typer()
+    probe.callback()(_quiet_mlflow)
+    probe.command("show")(lambda: print(json.dumps({name: os.environ.get(name) for name in MLFLOW_QUIET})))
+    probe.command("other")(lambda: None)
     before = dict(os.environ)
-    with click.Context(click.Command("probe")) as ctx:
-        _quiet_mlflow(ctx)
-        for name, value in MLFLOW_QUIET.items():
-            assert os.environ.get(name) == before.get(name, value)
+    result = CliRunner().invoke(probe, ["show"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == {**MLFLOW_QUIET, "MLFLOW_DISABLE_TELEMETRY": "false"}
     assert dict(os.environ) == before
 
 
