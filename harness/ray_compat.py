@@ -1,7 +1,7 @@
 """Everything the harness needs from Ray beyond its public API, in one place: checked against Ray 2.60.
 
 Each item below relies on something Ray does not document as public, and why no public way exists.
-tests/sweep/test_ray_compat.py fails on any other Ray version, and when one of these is gone or
+tests/test_ray_compat.py fails on any other Ray version, and when one of these is gone or
 changed shape, so an upgrade is checked here before it is trusted.
 
 - `stop_trial`: `TuneController.stop_trial(trial)` (a DeveloperAPI class). A scheduler that keeps
