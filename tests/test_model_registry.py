@@ -40,6 +40,7 @@ def test_a_fold_model_is_logged_and_registered_in_the_store_named(store: str) ->
     before = mlflow.get_tracking_uri()
     tracker = tracking.tracker_for(store)
     experiment = tracker.experiment_id("registry")
+    assert experiment is not None
     run_id = tracker.start_run(experiment, name="fold", run_type=tracking.RunType.FOLD, tags={}, params={})
     params = TrainParams(input_size=48, batch_size=2)
     recipe = InputRecipe(params=params, stored_hw=(50, 50), bags=False, keras=False, batch_size=2, threads=1)

@@ -60,9 +60,10 @@ def _library_names(tree: ast.Module) -> set[str]:
     return bound
 
 
-def _reaches_in(node: ast.Attribute, bound: set[str]) -> bool:
-    """Return whether attribute chain `node` starts at a name from ray or mlflow and names a private part."""
-    chain = []
+def _reaches_in(attribute: ast.Attribute, bound: set[str]) -> bool:
+    """Return whether attribute chain `attribute` starts at a name from ray or mlflow and names a private part."""
+    chain: list[str] = []
+    node: ast.expr = attribute
     while isinstance(node, ast.Attribute):
         chain.append(node.attr)
         node = node.value
@@ -119,7 +120,9 @@ def test_no_subclass_of_a_ray_or_mlflow_class_touches_its_private_state() -> Non
             continue  # importing it runs the CLI
         module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
         for node in tree.body:
-            cls = getattr(module, node.name, None) if isinstance(node, ast.ClassDef) else None
+            if not isinstance(node, ast.ClassDef):
+                continue
+            cls = getattr(module, node.name, None)
             if isinstance(cls, type):
                 touched = _self_attributes(node) & _base_privates(cls)
                 offenders += [f"{path}: {node.name}.{name}" for name in sorted(touched)]

@@ -62,7 +62,8 @@ def test_an_error_is_staged_on_the_driver_before_storage_has_it(stub_trial: Tria
     except ValueError as exc:
         error = RayTaskError("trial", "Traceback: boom", exc)
     stub_trial.handle_error(error)
-    assert Path(stub_trial.pickled_error_file).parent == Path(stub_trial.local_path)
+    staged_file, staging = stub_trial.pickled_error_file, stub_trial.local_path
+    assert staged_file and staging and Path(staged_file).parent == Path(staging)
     # Until Tune syncs, the public readers find nothing; the staged copy has the error.
     assert stub_trial.get_pickled_error() is None and stub_trial.get_error() is None
     staged = ray_compat.staged_error(stub_trial)
@@ -72,7 +73,7 @@ def test_an_error_is_staged_on_the_driver_before_storage_has_it(stub_trial: Tria
 def test_a_trial_being_saved_on_its_way_to_pause_counts_as_paused(stub_trial: Trial) -> None:
     assert isinstance(inspect.getattr_static(Trial, "is_saving"), property)
     assert not ray_compat.is_paused(stub_trial)
-    stub_trial.temporary_state.saving_to = object()
+    stub_trial.temporary_state.saving_to = object()  # type: ignore[assignment]  # any value: a save in flight
     assert ray_compat.is_paused(stub_trial)
     stub_trial.temporary_state.saving_to = None
     stub_trial.set_status(Trial.PAUSED)

@@ -28,6 +28,12 @@ def _result(value: float, epoch: int, done: bool = False) -> dict:
     return {"objective": value, "training_iteration": epoch, EPOCH_KEY: epoch, DONE_KEY: float(done)}
 
 
+def _number(suggestion: dict | str | None) -> int:
+    """Return the Optuna trial number a suggestion carries."""
+    assert isinstance(suggestion, dict)
+    return suggestion[STUDY_TRIAL_KEY]
+
+
 def _searcher(url: str) -> PerBaselineSearcher:
     space = load_search_space("cancernet")
     return PerBaselineSearcher(
@@ -60,7 +66,7 @@ def test_a_restored_searcher_carries_on_in_its_rdb_study(tmp_path: Path) -> None
     restored.on_trial_complete("t1", _result(0.8, 3, done=True))
     third = restored.suggest("t3")
 
-    assert [c[STUDY_TRIAL_KEY] for c in (first, second, third)] == [0, 1, 2]
+    assert [_number(s) for s in (first, second, third)] == [0, 1, 2]
     study = optuna.load_study(study_name=study_name("exp/sweep", "cancernet"), storage=optuna_storage(url))
     trials = {t.number: (t.state, t.value, t.intermediate_values, t.user_attrs["ray_trial_id"]) for t in study.trials}
     assert trials == {
@@ -81,7 +87,7 @@ class _Controller:
     """Records the trials a scheduler asks Tune to stop, and does what Tune then does."""
 
     def __init__(self, scheduler: SynchronousHalving) -> None:
-        self.scheduler, self.stopped = scheduler, []
+        self.scheduler, self.stopped = scheduler, list[str]()
 
     def stop_trial(self, trial: _Trial) -> None:
         self.stopped.append(trial.trial_id)
