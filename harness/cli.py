@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -18,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from harness.environment import MLFLOW_QUIET, environment
 from harness.errors import InputError, disk_full
 from harness.table_layouts import TABLE_LAYOUTS
 
@@ -32,6 +32,13 @@ study_app = typer.Typer(no_args_is_help=True, help="Studies beyond the leaderboa
 app.add_typer(study_app, name="study")
 console = Console()
 errors = Console(stderr=True)
+
+
+@app.callback()
+def _quiet_mlflow(ctx: typer.Context) -> None:
+    # Before any command imports MLflow, which reads MLFLOW_DISABLE_TELEMETRY when imported; the
+    # environment is put back when the command's context closes.
+    ctx.with_resource(environment(MLFLOW_QUIET))
 
 
 # Filesystem errors the user can act on (a path, a permission, a full or read-only disk): one line.
@@ -265,12 +272,12 @@ StorageOption = typer.Option(
 ResumeOption = typer.Option(False, "--resume", help="Continue the newest interrupted sweep of this experiment.")
 
 
-def _embedded_ray_on_loopback() -> None:
-    """Keep a sweep's embedded Ray on 127.0.0.1 (unless the environment says otherwise). Ray reads
-    this at import and swaps a loopback address for the machine's network one, listening on every
-    interface, unless it is 0."""
+def _embedded_ray_on_loopback(ctx: typer.Context) -> None:
+    """Keep a sweep's embedded Ray on 127.0.0.1 (unless the environment says otherwise) while the
+    command `ctx` runs. Ray reads this at import and swaps a loopback address for the machine's
+    network one, listening on every interface, unless it is 0."""
     if "ray" not in sys.modules:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        ctx.with_resource(environment({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}))
 
 
 def _print_sweep(summary: SweepSummary) -> None:
@@ -307,6 +314,7 @@ def _print_sweep(summary: SweepSummary) -> None:
 @app.command()
 @user_errors
 def sweep(
+    ctx: typer.Context,
     experiment: Path = typer.Argument(..., help="Experiment YAML file."),
     root: Optional[Path] = RootOption,
     roi_dir: Optional[Path] = RoiOption,
@@ -320,7 +328,7 @@ def sweep(
     retrain each winner on every fold and ensemble the folds on the test set."""
     config = _load(experiment, root, tracking_uri, output_dir, roi_dir, storage)
     if address is None:
-        _embedded_ray_on_loopback()
+        _embedded_ray_on_loopback(ctx)
     from harness.sweep import AllTrialsFailed, SweepInterrupted, run_sweep
 
     try:

@@ -10,24 +10,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 from importlib import metadata
 from typing import Iterator
-from unittest import mock
 
 import mlflow
 import numpy as np
 import torch
 from mlflow.entities import LoggedModelOutput
-from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR, MLFLOW_TRACKING_URI
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
-from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from mlflow.types import ColSpec, Schema, TensorSpec
 
 from harness import tracking
+from harness.environment import MLFLOW_QUIET, environment
 from harness.served_model import FoldEnsemble, InputRecipe, ServedFold
 
 MODEL = "model"  # the name of a run's logged model
@@ -61,18 +59,33 @@ def _requirements() -> list[str]:
 
 
 @contextlib.contextmanager
+def _tracking_uri(uri: str) -> Iterator[None]:
+    """Make `uri` MLflow's current tracking URI for the block, then the one before it; yields nothing.
+
+    set_tracking_uri also writes MLFLOW_TRACKING_URI into the environment (for subprocesses): that
+    variable is put back as it was too."""
+    previous = mlflow.get_tracking_uri()
+    with environment({MLFLOW_TRACKING_URI.name: uri}, override=True):
+        mlflow.set_tracking_uri(uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(previous)
+
+
+@contextlib.contextmanager
 def _logging_to(tracking_uri: str) -> Iterator[None]:
     """Point MLflow's model functions (they take no URI) at `tracking_uri` for the block, without
     their progress bars and the pickle warning (the pickle format is chosen, see log_fold_model)."""
     logger = logging.getLogger("mlflow.pytorch")
     level = logger.level
-    with _use_tracking_uri(tracking_uri):
-        with mock.patch.dict(os.environ, {MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name: "false"}):
-            logger.setLevel(logging.ERROR)
-            try:
-                yield
-            finally:
-                logger.setLevel(level)
+    no_bars = {MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name: "false"}
+    with _tracking_uri(tracking_uri), environment(MLFLOW_QUIET), environment(no_bars, override=True):
+        logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            logger.setLevel(level)
 
 
 def _new_model(tracking_uri: str, run_id: str) -> str:

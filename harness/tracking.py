@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import platform
 import re
 import subprocess
@@ -27,6 +26,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 
+from harness.environment import MLFLOW_QUIET, environment
 from harness.figures import confusion_png, gallery_png
 from harness.locking import sqlite_path, store_lock
 from harness.metrics import never_predicted
@@ -37,11 +37,6 @@ if TYPE_CHECKING:
     from harness.evaluation import Evaluation
 
 T = TypeVar("T")
-# MLflow prints a "View run ... at: URL" line whenever a run ends against a server: once per trial,
-# fold and floor of a sweep. The sweep prints where to look once.
-os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-# MLflow 3 sends usage telemetry over the network unless told not to; the harness runs offline.
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # What a store under load answers while it is busy: retried (MLflow's client retries only 5xx and
 # 429, and the server returns a full connection pool as 400).
 TRANSIENT = ("locked", "QueuePool limit", "connection timed out")
@@ -113,7 +108,10 @@ def _retry(call: Callable[[], T], attempts: int = 8) -> T:
     another writer, a server's full connection pool)."""
     for attempt in range(attempts):
         try:
-            return call()
+            # Quiet (no URL line, no telemetry) in any process: a worker of a joined cluster or a Ray
+            # Client driver does not inherit the environment the CLI and run_sweep set.
+            with environment(MLFLOW_QUIET):
+                return call()
         except MlflowException as exc:
             if not any(words in str(exc) for words in TRANSIENT) or attempt == attempts - 1:
                 raise

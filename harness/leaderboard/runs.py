@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +16,11 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 from mlflow.exceptions import MlflowException
 
 from harness import tracking
+from harness.environment import environment
 from harness.errors import InputError
 from harness.metrics import ranking_key
 
@@ -80,13 +81,14 @@ class RunSet:
         """Return a local copy of artifact `path` of a run, or None when the run has none."""
         target = Path(self._downloads.name) / run_id
         # One bar per small file would bury the tables.
-        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+        no_bars = {MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name: "false"}
         try:
-            return Path(
-                mlflow.artifacts.download_artifacts(
-                    run_id=run_id, artifact_path=path, dst_path=str(target), tracking_uri=self.tracking_uri
+            with environment(no_bars, override=True):
+                return Path(
+                    mlflow.artifacts.download_artifacts(
+                        run_id=run_id, artifact_path=path, dst_path=str(target), tracking_uri=self.tracking_uri
+                    )
                 )
-            )
         except (MlflowException, OSError):
             return None
 

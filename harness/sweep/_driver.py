@@ -10,7 +10,6 @@ experiment and parent run exist before the first trial (NOTES-ray-optuna-mlflow.
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import time
 from collections import Counter
@@ -26,6 +25,7 @@ from ray import tune
 
 from harness import tracking
 from harness.config import ExperimentConfig, ResourcesSpec
+from harness.environment import MLFLOW_QUIET, environment
 from harness.errors import InputError
 from harness.experiment import ExperimentSetup, set_up
 from harness.server import check_reachable
@@ -140,14 +140,14 @@ def _ray(address: str | None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # opt in with 1
-    # "local" rather than None: a killed driver can leave a stale cluster address behind, which a
-    # plain ray.init() would try to join.
-    _init_ray(address or "local")
-    try:
-        yield
-    finally:
-        ray.shutdown()
+    with environment({"RAY_USAGE_STATS_ENABLED": "0"}):  # opt in with 1
+        # "local" rather than None: a killed driver can leave a stale cluster address behind, which a
+        # plain ray.init() would try to join.
+        _init_ray(address or "local")
+        try:
+            yield
+        finally:
+            ray.shutdown()
 
 
 def _init_ray(address: str, attempts: int = CLIENT_ATTEMPTS) -> None:
@@ -174,14 +174,21 @@ def _init_ray(address: str, attempts: int = CLIENT_ATTEMPTS) -> None:
             time.sleep(CLIENT_RETRY_SECONDS * attempt)
 
 
-def _tune_environment() -> None:
+@contextmanager
+def _tune_environment() -> Iterator[None]:
+    """Set what Tune's driver reads, and what the workers of a Ray started in the block inherit
+    (MLflow's quiet settings), for the block; yields nothing."""
     # Tune's interrupt warnings end in Ray's own restore hint; the CLI prints the harness's.
     logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
-    # Tune saves the experiment's state every few seconds; a driver killed in between reruns
-    # only what finished in those seconds (and a finished trial just reports again).
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(STATE_SYNC_SECONDS))
-    # That frequency is deliberate; Tune would otherwise warn about it at every trial checkpoint.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    tune_settings = {
+        # Tune saves the experiment's state every few seconds; a driver killed in between reruns
+        # only what finished in those seconds (and a finished trial just reports again).
+        "TUNE_GLOBAL_CHECKPOINT_S": str(STATE_SYNC_SECONDS),
+        # That frequency is deliberate; Tune would otherwise warn about it at every trial checkpoint.
+        "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    }
+    with environment({**MLFLOW_QUIET, **tune_settings}):
+        yield
 
 
 def _sweep_params(config: ExperimentConfig, setup: ExperimentSetup, granted: dict[str, ResourcesSpec]) -> dict:
@@ -403,9 +410,8 @@ def run_sweep(
         # locks: two sweeps may start together) before Ray starts.
         setup = set_up(config, show_progress=verbose, sweep=True)
         optuna_storage(config.resolved_optuna_storage())
-        _tune_environment()
         try:
-            with _ray(address):
+            with _tune_environment(), _ray(address):
                 interrupts.install()
                 return _sweep(config, setup, previous, interrupts, started=started, verbose=verbose)
         except SweepInterrupted as exc:

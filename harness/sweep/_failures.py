@@ -9,12 +9,11 @@ retried.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import cloudpickle
 from ray.exceptions import NodeDiedError, RayActorError, WorkerCrashedError
 
+from harness import ray_compat
 from harness.errors import InputError, disk_full
 from harness.tracking import root_cause
 from harness.train import DivergedError
@@ -63,9 +62,7 @@ def trial_error(trial: Any) -> BaseException | str | None:
     Tune writes both into the driver's staging folder before it calls the callbacks, and copies them
     to the storage path (where `Trial.get_error` looks) only at its next sync: read the staged copy
     first, or a callback on another node's failure may find nothing yet."""
-    pickled, text = trial.pickled_error_file, trial.error_file
-    if pickled and Path(pickled).is_file():
-        return cloudpickle.loads(Path(pickled).read_bytes())
-    if text and Path(text).is_file():
-        return Path(text).read_text(errors="replace")
+    staged = ray_compat.staged_error(trial)
+    if staged is not None:
+        return staged
     return trial.get_pickled_error() or trial.get_error()

@@ -67,8 +67,7 @@ class TrialLines(tune.Callback):
 
     def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info: object) -> None:
         rich.get_console().print(
-            f"[yellow]retry[/] {trial.config['baseline']:<10} {trial.trial_id}  "
-            f"after failure {trial.run_metadata.num_failures}"
+            f"[yellow]retry[/] {trial.config['baseline']:<10} {trial.trial_id}  after failure {trial.num_failures}"
         )
 
 

@@ -77,12 +77,8 @@ def interrupted_sweep(config: ExperimentConfig, storage: Path) -> tuple[Path, di
 
 def _tune_trials(folder: Path) -> dict[str, tuple[str, dict]]:
     """Return each trial in the newest experiment state Tune saved in `folder`: its status and last result."""
-    state = max(folder.glob("experiment_state-*.json"))
-    trials = {}
-    for trial, meta in json.loads(state.read_text())["trial_data"]:
-        trial = json.loads(trial)
-        trials[trial["trial_id"]] = (trial["status"], json.loads(meta).get("last_result") or {})
-    return trials
+    analysis = tune.ExperimentAnalysis(str(folder))
+    return {trial.trial_id: (trial.status, trial.last_result) for trial in analysis.trials}
 
 
 def _lost_note(trial_id: str) -> str:

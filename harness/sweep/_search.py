@@ -18,11 +18,12 @@ from typing import Any, Callable
 
 import optuna
 from optuna.trial import TrialState
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler, TrialScheduler
-from ray.tune.schedulers.hyperband import _Bracket
+from ray.tune.error import TuneError
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
-from ray.tune.search.optuna import OptunaSearch
 
+from harness import ray_compat
 from harness.config import Distribution, SearchSpace
 from harness.locking import sqlite_path, store_lock
 
@@ -110,34 +111,66 @@ def _outside_optimize() -> Iterator[None]:
             raise
 
 
-class PruningAwareOptunaSearch(OptunaSearch):
-    """OptunaSearch whose study holds what MLflow records: one intermediate value per epoch, the
-    last included, and the last epoch's objective as the trial's value, COMPLETE for a trial that
-    ended by itself and PRUNED for one the scheduler stopped.
+class PruningAwareOptunaSearch(Searcher):
+    """A Tune searcher over one Optuna study, which holds what MLflow records: one intermediate value
+    per epoch, the last included, and the last epoch's objective as the trial's value, COMPLETE for a
+    trial that ended by itself, PRUNED for one the scheduler stopped and FAIL for one that failed.
 
-    Ray's OptunaSearch completes any trial whose last result has the metric, and Ray 2.60's
+    Suggestions come from `study.ask(space)` (the `points_to_evaluate` enqueued first). Ray 2.60's
     TuneController never passes the result a scheduler answers STOP to through `on_trial_result`
     (only to `on_trial_complete`), nor any result when it stops a PAUSED trial; so each result is
     reported from wherever it arrives, once per epoch. Each suggestion carries its Optuna trial
     number (STUDY_TRIAL_KEY), which names the trial's run; each result carries the run's id, which
     the Optuna trial keeps; `link` finds the run of a trial whose results never named it.
+
+    `save` pickles the study and its open trials with the rest: an RDB storage reconnects to its
+    URL when unpickled, so a restored searcher carries on in the same study.
     """
 
-    def __init__(self, *args: Any, metric_name: str, link: RunLinker | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        space: dict[str, optuna.distributions.BaseDistribution],
+        *,
+        metric: str,
+        mode: str,
+        metric_name: str,
+        sampler: optuna.samplers.BaseSampler | None = None,
+        points_to_evaluate: list[dict[str, Any]] | None = None,
+        study_name: str = "optuna",
+        storage: optuna.storages.BaseStorage | None = None,
+        link: RunLinker | None = None,
+    ) -> None:
+        super().__init__(metric=metric, mode=mode)
+        self._space = space
+        self._ot_study = optuna.create_study(
+            storage=storage,
+            sampler=sampler or optuna.samplers.TPESampler(),
+            # Tune's scheduler stops trials; Optuna's pruner is never asked.
+            pruner=optuna.pruners.NopPruner(),
+            study_name=study_name,
+            load_if_exists=True,
+            direction="maximize" if mode == "max" else "minimize",
+        )
+        for point in points_to_evaluate or []:
+            if len(point) != len(space):
+                raise ValueError(f"point {point} does not give exactly the searched {sorted(space)}")
+            self._ot_study.enqueue_trial(point)
         with warnings.catch_warnings():
             # Optuna marks set_metric_names experimental; the dashboard labels its axes with it.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             self._ot_study.set_metric_names([metric_name])
+        self._ot_trials: dict[str, optuna.Trial] = {}
+        self._completed_trials: set[str] = set()
         self._link = link
         self._last: dict[str, dict] = {}
         self._linked: set[str] = set()
 
     def suggest(self, trial_id: str) -> dict | None:
-        params = super().suggest(trial_id)
+        if trial_id not in self._ot_trials:
+            self._ot_trials[trial_id] = self._ot_study.ask(fixed_distributions=self._space)
         trial = self._ot_trials[trial_id]
         trial.set_user_attr(RAY_TRIAL_ATTR, trial_id)
-        return {**params, STUDY_TRIAL_KEY: trial.number}
+        return {**trial.params, STUDY_TRIAL_KEY: trial.number}
 
     def _record(self, trial_id: str, result: dict) -> None:
         """Report `result`'s objective at its epoch, unless that epoch was reported already (a
@@ -174,10 +207,8 @@ class PruningAwareOptunaSearch(OptunaSearch):
             self._record(trial_id, result)
         last = self._last.get(trial_id)
         if error or last is None:
-            with _outside_optimize():
-                super().on_trial_complete(trial_id, None, error)
-            return
-        if last.get(DONE_KEY):
+            self._tell(trial_id, TrialState.FAIL if error else TrialState.PRUNED)
+        elif last.get(DONE_KEY):
             self._tell(trial_id, TrialState.COMPLETE, float(last[self.metric]))
         else:
             # Optuna gives a pruned trial its last intermediate value: this trial's last epoch.
@@ -188,6 +219,14 @@ class PruningAwareOptunaSearch(OptunaSearch):
         with _outside_optimize():
             self._ot_study.tell(self._ot_trials[trial_id], value, state=state, skip_if_finished=True)
         self._completed_trials.add(trial_id)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as file:
+            pickle.dump(self.__dict__, file)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as file:
+            self.__dict__.update(pickle.load(file))
 
 
 def suggestion_order(names: list[str], trials: int) -> list[str]:
@@ -249,7 +288,7 @@ class PerBaselineSearcher(Searcher):
             )
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
-        return (metric in (None, self._metric)) and (mode in (None, self._mode))
+        return (metric in (None, self.metric)) and (mode in (None, self.mode))
 
     def suggest(self, trial_id: str) -> dict | str | None:
         if len(self._owner) >= len(self._order):
@@ -285,16 +324,60 @@ def halving_steps(max_t: int, grace_period: int, reduction_factor: float) -> int
     return max(0, math.ceil(math.log(max_t / grace_period) / math.log(reduction_factor) - 1e-9))
 
 
-class SynchronousHalving(HyperBandScheduler):
+class _Bracket:
+    """Trials halved together: the live ones with their last result, the rung (epoch) they run to
+    next, how many of them that rung keeps, and the halvings left."""
+
+    def __init__(self, size: int, rung: int, max_t: int, eta: float, halvings: int) -> None:
+        self.live: dict[str, tuple[Any, dict | None]] = {}  # trial id -> (trial, last result)
+        self.trials: list[Any] = []
+        self.keep, self.rung, self.max_t, self.eta, self.halvings = size, rung, max_t, eta, halvings
+        # Paused trials that a halving kept, which may run again (the tests read this name).
+        self.trials_to_unpause: set[Any] = set()
+
+    @staticmethod
+    def epoch(result: dict | None) -> int:
+        """Return the epoch of `result` (0 before the first)."""
+        return 0 if result is None else result[EPOCH_KEY]
+
+    def short_of_rung(self, trial: Any) -> bool:
+        """Return whether `trial` has yet to reach the rung."""
+        return self.epoch(self.live[trial.trial_id][1]) < self.rung
+
+    def rung_reached(self) -> bool:
+        """Return whether every live trial reached the rung (True when none is live)."""
+        return all(self.epoch(result) >= self.rung for _, result in self.live.values())
+
+    def finished(self) -> bool:
+        """Return whether every live trial reached the last rung."""
+        return self.halvings == 0 and self.rung_reached()
+
+    def halve(self, metric: str, sign: float) -> tuple[list[Any], list[Any]]:
+        """Move to the next rung; returns the trials it keeps (the best 1/eta of the bracket's size)
+        and the others. Ties keep the order trials were added in, never the order results came."""
+        assert self.halvings > 0
+        self.halvings -= 1
+        self.keep = math.ceil(self.keep / self.eta)
+        self.rung = int(min(self.rung * self.eta, self.max_t))
+        # Every live trial has a result here: it reached the rung.
+        ranked = sorted(self.live.values(), key=lambda entry: sign * (entry[1] or {})[metric])
+        trials = [trial for trial, _ in ranked]
+        return trials[-self.keep :], trials[: -self.keep]
+
+    def __repr__(self) -> str:
+        statuses = Counter(t.status for t in self.trials)
+        return f"Bracket(keeps {self.keep}, rung {self.rung}, {dict(sorted(statuses.items()))})"
+
+
+class SynchronousHalving(FIFOScheduler):
     """Successive halving at ASHA's rungs (grace_period x reduction_factor^k epochs, capped at
     max_t) in brackets of fixed sizes, filled in the order trials are added: a trial waits PAUSED
     at each rung until every live trial of its bracket has reached it, then the best
     1/reduction_factor of the bracket go on. Decisions depend on results, not on arrival order.
 
-    Ray's HyperBandScheduler supplies the pausing and resuming; its own brackets (sized from max_t
-    alone, the first never halving) are replaced, and a trial that ends by itself or fails
-    processes its bracket at any rung (Ray 2.60 only does so before the first halving). Time is
-    the trial's epoch, which a paused trial resumed from its checkpoint carries on from.
+    A trial that ends by itself or fails processes its bracket at any rung, as does one Tune
+    removes. Time is the trial's epoch, which a paused trial resumed from its checkpoint carries
+    on from. Paused losers are stopped through Tune's controller (harness.ray_compat).
     """
 
     def __init__(
@@ -307,46 +390,114 @@ class SynchronousHalving(HyperBandScheduler):
         reduction_factor: float,
         sizes: list[int],
     ) -> None:
-        super().__init__(time_attr=EPOCH_KEY, metric=metric, mode=mode, max_t=max_t, reduction_factor=reduction_factor)
+        super().__init__()
+        self._objective = metric
+        self._sign = 1.0 if mode == "max" else -1.0
+        self._max_t, self._eta, self._grace = max_t, reduction_factor, grace_period
         self._sizes = list(sizes)
-        self._grace = grace_period
         self._halvings = halving_steps(max_t, grace_period, reduction_factor)
+        # Every bracket, in the order they were filled (one round of them: the tests read this name).
+        self._hyperbands: list[list[_Bracket]] = [[]]
+        self._bracket_of: dict[str, _Bracket] = {}
         self._room = 0
         self._processing = False
+        self._stopped = 0
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
         if self._room == 0:
             # More trials than planned (none in a reproducible sweep) get a bracket each.
             self._room = self._sizes.pop(0) if self._sizes else 1
-            bracket = _Bracket(
-                time_attr=self._time_attr,
-                max_trials=self._room,
-                init_t_attr=self._grace,
-                max_t_attr=self._max_t_attr,
-                eta=self._eta,
-                s=self._halvings,
-            )
-            self._hyperbands[0].append(bracket)
-            self._state["bracket"] = bracket
-        self._state["bracket"].add_trial(trial)
-        self._trial_info[trial] = self._state["bracket"], 0
+            self._hyperbands[0].append(_Bracket(self._room, self._grace, self._max_t, self._eta, self._halvings))
+        bracket = self._hyperbands[0][-1]
+        bracket.live[trial.trial_id] = (trial, None)
+        bracket.trials.append(trial)
+        self._bracket_of[trial.trial_id] = bracket
         self._room -= 1
 
-    def _process_bracket(self, tune_controller: Any, bracket: _Bracket) -> str:
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        bracket = self._bracket_of[trial.trial_id]
+        assert trial.trial_id in bracket.live, f"a result of {trial.trial_id}, which its bracket has let go"
+        bracket.live[trial.trial_id] = (trial, result)
+        bracket.trials_to_unpause.discard(trial)
+        if bracket.short_of_rung(trial):
+            return TrialScheduler.CONTINUE
+        return self._process(tune_controller, bracket)
+
+    def _process(self, tune_controller: Any, bracket: _Bracket) -> str:
+        """Halve `bracket` if every live trial reached its rung; returns the action for the trial
+        being processed (PAUSE while others have yet to arrive)."""
         # Stopping a paused loser re-enters through on_trial_remove; that call must not decide again.
         if self._processing:
             return TrialScheduler.PAUSE
         self._processing = True
         try:
-            return super()._process_bracket(tune_controller, bracket)
+            return self._halve(tune_controller, bracket)
         finally:
             self._processing = False
 
+    def _halve(self, tune_controller: Any, bracket: _Bracket) -> str:
+        """Stop the losers of a bracket whose live trials all reached the rung and free the winners;
+        returns the action for the trial reporting (the only one RUNNING: the others wait PAUSED)."""
+        if not bracket.rung_reached():
+            return TrialScheduler.PAUSE
+        if bracket.finished():
+            for trial, _ in list(bracket.live.values()):
+                if trial.status == Trial.PAUSED:
+                    ray_compat.stop_trial(tune_controller, trial)
+            return TrialScheduler.STOP
+        good, bad = bracket.halve(self._objective or "", self._sign)
+        self._stopped += len(bad)
+        action = TrialScheduler.PAUSE
+        for trial in bad:
+            action = self._end(tune_controller, bracket, trial, action)
+        for trial in good:
+            if bracket.short_of_rung(trial):
+                assert trial.status not in (Trial.ERROR, Trial.TERMINATED), f"{trial} kept but {trial.status}"
+                if ray_compat.is_paused(trial):
+                    bracket.trials_to_unpause.add(trial)
+                elif trial.status == Trial.RUNNING:
+                    action = TrialScheduler.CONTINUE
+            elif bracket.finished() and (ray_compat.is_paused(trial) or trial.status == Trial.RUNNING):
+                action = self._end(tune_controller, bracket, trial, action)
+        return action
+
+    @staticmethod
+    def _end(tune_controller: Any, bracket: _Bracket, trial: Any, action: str) -> str:
+        """Stop `trial`: through Tune if it waits paused, by answering STOP if it is the one
+        reporting; returns the action for the reporting trial."""
+        if ray_compat.is_paused(trial):
+            ray_compat.stop_trial(tune_controller, trial)
+            return action
+        if trial.status == Trial.RUNNING:
+            bracket.live.pop(trial.trial_id, None)
+            return TrialScheduler.STOP
+        # A pending trial has no result at the rung, and an ended one left the bracket.
+        raise TuneError(f"trial {trial} to stop is {trial.status}")
+
     def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
-        bracket, _ = self._trial_info[trial]
-        bracket.cleanup_trial(trial)
+        bracket = self._bracket_of[trial.trial_id]
+        bracket.live.pop(trial.trial_id, None)
         if not bracket.finished():
-            self._process_bracket(tune_controller, bracket)
+            self._process(tune_controller, bracket)
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        self.on_trial_remove(tune_controller, trial)
+
+    def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
+        self.on_trial_remove(tune_controller, trial)
+
+    def choose_trial_to_run(self, tune_controller: Any) -> Any:
+        # A paused trial runs again only once a halving kept it; a pending one may start.
+        for bracket in self._hyperbands[0]:
+            for trial, _ in bracket.live.values():
+                freed = trial.status == Trial.PAUSED and trial in bracket.trials_to_unpause
+                if freed or trial.status == Trial.PENDING:
+                    return trial
+        return None
+
+    def debug_string(self) -> str:
+        brackets = "".join(f"\n  {bracket}" for bracket in self._hyperbands[0])
+        return f"Synchronous halving: {self._stopped} stopped, {len(self._hyperbands[0])} brackets{brackets}"
 
 
 class PerBaselineScheduler(FIFOScheduler):
@@ -360,11 +511,16 @@ class PerBaselineScheduler(FIFOScheduler):
         self._args = dict(max_t=max_t, grace_period=grace_period, reduction_factor=reduction_factor)
         self._brackets = brackets
         self._groups: dict[str, TrialScheduler] = {}
-        self._metric: str | None = None
+        self._objective: str | None = None
         self._mode: str | None = None
 
+    @property
+    def metric(self) -> str | None:
+        """Return the metric the rungs compare, which Tune checks every result for."""
+        return self._objective
+
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
-        self._metric, self._mode = metric, mode
+        self._objective, self._mode = metric, mode
         return True
 
     def _group(self, trial: Any) -> TrialScheduler:
@@ -372,11 +528,11 @@ class PerBaselineScheduler(FIFOScheduler):
         if name not in self._groups:
             if self._brackets is None:
                 self._groups[name] = ASHAScheduler(
-                    time_attr="training_iteration", metric=self._metric, mode=self._mode, **self._args
+                    time_attr="training_iteration", metric=self._objective, mode=self._mode, **self._args
                 )
             else:
                 self._groups[name] = SynchronousHalving(
-                    metric=self._metric, mode=self._mode, sizes=self._brackets.get(name, []), **self._args
+                    metric=self._objective, mode=self._mode, sizes=self._brackets.get(name, []), **self._args
                 )
         return self._groups[name]
 

@@ -14,6 +14,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from harness.environment import environment
+
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -72,10 +74,10 @@ def catching_interrupts() -> Iterator[Interrupts]:
         return
     previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
     # Tune's own SIGINT handler would print Ray's restore hint and swallow the first Ctrl-C.
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
-    interrupts.install()
-    try:
-        yield interrupts
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    with environment({"TUNE_DISABLE_SIGINT_HANDLER": "1"}, override=True):
+        interrupts.install()
+        try:
+            yield interrupts
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)

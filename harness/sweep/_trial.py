@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 import tempfile
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ import torch
 from mlflow.exceptions import MlflowException
 from ray import tune
 
-from harness import tracking
+from harness import ray_compat, tracking
 from harness.config import ExperimentConfig, ResourcesSpec
 from harness.data.prepare import PreparedData
 from harness.experiment import ExperimentSetup, epoch_metrics, log_epoch, run_tags
@@ -204,7 +203,7 @@ def run_trial(config: dict[str, Any], *, ctx: SweepContext) -> None:
     repeat ends the trial FAILED at once (harness.sweep._failures).
     """
     # Ray logs a line per saved checkpoint, i.e. per epoch of every trial.
-    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    ray_compat.quiet_checkpoint_log()
     point = trial_point(config)
     node = current_node()
     trial_id = tune.get_context().get_trial_id()
@@ -299,7 +298,7 @@ class CloseTrialRuns(tune.Callback):
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self._run_of(trial.trial_id, trial.last_result)
         if run_id is not None:
-            retries = trial.run_metadata.num_failures
+            retries = trial.num_failures
             error = _error_tags(trial)[tracking.ERROR]
             self._tracker().set_tags(run_id, {tracking.RETRIES: str(retries), f"retry_{retries}_error": error})
 

@@ -1,0 +1,46 @@
+"""Environment variables the harness sets for a scope only, never at import.
+
+`environment(values)` sets variables for a `with` block and afterwards puts back what was there.
+A variable the user set keeps its value (as `os.environ.setdefault` would) unless the block asks
+to override it. This module imports neither MLflow nor Ray: the CLI enters MLFLOW_QUIET before
+either is imported, since MLflow reads MLFLOW_DISABLE_TELEMETRY when it is imported.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+MLFLOW_QUIET = {
+    # MLflow prints a "View run ... at: URL" line whenever a run ends against a server: once per
+    # trial, fold and floor of a sweep. The sweep prints where to look once.
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    # MLflow 3 sends usage telemetry over the network unless told not to; the harness runs offline.
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+}
+
+
+@contextmanager
+def environment(values: Mapping[str, str], *, override: bool = False) -> Iterator[None]:
+    """Set `values` in os.environ for the block; a variable already set keeps its value unless
+    `override`. Afterwards each variable the block changed is reset to its earlier value, or
+    removed if it had none; yields nothing.
+
+    Only what this block changed is put back, so two overlapping blocks setting the same value
+    (two threads, say) cannot leave it set after both."""
+    earlier: dict[str, str | None] = {}
+    for name, value in values.items():
+        current = os.environ.get(name)
+        if current == value or (current is not None and not override):
+            continue
+        earlier[name] = current
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        for name, before in earlier.items():
+            if before is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = before

@@ -1,0 +1,58 @@
+"""Everything the harness needs from Ray beyond its public API, in one place: checked against Ray 2.60.
+
+Each item below relies on something Ray does not document as public, and why no public way exists.
+tests/test_ray_compat.py fails on any other Ray version, and when one of these is gone or
+changed shape, so an upgrade is checked here before it is trusted.
+
+- `stop_trial`: `TuneController.stop_trial(trial)` (a DeveloperAPI class). A scheduler that keeps
+  trials PAUSED must stop a paused loser itself (its `on_trial_result` answers only for the trial
+  reporting); Ray's own HyperBandScheduler does the same, and `stop_trial` is on the allow-list of
+  the `TrialRunnerWrapper` that Tune hands schedulers. Tune then calls the scheduler's
+  `on_trial_remove` and the searcher's `on_trial_complete` (no result).
+- `is_paused`: `Trial.status` and `Trial.is_saving` (DeveloperAPI). A trial Tune is pausing is still
+  saving its checkpoint before its status says PAUSED; it must be treated as paused already.
+- `staged_error`: `Trial.pickled_error_file` and `Trial.error_file`, which point into the driver's
+  staging folder (`Trial.local_path`). Tune writes a trial's error there before it calls the
+  callbacks and copies it to storage, where the public `Trial.get_error` reads, only at its next
+  sync: a callback would otherwise find nothing yet for a trial that failed on another node.
+- `CHECKPOINT_LOGGER`: the logger of the private module `ray.train._internal.storage`, which logs a
+  line per saved checkpoint (every epoch of every trial) at INFO; no setting turns it off.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+from ray.tune.experiment import Trial
+
+RAY_VERSION = "2.60"  # the version everything here was checked against
+CHECKPOINT_LOGGER = "ray.train._internal.storage"
+
+
+def stop_trial(tune_controller: Any, trial: Any) -> None:
+    """Have Tune stop `trial` (PAUSED or PENDING), which ends it for the scheduler and the searcher."""
+    tune_controller.stop_trial(trial)
+
+
+def is_paused(trial: Any) -> bool:
+    """Return whether `trial` is PAUSED or still saving on its way there."""
+    return trial.status == Trial.PAUSED or trial.is_saving
+
+
+def staged_error(trial: Any) -> BaseException | str | None:
+    """Return the latest error Tune staged on the driver for `trial`: the exception where Tune
+    pickled it (an error raised in a Ray worker), else its printed text, else None."""
+    pickled, text = trial.pickled_error_file, trial.error_file
+    if pickled and Path(pickled).is_file():
+        return cloudpickle.loads(Path(pickled).read_bytes())
+    if text and Path(text).is_file():
+        return Path(text).read_text(errors="replace")
+    return None
+
+
+def quiet_checkpoint_log() -> None:
+    """Keep Ray's line per saved checkpoint out of the trial's output (warnings still show)."""
+    logging.getLogger(CHECKPOINT_LOGGER).setLevel(logging.WARNING)

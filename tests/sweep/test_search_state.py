@@ -1,0 +1,124 @@
+"""The harness's own searcher and scheduler: a searcher restored from its saved state carries on in
+its Optuna study, and synchronous halving stops a paused loser through Tune's controller."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import TrialScheduler
+
+from harness.config import load_search_space
+from harness.sweep._search import (
+    DONE_KEY,
+    EPOCH_KEY,
+    STUDY_TRIAL_KEY,
+    PerBaselineSearcher,
+    SynchronousHalving,
+    optuna_storage,
+    start_points,
+    study_name,
+)
+
+
+def _result(value: float, epoch: int, done: bool = False) -> dict:
+    return {"objective": value, "training_iteration": epoch, EPOCH_KEY: epoch, DONE_KEY: float(done)}
+
+
+def _number(suggestion: dict | str | None) -> int:
+    """Return the Optuna trial number a suggestion carries."""
+    assert isinstance(suggestion, dict)
+    return suggestion[STUDY_TRIAL_KEY]
+
+
+def _searcher(url: str) -> PerBaselineSearcher:
+    space = load_search_space("cancernet")
+    return PerBaselineSearcher(
+        {"cancernet": space},
+        metric="objective",
+        mode="max",
+        trials=3,
+        sampler="random",
+        seed=0,
+        starts={"cancernet": start_points(space, [])},
+        storage=url,
+        study_prefix="exp/sweep",
+    )
+
+
+def test_a_restored_searcher_carries_on_in_its_rdb_study(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searcher = _searcher(url)
+    # Tuner.restore rebuilds the searcher from the copy pickled when the Tuner was made, then
+    # restores the state the running one saved last.
+    at_start = pickle.dumps(searcher)
+    first, second = searcher.suggest("t1"), searcher.suggest("t2")
+    searcher.on_trial_result("t1", _result(0.6, 1))
+    searcher.on_trial_complete("t2", _result(0.4, 1))
+    searcher.save(str(tmp_path / "searcher.pkl"))
+
+    restored = pickle.loads(at_start)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    restored.on_trial_result("t1", _result(0.7, 2))
+    restored.on_trial_complete("t1", _result(0.8, 3, done=True))
+    third = restored.suggest("t3")
+
+    assert [_number(s) for s in (first, second, third)] == [0, 1, 2]
+    study = optuna.load_study(study_name=study_name("exp/sweep", "cancernet"), storage=optuna_storage(url))
+    trials = {t.number: (t.state, t.value, t.intermediate_values, t.user_attrs["ray_trial_id"]) for t in study.trials}
+    assert trials == {
+        0: (TrialState.COMPLETE, 0.8, {1: 0.6, 2: 0.7, 3: 0.8}, "t1"),
+        1: (TrialState.PRUNED, 0.4, {1: 0.4}, "t2"),
+        2: (TrialState.RUNNING, None, {}, "t3"),
+    }
+
+
+class _Trial:
+    """The parts of a Tune trial a scheduler reads."""
+
+    def __init__(self, trial_id: str) -> None:
+        self.trial_id, self.status, self.is_saving = trial_id, Trial.RUNNING, False
+
+
+class _Controller:
+    """Records the trials a scheduler asks Tune to stop, and does what Tune then does."""
+
+    def __init__(self, scheduler: SynchronousHalving) -> None:
+        self.scheduler, self.stopped = scheduler, list[str]()
+
+    def stop_trial(self, trial: _Trial) -> None:
+        self.stopped.append(trial.trial_id)
+        self.scheduler.on_trial_remove(self, trial)
+        trial.status = Trial.TERMINATED
+
+
+def test_a_trial_that_ends_by_itself_lets_its_bracket_halve_at_a_later_rung() -> None:
+    # Rungs at epochs 1, 2 and 4 (max_t 4); Ray's HyperBand halved on a removal before the first halving only.
+    rungs = {"max_t": 4, "grace_period": 1, "reduction_factor": 2}
+    scheduler = SynchronousHalving(metric="objective", mode="max", sizes=[4], **rungs)
+    controller = _Controller(scheduler)
+    trials = {name: _Trial(name) for name in "abcd"}
+    for trial in trials.values():
+        scheduler.on_trial_add(controller, trial)
+    for name, value in zip("abcd", (0.9, 0.8, 0.2, 0.1)):
+        action = scheduler.on_trial_result(controller, trials[name], _result(value, 1))
+        if action == TrialScheduler.PAUSE:
+            trials[name].status = Trial.PAUSED
+    # d, the last to arrive, is told to stop; c, paused, is stopped through the controller.
+    assert action == TrialScheduler.STOP and trials["c"].status == Trial.TERMINATED
+    trials["d"].status = Trial.TERMINATED
+    scheduler.on_trial_complete(controller, trials["d"], _result(0.1, 1))
+    # a and b go on to rung 2; a waits there, then b ends by itself (a crash, say) before it.
+    for name in "ab":
+        assert scheduler.choose_trial_to_run(controller) in (trials["a"], trials["b"])
+        trials[name].status = Trial.RUNNING
+    assert scheduler.on_trial_result(controller, trials["a"], _result(0.9, 2)) == TrialScheduler.PAUSE
+    trials["a"].status = Trial.PAUSED
+    scheduler.on_trial_error(controller, trials["b"])
+    # The bracket halves without b: a is kept and may run again.
+    assert scheduler.choose_trial_to_run(controller) is trials["a"]
+    assert controller.stopped == ["c"]
+    assert scheduler.debug_string().startswith("Synchronous halving: 2 stopped, 1 brackets")

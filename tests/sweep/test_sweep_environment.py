@@ -1,0 +1,33 @@
+"""The environment a sweep sets lasts as long as the sweep, and reaches the workers of the Ray it starts."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import ray
+
+from harness.environment import MLFLOW_QUIET
+from harness.sweep import _driver
+
+# What the trial and fold workers need (MLflow's quiet settings), and what Ray's own processes read.
+WORKER_SETTINGS = {**MLFLOW_QUIET, "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+@ray.remote
+def _seen(names: list[str]) -> dict[str, str | None]:
+    return {name: os.environ.get(name) for name in names}
+
+
+def test_the_workers_of_the_ray_a_sweep_starts_inherit_its_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    if ray.is_initialized():
+        pytest.skip("a Ray is already running in this process; the sweep would join it")
+    names = [*WORKER_SETTINGS, "TUNE_GLOBAL_CHECKPOINT_S"]
+    for name in names:
+        monkeypatch.delenv(name, raising=False)
+    with _driver._tune_environment(), _driver._ray(None):
+        assert os.environ["TUNE_GLOBAL_CHECKPOINT_S"] == str(_driver.STATE_SYNC_SECONDS)
+        seen = ray.get(_seen.remote(list(WORKER_SETTINGS)))
+    assert seen == WORKER_SETTINGS
+    # Gone with the sweep (ray.init sets a few variables of its own, which are Ray's business).
+    assert [name for name in names if name in os.environ] == []

@@ -1,0 +1,54 @@
+"""Logging and registering models: MLflow is pointed at the harness's store for the call only."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+import baselines
+from harness import tracking
+from harness.config import TrainParams
+from harness.model_registry import WINNER, _logging_to, log_fold_model, register
+from harness.served_model import ClassProbabilities, InputRecipe, ServedFold
+
+SCOPED = ("MLFLOW_TRACKING_URI", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Return the URI of a new SQLite store, with MLflow's own URI and progress bars left unset."""
+    for name in SCOPED:
+        monkeypatch.delenv(name, raising=False)
+    return tracking.open_store(f"sqlite:///{tmp_path / 'mlflow.db'}").uri
+
+
+def test_mlflow_logs_to_the_store_for_the_block_only(store: str) -> None:
+    before = mlflow.get_tracking_uri()
+    with _logging_to(store):
+        assert mlflow.get_tracking_uri() == store
+        assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"
+    assert mlflow.get_tracking_uri() == before
+    assert [name for name in SCOPED if name in os.environ] == []
+
+
+def test_a_fold_model_is_logged_and_registered_in_the_store_named(store: str) -> None:
+    before = mlflow.get_tracking_uri()
+    tracker = tracking.tracker_for(store)
+    experiment = tracker.experiment_id("registry")
+    assert experiment is not None
+    run_id = tracker.start_run(experiment, name="fold", run_type=tracking.RunType.FOLD, tags={}, params={})
+    params = TrainParams(input_size=48, batch_size=2)
+    recipe = InputRecipe(params=params, stored_hw=(50, 50), bags=False, keras=False, batch_size=2, threads=1)
+    module = ClassProbabilities(baselines.create("cancernet", num_classes=2), params.normalisation).eval()
+    examples = np.random.default_rng(0).integers(0, 256, (2, 50, 50, 3), dtype=np.uint8)
+    model_uri = log_fold_model(store, run_id, ServedFold(module, recipe, examples))
+    version = register(store, "registry-cancernet", model_uri, alias=WINNER, tags={"k": "v"}, description="d")
+    found = MlflowClient(store).get_model_version_by_alias("registry-cancernet", WINNER)
+    assert (found.version, found.run_id, found.source) == (version, run_id, model_uri)
+    assert mlflow.get_tracking_uri() == before
+    assert [name for name in SCOPED if name in os.environ] == []

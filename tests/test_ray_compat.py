@@ -1,0 +1,95 @@
+"""harness.ray_compat names the Ray version it was checked against and what private parts of Ray it
+relies on: these tests fail on any other version, and when one of those parts is gone or changed, so
+that an upgrade is checked before it is trusted."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import ray
+from ray.exceptions import RayTaskError
+from ray.train._internal.storage import StorageContext
+from ray.tune.execution.tune_controller import TuneController
+from ray.tune.experiment import Trial
+from ray.tune.trainable import trainable
+
+from harness import ray_compat
+
+
+def test_the_installed_ray_is_the_one_the_adapter_was_checked_against() -> None:
+    assert ray.__version__.split(".")[:2] == ray_compat.RAY_VERSION.split("."), (
+        f"Ray {ray.__version__} is installed; harness/ray_compat.py was checked against {ray_compat.RAY_VERSION}: "
+        "check each item its docstring lists against the new version, then update RAY_VERSION"
+    )
+
+
+def test_a_scheduler_may_stop_a_paused_trial_through_the_controller() -> None:
+    assert list(inspect.signature(TuneController.stop_trial).parameters) == ["self", "trial"]
+    # The controller Tune hands a scheduler warns on any attribute outside this allow-list.
+    assert '"stop_trial"' in inspect.getsource(TuneController._wrapped)
+    # A paused trial stopped there leaves the scheduler and the searcher as SynchronousHalving expects.
+    stop = inspect.getsource(TuneController.stop_trial)
+    assert "self._scheduler_alg.on_trial_remove(self, trial)" in stop
+    assert "self._search_alg.on_trial_complete(trial.trial_id)" in stop
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """Start a one-CPU local Ray for the module (a trial's driver staging folder needs a session)."""
+    ray.init(address="local", num_cpus=1, include_dashboard=False, configure_logging=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture
+def stub_trial(local_ray: None, tmp_path: Path) -> Trial:
+    storage = StorageContext(storage_path=str(tmp_path / "storage"), experiment_dir_name="exp", trial_dir_name="t")
+    trial = Trial("__fake", stub=True, storage=storage)
+    trial.init_local_path()
+    return trial
+
+
+def test_an_error_is_staged_on_the_driver_before_storage_has_it(stub_trial: Trial) -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError as exc:
+        error = RayTaskError("trial", "Traceback: boom", exc)
+    stub_trial.handle_error(error)
+    staged_file, staging = stub_trial.pickled_error_file, stub_trial.local_path
+    assert staged_file and staging and Path(staged_file).parent == Path(staging)
+    # Until Tune syncs, the public readers find nothing; the staged copy has the error.
+    assert stub_trial.get_pickled_error() is None and stub_trial.get_error() is None
+    staged = ray_compat.staged_error(stub_trial)
+    assert isinstance(staged, RayTaskError) and isinstance(staged.cause, ValueError)
+
+
+def test_a_trial_being_saved_on_its_way_to_pause_counts_as_paused(stub_trial: Trial) -> None:
+    assert isinstance(inspect.getattr_static(Trial, "is_saving"), property)
+    assert not ray_compat.is_paused(stub_trial)
+    stub_trial.temporary_state.saving_to = object()  # type: ignore[assignment]  # any value: a save in flight
+    assert ray_compat.is_paused(stub_trial)
+    stub_trial.temporary_state.saving_to = None
+    stub_trial.set_status(Trial.PAUSED)
+    assert ray_compat.is_paused(stub_trial)
+
+
+def test_the_checkpoint_line_comes_from_the_logger_the_adapter_quiets() -> None:
+    module = importlib.import_module(ray_compat.CHECKPOINT_LOGGER)
+    # Tune's trainables persist checkpoints through this module's StorageContext, which logs each at INFO.
+    assert trainable.StorageContext is module.StorageContext
+    assert module.logger.name == ray_compat.CHECKPOINT_LOGGER
+    assert 'logger.info(f"Checkpoint successfully created' in inspect.getsource(module.StorageContext)
+    logger = logging.getLogger(ray_compat.CHECKPOINT_LOGGER)
+    level = logger.level
+    try:
+        ray_compat.quiet_checkpoint_log()
+        assert not logger.isEnabledFor(logging.INFO) and logger.isEnabledFor(logging.WARNING)
+    finally:
+        logger.setLevel(level)
