@@ -58,12 +58,18 @@ class Distribution(Strict):
         """Return the finite set of values this distribution can take, or None if continuous."""
         return list(self.choices or []) if self.type == "categorical" else None
 
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """Return (low, high) of a range; validation gives every distribution but categorical both."""
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} distribution has no bounds")
+        return self.low, self.high
+
     def contains(self, value: Any) -> bool:
         """Return True when `value` is a point this distribution can propose."""
         if self.type == "categorical":
             return value in (self.choices or [])
-        # Validation guarantees both bounds of a range.
-        low, high = float(self.low or 0), float(self.high or 0)
+        low, high = self.bounds
         if not isinstance(value, (int, float)) or not low <= value <= high:
             return False
         step = self.step or (1 if self.type == "int" else None)

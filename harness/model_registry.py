@@ -126,7 +126,8 @@ def log_fold_model(tracking_uri: str, run_id: str, served: ServedFold) -> str:
 def ensemble_signature(recipe: InputRecipe, classes: int) -> ModelSignature:
     """Return the ensemble's signature: stored uint8 images in, `prob_<class>` and `pred` out."""
     inputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, *recipe.stored_hw, 3))])
-    outputs = Schema([ColSpec("float", f"prob_{c}") for c in range(classes)] + [ColSpec("long", "pred")])
+    columns: list[ColSpec | TensorSpec] = [ColSpec("float", f"prob_{c}") for c in range(classes)]
+    outputs = Schema([*columns, ColSpec("long", "pred")])
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
@@ -137,7 +138,7 @@ def log_ensemble_model(
     ensemble run, its input example stored images; returns the model's URI."""
     with _logging_to(tracking_uri):
         info = mlflow.models.get_model_info(fold_models[min(fold_models)])
-        recipe = InputRecipe.model_validate(info.metadata[RECIPE])
+        recipe = InputRecipe.model_validate((info.metadata or {})[RECIPE])
         info = mlflow.pyfunc.log_model(
             name=MODEL,
             python_model=FoldEnsemble(),

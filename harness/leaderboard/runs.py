@@ -126,7 +126,8 @@ class RunSet:
 
 
 def _all_runs(client: MlflowClient, experiment_id: str) -> list:
-    runs, token = [], None
+    runs: list = []
+    token = None
     while True:
         page = client.search_runs([experiment_id], max_results=1000, page_token=token)
         runs.extend(page)
@@ -172,7 +173,7 @@ def _frame(runs: list) -> pd.DataFrame:
 def current_metric_names(metrics: dict[str, float]) -> dict[str, float]:
     """Return a run's metrics under today's names: stores written before the rename call the
     selected epoch's metrics best_val_* and the epoch best_epoch."""
-    renamed = {}
+    renamed: dict[str, float] = {}
     for name, value in metrics.items():
         if name.startswith("best_val_"):
             name = "sel_val_" + name.removeprefix("best_val_")
@@ -288,8 +289,9 @@ def _grouped(trials: pd.DataFrame, others: pd.DataFrame) -> tuple[list[BaselineR
     variants = trials.drop_duplicates(keys).groupby(["experiment", "baseline"]).size()
     baselines, notes = [], []
     for (experiment, baseline, semantics, bn), group in trials.groupby(keys, sort=True):
+        experiment, baseline = str(experiment), str(baseline)
         label = _group_label(
-            experiment, baseline, semantics, bn, several=several, variants=variants[experiment, baseline]
+            experiment, baseline, str(semantics), str(bn), several=several, variants=int(variants[experiment, baseline])
         )
         label += " (floor)" if group.floor.iloc[0] else ""
         entry = _baseline_runs(label, group.reset_index(drop=True), others)

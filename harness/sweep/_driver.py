@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import optuna
 import ray
@@ -30,7 +31,7 @@ from harness.errors import InputError
 from harness.experiment import ExperimentSetup, set_up
 from harness.server import check_reachable
 
-from ._failures import failure_cause
+from ._failures import ERROR, failure_cause
 from ._floors import track_floors
 from ._front_page import write_front_page
 from ._keys import CAUSE_KEY, DONE_KEY, FAILED_KEY
@@ -43,7 +44,7 @@ from ._signals import Interrupts, SweepInterrupted, catching_interrupts
 from ._studies import plot_study, warm_start_points
 from ._trial import CloseTrialRuns, SweepContext, sweep_context
 from ._tuner import STATE_SYNC_SECONDS, granted_resources, new_tuner, restored_tuner, search_notes, stopping_scheduler
-from ._winners import winners
+from ._winners import grid_results, winners
 
 RunType = tracking.RunType
 # Ray Client sessions that fail to start are retried this often, waiting longer each time.
@@ -78,7 +79,8 @@ class BaselineOutcome:
         """Count one trial from its last result and the error Tune saw it raise (None if none)."""
         self.trials += 1
         if error is not None or metrics.get(FAILED_KEY):
-            self.failures[metrics.get(CAUSE_KEY) or failure_cause(error)] += 1
+            cause = metrics.get(CAUSE_KEY) or (failure_cause(error) if error is not None else ERROR)
+            self.failures[cause] += 1
         elif metrics.get(DONE_KEY):
             self.finished += 1
         else:
@@ -221,7 +223,8 @@ def _start(config: ExperimentConfig, setup: ExperimentSetup, granted: dict[str, 
     """Return a new sweep with its parent run started, after every check that can refuse it."""
     folder = config.resolved_storage_path() / f"sweep-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
     spaces = config.baseline_spaces()
-    warm, notes = {}, []
+    warm: dict[str, list[dict[str, Any]]] = {}
+    notes: list[str] = []
     if config.search.warm_start is not None:
         warm, notes = warm_start_points(
             config.resolved_optuna_storage(),
@@ -334,7 +337,7 @@ def _search(
 
 def _outcomes(grid: tune.ResultGrid, names: list[str]) -> dict[str, BaselineOutcome]:
     outcomes = {name: BaselineOutcome() for name in names}
-    for result in grid:
+    for result in grid_results(grid):
         if result.config:  # a trial Tune never started has no configuration
             outcomes[result.config["baseline"]].add(result.metrics or {}, result.error)
     return outcomes
@@ -385,7 +388,7 @@ def _after_search(
 
 def _log_counts(tracker: tracking.Tracker, summary: SweepSummary) -> None:
     """Log the sweep's trial counts over all baselines and its wall time on the parent run."""
-    counts = Counter()
+    counts: Counter[str] = Counter()
     for outcome in summary.baselines.values():
         counts.update(outcome.counts())
     metrics = {f"sweep_{k}": v for k, v in counts.items()} | {"wall_seconds": summary.wall_seconds}

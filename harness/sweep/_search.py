@@ -41,12 +41,13 @@ RunLinker = Callable[[str], "str | None"]
 def optuna_distribution(spec: Distribution) -> optuna.distributions.BaseDistribution:
     """Return the Optuna distribution of a search-space entry (bounds inclusive)."""
     if spec.type == "categorical":
-        return optuna.distributions.CategoricalDistribution(spec.choices)
+        return optuna.distributions.CategoricalDistribution(spec.values() or [])
+    low, high = spec.bounds
     if spec.type == "int":
-        return optuna.distributions.IntDistribution(int(spec.low), int(spec.high), step=int(spec.step or 1))
+        return optuna.distributions.IntDistribution(int(low), int(high), step=int(spec.step or 1))
     if spec.type == "loguniform":
-        return optuna.distributions.FloatDistribution(spec.low, spec.high, log=True)
-    return optuna.distributions.FloatDistribution(spec.low, spec.high, step=spec.step)
+        return optuna.distributions.FloatDistribution(low, high, log=True)
+    return optuna.distributions.FloatDistribution(low, high, step=spec.step)
 
 
 def recipe_start_point(space: SearchSpace) -> tuple[dict[str, Any] | None, str]:
@@ -165,7 +166,7 @@ class PruningAwareOptunaSearch(Searcher):
         self._last: dict[str, dict] = {}
         self._linked: set[str] = set()
 
-    def suggest(self, trial_id: str) -> dict | None:
+    def suggest(self, trial_id: str) -> dict:
         if trial_id not in self._ot_trials:
             self._ot_trials[trial_id] = self._ot_study.ask(fixed_distributions=self._space)
         trial = self._ot_trials[trial_id]
@@ -290,7 +291,8 @@ class PerBaselineSearcher(Searcher):
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return (metric in (None, self.metric)) and (mode in (None, self.mode))
 
-    def suggest(self, trial_id: str) -> dict | str | None:
+    # Tune's annotation leaves out Searcher.FINISHED, which its own searchers return too.
+    def suggest(self, trial_id: str) -> dict | str | None:  # type: ignore[override]
         if len(self._owner) >= len(self._order):
             return Searcher.FINISHED
         name = self._order[len(self._owner)]
@@ -508,7 +510,7 @@ class PerBaselineScheduler(FIFOScheduler):
         self, *, max_t: int, grace_period: int, reduction_factor: float, brackets: dict[str, list[int]] | None = None
     ) -> None:
         super().__init__()
-        self._args = dict(max_t=max_t, grace_period=grace_period, reduction_factor=reduction_factor)
+        self._max_t, self._grace_period, self._reduction_factor = max_t, grace_period, reduction_factor
         self._brackets = brackets
         self._groups: dict[str, TrialScheduler] = {}
         self._objective: str | None = None
@@ -528,11 +530,21 @@ class PerBaselineScheduler(FIFOScheduler):
         if name not in self._groups:
             if self._brackets is None:
                 self._groups[name] = ASHAScheduler(
-                    time_attr="training_iteration", metric=self._objective, mode=self._mode, **self._args
+                    time_attr="training_iteration",
+                    metric=self._objective,
+                    mode=self._mode,
+                    max_t=self._max_t,
+                    grace_period=self._grace_period,
+                    reduction_factor=self._reduction_factor,
                 )
             else:
                 self._groups[name] = SynchronousHalving(
-                    metric=self._objective, mode=self._mode, sizes=self._brackets.get(name, []), **self._args
+                    metric=self._objective,
+                    mode=self._mode,
+                    sizes=self._brackets.get(name, []),
+                    max_t=self._max_t,
+                    grace_period=self._grace_period,
+                    reduction_factor=self._reduction_factor,
                 )
         return self._groups[name]
 
