@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,18 +37,9 @@ def test_a_scheduler_may_stop_a_paused_trial_through_the_controller() -> None:
     assert "self._search_alg.on_trial_complete(trial.trial_id)" in stop
 
 
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    """Start a one-CPU local Ray for the module (a trial's driver staging folder needs a session)."""
-    ray.init(address="local", num_cpus=1, include_dashboard=False, configure_logging=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
 @pytest.fixture
 def stub_trial(local_ray: None, tmp_path: Path) -> Trial:
+    """A stub trial in a Ray session (the session's shared one): its driver staging folder needs one."""
     storage = StorageContext(storage_path=str(tmp_path / "storage"), experiment_dir_name="exp", trial_dir_name="t")
     trial = Trial("__fake", stub=True, storage=storage)
     trial.init_local_path()
