@@ -36,7 +36,7 @@ screenshots: $(STAMP) browser
 # shipped experiment, a wheel install, drivers signalled or killed) have their own target, which
 # CI runs too (.ci/run).
 test: lint browser
-	$(BIN)/python -m pytest -m "not cluster and not e2e" --durations=20
+	$(BIN)/python -m pytest -m "not cluster and not e2e" -n auto --dist loadfile --durations=20
 
 # ruff (pyflakes, pycodestyle, import order, bugbear; line length 120) and its formatter, and mypy
 # over harness/ and baselines/ at the strictness pyproject.toml states: the tree must stay clean.

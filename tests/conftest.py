@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from pathlib import Path
@@ -28,6 +29,12 @@ def synthetic_idc(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from harness.data.datasets.idc import write_synthetic_idc
 
     return write_synthetic_idc(tmp_path_factory.mktemp("synthetic_idc"), patients=20, seed=1)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """pytest-xdist's workers start with COLUMNS=80, and rich fixes a console's width when it is made
+    if COLUMNS is set: the CLI's consoles would then print 80 columns whatever a test asks for."""
+    os.environ.pop("COLUMNS", None)
 
 
 def ensure_local_ray() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import ray
 from mlflow import MlflowClient
 from typer.testing import CliRunner
@@ -13,6 +14,9 @@ from typer.testing import CliRunner
 from harness import tracking
 from harness.cli import app
 from tests.conftest import experiment_dict, write_experiment
+
+# Two sweeps whose trials wait at every rung, each pause a new trial process: make test-cluster.
+pytestmark = pytest.mark.e2e
 
 # Columns that legitimately differ between two sweeps: run ids, and the device hours wall time costs.
 RUN_SPECIFIC = ("best_run_id", "gpu_hours", "cpu_hours")
@@ -23,7 +27,7 @@ def _sweep(tmp: Path, data_root: Path, cpus: int) -> tuple[pd.DataFrame, list]:
         data_root,
         tmp / "results",
         name="repro",
-        baselines=[{"name": "cancernet", "fixed": {"batch_size": 4, "epochs_max": 2}}],
+        baselines=[{"name": "cancernet", "fixed": {"batch_size": 16, "epochs_max": 2}}],
         search={
             "trials": 4,
             "max_epochs": 2,

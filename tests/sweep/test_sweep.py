@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from harness import tracking
 from harness.cli import app
+from harness.data.datasets.idc import write_synthetic_idc
 from harness.sweep._search import optuna_storage
 from harness.sweep._studies import mlflow_disagreements
 from tests.conftest import ensure_local_ray, experiment_dict, write_experiment
@@ -44,10 +45,13 @@ class Swept:
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory: pytest.TempPathFactory, synthetic_idc: Path) -> Swept:
+def swept(tmp_path_factory: pytest.TempPathFactory) -> Swept:
+    """One sweep that every test of this module checks something of: 4 trials of two baselines,
+    one at a time, on a 12-patient tree (what the trials train is nearly all of its time)."""
     tmp = tmp_path_factory.mktemp("sweep")
+    root = write_synthetic_idc(tmp / "idc", patients=12, seed=1)
     data = experiment_dict(
-        synthetic_idc,
+        root,
         tmp / "results",
         name="sweep-test",
         baselines=[
@@ -314,6 +318,8 @@ def test_train_command_logs_its_compute_options(swept: Swept, tmp_path: Path) ->
     data = yaml.safe_load(swept.experiment.read_text())
     data["name"] = "compute-test"
     data["training"]["compute"] = {"precision": "bf16", "channels_last": True}
+    # One epoch: what is checked is what the run logs, and bf16 is slow on a CPU.
+    data["baselines"][0]["fixed"]["epochs_max"] = 1
     path = write_experiment(tmp_path / "bf16.yaml", data)
     result = CliRunner().invoke(app, ["train", str(path), "--baseline", "cancernet"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
