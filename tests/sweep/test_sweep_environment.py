@@ -20,8 +20,9 @@ def _seen(names: list[str]) -> dict[str, str | None]:
 
 
 def test_the_workers_of_the_ray_a_sweep_starts_inherit_its_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    if ray.is_initialized():
-        pytest.skip("a Ray is already running in this process; the sweep would join it")
+    # The session's shared Ray would be joined, not started: end it (the next test that sweeps
+    # starts it again).
+    ray.shutdown()
     names = [*WORKER_SETTINGS, "TUNE_GLOBAL_CHECKPOINT_S"]
     for name in names:
         monkeypatch.delenv(name, raising=False)
