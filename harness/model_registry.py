@@ -63,14 +63,17 @@ def _tracking_uri(uri: str) -> Iterator[None]:
     """Make `uri` MLflow's current tracking URI for the block, then the one before it; yields nothing.
 
     set_tracking_uri also writes MLFLOW_TRACKING_URI into the environment (for subprocesses): that
-    variable is put back as it was too."""
+    variable is put back as it was too. MLflow is left unpinned afterwards unless the caller had
+    pinned it: setting `previous` back would pin it, and the environment would no longer choose."""
     previous = mlflow.get_tracking_uri()
     with environment({MLFLOW_TRACKING_URI.name: uri}, override=True):
         mlflow.set_tracking_uri(uri)
         try:
             yield
         finally:
-            mlflow.set_tracking_uri(previous)
+            mlflow.set_tracking_uri(None)  # type: ignore[arg-type]  # MLflow's own way to unset it
+    if mlflow.get_tracking_uri() != previous:
+        mlflow.set_tracking_uri(previous)
 
 
 @contextlib.contextmanager

@@ -27,13 +27,27 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return tracking.open_store(f"sqlite:///{tmp_path / 'mlflow.db'}").uri
 
 
-def test_mlflow_logs_to_the_store_for_the_block_only(store: str) -> None:
+def test_mlflow_logs_to_the_store_for_the_block_only(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
     before = mlflow.get_tracking_uri()
     with _logging_to(store):
         assert mlflow.get_tracking_uri() == store
         assert os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] == "false"
     assert mlflow.get_tracking_uri() == before
     assert [name for name in SCOPED if name in os.environ] == []
+    # MLflow's URI is left unpinned: the environment still chooses it afterwards.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    assert mlflow.get_tracking_uri() == "http://127.0.0.1:1"
+
+
+def test_a_uri_the_caller_set_is_set_again_after_the_block(store: str, tmp_path: Path) -> None:
+    mine = f"sqlite:///{tmp_path / 'mine.db'}"
+    mlflow.set_tracking_uri(mine)
+    try:
+        with _logging_to(store):
+            assert mlflow.get_tracking_uri() == store
+        assert mlflow.get_tracking_uri() == mine
+    finally:
+        mlflow.set_tracking_uri(None)  # type: ignore[arg-type]  # MLflow's own way to unset it
 
 
 def test_a_fold_model_is_logged_and_registered_in_the_store_named(store: str) -> None:
