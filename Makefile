@@ -55,8 +55,10 @@ browser:
 		    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1; }; }; } || \
 		echo "chromium could not be installed: the HTML rendering test will skip"; }
 
+# Two test files at a time, not one per core: each runs whole sweeps (a Ray cluster or an MLflow
+# server of its own), so more would trade the time saved for memory.
 test-cluster: $(STAMP) browser postgresql slurm
-	$(BIN)/python -m pytest -m "cluster or e2e" --durations=20
+	$(BIN)/python -m pytest -m "cluster or e2e" -n 2 --dist loadfile --durations=20
 
 # The tracking-load bench's PostgreSQL backend: Debian's server binaries, installed here when
 # missing and apt-get can (as root); otherwise that test skips and says why.
