@@ -110,12 +110,14 @@ def bare_tuner(path: Path, points: list[dict], work: Path) -> float:
 
     from harness.config import load_experiment
     from harness.data.prepare import load_or_index, prepare
+    from harness.environment import EMBEDDED_RAY, environment
 
     config = load_experiment(path)
     started = time.perf_counter()
     manifest, _ = load_or_index(config.dataset)
     data = prepare(manifest, config.dataset, config.protocol, work / "_data")
-    ray.init(address="local", include_dashboard=False, configure_logging=False)
+    with environment(EMBEDDED_RAY):  # the Ray settings the harness's own sweep starts with
+        ray.init(address="local", include_dashboard=False, configure_logging=False)
     try:
         tuner = tune.Tuner(
             tune.with_resources(tune.with_parameters(_bare_trial, config=config, data=data), {"cpu": 1}),

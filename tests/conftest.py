@@ -11,6 +11,8 @@ from typing import Any, Callable
 import pytest
 import yaml
 
+from harness.environment import EMBEDDED_RAY, environment
+
 REPO = Path(__file__).resolve().parents[1]
 IDC_SAMPLE = REPO.parent / "shared" / "data" / "idc_sample"
 
@@ -45,7 +47,9 @@ def ensure_local_ray() -> None:
     import ray
 
     if not ray.is_initialized():
-        ray.init(address="local", include_dashboard=False, configure_logging=False)
+        # Started as a sweep starts its own, so that its trials are not niced below other work.
+        with environment(EMBEDDED_RAY):
+            ray.init(address="local", include_dashboard=False, configure_logging=False)
 
 
 @pytest.fixture

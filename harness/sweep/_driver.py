@@ -26,7 +26,7 @@ from ray import tune
 
 from harness import tracking
 from harness.config import ExperimentConfig, ResourcesSpec
-from harness.environment import MLFLOW_QUIET, environment
+from harness.environment import EMBEDDED_RAY, MLFLOW_QUIET, environment
 from harness.errors import InputError
 from harness.experiment import ExperimentSetup, set_up
 from harness.server import check_reachable
@@ -142,7 +142,7 @@ def _ray(address: str | None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    with environment({"RAY_USAGE_STATS_ENABLED": "0"}):  # opt in with 1
+    with environment(EMBEDDED_RAY):
         # "local" rather than None: a killed driver can leave a stale cluster address behind, which a
         # plain ray.init() would try to join.
         _init_ray(address or "local")

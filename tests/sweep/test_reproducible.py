@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from harness import tracking
 from harness.cli import app
+from harness.environment import EMBEDDED_RAY, environment
 from tests.conftest import experiment_dict, write_experiment
 
 # Two sweeps whose trials wait at every rung, each pause a new trial process: make test-cluster.
@@ -46,7 +47,8 @@ def _sweep(tmp: Path, data_root: Path, cpus: int) -> tuple[pd.DataFrame, list]:
     # ("local": a new instance, never another Ray that happens to run on this machine; the
     # session's shared one is ended first).
     ray.shutdown()
-    ray.init(address="local", num_cpus=cpus, include_dashboard=False, configure_logging=False)
+    with environment(EMBEDDED_RAY):
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, configure_logging=False)
     try:
         result = CliRunner().invoke(app, ["sweep", str(path)], catch_exceptions=False)
     finally:

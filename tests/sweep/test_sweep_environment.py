@@ -7,16 +7,21 @@ import os
 import pytest
 import ray
 
-from harness.environment import MLFLOW_QUIET
+from harness.environment import EMBEDDED_RAY, MLFLOW_QUIET
 from harness.sweep import _driver
 
 # What the trial and fold workers need (MLflow's quiet settings), and what Ray's own processes read.
-WORKER_SETTINGS = {**MLFLOW_QUIET, "RAY_USAGE_STATS_ENABLED": "0"}
+WORKER_SETTINGS = {**MLFLOW_QUIET, **EMBEDDED_RAY}
 
 
 @ray.remote
 def _seen(names: list[str]) -> dict[str, str | None]:
     return {name: os.environ.get(name) for name in names}
+
+
+@ray.remote
+def _niceness() -> int:
+    return os.nice(0)
 
 
 def test_the_workers_of_the_ray_a_sweep_starts_inherit_its_settings(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -29,6 +34,9 @@ def test_the_workers_of_the_ray_a_sweep_starts_inherit_its_settings(monkeypatch:
     with _driver._tune_environment(), _driver._ray(None):
         assert os.environ["TUNE_GLOBAL_CHECKPOINT_S"] == str(_driver.STATE_SYNC_SECONDS)
         seen = ray.get(_seen.remote(list(WORKER_SETTINGS)))
+        niceness = ray.get(_niceness.remote())
     assert seen == WORKER_SETTINGS
+    # Trials compete for the CPU at the driver's own priority, not Ray's default nice 15.
+    assert niceness == os.nice(0)
     # Gone with the sweep (ray.init sets a few variables of its own, which are Ray's business).
     assert [name for name in names if name in os.environ] == []
