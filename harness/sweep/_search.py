@@ -112,7 +112,20 @@ def _outside_optimize() -> Iterator[None]:
             raise
 
 
-class PruningAwareOptunaSearch(Searcher):
+class _PickledSearcher(Searcher):
+    """A Searcher whose whole state is its attributes: Tune saves it with the experiment's state and
+    restores it on resume."""
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as file:
+            pickle.dump(self.__dict__, file)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as file:
+            self.__dict__.update(pickle.load(file))
+
+
+class PruningAwareOptunaSearch(_PickledSearcher):
     """A Tune searcher over one Optuna study, which holds what MLflow records: one intermediate value
     per epoch, the last included, and the last epoch's objective as the trial's value, COMPLETE for a
     trial that ended by itself, PRUNED for one the scheduler stopped and FAIL for one that failed.
@@ -221,14 +234,6 @@ class PruningAwareOptunaSearch(Searcher):
             self._ot_study.tell(self._ot_trials[trial_id], value, state=state, skip_if_finished=True)
         self._completed_trials.add(trial_id)
 
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as file:
-            pickle.dump(self.__dict__, file)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as file:
-            self.__dict__.update(pickle.load(file))
-
 
 def suggestion_order(names: list[str], trials: int) -> list[str]:
     """Return the baseline of each suggestion in the order PerBaselineSearcher hands them out."""
@@ -246,7 +251,7 @@ def batch_brackets(names: list[str], trials: int, batch: int) -> dict[str, list[
     return sizes
 
 
-class PerBaselineSearcher(Searcher):
+class PerBaselineSearcher(_PickledSearcher):
     """Hands out `trials` suggestions per baseline, round-robin, each from that baseline's own study.
 
     `starts` are points each study evaluates first (the recipe, a previous sweep's best); the
@@ -301,14 +306,6 @@ class PerBaselineSearcher(Searcher):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._children[self._owner[trial_id]].on_trial_result(trial_id, result)
-
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as file:
-            pickle.dump(self.__dict__, file)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as file:
-            self.__dict__.update(pickle.load(file))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         self._children[self._owner[trial_id]].on_trial_complete(trial_id, result, error)
