@@ -28,6 +28,7 @@ from harness.data.cache import open_patch_cache
 from harness.data.manifest import read_manifest
 from harness.data.prepare import load_or_index, prepare
 from harness.data.splits import TEST, read_split
+from harness.environment import EMBEDDED_RAY, environment
 from harness.leaderboard import build_leaderboard
 from harness.leaderboard.attach import tag_registered_models
 from harness.model_registry import MODEL_URI, RECIPE
@@ -54,11 +55,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> ServerProcess:
 def cluster() -> Cluster:
     # One CPU per node: two concurrent trials can only run on two different nodes. The head also
     # serves Ray Client (ray://) on a free port. An embedded Ray an earlier test left up is ended.
+    # Its workers run at the test's priority, as an embedded Ray's do (harness.environment), not
+    # niced below the tests that run beside it.
     ray.shutdown()
     client_port = free_port()
-    two_nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "ray_client_server_port": client_port})
+    with environment(EMBEDDED_RAY):
+        two_nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "ray_client_server_port": client_port})
+        two_nodes.worker = two_nodes.add_node(num_cpus=1)
     two_nodes.client_port = client_port
-    two_nodes.worker = two_nodes.add_node(num_cpus=1)
     two_nodes.wait_for_nodes()
     yield two_nodes
     two_nodes.shutdown()
