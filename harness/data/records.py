@@ -42,6 +42,11 @@ class Decoded:
     mode: str
     digest: str
 
+    def off_layout(self, size: tuple[int, int]) -> list[str]:
+        """Return the manifest flags of an image that is not `size` (width, height) or not RGB."""
+        flags = [] if (self.width, self.height) == size else [f"size_{self.width}x{self.height}"]
+        return flags + ([] if self.mode == "RGB" else [f"mode_{self.mode}"])
+
 
 def content_digest(data: bytes) -> str:
     """Return the hex BLAKE2b-128 digest of a file's bytes (the manifest's `digest` column)."""

@@ -62,12 +62,7 @@ def _inspect(path: Path, class_name: str, truth: dict[str, str]) -> tuple[dict[s
         image = decode(path)
     except UnreadableImage as exc:
         return None, str(exc)
-    width, height, mode = image.width, image.height, image.mode
-    flags = ["no_patient_id"]
-    if (width, height) != SIZE:
-        flags.append(f"size_{width}x{height}")
-    if mode != "RGB":
-        flags.append(f"mode_{mode}")
+    flags = ["no_patient_id", *image.off_layout(SIZE)]
     return {
         "path": str(path.resolve()),
         "rel_path": f"Photos/{class_name}/{path.name}",
@@ -75,8 +70,8 @@ def _inspect(path: Path, class_name: str, truth: dict[str, str]) -> tuple[dict[s
         "class_name": class_name,
         "patient_id": path.stem,
         "dataset": DATASET,
-        "width": width,
-        "height": height,
+        "width": image.width,
+        "height": image.height,
         "digest": image.digest,
         "flags": ";".join(flags),
     }, None

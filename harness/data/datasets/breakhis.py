@@ -71,10 +71,7 @@ def _inspect(path: Path, label: str, group_by: str) -> tuple[dict[str, object] |
         image = decode(path)
     except UnreadableImage as exc:
         return None, str(exc)
-    width, height, mode = image.width, image.height, image.mode
-    flags = [] if (width, height) == SIZE else [f"size_{width}x{height}"]
-    if mode != "RGB":
-        flags.append(f"mode_{mode}")
+    flags = image.off_layout(SIZE)
     subtype = SUBTYPES[m["t"]]
     return {
         "path": str(path.resolve()),
@@ -86,8 +83,8 @@ def _inspect(path: Path, label: str, group_by: str) -> tuple[dict[str, object] |
         "subtype": subtype,
         "magnification": int(m["mag"]),
         "dataset": DATASET,
-        "width": width,
-        "height": height,
+        "width": image.width,
+        "height": image.height,
         "digest": image.digest,
         "flags": ";".join(flags),
     }, None
