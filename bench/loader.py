@@ -16,23 +16,28 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from _figures import Figures, add_figures_option
 from torch.utils.data import DataLoader
 
-from harness.config import DatasetSpec, TrainParams
-from harness.data.batched import BatchAugment, DeviceBatches
-from harness.data.cache import build_patch_cache, open_patch_cache
-from harness.data.dataset import ImageDataset
-from harness.data.datasets.idc import write_synthetic_idc
-from harness.data.manifest import manifest_hash
-from harness.data.prepare import index_dataset
-from harness.data.transforms import build_transform
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, when not installed
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # _figures, also when run by runpy, not as a script
+
+from _figures import Figures, add_figures_option  # noqa: E402
+
+from harness.config import DatasetSpec, TrainParams  # noqa: E402
+from harness.data.batched import BatchAugment, DeviceBatches  # noqa: E402
+from harness.data.cache import build_patch_cache, open_patch_cache  # noqa: E402
+from harness.data.dataset import ImageDataset  # noqa: E402
+from harness.data.datasets.idc import write_synthetic_idc  # noqa: E402
+from harness.data.manifest import manifest_hash  # noqa: E402
+from harness.data.prepare import index_dataset  # noqa: E402
+from harness.data.transforms import build_transform  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "idc_sample"
 AUGMENTS = {"pis": True, "dihedral": False, "none": False}  # augment -> Keras semantics
