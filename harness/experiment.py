@@ -12,7 +12,7 @@ from harness.data.prepare import PreparedData, load_or_index, prepare
 from harness.evaluation import Evaluation
 from harness.floors import FloorFold
 from harness.metrics import METRIC_NAMES
-from harness.preflight import check_outputs
+from harness.preflight import check_outputs, optuna_store, tracking_store
 from harness.run_spec import RunSpec
 from harness.train import EpochReport, FitResult, fit
 
@@ -37,7 +37,10 @@ def set_up(config: ExperimentConfig, *, show_progress: bool = False, sweep: bool
     check_outputs(
         output_dir=config.output_dir,
         storage_path=config.resolved_storage_path() if sweep else None,
-        stores=(config.resolved_tracking_uri(), *([config.resolved_optuna_storage()] if sweep else [])),
+        stores=(
+            tracking_store(config.resolved_tracking_uri()),
+            *([optuna_store(config.resolved_optuna_storage())] if sweep else []),
+        ),
     )
     manifest, notes = load_or_index(config.dataset, show_progress=show_progress)
     data = prepare(
