@@ -19,6 +19,7 @@ from ._registry import (
     uses_keras_semantics,
 )
 from ._summary import ModelSummary, summarise, summarise_all
+from ._weights import WeightsFileError, check_weights_file
 
 list = list_baselines  # noqa: A001  (the documented public name is baselines.list())
 
@@ -30,6 +31,8 @@ __all__ = [
     "PublishedCount",
     "Semantics",
     "UnknownBaselineError",
+    "WeightsFileError",
+    "check_weights_file",
     "create",
     "info",
     "list",

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import struct
+import zipfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 _FROM_FILE = "weights_from_file"
+# What torch.save wrote before its files became zip archives: pickle protocol 2, then this number.
+_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
+
+
+class WeightsFileError(ValueError):
+    """A weights file that is missing, is not a state dict, or does not fit its model; a retry
+    would meet it again."""
 
 
 def local_weights_file(pretrained: str | None) -> Path | None:
@@ -16,8 +26,40 @@ def local_weights_file(pretrained: str | None) -> Path | None:
         return None
     path = Path(pretrained).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"pretrained weights file {str(path)!r} does not exist (weights are never downloaded)")
+        raise WeightsFileError(f"pretrained weights file {str(path)!r} does not exist (weights are never downloaded)")
     return path.resolve()
+
+
+def _safetensors_header(path: Path) -> bool:
+    """Return whether `path` starts as a safetensors file: a header length, then a JSON object."""
+    with open(path, "rb") as file:
+        head = file.read(8)
+        if len(head) < 8:
+            return False
+        (length,) = struct.unpack("<Q", head)
+        if length > path.stat().st_size - 8:
+            return False
+        try:
+            return isinstance(json.loads(file.read(length)), dict)
+        except ValueError:
+            return False
+
+
+def check_weights_file(pretrained: str | Path) -> Path:
+    """Return the resolved path of a file that looks like weights (safetensors, or torch.save's zip
+    or legacy format) from its first bytes; raises WeightsFileError naming it otherwise. Whether
+    its keys fit the model is known only when the model is built."""
+    path = local_weights_file(str(pretrained))
+    assert path is not None
+    if path.suffix == ".safetensors":
+        if not _safetensors_header(path):
+            raise WeightsFileError(f"weights file {str(path)!r} is not a safetensors file")
+        return path
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as file:
+            if file.read(len(_LEGACY_TORCH_MAGIC)) != _LEGACY_TORCH_MAGIC:
+                raise WeightsFileError(f"weights file {str(path)!r} is not a file torch.save wrote (nor .safetensors)")
+    return path
 
 
 def load_state_dict_file(module: nn.Module, path: Path, *, what: str, skip_prefixes: tuple[str, ...] = ()) -> None:
@@ -34,10 +76,10 @@ def load_state_dict_file(module: nn.Module, path: Path, *, what: str, skip_prefi
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch and safetensors raise several types for a file that is not a checkpoint
-        raise ValueError(f"weights file {str(path)!r} is not a torch state dict ({exc})") from None
+        raise WeightsFileError(f"weights file {str(path)!r} is not a torch state dict ({exc})") from None
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, dict):
-        raise ValueError(f"weights file {str(path)!r} holds a {type(state).__name__}, not a state dict")
+        raise WeightsFileError(f"weights file {str(path)!r} holds a {type(state).__name__}, not a state dict")
     state = {k: v for k, v in state.items() if not k.startswith(skip_prefixes)}
     own = {k for k in module.state_dict() if not k.startswith(skip_prefixes)}
     missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
@@ -47,11 +89,11 @@ def load_state_dict_file(module: nn.Module, path: Path, *, what: str, skip_prefi
             for label, keys in (("missing", missing), ("unexpected", unexpected))
             if keys
         )
-        raise ValueError(f"weights file {str(path)!r} does not fit {what}: {detail}")
+        raise WeightsFileError(f"weights file {str(path)!r} does not fit {what}: {detail}")
     try:
         module.load_state_dict(state, strict=False)
     except RuntimeError as exc:
-        raise ValueError(
+        raise WeightsFileError(
             f"weights file {str(path)!r} does not fit {what}: {str(exc).splitlines()[1].strip()}"
         ) from None
     _mark_loaded(module, set(state))

@@ -200,10 +200,9 @@ class BaselineSpec(Strict):
 
     @field_validator("pretrained")
     @classmethod
-    def _exists(cls, path: Path | None) -> Path | None:
-        if path is not None and not path.is_file():
-            raise ValueError(f"weights file {str(path)!r} does not exist (weights are never downloaded)")
-        return path.resolve() if path is not None else None
+    def _weights_file(cls, path: Path | None) -> Path | None:
+        # Its first bytes, here: a file that is no weights file is refused before any trial starts.
+        return baselines.check_weights_file(path) if path is not None else None
 
 
 class WarmStartSpec(Strict):

@@ -110,7 +110,13 @@ BAD_INPUTS = {
     ),
     "missing weights file": (
         {"baselines": [{"name": "resnet18", "pretrained": "/nowhere/w.pth", "fixed": {"freeze": "none"}}]},
-        "exp.yaml: key 'baselines[0].pretrained' = '/nowhere/w.pth': weights file '/nowhere/w.pth' does not exist",
+        "exp.yaml: key 'baselines[0].pretrained' = '/nowhere/w.pth': pretrained weights file '/nowhere/w.pth' does "
+        "not exist (weights are never downloaded)",
+    ),
+    "a file that is no weights file": (
+        {"baselines": [{"name": "resnet18", "pretrained": "/etc/passwd", "fixed": {"freeze": "none"}}]},
+        "exp.yaml: key 'baselines[0].pretrained' = '/etc/passwd': weights file '/etc/passwd' is not a file "
+        "torch.save wrote (nor .safetensors)",
     ),
 }
 

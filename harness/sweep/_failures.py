@@ -13,6 +13,7 @@ from typing import Any
 
 from ray.exceptions import NodeDiedError, RayActorError, WorkerCrashedError
 
+from baselines import WeightsFileError
 from harness import ray_compat
 from harness.errors import InputError, disk_full
 from harness.tracking import root_cause
@@ -32,7 +33,7 @@ def deterministic_cause(exc: BaseException) -> str | None:
     cause = root_cause(exc)
     if isinstance(cause, DivergedError):
         return DIVERGED
-    if isinstance(cause, InputError):
+    if isinstance(cause, (InputError, WeightsFileError)):
         return INPUT
     if isinstance(cause, (TrialOutOfMemory, MemoryError)):
         return OUT_OF_MEMORY

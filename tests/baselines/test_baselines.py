@@ -272,7 +272,7 @@ def test_wrong_weights_files_fail_with_one_clear_message(tmp_path: Path) -> None
         baselines.create("densenet121", num_classes=2, pretrained=str(resnet))
     with pytest.raises(ValueError, match=r"garbage.pth' is not a torch state dict"):
         baselines.create("amil", num_classes=2, pretrained=str(garbage))
-    with pytest.raises(FileNotFoundError, match=r"'/nowhere/w.pth' does not exist"):
+    with pytest.raises(baselines.WeightsFileError, match=r"'/nowhere/w.pth' does not exist"):
         baselines.create("resnet18", num_classes=2, pretrained="/nowhere/w.pth")
 
 
