@@ -10,6 +10,8 @@ from __future__ import annotations
 import errno
 import functools
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -216,6 +218,20 @@ def models() -> None:
     console.print(table)
 
 
+@contextmanager
+def _interruptible(again: str) -> Iterator[None]:
+    """Run the block with SIGINT and SIGTERM raising Interrupted, which ends its runs KILLED
+    (`interrupted=<signal>`); then print that it was interrupted and `again`, and exit 130 or 143."""
+    from harness.interrupts import Interrupted, catching_interrupts
+
+    try:
+        with catching_interrupts():
+            yield
+    except Interrupted as interrupted:
+        errors.print(f"interrupted ({interrupted.signal_name}); {again}", highlight=False, soft_wrap=True, markup=False)
+        raise typer.Exit(interrupted.exit_code) from None
+
+
 @app.command()
 @user_errors
 def train(
@@ -239,17 +255,19 @@ def train(
         )
     if fold >= config.protocol.folds:
         raise InputError(f"--fold {fold}: expected a fold below protocol.folds ({config.protocol.folds})")
-    setup = set_up(config, show_progress=True)
-    spec = RunSpec.build(config, setup.data, baseline, fold=fold)
-    run_id, result = train_tracked(
-        config,
-        setup,
-        spec,
-        on_epoch=lambda e: console.print(
-            f"epoch {e.epoch:>3}  train loss {e.train_loss:.4f}  val loss {e.val['loss']:.4f}  "
-            f"val acc {e.val['accuracy']:.4f}  val AUC {e.val['auc']:.4f}"
-        ),
-    )
+    again = f"harness train {experiment} --baseline {baseline}" + (f" --fold {fold}" if fold else "")
+    with _interruptible(f"the run ended KILLED; train again with: {again}"):
+        setup = set_up(config, show_progress=True)
+        spec = RunSpec.build(config, setup.data, baseline, fold=fold)
+        run_id, result = train_tracked(
+            config,
+            setup,
+            spec,
+            on_epoch=lambda e: console.print(
+                f"epoch {e.epoch:>3}  train loss {e.train_loss:.4f}  val loss {e.val['loss']:.4f}  "
+                f"val acc {e.val['accuracy']:.4f}  val AUC {e.val['auc']:.4f}"
+            ),
+        )
     test = result.test.metrics if result.test else {}
     console.print(
         f"best epoch {result.best_epoch}: val acc {result.best_val['accuracy']:.4f}; "
@@ -329,7 +347,8 @@ def sweep(
     config = _load(experiment, root, tracking_uri, output_dir, roi_dir, storage)
     if address is None:
         _embedded_ray_on_loopback(ctx)
-    from harness.sweep import AllTrialsFailed, SweepInterrupted, run_sweep
+    from harness.interrupts import Interrupted
+    from harness.sweep import AllTrialsFailed, run_sweep
 
     try:
         summary = run_sweep(config, address=address, resume=resume, verbose=True)
@@ -337,7 +356,7 @@ def sweep(
         _print_sweep(failed.summary)
         errors.print(f"[bold red]error:[/] {failed}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
-    except SweepInterrupted as interrupted:
+    except Interrupted as interrupted:
         hint = f"; continue with: harness sweep {experiment} --resume" if interrupted.parent_run_id else ""
         errors.print(f"interrupted{hint}", highlight=False, soft_wrap=True, markup=False)
         raise typer.Exit(interrupted.exit_code) from None
@@ -509,7 +528,9 @@ def study_leakage(
     def progress(name: str, protocol: str, fold: int, accuracy: float) -> None:
         console.print(f"{name:<14} {protocol:<13} fold {fold} test accuracy {accuracy:.3f}", highlight=False)
 
-    study = run_leakage_study(config, baselines or None, epochs=epochs, on_arm=progress)
+    again = " ".join(["harness study leakage", str(experiment), *(f"--baseline {b}" for b in baselines)])
+    with _interruptible(f"the study's runs ended KILLED; run it again with: {again}"):
+        study = run_leakage_study(config, baselines or None, epochs=epochs, on_arm=progress)
     table = leakage_table(
         config.resolved_tracking_uri(), config.name, study, n_boot=bootstrap, seed=config.protocol.seed
     )

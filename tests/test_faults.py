@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
@@ -25,8 +26,12 @@ from typer.testing import CliRunner
 
 from harness import tracking
 from harness.cli import app
+from harness.config import load_experiment
 from harness.data.datasets.idc import write_synthetic_idc
+from harness.experiment import set_up
+from harness.sweep._driver import new_sweep_folder
 from harness.sweep._orphans import driver_identity
+from harness.sweep._record import write_record
 from harness.tracking import RunType
 from tests.conftest import REPO, experiment_dict, wait_for, write_experiment
 
@@ -356,3 +361,195 @@ def test_close_orphans_ends_the_runs_of_a_dead_driver_and_spares_a_live_one(tmp_
     assert [states[run] for run in runs["live"]] == [("RUNNING", None)] * 2
     again = _harness("close-orphans", str(path))
     assert "faults: no sweep left RUNNING by a dead driver on this host" in " ".join(again.stdout.split())
+
+
+def _ended_sweep(tmp_path: Path, root: Path, out: Path, *, status: str, driver: str | None = None) -> tuple[Path, str]:
+    """Leave what a sweep whose parent run is `status` leaves behind: the run in the store and the
+    sweep's folder with the harness's record; returns the experiment file and the parent run id.
+    Tune's own state is a placeholder: every case here is refused before Tune reads it."""
+    path = _experiment(tmp_path / "x.yaml", root, out)
+    config = load_experiment(path)
+    setup = set_up(config, sweep=True)
+    parent = setup.tracker.start_run(
+        setup.experiment_id, name="sweep faults", run_type=RunType.SWEEP, tags={"driver": driver or ""}, params={}
+    )
+    if status != "RUNNING":
+        setup.tracker.finish(parent, status)
+    folder = config.resolved_storage_path() / "sweep-20261204-093330"
+    write_record(folder, config, parent=parent, experiment_id=setup.experiment_id, split_hash=setup.data.split_hash)
+    (folder / "tuner.pkl").write_bytes(b"")
+    return path, parent
+
+
+def _status(out: Path, run_id: str) -> tuple[str, str | None]:
+    run = next(r for r in _runs(out) if r.info.run_id == run_id)
+    return run.info.status, run.data.tags.get("outcome")
+
+
+def test_resuming_a_sweep_that_ended_says_so_and_leaves_its_record_unchanged(tmp_path: Path, small_idc: Path) -> None:
+    out = tmp_path / "out"
+    path, parent = _ended_sweep(tmp_path, small_idc, out, status="FINISHED")
+    result = _harness("sweep", str(path), "--resume")
+    assert result.returncode == 2
+    assert _error_lines(result) == [
+        "error: --resume: sweep-20261204-093330 has ended (FINISHED, completed); there is nothing to resume: run "
+        "the sweep without --resume to start a new one"
+    ]
+    assert _status(out, parent) == ("FINISHED", "completed")
+    assert len(_runs(out)) == 1
+
+
+def _corrupt(database: Path) -> None:
+    """Write 4 KB of random bytes into the middle of a SQLite file, as a failing disk might."""
+    with open(database, "r+b") as file:
+        file.seek(database.stat().st_size // 2)
+        file.write(np.random.default_rng(0).bytes(4096))
+
+
+def test_a_damaged_optuna_store_is_one_line_and_neither_a_new_sweep_nor_resume_writes_anything(
+    tmp_path: Path, small_idc: Path
+) -> None:
+    out = tmp_path / "out"
+    path, parent = _ended_sweep(tmp_path, small_idc, out, status="FINISHED")
+    study = optuna.create_study(storage=f"sqlite:///{out / 'optuna.db'}", study_name="faults")
+    for value in range(200):  # enough pages that the damage lands inside the tables
+        study.tell(study.ask(), value)
+    _corrupt(out / "optuna.db")
+    before = sorted(p.name for p in (out / "faults" / "ray").iterdir())
+    line = (
+        f"error: search.optuna_storage {out / 'optuna.db'}: the database is damaged (database disk image is "
+        "malformed); move it aside to start a new one (what it holds cannot be resumed)"
+    )
+    for args in ((), ("--resume",)):
+        result = _harness("sweep", str(path), *args)
+        assert result.returncode == 2
+        assert _error_lines(result) == [line]
+    assert _status(out, parent) == ("FINISHED", "completed")
+    assert len(_runs(out)) == 1
+    assert sorted(p.name for p in (out / "faults" / "ray").iterdir()) == before
+
+
+def test_a_tracking_uri_naming_another_kind_of_database_is_one_line(tmp_path: Path, small_idc: Path) -> None:
+    optuna.create_study(storage=f"sqlite:///{tmp_path / 'optuna.db'}", study_name="x")
+    path = _experiment(tmp_path / "x.yaml", small_idc, tmp_path / "out", tracking_uri=f"sqlite:///{tmp_path}/optuna.db")
+    result = _harness("train", str(path), "--baseline", "cancernet")
+    assert result.returncode == 2
+    assert _error_lines(result) == [
+        f"error: tracking_uri {tmp_path / 'optuna.db'}: it has no table 'experiments', so it is not an MLflow "
+        "tracking store: point tracking_uri at another file"
+    ]
+
+
+def test_resume_under_another_root_names_the_key_and_ends_what_a_dead_driver_left_running(
+    tmp_path: Path, small_idc: Path
+) -> None:
+    out = tmp_path / "out"
+    dead = f"{platform.node()}:{os.getpid()}:0"  # no process started at tick 0
+    path, parent = _ended_sweep(tmp_path, small_idc, out, status="RUNNING", driver=dead)
+    moved = tmp_path / "moved"
+    shutil.copytree(small_idc, moved)
+    result = _harness("sweep", str(path), "--resume", "--root", str(moved))
+    assert result.returncode == 2
+    assert _error_lines(result) == [
+        f"error: --resume: dataset.root is {str(moved)!r} now, {str(small_idc)!r} when sweep-20261204-093330 "
+        "started; resume with the same file and options, or start a new sweep"
+    ]
+    assert _status(out, parent) == ("KILLED", "orphaned")
+
+
+def test_sweeps_started_in_the_same_second_get_folders_of_their_own(tmp_path: Path) -> None:
+    folders = [new_sweep_folder(tmp_path / "ray", "sweep-20261204-093330") for _ in range(3)]
+    assert [f.name for f in folders] == ["sweep-20261204-093330", "sweep-20261204-093330-2", "sweep-20261204-093330-3"]
+    assert all(f.is_dir() for f in folders)
+
+
+SIGNALS_SCRIPT = """
+import os, signal
+from harness.interrupts import Interrupted, catching_interrupts
+
+with catching_interrupts() as interrupts:
+    try:
+        signal.raise_signal(signal.SIGINT)
+    except Interrupted:
+        pass  # dropped, as Python drops an exception raised in a finaliser
+    try:
+        interrupts.check()
+    except Interrupted as exc:
+        print("check raised", exc.signal_name, flush=True)
+    signal.raise_signal(signal.SIGTERM)
+    print("closing goes on", flush=True)
+    signal.raise_signal(signal.SIGTERM)
+    print("not reached", flush=True)
+"""
+
+
+def test_a_dropped_signal_is_raised_again_and_the_third_exits_at_once() -> None:
+    done = subprocess.run([sys.executable, "-c", SIGNALS_SCRIPT], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 143
+    assert done.stdout.splitlines() == ["check raised SIGINT", "closing goes on"]
+    assert done.stderr.splitlines() == [
+        "closing the sweep's runs; one more signal exits at once and leaves them RUNNING"
+    ]
+
+
+@pytest.mark.e2e
+def test_two_ctrl_cs_still_end_every_run_killed_and_print_the_resume_line(tmp_path: Path, small_idc: Path) -> None:
+    out = tmp_path / "out"
+    path = _long_experiment(tmp_path, small_idc, out)
+    driver = subprocess.Popen(
+        [*HARNESS, "sweep", str(path)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    wait_for(lambda: any((out / "faults" / "ray").rglob("checkpoint_*")), timeout=300, what="a trial checkpoint")
+    driver.send_signal(signal.SIGINT)
+    seen = []
+    for line in driver.stderr:  # ends when the driver exits
+        seen.append(line)
+        if line.startswith("stopping once Tune has saved"):
+            driver.send_signal(signal.SIGINT)
+            break
+    _, rest = driver.communicate(timeout=300)
+    stderr = "".join(seen) + rest
+    assert driver.returncode == 130, stderr[-3000:]
+    assert f"interrupted; continue with: harness sweep {path} --resume" in stderr
+    states = {r.info.run_name: (r.info.status, r.data.tags.get("interrupted")) for r in _runs(out)}
+    assert states and set(states.values()) == {("KILLED", "SIGINT")}, states
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("command", "run_type", "again"),
+    [
+        (
+            ("train", "{path}", "--baseline", "cancernet"),
+            "train",
+            "train again with: harness train {path} --baseline cancernet",
+        ),
+        (
+            ("study", "leakage", "{path}", "--baseline", "cancernet"),
+            "study_arm",
+            "run it again with: harness study leakage {path} --baseline cancernet",
+        ),
+    ],
+    ids=["train", "study leakage"],
+)
+def test_sigterm_ends_the_runs_of_train_and_the_leakage_study_killed(
+    tmp_path: Path, small_idc: Path, command: tuple[str, ...], run_type: str, again: str
+) -> None:
+    out = tmp_path / "out"
+    path = _long_experiment(tmp_path, small_idc, out)
+    args = [a.format(path=path) for a in command]
+    process = subprocess.Popen(
+        [*HARNESS, *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    wait_for(
+        lambda: any(r.data.tags.get("run_type") == run_type and r.data.metrics for r in _runs(out)),
+        timeout=300,
+        what=f"a {run_type} run's first epoch",
+    )
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 143, stderr[-3000:]
+    assert stderr.splitlines()[-1].endswith(again.format(path=path))
+    assert stderr.splitlines()[-1].startswith("interrupted (SIGTERM); ")
+    states = {(r.info.status, r.data.tags.get("interrupted")) for r in _runs(out)}
+    assert states == {("KILLED", "SIGTERM")}

@@ -7,7 +7,7 @@ searcher, scheduler, Tuner), `_search` (per-baseline Optuna search and halving),
 in a trial, and the callback that closes its run), `_studies` (the Optuna studies), `_retrain` (the
 fold retrain), `_ensemble` (logging a fold ensemble), `_floors` (the floors' runs), `_nodes` (what a
 trial checks on its node), `_record` (the resume record), `_orphans` (runs a dead driver left
-RUNNING), `_signals` (SIGINT and SIGTERM), `_failures` (why a trial failed), `_lines` (console lines).
+RUNNING), `_failures` (why a trial failed), `_lines` (console lines).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ._driver import AllTrialsFailed, BaselineOutcome, SweepInterrupted, SweepSummary, close_orphans, run_sweep
+    from ._driver import AllTrialsFailed, BaselineOutcome, SweepSummary, close_orphans, run_sweep
 
-__all__ = ["AllTrialsFailed", "BaselineOutcome", "SweepInterrupted", "SweepSummary", "close_orphans", "run_sweep"]
+__all__ = ["AllTrialsFailed", "BaselineOutcome", "SweepSummary", "close_orphans", "run_sweep"]
 
 
 def __getattr__(name: str) -> object:

@@ -9,6 +9,7 @@ experiment and parent run exist before the first trial (NOTES-ray-optuna-mlflow.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import tempfile
 import time
@@ -29,6 +30,8 @@ from harness.config import ExperimentConfig, ResourcesSpec
 from harness.environment import EMBEDDED_RAY, MLFLOW_QUIET, environment
 from harness.errors import InputError
 from harness.experiment import ExperimentSetup, set_up
+from harness.interrupts import Interrupted, Interrupts, catching_interrupts
+from harness.locking import sqlite_path
 from harness.server import check_reachable
 
 from ._failures import ERROR, failure_cause
@@ -36,11 +39,10 @@ from ._floors import track_floors
 from ._front_page import write_front_page
 from ._keys import CAUSE_KEY, DONE_KEY, FAILED_KEY
 from ._lines import TrialLines, fold_line
-from ._orphans import DRIVER, check_not_running, close_orphans, driver_identity
+from ._orphans import DRIVER, check_not_ended, check_not_running, close_orphans, driver_identity
 from ._record import interrupted_sweep, reconcile_trial_runs, write_record
 from ._retrain import EnsembleOutcome, retrain_winners
 from ._search import optuna_storage, start_points, study_name
-from ._signals import Interrupts, SweepInterrupted, catching_interrupts
 from ._studies import plot_study, warm_start_points
 from ._trial import CloseTrialRuns, SweepContext, sweep_context
 from ._tuner import STATE_SYNC_SECONDS, granted_resources, new_tuner, restored_tuner, search_notes, stopping_scheduler
@@ -219,9 +221,33 @@ def _sweep_params(config: ExperimentConfig, setup: ExperimentSetup, granted: dic
     }
 
 
+def new_sweep_folder(storage: Path, stamp: str) -> Path:
+    """Create and return a folder of its own for a new sweep in `storage`: `stamp` (sweep-<UTC
+    time to the second>), with -2, -3, ... when another sweep took that name in the same second."""
+    storage.mkdir(parents=True, exist_ok=True)
+    for n in itertools.count(1):
+        folder = storage / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        return folder
+    raise AssertionError("unreachable")
+
+
 def _start(config: ExperimentConfig, setup: ExperimentSetup, granted: dict[str, ResourcesSpec]) -> _Sweep:
     """Return a new sweep with its parent run started, after every check that can refuse it."""
-    folder = config.resolved_storage_path() / f"sweep-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+    folder = new_sweep_folder(config.resolved_storage_path(), f"sweep-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}")
+    try:
+        return _start_in(folder, config, setup, granted)
+    except BaseException:
+        folder.rmdir()  # refused before anything was written into it
+        raise
+
+
+def _start_in(
+    folder: Path, config: ExperimentConfig, setup: ExperimentSetup, granted: dict[str, ResourcesSpec]
+) -> _Sweep:
     spaces = config.baseline_spaces()
     warm: dict[str, list[dict[str, Any]]] = {}
     notes: list[str] = []
@@ -247,15 +273,22 @@ def _start(config: ExperimentConfig, setup: ExperimentSetup, granted: dict[str, 
     return _Sweep(folder, parent, resumed=False, starts=starts, notes=notes)
 
 
-def _reopen(setup: ExperimentSetup, folder: Path, record: dict) -> _Sweep:
-    """Return the interrupted sweep in `folder` with its parent run RUNNING again."""
+def _check_reopenable(setup: ExperimentSetup, folder: Path, record: dict) -> None:
+    """Raise InputError unless the sweep in `folder` (its `record`) can be resumed on this data: it
+    ran on the same split, no live driver drives it, and it has not ended (resuming a FINISHED or
+    FAILED sweep would rewrite its outcome)."""
     if record["split_hash"] != setup.data.split_hash:
         raise InputError(
             f"--resume: the data now gives split {setup.data.split_hash[:12]}, "
             f"the sweep ran on {record['split_hash'][:12]}"
         )
+    check_not_running(setup.tracker, record["parent_run_id"], folder.name)
+    check_not_ended(setup.tracker, record["parent_run_id"], folder.name)
+
+
+def _reopen(setup: ExperimentSetup, folder: Path, record: dict) -> _Sweep:
+    """Return the interrupted sweep in `folder` with its parent run RUNNING again."""
     parent = record["parent_run_id"]
-    check_not_running(setup.tracker, parent, folder.name)
     setup.tracker.reopen(parent)
     resumed = {"resumed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), DRIVER: driver_identity()}
     setup.tracker.set_tags(parent, resumed)
@@ -279,7 +312,7 @@ def _naming_parent(parent: str) -> Iterator[None]:
     """Let an interruption raised in the block name the sweep's run, so its runs can be closed."""
     try:
         yield
-    except SweepInterrupted as exc:
+    except Interrupted as exc:
         exc.parent_run_id = parent
         raise
 
@@ -324,7 +357,7 @@ def _search(
     config: ExperimentConfig, ctx: SweepContext, sweep: _Sweep, interrupts: Interrupts, verbose: bool
 ) -> tune.ResultGrid:
     """Run the sweep's Tuner until every trial has ended; returns its results. Raises
-    SweepInterrupted when a signal stopped it (Tune saved its state first)."""
+    Interrupted when a signal stopped it (Tune saved its state first)."""
     tuner = _tuner(config, ctx, sweep, verbose)
     interrupts.in_search = True
     try:
@@ -363,17 +396,20 @@ def _after_search(
     sweep: _Sweep,
     grid: tune.ResultGrid,
     summary: SweepSummary,
+    interrupts: Interrupts,
     verbose: bool,
 ) -> None:
     """Log the studies' plots, name each baseline's winner on the parent run, retrain each winner
     on every fold and ensemble the folds, and fit the floors not logged yet; records what they did
-    in `summary`."""
+    in `summary`. A signal received meanwhile stops it between these steps at the latest."""
     summary.notes += _log_study_plots(config, setup.tracker, sweep)
     chosen = winners(grid, ctx.run_link, config.search.mode)
     write_front_page(setup.tracker, sweep.parent, config.name, config.search.metric, chosen)
+    interrupts.check()
     if config.search.retrain == "all_folds" and config.protocol.test_fraction > 0:
         summary.ensembles, notes = retrain_winners(ctx, chosen, config.protocol.folds, fold_line if verbose else None)
         summary.notes += notes
+        interrupts.check()
     floors = setup.tracker.child_runs(setup.experiment_id, sweep.parent, RunType.FLOOR)
     logged = {r.data.tags[tracking.BASELINE] for r in floors if r.info.status == tracking.FINISHED}
     summary.floors = track_floors(
@@ -407,22 +443,41 @@ def run_sweep(
     started = time.perf_counter()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     check_reachable(config.resolved_tracking_uri())
-    previous = interrupted_sweep(config, config.resolved_storage_path()) if resume else None
+    previous = _sweep_to_resume(config) if resume else None
     with catching_interrupts() as interrupts:
         # Data, the tracking store and the Optuna storage are ready (the stores created under file
         # locks: two sweeps may start together) before Ray starts.
         setup = set_up(config, show_progress=verbose, sweep=True)
+        if previous is not None:
+            _check_reopenable(setup, *previous)
         optuna_storage(config.resolved_optuna_storage())
         try:
             with _tune_environment(), _ray(address):
                 interrupts.install()
                 return _sweep(config, setup, previous, interrupts, started=started, verbose=verbose)
-        except SweepInterrupted as exc:
+        except Interrupted as exc:
             # Ray is down by now, so nothing writes to these runs after they are closed.
             if exc.parent_run_id is not None:
                 tags = {tracking.INTERRUPTED: exc.signal_name}
                 setup.tracker.kill_running_under(setup.experiment_id, exc.parent_run_id, tags)
             raise
+
+
+def _sweep_to_resume(config: ExperimentConfig) -> tuple[Path, dict]:
+    """Return the folder and record of the sweep `--resume` continues. When it is refused, the
+    runs a dead driver left RUNNING in the experiment are ended first (orphaned), as a new sweep
+    would: a refusal leaves no run RUNNING."""
+    try:
+        return interrupted_sweep(config, config.resolved_storage_path())
+    except InputError:
+        uri = config.resolved_tracking_uri()
+        database = sqlite_path(uri)
+        if database is None or database.is_file():  # no store yet: no run either
+            tracker = tracking.tracker_for(uri)
+            experiment_id = tracker.experiment_id(config.name, create=False)
+            if experiment_id is not None:
+                close_orphans(tracker, experiment_id)
+        raise
 
 
 def _sweep(
@@ -453,7 +508,8 @@ def _sweep(
         summary.wall_seconds = time.perf_counter() - started
         if all(b.failed == b.trials for b in summary.baselines.values()):
             raise AllTrialsFailed(summary)
-        _after_search(config, setup, ctx, sweep, grid, summary, verbose)
+        _after_search(config, setup, ctx, sweep, grid, summary, interrupts, verbose)
         summary.wall_seconds = time.perf_counter() - started
         _log_counts(setup.tracker, summary)
+        interrupts.check()
     return summary

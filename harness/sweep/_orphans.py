@@ -46,6 +46,18 @@ def check_not_running(tracker: tracking.Tracker, parent: str, sweep: str) -> Non
         raise InputError(f"--resume: {sweep} is still running (driver {identity}); stop it first")
 
 
+def check_not_ended(tracker: tracking.Tracker, parent: str, sweep: str) -> None:
+    """Raise InputError when the sweep whose run is `parent` has ended (FINISHED or FAILED):
+    resuming it would rewrite its outcome. A KILLED sweep (a signal, or a dead driver's) resumes."""
+    run = tracker.client.get_run(parent)
+    if run.info.status in (tracking.FINISHED, tracking.FAILED):
+        outcome = run.data.tags.get(tracking.OUTCOME, run.info.status.lower())
+        raise InputError(
+            f"--resume: {sweep} has ended ({run.info.status}, {outcome}); there is nothing to resume: "
+            "run the sweep without --resume to start a new one"
+        )
+
+
 def close_orphans(tracker: tracking.Tracker, experiment_id: str) -> list[str]:
     """End KILLED (orphaned=true) every RUNNING sweep of the experiment whose driver on this host
     is gone, with every run still RUNNING under it; returns a note per sweep."""

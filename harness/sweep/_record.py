@@ -41,19 +41,36 @@ def write_record(folder: Path, config: ExperimentConfig, *, parent: str, experim
         "tracking_uri": config.resolved_tracking_uri(),
         "split_hash": split_hash,
         "fingerprint": config_fingerprint(config),
+        "config": config.model_dump(mode="json"),
         "spaces": space_fingerprints(config),
     }
     (folder / SWEEP_RECORD).write_text(json.dumps(record, indent=2))
 
 
+def _first_change(then: object, now: object, key: str = "") -> tuple[str, object, object] | None:
+    """Return the dotted key (list items as `[i]`) of the first value that differs between two
+    dumps of a configuration, with its value then and now; None when they are equal."""
+    if isinstance(then, dict) and isinstance(now, dict):
+        pairs = [(f"{key}.{name}" if key else name, then.get(name), now.get(name)) for name in sorted(then | now)]
+    elif isinstance(then, list) and isinstance(now, list) and len(then) == len(now):
+        pairs = [(f"{key}[{i}]", a, b) for i, (a, b) in enumerate(zip(then, now))]
+    else:
+        return None if then == now else (key, then, now)
+    return next((c for k, a, b in pairs if (c := _first_change(a, b, k)) is not None), None)
+
+
 def check_resumable(config: ExperimentConfig, record: dict, sweep: str) -> None:
     """Raise InputError unless `config` and its search-space files are those `sweep` started with
-    (its `record`): Tune would continue the old studies on a changed space without a word."""
+    (its `record`): Tune would continue the old studies on a changed space without a word. The
+    line names the first key that changed, with its value then and now."""
     if record["fingerprint"] != config_fingerprint(config):
-        raise InputError(
-            f"--resume: {config.name}'s experiment file changed since {sweep} started; resume with the "
-            "same file and options, or start a new sweep"
-        )
+        # A sweep recorded before the configuration itself was kept has only its fingerprint.
+        change = _first_change(record["config"], config.model_dump(mode="json")) if "config" in record else None
+        if change is None:
+            what = f"{config.name}'s experiment file changed since {sweep} started"
+        else:
+            what = f"{change[0]} is {change[2]!r} now, {change[1]!r} when {sweep} started"
+        raise InputError(f"--resume: {what}; resume with the same file and options, or start a new sweep")
     # A sweep recorded before search spaces were fingerprinted has no "spaces": nothing to compare.
     now = space_fingerprints(config)
     changed = sorted(path for path, digest in record.get("spaces", {}).items() if now.get(path) != digest)
