@@ -486,13 +486,19 @@ def leaderboard(
     results = source.results_dir
     written = write_leaderboard(board, results, html=html)
     shown = [p for p in written if p.suffix in {".md", ".html", ".png", ".svg"}]
-    runs = attach_leaderboard(source.tracking_uri, list(source.names), board.runs.split_hash, shown, results)
+    attached = attach_leaderboard(source.tracking_uri, list(source.names), board.runs.split_hash, shown, results)
     versions = tag_registered_models(source.tracking_uri, list(source.names), board.table)
     for table in board.tables:
         console.print(to_markdown(table), highlight=False, soft_wrap=True, markup=False)
     console.print(f"written to {results}: " + ", ".join(p.name for p in written if p.parent == results))
-    if runs:
-        console.print(f"attached to sweep run(s) {', '.join(runs)} as artifacts under leaderboard/")
+    if attached.runs:
+        console.print(f"attached to sweep run(s) {', '.join(attached.runs)} as artifacts under leaderboard/")
+    for name in attached.running:
+        console.print(
+            f"note: {name} is still running: these tables hold the runs that have ended so far, and nothing "
+            "is attached to it; run harness leaderboard again when it ends",
+            highlight=False,
+        )
     if versions:
         console.print(f"each winner's row set as leaderboard.* tags of the registered {', '.join(versions)}")
     if check:

@@ -4,9 +4,11 @@ and each baseline's row as tags of the registered versions of its winner."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from mlflow.entities import Run
 
 from harness import tracking
 from harness.model_registry import registered_name
@@ -14,9 +16,9 @@ from harness.model_registry import registered_name
 LEADERBOARD = "leaderboard"  # the artifact folder on the sweep's parent run
 
 
-def sweep_runs(tracker: tracking.Tracker, experiments: list[str], split_hash: str) -> list[str]:
-    """Return the id of the newest sweep run on `split_hash` of each experiment that has one."""
-    found = []
+def _sweep_runs(tracker: tracking.Tracker, experiments: list[str], split_hash: str) -> list[Run]:
+    """Return the newest sweep run on `split_hash` of each experiment that has one."""
+    found: list[Run] = []
     for name in experiments:
         experiment_id = tracker.experiment_id(name, create=False)
         if experiment_id is None:
@@ -27,22 +29,32 @@ def sweep_runs(tracker: tracking.Tracker, experiments: list[str], split_hash: st
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )
-        found += [r.info.run_id for r in runs]
+        found += runs
     return found
+
+
+@dataclass(frozen=True)
+class Attached:
+    """The sweep runs the leaderboard was logged to, and those still RUNNING it was not logged to
+    (their tables would be of a sweep half done)."""
+
+    runs: list[str]
+    running: list[str]
 
 
 def attach_leaderboard(
     tracking_uri: str, experiments: list[str], split_hash: str, files: list[Path], results_dir: Path
-) -> list[str]:
+) -> Attached:
     """Log the leaderboard's `files` (under `results_dir`) in `leaderboard/` of each compared
-    sweep's parent run; returns those runs' ids."""
+    sweep's parent run that has ended; returns which runs got them and which are still running."""
     tracker = tracking.tracker_for(tracking_uri)
-    runs = sweep_runs(tracker, experiments, split_hash)
-    for run_id in runs:
+    runs = _sweep_runs(tracker, experiments, split_hash)
+    ended = [r.info.run_id for r in runs if r.info.status != tracking.RUNNING]
+    for run_id in ended:
         for path in files:
             folder = Path(LEADERBOARD) / path.parent.relative_to(results_dir)
             tracker.log_file(run_id, path, folder.as_posix())
-    return runs
+    return Attached(ended, [r.info.run_name for r in runs if r.info.status == tracking.RUNNING])
 
 
 def _row_tags(row: pd.Series) -> dict[str, str]:

@@ -743,3 +743,25 @@ def test_map_ious_native_and_full_resolution() -> None:
     assert native.tolist() == [1.0, 1.0, 0.25]  # the second image: both empty, scored 1 (§4.3)
     assert full.tolist() == [1.0, 1.0, 0.25]
     assert math.isclose(float(map_ious(maps[:1] * 0, masks[:1])[0]), 0.0)
+
+
+def test_a_leaderboard_during_a_running_sweep_says_so_and_attaches_nothing_to_it(tmp_path: Path) -> None:
+    store, _ = idc_store(tmp_path)
+    client = store.tracker.client
+    (ended,) = [r for r in client.search_runs([store.experiment_id]) if r.data.tags[tracking.RUN_TYPE] == "sweep"]
+    running = client.create_run(
+        store.experiment_id,
+        start_time=ended.info.start_time + 1000,
+        tags={**store.tags, tracking.RUN_TYPE: "sweep"},
+        run_name="sweep idc-lb 2026-12-04 09:33",
+    ).info.run_id
+    args = ["leaderboard", "idc-lb", "--tracking-uri", store.uri, "--output-dir", str(tmp_path / "results")]
+    result = CliRunner().invoke(app, [*args, "--no-html", "--bootstrap", "100"])
+    assert result.exit_code == 0, result.output
+    assert (
+        "note: sweep idc-lb 2026-12-04 09:33 is still running: these tables hold the runs that have ended so far, "
+        "and nothing is attached to it; run harness leaderboard again when it ends" in " ".join(result.output.split())
+    )
+    assert "attached to sweep run" not in result.output
+    assert client.list_artifacts(running) == []
+    assert client.get_run(running).info.status == "RUNNING"
