@@ -246,7 +246,8 @@ def main() -> None:
     cuda = torch.device(device).type == "cuda"
     name = figures.record("device", value=torch.cuda.get_device_name(device) if cuda else "CPU")
     seconds = figures.record("seconds", value=opts["seconds"])
-    print(f"device: {name}; torch {torch.__version__}; {seconds:g} s per measurement")
+    version = figures.record("torch", value=torch.__version__)
+    print(f"device: {name}; torch {version}; {seconds:g} s per measurement")
     print("\n| baseline | input | batch | fp32 img/s | bf16 img/s | bf16/fp32 |\n|---|---|---:|---:|---:|---:|")
     for case in opts["cases"]:
         rates = single(case, device, opts)
