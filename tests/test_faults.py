@@ -20,7 +20,6 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
-from mlflow import MlflowClient
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -94,7 +93,8 @@ def _runs(out: Path, experiment: str = "faults") -> list:
     database = out / "mlflow.db"
     if not database.exists():
         return []
-    client = MlflowClient(f"sqlite:///{database}")
+    # Under the store's lock, as the harness opens it: a command running beside may be creating it.
+    client = tracking.open_store(f"sqlite:///{database}").client
     found = client.get_experiment_by_name(experiment)
     return client.search_runs([found.experiment_id]) if found else []
 
