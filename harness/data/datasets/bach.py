@@ -25,7 +25,7 @@ DATASET = "bach"
 # 001's table order; torchvision's ImageFolder would sort alphabetically instead (§1.3 pitfall).
 CLASS_NAMES = ("Normal", "Benign", "InSitu", "Invasive")
 PREFIX = {"Normal": "n", "Benign": "b", "InSitu": "is", "Invasive": "iv"}
-NAME_PATTERN = re.compile(r"^(?P<prefix>n|b|is|iv)(?P<num>\d{3})\.tif$")
+NAME_PATTERN = re.compile(r"^(?P<prefix>n|b|is|iv)(?P<num>\d{3})\.tif$", re.ASCII)
 SIZE = (2048, 1536)  # width x height of every published image
 PUBLISHED_PER_CLASS = 100
 LAYOUT = "[ICIAR2018_BACH_Challenge/]Photos/<Normal|Benign|InSitu|Invasive>/<n|b|is|iv>NNN.tif"

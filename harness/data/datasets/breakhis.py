@@ -36,7 +36,8 @@ SUBTYPES = {  # harness order of the 8-class label (§1.2)
 }
 SUBTYPE_CLASSES = tuple(SUBTYPES.values())
 NAME_PATTERN = re.compile(
-    r"^SOB_(?P<cls>[BM])_(?P<t>A|F|PT|TA|DC|LC|MC|PC)-(?P<yy>\d{2})-(?P<slide>\d+[A-Z]*)-(?P<mag>40|100|200|400)-(?P<seq>\d{3})\.png$"
+    r"^SOB_(?P<cls>[BM])_(?P<t>A|F|PT|TA|DC|LC|MC|PC)-(?P<yy>\d{2})-(?P<slide>\d+[A-Z]*)-(?P<mag>40|100|200|400)-(?P<seq>\d{3})\.png$",
+    re.ASCII,
 )
 SIZE = (700, 460)
 # Verified totals (§1.2): (benign, malignant) per magnification.
@@ -46,7 +47,7 @@ LAYOUT = "<benign|malignant>/SOB/<subtype>/SOB_<B|M>_<T>_<YY>-<SLIDE>/<MAG>X/SOB
 
 def numeric_core(patient: str) -> str:
     """Return `YY-digits` of a slide id: 14-22549AB -> 14-22549."""
-    core = re.match(r"^\d{2}-\d+", patient)
+    core = re.match(r"^\d{2}-\d+", patient, re.ASCII)
     if core is None:
         raise ValueError(f"slide id {patient!r} does not start with YY-digits")
     return core.group(0)

@@ -23,7 +23,8 @@ from ._registry import Dataset, DatasetSpec, PublishedProtocol, register_dataset
 DATASET = "idc"
 CLASS_NAMES = ("non_idc", "idc")
 PATCH_SIZE = 50
-NAME_PATTERN = re.compile(r"^(?P<pid>\d+)_idx5_x(?P<x>\d+)_y(?P<y>\d+)_class(?P<c>[01])\.png$")
+# re.ASCII: `\d` alone also matches other scripts' digits, which int() reads as numbers.
+NAME_PATTERN = re.compile(r"^(?P<pid>\d+)_idx5_x(?P<x>\d+)_y(?P<y>\d+)_class(?P<c>[01])\.png$", re.ASCII)
 LAYOUT = "<patient>/<0|1>/<patient>_idx5_x<X>_y<Y>_class<0|1>.png"
 # Verified totals of the full release (BASELINES.md §1.1); a sample must say allow_subset.
 PUBLISHED_TOTALS = {"patches": 277_524, "class_0": 198_738, "class_1": 78_786, "patients": 279}
