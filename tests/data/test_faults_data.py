@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from harness.cli import app
 from harness.data.datasets.idc import LAYOUT, write_synthetic_idc
+from harness.data.manifest import read_manifest
 
 
 def _index(*args: str) -> tuple[int, str]:
@@ -28,3 +29,18 @@ def test_digits_of_another_script_do_not_pass_for_an_idc_name(tmp_path: Path) ->
     code, stderr = _index("--root", str(root), "--out", str(tmp_path / "m.parquet"))
     assert code == 2
     assert stderr.strip().splitlines() == [f"error: {lookalike}: name does not match {LAYOUT}"]
+
+
+def test_a_symlinked_patient_folder_is_indexed_and_a_link_loop_ends(tmp_path: Path) -> None:
+    root = write_synthetic_idc(tmp_path / "idc", patients=3)
+    # A tree assembled from links: one patient lives elsewhere; a link inside the tree points back up.
+    shutil.move(root / "90002", tmp_path / "90002")
+    (root / "90002").symlink_to(tmp_path / "90002")
+    (root / "90000" / "up").symlink_to(root)
+    out = tmp_path / "m.parquet"
+    code, stderr = _index("--root", str(root), "--out", str(out))
+    assert code == 0, stderr
+    manifest = read_manifest(out)[0]
+    assert sorted(manifest.patient_id.unique()) == ["90000", "90001", "90002"]
+    assert len(manifest) == 3 * 20 and manifest.rel_path.is_unique
+    assert (root / "90002" / "1" / "90002_idx5_x1_y5101_class1.png").as_posix() in set(manifest.path)

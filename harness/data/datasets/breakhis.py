@@ -18,7 +18,7 @@ from PIL import Image
 
 from harness.errors import InputError
 
-from ..records import IndexResult, UnreadableImage, collect, decode
+from ..records import IndexResult, UnreadableImage, collect, decode, files_under
 from ..synthetic import blob_image
 from ._registry import Dataset, DatasetSpec, PublishedProtocol, register_dataset
 
@@ -75,7 +75,7 @@ def _inspect(path: Path, label: str, group_by: str) -> tuple[dict[str, object] |
     flags = image.off_layout(SIZE)
     subtype = SUBTYPES[m["t"]]
     return {
-        "path": str(path.resolve()),
+        "path": str(path),
         "rel_path": "/".join(path.parts[-6:]),
         "label": (0 if benign else 1) if label == "binary" else SUBTYPE_CLASSES.index(subtype),
         "class_name": BINARY_CLASSES[0 if benign else 1] if label == "binary" else subtype,
@@ -125,8 +125,8 @@ def index_breakhis(
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"{root}: dataset root is not a directory (expected {LAYOUT})")
-    # Only the published structure is walked, so a mask folder beside the images is not mistaken for them.
-    files = sorted(root.glob("**/SOB/*/*/*X/SOB_*.png"))
+    # Only files in the published structure are kept, so a mask folder beside the images is not mistaken for them.
+    files = [path for path in files_under(root, "SOB_*.png") if path.match("SOB/*/*/*X/SOB_*.png")]
     if not files:
         raise InputError(f"{root}: no BreakHis images found (expected {LAYOUT})")
     result = collect(

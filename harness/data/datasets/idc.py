@@ -16,7 +16,7 @@ from rich.progress import track
 
 from harness.errors import InputError
 
-from ..records import IndexResult, UnreadableImage, decode
+from ..records import IndexResult, UnreadableImage, decode, files_under
 from ..synthetic import synthetic_patch
 from ._registry import Dataset, DatasetSpec, PublishedProtocol, register_dataset
 
@@ -57,7 +57,7 @@ def _inspect(path: Path) -> tuple[dict[str, object] | None, str | None]:
         # x, y = 1 (mod 50) holds on the shared sample only (unverified for the release): record, don't trust.
         flags.append("off_grid")
     return {
-        "path": str(path.resolve()),
+        "path": str(path),
         "rel_path": f"{pid}/{label}/{path.name}",
         "label": label,
         "class_name": CLASS_NAMES[label],
@@ -103,7 +103,7 @@ def _walk(files: list[Path], problems: list[str], show_progress: bool) -> tuple[
             # The Kaggle archive can hold every patient twice (top level and IDC_regular_ps50_idx5/).
             duplicates += 1
         else:
-            conflicts.append(f"{rows[path.name]['path']} and {path.resolve()}: same file name, different bytes")
+            conflicts.append(f"{rows[path.name]['path']} and {path}: same file name, different bytes")
     if conflicts:
         raise InputError("\n".join(conflicts))
     return list(rows.values()), duplicates
@@ -127,7 +127,7 @@ def index_idc(
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"{root}: dataset root is not a directory (expected an IDC tree {LAYOUT})")
-    files = sorted(root.rglob("*.png"))
+    files = files_under(root, "*.png")
     if not files:
         raise InputError(f"{root}: no IDC patches found (expected PNG files laid out as {LAYOUT})")
     result = IndexResult(manifest=pd.DataFrame())
