@@ -87,13 +87,17 @@ def _write_atomically(path: Path, data: bytes) -> None:
             os.unlink(tmp)
 
 
-def write_manifest(manifest: pd.DataFrame, path: Path, *, meta: dict[str, object]) -> Path:
-    """Write the manifest as parquet with its hash and `meta` in the file metadata; returns the path."""
+def write_manifest(manifest: pd.DataFrame, path: Path, *, root: Path, meta: dict[str, object]) -> Path:
+    """Write the manifest as parquet, its `path` column relative to `root` (the dataset root its
+    files lie below), with the resolved root, its hash and `meta` in the file metadata; returns the path."""
     missing = [c for c in REQUIRED_COLUMNS if c not in manifest.columns]
     if missing:
         raise ValueError(f"manifest lacks columns {missing}")
-    table = pa.Table.from_pandas(manifest.reset_index(drop=True), preserve_index=False)
-    meta = {**meta, "manifest_hash": manifest_hash(manifest), "rows": len(manifest)}
+    root = root.resolve()
+    rows = manifest.reset_index(drop=True)
+    rows = rows.assign(path=[Path(p).relative_to(root).as_posix() for p in rows.path])
+    table = pa.Table.from_pandas(rows, preserve_index=False)
+    meta = {**meta, "root": str(root), "manifest_hash": manifest_hash(manifest), "rows": len(manifest)}
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), _META_KEY: json.dumps(meta).encode()})
     buffer = pa.BufferOutputStream()
     pq.write_table(table, buffer)
@@ -102,7 +106,8 @@ def write_manifest(manifest: pd.DataFrame, path: Path, *, meta: dict[str, object
 
 
 def read_manifest(path: Path) -> tuple[pd.DataFrame, dict[str, object]]:
-    """Return the manifest rows and its metadata; a missing or foreign file raises InputError."""
+    """Return the manifest rows, `path` joined to the root it records, and its metadata; a missing
+    or foreign file, or one whose paths are not relative to its root, raises InputError."""
     if not path.is_file():
         raise InputError(f"{path}: manifest file not found (expected a parquet file written by `harness data index`)")
     try:
@@ -120,4 +125,19 @@ def read_manifest(path: Path) -> tuple[pd.DataFrame, dict[str, object]]:
             f"{path}: manifest lacks columns {missing} (written by an older harness?); "
             "index the dataset again with `harness data index`"
         )
-    return table.to_pandas(), json.loads(raw)
+    meta = json.loads(raw)
+    return _below_root(table.to_pandas(), meta.get("root"), path), meta
+
+
+def _below_root(manifest: pd.DataFrame, root: object, path: Path) -> pd.DataFrame:
+    """Return `manifest` with its relative paths joined to `root`; raises InputError for a manifest
+    without a root, or with a path that is absolute or climbs out of it."""
+    relative = manifest.path.astype(str)
+    outside = relative.str.startswith("/") | relative.str.contains(r"(?:^|/)\.\.(?:/|$)")
+    if not isinstance(root, str) or outside.any():
+        found = f"path {relative[outside].iloc[0]!r}" if outside.any() else "no root"
+        raise InputError(
+            f"{path}: manifest paths must be relative to the root it records, found {found} "
+            "(written by an older harness?); index the dataset again with `harness data index`"
+        )
+    return manifest.assign(path=root.rstrip("/") + "/" + relative)

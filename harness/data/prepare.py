@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -90,13 +91,31 @@ def index_key(spec: DatasetSpec) -> str:
     return f"{spec.name} root {spec.root.resolve()}" + ("" if spec.edge_patches == "pad" else " (edge_patches: drop)")
 
 
+def reindex_command(spec: DatasetSpec) -> str:
+    """Return the `harness data index` command that writes `spec.manifest` anew from `spec.root`."""
+    options = ["--dataset", spec.name, "--root", str(spec.root.resolve())]
+    options += ["--roi-dir", str(spec.roi_dir)] if spec.roi_dir else []
+    flags = {"--allow-subset": spec.allow_subset, "--skip-bad": spec.skip_bad, "--strict": spec.strict}
+    options += [flag for flag, on in flags.items() if on]
+    return shlex.join(["harness", "data", "index", *options, "--out", str(spec.manifest)])
+
+
 def load_or_index(spec: DatasetSpec, *, show_progress: bool = False) -> tuple[pd.DataFrame, list[str]]:
-    """Return the manifest named in the config, or a fresh index of the dataset root."""
+    """Return the manifest named in the config, or a fresh index of the dataset root.
+
+    A manifest belongs to the root it was indexed from: under another root it raises InputError
+    saying how to index that root instead.
+    """
     if spec.manifest is None:
         return index_dataset(spec, show_progress=show_progress)
     manifest, meta = read_manifest(spec.manifest)
     if meta.get("dataset") != spec.name:
         raise InputError(f"{spec.manifest}: manifest of dataset {meta.get('dataset')!r}, expected {spec.name!r}")
+    if meta["root"] != str(spec.root.resolve()):
+        raise InputError(
+            f"{spec.manifest}: manifest of {spec.name} root {meta['root']}, but the dataset root is "
+            f"{spec.root.resolve()}; index that root with `{reindex_command(spec)}`"
+        )
     return manifest, []
 
 
@@ -155,7 +174,10 @@ def prepare(
     change = None if spec.manifest else note_change_since_last_index(indexed, index_key(spec), work_dir / "manifests")
     digest = manifest_hash(manifest)
     manifest_path = write_manifest(
-        manifest, work_dir / "manifests" / f"{spec.name}-{digest[:16]}.parquet", meta={"dataset": spec.name}
+        manifest,
+        work_dir / "manifests" / f"{spec.name}-{digest[:16]}.parquet",
+        root=spec.root,
+        meta={"dataset": spec.name},
     )
     split_path = write_split(split, work_dir / "splits")
     cache, masks = _build_caches(

@@ -5,20 +5,126 @@ code, the one line printed and, where pixels are involved, which pixels were cac
 
 from __future__ import annotations
 
+import json
+import shlex
 import shutil
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from harness.cli import app
+from harness.config import ExperimentConfig, load_experiment
+from harness.data.cache import open_patch_cache
 from harness.data.datasets.idc import LAYOUT, write_synthetic_idc
 from harness.data.manifest import read_manifest
+from harness.data.prepare import PreparedData, load_or_index, prepare
+from tests.conftest import experiment_dict, write_experiment
+
+GREEN = "90002/1/90002_idx5_x51_y5101_class1.png"
+GONE = "90005"
 
 
 def _index(*args: str) -> tuple[int, str]:
     """Run `harness data index ARGS --allow-subset` in this process; returns its exit code and stderr."""
     result = CliRunner().invoke(app, ["data", "index", *args, "--allow-subset"])
     return result.exit_code, result.stderr
+
+
+def _paint_green(path: Path) -> np.ndarray:
+    """Paint the patch at `path` green, keeping its name and size; returns its new pixels."""
+    with Image.open(path) as im:
+        pixels = np.zeros_like(np.asarray(im.convert("RGB")))
+    pixels[..., 1] = 255
+    Image.fromarray(pixels).save(path)
+    return pixels
+
+
+@pytest.fixture
+def copy_a(tmp_path: Path) -> tuple[Path, Path]:
+    """Root A, a 6-patient IDC tree, and its manifest A.parquet from `harness data index`."""
+    root, manifest = write_synthetic_idc(tmp_path / "A", patients=6, seed=4), tmp_path / "A.parquet"
+    assert _index("--root", str(root), "--out", str(manifest))[0] == 0
+    return root, manifest
+
+
+def _experiment(tmp_path: Path, root: Path, manifest: Path) -> Path:
+    """Write an experiment over `root` that names `manifest` (dataset.manifest); returns its path."""
+    dataset = {"name": "idc", "root": str(root), "allow_subset": True, "manifest": str(manifest)}
+    # Two folds: B, one patient less than A's six, still makes a test set and its folds.
+    protocol = {"folds": 2, "test_fraction": 0.25, "seed": 0}
+    data = experiment_dict(root, tmp_path / "out", dataset=dataset, protocol=protocol)
+    return write_experiment(tmp_path / "x.yaml", data)
+
+
+def _train(experiment: Path, *args: str) -> tuple[int, list[str]]:
+    """Run `harness train EXPERIMENT --baseline cancernet ARGS` in this process; returns its exit
+    code and the lines of its stderr."""
+    result = CliRunner().invoke(app, ["train", str(experiment), "--baseline", "cancernet", *args])
+    return result.exit_code, result.stderr.strip().splitlines()
+
+
+def _prepared(config: ExperimentConfig) -> PreparedData:
+    """Return the data `config`'s set-up prepares (its manifest loaded, split and cached)."""
+    manifest, _ = load_or_index(config.dataset)
+    return prepare(manifest, config.dataset, config.protocol, config.output_dir / "_data")
+
+
+def _cached(data: PreparedData, rel_path: str) -> np.ndarray:
+    """Return the cached pixels of the image `rel_path` of prepared `data`."""
+    row = read_manifest(data.manifest_path)[0].rel_path.tolist().index(rel_path)
+    return np.asarray(open_patch_cache(data.cache_path)[row])
+
+
+def _reindex(line: str) -> str:
+    """Run the `harness data index` command a refusal `line` names between backticks; returns its stderr."""
+    command = shlex.split(line.split("`")[1])
+    assert command[:3] == ["harness", "data", "index"]
+    result = CliRunner().invoke(app, command[1:])
+    assert result.exit_code == 0, result.output
+    return result.stderr
+
+
+def test_a_manifest_under_another_root_is_refused_until_that_root_is_indexed(
+    tmp_path: Path, copy_a: tuple[Path, Path]
+) -> None:
+    root_a, manifest = copy_a
+    root_b = tmp_path / "B"
+    shutil.copytree(root_a, root_b)
+    shutil.rmtree(root_b / GONE)
+    green = _paint_green(root_b / GREEN)
+    experiment = _experiment(tmp_path, root_a, manifest)
+    code, lines = _train(experiment, "--root", str(root_b))
+    assert code == 2
+    assert lines == [
+        f"error: {manifest}: manifest of idc root {root_a}, but the dataset root is {root_b}; index that root "
+        f"with `harness data index --dataset idc --root {root_b} --allow-subset --out {manifest}`"
+    ]
+    assert not (tmp_path / "out" / "mlflow.db").exists()
+
+    _reindex(lines[0])
+    data = _prepared(load_experiment(experiment, dataset_root=root_b))
+    assert GONE not in set(read_manifest(data.manifest_path)[0].patient_id)
+    np.testing.assert_array_equal(_cached(data, GREEN), green)
+
+
+def test_a_manifest_with_absolute_paths_asks_for_a_new_index(tmp_path: Path, copy_a: tuple[Path, Path]) -> None:
+    root, manifest = copy_a
+    # What an older harness wrote: every path absolute, no root recorded.
+    frame, meta = read_manifest(manifest)
+    del meta["root"]
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    pq.write_table(table.replace_schema_metadata({b"histo_harness": json.dumps(meta).encode()}), manifest)
+    code, lines = _train(_experiment(tmp_path, root, manifest))
+    assert code == 2
+    assert lines == [
+        f"error: {manifest}: manifest paths must be relative to the root it records, found path "
+        f"'{frame.path[0]}' (written by an older harness?); index the dataset again with `harness data index`"
+    ]
 
 
 def test_digits_of_another_script_do_not_pass_for_an_idc_name(tmp_path: Path) -> None:
