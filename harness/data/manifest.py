@@ -51,6 +51,20 @@ def content_hash(manifest: pd.DataFrame) -> str:
     return rows_sha256(manifest, ["rel_path", "digest"])
 
 
+def index_record(manifest: pd.DataFrame) -> dict[str, Any]:
+    """Return what the last-index record keeps of an index: its files' content hash and count."""
+    return {"content_hash": content_hash(manifest), "files": len(manifest)}
+
+
+def change_line(key: str, since: str, now: dict[str, Any], before: dict[str, Any]) -> str:
+    """Return the line saying the files of `key` (a root, index_key) differ from `since` (an
+    earlier index); `now` and `before` are index records."""
+    return (
+        f"{key} differs from {since}: {now['files']:,} files with content hash {now['content_hash'][:16]}, "
+        f"were {before['files']:,} with {before['content_hash'][:16]}"
+    )
+
+
 def note_change_since_last_index(manifest: pd.DataFrame, key: str, directory: Path) -> str | None:
     """Record this index of `key` (a dataset root and the options that choose its files) in
     `directory`/last-index.json; returns one line when its files differ from the last index of the
@@ -58,20 +72,13 @@ def note_change_since_last_index(manifest: pd.DataFrame, key: str, directory: Pa
     path = directory / LAST_INDEX
     records = json.loads(path.read_text()) if path.is_file() else {}
     before = records.get(key)
-    now: dict[str, Any] = {
-        "content_hash": content_hash(manifest),
-        "files": len(manifest),
-        "indexed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    now = {**index_record(manifest), "indexed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     records[key] = now
     _write_atomically(path, json.dumps(records, indent=1).encode())
     if before is None or before["content_hash"] == now["content_hash"]:
         return None
-    return (
-        f"{key} differs from its last index ({before['indexed_at']}): {now['files']:,} files with content "
-        f"hash {now['content_hash'][:16]}, were {before['files']:,} with {before['content_hash'][:16]}; "
-        "the manifest hash, split hash and cache are new"
-    )
+    since = f"its last index ({before['indexed_at']})"
+    return f"{change_line(key, since, now, before)}; the manifest hash, split hash and cache are new"
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

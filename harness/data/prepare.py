@@ -13,9 +13,16 @@ import pandas as pd
 
 from harness.errors import InputError
 
-from .cache import build_image_cache, build_patch_cache, image_cache_key
+from .cache import StaleFiles, build_image_cache, build_patch_cache, image_cache_key
 from .datasets import DatasetSpec, DatasetTraits, dataset
-from .manifest import manifest_hash, note_change_since_last_index, read_manifest, write_manifest
+from .manifest import (
+    change_line,
+    index_record,
+    manifest_hash,
+    note_change_since_last_index,
+    read_manifest,
+    write_manifest,
+)
 from .splits import ProtocolSpec, Split, patient_split, write_split
 from .stain import stain_normaliser
 
@@ -141,18 +148,40 @@ def _build_caches(
     normalise: Callable[[np.ndarray], np.ndarray] | None,
     show_progress: bool,
 ) -> tuple[Path, Path | None]:
-    """Return the image (or patch) cache of `manifest` and its mask cache, built once under `folder`."""
-    if traits.storage == "patches":
-        return build_patch_cache(manifest, digest, folder, patch_size=traits.size[0], show_progress=show_progress), None
-    key = image_cache_key(digest, traits.size, spec.stain, spec.stain_reference, traits.mask_source)
-    return build_image_cache(
-        manifest,
-        key,
-        folder,
-        size=traits.size,
-        normalise=normalise,
-        masks=traits.mask_source,
-        show_progress=show_progress,
+    """Return the image (or patch) cache of `manifest` and its mask cache, built once under `folder`;
+    a file changed since it was indexed raises InputError saying so."""
+    try:
+        if traits.storage == "patches":
+            patches = build_patch_cache(
+                manifest, digest, folder, patch_size=traits.size[0], show_progress=show_progress
+            )
+            return patches, None
+        key = image_cache_key(digest, traits.size, spec.stain, spec.stain_reference, traits.mask_source)
+        return build_image_cache(
+            manifest,
+            key,
+            folder,
+            size=traits.size,
+            normalise=normalise,
+            masks=traits.mask_source,
+            show_progress=show_progress,
+        )
+    except StaleFiles as exc:
+        raise InputError(_stale_line(exc, manifest, spec)) from None
+
+
+def _stale_line(stale: StaleFiles, manifest: pd.DataFrame, spec: DatasetSpec) -> str:
+    """Return the line refusing a cache of `manifest` whose files changed since they were indexed:
+    the line a fresh index prints for a changed root, the first file, and what to do."""
+    digests = manifest.digest.to_numpy(copy=True)
+    digests[list(stale.now)] = list(stale.now.values())
+    now = manifest.assign(digest=digests).dropna(subset=["digest"])
+    since = f"its last index, {spec.manifest}" if spec.manifest else "the index this command made"
+    remedy = f"index it again with `{reindex_command(spec)}`" if spec.manifest else "run the command again"
+    first = manifest.rel_path.iloc[min(stale.now)]
+    return (
+        f"{change_line(index_key(spec), since, index_record(now), index_record(manifest))}; "
+        f"{len(stale.now):,} file(s) changed or gone since (first {first}), and no cache is built from them: {remedy}"
     )
 
 

@@ -112,6 +112,26 @@ def test_a_manifest_under_another_root_is_refused_until_that_root_is_indexed(
     np.testing.assert_array_equal(_cached(data, GREEN), green)
 
 
+def test_a_manifest_whose_files_changed_is_refused_and_no_cache_is_built(
+    tmp_path: Path, copy_a: tuple[Path, Path]
+) -> None:
+    root, manifest = copy_a
+    green = _paint_green(root / GREEN)
+    experiment = _experiment(tmp_path, root, manifest)
+    code, lines = _train(experiment)
+    assert code == 2 and len(lines) == 1
+    assert lines[0].startswith(f"error: idc root {root} differs from its last index, {manifest}: 120 files with ")
+    assert lines[0].endswith(
+        f"; 1 file(s) changed or gone since (first {GREEN}), and no cache is built from them: index it again with "
+        f"`harness data index --dataset idc --root {root} --allow-subset --out {manifest}`"
+    )
+    assert not list((tmp_path / "out").rglob("*.npy"))
+
+    # The command it names prints the line an index of a changed root prints, the same words.
+    assert f"warning: idc root {root} differs from its last index (" in _reindex(lines[0])
+    np.testing.assert_array_equal(_cached(_prepared(load_experiment(experiment)), GREEN), green)
+
+
 def test_a_manifest_with_absolute_paths_asks_for_a_new_index(tmp_path: Path, copy_a: tuple[Path, Path]) -> None:
     root, manifest = copy_a
     # What an older harness wrote: every path absolute, no root recorded.
