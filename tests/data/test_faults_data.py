@@ -5,9 +5,13 @@ code, the one line printed and, where pixels are involved, which pixels were cac
 
 from __future__ import annotations
 
+import ast
 import json
+import os
 import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +27,7 @@ from harness.data.cache import open_patch_cache
 from harness.data.datasets.idc import LAYOUT, write_synthetic_idc
 from harness.data.manifest import read_manifest
 from harness.data.prepare import PreparedData, load_or_index, prepare
-from tests.conftest import experiment_dict, write_experiment
+from tests.conftest import REPO, experiment_dict, write_experiment
 
 GREEN = "90002/1/90002_idx5_x51_y5101_class1.png"
 GONE = "90005"
@@ -170,3 +174,48 @@ def test_a_symlinked_patient_folder_is_indexed_and_a_link_loop_ends(tmp_path: Pa
     assert sorted(manifest.patient_id.unique()) == ["90000", "90001", "90002"]
     assert len(manifest) == 3 * 20 and manifest.rel_path.is_unique
     assert (root / "90002" / "1" / "90002_idx5_x1_y5101_class1.png").as_posix() in set(manifest.path)
+
+
+# Records every name lookup and connection from the start, imports the per-image pipelines and
+# runs one, then prints what was attempted and whether the update-check variable was left set.
+NO_NETWORK = """
+import json, os, sys
+attempts = []
+sys.addaudithook(lambda event, args: attempts.append([event, repr(args)[:120]])
+                 if event in ("socket.getaddrinfo", "socket.connect") else None)
+import numpy as np
+from types import SimpleNamespace
+from harness.data.transforms import build_transform
+params = SimpleNamespace(augment="gusa", rotation="free", noise_std=0.1, intensity=0.2, input_hw=(48, 48))
+out = build_transform(params, stored_hw=(50, 50), train=True)(image=np.zeros((50, 50, 3), np.uint8))
+print(json.dumps({"attempts": attempts, "shape": list(out["image"].shape),
+                  "left_set": "NO_ALBUMENTATIONS_UPDATE" in os.environ}))
+"""
+
+
+def test_building_a_per_image_pipeline_makes_no_network_call() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    probe = subprocess.run(
+        [sys.executable, "-c", NO_NETWORK], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    report = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert report == {"attempts": [], "shape": [3, 48, 48], "left_set": False}
+
+
+def _imports_albumentations(node: ast.AST) -> bool:
+    """Return True when `node` is an import statement of albumentations or one of its modules."""
+    if isinstance(node, ast.Import):
+        return any(alias.name.split(".")[0] == "albumentations" for alias in node.names)
+    return isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("albumentations")
+
+
+def test_albumentations_is_imported_in_one_place() -> None:
+    # Any other import, run first, would make the update check's network call.
+    files = [path for folder in ("harness", "baselines", "bench") for path in (REPO / folder).rglob("*.py")]
+    importers = {
+        path.relative_to(REPO).as_posix()
+        for path in files
+        if any(_imports_albumentations(node) for node in ast.walk(ast.parse(path.read_text())))
+    }
+    assert importers == {"harness/data/_albumentations.py"}
