@@ -190,7 +190,8 @@ def prepare(
 ) -> PreparedData:
     """Write the manifest, its patient split and its caches under `work_dir`; returns their paths.
 
-    The split is made before anything is written, so a protocol the data cannot satisfy leaves no file.
+    The split is made before anything is written, so a protocol the data cannot satisfy leaves no
+    file; the caches come next, so a file changed since it was indexed leaves none either.
     A fresh index of `spec.root` (no dataset.manifest given) is recorded beside the manifests, with a
     note when the root's files differ from its last recorded index.
     """
@@ -199,9 +200,13 @@ def prepare(
     indexed = manifest
     manifest, split = _select(manifest, split, spec)
     normalise = stain_normaliser(spec.stain, spec.stain_reference)
+    digest = manifest_hash(manifest)
+    # First, as it reads every file and refuses one changed since it was indexed.
+    cache, masks = _build_caches(
+        manifest, digest, spec, traits, work_dir / "cache", normalise=normalise, show_progress=show_progress
+    )
     # Recorded only now that nothing can reject the input, so a rejected run cannot swallow the note.
     change = None if spec.manifest else note_change_since_last_index(indexed, index_key(spec), work_dir / "manifests")
-    digest = manifest_hash(manifest)
     manifest_path = write_manifest(
         manifest,
         work_dir / "manifests" / f"{spec.name}-{digest[:16]}.parquet",
@@ -209,9 +214,6 @@ def prepare(
         meta={"dataset": spec.name},
     )
     split_path = write_split(split, work_dir / "splits")
-    cache, masks = _build_caches(
-        manifest, digest, spec, traits, work_dir / "cache", normalise=normalise, show_progress=show_progress
-    )
     return PreparedData(
         manifest_path=manifest_path.resolve(),
         manifest_hash=digest,
