@@ -102,14 +102,24 @@ def write_manifest(manifest: pd.DataFrame, path: Path, *, root: Path, meta: dict
         raise ValueError(f"manifest lacks columns {missing}")
     root = root.resolve()
     rows = manifest.reset_index(drop=True)
-    rows = rows.assign(path=[Path(p).relative_to(root).as_posix() for p in rows.path])
-    table = pa.Table.from_pandas(rows, preserve_index=False)
+    table = pa.Table.from_pandas(rows.assign(path=_relative(rows.path, root)), preserve_index=False)
     meta = {**meta, "root": str(root), "manifest_hash": manifest_hash(manifest), "rows": len(manifest)}
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), _META_KEY: json.dumps(meta).encode()})
     buffer = pa.BufferOutputStream()
     pq.write_table(table, buffer)
     _write_atomically(path, buffer.getvalue().to_pybytes())
     return path
+
+
+def _relative(paths: pd.Series, root: Path) -> pd.Series:
+    """Return `paths` (absolute, below `root`) relative to `root`; string operations, as
+    Path.relative_to takes seconds over the full IDC release."""
+    prefix = str(root).rstrip("/") + "/"
+    paths = paths.astype(str)
+    outside = ~paths.str.startswith(prefix)
+    if outside.any():
+        raise ValueError(f"manifest path {paths[outside].iloc[0]} does not lie below the root {root}")
+    return paths.str.slice(len(prefix))
 
 
 def read_manifest(path: Path) -> tuple[pd.DataFrame, dict[str, object]]:
