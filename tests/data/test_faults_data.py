@@ -23,10 +23,12 @@ from typer.testing import CliRunner
 
 from harness.cli import app
 from harness.config import ExperimentConfig, load_experiment
-from harness.data.cache import open_patch_cache
+from harness.data.cache import StaleFiles, build_image_cache, open_patch_cache
+from harness.data.datasets.bach import index_bach, write_synthetic_bach
 from harness.data.datasets.idc import LAYOUT, write_synthetic_idc
 from harness.data.manifest import read_manifest
 from harness.data.prepare import PreparedData, load_or_index, prepare
+from harness.data.records import content_digest
 from tests.conftest import REPO, experiment_dict, write_experiment
 
 GREEN = "90002/1/90002_idx5_x51_y5101_class1.png"
@@ -134,6 +136,18 @@ def test_a_manifest_whose_files_changed_is_refused_and_no_cache_is_built(
     # The command it names prints the line an index of a changed root prints, the same words.
     assert f"warning: idc root {root} differs from its last index (" in _reindex(lines[0])
     np.testing.assert_array_equal(_cached(_prepared(load_experiment(experiment)), GREEN), green)
+
+
+def test_the_image_cache_refuses_a_changed_or_missing_file_and_leaves_no_file(tmp_path: Path) -> None:
+    root, _ = write_synthetic_bach(tmp_path / "bach", per_class=2, size=(48, 64), masks=False)
+    manifest = index_bach(root, allow_subset=True).manifest
+    changed, gone = Path(manifest.path[1]), Path(manifest.path[5])
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(changed)
+    gone.unlink()
+    with pytest.raises(StaleFiles) as refused:
+        build_image_cache(manifest, "key", tmp_path / "cache", size=(24, 32))
+    assert refused.value.now == {1: content_digest(changed.read_bytes()), 5: None}
+    assert not [path for path in (tmp_path / "cache").rglob("*") if path.is_file()]
 
 
 def test_a_manifest_with_absolute_paths_asks_for_a_new_index(tmp_path: Path, copy_a: tuple[Path, Path]) -> None:
