@@ -138,7 +138,7 @@ def data_index(
     manifest, notes = index_dataset(spec, show_progress=True)
     digest = manifest_hash(manifest)
     path = out or DEFAULT_MANIFESTS / f"{dataset}-{digest[:16]}.parquet"
-    write_manifest(manifest, path, meta={"dataset": dataset, "root": str(root.resolve())})
+    write_manifest(manifest, path, root=root, meta={"dataset": dataset})
     change = note_change_since_last_index(manifest, index_key(spec), path.parent)
     for note in notes + ([change] if change else []):
         errors.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)

@@ -6,6 +6,7 @@ arguments. Every error names the file, the key and what was expected (see `load_
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -351,7 +352,8 @@ class LeaderboardSpec(Strict):
 class ExperimentConfig(Strict):
     """One experiment file: a dataset, a protocol, baselines and a search budget."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    # A folder under output_dir (Tune's storage, the tables), an MLflow experiment and Optuna study names.
+    name: str
     dataset: DatasetSpec
     protocol: ProtocolSpec = ProtocolSpec()
     baselines: list[BaselineSpec] = Field(min_length=1)
@@ -367,6 +369,15 @@ class ExperimentConfig(Strict):
     # Each baseline's search-space file as read once (at load): what a sweep uses and what its
     # --resume fingerprint covers, so an edited file between a killed sweep and --resume is seen.
     _space_files: dict[str, SearchSpace] = PrivateAttr(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _one_folder_name(cls, name: str) -> str:
+        # '.' and '..' match the characters allowed but name no folder of their own: '..' put Tune's
+        # storage one level above output_dir.
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name in (".", ".."):
+            raise ValueError("expected one folder name of letters, digits, '_', '.' and '-', not '.' or '..'")
+        return name
 
     @field_validator("baselines", mode="before")
     @classmethod

@@ -1,4 +1,5 @@
-"""Environment variables the harness sets for a scope only, never at import.
+"""Environment variables the harness sets for a scope only, never left set by an import
+(harness/data/_albumentations.py makes albumentations' import such a scope).
 
 `environment(values)` sets variables for a `with` block and afterwards puts back what was there.
 A variable the user set keeps its value (as `os.environ.setdefault` would) unless the block asks
@@ -18,6 +19,12 @@ MLFLOW_QUIET = {
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
     # MLflow 3 sends usage telemetry over the network unless told not to; the harness runs offline.
     "MLFLOW_DISABLE_TELEMETRY": "true",
+}
+
+ALBUMENTATIONS_OFFLINE = {
+    # albumentations asks PyPI for its latest version when it is imported (up to 2 s, and a network
+    # call from every trial's worker) unless told not to; the harness runs offline.
+    "NO_ALBUMENTATIONS_UPDATE": "1",
 }
 
 EMBEDDED_RAY = {

@@ -50,7 +50,12 @@ def _bad(tmp_path: Path, synthetic_idc: Path, **sections) -> Path:
     return write_experiment(tmp_path / "exp.yaml", experiment_dict(synthetic_idc, tmp_path / "out", **sections))
 
 
+NAME_EXPECTED = "expected one folder name of letters, digits, '_', '.' and '-', not '.' or '..'"
 BAD_INPUTS = {
+    "a name one folder up": ({"name": ".."}, f"exp.yaml: key 'name' = '..': {NAME_EXPECTED}"),
+    "a name of this folder": ({"name": "."}, f"exp.yaml: key 'name' = '.': {NAME_EXPECTED}"),
+    "a name with a path separator": ({"name": "a/../.."}, f"exp.yaml: key 'name' = 'a/../..': {NAME_EXPECTED}"),
+    "an empty name": ({"name": ""}, f"exp.yaml: key 'name' = '': {NAME_EXPECTED}"),
     "unknown key": (
         {"search": {"trials": 2, "trails": 3}},
         "exp.yaml: key 'search.trails': unknown key",

@@ -2,8 +2,8 @@
 Keras ImageDataGenerator its source ran where it has one, and whether a batched form exists
 (flips and 90-degree turns a batch at a time; harness/data/batched.py computes it).
 
-albumentations and OpenCV are imported only when a per-image pipeline is built, so the batched
-path (bench/gpu.py on a bare GPU machine) needs neither.
+albumentations (through `_albumentations`, its update check off) and OpenCV are imported only when
+a per-image pipeline is built, so the batched path (bench/gpu.py on a bare GPU machine) needs neither.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable, Literal, Protocol
 from .keras_generators import GeneratorArgs
 
 if TYPE_CHECKING:
-    import albumentations as A
+    from ._albumentations import A
 
 
 class AugmentParams(Protocol):
@@ -60,20 +60,21 @@ class Augmentation:
 
 
 def _flips(params: AugmentParams) -> list[A.BasicTransform]:
-    import albumentations as A
+    from ._albumentations import A
 
     return [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]
 
 
 def _dihedral(params: AugmentParams) -> list[A.BasicTransform]:
-    import albumentations as A
+    from ._albumentations import A
 
     return [*_flips(params), A.RandomRotate90(p=0.5)]
 
 
 def _rotation(mode: str) -> A.BasicTransform:
-    import albumentations as A
     import cv2
+
+    from ._albumentations import A
 
     if mode == "flip180":
         # 0 or 180 degrees keeps a 384x512 image's aspect; with the flips, the rectangle's symmetries.
@@ -82,7 +83,7 @@ def _rotation(mode: str) -> A.BasicTransform:
 
 
 def _gusa(params: AugmentParams) -> list[A.BasicTransform]:
-    import albumentations as A
+    from ._albumentations import A
 
     # 001: mirroring, random rotations, additive noise, intensity change (magnitudes searched, §2.7).
     return [
@@ -96,8 +97,9 @@ def _gusa(params: AugmentParams) -> list[A.BasicTransform]:
 
 
 def _essex2023(params: AugmentParams) -> list[A.BasicTransform]:
-    import albumentations as A
     import cv2
+
+    from ._albumentations import A
 
     # 003 §3.3: rotation up to 180, flips, shift and zoom 10 %, shear 10 degrees, brightness 20 %.
     return [
@@ -115,8 +117,9 @@ def _essex2023(params: AugmentParams) -> list[A.BasicTransform]:
 
 
 def _pis(params: AugmentParams) -> list[A.BasicTransform]:
-    import albumentations as A
     import cv2
+
+    from ._albumentations import A
 
     # Keras ImageDataGenerator of the CancerNet tutorial: rotation 20, zoom 0.05, shift 0.1,
     # shear 0.05 degrees, fill_mode="nearest" (= replicate the border).

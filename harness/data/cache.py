@@ -7,12 +7,13 @@ to the working resolution, stain-normalised and packed with their RoI masks.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, cast, overload
+from typing import Any, Callable, cast, overload
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,7 @@ from harness.preflight import room_for
 
 from .datasets import MaskSource
 from .masks import read_mask, tissue_fallback_mask
+from .records import content_digest
 
 
 @contextmanager
@@ -91,9 +93,38 @@ def cache_path(cache_dir: Path, manifest_hash: str, patch_size: int) -> Path:
     return cache_dir / f"patches-{manifest_hash[:16]}-{patch_size}px.npy"
 
 
-def load_padded(path: str | Path, patch_size: int) -> tuple[np.ndarray, bool]:
+class StaleFiles(InputError):
+    """Files that no longer hold the bytes their manifest rows digested, found as a cache read them:
+    `now` maps each such row to its file's digest now (None: the file is gone). No cache is built."""
+
+    def __init__(self, now: dict[int, str | None], rows: int) -> None:
+        super().__init__(f"{len(now):,} of {rows:,} files changed since they were indexed; no cache was built")
+        self.now = now
+
+
+def _indexed_bytes(manifest: pd.DataFrame, what: str, show_progress: bool) -> Iterator[tuple[int, Any, bytes]]:
+    """Yield (row number, row, file bytes) for every manifest row, reading each file once and
+    checking its bytes against the row's digest, so a cache holds the pixels its manifest hash
+    covers; raises StaleFiles after the last row when any file changed or is gone."""
+    stale: dict[int, str | None] = {}
+    rows = manifest.reset_index(drop=True)
+    for i, row in enumerate(track(rows.itertuples(), total=len(rows), description=what, disable=not show_progress)):
+        try:
+            data = Path(cast(str, row.path)).read_bytes()  # the manifest's path columns hold str
+        except FileNotFoundError:
+            stale[i] = None
+            continue
+        if (digest := content_digest(data)) != row.digest:
+            stale[i] = digest
+            continue
+        yield i, row, data
+    if stale:
+        raise StaleFiles(stale, len(rows))
+
+
+def _padded(data: bytes, patch_size: int) -> tuple[np.ndarray, bool]:
     """Decode one patch as RGB uint8, replicate-padded bottom/right to patch_size; returns (pixels, padded)."""
-    with Image.open(path) as im:
+    with Image.open(io.BytesIO(data)) as im:
         pixels = np.asarray(im.convert("RGB"))
     h, w = pixels.shape[:2]
     if (h, w) == (patch_size, patch_size):
@@ -102,13 +133,18 @@ def load_padded(path: str | Path, patch_size: int) -> tuple[np.ndarray, bool]:
     return np.pad(pixels, ((0, patch_size - h), (0, patch_size - w), (0, 0)), mode="edge"), True
 
 
+def load_padded(path: str | Path, patch_size: int) -> tuple[np.ndarray, bool]:
+    """Decode the patch at `path` as the patch cache does; returns (pixels, padded)."""
+    return _padded(Path(path).read_bytes(), patch_size)
+
+
 def build_patch_cache(
     manifest: pd.DataFrame, manifest_hash: str, cache_dir: Path, *, patch_size: int = 50, show_progress: bool = False
 ) -> Path:
     """Pack every manifest row, in manifest order, into an (N, size, size, 3) uint8 .npy; returns its path.
 
     An existing cache for the same manifest hash is reused. A sidecar JSON records the hash and the
-    rows that were padded.
+    rows that were padded. A file whose bytes differ from its row's digest raises StaleFiles.
     """
     path = cache_path(cache_dir, manifest_hash, patch_size)
     meta_path = path.with_suffix(".json")
@@ -121,8 +157,8 @@ def build_patch_cache(
     with _building(tmp, meta_tmp, what=str(path)):
         array = ReservedRows(tmp, shape)
         padded = []
-        for i, file in enumerate(track(manifest.path, description="packing patches", disable=not show_progress)):
-            array[i], was_padded = load_padded(file, patch_size)
+        for i, _, data in _indexed_bytes(manifest, "packing patches", show_progress):
+            array[i], was_padded = _padded(data, patch_size)
             if was_padded:
                 padded.append(i)
         array.flush()
@@ -163,12 +199,8 @@ def _fill_images(
     """Decode, resize and stain-normalise every image into `array` (its mask into `mask_array`);
     returns the rows stain normalisation could not be applied to."""
     unnormalised = []
-    rows = manifest.reset_index(drop=True)
-    for i, row in enumerate(
-        track(rows.itertuples(), total=len(rows), description="resizing images", disable=not show_progress)
-    ):
-        # The manifest's path columns hold str.
-        with Image.open(cast(str, row.path)) as im:
+    for i, row, data in _indexed_bytes(manifest, "resizing images", show_progress):
+        with Image.open(io.BytesIO(data)) as im:
             # PIL's bilinear filter widens with the scale factor, so a 4x reduction is anti-aliased.
             pixels = np.asarray(im.convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR))
         if mask_array is not None:
@@ -198,7 +230,8 @@ def build_image_cache(
     returns the image .npy and, when `masks` is not none, the 0/1 mask .npy of the same size.
 
     Masks come from the manifest's `roi_mask_path` (`files`) or the haematoxylin fallback
-    (`tissue`). An existing cache for the same key is reused by every trial and Ray worker.
+    (`tissue`). An existing cache for the same key is reused by every trial and Ray worker. A file
+    whose bytes differ from its row's digest raises StaleFiles.
     """
     path = cache_dir / f"images-{key}-{size[0]}x{size[1]}.npy"
     mask_path = path.with_name(path.name.replace("images-", "masks-")) if masks != "none" else None

@@ -51,6 +51,20 @@ def content_hash(manifest: pd.DataFrame) -> str:
     return rows_sha256(manifest, ["rel_path", "digest"])
 
 
+def index_record(manifest: pd.DataFrame) -> dict[str, Any]:
+    """Return what the last-index record keeps of an index: its files' content hash and count."""
+    return {"content_hash": content_hash(manifest), "files": len(manifest)}
+
+
+def change_line(key: str, since: str, now: dict[str, Any], before: dict[str, Any]) -> str:
+    """Return the line saying the files of `key` (a root, index_key) differ from `since` (an
+    earlier index); `now` and `before` are index records."""
+    return (
+        f"{key} differs from {since}: {now['files']:,} files with content hash {now['content_hash'][:16]}, "
+        f"were {before['files']:,} with {before['content_hash'][:16]}"
+    )
+
+
 def note_change_since_last_index(manifest: pd.DataFrame, key: str, directory: Path) -> str | None:
     """Record this index of `key` (a dataset root and the options that choose its files) in
     `directory`/last-index.json; returns one line when its files differ from the last index of the
@@ -58,20 +72,13 @@ def note_change_since_last_index(manifest: pd.DataFrame, key: str, directory: Pa
     path = directory / LAST_INDEX
     records = json.loads(path.read_text()) if path.is_file() else {}
     before = records.get(key)
-    now: dict[str, Any] = {
-        "content_hash": content_hash(manifest),
-        "files": len(manifest),
-        "indexed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    now = {**index_record(manifest), "indexed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     records[key] = now
     _write_atomically(path, json.dumps(records, indent=1).encode())
     if before is None or before["content_hash"] == now["content_hash"]:
         return None
-    return (
-        f"{key} differs from its last index ({before['indexed_at']}): {now['files']:,} files with content "
-        f"hash {now['content_hash'][:16]}, were {before['files']:,} with {before['content_hash'][:16]}; "
-        "the manifest hash, split hash and cache are new"
-    )
+    since = f"its last index ({before['indexed_at']})"
+    return f"{change_line(key, since, now, before)}; the manifest hash, split hash and cache are new"
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -87,13 +94,16 @@ def _write_atomically(path: Path, data: bytes) -> None:
             os.unlink(tmp)
 
 
-def write_manifest(manifest: pd.DataFrame, path: Path, *, meta: dict[str, object]) -> Path:
-    """Write the manifest as parquet with its hash and `meta` in the file metadata; returns the path."""
+def write_manifest(manifest: pd.DataFrame, path: Path, *, root: Path, meta: dict[str, object]) -> Path:
+    """Write the manifest as parquet, its `path` column relative to `root` (the dataset root its
+    files lie below), with the resolved root, its hash and `meta` in the file metadata; returns the path."""
     missing = [c for c in REQUIRED_COLUMNS if c not in manifest.columns]
     if missing:
         raise ValueError(f"manifest lacks columns {missing}")
-    table = pa.Table.from_pandas(manifest.reset_index(drop=True), preserve_index=False)
-    meta = {**meta, "manifest_hash": manifest_hash(manifest), "rows": len(manifest)}
+    root = root.resolve()
+    rows = manifest.reset_index(drop=True)
+    table = pa.Table.from_pandas(rows.assign(path=_relative(rows.path, root)), preserve_index=False)
+    meta = {**meta, "root": str(root), "manifest_hash": manifest_hash(manifest), "rows": len(manifest)}
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), _META_KEY: json.dumps(meta).encode()})
     buffer = pa.BufferOutputStream()
     pq.write_table(table, buffer)
@@ -101,8 +111,20 @@ def write_manifest(manifest: pd.DataFrame, path: Path, *, meta: dict[str, object
     return path
 
 
+def _relative(paths: pd.Series, root: Path) -> pd.Series:
+    """Return `paths` (absolute, below `root`) relative to `root`; string operations, as
+    Path.relative_to takes seconds over the full IDC release."""
+    prefix = str(root).rstrip("/") + "/"
+    paths = paths.astype(str)
+    outside = ~paths.str.startswith(prefix)
+    if outside.any():
+        raise ValueError(f"manifest path {paths[outside].iloc[0]} does not lie below the root {root}")
+    return paths.str.slice(len(prefix))
+
+
 def read_manifest(path: Path) -> tuple[pd.DataFrame, dict[str, object]]:
-    """Return the manifest rows and its metadata; a missing or foreign file raises InputError."""
+    """Return the manifest rows, `path` joined to the root it records, and its metadata; a missing
+    or foreign file, or one whose paths are not relative to its root, raises InputError."""
     if not path.is_file():
         raise InputError(f"{path}: manifest file not found (expected a parquet file written by `harness data index`)")
     try:
@@ -120,4 +142,19 @@ def read_manifest(path: Path) -> tuple[pd.DataFrame, dict[str, object]]:
             f"{path}: manifest lacks columns {missing} (written by an older harness?); "
             "index the dataset again with `harness data index`"
         )
-    return table.to_pandas(), json.loads(raw)
+    meta = json.loads(raw)
+    return _below_root(table.to_pandas(), meta.get("root"), path), meta
+
+
+def _below_root(manifest: pd.DataFrame, root: object, path: Path) -> pd.DataFrame:
+    """Return `manifest` with its relative paths joined to `root`; raises InputError for a manifest
+    without a root, or with a path that is absolute or climbs out of it."""
+    relative = manifest.path.astype(str)
+    outside = relative.str.startswith("/") | relative.str.contains(r"(?:^|/)\.\.(?:/|$)")
+    if not isinstance(root, str) or outside.any():
+        found = f"path {relative[outside].iloc[0]!r}" if outside.any() else "no root"
+        raise InputError(
+            f"{path}: manifest paths must be relative to the root it records, found {found} "
+            "(written by an older harness?); index the dataset again with `harness data index`"
+        )
+    return manifest.assign(path=root.rstrip("/") + "/" + relative)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -12,9 +13,16 @@ import pandas as pd
 
 from harness.errors import InputError
 
-from .cache import build_image_cache, build_patch_cache, image_cache_key
+from .cache import StaleFiles, build_image_cache, build_patch_cache, image_cache_key
 from .datasets import DatasetSpec, DatasetTraits, dataset
-from .manifest import manifest_hash, note_change_since_last_index, read_manifest, write_manifest
+from .manifest import (
+    change_line,
+    index_record,
+    manifest_hash,
+    note_change_since_last_index,
+    read_manifest,
+    write_manifest,
+)
 from .splits import ProtocolSpec, Split, patient_split, write_split
 from .stain import stain_normaliser
 
@@ -90,13 +98,31 @@ def index_key(spec: DatasetSpec) -> str:
     return f"{spec.name} root {spec.root.resolve()}" + ("" if spec.edge_patches == "pad" else " (edge_patches: drop)")
 
 
+def reindex_command(spec: DatasetSpec) -> str:
+    """Return the `harness data index` command that writes `spec.manifest` anew from `spec.root`."""
+    options = ["--dataset", spec.name, "--root", str(spec.root.resolve())]
+    options += ["--roi-dir", str(spec.roi_dir)] if spec.roi_dir else []
+    flags = {"--allow-subset": spec.allow_subset, "--skip-bad": spec.skip_bad, "--strict": spec.strict}
+    options += [flag for flag, on in flags.items() if on]
+    return shlex.join(["harness", "data", "index", *options, "--out", str(spec.manifest)])
+
+
 def load_or_index(spec: DatasetSpec, *, show_progress: bool = False) -> tuple[pd.DataFrame, list[str]]:
-    """Return the manifest named in the config, or a fresh index of the dataset root."""
+    """Return the manifest named in the config, or a fresh index of the dataset root.
+
+    A manifest belongs to the root it was indexed from: under another root it raises InputError
+    saying how to index that root instead.
+    """
     if spec.manifest is None:
         return index_dataset(spec, show_progress=show_progress)
     manifest, meta = read_manifest(spec.manifest)
     if meta.get("dataset") != spec.name:
         raise InputError(f"{spec.manifest}: manifest of dataset {meta.get('dataset')!r}, expected {spec.name!r}")
+    if meta["root"] != str(spec.root.resolve()):
+        raise InputError(
+            f"{spec.manifest}: manifest of {spec.name} root {meta['root']}, but the dataset root is "
+            f"{spec.root.resolve()}; index that root with `{reindex_command(spec)}`"
+        )
     return manifest, []
 
 
@@ -122,18 +148,40 @@ def _build_caches(
     normalise: Callable[[np.ndarray], np.ndarray] | None,
     show_progress: bool,
 ) -> tuple[Path, Path | None]:
-    """Return the image (or patch) cache of `manifest` and its mask cache, built once under `folder`."""
-    if traits.storage == "patches":
-        return build_patch_cache(manifest, digest, folder, patch_size=traits.size[0], show_progress=show_progress), None
-    key = image_cache_key(digest, traits.size, spec.stain, spec.stain_reference, traits.mask_source)
-    return build_image_cache(
-        manifest,
-        key,
-        folder,
-        size=traits.size,
-        normalise=normalise,
-        masks=traits.mask_source,
-        show_progress=show_progress,
+    """Return the image (or patch) cache of `manifest` and its mask cache, built once under `folder`;
+    a file changed since it was indexed raises InputError saying so."""
+    try:
+        if traits.storage == "patches":
+            patches = build_patch_cache(
+                manifest, digest, folder, patch_size=traits.size[0], show_progress=show_progress
+            )
+            return patches, None
+        key = image_cache_key(digest, traits.size, spec.stain, spec.stain_reference, traits.mask_source)
+        return build_image_cache(
+            manifest,
+            key,
+            folder,
+            size=traits.size,
+            normalise=normalise,
+            masks=traits.mask_source,
+            show_progress=show_progress,
+        )
+    except StaleFiles as exc:
+        raise InputError(_stale_line(exc, manifest, spec)) from None
+
+
+def _stale_line(stale: StaleFiles, manifest: pd.DataFrame, spec: DatasetSpec) -> str:
+    """Return the line refusing a cache of `manifest` whose files changed since they were indexed:
+    the line a fresh index prints for a changed root, the first file, and what to do."""
+    digests = manifest.digest.to_numpy(copy=True)
+    digests[list(stale.now)] = list(stale.now.values())
+    now = manifest.assign(digest=digests).dropna(subset=["digest"])
+    since = f"its last index, {spec.manifest}" if spec.manifest else "the index this command made"
+    remedy = f"index it again with `{reindex_command(spec)}`" if spec.manifest else "run the command again"
+    first = manifest.rel_path.iloc[min(stale.now)]
+    return (
+        f"{change_line(index_key(spec), since, index_record(now), index_record(manifest))}; "
+        f"{len(stale.now):,} file(s) changed or gone since (first {first}), and no cache is built from them: {remedy}"
     )
 
 
@@ -142,7 +190,8 @@ def prepare(
 ) -> PreparedData:
     """Write the manifest, its patient split and its caches under `work_dir`; returns their paths.
 
-    The split is made before anything is written, so a protocol the data cannot satisfy leaves no file.
+    The split is made before anything is written, so a protocol the data cannot satisfy leaves no
+    file; the caches come next, so a file changed since it was indexed leaves none either.
     A fresh index of `spec.root` (no dataset.manifest given) is recorded beside the manifests, with a
     note when the root's files differ from its last recorded index.
     """
@@ -151,16 +200,20 @@ def prepare(
     indexed = manifest
     manifest, split = _select(manifest, split, spec)
     normalise = stain_normaliser(spec.stain, spec.stain_reference)
-    # Recorded only now that nothing can reject the input, so a rejected run cannot swallow the note.
-    change = None if spec.manifest else note_change_since_last_index(indexed, index_key(spec), work_dir / "manifests")
     digest = manifest_hash(manifest)
-    manifest_path = write_manifest(
-        manifest, work_dir / "manifests" / f"{spec.name}-{digest[:16]}.parquet", meta={"dataset": spec.name}
-    )
-    split_path = write_split(split, work_dir / "splits")
+    # First, as it reads every file and refuses one changed since it was indexed.
     cache, masks = _build_caches(
         manifest, digest, spec, traits, work_dir / "cache", normalise=normalise, show_progress=show_progress
     )
+    # Recorded only now that nothing can reject the input, so a rejected run cannot swallow the note.
+    change = None if spec.manifest else note_change_since_last_index(indexed, index_key(spec), work_dir / "manifests")
+    manifest_path = write_manifest(
+        manifest,
+        work_dir / "manifests" / f"{spec.name}-{digest[:16]}.parquet",
+        root=spec.root,
+        meta={"dataset": spec.name},
+    )
+    split_path = write_split(split, work_dir / "splits")
     return PreparedData(
         manifest_path=manifest_path.resolve(),
         manifest_hash=digest,

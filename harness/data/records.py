@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import io
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence, TypeVar, cast
@@ -46,6 +48,30 @@ class Decoded:
         """Return the manifest flags of an image that is not `size` (width, height) or not RGB."""
         flags = [] if (self.width, self.height) == size else [f"size_{self.width}x{self.height}"]
         return flags + ([] if self.mode == "RGB" else [f"mode_{self.mode}"])
+
+
+def files_under(root: Path, name: str) -> list[Path]:
+    """Return the files below `root` (resolved) whose name matches the glob `name`, sorted.
+
+    Symlinked folders are followed, as a tree assembled from links is meant to be read whole, and
+    each real folder is read once, so a link back up the tree cannot loop. A folder that cannot be
+    read raises its OSError rather than being skipped without a word.
+    """
+    found: list[Path] = []
+    seen: set[str] = set()
+    for folder, subfolders, names in os.walk(root.resolve(), onerror=_raise, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders.clear()
+            continue
+        seen.add(real)
+        subfolders.sort()  # the first path to a folder reached twice is the same on every walk
+        found += [Path(folder, n) for n in names if fnmatch.fnmatchcase(n, name)]
+    return sorted(found)
+
+
+def _raise(error: OSError) -> None:
+    raise error
 
 
 def content_digest(data: bytes) -> str:

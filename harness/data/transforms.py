@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import albumentations as A
 import cv2
 import numpy as np
 import scipy.ndimage
 import torch
-from albumentations.pytorch import ToTensorV2
 from PIL import Image, ImageEnhance
 
+from ._albumentations import A, ToTensorV2
 from .augmentations import AugmentParams, augmentation
 from .keras_generators import GeneratorArgs
 

@@ -111,7 +111,7 @@ def test_same_name_with_other_bytes_exits_2_naming_both_paths(tmp_path: Path) ->
 
 def test_manifest_without_digests_asks_for_a_new_index(tmp_path: Path) -> None:
     manifest = index_idc(write_synthetic_idc(tmp_path / "idc", patients=2), allow_subset=True).manifest
-    path = write_manifest(manifest, tmp_path / "m.parquet", meta={"dataset": "idc"})
+    path = write_manifest(manifest, tmp_path / "m.parquet", root=tmp_path / "idc", meta={"dataset": "idc"})
     table = pq.read_table(path)
     pq.write_table(table.drop_columns(["digest"]), path)
     with pytest.raises(InputError, match=r"manifest lacks columns \[.digest.\] .*`harness data index`"):

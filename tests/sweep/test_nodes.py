@@ -38,7 +38,7 @@ def test_a_node_with_the_same_manifest_passes_and_one_with_other_data_fails(data
     check_manifest(manifest, digest, NODE)
     copy = tmp_path / manifest.name
     frame, meta = read_manifest(manifest)
-    write_manifest(frame.iloc[:-1], copy, meta=meta)
+    write_manifest(frame.iloc[:-1], copy, root=Path(str(meta["root"])), meta=meta)
     with pytest.raises(
         DataMismatchError,
         match=rf"node 10.0.0.7 \(abababababab\) reads manifest hash [0-9a-f]{{16}} "

@@ -106,7 +106,8 @@ class PublishedProtocol:
     patient_ids: bool = True
 
 
-# Returns the manifest (and what indexing reported) of the dataset a DatasetSpec names.
+# Returns the manifest (and what indexing reported) of the dataset a DatasetSpec names; its `path`
+# column holds absolute paths below the resolved root, which a written manifest stores relative to it.
 IndexFunction = Callable[[DatasetSpec, bool], IndexResult]
 # Writes a small synthetic tree in the dataset's layout under a folder, from a seed; returns a
 # line saying what was written.

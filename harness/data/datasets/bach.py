@@ -25,7 +25,7 @@ DATASET = "bach"
 # 001's table order; torchvision's ImageFolder would sort alphabetically instead (§1.3 pitfall).
 CLASS_NAMES = ("Normal", "Benign", "InSitu", "Invasive")
 PREFIX = {"Normal": "n", "Benign": "b", "InSitu": "is", "Invasive": "iv"}
-NAME_PATTERN = re.compile(r"^(?P<prefix>n|b|is|iv)(?P<num>\d{3})\.tif$")
+NAME_PATTERN = re.compile(r"^(?P<prefix>n|b|is|iv)(?P<num>\d{3})\.tif$", re.ASCII)
 SIZE = (2048, 1536)  # width x height of every published image
 PUBLISHED_PER_CLASS = 100
 LAYOUT = "[ICIAR2018_BACH_Challenge/]Photos/<Normal|Benign|InSitu|Invasive>/<n|b|is|iv>NNN.tif"
@@ -64,7 +64,7 @@ def _inspect(path: Path, class_name: str, truth: dict[str, str]) -> tuple[dict[s
         return None, str(exc)
     flags = ["no_patient_id", *image.off_layout(SIZE)]
     return {
-        "path": str(path.resolve()),
+        "path": str(path),
         "rel_path": f"Photos/{class_name}/{path.name}",
         "label": CLASS_NAMES.index(class_name),
         "class_name": class_name,
@@ -92,7 +92,8 @@ def index_bach(
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"{root}: dataset root is not a directory (expected {LAYOUT})")
-    photos = photos_dir(root)
+    # Resolved once, so every path lies below the root even through a symlinked class folder.
+    photos = photos_dir(root.resolve())
     truth = _ground_truth(photos)
     files = [(p, c) for c in CLASS_NAMES for p in sorted((photos / c).glob("*.tif*"))]
     if not files:

@@ -18,7 +18,7 @@ from PIL import Image
 
 from harness.errors import InputError
 
-from ..records import IndexResult, UnreadableImage, collect, decode
+from ..records import IndexResult, UnreadableImage, collect, decode, files_under
 from ..synthetic import blob_image
 from ._registry import Dataset, DatasetSpec, PublishedProtocol, register_dataset
 
@@ -36,7 +36,8 @@ SUBTYPES = {  # harness order of the 8-class label (§1.2)
 }
 SUBTYPE_CLASSES = tuple(SUBTYPES.values())
 NAME_PATTERN = re.compile(
-    r"^SOB_(?P<cls>[BM])_(?P<t>A|F|PT|TA|DC|LC|MC|PC)-(?P<yy>\d{2})-(?P<slide>\d+[A-Z]*)-(?P<mag>40|100|200|400)-(?P<seq>\d{3})\.png$"
+    r"^SOB_(?P<cls>[BM])_(?P<t>A|F|PT|TA|DC|LC|MC|PC)-(?P<yy>\d{2})-(?P<slide>\d+[A-Z]*)-(?P<mag>40|100|200|400)-(?P<seq>\d{3})\.png$",
+    re.ASCII,
 )
 SIZE = (700, 460)
 # Verified totals (§1.2): (benign, malignant) per magnification.
@@ -46,7 +47,7 @@ LAYOUT = "<benign|malignant>/SOB/<subtype>/SOB_<B|M>_<T>_<YY>-<SLIDE>/<MAG>X/SOB
 
 def numeric_core(patient: str) -> str:
     """Return `YY-digits` of a slide id: 14-22549AB -> 14-22549."""
-    core = re.match(r"^\d{2}-\d+", patient)
+    core = re.match(r"^\d{2}-\d+", patient, re.ASCII)
     if core is None:
         raise ValueError(f"slide id {patient!r} does not start with YY-digits")
     return core.group(0)
@@ -74,7 +75,7 @@ def _inspect(path: Path, label: str, group_by: str) -> tuple[dict[str, object] |
     flags = image.off_layout(SIZE)
     subtype = SUBTYPES[m["t"]]
     return {
-        "path": str(path.resolve()),
+        "path": str(path),
         "rel_path": "/".join(path.parts[-6:]),
         "label": (0 if benign else 1) if label == "binary" else SUBTYPE_CLASSES.index(subtype),
         "class_name": BINARY_CLASSES[0 if benign else 1] if label == "binary" else subtype,
@@ -124,8 +125,8 @@ def index_breakhis(
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"{root}: dataset root is not a directory (expected {LAYOUT})")
-    # Only the published structure is walked, so a mask folder beside the images is not mistaken for them.
-    files = sorted(root.glob("**/SOB/*/*/*X/SOB_*.png"))
+    # Only files in the published structure are kept, so a mask folder beside the images is not mistaken for them.
+    files = [path for path in files_under(root, "SOB_*.png") if path.match("SOB/*/*/*X/SOB_*.png")]
     if not files:
         raise InputError(f"{root}: no BreakHis images found (expected {LAYOUT})")
     result = collect(

@@ -16,14 +16,15 @@ from rich.progress import track
 
 from harness.errors import InputError
 
-from ..records import IndexResult, UnreadableImage, decode
+from ..records import IndexResult, UnreadableImage, decode, files_under
 from ..synthetic import synthetic_patch
 from ._registry import Dataset, DatasetSpec, PublishedProtocol, register_dataset
 
 DATASET = "idc"
 CLASS_NAMES = ("non_idc", "idc")
 PATCH_SIZE = 50
-NAME_PATTERN = re.compile(r"^(?P<pid>\d+)_idx5_x(?P<x>\d+)_y(?P<y>\d+)_class(?P<c>[01])\.png$")
+# re.ASCII: `\d` alone also matches other scripts' digits, which int() reads as numbers.
+NAME_PATTERN = re.compile(r"^(?P<pid>\d+)_idx5_x(?P<x>\d+)_y(?P<y>\d+)_class(?P<c>[01])\.png$", re.ASCII)
 LAYOUT = "<patient>/<0|1>/<patient>_idx5_x<X>_y<Y>_class<0|1>.png"
 # Verified totals of the full release (BASELINES.md §1.1); a sample must say allow_subset.
 PUBLISHED_TOTALS = {"patches": 277_524, "class_0": 198_738, "class_1": 78_786, "patients": 279}
@@ -56,7 +57,7 @@ def _inspect(path: Path) -> tuple[dict[str, object] | None, str | None]:
         # x, y = 1 (mod 50) holds on the shared sample only (unverified for the release): record, don't trust.
         flags.append("off_grid")
     return {
-        "path": str(path.resolve()),
+        "path": str(path),
         "rel_path": f"{pid}/{label}/{path.name}",
         "label": label,
         "class_name": CLASS_NAMES[label],
@@ -102,7 +103,7 @@ def _walk(files: list[Path], problems: list[str], show_progress: bool) -> tuple[
             # The Kaggle archive can hold every patient twice (top level and IDC_regular_ps50_idx5/).
             duplicates += 1
         else:
-            conflicts.append(f"{rows[path.name]['path']} and {path.resolve()}: same file name, different bytes")
+            conflicts.append(f"{rows[path.name]['path']} and {path}: same file name, different bytes")
     if conflicts:
         raise InputError("\n".join(conflicts))
     return list(rows.values()), duplicates
@@ -126,7 +127,7 @@ def index_idc(
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"{root}: dataset root is not a directory (expected an IDC tree {LAYOUT})")
-    files = sorted(root.rglob("*.png"))
+    files = files_under(root, "*.png")
     if not files:
         raise InputError(f"{root}: no IDC patches found (expected PNG files laid out as {LAYOUT})")
     result = IndexResult(manifest=pd.DataFrame())
