@@ -11,14 +11,14 @@ import errno
 import functools
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from harness.environment import MLFLOW_QUIET, environment
-from harness.errors import InputError, disk_full
+from harness.errors import InputError, TrackingUnreachable, disk_full
 from harness.table_layouts import TABLE_LAYOUTS
 
 if TYPE_CHECKING:
@@ -43,10 +43,20 @@ def _quiet_mlflow(ctx: typer.Context) -> None:
 
 # Filesystem errors the user can act on (a path, a permission, a full or read-only disk): one line.
 FILESYSTEM_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR}
+# sysexits' EX_TEMPFAIL: nothing was wrong with the command; run it again (a sweep with --resume) once
+# the tracking server answers.
+EXIT_TEMPFAIL = 75
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    """Print `message` as the command's one `error:` line on stderr and exit with `code`."""
+    errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn InputError, and a filesystem error on a path, into one line on stderr and exit code 2."""
+    """Turn InputError, and a filesystem error on a path, into one line on stderr and exit code 2;
+    a tracking server that stopped answering into one line and exit code 75."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -54,6 +64,8 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
         except InputError as exc:
             message = str(exc)
+        except TrackingUnreachable as exc:
+            _fail(str(exc), EXIT_TEMPFAIL)
         except OSError as exc:
             if exc.errno not in FILESYSTEM_ERRORS:
                 raise
@@ -65,8 +77,7 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
                 f"no space left on the device ({type(exc).__name__}); runs left RUNNING are ended "
                 "(orphaned) by the next sweep of the experiment once there is room"
             )
-        errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2)
+        _fail(message, 2)
 
     return wrapper
 
@@ -335,8 +346,10 @@ def sweep(
         summary = run_sweep(config, address=address, resume=resume, verbose=True)
     except AllTrialsFailed as failed:
         _print_sweep(failed.summary)
-        errors.print(f"[bold red]error:[/] {failed}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+        _fail(str(failed), 1)
+    except TrackingUnreachable as outage:
+        # Its runs stay RUNNING (the store takes no write): --resume continues them.
+        _fail(f"{outage}; the sweep is interrupted: continue with harness sweep {experiment} --resume", EXIT_TEMPFAIL)
     except SweepInterrupted as interrupted:
         hint = f"; continue with: harness sweep {experiment} --resume" if interrupted.parent_run_id else ""
         errors.print(f"interrupted{hint}", highlight=False, soft_wrap=True, markup=False)
