@@ -17,6 +17,9 @@ changed shape, so an upgrade is checked here before it is trusted.
   sync: a callback would otherwise find nothing yet for a trial that failed on another node.
 - `CHECKPOINT_LOGGER`: the logger of the private module `ray.train._internal.storage`, which logs a
   line per saved checkpoint (every epoch of every trial) at INFO; no setting turns it off.
+- `TRIAL_ERROR_LOGGER`: the logger of `ray.tune.execution.tune_controller`, which logs each failed
+  trial's traceback at ERROR; `TUNE_PRINT_ALL_TRIAL_ERRORS=0` silences every trial's, not only
+  those the harness says in one line itself.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from ray.tune.experiment import Trial
 
 RAY_VERSION = "2.60"  # the version everything here was checked against
 CHECKPOINT_LOGGER = "ray.train._internal.storage"
+TRIAL_ERROR_LOGGER = "ray.tune.execution.tune_controller"
 
 
 def stop_trial(tune_controller: Any, trial: Any) -> None:

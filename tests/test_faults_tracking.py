@@ -1,6 +1,7 @@
 """The tracking server gone for longer than the harness waits (issue 25), met with real processes:
 a real `mlflow server` process killed, real signals. Each case checks the error line and the runs'
-states in the store; the waits are bounded through HARNESS_TRACKING_OUTAGE_S, never measured."""
+states in the store, and a sweep's exit code; the waits are bounded through
+HARNESS_TRACKING_OUTAGE_S, never measured."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ from mlflow import MlflowClient
 from harness import tracking
 from harness.errors import InputError, TrackingUnreachable
 from harness.server import check_reachable, server_command, server_environment
+from harness.sweep._failures import TRACKING_UNREACHABLE, deterministic_cause, failure_cause
 from tests.conftest import REPO, free_port, wait_for
+from tests.test_faults import HARNESS, TERMINAL, _long_experiment
+from tests.test_faults import small_idc as small_idc  # a fixture, used by name
 
 SINCE = r"\d\d:\d\d:\d\d"
 
@@ -94,6 +98,7 @@ def test_a_tracker_gives_up_on_a_dead_server_with_one_line_then_fails_at_once(sh
     with pytest.raises(TrackingUnreachable) as again:
         tracker.experiment_id("x")
     assert str(again.value) == str(first.value)
+    assert failure_cause(first.value) == TRACKING_UNREACHABLE and deterministic_cause(first.value) is None
 
 
 @pytest.mark.parametrize("value", ["soon", "-1", "nan", "inf"])
@@ -159,3 +164,44 @@ def test_a_brief_outage_rides_through_and_a_long_one_leaves_the_run_running(
             tracker.log_metrics(run_id, {"loss": 1.0}, step=1)
     (run,) = server.runs("outage")
     assert (run.info.run_id, run.info.status) == (run_id, "RUNNING")
+
+
+def _error_lines(stderr: str) -> list[str]:
+    """Return the `error:` lines of a command's stderr."""
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.e2e
+def test_a_tracking_server_gone_for_longer_than_the_bound_interrupts_the_sweep_in_one_line(
+    tmp_path: Path, small_idc: Path, server: Server, short_outage: None
+) -> None:
+    server.start()
+    out = tmp_path / "out"
+    path = _long_experiment(tmp_path, small_idc, out)
+    driver = subprocess.Popen(
+        [*HARNESS, "sweep", str(path), "--tracking-uri", server.uri],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(lambda: any((out / "faults" / "ray").rglob("checkpoint_*")), timeout=300, what="a trial checkpoint")
+    server.kill()
+    _, stderr = driver.communicate(timeout=300)
+    assert driver.returncode == 75, stderr[-3000:]
+    assert [re.sub(SINCE, "HH:MM:SS", line) for line in _error_lines(stderr)] == [
+        f"error: tracking server {server.uri} unreachable since HH:MM:SS (Connection refused); the sweep is "
+        f"interrupted: continue with harness sweep {path} --resume"
+    ]
+    runs = server.runs("faults")
+    assert runs and {r.info.status for r in runs if r.data.tags["run_type"] == "sweep"} == {"RUNNING"}
+    # What the SLURM job does after a failed sweep, on the server's own store: nothing stays RUNNING.
+    closed = subprocess.run(
+        [*HARNESS, "close-orphans", str(path), "--tracking-uri", f"sqlite:///{server.database}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert closed.returncode == 0, closed.stderr[-3000:]
+    assert {r.info.status for r in server.runs("faults")} <= TERMINAL

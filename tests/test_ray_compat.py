@@ -83,3 +83,11 @@ def test_the_checkpoint_line_comes_from_the_logger_the_adapter_quiets() -> None:
         assert not logger.isEnabledFor(logging.INFO) and logger.isEnabledFor(logging.WARNING)
     finally:
         logger.setLevel(level)
+
+
+def test_tunes_traceback_of_a_failed_trial_comes_from_the_logger_the_sweep_filters() -> None:
+    module = importlib.import_module(ray_compat.TRIAL_ERROR_LOGGER)
+    assert module.logger.name == ray_compat.TRIAL_ERROR_LOGGER
+    assert 'logger.error(f"Trial task failed for trial {trial}", exc_info=exception)' in inspect.getsource(
+        TuneController._trial_task_failure
+    )

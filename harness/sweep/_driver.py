@@ -42,7 +42,7 @@ from ._retrain import EnsembleOutcome, retrain_winners
 from ._search import optuna_storage, start_points, study_name
 from ._signals import Interrupts, SweepInterrupted, catching_interrupts
 from ._studies import plot_study, warm_start_points
-from ._trial import CloseTrialRuns, SweepContext, sweep_context
+from ._trial import CloseTrialRuns, SweepContext, TrackingLost, sweep_context
 from ._tuner import STATE_SYNC_SECONDS, granted_resources, new_tuner, restored_tuner, search_notes, stopping_scheduler
 from ._winners import grid_results, winners
 
@@ -329,6 +329,9 @@ def _search(
     interrupts.in_search = True
     try:
         grid = tuner.fit()
+    except TrackingLost as lost:
+        # Tune stopped without saving its state again: --resume continues from its last save.
+        raise lost.outage from None
     finally:
         interrupts.in_search = False
     interrupts.check()
