@@ -241,6 +241,7 @@ def train(
     """Train one baseline on one fold with its recipe, tracked as one MLflow run."""
     from harness.experiment import set_up, train_tracked
     from harness.run_spec import RunSpec
+    from harness.train import OutOfMemory
 
     config = _load(experiment, root, tracking_uri, output_dir, roi_dir)
     if baseline not in {b.name for b in config.baselines}:
@@ -252,15 +253,19 @@ def train(
         raise InputError(f"--fold {fold}: expected a fold below protocol.folds ({config.protocol.folds})")
     setup = set_up(config, show_progress=True)
     spec = RunSpec.build(config, setup.data, baseline, fold=fold)
-    run_id, result = train_tracked(
-        config,
-        setup,
-        spec,
-        on_epoch=lambda e: console.print(
-            f"epoch {e.epoch:>3}  train loss {e.train_loss:.4f}  val loss {e.val['loss']:.4f}  "
-            f"val acc {e.val['accuracy']:.4f}  val AUC {e.val['auc']:.4f}"
-        ),
-    )
+    try:
+        run_id, result = train_tracked(
+            config,
+            setup,
+            spec,
+            on_epoch=lambda e: console.print(
+                f"epoch {e.epoch:>3}  train loss {e.train_loss:.4f}  val loss {e.val['loss']:.4f}  "
+                f"val acc {e.val['accuracy']:.4f}  val AUC {e.val['auc']:.4f}"
+            ),
+        )
+    except OutOfMemory as exc:
+        # The run ended FAILED with the error; the line says what to lower.
+        _fail(f"out of memory: {exc}", 1)
     test = result.test.metrics if result.test else {}
     console.print(
         f"best epoch {result.best_epoch}: val acc {result.best_val['accuracy']:.4f}; "

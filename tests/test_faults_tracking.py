@@ -1,29 +1,34 @@
-"""The tracking server gone for longer than the harness waits (issue 25), met with real processes:
-a real `mlflow server` process killed, real signals. Each case checks the error line and the runs'
-states in the store, and a sweep's exit code; the waits are bounded through
+"""Two faults of issue 25 met with real processes: the tracking server gone for longer than the
+harness waits (a real `mlflow server` process killed, real signals), and a run out of memory
+(torch's real allocator errors under a lowered address-space limit). Each case checks the exit
+code, the one `error:` line and the runs' states in the store; the waits are bounded through
 HARNESS_TRACKING_OUTAGE_S, never measured."""
 
 from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from harness import tracking
 from harness.errors import InputError, TrackingUnreachable
 from harness.server import check_reachable, server_command, server_environment
-from harness.sweep._failures import TRACKING_UNREACHABLE, deterministic_cause, failure_cause
+from harness.sweep._failures import OUT_OF_MEMORY, TRACKING_UNREACHABLE, deterministic_cause, failure_cause
+from harness.train import allocation_failure
 from tests.conftest import REPO, free_port, wait_for
-from tests.test_faults import HARNESS, TERMINAL, _long_experiment
+from tests.test_faults import HARNESS, TERMINAL, _experiment, _long_experiment
 from tests.test_faults import small_idc as small_idc  # a fixture, used by name
 
 SINCE = r"\d\d:\d\d:\d\d"
+GIB = 2**30
 
 
 class Server:
@@ -166,9 +171,79 @@ def test_a_brief_outage_rides_through_and_a_long_one_leaves_the_run_running(
     assert (run.info.run_id, run.info.status) == (run_id, "RUNNING")
 
 
+def _address_space(limit: int):
+    """Return a preexec_fn limiting the child's address space to `limit` bytes (RLIMIT_AS)."""
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return limited
+
+
+ALLOCATE = """
+import torch
+try:
+    torch.empty(64 * 2**30, dtype=torch.uint8)
+except RuntimeError as exc:
+    print(exc)
+"""
+
+
+def test_torchs_cpu_allocator_error_is_out_of_memory_with_the_size_it_asked_for() -> None:
+    command = [sys.executable, "-c", ALLOCATE]
+    allocated = subprocess.run(command, capture_output=True, text=True, timeout=300, preexec_fn=_address_space(8 * GIB))
+    message = allocated.stdout.strip()
+    assert "DefaultCPUAllocator" in message, allocated.stderr[-2000:]
+    assert allocation_failure(message) == "64.00 GiB of host memory"
+    assert deterministic_cause(RuntimeError(message)) == OUT_OF_MEMORY
+    assert failure_cause(f"RuntimeError: {message}") == OUT_OF_MEMORY
+
+
+def test_cudas_out_of_memory_error_is_out_of_memory_with_the_size_it_asked_for() -> None:
+    # torch's own wording (c10/cuda/CUDACachingAllocator.cpp); this machine may have no GPU to raise it.
+    error = torch.cuda.OutOfMemoryError(
+        "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 139.80 GiB of which "
+        "1.19 GiB is free. Of the allocated memory 137.1 GiB is allocated by PyTorch"
+    )
+    assert allocation_failure(error) == "2.00 GiB of GPU memory"
+    assert deterministic_cause(error) == OUT_OF_MEMORY
+
+
 def _error_lines(stderr: str) -> list[str]:
     """Return the `error:` lines of a command's stderr."""
     return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def test_harness_train_out_of_host_memory_fails_its_run_in_one_line_naming_the_allocation(
+    tmp_path: Path, small_idc: Path
+) -> None:
+    """A real `harness train` whose input size cannot fit in the address space it is given."""
+    out = tmp_path / "out"
+    baselines = [{"name": "cancernet", "fixed": {"batch_size": 4, "input_size": 4096}}]
+    path = _experiment(tmp_path / "x.yaml", small_idc, out, baselines=baselines)
+    result = subprocess.run(
+        [*HARNESS, "train", str(path), "--baseline", "cancernet"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=_address_space(8 * GIB),
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    (line,) = _error_lines(result.stderr)
+    asked = r"could not allocate [\d.]+ GiB of host memory; lower batch_size or input_size"
+    assert re.fullmatch(rf"error: out of memory: cancernet at batch_size 4 and input_size 4096x4096 {asked}", line)
+    assert "Traceback" not in result.stderr
+    (run,) = MlflowClient(f"sqlite:///{out / 'mlflow.db'}").search_runs([_experiment_id(out)])
+    assert (run.info.status, run.data.tags["outcome"]) == ("FAILED", "failed")
+    assert run.data.tags["error"].startswith(f"OutOfMemory: {line.removeprefix('error: out of memory: ')}\n")
+
+
+def _experiment_id(out: Path, name: str = "faults") -> str:
+    """Return the id of experiment `name` in the SQLite store under `out`."""
+    found = MlflowClient(f"sqlite:///{out / 'mlflow.db'}").get_experiment_by_name(name)
+    assert found is not None
+    return found.experiment_id
 
 
 @pytest.mark.e2e

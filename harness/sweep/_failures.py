@@ -17,19 +17,16 @@ from ray.exceptions import NodeDiedError, RayActorError, WorkerCrashedError
 from harness import ray_compat
 from harness.errors import InputError, TrackingUnreachable, disk_full
 from harness.tracking import root_cause
-from harness.train import DivergedError
+from harness.train import DivergedError, OutOfMemory, allocation_failure
 
 DIVERGED, INPUT, OUT_OF_MEMORY, DISK_FULL = "diverged", "input", "out_of_memory", "disk_full"
 WORKER_LOST, TRACKING_UNREACHABLE, ERROR = "worker_lost", "tracking_unreachable", "error"
 # What an error handed over as text only says, by cause (Tune's printed error of a trial).
 _NAMES = {
+    OUT_OF_MEMORY: ("OutOfMemory",),
     TRACKING_UNREACHABLE: ("TrackingUnreachable",),
     WORKER_LOST: ("RayActorError", "ActorDiedError", "WorkerCrashedError", "NodeDiedError"),
 }
-
-
-class TrialOutOfMemory(RuntimeError):
-    """The trial's batch did not fit in the memory it was given (a GPU share, or the host's)."""
 
 
 def deterministic_cause(exc: BaseException) -> str | None:
@@ -40,7 +37,9 @@ def deterministic_cause(exc: BaseException) -> str | None:
         return DIVERGED
     if isinstance(cause, InputError):
         return INPUT
-    if isinstance(cause, (TrialOutOfMemory, MemoryError)):
+    if isinstance(cause, (OutOfMemory, MemoryError)):
+        return OUT_OF_MEMORY
+    if allocation_failure(cause) is not None:
         return OUT_OF_MEMORY
     if disk_full(exc):
         return DISK_FULL
@@ -50,8 +49,10 @@ def deterministic_cause(exc: BaseException) -> str | None:
 def failure_cause(exc: BaseException | str) -> str:
     """Return why a trial failed: a deterministic cause, worker_lost for a dead worker or node,
     tracking_unreachable for a tracking server that stopped answering, else error. An error Tune
-    hands over as text only is read by the names in it."""
+    hands over as text only is read by the names and words in it."""
     if isinstance(exc, str):
+        if allocation_failure(exc) is not None:
+            return OUT_OF_MEMORY
         return next((cause for cause, names in _NAMES.items() if any(name in exc for name in names)), ERROR)
     deterministic = deterministic_cause(exc)
     if deterministic is not None:

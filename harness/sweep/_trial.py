@@ -21,10 +21,10 @@ from harness.data.prepare import PreparedData
 from harness.errors import TrackingUnreachable
 from harness.experiment import ExperimentSetup, epoch_metrics, log_epoch, run_tags
 from harness.run_spec import RunSpec
-from harness.train import EpochReport, FitResult, TrainState, fit
+from harness.train import GPU_MEMORY, EpochReport, FitResult, OutOfMemory, TrainState, fit
 
-from ._failures import ERROR, TRACKING_UNREACHABLE, TrialOutOfMemory, deterministic_cause, failure_cause, trial_error
-from ._keys import CAUSE_KEY, DONE_KEY, EPOCH_KEY, FAILED_KEY, RUN_ID_KEY, STUDY_TRIAL_KEY, trial_point
+from ._failures import ERROR, TRACKING_UNREACHABLE, deterministic_cause, failure_cause, trial_error
+from ._keys import CAUSE_KEY, DONE_KEY, EPOCH_KEY, ERROR_KEY, FAILED_KEY, RUN_ID_KEY, STUDY_TRIAL_KEY, trial_point
 from ._nodes import NodeIdentity, check_manifest, current_node, local_data, trial_device
 
 CHECKPOINT_FILE = "trial.pt"
@@ -105,14 +105,15 @@ def node_spec(ctx: SweepContext, baseline: str, point: dict[str, Any], fold: int
 def fit_on_node(
     spec: RunSpec, gpu: float, report: Callable[[EpochReport], None], resume: TrainState | None = None
 ) -> FitResult:
-    """Run `fit`, turning CUDA running out of memory into an error that names the batch and GPU share."""
+    """Run `fit` with a `gpu` share of a GPU; returns its result. Out of GPU memory on a share, the
+    error says that the trials on a GPU share its memory."""
     try:
         return fit(spec, report, resume)
-    except torch.cuda.OutOfMemoryError as exc:
-        raise TrialOutOfMemory(
-            f"CUDA out of memory training {spec.baseline} at batch_size {spec.params.batch_size} with a "
-            f"{gpu:g} GPU share (memory is shared between the trials on a GPU): lower the batch size "
-            "or raise the baseline's resources.gpu"
+    except OutOfMemory as exc:
+        if not gpu or GPU_MEMORY not in str(exc):
+            raise
+        raise OutOfMemory(
+            f"{exc}, or raise the baseline's resources.gpu (a {gpu:g} GPU share: the trials on a GPU share its memory)"
         ) from exc
 
 
@@ -196,7 +197,8 @@ def _fail(tracker: tracking.Tracker, run_id: str | None, exc: BaseException, cau
         except (MlflowException, OSError):
             pass  # a store on a full disk: the next sweep's orphan check ends the run
     epoch = {"objective": last.get("objective", math.nan), EPOCH_KEY: last.get(EPOCH_KEY, 0)}
-    tune.report({**epoch, DONE_KEY: 0.0, FAILED_KEY: 1.0, CAUSE_KEY: cause, RUN_ID_KEY: run_id})
+    failed = {FAILED_KEY: 1.0, CAUSE_KEY: cause, ERROR_KEY: tracking.error_text(exc).splitlines()[0]}
+    tune.report({**epoch, DONE_KEY: 0.0, **failed, RUN_ID_KEY: run_id})
 
 
 def run_trial(config: dict[str, Any], *, ctx: SweepContext) -> None:
