@@ -1,8 +1,8 @@
 """Two faults of issue 25 met with real processes: the tracking server gone for longer than the
-harness waits (a real `mlflow server` process killed, real signals), and a run out of memory
-(torch's real allocator errors under a lowered address-space limit). Each case checks the exit
-code, the one `error:` line and the runs' states in the store; the waits are bounded through
-HARNESS_TRACKING_OUTAGE_S, never measured."""
+harness waits (a real `mlflow server` process killed), and a trial out of memory (torch's real
+allocator errors under a lowered address-space limit, and Ray's real memory monitor killing a
+trial's worker). Each case checks the exit code, the one `error:` line and the runs' states in the
+store; the waits are bounded through HARNESS_TRACKING_OUTAGE_S, never measured."""
 
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 from mlflow import MlflowClient
+from ray.exceptions import OutOfMemoryError
 
-from harness import tracking
+from harness import ray_compat, tracking
 from harness.errors import InputError, TrackingUnreachable
 from harness.server import check_reachable, server_command, server_environment
-from harness.sweep._failures import OUT_OF_MEMORY, TRACKING_UNREACHABLE, deterministic_cause, failure_cause
+from harness.sweep._failures import OUT_OF_MEMORY, TRACKING_UNREACHABLE, WORKER_LOST, deterministic_cause, failure_cause
 from harness.train import allocation_failure
 from tests.conftest import REPO, free_port, wait_for
 from tests.test_faults import HARNESS, TERMINAL, _experiment, _long_experiment
@@ -209,6 +210,20 @@ def test_cudas_out_of_memory_error_is_out_of_memory_with_the_size_it_asked_for()
     assert deterministic_cause(error) == OUT_OF_MEMORY
 
 
+def test_a_worker_rays_memory_monitor_killed_is_out_of_memory_not_a_lost_worker() -> None:
+    report = (
+        "1 worker(s) were killed due to the node running low on memory. Memory on the node (IP: 10.0.0.1, ID: ab) "
+        "was 22.91GB used / 23.54GB limit (0.973)\nOOM kill reason: Memory usage 24600B exceeded threshold"
+    )
+    killed = ray_compat.MemoryMonitorKill(str(OutOfMemoryError(report)))
+    assert str(killed) == (
+        "a worker was killed due to the node running low on memory (22.91GB used / 23.54GB limit): lower "
+        "batch_size or input_size, or run fewer trials at once (search.max_concurrent)"
+    )
+    assert failure_cause(killed) == OUT_OF_MEMORY and failure_cause(report) == OUT_OF_MEMORY
+    assert failure_cause("ray.exceptions.ActorDiedError: The actor died unexpectedly") == WORKER_LOST
+
+
 def _error_lines(stderr: str) -> list[str]:
     """Return the `error:` lines of a command's stderr."""
     return [line for line in stderr.splitlines() if line.startswith("error:")]
@@ -280,3 +295,31 @@ def test_a_tracking_server_gone_for_longer_than_the_bound_interrupts_the_sweep_i
     )
     assert closed.returncode == 0, closed.stderr[-3000:]
     assert {r.info.status for r in server.runs("faults")} <= TERMINAL
+
+
+@pytest.mark.e2e
+def test_a_trial_rays_memory_monitor_kills_fails_out_of_memory_without_a_retry(tmp_path: Path, small_idc: Path) -> None:
+    out = tmp_path / "out"
+    search = {"trials": 2, "max_epochs": 2, "sampler": "random", "retrain": "none", "max_failures": 2}
+    path = _experiment(tmp_path / "x.yaml", small_idc, out, search=search)
+    # Any use of memory is over this threshold: the monitor kills each trial's worker as it runs.
+    low = {"RAY_memory_usage_threshold": "0.01", "RAY_memory_monitor_refresh_ms": "100"}
+    result = subprocess.run(
+        [*HARNESS, "sweep", str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **low},
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    (line,) = _error_lines(result.stderr)
+    assert re.fullmatch(r"error: every trial of sweep sweep-[\d-]+ failed \(2 out_of_memory\)", line)
+    runs = MlflowClient(f"sqlite:///{out / 'mlflow.db'}").search_runs([_experiment_id(out)])
+    assert {r.info.status for r in runs} <= TERMINAL
+    trials = [r for r in runs if r.data.tags["run_type"] == "trial"]
+    assert len(trials) == 2
+    for run in trials:
+        assert (run.info.status, run.data.tags["failure_cause"]) == ("FAILED", "out_of_memory")
+        assert run.data.tags["error"].startswith("MemoryMonitorKill: a worker was killed due to the node running low")
+        assert "retries" not in run.data.tags

@@ -44,7 +44,7 @@ from ._signals import Interrupts, SweepInterrupted, catching_interrupts
 from ._studies import plot_study, warm_start_points
 from ._trial import CloseTrialRuns, SweepContext, TrackingLost, sweep_context
 from ._tuner import STATE_SYNC_SECONDS, granted_resources, new_tuner, restored_tuner, search_notes, stopping_scheduler
-from ._winners import grid_results, winners
+from ._winners import trial_configs, winners
 
 RunType = tracking.RunType
 # Ray Client sessions that fail to start are retried this often, waiting longer each time.
@@ -340,9 +340,9 @@ def _search(
 
 def _outcomes(grid: tune.ResultGrid, names: list[str]) -> dict[str, BaselineOutcome]:
     outcomes = {name: BaselineOutcome() for name in names}
-    for result in grid_results(grid):
-        if result.config:  # a trial Tune never started has no configuration
-            outcomes[result.config["baseline"]].add(result.metrics or {}, result.error)
+    for result, config in trial_configs(grid):
+        if config:  # a trial Tune never started has no configuration
+            outcomes[config["baseline"]].add(result.metrics or {}, result.error)
     return outcomes
 
 

@@ -3,8 +3,9 @@
 A diverged loss, bad input, running out of memory and a full disk recur on every retry from the same
 checkpoint, so a trial that meets one ends FAILED at once: it closes its run with the error and
 reports one last result flagged FAILED_KEY instead of raising, since Tune retries every error a
-trial raises (up to `search.max_failures`). Lost nodes and killed workers are raised as usual and
-retried. A tracking server that stopped answering is no fault of the trial: the driver stops the
+trial raises (up to `search.max_failures`). A worker Ray's memory monitor killed cannot report: Tune
+ends it without a retry (harness.ray_compat). Lost nodes and crashed workers are raised as usual
+and retried. A tracking server that stopped answering is no fault of the trial: the driver stops the
 sweep on it, to be resumed once the server is back.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ray.exceptions import NodeDiedError, RayActorError, WorkerCrashedError
+from ray.exceptions import NodeDiedError, OutOfMemoryError, RayActorError, WorkerCrashedError
 
 from harness import ray_compat
 from harness.errors import InputError, TrackingUnreachable, disk_full
@@ -23,7 +24,7 @@ DIVERGED, INPUT, OUT_OF_MEMORY, DISK_FULL = "diverged", "input", "out_of_memory"
 WORKER_LOST, TRACKING_UNREACHABLE, ERROR = "worker_lost", "tracking_unreachable", "error"
 # What an error handed over as text only says, by cause (Tune's printed error of a trial).
 _NAMES = {
-    OUT_OF_MEMORY: ("OutOfMemory",),
+    OUT_OF_MEMORY: ("OutOfMemory", ray_compat.MEMORY_MONITOR_WORDS),
     TRACKING_UNREACHABLE: ("TrackingUnreachable",),
     WORKER_LOST: ("RayActorError", "ActorDiedError", "WorkerCrashedError", "NodeDiedError"),
 }
@@ -37,7 +38,7 @@ def deterministic_cause(exc: BaseException) -> str | None:
         return DIVERGED
     if isinstance(cause, InputError):
         return INPUT
-    if isinstance(cause, (OutOfMemory, MemoryError)):
+    if isinstance(cause, (OutOfMemory, MemoryError, OutOfMemoryError, ray_compat.MemoryMonitorKill)):
         return OUT_OF_MEMORY
     if allocation_failure(cause) is not None:
         return OUT_OF_MEMORY

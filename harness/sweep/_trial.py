@@ -23,7 +23,7 @@ from harness.experiment import ExperimentSetup, epoch_metrics, log_epoch, run_ta
 from harness.run_spec import RunSpec
 from harness.train import GPU_MEMORY, EpochReport, FitResult, OutOfMemory, TrainState, fit
 
-from ._failures import ERROR, TRACKING_UNREACHABLE, deterministic_cause, failure_cause, trial_error
+from ._failures import ERROR, OUT_OF_MEMORY, TRACKING_UNREACHABLE, deterministic_cause, failure_cause, trial_error
 from ._keys import CAUSE_KEY, DONE_KEY, EPOCH_KEY, ERROR_KEY, FAILED_KEY, RUN_ID_KEY, STUDY_TRIAL_KEY, trial_point
 from ._nodes import NodeIdentity, check_manifest, current_node, local_data, trial_device
 
@@ -296,11 +296,11 @@ def _stopping_tune_on_outage() -> Iterator[None]:
 
 class _SaidInOneLine(logging.Filter):
     """Keeps Tune's traceback of a failed trial off the console when the sweep says that failure in
-    one line itself: a tracking server that stopped answering."""
+    one line itself: a tracking server that stopped answering, a worker killed for memory."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        return error is None or failure_cause(error) != TRACKING_UNREACHABLE
+        return error is None or failure_cause(error) not in (TRACKING_UNREACHABLE, OUT_OF_MEMORY)
 
 
 _SAID_IN_ONE_LINE = _SaidInOneLine()
@@ -320,6 +320,7 @@ class CloseTrialRuns(tune.Callback):
 
     def setup(self, *args: Any, **info: Any) -> None:
         # Here, in the process that runs Tune's loop (the head's under Ray Client), before any trial.
+        ray_compat.end_trials_killed_for_memory()
         logging.getLogger(ray_compat.TRIAL_ERROR_LOGGER).addFilter(_SAID_IN_ONE_LINE)
 
     def _stop_if_unreachable(self, trial: Any) -> None:

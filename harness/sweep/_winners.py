@@ -49,3 +49,11 @@ def winners(grid: tune.ResultGrid, link: RunLink, mode: str) -> list[Winner]:
 def grid_results(grid: tune.ResultGrid) -> list[tune.Result]:
     """Return every trial's Result of `grid` (a ResultGrid is indexed, not declared iterable)."""
     return [grid[i] for i in range(len(grid))]
+
+
+def trial_configs(grid: tune.ResultGrid) -> list[tuple[tune.Result, dict[str, Any] | None]]:
+    """Return every trial's Result of `grid` with the trial's config (None for a trial Tune never
+    started). A Result takes its config from the trial's last result, so a trial that failed before
+    its first (a worker killed as it started) has none there: Tune's saved state has it."""
+    started = {trial.path: trial.config for trial in tune.ExperimentAnalysis(grid.experiment_path).trials}
+    return [(result, result.config or started.get(result.path)) for result in grid_results(grid)]
