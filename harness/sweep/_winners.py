@@ -3,6 +3,7 @@ results, with the MLflow run and the sampled point the fold retrain and the regi
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,5 +56,16 @@ def trial_configs(grid: tune.ResultGrid) -> list[tuple[tune.Result, dict[str, An
     """Return every trial's Result of `grid` with the trial's config (None for a trial Tune never
     started). A Result takes its config from the trial's last result, so a trial that failed before
     its first (a worker killed as it started) has none there: Tune's saved state has it."""
-    started = {trial.path: trial.config for trial in tune.ExperimentAnalysis(grid.experiment_path).trials}
-    return [(result, result.config or started.get(result.path)) for result in grid_results(grid)]
+    results = grid_results(grid)
+    if all(result.config for result in results):
+        return [(result, result.config) for result in results]
+    # Reading the state again would repeat Tune's warning that those trials have no metrics.
+    analysis_log = logging.getLogger(tune.ExperimentAnalysis.__module__)
+    level = analysis_log.level
+    analysis_log.setLevel(logging.ERROR)
+    try:
+        trials = tune.ExperimentAnalysis(grid.experiment_path).trials
+    finally:
+        analysis_log.setLevel(level)
+    started = {trial.path: trial.config for trial in trials}
+    return [(result, result.config or started.get(result.path)) for result in results]
