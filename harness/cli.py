@@ -13,14 +13,14 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from harness.environment import MLFLOW_QUIET, environment
-from harness.errors import InputError, disk_full
+from harness.errors import InputError, TrackingUnreachable, disk_full
 from harness.table_layouts import TABLE_LAYOUTS
 
 if TYPE_CHECKING:
@@ -45,10 +45,20 @@ def _quiet_mlflow(ctx: typer.Context) -> None:
 
 # Filesystem errors the user can act on (a path, a permission, a full or read-only disk): one line.
 FILESYSTEM_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR}
+# sysexits' EX_TEMPFAIL: nothing was wrong with the command; run it again (a sweep with --resume) once
+# the tracking server answers.
+EXIT_TEMPFAIL = 75
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    """Print `message` as the command's one `error:` line on stderr and exit with `code`."""
+    errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn InputError, and a filesystem error on a path, into one line on stderr and exit code 2."""
+    """Turn InputError, and a filesystem error on a path, into one line on stderr and exit code 2;
+    a tracking server that stopped answering into one line and exit code 75."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -56,6 +66,8 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
         except InputError as exc:
             message = str(exc)
+        except TrackingUnreachable as exc:
+            _fail(str(exc), EXIT_TEMPFAIL)
         except OSError as exc:
             if exc.errno not in FILESYSTEM_ERRORS:
                 raise
@@ -67,8 +79,7 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
                 f"no space left on the device ({type(exc).__name__}); runs left RUNNING are ended "
                 "(orphaned) by the next sweep of the experiment once there is room"
             )
-        errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2)
+        _fail(message, 2)
 
     return wrapper
 
@@ -246,6 +257,7 @@ def train(
     """Train one baseline on one fold with its recipe, tracked as one MLflow run."""
     from harness.experiment import set_up, train_tracked
     from harness.run_spec import RunSpec
+    from harness.train import OutOfMemory
 
     config = _load(experiment, root, tracking_uri, output_dir, roi_dir)
     if baseline not in {b.name for b in config.baselines}:
@@ -259,15 +271,19 @@ def train(
     with _interruptible(f"the run ended KILLED; train again with: {again}"):
         setup = set_up(config, show_progress=True)
         spec = RunSpec.build(config, setup.data, baseline, fold=fold)
-        run_id, result = train_tracked(
-            config,
-            setup,
-            spec,
-            on_epoch=lambda e: console.print(
-                f"epoch {e.epoch:>3}  train loss {e.train_loss:.4f}  val loss {e.val['loss']:.4f}  "
-                f"val acc {e.val['accuracy']:.4f}  val AUC {e.val['auc']:.4f}"
-            ),
-        )
+        try:
+            run_id, result = train_tracked(
+                config,
+                setup,
+                spec,
+                on_epoch=lambda e: console.print(
+                    f"epoch {e.epoch:>3}  train loss {e.train_loss:.4f}  val loss {e.val['loss']:.4f}  "
+                    f"val acc {e.val['accuracy']:.4f}  val AUC {e.val['auc']:.4f}"
+                ),
+            )
+        except OutOfMemory as exc:
+            # The run ended FAILED with the error; the line says what to lower.
+            _fail(f"out of memory: {exc}", 1)
     test = result.test.metrics if result.test else {}
     console.print(
         f"best epoch {result.best_epoch}: val acc {result.best_val['accuracy']:.4f}; "
@@ -354,8 +370,10 @@ def sweep(
         summary = run_sweep(config, address=address, resume=resume, verbose=True)
     except AllTrialsFailed as failed:
         _print_sweep(failed.summary)
-        errors.print(f"[bold red]error:[/] {failed}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+        _fail(str(failed), 1)
+    except TrackingUnreachable as outage:
+        # Its runs stay RUNNING (the store takes no write): --resume continues them.
+        _fail(f"{outage}; the sweep is interrupted: continue with harness sweep {experiment} --resume", EXIT_TEMPFAIL)
     except Interrupted as interrupted:
         hint = f"; continue with: harness sweep {experiment} --resume" if interrupted.parent_run_id else ""
         errors.print(f"interrupted{hint}", highlight=False, soft_wrap=True, markup=False)

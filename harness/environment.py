@@ -27,6 +27,17 @@ ALBUMENTATIONS_OFFLINE = {
     "NO_ALBUMENTATIONS_UPDATE": "1",
 }
 
+MLFLOW_FAIL_FAST = {
+    # MLflow's HTTP client retries a refused connection or a 5xx answer 7 times with exponential
+    # backoff (about 4 minutes) and waits 120 s for an answer: a server gone was noticed after
+    # minutes, in silence. The harness's tracker retries itself, up to HARNESS_TRACKING_OUTAGE_S of
+    # continuous failure, so each request fails within seconds: one immediate retry, and 15 s for a
+    # server that accepts a connection and never answers (a read timeout, not a transfer's whole
+    # time, so a large artifact is not cut short).
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
+}
+
 EMBEDDED_RAY = {
     # Ray reports usage to its makers unless told not to; opt in with 1.
     "RAY_USAGE_STATS_ENABLED": "0",

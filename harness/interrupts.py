@@ -22,6 +22,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from harness import tracking
 from harness.environment import environment
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -66,6 +67,8 @@ class Interrupts:
         first = self.received is None
         if first:
             self.received = signum
+            # A tracking call waiting out a server that does not answer gives up now, not after the bound.
+            tracking.stop_waiting()
         # Tune's own interrupt (SIGUSR1, which Tune always handles while it runs) ends its loop
         # after saving the experiment's state; before Tune installs it, SIGUSR1 would kill us.
         if first and self.in_search and signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, None):

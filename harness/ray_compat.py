@@ -17,19 +17,34 @@ changed shape, so an upgrade is checked here before it is trusted.
   sync: a callback would otherwise find nothing yet for a trial that failed on another node.
 - `CHECKPOINT_LOGGER`: the logger of the private module `ray.train._internal.storage`, which logs a
   line per saved checkpoint (every epoch of every trial) at INFO; no setting turns it off.
+- `TRIAL_ERROR_LOGGER`: the logger of `ray.tune.execution.tune_controller`, which logs each failed
+  trial's traceback at ERROR; `TUNE_PRINT_ALL_TRIAL_ERRORS=0` silences every trial's, not only
+  those the harness says in one line itself.
+- `end_trials_killed_for_memory`: when Ray's memory monitor kills a trial's worker, the trial's task
+  fails with `ray.exceptions.OutOfMemoryError`, which is neither a `RayActorError` nor a
+  `RayTaskError`: `RayActorManager._actor_task_failed` (a private class of `ray.air.execution`)
+  raises `RuntimeError("Caught unexpected exception")` from inside Tune's loop and the driver dies.
+  It is handed on as the actor error it is (`MemoryMonitorKill`), and
+  `TuneController._process_trial_failure` ends that trial without a retry, as it does a trial out of
+  `max_failures` (a retry would meet the same memory). Tune has no hook for either.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
 import cloudpickle
+from ray.exceptions import OutOfMemoryError, RayActorError
+from ray.tune.execution import tune_controller as controller
+from ray.tune.execution.tune_controller import TuneController
 from ray.tune.experiment import Trial
 
 RAY_VERSION = "2.60"  # the version everything here was checked against
 CHECKPOINT_LOGGER = "ray.train._internal.storage"
+TRIAL_ERROR_LOGGER = "ray.tune.execution.tune_controller"
 
 
 def stop_trial(tune_controller: Any, trial: Any) -> None:
@@ -56,3 +71,52 @@ def staged_error(trial: Any) -> BaseException | str | None:
 def quiet_checkpoint_log() -> None:
     """Keep Ray's line per saved checkpoint out of the trial's output (warnings still show)."""
     logging.getLogger(CHECKPOINT_LOGGER).setLevel(logging.WARNING)
+
+
+# What Ray's memory monitor says of the workers it killed (ray.exceptions.OutOfMemoryError).
+MEMORY_MONITOR_WORDS = "killed due to the node running low on memory"
+
+
+class MemoryMonitorKill(RayActorError):
+    """A trial's worker that Ray's memory monitor killed, as the actor error Tune can handle: one line
+    saying so and what to lower; Ray's whole report (the node's memory users) is its `traceback_str`."""
+
+    def __init__(self, ray_message: str) -> None:
+        used = re.search(r"was ([\d.]+\s*GB used / [\d.]+\s*GB limit)", ray_message)
+        super().__init__(
+            error_msg=f"a worker was {MEMORY_MONITOR_WORDS} ({used.group(1) if used else 'see its report'}): "
+            "lower batch_size or input_size, or run fewer trials at once (search.max_concurrent)"
+        )
+        self.traceback_str = ray_message
+
+
+def end_trials_killed_for_memory() -> None:
+    """Make Tune end a trial whose worker Ray's memory monitor killed as FAILED with a
+    MemoryMonitorKill, without a retry, instead of crashing the driver (see the module); in the
+    process that runs Tune's loop, once; returns nothing."""
+    if getattr(TuneController._process_trial_failure, "ends_memory_kills", False):
+        return
+    # The actor manager's class, as Tune's controller imports it (its module is private to Ray).
+    manager = controller.RayActorManager
+    task_failed, trial_failed = manager._actor_task_failed, TuneController._process_trial_failure
+
+    def actor_task_failed(self: Any, tracked_actor_task: Any, exception: Exception) -> None:
+        if isinstance(exception, OutOfMemoryError):
+            exception = MemoryMonitorKill(str(exception))
+        task_failed(self, tracked_actor_task, exception)
+
+    def process_trial_failure(self: Any, trial: Any, exception: Any) -> None:
+        if isinstance(exception, OutOfMemoryError):  # a worker killed while it started
+            exception = MemoryMonitorKill(str(exception))
+        if not isinstance(exception, MemoryMonitorKill):
+            trial_failed(self, trial, exception)
+            return
+        retries, trial.max_failures = trial.max_failures, 0
+        try:
+            trial_failed(self, trial, exception)
+        finally:
+            trial.max_failures = retries
+
+    process_trial_failure.ends_memory_kills = True  # type: ignore[attr-defined]
+    manager._actor_task_failed = actor_task_failed  # type: ignore[method-assign]
+    TuneController._process_trial_failure = process_trial_failure  # type: ignore[method-assign]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import json
+import math
+import os
 import platform
 import re
 import subprocess
@@ -18,6 +20,8 @@ import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal, TypeVar, overload
@@ -26,7 +30,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 
-from harness.environment import MLFLOW_QUIET, environment
+from harness.environment import MLFLOW_FAIL_FAST, MLFLOW_QUIET, environment
+from harness.errors import InputError, TrackingUnreachable
 from harness.figures import confusion_png, gallery_png
 from harness.locking import sqlite_path, store_lock
 from harness.metrics import never_predicted
@@ -40,6 +45,12 @@ T = TypeVar("T")
 # What a store under load answers while it is busy: retried (MLflow's client retries only 5xx and
 # 429, and the server returns a full connection pool as 400).
 TRANSIENT = ("locked", "QueuePool limit", "connection timed out")
+BUSY_ATTEMPTS = 8
+# Seconds of continuous failure (no answer from the server) after which a tracking call gives up
+# with TrackingUnreachable; each process reads its own environment (a node's trials, their raylet's).
+OUTAGE_ENV = "HARNESS_TRACKING_OUTAGE_S"
+DEFAULT_OUTAGE_S = 60.0
+OUTAGE_POLL_S = 0.5  # between calls to a server that does not answer
 
 # Tag names shared by the sweep (writer) and the leaderboard (reader).
 PARENT = "mlflow.parentRunId"
@@ -101,22 +112,6 @@ RUNNING = RunStatus.to_string(RunStatus.RUNNING)
 FINISHED = RunStatus.to_string(RunStatus.FINISHED)
 KILLED = RunStatus.to_string(RunStatus.KILLED)
 FAILED = RunStatus.to_string(RunStatus.FAILED)
-
-
-def _retry(call: Callable[[], T], attempts: int = 8) -> T:
-    """Run an MLflow call, retrying with backoff while the store is busy (a SQLite lock held by
-    another writer, a server's full connection pool)."""
-    for attempt in range(attempts):
-        try:
-            # Quiet (no URL line, no telemetry) in any process: a worker of a joined cluster or a Ray
-            # Client driver does not inherit the environment the CLI and run_sweep set.
-            with environment(MLFLOW_QUIET):
-                return call()
-        except MlflowException as exc:
-            if not any(words in str(exc) for words in TRANSIENT) or attempt == attempts - 1:
-                raise
-            time.sleep(0.1 * 2**attempt)
-    raise AssertionError("unreachable")
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -198,12 +193,116 @@ def default_artifact_location(tracking_uri: str, experiment: str) -> str | None:
     return (database.parent / "mlartifacts" / experiment).resolve().as_uri()
 
 
+def outage_seconds() -> float:
+    """Return how many seconds of continuous failure a tracking call waits out before it gives up:
+    HARNESS_TRACKING_OUTAGE_S, default 60; raises InputError for a value that is no such number."""
+    value = os.environ.get(OUTAGE_ENV)
+    if value is None:
+        return DEFAULT_OUTAGE_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds < math.inf:
+        raise InputError(f"{OUTAGE_ENV}={value!r}: expected a number of seconds, 0 or more")
+    return seconds
+
+
+def unreachable_reason(exc: MlflowException) -> str | None:
+    """Return why an MLflow call got no answer from its server, in a few words (a refused
+    connection, a timeout, a 5xx answer after MLflow's own retry), or None when the server answered."""
+    text = str(exc)
+    # MLflow's HTTP client words every transport failure so; an answer the server gave is its message.
+    if not (text.startswith("API request to ") and " failed with " in text):
+        return None
+    if errno := re.search(r"\[Errno -?\d+\] ([^'\")]+)", text):
+        return errno.group(1).strip()
+    if status := re.search(r"too many (\d{3}) error responses", text):
+        return f"HTTP {status.group(1)}"
+    return "timed out" if "timed out" in text or "timeout" in text else "no answer"
+
+
+@dataclass
+class _Outage:
+    """Calls to a server that do not get an answer, one after another: when the first failed (wall
+    clock, and monotonic for the bound), why the latest did, and whether the tracker gave up."""
+
+    since: datetime
+    started: float
+    reason: str
+    given_up: bool = False
+
+
+_stop_waiting = False
+
+
+def stop_waiting() -> None:
+    """Make every tracker of this process give up on a server that does not answer at its next
+    failed call instead of waiting out HARNESS_TRACKING_OUTAGE_S, for the rest of the process (a
+    signal asked it to stop: its answer must not wait on the server); returns nothing."""
+    global _stop_waiting
+    _stop_waiting = True
+
+
 class Tracker:
-    """Thin, retrying wrapper over MlflowClient with the harness's run hierarchy."""
+    """Thin, retrying wrapper over MlflowClient with the harness's run hierarchy.
+
+    Every call rides through a busy store and a brief outage; once the server has failed every call
+    for `outage_s` seconds in a row (HARNESS_TRACKING_OUTAGE_S), calls raise TrackingUnreachable,
+    and go on failing at once until one gets an answer again.
+    """
 
     def __init__(self, tracking_uri: str) -> None:
         self.uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
+        self.outage_s = outage_seconds()
+        self._outage: _Outage | None = None
+
+    def _retry(self, call: Callable[[], T]) -> T:
+        """Run an MLflow call, retrying with backoff while the store is busy (a SQLite lock held by
+        another writer, a server's full connection pool) and while the server does not answer (see
+        the class); returns what the call does."""
+        busy = 0
+        while True:
+            try:
+                # Quiet (no URL line, no telemetry) in any process: a worker of a joined cluster or a
+                # Ray Client driver does not inherit the environment the CLI and run_sweep set.
+                with environment({**MLFLOW_QUIET, **MLFLOW_FAIL_FAST}):
+                    result = call()
+            except MlflowException as exc:
+                reason = unreachable_reason(exc)
+                if reason is not None:
+                    self._wait_out(reason, exc)
+                    continue
+                if not any(words in str(exc) for words in TRANSIENT) or busy == BUSY_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.1 * 2**busy)
+                busy += 1
+                continue
+            self._outage = None
+            return result
+
+    def _wait_out(self, reason: str, exc: MlflowException) -> None:
+        """Pause before the next try of a call the server did not answer; raises TrackingUnreachable
+        once it has answered none for `outage_s` seconds (at once after that, or after a signal)."""
+        outage = self._outage = self._outage or _Outage(datetime.now(), time.monotonic(), reason)
+        outage.reason = reason
+        left = outage.started + self.outage_s - time.monotonic()
+        if left <= 0 or outage.given_up or _stop_waiting:
+            outage.given_up = True
+            raise TrackingUnreachable(self.uri, outage.since, reason) from exc
+        try:
+            time.sleep(min(OUTAGE_POLL_S, left))
+        except BaseException:
+            # A signal's exception: the calls that end the runs after it do not wait again.
+            outage.given_up = True
+            raise
+
+    @property
+    def unreachable(self) -> TrackingUnreachable | None:
+        """Return the error this tracker gave up with while its server still does not answer, else None."""
+        outage = self._outage
+        return TrackingUnreachable(self.uri, outage.since, outage.reason) if outage and outage.given_up else None
 
     @overload
     def experiment_id(self, name: str, *, create: Literal[True] = True) -> str: ...
@@ -212,17 +311,17 @@ class Tracker:
 
     def experiment_id(self, name: str, *, create: bool = True) -> str | None:
         """Return the id of experiment `name`, creating it (artifacts at an absolute path) if asked."""
-        found = _retry(lambda: self.client.get_experiment_by_name(name))
+        found = self._retry(lambda: self.client.get_experiment_by_name(name))
         if found is not None:
             return found.experiment_id
         if not create:
             return None
         location = default_artifact_location(self.uri, name)
         try:
-            return _retry(lambda: self.client.create_experiment(name, artifact_location=location))
+            return self._retry(lambda: self.client.create_experiment(name, artifact_location=location))
         except MlflowException:
             # Another process created it between our lookup and our create.
-            created = _retry(lambda: self.client.get_experiment_by_name(name))
+            created = self._retry(lambda: self.client.get_experiment_by_name(name))
             if created is None:
                 raise
             return created.experiment_id
@@ -241,13 +340,13 @@ class Tracker:
         and the manifest the tags name as its dataset input; returns its id. Prefer `run`, which
         also ends it."""
         tags = {**tags, RUN_TYPE: str(run_type), **({PARENT: parent} if parent else {})}
-        run = _retry(lambda: self.client.create_run(experiment_id, tags=tags, run_name=name))
+        run = self._retry(lambda: self.client.create_run(experiment_id, tags=tags, run_name=name))
         run_id = run.info.run_id
         if DATASET in tags and MANIFEST_HASH in tags:
             self._log_dataset(run_id, tags)
         if params:
             batch = [Param(k, str(v)) for k, v in sorted(params.items())]
-            _retry(lambda: self.client.log_batch(run_id, params=batch))
+            self._retry(lambda: self.client.log_batch(run_id, params=batch))
         return run_id
 
     def _log_dataset(self, run_id: str, tags: dict[str, str]) -> None:
@@ -256,7 +355,7 @@ class Tracker:
         source = json.dumps({"uri": tags.get(DATASET_ROOT, "unknown")})
         dataset = Dataset(tags[DATASET], tags[MANIFEST_HASH][:16], "local", source)
         inputs = [DatasetInput(dataset, [InputTag("mlflow.data.context", "training")])]
-        _retry(lambda: self.client.log_inputs(run_id, inputs))
+        self._retry(lambda: self.client.log_inputs(run_id, inputs))
 
     @contextmanager
     def run(
@@ -278,31 +377,34 @@ class Tracker:
         """Log all `metrics` at `step` in one batch."""
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in sorted(metrics.items())]
-        _retry(lambda: self.client.log_batch(run_id, metrics=batch))
+        self._retry(lambda: self.client.log_batch(run_id, metrics=batch))
 
     def last_step(self, run_id: str, key: str) -> int:
         """Return the last step at which the run logged metric `key` (0 when it never did)."""
-        history = _retry(lambda: self.client.get_metric_history(run_id, key))
+        history = self._retry(lambda: self.client.get_metric_history(run_id, key))
         return max((m.step for m in history), default=0)
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         """Set `tags` on a run in one batch."""
         batch = [RunTag(k, str(v)) for k, v in sorted(tags.items())]
-        _retry(lambda: self.client.log_batch(run_id, tags=batch))
+        self._retry(lambda: self.client.log_batch(run_id, tags=batch))
 
     def finish(self, run_id: str, status: str, tags: dict[str, str] | None = None) -> None:
         """Tag and end a run as FINISHED, KILLED or FAILED, with its `outcome`."""
         tags = tags or {}
         self.set_tags(run_id, {**tags, OUTCOME: outcome(status, tags)})
-        _retry(lambda: self.client.set_terminated(run_id, status=status))
+        self._retry(lambda: self.client.set_terminated(run_id, status=status))
 
     @contextmanager
     def ending(self, run_id: str) -> Iterator[None]:
         """End `run_id` when the block exits, whichever way: FINISHED after it, KILLED on
         KeyboardInterrupt (tagged `interrupted` with the signal) or SystemExit, FAILED with the
-        `error` tag on any other exception."""
+        `error` tag on any other exception. A block ended by TrackingUnreachable leaves the run
+        RUNNING (the store takes no write) for `harness close-orphans`, the next sweep or --resume."""
         try:
             yield
+        except TrackingUnreachable:
+            raise
         except KeyboardInterrupt as exc:
             self._finish_failing(run_id, KILLED, {INTERRUPTED: getattr(exc, "signal_name", "SIGINT")})
             raise
@@ -315,29 +417,29 @@ class Tracker:
         self.finish(run_id, FINISHED)
 
     def _finish_failing(self, run_id: str, status: str, tags: dict[str, str]) -> None:
-        """End a run whose block raised; a store that refuses the write too (a full disk) leaves
-        the run to the next sweep's orphan check and the block's own error stands."""
+        """End a run whose block raised; a store that refuses the write too (a full disk) or does
+        not answer leaves the run to the next sweep's orphan check and the block's own error stands."""
         try:
             self.finish(run_id, status, tags)
-        except (MlflowException, OSError):
+        except (MlflowException, OSError, TrackingUnreachable):
             pass
 
     def rename(self, run_id: str, name: str) -> None:
         """Give a run a new name."""
-        _retry(lambda: self.client.update_run(run_id, name=name))
+        self._retry(lambda: self.client.update_run(run_id, name=name))
 
     def reopen(self, run_id: str) -> None:
         """Set a run back to RUNNING (a resumed sweep continues in its old parent run), dropping
         the `interrupted` and `outcome` tags of the interruption it continues after."""
-        tags = _retry(lambda: self.client.get_run(run_id)).data.tags
+        tags = self._retry(lambda: self.client.get_run(run_id)).data.tags
         for key in (INTERRUPTED, OUTCOME):
             if key in tags:
-                _retry(functools.partial(self.client.delete_tag, run_id, key))
-        _retry(lambda: self.client.update_run(run_id, status="RUNNING"))
+                self._retry(functools.partial(self.client.delete_tag, run_id, key))
+        self._retry(lambda: self.client.update_run(run_id, status="RUNNING"))
 
     def record_attempt(self, run_id: str, node_id: str, node_ip: str) -> None:
         """Count one more attempt of a run on node `node_id` and mark it RUNNING."""
-        tags = _retry(lambda: self.client.get_run(run_id)).data.tags
+        tags = self._retry(lambda: self.client.get_run(run_id)).data.tags
         nodes = [n for n in tags.get(NODE_IDS, "").split(",") if n] + [node_id]
         self.set_tags(
             run_id, {ATTEMPTS: str(len(nodes)), NODE_ID: node_id, NODE_IP: node_ip, NODE_IDS: ",".join(nodes)}
@@ -346,7 +448,7 @@ class Tracker:
 
     def child_runs(self, experiment_id: str, parent: str, run_type: RunType) -> list:
         """Return the runs of `run_type` nested directly under `parent`."""
-        return _retry(
+        return self._retry(
             lambda: self.client.search_runs(
                 [experiment_id], filter_string=f"tags.`{PARENT}` = '{parent}' and tags.{RUN_TYPE} = '{run_type}'"
             )
@@ -354,7 +456,7 @@ class Tracker:
 
     def running_under(self, experiment_id: str, root: str) -> list:
         """Return the RUNNING runs nested at any depth under run `root`."""
-        running = _retry(
+        running = self._retry(
             lambda: self.client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'")
         )
         parents: dict[str, str | None] = {r.info.run_id: r.data.tags.get(PARENT) for r in running}
@@ -365,7 +467,8 @@ class Tracker:
             while current is not None and current not in seen:
                 seen.add(current)
                 if current not in parents:
-                    parents[current] = _retry(functools.partial(self.client.get_run, current)).data.tags.get(PARENT)
+                    run = self._retry(functools.partial(self.client.get_run, current))
+                    parents[current] = run.data.tags.get(PARENT)
                 current = parents[current]
                 if current == root:
                     return True
@@ -382,7 +485,7 @@ class Tracker:
 
     def find_trial_run(self, experiment_id: str, parent: str, trial_id: str) -> str | None:
         """Return the run id of Ray trial `trial_id` under sweep run `parent`, if one was created."""
-        runs = _retry(
+        runs = self._retry(
             lambda: self.client.search_runs(
                 [experiment_id], filter_string=f"tags.`{PARENT}` = '{parent}' and tags.{TRIAL_ID} = '{trial_id}'"
             )
@@ -391,7 +494,7 @@ class Tracker:
 
     def log_file(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         """Upload one local file as an artifact of the run."""
-        _retry(lambda: self.client.log_artifact(run_id, str(path), artifact_path))
+        self._retry(lambda: self.client.log_artifact(run_id, str(path), artifact_path))
 
     def log_evaluation(self, run_id: str, prefix: str, evaluation: Evaluation, class_names: tuple[str, ...]) -> None:
         """Log a confusion matrix (JSON + PNG), per-image predictions (CSV) and the map galleries
@@ -412,7 +515,7 @@ class Tracker:
                 gallery_png(
                     gallery, folder / f"maps_{name}.png", title=f"{prefix}: {name} predictions, {gallery.kind} maps"
                 )
-            _retry(lambda: self.client.log_artifacts(run_id, str(folder), prefix))
+            self._retry(lambda: self.client.log_artifacts(run_id, str(folder), prefix))
 
 
 def outcome(status: str, tags: dict[str, str]) -> str:
@@ -448,5 +551,5 @@ def open_store(tracking_uri: str) -> Tracker:
     MLflow's table creation ("table ... already exists")."""
     with store_lock(tracking_uri):
         tracker = tracker_for(tracking_uri)
-        _retry(lambda: tracker.client.search_experiments(max_results=1))
+        tracker._retry(lambda: tracker.client.search_experiments(max_results=1))
     return tracker

@@ -9,7 +9,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import random
+import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager
 
@@ -42,6 +45,52 @@ from harness.served_model import ClassProbabilities, InputRecipe, ServedFold
 
 class DivergedError(RuntimeError):
     """The training loss stopped being a finite number."""
+
+
+class OutOfMemory(RuntimeError):
+    """One allocation of a run did not fit in the memory it was given (the host's or a GPU's); the
+    message says how much it asked for and what to lower."""
+
+
+# torch's allocator errors: the CPU allocator's (an address-space limit, or the kernel refusing) and
+# CUDA's caching allocator's (its size as torch formats it: "2.00 GiB"); and NumPy's (data pipeline).
+_CPU_REQUEST = re.compile(r"DefaultCPUAllocator: .*?you tried to allocate (\d+) bytes")
+_CUDA_REQUEST = re.compile(r"CUDA out of memory\.(?: Tried to allocate| .*?Requested size:) ([\d.]+ \w+)")
+_NUMPY_REQUEST = re.compile(r"Unable to allocate ([\d.]+ \w+) for an array")
+GPU_MEMORY, HOST_MEMORY = "GPU memory", "host memory"  # what an OutOfMemory says it could not get
+
+
+def allocation_failure(error: BaseException | str) -> str | None:
+    """Return what an allocator error of torch or NumPy asked for ("64.00 GiB of host memory"), or
+    None when `error` (an exception, or its printed text) is no such error."""
+    text = str(error)
+    if cpu := _CPU_REQUEST.search(text):
+        size = int(cpu.group(1))
+        amount = f"{size / 2**30:.2f} GiB" if size >= 2**30 else f"{size / 2**20:.2f} MiB"
+        return f"{amount} of {HOST_MEMORY}"
+    if numpy := _NUMPY_REQUEST.search(text):
+        return f"{numpy.group(1)} of {HOST_MEMORY}"
+    if isinstance(error, torch.cuda.OutOfMemoryError) or "CUDA out of memory" in text:
+        cuda = _CUDA_REQUEST.search(text)
+        return f"{cuda.group(1) if cuda else 'more'} of {GPU_MEMORY}"
+    return None
+
+
+@contextmanager
+def _naming_allocation_failures(spec: RunSpec) -> Iterator[None]:
+    """Turn an allocator error raised in the block into OutOfMemory naming the run's batch size and
+    input size, the two settings that size its activations; yields nothing."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as exc:
+        asked = allocation_failure(exc)
+        if asked is None:
+            raise
+        height, width = spec.params.input_hw
+        raise OutOfMemory(
+            f"{spec.baseline} at batch_size {spec.params.batch_size} and input_size {height}x{width} could "
+            f"not allocate {asked}; lower batch_size or input_size"
+        ) from exc
 
 
 @dataclass
@@ -612,20 +661,21 @@ def fit(
     and evaluate the best epoch on the test patients; returns the FitResult.
 
     With `resume`, training continues after the epoch that state was saved at. A non-finite
-    training loss raises DivergedError."""
+    training loss raises DivergedError; an allocation that does not fit, OutOfMemory."""
     started = time.perf_counter()
     seed_everything(spec.seed)
     torch.set_num_threads(max(1, spec.threads))
     torch.backends.cudnn.benchmark = spec.training.compute.cudnn_benchmark
-    run = _open_run(spec, resume)
-    for epoch in range((resume.epoch if resume else 0) + 1, spec.epochs + 1):
-        entry = _run_epoch(run, epoch)
-        run.history.append(entry)
-        if report is not None:
-            report(entry)
-        if entry.done:
-            break
-    return run.result(time.perf_counter() - started)
+    with _naming_allocation_failures(spec):
+        run = _open_run(spec, resume)
+        for epoch in range((resume.epoch if resume else 0) + 1, spec.epochs + 1):
+            entry = _run_epoch(run, epoch)
+            run.history.append(entry)
+            if report is not None:
+                report(entry)
+            if entry.done:
+                break
+        return run.result(time.perf_counter() - started)
 
 
 def served_fold(spec: RunSpec, result: FitResult, examples: int = 2) -> ServedFold:

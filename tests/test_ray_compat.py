@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import ray
-from ray.exceptions import RayTaskError
+from ray.air.execution._internal.actor_manager import RayActorManager
+from ray.exceptions import OutOfMemoryError, RayActorError, RayTaskError
 from ray.train._internal.storage import StorageContext
 from ray.tune.execution.tune_controller import TuneController
 from ray.tune.experiment import Trial
@@ -83,3 +84,30 @@ def test_the_checkpoint_line_comes_from_the_logger_the_adapter_quiets() -> None:
         assert not logger.isEnabledFor(logging.INFO) and logger.isEnabledFor(logging.WARNING)
     finally:
         logger.setLevel(level)
+
+
+def test_a_memory_monitor_kill_is_no_error_tunes_actor_manager_hands_on() -> None:
+    failed = inspect.getsource(RayActorManager._actor_task_failed)
+    assert list(inspect.signature(RayActorManager._actor_task_failed).parameters) == [
+        "self",
+        "tracked_actor_task",
+        "exception",
+    ]
+    # Only these two reach the trial's error handling; OutOfMemoryError is neither, and is raised instead.
+    assert "isinstance(exception, RayActorError)" in failed and "isinstance(exception, RayTaskError)" in failed
+    assert 'f"Caught unexpected exception: {exception}"' in failed
+    assert not issubclass(OutOfMemoryError, (RayActorError, RayTaskError))
+
+
+def test_a_trial_failure_is_retried_while_its_failures_stay_within_max_failures() -> None:
+    assert list(inspect.signature(TuneController._process_trial_failure).parameters) == ["self", "trial", "exception"]
+    assert "trial.should_recover()" in inspect.getsource(TuneController._process_trial_failure)
+    assert "self.max_failures" in inspect.getsource(Trial.should_recover)
+
+
+def test_tunes_traceback_of_a_failed_trial_comes_from_the_logger_the_sweep_filters() -> None:
+    module = importlib.import_module(ray_compat.TRIAL_ERROR_LOGGER)
+    assert module.logger.name == ray_compat.TRIAL_ERROR_LOGGER
+    assert 'logger.error(f"Trial task failed for trial {trial}", exc_info=exception)' in inspect.getsource(
+        TuneController._trial_task_failure
+    )

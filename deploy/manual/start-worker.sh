@@ -14,6 +14,8 @@ Starts a Ray worker node (run it with the project's venv active). Environment:
   JOIN_TIMEOUT         seconds to wait for the head (default 60)
   HARNESS_DATA_DIR     only where the shared filesystem is mounted elsewhere than on the driver:
                        this node's path to the driver's <output_dir>/_data
+  HARNESS_TRACKING_OUTAGE_S  seconds this node's trials wait for a tracking server that does not
+                       answer (default 60; give the driver the same)
 USAGE
 }
 
@@ -41,7 +43,7 @@ if [[ -n ${NODE_IP:-} ]]; then args+=(--node-ip-address "$NODE_IP"); fi
 export RAY_USAGE_STATS_ENABLED=${RAY_USAGE_STATS_ENABLED:-0}
 if [[ ${NODE_IP:-} == 127.0.0.1 ]]; then export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0; fi
 
-# Trials are processes of this node's raylet and inherit its environment, HARNESS_DATA_DIR included.
+# Trials are processes of this node's raylet and inherit its environment, HARNESS_* included.
 # `ray start` retries an unreachable head for minutes, printing only warnings: bound the wait.
 wait=${JOIN_TIMEOUT:-60}
 if ! timeout "$wait" ray start "${args[@]}" >"${TMPDIR:-/tmp}/ray-start-worker.log" 2>&1; then

@@ -44,9 +44,9 @@ from ._record import interrupted_sweep, reconcile_trial_runs, write_record
 from ._retrain import EnsembleOutcome, retrain_winners
 from ._search import optuna_storage, start_points, study_name
 from ._studies import plot_study, warm_start_points
-from ._trial import CloseTrialRuns, SweepContext, sweep_context
+from ._trial import CloseTrialRuns, SweepContext, TrackingLost, sweep_context
 from ._tuner import STATE_SYNC_SECONDS, granted_resources, new_tuner, restored_tuner, search_notes, stopping_scheduler
-from ._winners import grid_results, winners
+from ._winners import trial_configs, winners
 
 RunType = tracking.RunType
 # Ray Client sessions that fail to start are retried this often, waiting longer each time.
@@ -362,6 +362,9 @@ def _search(
     interrupts.in_search = True
     try:
         grid = tuner.fit()
+    except TrackingLost as lost:
+        # Tune stopped without saving its state again: --resume continues from its last save.
+        raise lost.outage from None
     finally:
         interrupts.in_search = False
     interrupts.check()
@@ -370,9 +373,9 @@ def _search(
 
 def _outcomes(grid: tune.ResultGrid, names: list[str]) -> dict[str, BaselineOutcome]:
     outcomes = {name: BaselineOutcome() for name in names}
-    for result in grid_results(grid):
-        if result.config:  # a trial Tune never started has no configuration
-            outcomes[result.config["baseline"]].add(result.metrics or {}, result.error)
+    for result, config in trial_configs(grid):
+        if config:  # a trial Tune never started has no configuration
+            outcomes[config["baseline"]].add(result.metrics or {}, result.error)
     return outcomes
 
 

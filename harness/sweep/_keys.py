@@ -11,8 +11,9 @@ EPOCH_KEY = "epoch"
 # 1.0 on the one result a trial reports when it failed in a way a retry would repeat (a diverged
 # loss, bad input, out of memory): the trial then ends without Tune retrying it.
 FAILED_KEY = "trial_failed"
-# Beside FAILED_KEY: why (harness.tracking.FAILURE_CAUSE's values).
+# Beside FAILED_KEY: why (harness.tracking.FAILURE_CAUSE's values), and the error's first line.
 CAUSE_KEY = "failure_cause"
+ERROR_KEY = "failure_error"
 # Every result also carries the trial's MLflow run, so the driver's searcher and callbacks find
 # it without asking the tracking store.
 RUN_ID_KEY = "mlflow_run_id"

@@ -7,11 +7,12 @@ from typing import TYPE_CHECKING
 
 import rich
 from ray import tune
+from rich.markup import escape
 
 from harness import tracking
 
 from ._failures import trial_error
-from ._keys import CAUSE_KEY, DONE_KEY, EPOCH_KEY, FAILED_KEY, trial_point
+from ._keys import CAUSE_KEY, DONE_KEY, EPOCH_KEY, ERROR_KEY, FAILED_KEY, trial_point
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
@@ -45,9 +46,10 @@ class TrialLines(tune.Callback):
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: object) -> None:
         last = trial.last_result or {}
         if last.get(FAILED_KEY):
+            error = f": {escape(last[ERROR_KEY])}" if last.get(ERROR_KEY) else ""
             rich.get_console().print(
                 f"[red]FAILED[/] {trial.config['baseline']:<10} {trial.trial_id}  {last.get(CAUSE_KEY)} at epoch "
-                f"{last.get(EPOCH_KEY, 0) + 1}, not retried (a retry would fail the same way)",
+                f"{last.get(EPOCH_KEY, 0) + 1}, not retried (a retry would fail the same way){error}",
                 highlight=False,
             )
             return

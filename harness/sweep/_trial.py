@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -15,12 +18,13 @@ from ray import tune
 from harness import ray_compat, tracking
 from harness.config import ExperimentConfig, ResourcesSpec
 from harness.data.prepare import PreparedData
+from harness.errors import TrackingUnreachable
 from harness.experiment import ExperimentSetup, epoch_metrics, log_epoch, run_tags
 from harness.run_spec import RunSpec
-from harness.train import EpochReport, FitResult, TrainState, fit
+from harness.train import GPU_MEMORY, EpochReport, FitResult, OutOfMemory, TrainState, fit
 
-from ._failures import ERROR, TrialOutOfMemory, deterministic_cause, failure_cause, trial_error
-from ._keys import CAUSE_KEY, DONE_KEY, EPOCH_KEY, FAILED_KEY, RUN_ID_KEY, STUDY_TRIAL_KEY, trial_point
+from ._failures import ERROR, OUT_OF_MEMORY, TRACKING_UNREACHABLE, deterministic_cause, failure_cause, trial_error
+from ._keys import CAUSE_KEY, DONE_KEY, EPOCH_KEY, ERROR_KEY, FAILED_KEY, RUN_ID_KEY, STUDY_TRIAL_KEY, trial_point
 from ._nodes import NodeIdentity, check_manifest, current_node, local_data, trial_device
 
 CHECKPOINT_FILE = "trial.pt"
@@ -101,14 +105,15 @@ def node_spec(ctx: SweepContext, baseline: str, point: dict[str, Any], fold: int
 def fit_on_node(
     spec: RunSpec, gpu: float, report: Callable[[EpochReport], None], resume: TrainState | None = None
 ) -> FitResult:
-    """Run `fit`, turning CUDA running out of memory into an error that names the batch and GPU share."""
+    """Run `fit` with a `gpu` share of a GPU; returns its result. Out of GPU memory on a share, the
+    error says that the trials on a GPU share its memory."""
     try:
         return fit(spec, report, resume)
-    except torch.cuda.OutOfMemoryError as exc:
-        raise TrialOutOfMemory(
-            f"CUDA out of memory training {spec.baseline} at batch_size {spec.params.batch_size} with a "
-            f"{gpu:g} GPU share (memory is shared between the trials on a GPU): lower the batch size "
-            "or raise the baseline's resources.gpu"
+    except OutOfMemory as exc:
+        if not gpu or GPU_MEMORY not in str(exc):
+            raise
+        raise OutOfMemory(
+            f"{exc}, or raise the baseline's resources.gpu (a {gpu:g} GPU share: the trials on a GPU share its memory)"
         ) from exc
 
 
@@ -192,7 +197,8 @@ def _fail(tracker: tracking.Tracker, run_id: str | None, exc: BaseException, cau
         except (MlflowException, OSError):
             pass  # a store on a full disk: the next sweep's orphan check ends the run
     epoch = {"objective": last.get("objective", math.nan), EPOCH_KEY: last.get(EPOCH_KEY, 0)}
-    tune.report({**epoch, DONE_KEY: 0.0, FAILED_KEY: 1.0, CAUSE_KEY: cause, RUN_ID_KEY: run_id})
+    failed = {FAILED_KEY: 1.0, CAUSE_KEY: cause, ERROR_KEY: tracking.error_text(exc).splitlines()[0]}
+    tune.report({**epoch, DONE_KEY: 0.0, **failed, RUN_ID_KEY: run_id})
 
 
 def run_trial(config: dict[str, Any], *, ctx: SweepContext) -> None:
@@ -247,6 +253,12 @@ class RunLink:
         tracker = tracking.tracker_for(self.tracking_uri)
         return tracker.find_trial_run(self.experiment_id, self.parent_run_id, trial_id)
 
+    def in_tune(self, trial_id: str) -> str | None:
+        """Return the run of Ray trial `trial_id` from inside Tune's loop (the searcher's lookup),
+        where a tracking server that stopped answering stops the loop."""
+        with _stopping_tune_on_outage():
+            return self(trial_id)
+
 
 def close_trial_run(tracker: tracking.Tracker, run_id: str, last: dict, stopped_by: str) -> None:
     """End the run of a trial Tune saw complete with `last` as its last result: FINISHED, tagged
@@ -261,6 +273,39 @@ def close_trial_run(tracker: tracking.Tracker, run_id: str, last: dict, stopped_
         tracker.finish(run_id, tracking.FINISHED, {tracking.STOPPED_BY: stopped_by, "stopped_at_epoch": epoch})
 
 
+class TrackingLost(BaseException):
+    """A TrackingUnreachable on its way out of Tune's loop: Tune turns any Exception a callback
+    raises into a TuneError holding only its text, and this is no Exception. The driver raises its
+    `outage` (harness.sweep._driver)."""
+
+    def __init__(self, outage: TrackingUnreachable) -> None:
+        super().__init__(str(outage))
+        self.outage = outage
+
+
+@contextmanager
+def _stopping_tune_on_outage() -> Iterator[None]:
+    """Let a TrackingUnreachable raised in the block stop Tune's loop at once, as TrackingLost: no
+    trial is retried or failed for it, and Tune's state stays as it last saved it, for --resume;
+    yields nothing."""
+    try:
+        yield
+    except TrackingUnreachable as outage:
+        raise TrackingLost(outage) from None
+
+
+class _SaidInOneLine(logging.Filter):
+    """Keeps Tune's traceback of a failed trial off the console when the sweep says that failure in
+    one line itself: a tracking server that stopped answering, a worker killed for memory."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return error is None or failure_cause(error) not in (TRACKING_UNREACHABLE, OUT_OF_MEMORY)
+
+
+_SAID_IN_ONE_LINE = _SaidInOneLine()
+
+
 class CloseTrialRuns(tune.Callback):
     """Ends each trial's MLflow run from the driver: FINISHED (stopped early by the scheduler named
     `stopped_by`, asha or halving, or not), or FAILED with the error."""
@@ -273,13 +318,35 @@ class CloseTrialRuns(tune.Callback):
     def _tracker(self) -> tracking.Tracker:
         return tracking.tracker_for(self._run_of.tracking_uri)
 
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        run_id = self._run_of(trial.trial_id, trial.last_result)
-        if run_id is None:
+    def setup(self, *args: Any, **info: Any) -> None:
+        # Here, in the process that runs Tune's loop (the head's under Ray Client), before any trial.
+        ray_compat.end_trials_killed_for_memory()
+        logging.getLogger(ray_compat.TRIAL_ERROR_LOGGER).addFilter(_SAID_IN_ONE_LINE)
+
+    def _stop_if_unreachable(self, trial: Any) -> None:
+        """Raise TrackingUnreachable when `trial` failed on a tracking server that stopped answering
+        (its own error, or the driver's tracker giving up in a searcher call Tune caught), rather than
+        retry or fail trials that cannot log."""
+        error = trial_error(trial)
+        if error is None or failure_cause(error) != TRACKING_UNREACHABLE:
             return
-        close_trial_run(self._tracker(), run_id, trial.last_result or {}, self._stopped_by)
+        outage = tracking.root_cause(error) if isinstance(error, BaseException) else self._tracker().unreachable
+        if isinstance(outage, TrackingUnreachable):
+            raise outage
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        with _stopping_tune_on_outage():
+            run_id = self._run_of(trial.trial_id, trial.last_result)
+            if run_id is not None:
+                close_trial_run(self._tracker(), run_id, trial.last_result or {}, self._stopped_by)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        with _stopping_tune_on_outage():
+            self._stop_if_unreachable(trial)
+            self._fail_run(trial)
+
+    def _fail_run(self, trial: Any) -> None:
+        """End the run of a trial Tune saw fail FAILED with its error, opening one if it had none."""
         tracker = self._tracker()
         run_id = self._run_of(trial.trial_id, trial.last_result)
         if run_id is None:
@@ -296,11 +363,13 @@ class CloseTrialRuns(tune.Callback):
         tracker.finish(run_id, tracking.FAILED, _error_tags(trial))
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        run_id = self._run_of(trial.trial_id, trial.last_result)
-        if run_id is not None:
-            retries = trial.num_failures
-            error = _error_tags(trial)[tracking.ERROR]
-            self._tracker().set_tags(run_id, {tracking.RETRIES: str(retries), f"retry_{retries}_error": error})
+        with _stopping_tune_on_outage():
+            self._stop_if_unreachable(trial)
+            run_id = self._run_of(trial.trial_id, trial.last_result)
+            if run_id is not None:
+                retries = trial.num_failures
+                error = _error_tags(trial)[tracking.ERROR]
+                self._tracker().set_tags(run_id, {tracking.RETRIES: str(retries), f"retry_{retries}_error": error})
 
 
 def _error_tags(trial: Any) -> dict[str, str]:

@@ -106,7 +106,7 @@ def _search(
         storage=config.resolved_optuna_storage(),
         study_prefix=f"{config.name}/{sweep}",
         metric_name=f"sel_{search.metric}",
-        link=ctx.run_link,
+        link=ctx.run_link.in_tune,
     )
     if not search.reproducible:
         return searcher, _scheduler(search), search.max_concurrent

@@ -3,6 +3,7 @@ results, with the MLflow run and the sampled point the fold retrain and the regi
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,3 +50,22 @@ def winners(grid: tune.ResultGrid, link: RunLink, mode: str) -> list[Winner]:
 def grid_results(grid: tune.ResultGrid) -> list[tune.Result]:
     """Return every trial's Result of `grid` (a ResultGrid is indexed, not declared iterable)."""
     return [grid[i] for i in range(len(grid))]
+
+
+def trial_configs(grid: tune.ResultGrid) -> list[tuple[tune.Result, dict[str, Any] | None]]:
+    """Return every trial's Result of `grid` with the trial's config (None for a trial Tune never
+    started). A Result takes its config from the trial's last result, so a trial that failed before
+    its first (a worker killed as it started) has none there: Tune's saved state has it."""
+    results = grid_results(grid)
+    if all(result.config for result in results):
+        return [(result, result.config) for result in results]
+    # Reading the state again would repeat Tune's warning that those trials have no metrics.
+    analysis_log = logging.getLogger(tune.ExperimentAnalysis.__module__)
+    level = analysis_log.level
+    analysis_log.setLevel(logging.ERROR)
+    try:
+        trials = tune.ExperimentAnalysis(grid.experiment_path).trials
+    finally:
+        analysis_log.setLevel(level)
+    started = {trial.path: trial.config for trial in trials}
+    return [(result, result.config or started.get(result.path)) for result in results]
