@@ -122,7 +122,7 @@ SIGNALLED = """
 import os, signal, sys, threading
 from harness import tracking
 from harness.errors import TrackingUnreachable
-from harness.sweep._signals import catching_interrupts
+from harness.interrupts import catching_interrupts
 
 tracker = tracking.Tracker(sys.argv[1])
 signal.signal(signal.SIGUSR1, lambda *_: None)
