@@ -7,9 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import io
+import json
 import os
+import pickle
+import signal
 import subprocess
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +24,18 @@ import pandas as pd
 import pytest
 import torch
 
+from harness import ray_compat
 from harness.atomic import replacing, temporary_path, write_atomically
 from harness.config import DatasetSpec, ProtocolSpec, TrainingSpec, TrainParams
+from harness.data.datasets.idc import write_synthetic_idc
 from harness.data.prepare import PreparedData, index_dataset, prepare
 from harness.errors import InputError
 from harness.run_spec import RunSpec
 from harness.sweep._checkpoint import CHECKPOINT_FILE, FORMAT, TrialCheckpoint, load_checkpoint, save_checkpoint
+from harness.sweep._search import read_searcher_state
 from harness.train import EpochReport, TrainState, fit
-from tests.test_faults import _mount_tmpfs
+from tests.conftest import REPO, wait_for
+from tests.test_faults import HARNESS, _all_terminal, _experiment, _long_experiment, _mount_tmpfs, _runs
 
 
 @pytest.fixture()
@@ -206,3 +216,203 @@ def test_a_checkpoint_that_is_not_whole_plain_data_is_refused_by_name(
         load_checkpoint(path)
     assert str(raised.value) == f"{path}: {problem}"
     assert not marker.exists()
+
+
+def test_a_planted_or_cut_short_searcher_state_is_refused_by_name(tmp_path: Path) -> None:
+    path, marker = tmp_path / "searcher-state.pkl", tmp_path / "executed"
+    path.write_bytes(pickle.dumps(_Planted(marker)))
+    with pytest.raises(InputError, match="a pickle, not the JSON searcher state this harness writes; it was refused"):
+        read_searcher_state(path)
+    path.write_text('{"format": "histo-harness searcher state 1", "owner": {')
+    with pytest.raises(InputError, match=r"the searcher state is incomplete \(cut short, as a full disk leaves one\)"):
+        read_searcher_state(path)
+    assert not marker.exists()
+
+
+# ---- a real sweep, interrupted or on a full disk, resumed by a process of its own ----
+
+
+@pytest.fixture(scope="module")
+def storage_idc(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 6-patient synthetic IDC tree, the size of the issue's reproductions."""
+    return write_synthetic_idc(tmp_path_factory.mktemp("storage_idc"), patients=6, seed=4)
+
+
+def _resume(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*HARNESS, "sweep", str(path), "--resume"], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def _run_states(out: Path) -> dict[str, tuple[str, dict[str, str]]]:
+    """Return each MLflow run's status and tags, by id."""
+    return {r.info.run_id: (r.info.status, r.data.tags) for r in _runs(out)}
+
+
+@dataclass(frozen=True)
+class Interrupted:
+    """A sweep stopped by Ctrl-C after its first checkpoint: its experiment file, output folder,
+    Tune folder, and its runs as the interruption left them."""
+
+    path: Path
+    out: Path
+    folder: Path
+    runs: dict[str, tuple[str, dict[str, str]]]
+
+    def newest(self, pattern: str) -> Path:
+        """Return the file matching `pattern` that a restore would read."""
+        found = ray_compat.newest(self.folder, pattern)
+        assert found is not None, pattern
+        return found
+
+    def resumed_checkpoint(self) -> Path:
+        """Return the checkpoint file that a restore hands back to a trial."""
+        state = json.loads(self.newest(ray_compat.EXPERIMENT_STATE).read_text())
+        folders = [f for f in ray_compat.resumed_checkpoints(state, self.folder) if f.is_dir()]
+        assert folders, "the interrupted sweep left no checkpoint to resume from"
+        return folders[0] / CHECKPOINT_FILE
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory: pytest.TempPathFactory, storage_idc: Path) -> Interrupted:
+    tmp = tmp_path_factory.mktemp("interrupted")
+    out = tmp / "out"
+    path = _long_experiment(tmp, storage_idc, out)
+    driver = subprocess.Popen(
+        [*HARNESS, "sweep", str(path)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    wait_for(lambda: any((out / "faults" / "ray").rglob("checkpoint_*")), timeout=300, what="a trial checkpoint")
+    driver.send_signal(signal.SIGINT)
+    _, stderr = driver.communicate(timeout=300)
+    assert driver.returncode == 130, stderr[-3000:]
+    (folder,) = (out / "faults" / "ray").glob("sweep-*")
+    return Interrupted(path, out, folder, _run_states(out))
+
+
+@contextmanager
+def _replaced(path: Path, content: bytes) -> Iterator[None]:
+    """Put `content` in file `path` for the block, then its own bytes back."""
+    original = path.read_bytes()
+    path.write_bytes(content)
+    try:
+        yield
+    finally:
+        path.write_bytes(original)
+
+
+def _assert_refused(interrupted: Interrupted, line: str) -> None:
+    """Assert `--resume` exits 2 with `line` alone, and leaves every run as the interruption did."""
+    result = _resume(interrupted.path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert _error_lines(result.stderr) == [line]
+    assert "Traceback" not in result.stderr
+    assert _run_states(interrupted.out) == interrupted.runs
+    _all_terminal(interrupted.out)
+
+
+@pytest.mark.e2e
+def test_a_checkpoint_planted_in_the_storage_path_is_refused_on_resume_and_never_runs(
+    interrupted: Interrupted, tmp_path: Path
+) -> None:
+    target, marker = interrupted.resumed_checkpoint(), tmp_path / "executed"
+    planted = io.BytesIO()
+    torch.save({"format": FORMAT, "run_id": _Planted(marker), "metrics": {}, "state": None}, planted)
+    with _replaced(target, planted.getvalue()):
+        _assert_refused(
+            interrupted,
+            f"error: --resume: {target}: holds pickled Python objects, not the plain data a trial checkpoint "
+            "holds; it was refused without loading; nothing was resumed",
+        )
+    assert not marker.exists()
+
+
+@pytest.mark.e2e
+def test_a_searcher_state_planted_in_the_storage_path_is_refused_on_resume_and_never_runs(
+    interrupted: Interrupted, tmp_path: Path
+) -> None:
+    target, marker = interrupted.newest(ray_compat.SEARCHER_STATE), tmp_path / "executed"
+    with _replaced(target, pickle.dumps(_Planted(marker))):
+        _assert_refused(
+            interrupted,
+            f"error: --resume: {target}: a pickle, not the JSON searcher state this harness writes; it was "
+            "refused unread; nothing was resumed",
+        )
+    assert not marker.exists()
+
+
+@pytest.mark.e2e
+def test_a_cut_short_checkpoint_is_named_on_resume(interrupted: Interrupted) -> None:
+    target = interrupted.resumed_checkpoint()
+    with _replaced(target, target.read_bytes()[:1000]):
+        _assert_refused(
+            interrupted,
+            f"error: --resume: {target}: the checkpoint is incomplete (cut short, as a full disk leaves one); "
+            "nothing was resumed",
+        )
+
+
+@pytest.mark.e2e
+def test_a_cut_short_experiment_state_is_named_with_the_complete_one_beside_it(interrupted: Interrupted) -> None:
+    target = interrupted.newest(ray_compat.EXPERIMENT_STATE)
+    whole = target.read_bytes()
+    problem = f"error: --resume: {target}: Tune's experiment state is incomplete (cut short, as a full disk leaves one)"
+    with _replaced(target, whole[: len(whole) // 2]):
+        _assert_refused(interrupted, f"{problem} and no complete one lies beside it; nothing was resumed")
+        older = interrupted.folder / "experiment_state-2000-01-01_00-00-00.json"
+        older.write_bytes(whole)
+        try:
+            _assert_refused(
+                interrupted,
+                f"{problem}; move it aside to resume from the older {older.name} beside it; nothing was resumed",
+            )
+        finally:
+            older.unlink()
+
+
+@pytest.mark.e2e
+def test_the_sweep_resumes_past_a_cut_short_checkpoint_tune_never_recorded(interrupted: Interrupted) -> None:
+    """Last in this file: it resumes the shared sweep. A checkpoint folder newer than the one Tune's
+    state names (its copy to storage failed on a full disk) is never read: the trial resumes from
+    the last complete one."""
+    named = interrupted.resumed_checkpoint()
+    unrecorded = named.parent.with_name("checkpoint_000099")
+    unrecorded.mkdir()
+    (unrecorded / CHECKPOINT_FILE).write_bytes(b"")
+    result = _resume(interrupted.path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = _runs(interrupted.out)
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    trials = [r for r in runs if r.data.tags["run_type"] == "trial"]
+    assert len(trials) == 2 and all(r.data.tags["outcome"] == "completed" for r in trials)
+
+
+@pytest.mark.e2e
+def test_a_full_disk_under_tune_storage_is_named_on_resume_once_there_is_room(
+    tmp_path: Path, storage_idc: Path, tmpfs
+) -> None:
+    storage = tmpfs("1m")
+    out = tmp_path / "out"
+    path = _experiment(tmp_path / "x.yaml", storage_idc, out, storage_path=str(storage / "ray"))
+    first = subprocess.run([*HARNESS, "sweep", str(path)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 1, first.stderr[-3000:]
+    (line,) = _error_lines(first.stderr)
+    assert line.startswith("error: every trial of sweep sweep-") and line.endswith("failed (2 disk_full)")
+    _all_terminal(out)
+    # Room is made: the same files, on a larger disk.
+    subprocess.run(["mount", "-o", "remount,size=100m", str(storage)], check=True)
+    (folder,) = (storage / "ray").glob("sweep-*")
+    state = ray_compat.newest(folder, ray_compat.EXPERIMENT_STATE)
+    runs = _run_states(out)
+    result = _resume(path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert _error_lines(result.stderr) == [
+        f"error: --resume: {state}: Tune's experiment state is incomplete (cut short, as a full disk leaves one) "
+        "and no complete one lies beside it; nothing was resumed"
+    ]
+    assert _run_states(out) == runs
+    # What the harness writes itself is whole or absent.
+    assert not list(storage.rglob("*.tmp"))
