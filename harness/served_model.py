@@ -1,10 +1,11 @@
 """A trained model as MLflow serves it, computing what the harness scored.
 
-A fold model is ClassProbabilities (logged with `mlflow.pytorch`): the network with its input
-normalisation and softmax, on the inputs the harness's evaluation transform makes (uint8,
-N x 3 x h x w; N x n x 3 x p x p for a bag). A winner's fold ensemble is FoldEnsemble (a pyfunc
-model): on images as the harness stores them (uint8, N x H x W x 3) it runs the evaluation
-transform and every fold model in the harness's evaluation batches, and averages their softmax.
+A fold model is ClassProbabilities (logged with `mlflow.pytorch` as a torch.export program): the
+network with its input normalisation and softmax, on the inputs the harness's evaluation
+transform makes (uint8, N x 3 x h x w; N x n x 3 x p x p for a bag). A winner's fold ensemble is
+FoldEnsemble (a pyfunc model, logged from code: harness/ensemble_model.py): on images as the
+harness stores them (uint8, N x H x W x 3) it runs the evaluation transform and every fold model
+in the harness's evaluation batches, and averages their softmax.
 """
 
 from __future__ import annotations
@@ -114,7 +115,8 @@ class FoldEnsemble(PythonModel):
         """Load the fold models (artifacts `fold_<k>`) and the input recipe (model config)."""
         self.recipe = InputRecipe.model_validate(context.model_config["recipe"])
         keys = sorted(context.artifacts, key=lambda k: int(k.removeprefix("fold_")))
-        self.folds = [mlflow.pytorch.load_model(context.artifacts[k], map_location="cpu").eval() for k in keys]
+        # In eval mode already: MLflow sets a pickled module so, an exported program was traced so.
+        self.folds = [mlflow.pytorch.load_model(context.artifacts[k], map_location="cpu") for k in keys]
 
     def predict(self, context: Any, model_input: np.ndarray, params: dict | None = None) -> pd.DataFrame:
         """Return each image's mean fold softmax and predicted class, computed at the run's

@@ -19,18 +19,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from harness import ray_compat
+import baselines
+from harness import ray_compat, tracking
 from harness.atomic import replacing, temporary_path, write_atomically
 from harness.config import DatasetSpec, ProtocolSpec, TrainingSpec, TrainParams
 from harness.data.datasets.idc import write_synthetic_idc
 from harness.data.prepare import PreparedData, index_dataset, prepare
 from harness.errors import InputError
+from harness.evaluation import mean_softmax
+from harness.model_registry import log_ensemble_model, log_fold_model
 from harness.run_spec import RunSpec
+from harness.served_model import ClassProbabilities, InputRecipe, ServedFold
 from harness.sweep._checkpoint import CHECKPOINT_FILE, FORMAT, TrialCheckpoint, load_checkpoint, save_checkpoint
 from harness.sweep._search import read_searcher_state
 from harness.train import EpochReport, TrainState, fit
@@ -416,3 +421,38 @@ def test_a_full_disk_under_tune_storage_is_named_on_resume_once_there_is_room(
     assert _run_states(out) == runs
     # What the harness writes itself is whole or absent.
     assert not list(storage.rglob("*.tmp"))
+
+
+def test_registered_models_load_with_mlflows_pickle_loading_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fold model is a torch.export program and the ensemble is logged from code: both load, and
+    compute what the modules compute, with MLflow refusing every pickle."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    store = tracking.open_store(f"sqlite:///{tmp_path / 'mlflow.db'}").uri
+    tracker = tracking.tracker_for(store)
+    experiment = tracker.experiment_id("registry")
+    assert experiment is not None
+    params = TrainParams(input_size=48, batch_size=2)
+    recipe = InputRecipe(params=params, stored_hw=(50, 50), bags=False, keras=False, batch_size=2, threads=1)
+    images = np.random.default_rng(0).integers(0, 256, (5, 50, 50, 3), dtype=np.uint8)
+    modules, models = [], {}
+    for fold in (0, 1):
+        run_id = tracker.start_run(experiment, name=f"fold {fold}", run_type=tracking.RunType.FOLD, tags={}, params={})
+        modules.append(ClassProbabilities(baselines.create("cancernet", num_classes=2), params.normalisation).eval())
+        # Fold 0 has one example image: its model still takes any batch size.
+        models[fold] = log_fold_model(store, run_id, ServedFold(modules[-1], recipe, images[: fold + 1]))
+    ensemble_run = tracker.start_run(
+        experiment, name="ensemble", run_type=tracking.RunType.ENSEMBLE, tags={}, params={}
+    )
+    ensemble = log_ensemble_model(store, ensemble_run, models, images[:2], classes=2)
+    inputs = torch.from_numpy(recipe.model_inputs(images))
+    with torch.no_grad():
+        expected = [m(inputs).numpy() for m in modules]
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    fold_model = mlflow.pytorch.load_model(models[0])
+    with torch.no_grad():
+        assert np.array_equal(fold_model(inputs).numpy(), expected[0])
+    served = mlflow.pyfunc.load_model(ensemble).predict(images)
+    assert np.array_equal(served[["prob_0", "prob_1"]].to_numpy(), mean_softmax(expected))
