@@ -27,6 +27,13 @@ ALBUMENTATIONS_OFFLINE = {
     "NO_ALBUMENTATIONS_UPDATE": "1",
 }
 
+NO_PICKLED_MODELS = {
+    # MLflow unpickles a pickled model when it loads it, running whatever code the pickle names;
+    # with this it refuses one, and checks a torch.export (pt2) archive for pickled payloads first.
+    # The harness logs no pickled model; a user loading older ones opts in with true.
+    "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
+}
+
 EMBEDDED_RAY = {
     # Ray reports usage to its makers unless told not to; opt in with 1.
     "RAY_USAGE_STATS_ENABLED": "0",

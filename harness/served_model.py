@@ -27,6 +27,7 @@ from harness.config import ComputeSpec, TrainParams
 from harness.data.bags import bag_grid
 from harness.data.dataset import BagDataset, ImageDataset, part_dataset
 from harness.data.normalise import normalisation_constants
+from harness.environment import NO_PICKLED_MODELS, environment
 from harness.evaluation import mean_softmax
 from harness.precision import autocast
 
@@ -115,8 +116,9 @@ class FoldEnsemble(PythonModel):
         """Load the fold models (artifacts `fold_<k>`) and the input recipe (model config)."""
         self.recipe = InputRecipe.model_validate(context.model_config["recipe"])
         keys = sorted(context.artifacts, key=lambda k: int(k.removeprefix("fold_")))
-        # In eval mode already: MLflow sets a pickled module so, an exported program was traced so.
-        self.folds = [mlflow.pytorch.load_model(context.artifacts[k], map_location="cpu") for k in keys]
+        # Exported programs, traced in eval mode; refused if a pickle took their place.
+        with environment(NO_PICKLED_MODELS):
+            self.folds = [mlflow.pytorch.load_model(context.artifacts[k], map_location="cpu") for k in keys]
 
     def predict(self, context: Any, model_input: np.ndarray, params: dict | None = None) -> pd.DataFrame:
         """Return each image's mean fold softmax and predicted class, computed at the run's

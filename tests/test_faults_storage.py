@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from mlflow.exceptions import MlflowException
 
 import baselines
 from harness import ray_compat, tracking
@@ -33,7 +34,7 @@ from harness.data.datasets.idc import write_synthetic_idc
 from harness.data.prepare import PreparedData, index_dataset, prepare
 from harness.errors import InputError
 from harness.evaluation import mean_softmax
-from harness.model_registry import log_ensemble_model, log_fold_model
+from harness.model_registry import ENSEMBLE_CODE, log_ensemble_model, log_fold_model
 from harness.run_spec import RunSpec
 from harness.served_model import ClassProbabilities, InputRecipe, ServedFold
 from harness.sweep._checkpoint import CHECKPOINT_FILE, FORMAT, TrialCheckpoint, load_checkpoint, save_checkpoint
@@ -456,3 +457,25 @@ def test_registered_models_load_with_mlflows_pickle_loading_off(
         assert np.array_equal(fold_model(inputs).numpy(), expected[0])
     served = mlflow.pyfunc.load_model(ensemble).predict(images)
     assert np.array_equal(served[["prob_0", "prob_1"]].to_numpy(), mean_softmax(expected))
+
+
+def test_the_ensemble_refuses_a_pickled_fold_model_unless_the_user_opts_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pickle put in a fold model's place in the artifact store is not loaded by default."""
+    monkeypatch.delenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", raising=False)
+    params = TrainParams(input_size=48, batch_size=2)
+    recipe = InputRecipe(params=params, stored_hw=(50, 50), bags=False, keras=False, batch_size=2, threads=1)
+    module = ClassProbabilities(baselines.create("cancernet", num_classes=2), params.normalisation).eval()
+    mlflow.pytorch.save_model(module, tmp_path / "fold_0", serialization_format="pickle", pip_requirements=[])
+    mlflow.pyfunc.save_model(
+        tmp_path / "ensemble",
+        python_model=str(ENSEMBLE_CODE),
+        artifacts={"fold_0": str(tmp_path / "fold_0")},
+        model_config={"recipe": recipe.model_dump(mode="json")},
+        pip_requirements=[],
+    )
+    with pytest.raises(MlflowException, match="Deserializing model using pickle is disallowed"):
+        mlflow.pyfunc.load_model(str(tmp_path / "ensemble"))
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
+    assert mlflow.pyfunc.load_model(str(tmp_path / "ensemble")) is not None
