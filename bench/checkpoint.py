@@ -3,9 +3,9 @@ the optimiser and a separate copy of the best epoch's weights, every epoch) agai
 (the best weights stored once when the best epoch is the current one), at checkpoint_every 1 and 2.
 
 ResNet-18 with Adam on synthetic IDC patches at 50 px; every epoch's TrainState is taken from a real
-`fit` and written with torch.save (what a trial writes) to a scratch folder, both layouts in the
-same epoch, so the ratio compares the same states. Seconds include building the state (copying
-the weights and the optimiser) and the write.
+`fit` and written as a trial writes it (as plain data, harness.sweep._checkpoint) to a scratch
+folder, both layouts in the same epoch, so the ratio compares the same states. Seconds include
+building the state (copying the weights and the optimiser) and the write.
 
 Run: .venv/bin/python bench/checkpoint.py            (8 epochs)
      .venv/bin/python bench/checkpoint.py --smoke    (2 epochs: a test runs it)
@@ -20,7 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 import yaml
 from _figures import Figures, add_figures_option
 
@@ -28,6 +27,7 @@ from harness.config import load_experiment
 from harness.data.datasets.idc import write_synthetic_idc
 from harness.data.prepare import load_or_index, prepare
 from harness.run_spec import RunSpec
+from harness.sweep._checkpoint import TrialCheckpoint, save_checkpoint
 from harness.train import EpochReport, TrainState, fit
 
 
@@ -42,9 +42,8 @@ def _before(state: TrainState) -> TrainState:
 def _write(build, folder: Path) -> tuple[int, float]:
     """Return bytes and seconds of building a state and saving it as a trial does."""
     started = time.perf_counter()
-    path = folder / "trial.pt"
-    torch.save(build(), path)
-    return path.stat().st_size, time.perf_counter() - started
+    size = save_checkpoint(folder, TrialCheckpoint("run", build(), {}))
+    return size, time.perf_counter() - started
 
 
 def _spec(folder: Path, epochs: int) -> RunSpec:

@@ -38,6 +38,13 @@ MLFLOW_FAIL_FAST = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
 }
 
+NO_PICKLED_MODELS = {
+    # MLflow unpickles a pickled model when it loads it, running whatever code the pickle names;
+    # with this it refuses one, and checks a torch.export (pt2) archive for pickled payloads first.
+    # The harness logs no pickled model; a user loading older ones opts in with true.
+    "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false",
+}
+
 EMBEDDED_RAY = {
     # Ray reports usage to its makers unless told not to; opt in with 1.
     "RAY_USAGE_STATS_ENABLED": "0",

@@ -2,16 +2,20 @@
 winner's fold ensemble as one pyfunc model, and both registered as `<experiment>-<baseline>`.
 
 The fold model of the search fold is the winning trial trained again on its own fold: it is
-registered as the `winner` version; the ensemble as the `ensemble` version. Loading needs the
-harness installed (the models are its classes): `mlflow.pyfunc.load_model("models:/NAME@ensemble")`.
+registered as the `winner` version; the ensemble as the `ensemble` version. Neither is a pickle:
+a fold model is a torch.export program (MLflow's `pt2` format, a graph of torch operations and
+its weights), the ensemble is logged from code (harness/ensemble_model.py), so both load with
+MLflow's pickle loading off (MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false), MLflow checking the pt2
+archives for pickled payloads first. The ensemble needs the harness installed
+(`mlflow.pyfunc.load_model("models:/NAME@ensemble")`); a fold model needs only torch.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import re
 from importlib import metadata
+from pathlib import Path
 from typing import Iterator
 
 import mlflow
@@ -26,18 +30,20 @@ from mlflow.types import ColSpec, Schema, TensorSpec
 
 from harness import tracking
 from harness.environment import MLFLOW_QUIET, environment
-from harness.served_model import FoldEnsemble, InputRecipe, ServedFold
+from harness.served_model import InputRecipe, ServedFold
 
 MODEL = "model"  # the name of a run's logged model
+ENSEMBLE_CODE = Path(__file__).with_name("ensemble_model.py")  # the ensemble, as MLflow loads it
 MODEL_URI = "model_uri"  # tag on a fold or ensemble run: its logged model
 RECIPE = "input_recipe"  # the fold model's metadata key holding its InputRecipe
 WINNER, ENSEMBLE = "winner", "ensemble"  # the aliases of the registered versions
 REGISTERED_DESCRIPTION = (
     "A baseline's winners, one pair of versions per sweep. `@winner`: the winning trial trained again "
-    "on its search fold, a torch module (`mlflow.pytorch.load_model`) from uint8 model inputs to "
-    "softmax probabilities. `@ensemble`: the mean softmax of the winner's fold models, a pyfunc model "
-    "(`mlflow.pyfunc.load_model`) on uint8 images as the harness stores them (N x H x W x 3). Both "
-    "need histo-harness installed. Tags: split, sweep, winning trial, test metrics."
+    "on its search fold, a torch.export program (`mlflow.pytorch.load_model` gives its module) from uint8 "
+    "model inputs to softmax probabilities; it needs only torch. `@ensemble`: the mean softmax of the "
+    "winner's fold models, a pyfunc model logged from code (`mlflow.pyfunc.load_model`) on uint8 images "
+    "as the harness stores them (N x H x W x 3); it needs histo-harness installed. Neither is a pickle: "
+    "both load with MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false. Tags: split, sweep, winning trial, test metrics."
 )
 
 
@@ -79,16 +85,10 @@ def _tracking_uri(uri: str) -> Iterator[None]:
 @contextlib.contextmanager
 def _logging_to(tracking_uri: str) -> Iterator[None]:
     """Point MLflow's model functions (they take no URI) at `tracking_uri` for the block, without
-    their progress bars and the pickle warning (the pickle format is chosen, see log_fold_model)."""
-    logger = logging.getLogger("mlflow.pytorch")
-    level = logger.level
+    their progress bars."""
     no_bars = {MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name: "false"}
     with _tracking_uri(tracking_uri), environment(MLFLOW_QUIET), environment(no_bars, override=True):
-        logger.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            logger.setLevel(level)
+        yield
 
 
 def _new_model(tracking_uri: str, run_id: str) -> str:
@@ -108,6 +108,9 @@ def log_fold_model(tracking_uri: str, run_id: str, served: ServedFold) -> str:
     """Log a fold's best model to its run with `mlflow.pytorch` (signature and input example are
     model inputs), tag the run with the model's URI; returns that URI."""
     example = served.recipe.model_inputs(served.stored_examples)
+    if len(example) == 1:
+        # torch.export fixes a dimension of size 1; the batch size must stay free.
+        example = np.concatenate([example, example])
     with torch.no_grad():
         output = served.module(torch.from_numpy(example)).numpy()
     with _logging_to(tracking_uri):
@@ -115,9 +118,9 @@ def log_fold_model(tracking_uri: str, run_id: str, served: ServedFold) -> str:
             served.module,
             name=MODEL,
             model_id=_new_model(tracking_uri, run_id),
-            # A pickled module loads as the nn.Module it was; MLflow's torch.export format would
-            # load as an ExportedProgram fixed to the example's batch size.
-            serialization_format="pickle",
+            # torch.export, traced on the example (two images: MLflow keeps the batch size free);
+            # a pickled module would run whatever code its file names when loaded.
+            serialization_format="pt2",
             signature=infer_signature(example, output),
             input_example=example,
             pip_requirements=_requirements(),
@@ -144,7 +147,8 @@ def log_ensemble_model(
         recipe = InputRecipe.model_validate((info.metadata or {})[RECIPE])
         info = mlflow.pyfunc.log_model(
             name=MODEL,
-            python_model=FoldEnsemble(),
+            # Models-from-code: MLflow stores and runs this file to load the model, never a pickle.
+            python_model=str(ENSEMBLE_CODE),
             artifacts={f"fold_{k}": uri for k, uri in sorted(fold_models.items())},
             model_config={"recipe": recipe.model_dump(mode="json")},
             model_id=_new_model(tracking_uri, run_id),

@@ -27,10 +27,16 @@ changed shape, so an upgrade is checked here before it is trusted.
   It is handed on as the actor error it is (`MemoryMonitorKill`), and
   `TuneController._process_trial_failure` ends that trial without a retry, as it does a trial out of
   `max_failures` (a retry would meet the same memory). Tune has no hook for either.
+- The files of an experiment folder that `Tuner.restore` reads (`EXPERIMENT_STATE`, `TUNE_PICKLES`,
+  `SEARCHER_STATE`, each the newest by name: `newest`) and, in the experiment state's `trial_data`,
+  each trial's `status`, `relative_logdir` and last result's `checkpoint_dir_name`
+  (`resumed_checkpoints`). No public API says what a restore will read; `--resume` checks those
+  files before Tune reads them (a full disk can cut any of them short).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
@@ -120,3 +126,33 @@ def end_trials_killed_for_memory() -> None:
     process_trial_failure.ends_memory_kills = True  # type: ignore[attr-defined]
     manager._actor_task_failed = actor_task_failed  # type: ignore[method-assign]
     TuneController._process_trial_failure = process_trial_failure  # type: ignore[method-assign]
+
+
+# Files of a Tune experiment folder, by the patterns Tune names them with (a session's start time
+# in the name): its state (JSON, with cloudpickled entries), its own pickles, the searcher's file.
+EXPERIMENT_STATE = "experiment_state-*.json"
+TUNE_PICKLES = ("tuner.pkl", "search_gen_state-*.json")
+SEARCHER_STATE = "searcher-state-*.pkl"
+# Trial statuses a restore with resume_unfinished (and errored trials skipped) does not run again.
+_ENDED = ("TERMINATED", "ERROR")
+
+
+def newest(folder: Path, pattern: str) -> Path | None:
+    """Return the file of `folder` matching `pattern` that a restore reads (the greatest name), or None."""
+    return max(folder.glob(pattern), default=None)
+
+
+def resumed_checkpoints(state: dict[str, Any], folder: Path) -> list[Path]:
+    """Return the checkpoint folders that a restore from experiment state `state` (parsed as plain
+    JSON, whose cloudpickled entries stay unread) hands back to the trials it resumes: for each trial
+    not ended, the folder its last result names, or every one it has when that result names none.
+    Raises KeyError, TypeError or ValueError when `state` is not laid out as Tune 2.60's."""
+    folders = []
+    for trial_json, metadata_json in state["trial_data"]:
+        trial, metadata = json.loads(trial_json), json.loads(metadata_json)
+        if trial["status"] in _ENDED:
+            continue
+        trial_folder = folder / trial["relative_logdir"]
+        named = (metadata["last_result"] or {}).get("checkpoint_dir_name")
+        folders += [trial_folder / named] if named else sorted(trial_folder.glob("checkpoint_*"))
+    return folders

@@ -1,10 +1,11 @@
 """A trained model as MLflow serves it, computing what the harness scored.
 
-A fold model is ClassProbabilities (logged with `mlflow.pytorch`): the network with its input
-normalisation and softmax, on the inputs the harness's evaluation transform makes (uint8,
-N x 3 x h x w; N x n x 3 x p x p for a bag). A winner's fold ensemble is FoldEnsemble (a pyfunc
-model): on images as the harness stores them (uint8, N x H x W x 3) it runs the evaluation
-transform and every fold model in the harness's evaluation batches, and averages their softmax.
+A fold model is ClassProbabilities (logged with `mlflow.pytorch` as a torch.export program): the
+network with its input normalisation and softmax, on the inputs the harness's evaluation
+transform makes (uint8, N x 3 x h x w; N x n x 3 x p x p for a bag). A winner's fold ensemble is
+FoldEnsemble (a pyfunc model, logged from code: harness/ensemble_model.py): on images as the
+harness stores them (uint8, N x H x W x 3) it runs the evaluation transform and every fold model
+in the harness's evaluation batches, and averages their softmax.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from harness.config import ComputeSpec, TrainParams
 from harness.data.bags import bag_grid
 from harness.data.dataset import BagDataset, ImageDataset, part_dataset
 from harness.data.normalise import normalisation_constants
+from harness.environment import NO_PICKLED_MODELS, environment
 from harness.evaluation import mean_softmax
 from harness.precision import autocast
 
@@ -114,7 +116,9 @@ class FoldEnsemble(PythonModel):
         """Load the fold models (artifacts `fold_<k>`) and the input recipe (model config)."""
         self.recipe = InputRecipe.model_validate(context.model_config["recipe"])
         keys = sorted(context.artifacts, key=lambda k: int(k.removeprefix("fold_")))
-        self.folds = [mlflow.pytorch.load_model(context.artifacts[k], map_location="cpu").eval() for k in keys]
+        # Exported programs, traced in eval mode; refused if a pickle took their place.
+        with environment(NO_PICKLED_MODELS):
+            self.folds = [mlflow.pytorch.load_model(context.artifacts[k], map_location="cpu") for k in keys]
 
     def predict(self, context: Any, model_input: np.ndarray, params: dict | None = None) -> pd.DataFrame:
         """Return each image's mean fold softmax and predicted class, computed at the run's

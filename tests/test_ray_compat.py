@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import logging
 from pathlib import Path
 
@@ -16,6 +17,9 @@ from ray.exceptions import OutOfMemoryError, RayActorError, RayTaskError
 from ray.train._internal.storage import StorageContext
 from ray.tune.execution.tune_controller import TuneController
 from ray.tune.experiment import Trial
+from ray.tune.impl.tuner_internal import _TUNER_PKL
+from ray.tune.search import Searcher
+from ray.tune.search.search_generator import SearchGenerator
 from ray.tune.trainable import trainable
 
 from harness import ray_compat
@@ -111,3 +115,18 @@ def test_tunes_traceback_of_a_failed_trial_comes_from_the_logger_the_sweep_filte
     assert 'logger.error(f"Trial task failed for trial {trial}", exc_info=exception)' in inspect.getsource(
         TuneController._trial_task_failure
     )
+
+
+def test_a_restore_reads_the_files_and_trial_fields_the_adapter_checks(stub_trial: Trial) -> None:
+    assert TuneController.CKPT_FILE_TMPL.format("*") == ray_compat.EXPERIMENT_STATE
+    assert Searcher.CKPT_FILE_TMPL.format("*") == ray_compat.SEARCHER_STATE
+    assert {_TUNER_PKL, SearchGenerator.CKPT_FILE_TMPL.format("*")} == set(ray_compat.TUNE_PICKLES)
+    # A trial as TuneController.save_to_dir writes it into the state's trial_data.
+    stub_trial.run_metadata.last_result = {"checkpoint_dir_name": "checkpoint_000003"}
+    state = json.loads(json.dumps({"trial_data": [stub_trial.get_json_state()]}))
+    folder = Path(stub_trial.storage.experiment_fs_path)
+    resumed = [folder / stub_trial.storage.trial_dir_name / "checkpoint_000003"]
+    assert ray_compat.resumed_checkpoints(state, folder) == resumed
+    stub_trial.set_status(Trial.TERMINATED)
+    state = json.loads(json.dumps({"trial_data": [stub_trial.get_json_state()]}))
+    assert ray_compat.resumed_checkpoints(state, folder) == []

@@ -7,7 +7,9 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+import torch
 from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
 from torch.utils.data import DataLoader
 
 import baselines
@@ -15,8 +17,8 @@ from harness.config import TrainParams
 from harness.data.bags import bag_grid
 from harness.data.normalise import batch_normaliser
 from harness.evaluation import mean_softmax, predict
-from harness.model_registry import ensemble_signature
-from harness.served_model import ClassProbabilities, FoldEnsemble, InputRecipe, torch_threads
+from harness.model_registry import ENSEMBLE_CODE, ensemble_signature
+from harness.served_model import ClassProbabilities, InputRecipe, torch_threads
 
 CASES = {
     # CancerNet shrinks IDC's 50 px patches to 48 on the way in.
@@ -48,12 +50,23 @@ def test_the_ensemble_model_computes_what_the_harness_evaluates(baseline: str, t
     normalise = batch_normaliser(params.normalisation, "cpu")
     with torch_threads(recipe.threads):
         expected = mean_softmax([predict(f.model, loader, normalise)[0] for f in folds])
-    # Requirements given: MLflow would otherwise load each model in a subprocess to infer them.
+    # As model_registry logs them: torch.export programs, the ensemble from code. Requirements
+    # given: MLflow would otherwise load each model in a subprocess to infer them.
+    example = recipe.model_inputs(images[:2])
     for k, fold in enumerate(folds):
-        mlflow.pytorch.save_model(fold, tmp_path / f"fold_{k}", serialization_format="pickle", pip_requirements=[])
+        with torch.no_grad():
+            signature = infer_signature(example, fold(torch.from_numpy(example)).numpy())
+        mlflow.pytorch.save_model(
+            fold,
+            tmp_path / f"fold_{k}",
+            serialization_format="pt2",
+            signature=signature,
+            input_example=example,
+            pip_requirements=[],
+        )
     mlflow.pyfunc.save_model(
         tmp_path / "ensemble",
-        python_model=FoldEnsemble(),
+        python_model=str(ENSEMBLE_CODE),
         artifacts={f"fold_{k}": str(tmp_path / f"fold_{k}") for k in range(len(folds))},
         model_config={"recipe": recipe.model_dump(mode="json")},
         signature=ensemble_signature(recipe, 2),

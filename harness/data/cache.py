@@ -21,6 +21,7 @@ from numpy.lib.format import open_memmap
 from PIL import Image
 from rich.progress import track
 
+from harness.atomic import temporary_path
 from harness.errors import InputError, disk_full
 from harness.preflight import room_for
 
@@ -49,7 +50,7 @@ def _temporary(path: Path) -> Path: ...
 def _temporary(path: None) -> None: ...
 def _temporary(path: Path | None) -> Path | None:
     """Return where `path` is written before it is moved in place (hidden, one per process)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp") if path is not None else None
+    return temporary_path(path) if path is not None else None
 
 
 # How much of a cache being written a process maps at once: the rows written are flushed and

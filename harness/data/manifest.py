@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from harness.atomic import write_atomically
 from harness.errors import InputError
 
 REQUIRED_COLUMNS = (
@@ -74,24 +73,11 @@ def note_change_since_last_index(manifest: pd.DataFrame, key: str, directory: Pa
     before = records.get(key)
     now = {**index_record(manifest), "indexed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     records[key] = now
-    _write_atomically(path, json.dumps(records, indent=1).encode())
+    write_atomically(path, json.dumps(records, indent=1).encode())
     if before is None or before["content_hash"] == now["content_hash"]:
         return None
     since = f"its last index ({before['indexed_at']})"
     return f"{change_line(key, since, now, before)}; the manifest hash, split hash and cache are new"
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write beside the target and rename, so a killed process never leaves a truncated file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def write_manifest(manifest: pd.DataFrame, path: Path, *, root: Path, meta: dict[str, object]) -> Path:
@@ -107,7 +93,7 @@ def write_manifest(manifest: pd.DataFrame, path: Path, *, root: Path, meta: dict
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), _META_KEY: json.dumps(meta).encode()})
     buffer = pa.BufferOutputStream()
     pq.write_table(table, buffer)
-    _write_atomically(path, buffer.getvalue().to_pybytes())
+    write_atomically(path, buffer.getvalue().to_pybytes())
     return path
 
 

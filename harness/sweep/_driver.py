@@ -40,7 +40,7 @@ from ._front_page import write_front_page
 from ._keys import CAUSE_KEY, DONE_KEY, FAILED_KEY
 from ._lines import TrialLines, fold_line
 from ._orphans import DRIVER, check_not_ended, check_not_running, close_orphans, driver_identity
-from ._record import interrupted_sweep, reconcile_trial_runs, write_record
+from ._record import check_stored_state, interrupted_sweep, reconcile_trial_runs, write_record
 from ._retrain import EnsembleOutcome, retrain_winners
 from ._search import optuna_storage, start_points, study_name
 from ._studies import plot_study, warm_start_points
@@ -471,7 +471,10 @@ def _sweep_to_resume(config: ExperimentConfig) -> tuple[Path, dict]:
     runs a dead driver left RUNNING in the experiment are ended first (orphaned), as a new sweep
     would: a refusal leaves no run RUNNING."""
     try:
-        return interrupted_sweep(config, config.resolved_storage_path())
+        previous = interrupted_sweep(config, config.resolved_storage_path())
+        # Before Tune reads any of it: a file cut short or planted there is one line, nothing loaded.
+        check_stored_state(previous[0])
+        return previous
     except InputError:
         uri = config.resolved_tracking_uri()
         database = sqlite_path(uri)

@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickletools
 from pathlib import Path
 
 from ray import tune
 
-from harness import tracking
+from harness import ray_compat, tracking
+from harness.atomic import write_atomically
 from harness.config import ExperimentConfig, search_space_path
 from harness.errors import InputError
 
+from ._checkpoint import CHECKPOINT_FILE, load_checkpoint
+from ._search import read_searcher_state
 from ._trial import close_trial_run
 
 SWEEP_RECORD = "harness-sweep.json"
@@ -33,8 +37,7 @@ def space_fingerprints(config: ExperimentConfig) -> dict[str, str]:
 
 
 def write_record(folder: Path, config: ExperimentConfig, *, parent: str, experiment_id: str, split_hash: str) -> None:
-    """Write the record of a new sweep into its Tune folder."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write the record of a new sweep into its Tune folder, whole or not at all."""
     record = {
         "parent_run_id": parent,
         "experiment_id": experiment_id,
@@ -44,7 +47,7 @@ def write_record(folder: Path, config: ExperimentConfig, *, parent: str, experim
         "config": config.model_dump(mode="json"),
         "spaces": space_fingerprints(config),
     }
-    (folder / SWEEP_RECORD).write_text(json.dumps(record, indent=2))
+    write_atomically(folder / SWEEP_RECORD, json.dumps(record, indent=2).encode())
 
 
 def _first_change(then: object, now: object, key: str = "") -> tuple[str, object, object] | None:
@@ -90,6 +93,80 @@ def interrupted_sweep(config: ExperimentConfig, storage: Path) -> tuple[Path, di
             check_resumable(config, record, record_path.parent.name)
             return record_path.parent, record
     raise InputError(f"--resume: no sweep of {config.name!r} to resume in {storage}")
+
+
+_CUT_SHORT = "cut short, as a full disk leaves one"
+
+
+def _whole_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_bytes())
+    except ValueError:
+        return False
+    return True
+
+
+def _experiment_state(folder: Path) -> dict:
+    """Return the experiment state a restore of `folder` reads, parsed as plain JSON; raises
+    InputError naming it when it is cut short (and naming an older complete one beside it)."""
+    states = sorted(folder.glob(ray_compat.EXPERIMENT_STATE), reverse=True)
+    if not states:
+        raise InputError(f"{folder}: holds no Tune experiment state ({ray_compat.EXPERIMENT_STATE})")
+    newest, *older = states
+    if _whole_json(newest):
+        return json.loads(newest.read_bytes())
+    complete = next((path for path in older if _whole_json(path)), None)
+    problem = f"{newest}: Tune's experiment state is incomplete ({_CUT_SHORT})"
+    if complete is None:
+        raise InputError(f"{problem} and no complete one lies beside it")
+    raise InputError(f"{problem}; move it aside to resume from the older {complete.name} beside it")
+
+
+def _resumed_checkpoints(folder: Path, state: dict) -> list[Path]:
+    """Return the checkpoint folders a restore of `folder` from `state` resumes trials from."""
+    try:
+        return ray_compat.resumed_checkpoints(state, folder)
+    except (KeyError, TypeError, ValueError):
+        newest = ray_compat.newest(folder, ray_compat.EXPERIMENT_STATE)
+        raise InputError(f"{newest}: not an experiment state of Ray Tune {ray_compat.RAY_VERSION}") from None
+
+
+def _check_whole_pickle(path: Path) -> None:
+    """Raise InputError unless file `path` is a whole pickle: its opcodes are read up to the final
+    STOP, which a file cut short never reaches (pickletools reads opcodes, it builds no object)."""
+    try:
+        for _ in pickletools.genops(path.read_bytes()):
+            pass
+    except ValueError:
+        raise InputError(f"{path}: Tune's saved state is incomplete ({_CUT_SHORT})") from None
+
+
+def _check_checkpoint(folder: Path) -> None:
+    """Raise InputError unless checkpoint `folder` (if there still is one) holds a whole plain-data
+    trial checkpoint."""
+    if not folder.is_dir():
+        return  # Tune deleted it after a newer one: Tune's own state is behind, as it was before
+    if not (folder / CHECKPOINT_FILE).is_file():
+        raise InputError(f"{folder}: the checkpoint holds no {CHECKPOINT_FILE} ({_CUT_SHORT})")
+    load_checkpoint(folder / CHECKPOINT_FILE)
+
+
+def check_stored_state(folder: Path) -> None:
+    """Raise InputError naming the first file that resuming the sweep in Tune folder `folder` would
+    read and that is cut short (a full disk) or not what Tune and this harness write: Tune's newest
+    experiment state and pickles, the searcher state, and the checkpoint of each trial a restore
+    resumes. Call it before handing the folder to Tune; it unpickles nothing (docs/cluster.md)."""
+    try:
+        state = _experiment_state(folder)
+        for pattern in ray_compat.TUNE_PICKLES:
+            if (path := ray_compat.newest(folder, pattern)) is not None:
+                _check_whole_pickle(path)
+        if (path := ray_compat.newest(folder, ray_compat.SEARCHER_STATE)) is not None:
+            read_searcher_state(path)
+        for checkpoint in _resumed_checkpoints(folder, state):
+            _check_checkpoint(checkpoint)
+    except InputError as exc:
+        raise InputError(f"--resume: {exc}; nothing was resumed") from None
 
 
 def _tune_trials(folder: Path) -> dict[str, tuple[str, dict]]:

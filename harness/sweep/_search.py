@@ -8,14 +8,16 @@ decided synchronously (SynchronousHalving) over suggestions handed out in fixed 
 
 from __future__ import annotations
 
+import json
 import math
-import pickle
 import warnings
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 from ray.tune.error import TuneError
@@ -24,7 +26,9 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from harness import ray_compat
+from harness.atomic import write_atomically
 from harness.config import Distribution, SearchSpace
+from harness.errors import InputError
 from harness.locking import sqlite_path, store_lock
 
 from ._keys import DONE_KEY, EPOCH_KEY, FAILED_KEY, RUN_ID_KEY, STUDY_TRIAL_KEY
@@ -112,20 +116,75 @@ def _outside_optimize() -> Iterator[None]:
             raise
 
 
-class _PickledSearcher(Searcher):
-    """A Searcher whose whole state is its attributes: Tune saves it with the experiment's state and
-    restores it on resume."""
+# The format of a saved searcher state, so a file of another layout is refused by name.
+SEARCHER_STATE_FORMAT = "histo-harness searcher state 1"
+
+
+def read_searcher_state(path: Path) -> dict[str, Any]:
+    """Return the searcher state saved in file `path`, read as JSON only (never unpickled); raises
+    InputError naming the file when it is a pickle, cut short, or not a state this harness wrote."""
+    data = path.read_bytes()
+    if data[:1] == b"\x80":  # the opening PROTO opcode of every pickle since protocol 2
+        raise InputError(f"{path}: a pickle, not the JSON searcher state this harness writes; it was refused unread")
+    try:
+        state = json.loads(data)
+    except ValueError:
+        raise InputError(f"{path}: the searcher state is incomplete (cut short, as a full disk leaves one)") from None
+    if not isinstance(state, dict) or state.get("format") != SEARCHER_STATE_FORMAT:
+        raise InputError(f"{path}: not a searcher state of this harness (expected format {SEARCHER_STATE_FORMAT!r})")
+    return state
+
+
+def _random_states(sampler: object) -> list[np.random.RandomState]:
+    """Return the NumPy random states `sampler` draws from, those of the samplers it falls back to
+    included, in a fixed order. Optuna keeps each in a private attribute (a LazyRandomState, whose
+    `rng` is the RandomState): tests/sweep/test_search_state.py fails when a sampler's draws no
+    longer follow the states found here."""
+    found = []
+    for value in vars(sampler).values():
+        if isinstance(value, optuna.samplers.BaseSampler):
+            found += _random_states(value)
+        elif isinstance(rng := getattr(value, "rng", None), np.random.RandomState):
+            found.append(rng)
+    return found
+
+
+def _sampler_state(sampler: optuna.samplers.BaseSampler) -> list[dict[str, Any]]:
+    """Return the random states of `sampler` as plain data (what a resumed sweep needs to draw the
+    same suggestions as one never interrupted)."""
+    states = []
+    for random_state in _random_states(sampler):
+        state = random_state.get_state(legacy=False)
+        states.append({**state, "state": {**state["state"], "key": state["state"]["key"].tolist()}})
+    return states
+
+
+def _set_sampler_state(sampler: optuna.samplers.BaseSampler, states: list[dict[str, Any]]) -> None:
+    """Set the random states of `sampler` to `states` (from _sampler_state)."""
+    found = _random_states(sampler)
+    if len(found) != len(states):
+        raise ValueError(
+            f"{type(sampler).__name__} draws from {len(found)} random states, the saved state has {len(states)}"
+        )
+    for random_state, state in zip(found, states):
+        key = np.array(state["state"]["key"], dtype=np.uint32)
+        random_state.set_state({**state, "state": {**state["state"], "key": key}})
+
+
+class _JsonStateSearcher(Searcher):
+    """A Searcher whose state (get_state, set_state: plain data) Tune saves with the experiment's
+    state and restores on resume. It is saved as JSON, never pickled: the file lies in Tune's
+    storage path, which may be shared, and loading a pickle runs whatever code it names."""
 
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as file:
-            pickle.dump(self.__dict__, file)
+        state = {"format": SEARCHER_STATE_FORMAT, **self.get_state()}
+        write_atomically(Path(checkpoint_path), json.dumps(state).encode())
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as file:
-            self.__dict__.update(pickle.load(file))
+        self.set_state(read_searcher_state(Path(checkpoint_path)))
 
 
-class PruningAwareOptunaSearch(_PickledSearcher):
+class PruningAwareOptunaSearch(_JsonStateSearcher):
     """A Tune searcher over one Optuna study, which holds what MLflow records: one intermediate value
     per epoch, the last included, and the last epoch's objective as the trial's value, COMPLETE for a
     trial that ended by itself, PRUNED for one the scheduler stopped and FAIL for one that failed.
@@ -137,8 +196,11 @@ class PruningAwareOptunaSearch(_PickledSearcher):
     number (STUDY_TRIAL_KEY), which names the trial's run; each result carries the run's id, which
     the Optuna trial keeps; `link` finds the run of a trial whose results never named it.
 
-    `save` pickles the study and its open trials with the rest: an RDB storage reconnects to its
-    URL when unpickled, so a restored searcher carries on in the same study.
+    Its state (get_state) names the study, each Ray trial's Optuna trial number, the trials told
+    and linked, each trial's last epoch and the sampler's random states. The study itself lives in
+    its storage: Tune restores the searcher it pickled when the Tuner was made (whose RDB storage
+    reconnects to its URL), then this state, so the searcher carries on in the same study and draws
+    what it would have drawn. A study in memory does not outlive its process.
     """
 
     def __init__(
@@ -156,8 +218,10 @@ class PruningAwareOptunaSearch(_PickledSearcher):
     ) -> None:
         super().__init__(metric=metric, mode=mode)
         self._space = space
+        # Kept to find trials by number when a saved state is restored.
+        self._storage = storage or optuna.storages.InMemoryStorage()
         self._ot_study = optuna.create_study(
-            storage=storage,
+            storage=self._storage,
             sampler=sampler or optuna.samplers.TPESampler(),
             # Tune's scheduler stops trials; Optuna's pruner is never asked.
             pruner=optuna.pruners.NopPruner(),
@@ -178,6 +242,32 @@ class PruningAwareOptunaSearch(_PickledSearcher):
         self._link = link
         self._last: dict[str, dict] = {}
         self._linked: set[str] = set()
+
+    def get_state(self) -> dict[str, Any]:
+        """Return what this searcher adds to its study, as plain data: see the class docstring."""
+        kept = (self.metric, EPOCH_KEY, DONE_KEY)
+        return {
+            "study": self._ot_study.study_name,
+            "trials": {trial_id: trial.number for trial_id, trial in self._ot_trials.items()},
+            "completed": sorted(self._completed_trials),
+            "linked": sorted(self._linked),
+            "last": {trial_id: {k: r[k] for k in kept if k in r} for trial_id, r in self._last.items()},
+            "sampler": _sampler_state(self._ot_study.sampler),
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Continue from `state` (get_state's) in the same study."""
+        study_id = self._storage.get_study_id_from_name(state["study"])
+        self._ot_trials = {
+            trial_id: optuna.trial.Trial(
+                self._ot_study, self._storage.get_trial_id_from_study_id_trial_number(study_id, number)
+            )
+            for trial_id, number in state["trials"].items()
+        }
+        self._completed_trials, self._linked = set(state["completed"]), set(state["linked"])
+        self._last = state["last"]
+        # After the trials: building a Trial lets the sampler prepare for it.
+        _set_sampler_state(self._ot_study.sampler, state["sampler"])
 
     def suggest(self, trial_id: str) -> dict:
         if trial_id not in self._ot_trials:
@@ -251,7 +341,7 @@ def batch_brackets(names: list[str], trials: int, batch: int) -> dict[str, list[
     return sizes
 
 
-class PerBaselineSearcher(_PickledSearcher):
+class PerBaselineSearcher(_JsonStateSearcher):
     """Hands out `trials` suggestions per baseline, round-robin, each from that baseline's own study.
 
     `starts` are points each study evaluates first (the recipe, a previous sweep's best); the
@@ -295,6 +385,16 @@ class PerBaselineSearcher(_PickledSearcher):
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return (metric in (None, self.metric)) and (mode in (None, self.mode))
+
+    def get_state(self) -> dict[str, Any]:
+        """Return which baseline each Ray trial belongs to and each study's searcher state."""
+        return {"owner": self._owner, "studies": {name: child.get_state() for name, child in self._children.items()}}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Continue from `state` (get_state's): the same suggestions handed out, in the same studies."""
+        self._owner = dict(state["owner"])
+        for name, child in self._children.items():
+            child.set_state(state["studies"][name])
 
     # Tune's annotation leaves out Searcher.FINISHED, which its own searchers return too.
     def suggest(self, trial_id: str) -> dict | str | None:  # type: ignore[override]

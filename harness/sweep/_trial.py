@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 from mlflow.exceptions import MlflowException
 from ray import tune
 
@@ -23,11 +22,18 @@ from harness.experiment import ExperimentSetup, epoch_metrics, log_epoch, run_ta
 from harness.run_spec import RunSpec
 from harness.train import GPU_MEMORY, EpochReport, FitResult, OutOfMemory, TrainState, fit
 
-from ._failures import ERROR, OUT_OF_MEMORY, TRACKING_UNREACHABLE, deterministic_cause, failure_cause, trial_error
+from ._checkpoint import CHECKPOINT_FILE, TrialCheckpoint, load_checkpoint, save_checkpoint
+from ._failures import (
+    ERROR,
+    OUT_OF_MEMORY,
+    TRACKING_UNREACHABLE,
+    deterministic_cause,
+    failure_cause,
+    trial_error,
+)
 from ._keys import CAUSE_KEY, DONE_KEY, EPOCH_KEY, ERROR_KEY, FAILED_KEY, RUN_ID_KEY, STUDY_TRIAL_KEY, trial_point
 from ._nodes import NodeIdentity, check_manifest, current_node, local_data, trial_device
 
-CHECKPOINT_FILE = "trial.pt"
 CHECKPOINT_MB = "checkpoint_mb"  # per epoch: the size of the checkpoint the trial saved, 0 when none
 RunType = tracking.RunType
 
@@ -83,16 +89,6 @@ def sweep_context(
     )
 
 
-@dataclass
-class TrialCheckpoint:
-    """What a trial saves: its MLflow run, what it reported, and its training state (None once the
-    trial is done: only its last result is heard again then)."""
-
-    run_id: str
-    state: TrainState | None
-    metrics: dict[str, float]
-
-
 def node_spec(ctx: SweepContext, baseline: str, point: dict[str, Any], fold: int, node: NodeIdentity) -> RunSpec:
     """Return the RunSpec of `point` on `fold` as this node runs it (its data paths and device),
     after checking that the node's manifest is the driver's."""
@@ -122,7 +118,8 @@ def _saved() -> TrialCheckpoint | None:
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as folder:
-        return torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=False)
+        # Plain data only: the storage path may be shared, and a pickle runs code when loaded.
+        return load_checkpoint(Path(folder) / CHECKPOINT_FILE)
 
 
 def _start_trial_run(
@@ -182,9 +179,7 @@ class _TrialReporter:
         """Write the trial's checkpoint into `folder` (only the last result once the trial is done);
         returns its size in bytes."""
         state = None if entry.done or entry.snapshot is None else entry.snapshot()
-        path = folder / CHECKPOINT_FILE
-        torch.save(TrialCheckpoint(self._run_id, state, self.last), path)
-        return path.stat().st_size
+        return save_checkpoint(folder, TrialCheckpoint(self._run_id, state, self.last))
 
 
 def _fail(tracker: tracking.Tracker, run_id: str | None, exc: BaseException, cause: str, last: dict) -> None:

@@ -1,12 +1,15 @@
-"""The harness's own searcher and scheduler: a searcher restored from its saved state carries on in
-its Optuna study, and synchronous halving stops a paused loser through Tune's controller."""
+"""The harness's own searcher and scheduler: a searcher restored from its saved state (JSON) carries
+on in its Optuna study drawing what it would have drawn, and synchronous halving stops a paused
+loser through Tune's controller."""
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
@@ -15,9 +18,13 @@ from harness.config import load_search_space
 from harness.sweep._search import (
     DONE_KEY,
     EPOCH_KEY,
+    SAMPLERS,
+    SEARCHER_STATE_FORMAT,
     STUDY_TRIAL_KEY,
     PerBaselineSearcher,
+    PruningAwareOptunaSearch,
     SynchronousHalving,
+    build_sampler,
     optuna_storage,
     start_points,
     study_name,
@@ -74,6 +81,45 @@ def test_a_restored_searcher_carries_on_in_its_rdb_study(tmp_path: Path) -> None
         1: (TrialState.PRUNED, 0.4, {1: 0.4}, "t2"),
         2: (TrialState.RUNNING, None, {}, "t3"),
     }
+
+
+def _three_trials_then(searcher: PruningAwareOptunaSearch) -> None:
+    """Suggest three trials: one reports and completes, one is pruned, one stays running."""
+    for trial_id in ("t1", "t2", "t3"):
+        searcher.suggest(trial_id)
+    searcher.on_trial_result("t1", _result(0.6, 1))
+    searcher.on_trial_complete("t1", _result(0.7, 2, done=True))
+    searcher.on_trial_complete("t2", _result(0.4, 1))
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_a_restored_searcher_draws_what_it_would_have_drawn(tmp_path: Path, sampler: str) -> None:
+    # Discrete dimensions only: the brute-force sampler takes nothing else.
+    space = {
+        "lr": optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True, step=None)
+        if sampler != "bruteforce"
+        else optuna.distributions.IntDistribution(1, 50),
+        "batch_size": optuna.distributions.CategoricalDistribution([8, 16, 32, 64]),
+    }
+
+    def searcher(name: str) -> PruningAwareOptunaSearch:
+        storage = optuna_storage(f"sqlite:///{tmp_path / name}.db")
+        return PruningAwareOptunaSearch(
+            space, metric="objective", mode="max", metric_name="acc", sampler=build_sampler(sampler, 3), storage=storage
+        )
+
+    straight = searcher("straight")
+    _three_trials_then(straight)
+    interrupted = searcher("interrupted")
+    at_start = pickle.dumps(interrupted)
+    _three_trials_then(interrupted)
+    interrupted.save(str(tmp_path / "state"))
+    assert json.loads((tmp_path / "state").read_text())["format"] == SEARCHER_STATE_FORMAT
+    restored = pickle.loads(at_start)
+    restored.restore(str(tmp_path / "state"))
+    restored.on_trial_complete("t3", _result(0.5, 1))
+    straight.on_trial_complete("t3", _result(0.5, 1))
+    assert restored.suggest("t4") == straight.suggest("t4")
 
 
 class _Trial:
