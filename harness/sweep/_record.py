@@ -89,7 +89,12 @@ def interrupted_sweep(config: ExperimentConfig, storage: Path) -> tuple[Path, di
     candidates = sorted(storage.glob(f"sweep-*/{SWEEP_RECORD}"), reverse=True) if storage.is_dir() else []
     for record_path in candidates:
         if tune.Tuner.can_restore(str(record_path.parent)):
-            record = json.loads(record_path.read_text())
+            try:
+                record = json.loads(record_path.read_text())
+            except ValueError:
+                raise InputError(
+                    f"--resume: {record_path}: the sweep's record is not whole JSON (damaged); nothing was resumed"
+                ) from None
             check_resumable(config, record, record_path.parent.name)
             return record_path.parent, record
     raise InputError(f"--resume: no sweep of {config.name!r} to resume in {storage}")
