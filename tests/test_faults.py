@@ -63,6 +63,15 @@ def _long_experiment(tmp_path: Path, root: Path, out: Path) -> Path:
     return _experiment(tmp_path / "x.yaml", root, out, search=search)
 
 
+def _sweep_past_first_checkpoint(path: Path, out: Path, *args: str, **popen) -> subprocess.Popen:
+    """Start `harness sweep PATH ARGS` as a process of its own (stdout and stderr piped, text,
+    unless `popen` says otherwise) and return it once a trial has saved a checkpoint under `out`."""
+    options = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **popen}
+    driver = subprocess.Popen([*HARNESS, "sweep", str(path), *args], cwd=REPO, **options)
+    wait_for(lambda: any((out / "faults" / "ray").rglob("checkpoint_*")), timeout=300, what="a trial checkpoint")
+    return driver
+
+
 @dataclass(frozen=True)
 class Ran:
     """What a command did: its exit code and what it printed."""
@@ -195,10 +204,7 @@ def test_a_signal_after_the_first_checkpoint_ends_every_run_killed(
 ) -> None:
     out = tmp_path / "out"
     path = _long_experiment(tmp_path, small_idc, out)
-    driver = subprocess.Popen(
-        [*HARNESS, "sweep", str(path)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    wait_for(lambda: any((out / "faults" / "ray").rglob("checkpoint_*")), timeout=300, what="a trial checkpoint")
+    driver = _sweep_past_first_checkpoint(path, out)
     driver.send_signal(signum)
     stdout, stderr = driver.communicate(timeout=300)
     assert driver.returncode == code
@@ -307,14 +313,9 @@ def test_a_killed_driver_leaves_orphans_that_the_next_sweep_ends_and_the_leaderb
 ) -> None:
     out = tmp_path / "out"
     path = _long_experiment(tmp_path, small_idc, out)
-    driver = subprocess.Popen(
-        [*HARNESS, "sweep", str(path)],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+    driver = _sweep_past_first_checkpoint(
+        path, out, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
-    wait_for(lambda: any((out / "faults" / "ray").rglob("checkpoint_*")), timeout=300, what="a trial checkpoint")
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
     orphans = {r.info.run_id for r in _runs(out) if r.info.status == "RUNNING"}
@@ -496,10 +497,7 @@ def test_a_dropped_signal_is_raised_again_and_the_third_exits_at_once() -> None:
 def test_two_ctrl_cs_still_end_every_run_killed_and_print_the_resume_line(tmp_path: Path, small_idc: Path) -> None:
     out = tmp_path / "out"
     path = _long_experiment(tmp_path, small_idc, out)
-    driver = subprocess.Popen(
-        [*HARNESS, "sweep", str(path)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    wait_for(lambda: any((out / "faults" / "ray").rglob("checkpoint_*")), timeout=300, what="a trial checkpoint")
+    driver = _sweep_past_first_checkpoint(path, out, stdout=subprocess.DEVNULL)
     driver.send_signal(signal.SIGINT)
     seen = []
     for line in driver.stderr:  # ends when the driver exits

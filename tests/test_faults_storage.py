@@ -40,8 +40,16 @@ from harness.served_model import ClassProbabilities, InputRecipe, ServedFold
 from harness.sweep._checkpoint import CHECKPOINT_FILE, FORMAT, TrialCheckpoint, load_checkpoint, save_checkpoint
 from harness.sweep._search import read_searcher_state
 from harness.train import EpochReport, TrainState, fit
-from tests.conftest import REPO, wait_for
-from tests.test_faults import HARNESS, _all_terminal, _experiment, _long_experiment, _mount_tmpfs, _runs
+from tests.conftest import REPO
+from tests.test_faults import (
+    HARNESS,
+    _all_terminal,
+    _experiment,
+    _long_experiment,
+    _mount_tmpfs,
+    _runs,
+    _sweep_past_first_checkpoint,
+)
 
 
 @pytest.fixture()
@@ -288,10 +296,7 @@ def interrupted(tmp_path_factory: pytest.TempPathFactory, storage_idc: Path) -> 
     tmp = tmp_path_factory.mktemp("interrupted")
     out = tmp / "out"
     path = _long_experiment(tmp, storage_idc, out)
-    driver = subprocess.Popen(
-        [*HARNESS, "sweep", str(path)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    wait_for(lambda: any((out / "faults" / "ray").rglob("checkpoint_*")), timeout=300, what="a trial checkpoint")
+    driver = _sweep_past_first_checkpoint(path, out)
     driver.send_signal(signal.SIGINT)
     _, stderr = driver.communicate(timeout=300)
     assert driver.returncode == 130, stderr[-3000:]

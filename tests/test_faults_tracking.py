@@ -25,7 +25,7 @@ from harness.server import check_reachable, server_command, server_environment
 from harness.sweep._failures import OUT_OF_MEMORY, TRACKING_UNREACHABLE, WORKER_LOST, deterministic_cause, failure_cause
 from harness.train import allocation_failure
 from tests.conftest import REPO, free_port, wait_for
-from tests.test_faults import HARNESS, TERMINAL, _experiment, _long_experiment
+from tests.test_faults import HARNESS, TERMINAL, _experiment, _long_experiment, _sweep_past_first_checkpoint
 from tests.test_faults import small_idc as small_idc  # a fixture, used by name
 
 SINCE = r"\d\d:\d\d:\d\d"
@@ -268,14 +268,7 @@ def test_a_tracking_server_gone_for_longer_than_the_bound_interrupts_the_sweep_i
     server.start()
     out = tmp_path / "out"
     path = _long_experiment(tmp_path, small_idc, out)
-    driver = subprocess.Popen(
-        [*HARNESS, "sweep", str(path), "--tracking-uri", server.uri],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    wait_for(lambda: any((out / "faults" / "ray").rglob("checkpoint_*")), timeout=300, what="a trial checkpoint")
+    driver = _sweep_past_first_checkpoint(path, out, "--tracking-uri", server.uri)
     server.kill()
     _, stderr = driver.communicate(timeout=300)
     assert driver.returncode == 75, stderr[-3000:]
