@@ -446,13 +446,19 @@ def run_sweep(
     started = time.perf_counter()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     check_reachable(config.resolved_tracking_uri())
-    previous = _sweep_to_resume(config) if resume else None
+    previous = None
+    if resume:
+        with _orphans_closed_on_refusal(config):
+            previous = interrupted_sweep(config, config.resolved_storage_path())
     with catching_interrupts() as interrupts:
         # Data, the tracking store and the Optuna storage are ready (the stores created under file
         # locks: two sweeps may start together) before Ray starts.
         setup = set_up(config, show_progress=verbose, sweep=True)
         if previous is not None:
-            _check_reopenable(setup, *previous)
+            with _orphans_closed_on_refusal(config):
+                _check_reopenable(setup, *previous)
+                # Before Tune reads any of it: a file cut short or planted there is one line, nothing loaded.
+                check_stored_state(previous[0])
         optuna_storage(config.resolved_optuna_storage())
         try:
             with _tune_environment(), _ray(address):
@@ -466,15 +472,13 @@ def run_sweep(
             raise
 
 
-def _sweep_to_resume(config: ExperimentConfig) -> tuple[Path, dict]:
-    """Return the folder and record of the sweep `--resume` continues. When it is refused, the
-    runs a dead driver left RUNNING in the experiment are ended first (orphaned), as a new sweep
-    would: a refusal leaves no run RUNNING."""
+@contextmanager
+def _orphans_closed_on_refusal(config: ExperimentConfig) -> Iterator[None]:
+    """Run the block (checks of the sweep `--resume` continues); when it refuses, end first the runs
+    a dead driver left RUNNING in the experiment (orphaned), as a new sweep would: a refusal leaves
+    no run RUNNING. Yields nothing."""
     try:
-        previous = interrupted_sweep(config, config.resolved_storage_path())
-        # Before Tune reads any of it: a file cut short or planted there is one line, nothing loaded.
-        check_stored_state(previous[0])
-        return previous
+        yield
     except InputError:
         uri = config.resolved_tracking_uri()
         database = sqlite_path(uri)
