@@ -152,6 +152,7 @@ def test_a_signal_in_the_search_makes_a_waiting_tracking_call_give_up_at_once() 
     )
 
 
+@pytest.mark.cluster  # an MLflow server process killed and restarted (make test-cluster)
 def test_a_brief_outage_rides_through_and_a_long_one_leaves_the_run_running(
     server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -229,6 +230,7 @@ def _error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
+@pytest.mark.e2e  # a whole `harness train` process under an address-space limit (make test-cluster)
 def test_harness_train_out_of_host_memory_fails_its_run_in_one_line_naming_the_allocation(
     tmp_path: Path, small_idc: Path
 ) -> None:
