@@ -7,7 +7,9 @@ entry point would, without paying for a new interpreter each time."""
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
 import platform
 import shutil
 import signal
@@ -367,7 +369,7 @@ def test_close_orphans_ends_the_runs_of_a_dead_driver_and_spares_a_live_one(tmp_
 def _ended_sweep(tmp_path: Path, root: Path, out: Path, *, status: str, driver: str | None = None) -> tuple[Path, str]:
     """Leave what a sweep whose parent run is `status` leaves behind: the run in the store and the
     sweep's folder with the harness's record; returns the experiment file and the parent run id.
-    Tune's own state is a placeholder: every case here is refused before Tune reads it."""
+    Tune's own state is a stand-in of no trial: every case here is refused before Tune reads it."""
     path = _experiment(tmp_path / "x.yaml", root, out)
     config = load_experiment(path)
     setup = set_up(config, sweep=True)
@@ -378,7 +380,9 @@ def _ended_sweep(tmp_path: Path, root: Path, out: Path, *, status: str, driver: 
         setup.tracker.finish(parent, status)
     folder = config.resolved_storage_path() / "sweep-20261204-093330"
     write_record(folder, config, parent=parent, experiment_id=setup.experiment_id, split_hash=setup.data.split_hash)
-    (folder / "tuner.pkl").write_bytes(b"")
+    # Whole files of Tune's kinds, so the check of what a restore reads passes them.
+    (folder / "tuner.pkl").write_bytes(pickle.dumps({}))
+    (folder / "experiment_state-2026-12-04_09-33-30.json").write_text(json.dumps({"trial_data": []}))
     return path, parent
 
 

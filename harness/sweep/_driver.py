@@ -456,9 +456,10 @@ def run_sweep(
         setup = set_up(config, show_progress=verbose, sweep=True)
         if previous is not None:
             with _orphans_closed_on_refusal(config):
-                _check_reopenable(setup, *previous)
-                # Before Tune reads any of it: a file cut short or planted there is one line, nothing loaded.
+                # Before Tune reads any of it: a file cut short (a full disk, which can also end a
+                # sweep) or planted there is one line naming it, nothing loaded.
                 check_stored_state(previous[0])
+                _check_reopenable(setup, *previous)
         optuna_storage(config.resolved_optuna_storage())
         try:
             with _tune_environment(), _ray(address):
