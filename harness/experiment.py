@@ -59,10 +59,12 @@ def set_up(config: ExperimentConfig, *, show_progress: bool = False, sweep: bool
         **tracking.source_tags(commit),
         **tracking.environment_tags(),
     }
+    experiment_id = tracker.experiment_id(config.name)
+    tracker.set_experiment_tags(experiment_id, tracking.experiment_tags(config.search.mode))
     return ExperimentSetup(
         data=data,
         tracker=tracker,
-        experiment_id=tracker.experiment_id(config.name),
+        experiment_id=experiment_id,
         tags=tags,
         notes=notes + list(data.notes),
     )

@@ -92,6 +92,21 @@ WINNER = "winner_trial_id"
 FLOOR = "floor"  # "true" on the runs of a floor model (majority, colour_forest)
 CPU_SHARE = "resources_cpu"  # what Ray granted one trial or fold task: GPU-hours = wall time x share
 GPU_SHARE = "resources_gpu"
+# Experiment tags MLflow 3's UI reads: the kind of work (model training, not GenAI traces, so the
+# experiment opens on its runs) and the metric runs are ranked by.
+EXPERIMENT_KIND, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
+PRIMARY_METRIC = "mlflow.experiment.primaryMetric.name"
+PRIMARY_GREATER_IS_BETTER = "mlflow.experiment.primaryMetric.greaterIsBetter"
+
+
+def experiment_tags(mode: str) -> dict[str, str]:
+    """Return the experiment tags that make MLflow's UI treat an experiment as model development
+    ranked by `objective` (every training run logs it), higher first when `mode` is max."""
+    return {
+        EXPERIMENT_KIND: MODEL_DEVELOPMENT,
+        PRIMARY_METRIC: "objective",
+        PRIMARY_GREATER_IS_BETTER: "true" if mode == "max" else "false",
+    }
 
 
 class RunType(StrEnum):
@@ -325,6 +340,18 @@ class Tracker:
             if created is None:
                 raise
             return created.experiment_id
+
+    def set_experiment_tags(self, experiment_id: str, tags: dict[str, str]) -> None:
+        """Set those of `tags` an experiment lacks or holds another value of. Two processes setting
+        the same tag at once race MLflow's insert: the loser finds it set as it wanted."""
+        for key, value in tags.items():
+            if self._retry(lambda: self.client.get_experiment(experiment_id)).tags.get(key) == value:
+                continue
+            try:
+                self._retry(functools.partial(self.client.set_experiment_tag, experiment_id, key, value))
+            except MlflowException:
+                if self._retry(lambda: self.client.get_experiment(experiment_id)).tags.get(key) != value:
+                    raise
 
     def start_run(
         self,

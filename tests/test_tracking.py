@@ -9,6 +9,9 @@ import pytest
 from mlflow import MlflowClient
 
 from harness import tracking
+from harness.config import load_experiment
+from harness.experiment import set_up
+from tests.conftest import experiment_dict, write_experiment
 
 
 @pytest.fixture()
@@ -91,3 +94,16 @@ def test_run_types_are_the_nine_the_harness_writes() -> None:
 )
 def test_outcome_says_why_a_run_ended(status: str, tags: dict, expected: str) -> None:
     assert tracking.outcome(status, tags) == expected
+
+
+@pytest.mark.parametrize(("metric", "greater"), [("val_accuracy", "true"), ("val_loss", "false")])
+def test_an_experiment_opens_as_model_development_ranked_by_the_objective(
+    tmp_path: Path, synthetic_idc: Path, metric: str, greater: str
+) -> None:
+    data = experiment_dict(synthetic_idc, tmp_path / "out", name="kind", search={"metric": metric})
+    config = load_experiment(write_experiment(tmp_path / "x.yaml", data))
+    setup = set_up(config)
+    tags = MlflowClient(config.resolved_tracking_uri()).get_experiment(setup.experiment_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    assert tags["mlflow.experiment.primaryMetric.name"] == "objective"
+    assert tags["mlflow.experiment.primaryMetric.greaterIsBetter"] == greater
