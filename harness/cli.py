@@ -543,6 +543,7 @@ def study_leakage(
 ) -> None:
     """Cross-validate each baseline over protocol.folds patch-random and patient folds with the same
     recipe, budget and seed; write results/<experiment>/leakage.{md,tex,csv} and figures/leakage.png."""
+    from harness.atomic import write_atomically
     from harness.leaderboard.leakage import leakage_plot, leakage_table
     from harness.leaderboard.render import to_latex, to_markdown
     from harness.study.leakage import run_leakage_study
@@ -561,9 +562,7 @@ def study_leakage(
     results = config.results_dir
     results.mkdir(parents=True, exist_ok=True)
     for suffix, text in ((".md", to_markdown(table)), (".tex", to_latex(table))):
-        scratch = results / f".leakage{suffix}.tmp"
-        scratch.write_text(text)
-        scratch.replace(results / f"leakage{suffix}")
+        write_atomically(results / f"leakage{suffix}", text.encode())
     table.frame().to_csv(results / "leakage.csv", index=False)
     plot = leakage_plot(table, results / "figures" / "leakage.png")
     console.print(to_markdown(table), highlight=False, soft_wrap=True, markup=False)

@@ -344,8 +344,9 @@ class Tracker:
     def set_experiment_tags(self, experiment_id: str, tags: dict[str, str]) -> None:
         """Set those of `tags` an experiment lacks or holds another value of. Two processes setting
         the same tag at once race MLflow's insert: the loser finds it set as it wanted."""
+        held = self._retry(lambda: self.client.get_experiment(experiment_id)).tags
         for key, value in tags.items():
-            if self._retry(lambda: self.client.get_experiment(experiment_id)).tags.get(key) == value:
+            if held.get(key) == value:
                 continue
             try:
                 self._retry(functools.partial(self.client.set_experiment_tag, experiment_id, key, value))

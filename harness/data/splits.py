@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -12,6 +11,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
+from harness.atomic import replacing
 from harness.errors import InputError
 
 from .manifest import rows_sha256
@@ -166,11 +166,11 @@ def write_split(split: Split, directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"split-{split.hash[:16]}.parquet"
     if not path.exists():
-        # One scratch file per process: two sweeps preparing the same data at once each write
-        # their own (the same split), and the second move in place is harmless.
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        split.assignments.assign(folds=split.folds, seed=split.seed, test_fraction=split.test_fraction).to_parquet(tmp)
-        tmp.replace(path)
+        # Two sweeps preparing the same data at once each write their own scratch file (the same
+        # split), and the second move in place is harmless.
+        with replacing(path) as tmp:
+            frame = split.assignments.assign(folds=split.folds, seed=split.seed, test_fraction=split.test_fraction)
+            frame.to_parquet(tmp)
     return path
 
 

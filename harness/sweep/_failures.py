@@ -39,9 +39,8 @@ def deterministic_cause(exc: BaseException) -> str | None:
         return DIVERGED
     if isinstance(cause, (InputError, WeightsFileError)):
         return INPUT
-    if isinstance(cause, (OutOfMemory, MemoryError, OutOfMemoryError, ray_compat.MemoryMonitorKill)):
-        return OUT_OF_MEMORY
-    if allocation_failure(cause) is not None:
+    memory = (OutOfMemory, MemoryError, OutOfMemoryError, ray_compat.MemoryMonitorKill)
+    if isinstance(cause, memory) or allocation_failure(cause) is not None:
         return OUT_OF_MEMORY
     if disk_full(exc):
         return DISK_FULL

@@ -103,12 +103,12 @@ def interrupted_sweep(config: ExperimentConfig, storage: Path) -> tuple[Path, di
 _CUT_SHORT = "cut short, as a full disk leaves one"
 
 
-def _whole_json(path: Path) -> bool:
+def _parsed_json(path: Path) -> dict | None:
+    """Return the JSON object in file `path`, None when it is not whole JSON (cut short)."""
     try:
-        json.loads(path.read_bytes())
+        return json.loads(path.read_bytes())
     except ValueError:
-        return False
-    return True
+        return None
 
 
 def _experiment_state(folder: Path) -> dict:
@@ -118,9 +118,9 @@ def _experiment_state(folder: Path) -> dict:
     if not states:
         raise InputError(f"{folder}: holds no Tune experiment state ({ray_compat.EXPERIMENT_STATE})")
     newest, *older = states
-    if _whole_json(newest):
-        return json.loads(newest.read_bytes())
-    complete = next((path for path in older if _whole_json(path)), None)
+    if (state := _parsed_json(newest)) is not None:
+        return state
+    complete = next((path for path in older if _parsed_json(path) is not None), None)
     problem = f"{newest}: Tune's experiment state is incomplete ({_CUT_SHORT})"
     if complete is None:
         raise InputError(f"{problem} and no complete one lies beside it")
