@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 IDC_SAMPLE := ../shared/data/idc_sample
 SYNTHETIC_IDC := results/synthetic_idc
 
-.PHONY: demo test test-cluster lint browser postgresql slurm screenshots clean
+.PHONY: demo readme test test-cluster lint browser postgresql slurm screenshots clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ demo: $(STAMP)
 		$(BIN)/harness data synth $$root; fi; \
 	$(BIN)/harness sweep experiments/demo.yaml --root $$root
 	$(BIN)/harness leaderboard experiments/demo.yaml
+
+# The README's demo block: make demo's two commands run in a scratch folder on the IDC sample, and
+# what they printed, with the machine and wall times, written between the README's markers
+# (tests/test_demo.py checks the committed block against a fresh run).
+readme: $(STAMP)
+	$(BIN)/python tools/readme_demo.py --root $(IDC_SAMPLE)
 
 # The README's pictures: the MLflow UI, optuna-dashboard and the leaderboard page over the demo's
 # store (made first when results/ has none), in headless Chromium; both servers listen on 127.0.0.1.

@@ -1,0 +1,163 @@
+"""The README's demo block: `make demo`'s two commands run for real in a scratch folder, and what
+they printed written between markers, so the README says what the code prints. tests/test_demo.py
+runs the same demo and checks the committed block against what it printed (the demo is a
+reproducible sweep: only trial ids, wall times and paths differ from run to run).
+
+usage: python tools/readme_demo.py [--root ../shared/data/idc_sample]   (rewrite README.md's block)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "experiments" / "demo.yaml"
+IDC_SAMPLE = REPO.parent / "shared" / "data" / "idc_sample"
+BEGIN, END = "<!-- demo-output: make readme writes this block (tools/readme_demo.py) -->", "<!-- /demo-output -->"
+# The lines a trial prints as it starts or waits are left out; its end line, the retrained folds and
+# everything from the summary table on are kept.
+LEFT_OUT = ("start ", "resume ", "retry ")
+# One terminal width on every machine, wide enough that rich wraps no trial or note line.
+COLUMNS = "200"
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """What the demo's sweep and leaderboard printed, with their wall seconds and the machine."""
+
+    sweep: str
+    leaderboard: str
+    sweep_seconds: float
+    leaderboard_seconds: float
+    machine: str
+
+
+def _machine() -> str:
+    """Return the CPU model and core count this demo ran on."""
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line]
+        model = names[0] if names else model
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def _harness(args: list[str], scratch: Path, experiment: Path) -> tuple[str, float]:
+    """Run `harness ARGS` and return its stdout with the scratch paths shown as a user's, and its seconds."""
+    env = {**os.environ, "COLUMNS": COLUMNS, "TERM": "dumb", "NO_COLOR": "1"}
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "harness", *args], cwd=REPO, env=env, capture_output=True, text=True, check=False
+    )
+    seconds = time.monotonic() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"harness {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+    shown = done.stdout.replace(str(experiment), "experiments/demo.yaml").replace(str(scratch), "…/results")
+    return shown, seconds
+
+
+def run_demo(root: Path, scratch: Path) -> DemoRun:
+    """Run `make demo`'s sweep and leaderboard on the dataset at `root`, writing to `scratch`;
+    returns what they printed."""
+    config = yaml.safe_load(DEMO.read_text())
+    config["output_dir"] = str(scratch)
+    experiment = scratch / "demo.yaml"
+    experiment.write_text(yaml.safe_dump(config, sort_keys=False))
+    sweep, sweep_seconds = _harness(["sweep", str(experiment), "--root", str(root)], scratch, experiment)
+    board, board_seconds = _harness(["leaderboard", str(experiment)], scratch, experiment)
+    return DemoRun(sweep, board, sweep_seconds, board_seconds, _machine())
+
+
+def sweep_excerpt(printed: str) -> list[str]:
+    """Return the sweep's lines the README shows, in the order printed, without the start and
+    resume lines; the trials' end lines are sorted where the first one stood (trials end in
+    whatever order the machine's load gives)."""
+    lines = [line.rstrip() for line in printed.rstrip("\n").splitlines()]
+    kept = [line for line in lines if not line.startswith(LEFT_OUT)]
+    # Sorted without their trial ids, which differ from run to run.
+    ends = sorted(
+        (line for line in kept if line.startswith("end ")), key=lambda line: re.sub(r"\b[0-9a-f]{8}\b", "", line)
+    )
+    first = next((i for i, line in enumerate(kept) if line.startswith("end ")), len(kept))
+    others = [line for line in kept if not line.startswith("end ")]
+    left_out = f"… ({len(lines) - len(kept)} start and resume lines left out)"
+    return [*others[:first], left_out, *ends, *others[first:]]
+
+
+def render(run: DemoRun) -> str:
+    """Return the README's demo block for one run of the demo."""
+    return "\n".join(
+        [
+            BEGIN,
+            f"Measured on {run.machine} ({platform.system()}): the sweep took {run.sweep_seconds:.0f} s and the "
+            f"leaderboard {run.leaderboard_seconds:.0f} s (wall clock, with the venv in place).",
+            "",
+            "```console",
+            "$ harness sweep experiments/demo.yaml --root ../shared/data/idc_sample",
+            *sweep_excerpt(run.sweep),
+            "$ harness leaderboard experiments/demo.yaml",
+            *run.leaderboard.rstrip("\n").splitlines(),
+            "```",
+            END,
+        ]
+    )
+
+
+# What differs between two runs of the same reproducible sweep: Ray's trial ids, MLflow's run ids,
+# the sweep's timestamp, wall seconds and progress-bar clocks.
+MASKS = (
+    (r"\b[0-9a-f]{32}\b", "<run>"),
+    (r"\b[0-9a-f]{8}\b", "<trial>"),
+    (r"\b\d{8}-\d{6}\b", "<stamp>"),
+    (r"\b\d+(\.\d+)? s\b", "<seconds> s"),
+    (r"\b\d+:\d\d:\d\d\b", "<clock>"),
+)
+
+
+def comparable(block: str) -> list[str]:
+    """Return a block's console lines (the machine line left out) with what differs between two
+    runs of the same reproducible sweep masked, and runs of spaces (a centred title) collapsed."""
+    lines = block.splitlines()
+    body = lines[lines.index("```console") :]
+    for pattern, mask in MASKS:
+        body = [re.sub(pattern, mask, line) for line in body]
+    return [" ".join(line.split()) for line in body]
+
+
+def readme_block(text: str) -> str:
+    """Return the demo block of a README's text, markers included."""
+    return text[text.index(BEGIN) : text.index(END) + len(END)]
+
+
+def main() -> None:
+    """Run the demo in a scratch folder and rewrite README.md's demo block with what it printed."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=IDC_SAMPLE, help="the IDC sample (the demo's data)")
+    args = parser.parse_args()
+    if not args.root.is_dir():
+        print(
+            f"error: --root {args.root}: no such folder (the README's demo runs on the real IDC sample)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    with tempfile.TemporaryDirectory(prefix="readme-demo-") as scratch:
+        block = render(run_demo(args.root.resolve(), Path(scratch)))
+    readme = REPO / "README.md"
+    text = readme.read_text()
+    readme.write_text(text.replace(readme_block(text), block))
+    print(f"README.md: demo block rewritten ({len(block.splitlines())} lines)")
+
+
+if __name__ == "__main__":
+    main()
