@@ -561,6 +561,12 @@ def trial_name(baseline: str, number: int | None, trial_id: str) -> str:
     return f"{baseline} {trial_id[:8]}" if number is None else f"{baseline} t{number:02d}"
 
 
+def sweep_name(experiment: str, sweep: str) -> str:
+    """Return a sweep run's name: its experiment and the sweep's folder name (`sweep-<UTC time>`),
+    the identifier its Optuna studies' names share (`<experiment>/<sweep>/<baseline>`)."""
+    return f"{experiment} {sweep}"
+
+
 def fold_name(model: str, fold: int) -> str:
     """Return the name of a run that fits `model` (a baseline or floor) on one fold."""
     return f"{model} fold {fold}"

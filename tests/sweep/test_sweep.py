@@ -200,7 +200,7 @@ def test_run_names_tell_the_runs_apart_and_every_run_has_an_outcome(swept: Swept
     for run in runs:
         by_type.setdefault(run.data.tags[tracking.RUN_TYPE], []).append(names[run.info.run_id])
     (sweep,) = by_type["sweep"]
-    assert re.fullmatch(r"sweep sweep-test \d{4}-\d\d-\d\d \d\d:\d\d", sweep)
+    assert re.fullmatch(r"sweep-test sweep-\d{8}-\d{6}", sweep)
     for run in swept.runs("trial"):
         number = int(run.data.tags[tracking.OPTUNA_TRIAL])
         assert names[run.info.run_id] == f"{run.data.tags[tracking.BASELINE]} t{number:02d}"
