@@ -74,9 +74,16 @@ def warm_start_points(
     return points, notes
 
 
+# A study's user attribute saying why it has no parameter importances: optuna-dashboard draws an
+# empty importance pane without a word, and shows a study's user attributes on its front page.
+IMPORTANCE_ATTR = "param_importance"
+
+
 def plot_study(storage: str, name: str, folder: Path) -> tuple[list[Path], list[str]]:
     """Write the optimisation history and parameter-importance plots of one study as PNGs;
-    returns the files and why a plot was left out."""
+    returns the files and why a plot was left out. Importances weigh completed trials only (not
+    those stopped early): a study with too few has no importance plot, and says so itself
+    (IMPORTANCE_ATTR)."""
     plt = pyplot()  # before optuna's plotting module imports matplotlib with the default backend
     from optuna.visualization import matplotlib as optuna_plots
 
@@ -84,13 +91,18 @@ def plot_study(storage: str, name: str, folder: Path) -> tuple[list[Path], list[
     stem = name.rsplit("/", 1)[-1]
     files, skipped = [], []
     complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    stopped = len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
     plots: dict[str, Callable[[optuna.Study], Axes]] = {
         "history": optuna_plots.plot_optimization_history,
         "importance": optuna_plots.plot_param_importances,
     }
     for kind, plot in plots.items():
-        if complete < (1 if kind == "history" else 2):
-            skipped.append(f"{stem}: {kind} plot needs more completed trials (has {complete})")
+        needed = 1 if kind == "history" else 2
+        if complete < needed:
+            why = f"needs {needed} completed trials, has {complete} (the {stopped} stopped early do not count)"
+            skipped.append(f"{stem}: {kind} plot {why}")
+            if kind == "importance":
+                study.set_user_attr(IMPORTANCE_ATTR, f"not computed: {why}")
             continue
         with warnings.catch_warnings():
             # Optuna marks its matplotlib plots experimental at every call.
@@ -113,12 +125,13 @@ def plot_study(storage: str, name: str, folder: Path) -> tuple[list[Path], list[
 
 # How far one trial's times in Optuna may lie from its run's in MLflow. Its end: the driver tells
 # Optuna and closes the run while handling the same event (Tune ending the trial), a few storage
-# writes apart. Its start: the driver marks the Optuna trial started as Tune starts the trial's
-# process, which then opens its run before its first epoch: what lies between is that process's
-# set-up (its start and imports, the data check), never training, and never the wait of a
-# suggestion for a free CPU, which made every start the sweep's own.
-END_TOLERANCE_S = 10.0
-START_TOLERANCE_S = 60.0
+# writes apart (0.1 s in the test sweep; seconds only while a busy SQLite store makes writers
+# wait). Its start: the driver marks the Optuna trial started as Tune starts the trial's process,
+# which then opens its run before its first epoch: what lies between is that process's set-up
+# (2 s for a new process in the test sweep, 0.03 s for a reused one), never training, and never
+# a suggestion's wait for a free CPU, which made every start the sweep's own.
+END_TOLERANCE_S = 5.0
+START_TOLERANCE_S = 30.0
 
 
 def _time_disagreements(trial: optuna.trial.FrozenTrial, run: Any) -> list[str]:
