@@ -55,7 +55,7 @@ class MlflowLinks:
     sweep_run_id: str
 
     def run_url(self, run_id: str) -> str | None:
-        """Return the MLflow UI address of the experiment's run `run_id` (None: tracking.run_url)."""
+        """Return the MLflow UI address of the experiment's run `run_id`, None where tracking.run_url has none."""
         return tracking.run_url(self.tracking_uri, self.experiment_id, run_id)
 
     def study_attrs(self) -> dict[str, str]:
