@@ -561,6 +561,32 @@ def trial_name(baseline: str, number: int | None, trial_id: str) -> str:
     return f"{baseline} {trial_id[:8]}" if number is None else f"{baseline} t{number:02d}"
 
 
+def sweep_name(experiment: str, sweep: str) -> str:
+    """Return a sweep run's name: its experiment and the sweep's folder name (`sweep-<UTC time>`),
+    the identifier its Optuna studies' names share (`<experiment>/<sweep>/<baseline>`)."""
+    return f"{experiment} {sweep}"
+
+
+# Where `mlflow ui` (and `harness server`) serve a store by default: a run of a store the harness
+# writes directly (SQLite, a database, a folder: a bare path) has a URL there once it is served.
+LOCAL_UI = "http://127.0.0.1:5000"
+STORE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "file")
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
+    """Return the address of a run's page in the MLflow UI: under the tracking server when the URI
+    is one (http, https), under LOCAL_UI for a store written directly (which `mlflow ui
+    --backend-store-uri URI` serves there); None for any other URI (databricks, ...)."""
+    scheme = tracking_uri.split("://", 1)[0].split("+")[0] if "://" in tracking_uri else None
+    if scheme in ("http", "https"):
+        base = tracking_uri.rstrip("/")
+    elif scheme in STORE_SCHEMES or (scheme is None and "/" in tracking_uri):  # a bare path: a folder store
+        base = LOCAL_UI
+    else:
+        return None
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
 def fold_name(model: str, fold: int) -> str:
     """Return the name of a run that fits `model` (a baseline or floor) on one fold."""
     return f"{model} fold {fold}"

@@ -107,3 +107,19 @@ def test_an_experiment_opens_as_model_development_ranked_by_the_objective(
     assert tags["mlflow.experimentKind"] == "custom_model_development"
     assert tags["mlflow.experiment.primaryMetric.name"] == "objective"
     assert tags["mlflow.experiment.primaryMetric.greaterIsBetter"] == greater
+
+
+@pytest.mark.parametrize(
+    ("uri", "url"),
+    [
+        ("http://mlflow.lab:5000/", "http://mlflow.lab:5000/#/experiments/3/runs/abc"),
+        ("https://mlflow.lab/mlflow", "https://mlflow.lab/mlflow/#/experiments/3/runs/abc"),
+        # A store written directly has no server: the address `mlflow ui --backend-store-uri URI` serves.
+        ("sqlite:////work/results/mlflow.db", "http://127.0.0.1:5000/#/experiments/3/runs/abc"),
+        ("postgresql+psycopg://db/mlflow", "http://127.0.0.1:5000/#/experiments/3/runs/abc"),
+        ("/work/results/mlruns", "http://127.0.0.1:5000/#/experiments/3/runs/abc"),
+        ("databricks", None),
+    ],
+)
+def test_a_run_s_address_is_under_its_server_or_where_mlflow_ui_serves_its_store(uri: str, url: str | None) -> None:
+    assert tracking.run_url(uri, "3", "abc") == url

@@ -90,7 +90,7 @@ def shoot(chromium: Browser, picture: Picture, out: Path) -> Path:
         if close.count():
             close.first.click()
         if picture.expand_parent:
-            page.locator(".ag-row", has_text="sweep ").locator("button").first.click()
+            page.locator(".ag-row", has_text="sweep").locator("button").first.click()
             page.get_by_text(" t00").first.wait_for(timeout=30_000)
         page.wait_for_timeout(1500)  # charts finish drawing
         path = out / f"{picture.name}.png"

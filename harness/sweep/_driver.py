@@ -264,7 +264,7 @@ def _start_in(
     notes += close_orphans(setup.tracker, setup.experiment_id)
     parent = setup.tracker.start_run(
         setup.experiment_id,
-        name=f"sweep {config.name} {datetime.now(timezone.utc):%Y-%m-%d %H:%M}",
+        name=tracking.sweep_name(config.name, folder.name),
         run_type=RunType.SWEEP,
         tags={**setup.tags, "ray_storage": str(folder), DRIVER: driver_identity()},
         params=_sweep_params(config, setup, granted),

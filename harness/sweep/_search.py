@@ -13,19 +13,21 @@ import math
 import warnings
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import optuna
 from optuna.trial import TrialState
+from ray import tune
 from ray.tune.error import TuneError
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
-from harness import ray_compat
+from harness import ray_compat, tracking
 from harness.atomic import write_atomically
 from harness.config import Distribution, SearchSpace
 from harness.errors import InputError
@@ -36,10 +38,68 @@ from ._keys import DONE_KEY, EPOCH_KEY, FAILED_KEY, RUN_ID_KEY, STUDY_TRIAL_KEY
 # User attributes of each Optuna trial that lead to the Ray trial and the MLflow run behind it.
 RAY_TRIAL_ATTR = "ray_trial_id"
 MLFLOW_RUN_ATTR = "mlflow_run_id"
+MLFLOW_RUN_URL_ATTR = "mlflow_run_url"
 
 # Returns the MLflow run of a Ray trial (None if it has none): asked only for a trial that ended
 # without a result naming its run (one that failed before its first epoch ended).
 RunLinker = Callable[[str], "str | None"]
+
+
+@dataclass(frozen=True)
+class MlflowLinks:
+    """Where a sweep's studies lead in MLflow: the tracking store, the experiment and the sweep's run."""
+
+    tracking_uri: str
+    experiment: str
+    experiment_id: str
+    sweep_run_id: str
+
+    def run_url(self, run_id: str) -> str | None:
+        """Return the MLflow UI address of the experiment's run `run_id`, None where tracking.run_url has none."""
+        return tracking.run_url(self.tracking_uri, self.experiment_id, run_id)
+
+    def study_attrs(self) -> dict[str, str]:
+        """Return the user attributes every study of the sweep carries: the store, the experiment,
+        the sweep's run and its address, and for a store without a server of its own the command
+        that serves these addresses."""
+        attrs = {
+            "mlflow_tracking_uri": self.tracking_uri,
+            "mlflow_experiment": self.experiment,
+            "mlflow_experiment_id": self.experiment_id,
+            "mlflow_sweep_run_id": self.sweep_run_id,
+        }
+        url = self.run_url(self.sweep_run_id)
+        if url is not None:
+            attrs["mlflow_sweep_run_url"] = url
+            if url.startswith(tracking.LOCAL_UI):
+                attrs["mlflow_ui"] = f"the run URLs once served: mlflow ui --backend-store-uri {self.tracking_uri}"
+        return attrs
+
+
+def mark_started(storage: optuna.storages.BaseStorage, trial_id: int) -> None:
+    """Mark the asked trial `trial_id` RUNNING from now, which Optuna records as its start; a trial
+    already running or ended is left as it is (a trial resumed after a pause keeps its start)."""
+    with suppress(optuna.exceptions.UpdateFinishedTrialError):
+        storage.set_trial_state_values(trial_id, TrialState.RUNNING)
+
+
+class StartStudyTrials(tune.Callback):
+    """Marks a trial's Optuna trial started when Tune starts the trial, in the studies at `storage`
+    (an RDB URL) named after `study_prefix`: a suggestion waits (WAITING) until then, so the
+    study's start times are the trials' own, not those of suggestions a reproducible sweep makes
+    all at once. Runs in the driver, as the searcher does."""
+
+    def __init__(self, storage: str, study_prefix: str) -> None:
+        self._url, self._prefix = storage, study_prefix
+        self._storage: optuna.storages.BaseStorage | None = None
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        number = trial.config.get(STUDY_TRIAL_KEY)
+        if number is None:
+            return
+        self._storage = self._storage or optuna_storage(self._url)
+        study_id = self._storage.get_study_id_from_name(study_name(self._prefix, trial.config["baseline"]))
+        mark_started(self._storage, self._storage.get_trial_id_from_study_id_trial_number(study_id, number))
 
 
 def optuna_distribution(spec: Distribution) -> optuna.distributions.BaseDistribution:
@@ -194,7 +254,13 @@ class PruningAwareOptunaSearch(_JsonStateSearcher):
     (only to `on_trial_complete`), nor any result when it stops a PAUSED trial; so each result is
     reported from wherever it arrives, once per epoch. Each suggestion carries its Optuna trial
     number (STUDY_TRIAL_KEY), which names the trial's run; each result carries the run's id, which
-    the Optuna trial keeps; `link` finds the run of a trial whose results never named it.
+    the Optuna trial keeps (with the run's address when `links` are given, which the study carries
+    too); `link` finds the run of a trial whose results never named it.
+
+    An asked trial waits (WAITING) until Tune starts it (StartStudyTrials), and is told as it ends,
+    so Optuna's start and end times are the trial's. Trials asked and not started are RUNNING
+    while another is asked: Optuna's samplers count them, and an ask would take a WAITING one for
+    an enqueued point.
 
     Its state (get_state) names the study, each Ray trial's Optuna trial number, the trials told
     and linked, each trial's last epoch and the sampler's random states. The study itself lives in
@@ -215,6 +281,7 @@ class PruningAwareOptunaSearch(_JsonStateSearcher):
         study_name: str = "optuna",
         storage: optuna.storages.BaseStorage | None = None,
         link: RunLinker | None = None,
+        links: MlflowLinks | None = None,
     ) -> None:
         super().__init__(metric=metric, mode=mode)
         self._space = space
@@ -237,6 +304,10 @@ class PruningAwareOptunaSearch(_JsonStateSearcher):
             # Optuna marks set_metric_names experimental; the dashboard labels its axes with it.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             self._ot_study.set_metric_names([metric_name])
+        for key, value in (links.study_attrs() if links else {}).items():
+            self._ot_study.set_user_attr(key, value)
+        self._study_id = self._storage.get_study_id_from_name(study_name)
+        self._links = links
         self._ot_trials: dict[str, optuna.Trial] = {}
         self._completed_trials: set[str] = set()
         self._link = link
@@ -269,9 +340,29 @@ class PruningAwareOptunaSearch(_JsonStateSearcher):
         # After the trials: building a Trial lets the sampler prepare for it.
         _set_sampler_state(self._ot_study.sampler, state["sampler"])
 
+    def _storage_id(self, trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
+        """Return the storage's id of one of this study's trials."""
+        return self._storage.get_trial_id_from_study_id_trial_number(self._study_id, trial.number)
+
+    def _ask(self) -> optuna.Trial:
+        """Return a new trial of the study, left WAITING until Tune starts it (see the class docstring)."""
+        asked = {trial.number for trial in self._ot_trials.values()}
+        # Filtered here: InMemoryStorage's query of WAITING trials skips those that ran before.
+        waiting = [
+            self._storage_id(t)
+            for t in self._ot_study.get_trials(deepcopy=False)
+            if t.state == TrialState.WAITING and t.number in asked
+        ]
+        for trial_id in waiting:
+            mark_started(self._storage, trial_id)
+        trial = self._ot_study.ask(fixed_distributions=self._space)
+        for trial_id in [*waiting, self._storage_id(trial)]:
+            self._storage.set_trial_state_values(trial_id, TrialState.WAITING)
+        return trial
+
     def suggest(self, trial_id: str) -> dict:
         if trial_id not in self._ot_trials:
-            self._ot_trials[trial_id] = self._ot_study.ask(fixed_distributions=self._space)
+            self._ot_trials[trial_id] = self._ask()
         trial = self._ot_trials[trial_id]
         trial.set_user_attr(RAY_TRIAL_ATTR, trial_id)
         return {**trial.params, STUDY_TRIAL_KEY: trial.number}
@@ -289,7 +380,10 @@ class PruningAwareOptunaSearch(_JsonStateSearcher):
     def _link_run(self, trial_id: str, run_id: str | None) -> None:
         """Keep the id of the trial's MLflow run on its Optuna trial, once."""
         if run_id and trial_id not in self._linked:
-            self._ot_trials[trial_id].set_user_attr(MLFLOW_RUN_ATTR, run_id)
+            trial = self._ot_trials[trial_id]
+            trial.set_user_attr(MLFLOW_RUN_ATTR, run_id)
+            if self._links is not None and (url := self._links.run_url(run_id)) is not None:
+                trial.set_user_attr(MLFLOW_RUN_URL_ATTR, url)
             self._linked.add(trial_id)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -319,7 +413,9 @@ class PruningAwareOptunaSearch(_JsonStateSearcher):
             self._tell(trial_id, TrialState.PRUNED)
 
     def _tell(self, trial_id: str, state: TrialState, value: float | None = None) -> None:
-        """Tell Optuna, once, how the trial ended."""
+        """Tell Optuna, once, how the trial ended (now: its end time)."""
+        # A trial Tune ended before it started (or started without StartStudyTrials) still waits.
+        mark_started(self._storage, self._storage_id(self._ot_trials[trial_id]))
         with _outside_optimize():
             self._ot_study.tell(self._ot_trials[trial_id], value, state=state, skip_if_finished=True)
         self._completed_trials.add(trial_id)
@@ -346,7 +442,8 @@ class PerBaselineSearcher(_JsonStateSearcher):
 
     `starts` are points each study evaluates first (the recipe, a previous sweep's best); the
     studies live in `storage` (an RDB URL) under `study_name(study_prefix..., baseline)`, their
-    value named `metric_name`; `link` ties each Optuna trial to its MLflow run.
+    value named `metric_name`; `link` ties each Optuna trial to its MLflow run, and `links` lead
+    from the studies and their trials to MLflow's pages.
     """
 
     def __init__(
@@ -363,6 +460,7 @@ class PerBaselineSearcher(_JsonStateSearcher):
         study_prefix: str = "sweep",
         metric_name: str = "objective",
         link: RunLinker | None = None,
+        links: MlflowLinks | None = None,
     ) -> None:
         # Tune forwards metric/mode to a searcher only when the Tuner has a param_space, which ours
         # has not (each study owns its space), so they come here from the same config as TuneConfig.
@@ -381,6 +479,7 @@ class PerBaselineSearcher(_JsonStateSearcher):
                 storage=optuna_storage(storage) if storage else None,
                 metric_name=metric_name,
                 link=link,
+                links=links,
             )
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
@@ -411,11 +510,23 @@ class PerBaselineSearcher(_JsonStateSearcher):
         self._children[self._owner[trial_id]].on_trial_complete(trial_id, result, error)
 
 
+class _BatchLimiter(ConcurrencyLimiter):
+    """Tune's ConcurrencyLimiter in batches, except that each trial's end reaches the searcher as it
+    comes: Tune's limiter holds every end back until the whole batch has ended, which told Optuna
+    that every trial of a batch ended at the same second. The next batch is still suggested only
+    once the last has ended (the searcher ignores the ends the limiter then passes on again)."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self.live_trials:
+            self.searcher.on_trial_complete(trial_id, result=result, error=error)
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+
 def batched(searcher: PerBaselineSearcher, batch: int) -> ConcurrencyLimiter:
     """Return `searcher` handing out `batch` suggestions at a time, the next batch only once every
     trial of the last one has ended (Tune then adds a whole batch in one step: its pending-trial
-    cap is this limiter's `max_concurrent`)."""
-    return ConcurrencyLimiter(searcher, max_concurrent=batch, batch=True)
+    cap is this limiter's `max_concurrent`); each trial's end is told as it comes."""
+    return _BatchLimiter(searcher, max_concurrent=batch, batch=True)
 
 
 def halving_steps(max_t: int, grace_period: int, reduction_factor: float) -> int:

@@ -74,9 +74,16 @@ def warm_start_points(
     return points, notes
 
 
+# A study's user attribute saying why it has no parameter importances: optuna-dashboard draws an
+# empty importance pane without a word, and shows a study's user attributes on its front page.
+IMPORTANCE_ATTR = "param_importance"
+
+
 def plot_study(storage: str, name: str, folder: Path) -> tuple[list[Path], list[str]]:
     """Write the optimisation history and parameter-importance plots of one study as PNGs;
-    returns the files and why a plot was left out."""
+    returns the files and why a plot was left out. Importances weigh completed trials only (not
+    those stopped early): a study with too few has no importance plot, and says so itself
+    (IMPORTANCE_ATTR)."""
     plt = pyplot()  # before optuna's plotting module imports matplotlib with the default backend
     from optuna.visualization import matplotlib as optuna_plots
 
@@ -84,13 +91,18 @@ def plot_study(storage: str, name: str, folder: Path) -> tuple[list[Path], list[
     stem = name.rsplit("/", 1)[-1]
     files, skipped = [], []
     complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    stopped = len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
     plots: dict[str, Callable[[optuna.Study], Axes]] = {
         "history": optuna_plots.plot_optimization_history,
         "importance": optuna_plots.plot_param_importances,
     }
     for kind, plot in plots.items():
-        if complete < (1 if kind == "history" else 2):
-            skipped.append(f"{stem}: {kind} plot needs more completed trials (has {complete})")
+        needed = 1 if kind == "history" else 2
+        if complete < needed:
+            why = f"needs {needed} completed trials, has {complete} (the {stopped} stopped early do not count)"
+            skipped.append(f"{stem}: {kind} plot {why}")
+            if kind == "importance":
+                study.set_user_attr(IMPORTANCE_ATTR, f"not computed: {why}")
             continue
         with warnings.catch_warnings():
             # Optuna marks its matplotlib plots experimental at every call.
@@ -109,6 +121,32 @@ def plot_study(storage: str, name: str, folder: Path) -> tuple[list[Path], list[
         plt.close(figure)
         files.append(path)
     return files, skipped
+
+
+# How far one trial's times in Optuna may lie from its run's in MLflow. Its end: the driver tells
+# Optuna and closes the run while handling the same event (Tune ending the trial), a few storage
+# writes apart (0.1 s in the test sweep; seconds only while a busy SQLite store makes writers
+# wait). Its start: the driver marks the Optuna trial started as Tune starts the trial's process,
+# which then opens its run before its first epoch: what lies between is that process's set-up
+# (2 s for a new process in the test sweep, 0.03 s for a reused one), never training, and never
+# a suggestion's wait for a free CPU, which made every start the sweep's own.
+END_TOLERANCE_S = 5.0
+START_TOLERANCE_S = 30.0
+
+
+def _time_disagreements(trial: optuna.trial.FrozenTrial, run: Any) -> list[str]:
+    """Return how one Optuna trial's start and end differ from its MLflow run's beyond the tolerances."""
+    if trial.datetime_start is None or trial.datetime_complete is None or run.info.end_time is None:
+        return [f"times: optuna {trial.datetime_start} to {trial.datetime_complete}, mlflow ended {run.info.end_time}"]
+    # Optuna keeps local times without a zone; this reads them on the driver's clock and zone.
+    start = run.info.start_time / 1000 - trial.datetime_start.timestamp()
+    end = run.info.end_time / 1000 - trial.datetime_complete.timestamp()
+    lines = []
+    if not 0 <= start <= START_TOLERANCE_S:
+        lines.append(f"start: optuna {trial.datetime_start}, mlflow {start:+.1f} s from it")
+    if abs(end) > END_TOLERANCE_S:
+        lines.append(f"end: optuna {trial.datetime_complete}, mlflow {end:+.1f} s from it")
+    return lines
 
 
 def _disagreements(trial: optuna.trial.FrozenTrial, client: Any) -> list[str]:
@@ -130,14 +168,16 @@ def _disagreements(trial: optuna.trial.FrozenTrial, client: Any) -> list[str]:
         ("ray_trial_id", trial.user_attrs.get(RAY_TRIAL_ATTR), run.data.tags.get(tracking.TRIAL_ID)),
         ("optuna_trial_number tag", str(trial.number), run.data.tags.get(tracking.OPTUNA_TRIAL)),
     ]
-    return [f"{what}: optuna {mine!r}, mlflow {theirs!r}" for what, mine, theirs in facts if mine != theirs]
+    lines = [f"{what}: optuna {mine!r}, mlflow {theirs!r}" for what, mine, theirs in facts if mine != theirs]
+    return lines + _time_disagreements(trial, run)
 
 
 def mlflow_disagreements(storage: str, tracking_uri: str, experiment: str) -> tuple[int, list[str]]:
     """Compare every trial in the Optuna studies of `experiment`'s sweeps with the MLflow run it
     names: its state, its value against the run's last `objective`, its intermediate values against
-    the run's per-epoch `objective` series, and the links both ways; returns the trials compared
-    and one line per disagreement."""
+    the run's per-epoch `objective` series, the links both ways, and its start and end times
+    (within the tolerances above, in a sweep never interrupted); returns the trials compared and
+    one line per disagreement."""
     client = MlflowClient(tracking_uri)
     compared, lines = 0, []
     for name in sorted(optuna.get_all_study_names(optuna_storage(storage))):

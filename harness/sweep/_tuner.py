@@ -19,7 +19,15 @@ from harness import tracking
 from harness.config import ExperimentConfig, ResourcesSpec, SearchSpec
 from harness.errors import InputError
 
-from ._search import PerBaselineScheduler, PerBaselineSearcher, batch_brackets, batched, recipe_start_point
+from ._search import (
+    MlflowLinks,
+    PerBaselineScheduler,
+    PerBaselineSearcher,
+    StartStudyTrials,
+    batch_brackets,
+    batched,
+    recipe_start_point,
+)
 from ._trial import SweepContext, run_trial
 
 TPE_STARTUP_TRIALS = 10  # optuna.samplers.TPESampler's n_startup_trials default
@@ -107,6 +115,7 @@ def _search(
         study_prefix=f"{config.name}/{sweep}",
         metric_name=f"sel_{search.metric}",
         link=ctx.run_link.in_tune,
+        links=MlflowLinks(ctx.tracking_uri, config.name, ctx.experiment_id, ctx.parent_run_id),
     )
     if not search.reproducible:
         return searcher, _scheduler(search), search.max_concurrent
@@ -139,8 +148,9 @@ def new_tuner(
     callbacks: list[tune.Callback],
 ) -> tune.Tuner:
     """Return the Tuner of a new sweep whose Tune state goes to `folder`, each study evaluating its
-    `starts` first."""
+    `starts` first (and its trials marked started as Tune starts them)."""
     search_alg, scheduler, max_concurrent = _search(config, ctx, folder.name, starts)
+    starting = StartStudyTrials(config.resolved_optuna_storage(), f"{config.name}/{folder.name}")
     return tune.Tuner(
         _trainable(ctx),
         tune_config=tune.TuneConfig(
@@ -155,7 +165,7 @@ def new_tuner(
         run_config=tune.RunConfig(
             name=folder.name,
             storage_path=str(folder.parent),
-            callbacks=callbacks,
+            callbacks=[*callbacks, starting],
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             sync_config=tune.SyncConfig(sync_period=STATE_SYNC_SECONDS),
             failure_config=tune.FailureConfig(max_failures=config.search.max_failures),

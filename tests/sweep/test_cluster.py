@@ -3,6 +3,7 @@ placement, failures, the fold retrain and ensemble, and a worker node lost mid-s
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
@@ -198,7 +199,7 @@ def test_the_rest_api_shows_every_run_named_terminal_and_with_its_outcome(
     assert folds == [f"cancernet fold {f}" for f in range(FOLDS)]
     assert [name for kind, floor, name, _ in seen if kind == "ensemble" and not floor] == ["cancernet ensemble"]
     [sweep] = [name for kind, _, name, _ in seen if kind == "sweep"]
-    assert sweep.startswith("sweep cluster-failures ")
+    assert re.fullmatch(r"cluster-failures sweep-\d{8}-\d{6}", sweep)
 
 
 def test_a_trial_error_is_read_from_the_drivers_staged_copy(cluster: Cluster, tmp_path: Path) -> None:

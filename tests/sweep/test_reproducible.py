@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import pytest
 import ray
@@ -14,6 +15,8 @@ from typer.testing import CliRunner
 from harness import tracking
 from harness.cli import app
 from harness.environment import EMBEDDED_RAY, environment
+from harness.sweep._search import optuna_storage
+from harness.sweep._studies import mlflow_disagreements
 from tests.conftest import experiment_dict, write_experiment
 
 # Two sweeps whose trials wait at every rung, each pause a new trial process: make test-cluster.
@@ -79,3 +82,23 @@ def test_two_reproducible_sweeps_write_the_same_table(tmp_path: Path, synthetic_
     compared = [c for c in one.columns if c not in RUN_SPECIFIC]
     assert len(compared) > 10
     pd.testing.assert_frame_equal(one[compared], two[compared])
+    _assert_optuna_times_are_the_runs(tmp_path / "one" / "results", one_trials)
+
+
+def _assert_optuna_times_are_the_runs(results: Path, trials: list) -> None:
+    """All four points were suggested at once, then the trials ran one at a time (one CPU) and two
+    were halved at the first rung: each Optuna trial starts and ends with its MLflow run, which
+    optuna-dashboard's timeline shows. Checked as the order of events on one CPU, not as durations."""
+    storage = f"sqlite:///{results / 'optuna.db'}"
+    assert mlflow_disagreements(storage, f"sqlite:///{results / 'mlflow.db'}", "repro") == (len(trials), [])
+    (name,) = optuna.get_all_study_names(optuna_storage(storage))
+    optuna_trials = optuna.load_study(study_name=name, storage=optuna_storage(storage)).trials
+    clock = {t.user_attrs["mlflow_run_id"]: t for t in optuna_trials}
+    runs = sorted(trials, key=lambda r: r.info.start_time)
+    for before, after in zip(runs, runs[1:]):
+        # The later trial started only once the earlier one, having opened its run, let go of the CPU.
+        assert clock[after.info.run_id].datetime_start.timestamp() > before.info.start_time / 1000
+    halved = [clock[r.info.run_id] for r in trials if r.data.tags.get(tracking.STOPPED_BY) == "halving"]
+    finished = [r for r in trials if r.data.tags[tracking.OUTCOME] == "completed"]
+    # Halved trials ended at the rung, before the others trained their second epoch.
+    assert max(t.datetime_complete.timestamp() for t in halved) < min(r.info.end_time / 1000 for r in finished)

@@ -4,8 +4,11 @@ baseline, and synchronous halving decides the same whatever order results arrive
 from __future__ import annotations
 
 import ast
+from datetime import datetime
+from pathlib import Path
 from types import SimpleNamespace
 
+import optuna
 import pytest
 from optuna.trial import TrialState
 from ray.tune.experiment import Trial
@@ -18,12 +21,18 @@ from harness.sweep._search import (
     EPOCH_KEY,
     RUN_ID_KEY,
     STUDY_TRIAL_KEY,
+    MlflowLinks,
     PerBaselineScheduler,
     PerBaselineSearcher,
     PruningAwareOptunaSearch,
+    StartStudyTrials,
     batch_brackets,
+    batched,
+    build_sampler,
     optuna_distribution,
+    optuna_storage,
     start_points,
+    study_name,
 )
 from tests.conftest import REPO
 
@@ -99,6 +108,68 @@ def test_a_trial_failing_before_its_first_result_is_still_linked_to_its_run() ->
     assert calls == ["t2"]
     failed = next(t for t in searcher._ot_study.trials if t.number == 1)
     assert failed.state == TrialState.FAIL and failed.user_attrs["mlflow_run_id"] == "run-t2"
+
+
+def test_a_linked_trial_and_its_study_lead_to_mlflow_pages() -> None:
+    space = {k: optuna_distribution(d) for k, d in load_search_space("cancernet").search.items()}
+    links = MlflowLinks("http://mlflow.lab:5000", "demo", "7", "sweep-run")
+    searcher = PruningAwareOptunaSearch(space=space, metric="objective", mode="max", metric_name="o", links=links)
+    searcher.suggest("t1")
+    searcher.on_trial_complete("t1", _result(0.5, 1) | {RUN_ID_KEY: "run-a"})
+    assert searcher._ot_study.user_attrs == {
+        "mlflow_tracking_uri": "http://mlflow.lab:5000",
+        "mlflow_experiment": "demo",
+        "mlflow_experiment_id": "7",
+        "mlflow_sweep_run_id": "sweep-run",
+        "mlflow_sweep_run_url": "http://mlflow.lab:5000/#/experiments/7/runs/sweep-run",
+    }
+    (trial,) = searcher._ot_study.trials
+    assert trial.user_attrs["mlflow_run_url"] == "http://mlflow.lab:5000/#/experiments/7/runs/run-a"
+    # A store without a server: the address `mlflow ui` serves it at, and the study says so.
+    local = MlflowLinks("sqlite:////r/mlflow.db", "demo", "7", "sweep-run").study_attrs()
+    assert local["mlflow_sweep_run_url"] == "http://127.0.0.1:5000/#/experiments/7/runs/sweep-run"
+    assert local["mlflow_ui"].endswith("mlflow ui --backend-store-uri sqlite:////r/mlflow.db")
+
+
+def test_suggestions_of_a_batch_wait_until_started_and_each_end_is_told_as_it_comes(tmp_path: Path) -> None:
+    """Optuna records a trial's start when Tune starts it (not when its batch was suggested) and its
+    end when it ends (not when the last trial of its batch ends)."""
+    url, prefix = f"sqlite:///{tmp_path / 'optuna.db'}", "exp/sweep-20260101-000000"
+    space = load_search_space("cancernet")
+    searcher = PerBaselineSearcher(
+        {"cancernet": space}, metric="objective", mode="max", trials=3, sampler="random", seed=0,
+        starts={"cancernet": start_points(space, [])}, storage=url, study_prefix=prefix,
+    )  # fmt: skip
+    limited = batched(searcher, 3)
+    configs = [limited.suggest(t) for t in ("t1", "t2", "t3")]
+    study = optuna.load_study(study_name=study_name(prefix, "cancernet"), storage=optuna_storage(url))
+    assert [t.state for t in study.get_trials()] == [TrialState.WAITING] * 3
+    started = datetime.now()
+    StartStudyTrials(url, prefix).on_trial_start(0, [], SimpleNamespace(config=configs[0]))
+    limited.on_trial_result("t1", _result(0.7, 1))
+    limited.on_trial_complete("t1", _result(0.8, 2, done=True))
+    first, second, third = study.get_trials()
+    assert first.state == TrialState.COMPLETE and first.datetime_start >= started
+    assert first.datetime_complete >= first.datetime_start
+    assert (second.state, third.state) == (TrialState.WAITING, TrialState.WAITING)
+    assert limited.suggest("t4") is None  # the next batch still waits for the whole of this one
+    # A trial Tune ends before it ever started (stopped while pending) is told all the same.
+    limited.on_trial_complete("t2")
+    assert study.get_trials()[1].state == TrialState.PRUNED
+
+
+def test_waiting_suggestions_are_neither_drawn_again_nor_taken_for_enqueued_points() -> None:
+    space = {"batch_size": optuna.distributions.CategoricalDistribution([8, 16, 32, 64])}
+    searcher = PruningAwareOptunaSearch(
+        space,
+        metric="objective",
+        mode="max",
+        metric_name="o",
+        sampler=build_sampler("bruteforce", 0),
+        points_to_evaluate=[{"batch_size": 32}, {"batch_size": 8}],
+    )
+    points = [searcher.suggest(f"t{i}")["batch_size"] for i in range(4)]
+    assert points[:2] == [32, 8] and sorted(points) == [8, 16, 32, 64]
 
 
 def test_per_baseline_searcher_hands_out_each_budget_round_robin() -> None:

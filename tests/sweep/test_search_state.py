@@ -79,7 +79,7 @@ def test_a_restored_searcher_carries_on_in_its_rdb_study(tmp_path: Path) -> None
     assert trials == {
         0: (TrialState.COMPLETE, 0.8, {1: 0.6, 2: 0.7, 3: 0.8}, "t1"),
         1: (TrialState.PRUNED, 0.4, {1: 0.4}, "t2"),
-        2: (TrialState.RUNNING, None, {}, "t3"),
+        2: (TrialState.WAITING, None, {}, "t3"),  # suggested; Tune has not started it
     }
 
 

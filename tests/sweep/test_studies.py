@@ -53,4 +53,7 @@ def test_study_plots_are_images_and_too_few_trials_are_said(tmp_path: Path) -> N
     _earlier_sweep(storage, "exp/b", {0.002: 0.7})
     files, skipped = plot_study(storage, study_name("exp/b", "cancernet"), tmp_path)
     assert [f.name for f in files] == ["cancernet_history.png"]
-    assert skipped == ["cancernet: importance plot needs more completed trials (has 1)"]
+    assert skipped == ["cancernet: importance plot needs 2 completed trials, has 1 (the 0 stopped early do not count)"]
+    # optuna-dashboard leaves its importance pane empty; the study's attributes, on its front page, say why.
+    study = optuna.load_study(study_name=study_name("exp/b", "cancernet"), storage=optuna_storage(storage))
+    assert study.user_attrs == {"param_importance": f"not computed: {skipped[0].split(' plot ')[1]}"}

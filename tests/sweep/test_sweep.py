@@ -154,11 +154,40 @@ def test_optuna_studies_hold_what_mlflow_records(swept: Swept) -> None:
     )
     assert study.metric_names == ["sel_val_accuracy"]
     trial = study.trials[int(run.data.tags[tracking.OPTUNA_TRIAL])]
-    assert trial.user_attrs == {"ray_trial_id": run.data.tags[tracking.TRIAL_ID], "mlflow_run_id": run.info.run_id}
+    assert trial.user_attrs == {
+        "ray_trial_id": run.data.tags[tracking.TRIAL_ID],
+        "mlflow_run_id": run.info.run_id,
+        "mlflow_run_url": f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}",
+    }
     assert trial.state == TrialState.PRUNED
     assert (
         trial.intermediate_values == {1: run.data.metrics["objective"]} and trial.value == run.data.metrics["objective"]
     )
+
+
+def test_optuna_studies_share_the_sweep_s_name_and_lead_to_its_mlflow_runs(swept: Swept) -> None:
+    """The studies' names and the sweep run's name share the sweep's identifier (its Tune folder),
+    and each study carries the tracking store, the experiment and the sweep run (its address where
+    `mlflow ui` serves this SQLite store), as its trials carry their runs'."""
+    storage = f"sqlite:///{swept.out_dir / 'optuna.db'}"
+    (sweep,) = swept.runs("sweep")
+    identifier = Path(sweep.data.tags["ray_storage"]).name
+    assert re.fullmatch(r"sweep-\d{8}-\d{6}", identifier) and sweep.info.run_name == f"sweep-test {identifier}"
+    names = sorted(optuna.get_all_study_names(optuna_storage(storage)))
+    assert names == [f"sweep-test/{identifier}/cancernet", f"sweep-test/{identifier}/resnet18"]
+    pages = f"http://127.0.0.1:5000/#/experiments/{sweep.info.experiment_id}/runs"
+    for name in names:
+        study = optuna.load_study(study_name=name, storage=optuna_storage(storage))
+        assert study.user_attrs == {
+            "mlflow_tracking_uri": swept.uri,
+            "mlflow_experiment": "sweep-test",
+            "mlflow_experiment_id": sweep.info.experiment_id,
+            "mlflow_sweep_run_id": sweep.info.run_id,
+            "mlflow_sweep_run_url": f"{pages}/{sweep.info.run_id}",
+            "mlflow_ui": f"the run URLs once served: mlflow ui --backend-store-uri {swept.uri}",
+        }
+        for trial in study.trials:
+            assert trial.user_attrs["mlflow_run_url"] == f"{pages}/{trial.user_attrs['mlflow_run_id']}"
 
 
 def test_floors_are_fitted_on_every_fold_of_the_same_split(swept: Swept) -> None:
@@ -200,7 +229,7 @@ def test_run_names_tell_the_runs_apart_and_every_run_has_an_outcome(swept: Swept
     for run in runs:
         by_type.setdefault(run.data.tags[tracking.RUN_TYPE], []).append(names[run.info.run_id])
     (sweep,) = by_type["sweep"]
-    assert re.fullmatch(r"sweep sweep-test \d{4}-\d\d-\d\d \d\d:\d\d", sweep)
+    assert re.fullmatch(r"sweep-test sweep-\d{8}-\d{6}", sweep)
     for run in swept.runs("trial"):
         number = int(run.data.tags[tracking.OPTUNA_TRIAL])
         assert names[run.info.run_id] == f"{run.data.tags[tracking.BASELINE]} t{number:02d}"
