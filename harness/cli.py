@@ -26,6 +26,7 @@ from harness.table_layouts import TABLE_LAYOUTS
 if TYPE_CHECKING:
     from harness.config import ExperimentConfig, LeaderboardSpec
     from harness.sweep import SweepSummary
+    from harness.train import EpochReport
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n")[0])
 data_app = typer.Typer(no_args_is_help=True, help="Index datasets and make synthetic ones.")
@@ -564,9 +565,17 @@ def study_leakage(
     def progress(name: str, protocol: str, fold: int, accuracy: float) -> None:
         console.print(f"{name:<14} {protocol:<13} fold {fold} test accuracy {accuracy:.3f}", highlight=False)
 
+    def epoch_progress(name: str, protocol: str, fold: int, entry: EpochReport, budget: int) -> None:
+        console.print(
+            f"{name:<14} {protocol:<13} fold {fold} epoch {entry.epoch} of at most {budget}: val loss "
+            f"{entry.val['loss']:.3f}, val accuracy {entry.val['accuracy']:.3f}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
     again = " ".join(["harness study leakage", str(experiment), *(f"--baseline {b}" for b in baselines)])
     with _interruptible(f"the study's runs ended KILLED; run it again with: {again}"):
-        study = run_leakage_study(config, baselines or None, epochs=epochs, on_arm=progress)
+        study = run_leakage_study(config, baselines or None, epochs=epochs, on_arm=progress, on_epoch=epoch_progress)
     table = leakage_table(
         config.resolved_tracking_uri(), config.name, study, n_boot=bootstrap, seed=config.protocol.seed
     )
