@@ -54,7 +54,8 @@ class TrialLines(tune.Callback):
             return
         point = trial_point(trial.config)
         params = ", ".join(f"{k}={_short(v)}" for k, v in point.items() if k != "epochs_max")
-        shown = "; ".join(filter(None, [params, f"up to {self._budget(trial.config['baseline'], point)} epochs"]))
+        budget = self._budget(trial.config["baseline"], point)
+        shown = "; ".join(filter(None, [params, f"up to {budget} epoch{'s' if budget != 1 else ''}"]))
         _line(f"[dim]start[/] {trial.config['baseline']:<10} {trial.trial_id}  {shown}")
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: object) -> None:

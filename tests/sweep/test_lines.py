@@ -63,12 +63,17 @@ def test_the_end_line_names_the_selected_epoch_its_objective_comes_from(printed:
 
 def test_the_start_line_shows_the_budget_in_place_of_a_capped_epochs_max(printed: io.StringIO) -> None:
     seen = []
-    lines = TrialLines("val_accuracy", "asha", lambda baseline, point: seen.append((baseline, point)) or 4)
+
+    def budget(baseline: str, point: dict) -> int:
+        seen.append((baseline, point))
+        return 4 if "epochs_max" in point else 1
+
+    lines = TrialLines("val_accuracy", "asha", budget)
     lines.on_trial_start(0, [], _trial(lr=0.00856, epochs_max=40))
     lines.on_trial_start(0, [], _trial())
     assert printed.getvalue().splitlines() == [
         "start cancernet  1494ff2a  lr=0.00856; up to 4 epochs",
-        "start cancernet  1494ff2a  up to 4 epochs",
+        "start cancernet  1494ff2a  up to 1 epoch",
     ]
     assert seen == [("cancernet", {"lr": 0.00856, "epochs_max": 40}), ("cancernet", {})]
 
