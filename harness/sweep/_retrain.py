@@ -18,6 +18,7 @@ import mlflow
 import pandas as pd
 import ray
 from ray.util.queue import Queue
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from harness import tracking
 from harness.experiment import log_epoch
@@ -163,6 +164,14 @@ def _tell_epochs(progress: Queue | None, on_epoch: Callable[[FoldEpoch], None] |
         on_epoch(entry)
 
 
+def _progress_queue() -> Queue:
+    """Return a queue for the fold tasks' epochs: an actor of no CPU (it starts while the folds hold
+    every core) on the driver's node (the head's under Ray Client), so a lost worker node takes no
+    fold's reports, and no later fold's, with it."""
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
+
+
 def retrain_winners(
     ctx: SweepContext,
     winners: list[Winner],
@@ -173,8 +182,7 @@ def retrain_winners(
     """Retrain every winner on every fold as Ray tasks, then log each baseline's ensemble; returns
     one outcome per winner whose folds all trained, and notes on those that did not.
     `on_fold(baseline, fold, test accuracy)` is called as folds finish, `on_epoch` as their epochs do."""
-    # The queue is an actor of no CPU, so it starts while the fold tasks hold every core.
-    progress = Queue(actor_options={"num_cpus": 0}) if on_epoch is not None else None
+    progress = _progress_queue() if on_epoch is not None else None
     try:
         return _wait_for_folds(ctx, winners, folds, progress, on_fold, on_epoch)
     finally:
