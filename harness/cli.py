@@ -19,13 +19,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from harness.environment import MLFLOW_QUIET, environment
+from harness.environment import MLFLOW_QUIET, QUIET_EMBEDDED_RAY, QUIET_LIBRARIES, environment
 from harness.errors import InputError, TrackingUnreachable, disk_full
 from harness.table_layouts import TABLE_LAYOUTS
 
 if TYPE_CHECKING:
     from harness.config import ExperimentConfig, LeaderboardSpec
     from harness.sweep import SweepSummary
+    from harness.train import EpochReport
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n")[0])
 data_app = typer.Typer(no_args_is_help=True, help="Index datasets and make synthetic ones.")
@@ -36,11 +37,21 @@ console = Console()
 errors = Console(stderr=True)
 
 
+# ctx.meta key (shared by every command's context): whether `harness --verbose` was given.
+VERBOSE = "harness.verbose"
+
+
 @app.callback()
-def _quiet_mlflow(ctx: typer.Context) -> None:
-    # Before any command imports MLflow, which reads MLFLOW_DISABLE_TELEMETRY when imported; the
-    # environment is put back when the command's context closes.
-    ctx.with_resource(environment(MLFLOW_QUIET))
+def _quiet_libraries(
+    ctx: typer.Context,
+    verbose: bool = typer.Option(
+        False, "--verbose", help="Let MLflow, Ray and Tune print their own notices and INFO logs on stderr."
+    ),
+) -> None:
+    # Before any command imports MLflow, which reads MLFLOW_DISABLE_TELEMETRY and MLFLOW_LOGGING_LEVEL
+    # when imported; the environment is put back when the command's context closes.
+    ctx.meta[VERBOSE] = verbose
+    ctx.with_resource(environment(MLFLOW_QUIET if verbose else {**MLFLOW_QUIET, **QUIET_LIBRARIES}))
 
 
 # Filesystem errors the user can act on (a path, a permission, a full or read-only disk): one line.
@@ -307,11 +318,12 @@ ResumeOption = typer.Option(False, "--resume", help="Continue the newest interru
 
 
 def _embedded_ray_on_loopback(ctx: typer.Context) -> None:
-    """Keep a sweep's embedded Ray on 127.0.0.1 (unless the environment says otherwise) while the
-    command `ctx` runs. Ray reads this at import and swaps a loopback address for the machine's
-    network one, listening on every interface, unless it is 0."""
+    """Keep a sweep's embedded Ray on 127.0.0.1 (unless the environment says otherwise), and quiet
+    unless --verbose, while the command `ctx` runs. Ray reads this at import and swaps a loopback
+    address for the machine's network one, listening on every interface, unless it is 0."""
     if "ray" not in sys.modules:
-        ctx.with_resource(environment({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}))
+        quiet = {} if ctx.meta.get(VERBOSE) else QUIET_EMBEDDED_RAY
+        ctx.with_resource(environment({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **quiet}))
 
 
 def _print_sweep(summary: SweepSummary) -> None:
@@ -553,9 +565,17 @@ def study_leakage(
     def progress(name: str, protocol: str, fold: int, accuracy: float) -> None:
         console.print(f"{name:<14} {protocol:<13} fold {fold} test accuracy {accuracy:.3f}", highlight=False)
 
+    def epoch_progress(name: str, protocol: str, fold: int, entry: EpochReport, budget: int) -> None:
+        console.print(
+            f"{name:<14} {protocol:<13} fold {fold} epoch {entry.epoch} of at most {budget}: val loss "
+            f"{entry.val['loss']:.3f}, val accuracy {entry.val['accuracy']:.3f}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
     again = " ".join(["harness study leakage", str(experiment), *(f"--baseline {b}" for b in baselines)])
     with _interruptible(f"the study's runs ended KILLED; run it again with: {again}"):
-        study = run_leakage_study(config, baselines or None, epochs=epochs, on_arm=progress)
+        study = run_leakage_study(config, baselines or None, epochs=epochs, on_arm=progress, on_epoch=epoch_progress)
     table = leakage_table(
         config.resolved_tracking_uri(), config.name, study, n_boot=bootstrap, seed=config.protocol.seed
     )

@@ -56,6 +56,28 @@ EMBEDDED_RAY = {
 }
 
 
+# What the harness quiets unless `harness --verbose`: the libraries' notices on stderr that say
+# nothing about the run (the harness prints its own line per trial, fold and epoch). Their warnings
+# and errors still show.
+QUIET_LIBRARIES = {
+    # MLflow logs at INFO: "Creating initial MLflow database tables..." and its migrations when it
+    # makes a store, "Validating input example against model signature" when it logs a model. Read
+    # when MLflow is imported, by the CLI's process and the workers of a Ray it starts.
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+    # Tune's console output prints a configuration table, the experiment folder and a TensorBoard
+    # hint when a sweep starts, even at verbose=0; its legacy output prints nothing at verbose=0.
+    "RAY_AIR_NEW_OUTPUT": "0",
+}
+
+QUIET_EMBEDDED_RAY = {
+    # A Ray started by ray.init turns token authentication on unless told a mode, and warns that it
+    # did; naming the mode it picks (token: the same cluster) leaves out the notice. Ray reads it
+    # into its configuration when imported, so it is set before that or not at all; never for a
+    # cluster the sweep joins, which has a mode of its own.
+    "RAY_AUTH_MODE": "token",
+}
+
+
 @contextmanager
 def environment(values: Mapping[str, str], *, override: bool = False) -> Iterator[None]:
     """Set `values` in os.environ for the block; a variable already set keeps its value unless

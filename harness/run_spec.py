@@ -27,6 +27,13 @@ def resolve_point(space: SearchSpace, point: dict[str, Any] | None = None) -> di
     return {**space.recipe, **space.fixed, **(point or {})}
 
 
+def epoch_budget(config: ExperimentConfig, baseline: str, point: dict[str, Any] | None = None) -> int:
+    """Return the epochs a run of `baseline` at `point` can train (RunSpec.epochs, without the
+    data): its resolved epochs_max, capped by search.max_epochs."""
+    params, _ = split_point(resolve_point(config.baseline_space(baseline), point))
+    return min(params.epochs_max, config.search.max_epochs)
+
+
 class RunSpec(BaseModel):
     """Everything one run needs, with absolute paths so it means the same in any working directory:
     the baseline and its weights, its hyperparameters (training knobs and model options), the

@@ -10,11 +10,12 @@ import sys
 
 import mlflow.environment_variables
 import pytest
+import ray.air.constants
 import typer
 from typer.testing import CliRunner
 
-from harness.cli import _quiet_mlflow
-from harness.environment import MLFLOW_QUIET, environment
+from harness.cli import _quiet_libraries
+from harness.environment import MLFLOW_QUIET, QUIET_EMBEDDED_RAY, QUIET_LIBRARIES, environment
 from tests.conftest import REPO
 
 A, B = "HARNESS_TEST_A", "HARNESS_TEST_B"
@@ -58,26 +59,67 @@ def test_overlapping_scopes_leave_nothing_behind() -> None:
     assert A not in os.environ
 
 
-def test_the_cli_quiets_mlflow_for_the_command_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The harness's callback on an app of two probe commands, run as the harness's commands are.
-    for name in MLFLOW_QUIET:
+def _probe(monkeypatch: pytest.MonkeyPatch, *args: str) -> dict[str, str | None]:
+    """Run the harness's callback on an app of two probe commands, as the harness's commands run;
+    returns what the `show` command saw of the quiet settings."""
+    names = [*MLFLOW_QUIET, *QUIET_LIBRARIES]
+    for name in names:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "false")  # the user's choice stands
     probe = typer.Typer()
-    probe.callback()(_quiet_mlflow)
-    probe.command("show")(lambda: print(json.dumps({name: os.environ.get(name) for name in MLFLOW_QUIET})))
+    probe.callback()(_quiet_libraries)
+    probe.command("show")(lambda: print(json.dumps({name: os.environ.get(name) for name in names})))
     probe.command("other")(lambda: None)
     before = dict(os.environ)
-    result = CliRunner().invoke(probe, ["show"])
+    result = CliRunner().invoke(probe, [*args, "show"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output) == {**MLFLOW_QUIET, "MLFLOW_DISABLE_TELEMETRY": "false"}
     assert dict(os.environ) == before
+    return json.loads(result.output)
 
 
-def test_the_quiet_settings_are_mlflows() -> None:
-    # MLFLOW_QUIET names them as strings (the CLI sets them before importing MLflow): a rename would go unnoticed.
+def test_the_cli_quiets_mlflow_and_the_libraries_for_the_command_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = _probe(monkeypatch)
+    assert seen == {**MLFLOW_QUIET, **QUIET_LIBRARIES, "MLFLOW_DISABLE_TELEMETRY": "false"}
+
+
+def test_verbose_leaves_the_libraries_notices_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = _probe(monkeypatch, "--verbose")
+    assert seen == {**MLFLOW_QUIET, "MLFLOW_DISABLE_TELEMETRY": "false"} | dict.fromkeys(QUIET_LIBRARIES)
+
+
+def test_the_quiet_settings_are_the_libraries_own() -> None:
+    # They are named as strings (the CLI sets them before importing MLflow or Ray): a rename would go unnoticed.
     names = {v.name for v in vars(mlflow.environment_variables).values() if hasattr(v, "name")}
-    assert set(MLFLOW_QUIET) <= names
+    assert set(MLFLOW_QUIET) | {"MLFLOW_LOGGING_LEVEL"} <= names
+    assert "RAY_AIR_NEW_OUTPUT" in ray.air.constants.AIR_ENV_VARS
+    assert set(QUIET_LIBRARIES) == {"MLFLOW_LOGGING_LEVEL", "RAY_AIR_NEW_OUTPUT"}
+
+
+# The sweep command's set-up of an embedded Ray in a process that has not imported Ray, with and
+# without --verbose: prints the authentication mode the command would start Ray with.
+EMBEDDED = """
+import json, os, sys, typer
+from typer.testing import CliRunner
+from harness.cli import _embedded_ray_on_loopback, _quiet_libraries
+probe = typer.Typer()
+probe.callback()(_quiet_libraries)
+@probe.command("sweep")
+def sweep(ctx: typer.Context) -> None:
+    _embedded_ray_on_loopback(ctx)
+    print(json.dumps(os.environ.get("RAY_AUTH_MODE")))
+assert "ray" not in sys.modules
+print(CliRunner().invoke(probe, sys.argv[1:] + ["sweep"]).output.strip())
+"""
+
+
+@pytest.mark.parametrize(("args", "mode"), [([], QUIET_EMBEDDED_RAY["RAY_AUTH_MODE"]), (["--verbose"], None)])
+def test_an_embedded_ray_is_told_its_auth_mode_unless_verbose(args: list[str], mode: str | None) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    probe = subprocess.run(
+        [sys.executable, "-c", EMBEDDED, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    assert json.loads(probe.stdout.strip().splitlines()[-1]) == mode
 
 
 def _third_party_imports() -> list[str]:

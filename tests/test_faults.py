@@ -259,13 +259,29 @@ def test_two_sweeps_started_together_on_a_new_store_both_succeed(tmp_path: Path,
         for name in ("first", "second")
     ]
     drivers = [
-        subprocess.Popen([*HARNESS, "sweep", str(p)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        subprocess.Popen(
+            [*HARNESS, "sweep", str(p)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         for p in paths
     ]
     results = [d.communicate(timeout=600) for d in drivers]
     assert [d.returncode for d in drivers] == [0, 0], [r[1][-2000:] for r in results]
     for name in ("first", "second"):
         assert {r.info.status for r in _runs(out, name)} == {"FINISHED"}
+    # A new store and an embedded Ray, without --verbose: none of the libraries' notices.
+    for stdout, stderr in results:
+        assert not [line for line in (stdout + stderr).splitlines() if any(n in line for n in LIBRARY_NOTICES)]
+
+
+# What MLflow, Ray, Tune and torch (through albumentations) print unless `harness --verbose`.
+LIBRARY_NOTICES = (
+    "INFO mlflow",  # "Creating initial MLflow database tables...", "Validating input example ..."
+    "INFO alembic",
+    "Token authentication is enabled for this Ray cluster",
+    "To visualize your results with TensorBoard",
+    "Configuration for experiment",
+    "The given NumPy array is not writable",
+)
 
 
 def _idc_copy_with(tmp_path: Path, root: Path, mode: str) -> tuple[Path, Path]:

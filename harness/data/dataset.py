@@ -53,8 +53,11 @@ class ImageDataset(Dataset):
         return len(self.rows)
 
     def raw(self, i: int) -> np.ndarray:
-        """Return item i as stored (H x W x 3 uint8), before any transform."""
-        return np.asarray(self.images[self.rows[i]])
+        """Return item i as stored (H x W x 3 uint8), before any transform, as an array of its own.
+
+        A copy, not a view of the read-only cache: a pipeline that leaves an image unchanged (a flip
+        not drawn, no resize) would hand the cache's memory to torch, which warns about it."""
+        return np.array(self.images[self.rows[i]])
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor | int]:
         if self.masks is None:

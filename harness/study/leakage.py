@@ -30,11 +30,15 @@ from harness.errors import InputError
 from harness.experiment import ExperimentSetup, log_floor_fold, set_up, train_tracked
 from harness.floors import fit_floor_fold, floor_features
 from harness.run_spec import RunSpec
+from harness.train import EpochReport
 
 STUDY = "leakage"
 RunType = tracking.RunType
 # The validation fold of every held-out split (held_out_fold puts the fold after the test fold first).
 VALIDATION_FOLD = 0
+# Told after each epoch of a model's arm: the model, the arm's protocol and held-out fold, the
+# epoch's report, and the arm's epoch budget.
+OnArmEpoch = Callable[[str, str, int, EpochReport, int], None]
 
 
 @dataclass(frozen=True)
@@ -120,16 +124,28 @@ def _floor_arm(
 
 
 def _model_arm(
-    setup: ExperimentSetup, config: ExperimentConfig, name: str, arm: ArmFold, parent: str, epochs: int
+    setup: ExperimentSetup,
+    config: ExperimentConfig,
+    name: str,
+    arm: ArmFold,
+    parent: str,
+    epochs: int,
+    on_epoch: OnArmEpoch | None = None,
 ) -> float:
     """Train baseline `name`'s recipe for at most `epochs` on the arm's training folds, as a run
-    under `parent`; returns its test accuracy on the held-out fold."""
+    under `parent`, telling `on_epoch` each epoch; returns its test accuracy on the held-out fold."""
     data = dataclasses.replace(setup.data, split_path=arm.split_path, split_hash=arm.split.hash)
     spec = RunSpec.build(config, data, name, fold=VALIDATION_FOLD).model_copy(update={"max_epochs": epochs})
+
+    def tell(entry: EpochReport) -> None:
+        if on_epoch is not None:
+            on_epoch(name, arm.protocol, arm.fold, entry, spec.epochs)
+
     _, result = train_tracked(
         config,
         setup,
         spec,
+        tell,
         parent=parent,
         run_type=RunType.STUDY_ARM,
         name=tracking.fold_name(f"{name} {arm.protocol}", arm.fold),
@@ -162,11 +178,12 @@ def run_leakage_study(
     *,
     epochs: int | None = None,
     on_arm: Callable[[str, str, int, float], None] | None = None,
+    on_epoch: OnArmEpoch | None = None,
 ) -> str:
     """Cross-validate every chosen baseline and floor (default: all the experiment lists) in both
     arms over `protocol.folds` folds, each baseline for `epochs` (default `search.max_epochs`);
     returns the study's parent run id. `on_arm(name, protocol, fold, test accuracy)` is called per
-    arm and fold."""
+    arm and fold, `on_epoch` (OnArmEpoch) per epoch of a model's arm."""
     chosen = _chosen(config, baselines)
     epochs = epochs or config.search.max_epochs
     setup = set_up(config, show_progress=True)
@@ -196,7 +213,7 @@ def run_leakage_study(
                 if features is not None and name in config.floors:
                     accuracy = _floor_arm(setup, config, name, arm, parent, features, manifest)
                 else:
-                    accuracy = _model_arm(setup, config, name, arm, parent, epochs)
+                    accuracy = _model_arm(setup, config, name, arm, parent, epochs, on_epoch)
                 if on_arm is not None:
                     on_arm(name, arm.protocol, arm.fold, accuracy)
     return parent

@@ -9,6 +9,7 @@ experiment and parent run exist before the first trial (NOTES-ray-optuna-mlflow.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import tempfile
@@ -32,13 +33,14 @@ from harness.errors import InputError
 from harness.experiment import ExperimentSetup, set_up
 from harness.interrupts import Interrupted, Interrupts, catching_interrupts
 from harness.locking import sqlite_path
+from harness.run_spec import epoch_budget
 from harness.server import check_reachable
 
 from ._failures import ERROR, failure_cause
 from ._floors import track_floors
 from ._front_page import write_front_page
 from ._keys import CAUSE_KEY, DONE_KEY, FAILED_KEY
-from ._lines import TrialLines, fold_line
+from ._lines import TrialLines, fold_epoch_line, fold_line
 from ._orphans import DRIVER, check_not_ended, check_not_running, close_orphans, driver_identity
 from ._record import check_stored_state, interrupted_sweep, reconcile_trial_runs, write_record
 from ._retrain import EnsembleOutcome, retrain_winners
@@ -349,7 +351,7 @@ def _tuner(config: ExperimentConfig, ctx: SweepContext, sweep: _Sweep, verbose: 
     stopper = stopping_scheduler(config)
     callbacks: list[tune.Callback] = [CloseTrialRuns(ctx.run_link, ctx.tags, stopper)]
     if verbose:
-        callbacks.append(TrialLines(config.search.metric, stopper))
+        callbacks.append(TrialLines(config.search.metric, stopper, functools.partial(epoch_budget, config)))
     return new_tuner(config, ctx, sweep.folder, sweep.starts, callbacks)
 
 
@@ -410,7 +412,8 @@ def _after_search(
     write_front_page(setup.tracker, sweep.parent, config.name, config.search.metric, chosen)
     interrupts.check()
     if config.search.retrain == "all_folds" and config.protocol.test_fraction > 0:
-        summary.ensembles, notes = retrain_winners(ctx, chosen, config.protocol.folds, fold_line if verbose else None)
+        lines = (fold_line, fold_epoch_line) if verbose else (None, None)
+        summary.ensembles, notes = retrain_winners(ctx, chosen, config.protocol.folds, *lines)
         summary.notes += notes
         interrupts.check()
     floors = setup.tracker.child_runs(setup.experiment_id, sweep.parent, RunType.FLOOR)

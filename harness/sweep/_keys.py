@@ -14,6 +14,9 @@ FAILED_KEY = "trial_failed"
 # Beside FAILED_KEY: why (harness.tracking.FAILURE_CAUSE's values), and the error's first line.
 CAUSE_KEY = "failure_cause"
 ERROR_KEY = "failure_error"
+# Among the metrics (harness.experiment.epoch_metrics): the epoch the trial selected so far (lowest
+# validation loss), whose weights it keeps and whose metrics `objective` and sel_val_* are.
+SELECTED_EPOCH_KEY = "selected_epoch"
 # Every result also carries the trial's MLflow run, so the driver's searcher and callbacks find
 # it without asking the tracking store.
 RUN_ID_KEY = "mlflow_run_id"

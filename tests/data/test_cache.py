@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from harness.config import TrainParams
 from harness.data import cache as cache_module
 from harness.data.cache import build_patch_cache, open_patch_cache, padded_rows
+from harness.data.dataset import part_dataset
 from harness.data.datasets.idc import index_idc
 from harness.data.manifest import manifest_hash
 
@@ -47,3 +50,19 @@ def test_cache_is_built_once_per_manifest_hash(tmp_path: Path, synthetic_idc: Pa
     assert second == first and second.stat().st_mtime_ns == stamp
     other = build_patch_cache(manifest.iloc[:10], manifest_hash(manifest.iloc[:10]), tmp_path)
     assert other != first and open_patch_cache(other).shape[0] == 10
+
+
+def test_images_read_from_the_read_only_cache_reach_torch_without_a_warning(tmp_path: Path) -> None:
+    # Flips at the stored size leave an image as it was when no flip is drawn: the pipeline's
+    # tensor must not be the cache's read-only memory (torch warns, once per process, if it is).
+    path = tmp_path / "cache.npy"
+    np.save(path, np.random.default_rng(0).integers(0, 255, (8, 50, 50, 3), dtype=np.uint8))
+    params = TrainParams(augment="flips", input_size=50)
+    images = open_patch_cache(path)
+    dataset = part_dataset(images, np.arange(8), np.zeros(8, int), params, grid=None, train=True, seed=0, keras=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        items = [dataset[i]["image"] for i in range(8)]
+    for item, image in zip(items, images, strict=True):
+        flips = (image, image[::-1], image[:, ::-1], image[::-1, ::-1])
+        assert any(np.array_equal(item.numpy().transpose(1, 2, 0), flipped) for flipped in flips)

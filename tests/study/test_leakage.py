@@ -4,6 +4,7 @@ arms logged in MLflow."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +132,12 @@ def test_leakage_study_cross_validates_both_arms_and_averages_their_fold_differe
     for name in ("leakage.md", "leakage.tex", "figures/leakage.png"):
         assert (tmp_path / "results" / "leak" / name).stat().st_size > 0
     assert "| majority (floor) |" in result.output
+    # Each epoch of a model's arm is told as it ends, before the arm's test accuracy; floors train no epochs.
+    lines = result.output.splitlines()
+    told = r"cancernet +patient +fold 2 epoch 1 of at most 1: val loss [\d.]+, val accuracy [\d.]+"
+    epoch = next(i for i, line in enumerate(lines) if re.fullmatch(told, line))
+    assert re.fullmatch(r"cancernet +patient +fold 2 test accuracy [\d.]+", lines[epoch + 1])
+    assert not any(line.startswith("majority") and " epoch " in line for line in lines)
     assert "over 3 folds of a patch-random and of a patient split, epoch budget 1" in result.output
 
 

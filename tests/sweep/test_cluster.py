@@ -246,6 +246,15 @@ def test_fold_retrain_and_softmax_ensemble(failing_sweep: str, server: ServerPro
     row = build_leaderboard(server.uri, "cluster-failures").table.iloc[0]
     assert row.best_run_id == winner.info.run_id and row.ensemble_test_accuracy == pytest.approx(expected)
     assert row.folds_mean_test_accuracy == pytest.approx(np.mean([(p.pred == p.label).mean() for p in predictions]))
+    # Each fold task's epochs reach the driver's console (through a Ray queue) before its end line.
+    lines = failing_sweep.splitlines()
+    for fold in range(FOLDS):
+        told = [i for i, line in enumerate(lines) if line.startswith(f"epoch cancernet  fold {fold} epoch ")]
+        assert [lines[i].split(":")[0] for i in told] == [
+            f"epoch cancernet  fold {fold} epoch {epoch} of at most 2" for epoch in (1, 2)
+        ]
+        (end,) = [i for i, line in enumerate(lines) if line.startswith(f"fold  cancernet  fold {fold} retrained")]
+        assert told[-1] < end
 
 
 def _stored_test_images(experiment: Path) -> tuple[np.ndarray, pd.DataFrame]:
