@@ -462,6 +462,15 @@ CheckOption = typer.Option(
 )
 BootstrapOption = typer.Option(2000, "--bootstrap", min=100, help="Bootstrap resamples for the 95% intervals.")
 HtmlOption = typer.Option(True, "--html/--no-html", help="Also write leaderboard.html with the plots.")
+FullOption = typer.Option(
+    False, "--full", help="Print every column as Markdown, with the notes (default: the compact table)."
+)
+LatexColumnsOption = typer.Option(
+    None,
+    "--latex-columns",
+    help="Comma-separated column keys (as in the CSV) of the paper-sized <table>.tex after the model; default: "
+    "the compact table's. <table>.full.tex holds every column.",
+)
 
 
 def _check(tables: list, spec: LeaderboardSpec) -> None:
@@ -488,12 +497,15 @@ def leaderboard(
     check: bool = CheckOption,
     bootstrap: int = BootstrapOption,
     html: bool = HtmlOption,
+    full: bool = FullOption,
+    latex_columns: Optional[str] = LatexColumnsOption,
 ) -> None:
-    """Rebuild the comparison tables from MLflow beside the published numbers; print them and write
-    results/<experiment>/{<table>.md,.tex,.csv, leaderboard.md, leaderboard.tex, leaderboard.html}."""
+    """Rebuild the comparison tables from MLflow beside the published numbers; print them (compact,
+    or every column with --full) and write results/<experiment>/{<table>.md,.tex,.full.tex,.csv,
+    leaderboard.md, leaderboard.tex, leaderboard.html}, attached to the sweep's run."""
     from harness.leaderboard import LayoutOptions, build_leaderboard, write_leaderboard
     from harness.leaderboard.attach import attach_leaderboard, tag_registered_models
-    from harness.leaderboard.render import to_markdown
+    from harness.leaderboard.render import terminal_table, to_markdown
     from harness.leaderboard.source import resolve_source
 
     source = resolve_source(experiment, experiments, tracking_uri=tracking_uri, output_dir=output_dir, tables=tables)
@@ -502,12 +514,15 @@ def leaderboard(
         source.tracking_uri, list(source.names), tables=source.tables, split_hash=split_hash, options=options
     )
     results = source.results_dir
-    written = write_leaderboard(board, results, html=html)
-    shown = [p for p in written if p.suffix in {".md", ".html", ".png", ".svg"}]
-    attached = attach_leaderboard(source.tracking_uri, list(source.names), board.runs.split_hash, shown, results)
+    columns = [key.strip() for key in latex_columns.split(",") if key.strip()] if latex_columns else None
+    written = write_leaderboard(board, results, html=html, latex_columns=columns)
+    attached = attach_leaderboard(source.tracking_uri, list(source.names), board.runs.split_hash, written, results)
     versions = tag_registered_models(source.tracking_uri, list(source.names), board.table)
     for table in board.tables:
-        console.print(to_markdown(table), highlight=False, soft_wrap=True, markup=False)
+        if full:
+            console.print(to_markdown(table), highlight=False, soft_wrap=True, markup=False)
+        else:
+            console.print(*terminal_table(table, full_file=str(results / f"{table.name}.md")), sep="\n")
     console.print(f"written to {results}: " + ", ".join(p.name for p in written if p.parent == results))
     if attached.runs:
         console.print(f"attached to sweep run(s) {', '.join(attached.runs)} as artifacts under leaderboard/")
