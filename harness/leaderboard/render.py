@@ -121,11 +121,11 @@ def latex_escape(text: str) -> str:
 
 
 def to_latex(table: ReportTable, *, columns: list[Column] | None = None) -> str:
-    """Return the table as a booktabs float, shrunk to the line's width where it is wider (needs
-    graphicx): best model value per column in bold, a rule between models, published and difference
-    rows in italics, callouts and notes under the tabular. With `columns` it is a `table` of those
-    columns (a paper's column); without, a `table*` of every column (the page's width)."""
-    float_name = "table" if columns is not None else "table*"
+    """Return the table as a booktabs `table*` (the text width of a two-column paper), shrunk to the
+    line where it is wider (needs graphicx): `columns` only (default: all), best model value per
+    column in bold, a rule between models, published and difference rows in italics, callouts and
+    notes under the tabular."""
+    float_name = "table*"
     columns = columns if columns is not None else table.columns
     marks = table.marks()
     align = "ll" + "r" * (len(columns) - 2)
