@@ -522,7 +522,7 @@ def leaderboard(
         if full:
             console.print(to_markdown(table), highlight=False, soft_wrap=True, markup=False)
         else:
-            console.print(*terminal_table(table, full_file=str(results / f"{table.name}.md")), sep="\n")
+            console.print(*terminal_table(table, full_file=f"{table.name}.md"), sep="\n")
     console.print(f"written to {results}: " + ", ".join(p.name for p in written if p.parent == results))
     if attached.runs:
         console.print(f"attached to sweep run(s) {', '.join(attached.runs)} as artifacts under leaderboard/")

@@ -822,3 +822,34 @@ def test_a_leaderboard_during_a_running_sweep_says_so_and_attaches_nothing_to_it
     assert "attached to sweep run" not in result.output
     assert client.list_artifacts(running) == []
     assert client.get_run(running).info.status == "RUNNING"
+
+
+def test_the_command_prints_compact_tables_or_every_column_and_attaches_every_file(
+    three, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rich.console import Console
+
+    import harness.cli
+
+    store, _ = three
+    monkeypatch.setattr(harness.cli, "console", Console(width=110))
+    args = ["leaderboard", store.experiment, "--tracking-uri", store.uri, "--output-dir", str(tmp_path), "--no-html"]
+    args += ["--bootstrap", "100", "-t", "summary"]
+    result = CliRunner().invoke(app, [*args, "--latex-columns", "test_accuracy, test_f1"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert max(len(line) for line in lines) <= 110 and "## summary: best trial per baseline" in lines
+    assert any(line.startswith("cancernet ") and "patient, Keras semantics" in line for line in lines)
+    assert "| p (McNemar) |" not in result.output and "(or harness leaderboard --full)" in result.output
+    folder = tmp_path / store.experiment
+    assert " & test acc & F1 \\\\" in (folder / "summary.tex").read_text()
+    # Every file written, the LaTeX and CSV as well, is on the sweep's run.
+    (sweep,) = [
+        r for r in store.tracker.client.search_runs([store.experiment_id]) if r.data.tags[tracking.RUN_TYPE] == "sweep"
+    ]
+    attached = {a.path for a in store.tracker.client.list_artifacts(sweep.info.run_id, "leaderboard")}
+    assert {f"leaderboard/summary.{ext}" for ext in ("md", "tex", "full.tex", "csv")} <= attached
+    full = CliRunner().invoke(app, [*args, "--full"])
+    assert full.exit_code == 0 and "| p (McNemar) |" in full.output and "- Bold: the best model's" in full.output
+    wrong = CliRunner().invoke(app, [*args, "--latex-columns", "test_acc"])
+    assert wrong.exit_code == 2 and "--latex-columns 'test_acc': not a column of these tables" in wrong.output
