@@ -1,6 +1,6 @@
 """Formats of a ReportTable: Markdown (written, and printed with `--full`), a compact rich table for
-the terminal, booktabs LaTeX (a paper's column of the compact columns, and the full table) with the
-best model value in bold, CSV of the numbers, and one self-contained HTML page with every table
+the terminal, booktabs LaTeX (the compact columns for a paper, and the full table) with the best
+model value in bold, CSV of the numbers, and one self-contained HTML page with every table
 (compact, the full one a click away) and plot inlined."""
 
 from __future__ import annotations
@@ -125,13 +125,12 @@ def to_latex(table: ReportTable, *, columns: list[Column] | None = None) -> str:
     line where it is wider (needs graphicx): `columns` only (default: all), best model value per
     column in bold, a rule between models, published and difference rows in italics, callouts and
     notes under the tabular."""
-    float_name = "table*"
     columns = columns if columns is not None else table.columns
     marks = table.marks()
     align = "ll" + "r" * (len(columns) - 2)
     lines = [
         "% needs \\usepackage{booktabs,graphicx}",
-        f"\\begin{{{float_name}}}[t]",
+        "\\begin{table*}[t]",
         "\\centering",
         "\\small",
         f"\\caption{{{latex_escape(table.name)}: {latex_escape(table.title)}.}}",
@@ -162,7 +161,7 @@ def to_latex(table: ReportTable, *, columns: list[Column] | None = None) -> str:
     if below:
         lines.append("\\par\\smallskip\\footnotesize")
         lines += [line + "\\par" for line in below]
-    lines.append(f"\\end{{{float_name}}}")
+    lines.append("\\end{table*}")
     return "\n".join(lines) + "\n"
 
 

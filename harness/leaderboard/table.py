@@ -16,8 +16,8 @@ RowKind = Literal["harness", "floor", "published", "difference"]
 MAIN_ROWS = ("harness", "floor")
 # What bold means, under every table that bolds anything.
 BEST_LEGEND = (
-    "Bold: the best model's value in a column, where it is better than every floor's; floors and "
-    "models that predict one class are not ranked."
+    "Bold: the best model's value in a column, and only where it is better than every floor's; a floor "
+    "or a model that predicts one class is never bold."
 )
 
 

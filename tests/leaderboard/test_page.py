@@ -99,7 +99,7 @@ def _wide() -> ReportTable:
                 "best_run_id": Cell(f"{k:032x}"),
             },
         )
-        for k, name in enumerate(("cancernet", "resnet18", "colour_forest (floor)"))
+        for k, name in enumerate(("cancernet", "resnet18", "idc_cnn"))
     ]
     return ReportTable(
         "summary", "best trial per baseline", columns, rows, compact=("model", "protocol", "m0", "m3", "m20")
