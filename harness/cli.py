@@ -518,11 +518,16 @@ def leaderboard(
     written = write_leaderboard(board, results, html=html, latex_columns=columns)
     attached = attach_leaderboard(source.tracking_uri, list(source.names), board.runs.split_hash, written, results)
     versions = tag_registered_models(source.tracking_uri, list(source.names), board.table)
+    # Piped to a file or a CI log there is no screen to fit: wrap at 120 columns rather than rich's 80.
+    width = console.width if console.is_terminal else max(console.width, 120)
     for table in board.tables:
         if full:
             console.print(to_markdown(table), highlight=False, soft_wrap=True, markup=False)
         else:
-            console.print(*terminal_table(table, full_file=f"{table.name}.md"), sep="\n")
+            console.print(*terminal_table(table, full_file=f"{table.name}.md"), sep="\n", width=width)
+    if not full:
+        for note in board.runs.notes:
+            console.print(f"note: {note}", highlight=False, markup=False)
     console.print(f"written to {results}: " + ", ".join(p.name for p in written if p.parent == results))
     if attached.runs:
         console.print(f"attached to sweep run(s) {', '.join(attached.runs)} as artifacts under leaderboard/")

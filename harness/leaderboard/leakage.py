@@ -142,12 +142,12 @@ def _one_class_lead(model: str, found: dict[str, collapse.OneClass], arm_folds: 
     least = min(one.share for one in found.values())
     if len(found) == arm_folds:
         return (
-            f"{model} predicts one class ({classes}) in all {arm_folds} arm-folds, for {least:.1%} or more of "
+            f"{model} predicts one class ({classes}) in all {arm_folds} arm-folds, for at least {least:.1%} of "
             "each held-out fold's images: its accuracies restate each fold's class balance, and the "
             "difference between the arms is not leakage; no inflation is reported"
         )
     return (
-        f"{model} predicts one class ({classes}, {least:.1%} or more of the images) in {len(found)} of "
+        f"{model} predicts one class ({classes}, at least {least:.1%} of the images) in {len(found)} of "
         f"{arm_folds} arm-folds ({', '.join(found)}): those folds restate the class balance, not what leaked"
     )
 

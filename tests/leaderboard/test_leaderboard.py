@@ -832,7 +832,7 @@ def test_the_command_prints_compact_tables_or_every_column_and_attaches_every_fi
     import harness.cli
 
     store, _ = three
-    monkeypatch.setattr(harness.cli, "console", Console(width=110))
+    monkeypatch.setattr(harness.cli, "console", Console(width=110, force_terminal=True, color_system=None))
     args = ["leaderboard", store.experiment, "--tracking-uri", store.uri, "--output-dir", str(tmp_path), "--no-html"]
     args += ["--bootstrap", "100", "-t", "summary"]
     result = CliRunner().invoke(app, [*args, "--latex-columns", "test_accuracy, test_f1"])

@@ -125,10 +125,10 @@ def test_leakage_arms_predicting_one_class_report_no_inflation(tmp_path: Path) -
         and rows["resnet18"].cells["inflation_accuracy"].value is not None
     )
     assert table.callouts() == [
-        "cancernet predicts one class (non_idc) in all 4 arm-folds, for 100.0% or more of each held-out fold's "
+        "cancernet predicts one class (non_idc) in all 4 arm-folds, for at least 100.0% of each held-out fold's "
         "images: its accuracies restate each fold's class balance, and the difference between the arms is not "
         "leakage; no inflation is reported",
-        "idc_cnn predicts one class (non_idc, 100.0% or more of the images) in 1 of 4 arm-folds (patient fold 1): "
+        "idc_cnn predicts one class (non_idc, at least 100.0% of the images) in 1 of 4 arm-folds (patient fold 1): "
         "those folds restate the class balance, not what leaked",
     ]
     assert any("not leakage" in note for note in table.footnotes)
