@@ -14,7 +14,7 @@ from harness.leaderboard import LayoutOptions, build_leaderboard
 from harness.leaderboard.collapse import ONE_CLASS_SHARE, one_class
 from harness.leaderboard.leakage import leakage_plot, leakage_table
 from harness.leaderboard.render import latex_escape, to_html, to_latex, to_markdown
-from tests.leaderboard.test_leaderboard import IDC_CLASSES, N_BOOT, evaluation, open_store, predictions
+from tests.leaderboard.test_leaderboard import IDC_CLASSES, evaluation, open_store, predictions
 
 LABELS = np.array([0, 0, 0, 1] * 15)  # 75% non_idc, as on the real IDC set
 PATIENTS = np.repeat([f"p{i:02d}" for i in range(12)], 5)
@@ -63,7 +63,7 @@ def collapsed(tmp_path_factory: pytest.TempPathFactory):
 
 def test_a_model_predicting_one_class_is_called_out_and_never_bold(collapsed) -> None:
     board = build_leaderboard(
-        collapsed.uri, collapsed.experiment, tables=["summary", "idc"], options=LayoutOptions(n_boot=N_BOOT)
+        collapsed.uri, collapsed.experiment, tables=["summary", "idc"], options=LayoutOptions(n_boot=100)
     )
     line = "cancernet predicts non_idc for 100.0% of test images: no better than majority (non_idc is 75.0% of them)"
     for table in board.tables:
@@ -101,8 +101,9 @@ def _study(store, models: dict[str, list[pd.DataFrame]]) -> str:
     return study
 
 
-def test_leakage_arms_predicting_one_class_report_no_inflation(tmp_path: Path) -> None:
-    store = open_store(tmp_path, "leak-one-class", "idc")
+def test_leakage_arms_predicting_one_class_report_no_inflation(collapsed, tmp_path: Path) -> None:
+    # Another experiment in the fixture's store: a second store would cost its schema's creation.
+    store = open_store(Path(collapsed.uri.removeprefix("sqlite:///")).parent, "leak-one-class", "idc")
     rng = np.random.default_rng(5)
     half, groups = LABELS[:30], PATIENTS[:30]
     skilled = [predictions(rng, half, groups, 3.0) for _ in range(4)]
@@ -114,7 +115,7 @@ def test_leakage_arms_predicting_one_class_report_no_inflation(tmp_path: Path) -
             "idc_cnn": [*skilled[:3], constant(rng, half, groups)],
         },
     )
-    table = leakage_table(store.uri, store.experiment, study, n_boot=N_BOOT)
+    table = leakage_table(store.uri, store.experiment, study, n_boot=100)
     rows = {r.group: r for r in table.rows}
     assert rows["cancernet"].collapsed and not rows["resnet18"].collapsed and not rows["idc_cnn"].collapsed
     shown = {key: cell.text for key, cell in rows["cancernet"].cells.items()}
