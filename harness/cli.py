@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional
 
 import typer
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.table import Table
 
 from harness.environment import MLFLOW_QUIET, environment
@@ -473,6 +473,15 @@ LatexColumnsOption = typer.Option(
 )
 
 
+def _print_tables(*shown: RenderableType) -> None:
+    """Print compact tables at the terminal's width, or at 120 columns when piped to a file or a CI
+    log, where there is no screen to fit (rich would take 80)."""
+    if console.is_terminal:
+        console.print(*shown, sep="\n")
+    else:
+        Console(width=max(console.width, 120)).print(*shown, sep="\n")
+
+
 def _check(tables: list, spec: LeaderboardSpec) -> None:
     """Print how many reproduced numbers lie within tolerance; exit 1 when any does not."""
     from harness.leaderboard import out_of_tolerance
@@ -518,13 +527,11 @@ def leaderboard(
     written = write_leaderboard(board, results, html=html, latex_columns=columns)
     attached = attach_leaderboard(source.tracking_uri, list(source.names), board.runs.split_hash, written, results)
     versions = tag_registered_models(source.tracking_uri, list(source.names), board.table)
-    # Piped to a file or a CI log there is no screen to fit: wrap at 120 columns rather than rich's 80.
-    width = console.width if console.is_terminal else max(console.width, 120)
     for table in board.tables:
         if full:
             console.print(to_markdown(table), highlight=False, soft_wrap=True, markup=False)
         else:
-            console.print(*terminal_table(table, full_file=f"{table.name}.md"), sep="\n", width=width)
+            _print_tables(*terminal_table(table, full_file=f"{table.name}.md", full_flag="harness leaderboard --full"))
     if not full:
         for note in board.runs.notes:
             console.print(f"note: {note}", highlight=False, markup=False)
@@ -565,7 +572,7 @@ def study_leakage(
     recipe, budget and seed; write results/<experiment>/leakage.{md,tex,csv} and figures/leakage.png."""
     from harness.atomic import write_atomically
     from harness.leaderboard.leakage import leakage_plot, leakage_table
-    from harness.leaderboard.render import to_latex, to_markdown
+    from harness.leaderboard.render import terminal_table, to_latex, to_markdown
     from harness.study.leakage import run_leakage_study
 
     config = _load(experiment, root, tracking_uri, output_dir)
@@ -581,12 +588,15 @@ def study_leakage(
     )
     results = config.results_dir
     results.mkdir(parents=True, exist_ok=True)
-    for suffix, text in ((".md", to_markdown(table)), (".tex", to_latex(table))):
+    paper = to_latex(table, columns=table.compact_columns())
+    for suffix, text in ((".md", to_markdown(table)), (".tex", paper), (".full.tex", to_latex(table))):
         write_atomically(results / f"leakage{suffix}", text.encode())
     table.frame().to_csv(results / "leakage.csv", index=False)
     plot = leakage_plot(table, results / "figures" / "leakage.png")
-    console.print(to_markdown(table), highlight=False, soft_wrap=True, markup=False)
-    console.print(f"written: {results / 'leakage.md'}, leakage.tex, leakage.csv, {plot}; study run {study}")
+    _print_tables(*terminal_table(table, full_file="leakage.md"))
+    console.print(
+        f"written: {results / 'leakage.md'}, leakage.tex, leakage.full.tex, leakage.csv, {plot}; study run {study}"
+    )
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import textwrap
 from pathlib import Path
 
 from PIL import Image
@@ -86,16 +87,26 @@ def to_markdown(table: ReportTable, *, heading: str = "##", columns: list[Column
     return "\n".join(lines) + "\n"
 
 
-def terminal_table(table: ReportTable, *, full_file: str) -> list[RenderableType]:
+# The columns of a compact table that hold words, not numbers: they wrap in a narrow terminal.
+_TEXT_COLUMNS = ("model", "protocol")
+
+
+def terminal_table(table: ReportTable, *, full_file: str, full_flag: str | None = None) -> list[RenderableType]:
     """Return what a terminal shows of a table: its heading, the compact columns as a rich table
-    that wraps its cells to the console's width, the callouts, and where the full table is."""
+    that wraps its cells to the console's width, the callouts, and where the full table is (the
+    file, and the command that prints it when there is one)."""
     columns, marks = table.compact_columns(), table.marks()
     grid = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
-    for i, column in enumerate(columns):
-        # Numbers never wrap; a header breaks before its bracket ("p Holm" over "(acc)") so that a
-        # narrow column of letters is not as wide as its name; the model and protocol wrap instead.
-        header = column.header.replace(" (", "\n(")
-        grid.add_column(header, justify="left" if i < 2 else "right", overflow="fold", no_wrap=i >= 2)
+    for column in columns:
+        if column.key in _TEXT_COLUMNS:
+            # Words wrap, and keep 12 columns however narrow the screen.
+            grid.add_column(column.header, justify="left", overflow="fold", min_width=12)
+            continue
+        # A number is never broken; its header wraps to the width of the numbers ("p Holm" over
+        # "(acc)"), so that a narrow column of letters is not as wide as its name.
+        widest = max((len(row.cells.get(column.key, EMPTY).text) for row in table.rows), default=0)
+        header = textwrap.fill(column.header, max(widest, 6), break_long_words=False, break_on_hyphens=False)
+        grid.add_column(header, justify="right", no_wrap=True)
     for row in table.rows:
         texts = [
             Text(t, style="bold" if _is_best(row, c.key, marks) else "") for c, t in zip(columns, _texts(row, columns))
@@ -111,7 +122,7 @@ def terminal_table(table: ReportTable, *, full_file: str) -> list[RenderableType
         Text(f"## {table.name}: {table.title}", style="bold"),
         grid,
         *(Text(f"! {lead}", style="bold yellow") for lead in table.callouts()),
-        Text(f"{more}: {full_file} (or harness leaderboard --full)", style="dim"),
+        Text(f"{more}: {full_file}" + (f" (or {full_flag})" if full_flag else ""), style="dim"),
     ]
 
 
