@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from harness import tracking
-from harness.leaderboard import LayoutOptions, build_leaderboard
+from harness.leaderboard import LayoutOptions, build_leaderboard, collect_runs
 from harness.leaderboard.collapse import ONE_CLASS_SHARE, one_class
 from harness.leaderboard.leakage import leakage_plot, leakage_table
 from harness.leaderboard.render import latex_escape, to_html, to_latex, to_markdown
@@ -137,3 +137,15 @@ def test_leakage_arms_predicting_one_class_report_no_inflation(collapsed, tmp_pa
     assert table.frame().set_index("group").loc["cancernet", "inflation_accuracy"] == pytest.approx(0.0)
     assert "| cancernet | " in to_markdown(table) and "n/a: one class" in to_markdown(table)
     assert leakage_plot(table, tmp_path / "leakage.png").stat().st_size > 0
+
+
+def test_the_history_figure_leaves_out_floors(collapsed, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from harness.leaderboard.plots import history_figure
+
+    runs = collect_runs(collapsed.uri, [collapsed.experiment])
+    assert [r.label for r in runs.baselines if r.floor] == ["majority (floor)"]
+    ((path, _),) = history_figure(runs, tmp_path)
+    # Two panels of 3.4 in, saved at 200 dpi: cancernet's and resnet18's, not the floor's single point.
+    assert Image.open(path).width == pytest.approx(2 * 3.4 * 200, abs=2)
