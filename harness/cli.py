@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional
 
 import typer
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.table import Table
 
 from harness.environment import MLFLOW_QUIET, QUIET_EMBEDDED_RAY, QUIET_LIBRARIES, environment
@@ -474,6 +474,24 @@ CheckOption = typer.Option(
 )
 BootstrapOption = typer.Option(2000, "--bootstrap", min=100, help="Bootstrap resamples for the 95% intervals.")
 HtmlOption = typer.Option(True, "--html/--no-html", help="Also write leaderboard.html with the plots.")
+FullOption = typer.Option(
+    False, "--full", help="Print every column as Markdown, with the notes (default: the compact table)."
+)
+LatexColumnsOption = typer.Option(
+    None,
+    "--latex-columns",
+    help="Comma-separated column keys (as in the CSV) of the paper-sized <table>.tex after the model; default: "
+    "the compact table's. <table>.full.tex holds every column.",
+)
+
+
+def _print_tables(*shown: RenderableType) -> None:
+    """Print compact tables at the terminal's width, or at 120 columns when piped to a file or a CI
+    log, where there is no screen to fit (rich would take 80)."""
+    if console.is_terminal:
+        console.print(*shown, sep="\n")
+    else:
+        Console(width=max(console.width, 120)).print(*shown, sep="\n")
 
 
 def _check(tables: list, spec: LeaderboardSpec) -> None:
@@ -500,12 +518,15 @@ def leaderboard(
     check: bool = CheckOption,
     bootstrap: int = BootstrapOption,
     html: bool = HtmlOption,
+    full: bool = FullOption,
+    latex_columns: Optional[str] = LatexColumnsOption,
 ) -> None:
-    """Rebuild the comparison tables from MLflow beside the published numbers; print them and write
-    results/<experiment>/{<table>.md,.tex,.csv, leaderboard.md, leaderboard.tex, leaderboard.html}."""
+    """Rebuild the comparison tables from MLflow beside the published numbers; print them (compact,
+    or every column with --full) and write results/<experiment>/{<table>.md,.tex,.full.tex,.csv,
+    leaderboard.md, leaderboard.tex, leaderboard.html}, attached to the sweep's run."""
     from harness.leaderboard import LayoutOptions, build_leaderboard, write_leaderboard
     from harness.leaderboard.attach import attach_leaderboard, tag_registered_models
-    from harness.leaderboard.render import to_markdown
+    from harness.leaderboard.render import terminal_table, to_markdown
     from harness.leaderboard.source import resolve_source
 
     source = resolve_source(experiment, experiments, tracking_uri=tracking_uri, output_dir=output_dir, tables=tables)
@@ -514,12 +535,18 @@ def leaderboard(
         source.tracking_uri, list(source.names), tables=source.tables, split_hash=split_hash, options=options
     )
     results = source.results_dir
-    written = write_leaderboard(board, results, html=html)
-    shown = [p for p in written if p.suffix in {".md", ".html", ".png", ".svg"}]
-    attached = attach_leaderboard(source.tracking_uri, list(source.names), board.runs.split_hash, shown, results)
+    columns = [key.strip() for key in latex_columns.split(",") if key.strip()] if latex_columns else None
+    written = write_leaderboard(board, results, html=html, latex_columns=columns)
+    attached = attach_leaderboard(source.tracking_uri, list(source.names), board.runs.split_hash, written, results)
     versions = tag_registered_models(source.tracking_uri, list(source.names), board.table)
     for table in board.tables:
-        console.print(to_markdown(table), highlight=False, soft_wrap=True, markup=False)
+        if full:
+            console.print(to_markdown(table), highlight=False, soft_wrap=True, markup=False)
+        else:
+            _print_tables(*terminal_table(table, full_file=f"{table.name}.md", full_flag="harness leaderboard --full"))
+    if not full:
+        for note in board.runs.notes:
+            console.print(f"note: {note}", highlight=False, markup=False)
     console.print(f"written to {results}: " + ", ".join(p.name for p in written if p.parent == results))
     if attached.runs:
         console.print(f"attached to sweep run(s) {', '.join(attached.runs)} as artifacts under leaderboard/")
@@ -557,7 +584,7 @@ def study_leakage(
     recipe, budget and seed; write results/<experiment>/leakage.{md,tex,csv} and figures/leakage.png."""
     from harness.atomic import write_atomically
     from harness.leaderboard.leakage import leakage_plot, leakage_table
-    from harness.leaderboard.render import to_latex, to_markdown
+    from harness.leaderboard.render import terminal_table, to_latex, to_markdown
     from harness.study.leakage import run_leakage_study
 
     config = _load(experiment, root, tracking_uri, output_dir)
@@ -581,12 +608,15 @@ def study_leakage(
     )
     results = config.results_dir
     results.mkdir(parents=True, exist_ok=True)
-    for suffix, text in ((".md", to_markdown(table)), (".tex", to_latex(table))):
+    paper = to_latex(table, columns=table.compact_columns())
+    for suffix, text in ((".md", to_markdown(table)), (".tex", paper), (".full.tex", to_latex(table))):
         write_atomically(results / f"leakage{suffix}", text.encode())
     table.frame().to_csv(results / "leakage.csv", index=False)
     plot = leakage_plot(table, results / "figures" / "leakage.png")
-    console.print(to_markdown(table), highlight=False, soft_wrap=True, markup=False)
-    console.print(f"written: {results / 'leakage.md'}, leakage.tex, leakage.csv, {plot}; study run {study}")
+    _print_tables(*terminal_table(table, full_file="leakage.md"))
+    console.print(
+        f"written: {results / 'leakage.md'}, leakage.tex, leakage.full.tex, leakage.csv, {plot}; study run {study}"
+    )
 
 
 def main() -> None:

@@ -12,12 +12,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.errors import InputError
 from harness.leaderboard.check import out_of_tolerance
 from harness.leaderboard.layouts import LAYOUTS, LayoutOptions, build_table
 from harness.leaderboard.plots import all_figures
 from harness.leaderboard.render import to_html, to_latex, to_markdown
 from harness.leaderboard.runs import RunSet, collect_runs
-from harness.leaderboard.table import MAIN_ROWS, ReportTable
+from harness.leaderboard.table import MAIN_ROWS, Column, ReportTable
 
 __all__ = [
     "LAYOUTS",
@@ -26,6 +27,7 @@ __all__ = [
     "build_leaderboard",
     "collect_runs",
     "out_of_tolerance",
+    "paper_columns",
     "write_leaderboard",
 ]
 
@@ -71,26 +73,49 @@ def build_leaderboard(
     return Leaderboard(runs, [build_table(name, runs, options) for name in tables])
 
 
-def write_leaderboard(board: Leaderboard, results_dir: Path, *, html: bool = True) -> list[Path]:
-    """Write each table as <name>.md/.tex/.csv, all of them as leaderboard.md/.tex and (with plots)
-    leaderboard.html, and the figures under figures/; returns the written files.
+def paper_columns(table: ReportTable, latex_columns: list[str] | None = None) -> list[Column]:
+    """Return the columns of a table's paper version: the model and `latex_columns` where given,
+    else its compact columns."""
+    return table.select(latex_columns) if latex_columns else table.compact_columns()
+
+
+def _check_columns(tables: list[ReportTable], keys: list[str]) -> None:
+    """Raise InputError for a key of `--latex-columns` that names a column of none of `tables`."""
+    known = list(dict.fromkeys(c.key for t in tables for c in t.columns))
+    unknown = [k for k in keys if k not in known]
+    if unknown:
+        raise InputError(
+            f"--latex-columns {unknown[0]!r}: not a column of these tables; expected some of: {', '.join(known)}"
+        )
+
+
+def write_leaderboard(
+    board: Leaderboard, results_dir: Path, *, html: bool = True, latex_columns: list[str] | None = None
+) -> list[Path]:
+    """Write each table as <name>.md, .csv, .tex (a paper's column: the compact columns, or the
+    model and `latex_columns`) and .full.tex (every column), all of them as leaderboard.md and
+    leaderboard.tex (the paper versions) and (with plots) leaderboard.html, and the figures under
+    figures/; returns the written files.
 
     Everything is written to a scratch folder first and moved in at the end, so an error leaves
     the previous leaderboard untouched."""
+    _check_columns(board.tables, latex_columns or [])
     results_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=results_dir, prefix=".leaderboard-") as scratch:
         folder = Path(scratch)
         written = []
-        for table in board.tables:
+        papers = [to_latex(t, columns=paper_columns(t, latex_columns)) for t in board.tables]
+        for table, paper in zip(board.tables, papers):
             (folder / f"{table.name}.md").write_text(to_markdown(table))
-            (folder / f"{table.name}.tex").write_text(to_latex(table))
+            (folder / f"{table.name}.tex").write_text(paper)
+            (folder / f"{table.name}.full.tex").write_text(to_latex(table))
             table.frame().to_csv(folder / f"{table.name}.csv", index=False)
-            written += [f"{table.name}.md", f"{table.name}.tex", f"{table.name}.csv"]
+            written += [f"{table.name}.{ext}" for ext in ("md", "tex", "full.tex", "csv")]
         title = f"# Leaderboard: {', '.join(board.runs.experiments)}"
         (folder / "leaderboard.md").write_text(
             "\n".join([title, "", *board.intro(), ""] + [to_markdown(t) for t in board.tables])
         )
-        (folder / "leaderboard.tex").write_text("\n".join(to_latex(t) for t in board.tables))
+        (folder / "leaderboard.tex").write_text("\n".join(papers))
         written += ["leaderboard.md", "leaderboard.tex"]
         if html:
             figures = all_figures(board.runs, folder / "figures")

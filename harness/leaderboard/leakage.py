@@ -1,6 +1,7 @@
 """The leakage study's table and plot, read back from MLflow: for each model, mean test accuracy
 over the folds of the patch-random arm and of the patient arm, and the inflation between them, the
-mean over folds of the per-fold difference, with a fold-paired bootstrap interval."""
+mean over folds of the per-fold difference, with a fold-paired bootstrap interval. A model that
+predicts one class in every arm-fold learned nothing to leak: its row says so instead of an inflation."""
 
 from __future__ import annotations
 
@@ -13,10 +14,31 @@ from mlflow.entities import Run
 
 from harness import tracking
 from harness.figures import pyplot
-from harness.leaderboard import stats
+from harness.leaderboard import collapse, stats
 from harness.leaderboard.evidence import patient_groups, probabilities
 from harness.leaderboard.runs import RunSet
 from harness.leaderboard.table import Cell, Column, ReportTable, Row, count, number, signed
+
+ONE_CLASS_NOTE = (
+    f"Predicts one class: one class takes at least {collapse.ONE_CLASS_SHARE:.0%} of an arm-fold's test "
+    "predictions while that fold's labels give it less. Its accuracy there is about that class's share of the "
+    "fold, so a difference between the arms measures how the folds' class balance differs, not leakage; "
+    "the CSV keeps the numbers."
+)
+
+
+# The terminal's and a paper's table: both arms' accuracy, the inflation with its interval, and how
+# many arm-folds predicted one class (per-fold differences and shared patients are in the full table).
+COMPACT = (
+    "model",
+    "accuracy_patch_random",
+    "accuracy_patient",
+    "inflation_accuracy",
+    "inflation_accuracy_low",
+    "inflation_accuracy_high",
+    "inflation_auc",
+    "one_class",
+)
 
 
 def _columns(folds: int) -> list[Column]:
@@ -33,6 +55,7 @@ def _columns(folds: int) -> list[Column]:
         Column("inflation_auc_high", "AUC 95% CI high", digits=1),
         Column("folds", "folds"),
         Column("epochs", "epochs"),
+        Column("one_class", "arm-folds predicting one class"),
         *(Column(f"inflation_fold{f}", f"fold {f}", digits=1) for f in range(folds)),
         Column("shared", "test patients in training, patch-random (per fold)", digits=1),
     ]
@@ -64,8 +87,11 @@ def _samples(runs: RunSet, arms: dict[str, Run]) -> tuple[stats.Sample, stats.Sa
     return _sample(frames[0]), _sample(frames[1])
 
 
-def _row(model: str, folds: dict[int, dict[str, Run]], runs: RunSet, n_boot: int, seed: int) -> tuple[Row, str]:
-    """Return one model's row from its fold pairs finished in both arms, and the interval's method."""
+def _row(
+    model: str, folds: dict[int, dict[str, Run]], runs: RunSet, n_boot: int, seed: int
+) -> tuple[Row, str, str | None]:
+    """Return one model's row from its fold pairs finished in both arms, the interval's method, and
+    the line calling out its one-class arm-folds (None where it has none, or is a floor)."""
     paired = sorted(f for f, arms in folds.items() if set(arms) == {tracking.PATCH_RANDOM, tracking.PATIENT})
     samples = [_samples(runs, folds[f]) for f in paired]
     per_fold, acc = stats.fold_paired_difference(stats.accuracy, samples, n_boot=n_boot, seed=seed)
@@ -93,7 +119,51 @@ def _row(model: str, folds: dict[int, dict[str, Run]], runs: RunSet, n_boot: int
         }
     cells |= {f"inflation_fold{f}": signed(100 * d, 1) for f, d in zip(paired, per_fold)}
     cells["inflation_accuracy_sd"] = number(100 * stats.mean_sd_se(np.asarray(per_fold))[1], 1)
-    return Row("floor" if floor else "harness", model, cells), acc.method
+    one_class = _one_class_arms(runs, folds, paired)
+    cells["one_class"] = Cell(f"{len(one_class)} of {2 * len(paired)}", len(one_class))
+    row = Row("floor" if floor else "harness", model, cells)
+    if not floor and len(one_class) == 2 * len(paired):
+        _not_a_finding(row)
+    return row, acc.method, None if floor else _one_class_lead(model, one_class, 2 * len(paired))
+
+
+def _one_class_arms(runs: RunSet, folds: dict[int, dict[str, Run]], paired: list[int]) -> dict[str, collapse.OneClass]:
+    """Return, by 'arm fold f', the arm-folds whose test predictions are almost all one class."""
+    found = {}
+    for fold in paired:
+        for protocol, run in sorted(folds[fold].items()):
+            frame = runs.predictions(run.info.run_id, "test")
+            one = collapse.one_class(frame, runs.run_class_names(run.info.run_id)) if frame is not None else None
+            if one is not None:
+                found[f"{protocol} fold {fold}"] = one
+    return found
+
+
+def _not_a_finding(row: Row) -> None:
+    """Show a one-class model's inflation cells as not applicable (the CSV keeps the numbers)."""
+    row.collapsed = True
+    for key, cell in row.cells.items():
+        if key.startswith("inflation_"):
+            text = "n/a: one class" if key in ("inflation_accuracy", "inflation_auc") else "-"
+            row.cells[key] = Cell(text, cell.value)
+
+
+def _one_class_lead(model: str, found: dict[str, collapse.OneClass], arm_folds: int) -> str | None:
+    """Return the line that calls out a model predicting one class in some or all of its arm-folds."""
+    if not found:
+        return None
+    classes = ", ".join(sorted({one.name for one in found.values()}))
+    least = min(one.share for one in found.values())
+    if len(found) == arm_folds:
+        return (
+            f"{model} predicts one class ({classes}) in all {arm_folds} arm-folds, for at least {least:.1%} of "
+            "each held-out fold's images: its accuracies restate each fold's class balance, and the "
+            "difference between the arms is not leakage; no inflation is reported"
+        )
+    return (
+        f"{model} predicts one class ({classes}, at least {least:.1%} of the images) in {len(found)} of "
+        f"{arm_folds} arm-folds ({', '.join(found)}): those folds restate the class balance, not what leaked"
+    )
 
 
 def _floors_first(item: tuple[str, dict[int, dict[str, Run]]]) -> tuple[bool, str]:
@@ -115,6 +185,7 @@ def leakage_table(tracking_uri: str, experiment: str, study: str, *, n_boot: int
         f"the same model, recipe and seed over {folds} folds of a patch-random and of a "
         f"patient split, epoch budget {epochs}",
         _columns(folds),
+        compact=COMPACT,
     )
     runs = RunSet(tracking_uri=tracking_uri, experiments=[experiment], split_hash="", baselines=[])
     method = None
@@ -128,8 +199,9 @@ def leakage_table(tracking_uri: str, experiment: str, study: str, *, n_boot: int
                 f"{model}: folds {', '.join(map(str, missing))} did not finish in both arms and are "
                 "left out of its mean"
             )
-        row, method = _row(model, by_fold, runs, n_boot, seed)
+        row, method, lead = _row(model, by_fold, runs, n_boot, seed)
         table.rows.append(row)
+        table.leads += [lead] if lead else []
     if method is not None:
         table.footnotes.append(
             f"Inflation = mean over folds of patch-random minus patient test accuracy, in points; "
@@ -143,16 +215,20 @@ def leakage_table(tracking_uri: str, experiment: str, study: str, *, n_boot: int
         "Patient folds keep every patient on one side; patch-random folds (the seeds' protocol, BASELINES.md §1.4) do "
         "not. Arms are tagged protocol=patch_random / patient and never enter a leaderboard table."
     )
+    if table.leads:
+        table.footnotes.append(ONE_CLASS_NOTE)
     return table
 
 
 def leakage_plot(table: ReportTable, path: Path) -> Path:
     """Write a plot of each model's per-fold inflation (points) and their mean with its 95%
-    interval; returns the file."""
+    interval, leaving out the models that predict one class in every arm-fold; returns the file."""
     plt = pyplot()
-    rows = table.rows
+    rows = [r for r in table.rows if not r.collapsed]  # a model predicting one class has no inflation to show
     fig, ax = plt.subplots(figsize=(1.3 * len(rows) + 2.5, 3.8), dpi=110)
     ax.axhline(0, color="0.6", lw=0.8)
+    if not rows:
+        ax.text(0.5, 0.5, "every model predicted one class in every arm-fold", ha="center", transform=ax.transAxes)
     for i, row in enumerate(rows):
         folds = [c.value for k, c in row.cells.items() if k.startswith("inflation_fold") and c.value is not None]
         ax.scatter(
@@ -180,7 +256,8 @@ def leakage_plot(table: ReportTable, path: Path) -> Path:
         )
     ax.set_xticks(np.arange(len(rows)), [r.cells["model"].text for r in rows], fontsize=8)
     ax.set_ylabel("patch-random minus patient\ntest accuracy (points)")
-    ax.legend(fontsize=8, loc="best")
+    if rows:
+        ax.legend(fontsize=8, loc="best")
     ax.set_title("Leakage: " + table.title.removeprefix("the same model, recipe and seed "), fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,9 +25,11 @@ if TYPE_CHECKING:
 Figure = tuple[Path, str]
 
 
-def _grid(count: int, width: float = 3.6, height: float = 3.3) -> tuple[ModuleType, PlotFigure, list[Axes]]:
+def _grid(
+    count: int, width: float = 3.6, height: float = 3.3, columns: int = 4
+) -> tuple[ModuleType, PlotFigure, list[Axes]]:
     plt = pyplot()
-    cols = min(count, 4)
+    cols = min(count, columns)
     rows = math.ceil(count / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), dpi=100, squeeze=False)
     for ax in axes.flat[count:]:
@@ -36,7 +38,8 @@ def _grid(count: int, width: float = 3.6, height: float = 3.3) -> tuple[ModuleTy
 
 
 def _save(plt: ModuleType, fig: PlotFigure, path: Path) -> None:
-    """Write a figure at twice its drawn resolution, legible at the page's full width, and close it."""
+    """Write a figure at twice its drawn resolution (sharp on a high-density screen; the page draws
+    it at its size in inches, 100 px each) and close it."""
     fig.savefig(path, dpi=2 * fig.dpi)
     plt.close(fig)
 
@@ -73,7 +76,8 @@ def roc_figure(runset: RunSet, folder: Path) -> list[Figure]:
     path = folder / "roc.png"
     if classes == 2:
         plt = pyplot()
-        fig, ax = plt.subplots(figsize=(4.8, 4.4), dpi=110)
+        # 600 x 480 px on the page: the whole plot in one screen.
+        fig, ax = plt.subplots(figsize=(6, 4.8), dpi=100)
         for runs, frame in frames:
             fpr, tpr, _ = roc_curve(frame.label, probabilities(frame)[:, 1])
             ax.plot(fpr, tpr, label=runs.label)
@@ -157,8 +161,9 @@ def pareto_figure(runset: RunSet, folder: Path) -> list[Figure]:
 
 
 def history_figure(runset: RunSet, folder: Path) -> list[Figure]:
-    """Plot each baseline's objective per trial, in the order trials started, with the best so far."""
-    rows = [r for r in runset.baselines if "objective" in r.trials]
+    """Plot each baseline's objective per trial, in the order trials started, with the best so far
+    (not the floors: a floor is fitted once, a history of one point)."""
+    rows = [r for r in runset.baselines if "objective" in r.trials and not r.floor]
     if not rows:
         return []
     plt, fig, axes = _grid(len(rows), 3.4, 2.9)
@@ -190,27 +195,38 @@ def history_figure(runset: RunSet, folder: Path) -> list[Figure]:
     ]
 
 
+# Cell text of a confusion matrix: legible at the page's 100 px per inch, white on dark cells.
+CONFUSION_FONT = 11
+DARK_CELL = 0.5
+
+
+def confusion_panel(ax: Axes, matrix: np.ndarray, names: list[str], title: str) -> None:
+    """Draw one row-normalised confusion matrix (counts in brackets) with text that contrasts with its cell."""
+    normalised = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), value in np.ndenumerate(normalised):
+        colour = "white" if value > DARK_CELL else "black"
+        text = f"{value:.2f}\n({int(matrix[i, j])})"
+        ax.text(j, i, text, ha="center", va="center", fontsize=CONFUSION_FONT, color=colour)
+    ax.set_xticks(range(len(names)), names, fontsize=9, rotation=30)
+    ax.set_yticks(range(len(names)), names, fontsize=9)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+
+
 def confusion_figure(runset: RunSet, folder: Path) -> list[Figure]:
-    """Plot each model's row-normalised test confusion matrix."""
+    """Plot each model's row-normalised test confusion matrix, three to a row."""
     found = [(r, runset.test_predictions(r, _test_model(r))) for r in runset.baselines]
     frames = [(r, f) for r, f in found if f is not None]
     if not frames:
         return []
-    plt, fig, axes = _grid(len(frames), 3.4, 3.2)
+    plt, fig, axes = _grid(len(frames), 3.8, 3.6, columns=3)
     for ax, (runs, frame) in zip(axes, frames):
         classes = probabilities(frame).shape[1]
-        names = _class_names(runset, runs, classes)
         matrix = np.zeros((classes, classes))
         np.add.at(matrix, (frame.label.to_numpy(), frame.pred.to_numpy()), 1)
-        normalised = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
-        ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
-        for (i, j), value in np.ndenumerate(normalised):
-            ax.text(j, i, f"{value:.2f}\n({int(matrix[i, j])})", ha="center", va="center", fontsize=7)
-        ax.set_xticks(range(classes), names, fontsize=7, rotation=30)
-        ax.set_yticks(range(classes), names, fontsize=7)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title(runs.label, fontsize=9)
+        confusion_panel(ax, matrix, _class_names(runset, runs, classes), runs.label)
     fig.tight_layout()
     path = folder / "confusion.png"
     _save(plt, fig, path)

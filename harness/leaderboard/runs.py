@@ -108,7 +108,11 @@ class RunSet:
     def class_names(self, runs: BaselineRuns) -> list[str]:
         """Return the class names a baseline's test evaluation logged, in class-index order."""
         run = runs.ensemble if runs.ensemble is not None else runs.best
-        local = self.artifact(run.run_id, "test/confusion_matrix.json") if run is not None else None
+        return self.run_class_names(run.run_id) if run is not None else []
+
+    def run_class_names(self, run_id: str) -> list[str]:
+        """Return the class names a run's test evaluation logged, in class-index order (none if it logged none)."""
+        local = self.artifact(run_id, "test/confusion_matrix.json")
         return json.loads(local.read_text())["classes"] if local is not None else []
 
     def pooled_val_predictions(self, runs: BaselineRuns) -> tuple[pd.DataFrame | None, str]:

@@ -1,5 +1,6 @@
-"""The shape every leaderboard layout fills and every format renders: columns, rows grouped by model
-(the harness's row, then each published row and its difference), footnotes, and the
+"""The shape every leaderboard layout fills and every format renders: columns (all of them, and the
+compact few a page, a terminal and a paper show first), rows grouped by model (the harness's row,
+then each published row and its difference), callouts, footnotes, and the
 reproduced-against-published pairs that `--check` holds to a tolerance."""
 
 from __future__ import annotations
@@ -13,6 +14,11 @@ import pandas as pd
 RowKind = Literal["harness", "floor", "published", "difference"]
 # Rows that carry a result of this harness (a floor is one, but never wins a column).
 MAIN_ROWS = ("harness", "floor")
+# What bold means, under every table that bolds anything.
+BEST_LEGEND = (
+    "Bold: the best model's value in a column, and only where it is better than every floor's; a floor "
+    "or a model that predicts one class is never bold."
+)
 
 
 @dataclass(frozen=True)
@@ -59,16 +65,19 @@ class Comparison:
 
 @dataclass
 class Row:
-    """One line of a table: a harness result, a floor model's, a published result, or a difference."""
+    """One line of a table: a harness result, a floor model's, a published result, or a difference;
+    `collapsed` when the model predicts one class (it is called out and never marked best)."""
 
     kind: RowKind
     group: str
     cells: dict[str, Cell]
+    collapsed: bool = False
 
 
 @dataclass
 class ReportTable:
-    """A laid-out comparison table, ready for Markdown, LaTeX, CSV and HTML."""
+    """A laid-out comparison table, ready for Markdown, LaTeX, CSV and HTML. `compact` names the
+    columns shown first (empty: all of them); `leads` are the warnings shown above the rows."""
 
     name: str
     title: str
@@ -76,9 +85,20 @@ class ReportTable:
     rows: list[Row] = field(default_factory=list)
     footnotes: list[str] = field(default_factory=list)
     comparisons: list[Comparison] = field(default_factory=list)
+    compact: tuple[str, ...] = ()
+    leads: list[str] = field(default_factory=list)
 
-    def best_values(self, kind: RowKind = "harness") -> dict[str, float]:
-        """Return, per contest column, the winning value among the rows of `kind`."""
+    def compact_columns(self) -> list[Column]:
+        """Return the columns of the compact table, in the table's order (all of them without a compact set)."""
+        return [c for c in self.columns if c.key in self.compact] if self.compact else list(self.columns)
+
+    def select(self, keys: list[str] | tuple[str, ...]) -> list[Column]:
+        """Return the first column and those named in `keys`, in the table's order."""
+        return [c for i, c in enumerate(self.columns) if i == 0 or c.key in keys]
+
+    def best_values(self, kind: RowKind = "harness", *, ranked_only: bool = False) -> dict[str, float]:
+        """Return, per contest column, the winning value among the rows of `kind` (without the
+        collapsed ones when `ranked_only`)."""
         best: dict[str, float] = {}
         for column in self.columns:
             if column.higher_is_better is None:
@@ -87,6 +107,7 @@ class ReportTable:
                 value
                 for r in self.rows
                 if r.kind == kind
+                and not (ranked_only and r.collapsed)
                 and column.key in r.cells
                 and (value := r.cells[column.key].value) is not None
                 and not math.isnan(value)
@@ -94,6 +115,21 @@ class ReportTable:
             if values:
                 best[column.key] = max(values) if column.higher_is_better else min(values)
         return best
+
+    def marks(self) -> dict[str, float]:
+        """Return, per contest column, the value shown in bold: the best of the models that do not
+        predict one class, where it is better than every floor's (a floor ahead is called out instead)."""
+        models, floors = self.best_values(ranked_only=True), self.best_values("floor")
+        higher = {c.key: c.higher_is_better for c in self.columns}
+        return {
+            key: value
+            for key, value in models.items()
+            if key not in floors or (value > floors[key] if higher[key] else value < floors[key])
+        }
+
+    def callouts(self) -> list[str]:
+        """Return the warnings shown above the rows: floors ahead of every model, then the layout's own."""
+        return self.floor_leads() + self.leads
 
     def floor_leads(self) -> list[str]:
         """Return a line per floor model that is ahead of every model on some column, naming them

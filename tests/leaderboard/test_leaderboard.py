@@ -7,6 +7,7 @@ log_evaluation), exactly as a sweep writes it, and every table cell is recompute
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from harness import tracking
 from harness.cli import app
 from harness.leaderboard import LayoutOptions, build_leaderboard, write_leaderboard
 from harness.leaderboard.reference import load_reference
-from harness.leaderboard.render import to_latex
+from harness.leaderboard.render import to_html, to_latex
 from harness.leaderboard.stats import compact_letters
 from harness.localisation import map_ious
 from harness.metrics import classification_metrics, confusion
@@ -515,9 +516,14 @@ def test_tables_show_protocol_tests_and_calibration_in_every_format(three, tmp_p
         assert (
             csv.protocol.to_dict() == protocols and csv.letters_accuracy.to_dict() == frame.letters_accuracy.to_dict()
         )
-        md, tex = (tmp_path / f"{table.name}.md").read_text(), (tmp_path / f"{table.name}.tex").read_text()
+        md, tex = (tmp_path / f"{table.name}.md").read_text(), (tmp_path / f"{table.name}.full.tex").read_text()
         for header in ("p (McNemar)", "p Holm (acc)", "letters (acc)", "p Holm (AUC)", "letters (AUC)", "ECE", "Brier"):
             assert f"| {header} |" in md and f" & {header} & " in tex.replace("\\", "")
+        # The paper's version: the compact columns only, at most a little smaller than \\small on the
+        # text width of a two-column paper; the full table would shrink to illegible there.
+        paper = (tmp_path / f"{table.name}.tex").read_text()
+        assert " & p Holm (acc) & letters (acc) & " in paper and "Brier" not in paper.split("\\bottomrule")[0]
+        assert latex_scale(paper) >= 0.75 and latex_scale(tex) < 0.4, (latex_scale(paper), latex_scale(tex))
         for name, protocol in protocols.items():
             cells = shown(table, name, "harness")
             line = next(line for line in md.splitlines() if line.startswith(f"| {name} |")).replace("**", "")
@@ -528,6 +534,22 @@ def test_tables_show_protocol_tests_and_calibration_in_every_format(three, tmp_p
             row = next(line for line in tex.splitlines() if line.startswith(name.replace("_", "\\_")))
             row = row.replace("\\textbf{", "").replace("}", "")
             assert f" & {protocol} & " in row and f" & {cells['letters_accuracy']} & " in row
+
+
+# A two-column paper's text width (IEEE: 7.16 in), and what a tabular's cell takes in it at \\small:
+# about 4.4 pt a character of Computer Modern, and 12 pt of padding a column.
+TEXT_WIDTH_PT, CHARACTER_PT, PADDING_PT = 516.0, 4.4, 12.0
+
+
+def latex_scale(tex: str) -> float:
+    """Return the factor a table's \\resizebox shrinks it by on a two-column paper's text width, from
+    the widest cell of each column (commands and braces removed)."""
+    head, rest = tex.split("\\toprule\n")[1].split("\\midrule\n", 1)
+    lines = [head, *(x for x in rest.split("\\bottomrule")[0].splitlines() if x != "\\addlinespace")]
+    cells = [re.split(r"(?<!\\)&", x.removesuffix(" \\\\")) for x in lines]
+    rows = [[re.sub(r"\\[a-z]+\{|[{}]|\\", "", cell).strip() for cell in row] for row in cells]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return min(1.0, TEXT_WIDTH_PT / (CHARACTER_PT * sum(widths) + PADDING_PT * len(widths)))
 
 
 def test_trials_under_other_protocol_options_are_rows_of_their_own(tmp_path: Path) -> None:
@@ -661,23 +683,39 @@ def test_unknown_table_and_tolerance_key_exit_2(bach, tmp_path: Path) -> None:
 
 
 CHROMIUM = shutil.which("chromium")
-# Appended to a copy of the page: on load it records whether each table and image has a visible box,
-# whether every image decoded and how wide it is drawn, and which elements stick out of a 1,400 px
-# window other than inside a scroll box, for --dump-dom to show.
+# Appended to a copy of the page: on load it records whether each compact table and image has a
+# visible box, whether every image decoded and how it is drawn, which elements stick out of a 1,400 px
+# window other than inside a scroll box, which compact tables scroll (scrollWidth over clientWidth),
+# and, once every full table is opened and scrolled to its right end, whether its model column stayed
+# in place; for --dump-dom to show.
 VISIBILITY_PROBE = """<script>
 window.addEventListener('load', () => {
   const boxes = el => { const r = el.getBoundingClientRect(); return r.width > 0 && r.height > 0; };
-  const tables = [...document.querySelectorAll('table')];
+  const tables = [...document.querySelectorAll('table.compact')];
   const images = [...document.querySelectorAll('img')];
+  const full = [...document.querySelectorAll('details.full table')];
   const wide = [...document.querySelectorAll('body *')].filter(
     el => el.getBoundingClientRect().right > window.innerWidth + 1 && !el.closest('.scroll'));
-  document.body.setAttribute('data-probe', JSON.stringify({
+  const probe = {
     tables: tables.length, visibleTables: tables.filter(boxes).length,
     images: images.length, decoded: images.filter(i => i.complete && i.naturalWidth > 0 && boxes(i)).length,
-    rows: document.querySelectorAll('tr.harness').length,
+    rows: document.querySelectorAll('table.compact tr.harness').length,
+    fullTables: full.length, fullShown: full.filter(t => t.checkVisibility()).length,
     viewport: window.innerWidth, pageWidth: document.documentElement.scrollWidth,
-    sticksOut: wide.map(el => el.tagName), scrolledTables: document.querySelectorAll('.scroll > table').length,
-    narrowestImage: Math.min(...images.map(i => Math.min(i.naturalWidth, i.getBoundingClientRect().width)))}));
+    sticksOut: wide.map(el => el.tagName),
+    compactScrolls: tables.map(t => t.parentElement).filter(b => b.scrollWidth > b.clientWidth)
+      .map(b => b.closest('section').id),
+    narrowestImage: Math.min(...images.map(i => Math.min(i.naturalWidth, i.getBoundingClientRect().width))),
+    rocHeight: images.filter(i => i.alt === 'roc').map(i => i.getBoundingClientRect().height)[0],
+    screen: window.innerHeight};
+  document.querySelectorAll('details.full').forEach(d => { d.open = true; });
+  probe.modelColumnHeld = full.map(t => {
+    const box = t.parentElement, before = box.scrollWidth > box.clientWidth;
+    box.scrollLeft = box.scrollWidth;
+    const cell = t.querySelector('tbody td').getBoundingClientRect().left;
+    return before && box.scrollLeft > 0 && Math.abs(cell - box.getBoundingClientRect().left) < 2;
+  });
+  document.body.setAttribute('data-probe', JSON.stringify(probe));
 });
 </script>"""
 
@@ -685,7 +723,7 @@ window.addEventListener('load', () => {
 @pytest.mark.skipif(
     CHROMIUM is None, reason="Debian's chromium is not installed (`make test` installs it when apt-get can)"
 )
-def test_html_page_shows_tables_and_plots_in_headless_chromium(bach, tmp_path: Path) -> None:
+def test_html_page_shows_tables_and_plots_in_headless_chromium(bach, three, tmp_path: Path) -> None:
     store, models = bach
     board = build_leaderboard(
         store.uri,
@@ -698,8 +736,14 @@ def test_html_page_shows_tables_and_plots_in_headless_chromium(bach, tmp_path: P
     assert {"leaderboard.html", "roc.png", "pareto.png", "history.png", "confusion.png"} <= names
     page = (tmp_path / "out" / "leaderboard.html").read_text()
     assert 'src="data:image/png;base64,' in page and "file:" not in page  # self-contained
+    # The IDC tables (published rows, the widest protocols) on the same page: one browser for all.
+    idc = build_leaderboard(
+        three[0].uri, three[0].experiment, tables=["summary", "idc"], options=LayoutOptions(n_boot=N_BOOT)
+    )
+    plots = [(path, path.stem) for path in written if path.suffix == ".png"]
+    both = to_html("t", board.intro(), board.tables + idc.tables, plots)
     probe = tmp_path / "probe.html"
-    probe.write_text(page.replace("</body>", VISIBILITY_PROBE + "</body>"))
+    probe.write_text(both.replace("</body>", VISIBILITY_PROBE + "</body>"))
     dom = subprocess.run(
         [
             CHROMIUM,
@@ -718,17 +762,30 @@ def test_html_page_shows_tables_and_plots_in_headless_chromium(bach, tmp_path: P
     ).stdout
     import html
     import json
-    import re
 
     found = json.loads(html.unescape(re.search(r'data-probe="([^"]*)"', dom).group(1)))
     figures = len([n for n in names if n.endswith(".png")])
-    layout = {k: found.pop(k) for k in ("viewport", "pageWidth", "sticksOut", "scrolledTables", "narrowestImage")}
-    assert found == {"tables": 3, "visibleTables": 3, "images": figures, "decoded": figures, "rows": 3 * len(models)}
-    # Read on a laptop screen: nothing wider than the window but inside a table's own scroll box,
-    # and every figure decoded at 600 px or more and drawn that wide.
+    layout = {
+        k: found.pop(k)
+        for k in ("viewport", "pageWidth", "sticksOut", "compactScrolls", "narrowestImage", "rocHeight", "screen")
+    }
+    assert found == {
+        "tables": 5,
+        "visibleTables": 5,
+        "images": figures,
+        "decoded": figures,
+        "rows": 3 * len(models) + 2 * len(THREE_MODELS),
+        # Table III is narrow enough to have no other: the full tables wait, closed, under the others.
+        "fullTables": 4,
+        "fullShown": 0,
+        "modelColumnHeld": [True] * 4,
+    }
+    # Read on a laptop screen: the compact tables fit without scrolling, nothing is wider than the
+    # window but inside a full table's own scroll box, the ROC plot fits the screen's height, and
+    # every figure is decoded at 600 px or more and drawn that wide.
     assert layout["viewport"] == 1400 and layout["pageWidth"] <= 1400, layout
-    assert layout["sticksOut"] == [] and layout["scrolledTables"] == 3, layout
-    assert layout["narrowestImage"] >= 600, layout
+    assert layout["sticksOut"] == [] and layout["compactScrolls"] == [], layout
+    assert layout["rocHeight"] <= layout["screen"] and layout["narrowestImage"] >= 600, layout
     assert "<th>run</th>" not in page and "MLflow run ids" in page  # the ids moved under the table
 
 
@@ -765,3 +822,34 @@ def test_a_leaderboard_during_a_running_sweep_says_so_and_attaches_nothing_to_it
     assert "attached to sweep run" not in result.output
     assert client.list_artifacts(running) == []
     assert client.get_run(running).info.status == "RUNNING"
+
+
+def test_the_command_prints_compact_tables_or_every_column_and_attaches_every_file(
+    three, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rich.console import Console
+
+    import harness.cli
+
+    store, _ = three
+    monkeypatch.setattr(harness.cli, "console", Console(width=110, force_terminal=True, color_system=None))
+    args = ["leaderboard", store.experiment, "--tracking-uri", store.uri, "--output-dir", str(tmp_path), "--no-html"]
+    args += ["--bootstrap", "100", "-t", "summary"]
+    result = CliRunner().invoke(app, [*args, "--latex-columns", "test_accuracy, test_f1"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert max(len(line) for line in lines) <= 110 and "## summary: best trial per baseline" in lines
+    assert any(line.startswith("cancernet ") and "patient, Keras semantics" in line for line in lines)
+    assert "| p (McNemar) |" not in result.output and "(or harness leaderboard --full)" in result.output
+    folder = tmp_path / store.experiment
+    assert " & test acc & F1 \\\\" in (folder / "summary.tex").read_text()
+    # Every file written, the LaTeX and CSV as well, is on the sweep's run.
+    (sweep,) = [
+        r for r in store.tracker.client.search_runs([store.experiment_id]) if r.data.tags[tracking.RUN_TYPE] == "sweep"
+    ]
+    attached = {a.path for a in store.tracker.client.list_artifacts(sweep.info.run_id, "leaderboard")}
+    assert {f"leaderboard/summary.{ext}" for ext in ("md", "tex", "full.tex", "csv")} <= attached
+    full = CliRunner().invoke(app, [*args, "--full"])
+    assert full.exit_code == 0 and "| p (McNemar) |" in full.output and "- Bold: the best model's" in full.output
+    wrong = CliRunner().invoke(app, [*args, "--latex-columns", "test_acc"])
+    assert wrong.exit_code == 2 and "--latex-columns 'test_acc': not a column of these tables" in wrong.output

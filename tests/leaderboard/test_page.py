@@ -1,16 +1,20 @@
-"""What the leaderboard page says beyond its numbers: a floor that beats every model is called out,
-and the Pareto plot's parameter axis never prints labels over each other."""
+"""What the leaderboard page says beyond its numbers, and how wide it is: a floor that beats every
+model is called out and takes bold away, the compact table and the full one, the terminal's and a
+paper's widths, legible confusion matrices, and a parameter axis that never prints labels over each other."""
 
 from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
+from rich.console import Console
 
 from harness.figures import pyplot
-from harness.leaderboard.plots import params_axis
-from harness.leaderboard.render import to_html, to_markdown
-from harness.leaderboard.table import Cell, Column, ReportTable, Row
+from harness.leaderboard import paper_columns
+from harness.leaderboard.plots import confusion_panel, params_axis
+from harness.leaderboard.render import terminal_table, to_html, to_latex, to_markdown
+from harness.leaderboard.table import BEST_LEGEND, Cell, Column, ReportTable, Row
 
 
 def _table(floor_accuracy: float) -> ReportTable:
@@ -65,3 +69,89 @@ def test_parameter_axis_labels_never_collide(values: list[float]) -> None:
     boxes = _labels(values)
     assert len(boxes) >= 2
     assert not [(a, b) for a, b in itertools.combinations(boxes, 2) if a.overlaps(b)]
+
+
+def test_bold_marks_a_model_only_where_it_beats_every_floor() -> None:
+    # The floor's 0.9127 beats both models on test acc: no bold there, the floor is called out instead;
+    # cancernet's AUC of 0.95 beats the floor's 0.85: bold, and the legend says what bold means.
+    table = _table(0.9127)
+    assert table.marks() == {"test_auc": 0.95}
+    markdown = to_markdown(table)
+    assert "**0.9500**" in markdown and "**0.8333**" not in markdown and "**0.9127**" not in markdown
+    assert f"- {BEST_LEGEND}" in markdown and "best model" in BEST_LEGEND
+    assert _table(0.5).marks() == {"test_accuracy": 0.8333, "test_auc": 0.95}
+
+
+def _wide() -> ReportTable:
+    """A table of 24 columns, of which the compact set names 5 (run ids among the rest)."""
+    columns = [Column("model", "model"), Column("protocol", "protocol")]
+    columns += [Column(f"m{i}", f"metric number {i}", higher_is_better=True) for i in range(21)]
+    columns.append(Column("best_run_id", "run"))
+    rows = [
+        Row(
+            "harness",
+            name,
+            {
+                "model": Cell(name),
+                "protocol": Cell("patient, Keras semantics, BN recal."),
+                **{f"m{i}": Cell(f"{0.5 + i / 100 + k / 10:.4f}", 0.5 + i / 100 + k / 10) for i in range(21)},
+                "best_run_id": Cell(f"{k:032x}"),
+            },
+        )
+        for k, name in enumerate(("cancernet", "resnet18", "idc_cnn"))
+    ]
+    return ReportTable(
+        "summary", "best trial per baseline", columns, rows, compact=("model", "protocol", "m0", "m3", "m20")
+    )
+
+
+def test_compact_columns_are_the_named_ones_in_table_order_and_the_full_table_keeps_all() -> None:
+    table = _wide()
+    assert [c.key for c in table.compact_columns()] == ["model", "protocol", "m0", "m3", "m20"]
+    assert [c.key for c in table.select(["m20", "m1"])] == ["model", "m1", "m20"]
+    assert len(to_markdown(table).splitlines()[2].split(" | ")) == 24
+    compact = to_markdown(table, columns=table.compact_columns()).splitlines()[2]
+    assert compact == "| model | protocol | metric number 0 | metric number 3 | metric number 20 |"
+    assert ReportTable("t", "t", table.columns[:3]).compact_columns() == table.columns[:3]  # none named: all
+    page = to_html("t", [], [table], [])
+    assert page.count('<table class="compact">') == 1 and "Full table: all 24 columns" in page
+
+
+def test_the_terminal_table_fits_100_columns_and_points_at_the_rest() -> None:
+    console = Console(width=100, record=True)
+    console.print(
+        *terminal_table(_wide(), full_file="results/x/summary.md", full_flag="harness leaderboard --full"), sep="\n"
+    )
+    lines = console.export_text().splitlines()
+    assert max(len(line) for line in lines) <= 100
+    assert lines[0] == "## summary: best trial per baseline"
+    assert any(line.startswith("cancernet ") and "0.5000" in line and "0.7000" in line for line in lines)
+    assert lines[-1] == "19 more columns and the notes: results/x/summary.md (or harness leaderboard --full)"
+
+
+def test_latex_is_shrunk_to_the_line_where_wider_and_the_paper_table_holds_the_compact_columns() -> None:
+    table = _wide()
+    paper, full = to_latex(table, columns=table.compact_columns()), to_latex(table)
+    assert "\\begin{tabular}{llrrr}" in paper and f"\\begin{{tabular}}{{ll{'r' * 22}}}" in full
+    # Shrunk to the line where wider, never enlarged: \width is the tabular's natural width.
+    shrink = "\\resizebox{\\ifdim\\width>\\linewidth\\linewidth\\else\\width\\fi}{!}{%"
+    assert shrink in paper and shrink in full and paper.count("{") == paper.count("}")
+    assert "metric number 1 " not in paper and "metric number 1 " in full
+
+
+def test_latex_columns_name_the_paper_tables_columns_after_the_model() -> None:
+    table = _wide()
+    assert [c.key for c in paper_columns(table, ["m2", "m1"])] == ["model", "m1", "m2"]
+    assert paper_columns(table) == table.compact_columns()  # the command's test refuses an unknown key
+
+
+def test_confusion_matrix_text_is_legible_and_contrasts_with_its_cell() -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(3.8, 3.6), dpi=100)
+    confusion_panel(ax, np.array([[90.0, 10.0], [30.0, 70.0]]), ["non_idc", "idc"], "cancernet")
+    colours = {t.get_text().split("\n")[0]: t.get_color() for t in ax.texts}
+    sizes = {t.get_fontsize() for t in ax.texts}
+    plt.close(fig)
+    # White on the dark (high) cells, black on the light ones; 11 pt is 15 px at the page's 100 px per inch.
+    assert colours == {"0.90": "white", "0.10": "black", "0.30": "black", "0.70": "white"}
+    assert min(sizes) >= 11

@@ -301,6 +301,7 @@ def test_leaderboard_numbers_equal_the_metrics_in_mlflow(swept: Swept) -> None:
     (sweep,) = swept.runs("sweep")
     attached = {a.path for a in swept.client().list_artifacts(sweep.info.run_id, "leaderboard")}
     assert {"leaderboard/leaderboard.md", "leaderboard/leaderboard.html", "leaderboard/summary.md"} <= attached
+    assert {"leaderboard/summary.tex", "leaderboard/summary.full.tex", "leaderboard/summary.csv"} <= attached
     assert "leaderboard/figures" in attached
     trials = swept.runs("trial")
     for row in table.itertuples():

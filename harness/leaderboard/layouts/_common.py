@@ -5,12 +5,14 @@ protocols, floors, statistics and calibration."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 import baselines
+from harness.leaderboard import collapse
 from harness.leaderboard.evidence import ALPHA, TableEvidence, TestEvidence, format_p, gather_evidence
 from harness.leaderboard.reference import load_reference
 from harness.leaderboard.runs import BaselineRuns, RunSet
@@ -253,6 +255,24 @@ def ordered(rows: list[BaselineRuns]) -> list[BaselineRuns]:
         return (r.floor, value if r.best is not None and r.best.objective_metric == "val_loss" else -value, r.label)
 
     return sorted(rows, key=key)
+
+
+def flag_one_class(table: ReportTable, runset: RunSet, model: str | Callable[[BaselineRuns], str]) -> None:
+    """Mark each model row whose test predictions (of `model`: ensemble or best_trial, or a
+    function of the row's runs returning one) are almost all one class, call it out above the
+    table, and explain the rule in the footnotes."""
+    by_label = {r.label: r for r in runset.baselines}
+    for row in table.rows:
+        runs = by_label.get(row.group)
+        if row.kind != "harness" or runs is None:
+            continue
+        frame = runset.test_predictions(runs, model if isinstance(model, str) else model(runs))
+        found = collapse.one_class(frame, runset.class_names(runs)) if frame is not None else None
+        if found is not None:
+            row.collapsed = True
+            table.leads.append(collapse.callout(row.group, found))
+    if any(row.collapsed for row in table.rows):
+        table.footnotes.append(collapse.NOTE)
 
 
 def table_evidence(runset: RunSet, rows: list[BaselineRuns], model: str, options: LayoutOptions) -> TableEvidence:

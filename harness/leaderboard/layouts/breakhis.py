@@ -12,6 +12,7 @@ from harness.leaderboard.layouts._common import (
     closing_notes,
     col,
     cost_cells,
+    flag_one_class,
     ordered,
     published_rows,
     published_value,
@@ -22,6 +23,8 @@ from harness.leaderboard.table import Cell, Column, ReportTable, number
 from harness.metrics import grouped_accuracies
 
 MAGNIFICATIONS = (40, 100, 200, 400)
+# The page's, the terminal's and a paper's table: accuracy over all magnifications.
+COMPACT = ("model", "protocol", "image_all", "patient_all")
 
 
 def _columns() -> list[Column]:
@@ -43,13 +46,14 @@ def _columns() -> list[Column]:
 def breakhis(runset: RunSet, options: LayoutOptions) -> ReportTable:
     """Return image- and patient-level test accuracy per magnification, beside 000's (unpublished) rows."""
     title = "BreakHis: image- and patient-level test accuracy per magnification"
-    table = ReportTable("breakhis", title, _columns())
+    table = ReportTable("breakhis", title, _columns(), compact=COMPACT)
     for runs in ordered(runset.baselines):
         if runs.dataset != "breakhis":
             continue
         harness = _cells(runset, runs)
         if harness is not None:
             add_group(table, runs, harness, _published(runs))
+    flag_one_class(table, runset, _test_model)
     closing_notes(
         table,
         runset,
@@ -61,9 +65,13 @@ def breakhis(runset: RunSet, options: LayoutOptions) -> ReportTable:
     return table
 
 
+def _test_model(runs: BaselineRuns) -> str:
+    return "ensemble" if runs.ensemble is not None else "best_trial"
+
+
 def _cells(runset: RunSet, runs: BaselineRuns) -> dict[str, Cell] | None:
     """Return a harness row from the fold ensemble's test predictions, else the best trial's; None without any."""
-    frame = runset.test_predictions(runs, "ensemble" if runs.ensemble is not None else "best_trial")
+    frame = runset.test_predictions(runs, _test_model(runs))
     if frame is None:
         return None
     grouped = grouped_accuracies(frame)

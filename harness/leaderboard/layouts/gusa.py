@@ -21,6 +21,7 @@ from harness.leaderboard.layouts._common import (
     closing_notes,
     col,
     cost_cells,
+    flag_one_class,
     mean_sd_cell,
     ordered,
     published_rows,
@@ -63,6 +64,18 @@ TABLE1_COLUMNS = (
     col("params", "#params", metric=None, digits=0),
     *COST_COLUMNS,
 )
+# The page's, the terminal's and a paper's Table I: validation, the ensemble's test accuracy with its
+# interval, and how it stands against the reference.
+TABLE1_COMPACT = (
+    "model",
+    "protocol",
+    "val_accuracy",
+    "val_auc",
+    "test_ensemble",
+    "test_ensemble_ci",
+    "p_accuracy_holm",
+    "letters_accuracy",
+)
 TABLE1_NOTES = (
     "Validation accuracy: mean over the retrained fold models' best epochs (the search fold alone when the winner "
     "was not retrained); SD with ddof 1 and SE = SD/√k over folds. ‡ 001's ± reproduces no SD, and an SE with an "
@@ -78,7 +91,8 @@ TABLE1_NOTES = (
 def gusa_table1(runset: RunSet, options: LayoutOptions) -> ReportTable:
     """Return 001's Table I: validation accuracy (mean, SD and SE over folds), validation AUC, test
     accuracy of single fold models and of their ensemble, #params, beside 001's rows."""
-    table = ReportTable("gusa-table1", "001 Table I: BACH part A, validation folds and test", list(TABLE1_COLUMNS))
+    title = "001 Table I: BACH part A, validation folds and test"
+    table = ReportTable("gusa-table1", title, list(TABLE1_COLUMNS), compact=TABLE1_COMPACT)
     ranked = ordered(runset.baselines)
     evidence = table_evidence(runset, ranked, "ensemble", options)
     order = {b: i for i, b in enumerate(load_reference("gusa_table1").harness_baseline)}
@@ -87,6 +101,7 @@ def gusa_table1(runset: RunSet, options: LayoutOptions) -> ReportTable:
         harness = {**_table1_cells(runset, runs, evidence), "params": _table1_params(runs, published)}
         add_group(table, runs, harness, [_table1_published(p) for _, p in published.iterrows()])
         _params_difference(table, runs.label)
+    flag_one_class(table, runset, "ensemble")
     table.footnotes += TABLE1_NOTES
     statistics_note(table, evidence, options, "the fold ensemble's predictions")
     closing_notes(table, runset, "bach")

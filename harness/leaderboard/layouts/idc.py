@@ -20,6 +20,7 @@ from harness.leaderboard.layouts._common import (
     closing_notes,
     col,
     cost_cells,
+    flag_one_class,
     ordered,
     published_rows,
     published_value,
@@ -57,6 +58,18 @@ COLUMNS = (
     METRIC_COLUMNS["test_recall"],
     *COST_COLUMNS,
 )
+# The page's, the terminal's and a paper's table: as the summary's (test model, F1, precision and
+# recall are one click or `--full` away).
+COMPACT = (
+    "model",
+    "protocol",
+    "test_accuracy",
+    "accuracy_ci",
+    "p_accuracy_holm",
+    "letters_accuracy",
+    "test_auc",
+    "test_ece",
+)
 NOTE = (
     "Class 1 (IDC) is positive: precision, recall and F1 are those of IDC (BASELINES.md §4.2). "
     "S-PIS labels class-1 recall 'specificity'; it sits in the recall column here. 004's "
@@ -67,13 +80,14 @@ NOTE = (
 def idc(runset: RunSet, options: LayoutOptions) -> ReportTable:
     """Return the IDC comparison: accuracy, AUC, F1, precision and recall of each model on the
     patient-disjoint test set, beside 004, S-PIS and 003."""
-    table = ReportTable("idc", "IDC: patient-disjoint test set", list(COLUMNS))
+    table = ReportTable("idc", "IDC: patient-disjoint test set", list(COLUMNS), compact=COMPACT)
     rows = [r for r in ordered(runset.baselines) if r.dataset == "idc"]
     tested = [r for r in rows if r.best is not None]
     model = "ensemble" if tested and all(r.ensemble is not None for r in tested) else "best_trial"
     evidence = table_evidence(runset, rows, model, options)
     for runs in rows:
         add_group(table, runs, _cells(runset, runs, model, evidence), _published(runs))
+    flag_one_class(table, runset, model)
     table.footnotes.append(NOTE)
     statistics_note(
         table,

@@ -16,6 +16,7 @@ from harness.leaderboard.layouts._common import (
     ci_cell,
     col,
     cost_cells,
+    flag_one_class,
     main_row,
     mean_sd_cell,
     ordered,
@@ -54,6 +55,18 @@ COLUMNS = (
     col("cpu_hours", "CPU core-h", digits=3),
     col("best_run_id", "run"),
 )
+# What the page, the terminal and a paper show first: the model, its test accuracy with its interval,
+# AUC, calibration, and how it stands against the reference.
+COMPACT = (
+    "model",
+    "protocol",
+    "test_accuracy",
+    "test_accuracy_ci",
+    "p_accuracy_holm",
+    "letters_accuracy",
+    "test_auc",
+    "test_ece",
+)
 NOTE = (
     "Best trial per baseline by its objective on the validation fold; test metrics are that "
     "trial's best epoch. Fold columns: that configuration retrained on every fold, and the mean "
@@ -64,11 +77,12 @@ NOTE = (
 
 def summary(runset: RunSet, options: LayoutOptions) -> ReportTable:
     """Return the generic table of any experiment: the best trial per baseline, its folds and costs."""
-    table = ReportTable("summary", "best trial per baseline", list(COLUMNS))
+    table = ReportTable("summary", "best trial per baseline", list(COLUMNS), compact=COMPACT)
     rows = ordered(runset.baselines)
     evidence = table_evidence(runset, rows, "best_trial", options)
     for runs in rows:
         table.rows.append(main_row(runs, runs.label, _cells(runs, evidence)))
+    flag_one_class(table, runset, "best_trial")
     table.footnotes.append(NOTE)
     statistics_note(table, evidence, options, "the best trial's model")
     table.footnotes.append(CALIBRATION_NOTE)
