@@ -22,6 +22,7 @@ from PIL import UnidentifiedImageError
 from harness.data.cache import decode_rgb
 from harness.environment import NO_PICKLED_MODELS, environment
 from harness.errors import InputError
+from harness.locking import sqlite_path
 from harness.served_model import InputMismatch, InputRecipe
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -43,6 +44,10 @@ def load_served(model_uri: str, tracking_uri: str) -> tuple[PyFuncModel, InputRe
     """Return the served model at `model_uri` (resolved in `tracking_uri`), loaded with MLflow's
     pickle loading off (unless the user opted in), and its input recipe; raises InputError when it
     cannot be loaded or is no served model of the harness."""
+    database = sqlite_path(tracking_uri)
+    if model_uri.startswith(("models:/", "runs:/")) and database is not None and not database.is_file():
+        # MLflow would create an empty store there and then say the model does not exist.
+        raise InputError(f"{tracking_uri}: no MLflow store there (run `harness sweep` first, or pass --tracking-uri)")
     with environment({MLFLOW_TRACKING_URI.name: tracking_uri}, override=True), environment(NO_PICKLED_MODELS):
         try:
             model = mlflow.pyfunc.load_model(model_uri)

@@ -194,3 +194,8 @@ def test_harness_predict_refuses_bad_input_in_one_line(patch_folder, tmp_path: P
         assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr
     missing = CliRunner().invoke(app, ["predict", str(tmp_path / "no-model"), str(folder)])
     assert missing.exit_code == 2 and len(missing.stderr.strip().splitlines()) == 1
+    # A registered name needs a store: none is created where there is none.
+    store = tmp_path / "none" / "mlflow.db"
+    uri = f"sqlite:///{store}"
+    nowhere = CliRunner().invoke(app, ["predict", "models:/demo-cancernet@winner", str(folder), "--tracking-uri", uri])
+    assert nowhere.exit_code == 2 and f"{uri}: no MLflow store there" in nowhere.stderr and not store.exists()
