@@ -93,13 +93,18 @@ class InputRecipe(BaseModel):
         return f"uint8 RGB images N x {h} x {w} x 3{edges if self.pads_edges else ''}"
 
     def stored(self, images: object) -> np.ndarray:
-        """Return `images` as the harness stores them (edge patches padded to the stored size);
-        raises InputMismatch, one line naming what was expected, for any other type, shape or dtype."""
+        """Return `images` as the harness stores them (uint8, edge patches padded to the stored
+        size); raises InputMismatch, one line naming what was expected, for any other type, shape
+        or dtype. Integers from 0 to 255 of another integer dtype are taken as uint8: JSON, which
+        MLflow's model server reads, has no uint8."""
         if not isinstance(images, np.ndarray):
             got = type(images).__name__
-        elif images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or not self._fits(images.shape[1:3]):
+        elif images.ndim != 4 or images.shape[-1] != 3 or not self._fits(images.shape[1:3]):
+            got = f"{images.dtype} array of shape {images.shape}"
+        elif images.dtype != np.uint8 and not _bytes(images):
             got = f"{images.dtype} array of shape {images.shape}"
         else:
+            images = images.astype(np.uint8, copy=False)
             return replicate_pad(images, self.stored_hw) if self.pads_edges else images
         raise InputMismatch(f"expected {self.expected()}, got {got}")
 
@@ -119,6 +124,11 @@ class InputRecipe(BaseModel):
         a DataLoader batch: a channels-last copy would send the convolutions down other kernels)."""
         dataset = self.dataset(images)
         return torch.stack([torch.as_tensor(dataset[i]["image"]) for i in range(len(dataset))]).numpy()
+
+
+def _bytes(images: np.ndarray) -> bool:
+    """Return True when `images` are integers that all fit a uint8."""
+    return np.issubdtype(images.dtype, np.integer) and (images.size == 0 or 0 <= images.min() <= images.max() <= 255)
 
 
 @dataclass

@@ -120,6 +120,7 @@ def test_input_the_model_was_not_trained_on_is_refused_in_one_line(baseline: str
         f"uint8 array of shape (2, 3, {h}, {w})": images.transpose(0, 3, 1, 2).copy(),
         f"uint8 array of shape (2, {h + 2}, {w + 2}, 3)": np.zeros((2, h + 2, w + 2, 3), np.uint8),
         "got DataFrame": pd.DataFrame({"a": [1]}),
+        f"int64 array of shape (2, {h}, {w}, 3)": images.astype(np.int64) * 2,
     }
     for got, given in wrong.items():
         with pytest.raises(InputMismatch) as refused:
@@ -127,6 +128,8 @@ def test_input_the_model_was_not_trained_on_is_refused_in_one_line(baseline: str
         message = str(refused.value)
         assert message.startswith(f"expected uint8 RGB images N x {h} x {w} x 3") and got in message
         assert "\n" not in message and len(message) < 200
+    # JSON, which MLflow's model server reads, has no uint8: integers from 0 to 255 are taken as such.
+    assert model.predict(images.astype(np.int64)).equals(model.predict(images))
 
 
 def test_an_edge_patch_is_padded_as_the_harness_pads_it(tmp_path: Path) -> None:
