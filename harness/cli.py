@@ -562,6 +562,32 @@ def leaderboard(
         _check(board.tables, source.spec)
 
 
+@app.command()
+@user_errors
+def predict(
+    model_uri: str = typer.Argument(
+        ..., help="A served model: models:/<experiment>-<baseline>@winner or @ensemble, or a model's path."
+    ),
+    folder: Path = typer.Argument(..., help="Folder of images (searched recursively) at the size the model stores."),
+    out: Optional[Path] = typer.Option(None, "--out", help="CSV file to write; default: printed."),
+    tracking_uri: Optional[str] = typer.Option(
+        None, "--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="Where models:/ resolves; default results/mlflow.db."
+    ),
+) -> None:
+    """Predict every image in a folder with a registered model: a CSV of file, each class's
+    probability and the predicted class."""
+    from harness.atomic import write_atomically
+    from harness.predict import predict_folder
+
+    uri = tracking_uri or f"sqlite:///{Path('results/mlflow.db').resolve()}"
+    text = predict_folder(model_uri, folder, uri).to_csv(index=False)
+    if out is None:
+        sys.stdout.write(text)
+        return
+    write_atomically(out, text.encode())
+    console.print(f"wrote {text.count(chr(10)) - 1} predictions to {out}", highlight=False)
+
+
 @study_app.command("leakage")
 @user_errors
 def study_leakage(

@@ -229,6 +229,9 @@ class SearchSpec(Strict):
     optuna_storage: str | None = None
     warm_start: WarmStartSpec | None = None
     retrain: Literal["all_folds", "none"] = "all_folds"
+    # The fold retrain's epoch cap (None: max_epochs, the search's): a shorter retrain is logged
+    # as each fold run's `epochs` param, and the leaderboard's protocol column says it.
+    retrain_epochs: int | None = Field(None, ge=1)
     # Log each retrained fold's model and the winner's fold ensemble as MLflow models, and register
     # both as `<experiment>-<baseline>` (aliases winner and ensemble).
     register_models: bool = True
@@ -243,6 +246,12 @@ class SearchSpec(Strict):
         return self
 
     @model_validator(mode="after")
+    def _retrain_within_budget(self) -> SearchSpec:
+        if self.retrain_epochs is not None and self.retrain_epochs > self.max_epochs:
+            raise ValueError(f"retrain_epochs ({self.retrain_epochs}) must not exceed max_epochs ({self.max_epochs})")
+        return self
+
+    @model_validator(mode="after")
     def _reproducible_batches(self) -> SearchSpec:
         if self.reproducible and self.max_concurrent is None:
             raise ValueError("reproducible: true needs max_concurrent, the number of trials suggested in each batch")
@@ -252,6 +261,11 @@ class SearchSpec(Strict):
                 f"got {self.reduction_factor:g}"
             )
         return self
+
+    @property
+    def retrain_budget(self) -> int:
+        """Return the fold retrain's epoch cap: retrain_epochs, else max_epochs."""
+        return self.retrain_epochs or self.max_epochs
 
     @property
     def mode(self) -> Literal["min", "max"]:

@@ -1,7 +1,8 @@
-"""The fold ensemble as MLflow logs it from code (models-from-code): MLflow stores this file with
-the model and runs it to load the model, instead of unpickling a Python object that a writer of
-the artifact store could have replaced (`model_registry.log_ensemble_model`). The fold models it
-averages are torch.export programs, which load without pickle too."""
+"""A served model (a winner's search fold, or its fold ensemble) as MLflow logs it from code
+(models-from-code): MLflow stores this file with the model and runs it to load the model, instead
+of unpickling a Python object that a writer of the artifact store could have replaced
+(`model_registry.log_served_model`). The fold models it averages are torch.export programs, which
+load without pickle too."""
 
 import mlflow
 

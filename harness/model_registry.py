@@ -1,13 +1,16 @@
-"""Trained models in MLflow: each retrained fold's best model logged with `mlflow.pytorch`, a
-winner's fold ensemble as one pyfunc model, and both registered as `<experiment>-<baseline>`.
+"""Trained models in MLflow: each retrained fold's network logged with `mlflow.pytorch`, and a
+winner's served models, pyfunc models over those networks, registered as `<experiment>-<baseline>`.
 
-The fold model of the search fold is the winning trial trained again on its own fold: it is
-registered as the `winner` version; the ensemble as the `ensemble` version. Neither is a pickle:
-a fold model is a torch.export program (MLflow's `pt2` format, a graph of torch operations and
-its weights), the ensemble is logged from code (harness/ensemble_model.py), so both load with
-MLflow's pickle loading off (MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false), MLflow checking the pt2
-archives for pickled payloads first. The ensemble needs the harness installed
-(`mlflow.pyfunc.load_model("models:/NAME@ensemble")`); a fold model needs only torch.
+Two versions per winner are registered, both pyfunc models (FoldEnsemble) on images as the harness
+stores them, returning probabilities under the class names: `winner`, the search fold's network
+(the winning trial trained again on its own fold), logged on that fold's run; `ensemble`, the mean
+softmax of every fold's network, logged on the ensemble run. Neither is a pickle: a fold's network
+is a torch.export program (MLflow's `pt2` format, a graph of torch operations and its weights),
+kept as the fold run's `torch_model` and copied into each served model's artifacts; the served
+model is logged from code (harness/ensemble_model.py), so both load with MLflow's pickle loading
+off (MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false), MLflow checking the pt2 archives for pickled
+payloads first. A served model needs the harness installed (`mlflow.pyfunc.load_model(
+"models:/NAME@winner")`); a fold's torch program needs only torch.
 """
 
 from __future__ import annotations
@@ -30,20 +33,24 @@ from mlflow.types import ColSpec, Schema, TensorSpec
 
 from harness import tracking
 from harness.environment import MLFLOW_QUIET, environment
-from harness.served_model import InputRecipe, ServedFold
+from harness.served_model import InputRecipe, ServedFold, served_config
 
-MODEL = "model"  # the name of a run's logged model
-ENSEMBLE_CODE = Path(__file__).with_name("ensemble_model.py")  # the ensemble, as MLflow loads it
-MODEL_URI = "model_uri"  # tag on a fold or ensemble run: its logged model
-RECIPE = "input_recipe"  # the fold model's metadata key holding its InputRecipe
+MODEL = "model"  # the name of a run's served model (the pyfunc)
+TORCH_MODEL = "torch_model"  # the name of a fold run's network, a torch.export program
+ENSEMBLE_CODE = Path(__file__).with_name("ensemble_model.py")  # a served model, as MLflow loads it
+MODEL_URI = "model_uri"  # tag on a run: its served model
+TORCH_MODEL_URI = "torch_model_uri"  # tag on a fold run: its torch program
+RECIPE = "input_recipe"  # the torch program's metadata key holding its InputRecipe
 WINNER, ENSEMBLE = "winner", "ensemble"  # the aliases of the registered versions
 REGISTERED_DESCRIPTION = (
-    "A baseline's winners, one pair of versions per sweep. `@winner`: the winning trial trained again "
-    "on its search fold, a torch.export program (`mlflow.pytorch.load_model` gives its module) from uint8 "
-    "model inputs to softmax probabilities; it needs only torch. `@ensemble`: the mean softmax of the "
-    "winner's fold models, a pyfunc model logged from code (`mlflow.pyfunc.load_model`) on uint8 images "
-    "as the harness stores them (N x H x W x 3); it needs histo-harness installed. Neither is a pickle: "
-    "both load with MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false. Tags: split, sweep, winning trial, test metrics."
+    "A baseline's winners, one pair of versions per sweep, both pyfunc models (`mlflow.pyfunc.load_model`) "
+    "on uint8 RGB images as the harness stores them (N x H x W x 3; smaller edge patches padded as the "
+    "harness pads them; anything else refused in one line), returning probabilities under the class names "
+    "and the predicted class: the training resize and normalisation are applied inside. `@winner`: the "
+    "winning trial trained again on its search fold; `@ensemble`: the mean softmax of the winner's fold "
+    "models. Each fold's raw network is a torch.export program under the model's artifacts (and the fold "
+    "run's `torch_model`). Neither is a pickle: both load with MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false; "
+    "they need histo-harness installed. Tags: split, sweep, winning trial, test metrics."
 )
 
 
@@ -91,22 +98,22 @@ def _logging_to(tracking_uri: str) -> Iterator[None]:
         yield
 
 
-def _new_model(tracking_uri: str, run_id: str) -> str:
-    """Return the id of a new logged model of run `run_id`, in the run's experiment, with its
-    params, listed among the run's outputs (MLflow's Models column) and named in its MODEL_URI tag."""
+def _new_model(tracking_uri: str, run_id: str, name: str, tag: str) -> str:
+    """Return the id of a new logged model `name` of run `run_id`, in the run's experiment, with
+    its params, listed among the run's outputs (MLflow's Models column) and named in its `tag`."""
     tracker = tracking.tracker_for(tracking_uri)
     run = tracker.client.get_run(run_id)
     model = mlflow.initialize_logged_model(
-        name=MODEL, source_run_id=run_id, experiment_id=run.info.experiment_id, params=run.data.params
+        name=name, source_run_id=run_id, experiment_id=run.info.experiment_id, params=run.data.params
     )
     tracker.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
-    tracker.set_tags(run_id, {MODEL_URI: f"models:/{model.model_id}"})
+    tracker.set_tags(run_id, {tag: f"models:/{model.model_id}"})
     return model.model_id
 
 
 def log_fold_model(tracking_uri: str, run_id: str, served: ServedFold) -> str:
-    """Log a fold's best model to its run with `mlflow.pytorch` (signature and input example are
-    model inputs), tag the run with the model's URI; returns that URI."""
+    """Log a fold's best network to its run with `mlflow.pytorch` as `torch_model` (signature and
+    input example are model inputs), tag the run with its URI; returns that URI."""
     example = served.recipe.model_inputs(served.stored_examples)
     if len(example) == 1:
         # torch.export fixes a dimension of size 1; the batch size must stay free.
@@ -116,8 +123,8 @@ def log_fold_model(tracking_uri: str, run_id: str, served: ServedFold) -> str:
     with _logging_to(tracking_uri):
         info = mlflow.pytorch.log_model(
             served.module,
-            name=MODEL,
-            model_id=_new_model(tracking_uri, run_id),
+            name=TORCH_MODEL,
+            model_id=_new_model(tracking_uri, run_id, TORCH_MODEL, TORCH_MODEL_URI),
             # torch.export, traced on the example (two images: MLflow keeps the batch size free);
             # a pickled module would run whatever code its file names when loaded.
             serialization_format="pt2",
@@ -129,32 +136,38 @@ def log_fold_model(tracking_uri: str, run_id: str, served: ServedFold) -> str:
     return info.model_uri
 
 
-def ensemble_signature(recipe: InputRecipe, classes: int) -> ModelSignature:
-    """Return the ensemble's signature: stored uint8 images in, `prob_<class>` and `pred` out."""
-    inputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, *recipe.stored_hw, 3))])
-    columns: list[ColSpec | TensorSpec] = [ColSpec("float", f"prob_{c}") for c in range(classes)]
-    outputs = Schema([*columns, ColSpec("long", "pred")])
-    return ModelSignature(inputs=inputs, outputs=outputs)
+def served_signature(classes: tuple[str, ...]) -> ModelSignature:
+    """Return a served model's signature: one probability column per class name and `predicted`.
+    No input schema: MLflow would refuse other input with a message that prints the whole array;
+    the model checks its input itself, in one line (InputRecipe.stored)."""
+    columns: list[ColSpec | TensorSpec] = [ColSpec("float", name) for name in classes]
+    return ModelSignature(outputs=Schema([*columns, ColSpec("string", "predicted")]))
 
 
-def log_ensemble_model(
-    tracking_uri: str, run_id: str, fold_models: dict[int, str], stored_examples: np.ndarray, classes: int
+def log_served_model(
+    tracking_uri: str,
+    run_id: str,
+    fold_models: dict[int, str],
+    stored_examples: np.ndarray,
+    classes: tuple[str, ...],
 ) -> str:
-    """Log the mean softmax of `fold_models` (fold -> model URI) as one pyfunc model of the
-    ensemble run, its input example stored images; returns the model's URI."""
+    """Log the mean softmax of `fold_models` (fold -> torch program URI; one fold: that model) as
+    the pyfunc model of run `run_id`, its input example stored images; returns the model's URI."""
     with _logging_to(tracking_uri):
         info = mlflow.models.get_model_info(fold_models[min(fold_models)])
         recipe = InputRecipe.model_validate((info.metadata or {})[RECIPE])
+        config = served_config(recipe, classes)
         info = mlflow.pyfunc.log_model(
             name=MODEL,
             # Models-from-code: MLflow stores and runs this file to load the model, never a pickle.
             python_model=str(ENSEMBLE_CODE),
             artifacts={f"fold_{k}": uri for k, uri in sorted(fold_models.items())},
-            model_config={"recipe": recipe.model_dump(mode="json")},
-            model_id=_new_model(tracking_uri, run_id),
-            signature=ensemble_signature(recipe, classes),
+            model_config=config,
+            model_id=_new_model(tracking_uri, run_id, MODEL, MODEL_URI),
+            signature=served_signature(classes),
             input_example=stored_examples,
             pip_requirements=_requirements(),
+            metadata=config,
         )
     return info.model_uri
 

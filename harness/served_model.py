@@ -1,11 +1,14 @@
 """A trained model as MLflow serves it, computing what the harness scored.
 
-A fold model is ClassProbabilities (logged with `mlflow.pytorch` as a torch.export program): the
-network with its input normalisation and softmax, on the inputs the harness's evaluation
-transform makes (uint8, N x 3 x h x w; N x n x 3 x p x p for a bag). A winner's fold ensemble is
-FoldEnsemble (a pyfunc model, logged from code: harness/ensemble_model.py): on images as the
-harness stores them (uint8, N x H x W x 3) it runs the evaluation transform and every fold model
-in the harness's evaluation batches, and averages their softmax.
+A fold's network is ClassProbabilities (logged with `mlflow.pytorch` as a torch.export program):
+the network with its input normalisation and softmax, on the inputs the harness's evaluation
+transform makes (uint8, N x 3 x h x w; N x n x 3 x p x p for a bag). What is registered is
+FoldEnsemble (a pyfunc model, logged from code: harness/ensemble_model.py) over one or more of
+those programs, the winner's search fold alone or all its folds: it takes images as the harness
+stores them (uint8 RGB, N x H x W x 3; an edge patch smaller than the stored size is padded as the
+patch cache pads it), refuses anything else in one line naming what it expected, runs the
+evaluation transform and every fold program in the harness's evaluation batches, and returns the
+mean softmax under the class names.
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ from torch.utils.data import DataLoader
 
 from harness.config import ComputeSpec, TrainParams
 from harness.data.bags import bag_grid
+from harness.data.cache import replicate_pad
 from harness.data.dataset import BagDataset, ImageDataset, part_dataset
 from harness.data.normalise import normalisation_constants
 from harness.environment import NO_PICKLED_MODELS, environment
+from harness.errors import InputError
 from harness.evaluation import mean_softmax
 from harness.precision import autocast
 
@@ -59,6 +64,10 @@ class ClassProbabilities(nn.Module):
         return torch.softmax(logits.float(), 1)
 
 
+class InputMismatch(InputError):
+    """Images a served model was not trained on: what it expected and what it was given."""
+
+
 class InputRecipe(BaseModel):
     """How images as the harness stores them become a fold model's inputs: the run's parameters
     (input size, resize), the stored size, bags or not, and the evaluation batch size."""
@@ -73,6 +82,36 @@ class InputRecipe(BaseModel):
     # The CPU threads the run evaluated with: the thread count changes how float sums are split,
     # so the run's probabilities come back bit for bit only at this count.
     threads: int
+    # Patches stored as they are (IDC): a smaller edge patch is padded as the patch cache pads it.
+    # Images the cache resized and stain-normalised (BACH, BreakHis) come at the stored size only.
+    pads_edges: bool = False
+
+    def expected(self) -> str:
+        """Return, in words, the images this recipe takes."""
+        h, w = self.stored_hw
+        edges = " (smaller edge patches are padded bottom and right, as the harness pads them)"
+        return f"uint8 RGB images N x {h} x {w} x 3{edges if self.pads_edges else ''}"
+
+    def stored(self, images: object) -> np.ndarray:
+        """Return `images` as the harness stores them (uint8, edge patches padded to the stored
+        size); raises InputMismatch, one line naming what was expected, for any other type, shape
+        or dtype. Integers from 0 to 255 of another integer dtype are taken as uint8: JSON, which
+        MLflow's model server reads, has no uint8."""
+        if not isinstance(images, np.ndarray):
+            got = type(images).__name__
+        elif images.ndim != 4 or images.shape[-1] != 3 or not self._fits(images.shape[1:3]):
+            got = f"{images.dtype} array of shape {images.shape}"
+        elif images.dtype != np.uint8 and not _bytes(images):
+            got = f"{images.dtype} array of shape {images.shape}"
+        else:
+            images = images.astype(np.uint8, copy=False)
+            return replicate_pad(images, self.stored_hw) if self.pads_edges else images
+        raise InputMismatch(f"expected {self.expected()}, got {got}")
+
+    def _fits(self, hw: tuple[int, ...]) -> bool:
+        if self.pads_edges:
+            return all(0 < side <= stored for side, stored in zip(hw, self.stored_hw))
+        return tuple(hw) == self.stored_hw
 
     def dataset(self, images: np.ndarray) -> ImageDataset | BagDataset:
         """Return stored images (N x H x W x 3 uint8) through the evaluation transform."""
@@ -85,6 +124,11 @@ class InputRecipe(BaseModel):
         a DataLoader batch: a channels-last copy would send the convolutions down other kernels)."""
         dataset = self.dataset(images)
         return torch.stack([torch.as_tensor(dataset[i]["image"]) for i in range(len(dataset))]).numpy()
+
+
+def _bytes(images: np.ndarray) -> bool:
+    """Return True when `images` are integers that all fit a uint8."""
+    return np.issubdtype(images.dtype, np.integer) and (images.size == 0 or 0 <= images.min() <= images.max() <= 255)
 
 
 @dataclass
@@ -104,29 +148,41 @@ def probabilities(model: nn.Module, dataset: ImageDataset | BagDataset, batch_si
     return np.concatenate([model(batch["image"]).cpu().numpy() for batch in loader])
 
 
-def prediction_frame(mean: np.ndarray) -> pd.DataFrame:
-    """Return the ensemble's output: `prob_<class>` columns and the predicted class `pred`."""
-    return pd.DataFrame({**{f"prob_{c}": mean[:, c] for c in range(mean.shape[1])}, "pred": mean.argmax(1)})
+def class_frame(probabilities: np.ndarray, classes: tuple[str, ...]) -> pd.DataFrame:
+    """Return class probabilities (N x C) as one column per class name, and each image's
+    `predicted` class name."""
+    frame = pd.DataFrame(probabilities, columns=list(classes))
+    frame["predicted"] = np.asarray(classes, dtype=object)[probabilities.argmax(1)]
+    return frame
+
+
+def served_config(recipe: InputRecipe, classes: tuple[str, ...]) -> dict[str, Any]:
+    """Return a served model's configuration (its model_config and metadata): the input recipe and
+    the class names, in class-index order."""
+    return {"recipe": recipe.model_dump(mode="json"), "classes": list(classes)}
 
 
 class FoldEnsemble(PythonModel):
-    """The mean softmax of a winner's fold models, on stored images (N x H x W x 3 uint8)."""
+    """The mean softmax of one or more fold models (the winner: its search fold's alone), on
+    images as the harness stores them (N x H x W x 3 uint8), under the class names."""
 
     def load_context(self, context: Any) -> None:
-        """Load the fold models (artifacts `fold_<k>`) and the input recipe (model config)."""
+        """Load the fold models (artifacts `fold_<k>`), the input recipe and the class names (model config)."""
         self.recipe = InputRecipe.model_validate(context.model_config["recipe"])
+        self.classes = tuple(context.model_config["classes"])
         keys = sorted(context.artifacts, key=lambda k: int(k.removeprefix("fold_")))
         # Exported programs, traced in eval mode; refused if a pickle took their place.
         with environment(NO_PICKLED_MODELS):
             self.folds = [mlflow.pytorch.load_model(context.artifacts[k], map_location="cpu") for k in keys]
 
     def predict(self, context: Any, model_input: np.ndarray, params: dict | None = None) -> pd.DataFrame:
-        """Return each image's mean fold softmax and predicted class, computed at the run's
-        thread count (so on the CPU they are the run's own numbers)."""
-        dataset = self.recipe.dataset(np.asarray(model_input, dtype=np.uint8))
+        """Return each image's mean fold softmax under the class names and its predicted class,
+        computed at the run's thread count (so on the CPU they are the run's own numbers); raises
+        InputMismatch for images of another type, shape or dtype than the run stored."""
+        dataset = self.recipe.dataset(self.recipe.stored(model_input))
         with torch_threads(self.recipe.threads):
             folds = [probabilities(f, dataset, self.recipe.batch_size) for f in self.folds]
-        return prediction_frame(mean_softmax(folds))
+        return class_frame(mean_softmax(folds), self.classes)
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ from harness.bn_recalibration import recalibrate_for_evaluation
 from harness.config import ComputeSpec
 from harness.data.bags import BagGrid, bag_grid
 from harness.data.batched import BatchAugment, DeviceBatches, batched_augmentation_supported, fits_on_device
-from harness.data.cache import open_patch_cache
+from harness.data.cache import is_patch_cache, open_patch_cache
 from harness.data.dataset import BagDataset, ImageDataset, part_dataset
 from harness.data.manifest import read_manifest
 from harness.data.normalise import batch_normaliser
@@ -691,6 +691,7 @@ def served_fold(spec: RunSpec, result: FitResult, examples: int = 2) -> ServedFo
         keras=fold.keras,
         batch_size=spec.training.eval_batch_size,
         threads=max(1, spec.threads),
+        pads_edges=is_patch_cache(spec.data.cache_path),
     )
     stored = np.asarray(fold.images[fold.rows["test"][:examples]])
     return ServedFold(

@@ -93,6 +93,10 @@ BAD_INPUTS = {
         {"search": {"sampler": "bruteforce"}},
         "exp.yaml: key 'search.sampler' = 'bruteforce': cancernet searches dropout_conv over a continuous range",
     ),
+    "a fold retrain longer than the search's budget": (
+        {"search": {"max_epochs": 2, "retrain_epochs": 3}},
+        "exp.yaml: key 'search': retrain_epochs (3) must not exceed max_epochs (2)",
+    ),
     "unknown sampler": (
         {"search": {"sampler": "cmaes"}},
         "exp.yaml: key 'search.sampler' = 'cmaes': Input should be 'tpe', 'random', 'gp', 'qmc' or 'bruteforce'",

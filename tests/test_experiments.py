@@ -79,7 +79,9 @@ def _shrink(config: dict[str, Any], root: Path) -> dict[str, Any]:
     """Keep an experiment's baselines and protocol, but make the budget and images tiny."""
     config = {**config, "output_dir": str(root / "results")}
     # The fold retrain is tested on its own (test_cluster); here it would multiply the time by the folds.
-    config["search"] = {**config["search"], "trials": 1, "max_epochs": 1, "grace_period": 1, "retrain": "none"}
+    # Its epoch cap goes with it (the demo's is above this budget).
+    search = {k: v for k, v in config["search"].items() if k != "retrain_epochs"}
+    config["search"] = {**search, "trials": 1, "max_epochs": 1, "grace_period": 1, "retrain": "none"}
     config["resources"] = {"cpu": 1, "gpu": 0}
     dataset = dict(config["dataset"], allow_subset=True)
     if dataset["name"] != "idc":

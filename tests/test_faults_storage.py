@@ -34,9 +34,9 @@ from harness.data.datasets.idc import write_synthetic_idc
 from harness.data.prepare import PreparedData, index_dataset, prepare
 from harness.errors import InputError
 from harness.evaluation import mean_softmax
-from harness.model_registry import ENSEMBLE_CODE, log_ensemble_model, log_fold_model
+from harness.model_registry import ENSEMBLE_CODE, log_fold_model, log_served_model
 from harness.run_spec import RunSpec
-from harness.served_model import ClassProbabilities, InputRecipe, ServedFold
+from harness.served_model import ClassProbabilities, InputRecipe, ServedFold, served_config
 from harness.sweep._checkpoint import CHECKPOINT_FILE, FORMAT, TrialCheckpoint, load_checkpoint, save_checkpoint
 from harness.sweep._search import read_searcher_state
 from harness.train import EpochReport, TrainState, fit
@@ -451,7 +451,7 @@ def test_registered_models_load_with_mlflows_pickle_loading_off(
     ensemble_run = tracker.start_run(
         experiment, name="ensemble", run_type=tracking.RunType.ENSEMBLE, tags={}, params={}
     )
-    ensemble = log_ensemble_model(store, ensemble_run, models, images[:2], classes=2)
+    ensemble = log_served_model(store, ensemble_run, models, images[:2], ("non_idc", "idc"))
     inputs = torch.from_numpy(recipe.model_inputs(images))
     with torch.no_grad():
         expected = [m(inputs).numpy() for m in modules]
@@ -461,7 +461,7 @@ def test_registered_models_load_with_mlflows_pickle_loading_off(
     with torch.no_grad():
         assert np.array_equal(fold_model(inputs).numpy(), expected[0])
     served = mlflow.pyfunc.load_model(ensemble).predict(images)
-    assert np.array_equal(served[["prob_0", "prob_1"]].to_numpy(), mean_softmax(expected))
+    assert np.array_equal(served[["non_idc", "idc"]].to_numpy(), mean_softmax(expected))
 
 
 def test_the_ensemble_refuses_a_pickled_fold_model_unless_the_user_opts_in(
@@ -477,7 +477,7 @@ def test_the_ensemble_refuses_a_pickled_fold_model_unless_the_user_opts_in(
         tmp_path / "ensemble",
         python_model=str(ENSEMBLE_CODE),
         artifacts={"fold_0": str(tmp_path / "fold_0")},
-        model_config={"recipe": recipe.model_dump(mode="json")},
+        model_config=served_config(recipe, ("non_idc", "idc")),
         pip_requirements=[],
     )
     with pytest.raises(MlflowException, match="Deserializing model using pickle is disallowed"):

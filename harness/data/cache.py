@@ -94,6 +94,11 @@ def cache_path(cache_dir: Path, manifest_hash: str, patch_size: int) -> Path:
     return cache_dir / f"patches-{manifest_hash[:16]}-{patch_size}px.npy"
 
 
+def is_patch_cache(path: Path) -> bool:
+    """Return True when `path` is a patch cache (edge patches padded), not a resized image cache."""
+    return path.name.startswith("patches-")
+
+
 class StaleFiles(InputError):
     """Files that no longer hold the bytes their manifest rows digested, found as a cache read them:
     `now` maps each such row to its file's digest now (None: the file is gone). No cache is built."""
@@ -123,15 +128,27 @@ def _indexed_bytes(manifest: pd.DataFrame, what: str, show_progress: bool) -> It
         raise StaleFiles(stale, len(rows))
 
 
+def decode_rgb(data: bytes) -> np.ndarray:
+    """Return the pixels of an encoded image as RGB uint8 (H x W x 3), converted as PIL converts."""
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def replicate_pad(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Return patches (... x h x w x 3, h and w at most `size`) replicate-padded bottom and right
+    to `size`, as the patch cache stores edge patches."""
+    h, w = pixels.shape[-3:-1]
+    if (h, w) == size:
+        return pixels
+    # Edge patches are padded, never resized: resizing would change the patch's scale.
+    leading = [(0, 0)] * (pixels.ndim - 3)
+    return np.pad(pixels, [*leading, (0, size[0] - h), (0, size[1] - w), (0, 0)], mode="edge")
+
+
 def _padded(data: bytes, patch_size: int) -> tuple[np.ndarray, bool]:
     """Decode one patch as RGB uint8, replicate-padded bottom/right to patch_size; returns (pixels, padded)."""
-    with Image.open(io.BytesIO(data)) as im:
-        pixels = np.asarray(im.convert("RGB"))
-    h, w = pixels.shape[:2]
-    if (h, w) == (patch_size, patch_size):
-        return pixels, False
-    # Edge patches are padded, never resized: resizing would change the patch's scale.
-    return np.pad(pixels, ((0, patch_size - h), (0, patch_size - w), (0, 0)), mode="edge"), True
+    pixels = decode_rgb(data)
+    return replicate_pad(pixels, (patch_size, patch_size)), pixels.shape[:2] != (patch_size, patch_size)
 
 
 def load_padded(path: str | Path, patch_size: int) -> tuple[np.ndarray, bool]:

@@ -59,6 +59,15 @@ class BaselineRuns:
             return []
         return [float(v) for v in self.folds[name] if not pd.isna(v)]
 
+    @property
+    def short_retrain(self) -> int | None:
+        """Return the epoch budget of the retrained folds when it was below the best trial's
+        (`search.retrain_epochs`), else None."""
+        if self.best is None or self.folds.empty or "epochs" not in self.folds:
+            return None
+        budget = int(self.folds.epochs.max())
+        return budget if 0 < budget < int(self.best.get("epochs", -1)) else None
+
     def hours(self, share: str) -> float:
         """Return the device-hours of every trial and fold run: wall time x granted CPU or GPU share."""
         frames = [f for f in (self.trials, self.folds) if not f.empty and share in f]
@@ -161,6 +170,7 @@ def _frame(runs: list) -> pd.DataFrame:
                 "orphaned": tags.get(tracking.ORPHANED) == "true",
                 "semantics": params.get("semantics", ""),
                 "bn_recalibration": params.get("bn_recalibration", "false"),
+                "epochs": int(params["epochs"]) if params.get("epochs", "").isdigit() else -1,
                 "objective_metric": tags.get(tracking.OBJECTIVE, "val_accuracy"),
                 "stopped_by": tags.get(tracking.STOPPED_BY),
                 "trial_id": tags.get(tracking.TRIAL_ID, info.run_id),

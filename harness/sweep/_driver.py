@@ -218,6 +218,7 @@ def _sweep_params(config: ExperimentConfig, setup: ExperimentSetup, granted: dic
         "max_failures": search.max_failures,
         "optuna_storage": config.resolved_optuna_storage(),
         "retrain": search.retrain,
+        "retrain_epochs": search.retrain_budget,
         "reproducible": search.reproducible,
         **{f"resources_{n}": f"cpu={r.cpu:g},gpu={r.gpu:g}" for n, r in granted.items()},
     }

@@ -1,6 +1,7 @@
-"""A winner's models in the Model Registry: after its fold ensemble is logged, the ensemble as a
-pyfunc model and the search fold's model (the winning trial trained again) as registered versions
-of `<experiment>-<baseline>`, tagged with the split, the sweep and their test metrics."""
+"""A winner's models in the Model Registry: after its fold ensemble is logged, two served models
+(pyfunc models on stored images, under the class names), the search fold's network (the winning
+trial trained again) on its fold run and the mean of every fold's on the ensemble run, registered
+as versions of `<experiment>-<baseline>`, tagged with the split, the sweep and their test metrics."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from harness.data.cache import open_patch_cache
 from harness.data.splits import TEST, read_split
 from harness.model_registry import (
     ENSEMBLE,
-    MODEL_URI,
+    TORCH_MODEL_URI,
     WINNER,
-    log_ensemble_model,
+    log_served_model,
     register,
     registered_name,
 )
@@ -21,7 +22,8 @@ from harness.model_registry import (
 from ._trial import SweepContext
 from ._winners import Winner
 
-EXAMPLES = 2  # stored test images saved as the ensemble's input example
+EXAMPLES = 2  # stored test images saved as the served models' input example
+STORED = "uint8 RGB images as the harness stores them (N x H x W x 3, smaller edge patches padded)"
 
 
 def _metric_tags(metrics: dict[str, float]) -> dict[str, str]:
@@ -31,20 +33,24 @@ def _metric_tags(metrics: dict[str, float]) -> dict[str, str]:
 def register_winner(
     ctx: SweepContext, winner: Winner, folds: dict[int, str], ensemble_run_id: str, ensemble_metrics: dict[str, float]
 ) -> tuple[str | None, str | None]:
-    """Log the ensemble run's pyfunc model over the fold runs' models (fold -> run id), then
-    register it and the search fold's model; returns (the registered name, None), or (None, why
-    not) when a fold has no model."""
+    """Log the served models over the fold runs' torch programs (fold -> run id): the search fold's
+    on its run, the mean of all on the ensemble run; register both; returns (the registered name,
+    None), or (None, why not) when a fold has no torch program."""
     baseline, data, search_fold = winner.baseline, ctx.data, ctx.config.protocol.search_fold
     tracker = tracking.tracker_for(ctx.tracking_uri)
     fold_runs = {k: tracker.client.get_run(run_id) for k, run_id in folds.items()}
-    missing = sorted(k for k, run in fold_runs.items() if MODEL_URI not in run.data.tags)
+    missing = sorted(k for k, run in fold_runs.items() if TORCH_MODEL_URI not in run.data.tags)
     if missing or search_fold not in fold_runs:
         return None, (
             f"{baseline}: fold(s) {missing} have no logged model (trained before models were logged); none registered"
         )
-    models = {k: run.data.tags[MODEL_URI] for k, run in fold_runs.items()}
+    models = {k: run.data.tags[TORCH_MODEL_URI] for k, run in fold_runs.items()}
     examples = np.asarray(open_patch_cache(data.cache_path)[read_split(data.split_path).rows(split=TEST)[:EXAMPLES]])
-    ensemble_uri = log_ensemble_model(ctx.tracking_uri, ensemble_run_id, models, examples, len(data.class_names))
+    searched = fold_runs[search_fold]
+    winner_uri = log_served_model(
+        ctx.tracking_uri, searched.info.run_id, {search_fold: models[search_fold]}, examples, data.class_names
+    )
+    ensemble_uri = log_served_model(ctx.tracking_uri, ensemble_run_id, models, examples, data.class_names)
     experiment = tracker.client.get_experiment(ctx.experiment_id).name
     common = {
         tracking.SPLIT_HASH: ctx.tags[tracking.SPLIT_HASH],
@@ -59,17 +65,17 @@ def register_winner(
         "classes": ",".join(data.class_names),
     }
     name = registered_name(experiment, baseline)
-    searched = fold_runs[search_fold]
     register(
         ctx.tracking_uri,
         name,
-        models[search_fold],
+        winner_uri,
         alias=WINNER,
         tags={**common, "kind": "fold_model", tracking.FOLD: str(search_fold), **_metric_tags(searched.data.metrics)},
         description=(
             f"The winning trial {winner.trial_id} trained again on its search fold {search_fold} (run "
-            f"{searched.info.run_id}). `mlflow.pytorch.load_model` gives a module: uint8 model inputs "
-            "(N x 3 x h x w, the evaluation transform's output) -> softmax probabilities."
+            f"{searched.info.run_id}) within {searched.data.params.get('epochs', '?')} epochs. "
+            f"`mlflow.pyfunc.load_model(...).predict(images)` on {STORED} returns probabilities under the "
+            "class names and the predicted class; its torch program is the fold run's `torch_model`."
         ),
     )
     register(
@@ -85,8 +91,8 @@ def register_winner(
         },
         description=(
             f"The mean softmax of the winner's {len(models)} fold models (ensemble run {ensemble_run_id}). "
-            "`mlflow.pyfunc.load_model` takes images as the harness stores them (uint8 N x H x W x 3) "
-            "and returns prob_<class> and pred, as the run's test/predictions.csv."
+            f"`mlflow.pyfunc.load_model(...).predict(images)` on {STORED} returns the "
+            "probabilities of the run's test/predictions.csv under the class names, and the predicted class."
         ),
     )
     return name, None

@@ -66,10 +66,11 @@ class EnsembleOutcome:
 
 
 def _train_fold(ctx: SweepContext, winner: Winner, fold: int, progress: Queue | None) -> FoldOutcome:
-    """Fit the winner's point on `fold` as one MLflow run, putting a FoldEpoch on `progress` after
-    each epoch; returns the run id and test predictions."""
+    """Fit the winner's point on `fold` within the retrain's epoch cap as one MLflow run, putting a
+    FoldEpoch on `progress` after each epoch; returns the run id and test predictions."""
     node = current_node()
     spec = node_spec(ctx, winner.baseline, winner.point, fold, node)
+    spec = spec.model_copy(update={"max_epochs": ctx.config.search.retrain_budget})
     tracker = tracking.tracker_for(ctx.tracking_uri)
     with tracker.run(
         ctx.experiment_id,

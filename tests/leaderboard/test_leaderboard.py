@@ -565,6 +565,19 @@ def test_trials_under_other_protocol_options_are_rows_of_their_own(tmp_path: Pat
     assert list(board.table.protocol) == ["patient, Keras semantics", "patient, torch semantics"]
 
 
+def test_a_fold_retrain_shorter_than_the_trials_is_part_of_the_protocol(tmp_path: Path) -> None:
+    store, _ = idc_store(tmp_path, models=(("cancernet", 2.0, 0.9, {"semantics": "torch", "epochs": "6"}),))
+    (trial,) = store.tracker.client.search_runs([store.experiment_id], f"tags.{tracking.RUN_TYPE} = 'trial'")
+    for fold in range(2):
+        run = store.run(
+            "fold", "cancernet", {}, parent=trial.info.run_id, extra={tracking.FOLD: str(fold)}, params={"epochs": "2"}
+        )
+        store.tracker.finish(run, tracking.FINISHED)
+    board = build_leaderboard(store.uri, store.experiment, options=LayoutOptions(n_boot=N_BOOT))
+    assert list(board.table.protocol) == ["patient, torch semantics, folds retrained 2 ep."]
+    assert any("Folds retrained N ep." in note for note in board.tables[0].footnotes)
+
+
 def test_each_leaderboard_computes_its_own_intervals(tmp_path: Path) -> None:
     # Two stores with the same baseline names, one process: no interval may carry over.
     tables = []

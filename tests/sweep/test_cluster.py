@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 import ray
 import requests
-import torch
 from mlflow import MlflowClient
 from ray.cluster_utils import Cluster
 from ray.exceptions import RayTaskError
@@ -32,8 +31,7 @@ from harness.data.splits import TEST, read_split
 from harness.environment import EMBEDDED_RAY, environment
 from harness.leaderboard import build_leaderboard
 from harness.leaderboard.attach import tag_registered_models
-from harness.model_registry import MODEL_URI, RECIPE
-from harness.served_model import InputRecipe, prediction_frame, torch_threads
+from harness.model_registry import MODEL_URI, TORCH_MODEL_URI
 from harness.server import ServerProcess, start_server
 from harness.sweep._failures import trial_error
 from harness.sweep._trial import _error_tags
@@ -280,9 +278,12 @@ def test_winners_are_registered_models_that_reproduce_the_stored_predictions(
         assert version.tags["test_accuracy"] == f"{run.data.metrics['test_accuracy']:.6g}"
         assert version.tags[tracking.WINNER] == run.data.tags[tracking.WINNER]
     images, rows = _stored_test_images(failing_experiment)
-    served = mlflow.pyfunc.load_model(f"models:/{name}@ensemble").predict(images)
-    module = mlflow.pytorch.load_model(f"models:/{name}@winner")
-    recipe = InputRecipe.model_validate(mlflow.models.get_model_info(f"models:/{name}@winner").metadata[RECIPE])
+    served = {
+        alias: mlflow.pyfunc.load_model(f"models:/{name}@{alias}").predict(images) for alias in ("ensemble", "winner")
+    }
+    # The registered entry point is the pyfunc; the fold's raw torch program is its run's torch_model.
+    assert set(mlflow.models.get_model_info(f"models:/{name}@winner").flavors) == {"python_function"}
+    assert TORCH_MODEL_URI in winner_run.data.tags
     # `harness leaderboard` sets the baseline's row as tags of both versions.
     board = build_leaderboard(server.uri, "cluster-failures")
     assert sorted(tag_registered_models(server.uri, ["cluster-failures"], board.table)) == [f"{name} v1", f"{name} v2"]
@@ -291,20 +292,15 @@ def test_winners_are_registered_models_that_reproduce_the_stored_predictions(
         tags = client.get_model_version(name, version.version).tags
         assert tags["leaderboard.ensemble_test_accuracy"] == f"{row.ensemble_test_accuracy:.6g}"
         assert tags["leaderboard.trials"] == "6" and tags["winner_run_id"] == row.best_run_id
-    for run, output in ((ensemble_run, served), (winner_run, _module_output(module, recipe, images))):
+    classes = winner.tags["classes"].split(",")
+    for run, output in ((ensemble_run, served["ensemble"]), (winner_run, served["winner"])):
         stored = pd.read_csv(client.download_artifacts(run.info.run_id, "test/predictions.csv"))
         assert stored.rel_path.tolist() == rows.rel_path.tolist()
+        assert list(output.columns) == [*classes, "predicted"]
         # Written as float32 text, read back as float64: equal once back in float32.
-        columns = ["prob_0", "prob_1"]
-        assert np.array_equal(stored[columns].to_numpy().astype(np.float32), output[columns].to_numpy())
-        assert stored.pred.tolist() == output.pred.tolist()
-
-
-def _module_output(module: torch.nn.Module, recipe: InputRecipe, images: np.ndarray) -> pd.DataFrame:
-    inputs = torch.from_numpy(recipe.model_inputs(images))
-    with torch.no_grad(), torch_threads(recipe.threads):
-        probs = torch.cat([module(batch) for batch in inputs.split(recipe.batch_size)]).numpy()
-    return prediction_frame(probs)
+        columns = [f"prob_{c}" for c in range(len(classes))]
+        assert np.array_equal(stored[columns].to_numpy().astype(np.float32), output[classes].to_numpy())
+        assert [classes[c] for c in stored.pred] == output.predicted.tolist()
 
 
 def test_a_sweep_through_ray_client(
@@ -337,7 +333,7 @@ def test_a_sweep_through_ray_client(
     experiment = client.get_experiment_by_name("cluster-client").experiment_id
     assert client.search_logged_models([experiment]) == []
     assert client.search_model_versions("name = 'cluster-client-cancernet'") == []
-    assert not [r for r in folds + ensembles if MODEL_URI in r.data.tags]
+    assert not [r for r in folds + ensembles if {MODEL_URI, TORCH_MODEL_URI} & set(r.data.tags)]
 
 
 def _client_server_logs(cluster: Cluster) -> str:

@@ -56,7 +56,8 @@ SEMANTICS_NOTE = (
     "TensorFlow semantics, the defaults of the framework the source ran (BASELINES.md §0.5); torch "
     f"semantics, PyTorch's; {PRE_SEMANTICS}, a run logged before the option existed, which trained with "
     "PyTorch's defaults, the only ones the harness had then. BN recal.: BatchNorm statistics recomputed "
-    "on training batches before each evaluation."
+    "on training batches before each evaluation. Folds retrained N ep.: the fold retrain capped at N "
+    "epochs (`search.retrain_epochs`), below the trials' budget."
 )
 FLOOR_NOTE = (
     "(floor): a trivial model on the same manifest, split and folds, never ranked: majority predicts "
@@ -110,7 +111,7 @@ def published_rows(name: str, runs: BaselineRuns) -> pd.DataFrame:
 
 def _protocol_text(runs: BaselineRuns) -> str:
     """Return the protocol a harness row shows: its split protocol, then (for a trained model) the
-    training semantics and BatchNorm recalibration its trials logged."""
+    training semantics and BatchNorm recalibration its trials logged, and a shorter fold retrain."""
     if runs.floor:
         return runs.protocol
     if runs.semantics is None:
@@ -119,7 +120,10 @@ def _protocol_text(runs: BaselineRuns) -> str:
         semantics = SEMANTICS[baselines.info(runs.baseline).framework]
     else:
         semantics = f"{runs.semantics} semantics"
-    return ", ".join([runs.protocol, semantics, *(["BN recal."] if runs.bn_recalibration else [])])
+    options = [*(["BN recal."] if runs.bn_recalibration else [])]
+    if runs.short_retrain is not None:
+        options.append(f"folds retrained {runs.short_retrain} ep.")
+    return ", ".join([runs.protocol, semantics, *options])
 
 
 def main_row(runs: BaselineRuns, group: str, cells: dict[str, Cell]) -> Row:
