@@ -86,9 +86,12 @@ ROI_SOURCE = "roi_source"  # none | files | tissue
 NODE_ID = "ray_node_id"  # the node of the latest attempt
 NODE_IP = "ray_node_ip"
 NODE_IDS = "ray_node_ids"  # every attempt's node, in order
-ATTEMPTS = "attempts"
+ATTEMPTS = "attempts"  # 1 + the retries after failures (a scheduler's pauses and resumes are no attempts)
 RETRIES = "retries"
 WINNER = "winner_trial_id"
+# A trained run's parameter count in one counting convention (torch, keras, weights_only), as a tag
+# `params_<convention>`: not a metric, so MLflow's charts and compare view do not lead with it.
+PARAM_COUNT_PREFIX = "params_"
 FLOOR = "floor"  # "true" on the runs of a floor model (majority, colour_forest)
 CPU_SHARE = "resources_cpu"  # what Ray granted one trial or fold task: GPU-hours = wall time x share
 GPU_SHARE = "resources_gpu"

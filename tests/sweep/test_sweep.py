@@ -121,7 +121,7 @@ def test_trials_checkpoint_every_second_epoch_and_log_its_size(swept: Swept) -> 
     client = swept.client()
     for run in swept.runs("trial"):
         assert run.data.params["checkpoint_every"] == "2"
-        sizes = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "checkpoint_mb")}
+        sizes = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "trial_checkpoint_mb")}
         last = max(sizes)
         assert sorted(sizes) == list(range(1, last + 1))
         for epoch, megabytes in sizes.items():
@@ -316,7 +316,8 @@ def test_leaderboard_numbers_equal_the_metrics_in_mlflow(swept: Swept) -> None:
         assert row.test_recall == pytest.approx(best.data.metrics["test_sensitivity"])
         # retrain: none, so no fold ensemble (test_cluster checks the columns when there is one).
         assert pd.isna(row.ensemble_test_accuracy) and pd.isna(row.folds_mean_test_accuracy)
-        assert row.params == best.data.metrics["params_torch"]
+        assert row.params == int(best.data.tags[f"{tracking.PARAM_COUNT_PREFIX}torch"])
+        assert not any(m.startswith(tracking.PARAM_COUNT_PREFIX) for m in best.data.metrics)
         # Neither baseline has a published count, so the published-convention column stays empty.
         assert pd.isna(row.params_published_convention)
         assert row.trials == len(mine)
