@@ -46,10 +46,10 @@ def trials_filter(sweep_run_id: str) -> str:
 
 
 def searched_params(trials: list[Run]) -> dict[str, list[str]]:
-    """Return, per baseline (in the order its trials first appear), the parameters whose values
+    """Return, per baseline (in the order their first trials started), the parameters whose values
     differ among its trials: what its search sampled, sorted by name."""
     values: dict[str, dict[str, set[str]]] = {}
-    for run in trials:
+    for run in sorted(trials, key=lambda r: r.info.start_time):
         seen = values.setdefault(run.data.tags.get(tracking.BASELINE, "?"), {})
         for key, value in run.data.params.items():
             seen.setdefault(key, set()).add(value)

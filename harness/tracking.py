@@ -85,7 +85,7 @@ OBJECTIVE = "objective_metric"
 ROI_SOURCE = "roi_source"  # none | files | tissue
 NODE_ID = "ray_node_id"  # the node of the latest attempt
 NODE_IP = "ray_node_ip"
-NODE_IDS = "ray_node_ids"  # every attempt's node, in order
+NODE_IDS = "ray_node_ids"  # the node of every start, in order (a retry's, a resume's, the end of a pause)
 ATTEMPTS = "attempts"  # 1 + the retries after failures (a scheduler's pauses and resumes are no attempts)
 RETRIES = "retries"
 WINNER = "winner_trial_id"
@@ -468,14 +468,21 @@ class Tracker:
                 self._retry(functools.partial(self.client.delete_tag, run_id, key))
         self._retry(lambda: self.client.update_run(run_id, status="RUNNING"))
 
-    def record_attempt(self, run_id: str, node_id: str, node_ip: str) -> None:
-        """Count one more attempt of a run on node `node_id` and mark it RUNNING."""
+    def record_start(self, run_id: str, node_id: str, node_ip: str) -> None:
+        """Record that a run (re)started on node `node_id` and mark it RUNNING: its first start is
+        its first attempt; a later one (a scheduler's pause ending, a retry) adds its node only, as
+        `count_attempt` counts retries."""
         tags = self._retry(lambda: self.client.get_run(run_id)).data.tags
         nodes = [n for n in tags.get(NODE_IDS, "").split(",") if n] + [node_id]
-        self.set_tags(
-            run_id, {ATTEMPTS: str(len(nodes)), NODE_ID: node_id, NODE_IP: node_ip, NODE_IDS: ",".join(nodes)}
-        )
+        started = {NODE_ID: node_id, NODE_IP: node_ip, NODE_IDS: ",".join(nodes)}
+        self.set_tags(run_id, started if ATTEMPTS in tags else {**started, ATTEMPTS: "1"})
         self.reopen(run_id)
+
+    def count_attempt(self, run_id: str, tags: dict[str, str] | None = None) -> None:
+        """Count one more attempt of a run that starts again after a failure (or after its driver
+        died while it trained), setting `tags` with it."""
+        held = self._retry(lambda: self.client.get_run(run_id)).data.tags
+        self.set_tags(run_id, {**(tags or {}), ATTEMPTS: str(int(held.get(ATTEMPTS, "1")) + 1)})
 
     def child_runs(self, experiment_id: str, parent: str, run_type: RunType) -> list:
         """Return the runs of `run_type` nested directly under `parent`."""
