@@ -69,6 +69,7 @@ STOPPED_BY_ASHA, STOPPED_BY_HALVING = "asha", "halving"
 EARLY_STOPPERS = (STOPPED_BY_ASHA, STOPPED_BY_HALVING)
 ERROR = "error"
 DESCRIPTION = "mlflow.note.content"  # a run's description, Markdown in the MLflow UI
+LEADERBOARD_LINE = "**Leaderboard**:"  # how a sweep run's description starts the line about it
 INTERRUPTED = "interrupted"  # the signal that ended a KILLED run: SIGINT, SIGTERM
 ORPHANED = "orphaned"  # "true" on a run its dead driver left RUNNING, ended KILLED by a later sweep
 # Why a run ended, on every ended run: completed, stopped_early (FINISHED: ASHA or halving stopped it
@@ -554,6 +555,24 @@ class Tracker:
                     gallery, folder / f"maps_{name}.png", title=f"{prefix}: {name} predictions, {gallery.kind} maps"
                 )
             self._retry(lambda: self.client.log_artifacts(run_id, str(folder), prefix))
+
+
+def leaderboard_line(attached_at: str | None) -> str:
+    """Return the sweep run description's line about the leaderboard: not yet attached, or attached
+    at `attached_at` (the sweep writes the one, `harness leaderboard` the other)."""
+    if attached_at is None:
+        return f"{LEADERBOARD_LINE} not attached yet; `harness leaderboard` attaches its tables to this run."
+    return f"{LEADERBOARD_LINE} attached {attached_at} by `harness leaderboard` (Artifacts, `leaderboard/`)."
+
+
+def with_leaderboard_line(description: str, line: str) -> str:
+    """Return a sweep run's `description` with its leaderboard line replaced by `line` (added when
+    it has none)."""
+    lines = description.splitlines()
+    at = next((i for i, text in enumerate(lines) if text.startswith(LEADERBOARD_LINE)), None)
+    if at is None:
+        return "\n\n".join(part for part in (description.rstrip(), line) if part)
+    return "\n".join([*lines[:at], line, *lines[at + 1 :]])
 
 
 def outcome(status: str, tags: dict[str, str]) -> str:

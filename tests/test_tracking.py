@@ -137,3 +137,14 @@ def test_attempts_count_retries_not_a_schedulers_pauses(store) -> None:
     tracker.record_start(run_id, "n2", "127.0.0.1")
     tags = MlflowClient(tracker.uri).get_run(run_id).data.tags
     assert (tags[tracking.ATTEMPTS], tags[tracking.RETRIES], tags[tracking.NODE_ID]) == ("2", "1", "n2")
+
+
+def test_the_leaderboard_line_of_a_sweeps_description_is_replaced_once_attached() -> None:
+    pending = "**Winners** by val_accuracy: cancernet t03 (0.8481)\n\nText.\n\n" + tracking.leaderboard_line(None)
+    attached = tracking.with_leaderboard_line(pending, tracking.leaderboard_line("2026-12-04 09:40 UTC"))
+    assert attached.splitlines()[:3] == pending.splitlines()[:3]
+    assert attached.splitlines()[-1] == tracking.leaderboard_line("2026-12-04 09:40 UTC")
+    assert "not attached yet" not in attached
+    assert tracking.with_leaderboard_line(attached, tracking.leaderboard_line("later")).count("**Leaderboard**") == 1
+    # A sweep described before the line existed gets it as a paragraph of its own.
+    assert tracking.with_leaderboard_line("Old text.", "**Leaderboard**: x") == "Old text.\n\n**Leaderboard**: x"

@@ -857,3 +857,17 @@ def test_the_command_prints_compact_tables_or_every_column_and_attaches_every_fi
     assert full.exit_code == 0 and "| p (McNemar) |" in full.output and "- Bold: the best model's" in full.output
     wrong = CliRunner().invoke(app, [*args, "--latex-columns", "test_acc"])
     assert wrong.exit_code == 2 and "--latex-columns 'test_acc': not a column of these tables" in wrong.output
+
+
+def test_attaching_the_leaderboard_rewrites_the_sweep_descriptions_line_about_it(tmp_path: Path) -> None:
+    store, _ = idc_store(tmp_path)
+    client = store.tracker.client
+    (sweep,) = [r for r in client.search_runs([store.experiment_id]) if r.data.tags[tracking.RUN_TYPE] == "sweep"]
+    pending = f"**Winners** by val_accuracy: cancernet t00 (0.9000)\n\n{tracking.leaderboard_line(None)}"
+    store.tracker.set_tags(sweep.info.run_id, {tracking.DESCRIPTION: pending})
+    args = ["leaderboard", "idc-lb", "--tracking-uri", store.uri, "--output-dir", str(tmp_path / "results")]
+    result = CliRunner().invoke(app, [*args, "--no-html", "--bootstrap", "100"])
+    assert result.exit_code == 0, result.output
+    description = client.get_run(sweep.info.run_id).data.tags[tracking.DESCRIPTION]
+    assert description.splitlines()[0] == "**Winners** by val_accuracy: cancernet t00 (0.9000)"
+    assert description.splitlines()[-1].startswith(f"{tracking.LEADERBOARD_LINE} attached 20")

@@ -262,6 +262,9 @@ def test_the_parent_run_names_each_baselines_winner(swept: Swept) -> None:
     trials = swept.runs("trial")
     description = sweep.data.tags["mlflow.note.content"]
     assert 'tags.run_type = "trial"' in description
+    # The winners are the first line, which the UI shows before "Show more".
+    first = description.splitlines()[0]
+    assert first.startswith("**Winners** by val_accuracy: ")
     for baseline in ("cancernet", "resnet18"):
         winner = next(r for r in trials if r.info.run_id == sweep.data.tags[f"winner.{baseline}"])
         assert winner.data.tags[tracking.BASELINE] == baseline and winner.data.tags[tracking.OUTCOME] == "completed"
@@ -270,7 +273,7 @@ def test_the_parent_run_names_each_baselines_winner(swept: Swept) -> None:
         completed = [r for r in trials if r.data.tags[tracking.OUTCOME] == "completed"]
         best = max(r.data.metrics["objective"] for r in completed if r.data.tags[tracking.BASELINE] == baseline)
         assert winner.data.metrics["objective"] == best
-        assert f"- {baseline}: {winner.info.run_name} (val_accuracy" in description
+        assert f"{winner.info.run_name} ({winner.data.metrics['objective']:.4f})" in first
 
 
 def test_confusion_matrix_artifact_counts_the_test_patients(swept: Swept) -> None:
@@ -303,6 +306,8 @@ def test_leaderboard_numbers_equal_the_metrics_in_mlflow(swept: Swept) -> None:
     assert {"leaderboard/leaderboard.md", "leaderboard/leaderboard.html", "leaderboard/summary.md"} <= attached
     assert {"leaderboard/summary.tex", "leaderboard/summary.full.tex", "leaderboard/summary.csv"} <= attached
     assert "leaderboard/figures" in attached
+    description = sweep.data.tags[tracking.DESCRIPTION]
+    assert "not attached yet" not in description and f"{tracking.LEADERBOARD_LINE} attached 20" in description
     trials = swept.runs("trial")
     for row in table.itertuples():
         mine = [r for r in trials if r.data.tags[tracking.BASELINE] == row.baseline]
