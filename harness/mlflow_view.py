@@ -61,8 +61,7 @@ def _parallel_chart(baseline: str, params: list[str]) -> dict:
     which colours the lines (MLflow colours a parallel-coordinates chart by its last metric)."""
     return {
         "uuid": f"harness-parallel-{baseline}",
-        "type": "PARALLEL",
-        "displayName": f"{baseline}: searched parameters and {OBJECTIVE}",
+        "type": "PARALLEL",  # the UI titles it "Parallel Coordinates", whatever its name
         "runsCountToCompare": 100,
         "metricSectionId": _SECTION,
         "deleted": False,

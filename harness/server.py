@@ -21,6 +21,10 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         return
     try:
         response = requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
+        # /health skips MLflow's host check; the API does not, and refuses a host name it was not started
+        # with. A server still starting (or busy) may answer one and time out on the other.
+        search = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search"
+        api = requests.get(search, params={"max_results": 1}, timeout=timeout) if response.status_code == 200 else None
     except requests.RequestException as exc:
         reason = type(exc).__name__
         raise InputError(
@@ -31,11 +35,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         raise InputError(
             f"--tracking-uri {uri}: /health answered HTTP {response.status_code}, not an MLflow server that is up"
         )
-    # /health skips MLflow's host check; the API does not, and refuses a host name it was not started with.
-    api = requests.get(
-        f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search", params={"max_results": 1}, timeout=timeout
-    )
-    if api.status_code == 403:
+    if api is not None and api.status_code == 403:
         raise InputError(
             f"--tracking-uri {uri}: the server refuses requests addressed to this host name; start it "
             "with --allowed-hosts naming it (harness server --allowed-hosts ...)"
