@@ -76,3 +76,24 @@ def test_the_view_url_opens_the_table_or_the_charts() -> None:
     assert mlflow_view.view_url(base, "3", charts=True).endswith(
         "viewStateShareKey=harness-latest-sweep&compareRunsMode=CHART"
     )
+
+
+def test_harness_ui_refuses_a_missing_store_and_a_taken_port_in_one_line(tmp_path: Path) -> None:
+    import socket
+
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    missing = tmp_path / "nowhere" / "mlflow.db"
+    result = CliRunner().invoke(app, ["ui", "--tracking-uri", f"sqlite:///{missing}"])
+    assert result.exit_code == 2 and f"{missing}: no MLflow store there" in " ".join(result.output.split())
+    assert not missing.exists()
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = tracking.open_store(store)
+    _sweep(tracker, tracker.experiment_id("view"), {"cancernet": [{"lr": 0.1}, {"lr": 0.2}]})
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(app, ["ui", "--tracking-uri", store, "--port", str(port)])
+    assert result.exit_code == 2 and f"--port {port}: already in use" in " ".join(result.output.split())

@@ -115,6 +115,7 @@ def test_early_stopped_trials_finish_with_their_outcome_and_tags(swept: Swept) -
             "test/maps_worst.png",
         }
     assert f"{len(stopped)}" in swept.output and "stopped early" in swept.output
+    assert f"look at it: harness ui {swept.experiment}" in " ".join(swept.output.split())
 
 
 def test_trials_checkpoint_every_second_epoch_and_log_its_size(swept: Swept) -> None:
