@@ -25,6 +25,7 @@ from harness.table_layouts import TABLE_LAYOUTS
 
 if TYPE_CHECKING:
     from harness.config import ExperimentConfig, LeaderboardSpec
+    from harness.server import ServerProcess
     from harness.sweep import SweepSummary
     from harness.train import EpochReport
 
@@ -428,7 +429,7 @@ def close_orphans(
 DEFAULT_STORE = Path("results/mlflow.db")  # where a sweep logs without --tracking-uri (output_dir results)
 
 
-def _serve(process: Any) -> None:
+def _serve(process: ServerProcess) -> None:
     """Wait on a started MLflow server until Ctrl-C or SIGTERM, then stop it."""
     import signal
 
@@ -491,6 +492,7 @@ def ui(
     """Open the MLflow UI on the trials of the experiment's latest sweep (their outcome, objective and
     searched parameters as columns): serves a SQLite store on 127.0.0.1 until Ctrl-C; for a tracking
     server, prints its address."""
+    from harness.locking import sqlite_path
     from harness.mlflow_view import view_url
     from harness.server import start_server
 
@@ -500,29 +502,25 @@ def ui(
     if uri.startswith(("http://", "https://")):
         console.print(f"open {view_url(uri, experiment_id, charts=charts)}", highlight=False, soft_wrap=True)
         return
-    database = _served_database(uri, port)
-    process = start_server(uri, database.parent / "mlartifacts", port=port, workers=1)
+    _check_free(port)
+    database = sqlite_path(uri)
+    # Where a sweep logging straight to this store keeps artifacts; the server's own uploads go there too.
+    artifacts = (database.parent if database else DEFAULT_STORE.parent) / "mlartifacts"
+    process = start_server(uri, artifacts.resolve(), port=port, workers=1)
     url = view_url(process.uri, experiment_id, charts=charts)
-    console.print(f"MLflow UI on the store {database} (Ctrl-C stops it); open\n{url}", highlight=False, soft_wrap=True)
+    console.print(f"MLflow UI on {database or uri} (Ctrl-C stops it); open\n{url}", highlight=False, soft_wrap=True)
     _serve(process)
 
 
-def _served_database(uri: str, port: int) -> Path:
-    """Return the SQLite file `harness ui` serves; raises InputError when `uri` is no SQLite store
-    that exists, or the port is taken."""
+def _check_free(port: int) -> None:
+    """Raise InputError when `port` is taken on 127.0.0.1."""
     import socket
 
-    from harness.locking import sqlite_path
-
-    database = sqlite_path(uri)
-    if database is None:
-        raise InputError(f"--tracking-uri {uri}: expected sqlite:///PATH.db or http(s)://HOST:PORT")
     with socket.socket() as probe:
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
             raise InputError(f"--port {port}: already in use on 127.0.0.1; pass another port") from None
-    return database
 
 
 def _prepare_view(uri: str, name: str | None) -> str:
