@@ -6,9 +6,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
 from harness import mlflow_view, tracking
+
+
+@pytest.fixture(scope="module")
+def tracker(tmp_path_factory: pytest.TempPathFactory) -> tracking.Tracker:
+    """One SQLite store for the module (creating its schema is most of a test's time)."""
+    return tracking.open_store(f"sqlite:///{tmp_path_factory.mktemp('view') / 'mlflow.db'}")
 
 
 def _sweep(tracker: tracking.Tracker, experiment_id: str, spaces: dict[str, list[dict]]) -> str:
@@ -35,8 +42,9 @@ def _saved_state(uri: str, experiment_id: str) -> tuple[str, dict]:
     return envelope["name"], json.loads(envelope["state"])
 
 
-def test_the_view_shows_the_latest_sweeps_trials_with_outcome_objective_and_searched_params(tmp_path: Path) -> None:
-    tracker = tracking.open_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+def test_the_view_shows_the_latest_sweeps_trials_with_outcome_objective_and_searched_params(
+    tracker: tracking.Tracker,
+) -> None:
     experiment_id = tracker.experiment_id("view")
     tracker.set_experiment_tags(experiment_id, tracking.experiment_tags("min"))
     _sweep(tracker, experiment_id, {"cancernet": [{"lr": 0.1}, {"lr": 0.2}]})
@@ -59,12 +67,11 @@ def test_the_view_shows_the_latest_sweeps_trials_with_outcome_objective_and_sear
     assert mlflow_view.newest_sweep_experiment(tracker) == experiment_id
 
 
-def test_an_experiment_without_a_sweep_gets_no_view(tmp_path: Path) -> None:
-    tracker = tracking.open_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+def test_an_experiment_without_a_sweep_gets_no_view(tracker: tracking.Tracker) -> None:
     experiment_id = tracker.experiment_id("empty")
     assert not mlflow_view.write_latest_sweep_view(tracker, experiment_id)
     assert mlflow_view.VIEW_TAG not in MlflowClient(tracker.uri).get_experiment(experiment_id).tags
-    assert mlflow_view.newest_sweep_experiment(tracker) is None
+    assert mlflow_view.newest_sweep_experiment(tracker) != experiment_id
 
 
 def test_the_view_url_opens_the_table_or_the_charts() -> None:
@@ -78,7 +85,9 @@ def test_the_view_url_opens_the_table_or_the_charts() -> None:
     )
 
 
-def test_harness_ui_refuses_a_missing_store_and_a_taken_port_in_one_line(tmp_path: Path) -> None:
+def test_harness_ui_refuses_a_missing_store_and_a_taken_port_in_one_line(
+    tracker: tracking.Tracker, tmp_path: Path
+) -> None:
     import socket
 
     from typer.testing import CliRunner
@@ -89,11 +98,9 @@ def test_harness_ui_refuses_a_missing_store_and_a_taken_port_in_one_line(tmp_pat
     result = CliRunner().invoke(app, ["ui", "--tracking-uri", f"sqlite:///{missing}"])
     assert result.exit_code == 2 and f"{missing}: no MLflow store there" in " ".join(result.output.split())
     assert not missing.exists()
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracker = tracking.open_store(store)
-    _sweep(tracker, tracker.experiment_id("view"), {"cancernet": [{"lr": 0.1}, {"lr": 0.2}]})
+    _sweep(tracker, tracker.experiment_id("refusals"), {"cancernet": [{"lr": 0.1}, {"lr": 0.2}]})
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         port = taken.getsockname()[1]
-        result = CliRunner().invoke(app, ["ui", "--tracking-uri", store, "--port", str(port)])
+        result = CliRunner().invoke(app, ["ui", "--tracking-uri", tracker.uri, "--port", str(port)])
     assert result.exit_code == 2 and f"--port {port}: already in use" in " ".join(result.output.split())
