@@ -486,12 +486,14 @@ def ui(
     ),
     tracking_uri: Optional[str] = UriOption,
     output_dir: Optional[Path] = OutOption,
-    port: int = typer.Option(5000, "--port", help="Where the UI listens on 127.0.0.1 (a SQLite store)."),
+    port: int = typer.Option(
+        5000, "--port", help="Where the UI listens on 127.0.0.1 (unless the store is a tracking server)."
+    ),
     charts: bool = typer.Option(False, "--charts", help="Open the chart view instead of the runs table."),
 ) -> None:
     """Open the MLflow UI on the trials of the experiment's latest sweep (their outcome, objective and
-    searched parameters as columns): serves a SQLite store on 127.0.0.1 until Ctrl-C; for a tracking
-    server, prints its address."""
+    searched parameters as columns): serves the store on 127.0.0.1 until Ctrl-C and prints the address
+    to open; for a tracking server (http), prints the address on that server."""
     from harness.locking import sqlite_path
     from harness.mlflow_view import view_url
     from harness.server import start_server
