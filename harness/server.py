@@ -134,14 +134,16 @@ def start_server(
     )
     server = ServerProcess(process=process, uri=f"http://{host}:{port}", log=log)
     deadline = time.monotonic() + wait_seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            break
-        try:
-            check_reachable(server.uri, timeout=1.0)
-            return server
-        except InputError:
-            time.sleep(0.5)
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                check_reachable(server.uri, timeout=1.0)
+                return server
+            except InputError:
+                time.sleep(0.5)
+    except BaseException:
+        server.stop()  # a signal or an error while it starts: no server is left behind
+        raise
     server.stop()
     tail = "\n".join(log.read_text().splitlines()[-15:])
     raise RuntimeError(f"mlflow server on {host}:{port} did not answer /health; its log ({log}) ends:\n{tail}")
