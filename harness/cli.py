@@ -25,6 +25,7 @@ from harness.table_layouts import TABLE_LAYOUTS
 
 if TYPE_CHECKING:
     from harness.config import ExperimentConfig, LeaderboardSpec
+    from harness.server import ServerProcess
     from harness.sweep import SweepSummary
     from harness.train import EpochReport
 
@@ -326,8 +327,9 @@ def _embedded_ray_on_loopback(ctx: typer.Context) -> None:
         ctx.with_resource(environment({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **quiet}))
 
 
-def _print_sweep(summary: SweepSummary) -> None:
-    """Print a sweep's trial counts per baseline, its ensembles, floors, notes and where to look."""
+def _print_sweep(summary: SweepSummary, ui: str) -> None:
+    """Print a sweep's trial counts per baseline, its ensembles, floors, notes and where to look
+    (`ui`: the `harness ui` command that opens its trials)."""
     resumed = " (resumed)" if summary.resumed else ""
     table = Table(title=f"sweep {summary.experiment}{resumed}: {summary.wall_seconds:.0f} s")
     for column in ("baseline", "trials", "finished", "stopped early", "failed"):
@@ -349,12 +351,19 @@ def _print_sweep(summary: SweepSummary) -> None:
         console.print(f"floors fitted on every fold and logged beside them: {', '.join(summary.floors)}")
     for note in summary.notes:
         console.print(f"note: {note}", highlight=False)
-    uri = summary.tracking_uri
-    look = f"open {uri}" if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}"
     console.print(
         f"split {summary.split_hash[:16]}; parent run {summary.parent_run_id}; Tune storage {summary.storage}\n"
-        f"look at it: {look}"
+        f"look at it: {ui}",
+        highlight=False,
+        soft_wrap=True,
     )
+
+
+def _ui_command(experiment: Path, tracking_uri: str | None, output_dir: Path | None) -> str:
+    """Return the `harness ui` command that opens the trials of a sweep run with these options."""
+    options = [f"--tracking-uri {tracking_uri}"] if tracking_uri else []
+    options += [f"--output-dir {output_dir}"] if output_dir and not tracking_uri else []
+    return " ".join(["harness ui", str(experiment), *options])
 
 
 @app.command()
@@ -378,10 +387,11 @@ def sweep(
     from harness.interrupts import Interrupted
     from harness.sweep import AllTrialsFailed, run_sweep
 
+    ui = _ui_command(experiment, tracking_uri, output_dir)
     try:
         summary = run_sweep(config, address=address, resume=resume, verbose=True)
     except AllTrialsFailed as failed:
-        _print_sweep(failed.summary)
+        _print_sweep(failed.summary, ui)
         _fail(str(failed), 1)
     except TrackingUnreachable as outage:
         # Its runs stay RUNNING (the store takes no write): --resume continues them.
@@ -390,7 +400,7 @@ def sweep(
         hint = f"; continue with: harness sweep {experiment} --resume" if interrupted.parent_run_id else ""
         errors.print(f"interrupted{hint}", highlight=False, soft_wrap=True, markup=False)
         raise typer.Exit(interrupted.exit_code) from None
-    _print_sweep(summary)
+    _print_sweep(summary, ui)
 
 
 @app.command("close-orphans")
@@ -416,14 +426,32 @@ def close_orphans(
         console.print(f"{config.name}: no sweep left RUNNING by a dead driver on this host")
 
 
+DEFAULT_STORE = Path("results/mlflow.db")  # where a sweep logs without --tracking-uri (output_dir results)
+
+
+def _serve(process: ServerProcess) -> None:
+    """Wait on a started MLflow server until Ctrl-C or SIGTERM, then stop it."""
+    import signal
+
+    # SIGTERM (a scheduler ending the job) stops the server as Ctrl-C does, instead of orphaning it.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        process.process.wait()
+    except KeyboardInterrupt:
+        process.stop()
+
+
 @app.command()
 @user_errors
 def server(
     backend_store_uri: Optional[str] = typer.Option(
-        None, "--backend-store-uri", help="sqlite:///ABS/PATH.db or postgresql://...; default results/mlflow-server.db."
+        None,
+        "--backend-store-uri",
+        help="sqlite:///ABS/PATH.db or postgresql://...; default results/mlflow.db, the store sweeps log to "
+        "without --tracking-uri.",
     ),
     artifacts_destination: Path = typer.Option(
-        Path("results/mlartifacts-server"),
+        Path("results/mlartifacts"),
         "--artifacts-destination",
         help="Folder (or shared mount) the server keeps artifacts in.",
     ),
@@ -438,23 +466,84 @@ def server(
     ),
 ) -> None:
     """Start an MLflow tracking server that every node's trials log to; runs until Ctrl-C or SIGTERM."""
-    import signal
-
     from harness.server import start_server
 
-    backend = backend_store_uri or f"sqlite:///{Path('results/mlflow-server.db').resolve()}"
+    backend = backend_store_uri or f"sqlite:///{DEFAULT_STORE.resolve()}"
     console.print(f"starting mlflow server (backend {backend}, artifacts {artifacts_destination}) ...")
     process = start_server(
         backend, artifacts_destination.resolve(), host=host, port=port, workers=workers, allowed_hosts=allowed_hosts
     )
     shown = "HOST" if host == "0.0.0.0" else host
     console.print(f"MLflow tracking server up; pass --tracking-uri http://{shown}:{port} (log: {process.log})")
-    # SIGTERM (a scheduler ending the job) stops the server as Ctrl-C does, instead of orphaning it.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    try:
-        process.process.wait()
-    except KeyboardInterrupt:
-        process.stop()
+    _serve(process)
+
+
+@app.command()
+@user_errors
+def ui(
+    experiment: Optional[Path] = typer.Argument(
+        None, help="Experiment YAML file; default: the newest sweep's experiment in results/mlflow.db."
+    ),
+    tracking_uri: Optional[str] = UriOption,
+    output_dir: Optional[Path] = OutOption,
+    port: int = typer.Option(
+        5000, "--port", help="Where the UI listens on 127.0.0.1 (unless the store is a tracking server)."
+    ),
+    charts: bool = typer.Option(False, "--charts", help="Open the chart view instead of the runs table."),
+) -> None:
+    """Open the MLflow UI on the trials of the experiment's latest sweep (their outcome, objective and
+    searched parameters as columns): serves the store on 127.0.0.1 until Ctrl-C and prints the address
+    to open; for a tracking server (http), prints the address on that server."""
+    from harness.locking import sqlite_path
+    from harness.mlflow_view import view_url
+    from harness.server import start_server
+
+    config = _load(experiment, None, tracking_uri, output_dir) if experiment else None
+    uri = config.resolved_tracking_uri() if config else tracking_uri or f"sqlite:///{DEFAULT_STORE.resolve()}"
+    experiment_id = _prepare_view(uri, config.name if config else None)
+    if uri.startswith(("http://", "https://")):
+        console.print(f"open {view_url(uri, experiment_id, charts=charts)}", highlight=False, soft_wrap=True)
+        return
+    _check_free(port)
+    database = sqlite_path(uri)
+    # Where a sweep logging straight to this store keeps artifacts; the server's own uploads go there too.
+    artifacts = (database.parent if database else DEFAULT_STORE.parent) / "mlartifacts"
+    process = start_server(uri, artifacts.resolve(), port=port, workers=1)
+    url = view_url(process.uri, experiment_id, charts=charts)
+    console.print(f"MLflow UI on {database or uri} (Ctrl-C stops it); open\n{url}", highlight=False, soft_wrap=True)
+    _serve(process)
+
+
+def _check_free(port: int) -> None:
+    """Raise InputError when `port` is taken on 127.0.0.1."""
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise InputError(f"--port {port}: already in use on 127.0.0.1; pass another port") from None
+
+
+def _prepare_view(uri: str, name: str | None) -> str:
+    """Write the latest-sweep view of experiment `name` (default: the store's newest sweep's) and
+    return the experiment's id; raises InputError when there is no sweep to show."""
+    from harness.locking import sqlite_path
+    from harness.mlflow_view import newest_sweep_experiment, write_latest_sweep_view
+    from harness.server import check_reachable
+    from harness.tracking import tracker_for
+
+    database = sqlite_path(uri)
+    if database is not None and not database.is_file():
+        raise InputError(f"{database}: no MLflow store there; run `harness sweep EXPERIMENT_YAML` first")
+    check_reachable(uri)
+    tracker = tracker_for(uri)
+    experiment_id = tracker.experiment_id(name, create=False) if name else newest_sweep_experiment(tracker)
+    if experiment_id is None:
+        raise InputError(f"{uri}: no {f'experiment {name!r}' if name else 'sweep'} there; run `harness sweep` first")
+    if not write_latest_sweep_view(tracker, experiment_id):
+        raise InputError(f"{uri}: experiment {name!r} has no sweep yet; run `harness sweep` first")
+    return experiment_id
 
 
 ExperimentsOption = typer.Option([], "--experiment", "-e", help="An MLflow experiment to include (repeatable).")

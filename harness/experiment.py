@@ -120,10 +120,8 @@ def log_epoch(
     holds already)."""
     metrics = epoch_metrics(report, objective)
     logged: dict[int, dict[str, float]] = {report.epoch: metrics | (extra or {})}
-    if report.epoch == 1:
-        # Beside the first epoch's metrics, not before them: MLflow lists a run's metrics by step,
-        # and its parallel-coordinates plot starts from the first (objective, not a constant count).
-        logged[1] |= {f"params_{k}": v for k, v in report.param_counts.items()}
+    if report.epoch == 1 and log_metrics:
+        tracker.set_tags(run_id, {f"{tracking.PARAM_COUNT_PREFIX}{k}": str(v) for k, v in report.param_counts.items()})
     if report.best_val_evaluation is not None:
         best = report.best_val_evaluation.metrics
         logged.setdefault(report.best_epoch, {}).update(

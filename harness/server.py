@@ -21,6 +21,10 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         return
     try:
         response = requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
+        # /health skips MLflow's host check; the API does not, and refuses a host name it was not started
+        # with. A server still starting (or busy) may answer one and time out on the other.
+        search = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search"
+        api = requests.get(search, params={"max_results": 1}, timeout=timeout) if response.status_code == 200 else None
     except requests.RequestException as exc:
         reason = type(exc).__name__
         raise InputError(
@@ -31,11 +35,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         raise InputError(
             f"--tracking-uri {uri}: /health answered HTTP {response.status_code}, not an MLflow server that is up"
         )
-    # /health skips MLflow's host check; the API does not, and refuses a host name it was not started with.
-    api = requests.get(
-        f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search", params={"max_results": 1}, timeout=timeout
-    )
-    if api.status_code == 403:
+    if api is not None and api.status_code == 403:
         raise InputError(
             f"--tracking-uri {uri}: the server refuses requests addressed to this host name; start it "
             "with --allowed-hosts naming it (harness server --allowed-hosts ...)"
@@ -134,14 +134,16 @@ def start_server(
     )
     server = ServerProcess(process=process, uri=f"http://{host}:{port}", log=log)
     deadline = time.monotonic() + wait_seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            break
-        try:
-            check_reachable(server.uri, timeout=1.0)
-            return server
-        except InputError:
-            time.sleep(0.5)
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                check_reachable(server.uri, timeout=1.0)
+                return server
+            except InputError:
+                time.sleep(0.5)
+    except BaseException:
+        server.stop()  # a signal or an error while it starts: no server is left behind
+        raise
     server.stop()
     tail = "\n".join(log.read_text().splitlines()[-15:])
     raise RuntimeError(f"mlflow server on {host}:{port} did not answer /health; its log ({log}) ends:\n{tail}")

@@ -69,6 +69,7 @@ STOPPED_BY_ASHA, STOPPED_BY_HALVING = "asha", "halving"
 EARLY_STOPPERS = (STOPPED_BY_ASHA, STOPPED_BY_HALVING)
 ERROR = "error"
 DESCRIPTION = "mlflow.note.content"  # a run's description, Markdown in the MLflow UI
+LEADERBOARD_LINE = "**Leaderboard**:"  # how a sweep run's description starts the line about it
 INTERRUPTED = "interrupted"  # the signal that ended a KILLED run: SIGINT, SIGTERM
 ORPHANED = "orphaned"  # "true" on a run its dead driver left RUNNING, ended KILLED by a later sweep
 # Why a run ended, on every ended run: completed, stopped_early (FINISHED: ASHA or halving stopped it
@@ -85,10 +86,13 @@ OBJECTIVE = "objective_metric"
 ROI_SOURCE = "roi_source"  # none | files | tissue
 NODE_ID = "ray_node_id"  # the node of the latest attempt
 NODE_IP = "ray_node_ip"
-NODE_IDS = "ray_node_ids"  # every attempt's node, in order
-ATTEMPTS = "attempts"
+NODE_IDS = "ray_node_ids"  # the node of every start, in order (a retry's, a resume's, the end of a pause)
+ATTEMPTS = "attempts"  # 1 + the retries after failures (a scheduler's pauses and resumes are no attempts)
 RETRIES = "retries"
 WINNER = "winner_trial_id"
+# A trained run's parameter count in one counting convention (torch, keras, weights_only), as a tag
+# `params_<convention>`: not a metric, so MLflow's charts and compare view do not lead with it.
+PARAM_COUNT_PREFIX = "params_"
 FLOOR = "floor"  # "true" on the runs of a floor model (majority, colour_forest)
 CPU_SHARE = "resources_cpu"  # what Ray granted one trial or fold task: GPU-hours = wall time x share
 GPU_SHARE = "resources_gpu"
@@ -465,14 +469,21 @@ class Tracker:
                 self._retry(functools.partial(self.client.delete_tag, run_id, key))
         self._retry(lambda: self.client.update_run(run_id, status="RUNNING"))
 
-    def record_attempt(self, run_id: str, node_id: str, node_ip: str) -> None:
-        """Count one more attempt of a run on node `node_id` and mark it RUNNING."""
+    def record_start(self, run_id: str, node_id: str, node_ip: str) -> None:
+        """Record that a run (re)started on node `node_id` and mark it RUNNING: its first start is
+        its first attempt; a later one (a scheduler's pause ending, a retry) adds its node only, as
+        `count_attempt` counts retries."""
         tags = self._retry(lambda: self.client.get_run(run_id)).data.tags
         nodes = [n for n in tags.get(NODE_IDS, "").split(",") if n] + [node_id]
-        self.set_tags(
-            run_id, {ATTEMPTS: str(len(nodes)), NODE_ID: node_id, NODE_IP: node_ip, NODE_IDS: ",".join(nodes)}
-        )
+        started = {NODE_ID: node_id, NODE_IP: node_ip, NODE_IDS: ",".join(nodes)}
+        self.set_tags(run_id, started if ATTEMPTS in tags else {**started, ATTEMPTS: "1"})
         self.reopen(run_id)
+
+    def count_attempt(self, run_id: str, tags: dict[str, str] | None = None) -> None:
+        """Count one more attempt of a run that starts again after a failure (or after its driver
+        died while it trained), setting `tags` with it."""
+        held = self._retry(lambda: self.client.get_run(run_id)).data.tags
+        self.set_tags(run_id, {**(tags or {}), ATTEMPTS: str(int(held.get(ATTEMPTS, "1")) + 1)})
 
     def child_runs(self, experiment_id: str, parent: str, run_type: RunType) -> list:
         """Return the runs of `run_type` nested directly under `parent`."""
@@ -544,6 +555,24 @@ class Tracker:
                     gallery, folder / f"maps_{name}.png", title=f"{prefix}: {name} predictions, {gallery.kind} maps"
                 )
             self._retry(lambda: self.client.log_artifacts(run_id, str(folder), prefix))
+
+
+def leaderboard_line(attached_at: str | None) -> str:
+    """Return the sweep run description's line about the leaderboard: not yet attached, or attached
+    at `attached_at` (the sweep writes the one, `harness leaderboard` the other)."""
+    if attached_at is None:
+        return f"{LEADERBOARD_LINE} not attached yet; `harness leaderboard` attaches its tables to this run."
+    return f"{LEADERBOARD_LINE} attached {attached_at} by `harness leaderboard` (Artifacts, `leaderboard/`)."
+
+
+def with_leaderboard_line(description: str, line: str) -> str:
+    """Return a sweep run's `description` with its leaderboard line replaced by `line` (added when
+    it has none)."""
+    lines = description.splitlines()
+    at = next((i for i, text in enumerate(lines) if text.startswith(LEADERBOARD_LINE)), None)
+    if at is None:
+        return "\n\n".join(part for part in (description.rstrip(), line) if part)
+    return "\n".join([*lines[:at], line, *lines[at + 1 :]])
 
 
 def outcome(status: str, tags: dict[str, str]) -> str:

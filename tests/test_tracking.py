@@ -123,3 +123,28 @@ def test_an_experiment_opens_as_model_development_ranked_by_the_objective(
 )
 def test_a_run_s_address_is_under_its_server_or_where_mlflow_ui_serves_its_store(uri: str, url: str | None) -> None:
     assert tracking.run_url(uri, "3", "abc") == url
+
+
+def test_attempts_count_retries_not_a_schedulers_pauses(store) -> None:
+    tracker, experiment_id = store
+    run_id = tracker.start_run(experiment_id, name="t", run_type=tracking.RunType.TRIAL, tags={}, params={})
+    # Started, paused twice by halving and resumed on another node: one attempt, three starts.
+    for node in ("n1", "n1", "n2"):
+        tracker.record_start(run_id, node, "127.0.0.1")
+    tags = MlflowClient(tracker.uri).get_run(run_id).data.tags
+    assert (tags[tracking.ATTEMPTS], tags[tracking.NODE_IDS]) == ("1", "n1,n1,n2")
+    tracker.count_attempt(run_id, {tracking.RETRIES: "1"})  # a failure, retried
+    tracker.record_start(run_id, "n2", "127.0.0.1")
+    tags = MlflowClient(tracker.uri).get_run(run_id).data.tags
+    assert (tags[tracking.ATTEMPTS], tags[tracking.RETRIES], tags[tracking.NODE_ID]) == ("2", "1", "n2")
+
+
+def test_the_leaderboard_line_of_a_sweeps_description_is_replaced_once_attached() -> None:
+    pending = "**Winners** by val_accuracy: cancernet t03 (0.8481)\n\nText.\n\n" + tracking.leaderboard_line(None)
+    attached = tracking.with_leaderboard_line(pending, tracking.leaderboard_line("2026-12-04 09:40 UTC"))
+    assert attached.splitlines()[:3] == pending.splitlines()[:3]
+    assert attached.splitlines()[-1] == tracking.leaderboard_line("2026-12-04 09:40 UTC")
+    assert "not attached yet" not in attached
+    assert tracking.with_leaderboard_line(attached, tracking.leaderboard_line("later")).count("**Leaderboard**") == 1
+    # A sweep described before the line existed gets it as a paragraph of its own.
+    assert tracking.with_leaderboard_line("Old text.", "**Leaderboard**: x") == "Old text.\n\n**Leaderboard**: x"

@@ -1,6 +1,7 @@
-"""Screenshots of what a researcher opens after `make demo`, for the README: the MLflow UI (the
-trials in the runs table, a baseline's trials compared, a trial's page), optuna-dashboard on the
-sweep's Optuna store, and the leaderboard page. Each is a 1,400 x 900 PNG from Debian's Chromium,
+"""Screenshots of what a researcher opens after `make demo`, for the README: the MLflow UI as
+`harness ui` opens it (the latest sweep's trials in the runs table, their chart view with each
+baseline's parallel coordinates, a winning trial's page), optuna-dashboard on the sweep's Optuna
+store, and the leaderboard page. Each is a 1,400 x 900 PNG from Debian's Chromium,
 headless, driven by Playwright (both come with `pip install -e '.[dashboard]'` but Chromium).
 
 usage: python tools/screenshots.py [--results results] [--experiment demo] [--baseline cancernet]
@@ -14,7 +15,6 @@ skipped with a line saying so. Exit 2 with one line when the store or Chromium i
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import socket
 import subprocess
@@ -25,13 +25,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 import requests
 from mlflow import MlflowClient
 from playwright.sync_api import Browser, sync_playwright
 
+from harness.mlflow_view import view_url, write_latest_sweep_view
 from harness.server import start_server
+from harness.tracking import tracker_for
 
 SIZE = {"width": 1400, "height": 900}
 # Chromium on a closed network: no background fetches, each refused one by one.
@@ -60,13 +61,11 @@ def free_port() -> int:
 
 @dataclass(frozen=True)
 class Picture:
-    """A page to picture: its URL, a Playwright selector that matches once it has rendered, and
-    whether the parent run's row is expanded first (MLflow nests a sweep's trials under it)."""
+    """A page to picture: its URL and a Playwright selector that matches once it has rendered."""
 
     name: str
     url: str
     ready: str
-    expand_parent: bool = False
 
 
 @contextmanager
@@ -89,9 +88,6 @@ def shoot(chromium: Browser, picture: Picture, out: Path) -> Path:
         close = page.locator('button[aria-label="Close"]')
         if close.count():
             close.first.click()
-        if picture.expand_parent:
-            page.locator(".ag-row", has_text="sweep").locator("button").first.click()
-            page.get_by_text(" t00").first.wait_for(timeout=30_000)
         page.wait_for_timeout(1500)  # charts finish drawing
         path = out / f"{picture.name}.png"
         page.screenshot(path=path)
@@ -134,23 +130,21 @@ def _study_id(dashboard: str, experiment: str, baseline: str) -> int | None:
 
 
 def mlflow_pages(client: MlflowClient, uri: str, experiment: str, baseline: str) -> list[Picture]:
-    """Return the MLflow UI pages to picture: the trials in the runs table, the baseline's trials
-    compared (parallel coordinates), and its winning trial's page."""
+    """Return the MLflow UI pages to picture, as `harness ui` opens them (its view of the latest
+    sweep, saved first): the trials in the runs table, their chart view (the baseline's parallel
+    coordinates first), and the baseline's winning trial's page."""
     found = client.get_experiment_by_name(experiment)
     if found is None:
         raise Missing(f"no MLflow experiment {experiment!r} in {uri}; run `make demo` first")
     eid = found.experiment_id
+    if not write_latest_sweep_view(tracker_for(uri), eid):
+        raise Missing(f"experiment {experiment!r} in {uri} has no sweep; run `make demo` first")
     trials = client.search_runs([eid], f"{TRIALS} and tags.baseline = '{baseline}'")
     sweep = client.search_runs([eid], 'tags.run_type = "sweep"', order_by=["attributes.start_time DESC"])[0]
     winner = sweep.data.tags.get(f"winner.{baseline}", trials[0].info.run_id)
-    runs = quote(json.dumps([t.info.run_id for t in trials]))
     return [
-        Picture("mlflow-trials", f"{uri}/#/experiments/{eid}/runs?searchFilter={quote(TRIALS)}", "text=Run Name", True),
-        Picture(
-            "mlflow-compare",
-            f"{uri}/#/compare-runs?runs={runs}&experiments={quote(json.dumps([eid]))}",
-            "text=Parallel Coordinates Plot",
-        ),
+        Picture("mlflow-trials", view_url(uri, eid), "text=outcome"),
+        Picture("mlflow-compare", view_url(uri, eid, charts=True), "text=Parallel Coordinates"),
         Picture("mlflow-trial", f"{uri}/#/experiments/{eid}/runs/{winner}", "text=Description"),
     ]
 

@@ -5,6 +5,7 @@ and each baseline's row as tags of the registered versions of its winner."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -46,15 +47,20 @@ def attach_leaderboard(
     tracking_uri: str, experiments: list[str], split_hash: str, files: list[Path], results_dir: Path
 ) -> Attached:
     """Log the leaderboard's `files` (under `results_dir`) in `leaderboard/` of each compared
-    sweep's parent run that has ended; returns which runs got them and which are still running."""
+    sweep's parent run that has ended, and say so in its description; returns which runs got them
+    and which are still running."""
     tracker = tracking.tracker_for(tracking_uri)
     runs = _sweep_runs(tracker, experiments, split_hash)
-    ended = [r.info.run_id for r in runs if r.info.status != tracking.RUNNING]
-    for run_id in ended:
+    ended = [r for r in runs if r.info.status != tracking.RUNNING]
+    line = tracking.leaderboard_line(datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+    for run in ended:
         for path in files:
             folder = Path(LEADERBOARD) / path.parent.relative_to(results_dir)
-            tracker.log_file(run_id, path, folder.as_posix())
-    return Attached(ended, [r.info.run_name for r in runs if r.info.status == tracking.RUNNING])
+            tracker.log_file(run.info.run_id, path, folder.as_posix())
+        description = tracking.with_leaderboard_line(run.data.tags.get(tracking.DESCRIPTION, ""), line)
+        tracker.set_tags(run.info.run_id, {tracking.DESCRIPTION: description})
+    running = [r.info.run_name for r in runs if r.info.status == tracking.RUNNING]
+    return Attached([r.info.run_id for r in ended], running)
 
 
 def _row_tags(row: pd.Series) -> dict[str, str]:

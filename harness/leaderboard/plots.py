@@ -128,7 +128,7 @@ def pareto_figure(runset: RunSet, folder: Path) -> list[Figure]:
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), dpi=110)
     for ax, (xlabel, cost) in zip(
-        axes, (("#params (torch)", lambda r: r.metric("params_torch")), (unit, lambda r: r.hours(share)))
+        axes, (("#params (torch)", lambda r: r.param_count("torch")), (unit, lambda r: r.hours(share)))
     ):
         points = [(cost(r), r.metric("test_accuracy"), r.label) for r in rows]
         for x, y, label in points:

@@ -53,6 +53,11 @@ class BaselineRuns:
             return math.nan
         return float(self.best[name])
 
+    def param_count(self, convention: str) -> float:
+        """Return the best trial's parameter count in `convention` (torch, keras, weights_only), NaN
+        when it has none (a tag; stores written before it was one hold it as a metric)."""
+        return self.metric(tracking.PARAM_COUNT_PREFIX + convention.replace("-", "_"))
+
     def fold_metric(self, name: str) -> list[float]:
         """Return metric `name` of each retrained fold model, in fold order."""
         if self.folds.empty or name not in self.folds:
@@ -178,10 +183,17 @@ def _frame(runs: list) -> pd.DataFrame:
                 "cpu_share": float(tags.get(tracking.CPU_SHARE, "nan")),
                 "gpu_share": float(tags.get(tracking.GPU_SHARE, "nan")),
                 "wall_time_s": (end - info.start_time) / 1000,
+                **_param_counts(tags),
                 **current_metric_names(run.data.metrics),
             }
         )
     return pd.DataFrame(rows)
+
+
+def _param_counts(tags: dict[str, str]) -> dict[str, float]:
+    """Return a run's parameter-count tags as numbers, under their tag names."""
+    prefix = tracking.PARAM_COUNT_PREFIX
+    return {k: float(v) for k, v in tags.items() if k.startswith(prefix) and v.isdigit()}
 
 
 def current_metric_names(metrics: dict[str, float]) -> dict[str, float]:

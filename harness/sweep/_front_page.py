@@ -21,22 +21,28 @@ def winner_tags(winners: list[Winner]) -> dict[str, str]:
 
 
 def description(experiment: str, metric: str, winners: list[Winner], names: dict[str, str]) -> str:
-    """Return the parent run's description (Markdown): the winners and how to compare the trials;
+    """Return the parent run's description (Markdown): the winners on its first line (what the UI
+    shows before "Show more"), how to compare the trials, and whether the leaderboard is attached;
     `names` maps a winner's run id to its run name."""
-    lines = [
-        f"Sweep of **{experiment}**: every trial, fold retrain, ensemble and floor is nested under this run.",
-        "",
-        f"Compare the trials: in the runs table, search `{TRIALS_FILTER}`, then open the chart view "
-        f"(their `val_*` curves overlay) or select them all and press Compare (parallel coordinates).",
-        "",
-    ]
     if winners:
-        lines.append(f"Winners by {metric}:")
-        lines += [f"- {w.baseline}: {names.get(w.run_id, w.run_id)} ({metric} {w.objective:.4f})" for w in winners]
+        first = f"**Winners** by {metric}: " + "; ".join(
+            f"{names.get(w.run_id, w.baseline)} ({w.objective:.4f})" for w in winners
+        )
     else:
-        lines.append("No trial finished by itself, so no baseline has a winner.")
-    lines += ["", "The comparison with the published numbers: `harness leaderboard` (attached below once run)."]
-    return "\n".join(lines)
+        first = "**No winner**: no trial finished by itself."
+    return "\n".join(
+        [
+            first,
+            "",
+            f"Sweep of **{experiment}**: every trial, fold retrain, ensemble and floor is nested under this run.",
+            "",
+            "Compare the trials: `harness ui` opens the runs table on them (outcome, objective and searched "
+            "parameters as columns; the chart view draws each baseline's parameters against the objective), "
+            f"or search the runs table for `{TRIALS_FILTER}`.",
+            "",
+            tracking.leaderboard_line(None),
+        ]
+    )
 
 
 def write_front_page(

@@ -187,13 +187,19 @@ def _lost_note(trial_id: str) -> str:
     )
 
 
+# The Tune states, as saved last, of a trial whose run the dead driver left training; a PAUSED one
+# (halving) had not lost an attempt.
+LOST_ATTEMPT = ("RUNNING", "PENDING")
+
+
 def reconcile_trial_runs(
     tracker: tracking.Tracker, experiment_id: str, parent: str, folder: Path, stopped_by: str
 ) -> list[str]:
     """Bring the RUNNING trial runs a killed driver left in line with the Tune state it saved last;
     returns notes. A run whose trial that state does not hold is ended KILLED and retyped (Tune
     suggests its point again as a new trial, keeping one run per trial); a run whose trial ended
-    there is closed as the driver would have; the others are resumed by Tune."""
+    there is closed as the driver would have; the others are resumed by Tune, one more attempt for
+    those that were training."""
     trials = _tune_trials(folder)
     notes = []
     for run in tracker.child_runs(experiment_id, parent, tracking.RunType.TRIAL):
@@ -209,4 +215,7 @@ def reconcile_trial_runs(
         elif trials[trial_id][0] == "ERROR":
             error = "the driver died before it recorded this trial's error (see the Tune folder's error.txt)"
             tracker.finish(run.info.run_id, tracking.FAILED, {tracking.ERROR: error, tracking.FAILURE_CAUSE: "error"})
+        elif trials[trial_id][0] in LOST_ATTEMPT:
+            # It was training when the driver died: Tune starts it again, from its last checkpoint.
+            tracker.count_attempt(run.info.run_id)
     return notes

@@ -103,7 +103,12 @@ def test_single_host_recipe_runs_on_loopback_and_stops_only_what_it_started(tmp_
             env=env, cwd=REPO, capture_output=True, text=True, timeout=900,
         )  # fmt: skip
         assert sweep.returncode == 0, sweep.stderr[-3000:]
-        assert f"look at it: open {uri}" in " ".join(sweep.stdout.split())
+        ui = f"harness ui experiments/cluster_try.yaml --tracking-uri {uri}"
+        assert f"look at it: {ui}" in " ".join(sweep.stdout.split())
+        # Against a tracking server, `harness ui` saves the view and prints its address.
+        opened = subprocess.run([str(BIN / "harness"), *ui.split()[1:]], env=env, cwd=REPO, capture_output=True,
+                                text=True, timeout=120)  # fmt: skip
+        assert opened.returncode == 0 and f"open {uri}/#/experiments/" in opened.stdout, opened.stderr[-2000:]
         board = subprocess.run(
             [str(BIN / "harness"), "leaderboard", "cluster_try", "--tracking-uri", uri,
              "--output-dir", str(shared / "results"), "--no-html"],

@@ -115,13 +115,14 @@ def test_early_stopped_trials_finish_with_their_outcome_and_tags(swept: Swept) -
             "test/maps_worst.png",
         }
     assert f"{len(stopped)}" in swept.output and "stopped early" in swept.output
+    assert f"look at it: harness ui {swept.experiment}" in " ".join(swept.output.split())
 
 
 def test_trials_checkpoint_every_second_epoch_and_log_its_size(swept: Swept) -> None:
     client = swept.client()
     for run in swept.runs("trial"):
         assert run.data.params["checkpoint_every"] == "2"
-        sizes = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "checkpoint_mb")}
+        sizes = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "trial_checkpoint_mb")}
         last = max(sizes)
         assert sorted(sizes) == list(range(1, last + 1))
         for epoch, megabytes in sizes.items():
@@ -262,6 +263,9 @@ def test_the_parent_run_names_each_baselines_winner(swept: Swept) -> None:
     trials = swept.runs("trial")
     description = sweep.data.tags["mlflow.note.content"]
     assert 'tags.run_type = "trial"' in description
+    # The winners are the first line, which the UI shows before "Show more".
+    first = description.splitlines()[0]
+    assert first.startswith("**Winners** by val_accuracy: ")
     for baseline in ("cancernet", "resnet18"):
         winner = next(r for r in trials if r.info.run_id == sweep.data.tags[f"winner.{baseline}"])
         assert winner.data.tags[tracking.BASELINE] == baseline and winner.data.tags[tracking.OUTCOME] == "completed"
@@ -270,7 +274,7 @@ def test_the_parent_run_names_each_baselines_winner(swept: Swept) -> None:
         completed = [r for r in trials if r.data.tags[tracking.OUTCOME] == "completed"]
         best = max(r.data.metrics["objective"] for r in completed if r.data.tags[tracking.BASELINE] == baseline)
         assert winner.data.metrics["objective"] == best
-        assert f"- {baseline}: {winner.info.run_name} (val_accuracy" in description
+        assert f"{winner.info.run_name} ({winner.data.metrics['objective']:.4f})" in first
 
 
 def test_confusion_matrix_artifact_counts_the_test_patients(swept: Swept) -> None:
@@ -303,6 +307,8 @@ def test_leaderboard_numbers_equal_the_metrics_in_mlflow(swept: Swept) -> None:
     assert {"leaderboard/leaderboard.md", "leaderboard/leaderboard.html", "leaderboard/summary.md"} <= attached
     assert {"leaderboard/summary.tex", "leaderboard/summary.full.tex", "leaderboard/summary.csv"} <= attached
     assert "leaderboard/figures" in attached
+    description = sweep.data.tags[tracking.DESCRIPTION]
+    assert "not attached yet" not in description and f"{tracking.LEADERBOARD_LINE} attached 20" in description
     trials = swept.runs("trial")
     for row in table.itertuples():
         mine = [r for r in trials if r.data.tags[tracking.BASELINE] == row.baseline]
@@ -316,7 +322,8 @@ def test_leaderboard_numbers_equal_the_metrics_in_mlflow(swept: Swept) -> None:
         assert row.test_recall == pytest.approx(best.data.metrics["test_sensitivity"])
         # retrain: none, so no fold ensemble (test_cluster checks the columns when there is one).
         assert pd.isna(row.ensemble_test_accuracy) and pd.isna(row.folds_mean_test_accuracy)
-        assert row.params == best.data.metrics["params_torch"]
+        assert row.params == int(best.data.tags[f"{tracking.PARAM_COUNT_PREFIX}torch"])
+        assert not any(m.startswith(tracking.PARAM_COUNT_PREFIX) for m in best.data.metrics)
         # Neither baseline has a published count, so the published-convention column stays empty.
         assert pd.isna(row.params_published_convention)
         assert row.trials == len(mine)

@@ -136,10 +136,10 @@ def _table1_cells(runset: RunSet, runs: BaselineRuns, evidence: TableEvidence) -
 def _table1_params(runs: BaselineRuns, published: pd.DataFrame) -> Cell:
     """Return a harness row's #params: in the counting convention that reproduces 001's number where
     one does (the last of its published rows that names one), else torch's."""
-    params = count(runs.metric("params_torch"))
+    params = count(runs.param_count("torch"))
     for convention in published.param_convention_reproducing:
         if convention not in ("none", "NA"):
-            params = count(runs.metric("params_" + convention.replace("-", "_")))
+            params = count(runs.param_count(convention))
             params = replace(params, text=f"{params.text} ({convention})")
     return params
 

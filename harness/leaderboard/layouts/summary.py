@@ -110,7 +110,7 @@ def _cells(runs: BaselineRuns, evidence: TableEvidence) -> dict[str, Cell]:
         "test_recall": number(runs.metric("test_sensitivity")),
         "folds_mean_test_accuracy": number(runs.metric("folds_mean_test_accuracy")),
         "ensemble_test_accuracy": number(runs.metric("ensemble_test_accuracy")),
-        "params": count(runs.metric("params_torch")),
+        "params": count(runs.param_count("torch")),
         "params_published_convention": _published_convention_params(runs),
         "stopped_early": count(int(runs.trials.stopped_by.isin(tracking.EARLY_STOPPERS).sum())),
         "failed": count(int((runs.trials.status == "FAILED").sum())),
@@ -122,8 +122,8 @@ def _cells(runs: BaselineRuns, evidence: TableEvidence) -> dict[str, Cell]:
 def _published_convention_params(runs: BaselineRuns) -> Cell:
     """Return #params counted as the published paper counts them, with the convention's name ('-' if unknown)."""
     convention = _published_convention(runs.baseline)
-    if convention and not math.isnan(runs.metric(f"params_{convention}")):
-        return Cell(f"{int(runs.metric(f'params_{convention}')):,} ({convention})")
+    if convention and not math.isnan(runs.param_count(convention)):
+        return Cell(f"{int(runs.param_count(convention)):,} ({convention})")
     return Cell("-")
 
 
