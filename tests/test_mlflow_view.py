@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import mlflow
 import pytest
 from mlflow import MlflowClient
 
@@ -104,3 +105,14 @@ def test_harness_ui_refuses_a_missing_store_and_a_taken_port_in_one_line(
         port = taken.getsockname()[1]
         result = CliRunner().invoke(app, ["ui", "--tracking-uri", tracker.uri, "--port", str(port)])
     assert result.exit_code == 2 and f"--port {port}: already in use" in " ".join(result.output.split())
+
+
+def test_the_view_state_is_the_format_checked_against_mlflow_3_17() -> None:
+    """harness/mlflow_view.py writes the UI's own view state, which MLflow documents nowhere: this
+    fails on another MLflow version, so an upgrade re-checks the format against its UI."""
+    assert mlflow.__version__.startswith("3.17."), (
+        f"MLflow {mlflow.__version__}: check harness/mlflow_view.py's view state against this UI, then this test"
+    )
+    bundle = Path(mlflow.__file__).parent / "server" / "js" / "build" / "static" / "js"
+    main = "".join(path.read_text(errors="replace") for path in bundle.glob("main.*.js"))
+    assert "mlflow.sharedViewState." in main and "viewStateShareKey" in main

@@ -3,7 +3,8 @@ they printed written between markers, so the README says what the code prints. t
 runs the same demo and checks the committed block against what it printed (the demo is a
 reproducible sweep: only trial ids, wall times and paths differ from run to run).
 
-usage: python tools/readme_demo.py [--root ../shared/data/idc_sample]   (rewrite README.md's block)
+usage: python tools/readme_demo.py [--root ../shared/data/idc_sample] [--keep DIR]
+       (rewrite README.md's block; --keep leaves the demo's store in DIR, for make screenshots)
 """
 
 from __future__ import annotations
@@ -144,6 +145,9 @@ def main() -> None:
     """Run the demo in a scratch folder and rewrite README.md's demo block with what it printed."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=IDC_SAMPLE, help="the IDC sample (the demo's data)")
+    parser.add_argument(
+        "--keep", type=Path, help="run the demo in this new folder and keep it (default: a scratch one)"
+    )
     args = parser.parse_args()
     if not args.root.is_dir():
         print(
@@ -151,8 +155,12 @@ def main() -> None:
             file=sys.stderr,
         )
         sys.exit(2)
-    with tempfile.TemporaryDirectory(prefix="readme-demo-") as scratch:
-        block = render(run_demo(args.root.resolve(), Path(scratch)))
+    if args.keep is not None:
+        args.keep.mkdir(parents=True)  # a new folder: the block is one sweep's output, not a store's latest
+        block = render(run_demo(args.root.resolve(), args.keep.resolve()))
+    else:
+        with tempfile.TemporaryDirectory(prefix="readme-demo-") as scratch:
+            block = render(run_demo(args.root.resolve(), Path(scratch)))
     readme = REPO / "README.md"
     text = readme.read_text()
     readme.write_text(text.replace(readme_block(text), block))
