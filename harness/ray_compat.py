@@ -32,6 +32,10 @@ changed shape, so an upgrade is checked here before it is trusted.
   each trial's `status`, `relative_logdir` and last result's `checkpoint_dir_name`
   (`resumed_checkpoints`). No public API says what a restore will read; `--resume` checks those
   files before Tune reads them (a full disk can cut any of them short).
+- `EndsAsTheyComeLimiter`: `ConcurrencyLimiter(batch=True)` holds every trial's end back until its
+  whole batch has ended, then passes them all on; no option tells the searcher each end as it comes
+  (Optuna's trial times need it). The subclass reads the limiter's `live_trials` (undocumented) to
+  tell the searcher first, and relies on the limiter passing the held ends on again at batch end.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from ray.exceptions import OutOfMemoryError, RayActorError
 from ray.tune.execution import tune_controller as controller
 from ray.tune.execution.tune_controller import TuneController
 from ray.tune.experiment import Trial
+from ray.tune.search import ConcurrencyLimiter
 
 RAY_VERSION = "2.60"  # the version everything here was checked against
 CHECKPOINT_LOGGER = "ray.train._internal.storage"
@@ -161,3 +166,15 @@ def resumed_checkpoints(state: dict[str, Any], folder: Path) -> list[Path]:
         named = (metadata["last_result"] or {}).get("checkpoint_dir_name")
         folders += [trial_folder / named] if named else sorted(trial_folder.glob("checkpoint_*"))
     return folders
+
+
+class EndsAsTheyComeLimiter(ConcurrencyLimiter):
+    """Tune's ConcurrencyLimiter in batches, except that each trial's end reaches the searcher as it
+    comes: Tune's limiter holds every end back until the whole batch has ended, which told Optuna
+    that every trial of a batch ended at the same second. The next batch is still suggested only
+    once the last has ended (the searcher must ignore the ends the limiter then passes on again)."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self.live_trials:
+            self.searcher.on_trial_complete(trial_id, result=result, error=error)
+        super().on_trial_complete(trial_id, result=result, error=error)

@@ -130,3 +130,30 @@ def test_a_restore_reads_the_files_and_trial_fields_the_adapter_checks(stub_tria
     stub_trial.set_status(Trial.TERMINATED)
     state = json.loads(json.dumps({"trial_data": [stub_trial.get_json_state()]}))
     assert ray_compat.resumed_checkpoints(state, folder) == []
+
+
+class _Ends(Searcher):
+    """A searcher that hands out numbered points and records the ends it is told, in order."""
+
+    def __init__(self) -> None:
+        super().__init__(metric="objective", mode="max")
+        self.ends: list[str] = []
+
+    def suggest(self, trial_id: str) -> dict:
+        return {"x": len(trial_id)}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self.ends.append(trial_id)
+
+
+def test_a_batch_limiter_tells_each_end_as_it_comes_and_again_when_the_batch_ends() -> None:
+    searcher = _Ends()
+    limiter = ray_compat.EndsAsTheyComeLimiter(searcher, max_concurrent=2, batch=True)
+    assert limiter.suggest("a") and limiter.suggest("b")
+    assert limiter.suggest("c") is None  # the next batch waits for this one
+    limiter.on_trial_complete("a", {"objective": 1.0})
+    assert searcher.ends == ["a"]  # Tune's own limiter would still hold it back
+    limiter.on_trial_complete("b", {"objective": 2.0})
+    # At the batch's end Tune's limiter passes on every end it held: the searcher must ignore repeats.
+    assert searcher.ends[:2] == ["a", "b"] and set(searcher.ends[2:]) <= {"a", "b"}
+    assert limiter.suggest("c") is not None

@@ -510,23 +510,11 @@ class PerBaselineSearcher(_JsonStateSearcher):
         self._children[self._owner[trial_id]].on_trial_complete(trial_id, result, error)
 
 
-class _BatchLimiter(ConcurrencyLimiter):
-    """Tune's ConcurrencyLimiter in batches, except that each trial's end reaches the searcher as it
-    comes: Tune's limiter holds every end back until the whole batch has ended, which told Optuna
-    that every trial of a batch ended at the same second. The next batch is still suggested only
-    once the last has ended (the searcher ignores the ends the limiter then passes on again)."""
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self.live_trials:
-            self.searcher.on_trial_complete(trial_id, result=result, error=error)
-        super().on_trial_complete(trial_id, result=result, error=error)
-
-
 def batched(searcher: PerBaselineSearcher, batch: int) -> ConcurrencyLimiter:
     """Return `searcher` handing out `batch` suggestions at a time, the next batch only once every
     trial of the last one has ended (Tune then adds a whole batch in one step: its pending-trial
     cap is this limiter's `max_concurrent`); each trial's end is told as it comes."""
-    return _BatchLimiter(searcher, max_concurrent=batch, batch=True)
+    return ray_compat.EndsAsTheyComeLimiter(searcher, max_concurrent=batch, batch=True)
 
 
 def halving_steps(max_t: int, grace_period: int, reduction_factor: float) -> int:
