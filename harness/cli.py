@@ -429,12 +429,17 @@ def close_orphans(
 DEFAULT_STORE = Path("results/mlflow.db")  # where a sweep logs without --tracking-uri (output_dir results)
 
 
-def _serve(process: ServerProcess) -> None:
-    """Wait on a started MLflow server until Ctrl-C or SIGTERM, then stop it."""
+def _terminate_as_interrupt() -> None:
+    """Make SIGTERM (a scheduler ending the job) raise KeyboardInterrupt as Ctrl-C does, so a server
+    being started or served is stopped instead of orphaned: set before `start_server`, whose wait
+    for the server stops it on an interrupt."""
     import signal
 
-    # SIGTERM (a scheduler ending the job) stops the server as Ctrl-C does, instead of orphaning it.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+
+
+def _serve(process: ServerProcess) -> None:
+    """Wait on a started MLflow server until Ctrl-C or SIGTERM, then stop it."""
     try:
         process.process.wait()
     except KeyboardInterrupt:
@@ -470,6 +475,7 @@ def server(
 
     backend = backend_store_uri or f"sqlite:///{DEFAULT_STORE.resolve()}"
     console.print(f"starting mlflow server (backend {backend}, artifacts {artifacts_destination}) ...")
+    _terminate_as_interrupt()
     process = start_server(
         backend, artifacts_destination.resolve(), host=host, port=port, workers=workers, allowed_hosts=allowed_hosts
     )
@@ -482,7 +488,8 @@ def server(
 @user_errors
 def ui(
     experiment: Optional[Path] = typer.Argument(
-        None, help="Experiment YAML file; default: the newest sweep's experiment in results/mlflow.db."
+        None,
+        help="Experiment YAML file; default: the newest sweep's experiment in results/mlflow.db (or --output-dir's).",
     ),
     tracking_uri: Optional[str] = UriOption,
     output_dir: Optional[Path] = OutOption,
@@ -499,7 +506,8 @@ def ui(
     from harness.server import start_server
 
     config = _load(experiment, None, tracking_uri, output_dir) if experiment else None
-    uri = config.resolved_tracking_uri() if config else tracking_uri or f"sqlite:///{DEFAULT_STORE.resolve()}"
+    store = (output_dir / DEFAULT_STORE.name) if output_dir else DEFAULT_STORE
+    uri = config.resolved_tracking_uri() if config else tracking_uri or f"sqlite:///{store.resolve()}"
     experiment_id = _prepare_view(uri, config.name if config else None)
     if uri.startswith(("http://", "https://")):
         console.print(f"open {view_url(uri, experiment_id, charts=charts)}", highlight=False, soft_wrap=True)
@@ -508,6 +516,7 @@ def ui(
     database = sqlite_path(uri)
     # Where a sweep logging straight to this store keeps artifacts; the server's own uploads go there too.
     artifacts = (database.parent if database else DEFAULT_STORE.parent) / "mlartifacts"
+    _terminate_as_interrupt()
     process = start_server(uri, artifacts.resolve(), port=port, workers=1)
     url = view_url(process.uri, experiment_id, charts=charts)
     console.print(f"MLflow UI on {database or uri} (Ctrl-C stops it); open\n{url}", highlight=False, soft_wrap=True)
@@ -668,7 +677,7 @@ def predict(
     from harness.atomic import write_atomically
     from harness.predict import predict_folder
 
-    uri = tracking_uri or f"sqlite:///{Path('results/mlflow.db').resolve()}"
+    uri = tracking_uri or f"sqlite:///{DEFAULT_STORE.resolve()}"
     text = predict_folder(model_uri, folder, uri).to_csv(index=False)
     if out is None:
         sys.stdout.write(text)
