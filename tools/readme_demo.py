@@ -26,11 +26,14 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "experiments" / "demo.yaml"
 IDC_SAMPLE = REPO.parent / "shared" / "data" / "idc_sample"
 BEGIN, END = "<!-- demo-output: make readme writes this block (tools/readme_demo.py) -->", "<!-- /demo-output -->"
-# The lines a trial prints as it starts or waits are left out; its end line, the retrained folds and
-# everything from the summary table on are kept.
-LEFT_OUT = ("start ", "resume ", "retry ")
-# One terminal width on every machine, wide enough that rich wraps no trial or note line.
-COLUMNS = "200"
+# The lines a trial prints as it starts or waits, and a retrained fold's epoch lines, are left out;
+# trials' and folds' end lines are kept, each kind sorted (they come in whatever order the machine's
+# load gives), and everything else in the order printed.
+LEFT_OUT = ("start ", "resume ", "retry ", "epoch ")
+SORTED = ("end ", "fold ")
+TRIAL_ID = r"\b[0-9a-f]{8}\b"
+# One terminal width on every machine: the leaderboard lays its tables out for it (sweep lines never wrap).
+COLUMNS = "120"
 
 
 @dataclass(frozen=True)
@@ -80,20 +83,24 @@ def run_demo(root: Path, scratch: Path) -> DemoRun:
     return DemoRun(sweep, board, sweep_seconds, board_seconds, _machine())
 
 
+def _unordered(line: str) -> str:
+    """Return a line's sort key: without its trial id, which differs from run to run."""
+    return re.sub(TRIAL_ID, "", line)
+
+
 def sweep_excerpt(printed: str) -> list[str]:
-    """Return the sweep's lines the README shows, in the order printed, without the start and
-    resume lines; the trials' end lines are sorted where the first one stood (trials end in
-    whatever order the machine's load gives)."""
+    """Return the sweep's lines the README shows: without the start, resume and fold epoch lines;
+    the trials' end lines, then the folds', each sorted where the first of its kind stood."""
     lines = [line.rstrip() for line in printed.rstrip("\n").splitlines()]
     kept = [line for line in lines if not line.startswith(LEFT_OUT)]
-    # Sorted without their trial ids, which differ from run to run.
-    ends = sorted(
-        (line for line in kept if line.startswith("end ")), key=lambda line: re.sub(r"\b[0-9a-f]{8}\b", "", line)
-    )
-    first = next((i for i, line in enumerate(kept) if line.startswith("end ")), len(kept))
-    others = [line for line in kept if not line.startswith("end ")]
-    left_out = f"… ({len(lines) - len(kept)} start and resume lines left out)"
-    return [*others[:first], left_out, *ends, *others[first:]]
+    shown = [f"… ({len(lines) - len(kept)} start, resume and fold epoch lines left out)"]
+    for line in kept:
+        kind = next((k for k in SORTED if line.startswith(k)), None)
+        if kind is None:
+            shown.append(line)
+        elif not any(seen.startswith(kind) for seen in shown):
+            shown += sorted((same for same in kept if same.startswith(kind)), key=_unordered)
+    return shown
 
 
 def render(run: DemoRun) -> str:
@@ -118,9 +125,9 @@ def render(run: DemoRun) -> str:
 # What differs between two runs of the same reproducible sweep: Ray's trial ids, MLflow's run ids,
 # the sweep's timestamp, wall seconds and progress-bar clocks.
 MASKS = (
+    (r"\b\d{8}-\d{6}\b", "<stamp>"),  # first: its eight date digits would read as a trial id
     (r"\b[0-9a-f]{32}\b", "<run>"),
-    (r"\b[0-9a-f]{8}\b", "<trial>"),
-    (r"\b\d{8}-\d{6}\b", "<stamp>"),
+    (TRIAL_ID, "<trial>"),
     (r"\b\d+(\.\d+)? s\b", "<seconds> s"),
     (r"\b\d+:\d\d:\d\d\b", "<clock>"),
 )
@@ -130,6 +137,8 @@ def comparable(block: str) -> list[str]:
     """Return a block's console lines (the machine line left out) with what differs between two
     runs of the same reproducible sweep masked, and runs of spaces (a centred title) collapsed."""
     lines = block.splitlines()
+    if "```console" not in lines:
+        return lines  # an empty block: nothing to compare but the markers
     body = lines[lines.index("```console") :]
     for pattern, mask in MASKS:
         body = [re.sub(pattern, mask, line) for line in body]

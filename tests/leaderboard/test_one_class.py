@@ -11,7 +11,7 @@ import pytest
 
 from harness import tracking
 from harness.leaderboard import LayoutOptions, build_leaderboard, collect_runs
-from harness.leaderboard.collapse import ONE_CLASS_SHARE, one_class
+from harness.leaderboard.collapse import one_class
 from harness.leaderboard.leakage import leakage_plot, leakage_table
 from harness.leaderboard.render import latex_escape, to_html, to_latex, to_markdown
 from tests.leaderboard.test_leaderboard import IDC_CLASSES, evaluation, open_store, predictions
@@ -33,7 +33,6 @@ def test_one_class_needs_the_share_and_labels_that_are_not_that_unbalanced() -> 
     assert found is not None and (found.name, found.share, found.label_share) == ("non_idc", 0.99, 0.75)
     # A model that leaves more than 2% to the other class, and a test set as unbalanced as its predictions.
     assert one_class(frame.assign(pred=[0] * 97 + [1] * 3), ["non_idc", "idc"]) is None
-    assert ONE_CLASS_SHARE == 0.98
     assert one_class(pd.DataFrame({"label": [0] * 99 + [1], "pred": [0] * 100}), ["a", "b"]) is None
 
 
