@@ -38,7 +38,7 @@ def winners(grid: tune.ResultGrid, link: RunLink, mode: str) -> list[Winner]:
         return ranking_key(m["objective"], m["sel_val_loss"], m["trial_id"], minimise=mode == "min")
 
     chosen = []
-    for name, ended in finished.items():
+    for name, ended in sorted(finished.items()):  # by name: the order trials ended in varies
         config, metrics = min(ended, key=rank)
         trial_id = metrics["trial_id"]
         run_id = link(trial_id, metrics)
