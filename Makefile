@@ -33,9 +33,12 @@ readme: $(STAMP)
 
 # The README's pictures: the MLflow UI, optuna-dashboard and the leaderboard page over the demo's
 # store (made first when results/ has none), in headless Chromium; both servers listen on 127.0.0.1.
+# RESULTS=DIR pictures another demo's store: `python tools/readme_demo.py --keep DIR` leaves one, so
+# the README's block and its pictures come from the same sweep.
+RESULTS ?= results
 screenshots: $(STAMP) browser
-	@test -f results/mlflow.db || $(MAKE) demo
-	$(BIN)/python tools/screenshots.py --results results --experiment demo --out docs/screenshots
+	@test -f $(RESULTS)/mlflow.db || $(MAKE) demo
+	$(BIN)/python tools/screenshots.py --results $(RESULTS) --experiment demo --out docs/screenshots
 
 # The unit tests and one shared end-to-end sweep. The cluster tests (two-node Ray, MLflow server
 # processes, a killed and resumed driver, a single-node SLURM) and the end-to-end runs (every
