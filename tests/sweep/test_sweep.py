@@ -179,7 +179,10 @@ def test_optuna_studies_share_the_sweep_s_name_and_lead_to_its_mlflow_runs(swept
     pages = f"http://127.0.0.1:5000/#/experiments/{sweep.info.experiment_id}/runs"
     for name in names:
         study = optuna.load_study(study_name=name, storage=optuna_storage(storage))
-        assert study.user_attrs == {
+        attrs = dict(study.user_attrs)
+        # Whether importance was drawn depends on how many trials halving completed: either is said.
+        assert attrs.pop("param_importance").startswith(("drawn: ", "not computed: "))
+        assert attrs == {
             "mlflow_tracking_uri": swept.uri,
             "mlflow_experiment": "sweep-test",
             "mlflow_experiment_id": sweep.info.experiment_id,
