@@ -645,7 +645,8 @@ def leaderboard(
     if not full:
         for note in board.runs.notes:
             console.print(f"note: {note}", highlight=False, markup=False)
-    console.print(f"written to {results}: " + ", ".join(p.name for p in written if p.parent == results))
+    names = ", ".join(p.name for p in written if p.parent == results)
+    console.print(f"written to {results}: {names}", highlight=False, soft_wrap=True)  # a path to copy: never cut
     if attached.runs:
         console.print(f"attached to sweep run(s) {', '.join(attached.runs)} as artifacts under leaderboard/")
     for name in attached.running:

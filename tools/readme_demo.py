@@ -115,7 +115,7 @@ def render(run: DemoRun) -> str:
             "$ harness sweep experiments/demo.yaml --root ../shared/data/idc_sample",
             *sweep_excerpt(run.sweep),
             "$ harness leaderboard experiments/demo.yaml",
-            *run.leaderboard.rstrip("\n").splitlines(),
+            *(line.rstrip() for line in run.leaderboard.rstrip("\n").splitlines()),
             "```",
             END,
         ]
