@@ -501,6 +501,7 @@ def ui(
     """Open the MLflow UI on the trials of the experiment's latest sweep (their outcome, objective and
     searched parameters as columns): serves the store on 127.0.0.1 until Ctrl-C and prints the address
     to open; for a tracking server (http), prints the address on that server."""
+    from harness import tracking
     from harness.locking import sqlite_path
     from harness.mlflow_view import view_url
     from harness.server import start_server
@@ -515,7 +516,7 @@ def ui(
     _check_free(port)
     database = sqlite_path(uri)
     # Where a sweep logging straight to this store keeps artifacts; the server's own uploads go there too.
-    artifacts = (database.parent if database else DEFAULT_STORE.parent) / "mlartifacts"
+    artifacts = (database.parent if database else DEFAULT_STORE.parent) / tracking.ARTIFACTS_FOLDER
     _terminate_as_interrupt()
     process = start_server(uri, artifacts.resolve(), port=port, workers=1)
     url = view_url(process.uri, experiment_id, charts=charts)

@@ -204,12 +204,16 @@ def environment_tags() -> dict[str, str]:
     }
 
 
+# The folder beside a SQLite store that holds its artifacts (each experiment's in a subfolder).
+ARTIFACTS_FOLDER = "mlartifacts"
+
+
 def default_artifact_location(tracking_uri: str, experiment: str) -> str | None:
     """Return an absolute artifact folder beside a SQLite store; a server chooses its own (None)."""
     database = sqlite_path(tracking_uri)
     if database is None:
         return None
-    return (database.parent / "mlartifacts" / experiment).resolve().as_uri()
+    return (database.parent / ARTIFACTS_FOLDER / experiment).resolve().as_uri()
 
 
 def outage_seconds() -> float:

@@ -89,14 +89,17 @@ class ReservedRows:
             self._map = None
 
 
+PATCH_CACHE_PREFIX = "patches-"  # names a patch cache apart from a resized image cache
+
+
 def cache_path(cache_dir: Path, manifest_hash: str, patch_size: int) -> Path:
     """Return where the cache of a manifest lives: keyed by its hash and the patch size."""
-    return cache_dir / f"patches-{manifest_hash[:16]}-{patch_size}px.npy"
+    return cache_dir / f"{PATCH_CACHE_PREFIX}{manifest_hash[:16]}-{patch_size}px.npy"
 
 
 def is_patch_cache(path: Path) -> bool:
     """Return True when `path` is a patch cache (edge patches padded), not a resized image cache."""
-    return path.name.startswith("patches-")
+    return path.name.startswith(PATCH_CACHE_PREFIX)
 
 
 class StaleFiles(InputError):

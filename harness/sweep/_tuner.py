@@ -99,9 +99,10 @@ def stopping_scheduler(config: ExperimentConfig) -> str:
 
 
 def _search(
-    config: ExperimentConfig, ctx: SweepContext, sweep: str, starts: dict[str, list[dict]]
+    config: ExperimentConfig, ctx: SweepContext, study_prefix: str, starts: dict[str, list[dict]]
 ) -> tuple[Searcher, PerBaselineScheduler, int | None]:
-    """Return the searcher, the scheduler and Tune's cap on concurrent trials of a sweep."""
+    """Return the searcher, the scheduler and Tune's cap on concurrent trials of a sweep whose
+    studies share `study_prefix`."""
     search, spaces = config.search, config.baseline_spaces()
     searcher = PerBaselineSearcher(
         spaces,
@@ -112,7 +113,7 @@ def _search(
         seed=search.seed,
         starts=starts,
         storage=config.resolved_optuna_storage(),
-        study_prefix=f"{config.name}/{sweep}",
+        study_prefix=study_prefix,
         metric_name=f"sel_{search.metric}",
         link=ctx.run_link.in_tune,
         links=MlflowLinks(ctx.tracking_uri, config.name, ctx.experiment_id, ctx.parent_run_id),
@@ -149,8 +150,9 @@ def new_tuner(
 ) -> tune.Tuner:
     """Return the Tuner of a new sweep whose Tune state goes to `folder`, each study evaluating its
     `starts` first (and its trials marked started as Tune starts them)."""
-    search_alg, scheduler, max_concurrent = _search(config, ctx, folder.name, starts)
-    starting = StartStudyTrials(config.resolved_optuna_storage(), f"{config.name}/{folder.name}")
+    study_prefix = f"{config.name}/{folder.name}"
+    search_alg, scheduler, max_concurrent = _search(config, ctx, study_prefix, starts)
+    starting = StartStudyTrials(config.resolved_optuna_storage(), study_prefix)
     return tune.Tuner(
         _trainable(ctx),
         tune_config=tune.TuneConfig(
