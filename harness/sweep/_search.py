@@ -346,13 +346,10 @@ class PruningAwareOptunaSearch(_JsonStateSearcher):
 
     def _ask(self) -> optuna.Trial:
         """Return a new trial of the study, left WAITING until Tune starts it (see the class docstring)."""
-        asked = {trial.number for trial in self._ot_trials.values()}
-        # Filtered here: InMemoryStorage's query of WAITING trials skips those that ran before.
-        waiting = [
-            self._storage_id(t)
-            for t in self._ot_study.get_trials(deepcopy=False)
-            if t.state == TrialState.WAITING and t.number in asked
-        ]
+        # Only the trials asked and not told yet can wait: the rest of the study is never read (an
+        # ask stays as cheap at the thousandth trial as at the first).
+        pending = (t for ray_id, t in self._ot_trials.items() if ray_id not in self._completed_trials)
+        waiting = [i for i in map(self._storage_id, pending) if self._storage.get_trial(i).state == TrialState.WAITING]
         for trial_id in waiting:
             mark_started(self._storage, trial_id)
         trial = self._ot_study.ask(fixed_distributions=self._space)
