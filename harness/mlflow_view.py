@@ -42,7 +42,7 @@ def column(kind: str, name: str) -> str:
 
 def trials_filter(sweep_run_id: str) -> str:
     """Return the runs-table search that shows the trials of one sweep alone."""
-    return f"tags.`{tracking.PARENT}` = '{sweep_run_id}' and tags.{tracking.RUN_TYPE} = '{tracking.RunType.TRIAL}'"
+    return tracking.children_filter(sweep_run_id, tracking.RunType.TRIAL)
 
 
 def searched_params(trials: list[Run]) -> dict[str, list[str]]:
@@ -92,25 +92,13 @@ def view_state(sweep_run_id: str, greater_is_better: bool, searched: dict[str, l
 
 def latest_sweep(tracker: tracking.Tracker, experiment_id: str) -> Run | None:
     """Return the newest sweep run of an experiment, None when it has none."""
-    runs = tracker.client.search_runs(
-        [experiment_id],
-        f"tags.{tracking.RUN_TYPE} = '{tracking.RunType.SWEEP}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return runs[0] if runs else None
+    return tracker.newest_sweep([experiment_id])
 
 
 def newest_sweep_experiment(tracker: tracking.Tracker) -> str | None:
     """Return the id of the experiment that holds the store's newest sweep run, None when none does."""
-    ids = [e.experiment_id for e in tracker.client.search_experiments()]
-    runs = tracker.client.search_runs(
-        ids,
-        f"tags.{tracking.RUN_TYPE} = '{tracking.RunType.SWEEP}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return runs[0].info.experiment_id if runs else None
+    sweep = tracker.newest_sweep([e.experiment_id for e in tracker.client.search_experiments()])
+    return sweep.info.experiment_id if sweep else None
 
 
 def write_latest_sweep_view(tracker: tracking.Tracker, experiment_id: str) -> bool:

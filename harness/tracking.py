@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal, TypeVar, overload
 
 from mlflow import MlflowClient
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, Run, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 
 from harness.environment import MLFLOW_FAIL_FAST, MLFLOW_QUIET, environment
@@ -267,6 +267,11 @@ def stop_waiting() -> None:
     _stop_waiting = True
 
 
+def children_filter(parent: str, run_type: RunType) -> str:
+    """Return the MLflow search for the runs of `run_type` nested directly under run `parent`."""
+    return f"tags.`{PARENT}` = '{parent}' and tags.{RUN_TYPE} = '{run_type}'"
+
+
 class Tracker:
     """Thin, retrying wrapper over MlflowClient with the harness's run hierarchy.
 
@@ -492,10 +497,20 @@ class Tracker:
     def child_runs(self, experiment_id: str, parent: str, run_type: RunType) -> list:
         """Return the runs of `run_type` nested directly under `parent`."""
         return self._retry(
+            lambda: self.client.search_runs([experiment_id], filter_string=children_filter(parent, run_type))
+        )
+
+    def newest_sweep(self, experiment_ids: list[str]) -> Run | None:
+        """Return the newest sweep run of those experiments, None when they hold none."""
+        runs = self._retry(
             lambda: self.client.search_runs(
-                [experiment_id], filter_string=f"tags.`{PARENT}` = '{parent}' and tags.{RUN_TYPE} = '{run_type}'"
+                experiment_ids,
+                f"tags.{RUN_TYPE} = '{RunType.SWEEP}'",
+                order_by=["attributes.start_time DESC"],
+                max_results=1,
             )
         )
+        return runs[0] if runs else None
 
     def running_under(self, experiment_id: str, root: str) -> list:
         """Return the RUNNING runs nested at any depth under run `root`."""

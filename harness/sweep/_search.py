@@ -92,14 +92,17 @@ class StartStudyTrials(tune.Callback):
     def __init__(self, storage: str, study_prefix: str) -> None:
         self._url, self._prefix = storage, study_prefix
         self._storage: optuna.storages.BaseStorage | None = None
+        self._study_ids: dict[str, int] = {}  # per baseline: its study's id, looked up once
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         number = trial.config.get(STUDY_TRIAL_KEY)
         if number is None:
             return
-        self._storage = self._storage or optuna_storage(self._url)
-        study_id = self._storage.get_study_id_from_name(study_name(self._prefix, trial.config["baseline"]))
-        mark_started(self._storage, self._storage.get_trial_id_from_study_id_trial_number(study_id, number))
+        self._storage = storage = self._storage or optuna_storage(self._url)
+        baseline = trial.config["baseline"]
+        if baseline not in self._study_ids:
+            self._study_ids[baseline] = storage.get_study_id_from_name(study_name(self._prefix, baseline))
+        mark_started(storage, storage.get_trial_id_from_study_id_trial_number(self._study_ids[baseline], number))
 
 
 def optuna_distribution(spec: Distribution) -> optuna.distributions.BaseDistribution:

@@ -5,6 +5,7 @@ every study holds what MLflow records."""
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, cast
 
@@ -90,8 +91,8 @@ def plot_study(storage: str, name: str, folder: Path) -> tuple[list[Path], list[
     study = optuna.load_study(study_name=name, storage=optuna_storage(storage))
     stem = name.rsplit("/", 1)[-1]
     files, skipped = [], []
-    complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    stopped = len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
+    states = Counter(trial.state for trial in study.get_trials(deepcopy=False))
+    complete, stopped = states[TrialState.COMPLETE], states[TrialState.PRUNED]
     plots: dict[str, Callable[[optuna.Study], Axes]] = {
         "history": optuna_plots.plot_optimization_history,
         "importance": optuna_plots.plot_param_importances,
