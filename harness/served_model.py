@@ -99,9 +99,12 @@ class InputRecipe(BaseModel):
         MLflow's model server reads, has no uint8."""
         if not isinstance(images, np.ndarray):
             got = type(images).__name__
-        elif images.ndim != 4 or images.shape[-1] != 3 or not self._fits(images.shape[1:3]):
-            got = f"{images.dtype} array of shape {images.shape}"
-        elif images.dtype != np.uint8 and not _bytes(images):
+        elif (
+            images.ndim != 4
+            or images.shape[-1] != 3
+            or not self._fits(images.shape[1:3])
+            or (images.dtype != np.uint8 and not _bytes(images))
+        ):
             got = f"{images.dtype} array of shape {images.shape}"
         else:
             images = images.astype(np.uint8, copy=False)

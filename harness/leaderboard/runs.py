@@ -90,6 +90,7 @@ class RunSet:
     notes: list[str] = field(default_factory=list)
     _downloads: tempfile.TemporaryDirectory = field(default_factory=tempfile.TemporaryDirectory, repr=False)
     _frames: dict[tuple[str, str], pd.DataFrame | None] = field(default_factory=dict, repr=False)
+    _classes: dict[str, list[str]] = field(default_factory=dict, repr=False)  # per run: read once
 
     def artifact(self, run_id: str, path: str) -> Path | None:
         """Return a local copy of artifact `path` of a run, or None when the run has none."""
@@ -126,8 +127,10 @@ class RunSet:
 
     def run_class_names(self, run_id: str) -> list[str]:
         """Return the class names a run's test evaluation logged, in class-index order (none if it logged none)."""
-        local = self.artifact(run_id, "test/confusion_matrix.json")
-        return json.loads(local.read_text())["classes"] if local is not None else []
+        if run_id not in self._classes:
+            local = self.artifact(run_id, "test/confusion_matrix.json")
+            self._classes[run_id] = json.loads(local.read_text())["classes"] if local is not None else []
+        return self._classes[run_id]
 
     def pooled_val_predictions(self, runs: BaselineRuns) -> tuple[pd.DataFrame | None, str]:
         """Return out-of-fold validation predictions pooled over the retrained folds (each image

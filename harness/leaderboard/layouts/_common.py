@@ -120,7 +120,7 @@ def _protocol_text(runs: BaselineRuns) -> str:
         semantics = SEMANTICS[baselines.info(runs.baseline).framework]
     else:
         semantics = f"{runs.semantics} semantics"
-    options = [*(["BN recal."] if runs.bn_recalibration else [])]
+    options = ["BN recal."] if runs.bn_recalibration else []
     if runs.short_retrain is not None:
         options.append(f"folds retrained {runs.short_retrain} ep.")
     return ", ".join([runs.protocol, semantics, *options])
