@@ -100,7 +100,7 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
 
 
-def _namespaces() -> list[str]:
+def list_namespaces() -> list[str]:
     """Return the names of the machine's network namespaces."""
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     return [line.split()[0] for line in listed.splitlines() if line.strip()]
@@ -123,8 +123,8 @@ def _start_time(pid: int) -> str | None:
 
 
 def _kill_namespace_processes(namespace: str) -> None:
-    """SIGKILL every process in `namespace` and wait (bounded) until none is left."""
-    deadline = time.monotonic() + 10
+    """SIGKILL every process in `namespace` until none is left (bounded)."""
+    deadline = time.monotonic() + 15
     while (pids := namespace_pids(namespace)) and time.monotonic() < deadline:
         for pid in pids:
             try:
@@ -134,9 +134,17 @@ def _kill_namespace_processes(namespace: str) -> None:
         time.sleep(0.1)
 
 
+def _wait_gone(pids: set[int], timeout: float = 15.0) -> None:
+    """Wait (bounded) until each of `pids` is gone, reaped too: a killed process leaves its
+    namespace's list at once but lingers until its parent reaps it."""
+    deadline = time.monotonic() + timeout
+    while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def _delete_namespace(namespace: str) -> None:
     """Kill what runs in `namespace`, then delete it (its veth goes with it); absent is fine."""
-    if namespace in _namespaces():
+    if namespace in list_namespaces():
         _kill_namespace_processes(namespace)
         subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
 
@@ -172,13 +180,13 @@ class _Slot:
         (so no two clusters here share a subnet); raises when none is left."""
         pattern = re.compile(rf"^{re.escape(self.prefix)}(\d+)-")
         with file_lock(REGISTRY / "slots.lock"):
-            mine = {int(m.group(1)) for name in _namespaces() if (m := pattern.match(name))}
+            mine = {int(m.group(1)) for name in list_namespaces() if (m := pattern.match(name))}
             mine |= {n for prefix, n in _records() if prefix == self.prefix}
             for number in sorted(mine):
                 if _Slot._dead(self.prefix, number):
                     _Slot._clean(self.prefix, number)
             # After the cleaning: every record's number, and this prefix's namespaces without one.
-            used = {n for _, n in _records()} | {int(m.group(1)) for x in _namespaces() if (m := pattern.match(x))}
+            used = {n for _, n in _records()} | {int(m.group(1)) for x in list_namespaces() if (m := pattern.match(x))}
             free = [n for n in range(1, 255) if n not in used]
             if not free:
                 raise RuntimeError("no free subnet: 254 namespaced clusters are running on this machine")
@@ -199,7 +207,7 @@ class _Slot:
     @staticmethod
     def _clean(prefix: str, number: int) -> None:
         """Remove a dead run's namespaces (their processes first), Ray folders and owner record."""
-        for name in _namespaces():
+        for name in list_namespaces():
             if name.startswith(f"{prefix}{number}-"):
                 _delete_namespace(name)
         shutil.rmtree(Path(tempfile.gettempdir()) / f"{prefix}{number}", ignore_errors=True)
@@ -239,6 +247,7 @@ class NetnsCluster:
         self.head = self.tracking = self.driver = Host("", "", "")
         self.workers: list[Host] = []
         self._worker_env: dict[str, dict[str, str]] = {}
+        self._spawned: list[subprocess.Popen] = []
 
     # --- addresses ---------------------------------------------------------------------------
 
@@ -276,6 +285,11 @@ class NetnsCluster:
         # Ray's unix sockets live under --temp-dir and a socket path has at most 107 bytes: a short
         # folder of its own rather than the state folder, which may lie deep in a test's tmp path.
         return Path(tempfile.gettempdir()) / f"{self._slot.prefix}{self._slot.number}"
+
+    @property
+    def slot_record(self) -> Path:
+        """Return the file recording that this process owns the cluster's subnet and namespaces."""
+        return self._slot.owner_file
 
     def ray_temp_dir(self, host: Host) -> Path:
         """Return the Ray --temp-dir of `host`'s node."""
@@ -329,8 +343,13 @@ class NetnsCluster:
     def stop(self) -> None:
         """Stop every process, then delete every namespace (and so every veth) this cluster made,
         its Ray folders and its slot; idempotent."""
+        pids = {pid for namespace in self._created for pid in namespace_pids(namespace)}
         for name in list(self._hosts):
             self._stop_host(name)
+        for namespace in self._created:
+            _kill_namespace_processes(namespace)
+        self._reap()
+        _wait_gone(pids)
         for namespace in reversed(self._created):
             _delete_namespace(namespace)
         self._created.clear()
@@ -338,6 +357,19 @@ class NetnsCluster:
             shutil.rmtree(self._ray_root, ignore_errors=True)
             self._stop_postgres_files()
         self._slot.release()
+
+    def _kill_all(self, host: Host) -> None:
+        """SIGKILL every process of `host` at once, as a machine's power cut would; returns once
+        each is gone and reaped."""
+        pids = set(namespace_pids(host.namespace))
+        _kill_namespace_processes(host.namespace)
+        self._stop_host(host.name)  # reaps the services killed
+        self._reap()
+        _wait_gone(pids)
+
+    def _reap(self) -> None:
+        """Reap the processes popen() started that have ended (a caller may not have waited)."""
+        self._spawned = [process for process in self._spawned if process.poll() is None]
 
     def _stop_host(self, name: str) -> None:
         """End a host's services, newest first, then its init, which takes every process left in its
@@ -418,8 +450,7 @@ class NetnsCluster:
     def kill_host(self, host: Host) -> None:
         """Lose `host` as a machine is lost: SIGKILL every process in its namespace, then delete the
         namespace and its veth. A worker leaves `workers`."""
-        _kill_namespace_processes(host.namespace)
-        self._stop_host(host.name)  # reaps what was killed
+        self._kill_all(host)
         _delete_namespace(host.namespace)
         if host.namespace in self._created:
             self._created.remove(host.namespace)
@@ -446,7 +477,9 @@ class NetnsCluster:
         it, or stop() does with the host)."""
         kw.setdefault("start_new_session", True)
         kw.setdefault("stdin", subprocess.DEVNULL)
-        return subprocess.Popen([*self._enter(host), *argv], env=self.environment(env), **kw)  # type: ignore[call-overload]
+        process = subprocess.Popen([*self._enter(host), *argv], env=self.environment(env), **kw)  # type: ignore[call-overload]
+        self._spawned.append(process)
+        return process
 
     def run(
         self, host: Host, argv: list[str], *, timeout: float, env: dict[str, str] | None = None, check: bool = True
@@ -627,8 +660,7 @@ class NetnsCluster:
 
     def kill_head(self) -> None:
         """SIGKILL every process of the head host (its namespace and address stay)."""
-        _kill_namespace_processes(self.head.namespace)
-        self._stop_host(self.head.name)
+        self._kill_all(self.head)
 
     def start_head(self) -> None:
         """Start a new Ray head on the head host, then the Ray nodes of the workers and the driver
@@ -636,8 +668,7 @@ class NetnsCluster:
         self._start_init(self.head)
         self._start_head_node()
         for host in [*self.workers, self.driver]:
-            _kill_namespace_processes(host.namespace)
-            self._stop_host(host.name)
+            self._kill_all(host)
             self._start_init(host)
         for worker in self.workers:
             self._join(worker, self.worker_cpus, self.worker_gpus, self._worker_env.get(worker.name))
