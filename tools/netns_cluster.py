@@ -51,6 +51,7 @@ BASE_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "NO_ALBUMENTATIONS_UPDATE": "1",
 }
+UNSHARE = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]
 # An init for a host's PID namespace: it waits on its sleep, and bash reaps the orphans it inherits.
 INIT = ["bash", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"]
 
@@ -83,7 +84,7 @@ def ensure_netns_permitted() -> None:
     """Return when this machine can run a namespaced cluster; raise NetnsUnavailable with the reason."""
     if os.geteuid() != 0:
         raise NetnsUnavailable("network namespaces need root (ip netns add)")
-    for tool in ("ip", "nsenter", "unshare", "runuser"):
+    for tool in ("ip", "nsenter", "unshare", "setpriv"):
         if shutil.which(tool) is None:
             raise NetnsUnavailable(f"`{tool}` is not installed")
     if not (POSTGRES_BIN / "postgres").exists():
@@ -234,12 +235,8 @@ class NetnsCluster:
         prefix: str = "hh",
     ) -> None:
         self.state_dir = state_dir.resolve()
-        self.worker_count, self.worker_cpus, self.worker_gpus, self.head_cpus = (
-            workers,
-            worker_cpus,
-            worker_gpus,
-            head_cpus,
-        )
+        self.worker_count, self.head_cpus = workers, head_cpus
+        self.worker_cpus, self.worker_gpus = worker_cpus, worker_gpus
         self._slot = _Slot(prefix)
         self._hosts: dict[str, _HostState] = {}
         self._created: list[str] = []  # namespaces this cluster made, switch first
@@ -355,7 +352,7 @@ class NetnsCluster:
         self._created.clear()
         if self._slot.number >= 0:
             shutil.rmtree(self._ray_root, ignore_errors=True)
-            self._stop_postgres_files()
+            shutil.rmtree(self._pg_dir / "data", ignore_errors=True)  # the store goes with the cluster
         self._slot.release()
 
     def _kill_all(self, host: Host) -> None:
@@ -381,10 +378,6 @@ class NetnsCluster:
             _end(process, first)
         if state.init is not None:
             _end(state.init, signal.SIGKILL)
-
-    def _stop_postgres_files(self) -> None:
-        """Remove PostgreSQL's data folder (the store is gone with the cluster)."""
-        shutil.rmtree(self._pg_dir / "data", ignore_errors=True)
 
     # --- namespaces --------------------------------------------------------------------------
 
@@ -413,18 +406,7 @@ class NetnsCluster:
     def _start_init(self, host: Host) -> None:
         """Start the init of `host`'s PID namespace and note its pid as the machine sees it."""
         init = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                host.namespace,
-                "unshare",
-                "--pid",
-                "--fork",
-                "--mount-proc",
-                "--kill-child",
-                *INIT,
-            ],
+            ["ip", "netns", "exec", host.namespace, *UNSHARE, *INIT],
             start_new_session=True,
             stdin=subprocess.DEVNULL,
         )
@@ -460,10 +442,11 @@ class NetnsCluster:
 
     def environment(self, env: dict[str, str] | None = None) -> dict[str, str]:
         """Return the environment a process of the cluster runs with: this one's, the cluster's
-        settings (Ray token), then `env`; never RAY_ADDRESS, so nothing joins another Ray."""
+        settings (Ray token), then `env`; the venv's commands first on PATH; never RAY_ADDRESS, so
+        nothing joins another Ray."""
         merged = {**os.environ, **BASE_ENV, "RAY_AUTH_TOKEN_PATH": str(self._token), **(env or {})}
         merged.pop("RAY_ADDRESS", None)
-        return merged
+        return merged | {"PATH": f"{BIN}{os.pathsep}{merged.get('PATH', '')}"}
 
     def _enter(self, host: Host) -> list[str]:
         """Return the command prefix that runs a command on `host` (its network and PID namespace)."""
@@ -613,18 +596,13 @@ class NetnsCluster:
             self._token.write_text(secrets.token_hex(32))
 
     def _ray_argv(self, host: Host, *options: str) -> list[str]:
+        """Return `ray start` in the foreground (one process to own) for `host`'s node."""
         temp = self.ray_temp_dir(host)
         temp.mkdir(parents=True, exist_ok=True)
-        return [
-            str(BIN / "ray"),
-            "start",
-            "--block",
-            "--node-ip-address",
-            host.address,
-            "--temp-dir",
-            str(temp),
-            *options,
-        ]
+        # A small object store per node: trials pass results through it, not data, and each node's
+        # default (30% of the machine's memory) would promise more memory than the machine has.
+        node = ["--node-ip-address", host.address, "--temp-dir", str(temp), "--object-store-memory", str(OBJECT_STORE)]
+        return [str(BIN / "ray"), "start", "--block", *node, *options]
 
     def _start_head_node(self) -> None:
         head = ["--head", "--port", str(RAY_PORT), "--ray-client-server-port", str(CLIENT_PORT)]
@@ -829,6 +807,7 @@ def _exec(args: argparse.Namespace) -> int:
         return 2
     pid = described["hosts"][args.host]["init_pid"]
     env = {**os.environ, **BASE_ENV, "RAY_AUTH_TOKEN_PATH": described["ray_auth_token_path"]}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     enter = ["nsenter", "--target", str(pid), "--net", "--pid", "--mount", "--"]
     return subprocess.run([*enter, *command], env=env).returncode
