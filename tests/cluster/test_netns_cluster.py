@@ -164,7 +164,7 @@ def _trial_runs(store_url: str) -> dict[str, dict]:
 def test_four_quarter_gpu_trials_are_packed_per_fake_gpu_and_train_on_the_cpu(
     gpu_sweep: tuple[subprocess.CompletedProcess, dict], gpu_cluster: NetnsCluster
 ) -> None:
-    _, probe = gpu_sweep
+    swept, probe = gpu_sweep
     # Every GPU share taken at once: all 8 trials held their 0.25 together, so each fake GPU (one per
     # worker, capacity 1) held exactly four of them.
     assert probe == {"total": 2.0, "lowest_free": 0.0}
@@ -178,6 +178,9 @@ def test_four_quarter_gpu_trials_are_packed_per_fake_gpu_and_train_on_the_cpu(
         assert tags[tracking.GPU_SHARE] == "0.25"
     per_node = Counter(run["tags"][tracking.NODE_IP] for run in trials)
     assert per_node == {w.address: 4 for w in gpu_cluster.workers}
+    # The trials' line about it reaches the driver's console through Ray (which folds repeats).
+    said = swept.stdout + swept.stderr
+    assert "Ray granted GPU 0 (CUDA_VISIBLE_DEVICES=0) but torch finds no CUDA device: training on the CPU" in said
 
 
 def test_the_sweep_logs_every_epoch_of_every_trial_to_the_postgresql_store(
