@@ -266,21 +266,25 @@ class NetnsCluster:
     @property
     def store_url(self) -> str:
         """Return a SQLAlchemy URL of the MLflow PostgreSQL store, through its unix socket (which
-        the machine's own namespace reaches: the socket lies in the state folder)."""
+        the machine's own namespace reaches: a socket file crosses network namespaces)."""
         return f"postgresql+psycopg://mlflow@/mlflow?host={self._pg_dir}&port={PG_PORT}"
 
     @property
     def _pg_dir(self) -> Path:
-        return self.state_dir / "pg"
+        # Beside the Ray folders, not in the state folder: PostgreSQL runs as `postgres`, which must
+        # reach its folder through every folder above it, and pytest puts its temporary folders
+        # back to mode 700 whenever a session starts, which would cut a running server off.
+        return self._scratch / "pg"
 
     @property
     def _token(self) -> Path:
         return self.state_dir / "ray-token"
 
     @property
-    def _ray_root(self) -> Path:
-        # Ray's unix sockets live under --temp-dir and a socket path has at most 107 bytes: a short
-        # folder of its own rather than the state folder, which may lie deep in a test's tmp path.
+    def _scratch(self) -> Path:
+        # The Ray nodes' folders and the PostgreSQL store. Ray's unix sockets live under --temp-dir
+        # and a socket path has at most 107 bytes: a short folder of its own rather than the state
+        # folder, which may lie deep in a test's tmp path.
         return Path(tempfile.gettempdir()) / f"{self._slot.prefix}{self._slot.number}"
 
     @property
@@ -290,7 +294,7 @@ class NetnsCluster:
 
     def ray_temp_dir(self, host: Host) -> Path:
         """Return the Ray --temp-dir of `host`'s node."""
-        return self._ray_root / host.name
+        return self._scratch / host.name
 
     def log(self, name: str) -> Path:
         """Return the log file of the service `name` (in the state folder's logs/)."""
@@ -322,7 +326,7 @@ class NetnsCluster:
             folder.mkdir(parents=True, exist_ok=True)
         REGISTRY.mkdir(parents=True, exist_ok=True)
         self._slot.take(self.state_dir)
-        self._ray_root.mkdir(parents=True, exist_ok=True)
+        self._scratch.mkdir(parents=True, exist_ok=True)
         self._write_token()
         self._make_switch()
         self.head = self._add_host("head", HEAD_NUMBER)
@@ -351,8 +355,7 @@ class NetnsCluster:
             _delete_namespace(namespace)
         self._created.clear()
         if self._slot.number >= 0:
-            shutil.rmtree(self._ray_root, ignore_errors=True)
-            shutil.rmtree(self._pg_dir / "data", ignore_errors=True)  # the store goes with the cluster
+            shutil.rmtree(self._scratch, ignore_errors=True)  # the PostgreSQL store goes with it
         self._slot.release()
 
     def _kill_all(self, host: Host) -> None:
@@ -503,12 +506,9 @@ class NetnsCluster:
     def _start_postgres(self) -> None:
         """initdb a fresh store, start PostgreSQL on the tracking host (its address and a unix
         socket in the state folder), create the `mlflow` database."""
+        self._scratch.chmod(0o755)
         self._pg_dir.mkdir(exist_ok=True)
         shutil.chown(self._pg_dir, "postgres")
-        for above in self._pg_dir.parents:  # postgres must reach its folder through those above it
-            if above == Path("/"):
-                break
-            above.chmod(above.stat().st_mode | 0o005)
         data = self._pg_dir / "data"
         shutil.rmtree(data, ignore_errors=True)
         subprocess.run(

@@ -20,8 +20,10 @@ from tools.netns_cluster import (
 HERE = Path(__file__).parent
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test of this folder `cluster` (this hook sees the whole session's items)."""
+    """Mark every test of this folder `cluster` (this hook sees the whole session's items), before
+    `-m` selects: `make test` leaves them out."""
     for item in items:
         if HERE in item.path.parents:
             item.add_marker(pytest.mark.cluster)
