@@ -12,6 +12,7 @@ processes when a driver joins, and killing the init ends every process of the ho
         cluster.sweep(Path("experiments/cluster_try.yaml"), "--root", "...", timeout=900)
 
 usage: python -m tools.netns_cluster up|down --state DIR [--workers N ...]   (deploy/netns/)
+       python -m tools.netns_cluster exec --state DIR HOST -- COMMAND ...
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from types import TracebackType
 
 from harness.locking import file_lock
 
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
 # Owner records and the lock under which a cluster picks its subnet, shared by every cluster here.
@@ -73,7 +73,7 @@ class Host:
 class _HostState:
     """What the cluster runs on one host: its PID namespace's init and the services started there."""
 
-    init: subprocess.Popen | None = None
+    init: subprocess.Popen
     init_pid: int = 0
     # name -> the process and the signal that ends it: PostgreSQL gets a fast shutdown (SIGINT), which
     # also frees its shared memory; anything else is killed, its host's init taking the rest.
@@ -379,8 +379,7 @@ class NetnsCluster:
             return
         for process, first in reversed(state.services.values()):
             _end(process, first)
-        if state.init is not None:
-            _end(state.init, signal.SIGKILL)
+        _end(state.init, signal.SIGKILL)
 
     # --- namespaces --------------------------------------------------------------------------
 
@@ -503,44 +502,33 @@ class NetnsCluster:
         # the signals and the server).
         return ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--", *argv]
 
-    def _start_postgres(self) -> None:
-        """initdb a fresh store, start PostgreSQL on the tracking host (its address and a unix
-        socket in the state folder), create the `mlflow` database."""
+    def _init_store(self) -> Path:
+        """initdb a fresh PostgreSQL cluster in the scratch folder, open to the subnet; returns its
+        data folder."""
         self._scratch.chmod(0o755)
         self._pg_dir.mkdir(exist_ok=True)
         shutil.chown(self._pg_dir, "postgres")
         data = self._pg_dir / "data"
-        shutil.rmtree(data, ignore_errors=True)
-        subprocess.run(
-            self._as_postgres([str(POSTGRES_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "mlflow"]),
-            check=True,
-            capture_output=True,
-        )
+        initdb = [str(POSTGRES_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "mlflow"]
+        subprocess.run(self._as_postgres(initdb), check=True, capture_output=True)
         with (data / "pg_hba.conf").open("a") as hba:
             hba.write(f"host all all {self.subnet}.0/24 trust\n")
+        return data
+
+    def _start_postgres(self) -> None:
+        """Start PostgreSQL on the tracking host (on its address, and a unix socket in the scratch
+        folder), wait until it answers, and create the `mlflow` database."""
+        data = self._init_store()
+        at = ["-h", str(self._pg_dir), "-p", str(PG_PORT)]
         options = ["-c", f"listen_addresses={self.tracking.address}", "-p", str(PG_PORT), "-k", str(self._pg_dir)]
         server = [str(POSTGRES_BIN / "postgres"), "-D", str(data), *options, "-c", "max_connections=200"]
-        self._service(self.tracking, "postgres", self._as_postgres(server), first=signal.SIGINT)
-        self._wait(
-            lambda: (
-                subprocess.run(
-                    [str(POSTGRES_BIN / "pg_isready"), "-q", "-h", str(self._pg_dir), "-p", str(PG_PORT)]
-                ).returncode
-                == 0
-            ),
-            60,
-            "PostgreSQL",
-        )
-        createdb = [
-            str(POSTGRES_BIN / "createdb"),
-            "-h",
-            str(self._pg_dir),
-            "-p",
-            str(PG_PORT),
-            "-U",
-            "mlflow",
-            "mlflow",
-        ]
+        postgres = self._service(self.tracking, "postgres", self._as_postgres(server), first=signal.SIGINT)
+        deadline = time.monotonic() + 60
+        while subprocess.run([str(POSTGRES_BIN / "pg_isready"), "-q", *at]).returncode != 0:
+            if postgres.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"PostgreSQL did not start; see {self.log('postgres')}")
+            time.sleep(0.2)
+        createdb = [str(POSTGRES_BIN / "createdb"), *at, "-U", "mlflow", "mlflow"]
         subprocess.run(self._as_postgres(createdb), check=True, capture_output=True)
 
     def _mlflow_argv(self) -> list[str]:
@@ -679,9 +667,8 @@ class NetnsCluster:
         alive = json.loads(done.stdout.strip().splitlines()[-1])
         missing = set(expected) - {n["NodeManagerAddress"] for n in alive}
         if missing:
-            raise RuntimeError(
-                f"Ray nodes at {sorted(missing)} did not join within {timeout:.0f} s; logs in {self.log('')}"
-            )
+            logs = self.state_dir / "logs"
+            raise RuntimeError(f"Ray nodes at {sorted(missing)} did not join within {timeout:.0f} s; see {logs}")
         return alive
 
     def _wait_for_port(self, host: Host, port: int, what: str) -> None:
@@ -698,14 +685,6 @@ class NetnsCluster:
         )
         if self.run(host, [sys.executable, "-c", probe, host.address, str(port)], timeout=90, check=False).returncode:
             raise RuntimeError(f"{what} did not listen on {host.address}:{port}; see {self.state_dir / 'logs'}")
-
-    @staticmethod
-    def _wait(predicate: object, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():  # type: ignore[operator]
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{what} did not start within {timeout:.0f} s")
-            time.sleep(0.2)
 
     def describe(self) -> dict:
         """Return what another process needs to use the running cluster: its hosts (namespace,
