@@ -188,7 +188,8 @@ def test_the_sweep_logs_every_epoch_of_every_trial_to_the_postgresql_store(
 ) -> None:
     trials = _trial_runs(gpu_cluster.store_url)
     assert {r["status"] for r in trials.values()} == {"FINISHED"}
-    assert all(sorted(r["steps"]) == list(range(1, EPOCHS + 1)) for r in trials.values()), trials
+    steps = {r["tags"][tracking.TRIAL_ID]: sorted(r["steps"]) for r in trials.values()}
+    assert steps == {trial: list(range(1, EPOCHS + 1)) for trial in steps}
     nodes = {n for r in trials.values() for n in r["tags"][tracking.NODE_IDS].split(",")}
     addresses = {w.address for w in gpu_cluster.workers}
     workers = {n["NodeID"] for n in gpu_cluster.ray_nodes() if n["NodeManagerAddress"] in addresses}
