@@ -18,7 +18,7 @@ import sqlalchemy
 
 from harness import tracking
 from tests.cluster.conftest import leftovers, require_netns
-from tests.conftest import experiment_dict, write_experiment
+from tests.conftest import REPO, experiment_dict, write_experiment
 from tools.netns_cluster import Host, NetnsCluster, list_namespaces, namespace_pids
 
 TRIALS, EPOCHS = 8, 2
@@ -69,18 +69,47 @@ def test_a_start_that_fails_midway_leaves_nothing(tmp_path: Path, monkeypatch: p
     seen: dict[str, list[int]] = {}
 
     def fail(cluster: NetnsCluster) -> None:
-        # Every service is up by now: the teardown has all of them to end.
+        # Every service has been started by now (some still starting): the teardown ends them all.
         for host in _hosts(cluster):
             seen[host.namespace] = namespace_pids(host.namespace)
         raise RuntimeError("injected")
 
-    monkeypatch.setattr(NetnsCluster, "_wait_for_mlflow", fail)
+    monkeypatch.setattr(NetnsCluster, "_wait_for_nodes", fail)
     cluster = NetnsCluster(tmp_path / "state", workers=1)
     with pytest.raises(RuntimeError, match="injected"):
         cluster.start()
     assert len(seen) == 4 and all(seen.values()), seen
     assert cluster._slot.namespace("sw") not in list_namespaces()
     assert not leftovers(cluster, list(seen), [p for pids in seen.values() for p in pids])
+
+
+def test_the_deploy_scripts_start_a_cluster_run_a_command_on_a_host_and_stop_it(tmp_path: Path) -> None:
+    require_netns()
+    state, deploy = tmp_path / "state", REPO / "deploy" / "netns"
+    env = {**os.environ, "HARNESS_VENV": str(Path(sys.executable).parents[1])}
+    started = subprocess.run(
+        [deploy / "start-cluster.sh", "--state", state, "--workers", "0"], env=env, capture_output=True, text=True
+    )
+    assert started.returncode == 0, started.stdout + started.stderr
+    described = json.loads((state / "cluster.json").read_text())
+    try:
+        probe = "import sys, requests; print(requests.get(sys.argv[1] + '/health', timeout=10).text)"
+        on_driver = [sys.executable, "-m", "tools.netns_cluster", "exec", "--state", str(state), "driver", "--"]
+        answer = subprocess.run(
+            [*on_driver, sys.executable, "-c", probe, described["tracking_uri"]],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+        )
+        assert answer.stdout.strip() == "OK", answer.stderr
+    finally:
+        stopped = subprocess.run(
+            [deploy / "stop-cluster.sh", "--state", state], env=env, capture_output=True, text=True
+        )
+    assert stopped.returncode == 0 and "cluster stopped" in stopped.stdout, stopped.stderr
+    namespaces = [host["namespace"] for host in described["hosts"].values()]
+    assert not set(namespaces) & set(list_namespaces())
+    assert not Path(f"/proc/{described['pid']}").exists() and not (state / "cluster.json").exists()
 
 
 # --- one sweep on fake GPUs ----------------------------------------------------------------------
