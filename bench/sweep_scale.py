@@ -4,6 +4,7 @@ harness path against a bare Ray Tune Tuner training the same points, and the Opt
 Run: .venv/bin/python bench/sweep_scale.py [--trials 100,1000,5000] [--bare-sizes 100,1000]
                                             [--storages sqlite,postgresql,journal] [--storage-size 1000]
      .venv/bin/python bench/sweep_scale.py --project (the smallest size only; prints what the rest would take)
+     .venv/bin/python bench/sweep_scale.py --cluster netns [--workers 2]   (as root: on a namespaced cluster)
      .venv/bin/python bench/sweep_scale.py --smoke   (3 trials, SQLite and journal, a few minutes: a test runs it)
      ... --figures PATH                               (also every figure at full precision, as JSON)
 
@@ -16,7 +17,11 @@ patients), 3 epochs, ASHA rungs at epochs 1 and 3, as many trials at once as the
 - bare: a Tuner over the points the harness's study sampled, each trained for exactly the epochs
   it trained in the harness's sweep (its intermediate values) by the same `fit`; no tracking, no
   checkpoints, no searcher.
-Each side runs in a fresh process (its own embedded Ray), so its CPU time and peak RSS are its own.
+Each side runs in a fresh process of this script, so its CPU time and peak RSS are its own: with
+`--cluster local` on this host with a Ray embedded in it and the stores in SQLite files; with
+`--cluster netns` on the driver host of tools/netns_cluster.py's cluster (a Ray head, `--workers`
+worker hosts of one CPU each, the MLflow server on PostgreSQL, each in a network namespace of its
+own), the trials logging to that server over the cluster's network.
 
 Measured per size, in the driver's process: wall time (data preparation and Ray's start included,
 both sides alike) and the ratio harness/bare; trials per minute; driver CPU seconds per trial
@@ -34,17 +39,18 @@ before they start.
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack, contextmanager
 from functools import wraps
-from multiprocessing import get_context
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -63,14 +69,14 @@ RATIO_TARGET, RATIO_SIZE = 1.14, 1000
 CPU_FLAT_TARGET, ASK_P99_TARGET_MS, ASK_SIZE = 2.0, 100.0, 5000
 
 
-def _experiment(root: Path, out: Path, trials: int, storage: str, concurrency: int) -> Path:
+def _experiment(root: Path, out: Path, trials: int, storage: str | None, where: Where) -> Path:
     path = out / "scale.yaml"
     search = {
         "trials": trials,
         "max_epochs": EPOCHS,
         "grace_period": 1,
         "reduction_factor": 3,
-        "max_concurrent": concurrency,
+        "max_concurrent": where.concurrency,
         "retrain": "none",
         "register_models": False,
         "optuna_storage": storage,
@@ -85,6 +91,7 @@ def _experiment(root: Path, out: Path, trials: int, storage: str, concurrency: i
         "training": {"patience": EPOCHS},
         "floors": [],
         "output_dir": str(out / "results"),
+        **({"tracking_uri": where.tracking_uri} if where.tracking_uri else {}),
     }
     path.write_text(yaml.safe_dump(experiment))
     return path
@@ -95,7 +102,7 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
     if not seconds:
         return {"p50_ms": float("nan"), "p99_ms": float("nan")}
     ranked = sorted(seconds)
-    p99 = ranked[min(len(ranked) - 1, max(0, round(0.99 * len(ranked) + 0.5) - 1))]
+    p99 = ranked[math.ceil(0.99 * len(ranked)) - 1]  # the nearest rank
     return {"p50_ms": statistics.median(ranked) * 1e3, "p99_ms": p99 * 1e3}
 
 
@@ -214,9 +221,10 @@ def _points(config: ExperimentConfig) -> list[dict[str, Any]]:
     return [{**t.params, "epochs_max": len(t.intermediate_values)} for t in trials if t.intermediate_values]
 
 
-def harness_side(path: Path) -> dict[str, Any]:
-    """Run the experiment at `path` through `run_sweep` and its leaderboard, in this (fresh)
-    process; returns what the driver measured and the points the study sampled."""
+def harness_side(path: Path, address: str | None) -> dict[str, Any]:
+    """Run the experiment at `path` through `run_sweep` (on the Ray cluster at `address`, else an
+    embedded one) and its leaderboard; returns what the driver measured and the points the study
+    sampled."""
     from harness.config import load_experiment
     from harness.sweep import run_sweep
 
@@ -226,7 +234,7 @@ def harness_side(path: Path) -> dict[str, Any]:
     with _probe(uri) as probe:
         tracking = _Tracking()
         started, cpu = time.perf_counter(), time.process_time()
-        run_sweep(config)
+        run_sweep(config, address=address)
         swept = time.perf_counter()
         _leaderboard(config, uri)
         ended = time.perf_counter()
@@ -254,9 +262,10 @@ def _bare_trial(trial: dict, *, config: ExperimentConfig, data: PreparedData) ->
     fit(spec, lambda e: tune.report({"val_loss": e.val["loss"]}))
 
 
-def bare_side(path: Path, points: list[dict[str, Any]], work: Path) -> dict[str, Any]:
+def bare_side(path: Path, points: list[dict[str, Any]], work: Path, address: str | None) -> dict[str, Any]:
     """Prepare the same data and train `points` (each for its epochs) through a plain Tuner with
-    the harness's concurrency, in this (fresh) process; returns its wall seconds."""
+    the harness's concurrency, on the Ray cluster at `address` (else an embedded one); returns its
+    wall seconds."""
     import ray
     from ray import tune
 
@@ -264,14 +273,15 @@ def bare_side(path: Path, points: list[dict[str, Any]], work: Path) -> dict[str,
     from harness.data.prepare import load_or_index, prepare
     from harness.environment import EMBEDDED_RAY, environment
 
-    # This script runs as __mp_main__ here, which Ray's workers cannot import: ship the trainable by value.
-    ray.cloudpickle.register_pickle_by_value(sys.modules[_bare_trial.__module__])
     config = load_experiment(path)
     started = time.perf_counter()
     manifest, _ = load_or_index(config.dataset)
     data = prepare(manifest, config.dataset, config.protocol, work / "_data")
-    with environment(EMBEDDED_RAY):  # the Ray settings the harness's own sweep starts with
-        ray.init(address="local", include_dashboard=False, configure_logging=False)
+    if address is not None:
+        ray.init(address=address, configure_logging=False)
+    else:
+        with environment(EMBEDDED_RAY):  # the Ray settings the harness's own sweep starts with
+            ray.init(address="local", include_dashboard=False, configure_logging=False)
     try:
         tuner = tune.Tuner(
             tune.with_resources(tune.with_parameters(_bare_trial, config=config, data=data), {"cpu": 1}),
@@ -288,10 +298,60 @@ def bare_side(path: Path, points: list[dict[str, Any]], work: Path) -> dict[str,
     return {"wall_s": time.perf_counter() - started, "trials": len(points)}
 
 
-def _fresh(function: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
-    """Return `function(*args)` run in a new process (spawned: nothing inherited from this one)."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        return pool.submit(function, *args).result()
+class _Local:
+    """Each side in a fresh process of this script on this host, with a Ray embedded in it and the
+    harness's default stores (SQLite files)."""
+
+    address: str | None = None
+    tracking_uri: str | None = None
+    concurrency = os.cpu_count() or 1
+
+    def run(self, argv: list[str]) -> None:
+        """Run `argv` (this script's arguments) to its end; raises SystemExit when it fails."""
+        if subprocess.run([sys.executable, *argv]).returncode != 0:
+            raise SystemExit(f"a side of the bench failed: {' '.join(argv)}")
+
+
+class _Namespaced:
+    """Each side in a fresh process of this script on the driver host of a namespaced cluster
+    (tools/netns_cluster.py): Ray's head and workers and the MLflow server (on PostgreSQL) on hosts of
+    their own, each trial logging to that server over the cluster's network."""
+
+    def __init__(self, cluster: Any) -> None:
+        self.cluster = cluster
+        self.address: str | None = cluster.ray_address
+        self.tracking_uri: str | None = cluster.tracking_uri
+        self.concurrency = cluster.worker_count * cluster.worker_cpus
+
+    def run(self, argv: list[str]) -> None:
+        """Run `argv` (this script's arguments) on the driver host to its end; raises SystemExit when it fails."""
+        if self.cluster.popen(self.cluster.driver, [sys.executable, *argv]).wait() != 0:
+            raise SystemExit(f"a side of the bench failed on the driver host: {' '.join(argv)}")
+
+
+Where = _Local | _Namespaced
+
+
+def _side(where: Where, side: str, path: Path, points: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Run one side of the bench on the experiment at `path` in a fresh process (so its CPU time and
+    peak RSS are its own); returns what it measured."""
+    result = path.parent / f"{side}.json"
+    argv = [str(Path(__file__).resolve()), "--side", side, "--experiment", str(path), "--result", str(result)]
+    if points is not None:
+        (path.parent / "points.json").write_text(json.dumps(points))
+        argv += ["--points", str(path.parent / "points.json")]
+    where.run(argv + (["--address", where.address] if where.address else []))
+    return json.loads(result.read_text())
+
+
+def _run_side(args: argparse.Namespace) -> None:
+    """Run the side `args.side` in this process and write what it measured to `args.result`."""
+    if args.side == "harness":
+        measured = harness_side(args.experiment, args.address)
+    else:
+        points = json.loads(args.points.read_text())
+        measured = bare_side(args.experiment, points, args.experiment.parent / "bare", args.address)
+    args.result.write_text(json.dumps(measured))
 
 
 def _latencies(figures: Figures, key: tuple[str, ...], measured: dict[str, Any]) -> dict[str, Any]:
@@ -386,11 +446,16 @@ def _storage_url(kind: str, folder: Path, stack: ExitStack) -> str | None:
     if kind == "postgresql":
         from tracking_load import postgres
 
-        return stack.enter_context(postgres(folder / "pg")).replace("postgresql://", "postgresql+psycopg://", 1)
+        tcp = stack.enter_context(postgres(folder / "pg"))
+        # Through its unix socket in `folder`, which a namespaced driver host reaches as well.
+        port = tcp.rsplit(":", 1)[1].split("/")[0]
+        return f"postgresql+psycopg://bench@/mlflow?host={folder / 'pg'}&port={port}"
     return None
 
 
-def _storages(figures: Figures, root: Path, tmp: Path, args: argparse.Namespace, reuse: dict | None) -> None:
+def _storages(
+    figures: Figures, root: Path, tmp: Path, args: argparse.Namespace, where: Where, reuse: dict | None
+) -> None:
     """Run the storage comparison at args.storage_size and print it."""
     size = figures.record("storages_size", value=args.storage_size)
     for kind in args.storages:
@@ -405,7 +470,7 @@ def _storages(figures: Figures, root: Path, tmp: Path, args: argparse.Namespace,
                 except RuntimeError as absent:
                     print(f"storage {kind}: skipped ({absent})")
                     continue
-                measured = _fresh(harness_side, _experiment(root, out, size, url, args.concurrency))
+                measured = _side(where, "harness", _experiment(root, out, size, url, where))
         wall = figures.record("storages", kind, "harness_s", value=measured["wall_s"])
         latency = _latencies(figures, ("storages", kind, "latency"), measured)
         print(f"storage {kind} at {size} trials: harness {wall:.1f} s; {_searcher_line(latency)}", flush=True)
@@ -471,7 +536,14 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--bare-sizes", type=_sizes_option, default=None, help="sizes the bare side runs (all)")
     parser.add_argument("--storages", type=lambda t: t.split(","), default=list(STORAGES))
     parser.add_argument("--storage-size", type=int, default=STORAGE_SIZE)
-    parser.add_argument("--cluster", choices=["local"], default="local", help="where Ray runs (embedded on this host)")
+    parser.add_argument(
+        "--cluster",
+        choices=["local", "netns"],
+        default="local",
+        help="local: Ray embedded on this host; netns: a Ray head, --workers workers of one CPU, the MLflow "
+        "server and the driver each in a network namespace of its own (tools/netns_cluster.py, root)",
+    )
+    parser.add_argument("--workers", type=int, default=2, help="worker hosts of the netns cluster")
     parser.add_argument(
         "--project",
         action="store_true",
@@ -480,49 +552,78 @@ def _arguments() -> argparse.Namespace:
     )
     parser.add_argument("--smoke", action="store_true", help="3 trials, SQLite and journal (for the tests)")
     add_figures_option(parser)
+    # One side of the bench, run by the bench itself in a fresh process.
+    parser.add_argument("--side", choices=["harness", "bare"], help=argparse.SUPPRESS)
+    parser.add_argument("--experiment", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--points", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--address", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.smoke:
         args.trials, args.bare_sizes, args.storages, args.storage_size = [3], [3], ["sqlite", "journal"], 3
     unknown = sorted(set(args.storages) - set(STORAGES))
     if unknown:
         parser.error(f"--storages {unknown[0]!r}: expected some of {', '.join(STORAGES)}")
-    args.concurrency = os.cpu_count() or 1
     return args
+
+
+@contextmanager
+def _cluster(args: argparse.Namespace, state: Path) -> Iterator[Where]:
+    """Yield where the sides run: this host, or a namespaced cluster torn down after the block."""
+    if args.cluster == "local":
+        yield _Local()
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ is not part of the package
+    from tools.netns_cluster import NetnsCluster
+
+    with NetnsCluster(state, workers=args.workers, worker_cpus=1, prefix="scale") as cluster:
+        yield _Namespaced(cluster)
 
 
 def main() -> None:
     args = _arguments()
+    if args.side:
+        _run_side(args)
+        return
     figures = Figures(args.figures)
-    bare_sizes = set(args.trials if args.bare_sizes is None else args.bare_sizes)
-    figures.record("concurrency", value=args.concurrency)
-    figures.record("epochs", value=EPOCHS)
-    from harness.data.datasets.idc import write_synthetic_idc
-
-    sizes: dict[int, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        root = write_synthetic_idc(Path(tmp) / "idc", patients=PATIENTS, patches_per_class=PATCHES_PER_CLASS, seed=1)
-        print(
-            f"CancerNet on {PATIENTS} synthetic patients, {EPOCHS} epochs, ASHA rungs at 1 and {EPOCHS}, "
-            f"{args.concurrency} trials at once, cluster {args.cluster}",
-            flush=True,
-        )
-        kept = None
-        for index, size in enumerate(args.trials):
-            out = Path(tmp) / f"size-{size}"
-            out.mkdir()
-            path = _experiment(root, out, size, None, args.concurrency)
-            measured = _fresh(harness_side, path)
-            bare = _fresh(bare_side, path, measured["points"], out / "bare") if size in bare_sizes else None
-            sizes[size] = _size(figures, size, measured, bare)
-            kept = measured if size == args.storage_size else kept
-            if index == 0:
-                _projection(figures, sizes[size], size, args, bare_sizes)
-                if args.project:
-                    break
-        if not args.project or args.storage_size == args.trials[0]:
-            _storages(figures, root, Path(tmp), args, kept)
+    with tempfile.TemporaryDirectory() as tmp, _cluster(args, Path(tmp) / "cluster") as where:
+        sizes = _run(args, figures, where, Path(tmp))
     _targets(figures, sizes)
     figures.write()
+
+
+def _run(args: argparse.Namespace, figures: Figures, where: Where, tmp: Path) -> dict[int, dict[str, Any]]:
+    """Run every size (harness, then bare where asked) and the storage comparison in `tmp`;
+    returns each size's figures."""
+    from harness.data.datasets.idc import write_synthetic_idc
+
+    bare_sizes = set(args.trials if args.bare_sizes is None else args.bare_sizes)
+    figures.record("concurrency", value=where.concurrency)
+    figures.record("epochs", value=EPOCHS)
+    figures.record("cluster", value=args.cluster)
+    root = write_synthetic_idc(tmp / "idc", patients=PATIENTS, patches_per_class=PATCHES_PER_CLASS, seed=1)
+    print(
+        f"CancerNet on {PATIENTS} synthetic patients, {EPOCHS} epochs, ASHA rungs at 1 and {EPOCHS}, "
+        f"{where.concurrency} trials at once, cluster {args.cluster}",
+        flush=True,
+    )
+    sizes: dict[int, dict[str, Any]] = {}
+    kept = None
+    for index, size in enumerate(args.trials):
+        out = tmp / f"size-{size}"
+        out.mkdir()
+        path = _experiment(root, out, size, None, where)
+        measured = _side(where, "harness", path)
+        bare = _side(where, "bare", path, measured["points"]) if size in bare_sizes else None
+        sizes[size] = _size(figures, size, measured, bare)
+        kept = measured if size == args.storage_size else kept
+        if index == 0:
+            _projection(figures, sizes[size], size, args, bare_sizes)
+            if args.project:
+                break
+    if not args.project or args.storage_size == args.trials[0]:
+        _storages(figures, root, tmp, args, where, kept)
+    return sizes
 
 
 if __name__ == "__main__":

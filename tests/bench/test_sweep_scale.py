@@ -1,19 +1,21 @@
 """bench/sweep_scale.py --smoke: 3 trials through the harness's sweep (SQLite, then Optuna's journal
 storage) and a bare Tuner over the same points; its figures, read at full precision from
 --figures, are checked against the lines it prints and against each other, never judged as timings.
-Each side starts its own Ray in a fresh process, which takes minutes on two cores: make test-cluster
-runs it."""
+Each side runs in a fresh process, which takes minutes on two cores: make test-cluster runs it, with
+Ray embedded and on the namespaced cluster (tools/netns_cluster.py, skipped with the reason where
+network namespaces are not permitted)."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Callable
+from types import ModuleType
 
 import pytest
 
 from tests.bench.conftest import BenchRun
-
-pytestmark = pytest.mark.e2e
+from tests.conftest import REPO
 
 
 def _ms(p: dict[str, float]) -> str:
@@ -39,10 +41,26 @@ def _check_latencies(latency: dict) -> None:
         assert latency[source]["calls"] > 0 and 0 < latency[source]["p50_ms"] <= latency[source]["p99_ms"]
 
 
-def test_sweep_scale_smoke_measures_both_sides_and_both_storages(run_bench: Callable[..., BenchRun]) -> None:
-    run = run_bench("sweep_scale.py", "--smoke", timeout=900)
+def _netns_refusal() -> str | None:
+    from tools.netns_cluster import NetnsUnavailable, ensure_netns_permitted
+
+    try:
+        ensure_netns_permitted()
+    except NetnsUnavailable as refused:
+        return str(refused)
+    return None
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("cluster", ["local", pytest.param("netns", marks=pytest.mark.cluster)])
+def test_sweep_scale_smoke_measures_both_sides_and_both_storages(
+    cluster: str, run_bench: Callable[..., BenchRun]
+) -> None:
+    if cluster == "netns" and (refusal := _netns_refusal()) is not None:
+        pytest.skip(refusal)
+    run = run_bench("sweep_scale.py", "--smoke", "--cluster", cluster, timeout=1200)
     figures = run.figures
-    assert (figures["epochs"], list(figures["sizes"])) == (3, ["3"])
+    assert (figures["epochs"], figures["cluster"], list(figures["sizes"])) == (3, cluster, ["3"])
     size = figures["sizes"]["3"]
     # The bare side trains exactly the points the harness's trials trained.
     assert size["trials"] == size["bare_trials"] == 3
@@ -79,3 +97,25 @@ def test_sweep_scale_smoke_measures_both_sides_and_both_storages(run_bench: Call
         name: (None, "not measured") for name in ("ratio", "cpu_flat", "ask_p99")
     }
     assert sum(line.startswith("target: ") and "not measured (" in line for line in run.lines) == 3
+
+
+def _bench(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.syspath_prepend(str(REPO / "bench"))  # where the bench finds its _figures
+    spec = importlib.util.spec_from_file_location("sweep_scale", REPO / "bench" / "sweep_scale.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_latency_percentiles_are_nearest_rank_over_the_first_and_last_tenth(monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = _bench(monkeypatch)
+    seconds = [ms / 1000 for ms in range(100, 0, -1)]  # 100 calls, 100 ms down to 1 ms
+    assert bench.percentiles(seconds) == {"p50_ms": pytest.approx(50.5), "p99_ms": pytest.approx(99)}
+    assert bench.ends(seconds) == {
+        "first": {"p50_ms": pytest.approx(95.5), "p99_ms": pytest.approx(100)},
+        "last": {"p50_ms": pytest.approx(5.5), "p99_ms": pytest.approx(10)},
+    }
+    # Fewer than ten calls: each end is one call; none at all is not a number.
+    assert bench.ends([0.002, 0.001])["last"] == {"p50_ms": pytest.approx(1), "p99_ms": pytest.approx(1)}
+    assert all(math.isnan(v) for v in bench.percentiles([]).values())
