@@ -82,7 +82,8 @@ def _experiment(root: Path, out: Path, trials: int, storage: str | None, where: 
         "optuna_storage": storage,
     }
     experiment = {
-        "name": "scale",
+        # One experiment per run: on a cluster every run shares the one MLflow server.
+        "name": f"scale-{out.name}",
         "dataset": {"name": "idc", "root": str(root), "allow_subset": True},
         "protocol": {"folds": 3, "test_fraction": 0.25, "seed": 0},
         "baselines": [{"name": "cancernet", "fixed": {"batch_size": 8, "epochs_max": EPOCHS}}],
@@ -167,8 +168,8 @@ class _Tracking:
 
 
 @contextmanager
-def _probe(tracking_uri: str) -> Iterator[list[float]]:
-    """Log one metric every PROBE_S seconds to a run of its own (experiment scale-probe, in the
+def _probe(tracking_uri: str, experiment: str) -> Iterator[list[float]]:
+    """Log one metric every PROBE_S seconds to a run of its own (in experiment `experiment`, in the
     same store) from a thread of the driver while the block runs; yields the calls' latencies."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric
@@ -177,7 +178,7 @@ def _probe(tracking_uri: str) -> Iterator[list[float]]:
 
     client = MlflowClient(tracking_uri)
     with store_lock(tracking_uri):  # the harness creates a new SQLite store under this lock too
-        run = client.create_run(client.create_experiment("scale-probe")).info.run_id
+        run = client.create_run(client.create_experiment(experiment), run_name="probe").info.run_id
     latencies: list[float] = []
     stop = threading.Event()
 
@@ -231,7 +232,7 @@ def harness_side(path: Path, address: str | None) -> dict[str, Any]:
     config = load_experiment(path)
     uri = config.resolved_tracking_uri()
     searcher = _Searcher()
-    with _probe(uri) as probe:
+    with _probe(uri, f"{config.name}-probe") as probe:
         tracking = _Tracking()
         started, cpu = time.perf_counter(), time.process_time()
         run_sweep(config, address=address)
