@@ -19,6 +19,7 @@ from harness.data.augmentations import canonical_name
 from harness.data.datasets import DatasetSpec, dataset
 from harness.data.splits import ProtocolSpec
 from harness.errors import InputError
+from harness.locking import JOURNAL_SCHEME, journal_path
 from harness.table_layouts import TableLayout
 
 # Package data: one YAML per baseline, installed with the package (editable or not).
@@ -239,6 +240,15 @@ class SearchSpec(Strict):
     # the same seed and data write the same leaderboard (on CPU) whatever order trials finish in.
     reproducible: bool = False
 
+    @field_validator("optuna_storage")
+    @classmethod
+    def _journal_file(cls, url: str | None) -> str | None:
+        # Every node opens the same log file, so its path cannot depend on a process's folder.
+        path = journal_path(url) if url else None
+        if path is not None and (not path.is_absolute() or str(url).endswith("/")):
+            raise ValueError(f"a journal storage is {JOURNAL_SCHEME}/<absolute path of its log file>")
+        return url
+
     @model_validator(mode="after")
     def _grace_within_budget(self) -> SearchSpec:
         if self.grace_period > self.max_epochs:
@@ -418,7 +428,8 @@ class ExperimentConfig(Strict):
         return (self.storage_path or self.output_dir / self.name / "ray").resolve()
 
     def resolved_optuna_storage(self) -> str:
-        """Return the Optuna RDB URL: the configured one, or a SQLite file beside the MLflow store."""
+        """Return the Optuna storage's URL (an RDB URL or a journal file's): the configured one, or a
+        SQLite file beside the MLflow store."""
         return self.search.optuna_storage or f"sqlite:///{(self.output_dir / 'optuna.db').resolve()}"
 
     def space_file(self, baseline: str) -> SearchSpace:

@@ -35,3 +35,13 @@ def store_lock(url: str) -> Iterator[None]:
 def sqlite_path(url: str) -> Path | None:
     """Return the database file of a `sqlite:///` URL, None for any other store."""
     return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+
+
+# An Optuna journal storage (a log file of operations, Optuna's form for a shared filesystem):
+# `journal:///abs/path.log`, the path of a file URI after the scheme.
+JOURNAL_SCHEME = "journal://"
+
+
+def journal_path(url: str) -> Path | None:
+    """Return the log file of a `journal:///abs/path` URL, None for any other store."""
+    return Path(url.removeprefix(JOURNAL_SCHEME)) if url.startswith(JOURNAL_SCHEME) else None

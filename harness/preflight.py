@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import InputError
-from harness.locking import sqlite_path
+from harness.locking import journal_path, sqlite_path
 
 MB = 1024 * 1024
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first bytes of every SQLite database file
 
 
 def _existing_ancestor(path: Path) -> Path:
@@ -94,8 +95,12 @@ def _sqlite_problem(database: Path, tables: frozenset[str]) -> str | None:
 
 
 def check_store(store: Store) -> None:
-    """Raise InputError unless the store's SQLite file can be written: absent, or an intact database
-    of its kind; a store behind a server is checked by its server."""
+    """Raise InputError unless the store's SQLite file (or journal file) can be written: absent, or
+    an intact database of its kind (a journal, not a database); a store behind a server is checked
+    by its server."""
+    journal = journal_path(store.url)
+    if journal is not None:
+        _check_journal(journal, store.key)
     database = sqlite_path(store.url)
     if database is None:
         return
@@ -104,6 +109,16 @@ def check_store(store: Store) -> None:
         problem = _sqlite_problem(database, store.tables)
         if problem is not None:
             raise InputError(f"{store.key} {database}: " + problem.format(kind=store.kind, key=store.key))
+
+
+def _check_journal(journal: Path, key: str) -> None:
+    """Raise InputError unless `journal` can be written as an Optuna journal: a file name in a
+    writable folder, not a SQLite database (which a journal's reader would take for a log)."""
+    writable_file(journal, key)
+    if journal.is_file():
+        with journal.open("rb") as handle:
+            if handle.read(len(SQLITE_HEADER)) == SQLITE_HEADER:
+                raise InputError(f"{key} {journal}: a SQLite database, not a journal; point it at sqlite:///{journal}")
 
 
 def check_outputs(*, output_dir: Path, storage_path: Path | None = None, stores: tuple[Store, ...] = ()) -> None:

@@ -97,6 +97,11 @@ BAD_INPUTS = {
         {"search": {"max_epochs": 2, "retrain_epochs": 3}},
         "exp.yaml: key 'search': retrain_epochs (3) must not exceed max_epochs (2)",
     ),
+    "a journal storage at a relative path": (
+        {"search": {"optuna_storage": "journal://optuna.log"}},
+        "exp.yaml: key 'search.optuna_storage' = 'journal://optuna.log': a journal storage is "
+        "journal:///<absolute path of its log file>",
+    ),
     "unknown sampler": (
         {"search": {"sampler": "cmaes"}},
         "exp.yaml: key 'search.sampler' = 'cmaes': Input should be 'tpe', 'random', 'gp', 'qmc' or 'bruteforce'",

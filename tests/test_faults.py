@@ -29,7 +29,9 @@ from harness import tracking
 from harness.cli import app
 from harness.config import load_experiment
 from harness.data.datasets.idc import write_synthetic_idc
+from harness.errors import InputError
 from harness.experiment import set_up
+from harness.preflight import check_store, optuna_store
 from harness.sweep._driver import new_sweep_folder
 from harness.sweep._orphans import driver_identity
 from harness.sweep._record import write_record
@@ -448,6 +450,16 @@ def test_a_damaged_optuna_store_is_one_line_and_neither_a_new_sweep_nor_resume_w
     assert _status(out, parent) == ("FINISHED", "completed")
     assert len(_runs(out)) == 1
     assert sorted(p.name for p in (out / "faults" / "ray").iterdir()) == before
+
+
+def test_a_journal_storage_naming_a_sqlite_database_is_one_line(tmp_path: Path) -> None:
+    optuna.create_study(storage=f"sqlite:///{tmp_path / 'optuna.db'}", study_name="x")
+    with pytest.raises(InputError) as refused:
+        check_store(optuna_store(f"journal://{tmp_path / 'optuna.db'}"))
+    assert str(refused.value) == (
+        f"search.optuna_storage {tmp_path / 'optuna.db'}: a SQLite database, not a journal; point it at "
+        f"sqlite:///{tmp_path / 'optuna.db'}"
+    )
 
 
 def test_a_tracking_uri_naming_another_kind_of_database_is_one_line(tmp_path: Path, small_idc: Path) -> None:

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 import optuna
+from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from ray import tune
 from ray.tune.error import TuneError
@@ -31,7 +32,7 @@ from harness import ray_compat, tracking
 from harness.atomic import write_atomically
 from harness.config import Distribution, SearchSpace
 from harness.errors import InputError
-from harness.locking import sqlite_path, store_lock
+from harness.locking import journal_path, sqlite_path, store_lock
 
 from ._keys import DONE_KEY, EPOCH_KEY, FAILED_KEY, RUN_ID_KEY, STUDY_TRIAL_KEY
 
@@ -85,7 +86,7 @@ def mark_started(storage: optuna.storages.BaseStorage, trial_id: int) -> None:
 
 class StartStudyTrials(tune.Callback):
     """Marks a trial's Optuna trial started when Tune starts the trial, in the studies at `storage`
-    (an RDB URL) named after `study_prefix`: a suggestion waits (WAITING) until then, so the
+    (a URL optuna_storage opens) named after `study_prefix`: a suggestion waits (WAITING) until then, so the
     study's start times are the trials' own, not those of suggestions a reproducible sweep makes
     all at once. Runs in the driver, as the searcher does."""
 
@@ -159,9 +160,15 @@ def start_points(space: SearchSpace, warm: list[dict[str, Any]]) -> list[dict[st
     return first + [p for p in warm if p not in first]
 
 
-def optuna_storage(url: str) -> optuna.storages.RDBStorage:
-    """Return the RDB storage at `url`, waiting on a SQLite lock instead of failing at once; a
-    SQLite file's tables are created under a file lock beside it (two sweeps may start together)."""
+def optuna_storage(url: str) -> optuna.storages.BaseStorage:
+    """Return the storage at `url`, the one way the harness opens it. A journal URL is a log file
+    (its folder created), appended to under Optuna's own lock beside it; an RDB URL waits on a
+    SQLite lock instead of failing at once, a SQLite file's tables created under a file lock beside
+    it (two sweeps may start together)."""
+    journal = journal_path(url)
+    if journal is not None:
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
     engine = {"connect_args": {"timeout": 60}} if sqlite_path(url) else {}
     with store_lock(url):
         return optuna.storages.RDBStorage(url, engine_kwargs=engine)
@@ -267,7 +274,7 @@ class PruningAwareOptunaSearch(_JsonStateSearcher):
 
     Its state (get_state) names the study, each Ray trial's Optuna trial number, the trials told
     and linked, each trial's last epoch and the sampler's random states. The study itself lives in
-    its storage: Tune restores the searcher it pickled when the Tuner was made (whose RDB storage
+    its storage: Tune restores the searcher it pickled when the Tuner was made (whose storage
     reconnects to its URL), then this state, so the searcher carries on in the same study and draws
     what it would have drawn. A study in memory does not outlive its process.
     """
@@ -441,7 +448,7 @@ class PerBaselineSearcher(_JsonStateSearcher):
     """Hands out `trials` suggestions per baseline, round-robin, each from that baseline's own study.
 
     `starts` are points each study evaluates first (the recipe, a previous sweep's best); the
-    studies live in `storage` (an RDB URL) under `study_name(study_prefix..., baseline)`, their
+    studies live in `storage` (a URL optuna_storage opens) under `study_name(study_prefix..., baseline)`, their
     value named `metric_name`; `link` ties each Optuna trial to its MLflow run, and `links` lead
     from the studies and their trials to MLflow's pages.
     """

@@ -131,10 +131,13 @@ def test_a_linked_trial_and_its_study_lead_to_mlflow_pages() -> None:
     assert local["mlflow_ui"].endswith("mlflow ui --backend-store-uri sqlite:////r/mlflow.db")
 
 
-def test_suggestions_of_a_batch_wait_until_started_and_each_end_is_told_as_it_comes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("storage", ["sqlite:///{}/optuna.db", "journal://{}/optuna.log"])
+def test_suggestions_of_a_batch_wait_until_started_and_each_end_is_told_as_it_comes(
+    tmp_path: Path, storage: str
+) -> None:
     """Optuna records a trial's start when Tune starts it (not when its batch was suggested) and its
-    end when it ends (not when the last trial of its batch ends)."""
-    url, prefix = f"sqlite:///{tmp_path / 'optuna.db'}", "exp/sweep-20260101-000000"
+    end when it ends (not when the last trial of its batch ends), in an RDB and a journal alike."""
+    url, prefix = storage.format(tmp_path), "exp/sweep-20260101-000000"
     space = load_search_space("cancernet")
     searcher = PerBaselineSearcher(
         {"cancernet": space}, metric="objective", mode="max", trials=3, sampler="random", seed=0,

@@ -56,8 +56,13 @@ def _searcher(url: str) -> PerBaselineSearcher:
     )
 
 
-def test_a_restored_searcher_carries_on_in_its_rdb_study(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+# The storages the harness opens: an RDB (SQLite here) and Optuna's journal file.
+STORAGES = {"sqlite": "sqlite:///{}/optuna.db", "journal": "journal://{}/optuna.log"}
+
+
+@pytest.mark.parametrize("kind", list(STORAGES))
+def test_a_restored_searcher_carries_on_in_its_study(tmp_path: Path, kind: str) -> None:
+    url = STORAGES[kind].format(tmp_path)
     searcher = _searcher(url)
     # Tuner.restore rebuilds the searcher from the copy pickled when the Tuner was made, then
     # restores the state the running one saved last.

@@ -26,8 +26,9 @@ def _earlier_sweep(storage: str, prefix: str, values: dict[float, float]) -> Non
         study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=value))
 
 
-def test_warm_start_takes_the_best_points_inside_the_space_from_the_latest_sweep(tmp_path: Path) -> None:
-    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+@pytest.mark.parametrize("form", ["sqlite:///{}/optuna.db", "journal://{}/optuna.log"])
+def test_warm_start_takes_the_best_points_inside_the_space_from_the_latest_sweep(tmp_path: Path, form: str) -> None:
+    storage = form.format(tmp_path)
     _earlier_sweep(storage, "exp/sweep-20260101-000000", {0.002: 0.9})
     _earlier_sweep(storage, "exp/sweep-20260102-000000", {0.002: 0.7, 0.004: 0.8, 0.006: 0.6, 0.03: 0.65})
     space = load_search_space("cancernet").pinned({"lr": 0.004})
