@@ -1,5 +1,6 @@
 """What a trial needs to know about the Ray node it landed on: who it is, where the prepared data
-lies there, whether that data is the driver's, and which device to train on."""
+lies there, whether that data is the driver's, and which device to train on; and the driver's
+check, before any trial starts, that every node of the cluster sees the driver's data."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ray
+from ray.exceptions import RayError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from harness.data.manifest import manifest_hash, read_manifest
 from harness.data.prepare import PreparedData
@@ -16,6 +19,9 @@ from harness.errors import InputError
 
 # A node that mounts the driver's prepared-data folder (<output_dir>/_data) at another path sets this.
 DATA_DIR_ENV = "HARNESS_DATA_DIR"
+# How long the driver waits for every node to read its manifest. A node that has not answered by
+# then (cut off, or still starting a worker) is left to the check each trial makes where it lands.
+NODE_CHECK_SECONDS = 60.0
 
 
 class DataMismatchError(RuntimeError):
@@ -61,6 +67,46 @@ def check_manifest(path: Path, expected_hash: str, node: NodeIdentity) -> None:
             f"node {node.label} reads manifest hash {found[:16]} at {path}, but the driver indexed "
             f"{expected_hash[:16]}: this node sees other data; {hint}"
         )
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def _node_data_fault(data: PreparedData, driver_data_dir: Path) -> str | None:
+    """Return why this node's prepared data is not the driver's (None when it is), as a trial here
+    would find it."""
+    try:
+        check_manifest(local_data(data, driver_data_dir).manifest_path, data.manifest_hash, current_node())
+    except DataMismatchError as exc:
+        return str(exc)
+    return None
+
+
+def _answer(check: ray.ObjectRef) -> str | None:
+    """Return a node check's answer; None when its node died meanwhile (no trial lands there)."""
+    try:
+        return ray.get(check)
+    except RayError:
+        return None
+
+
+def check_every_node(data: PreparedData, driver_data_dir: Path) -> None:
+    """Raise InputError, one line naming the node and both manifest hashes, when a live node of the
+    cluster Ray is connected to reads other prepared data than the driver's: one task pinned to
+    each node, before any trial starts. Nodes joining later meet the same check in their trials.
+    Returns nothing."""
+    nodes = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
+    checks = [
+        _node_data_fault.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(
+            data, driver_data_dir
+        )
+        for node in nodes
+    ]
+    answered, late = ray.wait(checks, num_returns=len(checks), timeout=NODE_CHECK_SECONDS)
+    for check in late:
+        ray.cancel(check, force=True)
+    faults = [fault for fault in map(_answer, answered) if fault is not None]
+    if faults:
+        more = f" (and {len(faults) - 1} more node(s) like it)" if len(faults) > 1 else ""
+        raise InputError(f"{faults[0]}{more}")
 
 
 def trial_device(configured: str) -> str:
