@@ -130,3 +130,15 @@ def assert_sweep_intact(
     if trials is not None and len(trial_set) != trials:
         lines.append(f"{len(trial_set)} trial runs, expected {trials}")
     assert not lines, f"{experiment}: the stores disagree with an intact sweep:\n" + "\n".join(lines)
+
+
+def trial_runs_through(tracking_uri: str, experiment: str, epoch: int, *, node_ip: str | None = None) -> list:
+    """Return the trial runs of `experiment` (on the node at `node_ip`, when given) that have logged
+    `objective` for `epoch`: the observed state a fault test waits for before it strikes."""
+    client = MlflowClient(tracking_uri)
+    if client.get_experiment_by_name(experiment) is None:
+        return []
+    runs = trial_runs(all_runs(client, experiment))
+    if node_ip is not None:
+        runs = [r for r in runs if r.data.tags.get(tracking.NODE_IP) == node_ip]
+    return [r for r in runs if epoch in _steps(client, r, "objective")]
