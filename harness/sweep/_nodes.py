@@ -54,18 +54,31 @@ def local_data(data: PreparedData, driver_data_dir: Path) -> PreparedData:
     return data.moved(driver_data_dir, Path(local)) if local else data
 
 
+def _hashes_beside(path: Path) -> list[str]:
+    """Return the hashes of the manifests of `path`'s dataset in its folder (other prepared data)."""
+    hashes = []
+    for other in sorted(path.parent.glob(f"{path.stem.rsplit('-', 1)[0]}-*.parquet")):
+        try:
+            hashes.append(manifest_hash(read_manifest(other)[0]))
+        except InputError:
+            continue  # not a manifest this check can read: says nothing about the node's data
+    return hashes
+
+
 def check_manifest(path: Path, expected_hash: str, node: NodeIdentity) -> None:
-    """Raise DataMismatchError unless the manifest at `path` (on this node) has `expected_hash`."""
+    """Raise DataMismatchError unless the manifest at `path` (on this node) has `expected_hash`;
+    where the node has other data prepared in its place, the error names their hashes."""
     hint = f"put the output_dir on a filesystem every node mounts, or set {DATA_DIR_ENV} on this node"
     try:
-        manifest, _ = read_manifest(path)
+        found, where = [manifest_hash(read_manifest(path)[0])], path
     except InputError as exc:
-        raise DataMismatchError(f"node {node.label}: {exc}; {hint}") from None
-    found = manifest_hash(manifest)
-    if found != expected_hash:
+        found, where = (_hashes_beside(path) if not path.exists() else []), path.parent
+        if not found:
+            raise DataMismatchError(f"node {node.label}: {exc}; {hint}") from None
+    if found != [expected_hash]:
         raise DataMismatchError(
-            f"node {node.label} reads manifest hash {found[:16]} at {path}, but the driver indexed "
-            f"{expected_hash[:16]}: this node sees other data; {hint}"
+            f"node {node.label} reads manifest hash {', '.join(h[:16] for h in found)} at {where}, but the driver "
+            f"indexed {expected_hash[:16]}: this node sees other data; {hint}"
         )
 
 

@@ -9,6 +9,7 @@ import pytest
 import ray
 
 from harness.config import DatasetSpec, ProtocolSpec
+from harness.data.datasets.idc import write_synthetic_idc
 from harness.data.manifest import read_manifest, write_manifest
 from harness.data.prepare import PreparedData, index_dataset, prepare
 from harness.errors import InputError
@@ -55,6 +56,19 @@ def test_a_node_with_the_same_manifest_passes_and_one_with_other_data_fails(data
         rf"at {copy}, but the driver indexed {digest[:16]}",
     ):
         check_manifest(copy, digest, NODE)
+
+
+def test_a_node_with_other_data_prepared_in_its_place_names_both_hashes(data_dir, tmp_path: Path) -> None:
+    work, data = data_dir
+    spec = DatasetSpec(name="idc", root=write_synthetic_idc(tmp_path / "other", patients=8, seed=2), allow_subset=True)
+    other = prepare(index_dataset(spec)[0], spec, ProtocolSpec(folds=3), tmp_path / "node" / "_data")
+    moved = data.moved(work, tmp_path / "node" / "_data")
+    with pytest.raises(
+        DataMismatchError,
+        match=rf"node 10.0.0.7 \(abababababab\) reads manifest hash {other.manifest_hash[:16]} "
+        rf"at {moved.manifest_path.parent}, but the driver indexed {data.manifest_hash[:16]}",
+    ):
+        check_manifest(moved.manifest_path, data.manifest_hash, NODE)
 
 
 def test_a_node_without_the_data_says_where_it_looked(data_dir, tmp_path: Path) -> None:
