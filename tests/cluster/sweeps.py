@@ -5,6 +5,7 @@ experiment file, and the Ray nodes by host."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,10 @@ from tools.netns_cluster import NetnsCluster, NetnsUnavailable, ensure_netns_per
 PREFIX = "hfa"
 
 
+@contextmanager
 def own_cluster(tmp_path_factory: pytest.TempPathFactory, name: str, **options: Any) -> Iterator[NetnsCluster]:
-    """Yield a started cluster for one test module (skipped with the reason where namespaces are not
-    permitted); it is torn down when the module ends, also on failure."""
+    """Yield a started cluster of a test module's own (a skip with the reason where namespaces are
+    not permitted), torn down when the block ends, also on failure."""
     try:
         ensure_netns_permitted()
     except NetnsUnavailable as exc:

@@ -25,7 +25,8 @@ EXPERIMENT = "node-data-differs"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetnsCluster]:
-    yield from own_cluster(tmp_path_factory, "node_data", workers=1, worker_cpus=1)
+    with own_cluster(tmp_path_factory, "node_data", workers=1, worker_cpus=1) as cluster:
+        yield cluster
 
 
 def _other_prepared_data(folder: Path) -> str:

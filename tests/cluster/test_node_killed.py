@@ -27,7 +27,8 @@ STRIKE_AT_EPOCH = 3
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetnsCluster]:
-    yield from own_cluster(tmp_path_factory, "node_killed", workers=2, worker_cpus=1)
+    with own_cluster(tmp_path_factory, "node_killed", workers=2, worker_cpus=1) as cluster:
+        yield cluster
 
 
 def test_a_killed_worker_hosts_trial_is_retried_elsewhere_in_its_run_without_a_step_twice(
