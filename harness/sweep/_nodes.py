@@ -103,10 +103,10 @@ def _answer(check: ray.ObjectRef) -> str | None:
 
 def check_every_node(data: PreparedData, driver_data_dir: Path) -> None:
     """Raise InputError, one line naming the node and both manifest hashes, when a live node of the
-    cluster Ray is connected to reads other prepared data than the driver's: one task pinned to
-    each node, before any trial starts. Nodes joining later meet the same check in their trials.
-    Returns nothing."""
-    nodes = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
+    cluster Ray is connected to that can run a trial (it has CPUs: every trial asks for some) reads
+    other prepared data than the driver's: one task pinned to each, before any trial starts. Nodes
+    joining later meet the same check in their trials. Returns nothing."""
+    nodes = [node["NodeID"] for node in ray.nodes() if node["Alive"] and node["Resources"].get("CPU", 0) > 0]
     checks = [
         _node_data_fault.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(
             data, driver_data_dir
