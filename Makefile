@@ -40,10 +40,10 @@ screenshots: $(STAMP) browser
 	@test -f $(RESULTS)/mlflow.db || $(MAKE) demo
 	$(BIN)/python tools/screenshots.py --results $(RESULTS) --experiment demo --out docs/screenshots
 
-# The unit tests and one shared end-to-end sweep. The cluster tests (two-node Ray, MLflow server
-# processes, a killed and resumed driver, a single-node SLURM) and the end-to-end runs (every
-# shipped experiment, a wheel install, drivers signalled or killed) have their own target, which
-# CI runs too (.ci/run).
+# The unit tests and one shared end-to-end sweep. The cluster tests (two-node Ray, hosts in network
+# namespaces, MLflow server processes, a killed and resumed driver, a single-node SLURM) and the
+# end-to-end runs (every shipped experiment, a wheel install, drivers signalled or killed) have their
+# own target, which CI runs too (.ci/run).
 test: lint browser
 	$(BIN)/python -m pytest -m "not cluster and not e2e" -n auto --dist loadfile --durations=20
 

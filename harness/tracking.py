@@ -89,6 +89,11 @@ NODE_IP = "ray_node_ip"
 NODE_IDS = "ray_node_ids"  # the node of every start, in order (a retry's, a resume's, the end of a pause)
 ATTEMPTS = "attempts"  # 1 + the retries after failures (a scheduler's pauses and resumes are no attempts)
 RETRIES = "retries"
+# On a run that Ray granted a GPU: the GPU ids it granted, CUDA_VISIBLE_DEVICES as the run saw it, and
+# the device it trained on ("cpu" where the node advertises GPUs torch cannot find).
+GPU_IDS = "ray_gpu_ids"
+CUDA_VISIBLE = "cuda_visible_devices"
+TRAINED_ON = "trained_on"
 WINNER = "winner_trial_id"
 # A trained run's parameter count in one counting convention (torch, keras, weights_only), as a tag
 # `params_<convention>`: not a metric, so MLflow's charts and compare view do not lead with it.
@@ -490,13 +495,14 @@ class Tracker:
                 self._retry(functools.partial(self.client.delete_tag, run_id, key))
         self._retry(lambda: self.client.update_run(run_id, status="RUNNING"))
 
-    def record_start(self, run_id: str, node_id: str, node_ip: str) -> int:
-        """Record that a run (re)started on node `node_id` and mark it RUNNING: its first start is
-        its first attempt; a later one (a scheduler's pause ending, a retry) adds its node only, as
-        `count_attempt` counts retries. Returns how many starts the run has had, this one included."""
+    def record_start(self, run_id: str, node_id: str, node_ip: str, placement: dict[str, str] | None = None) -> int:
+        """Record that a run (re)started on node `node_id` (with this start's `placement` tags) and
+        mark it RUNNING: its first start is its first attempt; a later one (a scheduler's pause
+        ending, a retry) adds its node only, as `count_attempt` counts retries. Returns how many
+        starts the run has had, this one included."""
         tags = self._retry(lambda: self.client.get_run(run_id)).data.tags
         nodes = _started_on(tags) + [node_id]
-        started = {NODE_ID: node_id, NODE_IP: node_ip, NODE_IDS: ",".join(nodes)}
+        started = {NODE_ID: node_id, NODE_IP: node_ip, NODE_IDS: ",".join(nodes), **(placement or {})}
         self.set_tags(run_id, started if ATTEMPTS in tags else {**started, ATTEMPTS: "1"})
         self.reopen(run_id)
         return len(nodes)

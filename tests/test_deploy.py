@@ -42,6 +42,8 @@ EXPECTED_FILES = [
     "manual/start-worker.sh",
     "manual/start-mlflow.sh",
     "manual/run-sweep.sh",
+    "netns/start-cluster.sh",
+    "netns/stop-cluster.sh",
     "slurm/sweep.sbatch",
     "slurm/submit.sh",
     "kuberay/Dockerfile",
@@ -241,6 +243,14 @@ def test_shell_script_has_a_bash_shebang_and_parses(path: Path) -> None:
 @pytest.mark.parametrize("path", SHELL_FILES, ids=_rel)
 def test_shell_script_stops_at_the_first_error(path: Path) -> None:
     assert re.search(r"^set -euo pipefail$", path.read_text(), re.MULTILINE), f"{_rel(path)} lacks set -euo pipefail"
+
+
+@pytest.mark.parametrize("name", ["netns/start-cluster.sh", "netns/stop-cluster.sh"])
+def test_netns_scripts_print_their_usage_and_refuse_to_run_without_a_state_folder(name: str) -> None:
+    helped = subprocess.run([str(DEPLOY / name), "--help"], capture_output=True, text=True, timeout=30)
+    assert helped.returncode == 0 and helped.stdout.startswith(f"usage: deploy/{name} --state DIR")
+    bare = subprocess.run([str(DEPLOY / name)], capture_output=True, text=True, timeout=30)
+    assert bare.returncode == 2 and bare.stderr.startswith(f"usage: deploy/{name}")
 
 
 def test_sbatch_directives_come_before_the_first_command() -> None:

@@ -54,7 +54,7 @@ def test_the_recipe_trial_builds_the_run_harness_train_builds(
     recipe, why = recipe_start_point(space)
     assert recipe is not None and start_points(space, [])[0] == recipe, why
     ctx = SweepContext(config, prepared, prepared.manifest_path.parents[1], "sqlite://", "0", "p", {}, {})
-    trial = node_spec(ctx, name, recipe, config.protocol.search_fold, current_node())
+    trial = node_spec(ctx, name, recipe, config.protocol.search_fold, current_node(), config.training.device)
     train = RunSpec.build(config, prepared, name, fold=config.protocol.search_fold)
     # Where the data lie and which device trains are the node's own (under Ray, "auto" is the
     # device Ray granted); everything else is the same run.

@@ -12,6 +12,7 @@ processes when a driver joins, and killing the init ends every process of the ho
         cluster.sweep(Path("experiments/cluster_try.yaml"), "--root", "...", timeout=900)
 
 usage: python -m tools.netns_cluster up|down --state DIR [--workers N ...]   (deploy/netns/)
+       python -m tools.netns_cluster exec --state DIR HOST -- COMMAND ...
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from types import TracebackType
 
 from harness.locking import file_lock
 
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")
 # Owner records and the lock under which a cluster picks its subnet, shared by every cluster here.
@@ -51,6 +51,7 @@ BASE_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "NO_ALBUMENTATIONS_UPDATE": "1",
 }
+UNSHARE = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]
 # An init for a host's PID namespace: it waits on its sleep, and bash reaps the orphans it inherits.
 INIT = ["bash", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"]
 
@@ -72,7 +73,7 @@ class Host:
 class _HostState:
     """What the cluster runs on one host: its PID namespace's init and the services started there."""
 
-    init: subprocess.Popen | None = None
+    init: subprocess.Popen
     init_pid: int = 0
     # name -> the process and the signal that ends it: PostgreSQL gets a fast shutdown (SIGINT), which
     # also frees its shared memory; anything else is killed, its host's init taking the rest.
@@ -83,7 +84,7 @@ def ensure_netns_permitted() -> None:
     """Return when this machine can run a namespaced cluster; raise NetnsUnavailable with the reason."""
     if os.geteuid() != 0:
         raise NetnsUnavailable("network namespaces need root (ip netns add)")
-    for tool in ("ip", "nsenter", "unshare", "runuser"):
+    for tool in ("ip", "nsenter", "unshare", "setpriv"):
         if shutil.which(tool) is None:
             raise NetnsUnavailable(f"`{tool}` is not installed")
     if not (POSTGRES_BIN / "postgres").exists():
@@ -100,7 +101,7 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
 
 
-def _namespaces() -> list[str]:
+def list_namespaces() -> list[str]:
     """Return the names of the machine's network namespaces."""
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     return [line.split()[0] for line in listed.splitlines() if line.strip()]
@@ -123,8 +124,8 @@ def _start_time(pid: int) -> str | None:
 
 
 def _kill_namespace_processes(namespace: str) -> None:
-    """SIGKILL every process in `namespace` and wait (bounded) until none is left."""
-    deadline = time.monotonic() + 10
+    """SIGKILL every process in `namespace` until none is left (bounded)."""
+    deadline = time.monotonic() + 15
     while (pids := namespace_pids(namespace)) and time.monotonic() < deadline:
         for pid in pids:
             try:
@@ -134,9 +135,17 @@ def _kill_namespace_processes(namespace: str) -> None:
         time.sleep(0.1)
 
 
+def _wait_gone(pids: set[int], timeout: float = 15.0) -> None:
+    """Wait (bounded) until each of `pids` is gone, reaped too: a killed process leaves its
+    namespace's list at once but lingers until its parent reaps it."""
+    deadline = time.monotonic() + timeout
+    while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def _delete_namespace(namespace: str) -> None:
     """Kill what runs in `namespace`, then delete it (its veth goes with it); absent is fine."""
-    if namespace in _namespaces():
+    if namespace in list_namespaces():
         _kill_namespace_processes(namespace)
         subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
 
@@ -172,13 +181,13 @@ class _Slot:
         (so no two clusters here share a subnet); raises when none is left."""
         pattern = re.compile(rf"^{re.escape(self.prefix)}(\d+)-")
         with file_lock(REGISTRY / "slots.lock"):
-            mine = {int(m.group(1)) for name in _namespaces() if (m := pattern.match(name))}
+            mine = {int(m.group(1)) for name in list_namespaces() if (m := pattern.match(name))}
             mine |= {n for prefix, n in _records() if prefix == self.prefix}
             for number in sorted(mine):
                 if _Slot._dead(self.prefix, number):
                     _Slot._clean(self.prefix, number)
             # After the cleaning: every record's number, and this prefix's namespaces without one.
-            used = {n for _, n in _records()} | {int(m.group(1)) for x in _namespaces() if (m := pattern.match(x))}
+            used = {n for _, n in _records()} | {int(m.group(1)) for x in list_namespaces() if (m := pattern.match(x))}
             free = [n for n in range(1, 255) if n not in used]
             if not free:
                 raise RuntimeError("no free subnet: 254 namespaced clusters are running on this machine")
@@ -199,7 +208,7 @@ class _Slot:
     @staticmethod
     def _clean(prefix: str, number: int) -> None:
         """Remove a dead run's namespaces (their processes first), Ray folders and owner record."""
-        for name in _namespaces():
+        for name in list_namespaces():
             if name.startswith(f"{prefix}{number}-"):
                 _delete_namespace(name)
         shutil.rmtree(Path(tempfile.gettempdir()) / f"{prefix}{number}", ignore_errors=True)
@@ -226,12 +235,8 @@ class NetnsCluster:
         prefix: str = "hh",
     ) -> None:
         self.state_dir = state_dir.resolve()
-        self.worker_count, self.worker_cpus, self.worker_gpus, self.head_cpus = (
-            workers,
-            worker_cpus,
-            worker_gpus,
-            head_cpus,
-        )
+        self.worker_count, self.head_cpus = workers, head_cpus
+        self.worker_cpus, self.worker_gpus = worker_cpus, worker_gpus
         self._slot = _Slot(prefix)
         self._hosts: dict[str, _HostState] = {}
         self._created: list[str] = []  # namespaces this cluster made, switch first
@@ -239,6 +244,7 @@ class NetnsCluster:
         self.head = self.tracking = self.driver = Host("", "", "")
         self.workers: list[Host] = []
         self._worker_env: dict[str, dict[str, str]] = {}
+        self._spawned: list[subprocess.Popen] = []
 
     # --- addresses ---------------------------------------------------------------------------
 
@@ -260,26 +266,35 @@ class NetnsCluster:
     @property
     def store_url(self) -> str:
         """Return a SQLAlchemy URL of the MLflow PostgreSQL store, through its unix socket (which
-        the machine's own namespace reaches: the socket lies in the state folder)."""
+        the machine's own namespace reaches: a socket file crosses network namespaces)."""
         return f"postgresql+psycopg://mlflow@/mlflow?host={self._pg_dir}&port={PG_PORT}"
 
     @property
     def _pg_dir(self) -> Path:
-        return self.state_dir / "pg"
+        # Beside the Ray folders, not in the state folder: PostgreSQL runs as `postgres`, which must
+        # reach its folder through every folder above it, and pytest puts its temporary folders
+        # back to mode 700 whenever a session starts, which would cut a running server off.
+        return self._scratch / "pg"
 
     @property
     def _token(self) -> Path:
         return self.state_dir / "ray-token"
 
     @property
-    def _ray_root(self) -> Path:
-        # Ray's unix sockets live under --temp-dir and a socket path has at most 107 bytes: a short
-        # folder of its own rather than the state folder, which may lie deep in a test's tmp path.
+    def _scratch(self) -> Path:
+        # The Ray nodes' folders and the PostgreSQL store. Ray's unix sockets live under --temp-dir
+        # and a socket path has at most 107 bytes: a short folder of its own rather than the state
+        # folder, which may lie deep in a test's tmp path.
         return Path(tempfile.gettempdir()) / f"{self._slot.prefix}{self._slot.number}"
+
+    @property
+    def slot_record(self) -> Path:
+        """Return the file recording that this process owns the cluster's subnet and namespaces."""
+        return self._slot.owner_file
 
     def ray_temp_dir(self, host: Host) -> Path:
         """Return the Ray --temp-dir of `host`'s node."""
-        return self._ray_root / host.name
+        return self._scratch / host.name
 
     def log(self, name: str) -> Path:
         """Return the log file of the service `name` (in the state folder's logs/)."""
@@ -311,7 +326,7 @@ class NetnsCluster:
             folder.mkdir(parents=True, exist_ok=True)
         REGISTRY.mkdir(parents=True, exist_ok=True)
         self._slot.take(self.state_dir)
-        self._ray_root.mkdir(parents=True, exist_ok=True)
+        self._scratch.mkdir(parents=True, exist_ok=True)
         self._write_token()
         self._make_switch()
         self.head = self._add_host("head", HEAD_NUMBER)
@@ -329,15 +344,32 @@ class NetnsCluster:
     def stop(self) -> None:
         """Stop every process, then delete every namespace (and so every veth) this cluster made,
         its Ray folders and its slot; idempotent."""
+        pids = {pid for namespace in self._created for pid in namespace_pids(namespace)}
         for name in list(self._hosts):
             self._stop_host(name)
+        for namespace in self._created:
+            _kill_namespace_processes(namespace)
+        self._reap()
+        _wait_gone(pids)
         for namespace in reversed(self._created):
             _delete_namespace(namespace)
         self._created.clear()
         if self._slot.number >= 0:
-            shutil.rmtree(self._ray_root, ignore_errors=True)
-            self._stop_postgres_files()
+            shutil.rmtree(self._scratch, ignore_errors=True)  # the PostgreSQL store goes with it
         self._slot.release()
+
+    def _kill_all(self, host: Host) -> None:
+        """SIGKILL every process of `host` at once, as a machine's power cut would; returns once
+        each is gone and reaped."""
+        pids = set(namespace_pids(host.namespace))
+        _kill_namespace_processes(host.namespace)
+        self._stop_host(host.name)  # reaps the services killed
+        self._reap()
+        _wait_gone(pids)
+
+    def _reap(self) -> None:
+        """Reap the processes popen() started that have ended (a caller may not have waited)."""
+        self._spawned = [process for process in self._spawned if process.poll() is None]
 
     def _stop_host(self, name: str) -> None:
         """End a host's services, newest first, then its init, which takes every process left in its
@@ -347,12 +379,7 @@ class NetnsCluster:
             return
         for process, first in reversed(state.services.values()):
             _end(process, first)
-        if state.init is not None:
-            _end(state.init, signal.SIGKILL)
-
-    def _stop_postgres_files(self) -> None:
-        """Remove PostgreSQL's data folder (the store is gone with the cluster)."""
-        shutil.rmtree(self._pg_dir / "data", ignore_errors=True)
+        _end(state.init, signal.SIGKILL)
 
     # --- namespaces --------------------------------------------------------------------------
 
@@ -381,18 +408,7 @@ class NetnsCluster:
     def _start_init(self, host: Host) -> None:
         """Start the init of `host`'s PID namespace and note its pid as the machine sees it."""
         init = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                host.namespace,
-                "unshare",
-                "--pid",
-                "--fork",
-                "--mount-proc",
-                "--kill-child",
-                *INIT,
-            ],
+            ["ip", "netns", "exec", host.namespace, *UNSHARE, *INIT],
             start_new_session=True,
             stdin=subprocess.DEVNULL,
         )
@@ -418,8 +434,7 @@ class NetnsCluster:
     def kill_host(self, host: Host) -> None:
         """Lose `host` as a machine is lost: SIGKILL every process in its namespace, then delete the
         namespace and its veth. A worker leaves `workers`."""
-        _kill_namespace_processes(host.namespace)
-        self._stop_host(host.name)  # reaps what was killed
+        self._kill_all(host)
         _delete_namespace(host.namespace)
         if host.namespace in self._created:
             self._created.remove(host.namespace)
@@ -429,10 +444,11 @@ class NetnsCluster:
 
     def environment(self, env: dict[str, str] | None = None) -> dict[str, str]:
         """Return the environment a process of the cluster runs with: this one's, the cluster's
-        settings (Ray token), then `env`; never RAY_ADDRESS, so nothing joins another Ray."""
+        settings (Ray token), then `env`; the venv's commands first on PATH; never RAY_ADDRESS, so
+        nothing joins another Ray."""
         merged = {**os.environ, **BASE_ENV, "RAY_AUTH_TOKEN_PATH": str(self._token), **(env or {})}
         merged.pop("RAY_ADDRESS", None)
-        return merged
+        return merged | {"PATH": f"{BIN}{os.pathsep}{merged.get('PATH', '')}"}
 
     def _enter(self, host: Host) -> list[str]:
         """Return the command prefix that runs a command on `host` (its network and PID namespace)."""
@@ -446,7 +462,9 @@ class NetnsCluster:
         it, or stop() does with the host)."""
         kw.setdefault("start_new_session", True)
         kw.setdefault("stdin", subprocess.DEVNULL)
-        return subprocess.Popen([*self._enter(host), *argv], env=self.environment(env), **kw)  # type: ignore[call-overload]
+        process = subprocess.Popen([*self._enter(host), *argv], env=self.environment(env), **kw)  # type: ignore[call-overload]
+        self._spawned.append(process)
+        return process
 
     def run(
         self, host: Host, argv: list[str], *, timeout: float, env: dict[str, str] | None = None, check: bool = True
@@ -484,47 +502,33 @@ class NetnsCluster:
         # the signals and the server).
         return ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--", *argv]
 
-    def _start_postgres(self) -> None:
-        """initdb a fresh store, start PostgreSQL on the tracking host (its address and a unix
-        socket in the state folder), create the `mlflow` database."""
+    def _init_store(self) -> Path:
+        """initdb a fresh PostgreSQL cluster in the scratch folder, open to the subnet; returns its
+        data folder."""
+        self._scratch.chmod(0o755)
         self._pg_dir.mkdir(exist_ok=True)
         shutil.chown(self._pg_dir, "postgres")
-        for above in self._pg_dir.parents:  # postgres must reach its folder through those above it
-            if above == Path("/"):
-                break
-            above.chmod(above.stat().st_mode | 0o005)
         data = self._pg_dir / "data"
-        shutil.rmtree(data, ignore_errors=True)
-        subprocess.run(
-            self._as_postgres([str(POSTGRES_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "mlflow"]),
-            check=True,
-            capture_output=True,
-        )
+        initdb = [str(POSTGRES_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "mlflow"]
+        subprocess.run(self._as_postgres(initdb), check=True, capture_output=True)
         with (data / "pg_hba.conf").open("a") as hba:
             hba.write(f"host all all {self.subnet}.0/24 trust\n")
+        return data
+
+    def _start_postgres(self) -> None:
+        """Start PostgreSQL on the tracking host (on its address, and a unix socket in the scratch
+        folder), wait until it answers, and create the `mlflow` database."""
+        data = self._init_store()
+        at = ["-h", str(self._pg_dir), "-p", str(PG_PORT)]
         options = ["-c", f"listen_addresses={self.tracking.address}", "-p", str(PG_PORT), "-k", str(self._pg_dir)]
         server = [str(POSTGRES_BIN / "postgres"), "-D", str(data), *options, "-c", "max_connections=200"]
-        self._service(self.tracking, "postgres", self._as_postgres(server), first=signal.SIGINT)
-        self._wait(
-            lambda: (
-                subprocess.run(
-                    [str(POSTGRES_BIN / "pg_isready"), "-q", "-h", str(self._pg_dir), "-p", str(PG_PORT)]
-                ).returncode
-                == 0
-            ),
-            60,
-            "PostgreSQL",
-        )
-        createdb = [
-            str(POSTGRES_BIN / "createdb"),
-            "-h",
-            str(self._pg_dir),
-            "-p",
-            str(PG_PORT),
-            "-U",
-            "mlflow",
-            "mlflow",
-        ]
+        postgres = self._service(self.tracking, "postgres", self._as_postgres(server), first=signal.SIGINT)
+        deadline = time.monotonic() + 60
+        while subprocess.run([str(POSTGRES_BIN / "pg_isready"), "-q", *at]).returncode != 0:
+            if postgres.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"PostgreSQL did not start; see {self.log('postgres')}")
+            time.sleep(0.2)
+        createdb = [str(POSTGRES_BIN / "createdb"), *at, "-U", "mlflow", "mlflow"]
         subprocess.run(self._as_postgres(createdb), check=True, capture_output=True)
 
     def _mlflow_argv(self) -> list[str]:
@@ -580,18 +584,13 @@ class NetnsCluster:
             self._token.write_text(secrets.token_hex(32))
 
     def _ray_argv(self, host: Host, *options: str) -> list[str]:
+        """Return `ray start` in the foreground (one process to own) for `host`'s node."""
         temp = self.ray_temp_dir(host)
         temp.mkdir(parents=True, exist_ok=True)
-        return [
-            str(BIN / "ray"),
-            "start",
-            "--block",
-            "--node-ip-address",
-            host.address,
-            "--temp-dir",
-            str(temp),
-            *options,
-        ]
+        # A small object store per node: trials pass results through it, not data, and each node's
+        # default (30% of the machine's memory) would promise more memory than the machine has.
+        node = ["--node-ip-address", host.address, "--temp-dir", str(temp), "--object-store-memory", str(OBJECT_STORE)]
+        return [str(BIN / "ray"), "start", "--block", *node, *options]
 
     def _start_head_node(self) -> None:
         head = ["--head", "--port", str(RAY_PORT), "--ray-client-server-port", str(CLIENT_PORT)]
@@ -627,8 +626,7 @@ class NetnsCluster:
 
     def kill_head(self) -> None:
         """SIGKILL every process of the head host (its namespace and address stay)."""
-        _kill_namespace_processes(self.head.namespace)
-        self._stop_host(self.head.name)
+        self._kill_all(self.head)
 
     def start_head(self) -> None:
         """Start a new Ray head on the head host, then the Ray nodes of the workers and the driver
@@ -636,8 +634,7 @@ class NetnsCluster:
         self._start_init(self.head)
         self._start_head_node()
         for host in [*self.workers, self.driver]:
-            _kill_namespace_processes(host.namespace)
-            self._stop_host(host.name)
+            self._kill_all(host)
             self._start_init(host)
         for worker in self.workers:
             self._join(worker, self.worker_cpus, self.worker_gpus, self._worker_env.get(worker.name))
@@ -670,9 +667,8 @@ class NetnsCluster:
         alive = json.loads(done.stdout.strip().splitlines()[-1])
         missing = set(expected) - {n["NodeManagerAddress"] for n in alive}
         if missing:
-            raise RuntimeError(
-                f"Ray nodes at {sorted(missing)} did not join within {timeout:.0f} s; logs in {self.log('')}"
-            )
+            logs = self.state_dir / "logs"
+            raise RuntimeError(f"Ray nodes at {sorted(missing)} did not join within {timeout:.0f} s; see {logs}")
         return alive
 
     def _wait_for_port(self, host: Host, port: int, what: str) -> None:
@@ -689,14 +685,6 @@ class NetnsCluster:
         )
         if self.run(host, [sys.executable, "-c", probe, host.address, str(port)], timeout=90, check=False).returncode:
             raise RuntimeError(f"{what} did not listen on {host.address}:{port}; see {self.state_dir / 'logs'}")
-
-    @staticmethod
-    def _wait(predicate: object, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():  # type: ignore[operator]
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{what} did not start within {timeout:.0f} s")
-            time.sleep(0.2)
 
     def describe(self) -> dict:
         """Return what another process needs to use the running cluster: its hosts (namespace,
@@ -798,6 +786,7 @@ def _exec(args: argparse.Namespace) -> int:
         return 2
     pid = described["hosts"][args.host]["init_pid"]
     env = {**os.environ, **BASE_ENV, "RAY_AUTH_TOKEN_PATH": described["ray_auth_token_path"]}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     enter = ["nsenter", "--target", str(pid), "--net", "--pid", "--mount", "--"]
     return subprocess.run([*enter, *command], env=env).returncode

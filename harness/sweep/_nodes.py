@@ -4,6 +4,8 @@ check, before any trial starts, that every node of the cluster sees the driver's
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import socket
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from harness.data.manifest import manifest_hash, read_manifest
 from harness.data.prepare import PreparedData
 from harness.errors import InputError
+from harness.tracking import CUDA_VISIBLE, GPU_IDS, TRAINED_ON
 
 # A node that mounts the driver's prepared-data folder (<output_dir>/_data) at another path sets this.
 DATA_DIR_ENV = "HARNESS_DATA_DIR"
@@ -122,11 +125,49 @@ def check_every_node(data: PreparedData, driver_data_dir: Path) -> None:
         raise InputError(f"{faults[0]}{more}")
 
 
-def trial_device(configured: str) -> str:
-    """Return 'cuda' when Ray gave this trial a GPU (and the experiment allows one), else 'cpu'.
+@dataclass(frozen=True)
+class DevicePlacement:
+    """The device a trial or fold task trains on, and the GPUs Ray granted it (none: no tags)."""
 
-    Under Ray a trial uses only the GPUs it was granted, even when the node has more.
+    device: str
+    gpu_ids: tuple[str, ...] = ()
+    visible_devices: str = ""
+
+    def tags(self) -> dict[str, str]:
+        """Return the run tags recording the grant and the device used (empty without a GPU grant)."""
+        if not self.gpu_ids:
+            return {}
+        return {GPU_IDS: ",".join(self.gpu_ids), CUDA_VISIBLE: self.visible_devices, TRAINED_ON: self.device}
+
+
+def device_placement(configured: str, node: NodeIdentity) -> DevicePlacement:
+    """Return where to train: 'cuda' when Ray granted this task a GPU (and the experiment allows
+    one) and torch finds CUDA, else 'cpu'.
+
+    Under Ray a task uses only the GPUs it was granted, even when the node has more. A node may
+    advertise GPUs it lacks (`ray start --num-gpus` on a machine without CUDA): the task then
+    trains on the CPU, says so once per process, and its tags record the grant and the device.
     """
     if configured == "cpu" or not ray.is_initialized():
-        return "cpu" if configured == "cpu" else configured
-    return "cuda" if ray.get_gpu_ids() else "cpu"
+        return DevicePlacement("cpu" if configured == "cpu" else configured)
+    granted = tuple(str(gpu) for gpu in ray.get_gpu_ids())
+    if not granted:
+        return DevicePlacement("cpu")
+    import torch
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    if torch.cuda.is_available():
+        return DevicePlacement("cuda", granted, visible)
+    _say_no_cuda(node.label, ",".join(granted), visible)
+    return DevicePlacement("cpu", granted, visible)
+
+
+@functools.cache
+def _say_no_cuda(node: str, granted: str, visible: str) -> None:
+    """Log, once per process and grant, that a granted GPU has no CUDA behind it."""
+    logging.getLogger(__name__).warning(
+        "node %s: Ray granted GPU %s (CUDA_VISIBLE_DEVICES=%s) but torch finds no CUDA device: training on the CPU",
+        node,
+        granted,
+        visible,
+    )

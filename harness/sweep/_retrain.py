@@ -26,7 +26,7 @@ from harness.model_registry import log_fold_model
 from harness.train import EpochReport, served_fold
 
 from ._ensemble import log_fold_ensemble
-from ._nodes import current_node
+from ._nodes import current_node, device_placement
 from ._registry import register_winner
 from ._trial import SweepContext, fit_on_node, node_spec
 from ._winners import Winner
@@ -69,7 +69,8 @@ def _train_fold(ctx: SweepContext, winner: Winner, fold: int, progress: Queue | 
     """Fit the winner's point on `fold` within the retrain's epoch cap as one MLflow run, putting a
     FoldEpoch on `progress` after each epoch; returns the run id and test predictions."""
     node = current_node()
-    spec = node_spec(ctx, winner.baseline, winner.point, fold, node)
+    placement = device_placement(ctx.config.training.device, node)
+    spec = node_spec(ctx, winner.baseline, winner.point, fold, node, placement.device)
     spec = spec.model_copy(update={"max_epochs": ctx.config.search.retrain_budget})
     tracker = tracking.tracker_for(ctx.tracking_uri)
     with tracker.run(
@@ -82,6 +83,7 @@ def _train_fold(ctx: SweepContext, winner: Winner, fold: int, progress: Queue | 
             tracking.WINNER: winner.trial_id,
             tracking.NODE_ID: node.node_id,
             tracking.NODE_IP: node.ip,
+            **placement.tags(),
         },
         params=spec.logged_params(),
     ) as run_id:

@@ -32,7 +32,7 @@ from ._failures import (
     trial_error,
 )
 from ._keys import CAUSE_KEY, DONE_KEY, EPOCH_KEY, ERROR_KEY, FAILED_KEY, RUN_ID_KEY, STUDY_TRIAL_KEY, trial_point
-from ._nodes import NodeIdentity, check_manifest, current_node, local_data, trial_device
+from ._nodes import NodeIdentity, check_manifest, current_node, device_placement, local_data
 
 # Per epoch: the size of the checkpoint the trial saved, 0 when none. Named to sort after `objective`:
 # MLflow's compare view colours by the first metric its runs share, and its chart views order
@@ -97,13 +97,15 @@ def sweep_context(
     )
 
 
-def node_spec(ctx: SweepContext, baseline: str, point: dict[str, Any], fold: int, node: NodeIdentity) -> RunSpec:
-    """Return the RunSpec of `point` on `fold` as this node runs it (its data paths and device),
+def node_spec(
+    ctx: SweepContext, baseline: str, point: dict[str, Any], fold: int, node: NodeIdentity, device: str
+) -> RunSpec:
+    """Return the RunSpec of `point` on `fold` as this node runs it (its data paths, on `device`),
     after checking that the node's manifest is the driver's."""
     data = local_data(ctx.data, ctx.data_dir)
     check_manifest(data.manifest_path, ctx.data.manifest_hash, node)
     spec = RunSpec.build(ctx.config, ctx.data, baseline, fold=fold, point=point)
-    return spec.on_node(data, trial_device(ctx.config.training.device))
+    return spec.on_node(data, device)
 
 
 def fit_on_node(
@@ -243,13 +245,14 @@ def run_trial(config: dict[str, Any], *, ctx: SweepContext) -> None:
         return
     run_id = saved.run_id if saved else None
     reporter = None
+    placement = device_placement(ctx.config.training.device, node)
     try:
-        spec = node_spec(ctx, config["baseline"], point, ctx.config.protocol.search_fold, node)
+        spec = node_spec(ctx, config["baseline"], point, ctx.config.protocol.search_fold, node, placement.device)
         run_id = run_id or tracker.find_trial_run(ctx.experiment_id, ctx.parent_run_id, trial_id)
         # Only a run this trial opened before can hold epochs already.
         opened = run_id is not None
         run_id = run_id or _start_trial_run(tracker, ctx, spec, config.get(STUDY_TRIAL_KEY), trial_id)
-        start = tracker.record_start(run_id, node.node_id, node.ip)
+        start = tracker.record_start(run_id, node.node_id, node.ip, placement.tags())
         # Read after this start is recorded: an earlier attempt cut off from the server checks the
         # starts before it sends an epoch again (_TrialReporter), so it logs no epoch after this.
         logged_through = tracker.last_step(run_id, "objective") if opened else 0
