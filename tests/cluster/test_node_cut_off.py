@@ -1,11 +1,12 @@
 """A worker host cut off the network for 30 s mid-sweep, then put back: whatever Ray makes of it,
 the sweep ends with every trial counted once, every run terminal and every epoch logged once.
 
-With Ray's default health checks (a node is declared dead after about a minute without an answer)
-the node rides the cut out and its trial goes on where it was. With health checks that declare a
-node dead within the cut (a cluster tuned for fast failover), Ray retries the trial on the other
-worker while the cut-off attempt still runs: once back, that attempt must not log an epoch the new
-one logs too (harness.sweep._trial, StaleAttempt)."""
+Ray's default health checks declare a node dead after 5 missed checks, about 30 s here: the node
+sometimes rides the cut out (its trial goes on where it was) and sometimes is declared dead (its
+raylet exits once back). With health checks tuned for fast failover it is always declared dead
+within the cut, and Ray retries the trial on the other worker while the cut-off attempt still runs:
+once back, that attempt must not log an epoch the new one logs too (harness.sweep._trial,
+StaleAttempt)."""
 
 from __future__ import annotations
 
