@@ -53,11 +53,14 @@ def _unended(runs: list) -> list[str]:
 
 
 def _counted_twice(trials: list) -> list[str]:
-    """Return a line per Ray trial id or Optuna trial number that more than one trial run carries."""
+    """Return a line per Ray trial id or Optuna trial number that more than one trial run of a
+    sweep carries."""
     lines = []
     for tag in (tracking.TRIAL_ID, tracking.OPTUNA_TRIAL):
-        keys = Counter((r.data.tags.get(tracking.BASELINE), r.data.tags.get(tag)) for r in trials)
-        lines += [f"{tag} {key[1]} ({key[0]}): {n} runs" for key, n in keys.items() if n > 1]
+        keys = Counter(
+            (r.data.tags.get(tracking.PARENT), r.data.tags.get(tracking.BASELINE), r.data.tags.get(tag)) for r in trials
+        )
+        lines += [f"{tag} {key[2]} ({key[1]}): {n} runs" for key, n in keys.items() if n > 1]
     return lines + [f"{_name(r)}: no {tracking.TRIAL_ID} tag" for r in trials if tracking.TRIAL_ID not in r.data.tags]
 
 
