@@ -113,11 +113,13 @@ def log_epoch(
     class_names: tuple[str, ...],
     log_metrics: bool = True,
     extra: dict[str, float] | None = None,
+    before_resend: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """Log one epoch to a run (with `extra` metrics at its step), and on the last the best epoch's
     validation predictions and the test evaluation; returns the epoch's metrics.
     `log_metrics=False` uploads the evaluations only (a resumed trial repeating an epoch its run
-    holds already)."""
+    holds already); `before_resend` is called before metrics are sent again after the server did
+    not answer (Tracker.log_metrics)."""
     metrics = epoch_metrics(report, objective)
     logged: dict[int, dict[str, float]] = {report.epoch: metrics | (extra or {})}
     if report.epoch == 1 and log_metrics:
@@ -133,7 +135,7 @@ def log_epoch(
         tracker.log_evaluation(run_id, "test", report.test, class_names)
     if log_metrics:
         for step, values in sorted(logged.items()):
-            tracker.log_metrics(run_id, values, step=step)
+            tracker.log_metrics(run_id, values, step=step, before_resend=before_resend)
     return metrics
 
 

@@ -277,6 +277,11 @@ def children_filter(parent: str, run_type: RunType) -> str:
     return f"tags.`{PARENT}` = '{parent}' and tags.{RUN_TYPE} = '{run_type}'"
 
 
+def _started_on(tags: dict[str, str]) -> list[str]:
+    """Return the node of every start of a run with `tags`, in order."""
+    return [n for n in tags.get(NODE_IDS, "").split(",") if n]
+
+
 class Tracker:
     """Thin, retrying wrapper over MlflowClient with the harness's run hierarchy.
 
@@ -291,10 +296,11 @@ class Tracker:
         self.outage_s = outage_seconds()
         self._outage: _Outage | None = None
 
-    def _retry(self, call: Callable[[], T]) -> T:
+    def _retry(self, call: Callable[[], T], before_resend: Callable[[], None] | None = None) -> T:
         """Run an MLflow call, retrying with backoff while the store is busy (a SQLite lock held by
         another writer, a server's full connection pool) and while the server does not answer (see
-        the class); returns what the call does."""
+        the class), calling `before_resend` (which may raise to give up) before each try after one
+        the server did not answer; returns what the call does."""
         busy = 0
         while True:
             try:
@@ -306,6 +312,8 @@ class Tracker:
                 reason = unreachable_reason(exc)
                 if reason is not None:
                     self._wait_out(reason, exc)
+                    if before_resend is not None:
+                        before_resend()
                     continue
                 if not any(words in str(exc) for words in TRANSIENT) or busy == BUSY_ATTEMPTS - 1:
                     raise
@@ -419,11 +427,15 @@ class Tracker:
         with self.ending(run_id):
             yield run_id
 
-    def log_metrics(self, run_id: str, metrics: dict[str, float], *, step: int) -> None:
-        """Log all `metrics` at `step` in one batch."""
+    def log_metrics(
+        self, run_id: str, metrics: dict[str, float], *, step: int, before_resend: Callable[[], None] | None = None
+    ) -> None:
+        """Log all `metrics` at `step` in one batch, calling `before_resend` before sending it again
+        after the server did not answer. A batch sent again after all is stored once (the store
+        drops a metric it holds with the same timestamp)."""
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in sorted(metrics.items())]
-        self._retry(lambda: self.client.log_batch(run_id, metrics=batch))
+        self._retry(lambda: self.client.log_batch(run_id, metrics=batch), before_resend)
 
     def last_step(self, run_id: str, key: str) -> int:
         """Return the last step at which the run logged metric `key` (0 when it never did)."""
@@ -483,15 +495,21 @@ class Tracker:
                 self._retry(functools.partial(self.client.delete_tag, run_id, key))
         self._retry(lambda: self.client.update_run(run_id, status="RUNNING"))
 
-    def record_start(self, run_id: str, node_id: str, node_ip: str, placement: dict[str, str] | None = None) -> None:
+    def record_start(self, run_id: str, node_id: str, node_ip: str, placement: dict[str, str] | None = None) -> int:
         """Record that a run (re)started on node `node_id` (with this start's `placement` tags) and
         mark it RUNNING: its first start is its first attempt; a later one (a scheduler's pause
-        ending, a retry) adds its node only, as `count_attempt` counts retries."""
+        ending, a retry) adds its node only, as `count_attempt` counts retries. Returns how many
+        starts the run has had, this one included."""
         tags = self._retry(lambda: self.client.get_run(run_id)).data.tags
-        nodes = [n for n in tags.get(NODE_IDS, "").split(",") if n] + [node_id]
+        nodes = _started_on(tags) + [node_id]
         started = {NODE_ID: node_id, NODE_IP: node_ip, NODE_IDS: ",".join(nodes), **(placement or {})}
         self.set_tags(run_id, started if ATTEMPTS in tags else {**started, ATTEMPTS: "1"})
         self.reopen(run_id)
+        return len(nodes)
+
+    def starts(self, run_id: str) -> int:
+        """Return how many starts `record_start` has recorded for a run."""
+        return len(_started_on(self._retry(lambda: self.client.get_run(run_id)).data.tags))
 
     def count_attempt(self, run_id: str, tags: dict[str, str] | None = None) -> None:
         """Count one more attempt of a run that starts again after a failure (or after its driver

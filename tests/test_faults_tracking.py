@@ -107,6 +107,21 @@ def test_a_tracker_gives_up_on_a_dead_server_with_one_line_then_fails_at_once(sh
     assert failure_cause(first.value) == TRACKING_UNREACHABLE and deterministic_cause(first.value) is None
 
 
+def test_metrics_the_server_did_not_answer_are_sent_again_only_past_their_check(short_outage: None) -> None:
+    """A trial cut off from the server checks, before it sends an epoch again, that it still owns
+    its run (harness.sweep._trial); the check's refusal ends the call, nothing sent again."""
+    tracker = tracking.Tracker(f"http://127.0.0.1:{free_port()}")
+    checks: list[int] = []
+
+    def stale() -> None:
+        checks.append(1)
+        raise RuntimeError("started again elsewhere")
+
+    with pytest.raises(RuntimeError, match="started again elsewhere"):
+        tracker.log_metrics("run", {"objective": 0.5}, step=1, before_resend=stale)
+    assert checks == [1]
+
+
 @pytest.mark.parametrize("value", ["soon", "-1", "nan", "inf"])
 def test_a_bound_that_is_no_number_of_seconds_is_refused_naming_the_variable(
     monkeypatch: pytest.MonkeyPatch, value: str

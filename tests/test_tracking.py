@@ -129,12 +129,11 @@ def test_attempts_count_retries_not_a_schedulers_pauses(store) -> None:
     tracker, experiment_id = store
     run_id = tracker.start_run(experiment_id, name="t", run_type=tracking.RunType.TRIAL, tags={}, params={})
     # Started, paused twice by halving and resumed on another node: one attempt, three starts.
-    for node in ("n1", "n1", "n2"):
-        tracker.record_start(run_id, node, "127.0.0.1")
+    assert [tracker.record_start(run_id, node, "127.0.0.1") for node in ("n1", "n1", "n2")] == [1, 2, 3]
     tags = MlflowClient(tracker.uri).get_run(run_id).data.tags
     assert (tags[tracking.ATTEMPTS], tags[tracking.NODE_IDS]) == ("1", "n1,n1,n2")
     tracker.count_attempt(run_id, {tracking.RETRIES: "1"})  # a failure, retried
-    tracker.record_start(run_id, "n2", "127.0.0.1")
+    assert tracker.record_start(run_id, "n2", "127.0.0.1") == tracker.starts(run_id) == 4
     tags = MlflowClient(tracker.uri).get_run(run_id).data.tags
     assert (tags[tracking.ATTEMPTS], tags[tracking.RETRIES], tags[tracking.NODE_ID]) == ("2", "1", "n2")
 

@@ -76,6 +76,11 @@ class SweepContext:
         return run_tags(self.tags, spec, self.objective) | self.resource_tags(spec.baseline)
 
 
+def driver_data_dir(config: ExperimentConfig) -> Path:
+    """Return the absolute folder, on the driver, of the prepared data every trial reads."""
+    return (config.output_dir / "_data").resolve()
+
+
 def sweep_context(
     config: ExperimentConfig, setup: ExperimentSetup, parent: str, granted: dict[str, ResourcesSpec]
 ) -> SweepContext:
@@ -83,7 +88,7 @@ def sweep_context(
     return SweepContext(
         config=config,
         data=setup.data,
-        data_dir=(config.output_dir / "_data").resolve(),
+        data_dir=driver_data_dir(config),
         tracking_uri=setup.tracker.uri,
         experiment_id=setup.experiment_id,
         parent_run_id=parent,
@@ -148,17 +153,35 @@ def trial_tags(trial_id: str, number: int | None) -> dict[str, str]:
     return {tracking.TRIAL_ID: trial_id} | ({tracking.OPTUNA_TRIAL: str(number)} if number is not None else {})
 
 
+class StaleAttempt(RuntimeError):
+    """A trial's run was started again elsewhere while this attempt could not reach the tracking
+    server (Ray took its node for dead and retried the trial): this attempt stops unlogged."""
+
+
 class _TrialReporter:
     """The epoch callback of a trial: log to its run, then checkpoint and report to Tune.
 
-    A trial resumed from a checkpoint older than its run's last logged epoch (its driver died in
-    between) trains those epochs again without logging them twice.
+    A trial resumed from a checkpoint older than its run's last logged epoch (its driver died, or
+    its node was lost, in between) trains those epochs again without logging them twice. An attempt
+    cut off from the tracking server checks, before it sends an epoch again, that the run's latest
+    start (`start`, counted by Tracker.record_start) is still its own: one its node's loss made
+    stale stops rather than log an epoch the new attempt logs too.
     """
 
-    def __init__(self, tracker: tracking.Tracker, ctx: SweepContext, run_id: str, logged_through: int) -> None:
+    def __init__(
+        self, tracker: tracking.Tracker, ctx: SweepContext, run_id: str, *, start: int, logged_through: int
+    ) -> None:
         self._tracker, self._ctx, self._run_id = tracker, ctx, run_id
-        self._logged_through = logged_through
+        self._start, self._logged_through = start, logged_through
         self.last: dict[str, Any] = {}
+
+    def _check_current(self) -> None:
+        """Raise StaleAttempt when the run has been started again since this attempt started."""
+        starts = self._tracker.starts(self._run_id)
+        if starts != self._start:
+            raise StaleAttempt(
+                f"run {self._run_id} was started again ({starts} starts; this attempt was start {self._start})"
+            )
 
     def __call__(self, entry: EpochReport) -> None:
         ctx = self._ctx
@@ -176,6 +199,7 @@ class _TrialReporter:
                 class_names=ctx.data.class_names,
                 log_metrics=entry.epoch > self._logged_through,
                 extra={CHECKPOINT_MB: size / 1e6},
+                before_resend=self._check_current,
             )
             # Everything is logged before this report: once ASHA answers STOP, nothing after it runs.
             tune.report(self.last, checkpoint=tune.Checkpoint.from_directory(folder) if saving else None)
@@ -226,10 +250,13 @@ def run_trial(config: dict[str, Any], *, ctx: SweepContext) -> None:
         spec = node_spec(ctx, config["baseline"], point, ctx.config.protocol.search_fold, node, placement.device)
         run_id = run_id or tracker.find_trial_run(ctx.experiment_id, ctx.parent_run_id, trial_id)
         # Only a run this trial opened before can hold epochs already.
-        logged_through = tracker.last_step(run_id, "objective") if run_id else 0
+        opened = run_id is not None
         run_id = run_id or _start_trial_run(tracker, ctx, spec, config.get(STUDY_TRIAL_KEY), trial_id)
-        tracker.record_start(run_id, node.node_id, node.ip, placement.tags())
-        reporter = _TrialReporter(tracker, ctx, run_id, logged_through)
+        start = tracker.record_start(run_id, node.node_id, node.ip, placement.tags())
+        # Read after this start is recorded: an earlier attempt cut off from the server checks the
+        # starts before it sends an epoch again (_TrialReporter), so it logs no epoch after this.
+        logged_through = tracker.last_step(run_id, "objective") if opened else 0
+        reporter = _TrialReporter(tracker, ctx, run_id, start=start, logged_through=logged_through)
         fit_on_node(spec, ctx.granted[spec.baseline].gpu, reporter, saved.state if saved else None)
     except Exception as exc:
         cause = deterministic_cause(exc)
