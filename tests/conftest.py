@@ -13,6 +13,12 @@ import yaml
 
 from harness.environment import EMBEDDED_RAY, environment
 
+# Every Ray the tests start in this process (the session's embedded Ray, ray.cluster_utils clusters)
+# stays on 127.0.0.1: unless this is 0 when Ray is imported, Ray swaps a loopback address for the
+# machine's network address and its processes talk over it. Tests reach only loopback and the
+# namespaces they create (tools/netns_cluster.py).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 REPO = Path(__file__).resolve().parents[1]
 IDC_SAMPLE = REPO.parent / "shared" / "data" / "idc_sample"
 

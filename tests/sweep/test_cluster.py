@@ -63,6 +63,10 @@ def cluster() -> Cluster:
         two_nodes.worker = two_nodes.add_node(num_cpus=1)
     two_nodes.client_port = client_port
     two_nodes.wait_for_nodes()
+    ray.init(address=two_nodes.address)
+    # Both nodes on loopback (tests/conftest.py): no traffic over the machine's network address.
+    assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
+    ray.shutdown()
     yield two_nodes
     two_nodes.shutdown()
 
