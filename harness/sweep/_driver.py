@@ -41,12 +41,13 @@ from ._floors import track_floors
 from ._front_page import write_front_page
 from ._keys import CAUSE_KEY, DONE_KEY, FAILED_KEY
 from ._lines import TrialLines, fold_epoch_line, fold_line
+from ._nodes import check_every_node
 from ._orphans import DRIVER, check_not_ended, check_not_running, close_orphans, driver_identity
 from ._record import check_stored_state, interrupted_sweep, reconcile_trial_runs, write_record
 from ._retrain import EnsembleOutcome, retrain_winners
 from ._search import optuna_storage, start_points, study_name
 from ._studies import plot_study, warm_start_points
-from ._trial import CloseTrialRuns, SweepContext, TrackingLost, sweep_context
+from ._trial import CloseTrialRuns, SweepContext, TrackingLost, driver_data_dir, sweep_context
 from ._tuner import STATE_SYNC_SECONDS, granted_resources, new_tuner, restored_tuner, search_notes, stopping_scheduler
 from ._winners import trial_configs, winners
 
@@ -467,6 +468,8 @@ def run_sweep(
         optuna_storage(config.resolved_optuna_storage())
         try:
             with _tune_environment(), _ray(address):
+                if address is not None:  # an embedded Ray's one node is the driver's own
+                    check_every_node(setup.data, driver_data_dir(config))
                 interrupts.install()
                 return _sweep(config, setup, previous, interrupts, started=started, verbose=verbose)
         except Interrupted as exc:

@@ -76,6 +76,11 @@ class SweepContext:
         return run_tags(self.tags, spec, self.objective) | self.resource_tags(spec.baseline)
 
 
+def driver_data_dir(config: ExperimentConfig) -> Path:
+    """Return the absolute folder, on the driver, of the prepared data every trial reads."""
+    return (config.output_dir / "_data").resolve()
+
+
 def sweep_context(
     config: ExperimentConfig, setup: ExperimentSetup, parent: str, granted: dict[str, ResourcesSpec]
 ) -> SweepContext:
@@ -83,7 +88,7 @@ def sweep_context(
     return SweepContext(
         config=config,
         data=setup.data,
-        data_dir=(config.output_dir / "_data").resolve(),
+        data_dir=driver_data_dir(config),
         tracking_uri=setup.tracker.uri,
         experiment_id=setup.experiment_id,
         parent_run_id=parent,
