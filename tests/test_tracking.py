@@ -175,3 +175,16 @@ def test_a_metrics_batch_resent_after_the_store_took_it_is_stored_once(store, mo
     client = MlflowClient(tracker.uri)
     for key in ("objective", "val_loss"):
         assert [m.step for m in client.get_metric_history(run_id, key)] == [1, 2]
+
+
+def test_a_run_reopened_after_its_dead_drivers_runs_were_closed_is_no_longer_orphaned(store) -> None:
+    """close-orphans ended the run KILLED (orphaned=true); a resumed sweep continuing it reopens it."""
+    tracker, experiment_id = store
+    with _open(tracker, experiment_id) as run_id:
+        tracker.finish(run_id, tracking.KILLED, {tracking.ORPHANED: "true"})
+        tracker.reopen(run_id)
+        run = MlflowClient(tracker.uri).get_run(run_id)
+        assert run.info.status == "RUNNING"
+        assert {tracking.ORPHANED, tracking.OUTCOME} & set(run.data.tags) == set()
+    run = MlflowClient(tracker.uri).get_run(run_id)
+    assert (run.info.status, run.data.tags[tracking.OUTCOME]) == (tracking.FINISHED, "completed")
