@@ -11,6 +11,12 @@ changed shape, so an upgrade is checked here before it is trusted.
   `on_trial_remove` and the searcher's `on_trial_complete` (no result).
 - `is_paused`: `Trial.status` and `Trial.is_saving` (DeveloperAPI). A trial Tune is pausing is still
   saving its checkpoint before its status says PAUSED; it must be treated as paused already.
+- `restored_result` and `hold_restored`: `Trial.run_metadata.last_result` and `Trial.set_status`
+  (DeveloperAPI). `Tuner.restore` re-adds every saved trial to a new scheduler (Tune saves no
+  scheduler state) with its last result, the unfinished ones PENDING, and starts every PENDING
+  trial whatever the scheduler says. A trial that was waiting at a rung would run past it before
+  its bracket decides; set PAUSED inside `on_trial_add` (Tune files the trial under the status it
+  has after that call), it waits as a paused trial does until the scheduler chooses it.
 - `staged_error`: `Trial.pickled_error_file` and `Trial.error_file`, which point into the driver's
   staging folder (`Trial.local_path`). Tune writes a trial's error there before it calls the
   callbacks and copies it to storage, where the public `Trial.get_error` reads, only at its next
@@ -67,6 +73,17 @@ def stop_trial(tune_controller: Any, trial: Any) -> None:
 def is_paused(trial: Any) -> bool:
     """Return whether `trial` is PAUSED or still saving on its way there."""
     return trial.status == Trial.PAUSED or trial.is_saving
+
+
+def restored_result(trial: Any) -> dict:
+    """Return the last result a restored trial had reported before its sweep stopped ({} if none)."""
+    return trial.run_metadata.last_result
+
+
+def hold_restored(trial: Any) -> None:
+    """Keep a restored trial, being added to its scheduler, from starting until the scheduler
+    chooses it (see above: it is filed as PAUSED)."""
+    trial.set_status(Trial.PAUSED)
 
 
 def staged_error(trial: Any) -> BaseException | str | None:

@@ -488,9 +488,10 @@ class Tracker:
 
     def reopen(self, run_id: str) -> None:
         """Set a run back to RUNNING (a resumed sweep continues in its old parent run), dropping
-        the `interrupted` and `outcome` tags of the interruption it continues after."""
+        the `interrupted`, `orphaned` and `outcome` tags of the interruption it continues after (a
+        run continued is no longer its dead driver's)."""
         tags = self._retry(lambda: self.client.get_run(run_id)).data.tags
-        for key in (INTERRUPTED, OUTCOME):
+        for key in (INTERRUPTED, ORPHANED, OUTCOME):
             if key in tags:
                 self._retry(functools.partial(self.client.delete_tag, run_id, key))
         self._retry(lambda: self.client.update_run(run_id, status="RUNNING"))

@@ -157,3 +157,16 @@ def test_a_batch_limiter_tells_each_end_as_it_comes_and_again_when_the_batch_end
     # At the batch's end Tune's limiter passes on every end it held: the searcher must ignore repeats.
     assert searcher.ends[:2] == ["a", "b"] and set(searcher.ends[2:]) <= {"a", "b"}
     assert limiter.suggest("c") is not None
+
+
+def test_a_restored_trial_held_by_its_scheduler_is_filed_as_paused(stub_trial: Trial) -> None:
+    # Tuner.restore adds every trial with its last result; add_trial files it under the status it
+    # has after the scheduler's on_trial_add, which is where SynchronousHalving holds it.
+    add = inspect.getsource(TuneController.add_trial)
+    assert add.index("on_trial_add(") < add.index("status_str_map[trial.status].add(trial)")
+    assert "self.add_trial(trial_to_add)" in inspect.getsource(TuneController._requeue_restored_trials)
+    assert ray_compat.restored_result(stub_trial) == {}
+    stub_trial.run_metadata.last_result = {"epoch": 1}
+    assert ray_compat.restored_result(stub_trial) == {"epoch": 1}
+    ray_compat.hold_restored(stub_trial)
+    assert stub_trial.status == Trial.PAUSED

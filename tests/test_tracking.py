@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from harness import tracking
 from harness.config import load_experiment
@@ -147,3 +148,42 @@ def test_the_leaderboard_line_of_a_sweeps_description_is_replaced_once_attached(
     assert tracking.with_leaderboard_line(attached, tracking.leaderboard_line("later")).count("**Leaderboard**") == 1
     # A sweep described before the line existed gets it as a paragraph of its own.
     assert tracking.with_leaderboard_line("Old text.", "**Leaderboard**: x") == "Old text.\n\n**Leaderboard**: x"
+
+
+def test_a_metrics_batch_resent_after_the_store_took_it_is_stored_once(store, monkeypatch) -> None:
+    """A server that committed a batch and then lost the connection before answering (a restart)
+    gets the same batch again from the tracker's retry: the store keeps one point per step."""
+    tracker, experiment_id = store
+    commit = tracker.client.log_batch
+    answers_lost = []
+
+    def commit_then_lose_the_answer(*args, **kwargs):
+        commit(*args, **kwargs)
+        if not answers_lost:
+            answers_lost.append(True)
+            raise MlflowException(
+                "API request to http://10.0.0.2:5000/api/2.0/mlflow/runs/log-batch failed with exception "
+                "ConnectionError('Connection aborted.', ConnectionResetError(104, 'Connection reset by peer'))"
+            )
+
+    with _open(tracker, experiment_id) as run_id:
+        monkeypatch.setattr(tracker.client, "log_batch", commit_then_lose_the_answer)
+        tracker.log_metrics(run_id, {"objective": 0.5, "val_loss": 0.7}, step=1)
+        tracker.log_metrics(run_id, {"objective": 0.6, "val_loss": 0.6}, step=2)
+    assert answers_lost == [True]
+    client = MlflowClient(tracker.uri)
+    for key in ("objective", "val_loss"):
+        assert [m.step for m in client.get_metric_history(run_id, key)] == [1, 2]
+
+
+def test_a_run_reopened_after_its_dead_drivers_runs_were_closed_is_no_longer_orphaned(store) -> None:
+    """close-orphans ended the run KILLED (orphaned=true); a resumed sweep continuing it reopens it."""
+    tracker, experiment_id = store
+    with _open(tracker, experiment_id) as run_id:
+        tracker.finish(run_id, tracking.KILLED, {tracking.ORPHANED: "true"})
+        tracker.reopen(run_id)
+        run = MlflowClient(tracker.uri).get_run(run_id)
+        assert run.info.status == "RUNNING"
+        assert {tracking.ORPHANED, tracking.OUTCOME} & set(run.data.tags) == set()
+    run = MlflowClient(tracker.uri).get_run(run_id)
+    assert (run.info.status, run.data.tags[tracking.OUTCOME]) == (tracking.FINISHED, "completed")

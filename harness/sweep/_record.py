@@ -199,18 +199,23 @@ def reconcile_trial_runs(
     returns notes. A run whose trial that state does not hold is ended KILLED and retyped (Tune
     suggests its point again as a new trial, keeping one run per trial); a run whose trial ended
     there is closed as the driver would have; the others are resumed by Tune, one more attempt for
-    those that were training."""
+    those that were training. A run `close-orphans` ended (KILLED, orphaned) is one the driver left
+    RUNNING: it is reopened and treated alike."""
     trials = _tune_trials(folder)
     notes = []
     for run in tracker.child_runs(experiment_id, parent, tracking.RunType.TRIAL):
         trial_id = run.data.tags[tracking.TRIAL_ID]
+        orphaned = run.info.status == tracking.KILLED and run.data.tags.get(tracking.ORPHANED) == "true"
         if trial_id not in trials:
             lost = {tracking.RUN_TYPE: str(tracking.RunType.LOST_TRIAL), tracking.STOPPED_BY: "driver_lost"}
             tracker.finish(run.info.run_id, tracking.KILLED, lost)
             notes.append(_lost_note(trial_id))
+            continue
+        if orphaned:
+            tracker.reopen(run.info.run_id)
         elif run.info.status != tracking.RUNNING:
             continue
-        elif trials[trial_id][0] == "TERMINATED":
+        if trials[trial_id][0] == "TERMINATED":
             close_trial_run(tracker, run.info.run_id, trials[trial_id][1], stopped_by)
         elif trials[trial_id][0] == "ERROR":
             error = "the driver died before it recorded this trial's error (see the Tune folder's error.txt)"

@@ -557,13 +557,27 @@ class _Bracket:
         """Return whether every live trial reached the last rung."""
         return self.halvings == 0 and self.rung_reached()
 
-    def halve(self, metric: str, sign: float) -> tuple[list[Any], list[Any]]:
-        """Move to the next rung; returns the trials it keeps (the best 1/eta of the bracket's size)
-        and the others. Ties keep the order trials were added in, never the order results came."""
+    def _next_rung(self) -> None:
         assert self.halvings > 0
         self.halvings -= 1
         self.keep = math.ceil(self.keep / self.eta)
         self.rung = int(min(self.rung * self.eta, self.max_t))
+
+    def catch_up(self) -> None:
+        """Move a bracket rebuilt from a resumed sweep's trials past the halvings it had made: a
+        halving happens as the last live trial reaches a rung, so every rung all live trials had
+        reached was decided (its losers are among the ended trials). Frees the held trials short of
+        the rung it then waits at (all of them once it has none left: they end by themselves)."""
+        while self.halvings > 0 and self.live and self.rung_reached():
+            self._next_rung()
+        for trial, _ in self.live.values():
+            if trial.status == Trial.PAUSED and (self.short_of_rung(trial) or self.finished()):
+                self.trials_to_unpause.add(trial)
+
+    def halve(self, metric: str, sign: float) -> tuple[list[Any], list[Any]]:
+        """Move to the next rung; returns the trials it keeps (the best 1/eta of the bracket's size)
+        and the others. Ties keep the order trials were suggested in, never the order results came."""
+        self._next_rung()
         # Every live trial has a result here: it reached the rung.
         ranked = sorted(self.live.values(), key=lambda entry: sign * (entry[1] or {})[metric])
         trials = [trial for trial, _ in ranked]
@@ -576,13 +590,19 @@ class _Bracket:
 
 class SynchronousHalving(FIFOScheduler):
     """Successive halving at ASHA's rungs (grace_period x reduction_factor^k epochs, capped at
-    max_t) in brackets of fixed sizes, filled in the order trials are added: a trial waits PAUSED
+    max_t) in brackets of fixed sizes, filled in the order trials were suggested: a trial waits PAUSED
     at each rung until every live trial of its bracket has reached it, then the best
     1/reduction_factor of the bracket go on. Decisions depend on results, not on arrival order.
 
     A trial that ends by itself or fails processes its bracket at any rung, as does one Tune
     removes. Time is the trial's epoch, which a paused trial resumed from its checkpoint carries
     on from. Paused losers are stopped through Tune's controller (harness.ray_compat).
+
+    A resumed sweep (`Tuner.restore`) adds every saved trial again, and the brackets fill as before
+    (by suggestion order); an ended trial had left its bracket, and an unfinished one that had
+    reported is held (as if paused) until its bracket has caught up with the halvings it had made
+    (`_Bracket.catch_up`, before the first decision): the resumed sweep stops and promotes the
+    trials the uninterrupted one would have.
     """
 
     def __init__(
@@ -607,19 +627,45 @@ class SynchronousHalving(FIFOScheduler):
         self._room = 0
         self._processing = False
         self._stopped = 0
+        # Trials added since the last decision, not yet in a bracket.
+        self._added: list[Any] = []
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        # Only a resumed sweep adds a trial that reported already.
+        if trial.status not in (Trial.TERMINATED, Trial.ERROR) and EPOCH_KEY in ray_compat.restored_result(trial):
+            ray_compat.hold_restored(trial)
+        self._added.append(trial)
+
+    def _next_bracket(self) -> _Bracket:
+        """Return the bracket the next trial goes in: the last one, or a new one when it is full."""
         if self._room == 0:
             # More trials than planned (none in a reproducible sweep) get a bracket each.
             self._room = self._sizes.pop(0) if self._sizes else 1
             self._hyperbands[0].append(_Bracket(self._room, self._grace, self._max_t, self._eta, self._halvings))
-        bracket = self._hyperbands[0][-1]
-        bracket.live[trial.trial_id] = (trial, None)
-        bracket.trials.append(trial)
-        self._bracket_of[trial.trial_id] = bracket
-        self._room -= 1
+        return self._hyperbands[0][-1]
+
+    def _settle(self) -> None:
+        """Put the trials added since the last decision in their brackets, in the order their study
+        suggested them (Tune adds a new sweep's trials in that order, a resumed sweep's in no set
+        order), and bring each bracket rebuilt by a resumed sweep up to its rung."""
+        restored: list[_Bracket] = []
+        for trial in sorted(self._added, key=lambda t: t.config[STUDY_TRIAL_KEY]):
+            bracket = self._next_bracket()
+            bracket.trials.append(trial)
+            self._bracket_of[trial.trial_id] = bracket
+            self._room -= 1
+            if trial.status in (Trial.TERMINATED, Trial.ERROR):
+                continue  # a resumed sweep's trial that had ended, leaving its bracket then
+            result = ray_compat.restored_result(trial)
+            bracket.live[trial.trial_id] = (trial, result if EPOCH_KEY in result else None)
+            if EPOCH_KEY in result and bracket not in restored:
+                restored.append(bracket)
+        self._added.clear()
+        for bracket in restored:
+            bracket.catch_up()
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        self._settle()
         bracket = self._bracket_of[trial.trial_id]
         assert trial.trial_id in bracket.live, f"a result of {trial.trial_id}, which its bracket has let go"
         bracket.live[trial.trial_id] = (trial, result)
@@ -680,6 +726,7 @@ class SynchronousHalving(FIFOScheduler):
         raise TuneError(f"trial {trial} to stop is {trial.status}")
 
     def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+        self._settle()
         bracket = self._bracket_of[trial.trial_id]
         bracket.live.pop(trial.trial_id, None)
         if not bracket.finished():
@@ -693,6 +740,7 @@ class SynchronousHalving(FIFOScheduler):
 
     def choose_trial_to_run(self, tune_controller: Any) -> Any:
         # A paused trial runs again only once a halving kept it; a pending one may start.
+        self._settle()
         for bracket in self._hyperbands[0]:
             for trial, _ in bracket.live.values():
                 freed = trial.status == Trial.PAUSED and trial in bracket.trials_to_unpause

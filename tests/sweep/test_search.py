@@ -225,15 +225,12 @@ def test_harness_never_imports_ray_train_or_ray_air() -> None:
 
 
 class _Trial:
-    """The parts of a Tune trial a scheduler reads."""
+    """The parts of a Tune trial a scheduler reads: `number` is its Optuna trial's."""
 
-    def __init__(self, trial_id: str) -> None:
-        self.trial_id, self.config, self.status, self.is_saving = (
-            trial_id,
-            {"baseline": "cancernet"},
-            Trial.RUNNING,
-            False,
-        )
+    def __init__(self, trial_id: str, number: int) -> None:
+        self.trial_id, self.status, self.is_saving = trial_id, Trial.RUNNING, False
+        self.config = {"baseline": "cancernet", STUDY_TRIAL_KEY: number}
+        self.run_metadata = SimpleNamespace(last_result={})
 
 
 class _Controller:
@@ -252,7 +249,7 @@ def test_synchronous_halving_decides_the_same_in_any_arrival_order(order: str) -
     scheduler = PerBaselineScheduler(max_t=2, grace_period=1, reduction_factor=2, brackets={"cancernet": [4]})
     scheduler.set_search_properties("objective", "max")
     controller = _Controller(scheduler)
-    trials = {name: _Trial(name) for name in "abcd"}
+    trials = {name: _Trial(name, number) for number, name in enumerate("abcd")}
     for trial in trials.values():
         scheduler.on_trial_add(controller, trial)
     values = {"a": 0.9, "b": 0.2, "c": 0.5, "d": 0.4}

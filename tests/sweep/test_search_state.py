@@ -1,12 +1,13 @@
 """The harness's own searcher and scheduler: a searcher restored from its saved state (JSON) carries
-on in its Optuna study drawing what it would have drawn, and synchronous halving stops a paused
-loser through Tune's controller."""
+on in its Optuna study drawing what it would have drawn, synchronous halving stops a paused
+loser through Tune's controller, and its brackets rebuilt by a resumed sweep decide as before."""
 
 from __future__ import annotations
 
 import json
 import pickle
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -128,10 +129,15 @@ def test_a_restored_searcher_draws_what_it_would_have_drawn(tmp_path: Path, samp
 
 
 class _Trial:
-    """The parts of a Tune trial a scheduler reads."""
+    """The parts of a Tune trial a scheduler reads (and a restored one's last result)."""
 
-    def __init__(self, trial_id: str) -> None:
-        self.trial_id, self.status, self.is_saving = trial_id, Trial.RUNNING, False
+    def __init__(self, trial_id: str, status: str = Trial.RUNNING, last: dict | None = None) -> None:
+        self.trial_id, self.status, self.is_saving = trial_id, status, False
+        self.config = {STUDY_TRIAL_KEY: ord(trial_id)}  # suggested in the order of their names
+        self.run_metadata = SimpleNamespace(last_result=last or {})
+
+    def set_status(self, status: str) -> None:
+        self.status = status
 
 
 class _Controller:
@@ -173,3 +179,60 @@ def test_a_trial_that_ends_by_itself_lets_its_bracket_halve_at_a_later_rung() ->
     assert scheduler.choose_trial_to_run(controller) is trials["a"]
     assert controller.stopped == ["c"]
     assert scheduler.debug_string().startswith("Synchronous halving: 2 stopped, 1 brackets")
+
+
+def _restored(scheduler: SynchronousHalving, controller: _Controller, trials: dict[str, _Trial]) -> None:
+    """Add `trials` to `scheduler` as Tuner.restore does: unfinished ones PENDING, in no set order."""
+    for name in sorted(trials, reverse=True):
+        scheduler.on_trial_add(controller, trials[name])
+
+
+def _report(scheduler: SynchronousHalving, controller: _Controller, trial: _Trial, value: float, epoch: int) -> str:
+    """Run `trial` to a result, as Tune does, and apply the scheduler's answer to its status."""
+    trial.status = Trial.RUNNING
+    action = scheduler.on_trial_result(controller, trial, _result(value, epoch))
+    trial.status = {TrialScheduler.PAUSE: Trial.PAUSED, TrialScheduler.STOP: Trial.TERMINATED}.get(action, trial.status)
+    return action
+
+
+def test_a_resumed_bracket_waiting_at_a_rung_halves_on_the_results_at_that_rung() -> None:
+    # Killed while a and b waited paused at rung 1 and c and d had yet to reach it.
+    rungs = {"max_t": 2, "grace_period": 1, "reduction_factor": 2}
+    scheduler = SynchronousHalving(metric="objective", mode="max", sizes=[4], **rungs)
+    controller = _Controller(scheduler)
+    trials = {
+        "a": _Trial("a", Trial.PENDING, _result(0.9, 1)),
+        "b": _Trial("b", Trial.PENDING, _result(0.2, 1)),
+        "c": _Trial("c", Trial.PENDING),
+        "d": _Trial("d", Trial.PENDING),
+    }
+    _restored(scheduler, controller, trials)
+    # a and b wait at the rung (they would otherwise train past it before the bracket decides).
+    assert [t.status for t in trials.values()] == [Trial.PAUSED, Trial.PAUSED, Trial.PENDING, Trial.PENDING]
+    assert scheduler.choose_trial_to_run(controller) is trials["c"]
+    assert _report(scheduler, controller, trials["c"], 0.8, 1) == TrialScheduler.PAUSE
+    # The rung's four results decide, as they would have without the interruption: b and d stop.
+    assert _report(scheduler, controller, trials["d"], 0.1, 1) == TrialScheduler.STOP
+    assert controller.stopped == ["b"]
+    assert {scheduler.choose_trial_to_run(controller).trial_id} <= {"a", "c"}
+
+
+def test_a_resumed_bracket_past_a_halving_does_not_halve_its_winners_again() -> None:
+    # Rungs 1, 2 and 4. Killed after rung 1 stopped b and d: a waited at rung 2, c was short of it.
+    rungs = {"max_t": 4, "grace_period": 1, "reduction_factor": 2}
+    scheduler = SynchronousHalving(metric="objective", mode="max", sizes=[4], **rungs)
+    controller = _Controller(scheduler)
+    trials = {
+        "a": _Trial("a", Trial.PENDING, _result(0.6, 2)),
+        "b": _Trial("b", Trial.TERMINATED, _result(0.2, 1)),
+        "c": _Trial("c", Trial.PENDING, _result(0.8, 1)),
+        "d": _Trial("d", Trial.TERMINATED, _result(0.1, 1)),
+    }
+    _restored(scheduler, controller, trials)
+    # c, short of rung 2, runs again; a waits there for it.
+    assert scheduler.choose_trial_to_run(controller) is trials["c"]
+    assert trials["a"].status == Trial.PAUSED
+    # Rung 2 keeps one of the two (not two of them, as a bracket halved again at rung 1 would).
+    assert _report(scheduler, controller, trials["c"], 0.7, 2) == TrialScheduler.CONTINUE
+    assert controller.stopped == ["a"]
+    assert scheduler.debug_string().startswith("Synchronous halving: 1 stopped, 1 brackets")
