@@ -168,7 +168,10 @@ def new_tuner(
             name=folder.name,
             storage_path=str(folder.parent),
             callbacks=[*callbacks, starting],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # Two, not one: Tune saves its experiment state every few seconds, and the state a
+            # resume reads may still name the checkpoint before the newest; keeping one would
+            # have deleted it, and the resumed trial would fail three times for want of it.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             sync_config=tune.SyncConfig(sync_period=STATE_SYNC_SECONDS),
             failure_config=tune.FailureConfig(max_failures=config.search.max_failures),
             verbose=0,

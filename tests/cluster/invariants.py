@@ -9,6 +9,7 @@ from collections import Counter
 from typing import Any
 
 import optuna
+import sqlalchemy
 from mlflow import MlflowClient
 from mlflow.entities import RunStatus, ViewType
 from optuna.trial import TrialState
@@ -145,3 +146,19 @@ def trial_runs_through(tracking_uri: str, experiment: str, epoch: int, *, node_i
     if node_ip is not None:
         runs = [r for r in runs if r.data.tags.get(tracking.NODE_IP) == node_ip]
     return [r for r in runs if epoch in _steps(client, r, "objective")]
+
+
+def points_stored_twice(store_url: str) -> list[tuple]:
+    """Return (run, metric, step, rows) for every metric point the MLflow store holds more than once,
+    read from its tables directly (PostgreSQL), not through MLflow."""
+    engine = sqlalchemy.create_engine(store_url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                sqlalchemy.text(
+                    "SELECT run_uuid, key, step, count(*) FROM metrics GROUP BY run_uuid, key, step HAVING count(*) > 1"
+                )
+            )
+            return [tuple(row) for row in rows]
+    finally:
+        engine.dispose()

@@ -11,9 +11,14 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.cluster.invariants import all_runs, assert_sweep_intact, trial_runs, trial_runs_through
-from tests.cluster.own_clusters import cluster_of_its_own, points_stored_twice
-from tests.cluster.sweeps import fault_experiment, optuna_storage_of
+from tests.cluster.invariants import (
+    all_runs,
+    assert_sweep_intact,
+    points_stored_twice,
+    trial_runs,
+    trial_runs_through,
+)
+from tests.cluster.sweeps import fault_experiment, optuna_storage_of, own_cluster
 from tests.conftest import wait_for
 from tools.netns_cluster import NetnsCluster
 
@@ -25,7 +30,8 @@ EPOCHS = 6
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetnsCluster]:
-    yield from cluster_of_its_own(tmp_path_factory, "tracking_restarted", workers=1, worker_cpus=2)
+    with own_cluster(tmp_path_factory, "tracking_restarted", workers=1, worker_cpus=2) as cluster:
+        yield cluster
 
 
 def test_a_tracking_server_restarted_mid_sweep_loses_and_repeats_no_epoch(
