@@ -445,9 +445,11 @@ class NetnsCluster:
     def environment(self, env: dict[str, str] | None = None) -> dict[str, str]:
         """Return the environment a process of the cluster runs with: this one's, the cluster's
         settings (Ray token), then `env`; the venv's commands first on PATH; never RAY_ADDRESS, so
-        nothing joins another Ray."""
+        nothing joins another Ray, nor RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER (the tests set it to 0 to
+        keep their own Rays on loopback; at 0 `ray start --address` refuses to join a cluster)."""
         merged = {**os.environ, **BASE_ENV, "RAY_AUTH_TOKEN_PATH": str(self._token), **(env or {})}
-        merged.pop("RAY_ADDRESS", None)
+        for name in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
+            merged.pop(name, None)
         return merged | {"PATH": f"{BIN}{os.pathsep}{merged.get('PATH', '')}"}
 
     def _enter(self, host: Host) -> list[str]:
