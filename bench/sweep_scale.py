@@ -677,6 +677,7 @@ def _study_only(args: argparse.Namespace, figures: Figures, tmp: Path) -> None:
                 figures.record(*key, "wall_s", value=run.wall_s)
                 figures.record(*key, "storage_mb", value=storage_bytes(config.resolved_optuna_storage()) / 2**20)
             _study_line(figures.tree["study_only"][kind][str(size)], kind, size)
+            figures.write()  # after each run: the largest take hours on a small machine
     _study_targets(figures, args)
 
 
