@@ -5,7 +5,9 @@ Run: .venv/bin/python bench/sweep_scale.py [--trials 100,1000,5000] [--bare-size
                                             [--storages sqlite,postgresql,journal] [--storage-size 1000]
      .venv/bin/python bench/sweep_scale.py --project (the smallest size only; prints what the rest would take)
      .venv/bin/python bench/sweep_scale.py --cluster netns [--workers 2]   (as root: on a namespaced cluster)
-     .venv/bin/python bench/sweep_scale.py --smoke   (3 trials, SQLite and journal, a few minutes: a test runs it)
+     .venv/bin/python bench/sweep_scale.py --smoke   (2 trials, SQLite only, under a minute: a test runs it)
+     .venv/bin/python bench/sweep_scale.py --study-only [--trials ...] [--storages ...] [--concurrency 2]
+                                            (the harness's searcher alone, no Ray, no training: bench/_study_scale.py)
      ... --figures PATH                               (also every figure at full precision, as JSON)
 
 The trainable is a real small baseline: CancerNet, batch 8, on a few synthetic IDC patches (8
@@ -551,7 +553,14 @@ def _arguments() -> argparse.Namespace:
         help="run the smallest size only (and the storages if compared at that size), print the projected "
         "wall time of the rest, and stop",
     )
-    parser.add_argument("--smoke", action="store_true", help="3 trials, SQLite and journal (for the tests)")
+    parser.add_argument("--smoke", action="store_true", help="2 trials, SQLite only (for the tests)")
+    parser.add_argument(
+        "--study-only",
+        action="store_true",
+        help="drive the harness's searcher alone (no Ray, no training) at each of --trials over each of "
+        "--storages, as Tune would, and measure its ask and tell latency, CPU per trial and storage size",
+    )
+    parser.add_argument("--concurrency", type=int, default=2, help="trials in flight with --study-only")
     add_figures_option(parser)
     # One side of the bench, run by the bench itself in a fresh process.
     parser.add_argument("--side", choices=["harness", "bare"], help=argparse.SUPPRESS)
@@ -561,7 +570,8 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--address", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.smoke:
-        args.trials, args.bare_sizes, args.storages, args.storage_size = [3], [3], ["sqlite", "journal"], 3
+        # The storages are compared by --study-only, which its own test runs over all three in seconds.
+        args.trials, args.bare_sizes, args.storages, args.storage_size = [2], [2], ["sqlite"], 2
     unknown = sorted(set(args.storages) - set(STORAGES))
     if unknown:
         parser.error(f"--storages {unknown[0]!r}: expected some of {', '.join(STORAGES)}")
@@ -587,6 +597,11 @@ def main() -> None:
         _run_side(args)
         return
     figures = Figures(args.figures)
+    if args.study_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            _study_only(args, figures, Path(tmp))
+        figures.write()
+        return
     with tempfile.TemporaryDirectory() as tmp, _cluster(args, Path(tmp) / "cluster") as where:
         sizes = _run(args, figures, where, Path(tmp))
     _targets(figures, sizes)
@@ -625,6 +640,69 @@ def _run(args: argparse.Namespace, figures: Figures, where: Where, tmp: Path) ->
     if not args.project or args.storage_size == args.trials[0]:
         _storages(figures, root, tmp, args, where, kept)
     return sizes
+
+
+def _study_only(args: argparse.Namespace, figures: Figures, tmp: Path) -> None:
+    """Drive the harness's searcher alone at each size over each storage in `tmp`; print and record
+    each run's figures and the ask target per storage."""
+    from _study_scale import cpu_ends, drive, storage_bytes
+
+    from harness.config import load_experiment
+    from harness.data.datasets.idc import write_synthetic_idc
+
+    figures.record("study_only", "concurrency", value=args.concurrency)
+    root = write_synthetic_idc(tmp / "idc", patients=PATIENTS, patches_per_class=PATCHES_PER_CLASS, seed=1)
+    print(f"the harness's searcher alone (CancerNet's space), {args.concurrency} trials in flight, {EPOCHS} epochs")
+    for kind in args.storages:
+        for size in args.trials:
+            out = tmp / f"study-{kind}-{size}"
+            out.mkdir()
+            with ExitStack() as stack:
+                try:
+                    url = _storage_url(kind, out, stack)
+                except RuntimeError as absent:
+                    print(f"storage {kind}: skipped ({absent})")
+                    break
+                where = _Local()
+                where.concurrency = args.concurrency
+                config = load_experiment(_experiment(root, out, size, url, where))
+                run = drive(config, args.concurrency)
+                key = ("study_only", kind, str(size))
+                figures.record(*key, "trials", value=len(run.asks))
+                figures.record(*key, "tells", value=len(run.tells))
+                figures.record(*key, "ask", value=ends(run.asks))
+                figures.record(*key, "start", value=ends(run.starts))
+                figures.record(*key, "tell", value=ends(run.tells))
+                figures.record(*key, "cpu_s_per_trial", value=cpu_ends(run.cpu))
+                figures.record(*key, "wall_s", value=run.wall_s)
+                figures.record(*key, "storage_mb", value=storage_bytes(config.resolved_optuna_storage()) / 2**20)
+            _study_line(figures.tree["study_only"][kind][str(size)], kind, size)
+            figures.write()  # after each run: the largest take hours on a small machine
+    _study_targets(figures, args)
+
+
+def _study_line(row: dict[str, Any], kind: str, size: int) -> None:
+    cpu, ask, tell = row["cpu_s_per_trial"], row["ask"], row["tell"]
+    print(
+        f"{kind} {size} trials: ask p50/p99 first 10% {_ms(ask['first'])}, last 10% {_ms(ask['last'])}; "
+        f"tell first {_ms(tell['first'])}, last {_ms(tell['last'])}; CPU per trial first "
+        f"{cpu['first'] * 1e3:.1f} ms, last {cpu['last'] * 1e3:.1f} ms; storage {row['storage_mb']:.2f} MB; "
+        f"{row['wall_s']:.1f} s",
+        flush=True,
+    )
+
+
+def _study_targets(figures: Figures, args: argparse.Namespace) -> None:
+    """Record and print the ask target per storage measured at ASK_SIZE trials."""
+    for kind, rows in figures.tree["study_only"].items():
+        if kind == "concurrency" or str(ASK_SIZE) not in rows:
+            continue
+        p99 = rows[str(ASK_SIZE)]["ask"]["last"]["p99_ms"]
+        verdict = figures.record("study_only_targets", kind, value="met" if p99 < ASK_P99_TARGET_MS else "not met")
+        print(
+            f"target: Optuna ask p99 < {ASK_P99_TARGET_MS:g} ms at {ASK_SIZE:,} trials: {verdict} ({kind}, "
+            f"{p99:.1f} ms over the last 10%)"
+        )
 
 
 if __name__ == "__main__":

@@ -15,10 +15,15 @@ def test_the_sizing_section_is_rendered_from_the_saved_figures() -> None:
     block = text[text.index(BEGIN) : text.index(END) + len(END)]
     scale = json.loads((FIGURES / "sweep-scale.json").read_text())
     gpu = json.loads((FIGURES / "gpu-nvidia-h200.json").read_text())
-    assert block == render(scale, gpu)
+    study = json.loads((FIGURES / "optuna-scale.json").read_text())
+    assert block == render(scale, gpu, study)
     # The figures themselves, not only their rendering: the largest size's driver CPU per trial.
     largest = scale["sizes"][max(scale["sizes"], key=int)]
     assert f"{largest['search_cpu_s_per_trial']:.4f} CPU s per trial over the search" in block
+    # And one row of the searcher-alone table: the journal's largest study's late ask.
+    journal = study["study_only"]["journal"]
+    row = journal[max(journal, key=int)]
+    assert f"| {row['ask']['last']['p50_ms']:.1f}/{row['ask']['last']['p99_ms']:.1f} |" in block
 
 
 def test_asha_trains_each_rung_on_the_share_that_reaches_it() -> None:

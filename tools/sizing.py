@@ -1,6 +1,7 @@
 """docs/cluster.md's "Sizing" section, computed from the figures the benches saved
-(docs/figures/sweep-scale.json from `bench/sweep_scale.py --figures`, docs/figures/gpu-nvidia-h200.json
-from `bench/gpu.py --figures`), so the text says what was measured and a test checks it still does.
+(docs/figures/sweep-scale.json from `bench/sweep_scale.py --figures`, docs/figures/optuna-scale.json
+from `bench/sweep_scale.py --study-only --figures`, docs/figures/gpu-nvidia-h200.json from
+`bench/gpu.py --figures`), so the text says what was measured and a test checks it still does.
 A new full run of the scale bench saved over the JSON file regenerates the section.
 
 usage: python tools/sizing.py           (rewrite the block in docs/cluster.md)
@@ -24,7 +25,7 @@ BEGIN, END = "<!-- sizing: tools/sizing.py writes this block -->", "<!-- /sizing
 # 001's Table I: its experiment file (models, folds, rungs) with a 32-trial search per model on
 # BACH part A's 400 images (the published count).
 TABLE_I, TABLE_I_TRIALS, BACH_IMAGES = REPO / "experiments" / "bach_gusa.yaml", 32, 400
-ASK_LIMIT_MS = 100.0
+ASK_LIMIT_MS, ASK_SIZE = 100.0, 5000
 
 
 def _largest(scale: dict) -> tuple[int, dict]:
@@ -106,6 +107,49 @@ def _stores(scale: dict) -> list[str]:
     return lines
 
 
+def _ms(p: dict) -> str:
+    return f"{p['p50_ms']:.1f}/{p['p99_ms']:.1f}"
+
+
+def _optuna(figures: dict) -> list[str]:
+    """Return the study-only table (the harness's searcher alone, per storage and study size) and the
+    ask target's verdict per storage run at ASK_SIZE trials."""
+    study = figures["study_only"]
+    lines = [
+        f"The harness's searcher alone (`--study-only`: no Ray, no training, {study['concurrency']} trials in "
+        "flight, CancerNet's space, TPE), per storage and study size; ask and tell in ms (p50/p99) over the "
+        "first and the last 10% of the study, the driver's CPU per trial over the same tenths:",
+        "",
+        "| storage | trials | ask, first 10% | ask, last 10% | tell, last 10% | CPU ms/trial, first / last | MB |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for kind, rows in study.items():
+        if kind == "concurrency":
+            continue
+        for size, row in sorted(rows.items(), key=lambda item: int(item[0])):
+            cpu = row["cpu_s_per_trial"]
+            lines.append(
+                f"| {kind} | {int(size):,} | {_ms(row['ask']['first'])} | {_ms(row['ask']['last'])} "
+                f"| {_ms(row['tell']['last'])} | {cpu['first'] * 1e3:.1f} / {cpu['last'] * 1e3:.1f} "
+                f"| {row['storage_mb']:.1f} |"
+            )
+    kinds = [kind for kind in study if kind != "concurrency"]
+    judged = figures.get("study_only_targets", {})
+    verdicts = [
+        f"{judged[k]} with {k} ({study[k][str(ASK_SIZE)]['ask']['last']['p99_ms']:.1f} ms)"
+        for k in kinds
+        if k in judged
+    ]
+    unrun = [k for k in kinds if k not in judged]
+    lines += [
+        "",
+        f"Target, Optuna ask p99 < {ASK_LIMIT_MS:g} ms at {ASK_SIZE:,} trials (last 10%): "
+        + "; ".join(verdicts or ["not measured"])
+        + (f"; {', '.join(unrun)} not run at {ASK_SIZE:,} trials." if unrun else "."),
+    ]
+    return lines
+
+
 def asha_epochs(grace: int, eta: float, max_t: int) -> float:
     """Return the mean epochs an ASHA trial trains when each rung keeps 1/eta of those reaching it."""
     epochs, done, share, rung = 0.0, 0, 1.0, grace
@@ -144,8 +188,9 @@ def _table_one(scale: dict, gpu: dict) -> list[str]:
     ]
 
 
-def render(scale: dict, gpu: dict) -> str:
-    """Return docs/cluster.md's sizing block from the scale bench's and the GPU bench's saved figures."""
+def render(scale: dict, gpu: dict, study: dict) -> str:
+    """Return docs/cluster.md's sizing block from the scale bench's (whole path and searcher alone)
+    and the GPU bench's saved figures."""
     return "\n".join(
         [
             BEGIN,
@@ -154,6 +199,8 @@ def render(scale: dict, gpu: dict) -> str:
             *_ratio(scale),
             "",
             *_stores(scale),
+            "",
+            *_optuna(study),
             "",
             *_table_one(scale, gpu),
             END,
@@ -164,7 +211,8 @@ def render(scale: dict, gpu: dict) -> str:
 def _current() -> str:
     scale: dict[str, Any] = json.loads((FIGURES / "sweep-scale.json").read_text())
     gpu: dict[str, Any] = json.loads((FIGURES / "gpu-nvidia-h200.json").read_text())
-    return render(scale, gpu)
+    study: dict[str, Any] = json.loads((FIGURES / "optuna-scale.json").read_text())
+    return render(scale, gpu, study)
 
 
 def main() -> None:
