@@ -1,9 +1,10 @@
 """bench/sweep_scale.py --smoke: 2 trials through the harness's sweep (SQLite) and a bare Tuner over
 the same points; --study-only: the harness's searcher alone over SQLite, PostgreSQL and Optuna's
 journal. Their figures, read at full precision from --figures, are checked against the lines they
-print and against each other, never judged as timings. make test runs the smoke with Ray embedded and
-the study-only run; make test-cluster runs the smoke on the namespaced cluster (tools/netns_cluster.py,
-skipped with the reason where network namespaces are not permitted)."""
+print and against each other, never judged as timings. make test runs the study-only run (seconds);
+the smoke starts a Ray per side, minutes on two cores, so make test-cluster runs it, with Ray embedded
+and on the namespaced cluster (tools/netns_cluster.py, skipped with the reason where network
+namespaces are not permitted)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ def _netns_refusal() -> str | None:
     return None
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("cluster", ["local", pytest.param("netns", marks=pytest.mark.cluster)])
 def test_sweep_scale_smoke_measures_both_sides(cluster: str, run_bench: Callable[..., BenchRun]) -> None:
     if cluster == "netns" and (refusal := _netns_refusal()) is not None:
