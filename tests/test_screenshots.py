@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -133,9 +132,6 @@ def _harness_ui(results: Path, *options: str) -> Iterator[str]:
         for line in process.stdout:  # the server migrates the store first: tens of seconds
             lines.append(line)
             if line.startswith("http://127.0.0.1:"):
-                # Read on what the server prints while it serves and stops (its request log):
-                # a pipe nobody reads fills, and the server blocks on its next line.
-                threading.Thread(target=process.stdout.read, daemon=True).start()
                 yield line.strip()
                 return
         raise AssertionError("harness ui printed no address:\n" + "".join(lines))
