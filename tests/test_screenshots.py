@@ -136,7 +136,9 @@ def _harness_ui(results: Path, *options: str) -> Iterator[str]:
                 return
         raise AssertionError("harness ui printed no address:\n" + "".join(lines))
     finally:
-        process.send_signal(signal.SIGINT)
+        # SIGTERM, which harness ui takes as Ctrl-C: a test run started in the background (nohup
+        # ... &) inherits SIGINT ignored, and harness ui would never stop.
+        process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
 
 
