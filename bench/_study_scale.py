@@ -83,22 +83,12 @@ class _Asha:
 
 def build(config: ExperimentConfig) -> tuple[PerBaselineSearcher, StartStudyTrials]:
     """Return the searcher and the start callback of a sweep of `config`, built as the driver builds them."""
-    from harness.sweep._search import PerBaselineSearcher, StartStudyTrials, start_points
+    from harness.sweep._search import StartStudyTrials, start_points
+    from harness.sweep._tuner import searcher_of
 
-    spaces, search = config.baseline_spaces(), config.search
     prefix = f"{config.name}/study-only"
-    searcher = PerBaselineSearcher(
-        spaces,
-        metric="objective",
-        mode=search.mode,
-        trials=search.trials,
-        sampler=search.sampler,
-        seed=search.seed,
-        starts={name: start_points(space, []) for name, space in spaces.items()},
-        storage=config.resolved_optuna_storage(),
-        study_prefix=prefix,
-        metric_name=f"sel_{search.metric}",
-    )
+    starts = {name: start_points(space, []) for name, space in config.baseline_spaces().items()}
+    searcher = searcher_of(config, prefix, starts)
     return searcher, StartStudyTrials(config.resolved_optuna_storage(), prefix)
 
 

@@ -23,6 +23,7 @@ from ._search import (
     MlflowLinks,
     PerBaselineScheduler,
     PerBaselineSearcher,
+    RunLinker,
     StartStudyTrials,
     batch_brackets,
     batched,
@@ -98,14 +99,18 @@ def stopping_scheduler(config: ExperimentConfig) -> str:
     return tracking.STOPPED_BY_HALVING if config.search.reproducible else tracking.STOPPED_BY_ASHA
 
 
-def _search(
-    config: ExperimentConfig, ctx: SweepContext, study_prefix: str, starts: dict[str, list[dict]]
-) -> tuple[Searcher, PerBaselineScheduler, int | None]:
-    """Return the searcher, the scheduler and Tune's cap on concurrent trials of a sweep whose
-    studies share `study_prefix`."""
-    search, spaces = config.search, config.baseline_spaces()
-    searcher = PerBaselineSearcher(
-        spaces,
+def searcher_of(
+    config: ExperimentConfig,
+    study_prefix: str,
+    starts: dict[str, list[dict]],
+    link: RunLinker | None = None,
+    links: MlflowLinks | None = None,
+) -> PerBaselineSearcher:
+    """Return the per-baseline Optuna searcher of a sweep of `config` whose studies share
+    `study_prefix` (bench/sweep_scale.py --study-only drives this very searcher)."""
+    search = config.search
+    return PerBaselineSearcher(
+        config.baseline_spaces(),
         metric="objective",
         mode=search.mode,
         trials=search.trials,
@@ -115,9 +120,19 @@ def _search(
         storage=config.resolved_optuna_storage(),
         study_prefix=study_prefix,
         metric_name=f"sel_{search.metric}",
-        link=ctx.run_link.in_tune,
-        links=MlflowLinks(ctx.tracking_uri, config.name, ctx.experiment_id, ctx.parent_run_id),
+        link=link,
+        links=links,
     )
+
+
+def _search(
+    config: ExperimentConfig, ctx: SweepContext, study_prefix: str, starts: dict[str, list[dict]]
+) -> tuple[Searcher, PerBaselineScheduler, int | None]:
+    """Return the searcher, the scheduler and Tune's cap on concurrent trials of a sweep whose
+    studies share `study_prefix`."""
+    search, spaces = config.search, config.baseline_spaces()
+    links = MlflowLinks(ctx.tracking_uri, config.name, ctx.experiment_id, ctx.parent_run_id)
+    searcher = searcher_of(config, study_prefix, starts, ctx.run_link.in_tune, links)
     if not search.reproducible:
         return searcher, _scheduler(search), search.max_concurrent
     batch = search.max_concurrent
