@@ -185,6 +185,18 @@ def _stale_line(stale: StaleFiles, manifest: pd.DataFrame, spec: DatasetSpec) ->
     )
 
 
+def _manifest_name(dataset_name: str, digest: str) -> str:
+    """Return the file name a prepared manifest of `dataset_name` with hash `digest` is written under."""
+    return f"{dataset_name}-{digest[:16]}.parquet"
+
+
+def manifests_beside(path: Path) -> list[Path]:
+    """Return the prepared manifests of the same dataset as the manifest `path` in its folder (other
+    data prepared there), whether or not `path` itself exists."""
+    dataset_name = path.stem.rsplit("-", 1)[0]
+    return sorted(path.parent.glob(_manifest_name(dataset_name, "*")))
+
+
 def prepare(
     manifest: pd.DataFrame, spec: DatasetSpec, protocol: ProtocolSpec, work_dir: Path, *, show_progress: bool = False
 ) -> PreparedData:
@@ -209,7 +221,7 @@ def prepare(
     change = None if spec.manifest else note_change_since_last_index(indexed, index_key(spec), work_dir / "manifests")
     manifest_path = write_manifest(
         manifest,
-        work_dir / "manifests" / f"{spec.name}-{digest[:16]}.parquet",
+        work_dir / "manifests" / _manifest_name(spec.name, digest),
         root=spec.root,
         meta={"dataset": spec.name},
     )

@@ -16,7 +16,7 @@ from ray.exceptions import RayError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from harness.data.manifest import manifest_hash, read_manifest
-from harness.data.prepare import PreparedData
+from harness.data.prepare import PreparedData, manifests_beside
 from harness.errors import InputError
 from harness.tracking import CUDA_VISIBLE, GPU_IDS, TRAINED_ON
 
@@ -60,7 +60,7 @@ def local_data(data: PreparedData, driver_data_dir: Path) -> PreparedData:
 def _hashes_beside(path: Path) -> list[str]:
     """Return the hashes of the manifests of `path`'s dataset in its folder (other prepared data)."""
     hashes = []
-    for other in sorted(path.parent.glob(f"{path.stem.rsplit('-', 1)[0]}-*.parquet")):
+    for other in manifests_beside(path):
         try:
             hashes.append(manifest_hash(read_manifest(other)[0]))
         except InputError:
