@@ -57,6 +57,10 @@ class BaselineInfo:
         """Return True when training needs an RoI mask per image (its loss reads one)."""
         return self.loss != "ce"
 
+    def default(self, option: str) -> Any:
+        """Return the builder's default value of model option `option`."""
+        return inspect.signature(self.builder).parameters[option].default
+
     def model_kwargs(self) -> set[str]:
         """Return the keyword arguments the builder accepts beyond the common ones."""
         params = inspect.signature(self.builder).parameters

@@ -114,7 +114,7 @@ def _new_model(tracking_uri: str, run_id: str, name: str, tag: str) -> str:
 def log_fold_model(tracking_uri: str, run_id: str, served: ServedFold) -> str:
     """Log a fold's best network to its run with `mlflow.pytorch` as `torch_model` (signature and
     input example are model inputs), tag the run with its URI; returns that URI."""
-    example = served.recipe.model_inputs(served.stored_examples)
+    example = served.example_inputs
     if len(example) == 1:
         # torch.export fixes a dimension of size 1; the batch size must stay free.
         example = np.concatenate([example, example])

@@ -97,14 +97,28 @@ class RunSpec(BaseModel):
         return min(self.params.epochs_max, self.max_epochs)
 
     @property
+    def encoder(self) -> baselines.EncoderRef | None:
+        """Return the foundation-model encoder the run embeds or fine-tunes with, by reference (its
+        name, constructor overrides, weights file and the digest of that file's bytes); None for a
+        baseline without one."""
+        entry = baselines.info(self.baseline)
+        if "encoder" not in entry.model_kwargs():
+            return None
+        name = self.model_kwargs.get("encoder", entry.default("encoder"))
+        return baselines.EncoderRef.of(name, self.pretrained, self.model_kwargs.get("encoder_arch") or {})
+
+    @property
     def keras(self) -> bool:
         """Return True when the run trains with Keras' semantics (a Keras/TF source, semantics source)."""
         return baselines.uses_keras_semantics(self.baseline, self.training.semantics)
 
     def logged_params(self) -> dict[str, Any]:
         """Return the params every run of this spec logs: all its training knobs and model options,
-        the epoch budget and the protocol options (the compute options among them)."""
+        the epoch budget and the protocol options (the compute options among them), and an
+        encoder's weights digest."""
         training = self.training
         options = {name: getattr(training, name) for name in PROTOCOL_PARAMS} | training.compute.model_dump()
         protocol = {name: str(value).lower() for name, value in options.items()}
-        return {**self.params.model_dump(), **self.model_kwargs, "epochs": self.epochs, **protocol}
+        encoder = self.encoder
+        weights = {"encoder_sha256": encoder.sha256} if encoder is not None and encoder.sha256 else {}
+        return {**self.params.model_dump(), **self.model_kwargs, "epochs": self.epochs, **protocol, **weights}

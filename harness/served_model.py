@@ -26,12 +26,14 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 from torch.utils.data import DataLoader
 
+from baselines import Encoder, EncoderRef
 from harness.config import ComputeSpec, TrainParams
 from harness.data.bags import bag_grid
 from harness.data.cache import replicate_pad
 from harness.data.dataset import BagDataset, ImageDataset, part_dataset
 from harness.data.normalise import normalisation_constants
 from harness.environment import NO_PICKLED_MODELS, environment
+from harness.embeddings import embed_rows
 from harness.errors import InputError
 from harness.evaluation import mean_softmax
 from harness.precision import autocast
@@ -64,6 +66,18 @@ class ClassProbabilities(nn.Module):
         return torch.softmax(logits.float(), 1)
 
 
+class EmbeddingProbabilities(nn.Module):
+    """A probe head on an encoder's embeddings: float batch N x D -> softmax probabilities (N x C)."""
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Return the class probabilities of a batch of embeddings."""
+        return torch.softmax(self.head(embeddings.float())["logits"].float(), 1)
+
+
 class InputMismatch(InputError):
     """Images a served model was not trained on: what it expected and what it was given."""
 
@@ -85,6 +99,9 @@ class InputRecipe(BaseModel):
     # Patches stored as they are (IDC): a smaller edge patch is padded as the patch cache pads it.
     # Images the cache resized and stain-normalised (BACH, BreakHis) come at the stored size only.
     pads_edges: bool = False
+    # A probe's encoder, by reference (its weights file and that file's digest, not a copy of the
+    # weights): stored images -> embeddings -> the fold programs, which are heads on embeddings.
+    encoder: EncoderRef | None = None
 
     def expected(self) -> str:
         """Return, in words, the images this recipe takes."""
@@ -122,9 +139,14 @@ class InputRecipe(BaseModel):
         rows, labels = np.arange(len(images)), np.zeros(len(images), dtype=np.int64)
         return part_dataset(images, rows, labels, self.params, grid=grid, train=False, seed=0, keras=self.keras)
 
-    def model_inputs(self, images: np.ndarray) -> np.ndarray:
+    def model_inputs(self, images: np.ndarray, encoder: Encoder | None = None) -> np.ndarray:
         """Return the model inputs of stored images, as a fold model takes them (contiguous, as
-        a DataLoader batch: a channels-last copy would send the convolutions down other kernels)."""
+        a DataLoader batch: a channels-last copy would send the convolutions down other kernels);
+        a probe's are the embeddings of `encoder` (built from the reference when not given)."""
+        if self.encoder is not None:
+            built = encoder if encoder is not None else self.encoder.build()
+            rows = np.arange(len(images))
+            return embed_rows(images, rows, built.eval(), device="cpu", batch_size=self.batch_size)
         dataset = self.dataset(images)
         return torch.stack([torch.as_tensor(dataset[i]["image"]) for i in range(len(dataset))]).numpy()
 
@@ -139,9 +161,11 @@ class ServedFold:
     """One fold's best model as served, how stored images become its inputs, and a few stored
     test images as its example."""
 
-    module: ClassProbabilities
+    module: ClassProbabilities | EmbeddingProbabilities
     recipe: InputRecipe
     stored_examples: np.ndarray
+    # The module's inputs for the stored examples (the traced example of its program).
+    example_inputs: np.ndarray
 
 
 @torch.no_grad()
@@ -177,14 +201,23 @@ class FoldEnsemble(PythonModel):
         # Exported programs, traced in eval mode; refused if a pickle took their place.
         with environment(NO_PICKLED_MODELS):
             self.folds = [mlflow.pytorch.load_model(context.artifacts[k], map_location="cpu") for k in keys]
+        # A probe's encoder is read from its weights file, refused in one line when the file's
+        # bytes are not those the probe was trained on.
+        self.encoder = self.recipe.encoder.build().eval() if self.recipe.encoder is not None else None
 
     def predict(self, context: Any, model_input: np.ndarray, params: dict | None = None) -> pd.DataFrame:
         """Return each image's mean fold softmax under the class names and its predicted class,
         computed at the run's thread count (so on the CPU they are the run's own numbers); raises
         InputMismatch for images of another type, shape or dtype than the run stored."""
-        dataset = self.recipe.dataset(self.recipe.stored(model_input))
+        stored = self.recipe.stored(model_input)
         with torch_threads(self.recipe.threads):
-            folds = [probabilities(f, dataset, self.recipe.batch_size) for f in self.folds]
+            if self.encoder is not None:
+                embeddings = torch.from_numpy(self.recipe.model_inputs(stored, self.encoder))
+                with torch.no_grad():
+                    folds = [f(embeddings).numpy() for f in self.folds]
+            else:
+                dataset = self.recipe.dataset(stored)
+                folds = [probabilities(f, dataset, self.recipe.batch_size) for f in self.folds]
         return class_frame(mean_softmax(folds), self.classes)
 
 

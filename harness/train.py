@@ -27,12 +27,19 @@ from baselines.losses import build_loss
 from harness.bn_recalibration import recalibrate_for_evaluation
 from harness.config import ComputeSpec
 from harness.data.bags import BagGrid, bag_grid
-from harness.data.batched import BatchAugment, DeviceBatches, batched_augmentation_supported, fits_on_device
+from harness.data.batched import (
+    BatchAugment,
+    DeviceBatches,
+    VectorBatches,
+    batched_augmentation_supported,
+    fits_on_device,
+)
 from harness.data.cache import is_patch_cache, open_patch_cache
 from harness.data.dataset import BagDataset, ImageDataset, part_dataset
 from harness.data.manifest import read_manifest
 from harness.data.normalise import batch_normaliser
 from harness.data.splits import CV, TEST, read_split
+from harness.embeddings import embedding_recipe, ensure_embeddings, open_embeddings
 from harness.epoch_loss import EpochLoss
 from harness.errors import InputError
 from harness.evaluation import Batches, Evaluation, Normaliser, evaluate, map_galleries
@@ -40,7 +47,11 @@ from harness.localisation import localisation_scores
 from harness.optim import build_optimizer, step_schedule
 from harness.precision import autocast
 from harness.run_spec import RunSpec
-from harness.served_model import ClassProbabilities, InputRecipe, ServedFold
+from harness.served_model import ClassProbabilities, EmbeddingProbabilities, InputRecipe, ServedFold
+
+
+# What a run's batches come from: per-image loading, patches on the device, or embeddings.
+Loader = DataLoader | DeviceBatches | VectorBatches
 
 
 class DivergedError(RuntimeError):
@@ -227,7 +238,7 @@ def _loader(
     )
 
 
-def _rng_state(loader: DataLoader | DeviceBatches) -> dict[str, Any]:
+def _rng_state(loader: Loader) -> dict[str, Any]:
     return {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
@@ -236,7 +247,7 @@ def _rng_state(loader: DataLoader | DeviceBatches) -> dict[str, Any]:
     }
 
 
-def _restore_rng(state: dict[str, Any], loader: DataLoader | DeviceBatches) -> None:
+def _restore_rng(state: dict[str, Any], loader: Loader) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -257,6 +268,8 @@ class _Fold:
     keras: bool
     workers: int
     pin: bool
+    # The rows are an encoder's embeddings (N x D), not images: a probe's fold.
+    embedded: bool = False
 
     @property
     def labels(self) -> np.ndarray:
@@ -293,6 +306,13 @@ class _Fold:
         """Return an unshuffled loader over `dataset` in evaluation batches."""
         return self.loader(dataset, self.spec.training.eval_batch_size, shuffle=False, seed=self.spec.seed)
 
+    def vectors(self, part: str, device: str, *, train: bool = False) -> VectorBatches:
+        """Return the embeddings of `part` on `device`: shuffled training batches, or in order in
+        evaluation batches."""
+        rows, spec = self.rows[part], self.spec
+        size = spec.params.batch_size if train else spec.training.eval_batch_size
+        return VectorBatches(self.images[rows], self.labels[rows], batch_size=size, device=device, seed=spec.seed, shuffle=train)
+
 
 def _open_fold(spec: RunSpec) -> _Fold:
     """Return the fold of `spec`, after checking that its split was made from its manifest."""
@@ -300,9 +320,10 @@ def _open_fold(spec: RunSpec) -> _Fold:
     split = read_split(spec.data.split_path)
     if not np.array_equal(split.assignments.rel_path.to_numpy(), manifest.rel_path.to_numpy()):
         raise ValueError(f"split {spec.data.split_path} was not made from manifest {spec.data.manifest_path}")
-    images = open_patch_cache(spec.data.cache_path)
-    bags = baselines.info(spec.baseline).input_kind == "bag"
+    kind = baselines.info(spec.baseline).input_kind
     device = resolve_device(spec.training.device)
+    images = _embeddings(spec, device) if kind == "embedding" else open_patch_cache(spec.data.cache_path)
+    bags = kind == "bag"
     return _Fold(
         spec=spec,
         manifest=manifest,
@@ -318,7 +339,17 @@ def _open_fold(spec: RunSpec) -> _Fold:
         keras=spec.keras,
         workers=loader_workers(spec.training.compute, device, spec.threads),
         pin=torch.device(device).type == "cuda",
+        embedded=kind == "embedding",
     )
+
+
+def _embeddings(spec: RunSpec, device: str) -> np.ndarray:
+    """Return the run's encoder embeddings of every manifest row, memory-mapped: computed once per
+    encoder, weights file and data (a sweep computes them before its trials start), reused after."""
+    encoder = spec.encoder
+    assert encoder is not None, f"{spec.baseline} reads embeddings but names no encoder"
+    recipe = embedding_recipe(spec.data, encoder)
+    return open_embeddings(ensure_embeddings(spec.data, recipe, device=device, show_progress=False))
 
 
 @dataclass
@@ -373,6 +404,8 @@ def _build_optimisation(spec: RunSpec, fold: _Fold, device: str) -> _Optimisatio
         roi_mode=p.roi_target,
         keras=fold.keras,
     )
+    if fold.embedded:
+        _memorise(model, fold, device)
     optimizer = build_optimizer(p, model, keras=fold.keras)
     return _Optimisation(
         model=model,
@@ -382,16 +415,50 @@ def _build_optimisation(spec: RunSpec, fold: _Fold, device: str) -> _Optimisatio
         epoch_scheduler=(
             torch.optim.lr_scheduler.StepLR(optimizer, p.lr_step_epochs, p.lr_gamma) if p.lr_decay == "step" else None
         ),
-        normalise=batch_normaliser(p.normalisation, device, channels_last=compute.channels_last),
+        # Embeddings are the encoder's output, already normalised as its input was.
+        normalise=_identity if fold.embedded else batch_normaliser(p.normalisation, device, channels_last=compute.channels_last),
         device=device,
         autocast=autocast(compute.precision, device),
         scaler=torch.amp.GradScaler(torch.device(device).type) if compute.precision == "fp16" else None,
     )
 
 
-def _train_epoch(spec: RunSpec, opt: _Optimisation, loader: DataLoader | DeviceBatches, epoch: int) -> float:
+def _identity(batch: torch.Tensor) -> torch.Tensor:
+    return batch
+
+
+def _memorise(model: nn.Module, fold: _Fold, device: str) -> None:
+    """Give a model that learns by memory (a kNN probe) the training fold's embeddings."""
+    memorise = getattr(model, "memorise", None)
+    if memorise is not None:
+        train = fold.rows["train"]
+        features = torch.from_numpy(np.asarray(fold.images[train], dtype=np.float32)).to(device)
+        memorise(features, torch.from_numpy(fold.labels[train]).to(device))
+
+
+def _trains(model: nn.Module) -> bool:
+    """Return True when `model` has weights to train (a kNN probe has none)."""
+    return any(p.requires_grad for p in model.parameters())
+
+
+@torch.no_grad()
+def _memory_epoch(spec: RunSpec, opt: _Optimisation, loader: Batches, epoch: int) -> float:
+    """Return the mean training loss of a model with nothing to train (its memory is its fit)."""
+    opt.model.eval()
+    losses = EpochLoss()
+    for step, batch in enumerate(loader, 1):
+        targets = batch["label"].to(opt.device)
+        loss = opt.criterion(opt.model(opt.normalise(batch["image"])), targets, None)
+        _check_finite(spec, epoch, losses.add(step, loss, len(targets)))
+    _check_finite(spec, epoch, losses.read())
+    return losses.mean
+
+
+def _train_epoch(spec: RunSpec, opt: _Optimisation, loader: Loader, epoch: int) -> float:
     """Run one epoch of training; returns its mean training loss. Raises DivergedError on a
     non-finite loss."""
+    if not _trains(opt.model):
+        return _memory_epoch(spec, opt, loader, epoch)
     opt.model.train()
     losses = EpochLoss()
     for step, batch in enumerate(loader, 1):
@@ -473,6 +540,10 @@ def _finish(fold: _Fold, opt: _Optimisation, best: BestEpoch) -> Evaluation | No
         best.evaluation.metrics.update(localisation_scores(best_model, masked, opt.normalise))
     if not spec.evaluate_test or not len(fold.rows["test"]):
         return None
+    if fold.embedded:
+        # A probe's inputs are vectors: there is no image to draw an explanation map on.
+        test_rows = fold.manifest.iloc[fold.rows["test"]]
+        return evaluate(best_model, fold.vectors("test", opt.device), opt.normalise, test_rows)
     test_set = fold.dataset("test")
     with opt.autocast():
         test = evaluate(
@@ -493,8 +564,8 @@ class _Run:
     augmentation: Any
     # Seed -> BatchNorm recalibration's training batches (None: the run does not recalibrate).
     recalibration: Callable[[int], Batches] | None
-    train_loader: DataLoader | DeviceBatches
-    val_loader: DataLoader | DeviceBatches
+    train_loader: Loader
+    val_loader: Loader
     opt: _Optimisation
     counts: dict[str, int]
     best: BestEpoch | None = None
@@ -577,11 +648,16 @@ def _open_run(spec: RunSpec, resume: TrainState | None) -> _Run:
     """Return the run of `spec`, continued from `resume` when given."""
     fold = _open_fold(spec)
     device = resolve_device(spec.training.device)
-    # The device the patches live on when the run takes the batched path, else None.
-    resident = device if _batched(spec, fold, device) else None
-    train_loader, augmentation = _train_batches(spec, fold, resident)
-    recalibration = _recalibration_batches(spec, fold, train_loader)
-    val_loader = _val_batches(spec, fold, resident)
+    if fold.embedded:
+        train_loader: Loader = fold.vectors("train", device, train=True)
+        augmentation, recalibration = train_loader, None
+        val_loader: Loader = fold.vectors("val", device)
+    else:
+        # The device the patches live on when the run takes the batched path, else None.
+        resident = device if _batched(spec, fold, device) else None
+        train_loader, augmentation = _train_batches(spec, fold, resident)
+        recalibration = _recalibration_batches(spec, fold, train_loader)
+        val_loader = _val_batches(spec, fold, resident)
     # The datasets come first: building the model draws its initial weights from the seeded stream.
     opt = _build_optimisation(spec, fold, device)
     counts = baselines.param_counts(opt.model)
@@ -680,20 +756,24 @@ def fit(
 
 def served_fold(spec: RunSpec, result: FitResult, examples: int = 2) -> ServedFold:
     """Return the fit's best model as MLflow serves it (on the CPU, in eval mode), how stored
-    images become its inputs, and the first `examples` stored test images."""
+    images become its inputs, and the first `examples` stored test images with their inputs."""
     fold = _open_fold(spec)
     model = _create_model(spec, fold, pretrained=False)
     model.load_state_dict(result.state_dict)
+    test = fold.rows["test"][:examples]
+    stored = np.asarray(open_patch_cache(spec.data.cache_path)[test])
     recipe = InputRecipe(
         params=spec.params,
-        stored_hw=tuple(fold.images.shape[1:3]),
+        stored_hw=tuple(stored.shape[1:3]),
         bags=fold.grid is not None,
         keras=fold.keras,
         batch_size=spec.training.eval_batch_size,
         threads=max(1, spec.threads),
         pads_edges=is_patch_cache(spec.data.cache_path),
+        encoder=spec.encoder if fold.embedded else None,
     )
-    stored = np.asarray(fold.images[fold.rows["test"][:examples]])
-    return ServedFold(
-        ClassProbabilities(model, spec.params.normalisation, spec.training.compute).eval(), recipe, stored
-    )
+    if fold.embedded:
+        head = EmbeddingProbabilities(model).eval()
+        return ServedFold(head, recipe, stored, np.asarray(fold.images[test], dtype=np.float32))
+    module = ClassProbabilities(model, spec.params.normalisation, spec.training.compute).eval()
+    return ServedFold(module, recipe, stored, recipe.model_inputs(stored))

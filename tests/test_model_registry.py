@@ -72,7 +72,7 @@ def test_a_served_model_is_logged_and_registered_in_the_store_named(
     )
     module = ClassProbabilities(baselines.create("cancernet", num_classes=2), params.normalisation).eval()
     examples = np.random.default_rng(0).integers(0, 256, (2, 50, 50, 3), dtype=np.uint8)
-    torch_uri = log_fold_model(store, run_id, ServedFold(module, recipe, examples))
+    torch_uri = log_fold_model(store, run_id, ServedFold(module, recipe, examples, recipe.model_inputs(examples)))
     served_uri = log_served_model(store, run_id, {0: torch_uri}, examples, ("non_idc", "idc"))
     version = register(store, "registry-cancernet", served_uri, alias=WINNER, tags={"k": "v"}, description="d")
     client = MlflowClient(store)

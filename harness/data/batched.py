@@ -260,6 +260,37 @@ class DeviceBatches:
             yield {"image": self.augment(self.images.index_select(0, picked)), "label": self.labels[picked]}
 
 
+class VectorBatches:
+    """Embeddings (N x D) on the device served in batches of float32 vectors with their labels:
+    shuffled with the last partial batch dropped, as the training loaders do, or (`shuffle=False`)
+    in order and all of them. Embeddings are not augmented: `set_random_seed` leaves the order's
+    own stream alone, as a DataLoader's sampler keeps its own generator."""
+
+    def __init__(
+        self, vectors: np.ndarray, labels: np.ndarray, *, batch_size: int, device: str, seed: int = 0, shuffle: bool = True
+    ) -> None:
+        self.vectors = torch.from_numpy(np.asarray(vectors, dtype=np.float32)).to(device)
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
+        self.batch_size, self.shuffle = batch_size, shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def set_random_seed(self, seed: int) -> None:
+        """Do nothing: there is no augmentation to reseed (the epoch's order has its own stream)."""
+        del seed
+
+    def __len__(self) -> int:
+        drop_last = self.shuffle and len(self.labels) > self.batch_size
+        return len(self.labels) // self.batch_size if drop_last else math.ceil(len(self.labels) / self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        n = len(self.labels)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        order = to_device(order, self.vectors.device)
+        for i in range(len(self)):
+            picked = order[i * self.batch_size : (i + 1) * self.batch_size]
+            yield {"image": self.vectors.index_select(0, picked), "label": self.labels[picked]}
+
+
 def fits_on_device(n_bytes: int, device: str, share: float) -> bool:
     """Return True when `n_bytes` fit in `share` of a CUDA device's memory (always on the CPU)."""
     if torch.device(device).type != "cuda":

@@ -36,6 +36,7 @@ from harness.locking import sqlite_path
 from harness.run_spec import epoch_budget
 from harness.server import check_reachable
 
+from ._embeddings import prepare_embeddings
 from ._failures import ERROR, failure_cause
 from ._floors import track_floors
 from ._front_page import write_front_page
@@ -470,6 +471,8 @@ def run_sweep(
             with _tune_environment(), _ray(address):
                 if address is not None:  # an embedded Ray's one node is the driver's own
                     check_every_node(setup.data, driver_data_dir(config))
+                # Once per encoder and data, over the cluster, before any probe trial reads them.
+                prepare_embeddings(config, setup.data, show_progress=verbose)
                 interrupts.install()
                 return _sweep(config, setup, previous, interrupts, started=started, verbose=verbose)
         except Interrupted as exc:

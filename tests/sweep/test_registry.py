@@ -78,7 +78,7 @@ def test_a_winners_two_versions_are_served_models_over_its_fold_programs(
             experiment_id, name=f"fold {fold}", run_type=tracking.RunType.FOLD, parent=trial, **runs
         )
         modules.append(ClassProbabilities(baselines.create("cancernet", num_classes=2), params.normalisation).eval())
-        log_fold_model(tracker.uri, run, ServedFold(modules[-1], recipe, images[:2]))
+        log_fold_model(tracker.uri, run, ServedFold(modules[-1], recipe, images[:2], recipe.model_inputs(images[:2])))
         tracker.finish(run, tracking.FINISHED)
         folds[fold] = (run, _predictions(fold))
     ctx = _context(config, tracker, data, parent)
