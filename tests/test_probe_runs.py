@@ -74,7 +74,7 @@ def test_the_knn_probe_trains_nothing_and_remembers_the_training_fold(
     prepared: PreparedData, fits: dict[str, FitResult]
 ) -> None:
     knn = fits["knn_probe"]
-    assert knn.param_counts["trainable"] == 0
+    assert knn.param_counts["torch"] == 0
     split = read_split(prepared.split_path)
     train_rows = int(((split.assignments.split != TEST) & (split.assignments.fold != 0)).sum())
     memory = [v for k, v in knn.state_dict.items() if v.ndim == 2]
