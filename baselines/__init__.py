@@ -20,27 +20,51 @@ from ._registry import (
 )
 from ._summary import ModelSummary, summarise, summarise_all
 from ._weights import WeightsFileError, check_weights_file
+from .encoders import (
+    EmbeddingKind,
+    Encoder,
+    EncoderPreset,
+    KeyLayout,
+    UnknownEncoderError,
+    create_encoder,
+    encoder_dim,
+    encoder_preset,
+    list_encoders,
+    weights_digest,
+    write_random_encoder,
+)
 
 list = list_baselines  # noqa: A001  (the documented public name is baselines.list())
 
 __all__ = [
     "KERAS_EPSILON",
     "BaselineInfo",
+    "EmbeddingKind",
+    "Encoder",
+    "EncoderPreset",
     "Framework",
+    "KeyLayout",
     "ModelSummary",
     "PublishedCount",
     "Semantics",
     "UnknownBaselineError",
+    "UnknownEncoderError",
     "WeightsFileError",
     "check_weights_file",
     "create",
+    "create_encoder",
+    "encoder_dim",
+    "encoder_preset",
     "info",
     "list",
     "list_baselines",
+    "list_encoders",
     "param_counts",
     "register",
     "summarise",
     "source_framework",
     "summarise_all",
     "uses_keras_semantics",
+    "weights_digest",
+    "write_random_encoder",
 ]

@@ -62,12 +62,9 @@ def check_weights_file(pretrained: str | Path) -> Path:
     return path
 
 
-def load_state_dict_file(module: nn.Module, path: Path, *, what: str, skip_prefixes: tuple[str, ...] = ()) -> None:
-    """Load a state-dict file into `module`, ignoring keys under `skip_prefixes` (a replaced head).
-
-    A file that is not a state dict of `what` fails with one message naming the file and the
-    first mismatching keys.
-    """
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Return the state dict a weights file holds (safetensors or torch.save, a "state_dict" entry
+    unwrapped); raises WeightsFileError naming the file when it holds none."""
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -80,23 +77,40 @@ def load_state_dict_file(module: nn.Module, path: Path, *, what: str, skip_prefi
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, dict):
         raise WeightsFileError(f"weights file {str(path)!r} holds a {type(state).__name__}, not a state dict")
-    state = {k: v for k, v in state.items() if not k.startswith(skip_prefixes)}
+    return state
+
+
+def key_mismatch(path: Path, what: str, missing: list[str], unexpected: list[str]) -> WeightsFileError:
+    """Return the one-line error for a file whose keys are not the model's, naming the first of each."""
+    detail = "; ".join(
+        f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+        for label, keys in (("missing", missing), ("unexpected", unexpected))
+        if keys
+    )
+    return WeightsFileError(f"weights file {str(path)!r} does not fit {what}: {detail}")
+
+
+def load_state_dict_file(module: nn.Module, path: Path, *, what: str, skip_prefixes: tuple[str, ...] = ()) -> None:
+    """Load a state-dict file into `module`, ignoring keys under `skip_prefixes` (a replaced head).
+
+    A file that is not a state dict of `what` fails with one message naming the file and the
+    first mismatching keys.
+    """
+    state = {k: v for k, v in read_state_dict(path).items() if not k.startswith(skip_prefixes)}
     own = {k for k in module.state_dict() if not k.startswith(skip_prefixes)}
     missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
     if missing or unexpected:
-        detail = "; ".join(
-            f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-            for label, keys in (("missing", missing), ("unexpected", unexpected))
-            if keys
-        )
-        raise WeightsFileError(f"weights file {str(path)!r} does not fit {what}: {detail}")
+        raise key_mismatch(path, what, missing, unexpected)
     try:
         module.load_state_dict(state, strict=False)
     except RuntimeError as exc:
-        raise WeightsFileError(
-            f"weights file {str(path)!r} does not fit {what}: {str(exc).splitlines()[1].strip()}"
-        ) from None
+        raise shape_mismatch(path, what, exc) from None
     _mark_loaded(module, set(state))
+
+
+def shape_mismatch(path: Path, what: str, exc: RuntimeError) -> WeightsFileError:
+    """Return the one-line error for a file whose keys fit but a tensor's shape does not."""
+    return WeightsFileError(f"weights file {str(path)!r} does not fit {what}: {str(exc).splitlines()[1].strip()}")
 
 
 def _mark_loaded(module: nn.Module, keys: set[str]) -> None:

@@ -1,0 +1,27 @@
+"""Foundation-model encoders by name (`presets`) or `timm:<arch>`, loaded from local files only."""
+
+from __future__ import annotations
+
+from ._build import Encoder, create_encoder, encoder_dim, weights_digest, write_random_encoder
+from .presets import (
+    EmbeddingKind,
+    EncoderPreset,
+    KeyLayout,
+    UnknownEncoderError,
+    encoder_preset,
+    list_encoders,
+)
+
+__all__ = [
+    "EmbeddingKind",
+    "Encoder",
+    "EncoderPreset",
+    "KeyLayout",
+    "UnknownEncoderError",
+    "create_encoder",
+    "encoder_dim",
+    "encoder_preset",
+    "list_encoders",
+    "weights_digest",
+    "write_random_encoder",
+]

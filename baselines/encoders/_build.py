@@ -1,0 +1,159 @@
+"""An encoder: a timm trunk behind the preset's input transform and pooling, loaded from a local file."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._weights import key_mismatch, local_weights_file, read_state_dict, shape_mismatch
+from . import keymaps
+from .presets import EncoderPreset, encoder_preset
+
+
+class Encoder(nn.Module):
+    """Images in [0, 1], (B, 3, H, W) -> embeddings (B, dim): resized to the preset's input size
+    when they differ from it, normalised with its mean/std, pooled as its `embedding` says."""
+
+    # A timm model: forward_features, forward_head and the token counts are timm's, not nn.Module's.
+    trunk: Any
+    mean: Tensor
+    std: Tensor
+
+    def __init__(self, preset: EncoderPreset, trunk: nn.Module) -> None:
+        super().__init__()
+        self.preset = preset
+        self.trunk = trunk
+        needs_cls = preset.embedding in ("cls", "cls+mean")
+        if needs_cls and getattr(trunk, "cls_token", None) is None:
+            raise ValueError(f"encoder {preset.name!r}: embedding {preset.embedding!r} needs a class token")
+        self.register_buffer("mean", torch.tensor(preset.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(preset.std).view(1, 3, 1, 1), persistent=False)
+        self.dim = _embedding_dim(preset, trunk)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Return the (B, dim) float embeddings of a batch of images in [0, 1]."""
+        size = self.preset.input_size
+        if images.shape[-2:] != (size, size):
+            images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        tokens = self.trunk.forward_features((images - self.mean) / self.std)
+        kind = self.preset.embedding
+        if kind == "pooled":
+            return self.trunk.forward_head(tokens, pre_logits=True)
+        # Tokens are [CLS, registers..., patches...]: the mean is over patch tokens only.
+        patches = tokens[:, self.trunk.num_prefix_tokens :].mean(dim=1)
+        if kind == "mean":
+            return patches
+        return tokens[:, 0] if kind == "cls" else torch.cat([tokens[:, 0], patches], dim=-1)
+
+    def blocks(self) -> list[nn.Module]:
+        """Return the trunk's transformer blocks (or a CNN's stages), input side first."""
+        for attribute in ("blocks", "stages", "layers"):
+            sequence = getattr(self.trunk, attribute, None)
+            if isinstance(sequence, (nn.Sequential, nn.ModuleList)):
+                return list(sequence)
+        resnet_stages = [module for name, module in self.trunk.named_children() if re.fullmatch(r"layer\d+", name)]
+        if resnet_stages:
+            return resnet_stages
+        raise ValueError(f"encoder {self.preset.name!r}: timm's {self.preset.arch} has no blocks or stages to list")
+
+
+def _embedding_dim(preset: EncoderPreset, trunk: Any) -> int:
+    width = int(trunk.num_features)
+    if preset.embedding == "pooled":
+        return int(getattr(trunk, "head_hidden_size", width))
+    return 2 * width if preset.embedding == "cls+mean" else width
+
+
+def _resolved(name: str, arch: dict[str, Any]) -> EncoderPreset:
+    # The preset as built: overrides merged into its arguments, an img_size override its input size.
+    preset = encoder_preset(name)
+    if not arch:
+        return preset
+    size = arch.get("img_size", preset.input_size)
+    return replace(preset, kwargs={**preset.kwargs, **arch}, input_size=int(size))
+
+
+def _trunk(preset: EncoderPreset) -> nn.Module:
+    # pretrained=False: timm builds the architecture only and never reaches for a download.
+    return timm.create_model(preset.arch, pretrained=False, num_classes=0, **preset.kwargs)
+
+
+def create_encoder(name: str, weights: str | Path | None, **arch: Any) -> Encoder:
+    """Return encoder `name` (a preset or `timm:<arch>`) with constructor overrides `arch`, random
+    when `weights` is None, else loaded strictly from that local file through the preset's key
+    mapping; raises WeightsFileError naming the file (and keys) when it is missing or does not fit."""
+    preset = _resolved(name, arch)
+    path = local_weights_file(None if weights is None else str(weights))
+    encoder = Encoder(preset, _trunk(preset))
+    if path is not None:
+        _load(encoder, path)
+    return encoder.eval()
+
+
+def _load(encoder: Encoder, path: Path) -> None:
+    preset = encoder.preset
+    what = f"encoder {preset.name!r} ({preset.layout} layout)"
+    state = keymaps.unwrap(read_state_dict(path), preset.layout)
+    # Compared in the file's own names, so the message names keys a user can find in the file.
+    expected = set(keymaps.published_keys(encoder.trunk.state_dict(), preset.layout))
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise key_mismatch(path, what, missing, unexpected)
+    try:
+        encoder.trunk.load_state_dict(keymaps.to_timm(state, preset.layout), strict=True)
+    except RuntimeError as exc:
+        raise shape_mismatch(path, what, exc) from None
+
+
+def encoder_dim(name: str, **arch: Any) -> int:
+    """Return the embedding width of encoder `name` with overrides `arch`, built on the meta device
+    (no memory for weights)."""
+    preset = _resolved(name, arch)
+    with torch.device("meta"):
+        return Encoder(preset, _trunk(preset)).dim
+
+
+def write_random_encoder(name: str, path: Path, *, seed: int = 0, **arch: Any) -> Path:
+    """Write a random-initialised encoder of `name`'s family (with overrides `arch`) in the preset's
+    published key layout, as the suffix says (.safetensors, else torch.save); return the path."""
+    preset = _resolved(name, arch)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        trunk = _trunk(preset)
+    state = keymaps.from_timm(trunk.state_dict(), preset.layout)
+    if preset.layout == "hf_dinov2":
+        # Dinov2Model's files carry its (unused) mask token; transformers initialises it to zeros.
+        state["embeddings.mask_token"] = torch.zeros(1, state["embeddings.cls_token"].shape[-1])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    return path
+
+
+def weights_digest(path: str | Path) -> str:
+    """Return the sha256 hex digest of a weights file's bytes, computed once per (path, size, mtime)."""
+    resolved = local_weights_file(str(path))
+    assert resolved is not None
+    stat = resolved.stat()
+    return _digest(str(resolved), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    # size and mtime_ns are part of the cache key: a rewritten file is hashed again.
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
