@@ -11,11 +11,13 @@ from .presets import (
     encoder_preset,
     list_encoders,
 )
+from .reference import EncoderRef
 
 __all__ = [
     "EmbeddingKind",
     "Encoder",
     "EncoderPreset",
+    "EncoderRef",
     "KeyLayout",
     "UnknownEncoderError",
     "create_encoder",
