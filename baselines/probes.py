@@ -44,6 +44,13 @@ class EmbeddingHead(nn.Module):
         return {"logits": self.net(features.to(dtype))}
 
 
+def _euclidean(queries: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    """Return the (B, M) euclidean distances as |q|^2 - 2 q.m + |m|^2: unlike torch.cdist, which
+    picks its method by the batch size, an exported program keeps that size free."""
+    squared = queries.square().sum(1, keepdim=True) - 2 * queries @ memory.T + memory.square().sum(1)
+    return squared.clamp_min(0).sqrt()
+
+
 class KNNHead(nn.Module):
     """k nearest neighbours among memorised embeddings; no trainable parameters.
 
@@ -89,13 +96,14 @@ class KNNHead(nn.Module):
         """Return the k best scores (B, k) and their memory rows, scanning the memory in chunks.
 
         The score is the cosine similarity or minus the euclidean distance: higher is nearer."""
-        k = min(self.k, len(self.memory))
-        best = queries.new_full((len(queries), 0), -torch.inf)
-        rows = torch.empty(len(queries), 0, dtype=torch.long, device=queries.device)
+        # The batch size is read as queries.shape[0], never len(): an exported program keeps it free.
+        batch, k = queries.shape[0], min(self.k, len(self.memory))
+        best = queries[:, :0]
+        rows = best.long()
         for start in range(0, len(self.memory), _KNN_CHUNK):
             chunk = self.memory[start : start + _KNN_CHUNK].float()
-            scores = queries @ chunk.T if self.distance == "cosine" else -torch.cdist(queries, chunk)
-            index = torch.arange(start, start + len(chunk), device=queries.device).expand(len(queries), -1)
+            scores = queries @ chunk.T if self.distance == "cosine" else -_euclidean(queries, chunk)
+            index = torch.arange(start, start + len(chunk), device=queries.device).expand(batch, -1)
             best, top = torch.cat([best, scores], 1).topk(k, dim=1)
             rows = torch.cat([rows, index], 1).gather(1, top)
         return best, rows
@@ -113,7 +121,7 @@ class KNNHead(nn.Module):
         else:
             distances = 1 - scores if self.distance == "cosine" else -scores
             weights = 1 / (distances.clamp_min(0) + _DISTANCE_EPS)
-        votes = torch.zeros(len(queries), self.num_classes, device=queries.device)
+        votes = queries.new_zeros(queries.shape[0], self.num_classes)
         votes.scatter_add_(1, self.memory_labels[rows], weights)
         shares = votes / votes.sum(1, keepdim=True)
         return {"logits": torch.log((shares + _KNN_SMOOTHING) / (1 + self.num_classes * _KNN_SMOOTHING))}

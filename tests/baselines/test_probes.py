@@ -106,6 +106,16 @@ def test_knn_has_no_parameters_and_its_memory_travels_in_its_state(tiny_encoder:
     assert fresh.memory.dtype == torch.float16
 
 
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+def test_knn_exports_as_a_program_whose_batch_size_stays_free(tiny_encoder: None, distance: str) -> None:
+    # A fold's network is served as a torch.export program traced on two examples.
+    head = baselines.create("knn_probe", num_classes=3, k=4, distance=distance).eval()
+    head.memorise(torch.randn(40, WIDTH), torch.arange(40) % 3)
+    program = torch.export.export(head, (torch.randn(2, WIDTH),), dynamic_shapes=({0: torch.export.Dim.AUTO},))
+    queries = torch.randn(30, WIDTH)
+    assert torch.allclose(program.module()(queries)["logits"], head(queries)["logits"])
+
+
 def test_knn_refuses_unknown_options(tiny_encoder: None) -> None:
     with pytest.raises(ValueError, match="expected distance cosine or euclidean"):
         baselines.create("knn_probe", num_classes=2, distance="manhattan")
