@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import attention_gate, gusa, idc_small, mil, transfer  # noqa: F401  (importing a family registers it)
+from . import attention_gate, gusa, idc_small, mil, probes, transfer  # noqa: F401  (importing a family registers it)
 from ._counting import param_counts
 from ._keras import KERAS_EPSILON
 from ._registry import (

@@ -17,6 +17,8 @@ LossName = Literal["ce", "ce_dice", "ce_guide"]
 # initialiser defaults are Keras'), or PyTorch (BASELINES.md §0.5).
 Framework = Literal["keras", "tensorflow", "pytorch"]
 Semantics = Literal["source", "torch"]
+# What a model takes: images, bags of patches, or an encoder's (B, D) embeddings of images.
+InputKind = Literal["image", "bag", "embedding"]
 # Outputs that are a model's own explanation map (baselines/maps.py draws them; Grad-CAM otherwise).
 OWN_MAP_OUTPUTS = frozenset({"roi", "attention", "attention_map"})
 
@@ -41,7 +43,7 @@ class BaselineInfo:
     builder: Callable[..., nn.Module]
     outputs: tuple[str, ...]
     loss: LossName
-    input_kind: Literal["image", "bag"]
+    input_kind: InputKind
     published: PublishedCount | None
     published_classes: int
     framework: Framework
@@ -84,7 +86,7 @@ def register(
     input_size: int | tuple[int, int],
     outputs: tuple[str, ...] = ("logits",),
     loss: LossName = "ce",
-    input_kind: Literal["image", "bag"] = "image",
+    input_kind: InputKind = "image",
     published: PublishedCount | None = None,
     published_classes: int = 2,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from ._counting import param_counts
 from ._registry import create as create_model
 from ._registry import info, list_baselines
@@ -38,11 +40,14 @@ class ModelSummary:
 def summarise(name: str) -> ModelSummary:
     """Build baseline `name` as its published row did (classes, head) and return its summary."""
     entry = info(name)
-    model = create_model(name, num_classes=entry.published_classes, **_PUBLISHED_OPTIONS.get(name, {}))
+    # Counting needs shapes, not values: on the meta device no weights are allocated or initialised
+    # (finetune's default encoder is a ViT-L).
+    with torch.device("meta"):
+        model = create_model(name, num_classes=entry.published_classes, **_PUBLISHED_OPTIONS.get(name, {}))
     counts = param_counts(model)
     published = entry.published
     height, width = entry.input_size
-    kind = "bag of 28x28 patches from " if entry.input_kind == "bag" else ""
+    kind = {"bag": "bag of 28x28 patches from ", "embedding": "embedding of "}.get(entry.input_kind, "")
     return ModelSummary(
         name=name,
         family=entry.family,

@@ -109,7 +109,9 @@ def main() -> None:
     import baselines
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", default=",".join(baselines.list()))
+    # Probes take embeddings, not images: bench/probe_sweep.py measures them.
+    images = [n for n in baselines.list() if baselines.info(n).input_kind != "embedding"]
+    parser.add_argument("--models", default=",".join(images))
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("results/bench"), help="folder of the CSV")

@@ -587,9 +587,11 @@ def _check_dataset_fits(config: ExperimentConfig, path: Path) -> None:
                 f"{where}: {spec.name} trains with an RoI mask per image (loss {entry.loss}) "
                 f"and dataset {config.dataset.name} has no RoI masks{hint}"
             )
-        if entry.input_kind not in traits.input_kinds:
+        # A probe's embeddings are computed from the images an image baseline would take.
+        kind = "image" if entry.input_kind == "embedding" else entry.input_kind
+        if kind not in traits.input_kinds:
             raise InputError(
-                f"{where}: {spec.name} takes {entry.input_kind}s of patches and dataset "
+                f"{where}: {spec.name} takes {kind}s of patches and dataset "
                 f"{config.dataset.name} gives {' or '.join(sorted(traits.input_kinds))}s"
             )
 

@@ -14,11 +14,12 @@ and PyTorch's AdamW define it (p ← p − lr·wd·p before the update).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.optimizer import ParamsT
 
 from baselines import KERAS_EPSILON
 
@@ -36,7 +37,7 @@ class _KerasOptimizer(torch.optim.Optimizer):
     `_update` on the lists of parameters, gradients and states (foreach arithmetic, in the order
     of Keras 3's torch backend, `keras/src/backend/torch/optimizers/`)."""
 
-    def __init__(self, params: Iterable[nn.Parameter], defaults: dict) -> None:
+    def __init__(self, params: ParamsT, defaults: dict) -> None:
         # `iterations` counts the group's updates, as Keras' optimizer.iterations (bias corrections).
         super().__init__(params, {"weight_decay": 0.0, "decoupled": False, "iterations": 0, **defaults})
 
@@ -79,7 +80,7 @@ class KerasAdagrad(_KerasOptimizer):
 
     def __init__(
         self,
-        params: Iterable[nn.Parameter],
+        params: ParamsT,
         lr: float,
         *,
         initial_accumulator_value: float = 0.1,
@@ -111,7 +112,7 @@ class KerasAdam(_KerasOptimizer):
 
     def __init__(
         self,
-        params: Iterable[nn.Parameter],
+        params: ParamsT,
         lr: float,
         *,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -142,7 +143,7 @@ class KerasAdamax(_KerasOptimizer):
 
     def __init__(
         self,
-        params: Iterable[nn.Parameter],
+        params: ParamsT,
         lr: float,
         *,
         betas: tuple[float, float] = (0.9, 0.999),
@@ -168,9 +169,7 @@ class KerasAdamax(_KerasOptimizer):
 class KerasSGD(_KerasOptimizer):
     """Keras SGD: with momentum v ← momentum·v − lr·g, p ← p + v; without, p ← p − lr·g."""
 
-    def __init__(
-        self, params: Iterable[nn.Parameter], lr: float, *, momentum: float = 0.0, weight_decay: float = 0.0
-    ) -> None:
+    def __init__(self, params: ParamsT, lr: float, *, momentum: float = 0.0, weight_decay: float = 0.0) -> None:
         super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
 
     def _update(self, params: list[torch.Tensor], grads: list[torch.Tensor], states: list[dict], group: dict) -> None:
@@ -184,11 +183,21 @@ class KerasSGD(_KerasOptimizer):
         torch._foreach_add_(params, velocities)
 
 
+def _trainable(model: nn.Module, lr: float) -> ParamsT:
+    """Return the model's own parameter groups when it defines them (each with its lr: layer-wise
+    decay in baselines/probes.py), its trainable parameters otherwise."""
+    groups = getattr(model, "param_groups", None)
+    if callable(groups):
+        return list(groups(lr))
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def build_optimizer(params: TrainParams, model: nn.Module, *, keras: bool) -> torch.optim.Optimizer:
-    """Return the run's optimiser over the model's trainable parameters: Keras' definition when
-    `keras`, PyTorch's defaults otherwise."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    """Return the run's optimiser over the model's trainable parameters (in the model's
+    `param_groups(lr)` when it has them; the run's weight decay in every group): Keras' definition
+    when `keras`, PyTorch's defaults otherwise."""
     lr, wd, name = params.lr, params.weight_decay, params.optimizer
+    trainable = _trainable(model, lr)
     if keras:
         if name == "sgd":
             return KerasSGD(trainable, lr, momentum=params.momentum, weight_decay=wd)

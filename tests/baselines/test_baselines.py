@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -11,13 +12,23 @@ import baselines
 from baselines.maps import explanation_maps, grad_cam
 
 # Small inputs that keep every forward/backward pass on CPU short.
-SMALL_IMAGE = {"gusa": (64, 96), "attention_gate": (64, 96), "transfer": (64, 64), "idc_small": None}
+SMALL_IMAGE = {"gusa": (64, 96), "attention_gate": (64, 96), "transfer": (64, 64), "idc_small": None, "probes": None}
+# finetune's default encoder is a ViT-L: the same family with one narrow block here.
+SMALL_OPTIONS = {"finetune": {"encoder_arch": {"depth": 1, "embed_dim": 32, "num_heads": 2}}}
+
+
+@functools.cache
+def _embedding_width() -> int:
+    """The width of the probes' default encoder's embedding (built once, without weights)."""
+    return baselines.encoders.encoder_dim("uni")
 
 
 def _small_input(name: str, batch: int = 2) -> torch.Tensor:
     entry = baselines.info(name)
     if entry.input_kind == "bag":
         return torch.rand(batch, 400, 3, 28, 28)
+    if entry.input_kind == "embedding":
+        return torch.randn(batch, _embedding_width())
     size = SMALL_IMAGE[entry.family] or entry.input_size
     return torch.randn(batch, 3, *size)
 
@@ -25,7 +36,11 @@ def _small_input(name: str, batch: int = 2) -> torch.Tensor:
 @pytest.mark.parametrize("name", baselines.list())
 def test_forward_backward_returns_the_promised_outputs(name: str) -> None:
     torch.manual_seed(0)
-    model = baselines.create(name, num_classes=3)
+    model = baselines.create(name, num_classes=3, **SMALL_OPTIONS.get(name, {}))
+    if hasattr(model, "memorise"):  # the kNN probe votes among memorised embeddings and trains nothing
+        model.memorise(_small_input(name, batch=8), torch.arange(8) % 3)
+        assert model(_small_input(name))["logits"].shape == (2, 3)
+        return
     out = model(_small_input(name))
     assert tuple(k for k in out if k != "penalty") == baselines.info(name).outputs
     assert out["logits"].shape == (2, 3) and torch.isfinite(out["logits"]).all()
@@ -154,6 +169,10 @@ SOURCE_FRAMEWORKS = {
     "densenet161": "pytorch",
     "densenet169": "pytorch",
     "amil": "pytorch",
+    "linear_probe": "pytorch",
+    "mlp_probe": "pytorch",
+    "knn_probe": "pytorch",
+    "finetune": "pytorch",
 }
 
 
