@@ -161,7 +161,7 @@ def embed_rows(images: np.ndarray, rows: np.ndarray, encoder: Encoder, *, device
     return np.concatenate(blocks) if blocks else np.zeros((0, encoder.dim), np.float32)
 
 
-def check_weights_unchanged(recipe: EmbeddingRecipe) -> None:
+def _check_weights_unchanged(recipe: EmbeddingRecipe) -> None:
     """Raise InputError when the recipe's weights file, on this machine, no longer holds the bytes
     it digested; returns nothing."""
     if recipe.weights is None:
@@ -185,7 +185,7 @@ class EncoderCompute:
 
     def __call__(self, images: np.ndarray, rows: np.ndarray) -> np.ndarray:
         if self._encoder is None:
-            check_weights_unchanged(self.recipe)
+            _check_weights_unchanged(self.recipe)
             self._encoder = baselines.create_encoder(self.recipe.encoder, self.recipe.weights, **self.recipe.arch)
         return embed_rows(images, rows, self._encoder, device=_device(self.device), batch_size=self.batch_size)
 
@@ -217,7 +217,7 @@ def _older(data: PreparedData, recipe: EmbeddingRecipe) -> dict[str, Any] | None
         if (
             meta.get("encoder") == recipe.encoder
             and meta.get("manifest") in same_dataset
-            and meta["key"] != recipe.key()
+            and meta.get("key") != recipe.key()
         ):
             found.append((sidecar.stat().st_mtime_ns, meta | {"file": sidecar.with_suffix(".npy").name}))
     return max(found, key=lambda found: found[0])[1] if found else None
@@ -227,7 +227,7 @@ def _prefix(digest: str | None) -> str:
     return digest[:12] if digest else "none (random init)"
 
 
-def why_new(data: PreparedData, recipe: EmbeddingRecipe) -> str | None:
+def _why_new(data: PreparedData, recipe: EmbeddingRecipe) -> str | None:
     """Return the line saying why `recipe` needs new embeddings where an older cache of the same
     encoder and dataset lies (its weights file's bytes, the images, the transform, ...); None
     when there is none."""
@@ -262,7 +262,7 @@ def write_embeddings(
     with file_lock(path.with_suffix(".lock")):
         if path.exists() and meta_path.exists():
             return path  # another process wrote them while this one waited
-        line = why_new(data, recipe)
+        line = _why_new(data, recipe)
         if line:
             rich.get_console().print(line, soft_wrap=True, markup=False, highlight=False)
         try:

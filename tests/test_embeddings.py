@@ -45,7 +45,6 @@ class _StandIn(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        torch.manual_seed(0)
         self.conv = nn.Conv2d(3, self.dim, 4, stride=4)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -54,7 +53,9 @@ class _StandIn(nn.Module):
 
 
 def tiny_encoder() -> nn.Module:
-    """The encoder these tests embed with; with baselines.encoders: create_encoder(TINY, None, **TINY_ARCH)."""
+    """The encoder these tests embed with, its random weights seeded; with baselines.encoders:
+    create_encoder(TINY, None, **TINY_ARCH) after the seed."""
+    torch.manual_seed(0)
     return _StandIn()
 
 
@@ -153,6 +154,7 @@ def test_a_second_ensure_reuses_the_cache_without_computing(data: PreparedData) 
 
 def test_the_cache_is_a_read_only_float16_memmap_of_embed_rows(data: PreparedData) -> None:
     recipe = embedding_recipe(data, TINY, None, TINY_ARCH)
+    torch.manual_seed(0)  # the encoder the cache builds (random init) is the one tiny_encoder() builds
     path = ensure_embeddings(data, recipe, device="cpu", batch_size=32, show_progress=False)
     stored = open_embeddings(path)
     assert isinstance(stored, np.memmap) and not stored.flags.writeable

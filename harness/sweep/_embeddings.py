@@ -55,17 +55,22 @@ def prepare_embeddings(config: ExperimentConfig, data: PreparedData, *, show_pro
     batch_size, device = config.training.eval_batch_size, config.training.device
     paths = {
         key: embed_on_cluster(
-            data, recipe, EncoderCompute(recipe, device, batch_size), batch_size=batch_size, show_progress=show_progress
+            data,
+            recipe,
+            EncoderCompute(recipe, device, batch_size),
+            batch_size=batch_size,
+            use_gpus=device != "cpu",
+            show_progress=show_progress,
         )
         for key, recipe in {recipe.key(): recipe for recipe in recipes.values()}.items()
     }
     return {name: paths[recipe.key()] for name, recipe in recipes.items()}
 
 
-def _workers() -> tuple[int, bool]:
+def _workers(use_gpus: bool) -> tuple[int, bool]:
     """Return how many chunks the cluster runs at once and whether on GPUs (1 each) or CPUs."""
     resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
+    gpus = int(resources.get("GPU", 0)) if use_gpus else 0
     return (gpus, True) if gpus else (max(1, int(resources.get("CPU", 1))), False)
 
 
@@ -76,13 +81,15 @@ def embed_on_cluster(
     *,
     batch_size: int,
     chunk_rows: int | None = None,
+    use_gpus: bool = True,
     show_progress: bool = True,
 ) -> Path:
     """Return the embeddings of `recipe` on `data`, reused or computed by `compute(images, rows)`:
     in chunks of `chunk_rows` rows (None: enough for two per worker, at least MIN_CHUNK_ROWS) as
-    Ray tasks, or here when Ray is not up or the rows make one chunk."""
+    Ray tasks on the cluster's GPUs (unless not `use_gpus`) or CPUs, or here when Ray is not up or
+    the rows make one chunk."""
     rows = len(open_patch_cache(data.cache_path))
-    workers, on_gpus = _workers() if ray.is_initialized() else (1, False)
+    workers, on_gpus = _workers(use_gpus) if ray.is_initialized() else (1, False)
     size = chunk_rows or max(MIN_CHUNK_ROWS, math.ceil(rows / (workers * CHUNKS_PER_WORKER)))
     if not ray.is_initialized() or size >= rows:
         return ensure_embeddings(data, recipe, batch_size=batch_size, show_progress=show_progress, compute=compute)
