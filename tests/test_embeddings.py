@@ -246,3 +246,26 @@ def test_ray_chunks_give_the_rows_a_local_build_gives(data: PreparedData, tmp_pa
     local_path = ensure_embeddings(local, recipe, show_progress=False, compute=compute)
     assert json.loads(local_path.with_suffix(".json").read_text())["computed_on"] == "cpu (fp32)"
     np.testing.assert_array_equal(open_embeddings(path), open_embeddings(local_path))
+
+
+@pytest.mark.skipif(not hasattr(baselines, "write_random_encoder"), reason="needs baselines.encoders and the probes")
+def test_a_sweep_builds_each_distinct_recipe_once_for_its_embedding_baselines(
+    prepared: PreparedData, tmp_path: Path, synthetic_idc: Path
+) -> None:
+    from harness.config import load_experiment
+    from harness.sweep._embeddings import prepare_embeddings
+
+    from .conftest import experiment_dict, write_experiment
+
+    arch = {"depth": 1, "embed_dim": 32, "num_heads": 2, "img_size": 32, "patch_size": 16}
+    weights = baselines.write_random_encoder("phikon", tmp_path / "phikon.safetensors", **arch)
+    fixed = {"encoder": "phikon", "encoder_arch": arch}
+    entries = [{"name": p, "pretrained": str(weights), "fixed": fixed} for p in ("linear_probe", "mlp_probe")]
+    data = experiment_dict(synthetic_idc, tmp_path / "out", baselines=[*entries, "cancernet"])
+    config = load_experiment(write_experiment(tmp_path / "e.yaml", data))
+    own = _own_copy(prepared, tmp_path / "cache")
+    paths = prepare_embeddings(config, own, show_progress=False)
+    assert set(paths) == {"linear_probe", "mlp_probe"} and len(set(paths.values())) == 1
+    [built] = set(paths.values())
+    assert built == embeddings_path(own, embedding_recipe(own, "phikon", weights, arch))
+    assert open_embeddings(built).shape == (own.rows, baselines.encoder_dim("phikon", **arch))
