@@ -59,20 +59,22 @@ MAPPED_BYTES = 256 * 1024**2
 
 
 class ReservedRows:
-    """A new uint8 .npy file of `shape`, written row by row (in order) through a memory map.
+    """A new .npy file of `shape` and `dtype` (uint8 unless said), written row by row (in order)
+    through a memory map.
 
     Its bytes are allocated on disk first: writing through a map into a sparse file kills the
     process with SIGBUS when the disk fills, while allocating up front raises ENOSPC. Written rows
     are flushed and unmapped every MAPPED_BYTES, since mapped pages count as the process's memory.
     """
 
-    def __init__(self, path: Path, shape: tuple[int, ...]) -> None:
-        header = open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: type[np.generic] = np.uint8) -> None:
+        header = open_memmap(path, mode="w+", dtype=dtype, shape=shape)
         del header
         with open(path, "r+b") as handle:
             os.posix_fallocate(handle.fileno(), 0, path.stat().st_size)
         self.path = path
-        self.rows_per_map = max(1, MAPPED_BYTES // max(1, int(np.prod(shape[1:]))))
+        row_bytes = int(np.prod(shape[1:])) * np.dtype(dtype).itemsize
+        self.rows_per_map = max(1, MAPPED_BYTES // max(1, row_bytes))
         self._map: np.memmap | None = None
         self._first = 0
 
