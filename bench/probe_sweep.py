@@ -142,7 +142,13 @@ def main() -> None:
         pixels_s = epochs * fit_rows / rate["per_s"]
         one = figures.record(
             "one_fit",
-            value={"seconds": fit_s, "epochs": epochs, "rows": fit_rows, "pixels_s": pixels_s, "ratio": pixels_s / fit_s},
+            value={
+                "seconds": fit_s,
+                "epochs": epochs,
+                "rows": fit_rows,
+                "pixels_s": pixels_s,
+                "ratio": pixels_s / fit_s,
+            },
         )
         print(
             f"one {BASELINE} fit, {epochs} epochs on {fit_rows} embeddings: {fit_s:.2f} s; embedding those "
@@ -154,7 +160,13 @@ def main() -> None:
         trials, span = _trial_span(config)
         sweep = figures.record(
             "sweep",
-            value={"trials": trials, "wall_s": wall, "span_s": span, "per_min": 60 * trials / span, "wall_per_min": 60 * trials / wall},
+            value={
+                "trials": trials,
+                "wall_s": wall,
+                "span_s": span,
+                "per_min": 60 * trials / span,
+                "wall_per_min": 60 * trials / wall,
+            },
         )
         print(
             f"head sweep: {trials} trials in {wall:.1f} s ({sweep['wall_per_min']:.1f} trials/min; "

@@ -34,7 +34,7 @@ from harness.precision import autocast
 from harness.preflight import room_for
 
 if TYPE_CHECKING:
-    from baselines.encoders import Encoder, EncoderPreset
+    from baselines.encoders import Encoder, EncoderPreset, EncoderRef
 
 # float16 halves what every trial reads against float32 and keeps 11 significant bits, more than
 # the bf16 autocast an encoder runs in on CUDA (8). Measured on the IDC sample (1,326 patches, a
@@ -51,14 +51,11 @@ Blocks = Callable[[np.ndarray], Iterable[tuple[int, np.ndarray]]]
 
 @dataclass(frozen=True)
 class EmbeddingRecipe:
-    """What a cache's embeddings depend on: the encoder (a preset name or timm:<arch>) with its
-    constructor overrides, its weights file and that file's sha256 (None, None: random init), the
+    """What a cache's embeddings depend on: the encoder by reference (a preset name or timm:<arch>,
+    its constructor overrides, its weights file and that file's sha256; no file: random init), the
     images (manifest hash, stored height and width) and the input transform in words."""
 
-    encoder: str
-    arch: Mapping[str, Any]
-    weights: Path | None
-    weights_sha256: str | None
+    encoder: EncoderRef
     manifest_hash: str
     stored_hw: tuple[int, int]
     transform: str
@@ -66,9 +63,9 @@ class EmbeddingRecipe:
     def content(self) -> dict[str, Any]:
         """Return the recipe as JSON-ready values, without the weights file's path."""
         return {
-            "encoder": self.encoder,
-            "arch": dict(self.arch),
-            "weights_sha256": self.weights_sha256,
+            "encoder": self.encoder.name,
+            "arch": dict(self.encoder.arch),
+            "weights_sha256": self.encoder.sha256,
             "manifest_hash": self.manifest_hash,
             "stored_hw": list(self.stored_hw),
             "transform": self.transform,
@@ -91,22 +88,18 @@ def _transform_words(preset: EncoderPreset, arch: Mapping[str, Any]) -> str:
     )
 
 
-def embedding_recipe(
-    data: PreparedData, encoder: str, weights: Path | None, arch: Mapping[str, Any]
-) -> EmbeddingRecipe:
-    """Return the recipe of `encoder` (with `arch` overrides and `weights`, None: random init) on
-    the stored images of `data`. A missing weights file raises WeightsFileError naming it."""
-    preset = baselines.encoder_preset(encoder)
-    path = baselines.check_weights_file(weights) if weights is not None else None
+def embedding_recipe(data: PreparedData, encoder: EncoderRef) -> EmbeddingRecipe:
+    """Return the recipe of `encoder` on the stored images of `data`. A weights file that is no
+    weights file raises WeightsFileError naming it."""
+    preset = baselines.encoder_preset(encoder.name)
+    if encoder.weights is not None:
+        baselines.check_weights_file(encoder.weights)
     stored = open_patch_cache(data.cache_path).shape[1:3]
     return EmbeddingRecipe(
         encoder=encoder,
-        arch=dict(arch),
-        weights=path,
-        weights_sha256=baselines.weights_digest(path) if path is not None else None,
         manifest_hash=data.manifest_hash,
         stored_hw=(int(stored[0]), int(stored[1])),
-        transform=_transform_words(preset, arch),
+        transform=_transform_words(preset, encoder.arch),
     )
 
 
@@ -118,7 +111,7 @@ def _slug(encoder: str) -> str:
 def embeddings_path(data: PreparedData, recipe: EmbeddingRecipe) -> Path:
     """Return where the embeddings of `recipe` lie: beside `data`'s stored images, named by the
     encoder and the recipe's key (a .json of the same name describes them)."""
-    return data.cache_path.parent / f"{PREFIX}{_slug(recipe.encoder)}-{recipe.key()}.npy"
+    return data.cache_path.parent / f"{PREFIX}{_slug(recipe.encoder.name)}-{recipe.key()}.npy"
 
 
 def open_embeddings(path: Path) -> np.ndarray:
@@ -161,19 +154,6 @@ def embed_rows(images: np.ndarray, rows: np.ndarray, encoder: Encoder, *, device
     return np.concatenate(blocks) if blocks else np.zeros((0, encoder.dim), np.float32)
 
 
-def _check_weights_unchanged(recipe: EmbeddingRecipe) -> None:
-    """Raise InputError when the recipe's weights file, on this machine, no longer holds the bytes
-    it digested; returns nothing."""
-    if recipe.weights is None:
-        return
-    now = baselines.weights_digest(recipe.weights)
-    if now != recipe.weights_sha256:
-        raise InputError(
-            f"weights file {str(recipe.weights)!r} on {socket.gethostname()}: sha256 {now[:12]}, but the "
-            f"embeddings' recipe was made from {str(recipe.weights_sha256)[:12]}; no embeddings were written"
-        )
-
-
 class EncoderCompute:
     """compute(images, rows) -> float32 embeddings through the recipe's encoder, built on the
     first call (its weights file checked against the recipe's digest first) on `device` as
@@ -185,8 +165,11 @@ class EncoderCompute:
 
     def __call__(self, images: np.ndarray, rows: np.ndarray) -> np.ndarray:
         if self._encoder is None:
-            _check_weights_unchanged(self.recipe)
-            self._encoder = baselines.create_encoder(self.recipe.encoder, self.recipe.weights, **self.recipe.arch)
+            try:
+                self._encoder = self.recipe.encoder.build()
+            except baselines.WeightsFileError as exc:
+                # A Ray task reads the file where it runs: say which machine found it changed.
+                raise InputError(f"on {socket.gethostname()}: {exc}; no embeddings were written") from None
         return embed_rows(images, rows, self._encoder, device=_device(self.device), batch_size=self.batch_size)
 
 
@@ -195,7 +178,7 @@ def _describe(recipe: EmbeddingRecipe, data: PreparedData, rows: int, dim: int, 
     return {
         "key": recipe.key(),
         **recipe.content(),
-        "weights": str(recipe.weights) if recipe.weights else None,
+        "weights": str(recipe.encoder.weights) if recipe.encoder.weights else None,
         "manifest": data.manifest_path.name,
         "images": data.cache_path.name,
         "rows": rows,
@@ -215,7 +198,7 @@ def _older(data: PreparedData, recipe: EmbeddingRecipe) -> dict[str, Any] | None
         except (OSError, ValueError):
             continue  # being replaced, or not ours: says nothing about this recipe
         if (
-            meta.get("encoder") == recipe.encoder
+            meta.get("encoder") == recipe.encoder.name
             and meta.get("manifest") in same_dataset
             and meta.get("key") != recipe.key()
         ):
@@ -235,8 +218,8 @@ def _why_new(data: PreparedData, recipe: EmbeddingRecipe) -> str | None:
     if old is None:
         return None
     changes = []
-    if old["weights_sha256"] != recipe.weights_sha256:
-        old_w, new_w = _prefix(old["weights_sha256"]), _prefix(recipe.weights_sha256)
+    if old["weights_sha256"] != recipe.encoder.sha256:
+        old_w, new_w = _prefix(old["weights_sha256"]), _prefix(recipe.encoder.sha256)
         changes.append(f"the weights file's bytes differ (sha256 {old_w} -> {new_w})")
     if old["manifest_hash"] != recipe.manifest_hash:
         changes.append(f"the images differ (manifest hash {old['manifest_hash'][:12]} -> {recipe.manifest_hash[:12]})")
@@ -244,9 +227,9 @@ def _why_new(data: PreparedData, recipe: EmbeddingRecipe) -> str | None:
         changes.append(f"the images are stored at another size ({old['stored_hw']} -> {list(recipe.stored_hw)})")
     if old["transform"] != recipe.transform:
         changes.append(f"the input transform differs ({old['transform']} -> {recipe.transform})")
-    if old["arch"] != json.loads(json.dumps(dict(recipe.arch), default=str)):
-        changes.append(f"the architecture overrides differ ({old['arch']} -> {dict(recipe.arch)})")
-    return f"embeddings of {recipe.encoder}: computing new ones, {'; '.join(changes)}; {old['file']} is kept"
+    if old["arch"] != json.loads(json.dumps(dict(recipe.encoder.arch), default=str)):
+        changes.append(f"the architecture overrides differ ({old['arch']} -> {dict(recipe.encoder.arch)})")
+    return f"embeddings of {recipe.encoder.name}: computing new ones, {'; '.join(changes)}; {old['file']} is kept"
 
 
 def write_embeddings(
@@ -285,14 +268,15 @@ def _fill(
     array: ReservedRows | None = None
     dim = 0
     with Progress(disable=not show_progress) as progress:
-        task = progress.add_task(f"embedding {len(images):,} images with {recipe.encoder}", total=len(images))
+        task = progress.add_task(f"embedding {len(images):,} images with {recipe.encoder.name}", total=len(images))
         for first, values in blocks(images):
             with np.errstate(over="ignore"):  # checked on the next line
                 stored = values.astype(STORED_DTYPE)
             if not np.isfinite(stored).all():
                 raise InputError(
-                    f"{recipe.encoder} ({recipe.weights or 'random init'}) gives non-finite embeddings (NaN, or beyond "
-                    f"float16's range) for rows {first}..{first + len(values) - 1} of {data.cache_path}"
+                    f"{recipe.encoder.name} ({recipe.encoder.weights or 'random init'}) gives non-finite "
+                    f"embeddings (NaN, or beyond float16's range) for rows {first}..{first + len(values) - 1} "
+                    f"of {data.cache_path}"
                 )
             if array is None:
                 dim = stored.shape[1]

@@ -32,8 +32,8 @@ from harness.data.bags import bag_grid
 from harness.data.cache import replicate_pad
 from harness.data.dataset import BagDataset, ImageDataset, part_dataset
 from harness.data.normalise import normalisation_constants
+from harness.embeddings import STORED_DTYPE, embed_rows
 from harness.environment import NO_PICKLED_MODELS, environment
-from harness.embeddings import embed_rows
 from harness.errors import InputError
 from harness.evaluation import mean_softmax
 from harness.precision import autocast
@@ -146,7 +146,9 @@ class InputRecipe(BaseModel):
         if self.encoder is not None:
             built = encoder if encoder is not None else self.encoder.build()
             rows = np.arange(len(images))
-            return embed_rows(images, rows, built.eval(), device="cpu", batch_size=self.batch_size)
+            embedded = embed_rows(images, rows, built.eval(), device="cpu", batch_size=self.batch_size)
+            # Rounded as the embedding cache stores them, so the heads see what the runs saw.
+            return embedded.astype(STORED_DTYPE).astype(np.float32)
         dataset = self.dataset(images)
         return torch.stack([torch.as_tensor(dataset[i]["image"]) for i in range(len(dataset))]).numpy()
 

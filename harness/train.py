@@ -49,7 +49,6 @@ from harness.precision import autocast
 from harness.run_spec import RunSpec
 from harness.served_model import ClassProbabilities, EmbeddingProbabilities, InputRecipe, ServedFold
 
-
 # What a run's batches come from: per-image loading, patches on the device, or embeddings.
 Loader = DataLoader | DeviceBatches | VectorBatches
 
@@ -311,7 +310,9 @@ class _Fold:
         evaluation batches."""
         rows, spec = self.rows[part], self.spec
         size = spec.params.batch_size if train else spec.training.eval_batch_size
-        return VectorBatches(self.images[rows], self.labels[rows], batch_size=size, device=device, seed=spec.seed, shuffle=train)
+        return VectorBatches(
+            self.images[rows], self.labels[rows], batch_size=size, device=device, seed=spec.seed, shuffle=train
+        )
 
 
 def _open_fold(spec: RunSpec) -> _Fold:
@@ -406,7 +407,10 @@ def _build_optimisation(spec: RunSpec, fold: _Fold, device: str) -> _Optimisatio
     )
     if fold.embedded:
         _memorise(model, fold, device)
-    optimizer = build_optimizer(p, model, keras=fold.keras)
+    # A kNN probe has no weights: an optimiser over one empty tensor keeps one loop (schedules,
+    # checkpoints) for every run, and _train_epoch never steps it.
+    idle = [nn.Parameter(torch.zeros(0))]
+    optimizer = build_optimizer(p, model, keras=fold.keras) if _trains(model) else torch.optim.SGD(idle, lr=p.lr)
     return _Optimisation(
         model=model,
         criterion=criterion,
@@ -416,7 +420,9 @@ def _build_optimisation(spec: RunSpec, fold: _Fold, device: str) -> _Optimisatio
             torch.optim.lr_scheduler.StepLR(optimizer, p.lr_step_epochs, p.lr_gamma) if p.lr_decay == "step" else None
         ),
         # Embeddings are the encoder's output, already normalised as its input was.
-        normalise=_identity if fold.embedded else batch_normaliser(p.normalisation, device, channels_last=compute.channels_last),
+        normalise=_identity
+        if fold.embedded
+        else batch_normaliser(p.normalisation, device, channels_last=compute.channels_last),
         device=device,
         autocast=autocast(compute.precision, device),
         scaler=torch.amp.GradScaler(torch.device(device).type) if compute.precision == "fp16" else None,

@@ -9,7 +9,6 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -37,39 +36,15 @@ TINY = "timm:vit_tiny_patch16_224"
 TINY_ARCH: dict[str, Any] = {"depth": 1, "embed_dim": 32, "num_heads": 2, "img_size": 32}
 
 
-class _StandIn(nn.Module):
-    """A tiny encoder with the contract's interface (`dim`; [0, 1] NCHW images of any size in,
-    (B, dim) out), standing in for baselines.create_encoder until baselines.encoders lands."""
-
-    dim = 8
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, self.dim, 4, stride=4)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        resized = nn.functional.interpolate(images, size=(32, 32), mode="bilinear", antialias=True)
-        return self.conv((resized - 0.5) / 0.25).mean(dim=(2, 3))
-
-
 def tiny_encoder() -> nn.Module:
-    """The encoder these tests embed with, its random weights seeded; with baselines.encoders:
-    create_encoder(TINY, None, **TINY_ARCH) after the seed."""
+    """The encoder these tests embed with, its random weights seeded."""
     torch.manual_seed(0)
-    return _StandIn()
+    return baselines.create_encoder(TINY, None, **TINY_ARCH)
 
 
-@pytest.fixture(autouse=True)
-def _encoder_names(monkeypatch: pytest.MonkeyPatch) -> None:
-    """baselines.encoder_preset, weights_digest and create_encoder as the contract has them, while
-    this checkout has no baselines.encoders (remove with the stand-in once it has)."""
-    if hasattr(baselines, "create_encoder"):
-        return
-    preset = SimpleNamespace(input_size=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), embedding="pooled")
-    monkeypatch.setattr(baselines, "encoder_preset", lambda name: preset, raising=False)
-    digest = lambda path: hashlib.sha256(Path(path).read_bytes()).hexdigest()  # noqa: E731
-    monkeypatch.setattr(baselines, "weights_digest", digest, raising=False)
-    monkeypatch.setattr(baselines, "create_encoder", lambda name, weights, **arch: tiny_encoder(), raising=False)
+def _recipe(data: PreparedData, weights: Path | None = None, arch: dict[str, Any] = TINY_ARCH) -> EmbeddingRecipe:
+    """Return the recipe of the tiny encoder (with `weights`, None: random init) on `data`."""
+    return embedding_recipe(data, baselines.EncoderRef.of(TINY, weights, arch))
 
 
 def _prepared(root: Path, work: Path) -> PreparedData:
@@ -114,36 +89,44 @@ class Counting:
 
 
 def test_key_changes_with_what_the_embeddings_depend_on_and_not_with_the_weights_path(tmp_path: Path) -> None:
-    recipe = EmbeddingRecipe(TINY, TINY_ARCH, tmp_path / "a.pth", "ab" * 32, "cd" * 32, (50, 50), "224, pooled")
+    encoder = baselines.EncoderRef(TINY, TINY_ARCH, tmp_path / "a.pth", "ab" * 32)
+    recipe = EmbeddingRecipe(encoder, "cd" * 32, (50, 50), "224, pooled")
     changed = {
-        "weights_sha256": "ef" * 32,
         "manifest_hash": "01" * 32,
-        "arch": {**TINY_ARCH, "depth": 2},
         "transform": "224, cls+mean",
         "stored_hw": (48, 48),
-        "encoder": "timm:vit_small_patch16_224",
+    }
+    encoders = {
+        "sha256": "ef" * 32,
+        "arch": {**TINY_ARCH, "depth": 2},
+        "name": "timm:vit_small_patch16_224",
     }
     keys = {field: dataclasses.replace(recipe, **{field: value}).key() for field, value in changed.items()}
-    assert len({recipe.key(), *keys.values()}) == len(changed) + 1
+    keys |= {
+        field: dataclasses.replace(recipe, encoder=dataclasses.replace(encoder, **{field: value})).key()
+        for field, value in encoders.items()
+    }
+    assert len({recipe.key(), *keys.values()}) == len(changed) + len(encoders) + 1
     assert len(recipe.key()) == 16
-    assert dataclasses.replace(recipe, weights=tmp_path / "elsewhere" / "b.pth").key() == recipe.key()
+    moved = dataclasses.replace(encoder, weights=tmp_path / "elsewhere" / "b.pth")
+    assert dataclasses.replace(recipe, encoder=moved).key() == recipe.key()
 
 
 def test_recipe_digests_the_weights_bytes_not_their_path(data: PreparedData, tmp_path: Path) -> None:
     first = _weights(tmp_path / "a.pth", seed=0)
     copy = Path(shutil.copy(first, tmp_path / "copy.pth"))
-    recipe = embedding_recipe(data, TINY, first, TINY_ARCH)
-    assert recipe.weights_sha256 == hashlib.sha256(first.read_bytes()).hexdigest()
+    recipe = _recipe(data, first)
+    assert recipe.encoder.sha256 == hashlib.sha256(first.read_bytes()).hexdigest()
     assert recipe.stored_hw == (50, 50) and recipe.manifest_hash == data.manifest_hash
-    assert embedding_recipe(data, TINY, copy, TINY_ARCH).key() == recipe.key()
-    assert embedding_recipe(data, TINY, _weights(copy, seed=1), TINY_ARCH).key() != recipe.key()
-    assert embedding_recipe(data, TINY, None, TINY_ARCH).weights_sha256 is None
+    assert _recipe(data, copy).key() == recipe.key()
+    assert _recipe(data, _weights(copy, seed=1)).key() != recipe.key()
+    assert _recipe(data).encoder.sha256 is None
     with pytest.raises(baselines.WeightsFileError, match="never downloaded"):
-        embedding_recipe(data, TINY, tmp_path / "absent.pth", TINY_ARCH)
+        _recipe(data, tmp_path / "absent.pth")
 
 
 def test_a_second_ensure_reuses_the_cache_without_computing(data: PreparedData) -> None:
-    recipe, compute = embedding_recipe(data, TINY, None, TINY_ARCH), Counting()
+    recipe, compute = _recipe(data), Counting()
     path = ensure_embeddings(data, recipe, show_progress=False, compute=compute)
     assert compute.rows == data.rows
     assert ensure_embeddings(data, recipe, show_progress=False, compute=compute) == path
@@ -153,7 +136,7 @@ def test_a_second_ensure_reuses_the_cache_without_computing(data: PreparedData) 
 
 
 def test_the_cache_is_a_read_only_float16_memmap_of_embed_rows(data: PreparedData) -> None:
-    recipe = embedding_recipe(data, TINY, None, TINY_ARCH)
+    recipe = _recipe(data)
     torch.manual_seed(0)  # the encoder the cache builds (random init) is the one tiny_encoder() builds
     path = ensure_embeddings(data, recipe, device="cpu", batch_size=32, show_progress=False)
     stored = open_embeddings(path)
@@ -174,15 +157,15 @@ def test_changed_weights_bytes_give_a_new_cache_with_one_line_and_keep_the_old(
     data: PreparedData, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     weights = _weights(tmp_path / "w.pth", seed=0)
-    old = embedding_recipe(data, TINY, weights, TINY_ARCH)
+    old = _recipe(data, weights)
     old_path = ensure_embeddings(data, old, show_progress=False, compute=Counting())
     assert capsys.readouterr().out == ""
-    new = embedding_recipe(data, TINY, _weights(weights, seed=1), TINY_ARCH)
+    new = _recipe(data, _weights(weights, seed=1))
     new_path = ensure_embeddings(data, new, show_progress=False, compute=Counting())
     lines = capsys.readouterr().out.splitlines()
     assert lines == [
         f"embeddings of {TINY}: computing new ones, the weights file's bytes differ "
-        f"(sha256 {old.weights_sha256[:12]} -> {new.weights_sha256[:12]}); {old_path.name} is kept"
+        f"(sha256 {old.encoder.sha256[:12]} -> {new.encoder.sha256[:12]}); {old_path.name} is kept"
     ]
     assert new_path != old_path and old_path.exists()
 
@@ -190,20 +173,20 @@ def test_changed_weights_bytes_give_a_new_cache_with_one_line_and_keep_the_old(
 def test_changed_images_give_a_new_cache_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = write_synthetic_idc(tmp_path / "idc", patients=6)
     before = _prepared(root, tmp_path / "work")
-    ensure_embeddings(before, embedding_recipe(before, TINY, None, TINY_ARCH), show_progress=False, compute=Counting())
+    ensure_embeddings(before, _recipe(before), show_progress=False, compute=Counting())
     changed = next(root.rglob("*class1.png"))
     with Image.open(changed) as im:
         Image.fromarray(255 - np.asarray(im.convert("RGB"))).save(changed)
     after = _prepared(root, tmp_path / "work")
     capsys.readouterr()
-    ensure_embeddings(after, embedding_recipe(after, TINY, None, TINY_ARCH), show_progress=False, compute=Counting())
+    ensure_embeddings(after, _recipe(after), show_progress=False, compute=Counting())
     [line] = capsys.readouterr().out.splitlines()
     assert f"the images differ (manifest hash {before.manifest_hash[:12]} -> {after.manifest_hash[:12]})" in line
     assert "weights" not in line
 
 
 def test_a_build_failing_midway_leaves_no_file(data: PreparedData) -> None:
-    recipe, compute = embedding_recipe(data, TINY, None, TINY_ARCH), Counting()
+    recipe, compute = _recipe(data), Counting()
 
     def failing(images: np.ndarray, rows: np.ndarray) -> np.ndarray:
         if rows[0] > 0:
@@ -220,7 +203,7 @@ def test_a_build_failing_midway_leaves_no_file(data: PreparedData) -> None:
 
 
 def test_non_finite_embeddings_are_refused_in_one_line(data: PreparedData) -> None:
-    recipe = embedding_recipe(data, TINY, None, TINY_ARCH)
+    recipe = _recipe(data)
 
     def overflowing(images: np.ndarray, rows: np.ndarray) -> np.ndarray:
         return np.full((len(rows), 4), 1e6, np.float32)
@@ -234,7 +217,7 @@ def test_non_finite_embeddings_are_refused_in_one_line(data: PreparedData) -> No
 def test_ray_chunks_give_the_rows_a_local_build_gives(data: PreparedData, tmp_path: Path) -> None:
     from harness.sweep._embeddings import embed_on_cluster
 
-    recipe = embedding_recipe(data, TINY, None, TINY_ARCH)
+    recipe = _recipe(data)
 
     def compute(images: np.ndarray, rows: np.ndarray) -> np.ndarray:
         # Each row's own numbers, from numpy alone: a Ray worker starts without importing torch.
@@ -248,7 +231,6 @@ def test_ray_chunks_give_the_rows_a_local_build_gives(data: PreparedData, tmp_pa
     np.testing.assert_array_equal(open_embeddings(path), open_embeddings(local_path))
 
 
-@pytest.mark.skipif(not hasattr(baselines, "write_random_encoder"), reason="needs baselines.encoders and the probes")
 def test_a_sweep_builds_each_distinct_recipe_once_for_its_embedding_baselines(
     prepared: PreparedData, tmp_path: Path, synthetic_idc: Path
 ) -> None:
@@ -267,5 +249,5 @@ def test_a_sweep_builds_each_distinct_recipe_once_for_its_embedding_baselines(
     paths = prepare_embeddings(config, own, show_progress=False)
     assert set(paths) == {"linear_probe", "mlp_probe"} and len(set(paths.values())) == 1
     [built] = set(paths.values())
-    assert built == embeddings_path(own, embedding_recipe(own, "phikon", weights, arch))
+    assert built == embeddings_path(own, embedding_recipe(own, baselines.EncoderRef.of("phikon", weights, arch)))
     assert open_embeddings(built).shape == (own.rows, baselines.encoder_dim("phikon", **arch))

@@ -447,7 +447,9 @@ def test_registered_models_load_with_mlflows_pickle_loading_off(
         run_id = tracker.start_run(experiment, name=f"fold {fold}", run_type=tracking.RunType.FOLD, tags={}, params={})
         modules.append(ClassProbabilities(baselines.create("cancernet", num_classes=2), params.normalisation).eval())
         # Fold 0 has one example image: its model still takes any batch size.
-        models[fold] = log_fold_model(store, run_id, ServedFold(modules[-1], recipe, images[: fold + 1], recipe.model_inputs(images[: fold + 1])))
+        models[fold] = log_fold_model(
+            store, run_id, ServedFold(modules[-1], recipe, images[: fold + 1], recipe.model_inputs(images[: fold + 1]))
+        )
     ensemble_run = tracker.start_run(
         experiment, name="ensemble", run_type=tracking.RunType.ENSEMBLE, tags={}, params={}
     )

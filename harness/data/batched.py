@@ -267,7 +267,14 @@ class VectorBatches:
     own stream alone, as a DataLoader's sampler keeps its own generator."""
 
     def __init__(
-        self, vectors: np.ndarray, labels: np.ndarray, *, batch_size: int, device: str, seed: int = 0, shuffle: bool = True
+        self,
+        vectors: np.ndarray,
+        labels: np.ndarray,
+        *,
+        batch_size: int,
+        device: str,
+        seed: int = 0,
+        shuffle: bool = True,
     ) -> None:
         self.vectors = torch.from_numpy(np.asarray(vectors, dtype=np.float32)).to(device)
         self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)

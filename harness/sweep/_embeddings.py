@@ -24,7 +24,7 @@ from harness.embeddings import (
     ensure_embeddings,
     write_embeddings,
 )
-from harness.run_spec import resolve_point
+from harness.run_spec import RunSpec
 from harness.tracking import root_cause
 
 # A task builds its encoder (and reads its weights file) once: fewer rows than this are not worth it.
@@ -41,10 +41,10 @@ def embedding_recipes(config: ExperimentConfig, data: PreparedData) -> dict[str,
     for entry in config.baselines:
         if baselines.info(entry.name).input_kind != "embedding":
             continue
-        point = resolve_point(config.baseline_space(entry.name))
-        recipes[entry.name] = embedding_recipe(
-            data, point["encoder"], entry.pretrained, point.get("encoder_arch") or {}
-        )
+        # The encoder a trial of the recipe would read, as every run resolves it.
+        encoder = RunSpec.build(config, data, entry.name, fold=config.protocol.search_fold).encoder
+        assert encoder is not None, f"{entry.name} reads embeddings but names no encoder"
+        recipes[entry.name] = embedding_recipe(data, encoder)
     return recipes
 
 
