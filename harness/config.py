@@ -337,6 +337,7 @@ CHECKED_METRICS = (
     "test_accuracy",
     "test_accuracy_single",
     "test_accuracy_ensemble",
+    "test_balanced_accuracy",
     "test_auc",
     "test_f1",
     "test_precision",
