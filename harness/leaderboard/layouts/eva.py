@@ -77,7 +77,7 @@ def eva(runset: RunSet, options: LayoutOptions) -> ReportTable:
     rows = [r for r in ordered(runset.baselines) if r.dataset in DATASETS]
     dataset = rows[0].dataset if rows else "breakhis"
     rows = [r for r in rows if r.dataset == dataset]
-    table = ReportTable("eva", f"eva: balanced accuracy on {DATASETS[dataset]}", list(COLUMNS), compact=COMPACT)
+    table = ReportTable("eva", f"balanced accuracy on {DATASETS[dataset]}", list(COLUMNS), compact=COMPACT)
     tested = [r for r in rows if r.best is not None]
     model = "ensemble" if tested and all(r.ensemble is not None for r in tested) else "best_trial"
     evidence = table_evidence(runset, rows, model, options)
