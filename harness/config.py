@@ -16,7 +16,7 @@ from pydantic_core import ErrorDetails
 
 import baselines
 from harness.data.augmentations import canonical_name
-from harness.data.datasets import DatasetSpec, dataset
+from harness.data.datasets import DatasetSpec, UnknownDatasetError, dataset
 from harness.data.splits import ProtocolSpec
 from harness.errors import InputError
 from harness.locking import JOURNAL_SCHEME, journal_path
@@ -337,6 +337,7 @@ CHECKED_METRICS = (
     "test_accuracy",
     "test_accuracy_single",
     "test_accuracy_ensemble",
+    "test_balanced_accuracy",
     "test_auc",
     "test_f1",
     "test_precision",
@@ -575,6 +576,50 @@ def _check_baseline(spec: BaselineSpec, index: int, space: SearchSpace, path: Pa
         )
 
 
+def _fill_protocol_keys(data: dict[str, Any]) -> None:
+    """Give the dataset keys a published protocol fixes (eva's BreakHis: magnification 40, label eva)
+    the protocol's values where the file leaves them out, so the validated config says what runs."""
+    spec, protocol = data.get("dataset"), data.get("protocol")
+    if not isinstance(spec, dict) or not isinstance(protocol, dict):
+        return
+    try:
+        entry = dataset(str(spec.get("name"))).protocols.get(str(protocol.get("name")))
+    except UnknownDatasetError:
+        return  # validation names the dataset
+    for key, value in entry.fixes.items() if entry else ():
+        spec.setdefault(key, value)
+
+
+def _check_protocol(config: ExperimentConfig, path: Path) -> None:
+    """Raise InputError when the protocol is not one of the dataset's, when a key it fixes has
+    another value, or when a label set that belongs to a published protocol is used without it."""
+    spec, protocol = config.dataset, config.protocol
+    entry = dataset(spec.name)
+    where = f"{path}: key 'protocol.name' = {protocol.name!r}"
+    if spec.label in entry.protocols and protocol.name != spec.label:
+        raise InputError(
+            f"{path}: key 'dataset.label' = {spec.label!r}: the class set of protocol {spec.label}; "
+            f"set protocol.name: {spec.label}"
+        )
+    if protocol.name == "patient":
+        return
+    if protocol.name not in entry.protocols:
+        known = ", ".join(["patient", *sorted(entry.protocols)])
+        raise InputError(f"{where}: not a protocol of dataset {spec.name} (its protocols: {known})")
+    named = entry.protocols[protocol.name]
+    for key, value in named.fixes.items():
+        if getattr(spec, key) != value:
+            raise InputError(
+                f"{path}: key 'dataset.{key}' = {getattr(spec, key)!r}: protocol {protocol.name} of "
+                f"{spec.name} takes {value!r} ({named.description})"
+            )
+    if "test_fraction" in protocol.model_fields_set:
+        raise InputError(
+            f"{path}: key 'protocol.test_fraction': protocol {protocol.name} fixes its test set "
+            f"({named.description}); leave test_fraction out"
+        )
+
+
 def _check_dataset_fits(config: ExperimentConfig, path: Path) -> None:
     traits = config.dataset.traits()
     for i, spec in enumerate(config.baselines):
@@ -613,7 +658,9 @@ def load_experiment(path: Path, **overrides: Any) -> ExperimentConfig:
     for key in ("tracking_uri", "output_dir", "storage_path"):
         if overrides.get(key) is not None:
             data[key] = str(overrides[key])
+    _fill_protocol_keys(data)
     config = _validate(ExperimentConfig, data, path)
+    _check_protocol(config, path)
     _check_dataset_fits(config, path)
     for i, spec in enumerate(config.baselines):
         _check_baseline(spec, i, config.space_file(spec.name), path, config.search.sampler)

@@ -7,5 +7,5 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-TableLayout = Literal["summary", "gusa-table1", "gusa-table2", "gusa-table3", "gusa-table4", "idc", "breakhis"]
+TableLayout = Literal["summary", "gusa-table1", "gusa-table2", "gusa-table3", "gusa-table4", "idc", "breakhis", "eva"]
 TABLE_LAYOUTS: tuple[str, ...] = get_args(TableLayout)

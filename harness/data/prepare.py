@@ -23,6 +23,7 @@ from .manifest import (
     read_manifest,
     write_manifest,
 )
+from .protocols import named_split
 from .splits import ProtocolSpec, Split, patient_split, write_split
 from .stain import stain_normaliser
 
@@ -200,7 +201,8 @@ def manifests_beside(path: Path) -> list[Path]:
 def prepare(
     manifest: pd.DataFrame, spec: DatasetSpec, protocol: ProtocolSpec, work_dir: Path, *, show_progress: bool = False
 ) -> PreparedData:
-    """Write the manifest, its patient split and its caches under `work_dir`; returns their paths.
+    """Write the manifest, its split (patient-grouped, or a dataset's published one by name) and its
+    caches under `work_dir`; returns their paths.
 
     The split is made before anything is written, so a protocol the data cannot satisfy leaves no
     file; the caches come next, so a file changed since it was indexed leaves none either.
@@ -208,8 +210,8 @@ def prepare(
     note when the root's files differ from its last recorded index.
     """
     traits = spec.traits()
-    split = patient_split(manifest, folds=protocol.folds, test_fraction=protocol.test_fraction, seed=protocol.seed)
     indexed = manifest
+    manifest, split, notes = _split(manifest, spec, protocol)
     manifest, split = _select(manifest, split, spec)
     normalise = stain_normaliser(spec.stain, spec.stain_reference)
     digest = manifest_hash(manifest)
@@ -237,5 +239,14 @@ def prepare(
         class_names=traits.class_names,
         rows=len(manifest),
         patients=manifest.patient_id.nunique(),
-        notes=(change,) if change else (),
+        notes=(*notes, *([change] if change else [])),
     )
+
+
+def _split(manifest: pd.DataFrame, spec: DatasetSpec, protocol: ProtocolSpec) -> tuple[pd.DataFrame, Split, list[str]]:
+    """Return the rows the protocol keeps, their split, and notes on what the data lack of a
+    published protocol (the harness's own keeps every row)."""
+    if protocol.name == "patient":
+        split = patient_split(manifest, folds=protocol.folds, test_fraction=protocol.test_fraction, seed=protocol.seed)
+        return manifest, split, []
+    return named_split(manifest, spec, protocol.name, folds=protocol.folds, seed=protocol.seed)

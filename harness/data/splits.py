@@ -21,12 +21,15 @@ CV = "cv"
 
 
 class ProtocolSpec(BaseModel):
-    """The patient-grouped protocol of BASELINES.md §1.5: folds, the test share, the split's seed,
-    and the fold a sweep searches on."""
+    """The patient-grouped protocol of BASELINES.md §1.5, or a dataset's published split by name:
+    folds, the test share (the harness's own split only), the split's seed, and the fold a sweep
+    searches on."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: Literal["patient"] = "patient"
+    # patient: the harness's own split; eva: eva's published split of the dataset (the datasets'
+    # `protocols`), its validation part as the test set and the folds inside its training part.
+    name: Literal["patient", "eva"] = "patient"
     folds: int = Field(5, ge=2, le=20)
     test_fraction: float = Field(0.2, ge=0, le=0.5)
     seed: int = 0
@@ -111,12 +114,48 @@ def patient_split(
         split[test_idx] = TEST
     elif n_groups < folds:
         raise InputError(f"protocol: {n_groups} patients cannot make {folds} folds; lower protocol.folds")
-    fold = np.full(len(manifest), -1, dtype=np.int64)
-    cv_idx = np.flatnonzero(split == CV)
+    fold = _grouped_folds(labels, groups, split == CV, folds, seed)
+    return Split(assignments=_assignments(manifest, split, fold), folds=folds, seed=seed, test_fraction=test_fraction)
+
+
+def _grouped_folds(labels: np.ndarray, groups: np.ndarray, cv: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """Return each row's fold: StratifiedGroupKFold(shuffle, seed) over the rows `cv` marks, -1 elsewhere."""
+    fold = np.full(len(labels), -1, dtype=np.int64)
+    cv_idx = np.flatnonzero(cv)
     inner = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     for k, (_, val_idx) in enumerate(inner.split(np.zeros(len(cv_idx)), labels[cv_idx], groups[cv_idx])):
         fold[cv_idx[val_idx]] = k
-    return Split(assignments=_assignments(manifest, split, fold), folds=folds, seed=seed, test_fraction=test_fraction)
+    return fold
+
+
+def fixed_test_split(
+    manifest: pd.DataFrame,
+    test: np.ndarray,
+    *,
+    folds: int,
+    seed: int,
+    what: str,
+    stratify_on: str = "label",
+    group_on: str = "patient_id",
+) -> Split:
+    """Return a split whose test set is the rows `test` marks (a published split's held-out part)
+    and whose other rows form `folds` patient-grouped folds, as `patient_split` makes them.
+
+    Raises InputError naming `what` (the protocol) when the rest holds fewer patients than folds.
+    """
+    groups, labels = manifest[group_on].to_numpy(), manifest[stratify_on].to_numpy()
+    cv = ~np.asarray(test, dtype=bool)
+    n_groups, largest = len(np.unique(groups[cv])), int(np.bincount(labels[cv]).max())
+    # StratifiedGroupKFold refuses more folds than the largest class has images.
+    if min(n_groups, largest) < folds:
+        raise InputError(
+            f"protocol: the training part of {what} holds {n_groups} patients and at most {largest} images "
+            f"of a class, too few for {folds} folds; lower protocol.folds"
+        )
+    split = np.where(cv, CV, TEST).astype(object)
+    fold = _grouped_folds(labels, groups, cv, folds, seed)
+    fraction = float((~cv).mean())
+    return Split(assignments=_assignments(manifest, split, fold), folds=folds, seed=seed, test_fraction=fraction)
 
 
 def patch_random_split(

@@ -1,7 +1,8 @@
 """The statistics a leaderboard row carries beyond its point estimates: 95% bootstrap intervals over
-the test images (whole patients resampled where patients hold several images) of accuracy, AUC and
-calibration, and the paired tests of a table's tested columns (McNemar for accuracy; DeLong for a
-binary AUC, a paired bootstrap for a multi-class one): each model against the reference with
+the test images (whole patients resampled where patients hold several images) of accuracy, balanced
+accuracy, AUC and calibration, and the paired tests of a table's tested columns (McNemar for
+accuracy; a paired bootstrap for balanced accuracy; DeLong for a binary AUC, a paired bootstrap for
+a multi-class one): each model against the reference with
 Holm-adjusted p-values, and every pair of models for the compact letter display."""
 
 from __future__ import annotations
@@ -17,17 +18,19 @@ from harness.leaderboard import stats
 from harness.leaderboard.runs import BaselineRuns, RunSet
 
 # The columns that carry paired tests, and the level at which the letters separate models.
-TESTED = ("accuracy", "auc")
+TESTED = ("accuracy", "balanced_accuracy", "auc")
 ALPHA = 0.05
 
 
 @dataclass(frozen=True)
 class TestEvidence:
-    """Intervals of one model's test predictions: accuracy, AUC, expected calibration error, Brier."""
+    """Intervals of one model's test predictions: accuracy, balanced accuracy, AUC, expected
+    calibration error, Brier."""
 
     model: str
     images: int
     accuracy: stats.Interval
+    balanced_accuracy: stats.Interval
     auc: stats.Interval
     ece: stats.Interval
     brier: stats.Interval
@@ -84,25 +87,28 @@ def _aligned(frame: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame | Non
 
 @dataclass(frozen=True)
 class _Scored:
-    """One model's test predictions as the tests read them; `auc` holds its AUC on every bootstrap
-    resample, which pair up between models on the same images (the multi-class AUC test)."""
+    """One model's test predictions as the tests read them; `auc` and `balanced_accuracy` hold the
+    metric on every bootstrap resample, which pair up between models on the same images (the
+    paired bootstrap tests)."""
 
     labels: np.ndarray
     probs: np.ndarray
     groups: np.ndarray | None
     auc: stats.Replicates
+    balanced_accuracy: stats.Replicates
 
 
 def _paired(a: _Scored, b: _Scored) -> dict[str, stats.PairedTest | None]:
     """Return the tests of model `a` against model `b` on the same images, per tested column."""
     accuracy = stats.mcnemar(a.probs.argmax(1) == a.labels, b.probs.argmax(1) == a.labels)
+    balanced = stats.paired_bootstrap_test(a.balanced_accuracy, b.balanced_accuracy, "balanced accuracies")
+    tests: dict[str, stats.PairedTest | None] = {"accuracy": accuracy, "balanced_accuracy": balanced}
     if a.probs.shape[1] > 2:
-        return {"accuracy": accuracy, "auc": stats.paired_bootstrap_test(a.auc, b.auc, "macro one-vs-rest AUCs")}
+        return tests | {"auc": stats.paired_bootstrap_test(a.auc, b.auc, "macro one-vs-rest AUCs")}
     try:
-        auc = stats.delong(a.labels, a.probs, b.probs)
+        return tests | {"auc": stats.delong(a.labels, a.probs, b.probs)}
     except ValueError:
-        auc = None  # too few images of a class for the test
-    return {"accuracy": accuracy, "auc": auc}
+        return tests | {"auc": None}  # too few images of a class for the test
 
 
 def _column_tests(scored: dict[str, _Scored], reference: str, rows: dict[str, TestEvidence]) -> dict[str, ColumnTests]:
@@ -125,9 +131,11 @@ def _column_tests(scored: dict[str, _Scored], reference: str, rows: dict[str, Te
 
 def _scored(frame: pd.DataFrame, n_boot: int, seed: int) -> _Scored:
     labels, probs, groups = frame.label.to_numpy(), probabilities(frame), patient_groups(frame)
-    return _Scored(
-        labels, probs, groups, stats.bootstrap_replicates(stats.auc, labels, probs, groups, n_boot=n_boot, seed=seed)
-    )
+
+    def replicates(metric: stats.Metric) -> stats.Replicates:
+        return stats.bootstrap_replicates(metric, labels, probs, groups, n_boot=n_boot, seed=seed)
+
+    return _Scored(labels, probs, groups, replicates(stats.auc), replicates(stats.balanced_accuracy))
 
 
 def _intervals(scored: _Scored, model: str, n_boot: int, seed: int) -> TestEvidence:
@@ -138,6 +146,7 @@ def _intervals(scored: _Scored, model: str, n_boot: int, seed: int) -> TestEvide
         model=model,
         images=scored.labels.size,
         accuracy=interval(stats.accuracy),
+        balanced_accuracy=stats.percentile_interval(scored.balanced_accuracy),
         auc=stats.percentile_interval(scored.auc),
         ece=interval(stats.expected_calibration_error),
         brier=interval(stats.brier_score),

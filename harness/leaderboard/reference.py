@@ -1,4 +1,5 @@
-"""Published reference tables: the ```csv blocks of BASELINES.md §3, one named table per block.
+"""Published reference tables: the ```csv blocks of BASELINES.md §3, one named table per block, and
+the tables read from a source's own result file (`EXTERNAL_TABLES`, committed by hand).
 
 Every cell is kept as the string printed in BASELINES.md (`0.1`, `0.9750`, `20.0`, `NA` stay as
 they are): these are the published numbers the leaderboard prints beside ours, so nothing here
@@ -83,6 +84,29 @@ REFERENCE_BLOCKS = (
         frozenset({"text"}),
         {"protocol": "NA"},
         "Janowczyk's own patch split, quoted for context only (§3.7): no harness protocol reproduces it",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class ExternalTable:
+    """A published table read from its source's own result file rather than from BASELINES.md:
+    committed by hand with every cell as that file prints it, each row naming the file and commit."""
+
+    name: str
+    origin: str
+    note: str
+
+
+EXTERNAL_TABLES = (
+    ExternalTable(
+        "eva_leaderboard",
+        "kaiko-ai/eva `tools/data/leaderboards/pathology.csv` at commit 73b61a79 (the data behind eva's "
+        "docs/images/leaderboards/pathology.svg; its numbers unchanged since aac0bda5, 2025-04-10), "
+        "display names from `tools/generate_leaderboard_plots.py`",
+        "balanced accuracy per encoder on BACH (`BACH-A`) and BreakHis, the mean of 5 runs of eva's fixed "
+        "head recipe on eva's validation part; `protocol` = `eva`; `harness_encoder` = the harness's "
+        "encoder preset of the same weights, `NA` where it has none",
     ),
 )
 
@@ -243,6 +267,17 @@ def render_readme(extracted: list[ExtractedTable]) -> str:
         if added:
             added += f": {table.block.added_because}"
         lines.append(f"| `{table.block.name}.csv` | §{table.heading} | {len(table.frame)} | {added or '—'} |")
+    lines += [
+        "",
+        "## Tables from their sources' own result files",
+        "",
+        "Not from BASELINES.md, and not written by the command above: committed by hand with every cell as",
+        "the source's file prints it, each row naming that file (`source_file`) and commit (`source_commit`).",
+        "",
+        "| file | from | rows | what |",
+        "|---|---|---:|---|",
+        *(f"| `{t.name}.csv` | {t.origin} | {len(load_reference(t.name))} | {t.note} |" for t in EXTERNAL_TABLES),
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -269,7 +304,8 @@ def main(argv: list[str] | None = None) -> None:
         paths = write_reference_folder(args.baselines_md, args.out)
     except ValueError as exc:
         parser.exit(2, f"error: {exc}\n")
-    stale = sorted({p.name for p in args.out.glob("*.csv")} - {p.name for p in paths})
+    external = {f"{t.name}.csv" for t in EXTERNAL_TABLES}
+    stale = sorted({p.name for p in args.out.glob("*.csv")} - {p.name for p in paths} - external)
     for path in paths:
         print(path)
     if stale:

@@ -176,6 +176,8 @@ def _frame(runs: list) -> pd.DataFrame:
                 "roi_source": tags.get(tracking.ROI_SOURCE, "none"),
                 "floor": tags.get(tracking.FLOOR) == "true",
                 "orphaned": tags.get(tracking.ORPHANED) == "true",
+                # An encoder probe's preset (issue 28's baselines): what eva's published rows match on.
+                "encoder": params.get("encoder", ""),
                 "semantics": params.get("semantics", ""),
                 "bn_recalibration": params.get("bn_recalibration", "false"),
                 "epochs": int(params["epochs"]) if params.get("epochs", "").isdigit() else -1,

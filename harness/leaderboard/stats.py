@@ -342,6 +342,13 @@ def accuracy(labels: np.ndarray, probs: np.ndarray) -> float:
     return float((np.asarray(probs).argmax(1) == labels).mean())
 
 
+def balanced_accuracy(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Return the mean over the classes present of the share of their images predicted as them
+    (scikit-learn's balanced_accuracy_score, the macro accuracy eva reports)."""
+    labels, predicted = np.asarray(labels), np.asarray(probs).argmax(1)
+    return float(np.mean([(predicted[labels == k] == k).mean() for k in np.unique(labels)]))
+
+
 def auc(labels: np.ndarray, probs: np.ndarray, average: str = "macro") -> float:
     """Return the ROC AUC as in BASELINES.md §4.2 (class 1 in binary tasks, one-vs-rest over K > 2
     classes, averaged unweighted or `weighted` by prevalence), from midranks: equal to scikit-learn's
@@ -448,6 +455,7 @@ def brier_score(labels: np.ndarray, probs: np.ndarray) -> float:
 # The metrics a bootstrap evaluates on each resample's row counts (weighted.py says why).
 COUNTED: dict[Metric, Callable[[np.ndarray, np.ndarray], weighted.Counted]] = {
     accuracy: weighted.accuracy,
+    balanced_accuracy: weighted.balanced_accuracy,
     auc: weighted.auc,
     expected_calibration_error: weighted.expected_calibration_error,
     brier_score: weighted.brier_score,

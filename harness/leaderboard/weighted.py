@@ -1,6 +1,6 @@
 """The leaderboard's metrics on a bootstrap resample given as counts: row i drawn w[i] times.
 
-Accuracy, AUC, ECE and the Brier score depend on which rows a resample holds and how often, not on
+Accuracy, balanced accuracy, AUC, ECE and the Brier score depend on which rows a resample holds and how often, not on
 their order, so counting the drawn rows gives the value gathering them would, without copying
 and re-sorting tens of thousands of predictions per resample (the test set of the full IDC release
 holds about 55,000). Each function prepares what does not change between resamples and returns
@@ -26,6 +26,20 @@ def accuracy(labels: np.ndarray, probs: np.ndarray) -> Counted:
     """Return w -> the share of drawn images whose most probable class is their label."""
     correct = (np.asarray(probs).argmax(1) == labels).astype(np.float64)
     return lambda w: float(w @ correct / w.sum())
+
+
+def balanced_accuracy(labels: np.ndarray, probs: np.ndarray) -> Counted:
+    """Return w -> the mean over the classes drawn of the share of their drawn images predicted as them."""
+    labels = np.asarray(labels)
+    correct = (np.asarray(probs).argmax(1) == labels).astype(np.float64)
+    classes = int(labels.max()) + 1 if labels.size else 0
+
+    def counted(w: np.ndarray) -> float:
+        drawn = np.bincount(labels, w, minlength=classes)
+        right = np.bincount(labels, w * correct, minlength=classes)
+        return float(np.mean(right[drawn > 0] / drawn[drawn > 0]))
+
+    return counted
 
 
 def brier_score(labels: np.ndarray, probs: np.ndarray) -> Counted:

@@ -10,6 +10,7 @@ import math
 import re
 import shutil
 import subprocess
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 from scipy import stats
-from sklearn.metrics import brier_score_loss, roc_auc_score
+from sklearn.metrics import balanced_accuracy_score, brier_score_loss, roc_auc_score
 from statsmodels.stats.multitest import multipletests
 from typer.testing import CliRunner
 
@@ -886,3 +887,98 @@ def test_attaching_the_leaderboard_rewrites_the_sweep_descriptions_line_about_it
     description = client.get_run(sweep.info.run_id).data.tags[tracking.DESCRIPTION]
     assert description.splitlines()[0] == "**Winners** by val_accuracy: cancernet t00 (0.9000)"
     assert description.splitlines()[-1].startswith(f"{tracking.LEADERBOARD_LINE} attached 20")
+
+
+EVA_CLASSES = ("tubular_adenoma", "mucinous_carcinoma", "fibroadenoma", "ductal_carcinoma")
+
+
+@pytest.fixture(scope="module")
+def eva_board(tmp_path_factory: pytest.TempPathFactory):
+    """A UNI linear probe, a CNN and the majority floor under protocol eva on 4-class BreakHis, 120
+    test images of 24 slides with eva's unbalanced classes; the eva and summary tables of them."""
+    store = open_store(tmp_path_factory.mktemp("eva"), "eva-lb", "breakhis")
+    store.tags[tracking.PROTOCOL] = "eva"
+    rng = np.random.default_rng(8)
+    labels = np.repeat(np.arange(4), [18, 14, 28, 60])
+    groups = np.array([f"s{k}-{i % 6}" for k, i in zip(labels, range(120))])
+    frames = {
+        "linear_probe": predictions(rng, labels, groups, 2.5),
+        "densenet169": predictions(rng, labels, groups, 0.8),
+        "majority": predictions(rng, labels, groups, 0.0).assign(pred=3),
+    }
+    for (name, frame), objective in zip(frames.items(), (0.9, 0.8, 0.5)):
+        metrics = classification_metrics(frame.label.to_numpy(), frame.filter(like="prob_").to_numpy())
+        floor = name == "majority"
+        run = store.run(
+            "floor" if floor else "trial",
+            name,
+            {"objective": objective, "sel_val_loss": 0.5, **{f"test_{k}": v for k, v in metrics.items()}},
+            extra={tracking.FLOOR: "true"} if floor else {tracking.TRIAL_ID: name},
+            params={"encoder": "uni"} if name == "linear_probe" else {},
+        )
+        store.tracker.log_evaluation(run, "test", evaluation(frame), EVA_CLASSES)
+        store.tracker.finish(run, tracking.FINISHED)
+    options = LayoutOptions(n_boot=N_BOOT, seed=6)
+    return build_leaderboard(store.uri, store.experiment, tables=["eva", "summary"], options=options), frames
+
+
+def test_eva_table_puts_the_probe_beside_evas_uni_row_and_lists_evas_other_encoders(eva_board) -> None:
+    board, frames = eva_board
+    eva, summary = board.tables
+    frame = eva.frame()
+    probe = rows_of(frame, "linear_probe")
+    mine = balanced_accuracy_score(frames["linear_probe"].label, frames["linear_probe"].pred)
+    assert probe.loc["harness", "test_balanced_accuracy"] == pytest.approx(mine)
+    assert probe.loc["published", "model"] == "published: eva: UNI - DINOv2 ViT-L16 | Mass-100k"
+    assert probe.loc["published", "test_balanced_accuracy"] == 0.785 and probe.loc["published", "protocol"] == "eva"
+    assert probe.loc["difference", "test_balanced_accuracy"] == pytest.approx(mine - 0.785, abs=1e-4)
+    published = frame[frame.row_kind == "published"]
+    reference = load_reference("eva_leaderboard")
+    assert len(published) == 15 == (reference.dataset == "BreakHis").sum()
+    others = published[published.group != "linear_probe"].test_balanced_accuracy.tolist()
+    assert others == sorted(others, reverse=True) and 0.859 in others  # UNI2-h's, best first
+    harness = frame[frame.row_kind.isin(["harness", "floor"])].set_index("group")
+    assert list(harness.index) == ["linear_probe", "densenet169", "majority (floor)"]
+    assert pd.isna(harness.loc["densenet169", "encoder"]) and harness.loc["linear_probe", "encoder"] == "uni"
+    assert any(note.startswith("Protocol `eva`: eva's fixed split") for note in eva.footnotes)
+    # The summary carries the logged metric, the same number.
+    row = summary.frame().set_index("model").loc["linear_probe"]
+    assert row.test_balanced_accuracy == probe.loc["harness", "test_balanced_accuracy"]
+
+
+def test_eva_balanced_accuracy_interval_and_paired_test_against_direct_computation(eva_board) -> None:
+    board, frames = eva_board
+    harness = board.tables[0].frame().query("row_kind == 'harness'").set_index("group")
+    other, reference = frames["densenet169"], frames["linear_probe"]
+    members = [np.flatnonzero(other.patient_id.to_numpy() == p) for p in sorted(other.patient_id.unique())]
+    rng = np.random.default_rng(6)
+    draws = [np.concatenate([members[p] for p in rng.integers(0, 24, 24)]) for _ in range(N_BOOT)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a resample without a class: scikit-learn averages the others
+        mine = [balanced_accuracy_score(other.label[d], other.pred[d]) for d in draws]
+        theirs = [balanced_accuracy_score(reference.label[d], reference.pred[d]) for d in draws]
+    low, high = np.percentile(mine, [2.5, 97.5])
+    assert harness.loc["densenet169", "balanced_accuracy_ci"] == f"[{low:.4f}, {high:.4f}]"
+    difference = balanced_accuracy_score(other.label, other.pred) - balanced_accuracy_score(
+        reference.label, reference.pred
+    )
+    z = difference / np.std(np.subtract(mine, theirs), ddof=1)
+    assert harness.loc["densenet169", "p_balanced_accuracy"] == pytest.approx(2 * stats.norm.sf(abs(z)))
+    assert pd.isna(harness.loc["linear_probe", "p_balanced_accuracy"])
+    assert set(harness.letters_balanced_accuracy) <= set("ab")
+
+
+def test_the_balanced_accuracy_column_renders_in_markdown_latex_and_html(eva_board, tmp_path: Path) -> None:
+    board, _ = eva_board
+    write_leaderboard(board, tmp_path, html=False)
+    for table in board.tables:
+        header = "balanced accuracy" if table.name == "eva" else "test bal. acc"
+        value = shown(table, "linear_probe", "harness")["test_balanced_accuracy"]
+        line = next(x for x in (tmp_path / f"{table.name}.md").read_text().splitlines() if x.startswith("| linear"))
+        assert f"| {header} |" in (tmp_path / f"{table.name}.md").read_text() and value in line
+        tex = (tmp_path / f"{table.name}.full.tex").read_text()
+        assert f" & {header} & " in tex and value in next(x for x in tex.splitlines() if x.startswith("linear"))
+        page = to_html("t", [], [table], [])
+        assert f"<th>{header}</th>" in page and value in page
+    paper = (tmp_path / "eva.tex").read_text()
+    assert " & balanced accuracy & 95\\% CI & p Holm (bal. acc) & letters (bal. acc) & " in paper

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from harness.leaderboard.reference import (
+    EXTERNAL_TABLES,
     REFERENCE_DIR,
     extract_reference_tables,
     load_reference,
@@ -67,7 +68,8 @@ def test_one_named_table_per_block_with_its_rows(tables: dict[str, pd.DataFrame]
 
 
 def test_committed_folder_equals_a_fresh_extraction(baselines_md: Path, tables: dict[str, pd.DataFrame]) -> None:
-    assert sorted(p.stem for p in REFERENCE_DIR.glob("*.csv")) == sorted(tables), (
+    external = [t.name for t in EXTERNAL_TABLES]
+    assert sorted(p.stem for p in REFERENCE_DIR.glob("*.csv")) == sorted([*tables, *external]), (
         "harness/leaderboard/published/ is stale: run python -m harness.leaderboard.reference ../shared/BASELINES.md"
     )
     for name, frame in tables.items():
@@ -185,3 +187,16 @@ def test_unclosed_block_raises_with_its_line(tmp_path: Path) -> None:
     md.write_text("# T\n\n```csv\nsource,table\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"line 3\b.*never closed"):
         extract_reference_tables(md)
+
+
+def test_evas_reference_rows_name_their_file_and_commit_and_give_both_datasets_per_encoder() -> None:
+    frame = load_reference("eva_leaderboard")
+    assert set(frame.source_file) == {"kaiko-ai/eva tools/data/leaderboards/pathology.csv"}
+    assert set(frame.source_commit) == {"73b61a797bfda8daf232f6abea2bc87ac614589c"}
+    assert set(frame.protocol) == {"eva"} and set(frame.metric) == {"balanced_accuracy"}
+    assert all(sorted(group.dataset) == ["BACH-A", "BreakHis"] for _, group in frame.groupby("model"))
+    assert frame.model.nunique() == 15 and frame.value.astype(float).between(0, 1).all()
+    presets = {"uni", "uni2_h", "virchow2", "h_optimus_0", "phikon", "phikon_v2", "gigapath", "NA"}
+    assert set(frame.harness_encoder) == presets
+    uni2 = frame[frame.harness_encoder == "uni2_h"].set_index("dataset").value.to_dict()
+    assert uni2 == {"BACH-A": "0.915", "BreakHis": "0.859"}  # as eva's file prints them

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 from scipy import special, stats
-from sklearn.metrics import brier_score_loss, roc_auc_score
+from sklearn.metrics import balanced_accuracy_score, brier_score_loss, roc_auc_score
 from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 from statsmodels.stats.multitest import multipletests
 
@@ -436,6 +436,7 @@ def test_replicates_pair_up_only_on_the_same_resamples() -> None:
 def test_metrics_on_resample_counts_equal_them_on_the_gathered_rows(metric, classes: int) -> None:
     assert set(lb_stats.COUNTED) == {
         lb_stats.accuracy,
+        lb_stats.balanced_accuracy,
         lb_stats.auc,
         lb_stats.expected_calibration_error,
         lb_stats.brier_score,
@@ -450,3 +451,16 @@ def test_metrics_on_resample_counts_equal_them_on_the_gathered_rows(metric, clas
     gathered = lb_stats.bootstrap_replicates(lambda y, p: metric(y, p), labels, probs, groups, n_boot=200, seed=4)
     np.testing.assert_allclose(counted.values, gathered.values, rtol=0, atol=1e-12)
     assert counted.estimate == gathered.estimate
+
+
+def test_balanced_accuracy_is_scikit_learns_over_the_classes_present() -> None:
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 4, 300)
+    probs = rng.dirichlet(np.ones(4), 300)
+    assert lb_stats.balanced_accuracy(labels, probs) == pytest.approx(balanced_accuracy_score(labels, probs.argmax(1)))
+    # A class without images is no term of the mean (scikit-learn warns and does the same).
+    absent = labels != 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = balanced_accuracy_score(labels[absent], probs[absent].argmax(1))
+    assert lb_stats.balanced_accuracy(labels[absent], probs[absent]) == pytest.approx(expected)

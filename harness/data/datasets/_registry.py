@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+import numpy as np
+import pandas as pd
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from ..records import IndexResult
@@ -106,6 +108,26 @@ class PublishedProtocol:
     patient_ids: bool = True
 
 
+# Returns the rows of a manifest a named protocol keeps (relabelled into its class set, index reset)
+# and, per kept row, whether it lies in the protocol's test part.
+AssignFunction = Callable[[pd.DataFrame], tuple[pd.DataFrame, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class NamedProtocol:
+    """A published train/test assignment of a dataset (`protocol.name` other than patient): where
+    it is written down, the label set and the `DatasetSpec` keys it fixes, its part sizes on the
+    full release (checked unless `allow_subset`), and the function assigning a manifest's rows."""
+
+    source: str
+    # What it keeps and how it splits, in words (notes, errors, docs).
+    description: str
+    label: str
+    fixes: dict[str, Any]
+    counts: dict[str, int]
+    assign: AssignFunction = field(repr=False)
+
+
 # Returns the manifest (and what indexing reported) of the dataset a DatasetSpec names; its `path`
 # column holds absolute paths below the resolved root, which a written manifest stores relative to it.
 IndexFunction = Callable[[DatasetSpec, bool], IndexResult]
@@ -131,6 +153,8 @@ class Dataset:
     synthesise: SynthesiseFunction = field(repr=False)
     # DatasetSpec keys beyond COMMON_OPTIONS that this dataset reads.
     options: frozenset[str] = frozenset()
+    # `protocol.name` -> a published split of this dataset beyond the harness's own (patient).
+    protocols: dict[str, NamedProtocol] = field(default_factory=dict)
 
     def traits(self, spec: DatasetSpec) -> DatasetTraits:
         """Return the traits of this dataset as `spec` configures it."""

@@ -13,13 +13,14 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
 from harness.errors import InputError
 
 from ..records import IndexResult, UnreadableImage, collect, decode
 from ..synthetic import blob_image
-from ._registry import Dataset, DatasetSpec, PublishedProtocol, register_dataset
+from ._registry import Dataset, DatasetSpec, NamedProtocol, PublishedProtocol, register_dataset
 
 DATASET = "bach"
 # 001's table order; torchvision's ImageFolder would sort alphabetically instead (§1.3 pitfall).
@@ -28,6 +29,13 @@ PREFIX = {"Normal": "n", "Benign": "b", "InSitu": "is", "Invasive": "iv"}
 NAME_PATTERN = re.compile(r"^(?P<prefix>n|b|is|iv)(?P<num>\d{3})\.tif$", re.ASCII)
 SIZE = (2048, 1536)  # width x height of every published image
 PUBLISHED_PER_CLASS = 100
+# eva's BACH protocol (kaiko-ai/eva src/eva/vision/data/datasets/classification/bach.py at
+# 73b61a797bfda8daf232f6abea2bc87ac614589c): its validation part is these [start, end) ranges of the
+# 400 images in ImageFolder's order (class folders alphabetically, files by name), chosen on eva's
+# side to keep patients apart; the rest, 268 images, is its training part.
+EVA_SOURCE = "kaiko-ai/eva src/eva/vision/data/datasets/classification/bach.py@73b61a79"
+EVA_VAL_RANGES = ((41, 59), (60, 90), (139, 169), (240, 258), (260, 273), (345, 368))
+EVA_COUNTS = {"train": 268, "test": 132}
 LAYOUT = "[ICIAR2018_BACH_Challenge/]Photos/<Normal|Benign|InSitu|Invasive>/<n|b|is|iv>NNN.tif"
 
 
@@ -144,6 +152,34 @@ def write_synthetic_bach(
     return root, mask_dir
 
 
+def eva_position(class_name: str, file_name: str) -> int | None:
+    """Return an image's index in eva's order of the 400 (100 x the rank of its class folder among
+    the four sorted by name, plus its number - 1); None for a name outside the published 001-100."""
+    match = NAME_PATTERN.match(file_name)
+    if match is None or not 1 <= int(match["num"]) <= PUBLISHED_PER_CLASS:
+        return None
+    return PUBLISHED_PER_CLASS * sorted(CLASS_NAMES).index(class_name) + int(match["num"]) - 1
+
+
+def eva_assign(manifest: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """Return the images of eva's 400 and which of them lie in eva's validation part; labels stay
+    the harness's (the same four classes)."""
+    positions = [eva_position(c, Path(p).name) for c, p in zip(manifest.class_name, manifest.rel_path)]
+    kept = manifest[[p is not None for p in positions]].reset_index(drop=True)
+    at = np.array([p for p in positions if p is not None], dtype=np.int64)
+    return kept, np.array([any(lo <= p < hi for lo, hi in EVA_VAL_RANGES) for p in at], dtype=bool)
+
+
+EVA = NamedProtocol(
+    source=EVA_SOURCE,
+    description="eva's BACH protocol: the 400 part A images, six index ranges of them (132) as the test part",
+    label="four_class",
+    fixes={},
+    counts=EVA_COUNTS,
+    assign=eva_assign,
+)
+
+
 def _index(spec: DatasetSpec, show_progress: bool) -> IndexResult:
     return index_bach(
         spec.root,
@@ -174,5 +210,6 @@ BACH = register_dataset(
         index=_index,
         synthesise=_synthesise,
         options=frozenset({"roi_dir", "roi_fallback", "image_size", "stain"}),
+        protocols={"eva": EVA},
     )
 )

@@ -20,7 +20,7 @@ from harness.errors import InputError
 
 from ..records import IndexResult, UnreadableImage, collect, decode, files_under
 from ..synthetic import blob_image
-from ._registry import Dataset, DatasetSpec, PublishedProtocol, register_dataset
+from ._registry import Dataset, DatasetSpec, NamedProtocol, PublishedProtocol, register_dataset
 
 DATASET = "breakhis"
 BINARY_CLASSES = ("benign", "malignant")
@@ -42,6 +42,17 @@ NAME_PATTERN = re.compile(
 SIZE = (700, 460)
 # Verified totals (§1.2): (benign, malignant) per magnification.
 PUBLISHED = {40: (625, 1370), 100: (644, 1437), 200: (623, 1390), 400: (588, 1232)}
+# eva's BreakHis protocol (kaiko-ai/eva src/eva/vision/data/datasets/classification/breakhis.py at
+# 73b61a797bfda8daf232f6abea2bc87ac614589c): 40X only, the four subtypes with at least 7 patients in
+# eva's order, and the slide ids (the file name's third '-' field) of its validation part.
+EVA_SOURCE = "kaiko-ai/eva src/eva/vision/data/datasets/classification/breakhis.py@73b61a79"
+EVA_CLASSES = ("TA", "MC", "F", "DC")
+EVA_LABELS = tuple(SUBTYPES[code] for code in EVA_CLASSES)
+EVA_VAL_SLIDES = frozenset(
+    {"18842D", "19979", "15275", "15792", "16875", "3909", "5287", "16716"}
+    | {"2773", "5695", "16184CD", "23060CD", "21998CD", "21998EF"}
+)
+EVA_COUNTS = {"train": 1132, "test": 339}
 LAYOUT = "<benign|malignant>/SOB/<subtype>/SOB_<B|M>_<T>_<YY>-<SLIDE>/<MAG>X/SOB_<B|M>_<T>-<YY>-<SLIDE>-<MAG>-<SEQ>.png"
 
 
@@ -180,10 +191,70 @@ def write_synthetic_breakhis(
     return root
 
 
+def eva_assign(manifest: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """Return the 40X images of eva's four subtypes, labelled in eva's order, and which of them lie
+    in eva's validation part (their slide id is one of its 14); eva splits by slide folder, so
+    folders sharing a numeric core (14-16184 and 14-16184CD) may fall on both sides."""
+    keep = (manifest.magnification == 40) & manifest.subtype.isin(EVA_LABELS)
+    kept = manifest[keep.to_numpy()].reset_index(drop=True)
+    kept = kept.assign(label=kept.subtype.map(EVA_LABELS.index).astype(np.int64), class_name=kept.subtype)
+    slide = kept.patient_folder.str.split("-", n=1).str[1]
+    return kept, slide.isin(EVA_VAL_SLIDES).to_numpy(dtype=bool)
+
+
+EVA = NamedProtocol(
+    source=EVA_SOURCE,
+    description="eva's BreakHis protocol: 40X images of TA, MC, F and DC, 14 slides of them as the test part",
+    label="eva",
+    fixes={"label": "eva", "magnification": 40},
+    counts=EVA_COUNTS,
+    assign=eva_assign,
+)
+
+
+# Images per slide folder at 40X in the public release (subtype code -> "slide:count ..."), from a
+# public per-folder listing of it; they sum to the published 625 benign and 1,370 malignant images
+# and to eva's 1,132 training and 339 validation images, so a tree written from them meets both.
+RELEASE_40X = {
+    "A": "14-22549AB:29 14-22549CD:35 14-22549G:35 14-29960CD:15",
+    "F": "14-14134:36 14-14134E:29 14-21998CD:37 14-21998EF:31 14-23060AB:23 14-23060CD:14 "
+    "14-23222AB:17 14-25197:22 14-29960AB:18 14-9133:26",
+    "PT": "14-21998AB:58 14-22704:38 14-29315EF:13",
+    "TA": "14-13200:15 14-15275:12 14-16184:39 14-16184CD:35 14-19854C:16 14-21978AB:16 14-3411F:16",
+    "DC": "14-10926:11 14-11031:14 14-11520:25 14-11951:27 14-12312:32 14-13412:32 14-13993:37 "
+    "14-14015:18 14-14926:20 14-14946:31 14-15572:23 14-15696:23 14-15792:14 14-16188:24 14-16336:13 "
+    "14-16448:11 14-16601:12 14-16716:38 14-16875:14 14-17614:39 14-17901:26 14-17915:26 14-18650:29 "
+    "14-20629:36 14-20636:25 14-2523:10 14-2773:30 14-2980:20 14-2985:20 14-3909:26 14-4364:1 "
+    "14-4372:21 14-5287:23 14-5694:22 14-5695:23 14-6241:32 14-8168:10 14-9461:26",
+    "LC": "14-12204:20 14-13412:32 14-15570:51 14-15570C:31 14-16196:22",
+    "MC": "14-10147:15 14-12773:26 14-13413:29 14-13418DE:15 14-16456:46 14-18842:15 14-18842D:16 "
+    "14-19979:26 14-19979C:17",
+    "PC": "14-12465:21 14-15687B:17 14-15704:30 14-19440:35 14-9146:23 15-190EF:19",
+}
+
+
+def write_release_40x(root: Path, *, size: int = 8, seed: int = 0) -> Path:
+    """Write the release's 40X file list (1,995 PNG files, named and laid out as published) as tiny
+    noise images of `size` pixels a side; returns its root. Its 100X-400X images are not written,
+    so indexing it needs allow_subset."""
+    rng = np.random.default_rng(seed)
+    base = root / "BreaKHis_v1" / "histology_slides" / "breast"
+    for k, (code, subtype) in enumerate(SUBTYPES.items()):
+        cls = "M" if k >= 4 else "B"
+        for entry in RELEASE_40X[code].split():
+            patient, count = entry.split(":")
+            folder = base / BINARY_CLASSES[k >= 4] / "SOB" / subtype / f"SOB_{cls}_{code}_{patient}" / "40X"
+            folder.mkdir(parents=True, exist_ok=True)
+            for seq in range(1, int(count) + 1):
+                pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"SOB_{cls}_{code}-{patient}-40-{seq:03d}.png")
+    return root
+
+
 def _index(spec: DatasetSpec, show_progress: bool) -> IndexResult:
     return index_breakhis(
         spec.root,
-        label="subtype" if spec.label == "subtype" else "binary",
+        label="binary" if spec.label in (None, "binary") else "subtype",
         group_by=spec.group_by,
         roi_dir=spec.roi_dir,
         allow_subset=spec.allow_subset,
@@ -202,7 +273,8 @@ BREAKHIS = register_dataset(
         name=DATASET,
         layout=LAYOUT,
         protocol=PublishedProtocol(source="BASELINES.md §1.2", counts={"benign_malignant_by_magnification": PUBLISHED}),
-        labels={"binary": BINARY_CLASSES, "subtype": SUBTYPE_CLASSES},
+        # eva: the class set of protocol eva, which labels its rows (a manifest indexes them by subtype).
+        labels={"binary": BINARY_CLASSES, "subtype": SUBTYPE_CLASSES, "eva": EVA_LABELS},
         storage="images",
         # As published: 700x460 (height, width = 460, 700).
         size=(460, 700),
@@ -210,5 +282,6 @@ BREAKHIS = register_dataset(
         index=_index,
         synthesise=_synthesise,
         options=frozenset({"roi_dir", "roi_fallback", "group_by", "magnification", "image_size", "stain"}),
+        protocols={"eva": EVA},
     )
 )

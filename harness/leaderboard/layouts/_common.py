@@ -29,6 +29,10 @@ PROTOCOLS = {
     "pis_patch_split": "S-PIS: random patch-level split (patients cross it)",
     "essex2023": "003: undersampled, random stratified 80/10/10 patch split",
     "spanhol_fold1": "000: Spanhol fold 1 (patient-disjoint), test monitored every epoch, no validation set",
+    "eva": "eva's fixed split (kaiko-ai/eva): test = eva's validation part (BACH: 132 of the 400 images by "
+    "its index ranges; BreakHis: the 40X images of TA, MC, F and DC of its 14 validation slides), the "
+    "harness's folds inside eva's training part; eva's published rows are the mean of 5 runs of one "
+    "fixed head recipe",
 }
 REFERENCE_DATASETS = {"BACH-A": "bach", "IDC": "idc", "BreakHis": "breakhis"}
 DAGGER = "†"
@@ -36,8 +40,9 @@ STATISTICS_NOTE = (
     "95% CI: percentile bootstrap over the test images, whole patients resampled where patients "
     "hold several images ({n_boot} resamples, seed {seed}). p: paired test against {reference} on the "
     "same test images, exact McNemar below 25 discordant pairs, else chi-square with continuity "
-    "correction; AUC: DeLong for two classes, paired bootstrap for more. p Holm: adjusted with Holm's "
-    "method over the family of a column ({tests} tests: every other model against the reference). "
+    "correction; balanced accuracy: paired bootstrap; AUC: DeLong for two classes, paired bootstrap for "
+    "more. p Holm: adjusted with Holm's method over the family of a column ({tests} tests: every other "
+    "model against the reference). "
     "Letters: compact letter display (Piepho 2004) from the same tests between every pair of models "
     "({pairs} pairs), Holm-adjusted over those pairs; models sharing a letter are not distinguishable "
     "at {alpha}, 'a' marks the group of the highest value. The letters' family is larger than the "
@@ -313,7 +318,7 @@ def statistics_note(table: ReportTable, evidence: TableEvidence, options: Layout
 
 
 def tested_cells(evidence: TableEvidence, label: str, column: str) -> dict[str, Cell]:
-    """Return a row's cells of tested column `column` (accuracy or auc): p against the reference,
+    """Return a row's cells of tested column `column` (accuracy, balanced_accuracy or auc): p against the reference,
     its Holm-adjusted p, and the letters ('-' where untested)."""
     tests = evidence.tests.get(column)
     if tests is None:
@@ -333,7 +338,7 @@ def _p_cell(p: float) -> Cell:
 
 def tested_columns(column: str, p_header: str) -> list[Column]:
     """Return the columns of tested column `column`: raw p, Holm-adjusted p, letters."""
-    short = {"accuracy": "acc", "auc": "AUC"}[column]
+    short = {"accuracy": "acc", "balanced_accuracy": "bal. acc", "auc": "AUC"}[column]
     return [
         col(f"p_{column}", p_header),
         col(f"p_{column}_holm", f"p Holm ({short})"),
