@@ -37,6 +37,12 @@ def grad_cam(model: nn.Module, images: torch.Tensor, classes: torch.Tensor | Non
     return _min_max(cam)
 
 
+def draws_maps(model: nn.Module, own_maps: bool) -> bool:
+    """Return True when explanation maps can be drawn for `model`: a map of its own, or the
+    feature map and head Grad-CAM needs (a fine-tuned ViT's tokens are no feature map)."""
+    return own_maps or (hasattr(model, "forward_features") and hasattr(model, "forward_head"))
+
+
 @torch.no_grad()
 def explanation_maps(model: nn.Module, images: torch.Tensor) -> tuple[str, torch.Tensor]:
     """Return (kind, B x 1 x h x w maps in [0, 1]): the model's RoI map, its finest attention map,

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 import baselines
 from baselines.losses import build_loss
+from baselines.maps import draws_maps
 from harness.bn_recalibration import recalibrate_for_evaluation
 from harness.config import ComputeSpec
 from harness.data.bags import BagGrid, bag_grid
@@ -555,7 +556,8 @@ def _finish(fold: _Fold, opt: _Optimisation, best: BestEpoch) -> Evaluation | No
         test = evaluate(
             best_model, fold.evaluation_loader(test_set), opt.normalise, fold.manifest.iloc[fold.rows["test"]]
         )
-    test.galleries = map_galleries(best_model, test_set, test, opt.normalise)
+    if draws_maps(best_model, baselines.info(spec.baseline).has_own_maps):
+        test.galleries = map_galleries(best_model, test_set, test, opt.normalise)
     return test
 
 
