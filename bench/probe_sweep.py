@@ -29,6 +29,8 @@ from _figures import Figures, add_figures_option
 BASELINE = "linear_probe"
 # A ViT-B/16 trunk cut to 4 blocks at width 192: a small encoder that a 2-core machine embeds in minutes.
 SMALL = {"depth": 4, "embed_dim": 192, "num_heads": 3}
+# Head trials at once: one per core of the 2-core machine the figures come from.
+CONCURRENT = 2
 TOY = {"depth": 1, "embed_dim": 32, "num_heads": 2, "img_size": 32}
 
 
@@ -47,7 +49,7 @@ def _experiment(root: Path, out: Path, weights: Path, args: argparse.Namespace, 
                     "max_epochs": args.epochs,
                     "grace_period": 1,
                     "sampler": "tpe",
-                    "max_concurrent": 2,
+                    "max_concurrent": CONCURRENT,
                     "retrain": "none",
                 },
                 "resources": {"cpu": 1},
@@ -129,6 +131,9 @@ def main() -> None:
     figures = Figures(args.figures)
     arch = figures.record("arch", value=TOY if args.smoke else SMALL)
     figures.record("encoder", value=args.encoder)
+    figures.record("device", value=args.device)
+    figures.record("concurrent", value=CONCURRENT)
+    figures.record("data", value=f"`{args.root}`" if args.root else "a synthetic IDC tree")
     with tempfile.TemporaryDirectory() as scratch:
         tmp = Path(scratch)
         root = args.root or write_synthetic_idc(tmp / "idc", patients=8, seed=0)
