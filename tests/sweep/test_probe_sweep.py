@@ -108,18 +108,23 @@ def test_the_registered_probe_predicts_on_raw_patches_with_its_encoder_by_refere
     )
     [fold_run, *_] = [r for r in _runs(results, "fold") if r.data.tags[tracking.BASELINE] == "linear_probe"]
     program = mlflow.models.get_model_info(fold_run.data.tags["torch_model_uri"])
-    assert program.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == [
-        -1,
-        baselines.encoder_dim("phikon", **TINY),
-    ]
+    width = baselines.encoder_dim("phikon", **TINY)
+    assert tuple(program.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, width)
 
 
 def test_the_eva_table_puts_each_probe_above_evas_row_of_its_encoder(swept: tuple[Path, Path, str]) -> None:
     results, _, _ = swept
     table = pd.read_csv(results / NAME / "eva.csv")
-    models = list(table.model)
     for probe in ("linear_probe", "knn_probe"):
-        assert probe in models
-        below = models[models.index(probe) + 1]
-        assert "Phikon" in below and "eva" in below.lower() or "Phikon" in below, models
-    assert any("(floor)" in m for m in models) and "resnet18" in models
+        rows = table[table.group == probe].set_index("row_kind")
+        assert rows.loc["harness", "encoder"] == "phikon"
+        # eva's published BreakHis row of Phikon, and the difference to it.
+        assert rows.loc["published", "model"].startswith("published: eva: Phikon - ")
+        assert rows.loc["published", "test_balanced_accuracy"] == 0.717
+        difference = rows.loc["harness", "test_balanced_accuracy"] - 0.717
+        assert rows.loc["difference", "test_balanced_accuracy"] == pytest.approx(difference, abs=1e-4)
+    assert set(table.group[table.row_kind == "harness"]) == {"linear_probe", "knn_probe", "resnet18"}
+    assert set(table.group[table.row_kind == "floor"]) == {"majority (floor)", "colour_forest (floor)"}
+    # Every other encoder eva publishes on BreakHis is listed too, best first.
+    others = table[(table.row_kind == "published") & ~table.group.isin(["linear_probe", "knn_probe"])]
+    assert len(others) == 14 and list(others.test_balanced_accuracy) == sorted(others.test_balanced_accuracy)[::-1]
