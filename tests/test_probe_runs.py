@@ -8,6 +8,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+import torch
 
 import baselines
 from harness import tracking
@@ -127,3 +128,22 @@ def test_a_served_probe_refuses_an_encoder_file_whose_bytes_changed(
     baselines.write_random_encoder(ENCODER, copy, seed=7, **TINY)
     with pytest.raises(baselines.WeightsFileError, match=r"is not the one this model was trained with"):
         served.recipe.encoder.build()
+
+
+def test_a_fine_tuned_encoder_trains_its_last_block_and_serves_on_stored_patches(
+    tmp_path: Path, prepared: PreparedData, weights: Path
+) -> None:
+    options = {"encoder": ENCODER, "encoder_arch": TINY, "blocks": 1, "layer_decay": 0.75}
+    spec = _spec(prepared, "finetune", weights)
+    spec = spec.model_copy(update={"model_kwargs": options, "params": spec.params.model_copy(update={"epochs_max": 1})})
+    result = fit(spec)
+    assert result.test is not None and not result.test.galleries  # a ViT's tokens are no Grad-CAM feature map
+    served = served_fold(spec, result, examples=2)
+    assert served.recipe.encoder is None  # its encoder's weights changed: they are the model's own
+    store = tracking.open_store(f"sqlite:///{tmp_path / 'mlflow.db'}").uri
+    tracker = tracking.tracker_for(store)
+    experiment = tracker.experiment_id("finetune")
+    run_id = tracker.start_run(experiment, name="fold", run_type=tracking.RunType.FOLD, tags={}, params={})
+    uri = log_fold_model(store, run_id, served)
+    program = mlflow.pytorch.load_model(uri)
+    assert tuple(program(torch.from_numpy(served.example_inputs)).shape) == (2, len(prepared.class_names))
