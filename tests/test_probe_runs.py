@@ -131,7 +131,7 @@ def test_a_served_probe_refuses_an_encoder_file_whose_bytes_changed(
 
 
 def test_a_fine_tuned_encoder_trains_its_last_block_and_serves_on_stored_patches(
-    tmp_path: Path, prepared: PreparedData, weights: Path
+    tmp_path: Path, prepared: PreparedData, weights: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     options = {"encoder": ENCODER, "encoder_arch": TINY, "blocks": 1, "layer_decay": 0.75}
     spec = _spec(prepared, "finetune", weights)
@@ -145,5 +145,6 @@ def test_a_fine_tuned_encoder_trains_its_last_block_and_serves_on_stored_patches
     experiment = tracker.experiment_id("finetune")
     run_id = tracker.start_run(experiment, name="fold", run_type=tracking.RunType.FOLD, tags={}, params={})
     uri = log_fold_model(store, run_id, served)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     program = mlflow.pytorch.load_model(uri)
     assert tuple(program(torch.from_numpy(served.example_inputs)).shape) == (2, len(prepared.class_names))
