@@ -148,3 +148,23 @@ def test_a_fine_tuned_encoder_trains_its_last_block_and_serves_on_stored_patches
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     program = mlflow.pytorch.load_model(uri)
     assert tuple(program(torch.from_numpy(served.example_inputs)).shape) == (2, len(prepared.class_names))
+
+
+def test_a_probe_without_a_weights_file_is_noted_as_a_random_encoder(
+    tmp_path: Path, synthetic_idc: Path, weights: Path
+) -> None:
+    from harness.config import load_experiment
+    from harness.sweep._tuner import search_notes
+    from tests.conftest import experiment_dict, write_experiment
+
+    fixed = {"encoder": ENCODER, "encoder_arch": TINY}
+    entries = [
+        {"name": "linear_probe", "fixed": fixed},
+        {"name": "knn_probe", "pretrained": str(weights), "fixed": fixed},
+        "cancernet",
+    ]
+    config = load_experiment(
+        write_experiment(tmp_path / "e.yaml", experiment_dict(synthetic_idc, tmp_path, baselines=entries))
+    )
+    random = [n for n in search_notes(config) if "random-initialised" in n]
+    assert random == ["linear_probe: no weights file (`pretrained`): its encoder is random-initialised"]
