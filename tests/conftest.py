@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -18,6 +19,9 @@ from harness.environment import EMBEDDED_RAY, environment
 # machine's network address and its processes talk over it. Tests reach only loopback and the
 # namespaces they create (tools/netns_cluster.py).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# What the harness keeps per machine (weights digests) goes to a folder of this test run, not the
+# user's ~/.cache; Ray workers and subprocesses inherit it.
+os.environ.setdefault("HISTO_HARNESS_CACHE", tempfile.mkdtemp(prefix="histo-harness-tests-"))
 
 REPO = Path(__file__).resolve().parents[1]
 IDC_SAMPLE = REPO.parent / "shared" / "data" / "idc_sample"

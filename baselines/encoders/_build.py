@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -144,16 +145,42 @@ def write_random_encoder(name: str, path: Path, *, seed: int = 0, **arch: Any) -
     return path
 
 
+# Where a machine keeps what the harness computes once per file (weights digests).
+CACHE_ENV = "HISTO_HARNESS_CACHE"
+
+
 def weights_digest(path: str | Path) -> str:
-    """Return the sha256 hex digest of a weights file's bytes, computed once per (path, size, mtime)."""
+    """Return the sha256 hex digest of a weights file's bytes, computed once per (path, inode,
+    size, mtime) on a machine: every trial process asks, and a 2-4 GB encoder takes seconds."""
     resolved = local_weights_file(str(path))
     assert resolved is not None
     stat = resolved.stat()
-    return _digest(str(resolved), stat.st_size, stat.st_mtime_ns)
+    return _digest(str(resolved), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def _memo_folder() -> Path:
+    """Return where this machine keeps weights digests ($HISTO_HARNESS_CACHE, by default
+    ~/.cache/histo-harness), made when absent."""
+    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "histo-harness"
+    folder = Path(root) / "weights-sha256"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 @functools.lru_cache(maxsize=64)
-def _digest(path: str, size: int, mtime_ns: int) -> str:
-    # size and mtime_ns are part of the cache key: a rewritten file is hashed again.
+def _digest(path: str, inode: int, size: int, mtime_ns: int) -> str:
+    # The file's identity is part of the key: a rewritten or replaced file is hashed again.
+    key = hashlib.sha256(f"{path}\0{inode}\0{size}\0{mtime_ns}".encode()).hexdigest()
+    try:
+        memo = _memo_folder() / key
+        if memo.is_file():
+            return memo.read_text().strip()
+    except OSError:
+        memo = None  # no writable cache folder: hash every time
     with open(path, "rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
+        digest = hashlib.file_digest(file, "sha256").hexdigest()
+    if memo is not None:
+        tmp = memo.with_name(f"{key}.{os.getpid()}.tmp")
+        tmp.write_text(digest)
+        tmp.replace(memo)  # whole or absent: a concurrent trial reads either nothing or the digest
+    return digest

@@ -195,3 +195,20 @@ def test_weights_digest_is_the_files_sha256_and_follows_a_rewrite(tmp_path: Path
 def test_blocks_are_the_transformer_blocks_input_side_first() -> None:
     encoder = create_encoder("uni", None, **TINY)
     assert encoder.blocks() == [encoder.trunk.blocks[0], encoder.trunk.blocks[1]]
+
+
+def test_a_digest_is_kept_per_machine_for_every_process_and_follows_a_rewrite(tmp_path: Path) -> None:
+    from baselines.encoders import _build
+
+    path = write_random_encoder("uni", tmp_path / "uni.bin", seed=0, **TINY)
+    digest = weights_digest(path)
+    [memo] = [m for m in (Path(os.environ[_build.CACHE_ENV]) / "weights-sha256").iterdir() if m.read_text() == digest]
+    # Another process finds it there (this one's memory forgotten): the memo is what it reads.
+    _build._digest.cache_clear()
+    memo.write_text("f" * 64)
+    assert weights_digest(path) == "f" * 64
+    memo.write_text(digest)
+    # A rewritten file is another file: hashed again.
+    write_random_encoder("uni", path, seed=1, **TINY)
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
+    assert weights_digest(path) == hashlib.sha256(path.read_bytes()).hexdigest() != digest
