@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import InputError
@@ -38,11 +38,14 @@ class Leaderboard:
 
     runs: RunSet
     tables: list[ReportTable]
+    options: LayoutOptions = field(default_factory=LayoutOptions)
 
     @property
     def table(self):
-        """Return the first table as a DataFrame of its harness and floor rows (one per baseline)."""
-        frame = self.tables[0].frame()
+        """Return the summary layout's harness and floor rows as a DataFrame (one per baseline, with
+        its winning run), whichever tables were asked for: what registered winners are tagged with."""
+        summary = next((t for t in self.tables if t.name == "summary"), None)
+        frame = (summary or build_table("summary", self.runs, self.options)).frame()
         return (
             frame[frame.row_kind.isin(MAIN_ROWS)]
             .drop(columns=["row_kind", "group"])
@@ -70,7 +73,7 @@ def build_leaderboard(
     names = [experiments] if isinstance(experiments, str) else list(experiments)
     runs = collect_runs(tracking_uri, names, split_hash=split_hash)
     options = options or LayoutOptions()
-    return Leaderboard(runs, [build_table(name, runs, options) for name in tables])
+    return Leaderboard(runs, [build_table(name, runs, options) for name in tables], options)
 
 
 def paper_columns(table: ReportTable, latex_columns: list[str] | None = None) -> list[Column]:

@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 from harness import tracking
 from harness.cli import app
-from harness.leaderboard import LayoutOptions, build_leaderboard, write_leaderboard
+from harness.leaderboard import LayoutOptions, Leaderboard, build_leaderboard, write_leaderboard
 from harness.leaderboard.reference import load_reference
 from harness.leaderboard.render import to_html, to_latex
 from harness.leaderboard.stats import compact_letters
@@ -982,3 +982,12 @@ def test_the_balanced_accuracy_column_renders_in_markdown_latex_and_html(eva_boa
         assert f"<th>{header}</th>" in page and value in page
     paper = (tmp_path / "eva.tex").read_text()
     assert " & balanced accuracy & 95\\% CI & p Holm (bal. acc) & letters (bal. acc) & " in paper
+
+
+def test_registered_winners_are_tagged_from_the_summary_rows_whatever_table_comes_first(eva_board) -> None:
+    board, _ = eva_board
+    eva, summary = board.tables
+    # An experiment asking for the eva table alone: its rows carry no run, the summary's do.
+    alone = Leaderboard(board.runs, [eva], board.options).table
+    assert list(alone.best_run_id) == list(Leaderboard(board.runs, [summary]).table.best_run_id)
+    assert set(alone.baseline) == {"linear_probe", "densenet169", "majority (floor)"}
