@@ -215,7 +215,33 @@ class BatchAugment:
         return resize_nearest(batch, hw, self.keras)
 
 
-class DeviceBatches:
+class _Ordered:
+    """Rows on the device in batches: shuffled by `generator` with the last partial batch dropped,
+    as the per-image training loader does, or (`shuffle=False`, for evaluation) in order and all."""
+
+    labels: torch.Tensor
+    batch_size: int
+    shuffle: bool
+    generator: torch.Generator
+
+    def __len__(self) -> int:
+        drop_last = self.shuffle and len(self.labels) > self.batch_size
+        return len(self.labels) // self.batch_size if drop_last else math.ceil(len(self.labels) / self.batch_size)
+
+    def picks(self) -> Iterator[torch.Tensor]:
+        """Yield each batch's row indices on the rows' device, in this epoch's order."""
+        # The epoch's order is drawn on the host (the same on every device) and copied once.
+        order = (
+            torch.randperm(len(self.labels), generator=self.generator)
+            if self.shuffle
+            else torch.arange(len(self.labels))
+        )
+        order = to_device(order, self.labels.device)
+        for i in range(len(self)):
+            yield order[i * self.batch_size : (i + 1) * self.batch_size]
+
+
+class DeviceBatches(_Ordered):
     """Patches on the device served in batches through a BatchAugment: shuffled with the last
     partial batch dropped, as the per-image training loader does, or (`shuffle=False`, for
     evaluation) in order and all of them."""
@@ -246,24 +272,14 @@ class DeviceBatches:
         other.generator = torch.Generator().manual_seed(order_seed)
         return other
 
-    def __len__(self) -> int:
-        drop_last = self.shuffle and len(self.labels) > self.batch_size
-        return len(self.labels) // self.batch_size if drop_last else math.ceil(len(self.labels) / self.batch_size)
-
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        n = len(self.labels)
-        # The epoch's order is drawn on the host (the same on every device) and copied once.
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        order = to_device(order, self.images.device)
-        for i in range(len(self)):
-            picked = order[i * self.batch_size : (i + 1) * self.batch_size]
+        for picked in self.picks():
             yield {"image": self.augment(self.images.index_select(0, picked)), "label": self.labels[picked]}
 
 
-class VectorBatches:
-    """Embeddings (N x D) on the device served in batches of float32 vectors with their labels:
-    shuffled with the last partial batch dropped, as the training loaders do, or (`shuffle=False`)
-    in order and all of them. Embeddings are not augmented: `set_random_seed` leaves the order's
+class VectorBatches(_Ordered):
+    """Embeddings (N x D) on the device served in batches of float32 vectors with their labels, in
+    the order `_Ordered` draws. Embeddings are not augmented: `set_random_seed` leaves the order's
     own stream alone, as a DataLoader's sampler keeps its own generator."""
 
     def __init__(
@@ -285,16 +301,8 @@ class VectorBatches:
         """Do nothing: there is no augmentation to reseed (the epoch's order has its own stream)."""
         del seed
 
-    def __len__(self) -> int:
-        drop_last = self.shuffle and len(self.labels) > self.batch_size
-        return len(self.labels) // self.batch_size if drop_last else math.ceil(len(self.labels) / self.batch_size)
-
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        n = len(self.labels)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        order = to_device(order, self.vectors.device)
-        for i in range(len(self)):
-            picked = order[i * self.batch_size : (i + 1) * self.batch_size]
+        for picked in self.picks():
             yield {"image": self.vectors.index_select(0, picked), "label": self.labels[picked]}
 
 
