@@ -351,7 +351,10 @@ def _embeddings(spec: RunSpec, device: str) -> np.ndarray:
     encoder = spec.encoder
     assert encoder is not None, f"{spec.baseline} reads embeddings but names no encoder"
     recipe = embedding_recipe(spec.data, encoder)
-    return open_embeddings(ensure_embeddings(spec.data, recipe, device=device, show_progress=False))
+    # Building an encoder draws random numbers before its weights are read: on a stream of its
+    # own, so the head starts from the same weights whether this run computed the cache or found it.
+    with torch.random.fork_rng(devices=[]):
+        return open_embeddings(ensure_embeddings(spec.data, recipe, device=device, show_progress=False))
 
 
 @dataclass

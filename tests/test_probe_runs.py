@@ -168,3 +168,15 @@ def test_a_probe_without_a_weights_file_is_noted_as_a_random_encoder(
     )
     random = [n for n in search_notes(config) if "random-initialised" in n]
     assert random == ["linear_probe: no weights file (`pretrained`): its encoder is random-initialised"]
+
+
+def test_a_probe_run_is_the_same_whether_it_computed_the_embeddings_or_found_them(
+    prepared: PreparedData, weights: Path, fits: dict[str, FitResult]
+) -> None:
+    # The first fit of the module computed the cache (building the encoder draws random numbers
+    # before its weights are read); this one finds it. The head starts from the same weights.
+    again = fit(_spec(prepared, "linear_probe", weights))
+    first = fits["linear_probe"]
+    np.testing.assert_equal([h.val for h in again.history], [h.val for h in first.history])
+    assert again.test is not None and first.test is not None
+    np.testing.assert_equal(again.test.metrics, first.test.metrics)
