@@ -31,6 +31,7 @@ from .encoders import (
     encoder_dim,
     encoder_preset,
     list_encoders,
+    resolved_preset,
     weights_digest,
     write_random_encoder,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "list",
     "list_baselines",
     "list_encoders",
+    "resolved_preset",
     "param_counts",
     "register",
     "summarise",

@@ -14,7 +14,7 @@ import hashlib
 import json
 import re
 import socket
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,13 +77,12 @@ class EmbeddingRecipe:
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def _transform_words(preset: EncoderPreset, arch: Mapping[str, Any]) -> str:
-    """Return the encoder's input transform in words: the size it resizes to (an `img_size`
-    override replaces the preset's), the normalisation and the pooling."""
-    size = arch.get("img_size", preset.input_size)
-    h, w = (size, size) if isinstance(size, int) else size
+def _transform_words(preset: EncoderPreset) -> str:
+    """Return the encoder's input transform in words, from its preset as built: the size it resizes
+    to, the normalisation and the pooling."""
+    size = preset.input_size
     return (
-        f"resized to {h}x{w} (bilinear, antialiased) unless stored at that size; "
+        f"resized to {size}x{size} (bilinear, antialiased) unless stored at that size; "
         f"normalised with mean {tuple(preset.mean)} std {tuple(preset.std)}; {preset.embedding} embedding"
     )
 
@@ -91,7 +90,7 @@ def _transform_words(preset: EncoderPreset, arch: Mapping[str, Any]) -> str:
 def embedding_recipe(data: PreparedData, encoder: EncoderRef) -> EmbeddingRecipe:
     """Return the recipe of `encoder` on the stored images of `data`. A weights file that is no
     weights file raises WeightsFileError naming it."""
-    preset = baselines.encoder_preset(encoder.name)
+    preset = baselines.resolved_preset(encoder.name, **encoder.arch)
     if encoder.weights is not None:
         baselines.check_weights_file(encoder.weights)
     stored = open_patch_cache(data.cache_path).shape[1:3]
@@ -99,7 +98,7 @@ def embedding_recipe(data: PreparedData, encoder: EncoderRef) -> EmbeddingRecipe
         encoder=encoder,
         manifest_hash=data.manifest_hash,
         stored_hw=(int(stored[0]), int(stored[1])),
-        transform=_transform_words(preset, encoder.arch),
+        transform=_transform_words(preset),
     )
 
 

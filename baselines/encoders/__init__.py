@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._build import Encoder, create_encoder, encoder_dim, weights_digest, write_random_encoder
+from ._build import Encoder, create_encoder, encoder_dim, resolved_preset, weights_digest, write_random_encoder
 from .presets import (
     EmbeddingKind,
     EncoderPreset,
@@ -24,6 +24,7 @@ __all__ = [
     "encoder_dim",
     "encoder_preset",
     "list_encoders",
+    "resolved_preset",
     "weights_digest",
     "write_random_encoder",
 ]

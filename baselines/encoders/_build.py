@@ -8,7 +8,7 @@ import os
 import re
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import timm
 import torch
@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .._weights import key_mismatch, local_weights_file, read_state_dict, shape_mismatch
 from . import keymaps
-from .presets import EncoderPreset, encoder_preset
+from .presets import EmbeddingKind, EncoderPreset, encoder_preset
 
 
 class Encoder(nn.Module):
@@ -74,13 +74,35 @@ def _embedding_dim(preset: EncoderPreset, trunk: Any) -> int:
     return 2 * width if preset.embedding == "cls+mean" else width
 
 
-def _resolved(name: str, arch: dict[str, Any]) -> EncoderPreset:
-    # The preset as built: overrides merged into its arguments, an img_size override its input size.
+# Overrides that describe the recipe around the trunk rather than its constructor: an encoder by
+# recipe is `timm:<arch>` (or a preset) with these beside its constructor arguments.
+RECIPE_KEYS = ("input_size", "mean", "std", "embedding")
+
+
+def resolved_preset(name: str, **arch: Any) -> EncoderPreset:
+    """Return encoder `name` as built with overrides `arch`: `input_size`, `mean`, `std` and
+    `embedding` replace the preset's, every other key joins its constructor arguments (an
+    `img_size` there is also its input size). Raises ValueError naming a recipe value out of range."""
     preset = encoder_preset(name)
     if not arch:
         return preset
-    size = arch.get("img_size", preset.input_size)
-    return replace(preset, kwargs={**preset.kwargs, **arch}, input_size=int(size))
+    recipe = {k: v for k, v in arch.items() if k in RECIPE_KEYS}
+    kwargs = {k: v for k, v in arch.items() if k not in RECIPE_KEYS}
+    size = recipe.get("input_size", kwargs.get("img_size", preset.input_size))
+    resolved = replace(
+        preset,
+        kwargs={**preset.kwargs, **kwargs},
+        input_size=int(size),
+        mean=tuple(recipe.get("mean", preset.mean)),
+        std=tuple(recipe.get("std", preset.std)),
+        embedding=recipe.get("embedding", preset.embedding),
+    )
+    if resolved.embedding not in get_args(EmbeddingKind) or len(resolved.mean) != 3 or len(resolved.std) != 3:
+        raise ValueError(
+            f"encoder {name!r}: embedding must be one of {', '.join(get_args(EmbeddingKind))} and mean and std "
+            f"three numbers each (got {resolved.embedding!r}, {list(resolved.mean)}, {list(resolved.std)})"
+        )
+    return resolved
 
 
 def _trunk(preset: EncoderPreset) -> nn.Module:
@@ -92,7 +114,7 @@ def create_encoder(name: str, weights: str | Path | None, **arch: Any) -> Encode
     """Return encoder `name` (a preset or `timm:<arch>`) with constructor overrides `arch`, random
     when `weights` is None, else loaded strictly from that local file through the preset's key
     mapping; raises WeightsFileError naming the file (and keys) when it is missing or does not fit."""
-    preset = _resolved(name, arch)
+    preset = resolved_preset(name, **arch)
     path = local_weights_file(None if weights is None else str(weights))
     encoder = Encoder(preset, _trunk(preset))
     if path is not None:
@@ -118,7 +140,7 @@ def _load(encoder: Encoder, path: Path) -> None:
 def encoder_dim(name: str, **arch: Any) -> int:
     """Return the embedding width of encoder `name` with overrides `arch`, built on the meta device
     (no memory for weights)."""
-    preset = _resolved(name, arch)
+    preset = resolved_preset(name, **arch)
     with torch.device("meta"):
         return Encoder(preset, _trunk(preset)).dim
 
@@ -126,7 +148,7 @@ def encoder_dim(name: str, **arch: Any) -> int:
 def write_random_encoder(name: str, path: Path, *, seed: int = 0, **arch: Any) -> Path:
     """Write a random-initialised encoder of `name`'s family (with overrides `arch`) in the preset's
     published key layout, as the suffix says (.safetensors, else torch.save); return the path."""
-    preset = _resolved(name, arch)
+    preset = resolved_preset(name, **arch)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         trunk = _trunk(preset)

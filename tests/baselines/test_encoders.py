@@ -212,3 +212,21 @@ def test_a_digest_is_kept_per_machine_for_every_process_and_follows_a_rewrite(tm
     write_random_encoder("uni", path, seed=1, **TINY)
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
     assert weights_digest(path) == hashlib.sha256(path.read_bytes()).hexdigest() != digest
+
+
+def test_an_encoder_by_recipe_sets_its_input_size_normalisation_and_embedding() -> None:
+    from baselines.encoders import resolved_preset
+
+    recipe = {"depth": 1, "embed_dim": 32, "num_heads": 2, "img_size": 32}
+    recipe |= {"embedding": "cls+mean", "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    preset = resolved_preset("timm:vit_tiny_patch16_224", **recipe)
+    assert (preset.input_size, preset.mean, preset.std, preset.embedding) == (32, (0.5,) * 3, (0.25,) * 3, "cls+mean")
+    assert "embedding" not in preset.kwargs and preset.kwargs["depth"] == 1
+    encoder = create_encoder("timm:vit_tiny_patch16_224", None, **recipe)
+    assert encoder.dim == 64 == encoder_dim("timm:vit_tiny_patch16_224", **recipe)
+    images = torch.rand(2, 3, 32, 32)
+    tokens = encoder.trunk.forward_features((images - 0.5) / 0.25)
+    expected = torch.cat([tokens[:, 0], tokens[:, encoder.trunk.num_prefix_tokens :].mean(1)], -1)
+    torch.testing.assert_close(encoder(images), expected)
+    with pytest.raises(ValueError, match=r"^encoder 'uni': embedding must be one of cls, mean, cls\+mean, pooled"):
+        resolved_preset("uni", embedding="max")
