@@ -107,7 +107,8 @@ def _chunks(compute: Callable[[np.ndarray, np.ndarray], np.ndarray], size: int, 
     def embed_chunk(compute: Callable[[np.ndarray, np.ndarray], np.ndarray], images: np.ndarray) -> np.ndarray:
         return compute(images, np.arange(len(images))).astype(np.float16)
 
-    task = ray.remote(embed_chunk).options(num_gpus=1 if on_gpus else 0, max_retries=0)
+    # SPREAD: chunks go to every node with room rather than filling one first (Ray's default packs).
+    task = ray.remote(embed_chunk).options(num_gpus=1 if on_gpus else 0, max_retries=0, scheduling_strategy="SPREAD")
 
     def blocks(images: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         starts = list(range(0, len(images), size))[::-1]
