@@ -10,6 +10,7 @@ one line saying what changed, and the older one is kept (another sweep may read 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -30,17 +31,17 @@ from harness.data.cache import ReservedRows, open_patch_cache
 from harness.data.prepare import PreparedData, manifests_beside
 from harness.errors import InputError, disk_full
 from harness.locking import file_lock
-from harness.precision import autocast
 from harness.preflight import room_for
 
 if TYPE_CHECKING:
     from baselines.encoders import Encoder, EncoderPreset, EncoderRef
 
-# float16 halves what every trial reads against float32 and keeps 11 significant bits, more than
-# the bf16 autocast an encoder runs in on CUDA (8). Measured on the IDC sample (1,326 patches, a
-# random-init timm ViT of depth 4 and width 192): float16 storage moved embeddings by 1.7e-4 of
-# their value (median), bf16 compute by 6e-3; a logistic-regression probe scored balanced accuracy
-# 0.812 on float32, 0.807 on float16 (1 of 301 test predictions changed) and 0.803 on bf16's.
+# float16 halves what every trial reads against float32 and keeps 11 significant bits. Measured on
+# the IDC sample (1,326 patches, a random-init timm ViT of depth 4 and width 192): float16 storage
+# moved embeddings by 1.7e-4 of their value (median), bf16 compute by 6e-3; a logistic-regression
+# probe scored balanced accuracy 0.812 on float32, 0.807 on float16 (1 of 301 test predictions
+# changed) and 0.803 on bf16's. So encoders compute in fp32 on every device (TF32 off): a cache is
+# the same numbers wherever it was built, and a served probe recomputes what its runs read.
 STORED_DTYPE = np.float16
 PREFIX = "embeddings-"
 
@@ -125,30 +126,33 @@ def _device(device: str) -> str:
     return device
 
 
-def _precision(device: str) -> str:
-    """Return the precision an encoder runs in on `device`: bf16 autocast on CUDA, fp32 elsewhere."""
-    return "bf16" if torch.device(device).type == "cuda" else "fp32"
+@contextlib.contextmanager
+def _full_fp32() -> Iterator[None]:
+    """Run the block with CUDA's matrix products in full fp32 (TF32 off), then put the setting back."""
+    previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
 
 
 def _embedded(
     images: np.ndarray, rows: np.ndarray, encoder: Encoder, *, device: str, batch_size: int
 ) -> Iterator[np.ndarray]:
-    """Yield the float32 embeddings of `images` at `rows`, one batch at a time."""
+    """Yield the float32 embeddings of `images` at `rows`, one batch at a time, computed in fp32."""
     encoder.eval().to(device)
-    context = autocast(_precision(device), device)
-    with torch.inference_mode():
+    with torch.inference_mode(), _full_fp32():
         for start in range(0, len(rows), batch_size):
             # uint8 to the device, float there: a quarter of the bytes cross the bus.
             batch = torch.from_numpy(np.ascontiguousarray(images[rows[start : start + batch_size]])).to(device)
-            with context():
-                values = encoder(batch.permute(0, 3, 1, 2).float().div_(255))
-            yield values.float().cpu().numpy()
+            yield encoder(batch.permute(0, 3, 1, 2).float().div_(255)).float().cpu().numpy()
 
 
 def embed_rows(images: np.ndarray, rows: np.ndarray, encoder: Encoder, *, device: str, batch_size: int) -> np.ndarray:
     """Return the float32 embeddings (len(rows), encoder.dim) of stored images (N x H x W x 3
     uint8) at `rows`, `batch_size` images at a time as float [0, 1] NCHW (the encoder resizes and
-    normalises them); under bf16 autocast on CUDA, in fp32 on the CPU."""
+    normalises them), in fp32 on every device."""
     blocks = list(_embedded(images, rows, encoder, device=device, batch_size=batch_size))
     return np.concatenate(blocks) if blocks else np.zeros((0, encoder.dim), np.float32)
 
@@ -310,13 +314,14 @@ def ensure_embeddings(
     compute: Callable[..., np.ndarray] | None = None,
 ) -> Path:
     """Return the path of the embeddings of `recipe` on `data`: reused when present, else computed
-    here `batch_size` images at a time (bf16 autocast on CUDA) and written whole as float16.
+    here `batch_size` images at a time (in fp32) and written whole as float16.
 
     `compute(images, rows)` returns the embeddings of those rows of the stored images; None: the
     recipe's encoder through embed_rows (EncoderCompute, built only when the cache is missing).
     """
-    device = _device(device)
-    blocks = _batches(compute or EncoderCompute(recipe, device, batch_size), batch_size)
+    compute = compute or EncoderCompute(recipe, _device(device), batch_size)
+    # The sidecar names the device that computed them: a given compute's own, where it has one.
+    where = _device(getattr(compute, "device", device))
     return write_embeddings(
-        data, recipe, blocks, computed_on=f"{device} ({_precision(device)})", show_progress=show_progress
+        data, recipe, _batches(compute, batch_size), computed_on=f"{where} (fp32)", show_progress=show_progress
     )

@@ -34,6 +34,15 @@ def epoch_budget(config: ExperimentConfig, baseline: str, point: dict[str, Any] 
     return min(params.epochs_max, config.search.max_epochs)
 
 
+def training_of(training: TrainingSpec, baseline: str) -> TrainingSpec:
+    """Return the run-level settings a run of `baseline` trains with: the experiment's, except that
+    a head on embeddings trains in fp32 whatever `compute.precision` says (reduced precision cannot
+    tell a kNN probe's nearest neighbours apart, and heads this small gain nothing from it)."""
+    if baselines.info(baseline).input_kind != "embedding" or training.compute.precision == "fp32":
+        return training
+    return training.model_copy(update={"compute": training.compute.model_copy(update={"precision": "fp32"})})
+
+
 class RunSpec(BaseModel):
     """Everything one run needs, with absolute paths so it means the same in any working directory:
     the baseline and its weights, its hyperparameters (training knobs and model options), the
@@ -79,7 +88,7 @@ class RunSpec(BaseModel):
             max_epochs=config.search.max_epochs,
             seed=config.protocol.seed,
             threads=max(1, int(config.trial_resources(baseline, space.resources).cpu)),
-            training=config.training,
+            training=training_of(config.training, baseline),
         )
 
     def on_node(self, data: PreparedData, device: str) -> RunSpec:

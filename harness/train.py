@@ -451,24 +451,12 @@ def _trains(model: nn.Module) -> bool:
     return any(p.requires_grad for p in model.parameters())
 
 
-@torch.no_grad()
-def _memory_epoch(spec: RunSpec, opt: _Optimisation, loader: Batches, epoch: int) -> float:
-    """Return the mean training loss of a model with nothing to train (its memory is its fit)."""
-    opt.model.eval()
-    losses = EpochLoss()
-    for step, batch in enumerate(loader, 1):
-        targets = batch["label"].to(opt.device)
-        loss = opt.criterion(opt.model(opt.normalise(batch["image"])), targets, None)
-        _check_finite(spec, epoch, losses.add(step, loss, len(targets)))
-    _check_finite(spec, epoch, losses.read())
-    return losses.mean
-
-
 def _train_epoch(spec: RunSpec, opt: _Optimisation, loader: Loader, epoch: int) -> float:
-    """Run one epoch of training; returns its mean training loss. Raises DivergedError on a
-    non-finite loss."""
+    """Run one epoch of training; returns its mean training loss (NaN for a model with nothing to
+    train: a kNN probe's fit is its memory, and its loss on rows it holds would say nothing).
+    Raises DivergedError on a non-finite loss."""
     if not _trains(opt.model):
-        return _memory_epoch(spec, opt, loader, epoch)
+        return float("nan")
     opt.model.train()
     losses = EpochLoss()
     for step, batch in enumerate(loader, 1):

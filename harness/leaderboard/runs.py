@@ -178,6 +178,8 @@ def _frame(runs: list) -> pd.DataFrame:
                 "orphaned": tags.get(tracking.ORPHANED) == "true",
                 # An encoder probe's preset (issue 28's baselines): what eva's published rows match on.
                 "encoder": params.get("encoder", ""),
+                # Its weights file's digest: absent when the encoder was random-initialised.
+                "encoder_sha256": params.get("encoder_sha256", ""),
                 "semantics": params.get("semantics", ""),
                 "bn_recalibration": params.get("bn_recalibration", "false"),
                 "epochs": int(params["epochs"]) if params.get("epochs", "").isdigit() else -1,

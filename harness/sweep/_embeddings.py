@@ -93,7 +93,7 @@ def embed_on_cluster(
     size = chunk_rows or max(MIN_CHUNK_ROWS, math.ceil(rows / (workers * CHUNKS_PER_WORKER)))
     if not ray.is_initialized() or size >= rows:
         return ensure_embeddings(data, recipe, batch_size=batch_size, show_progress=show_progress, compute=compute)
-    where = f"Ray tasks on {'GPUs (bf16)' if on_gpus else 'CPUs (fp32)'}, {size:,} rows each"
+    where = f"Ray tasks on {'GPUs' if on_gpus else 'CPUs'} (fp32), {size:,} rows each"
     blocks = _chunks(compute, size, workers, on_gpus)
     return write_embeddings(data, recipe, blocks, computed_on=where, show_progress=show_progress)
 
@@ -108,7 +108,8 @@ def _chunks(compute: Callable[[np.ndarray, np.ndarray], np.ndarray], size: int, 
         return compute(images, np.arange(len(images))).astype(np.float16)
 
     # SPREAD: chunks go to every node with room rather than filling one first (Ray's default packs).
-    task = ray.remote(embed_chunk).options(num_gpus=1 if on_gpus else 0, max_retries=0, scheduling_strategy="SPREAD")
+    # A chunk is pure and idempotent: a worker or node lost midway is retried elsewhere.
+    task = ray.remote(embed_chunk).options(num_gpus=1 if on_gpus else 0, max_retries=2, scheduling_strategy="SPREAD")
 
     def blocks(images: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         starts = list(range(0, len(images), size))[::-1]

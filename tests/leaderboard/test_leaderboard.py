@@ -914,7 +914,7 @@ def eva_board(tmp_path_factory: pytest.TempPathFactory):
             name,
             {"objective": objective, "sel_val_loss": 0.5, **{f"test_{k}": v for k, v in metrics.items()}},
             extra={tracking.FLOOR: "true"} if floor else {tracking.TRIAL_ID: name},
-            params={"encoder": "uni"} if name == "linear_probe" else {},
+            params={"encoder": "uni", "encoder_sha256": "ab" * 32} if name == "linear_probe" else {},
         )
         store.tracker.log_evaluation(run, "test", evaluation(frame), EVA_CLASSES)
         store.tracker.finish(run, tracking.FINISHED)
@@ -991,3 +991,28 @@ def test_registered_winners_are_tagged_from_the_summary_rows_whatever_table_come
     alone = Leaderboard(board.runs, [eva], board.options).table
     assert list(alone.best_run_id) == list(Leaderboard(board.runs, [summary]).table.best_run_id)
     assert set(alone.baseline) == {"linear_probe", "densenet169", "majority (floor)"}
+
+
+def test_a_probe_on_a_random_encoder_is_not_set_beside_evas_row_of_that_encoder(tmp_path: Path) -> None:
+    # No weights file, so no digest logged: a control, not UNI.
+    store = open_store(tmp_path, "eva-random", "breakhis")
+    store.tags[tracking.PROTOCOL] = "eva"
+    rng = np.random.default_rng(3)
+    labels = np.repeat(np.arange(4), 10)
+    frame = predictions(rng, labels, np.array([f"s{i % 8}" for i in range(40)]), 1.0)
+    metrics = classification_metrics(frame.label.to_numpy(), frame.filter(like="prob_").to_numpy())
+    run = store.run(
+        "trial",
+        "linear_probe",
+        {"objective": 0.7, "sel_val_loss": 0.5, **{f"test_{k}": v for k, v in metrics.items()}},
+        extra={tracking.TRIAL_ID: "t0"},
+        params={"encoder": "uni"},
+    )
+    store.tracker.log_evaluation(run, "test", evaluation(frame), EVA_CLASSES)
+    store.tracker.finish(run, tracking.FINISHED)
+    board = build_leaderboard(store.uri, store.experiment, tables=["eva"], options=LayoutOptions(n_boot=50, seed=1))
+    frame = board.tables[0].frame()
+    probe = frame[frame.group == "linear_probe"].set_index("row_kind")
+    assert list(probe.index) == ["harness"] and probe.loc["harness", "encoder"] == "uni (random init)"
+    # eva's UNI row is listed with the others, on its own.
+    assert "published: eva: UNI - DINOv2 ViT-L16 | Mass-100k" in set(frame.model[frame.row_kind == "published"])

@@ -85,7 +85,9 @@ def eva(runset: RunSet, options: LayoutOptions) -> ReportTable:
     matched: set[str] = set()
     for runs in rows:
         encoder = _encoder(runs)
-        mine = published[published.harness_encoder == encoder] if encoder else published.iloc[:0]
+        # A random-initialised encoder (no weights file, no digest logged) is no published one.
+        read = encoder and _weights_read(runs)
+        mine = published[published.harness_encoder == encoder] if read else published.iloc[:0]
         matched |= set(mine.model)
         add_group(table, runs, _cells(runs, model, evidence), [_row(p) for _, p in mine.iterrows()])
     for _, p in published[~published.model.isin(matched)].iterrows():
@@ -107,11 +109,26 @@ def _encoder(runs: BaselineRuns) -> str:
     return "" if pd.isna(value) else str(value)
 
 
+def _weights_read(runs: BaselineRuns) -> bool:
+    """Return True when the best trial's encoder was read from a weights file (it logged the
+    file's digest)."""
+    value = runs.best.get("encoder_sha256", "") if runs.best is not None else ""
+    return bool(value) and not pd.isna(value)
+
+
 def _published(dataset: str) -> pd.DataFrame:
     """Return eva's rows of `dataset`, best first."""
     frame = load_reference(REFERENCE)
     frame = frame[frame.dataset.map(REFERENCE_DATASETS) == dataset]
     return frame.assign(_value=frame.value.astype(float)).sort_values("_value", ascending=False, kind="stable")
+
+
+def _encoder_cell(runs: BaselineRuns) -> str:
+    """Return the encoder column of a harness row: its preset, marked when it had no weights file."""
+    encoder = _encoder(runs)
+    if not encoder:
+        return "-"
+    return encoder if _weights_read(runs) else f"{encoder} (random init)"
 
 
 def _row(p: pd.Series) -> Published:
@@ -124,7 +141,7 @@ def _cells(runs: BaselineRuns, model: str, evidence: TableEvidence) -> dict[str,
     intervals and tests, calibration and costs."""
     ev = evidence.rows.get(runs.label)
     return {
-        "encoder": Cell(_encoder(runs) or "-"),
+        "encoder": Cell(_encoder_cell(runs)),
         "test_model": Cell("fold ensemble" if model == "ensemble" else "best trial"),
         "test_balanced_accuracy": number(ev.balanced_accuracy.estimate if ev else math.nan),
         "balanced_accuracy_ci": ci_cell(ev.balanced_accuracy if ev else None),
