@@ -182,3 +182,20 @@ def test_a_probe_run_is_the_same_whether_it_computed_the_embeddings_or_found_the
     np.testing.assert_equal([h.val for h in again.history], [h.val for h in first.history])
     assert again.test is not None and first.test is not None
     np.testing.assert_equal(again.test.metrics, first.test.metrics)
+
+
+def test_heads_on_embeddings_train_in_fp32_whatever_the_experiment_asks(
+    tmp_path: Path, synthetic_idc: Path, weights: Path, prepared: PreparedData
+) -> None:
+    from harness.config import load_experiment
+    from tests.conftest import experiment_dict, write_experiment
+
+    fixed = {"encoder": ENCODER, "encoder_arch": TINY}
+    entries = [{"name": "knn_probe", "pretrained": str(weights), "fixed": fixed}, "cancernet"]
+    data = experiment_dict(synthetic_idc, tmp_path, baselines=entries)
+    data["training"] = {**data.get("training", {}), "compute": {"precision": "bf16"}}
+    config = load_experiment(write_experiment(tmp_path / "e.yaml", data))
+    knn, cnn = (RunSpec.build(config, prepared, name, fold=0) for name in ("knn_probe", "cancernet"))
+    # bf16 cannot tell a kNN probe's nearest neighbours apart; the run logs what it ran.
+    assert (knn.training.compute.precision, knn.logged_params()["precision"]) == ("fp32", "fp32")
+    assert cnn.training.compute.precision == "bf16"

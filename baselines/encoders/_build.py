@@ -173,7 +173,8 @@ CACHE_ENV = "HISTO_HARNESS_CACHE"
 
 def weights_digest(path: str | Path) -> str:
     """Return the sha256 hex digest of a weights file's bytes, computed once per (path, inode,
-    size, mtime) on a machine: every trial process asks, and a 2-4 GB encoder takes seconds."""
+    size, mtime) on a machine: every trial process asks, and a 2-4 GB encoder takes seconds. Like
+    rsync's default check, a rewrite in place that keeps size and mtime is not seen."""
     resolved = local_weights_file(str(path))
     assert resolved is not None
     stat = resolved.stat()
@@ -203,6 +204,9 @@ def _digest(path: str, inode: int, size: int, mtime_ns: int) -> str:
         digest = hashlib.file_digest(file, "sha256").hexdigest()
     if memo is not None:
         tmp = memo.with_name(f"{key}.{os.getpid()}.tmp")
-        tmp.write_text(digest)
-        tmp.replace(memo)  # whole or absent: a concurrent trial reads either nothing or the digest
+        try:
+            tmp.write_text(digest)
+            tmp.replace(memo)  # whole or absent: a concurrent trial reads either nothing or the digest
+        except OSError:
+            tmp.unlink(missing_ok=True)  # a full or read-only cache folder: the next process hashes again
     return digest
