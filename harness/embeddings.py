@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rich
+import timm
 import torch
 from rich.progress import Progress
 
@@ -54,7 +55,8 @@ Blocks = Callable[[np.ndarray], Iterable[tuple[int, np.ndarray]]]
 class EmbeddingRecipe:
     """What a cache's embeddings depend on: the encoder by reference (a preset name or timm:<arch>,
     its constructor overrides, its weights file and that file's sha256; no file: random init), the
-    images (manifest hash, stored height and width) and the input transform in words."""
+    images (manifest hash, stored height and width) and, in words, what the encoder computes (timm's
+    version, the architecture as built, the input transform and the pooling)."""
 
     encoder: EncoderRef
     manifest_hash: str
@@ -79,12 +81,14 @@ class EmbeddingRecipe:
 
 
 def _transform_words(preset: EncoderPreset) -> str:
-    """Return the encoder's input transform in words, from its preset as built: the size it resizes
-    to, the normalisation and the pooling."""
-    size = preset.input_size
+    """Return what the encoder computes, in words, from its preset as built: timm's version, the
+    architecture and its constructor arguments (a preset fixed later is another computation), the
+    size it resizes to, the normalisation and the pooling."""
+    size, kwargs = preset.input_size, ", ".join(f"{k}={v!r}" for k, v in sorted(preset.kwargs.items()))
     return (
-        f"resized to {size}x{size} (bilinear, antialiased) unless stored at that size; "
-        f"normalised with mean {tuple(preset.mean)} std {tuple(preset.std)}; {preset.embedding} embedding"
+        f"timm {timm.__version__} {preset.arch}({kwargs}); resized to {size}x{size} (bilinear, antialiased) "
+        f"unless stored at that size; normalised with mean {tuple(preset.mean)} std {tuple(preset.std)}; "
+        f"{preset.embedding} embedding"
     )
 
 

@@ -199,3 +199,27 @@ def test_heads_on_embeddings_train_in_fp32_whatever_the_experiment_asks(
     # bf16 cannot tell a kNN probe's nearest neighbours apart; the run logs what it ran.
     assert (knn.training.compute.precision, knn.logged_params()["precision"]) == ("fp32", "fp32")
     assert cnn.training.compute.precision == "bf16"
+
+
+def test_a_served_probe_finds_a_copy_of_its_weights_by_digest_on_another_machine(
+    tmp_path: Path, prepared: PreparedData, weights: Path, fits: dict[str, FitResult], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trained_with = tmp_path / "trained" / "phikon.bin"
+    trained_with.parent.mkdir()
+    trained_with.write_bytes(weights.read_bytes())
+    served = served_fold(_spec(prepared, "linear_probe", trained_with), fits["linear_probe"], examples=2)
+    encoder = served.recipe.encoder
+    assert encoder is not None
+    # Another machine: the file is not where the run read it, a copy lies elsewhere under another name.
+    elsewhere = tmp_path / "elsewhere" / "models"
+    elsewhere.mkdir(parents=True)
+    trained_with.rename(elsewhere / "phikon-copy.bin")
+    monkeypatch.delenv("HISTO_HARNESS_WEIGHTS", raising=False)
+    with pytest.raises(baselines.WeightsFileError, match=r"never downloaded\): set HISTO_HARNESS_WEIGHTS to a folder"):
+        encoder.build()
+    monkeypatch.setenv("HISTO_HARNESS_WEIGHTS", str(tmp_path / "elsewhere"))
+    assert encoder.located() == elsewhere / "phikon-copy.bin"
+    np.testing.assert_array_equal(
+        served.recipe.model_inputs(served.stored_examples, encoder.build()),
+        served.recipe.model_inputs(served.stored_examples, baselines.create_encoder(ENCODER, weights, **TINY)),
+    )
