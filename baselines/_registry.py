@@ -59,6 +59,11 @@ class BaselineInfo:
         """Return True when training needs an RoI mask per image (its loss reads one)."""
         return self.loss != "ce"
 
+    @property
+    def takes_encoder(self) -> bool:
+        """Return True when the baseline is built on a foundation-model encoder (option `encoder`)."""
+        return "encoder" in self.model_kwargs()
+
     def default(self, option: str) -> Any:
         """Return the builder's default value of model option `option`."""
         return inspect.signature(self.builder).parameters[option].default

@@ -32,6 +32,7 @@ from harness.data.cache import ReservedRows, open_patch_cache
 from harness.data.prepare import PreparedData, manifests_beside
 from harness.errors import InputError, disk_full
 from harness.locking import file_lock
+from harness.precision import resolve_device
 from harness.preflight import room_for
 
 if TYPE_CHECKING:
@@ -123,13 +124,6 @@ def open_embeddings(path: Path) -> np.ndarray:
     return np.load(path, mmap_mode="r")
 
 
-def _device(device: str) -> str:
-    """Return 'cuda' or 'cpu' for `device` ('auto' picks CUDA when present)."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 @contextlib.contextmanager
 def _full_fp32() -> Iterator[None]:
     """Run the block with CUDA's matrix products in full fp32 (TF32 off), then put the setting back."""
@@ -177,7 +171,7 @@ class EncoderCompute:
             except baselines.WeightsFileError as exc:
                 # A Ray task reads the file where it runs: say which machine found it changed.
                 raise InputError(f"on {socket.gethostname()}: {exc}; no embeddings were written") from None
-        return embed_rows(images, rows, self._encoder, device=_device(self.device), batch_size=self.batch_size)
+        return embed_rows(images, rows, self._encoder, device=resolve_device(self.device), batch_size=self.batch_size)
 
 
 def _describe(recipe: EmbeddingRecipe, data: PreparedData, rows: int, dim: int, computed_on: str) -> dict[str, Any]:
@@ -323,9 +317,9 @@ def ensure_embeddings(
     `compute(images, rows)` returns the embeddings of those rows of the stored images; None: the
     recipe's encoder through embed_rows (EncoderCompute, built only when the cache is missing).
     """
-    compute = compute or EncoderCompute(recipe, _device(device), batch_size)
+    compute = compute or EncoderCompute(recipe, resolve_device(device), batch_size)
     # The sidecar names the device that computed them: a given compute's own, where it has one.
-    where = _device(getattr(compute, "device", device))
+    where = resolve_device(getattr(compute, "device", device))
     return write_embeddings(
         data, recipe, _batches(compute, batch_size), computed_on=f"{where} (fp32)", show_progress=show_progress
     )

@@ -111,7 +111,7 @@ class RunSpec(BaseModel):
         name, constructor overrides, weights file and the digest of that file's bytes); None for a
         baseline without one."""
         entry = baselines.info(self.baseline)
-        if "encoder" not in entry.model_kwargs():
+        if not entry.takes_encoder:
             return None
         name = self.model_kwargs.get("encoder", entry.default("encoder"))
         return baselines.EncoderRef.of(name, self.pretrained, self.model_kwargs.get("encoder_arch") or {})

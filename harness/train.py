@@ -46,7 +46,7 @@ from harness.errors import InputError
 from harness.evaluation import Batches, Evaluation, Normaliser, evaluate, map_galleries
 from harness.localisation import localisation_scores
 from harness.optim import build_optimizer, step_schedule
-from harness.precision import autocast
+from harness.precision import autocast, resolve_device
 from harness.run_spec import RunSpec
 from harness.served_model import ClassProbabilities, EmbeddingProbabilities, InputRecipe, ServedFold
 
@@ -176,13 +176,6 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def resolve_device(device: str) -> str:
-    """Return 'cuda' or 'cpu' for a configured device ('auto' picks CUDA when present)."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:

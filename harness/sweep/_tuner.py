@@ -92,7 +92,7 @@ def search_notes(config: ExperimentConfig) -> list[str]:
     for name, space in config.baseline_spaces().items():
         notes.append(f"{name}: {recipe_start_point(space)[1]}")
     for entry in config.baselines:
-        if "encoder" in baselines.info(entry.name).model_kwargs() and entry.pretrained is None:
+        if baselines.info(entry.name).takes_encoder and entry.pretrained is None:
             # Legitimate as a control (random features), never as the published encoder's row.
             notes.append(f"{entry.name}: no weights file (`pretrained`): its encoder is random-initialised")
     return notes
