@@ -202,8 +202,8 @@ def test_four_quarter_gpu_trials_are_packed_per_fake_gpu_and_train_on_the_cpu(
     gpu_sweep: tuple[subprocess.CompletedProcess, dict], gpu_cluster: NetnsCluster
 ) -> None:
     swept, probe = gpu_sweep
-    # Every GPU share taken at once: all 8 trials held their 0.25 together, so each fake GPU (one per
-    # worker, capacity 1) held exactly four of them.
+    # Every GPU share reserved at once: the 8 trials' 0.25 reservations fill both fake GPUs (one per
+    # worker, capacity 1), four on each.
     assert probe == {"total": 2.0, "lowest_free": 0.0}
     trials = _trial_runs(gpu_cluster.store_url).values()
     assert len(trials) == TRIALS
@@ -232,4 +232,7 @@ def test_the_sweep_logs_every_epoch_of_every_trial_to_the_postgresql_store(
     nodes = {n for r in trials.values() for n in r["tags"][tracking.NODE_IDS].split(",")}
     addresses = {w.address for w in gpu_cluster.workers}
     workers = {n["NodeID"] for n in gpu_cluster.ray_nodes() if n["NodeManagerAddress"] in addresses}
-    assert nodes == workers and len(nodes) == 2
+    # Only on the workers (the head and driver hosts have no CPU), not necessarily on both: Tune
+    # hands a trial whichever quarter-GPU reservation is ready, and a reservation freed by an early
+    # trial can take a later one, so on a loaded machine all eight have run on one worker (CI).
+    assert len(workers) == 2 and nodes and nodes <= workers
