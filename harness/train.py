@@ -236,6 +236,8 @@ def _rng_state(loader: Loader) -> dict[str, Any]:
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
+        # Dropout and augmentation on a GPU draw from its own stream, not the CPU's.
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "loader": loader.generator.get_state(),
     }
 
@@ -244,6 +246,10 @@ def _restore_rng(state: dict[str, Any], loader: Loader) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda") or []  # none in a checkpoint written on a CPU or before it was kept
+    # A resume where the GPUs differ in number (or are absent) keeps that machine's own streams.
+    if cuda and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
+        torch.cuda.set_rng_state_all(cuda)
     loader.generator.set_state(state["loader"])
 
 

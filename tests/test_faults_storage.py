@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import mlflow
@@ -39,7 +40,7 @@ from harness.run_spec import RunSpec
 from harness.served_model import ClassProbabilities, InputRecipe, ServedFold, served_config
 from harness.sweep._checkpoint import CHECKPOINT_FILE, FORMAT, TrialCheckpoint, load_checkpoint, save_checkpoint
 from harness.sweep._search import read_searcher_state
-from harness.train import EpochReport, TrainState, fit
+from harness.train import EpochReport, TrainState, _restore_rng, fit
 from tests.conftest import REPO
 from tests.test_faults import (
     HARNESS,
@@ -189,6 +190,29 @@ def test_a_run_resumed_from_a_loaded_checkpoint_matches_one_never_interrupted(
     assert [h.epoch for h in resumed.history] == [1, 2]
     np.testing.assert_equal([h.val for h in resumed.history], [h.val for h in straight.history])
     np.testing.assert_equal(resumed.test.metrics, straight.test.metrics)
+
+
+def test_a_gpus_random_streams_go_through_the_checkpoint_and_are_restored_on_as_many_gpus(
+    tmp_path: Path, prepared: PreparedData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Dropout on a GPU draws from the GPU's stream: a resume that restored only the CPU's would
+    # train on other masks. This machine has no GPU: torch.cuda's calls stand in for one.
+    gpu_streams = [torch.arange(16, dtype=torch.uint8)]
+    state = _snapshots(_spec(prepared, epochs_max=1), 1)[1]
+    assert state.rng["cuda"] == []  # written on the CPU
+    save_checkpoint(
+        tmp_path, TrialCheckpoint("run", dataclasses.replace(state, rng={**state.rng, "cuda": gpu_streams}), {})
+    )
+    loaded = load_checkpoint(tmp_path / CHECKPOINT_FILE).state
+    assert loaded is not None
+    set_on_gpus: list[list[torch.Tensor]] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", set_on_gpus.append)
+    loader = SimpleNamespace(generator=torch.Generator())
+    for gpus in (1, 2):  # the same one GPU, then a machine with two: its own streams are kept
+        monkeypatch.setattr(torch.cuda, "device_count", lambda gpus=gpus: gpus)
+        _restore_rng(loaded.rng, loader)  # type: ignore[arg-type]
+    assert len(set_on_gpus) == 1 and torch.equal(set_on_gpus[0][0], gpu_streams[0])
 
 
 class _Planted:

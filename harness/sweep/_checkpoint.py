@@ -73,10 +73,11 @@ def _evaluation(plain: dict[str, Any]) -> Evaluation:
 
 
 def _plain_rng(rng: dict[str, Any]) -> dict[str, Any]:
-    """Return the random states of a run: Python's as nested tuples, NumPy's key as a list of ints."""
+    """Return the random states of a run: Python's as nested tuples, NumPy's key as a list of ints,
+    the GPUs' as a list of byte tensors (empty where none was used)."""
     name, key, pos, has_gauss, gauss = rng["numpy"]
     numpy_state = {"name": name, "key": key.tolist(), "pos": pos, "has_gauss": has_gauss, "gauss": gauss}
-    return {"python": rng["python"], "numpy": numpy_state, "torch": rng["torch"], "loader": rng["loader"]}
+    return {**rng, "numpy": numpy_state, "cuda": list(rng.get("cuda", []))}
 
 
 def _rng(plain: dict[str, Any]) -> dict[str, Any]:
