@@ -62,9 +62,10 @@ def _experiment(path: Path, root: Path, out: Path, **sections) -> Path:
 
 
 def _long_experiment(tmp_path: Path, root: Path, out: Path) -> Path:
-    """Two trials of six epochs: time to act on a sweep after its first checkpoint."""
+    """Two trials of six epochs, never stopped early: time to act on a sweep after its first
+    checkpoint."""
     search = {"trials": 2, "max_epochs": 6, "grace_period": 6, "sampler": "random", "retrain": "none"}
-    return _experiment(tmp_path / "x.yaml", root, out, search=search)
+    return _experiment(tmp_path / "x.yaml", root, out, search=search, training={"patience": 6})
 
 
 def _sweep_past_first_checkpoint(path: Path, out: Path, *args: str, **popen) -> subprocess.Popen:

@@ -130,6 +130,9 @@ MASKS = (
     (TRIAL_ID, "<trial>"),
     (r"\b\d+(\.\d+)? s\b", "<seconds> s"),
     (r"\b\d+:\d\d:\d\d\b", "<clock>"),
+    # How many lines were left out: a rung's last trial to arrive resumes without a line when it
+    # goes on, so the count depends on which trial that was.
+    (r"^… \(\d+ start, resume", "… (<n> start, resume"),
 )
 
 

@@ -17,7 +17,7 @@ from tools.netns_cluster import NetnsCluster
 # Run on the driver host: prepare a synthetic IDC tree, write a tiny Phikon-family weights file,
 # join the cluster and build the cache in chunks of 40 rows; each task leaves its node's id behind.
 SCRIPT = """
-import json, sys
+import json, sys, time
 from pathlib import Path
 
 import ray
@@ -35,8 +35,14 @@ TINY = {"depth": 1, "embed_dim": 32, "num_heads": 2, "img_size": 32}
 
 class Where(EncoderCompute):
     def __call__(self, images, rows):
-        (out / "nodes").mkdir(exist_ok=True)
-        (out / "nodes" / ray.get_runtime_context().get_node_id()).touch()
+        nodes = out / "nodes"
+        nodes.mkdir(exist_ok=True)
+        (nodes / ray.get_runtime_context().get_node_id()).touch()
+        # Each chunk waits (2 minutes at most) until both workers have one: with three chunks in
+        # flight and 2 CPUs a worker, the third goes to the other worker however fast the first run.
+        deadline = time.monotonic() + 120
+        while len(list(nodes.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
         return super().__call__(images, rows)
 
 

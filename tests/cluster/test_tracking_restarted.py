@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from harness import tracking
 from tests.cluster.invariants import (
     all_runs,
     assert_sweep_intact,
@@ -30,8 +31,12 @@ EPOCHS = 6
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetnsCluster]:
-    with own_cluster(tmp_path_factory, "tracking_restarted", workers=1, worker_cpus=2) as cluster:
-        yield cluster
+    with pytest.MonkeyPatch.context() as env:
+        # A restart on a loaded machine (SIGTERM, PostgreSQL's MLflow start, the health wait) may
+        # outlast the harness's default wait: the trials must wait it out, not give up.
+        env.setenv(tracking.OUTAGE_ENV, "600")  # read by every process the cluster starts
+        with own_cluster(tmp_path_factory, "tracking_restarted", workers=1, worker_cpus=2) as cluster:
+            yield cluster
 
 
 def test_a_tracking_server_restarted_mid_sweep_loses_and_repeats_no_epoch(
