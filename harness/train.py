@@ -236,8 +236,9 @@ def _rng_state(loader: Loader) -> dict[str, Any]:
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
-        # Dropout and augmentation on a GPU draw from its own stream, not the CPU's.
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # Dropout and augmentation on a GPU draw from its own stream, not the CPU's (a run that
+        # never touched CUDA has drawn nothing there, and starts no CUDA context to say so).
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
         "loader": loader.generator.get_state(),
     }
 
