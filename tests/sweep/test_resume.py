@@ -28,7 +28,16 @@ def _trial_runs(client: MlflowClient, experiment: str) -> list:
     return client.search_runs([found.experiment_id], f"tags.{tracking.RUN_TYPE} = 'trial'")
 
 
-def _wait_for_a_finished_and_a_training_trial(client: MlflowClient, driver: subprocess.Popen) -> list:
+def _saved_by_tune(storage: Path, runs: list) -> bool:
+    """Return True when Tune's saved experiment state names every one of `runs`' trials."""
+    try:
+        saved = _trial_ids_in_tune_state(storage)
+    except (ValueError, OSError, json.JSONDecodeError):  # none saved yet, or one being replaced
+        return False
+    return all(r.data.tags[tracking.TRIAL_ID] in saved for r in runs)
+
+
+def _wait_for_a_finished_and_a_training_trial(client: MlflowClient, driver: subprocess.Popen, storage: Path) -> list:
     deadline = time.monotonic() + 400
     while time.monotonic() < deadline and driver.poll() is None:
         try:
@@ -42,7 +51,8 @@ def _wait_for_a_finished_and_a_training_trial(client: MlflowClient, driver: subp
             for r in runs
             if r.info.status == "RUNNING" and len(client.get_metric_history(r.info.run_id, "val_loss")) >= 2
         ]
-        if finished and training:
+        # Both named in Tune's saved state, so what the resume reads holds them (it saves every 2 s).
+        if finished and training and _saved_by_tune(storage, [*finished, *training]):
             return runs
         time.sleep(0.2)
     pytest.fail(f"the sweep never had a finished and a training trial at once (driver exit {driver.poll()})")
@@ -75,7 +85,7 @@ def test_a_killed_sweep_resumes_without_rerunning_or_duplicating(tmp_path: Path,
     log = (tmp_path / "first.log").open("w")
     driver = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        before = _wait_for_a_finished_and_a_training_trial(client, driver)
+        before = _wait_for_a_finished_and_a_training_trial(client, driver, tmp_path / "results" / "resume" / "ray")
     finally:
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait()
