@@ -237,7 +237,8 @@ class SearchSpec(Strict):
     # both as `<experiment>-<baseline>` (aliases winner and ensemble).
     register_models: bool = True
     # Suggestions in fixed batches and stopping decisions at synchronous points, so two sweeps with
-    # the same seed and data write the same leaderboard (on CPU) whatever order trials finish in.
+    # the same seed and data write the same leaderboard (on CPUs of one model) whatever order trials
+    # finish in.
     reproducible: bool = False
 
     @field_validator("optuna_storage")

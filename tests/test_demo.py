@@ -1,5 +1,6 @@
 """`make demo` itself, run once for the module: the README's demo block is what it prints (the demo
-is a reproducible sweep, so everything but trial ids, wall times and paths is exact)."""
+is a reproducible sweep, so on the block's CPU model everything but trial ids, wall times and paths
+is exact)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tools.readme_demo import DemoRun, comparable, readme_block, render, run_demo
+from tools.readme_demo import DemoRun, comparable, measured_cpu, readme_block, render, run_demo
 
 # The whole demo sweep on the real sample, retrain included: make test-cluster runs it.
 pytestmark = pytest.mark.e2e
@@ -20,8 +21,17 @@ def demo(idc_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
 
 
 def test_the_readmes_demo_block_is_what_the_demo_prints(demo: DemoRun) -> None:
-    committed = comparable(readme_block((REPO / "README.md").read_text()))
-    printed = comparable(render(demo))
+    block, rendered = readme_block((REPO / "README.md").read_text()), render(demo)
+    measured, here = measured_cpu(block), measured_cpu(rendered)
+    if measured != here:
+        # Seen: the block measured on an AMD EPYC, the demo run on an Intel Xeon (AVX-512) printed
+        # other accuracies from the first rung on, and again others with torch held to AVX2.
+        pytest.skip(
+            f"README.md's demo block was measured on {measured!r}, this machine is {here!r}: torch's float "
+            "kernels differ between CPU families and the demo's numbers with them, so the block is compared "
+            "on its own CPU model only (the same seed on one machine: tests/sweep/test_reproducible.py)"
+        )
+    committed, printed = comparable(block), comparable(rendered)
     # Line by line, so a failure names the first line that went stale: run `make readme`.
     for number, (old, new) in enumerate(zip(committed, printed, strict=False), 1):
         assert old == new, f"README.md demo block line {number} is stale (run `make readme`)"

@@ -1,7 +1,8 @@
 """The README's demo block: `make demo`'s two commands run for real in a scratch folder, and what
 they printed written between markers, so the README says what the code prints. tests/test_demo.py
 runs the same demo and checks the committed block against what it printed (the demo is a
-reproducible sweep: only trial ids, wall times and paths differ from run to run).
+reproducible sweep: on one CPU model only trial ids, wall times and paths differ from run to run;
+another CPU family's float kernels give other numbers).
 
 usage: python tools/readme_demo.py [--root ../shared/data/idc_sample] [--keep DIR]
        (rewrite README.md's block; --keep leaves the demo's store in DIR, for make screenshots)
@@ -146,6 +147,12 @@ def comparable(block: str) -> list[str]:
     for pattern, mask in MASKS:
         body = [re.sub(pattern, mask, line) for line in body]
     return [" ".join(line.split()) for line in body]
+
+
+def measured_cpu(block: str) -> str:
+    """Return the CPU model a demo block's machine line names ("" when it has none)."""
+    found = re.search(r"^Measured on (.+), \d+ cores \(", block, re.MULTILINE)
+    return found.group(1) if found else ""
 
 
 def readme_block(text: str) -> str:
