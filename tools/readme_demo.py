@@ -39,23 +39,23 @@ COLUMNS = "120"
 
 @dataclass(frozen=True)
 class DemoRun:
-    """What the demo's sweep and leaderboard printed, with their wall seconds and the machine."""
+    """What the demo's sweep and leaderboard printed, with their wall seconds and the CPU model."""
 
     sweep: str
     leaderboard: str
     sweep_seconds: float
     leaderboard_seconds: float
-    machine: str
+    cpu: str
 
 
-def _machine() -> str:
-    """Return the CPU model and core count this demo ran on."""
+def _cpu_model() -> str:
+    """Return the model of the CPU this demo runs on."""
     model = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
         names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line]
         model = names[0] if names else model
-    return f"{model}, {os.cpu_count()} cores"
+    return model
 
 
 def _harness(args: list[str], scratch: Path, experiment: Path) -> tuple[str, float]:
@@ -81,7 +81,7 @@ def run_demo(root: Path, scratch: Path) -> DemoRun:
     experiment.write_text(yaml.safe_dump(config, sort_keys=False))
     sweep, sweep_seconds = _harness(["sweep", str(experiment), "--root", str(root)], scratch, experiment)
     board, board_seconds = _harness(["leaderboard", str(experiment)], scratch, experiment)
-    return DemoRun(sweep, board, sweep_seconds, board_seconds, _machine())
+    return DemoRun(sweep, board, sweep_seconds, board_seconds, _cpu_model())
 
 
 def _unordered(line: str) -> str:
@@ -109,8 +109,9 @@ def render(run: DemoRun) -> str:
     return "\n".join(
         [
             BEGIN,
-            f"Measured on {run.machine} ({platform.system()}): the sweep took {run.sweep_seconds:.0f} s and the "
-            f"leaderboard {run.leaderboard_seconds:.0f} s (wall clock, with the venv in place).",
+            f"Measured on {run.cpu}, {os.cpu_count()} cores ({platform.system()}): the sweep took "
+            f"{run.sweep_seconds:.0f} s and the leaderboard {run.leaderboard_seconds:.0f} s (wall clock, with the "
+            "venv in place).",
             "",
             "```console",
             "$ harness sweep experiments/demo.yaml --root ../shared/data/idc_sample",

@@ -77,7 +77,7 @@ def _plain_rng(rng: dict[str, Any]) -> dict[str, Any]:
     the GPUs' as a list of byte tensors (empty where none was used)."""
     name, key, pos, has_gauss, gauss = rng["numpy"]
     numpy_state = {"name": name, "key": key.tolist(), "pos": pos, "has_gauss": has_gauss, "gauss": gauss}
-    return {**rng, "numpy": numpy_state, "cuda": list(rng.get("cuda", []))}
+    return {**rng, "numpy": numpy_state}
 
 
 def _rng(plain: dict[str, Any]) -> dict[str, Any]:
