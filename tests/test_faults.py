@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -531,15 +532,26 @@ def test_two_ctrl_cs_still_end_every_run_killed_and_print_the_resume_line(tmp_pa
     out = tmp_path / "out"
     path = _long_experiment(tmp_path, small_idc, out)
     driver = _sweep_past_first_checkpoint(path, out, stdout=subprocess.DEVNULL)
+    # A thread of its own reads every line and presses Ctrl-C again at the stop's line: a loop
+    # that stopped there and left the rest to communicate() lost the lines the pipe's read-ahead
+    # had already taken in, whenever the driver printed its last line before the test read that one.
+    seen: list[str] = []
+
+    def read_and_press_again() -> None:
+        for line in driver.stderr or ():  # ends when the driver exits
+            seen.append(line)
+            if line.startswith("stopping once Tune has saved"):
+                driver.send_signal(signal.SIGINT)  # during the stop, or after it if the driver was quicker
+
+    reader = threading.Thread(target=read_and_press_again, daemon=True)
+    reader.start()
     driver.send_signal(signal.SIGINT)
-    seen = []
-    for line in driver.stderr:  # ends when the driver exits
-        seen.append(line)
-        if line.startswith("stopping once Tune has saved"):
-            driver.send_signal(signal.SIGINT)
-            break
-    _, rest = driver.communicate(timeout=300)
-    stderr = "".join(seen) + rest
+    try:
+        driver.wait(timeout=600)
+    finally:
+        driver.kill()  # only if it outlived the wait: it has been reaped otherwise
+    reader.join(timeout=60)
+    stderr = "".join(seen)
     assert driver.returncode == 130, stderr[-3000:]
     assert f"interrupted; continue with: harness sweep {path} --resume" in stderr
     states = {r.info.run_name: (r.info.status, r.data.tags.get("interrupted")) for r in _runs(out)}
