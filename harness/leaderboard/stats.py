@@ -19,7 +19,6 @@ from typing import TypeVar
 import numpy as np
 from scipy import stats
 from sklearn.exceptions import UndefinedMetricWarning
-from statsmodels.stats.multitest import multipletests
 
 from . import weighted
 
@@ -463,15 +462,19 @@ COUNTED: dict[Metric, Callable[[np.ndarray, np.ndarray], weighted.Counted]] = {
 
 
 def holm(p_values: np.ndarray) -> np.ndarray:
-    """Return Holm's step-down adjusted p-values of one family of tests (statsmodels' multipletests).
+    """Return Holm's step-down adjusted p-values of one family of tests (what statsmodels'
+    multipletests(method="holm") returns, without the full garbage collection it runs on every
+    call: 0.3 s a call in `harness leaderboard`, over a second in a test process, per column).
 
     A NaN p (a test that could not be computed) stays NaN and is no member of the family.
     """
     p = np.asarray(p_values, dtype=np.float64)
     adjusted = np.full(p.shape, math.nan)
-    tested = ~np.isnan(p)
-    if tested.any():
-        adjusted[tested] = multipletests(p[tested], method="holm")[1]
+    tested = np.flatnonzero(~np.isnan(p))
+    order = tested[np.argsort(p[tested], kind="stable")]
+    # The i-th smallest of m p-values times m - i (i from 0), kept non-decreasing, at most 1.
+    stepped = np.maximum.accumulate(p[order] * np.arange(len(order), 0, -1))
+    adjusted[order] = np.minimum(stepped, 1.0)
     return adjusted
 
 

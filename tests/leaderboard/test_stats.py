@@ -323,6 +323,13 @@ def test_holm_equals_statsmodels_and_leaves_untested_comparisons_out() -> None:
     assert math.isnan(with_untested[1])
     assert with_untested[[0, 2]] == pytest.approx(multipletests([0.01, 0.04], method="holm")[1])
     assert math.isnan(holm(np.array([math.nan]))[0]) and holm(np.array([])).size == 0
+    # Ties and the cap at 1, and statsmodels' answer on families drawn with ties among them.
+    assert holm(np.array([0.3, 0.6, 0.3])) == pytest.approx([0.9, 0.9, 0.9])
+    assert holm(np.array([0.5, 0.6])) == pytest.approx([1.0, 1.0])
+    draw = np.random.default_rng(0)
+    for size in (1, 2, 7, 30):
+        family = draw.choice(draw.uniform(0, 0.5, size), size)
+        assert holm(family) == pytest.approx(multipletests(family, method="holm")[1], rel=1e-12)
 
 
 def direct_ece(labels: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
