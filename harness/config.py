@@ -567,6 +567,7 @@ def _check_baseline(spec: BaselineSpec, index: int, space: SearchSpace, path: Pa
         split_point({**pinned.recipe, **pinned.fixed})
     except ValidationError as exc:
         raise InputError(f"{path}: {_describe(exc.errors()[0], ('baselines', index, 'fixed'))}") from None
+    _check_encoder(spec, index, pinned, path)
     freeze_values = (
         pinned.search["freeze"].values() or [] if "freeze" in pinned.search else [pinned.fixed.get("freeze", "none")]
     )
@@ -574,6 +575,35 @@ def _check_baseline(spec: BaselineSpec, index: int, space: SearchSpace, path: Pa
         raise InputError(
             f"{where}.freeze': {spec.name} has no pretrained weights file (baselines[{index}].pretrained), "
             "so only freeze: none makes sense; pin it or give a weights file"
+        )
+
+
+def _check_encoder(spec: BaselineSpec, index: int, pinned: SearchSpace, path: Path) -> None:
+    """Raise InputError for an encoder that is neither a preset nor a timm architecture, or a
+    fine-tune `blocks` value deeper than the encoder, before any trial builds it (each trial would
+    fail on its own)."""
+    entry = baselines.info(spec.name)
+    if not entry.takes_encoder:
+        return
+    name = pinned.fixed.get("encoder", entry.default("encoder"))
+    arch = pinned.fixed.get("encoder_arch") or {}
+    where = f"{path}: key 'baselines[{index}]"
+    try:
+        baselines.resolved_preset(name, **arch)
+        if "blocks" not in pinned.keys():
+            return
+        depth = baselines.encoder_depth(name, **arch)
+    except (baselines.UnknownEncoderError, ValueError) as exc:  # ValueError: no blocks to fine-tune
+        raise InputError(f"{where}.fixed.encoder' = {name!r}: {exc}") from None
+    searched = pinned.search.get("blocks")
+    if searched is not None:
+        section, deepest = "search", max(searched.values() or [searched.bounds[1]])
+    else:
+        section, deepest = "fixed", pinned.fixed.get("blocks", pinned.recipe.get("blocks", 0))
+    if deepest > depth:
+        raise InputError(
+            f"{where}.{section}.blocks' = {deepest}: deeper than encoder {name!r}, which has {depth} blocks; "
+            f"set baselines[{index}].{section}.blocks to values from 0 (all) to {depth}"
         )
 
 

@@ -61,6 +61,7 @@ def _bad(tmp_path: Path, synthetic_idc: Path, **sections) -> Path:
     return write_experiment(tmp_path / "exp.yaml", experiment_dict(synthetic_idc, tmp_path / "out", **sections))
 
 
+TWO_BLOCKS = "timm:vit_tiny_patch16_224"  # given depth 2 below
 NAME_EXPECTED = "expected one folder name of letters, digits, '_', '.' and '-', not '.' or '..'"
 BAD_INPUTS = {
     "a name one folder up": ({"name": ".."}, f"exp.yaml: key 'name' = '..': {NAME_EXPECTED}"),
@@ -138,6 +139,24 @@ BAD_INPUTS = {
         "exp.yaml: key 'baselines[0].pretrained' = '/nowhere/w.pth': pretrained weights file '/nowhere/w.pth' does "
         "not exist (weights are never downloaded)",
     ),
+    "unknown encoder": (
+        {"baselines": [{"name": "linear_probe", "fixed": {"encoder": "uni2h"}}]},
+        "exp.yaml: key 'baselines[0].fixed.encoder' = 'uni2h': unknown encoder 'uni2h'; did you mean uni2_h, uni? ",
+    ),
+    # finetune.yaml searches blocks over 0, 1, 2, 4 and 8: the deepest is refused, not each trial that draws it.
+    "a fine-tune searched deeper than its encoder": (
+        {"baselines": [{"name": "finetune", "fixed": {"encoder": TWO_BLOCKS, "encoder_arch": {"depth": 2}}}]},
+        f"exp.yaml: key 'baselines[0].search.blocks' = 8: deeper than encoder '{TWO_BLOCKS}', which has 2 blocks; "
+        "set baselines[0].search.blocks to values from 0 (all) to 2",
+    ),
+    "a fine-tune pinned deeper than its encoder": (
+        {
+            "baselines": [
+                {"name": "finetune", "fixed": {"encoder": TWO_BLOCKS, "encoder_arch": {"depth": 2}, "blocks": 3}}
+            ]
+        },
+        f"exp.yaml: key 'baselines[0].fixed.blocks' = 3: deeper than encoder '{TWO_BLOCKS}', which has 2 blocks",
+    ),
     "a file that is no weights file": (
         {"baselines": [{"name": "resnet18", "pretrained": "/etc/passwd", "fixed": {"freeze": "none"}}]},
         "exp.yaml: key 'baselines[0].pretrained' = '/etc/passwd': weights file '/etc/passwd' is not a file "
@@ -157,6 +176,14 @@ def test_bad_experiment_exits_2_with_one_line_and_writes_nothing(
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_a_fine_tune_within_its_encoders_depth_loads(tmp_path: Path, synthetic_idc: Path) -> None:
+    fixed = {"encoder": TWO_BLOCKS, "encoder_arch": {"depth": 2}}
+    blocks = {"type": "categorical", "choices": [0, 1, 2]}
+    path = _bad(tmp_path, synthetic_idc, baselines=[{"name": "finetune", "fixed": fixed, "search": {"blocks": blocks}}])
+    [spec] = load_experiment(path).baselines
+    assert spec.search["blocks"].values() == [0, 1, 2]
 
 
 def test_missing_experiment_file(tmp_path: Path) -> None:

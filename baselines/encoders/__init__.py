@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from ._build import Encoder, create_encoder, encoder_dim, resolved_preset, weights_digest, write_random_encoder
+from ._build import (
+    Encoder,
+    create_encoder,
+    encoder_depth,
+    encoder_dim,
+    resolved_preset,
+    weights_digest,
+    write_random_encoder,
+)
 from .presets import (
     EmbeddingKind,
     EncoderPreset,
@@ -21,6 +29,7 @@ __all__ = [
     "KeyLayout",
     "UnknownEncoderError",
     "create_encoder",
+    "encoder_depth",
     "encoder_dim",
     "encoder_preset",
     "list_encoders",

@@ -145,6 +145,14 @@ def encoder_dim(name: str, **arch: Any) -> int:
         return Encoder(preset, _trunk(preset)).dim
 
 
+def encoder_depth(name: str, **arch: Any) -> int:
+    """Return how many blocks (or CNN stages) encoder `name` with overrides `arch` has, the most a
+    fine-tune can train on their own, built on the meta device."""
+    preset = resolved_preset(name, **arch)
+    with torch.device("meta"):
+        return len(Encoder(preset, _trunk(preset)).blocks())
+
+
 def write_random_encoder(name: str, path: Path, *, seed: int = 0, **arch: Any) -> Path:
     """Write a random-initialised encoder of `name`'s family (with overrides `arch`) in the preset's
     published key layout, as the suffix says (.safetensors, else torch.save); return the path."""
