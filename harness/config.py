@@ -578,33 +578,65 @@ def _check_baseline(spec: BaselineSpec, index: int, space: SearchSpace, path: Pa
         )
 
 
+def _point_values(space: SearchSpace, key: str, default: Any) -> tuple[str, list[Any]]:
+    """Return where `key` is set in a pinned space ("search" or "fixed") and every value a trial's
+    point can give it: a categorical's choices, an int range's ends (the highest step it reaches)."""
+    searched = space.search.get(key)
+    if searched is None:
+        return "fixed", [space.fixed.get(key, space.recipe.get(key, default))]
+    if searched.type != "int":
+        return "search", searched.values() or []
+    low, high = (int(bound) for bound in searched.bounds)
+    step = int(searched.step or 1)
+    return "search", [low, low + (high - low) // step * step]
+
+
 def _check_encoder(spec: BaselineSpec, index: int, pinned: SearchSpace, path: Path) -> None:
-    """Raise InputError for an encoder that is neither a preset nor a timm architecture, or a
-    fine-tune `blocks` value deeper than the encoder, before any trial builds it (each trial would
-    fail on its own)."""
+    """Raise InputError for an encoder that is neither a preset nor a timm architecture, constructor
+    overrides (`encoder_arch`) timm cannot build it with, or a fine-tune `blocks` value outside 0 to
+    the encoder's depth, before any trial builds it (each trial would fail on its own)."""
     entry = baselines.info(spec.name)
     if not entry.takes_encoder:
         return
-    name = pinned.fixed.get("encoder", entry.default("encoder"))
-    arch = pinned.fixed.get("encoder_arch") or {}
     where = f"{path}: key 'baselines[{index}]"
+    name_section, names = _point_values(pinned, "encoder", entry.default("encoder"))
+    arch_section, archs = _point_values(pinned, "encoder_arch", None)
+    archs = [{} if arch is None else arch for arch in archs]  # the search spaces fix null: no overrides
+    blocks_section, blocks = _point_values(pinned, "blocks", 0) if "blocks" in pinned.keys() else ("fixed", [])
+    for name in names:
+        for arch in archs:
+            name_key = f"{where}.{name_section}.encoder'"
+            depth = _built_depth(name_key, f"{where}.{arch_section}.encoder_arch'", name, arch)
+            if depth is None and blocks:
+                raise InputError(
+                    f"{name_key} = {name!r}: timm's architecture lists no blocks or stages, so {spec.name} "
+                    "cannot train its last ones; pick a ViT or a CNN with stages"
+                )
+            for value in blocks:
+                if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= (depth or 0):
+                    raise InputError(
+                        f"{where}.{blocks_section}.blocks' = {value!r}: encoder {name!r} has {depth} blocks; "
+                        f"set baselines[{index}].{blocks_section}.blocks to whole numbers from 0 (all) to {depth}"
+                    )
+
+
+def _built_depth(name_key: str, arch_key: str, name: Any, arch: Any) -> int | None:
+    """Return the depth of encoder `name` built with overrides `arch` on the meta device (None when
+    it has no blocks: only a fine-tune needs them); raise InputError naming the key at fault."""
+    if not isinstance(arch, dict):
+        raise InputError(f"{arch_key} = {arch!r}: expected a mapping of timm constructor arguments")
     try:
         baselines.resolved_preset(name, **arch)
-        if "blocks" not in pinned.keys():
-            return
-        depth = baselines.encoder_depth(name, **arch)
-    except (baselines.UnknownEncoderError, ValueError) as exc:  # ValueError: no blocks to fine-tune
-        raise InputError(f"{where}.fixed.encoder' = {name!r}: {exc}") from None
-    searched = pinned.search.get("blocks")
-    if searched is not None:
-        section, deepest = "search", max(searched.values() or [searched.bounds[1]])
-    else:
-        section, deepest = "fixed", pinned.fixed.get("blocks", pinned.recipe.get("blocks", 0))
-    if deepest > depth:
-        raise InputError(
-            f"{where}.{section}.blocks' = {deepest}: deeper than encoder {name!r}, which has {depth} blocks; "
-            f"set baselines[{index}].{section}.blocks to values from 0 (all) to {depth}"
-        )
+    except baselines.UnknownEncoderError as exc:
+        raise InputError(f"{name_key} = {name!r}: {exc}") from None
+    except ValueError as exc:  # a recipe value (embedding, mean, std) of the overrides
+        raise InputError(f"{arch_key} = {arch!r}: {exc}") from None
+    try:
+        return baselines.encoder_depth(name, **arch)
+    except baselines.EncoderWithoutBlocksError:
+        return None
+    except (TypeError, ValueError, AssertionError, RuntimeError) as exc:  # timm's own checks of its arguments
+        raise InputError(f"{arch_key} = {arch!r}: timm cannot build {name!r} with it ({exc})") from None
 
 
 def _fill_protocol_keys(data: dict[str, Any]) -> None:

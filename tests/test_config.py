@@ -61,7 +61,9 @@ def _bad(tmp_path: Path, synthetic_idc: Path, **sections) -> Path:
     return write_experiment(tmp_path / "exp.yaml", experiment_dict(synthetic_idc, tmp_path / "out", **sections))
 
 
-TWO_BLOCKS = "timm:vit_tiny_patch16_224"  # given depth 2 below
+TWO_BLOCKS = "timm:vit_tiny_patch16_224"
+TWO_BLOCK_ENCODER = {"encoder": TWO_BLOCKS, "encoder_arch": {"depth": 2}}
+BLOCKS_0_TO_5 = {"type": "int", "low": 0, "high": 5, "step": 2}
 NAME_EXPECTED = "expected one folder name of letters, digits, '_', '.' and '-', not '.' or '..'"
 BAD_INPUTS = {
     "a name one folder up": ({"name": ".."}, f"exp.yaml: key 'name' = '..': {NAME_EXPECTED}"),
@@ -143,19 +145,36 @@ BAD_INPUTS = {
         {"baselines": [{"name": "linear_probe", "fixed": {"encoder": "uni2h"}}]},
         "exp.yaml: key 'baselines[0].fixed.encoder' = 'uni2h': unknown encoder 'uni2h'; did you mean uni2_h, uni? ",
     ),
-    # finetune.yaml searches blocks over 0, 1, 2, 4 and 8: the deepest is refused, not each trial that draws it.
-    "a fine-tune searched deeper than its encoder": (
-        {"baselines": [{"name": "finetune", "fixed": {"encoder": TWO_BLOCKS, "encoder_arch": {"depth": 2}}}]},
-        f"exp.yaml: key 'baselines[0].search.blocks' = 8: deeper than encoder '{TWO_BLOCKS}', which has 2 blocks; "
-        "set baselines[0].search.blocks to values from 0 (all) to 2",
-    ),
-    "a fine-tune pinned deeper than its encoder": (
+    "unknown encoder among searched ones": (
         {
             "baselines": [
-                {"name": "finetune", "fixed": {"encoder": TWO_BLOCKS, "encoder_arch": {"depth": 2}, "blocks": 3}}
+                {"name": "linear_probe", "search": {"encoder": {"type": "categorical", "choices": ["uni", "x"]}}}
             ]
         },
-        f"exp.yaml: key 'baselines[0].fixed.blocks' = 3: deeper than encoder '{TWO_BLOCKS}', which has 2 blocks",
+        "exp.yaml: key 'baselines[0].search.encoder' = 'x': unknown encoder 'x'",
+    ),
+    "encoder overrides timm cannot build": (
+        {"baselines": [{"name": "linear_probe", "fixed": {"encoder": TWO_BLOCKS, "encoder_arch": {"bogus": 1}}}]},
+        f"exp.yaml: key 'baselines[0].fixed.encoder_arch' = {{'bogus': 1}}: timm cannot build '{TWO_BLOCKS}' with it (",
+    ),
+    # finetune.yaml searches blocks over 0, 1, 2, 4 and 8: the deepest is refused, not each trial that draws it.
+    "a fine-tune searched deeper than its encoder": (
+        {"baselines": [{"name": "finetune", "fixed": TWO_BLOCK_ENCODER}]},
+        f"exp.yaml: key 'baselines[0].search.blocks' = 4: encoder '{TWO_BLOCKS}' has 2 blocks; "
+        "set baselines[0].search.blocks to whole numbers from 0 (all) to 2",
+    ),
+    # 0 to 5 in steps of 2: Optuna proposes 4 at most.
+    "a fine-tune's range of blocks deeper than its encoder": (
+        {"baselines": [{"name": "finetune", "fixed": TWO_BLOCK_ENCODER, "search": {"blocks": BLOCKS_0_TO_5}}]},
+        f"exp.yaml: key 'baselines[0].search.blocks' = 4: encoder '{TWO_BLOCKS}' has 2 blocks",
+    ),
+    "a fine-tune pinned deeper than its encoder": (
+        {"baselines": [{"name": "finetune", "fixed": {**TWO_BLOCK_ENCODER, "blocks": 3}}]},
+        f"exp.yaml: key 'baselines[0].fixed.blocks' = 3: encoder '{TWO_BLOCKS}' has 2 blocks",
+    ),
+    "a fine-tune of an encoder without blocks": (
+        {"baselines": [{"name": "finetune", "fixed": {"encoder": "timm:vgg11"}}]},
+        "exp.yaml: key 'baselines[0].fixed.encoder' = 'timm:vgg11': timm's architecture lists no blocks or stages",
     ),
     "a file that is no weights file": (
         {"baselines": [{"name": "resnet18", "pretrained": "/etc/passwd", "fixed": {"freeze": "none"}}]},
@@ -179,9 +198,9 @@ def test_bad_experiment_exits_2_with_one_line_and_writes_nothing(
 
 
 def test_a_fine_tune_within_its_encoders_depth_loads(tmp_path: Path, synthetic_idc: Path) -> None:
-    fixed = {"encoder": TWO_BLOCKS, "encoder_arch": {"depth": 2}}
     blocks = {"type": "categorical", "choices": [0, 1, 2]}
-    path = _bad(tmp_path, synthetic_idc, baselines=[{"name": "finetune", "fixed": fixed, "search": {"blocks": blocks}}])
+    baseline = {"name": "finetune", "fixed": TWO_BLOCK_ENCODER, "search": {"blocks": blocks}}
+    path = _bad(tmp_path, synthetic_idc, baselines=[baseline])
     [spec] = load_experiment(path).baselines
     assert spec.search["blocks"].values() == [0, 1, 2]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ._build import (
     Encoder,
+    EncoderWithoutBlocksError,
     create_encoder,
     encoder_depth,
     encoder_dim,
@@ -24,6 +25,7 @@ from .reference import EncoderRef
 __all__ = [
     "EmbeddingKind",
     "Encoder",
+    "EncoderWithoutBlocksError",
     "EncoderPreset",
     "EncoderRef",
     "KeyLayout",

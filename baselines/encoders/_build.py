@@ -20,6 +20,10 @@ from . import keymaps
 from .presets import EmbeddingKind, EncoderPreset, encoder_preset
 
 
+class EncoderWithoutBlocksError(ValueError):
+    """Raised for an encoder whose timm trunk lists no blocks or stages (nothing to fine-tune by depth)."""
+
+
 class Encoder(nn.Module):
     """Images in [0, 1], (B, 3, H, W) -> embeddings (B, dim): resized to the preset's input size
     when they differ from it, normalised with its mean/std, pooled as its `embedding` says."""
@@ -64,7 +68,9 @@ class Encoder(nn.Module):
         resnet_stages = [module for name, module in self.trunk.named_children() if re.fullmatch(r"layer\d+", name)]
         if resnet_stages:
             return resnet_stages
-        raise ValueError(f"encoder {self.preset.name!r}: timm's {self.preset.arch} has no blocks or stages to list")
+        raise EncoderWithoutBlocksError(
+            f"encoder {self.preset.name!r}: timm's {self.preset.arch} has no blocks or stages to list"
+        )
 
 
 def _embedding_dim(preset: EncoderPreset, trunk: Any) -> int:
@@ -146,8 +152,8 @@ def encoder_dim(name: str, **arch: Any) -> int:
 
 
 def encoder_depth(name: str, **arch: Any) -> int:
-    """Return how many blocks (or CNN stages) encoder `name` with overrides `arch` has, the most a
-    fine-tune can train on their own, built on the meta device."""
+    """Return how many blocks (or CNN stages) encoder `name` with overrides `arch` has, built on the
+    meta device: the largest `blocks` a fine-tune can train. Raises EncoderWithoutBlocksError."""
     preset = resolved_preset(name, **arch)
     with torch.device("meta"):
         return len(Encoder(preset, _trunk(preset)).blocks())
