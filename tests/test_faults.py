@@ -541,7 +541,8 @@ def test_two_ctrl_cs_still_end_every_run_killed_and_print_the_resume_line(tmp_pa
         for line in driver.stderr or ():  # ends when the driver exits
             seen.append(line)
             if line.startswith("stopping once Tune has saved"):
-                driver.send_signal(signal.SIGINT)  # during the stop, or after it if the driver was quicker
+                # During the stop, as a second Ctrl-C lands; when this test falls behind, after it.
+                driver.send_signal(signal.SIGINT)
 
     reader = threading.Thread(target=read_and_press_again, daemon=True)
     reader.start()
@@ -551,8 +552,11 @@ def test_two_ctrl_cs_still_end_every_run_killed_and_print_the_resume_line(tmp_pa
     finally:
         driver.kill()  # only if it outlived the wait: it has been reaped otherwise
     reader.join(timeout=60)
+    assert not reader.is_alive(), "the driver's stderr stayed open after it exited"
+    driver.stderr.close()
     stderr = "".join(seen)
     assert driver.returncode == 130, stderr[-3000:]
+    assert any(line.startswith("stopping once Tune has saved") for line in seen), stderr[-3000:]  # 2nd Ctrl-C sent
     assert f"interrupted; continue with: harness sweep {path} --resume" in stderr
     states = {r.info.run_name: (r.info.status, r.data.tags.get("interrupted")) for r in _runs(out)}
     assert states and set(states.values()) == {("KILLED", "SIGINT")}, states
