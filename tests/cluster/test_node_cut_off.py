@@ -2,8 +2,8 @@
 the sweep ends with every trial counted once, every run terminal and every epoch logged once.
 
 Ray's default health checks declare a node dead after 5 missed checks, about 30 s here: the node
-sometimes rides the cut out (its trial goes on where it was) and sometimes is declared dead (its
-raylet exits once back). With health checks tuned for fast failover it is always declared dead
+sometimes rides the cut out (its trial goes on where it was), sometimes is declared dead mid-trial
+(its raylet exits once back), and sometimes rides it out with its trial and is declared dead later. With health checks tuned for fast failover it is always declared dead
 within the cut, and Ray retries the trial on the other worker while the cut-off attempt still runs:
 once back, that attempt must not log an epoch the new one logs too (harness.sweep._trial,
 StaleAttempt)."""
@@ -94,9 +94,14 @@ def test_a_worker_cut_off_for_30_s_loses_and_duplicates_nothing(
     struck, alive = run.data.tags, cut.address in node_ids(cluster)
     print(f"\n{case}: {cut.name} alive after the sweep: {alive}; its trial's run: {struck}")
     assert struck[tracking.OUTCOME] == "completed"
-    if alive:  # Ray waited the cut out: the trial went on where it was
+    # The trial's own record says what Ray made of the cut while it ran. Whether the node is alive
+    # after the sweep does not: under Ray's defaults a node that rode the cut out with its trial
+    # can still be declared dead later (seen in CI: dead after the sweep, its trial never retried).
+    if tracking.RETRIES not in struck:  # Ray waited the cut out: the trial went on where it was
         assert case == "ray_defaults"
-        assert struck[tracking.NODE_IDS] == ids[cut.address] and tracking.RETRIES not in struck
-    else:  # Ray declared the node dead: the trial was retried on the other worker
+        assert struck[tracking.NODE_IDS] == ids[cut.address]
+    else:  # Ray declared the node dead mid-trial: the trial was retried on the other worker
         assert struck[tracking.NODE_IDS] == f"{ids[cut.address]},{ids[other.address]}"
         assert struck[tracking.RETRIES] == "1"
+    if case == "fast_failover":
+        assert not alive  # declared dead within the cut, its raylet gone once back
