@@ -3,10 +3,10 @@ the sweep ends with every trial counted once, every run terminal and every epoch
 
 Ray's default health checks declare a node dead after 5 missed checks, about 30 s here: the node
 sometimes rides the cut out (its trial goes on where it was), sometimes is declared dead mid-trial
-(its raylet exits once back), and sometimes rides it out with its trial and is declared dead later. With health checks tuned for fast failover it is always declared dead
-within the cut, and Ray retries the trial on the other worker while the cut-off attempt still runs:
-once back, that attempt must not log an epoch the new one logs too (harness.sweep._trial,
-StaleAttempt)."""
+(its raylet exits once back), and sometimes rides it out with its trial and is declared dead
+later. With health checks tuned for fast failover it is always declared dead within the cut, and
+Ray retries the trial on the other worker while the cut-off attempt still runs: once back, that
+attempt must not log an epoch the new one logs too (harness.sweep._trial, StaleAttempt)."""
 
 from __future__ import annotations
 
