@@ -6,6 +6,7 @@ arguments. Every error names the file, the key and what was expected (see `load_
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -568,9 +569,7 @@ def _check_baseline(spec: BaselineSpec, index: int, space: SearchSpace, path: Pa
     except ValidationError as exc:
         raise InputError(f"{path}: {_describe(exc.errors()[0], ('baselines', index, 'fixed'))}") from None
     _check_encoder(spec, index, pinned, path)
-    freeze_values = (
-        pinned.search["freeze"].values() or [] if "freeze" in pinned.search else [pinned.fixed.get("freeze", "none")]
-    )
+    _, freeze_values = _point_values(pinned, "freeze", "none")
     if spec.pretrained is None and any(v != "none" for v in freeze_values):
         raise InputError(
             f"{where}.freeze': {spec.name} has no pretrained weights file (baselines[{index}].pretrained), "
@@ -603,21 +602,22 @@ def _check_encoder(spec: BaselineSpec, index: int, pinned: SearchSpace, path: Pa
     arch_section, archs = _point_values(pinned, "encoder_arch", None)
     archs = [{} if arch is None else arch for arch in archs]  # the search spaces fix null: no overrides
     blocks_section, blocks = _point_values(pinned, "blocks", 0) if "blocks" in pinned.keys() else ("fixed", [])
-    for name in names:
-        for arch in archs:
-            name_key = f"{where}.{name_section}.encoder'"
-            depth = _built_depth(name_key, f"{where}.{arch_section}.encoder_arch'", name, arch)
-            if depth is None and blocks:
+    for name, arch in itertools.product(names, archs):
+        name_key = f"{where}.{name_section}.encoder'"
+        depth = _built_depth(name_key, f"{where}.{arch_section}.encoder_arch'", name, arch)
+        if depth is None:  # only a fine-tune needs blocks
+            if blocks:
                 raise InputError(
                     f"{name_key} = {name!r}: timm's architecture lists no blocks or stages, so {spec.name} "
                     "cannot train its last ones; pick a ViT or a CNN with stages"
                 )
-            for value in blocks:
-                if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= (depth or 0):
-                    raise InputError(
-                        f"{where}.{blocks_section}.blocks' = {value!r}: encoder {name!r} has {depth} blocks; "
-                        f"set baselines[{index}].{blocks_section}.blocks to whole numbers from 0 (all) to {depth}"
-                    )
+            continue
+        wrong = [v for v in blocks if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= depth]
+        if wrong:
+            raise InputError(
+                f"{where}.{blocks_section}.blocks' = {wrong[0]!r}: encoder {name!r} has {depth} blocks; "
+                f"set baselines[{index}].{blocks_section}.blocks to whole numbers from 0 (all) to {depth}"
+            )
 
 
 def _built_depth(name_key: str, arch_key: str, name: Any, arch: Any) -> int | None:

@@ -143,20 +143,23 @@ def _load(encoder: Encoder, path: Path) -> None:
         raise shape_mismatch(path, what, exc) from None
 
 
+def _on_meta(name: str, **arch: Any) -> Encoder:
+    """Return encoder `name` with overrides `arch` built on the meta device (no memory for weights)."""
+    preset = resolved_preset(name, **arch)
+    with torch.device("meta"):
+        return Encoder(preset, _trunk(preset))
+
+
 def encoder_dim(name: str, **arch: Any) -> int:
     """Return the embedding width of encoder `name` with overrides `arch`, built on the meta device
     (no memory for weights)."""
-    preset = resolved_preset(name, **arch)
-    with torch.device("meta"):
-        return Encoder(preset, _trunk(preset)).dim
+    return _on_meta(name, **arch).dim
 
 
 def encoder_depth(name: str, **arch: Any) -> int:
     """Return how many blocks (or CNN stages) encoder `name` with overrides `arch` has, built on the
     meta device: the largest `blocks` a fine-tune can train. Raises EncoderWithoutBlocksError."""
-    preset = resolved_preset(name, **arch)
-    with torch.device("meta"):
-        return len(Encoder(preset, _trunk(preset)).blocks())
+    return len(_on_meta(name, **arch).blocks())
 
 
 def write_random_encoder(name: str, path: Path, *, seed: int = 0, **arch: Any) -> Path:
